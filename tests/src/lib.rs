@@ -1,0 +1,1 @@
+//! End-to-end harness for the `lmas` binaries (being written).
