@@ -1,0 +1,476 @@
+//! The TOML configuration file, validated into a [`Config`].
+//!
+//! Every error names the file, the field and why, e.g.
+//! `gw-a.toml: wan.data_flows: must be between 1 and 64 (got 0)`.
+//! Relative paths are relative to the config file's directory.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::allowlist::Allowlist;
+use crate::crypto::{PresharedKey, PublicKey, StaticKeypair};
+use crate::session::Limits;
+
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// Dotted path of the offending field; empty for file-level errors.
+    pub field: String,
+    pub why: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "{}: {}", self.file.display(), self.why)
+        } else {
+            write!(f, "{}: {}: {}", self.file.display(), self.field, self.why)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+// ---- the file as written -------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    gateway: GatewaySection,
+    peer: PeerSection,
+    #[serde(default)]
+    wan: WanSection,
+    #[serde(default)]
+    ingress: Vec<IngressSection>,
+    #[serde(default)]
+    egress: EgressSection,
+    #[serde(default)]
+    limits: LimitsSection,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GatewaySection {
+    name: String,
+    private_key_file: PathBuf,
+    psk_file: Option<PathBuf>,
+    tunnel_listen: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PeerSection {
+    name: String,
+    public_key: String,
+    connect: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct WanSection {
+    data_flows: Option<i64>,
+    congestion: Option<String>,
+    socket_buffer_bytes: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IngressSection {
+    mode: String,
+    bind: String,
+    target: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct EgressSection {
+    #[serde(default)]
+    allow: Vec<String>,
+    connect_timeout_ms: Option<i64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct LimitsSection {
+    session_window_bytes: Option<i64>,
+    global_buffer_bytes: Option<i64>,
+    frame_bytes: Option<i64>,
+    max_sessions: Option<i64>,
+}
+
+// ---- the validated config --------------------------------------------------
+
+/// How this gateway reaches its peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunnelEnd {
+    /// Dial the peer at this address.
+    Dial(SocketAddr),
+    /// Wait for the peer on this address.
+    Listen(SocketAddr),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngressMode {
+    /// Plain listener; every connection goes to one configured target.
+    Listen { target: SocketAddr },
+    /// Transparent interception (TPROXY): the target is the original
+    /// destination of each intercepted connection.
+    Tproxy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ingress {
+    pub bind: SocketAddr,
+    pub mode: IngressMode,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub file: PathBuf,
+    pub name: String,
+    pub keypair: StaticKeypair,
+    pub psk: Option<PresharedKey>,
+    pub tunnel: TunnelEnd,
+    pub peer_name: String,
+    pub peer_key: PublicKey,
+    pub data_flows: u16,
+    /// `None`: pick at startup (bbr if the kernel allows it, else cubic).
+    pub congestion: Option<String>,
+    /// `None`: leave kernel autotuning on.
+    pub socket_buffer: Option<usize>,
+    pub ingress: Vec<Ingress>,
+    pub egress: Allowlist,
+    pub connect_timeout_ms: u64,
+    pub limits: Limits,
+}
+
+pub const MAX_DATA_FLOWS: i64 = 64;
+const DEFAULT_DATA_FLOWS: i64 = 8;
+const DEFAULT_SOCKET_BUFFER: i64 = 8 << 20;
+
+impl Config {
+    /// Reads and validates a config file, including the key files it names.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            field: String::new(),
+            why: format!("cannot read: {e}"),
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Validates config text as if read from `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let err = |field: &str, why: String| ConfigError {
+            file: path.to_path_buf(),
+            field: field.to_string(),
+            why,
+        };
+        let file: File = toml::from_str(text).map_err(|e| {
+            // toml's message already points at the line, column and key.
+            err("", e.to_string().trim_end().replace('\n', " "))
+        })?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                dir.join(p)
+            }
+        };
+
+        let name =
+            non_empty("gateway.name", &file.gateway.name).map_err(|w| err("gateway.name", w))?;
+        let key_path = resolve(&file.gateway.private_key_file);
+        let keypair = StaticKeypair::load(&key_path)
+            .map_err(|e| err("gateway.private_key_file", e.to_string()))?;
+        let psk = file
+            .gateway
+            .psk_file
+            .as_ref()
+            .map(|p| PresharedKey::load(&resolve(p)))
+            .transpose()
+            .map_err(|e| err("gateway.psk_file", e.to_string()))?;
+
+        let listen = file
+            .gateway
+            .tunnel_listen
+            .as_deref()
+            .map(|s| addr(s).map_err(|w| err("gateway.tunnel_listen", w)))
+            .transpose()?;
+        let connect = file
+            .peer
+            .connect
+            .as_deref()
+            .map(|s| addr(s).map_err(|w| err("peer.connect", w)))
+            .transpose()?;
+        let tunnel = match (listen, connect) {
+            (Some(l), None) => TunnelEnd::Listen(l),
+            (None, Some(c)) => TunnelEnd::Dial(c),
+            (Some(_), Some(_)) => {
+                return Err(err(
+                    "peer.connect",
+                    "set either peer.connect (this gateway dials) or gateway.tunnel_listen (the peer dials in), not both".into(),
+                ))
+            }
+            (None, None) => {
+                return Err(err(
+                    "peer.connect",
+                    "missing: set peer.connect (this gateway dials) or gateway.tunnel_listen (the peer dials in)".into(),
+                ))
+            }
+        };
+        let peer_name = non_empty("peer.name", &file.peer.name).map_err(|w| err("peer.name", w))?;
+        let peer_key =
+            PublicKey::parse(&file.peer.public_key, "peer.public_key").map_err(|_| {
+                err(
+                    "peer.public_key",
+                    "not a base64-encoded 32-byte key (copy the peer's KEY.pub)".into(),
+                )
+            })?;
+        if peer_key == keypair.public {
+            return Err(err(
+                "peer.public_key",
+                "is this gateway's own public key".into(),
+            ));
+        }
+
+        let data_flows = in_range(
+            file.wan.data_flows.unwrap_or(DEFAULT_DATA_FLOWS),
+            1,
+            MAX_DATA_FLOWS,
+        )
+        .map_err(|w| err("wan.data_flows", w))? as u16;
+        let congestion = match file.wan.congestion {
+            Some(c)
+                if c.is_empty()
+                    || c.len() > 15
+                    || !c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
+            {
+                return Err(err(
+                    "wan.congestion",
+                    format!("{c:?} is not a congestion control name (e.g. bbr, cubic)"),
+                ))
+            }
+            other => other,
+        };
+        let socket_buffer = match file
+            .wan
+            .socket_buffer_bytes
+            .unwrap_or(DEFAULT_SOCKET_BUFFER)
+        {
+            0 => None,
+            n => Some(
+                in_range(n, 64 << 10, 1 << 30).map_err(|w| err("wan.socket_buffer_bytes", w))?
+                    as usize,
+            ),
+        };
+
+        let mut ingress = Vec::new();
+        for (i, section) in file.ingress.iter().enumerate() {
+            let field = |f: &str| format!("ingress[{i}].{f}");
+            let bind = addr(&section.bind).map_err(|w| err(&field("bind"), w))?;
+            let mode = match (section.mode.as_str(), &section.target) {
+                ("listen", Some(t)) => IngressMode::Listen {
+                    target: addr(t).map_err(|w| err(&field("target"), w))?,
+                },
+                ("listen", None) => {
+                    return Err(err(
+                        &field("target"),
+                        "missing: listen mode needs a target".into(),
+                    ))
+                }
+                ("tproxy", None) => IngressMode::Tproxy,
+                ("tproxy", Some(_)) => {
+                    return Err(err(
+                        &field("target"),
+                        "tproxy mode takes the original destination; remove target".into(),
+                    ))
+                }
+                (other, _) => {
+                    return Err(err(
+                        &field("mode"),
+                        format!("{other:?}: must be \"listen\" or \"tproxy\""),
+                    ))
+                }
+            };
+            ingress.push(Ingress { bind, mode });
+        }
+
+        let egress = Allowlist::parse(&file.egress.allow).map_err(|w| err("egress.allow", w))?;
+        let connect_timeout_ms = in_range(
+            file.egress.connect_timeout_ms.unwrap_or(10_000),
+            100,
+            600_000,
+        )
+        .map_err(|w| err("egress.connect_timeout_ms", w))? as u64;
+
+        let defaults = Limits::default();
+        let l = &file.limits;
+        let session_window = in_range(
+            l.session_window_bytes
+                .unwrap_or(defaults.session_window as i64),
+            64 << 10,
+            1 << 30,
+        )
+        .map_err(|w| err("limits.session_window_bytes", w))? as u64;
+        let global_buffer = in_range(
+            l.global_buffer_bytes
+                .unwrap_or(defaults.global_buffer as i64),
+            session_window as i64,
+            64 << 30,
+        )
+        .map_err(|w| {
+            err(
+                "limits.global_buffer_bytes",
+                format!("{w} (at least session_window_bytes)"),
+            )
+        })? as u64;
+        let frame_len = in_range(
+            l.frame_bytes.unwrap_or(defaults.frame_len as i64),
+            1024,
+            128 << 10,
+        )
+        .map_err(|w| err("limits.frame_bytes", w))? as usize;
+        let max_sessions = in_range(
+            l.max_sessions.unwrap_or(defaults.max_sessions as i64),
+            1,
+            1 << 20,
+        )
+        .map_err(|w| err("limits.max_sessions", w))? as usize;
+        let limits = Limits {
+            session_window,
+            global_buffer,
+            frame_len,
+            max_sessions,
+            ack_every: defaults.ack_every.min(session_window / 4),
+            ack_delay_us: defaults.ack_delay_us,
+        };
+
+        Ok(Config {
+            file: path.to_path_buf(),
+            name,
+            keypair,
+            psk,
+            tunnel,
+            peer_name,
+            peer_key,
+            data_flows,
+            congestion,
+            socket_buffer,
+            ingress,
+            egress,
+            connect_timeout_ms,
+            limits,
+        })
+    }
+}
+
+fn non_empty(_field: &str, s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s.is_empty() || s.len() > 64 {
+        return Err("must be 1 to 64 characters".into());
+    }
+    Ok(s.to_string())
+}
+
+fn addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse()
+        .map_err(|_| format!("{s:?} is not an IP:PORT address (e.g. 127.0.0.1:7700 or [::1]:7700)"))
+}
+
+fn in_range(v: i64, lo: i64, hi: i64) -> Result<i64, String> {
+    if (lo..=hi).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("must be between {lo} and {hi} (got {v})"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    struct Dir(PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn setup(tag: &str) -> (Dir, PathBuf, String) {
+        let dir = std::env::temp_dir().join(format!("lmas-cfg-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        StaticKeypair::generate()
+            .unwrap()
+            .write(&dir.join("a.key"))
+            .unwrap();
+        let peer = StaticKeypair::generate().unwrap().public.to_string();
+        let path = dir.join("a.toml");
+        (Dir(dir), path, peer)
+    }
+
+    fn base(peer: &str) -> String {
+        format!(
+            r#"
+[gateway]
+name = "gw-a"
+private_key_file = "a.key"
+[peer]
+name = "gw-b"
+public_key = "{peer}"
+connect = "127.0.0.1:7700"
+[[ingress]]
+mode = "listen"
+bind = "127.0.0.1:6000"
+target = "127.0.0.1:5000"
+"#
+        )
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let (_d, path, peer) = setup("ok");
+        let c = Config::parse(&path, &base(&peer)).unwrap();
+        assert_eq!(c.data_flows, 8);
+        assert_eq!(c.tunnel, TunnelEnd::Dial("127.0.0.1:7700".parse().unwrap()));
+        assert!(c.egress.is_empty());
+        assert_eq!(c.ingress.len(), 1);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let (_d, path, peer) = setup("bad");
+        let cases = [
+            ("[wan]\ndata_flows = 0\n", "wan.data_flows"),
+            ("[wan]\ndata_flows = 65\n", "wan.data_flows"),
+            ("[egress]\nallow = [\"nope\"]\n", "egress.allow"),
+            ("[wan]\nbogus = 1\n", "bogus"),
+            (
+                "[limits]\nsession_window_bytes = 1\n",
+                "limits.session_window_bytes",
+            ),
+            ("[wan]\ncongestion = \"a b\"\n", "wan.congestion"),
+        ];
+        for (extra, field) in cases {
+            let text = format!("{}{extra}", base(&peer));
+            let e = Config::parse(&path, &text).unwrap_err().to_string();
+            assert!(e.contains(field), "{extra:?} -> {e}");
+            assert!(e.contains("a.toml"), "{e}");
+        }
+        let e =
+            Config::parse(&path, &base(&peer).replace("127.0.0.1:6000", "localhost")).unwrap_err();
+        assert_eq!(e.field, "ingress[0].bind");
+        let e = Config::parse(&path, &base(&peer).replace("a.key", "missing.key")).unwrap_err();
+        assert_eq!(e.field, "gateway.private_key_file");
+        let e = Config::parse(&path, &base(&peer).replace(&peer, "AAAA")).unwrap_err();
+        assert_eq!(e.field, "peer.public_key");
+        let e = Config::parse(&path, "[gateway\n").unwrap_err();
+        assert!(e.to_string().contains("line 1"), "{e}");
+    }
+}

@@ -1,0 +1,273 @@
+//! Sans-IO Noise handshake that authenticates two gateways.
+//!
+//! Pattern `IK` (or `IKpsk1` when a pre-shared key is configured) over
+//! X25519, AES-GCM and SHA-256: one round trip. The dialling gateway already
+//! knows the peer's static key from its config; the accepting gateway learns
+//! the dialler's static key from message 1 and the caller checks it against
+//! its configured peer before replying, so an unknown gateway never gets past
+//! message 1 and no session state exists before both sides are authenticated.
+//! Ephemeral keys give each connection fresh traffic keys (forward secrecy).
+//!
+//! Read first: the Noise Protocol Framework, rev. 34, sections 7.5 (IK) and 9 (psk).
+
+use std::fmt;
+
+use snow::params::NoiseParams;
+
+use super::keys::{PresharedKey, PublicKey, StaticKeypair};
+use crate::protocol::handshake::{Prelude, FLAG_DATA_FLOW, FLAG_PSK};
+use crate::protocol::VERSION;
+
+/// Largest handshake message we produce (IK message 1 with no payload is 96
+/// bytes + 16 with a psk; leave room).
+const NOISE_BUF: usize = 256;
+
+pub(crate) fn noise_params(psk: bool) -> NoiseParams {
+    let name = if psk {
+        "Noise_IKpsk1_25519_AESGCM_SHA256"
+    } else {
+        "Noise_IK_25519_AESGCM_SHA256"
+    };
+    name.parse().expect("a valid, supported Noise pattern name")
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HandshakeError {
+    #[error("peer speaks protocol version {theirs}, this gateway speaks {ours}")]
+    VersionMismatch { theirs: u8, ours: u8 },
+    #[error("pre-shared key mismatch: peer {peer}, this gateway {ours}")]
+    PskMismatch {
+        peer: &'static str,
+        ours: &'static str,
+    },
+    #[error("peer presented unknown static key {0}")]
+    UnknownPeer(PublicKey),
+    #[error(
+        "authentication failed (wrong public key or pre-shared key on one of the two gateways)"
+    )]
+    Authentication,
+    #[error("noise: {0}")]
+    Noise(String),
+}
+
+fn auth_err(_: snow::Error) -> HandshakeError {
+    HandshakeError::Authentication
+}
+
+fn noise_err(e: snow::Error) -> HandshakeError {
+    HandshakeError::Noise(e.to_string())
+}
+
+/// Fresh AES-256-GCM keys for one connection, one per direction.
+pub struct TrafficKeys {
+    pub send: [u8; 32],
+    pub recv: [u8; 32],
+}
+
+impl fmt::Debug for TrafficKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TrafficKeys(..)")
+    }
+}
+
+fn builder<'a>(
+    local: &'a StaticKeypair,
+    psk: Option<&'a PresharedKey>,
+    prologue: &'a [u8],
+) -> Result<snow::Builder<'a>, HandshakeError> {
+    let mut b = snow::Builder::new(noise_params(psk.is_some()))
+        .local_private_key(&local.private)
+        .map_err(noise_err)?
+        .prologue(prologue)
+        .map_err(noise_err)?;
+    if let Some(psk) = psk {
+        b = b.psk(1, &psk.0).map_err(noise_err)?;
+    }
+    Ok(b)
+}
+
+/// The dialling side of a handshake.
+pub struct Initiator {
+    hs: snow::HandshakeState,
+}
+
+impl Initiator {
+    /// Starts a handshake; returns the state, and the bytes to send: the
+    /// prelude followed by Noise message 1 (length-prefixed by the caller).
+    pub fn start(
+        local: &StaticKeypair,
+        peer: &PublicKey,
+        psk: Option<&PresharedKey>,
+        data_flow: bool,
+    ) -> Result<(Initiator, Prelude, Vec<u8>), HandshakeError> {
+        let mut flags = 0;
+        if psk.is_some() {
+            flags |= FLAG_PSK;
+        }
+        if data_flow {
+            flags |= FLAG_DATA_FLOW;
+        }
+        let prelude = Prelude {
+            version: VERSION,
+            flags,
+        };
+        let prologue = prelude.encode();
+        let mut hs = builder(local, psk, &prologue)?
+            .remote_public_key(&peer.0)
+            .map_err(noise_err)?
+            .build_initiator()
+            .map_err(noise_err)?;
+        let mut buf = vec![0u8; NOISE_BUF];
+        let n = hs.write_message(&[], &mut buf).map_err(noise_err)?;
+        buf.truncate(n);
+        Ok((Initiator { hs }, prelude, buf))
+    }
+
+    /// Consumes the responder's message 2 and yields the traffic keys.
+    pub fn finish(mut self, message2: &[u8]) -> Result<TrafficKeys, HandshakeError> {
+        let mut payload = [0u8; NOISE_BUF];
+        self.hs
+            .read_message(message2, &mut payload)
+            .map_err(auth_err)?;
+        let (i2r, r2i) = self.hs.dangerously_get_raw_split();
+        Ok(TrafficKeys {
+            send: i2r,
+            recv: r2i,
+        })
+    }
+}
+
+/// The accepting side of a handshake.
+pub struct Responder {
+    hs: snow::HandshakeState,
+}
+
+impl Responder {
+    /// Checks the prelude against this gateway's version and psk setting.
+    pub fn new(
+        local: &StaticKeypair,
+        psk: Option<&PresharedKey>,
+        prelude: &Prelude,
+    ) -> Result<Responder, HandshakeError> {
+        if prelude.version != VERSION {
+            return Err(HandshakeError::VersionMismatch {
+                theirs: prelude.version,
+                ours: VERSION,
+            });
+        }
+        let has = |b: bool| if b { "uses one" } else { "has none" };
+        if prelude.psk() != psk.is_some() {
+            return Err(HandshakeError::PskMismatch {
+                peer: has(prelude.psk()),
+                ours: has(psk.is_some()),
+            });
+        }
+        let prologue = prelude.encode();
+        let hs = builder(local, psk, &prologue)?
+            .build_responder()
+            .map_err(noise_err)?;
+        Ok(Responder { hs })
+    }
+
+    /// Reads message 1 and returns the initiator's static public key, which
+    /// the caller must check before calling [`Responder::accept`].
+    pub fn read_message1(&mut self, message1: &[u8]) -> Result<PublicKey, HandshakeError> {
+        let mut payload = [0u8; NOISE_BUF];
+        self.hs
+            .read_message(message1, &mut payload)
+            .map_err(auth_err)?;
+        let key = self
+            .hs
+            .get_remote_static()
+            .and_then(|k| <[u8; 32]>::try_from(k).ok())
+            .ok_or(HandshakeError::Authentication)?;
+        Ok(PublicKey(key))
+    }
+
+    /// Writes message 2 and yields the traffic keys.
+    pub fn accept(mut self) -> Result<(Vec<u8>, TrafficKeys), HandshakeError> {
+        let mut buf = vec![0u8; NOISE_BUF];
+        let n = self.hs.write_message(&[], &mut buf).map_err(noise_err)?;
+        buf.truncate(n);
+        let (i2r, r2i) = self.hs.dangerously_get_raw_split();
+        Ok((
+            buf,
+            TrafficKeys {
+                send: r2i,
+                recv: i2r,
+            },
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(
+        a: &StaticKeypair,
+        b_known_by_a: &PublicKey,
+        b: &StaticKeypair,
+        psk_a: Option<&PresharedKey>,
+        psk_b: Option<&PresharedKey>,
+    ) -> Result<(TrafficKeys, TrafficKeys, PublicKey), HandshakeError> {
+        let (init, prelude, m1) = Initiator::start(a, b_known_by_a, psk_a, false)?;
+        let mut resp = Responder::new(b, psk_b, &prelude)?;
+        let seen = resp.read_message1(&m1)?;
+        let (m2, kb) = resp.accept()?;
+        let ka = init.finish(&m2)?;
+        Ok((ka, kb, seen))
+    }
+
+    #[test]
+    fn both_sides_agree_on_keys() {
+        let a = StaticKeypair::generate().unwrap();
+        let b = StaticKeypair::generate().unwrap();
+        let (ka, kb, seen) = run(&a, &b.public, &b, None, None).unwrap();
+        assert_eq!(seen, a.public);
+        assert_eq!(ka.send, kb.recv);
+        assert_eq!(ka.recv, kb.send);
+        assert_ne!(ka.send, ka.recv);
+        // every handshake yields new keys (ephemeral DH)
+        let (ka2, _, _) = run(&a, &b.public, &b, None, None).unwrap();
+        assert_ne!(ka.send, ka2.send);
+    }
+
+    #[test]
+    fn wrong_responder_key_fails_at_responder() {
+        let a = StaticKeypair::generate().unwrap();
+        let b = StaticKeypair::generate().unwrap();
+        let other = StaticKeypair::generate().unwrap();
+        let err = run(&a, &other.public, &b, None, None).unwrap_err();
+        assert!(matches!(err, HandshakeError::Authentication));
+    }
+
+    #[test]
+    fn psk_must_match() {
+        let a = StaticKeypair::generate().unwrap();
+        let b = StaticKeypair::generate().unwrap();
+        let p1 = PresharedKey([1; 32]);
+        let p2 = PresharedKey([2; 32]);
+        assert!(run(&a, &b.public, &b, Some(&p1), Some(&p1)).is_ok());
+        assert!(matches!(
+            run(&a, &b.public, &b, Some(&p1), Some(&p2)).unwrap_err(),
+            HandshakeError::Authentication
+        ));
+        assert!(matches!(
+            run(&a, &b.public, &b, Some(&p1), None).unwrap_err(),
+            HandshakeError::PskMismatch { .. }
+        ));
+    }
+
+    #[test]
+    fn version_mismatch_is_named() {
+        let b = StaticKeypair::generate().unwrap();
+        let prelude = Prelude {
+            version: 9,
+            flags: 0,
+        };
+        let err = Responder::new(&b, None, &prelude).err().unwrap();
+        assert!(err.to_string().contains("version 9"));
+    }
+}

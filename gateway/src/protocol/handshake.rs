@@ -1,0 +1,105 @@
+//! The clear-text prelude and the length-prefixed Noise handshake messages.
+//!
+//! ```text
+//! initiator -> responder:  "LMAS" | version u8 | flags u8 | len u16 | noise message 1
+//! responder -> initiator:  len u16 | noise message 2
+//! ```
+//!
+//! The 6-byte prelude is also the Noise prologue, so a tampered version or
+//! flag byte makes the handshake fail. It exists so that a responder can name
+//! a version mismatch or a non-LMAS client in one clear log line before doing
+//! any cryptography.
+
+use super::codec::{DecodeError, Reader};
+
+pub const MAGIC: [u8; 4] = *b"LMAS";
+pub const PRELUDE_LEN: usize = 6;
+/// Noise messages are at most 65535 bytes by the spec; ours are < 200.
+pub const MAX_NOISE_MESSAGE: usize = 1024;
+
+/// Flag bit: the initiator mixes a pre-shared key into the handshake.
+pub const FLAG_PSK: u8 = 0x01;
+/// Flag bit: this connection is a data flow (else the control connection).
+pub const FLAG_DATA_FLOW: u8 = 0x02;
+const KNOWN_FLAGS: u8 = FLAG_PSK | FLAG_DATA_FLOW;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prelude {
+    pub version: u8,
+    pub flags: u8,
+}
+
+impl Prelude {
+    pub fn encode(&self) -> [u8; PRELUDE_LEN] {
+        [
+            MAGIC[0],
+            MAGIC[1],
+            MAGIC[2],
+            MAGIC[3],
+            self.version,
+            self.flags,
+        ]
+    }
+
+    /// Parses the prelude. The version is returned as-is: the caller decides
+    /// whether it speaks it, so it can report the mismatch.
+    pub fn decode(bytes: &[u8; PRELUDE_LEN]) -> Result<Prelude, DecodeError> {
+        let mut r = Reader::new(bytes);
+        if r.array::<4>()? != MAGIC {
+            return Err(DecodeError::Invalid {
+                field: "magic",
+                why: "not an LMAS gateway",
+            });
+        }
+        let version = r.u8()?;
+        let flags = r.u8()?;
+        if flags & !KNOWN_FLAGS != 0 {
+            return Err(DecodeError::Invalid {
+                field: "flags",
+                why: "unknown flag bits",
+            });
+        }
+        Ok(Prelude { version, flags })
+    }
+
+    pub fn psk(&self) -> bool {
+        self.flags & FLAG_PSK != 0
+    }
+
+    pub fn data_flow(&self) -> bool {
+        self.flags & FLAG_DATA_FLOW != 0
+    }
+}
+
+/// Checks a handshake message length read from the wire.
+pub fn check_noise_len(len: u16) -> Result<usize, DecodeError> {
+    let len = len as usize;
+    if len == 0 || len > MAX_NOISE_MESSAGE {
+        return Err(DecodeError::Invalid {
+            field: "handshake length",
+            why: "must be 1..=1024",
+        });
+    }
+    Ok(len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prelude_bytes() {
+        let p = Prelude {
+            version: 1,
+            flags: FLAG_DATA_FLOW,
+        };
+        assert_eq!(p.encode(), *b"LMAS\x01\x02");
+        assert_eq!(Prelude::decode(&p.encode()).unwrap(), p);
+    }
+
+    #[test]
+    fn prelude_rejects_garbage() {
+        assert!(Prelude::decode(b"GET / ").is_err());
+        assert!(Prelude::decode(b"LMAS\x01\x80").is_err());
+    }
+}

@@ -1,0 +1,467 @@
+//! Record plaintexts: control messages and data frames.
+//!
+//! Each record carries exactly one message: a type byte, then fixed fields,
+//! all integers big-endian. Layouts are in `docs/PROTOCOL.md`.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+
+use super::codec::{DecodeError, Reader, Writer};
+
+/// Identifies one proxied TCP connection within a tunnel. The gateway that
+/// dialled the tunnel allocates even ids, the accepting gateway odd ones, so
+/// both ends can open sessions without coordination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub u64);
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+macro_rules! wire_enum {
+    ($(#[$m:meta])* $name:ident { $($variant:ident = $value:expr => $text:expr),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name {
+            $($variant,)+
+            /// A code this build does not know; kept so it can be logged.
+            Unknown(u8),
+        }
+        impl From<u8> for $name {
+            fn from(v: u8) -> Self {
+                match v { $($value => $name::$variant,)+ other => $name::Unknown(other) }
+            }
+        }
+        impl From<$name> for u8 {
+            fn from(v: $name) -> u8 {
+                match v { $($name::$variant => $value,)+ $name::Unknown(other) => other }
+            }
+        }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                match self {
+                    $($name::$variant => f.write_str($text),)+
+                    $name::Unknown(v) => write!(f, "unknown reason {v}"),
+                }
+            }
+        }
+    };
+}
+
+wire_enum!(
+    /// Why the far gateway would not open a session.
+    RefuseReason {
+        NotAllowed = 1 => "not in egress allowlist",
+        ConnectFailed = 2 => "connect to target failed",
+        TooManySessions = 3 => "too many sessions",
+        ShuttingDown = 4 => "gateway shutting down",
+    }
+);
+
+wire_enum!(
+    /// Why a session was aborted.
+    ResetReason {
+        ConnectionReset = 1 => "connection reset by endpoint",
+        ProtocolError = 2 => "protocol error",
+        TunnelLost = 3 => "tunnel lost",
+        ShuttingDown = 4 => "gateway shutting down",
+        Timeout = 5 => "timed out",
+    }
+);
+
+/// A piece of one direction of a session's byte stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataFrame {
+    pub session: SessionId,
+    /// Offset of `payload[0]` in the sender's byte stream.
+    pub offset: u64,
+    pub flags: u8,
+    pub payload: Bytes,
+}
+
+/// Header bytes before a data frame's payload: type, session, offset, flags, length.
+pub const DATA_HEADER_LEN: usize = 1 + 8 + 8 + 1 + 4;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// First record on the control connection, from the dialling gateway.
+    Hello {
+        name: String,
+        data_flows: u16,
+    },
+    /// Reply to `Hello`: the tunnel id that data flows must present.
+    Welcome {
+        tunnel_id: [u8; 16],
+        name: String,
+    },
+    /// First record on a data flow, from the dialling gateway.
+    Attach {
+        tunnel_id: [u8; 16],
+        flow: u16,
+    },
+    /// Ask the peer to connect to `target`; `window` is how many bytes of the
+    /// reverse direction the opener will buffer ahead of its acks.
+    Open {
+        session: SessionId,
+        target: SocketAddr,
+        window: u32,
+    },
+    Accept {
+        session: SessionId,
+        window: u32,
+    },
+    Refuse {
+        session: SessionId,
+        reason: RefuseReason,
+        detail: String,
+    },
+    /// The sender of this message has delivered `offset` bytes of the
+    /// session's stream to its endpoint (cumulative).
+    Ack {
+        session: SessionId,
+        offset: u64,
+    },
+    /// The stream from the sender of this message ends at `offset` (half-close).
+    Fin {
+        session: SessionId,
+        offset: u64,
+    },
+    Reset {
+        session: SessionId,
+        reason: ResetReason,
+    },
+    Ping {
+        id: u64,
+    },
+    Pong {
+        id: u64,
+    },
+    Data(DataFrame),
+}
+
+mod kind {
+    pub const HELLO: u8 = 0x01;
+    pub const WELCOME: u8 = 0x02;
+    pub const ATTACH: u8 = 0x03;
+    pub const OPEN: u8 = 0x10;
+    pub const ACCEPT: u8 = 0x11;
+    pub const REFUSE: u8 = 0x12;
+    pub const ACK: u8 = 0x13;
+    pub const FIN: u8 = 0x14;
+    pub const RESET: u8 = 0x15;
+    pub const PING: u8 = 0x16;
+    pub const PONG: u8 = 0x17;
+    pub const DATA: u8 = 0x20;
+}
+
+impl Message {
+    /// Appends the encoded message to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Message::Hello { name, data_flows } => {
+                out.put_u8(kind::HELLO);
+                out.put_u16(*data_flows);
+                out.put_short_str(name);
+            }
+            Message::Welcome { tunnel_id, name } => {
+                out.put_u8(kind::WELCOME);
+                out.extend_from_slice(tunnel_id);
+                out.put_short_str(name);
+            }
+            Message::Attach { tunnel_id, flow } => {
+                out.put_u8(kind::ATTACH);
+                out.extend_from_slice(tunnel_id);
+                out.put_u16(*flow);
+            }
+            Message::Open {
+                session,
+                target,
+                window,
+            } => {
+                out.put_u8(kind::OPEN);
+                out.put_u64(session.0);
+                out.put_u32(*window);
+                out.put_socket_addr(target);
+            }
+            Message::Accept { session, window } => {
+                out.put_u8(kind::ACCEPT);
+                out.put_u64(session.0);
+                out.put_u32(*window);
+            }
+            Message::Refuse {
+                session,
+                reason,
+                detail,
+            } => {
+                out.put_u8(kind::REFUSE);
+                out.put_u64(session.0);
+                out.put_u8((*reason).into());
+                out.put_short_str(detail);
+            }
+            Message::Ack { session, offset } => {
+                out.put_u8(kind::ACK);
+                out.put_u64(session.0);
+                out.put_u64(*offset);
+            }
+            Message::Fin { session, offset } => {
+                out.put_u8(kind::FIN);
+                out.put_u64(session.0);
+                out.put_u64(*offset);
+            }
+            Message::Reset { session, reason } => {
+                out.put_u8(kind::RESET);
+                out.put_u64(session.0);
+                out.put_u8((*reason).into());
+            }
+            Message::Ping { id } => {
+                out.put_u8(kind::PING);
+                out.put_u64(*id);
+            }
+            Message::Pong { id } => {
+                out.put_u8(kind::PONG);
+                out.put_u64(*id);
+            }
+            Message::Data(frame) => {
+                frame.encode_header(out);
+                out.extend_from_slice(&frame.payload);
+            }
+        }
+    }
+
+    /// Decodes one message from a record's plaintext. Data payloads share
+    /// `buf`'s allocation (no copy).
+    pub fn decode(buf: Bytes) -> Result<Message, DecodeError> {
+        let mut r = Reader::new(&buf);
+        let msg = match r.u8()? {
+            kind::HELLO => Message::Hello {
+                data_flows: r.u16()?,
+                name: r.short_str("gateway name")?,
+            },
+            kind::WELCOME => Message::Welcome {
+                tunnel_id: r.array()?,
+                name: r.short_str("gateway name")?,
+            },
+            kind::ATTACH => Message::Attach {
+                tunnel_id: r.array()?,
+                flow: r.u16()?,
+            },
+            kind::OPEN => Message::Open {
+                session: SessionId(r.u64()?),
+                window: r.u32()?,
+                target: r.socket_addr()?,
+            },
+            kind::ACCEPT => Message::Accept {
+                session: SessionId(r.u64()?),
+                window: r.u32()?,
+            },
+            kind::REFUSE => Message::Refuse {
+                session: SessionId(r.u64()?),
+                reason: r.u8()?.into(),
+                detail: r.short_str("refuse detail")?,
+            },
+            kind::ACK => Message::Ack {
+                session: SessionId(r.u64()?),
+                offset: r.u64()?,
+            },
+            kind::FIN => Message::Fin {
+                session: SessionId(r.u64()?),
+                offset: r.u64()?,
+            },
+            kind::RESET => Message::Reset {
+                session: SessionId(r.u64()?),
+                reason: r.u8()?.into(),
+            },
+            kind::PING => Message::Ping { id: r.u64()? },
+            kind::PONG => Message::Pong { id: r.u64()? },
+            kind::DATA => {
+                let session = SessionId(r.u64()?);
+                let offset = r.u64()?;
+                let flags = r.u8()?;
+                let len = r.u32()? as usize;
+                if r.remaining() != len {
+                    return Err(DecodeError::Invalid {
+                        field: "data length",
+                        why: "does not match the record length",
+                    });
+                }
+                if offset.checked_add(len as u64).is_none() {
+                    return Err(DecodeError::Invalid {
+                        field: "data offset",
+                        why: "offset + length overflows",
+                    });
+                }
+                return Ok(Message::Data(DataFrame {
+                    session,
+                    offset,
+                    flags,
+                    payload: buf.slice(DATA_HEADER_LEN..),
+                }));
+            }
+            other => return Err(DecodeError::UnknownType(other)),
+        };
+        r.finish()?;
+        Ok(msg)
+    }
+
+    /// A short name for logs and counters.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::Hello { .. } => "hello",
+            Message::Welcome { .. } => "welcome",
+            Message::Attach { .. } => "attach",
+            Message::Open { .. } => "open",
+            Message::Accept { .. } => "accept",
+            Message::Refuse { .. } => "refuse",
+            Message::Ack { .. } => "ack",
+            Message::Fin { .. } => "fin",
+            Message::Reset { .. } => "reset",
+            Message::Ping { .. } => "ping",
+            Message::Pong { .. } => "pong",
+            Message::Data(_) => "data",
+        }
+    }
+}
+
+impl DataFrame {
+    /// Writes the frame header (everything before the payload).
+    pub fn encode_header(&self, out: &mut Vec<u8>) {
+        out.put_u8(kind::DATA);
+        out.put_u64(self.session.0);
+        out.put_u64(self.offset);
+        out.put_u8(self.flags);
+        out.put_u32(self.payload.len() as u32);
+    }
+
+    /// Offset one past the last payload byte.
+    pub fn end(&self) -> u64 {
+        self.offset + self.payload.len() as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn round_trip(msg: &Message) -> Message {
+        let mut buf = Vec::new();
+        msg.encode(&mut buf);
+        Message::decode(Bytes::from(buf)).expect("decodes")
+    }
+
+    #[test]
+    fn data_frame_bytes() {
+        let msg = Message::Data(DataFrame {
+            session: SessionId(2),
+            offset: 0x0102,
+            flags: 0,
+            payload: Bytes::from_static(b"hi"),
+        });
+        let mut buf = Vec::new();
+        msg.encode(&mut buf);
+        assert_eq!(
+            buf,
+            [0x20, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, b'h', b'i']
+        );
+        assert_eq!(round_trip(&msg), msg);
+    }
+
+    #[test]
+    fn data_length_must_match_record() {
+        let mut buf = Vec::new();
+        Message::Data(DataFrame {
+            session: SessionId(2),
+            offset: 0,
+            flags: 0,
+            payload: Bytes::from_static(b"abc"),
+        })
+        .encode(&mut buf);
+        buf.pop();
+        assert!(Message::decode(Bytes::from(buf)).is_err());
+    }
+
+    #[test]
+    fn unknown_reason_codes_survive() {
+        let msg = Message::Refuse {
+            session: SessionId(7),
+            reason: RefuseReason::Unknown(99),
+            detail: "x".into(),
+        };
+        assert_eq!(round_trip(&msg), msg);
+    }
+
+    fn arb_message() -> impl Strategy<Value = Message> {
+        let sid = any::<u64>().prop_map(SessionId);
+        let addr = any::<(u32, u16)>()
+            .prop_map(|(ip, port)| SocketAddr::from((std::net::Ipv4Addr::from(ip), port)));
+        prop_oneof![
+            (".{0,40}", any::<u16>())
+                .prop_map(|(name, data_flows)| Message::Hello { name, data_flows }),
+            (any::<[u8; 16]>(), ".{0,40}")
+                .prop_map(|(tunnel_id, name)| Message::Welcome { tunnel_id, name }),
+            (any::<[u8; 16]>(), any::<u16>())
+                .prop_map(|(tunnel_id, flow)| Message::Attach { tunnel_id, flow }),
+            (sid.clone(), addr, any::<u32>()).prop_map(|(session, target, window)| Message::Open {
+                session,
+                target,
+                window
+            }),
+            (sid.clone(), any::<u32>())
+                .prop_map(|(session, window)| Message::Accept { session, window }),
+            (sid.clone(), any::<u8>(), ".{0,40}").prop_map(|(session, r, detail)| {
+                Message::Refuse {
+                    session,
+                    reason: r.into(),
+                    detail,
+                }
+            }),
+            (sid.clone(), any::<u64>())
+                .prop_map(|(session, offset)| Message::Ack { session, offset }),
+            (sid.clone(), any::<u64>())
+                .prop_map(|(session, offset)| Message::Fin { session, offset }),
+            (sid.clone(), any::<u8>()).prop_map(|(session, r)| Message::Reset {
+                session,
+                reason: r.into()
+            }),
+            any::<u64>().prop_map(|id| Message::Ping { id }),
+            any::<u64>().prop_map(|id| Message::Pong { id }),
+            (
+                sid,
+                0u64..u64::MAX / 2,
+                any::<u8>(),
+                proptest::collection::vec(any::<u8>(), 0..300)
+            )
+                .prop_map(|(session, offset, flags, p)| Message::Data(DataFrame {
+                    session,
+                    offset,
+                    flags,
+                    payload: Bytes::from(p)
+                })),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn every_message_round_trips(msg in arb_message()) {
+            prop_assert_eq!(round_trip(&msg), msg);
+        }
+
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = Message::decode(Bytes::from(bytes));
+        }
+
+        #[test]
+        fn every_truncation_is_an_error(msg in arb_message(), cut in 1usize..40) {
+            let mut buf = Vec::new();
+            msg.encode(&mut buf);
+            let keep = buf.len().saturating_sub(cut);
+            buf.truncate(keep);
+            prop_assert!(Message::decode(Bytes::from(buf)).is_err());
+        }
+    }
+}

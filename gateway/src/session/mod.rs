@@ -1,0 +1,73 @@
+//! The datapath-agnostic session core (sans-IO).
+//!
+//! ```text
+//!  endpoint bytes ─► SendStream ─► Scheduler ─► poll_frame(flow k) ─► data flow k
+//!  (one session)     (segmenter,    (resends first,                   (any of N)
+//!                     send buffer)   then round robin)
+//!
+//!  data flow j ─► handle_message(Data) ─► Reassembler ─► read() ─► endpoint
+//!                                          (in order,      │
+//!                                           dedup, window) └─► Ack on control
+//! ```
+//!
+//! Credits: the sender never has more than the peer's advertised window in
+//! flight per session, and never buffers more than `session_window` per
+//! session or `global_buffer` across sessions; when either is exhausted the
+//! datapath stops reading from the endpoint, so TCP backpressure reaches the
+//! hypervisor. No sockets, threads or clocks here: the DPDK datapath reuses
+//! this module unchanged.
+
+pub mod recv;
+pub mod scheduler;
+pub mod send;
+pub mod tunnel;
+
+pub use recv::{ReadOutcome, Reassembler};
+pub use tunnel::{Event, PeerError, SessionError, Side, TunnelCore};
+
+/// Microseconds on the caller's monotonic clock.
+pub type Instant = u64;
+
+/// Buffer and framing limits of one tunnel.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Per session and direction: bytes buffered at the sender, and the
+    /// receive window advertised to the peer.
+    pub session_window: u64,
+    /// Send-buffer bytes across all sessions of the tunnel.
+    pub global_buffer: u64,
+    /// Largest data frame payload.
+    pub frame_len: usize,
+    pub max_sessions: usize,
+    /// Send a cumulative ack at least every this many delivered bytes...
+    pub ack_every: u64,
+    /// ...or this long after the first unacked delivery.
+    pub ack_delay_us: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            session_window: 32 << 20,
+            global_buffer: 256 << 20,
+            frame_len: 64 << 10,
+            max_sessions: 4096,
+            ack_every: 1 << 20,
+            ack_delay_us: 2_000,
+        }
+    }
+}
+
+/// What the core counted; exposed in logs and (later) status output.
+#[derive(Debug, Clone, Default)]
+pub struct Counters {
+    pub data_frames_in: u64,
+    pub data_frames_out: u64,
+    pub duplicate_bytes_in: u64,
+    pub resent_bytes: u64,
+    pub flows_lost: u64,
+    pub protocol_errors: u64,
+}
+
+#[cfg(test)]
+mod tests;

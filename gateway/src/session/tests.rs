@@ -1,0 +1,290 @@
+//! Two cores wired back to back through simulated flows: the in-memory pair
+//! harness. Flows can lose everything they hold (a dead TCP connection); the
+//! byte stream must still arrive exactly.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use proptest::prelude::*;
+
+use super::*;
+use crate::protocol::{Message, SessionId};
+
+const FLOWS: usize = 3;
+
+struct End {
+    core: TunnelCore,
+    /// Per flow, frames on the wire towards the other end.
+    flows: Vec<VecDeque<Message>>,
+    control: VecDeque<Message>,
+    received: HashMap<SessionId, Vec<u8>>,
+    finished: HashMap<SessionId, bool>,
+    events: Vec<Event>,
+}
+
+impl End {
+    fn new(side: Side, limits: Limits) -> End {
+        End {
+            core: TunnelCore::new(side, limits, FLOWS),
+            flows: vec![VecDeque::new(); FLOWS],
+            control: VecDeque::new(),
+            received: HashMap::new(),
+            finished: HashMap::new(),
+            events: Vec::new(),
+        }
+    }
+
+    fn drain_events(&mut self) {
+        while let Some(e) = self.core.poll_event() {
+            if let Event::ConnectRequested { session, .. } = e {
+                self.core.accept(session).unwrap();
+            }
+            self.events.push(e);
+        }
+        while let Some(m) = self.core.poll_control() {
+            self.control.push_back(m);
+        }
+    }
+
+    fn read_all(&mut self, now: Instant) {
+        let ids: Vec<SessionId> = self.received.keys().copied().collect();
+        for id in ids {
+            while let Ok(out) = self.core.read(now, id) {
+                match out {
+                    ReadOutcome::Data(d) => {
+                        self.received.get_mut(&id).unwrap().extend_from_slice(&d)
+                    }
+                    ReadOutcome::Finished => {
+                        // Like a server that closes once the client is done.
+                        self.finished.insert(id, true);
+                        let _ = self.core.finish(id);
+                        break;
+                    }
+                    ReadOutcome::Blocked => break,
+                }
+            }
+        }
+        self.drain_events();
+    }
+}
+
+fn limits() -> Limits {
+    Limits {
+        session_window: 4096,
+        global_buffer: 6000,
+        frame_len: 700,
+        max_sessions: 16,
+        ack_every: 1024,
+        ack_delay_us: 100,
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// Flow k of the given end pulls a frame.
+    Pull {
+        from_a: bool,
+        flow: usize,
+    },
+    /// The oldest message on flow k is delivered.
+    Deliver {
+        from_a: bool,
+        flow: usize,
+    },
+    /// Control messages are delivered.
+    Control,
+    /// Flow k dies: what is on it is lost, both ends learn of it.
+    Kill {
+        flow: usize,
+    },
+    Read,
+    Tick,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (any::<bool>(), 0..FLOWS).prop_map(|(from_a, flow)| Op::Pull { from_a, flow }),
+        4 => (any::<bool>(), 0..FLOWS).prop_map(|(from_a, flow)| Op::Deliver { from_a, flow }),
+        2 => Just(Op::Control),
+        1 => (0..FLOWS).prop_map(|flow| Op::Kill { flow }),
+        2 => Just(Op::Read),
+        1 => Just(Op::Tick),
+    ]
+}
+
+fn deliver(to: &mut End, msg: Message) {
+    let _ = to.core.handle_message(msg);
+    to.drain_events();
+}
+
+/// Runs `ops`, then lets everything settle with no more faults.
+fn run(streams: &[Vec<u8>], ops: &[Op]) -> (End, End, Vec<SessionId>) {
+    let target: SocketAddr = "192.0.2.1:5000".parse().unwrap();
+    let mut a = End::new(Side::Dialer, limits());
+    let mut b = End::new(Side::Acceptor, limits());
+    let mut ids = Vec::new();
+    let mut pending: Vec<(SessionId, Bytes, bool)> = Vec::new();
+    for data in streams {
+        let id = a.core.open(target).unwrap();
+        ids.push(id);
+        a.received.insert(id, Vec::new());
+        b.received.insert(id, Vec::new());
+        pending.push((id, Bytes::from(data.clone()), false));
+    }
+    a.drain_events();
+    let mut now: Instant = 0;
+    let feed = |a: &mut End, pending: &mut Vec<(SessionId, Bytes, bool)>| {
+        for (id, data, finished) in pending.iter_mut() {
+            let cap = a.core.send_capacity(*id).unwrap_or(0) as usize;
+            let n = cap.min(data.len()).min(500);
+            if n > 0 {
+                a.core.write(*id, data.split_to(n)).unwrap();
+            }
+            if data.is_empty() && !*finished {
+                *finished = true;
+                a.core.finish(*id).unwrap();
+            }
+        }
+        a.drain_events();
+    };
+    let step = |op: &Op, a: &mut End, b: &mut End, now: &mut Instant| match *op {
+        Op::Pull { from_a, flow } => {
+            let end = if from_a { &mut *a } else { &mut *b };
+            if let Some(f) = end.core.poll_frame(flow) {
+                end.flows[flow].push_back(Message::Data(f));
+            }
+            end.drain_events();
+        }
+        Op::Deliver { from_a, flow } => {
+            let (src, dst) = if from_a {
+                (&mut *a, &mut *b)
+            } else {
+                (&mut *b, &mut *a)
+            };
+            if let Some(m) = src.flows[flow].pop_front() {
+                deliver(dst, m);
+            }
+        }
+        Op::Control => {
+            while let Some(m) = a.control.pop_front() {
+                deliver(b, m);
+            }
+            while let Some(m) = b.control.pop_front() {
+                deliver(a, m);
+            }
+        }
+        Op::Kill { flow } => {
+            a.flows[flow].clear();
+            b.flows[flow].clear();
+            a.core.flow_lost(flow);
+            b.core.flow_lost(flow);
+            a.drain_events();
+            b.drain_events();
+        }
+        Op::Read => {
+            a.read_all(*now);
+            b.read_all(*now);
+        }
+        Op::Tick => {
+            *now += 1000;
+            a.core.handle_timeout(*now);
+            b.core.handle_timeout(*now);
+            a.drain_events();
+            b.drain_events();
+        }
+    };
+    for op in ops {
+        feed(&mut a, &mut pending);
+        step(op, &mut a, &mut b, &mut now);
+    }
+    // Settle: no faults, every flow pulls and delivers until quiet.
+    for _ in 0..10_000 {
+        feed(&mut a, &mut pending);
+        for flow in 0..FLOWS {
+            for from_a in [true, false] {
+                step(&Op::Pull { from_a, flow }, &mut a, &mut b, &mut now);
+                step(&Op::Deliver { from_a, flow }, &mut a, &mut b, &mut now);
+            }
+        }
+        step(&Op::Control, &mut a, &mut b, &mut now);
+        step(&Op::Read, &mut a, &mut b, &mut now);
+        step(&Op::Tick, &mut a, &mut b, &mut now);
+        if a.core.session_count() == 0 && b.core.session_count() == 0 {
+            break;
+        }
+    }
+    (a, b, ids)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn streams_arrive_exactly_despite_dying_flows(
+        streams in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..12_000), 1..4),
+        ops in proptest::collection::vec(op(), 0..400),
+    ) {
+        let (a, b, ids) = run(&streams, &ops);
+        for (id, data) in ids.iter().zip(&streams) {
+            prop_assert_eq!(&b.received[id], data, "session {}", id);
+            prop_assert!(b.finished.get(id).copied().unwrap_or(false), "session {} saw its end", id);
+        }
+        prop_assert_eq!(a.core.session_count(), 0);
+        prop_assert_eq!(b.core.session_count(), 0);
+        prop_assert_eq!(a.core.buffered(), 0);
+    }
+}
+
+#[test]
+fn sender_never_buffers_beyond_limits() {
+    let target: SocketAddr = "192.0.2.1:5000".parse().unwrap();
+    let mut a = End::new(Side::Dialer, limits());
+    let ids: Vec<_> = (0..3).map(|_| a.core.open(target).unwrap()).collect();
+    for id in &ids {
+        // nobody acks: capacity shrinks to zero and stays there
+        while let Ok(cap) = a.core.send_capacity(*id) {
+            if cap == 0 {
+                break;
+            }
+            a.core
+                .write(*id, Bytes::from(vec![0u8; cap.min(300) as usize]))
+                .unwrap();
+        }
+    }
+    assert!(a.core.buffered() <= limits().global_buffer);
+}
+
+#[test]
+fn refused_open_is_reported_and_forgotten() {
+    let target: SocketAddr = "192.0.2.1:5000".parse().unwrap();
+    let mut a = End::new(Side::Dialer, limits());
+    let mut b = End::new(Side::Acceptor, limits());
+    let id = a.core.open(target).unwrap();
+    a.drain_events();
+    let open = a.control.pop_front().unwrap();
+    b.core.handle_message(open).unwrap();
+    assert!(matches!(
+        b.core.poll_event(),
+        Some(Event::ConnectRequested { .. })
+    ));
+    b.core
+        .refuse(id, crate::protocol::RefuseReason::NotAllowed, "");
+    let refuse = b.core.poll_control().unwrap();
+    a.core.handle_message(refuse).unwrap();
+    a.drain_events();
+    assert!(a.events.iter().any(|e| matches!(e, Event::Refused { .. })));
+    assert_eq!(a.core.session_count(), 0);
+    assert_eq!(b.core.session_count(), 0);
+}
+
+#[test]
+fn peer_cannot_open_in_our_id_space() {
+    let mut a = End::new(Side::Dialer, limits());
+    let err = a.core.handle_message(Message::Open {
+        session: SessionId(0),
+        target: "192.0.2.1:1".parse().unwrap(),
+        window: 10,
+    });
+    assert!(matches!(err, Err(PeerError::BadSessionId(_))));
+}

@@ -1,0 +1,623 @@
+//! The sans-IO core of one tunnel: all sessions between two gateways.
+//!
+//! A datapath drives it:
+//! - endpoint side: [`TunnelCore::open`], [`TunnelCore::write`],
+//!   [`TunnelCore::finish`], [`TunnelCore::read`], [`TunnelCore::reset`],
+//!   [`TunnelCore::accept`] / [`TunnelCore::refuse`];
+//! - peer side: [`TunnelCore::handle_message`] for every decrypted message,
+//!   [`TunnelCore::poll_frame`] when a data flow can send,
+//!   [`TunnelCore::poll_control`] when the control connection can send,
+//!   [`TunnelCore::flow_lost`] when a data flow dies;
+//! - time: [`TunnelCore::poll_timeout`] / [`TunnelCore::handle_timeout`].
+//!
+//! After each call the datapath drains [`TunnelCore::poll_event`] to learn
+//! whom to wake. Nothing here reads a clock or touches a socket.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+
+use super::recv::{ReadOutcome, Reassembler};
+use super::scheduler::{Carried, Scheduler};
+use super::send::SendStream;
+use super::{Counters, Instant, Limits};
+use crate::protocol::{DataFrame, Message, RefuseReason, ResetReason, SessionId};
+
+/// Which end of the tunnel this core is; decides session id parity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Dialer,
+    Acceptor,
+}
+
+/// Something the datapath must act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The peer wants a connection to `target`; answer with `accept` or `refuse`.
+    ConnectRequested {
+        session: SessionId,
+        target: SocketAddr,
+    },
+    /// Our `open` succeeded: the far gateway is connected to the target.
+    Accepted(SessionId),
+    Refused {
+        session: SessionId,
+        reason: RefuseReason,
+        detail: String,
+    },
+    /// The session is gone; reset the local endpoint.
+    Reset {
+        session: SessionId,
+        reason: ResetReason,
+    },
+    /// In-order data or end-of-stream is ready for `read`.
+    Readable(SessionId),
+    /// The session's send buffer has room again.
+    Writable(SessionId),
+    /// The global buffer budget has room again.
+    CreditFreed,
+    /// Frames are waiting: data flows should pull.
+    FramesReady,
+    /// Control messages are waiting.
+    ControlReady,
+    /// Both directions completed; the session was removed.
+    Closed(SessionId),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// We sent `Open` and wait for `Accept`.
+    Opening,
+    /// The peer sent `Open`; the datapath is connecting to the target.
+    Connecting,
+    Open,
+}
+
+#[derive(Debug)]
+struct Session {
+    state: State,
+    send: SendStream,
+    recv: Reassembler,
+    /// Whether the session sits in the scheduler's ready queue.
+    queued: bool,
+    fin_sent: bool,
+    /// Cumulative ack we last sent, and since when a newer one is pending.
+    ack_sent: u64,
+    ack_pending_since: Option<Instant>,
+}
+
+/// Why an endpoint-side call could not proceed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    #[error("session {0} is gone")]
+    Gone(SessionId),
+    #[error("too many sessions (limit {0})")]
+    TooMany(usize),
+}
+
+pub struct TunnelCore {
+    side: Side,
+    limits: Limits,
+    next_id: u64,
+    sessions: HashMap<SessionId, Session>,
+    scheduler: Scheduler,
+    control: VecDeque<Message>,
+    events: VecDeque<Event>,
+    /// Sum of all sessions' send buffers.
+    buffered: u64,
+    counters: Counters,
+}
+
+impl TunnelCore {
+    pub fn new(side: Side, limits: Limits, flows: usize) -> Self {
+        TunnelCore {
+            side,
+            next_id: match side {
+                Side::Dialer => 0,
+                Side::Acceptor => 1,
+            },
+            limits,
+            sessions: HashMap::new(),
+            scheduler: Scheduler::new(flows),
+            control: VecDeque::new(),
+            events: VecDeque::new(),
+            buffered: 0,
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn side(&self) -> Side {
+        self.side
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn buffered(&self) -> u64 {
+        self.buffered
+    }
+
+    pub fn flow_count(&self) -> usize {
+        self.scheduler.flow_count()
+    }
+
+    // ---- endpoint side -------------------------------------------------
+
+    /// Starts a session towards `target` on the far side.
+    pub fn open(&mut self, target: SocketAddr) -> Result<SessionId, SessionError> {
+        if self.sessions.len() >= self.limits.max_sessions {
+            return Err(SessionError::TooMany(self.limits.max_sessions));
+        }
+        let id = SessionId(self.next_id);
+        self.next_id += 2;
+        self.sessions.insert(id, self.new_session(State::Opening));
+        self.push_control(Message::Open {
+            session: id,
+            target,
+            window: self.window_u32(),
+        });
+        Ok(id)
+    }
+
+    /// The datapath connected to the target of a `ConnectRequested`.
+    pub fn accept(&mut self, id: SessionId) -> Result<(), SessionError> {
+        let window = self.window_u32();
+        let s = self.session_mut(id)?;
+        s.state = State::Open;
+        self.push_control(Message::Accept {
+            session: id,
+            window,
+        });
+        self.schedule(id);
+        Ok(())
+    }
+
+    /// The datapath will not (or could not) connect to the target.
+    pub fn refuse(&mut self, id: SessionId, reason: RefuseReason, detail: &str) {
+        if self.remove(id).is_some() {
+            self.push_control(Message::Refuse {
+                session: id,
+                reason,
+                detail: detail.to_string(),
+            });
+        }
+    }
+
+    /// How many bytes the endpoint may `write` now (0 = wait for `Writable`
+    /// or `CreditFreed`).
+    pub fn send_capacity(&self, id: SessionId) -> Result<u64, SessionError> {
+        let s = self.session(id)?;
+        let own = self.limits.session_window.saturating_sub(s.send.buffered());
+        let global = self.limits.global_buffer.saturating_sub(self.buffered);
+        Ok(own.min(global))
+    }
+
+    /// Queues endpoint bytes for the peer. May exceed `send_capacity` by at
+    /// most one read's worth; the caller checks capacity before reading.
+    pub fn write(&mut self, id: SessionId, data: Bytes) -> Result<(), SessionError> {
+        let n = data.len() as u64;
+        let s = self.session_mut(id)?;
+        if s.send.is_finished() {
+            return Ok(()); // endpoint wrote after its own half-close: impossible on TCP
+        }
+        s.send.push(data);
+        self.buffered += n;
+        self.schedule(id);
+        Ok(())
+    }
+
+    /// The endpoint half-closed: send our final offset.
+    pub fn finish(&mut self, id: SessionId) -> Result<(), SessionError> {
+        let s = self.session_mut(id)?;
+        if s.send.is_finished() {
+            return Ok(());
+        }
+        let offset = s.send.finish();
+        s.fin_sent = true;
+        self.push_control(Message::Fin {
+            session: id,
+            offset,
+        });
+        self.maybe_close(id);
+        Ok(())
+    }
+
+    /// Takes in-order bytes for the endpoint.
+    pub fn read(&mut self, now: Instant, id: SessionId) -> Result<ReadOutcome, SessionError> {
+        let ack_every = self.limits.ack_every;
+        let s = self.session_mut(id)?;
+        let out = s.recv.read();
+        let mut send_ack = false;
+        match &out {
+            ReadOutcome::Data(_) => {
+                if s.recv.delivered() - s.ack_sent >= ack_every {
+                    send_ack = true;
+                } else if s.ack_pending_since.is_none() {
+                    s.ack_pending_since = Some(now);
+                }
+            }
+            // Ack the final byte at once: the peer holds its buffer until then.
+            ReadOutcome::Finished => send_ack = s.ack_sent < s.recv.delivered(),
+            ReadOutcome::Blocked => {}
+        }
+        if send_ack {
+            self.send_ack(id);
+        }
+        if matches!(out, ReadOutcome::Finished) {
+            self.maybe_close(id);
+        }
+        Ok(out)
+    }
+
+    /// Aborts a session from our side (endpoint reset or error).
+    pub fn reset(&mut self, id: SessionId, reason: ResetReason) {
+        if self.remove(id).is_some() {
+            self.push_control(Message::Reset {
+                session: id,
+                reason,
+            });
+            self.events.push_back(Event::Reset {
+                session: id,
+                reason,
+            });
+        }
+    }
+
+    /// Aborts every session (tunnel lost or shutting down), without telling
+    /// the peer (there may be no way to).
+    pub fn reset_all(&mut self, reason: ResetReason) {
+        let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+        for id in ids {
+            self.remove(id);
+            self.events.push_back(Event::Reset {
+                session: id,
+                reason,
+            });
+        }
+    }
+
+    // ---- peer side ------------------------------------------------------
+
+    /// Applies one decrypted message from the peer (control or data).
+    /// Messages that make no sense for a session reset that session only;
+    /// the error is returned for the caller to count and log.
+    pub fn handle_message(&mut self, msg: Message) -> Result<(), PeerError> {
+        match msg {
+            Message::Data(frame) => self.handle_data(frame),
+            Message::Open {
+                session,
+                target,
+                window,
+            } => {
+                if self.is_own_id(session) || self.sessions.contains_key(&session) {
+                    return Err(PeerError::BadSessionId(session));
+                }
+                if self.sessions.len() >= self.limits.max_sessions {
+                    self.push_control(Message::Refuse {
+                        session,
+                        reason: RefuseReason::TooManySessions,
+                        detail: format!("limit {}", self.limits.max_sessions),
+                    });
+                    return Ok(());
+                }
+                let mut s = self.new_session(State::Connecting);
+                s.send.set_peer_window(window as u64);
+                self.sessions.insert(session, s);
+                self.events
+                    .push_back(Event::ConnectRequested { session, target });
+                Ok(())
+            }
+            Message::Accept { session, window } => {
+                let s = self.peer_session(session)?;
+                if s.state != State::Opening {
+                    return self.violation(session, "accept for a session not opening");
+                }
+                s.state = State::Open;
+                s.send.set_peer_window(window as u64);
+                self.events.push_back(Event::Accepted(session));
+                self.schedule(session);
+                Ok(())
+            }
+            Message::Refuse {
+                session,
+                reason,
+                detail,
+            } => {
+                if self.sessions.get(&session).map(|s| s.state) != Some(State::Opening) {
+                    return Err(PeerError::UnknownSession(session));
+                }
+                self.remove(session);
+                self.events.push_back(Event::Refused {
+                    session,
+                    reason,
+                    detail,
+                });
+                Ok(())
+            }
+            Message::Ack { session, offset } => {
+                let s = self.peer_session(session)?;
+                if !s.send.ack_is_valid(offset) {
+                    return self.violation(session, "ack beyond data sent");
+                }
+                let released = s.send.on_ack(offset);
+                let more = s.send.has_sendable();
+                if released > 0 {
+                    let was_full = self.buffered >= self.limits.global_buffer;
+                    self.buffered -= released;
+                    self.events.push_back(Event::Writable(session));
+                    if was_full {
+                        self.events.push_back(Event::CreditFreed);
+                    }
+                }
+                if more {
+                    self.schedule(session);
+                }
+                self.maybe_close(session);
+                Ok(())
+            }
+            Message::Fin { session, offset } => {
+                let s = self.peer_session(session)?;
+                if let Err(e) = s.recv.set_fin(offset) {
+                    return self.violation_owned(session, e.to_string());
+                }
+                self.events.push_back(Event::Readable(session));
+                Ok(())
+            }
+            Message::Reset { session, reason } => {
+                if self.remove(session).is_none() {
+                    return Err(PeerError::UnknownSession(session));
+                }
+                self.events.push_back(Event::Reset { session, reason });
+                Ok(())
+            }
+            Message::Ping { id } => {
+                self.push_control(Message::Pong { id });
+                Ok(())
+            }
+            Message::Pong { .. } => Ok(()),
+            other @ (Message::Hello { .. } | Message::Welcome { .. } | Message::Attach { .. }) => {
+                Err(PeerError::Unexpected(other.name()))
+            }
+        }
+    }
+
+    fn handle_data(&mut self, frame: DataFrame) -> Result<(), PeerError> {
+        let id = frame.session;
+        let len = frame.payload.len() as u64;
+        let s = self.peer_session(id)?;
+        match s.recv.insert(frame.offset, frame.payload) {
+            Ok(added) => {
+                self.counters.data_frames_in += 1;
+                self.counters.duplicate_bytes_in += len - added;
+                if added > 0 {
+                    self.events.push_back(Event::Readable(id));
+                }
+                Ok(())
+            }
+            Err(e) => self.violation_owned(id, e.to_string()),
+        }
+    }
+
+    /// Hands the next frame to data flow `flow`, which can send now.
+    pub fn poll_frame(&mut self, flow: usize) -> Option<DataFrame> {
+        let sessions = &self.sessions;
+        self.scheduler.prune(flow, |c| {
+            sessions
+                .get(&c.session)
+                .is_none_or(|s| s.send.acked() >= c.end)
+        });
+        while let Some(c) = self.scheduler.next_resend() {
+            let Some(s) = self.sessions.get(&c.session) else {
+                continue;
+            };
+            if let Some((offset, payload)) = s.send.resend(c.start, c.end) {
+                self.counters.resent_bytes += payload.len() as u64;
+                return Some(self.carry(flow, c.session, offset, payload));
+            }
+        }
+        while let Some(id) = self.scheduler.next_ready() {
+            let frame_len = self.limits.frame_len;
+            let Some(s) = self.sessions.get_mut(&id) else {
+                continue;
+            };
+            s.queued = false;
+            if s.state != State::Open {
+                continue;
+            }
+            let Some((offset, payload)) = s.send.next_frame(frame_len) else {
+                continue;
+            };
+            if s.send.has_sendable() {
+                s.queued = true;
+                self.scheduler.mark_ready(id);
+            }
+            return Some(self.carry(flow, id, offset, payload));
+        }
+        None
+    }
+
+    fn carry(&mut self, flow: usize, session: SessionId, offset: u64, payload: Bytes) -> DataFrame {
+        let end = offset + payload.len() as u64;
+        self.scheduler.record(
+            flow,
+            Carried {
+                session,
+                start: offset,
+                end,
+            },
+        );
+        self.counters.data_frames_out += 1;
+        DataFrame {
+            session,
+            offset,
+            flags: 0,
+            payload,
+        }
+    }
+
+    /// A data flow died: what it carried goes out again on the others.
+    pub fn flow_lost(&mut self, flow: usize) {
+        if self.scheduler.flow_lost(flow) > 0 {
+            self.counters.flows_lost += 1;
+            self.events.push_back(Event::FramesReady);
+        }
+    }
+
+    /// Next control message for the peer.
+    pub fn poll_control(&mut self) -> Option<Message> {
+        self.control.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    // ---- time -----------------------------------------------------------
+
+    /// When `handle_timeout` next has work (a delayed ack), if ever.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.sessions
+            .values()
+            .filter_map(|s| s.ack_pending_since)
+            .min()
+            .map(|t| t + self.limits.ack_delay_us)
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let delay = self.limits.ack_delay_us;
+        let due: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.ack_pending_since.is_some_and(|t| t + delay <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            self.send_ack(id);
+        }
+    }
+
+    // ---- internals ------------------------------------------------------
+
+    fn new_session(&self, state: State) -> Session {
+        Session {
+            state,
+            send: SendStream::new(0),
+            recv: Reassembler::new(self.limits.session_window),
+            queued: false,
+            fin_sent: false,
+            ack_sent: 0,
+            ack_pending_since: None,
+        }
+    }
+
+    fn window_u32(&self) -> u32 {
+        self.limits.session_window.min(u32::MAX as u64) as u32
+    }
+
+    fn is_own_id(&self, id: SessionId) -> bool {
+        (id.0 % 2 == 0) == (self.side == Side::Dialer)
+    }
+
+    fn session(&self, id: SessionId) -> Result<&Session, SessionError> {
+        self.sessions.get(&id).ok_or(SessionError::Gone(id))
+    }
+
+    fn session_mut(&mut self, id: SessionId) -> Result<&mut Session, SessionError> {
+        self.sessions.get_mut(&id).ok_or(SessionError::Gone(id))
+    }
+
+    /// A session the peer refers to. Unknown ids are normal after a reset
+    /// (frames in flight), so the caller only counts them.
+    fn peer_session(&mut self, id: SessionId) -> Result<&mut Session, PeerError> {
+        self.sessions
+            .get_mut(&id)
+            .ok_or(PeerError::UnknownSession(id))
+    }
+
+    fn violation(&mut self, id: SessionId, why: &'static str) -> Result<(), PeerError> {
+        self.violation_owned(id, why.to_string())
+    }
+
+    fn violation_owned(&mut self, id: SessionId, why: String) -> Result<(), PeerError> {
+        self.counters.protocol_errors += 1;
+        self.reset(id, ResetReason::ProtocolError);
+        Err(PeerError::Violation { session: id, why })
+    }
+
+    fn push_control(&mut self, msg: Message) {
+        if self.control.is_empty() {
+            self.events.push_back(Event::ControlReady);
+        }
+        self.control.push_back(msg);
+    }
+
+    fn send_ack(&mut self, id: SessionId) {
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        s.ack_pending_since = None;
+        let offset = s.recv.delivered();
+        if offset > s.ack_sent {
+            s.ack_sent = offset;
+            self.push_control(Message::Ack {
+                session: id,
+                offset,
+            });
+        }
+    }
+
+    fn schedule(&mut self, id: SessionId) {
+        if let Some(s) = self.sessions.get_mut(&id) {
+            if !s.queued && s.state == State::Open && s.send.has_sendable() {
+                s.queued = true;
+                self.scheduler.mark_ready(id);
+                self.events.push_back(Event::FramesReady);
+            }
+        }
+    }
+
+    fn remove(&mut self, id: SessionId) -> Option<Session> {
+        let s = self.sessions.remove(&id)?;
+        let was_full = self.buffered >= self.limits.global_buffer;
+        self.buffered -= s.send.buffered();
+        if was_full && self.buffered < self.limits.global_buffer {
+            self.events.push_back(Event::CreditFreed);
+        }
+        self.scheduler.forget(id);
+        Some(s)
+    }
+
+    /// Removes a session whose two directions are both complete.
+    fn maybe_close(&mut self, id: SessionId) {
+        let done = self.sessions.get(&id).is_some_and(|s| {
+            s.send.is_complete() && s.recv.is_finished() && s.ack_sent == s.recv.delivered()
+        });
+        if done {
+            self.remove(id);
+            self.events.push_back(Event::Closed(id));
+        }
+    }
+}
+
+/// A message from the peer that could not be applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PeerError {
+    /// Usually harmless: frames or acks still in flight for a session that
+    /// was reset or closed.
+    #[error("message for unknown session {0}")]
+    UnknownSession(SessionId),
+    #[error("peer used session id {0} from our own id space or twice")]
+    BadSessionId(SessionId),
+    #[error("session {session}: {why}")]
+    Violation { session: SessionId, why: String },
+    #[error("unexpected {0} message after the tunnel was set up")]
+    Unexpected(&'static str),
+}
