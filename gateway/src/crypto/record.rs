@@ -65,15 +65,20 @@ impl RecordSealer {
         }
     }
 
-    /// Seals the plaintext that the caller placed in `buf[RECORD_HEADER_LEN..]`,
-    /// writing the length header in front and appending the tag. On return
-    /// `buf` is the whole record, ready to send.
+    /// Seals the record that starts at `buf[start..]`: the caller reserved
+    /// [`RECORD_HEADER_LEN`] bytes at `start` and put the plaintext after
+    /// them. Writes the length header and appends the tag, so on return
+    /// `buf[start..]` is the whole record, ready to send. Sealing in place at
+    /// the end of an output buffer lets many records share one write.
     ///
     /// # Panics
-    /// If `buf` is shorter than the header (a caller bug).
-    pub fn seal(&mut self, buf: &mut Vec<u8>) -> Result<(), RecordError> {
-        assert!(buf.len() >= RECORD_HEADER_LEN, "no room for the header");
-        let body_len = buf.len() - RECORD_HEADER_LEN + TAG_LEN;
+    /// If `buf[start..]` is shorter than the header (a caller bug).
+    pub fn seal(&mut self, buf: &mut Vec<u8>, start: usize) -> Result<(), RecordError> {
+        assert!(
+            buf.len() >= start + RECORD_HEADER_LEN,
+            "no room for the header"
+        );
+        let body_len = buf.len() - start - RECORD_HEADER_LEN + TAG_LEN;
         if body_len > MAX_RECORD_LEN {
             return Err(RecordError::BadLength(body_len));
         }
@@ -81,13 +86,13 @@ impl RecordSealer {
             return Err(RecordError::KeyExhausted);
         }
         let header = (body_len as u32).to_be_bytes();
-        buf[..RECORD_HEADER_LEN].copy_from_slice(&header);
+        buf[start..start + RECORD_HEADER_LEN].copy_from_slice(&header);
         let tag = self
             .key
             .seal_in_place_separate_tag(
                 nonce(self.counter),
                 Aad::from(header),
-                &mut buf[RECORD_HEADER_LEN..],
+                &mut buf[start + RECORD_HEADER_LEN..],
             )
             .map_err(|_| RecordError::Authentication)?;
         buf.extend_from_slice(tag.as_ref());
@@ -152,7 +157,7 @@ mod tests {
     fn sealed(sealer: &mut RecordSealer, plain: &[u8]) -> Vec<u8> {
         let mut buf = vec![0u8; RECORD_HEADER_LEN];
         buf.extend_from_slice(plain);
-        sealer.seal(&mut buf).unwrap();
+        sealer.seal(&mut buf, 0).unwrap();
         buf
     }
 

@@ -1,1 +1,460 @@
-//! Kernel-socket datapath (tokio).
+//! The portable datapath on kernel sockets (tokio).
+//!
+//! ```text
+//!  ingress (listen/tproxy) ─► Tunnel::open_session ─► endpoint::drive ─┐
+//!                                                                      ├─ TunnelCore (session core)
+//!  egress (allowlist, connect) ◄─ ConnectRequested ◄───────────────────┘      │
+//!                                                                             ▼
+//!                      control connection (run_control) + N data flows (run_flow)
+//! ```
+//! The dialling gateway keeps the tunnel up: it re-dials a dead data flow
+//! (its frames go out again on the others meanwhile) and re-establishes the
+//! whole tunnel if the control connection dies.
+
+mod conn;
+mod egress;
+mod endpoint;
+mod ingress;
+pub mod sockopt;
+mod tunnel;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use log::{info, warn};
+use ring::rand::{SecureRandom, SystemRandom};
+use socket2::SockRef;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{watch, Notify, Semaphore};
+
+use crate::admin::{Config, TunnelEnd};
+use crate::protocol::{Message, ResetReason};
+use crate::session::Side;
+use conn::{
+    handshake_initiator, handshake_read_initiator, peer_label, ConnError, RecordReader,
+    RecordWriter,
+};
+use sockopt::{tune_wan, WanTuning};
+use tunnel::{buffered, log_up, Tunnel};
+
+/// A handshake (and its first record) must complete within this time.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in progress at once; more connections are dropped at once,
+/// so a flood of half-open connections cannot exhaust the gateway.
+const MAX_PENDING_HANDSHAKES: usize = 64;
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Process-wide state shared by all tasks.
+pub struct Gateway {
+    pub config: Config,
+    tuning: WanTuning,
+    current: watch::Sender<Option<Arc<Tunnel>>>,
+    handshakes: Arc<Semaphore>,
+}
+
+impl Gateway {
+    /// The tunnel, once it is up (waits at most `wait`).
+    pub async fn wait_for_tunnel(&self, wait: Duration) -> Option<Arc<Tunnel>> {
+        let mut rx = self.current.subscribe();
+        let found = tokio::time::timeout(
+            wait,
+            rx.wait_for(|t| t.as_ref().is_some_and(|t| !t.closed.is_cancelled())),
+        )
+        .await;
+        match found {
+            Ok(Ok(t)) => t.clone(),
+            _ => None,
+        }
+    }
+
+    fn install(&self, tunnel: Option<Arc<Tunnel>>) {
+        let old = self.current.send_replace(tunnel);
+        if let Some(old) = old {
+            old.shutdown(ResetReason::TunnelLost);
+        }
+    }
+}
+
+/// Runs a gateway until SIGINT or SIGTERM.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("lmas")
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let tuning = WanTuning {
+        congestion: config
+            .congestion
+            .clone()
+            .unwrap_or_else(sockopt::default_congestion),
+        buffer: config.socket_buffer,
+    };
+    info!(
+        "gateway {} starting: peer {}, {} data flows, congestion {}",
+        config.name, config.peer_name, config.data_flows, tuning.congestion
+    );
+    let gateway = Arc::new(Gateway {
+        config,
+        tuning,
+        current: watch::channel(None).0,
+        handshakes: Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES)),
+    });
+    // Bind everything first so a bad address fails the start, not later.
+    let mut listeners = Vec::new();
+    for ingress in &gateway.config.ingress {
+        let l = ingress::bind(ingress)
+            .with_context(|| format!("ingress: cannot listen on {}", ingress.bind))?;
+        listeners.push((*ingress, l));
+    }
+    match gateway.config.tunnel {
+        TunnelEnd::Dial(addr) => {
+            tokio::spawn(dial_loop(gateway.clone(), addr));
+        }
+        TunnelEnd::Listen(addr) => {
+            let l = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("gateway.tunnel_listen: cannot listen on {addr}"))?;
+            info!("waiting for peer {} on {addr}", gateway.config.peer_name);
+            tokio::spawn(accept_loop(gateway.clone(), l));
+        }
+    }
+    for (ingress, l) in listeners {
+        tokio::spawn(ingress::serve(gateway.clone(), ingress, l));
+    }
+    shutdown_signal().await;
+    info!("shutting down");
+    gateway.install(None);
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+// ---- dialling side ---------------------------------------------------------
+
+async fn dial_loop(gateway: Arc<Gateway>, addr: SocketAddr) {
+    let label = peer_label(&gateway.config.peer_name, &addr);
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        match establish(&gateway, addr, &label).await {
+            Ok(tunnel) => {
+                backoff = BACKOFF_MIN;
+                gateway.install(Some(tunnel.clone()));
+                tunnel.closed.cancelled().await;
+                warn!("tunnel to peer {label} down; reconnecting");
+            }
+            Err(e) => warn!("peer {label}: {e:#}; retrying in {backoff:?}"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// Dials, authenticates and tunes one WAN connection.
+async fn dial(
+    gateway: &Gateway,
+    addr: SocketAddr,
+    data_flow: bool,
+) -> Result<
+    (
+        RecordReader<tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>>,
+        RecordWriter<tokio::net::tcp::OwnedWriteHalf>,
+    ),
+    ConnError,
+> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // Buffers before connect: the window scale is fixed by the SYN.
+    for w in tune_wan(&SockRef::from(&socket), &gateway.tuning, data_flow) {
+        warn!("WAN socket option: {w}");
+    }
+    let connect_timeout = Duration::from_millis(gateway.config.connect_timeout_ms);
+    let mut stream = tokio::time::timeout(connect_timeout, socket.connect(addr))
+        .await
+        .map_err(|_| {
+            ConnError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "connect timed out",
+            ))
+        })??;
+    let config = &gateway.config;
+    let keys = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        handshake_initiator(&mut stream, &config.keypair, &config.peer_key, config.psk.as_ref(), data_flow),
+    )
+    .await
+    .map_err(|_| ConnError::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out")))?
+    .map_err(|e| match e {
+        // The responder just hangs up when it rejects us.
+        ConnError::Closed => ConnError::Io(std::io::Error::other(
+            "peer closed the connection: it does not accept our key (check peer.public_key on both gateways, the psk, and the protocol version)",
+        )),
+        other => other,
+    })?;
+    let (r, w) = stream.into_split();
+    Ok((
+        RecordReader::new(buffered(r), &keys),
+        RecordWriter::new(w, &keys),
+    ))
+}
+
+async fn establish(
+    gateway: &Arc<Gateway>,
+    addr: SocketAddr,
+    label: &str,
+) -> anyhow::Result<Arc<Tunnel>> {
+    let (mut reader, mut writer) = dial(gateway, addr, false)
+        .await
+        .map_err(|e| anyhow::anyhow!("handshake with peer {label} failed: {e}"))?;
+    let flows = gateway.config.data_flows;
+    writer
+        .send(&Message::Hello {
+            name: gateway.config.name.clone(),
+            data_flows: flows,
+        })
+        .await?;
+    let welcome = tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.read_message())
+        .await
+        .context("waiting for welcome")??;
+    let Message::Welcome { tunnel_id, name } = welcome else {
+        anyhow::bail!("expected welcome, got {}", welcome.name());
+    };
+    if name != gateway.config.peer_name {
+        warn!("peer {label} calls itself {name:?}");
+    }
+    let tunnel = Tunnel::new(
+        gateway.clone(),
+        Side::Dialer,
+        tunnel_id,
+        label.to_string(),
+        flows as usize,
+    );
+    tokio::spawn(tunnel.clone().run_control(reader, writer));
+    let attached = Arc::new((AtomicUsize::new(0), Notify::new()));
+    for idx in 0..flows as usize {
+        tokio::spawn(flow_supervisor(
+            gateway.clone(),
+            tunnel.clone(),
+            addr,
+            idx,
+            attached.clone(),
+        ));
+    }
+    let all = tunnel::wait_until(&attached.1, || {
+        (attached.0.load(Ordering::SeqCst) >= flows as usize).then_some(())
+    });
+    tokio::select! {
+        () = all => {}
+        _ = tunnel.closed.cancelled() => anyhow::bail!("tunnel closed while attaching data flows"),
+        _ = tokio::time::sleep(HANDSHAKE_TIMEOUT * 2) => {
+            tunnel.shutdown(ResetReason::TunnelLost);
+            anyhow::bail!("data flows did not attach in time");
+        }
+    }
+    log_up(label, flows as usize);
+    Ok(tunnel)
+}
+
+/// Keeps data flow `idx` attached for as long as the tunnel lives.
+async fn flow_supervisor(
+    gateway: Arc<Gateway>,
+    tunnel: Arc<Tunnel>,
+    addr: SocketAddr,
+    idx: usize,
+    attached: Arc<(AtomicUsize, Notify)>,
+) {
+    let mut first = true;
+    let mut backoff = BACKOFF_MIN;
+    while !tunnel.closed.is_cancelled() {
+        let attempt = async {
+            let (reader, mut writer) = dial(&gateway, addr, true).await?;
+            writer
+                .send(&Message::Attach {
+                    tunnel_id: tunnel.id,
+                    flow: idx as u16,
+                })
+                .await?;
+            Ok::<_, ConnError>((reader, writer))
+        };
+        let result = tokio::select! {
+            r = attempt => r,
+            _ = tunnel.closed.cancelled() => return,
+        };
+        match result {
+            Ok((reader, writer)) => {
+                if first {
+                    first = false;
+                    attached.0.fetch_add(1, Ordering::SeqCst);
+                    attached.1.notify_waiters();
+                } else {
+                    info!("peer {}: data flow {idx} re-attached", tunnel.peer);
+                }
+                backoff = BACKOFF_MIN;
+                if let Err(e) = tunnel.clone().run_flow(idx, reader, writer).await {
+                    warn!(
+                        "peer {}: data flow {idx} lost: {e}; its frames go out on the other flows",
+                        tunnel.peer
+                    );
+                }
+            }
+            Err(e) => warn!(
+                "peer {}: data flow {idx}: {e}; retrying in {backoff:?}",
+                tunnel.peer
+            ),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = tunnel.closed.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+// ---- accepting side --------------------------------------------------------
+
+async fn accept_loop(gateway: Arc<Gateway>, listener: TcpListener) {
+    loop {
+        let (stream, addr) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                warn!("tunnel listener: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = gateway.handshakes.clone().try_acquire_owned() else {
+            warn!("handshake with {addr} refused: {MAX_PENDING_HANDSHAKES} handshakes already pending");
+            continue;
+        };
+        let gateway = gateway.clone();
+        tokio::spawn(async move {
+            let first =
+                tokio::time::timeout(HANDSHAKE_TIMEOUT, accept_handshake(&gateway, stream)).await;
+            drop(permit);
+            match first {
+                Ok(Ok(accepted)) => accepted.run(&gateway, addr).await,
+                Ok(Err(e)) => warn!("handshake with {addr} failed: {e}"),
+                Err(_) => {
+                    warn!("handshake with {addr} failed: timed out after {HANDSHAKE_TIMEOUT:?}")
+                }
+            }
+        });
+    }
+}
+
+/// An authenticated connection and its first record.
+struct Accepted {
+    reader: RecordReader<tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>>,
+    writer: RecordWriter<tokio::net::tcp::OwnedWriteHalf>,
+    first: Message,
+}
+
+async fn accept_handshake(gateway: &Gateway, mut stream: TcpStream) -> Result<Accepted, ConnError> {
+    let config = &gateway.config;
+    let pending =
+        handshake_read_initiator(&mut stream, &config.keypair, config.psk.as_ref()).await?;
+    if pending.peer_key != config.peer_key {
+        return Err(crate::crypto::HandshakeError::UnknownPeer(pending.peer_key).into());
+    }
+    for w in tune_wan(
+        &SockRef::from(&stream),
+        &gateway.tuning,
+        pending.prelude.data_flow(),
+    ) {
+        warn!("WAN socket option: {w}");
+    }
+    let keys = pending.accept(&mut stream).await?;
+    let (r, w) = stream.into_split();
+    let mut reader = RecordReader::new(buffered(r), &keys);
+    let writer = RecordWriter::new(w, &keys);
+    let first = reader.read_message().await?;
+    Ok(Accepted {
+        reader,
+        writer,
+        first,
+    })
+}
+
+impl Accepted {
+    async fn run(self, gateway: &Arc<Gateway>, addr: SocketAddr) {
+        let Accepted {
+            reader,
+            mut writer,
+            first,
+        } = self;
+        match first {
+            Message::Hello { name, data_flows } => {
+                let label = peer_label(&gateway.config.peer_name, &addr);
+                if !(1..=crate::admin::config::MAX_DATA_FLOWS as u16).contains(&data_flows) {
+                    return warn!("peer {label}: hello asks for {data_flows} data flows; refusing");
+                }
+                if name != gateway.config.peer_name {
+                    warn!("peer {label} calls itself {name:?}");
+                }
+                let mut id = [0u8; 16];
+                if SystemRandom::new().fill(&mut id).is_err() {
+                    return warn!("peer {label}: no randomness for a tunnel id");
+                }
+                let welcome = Message::Welcome {
+                    tunnel_id: id,
+                    name: gateway.config.name.clone(),
+                };
+                if let Err(e) = writer.send(&welcome).await {
+                    return warn!("peer {label}: sending welcome: {e}");
+                }
+                let tunnel = Tunnel::new(
+                    gateway.clone(),
+                    Side::Acceptor,
+                    id,
+                    label,
+                    data_flows as usize,
+                );
+                // A new hello replaces any previous tunnel (the peer restarted).
+                gateway.install(Some(tunnel.clone()));
+                tunnel.run_control(reader, writer).await;
+            }
+            Message::Attach { tunnel_id, flow } => {
+                let current = gateway.current.borrow().clone();
+                let Some(tunnel) =
+                    current.filter(|t| t.id == tunnel_id && !t.closed.is_cancelled())
+                else {
+                    return warn!("data flow from {addr} names an unknown tunnel; closing it");
+                };
+                let idx = flow as usize;
+                if idx >= tunnel.flow_count() {
+                    return warn!(
+                        "peer {}: data flow index {idx} out of range; closing it",
+                        tunnel.peer
+                    );
+                }
+                if tunnel.attach_counted(idx) {
+                    log_up(&tunnel.peer, tunnel.flow_count());
+                }
+                if let Err(e) = tunnel.clone().run_flow(idx, reader, writer).await {
+                    warn!("peer {}: data flow {idx} lost: {e}", tunnel.peer);
+                }
+            }
+            other => warn!(
+                "connection from {addr}: expected hello or attach, got {}",
+                other.name()
+            ),
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! One authenticated, encrypted gateway-to-gateway TCP connection: the
+//! handshake exchange over a stream, then message records both ways.
+
+use std::io;
+use std::net::SocketAddr;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::crypto::{
+    HandshakeError, Initiator, PresharedKey, PublicKey, RecordError, RecordOpener, RecordSealer,
+    Responder, StaticKeypair, TrafficKeys, RECORD_HEADER_LEN,
+};
+use crate::protocol::handshake::{check_noise_len, Prelude, PRELUDE_LEN};
+use crate::protocol::{DecodeError, Message};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("connection closed by peer")]
+    Closed,
+    #[error("{0}")]
+    Handshake(#[from] HandshakeError),
+    #[error("record: {0}")]
+    Record(#[from] RecordError),
+    #[error("malformed message: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("unexpected {got} message (expected {expected})")]
+    Unexpected {
+        got: &'static str,
+        expected: &'static str,
+    },
+}
+
+impl ConnError {
+    /// EOF while reading means the peer closed; name it as such.
+    fn from_read(e: io::Error) -> ConnError {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            ConnError::Closed
+        } else {
+            ConnError::Io(e)
+        }
+    }
+}
+
+async fn read_noise<R: AsyncRead + Unpin>(r: &mut R) -> Result<Vec<u8>, ConnError> {
+    let len = r.read_u16().await.map_err(ConnError::from_read)?;
+    let len = check_noise_len(len)?;
+    let mut buf = vec![0u8; len];
+    r.read_exact(&mut buf).await.map_err(ConnError::from_read)?;
+    Ok(buf)
+}
+
+fn with_len(prefix: &[u8], noise: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(prefix.len() + 2 + noise.len());
+    out.extend_from_slice(prefix);
+    out.extend_from_slice(&(noise.len() as u16).to_be_bytes());
+    out.extend_from_slice(noise);
+    out
+}
+
+/// Runs the initiator's side of the handshake on `stream`.
+pub async fn handshake_initiator<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    local: &StaticKeypair,
+    peer: &PublicKey,
+    psk: Option<&PresharedKey>,
+    data_flow: bool,
+) -> Result<TrafficKeys, ConnError> {
+    let (init, prelude, m1) = Initiator::start(local, peer, psk, data_flow)?;
+    stream.write_all(&with_len(&prelude.encode(), &m1)).await?;
+    let m2 = read_noise(stream).await?;
+    Ok(init.finish(&m2)?)
+}
+
+/// What the responder learnt from message 1, before it decides to answer.
+pub struct PendingResponder {
+    pub prelude: Prelude,
+    pub peer_key: PublicKey,
+    responder: Responder,
+}
+
+/// Reads the prelude and message 1 on an accepted stream.
+pub async fn handshake_read_initiator<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    local: &StaticKeypair,
+    psk: Option<&PresharedKey>,
+) -> Result<PendingResponder, ConnError> {
+    let mut pre = [0u8; PRELUDE_LEN];
+    stream
+        .read_exact(&mut pre)
+        .await
+        .map_err(ConnError::from_read)?;
+    let prelude = Prelude::decode(&pre)?;
+    let mut responder = Responder::new(local, psk, &prelude)?;
+    let m1 = read_noise(stream).await?;
+    let peer_key = responder.read_message1(&m1)?;
+    Ok(PendingResponder {
+        prelude,
+        peer_key,
+        responder,
+    })
+}
+
+impl PendingResponder {
+    /// Answers with message 2; the peer key was checked by the caller.
+    pub async fn accept<S: AsyncWrite + Unpin>(
+        self,
+        stream: &mut S,
+    ) -> Result<TrafficKeys, ConnError> {
+        let (m2, keys) = self.responder.accept()?;
+        stream.write_all(&with_len(&[], &m2)).await?;
+        Ok(keys)
+    }
+}
+
+/// Reads and opens records from one connection.
+pub struct RecordReader<R> {
+    inner: R,
+    opener: RecordOpener,
+}
+
+impl<R: AsyncRead + Unpin> RecordReader<R> {
+    pub fn new(inner: R, keys: &TrafficKeys) -> Self {
+        RecordReader {
+            inner,
+            opener: RecordOpener::new(&keys.recv),
+        }
+    }
+
+    pub async fn read_message(&mut self) -> Result<Message, ConnError> {
+        let mut header = [0u8; RECORD_HEADER_LEN];
+        self.inner
+            .read_exact(&mut header)
+            .await
+            .map_err(ConnError::from_read)?;
+        let len = RecordOpener::body_len(header)?;
+        let mut body = BytesMut::zeroed(len);
+        self.inner
+            .read_exact(&mut body)
+            .await
+            .map_err(ConnError::from_read)?;
+        self.opener.open(header, &mut body)?;
+        Ok(Message::decode(body.freeze())?)
+    }
+}
+
+/// Seals records into a reusable buffer and writes them.
+pub struct RecordWriter<W> {
+    inner: W,
+    sealer: RecordSealer,
+    /// Sealed records waiting for `flush`.
+    out: Vec<u8>,
+}
+
+impl<W: AsyncWrite + Unpin> RecordWriter<W> {
+    pub fn new(inner: W, keys: &TrafficKeys) -> Self {
+        RecordWriter {
+            inner,
+            sealer: RecordSealer::new(&keys.send),
+            out: Vec::with_capacity(300 * 1024),
+        }
+    }
+
+    /// Seals one message into the pending output.
+    pub fn push(&mut self, msg: &Message) -> Result<(), ConnError> {
+        let start = self.out.len();
+        self.out.resize(start + RECORD_HEADER_LEN, 0);
+        msg.encode(&mut self.out);
+        if let Err(e) = self.sealer.seal(&mut self.out, start) {
+            self.out.truncate(start);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    pub fn pending(&self) -> usize {
+        self.out.len()
+    }
+
+    pub async fn flush(&mut self) -> Result<(), ConnError> {
+        self.inner.write_all(&self.out).await?;
+        self.out.clear();
+        Ok(())
+    }
+
+    pub async fn send(&mut self, msg: &Message) -> Result<(), ConnError> {
+        self.push(msg)?;
+        self.flush().await
+    }
+
+    pub fn get_ref(&self) -> &W {
+        &self.inner
+    }
+}
+
+/// Formats a peer for logs: `NAME (ADDR)`.
+pub fn peer_label(name: &str, addr: &SocketAddr) -> String {
+    format!("{name} ({addr})")
+}

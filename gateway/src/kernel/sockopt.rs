@@ -1,0 +1,143 @@
+//! Socket options for WAN flows and transparent listeners.
+//!
+//! WAN sockets are the gateway's own: we pick their congestion control and
+//! buffers regardless of the host's defaults (a hypervisor host usually runs
+//! CUBIC with small buffers). Options that socket2 lacks are set with libc
+//! here, the only unsafe code in the crate.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+
+/// Unsent bytes a data flow may hold in its kernel send queue before it
+/// stops pulling frames. Small enough that a frame handed to a flow leaves
+/// soon (so a slow flow cannot hold the stream hostage), large enough to keep
+/// the pipe full between wakeups.
+pub const DATA_FLOW_NOTSENT_LOWAT: u32 = 512 * 1024;
+
+/// What a WAN socket should look like.
+#[derive(Debug, Clone)]
+pub struct WanTuning {
+    pub congestion: String,
+    pub buffer: Option<usize>,
+}
+
+/// Chooses the default congestion control: BBR where the kernel lets this
+/// process use it, else CUBIC.
+pub fn default_congestion() -> String {
+    let allowed = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_allowed_congestion_control")
+        .unwrap_or_default();
+    let available = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_congestion_control")
+        .unwrap_or_default();
+    let has = |text: &str| text.split_whitespace().any(|c| c == "bbr");
+    if has(&allowed) || (has(&available) && is_root()) {
+        "bbr".into()
+    } else {
+        "cubic".into()
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Applies WAN tuning to a connected or about-to-connect socket. Failures
+/// are returned as warnings: a flow with stock settings still works.
+pub fn tune_wan(sock: &SockRef<'_>, tuning: &WanTuning, data_flow: bool) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if let Err(e) = sock.set_tcp_congestion(tuning.congestion.as_bytes()) {
+        warnings.push(format!("TCP_CONGESTION {}: {e}", tuning.congestion));
+    }
+    if let Some(size) = tuning.buffer {
+        // The FORCE variants pass net.core.{w,r}mem_max (needs CAP_NET_ADMIN);
+        // fall back to the capped ones.
+        for (force, plain, name) in [
+            (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, "SO_SNDBUF"),
+            (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, "SO_RCVBUF"),
+        ] {
+            if setsockopt_int(sock, libc::SOL_SOCKET, force, size as libc::c_int).is_err() {
+                if let Err(e) = setsockopt_int(sock, libc::SOL_SOCKET, plain, size as libc::c_int) {
+                    warnings.push(format!("{name} {size}: {e}"));
+                }
+            }
+        }
+    }
+    if data_flow {
+        if let Err(e) = setsockopt_int(
+            sock,
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            DATA_FLOW_NOTSENT_LOWAT as libc::c_int,
+        ) {
+            warnings.push(format!("TCP_NOTSENT_LOWAT: {e}"));
+        }
+    } else if let Err(e) = sock.set_nodelay(true) {
+        // Control messages are small and latency-bound.
+        warnings.push(format!("TCP_NODELAY: {e}"));
+    }
+    warnings
+}
+
+fn setsockopt_int(
+    sock: &SockRef<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: the fd is a valid open socket for the lifetime of `sock`, and we
+    // pass a pointer to a live c_int with its exact size.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// A new TCP socket for `addr`'s family.
+pub fn tcp_socket(addr: &SocketAddr) -> io::Result<Socket> {
+    let s = Socket::new(
+        Domain::for_address(*addr),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    s.set_nonblocking(true)?;
+    Ok(s)
+}
+
+/// A listening socket; `transparent` sets IP_TRANSPARENT for TPROXY (needs
+/// CAP_NET_ADMIN), so connections to any address routed here are accepted
+/// with their original destination as the local address.
+pub fn listener(addr: &SocketAddr, transparent: bool) -> io::Result<std::net::TcpListener> {
+    let s = tcp_socket(addr)?;
+    s.set_reuse_address(true)?;
+    if transparent {
+        s.set_ip_transparent(true).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("IP_TRANSPARENT (tproxy mode needs CAP_NET_ADMIN): {e}"),
+            )
+        })?;
+    }
+    s.bind(&(*addr).into())?;
+    s.listen(1024)?;
+    Ok(s.into())
+}
+
+/// Makes the next close send RST instead of FIN, so a reset travels on to
+/// the endpoint.
+pub fn reset_on_close(sock: &SockRef<'_>) {
+    let _ = sock.set_linger(Some(std::time::Duration::ZERO));
+}

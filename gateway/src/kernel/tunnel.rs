@@ -1,0 +1,412 @@
+//! A live tunnel on kernel sockets: the session core behind a mutex, the
+//! tasks that move records between it and the control and data connections,
+//! and the per-session signals that wake endpoint tasks.
+//!
+//! Locking: one `std::sync::Mutex` around the core, held only for short,
+//! non-blocking calls (never across an `.await`). After every call the
+//! core's events are dispatched to `Notify`s while still holding the lock,
+//! so no wakeup is lost between a state change and its notification.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use log::{debug, info, warn};
+use tokio::io::{AsyncRead, AsyncWrite, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{oneshot, Notify};
+use tokio_util::sync::CancellationToken;
+
+use super::conn::{ConnError, RecordReader, RecordWriter};
+use super::Gateway;
+use crate::protocol::{Message, RefuseReason, ResetReason, SessionId};
+use crate::session::{Event, PeerError, SessionError, Side, TunnelCore};
+
+/// Bytes of sealed records a writer gathers before one write call.
+const WRITE_BATCH: usize = 256 * 1024;
+/// Read buffer for record headers and small records.
+const READ_BUFFER: usize = 256 * 1024;
+
+/// How an `open` ended.
+#[derive(Debug)]
+pub enum OpenOutcome {
+    Accepted,
+    Refused {
+        reason: RefuseReason,
+        detail: String,
+    },
+}
+
+/// Wakeups for the two endpoint tasks of one session.
+#[derive(Default)]
+pub struct SessionSignals {
+    pub readable: Notify,
+    pub writable: Notify,
+    /// Cancelled when the session is reset: both endpoint tasks stop.
+    pub reset: CancellationToken,
+    reset_reason: Mutex<Option<ResetReason>>,
+    opened: Mutex<Option<oneshot::Sender<OpenOutcome>>>,
+}
+
+impl SessionSignals {
+    pub fn reset_reason(&self) -> Option<ResetReason> {
+        *self.reset_reason.lock().expect("not poisoned")
+    }
+
+    fn open_result(&self, outcome: OpenOutcome) {
+        if let Some(tx) = self.opened.lock().expect("not poisoned").take() {
+            let _ = tx.send(outcome);
+        }
+    }
+}
+
+struct Inner {
+    core: TunnelCore,
+    signals: HashMap<SessionId, Arc<SessionSignals>>,
+    /// Which data flows attached at least once (accepting side).
+    attached: Vec<bool>,
+}
+
+pub struct Tunnel {
+    inner: Mutex<Inner>,
+    frames_ready: Notify,
+    control_ready: Notify,
+    timer: Notify,
+    pub id: [u8; 16],
+    /// `NAME (ADDR)` of the peer gateway, for logs.
+    pub peer: String,
+    /// Cancelled when the tunnel goes down; every task of it stops.
+    pub closed: CancellationToken,
+    epoch: std::time::Instant,
+    gateway: Arc<Gateway>,
+}
+
+impl Tunnel {
+    pub fn new(
+        gateway: Arc<Gateway>,
+        side: Side,
+        id: [u8; 16],
+        peer: String,
+        flows: usize,
+    ) -> Arc<Tunnel> {
+        let core = TunnelCore::new(side, gateway.config.limits.clone(), flows);
+        let tunnel = Arc::new(Tunnel {
+            inner: Mutex::new(Inner {
+                core,
+                signals: HashMap::new(),
+                attached: Vec::new(),
+            }),
+            frames_ready: Notify::new(),
+            control_ready: Notify::new(),
+            timer: Notify::new(),
+            id,
+            peer,
+            closed: CancellationToken::new(),
+            epoch: std::time::Instant::now(),
+            gateway,
+        });
+        tokio::spawn(tunnel.clone().run_timer());
+        tunnel
+    }
+
+    pub fn gateway(&self) -> &Arc<Gateway> {
+        &self.gateway
+    }
+
+    pub fn frame_len(&self) -> usize {
+        self.gateway.config.limits.frame_len
+    }
+
+    /// Counts a data flow's first attach; true when the last one arrived.
+    pub fn attach_counted(&self, idx: usize) -> bool {
+        let mut inner = self.inner.lock().expect("not poisoned");
+        if inner.attached.len() <= idx {
+            inner.attached.resize(idx + 1, false);
+        }
+        if inner.attached[idx] {
+            return false;
+        }
+        inner.attached[idx] = true;
+        inner.attached.iter().filter(|a| **a).count() == inner.core.flow_count()
+    }
+
+    pub fn flow_count(&self) -> usize {
+        self.inner.lock().expect("not poisoned").core.flow_count()
+    }
+
+    /// Microseconds since the tunnel started: the core's clock.
+    pub fn now(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
+    /// Runs `f` on the core, then dispatches the events it produced.
+    pub fn with_core<T>(self: &Arc<Self>, f: impl FnOnce(&mut TunnelCore) -> T) -> T {
+        let mut inner = self.inner.lock().expect("not poisoned");
+        let out = f(&mut inner.core);
+        self.dispatch(&mut inner);
+        out
+    }
+
+    fn dispatch(self: &Arc<Self>, inner: &mut Inner) {
+        while let Some(event) = inner.core.poll_event() {
+            match event {
+                Event::FramesReady => self.frames_ready.notify_waiters(),
+                Event::ControlReady => self.control_ready.notify_one(),
+                Event::Readable(id) => {
+                    if let Some(s) = inner.signals.get(&id) {
+                        s.readable.notify_one();
+                    }
+                }
+                Event::Writable(id) => {
+                    if let Some(s) = inner.signals.get(&id) {
+                        s.writable.notify_one();
+                    }
+                }
+                // Rare (only after the global budget ran dry): wake everyone.
+                Event::CreditFreed => inner.signals.values().for_each(|s| s.writable.notify_one()),
+                Event::Accepted(id) => {
+                    if let Some(s) = inner.signals.get(&id) {
+                        s.open_result(OpenOutcome::Accepted);
+                    }
+                }
+                Event::Refused {
+                    session,
+                    reason,
+                    detail,
+                } => {
+                    if let Some(s) = inner.signals.remove(&session) {
+                        s.open_result(OpenOutcome::Refused { reason, detail });
+                    }
+                }
+                Event::Reset { session, reason } => {
+                    if let Some(s) = inner.signals.remove(&session) {
+                        *s.reset_reason.lock().expect("not poisoned") = Some(reason);
+                        s.reset.cancel();
+                        // Dropping `opened` tells a waiting opener it is over.
+                        s.opened.lock().expect("not poisoned").take();
+                    }
+                }
+                Event::Closed(id) => {
+                    inner.signals.remove(&id);
+                }
+                Event::ConnectRequested { session, target } => {
+                    tokio::spawn(super::egress::connect(self.clone(), session, target));
+                }
+            }
+        }
+    }
+
+    /// Opens a session towards `target` through the peer.
+    pub fn open_session(
+        self: &Arc<Self>,
+        target: std::net::SocketAddr,
+    ) -> Result<
+        (
+            SessionId,
+            Arc<SessionSignals>,
+            oneshot::Receiver<OpenOutcome>,
+        ),
+        SessionError,
+    > {
+        let (tx, rx) = oneshot::channel();
+        let signals = Arc::new(SessionSignals {
+            opened: Mutex::new(Some(tx)),
+            ..Default::default()
+        });
+        let mut inner = self.inner.lock().expect("not poisoned");
+        let id = inner.core.open(target)?;
+        inner.signals.insert(id, signals.clone());
+        self.dispatch(&mut inner);
+        Ok((id, signals, rx))
+    }
+
+    /// Accepts a peer-opened session once its target is connected.
+    pub fn accept_session(
+        self: &Arc<Self>,
+        id: SessionId,
+    ) -> Result<Arc<SessionSignals>, SessionError> {
+        let signals = Arc::new(SessionSignals::default());
+        let mut inner = self.inner.lock().expect("not poisoned");
+        inner.core.accept(id)?;
+        inner.signals.insert(id, signals.clone());
+        self.dispatch(&mut inner);
+        Ok(signals)
+    }
+
+    /// The downlink read something: a delayed ack may now be due.
+    pub fn poke_timer(&self) {
+        self.timer.notify_one();
+    }
+
+    /// Takes the tunnel down: every session is reset, every task stops.
+    pub fn shutdown(self: &Arc<Self>, reason: ResetReason) {
+        if self.closed.is_cancelled() {
+            return;
+        }
+        let n = self.with_core(|core| {
+            let n = core.session_count();
+            core.reset_all(reason);
+            n
+        });
+        if n > 0 {
+            warn!(
+                "tunnel to peer {}: resetting {n} sessions: {reason}",
+                self.peer
+            );
+        }
+        self.closed.cancel();
+    }
+
+    async fn run_timer(self: Arc<Self>) {
+        let run = async {
+            loop {
+                let due = wait_until(&self.timer, || self.with_core(|c| c.poll_timeout())).await;
+                let at = self.epoch + Duration::from_micros(due);
+                tokio::time::sleep_until(at.into()).await;
+                let now = self.now();
+                self.with_core(|c| c.handle_timeout(now));
+            }
+        };
+        tokio::select! {
+            _ = self.closed.cancelled() => {}
+            () = run => {}
+        }
+    }
+
+    /// Runs the control connection until it fails; then the tunnel is down.
+    pub async fn run_control(
+        self: Arc<Self>,
+        mut reader: RecordReader<BufReader<OwnedReadHalf>>,
+        mut writer: RecordWriter<OwnedWriteHalf>,
+    ) {
+        let read = async {
+            loop {
+                match reader.read_message().await? {
+                    msg @ Message::Data(_) => {
+                        return Err(ConnError::Unexpected {
+                            got: msg.name(),
+                            expected: "a control message",
+                        })
+                    }
+                    msg => self.apply(msg),
+                }
+            }
+        };
+        let write = async {
+            loop {
+                let first =
+                    wait_until(&self.control_ready, || self.with_core(|c| c.poll_control())).await;
+                writer.push(&first)?;
+                while let Some(msg) = self.with_core(|c| c.poll_control()) {
+                    writer.push(&msg)?;
+                }
+                writer.flush().await?;
+            }
+        };
+        let result: Result<(), ConnError> = tokio::select! {
+            _ = self.closed.cancelled() => Ok(()),
+            r = read => r,
+            r = write => r,
+        };
+        if let Err(e) = result {
+            warn!("tunnel to peer {}: control connection lost: {e}", self.peer);
+        }
+        self.shutdown(ResetReason::TunnelLost);
+    }
+
+    /// Runs data flow `idx` until it fails. Whatever it carried that the
+    /// peer has not acked is handed to the other flows.
+    pub async fn run_flow<R, W>(
+        self: Arc<Self>,
+        idx: usize,
+        reader: RecordReader<R>,
+        writer: RecordWriter<W>,
+    ) -> Result<(), ConnError>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin + AsRef<tokio::net::TcpStream>,
+    {
+        let result = tokio::select! {
+            _ = self.closed.cancelled() => Ok(()),
+            r = self.flow_reader(reader) => r,
+            r = self.flow_writer(idx, writer) => r,
+        };
+        self.with_core(|c| c.flow_lost(idx));
+        result
+    }
+
+    async fn flow_reader<R: AsyncRead + Unpin>(
+        self: &Arc<Self>,
+        mut reader: RecordReader<R>,
+    ) -> Result<(), ConnError> {
+        loop {
+            let msg = reader.read_message().await?;
+            if !matches!(msg, Message::Data(_)) {
+                return Err(ConnError::Unexpected {
+                    got: msg.name(),
+                    expected: "data",
+                });
+            }
+            self.apply(msg);
+        }
+    }
+
+    async fn flow_writer<W>(
+        self: &Arc<Self>,
+        idx: usize,
+        mut writer: RecordWriter<W>,
+    ) -> Result<(), ConnError>
+    where
+        W: AsyncWrite + Unpin + AsRef<tokio::net::TcpStream>,
+    {
+        loop {
+            // Pull only when this flow can send now (TCP_NOTSENT_LOWAT): the
+            // flow that can send soonest gets the next frame.
+            writer.get_ref().as_ref().writable().await?;
+            let first =
+                wait_until(&self.frames_ready, || self.with_core(|c| c.poll_frame(idx))).await;
+            writer.push(&Message::Data(first))?;
+            while writer.pending() < WRITE_BATCH {
+                match self.with_core(|c| c.poll_frame(idx)) {
+                    Some(frame) => writer.push(&Message::Data(frame))?,
+                    None => break,
+                }
+            }
+            writer.flush().await?;
+        }
+    }
+
+    fn apply(self: &Arc<Self>, msg: Message) {
+        match self.with_core(|c| c.handle_message(msg)) {
+            Ok(()) => {}
+            // Frames and acks still in flight for a session that just ended.
+            Err(e @ PeerError::UnknownSession(_)) => debug!("peer {}: {e}", self.peer),
+            Err(e) => warn!("peer {}: {e}", self.peer),
+        }
+    }
+}
+
+/// Waits until `poll` yields a value, sleeping on `notify` in between. The
+/// notification is armed before polling, so a wakeup between the poll and
+/// the wait is not lost.
+pub async fn wait_until<T>(notify: &Notify, mut poll: impl FnMut() -> Option<T>) -> T {
+    loop {
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if let Some(v) = poll() {
+            return v;
+        }
+        notified.await;
+    }
+}
+
+/// Wraps a read half for record reading.
+pub fn buffered(r: OwnedReadHalf) -> BufReader<OwnedReadHalf> {
+    BufReader::with_capacity(READ_BUFFER, r)
+}
+
+/// Logs a tunnel-level milestone once.
+pub fn log_up(peer: &str, flows: usize) {
+    info!("tunnel up: peer {peer}, {flows} data flows");
+}
