@@ -157,57 +157,66 @@ async fn dial_loop(gateway: Arc<Gateway>, addr: SocketAddr) {
                 tunnel.closed.cancelled().await;
                 warn!("tunnel to peer {label} down; reconnecting");
             }
-            Err(e) => warn!("peer {label}: {e:#}; retrying in {backoff:?}"),
+            Err(e) => warn!("{e:#} (peer {label}); retrying in {backoff:?}"),
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
 
-/// Dials, authenticates and tunes one WAN connection.
+/// Why a WAN connection could not be set up.
+#[derive(Debug, thiserror::Error)]
+enum DialError {
+    #[error("cannot connect: {0}")]
+    Connect(std::io::Error),
+    #[error("handshake failed: {0}")]
+    Handshake(ConnError),
+}
+
+type Reader = RecordReader<tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>>;
+type Writer = RecordWriter<tokio::net::tcp::OwnedWriteHalf>;
+
+/// Dials, tunes and authenticates one WAN connection.
 async fn dial(
     gateway: &Gateway,
     addr: SocketAddr,
     data_flow: bool,
-) -> Result<
-    (
-        RecordReader<tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>>,
-        RecordWriter<tokio::net::tcp::OwnedWriteHalf>,
-    ),
-    ConnError,
-> {
+) -> Result<(Reader, Writer), DialError> {
     let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
+        TcpSocket::new_v4()
     } else {
-        TcpSocket::new_v6()?
-    };
+        TcpSocket::new_v6()
+    }
+    .map_err(DialError::Connect)?;
     // Buffers before connect: the window scale is fixed by the SYN.
     for w in tune_wan(&SockRef::from(&socket), &gateway.tuning, data_flow) {
         warn!("WAN socket option: {w}");
     }
     let connect_timeout = Duration::from_millis(gateway.config.connect_timeout_ms);
-    let mut stream = tokio::time::timeout(connect_timeout, socket.connect(addr))
-        .await
-        .map_err(|_| {
-            ConnError::Io(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "connect timed out",
-            ))
-        })??;
+    let mut stream = match tokio::time::timeout(connect_timeout, socket.connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(DialError::Connect(e)),
+        Err(_) => return Err(DialError::Connect(std::io::ErrorKind::TimedOut.into())),
+    };
     let config = &gateway.config;
-    let keys = tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
-        handshake_initiator(&mut stream, &config.keypair, &config.peer_key, config.psk.as_ref(), data_flow),
-    )
-    .await
-    .map_err(|_| ConnError::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out")))?
-    .map_err(|e| match e {
+    let handshake = handshake_initiator(
+        &mut stream,
+        &config.keypair,
+        &config.peer_key,
+        config.psk.as_ref(),
+        data_flow,
+    );
+    let keys = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok(keys)) => keys,
         // The responder just hangs up when it rejects us.
-        ConnError::Closed => ConnError::Io(std::io::Error::other(
-            "peer closed the connection: it does not accept our key (check peer.public_key on both gateways, the psk, and the protocol version)",
-        )),
-        other => other,
-    })?;
+        Ok(Err(ConnError::Closed)) => {
+            return Err(DialError::Handshake(ConnError::Io(std::io::Error::other(
+                "peer closed the connection: it does not accept this gateway (check both gateways' peer.public_key, the psk, and the protocol version)",
+            ))))
+        }
+        Ok(Err(e)) => return Err(DialError::Handshake(e)),
+        Err(_) => return Err(DialError::Handshake(ConnError::Io(std::io::ErrorKind::TimedOut.into()))),
+    };
     let (r, w) = stream.into_split();
     Ok((
         RecordReader::new(buffered(r), &keys),
@@ -220,9 +229,11 @@ async fn establish(
     addr: SocketAddr,
     label: &str,
 ) -> anyhow::Result<Arc<Tunnel>> {
-    let (mut reader, mut writer) = dial(gateway, addr, false)
-        .await
-        .map_err(|e| anyhow::anyhow!("handshake with peer {label} failed: {e}"))?;
+    let (mut reader, mut writer) = match dial(gateway, addr, false).await {
+        Ok(x) => x,
+        Err(DialError::Handshake(e)) => anyhow::bail!("handshake with peer {label} failed: {e}"),
+        Err(e) => return Err(e.into()),
+    };
     let flows = gateway.config.data_flows;
     writer
         .send(&Message::Hello {
@@ -285,13 +296,12 @@ async fn flow_supervisor(
     while !tunnel.closed.is_cancelled() {
         let attempt = async {
             let (reader, mut writer) = dial(&gateway, addr, true).await?;
-            writer
-                .send(&Message::Attach {
-                    tunnel_id: tunnel.id,
-                    flow: idx as u16,
-                })
-                .await?;
-            Ok::<_, ConnError>((reader, writer))
+            let attach = Message::Attach {
+                tunnel_id: tunnel.id,
+                flow: idx as u16,
+            };
+            writer.send(&attach).await.map_err(DialError::Handshake)?;
+            Ok::<_, DialError>((reader, writer))
         };
         let result = tokio::select! {
             r = attempt => r,
@@ -361,8 +371,8 @@ async fn accept_loop(gateway: Arc<Gateway>, listener: TcpListener) {
 
 /// An authenticated connection and its first record.
 struct Accepted {
-    reader: RecordReader<tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>>,
-    writer: RecordWriter<tokio::net::tcp::OwnedWriteHalf>,
+    reader: Reader,
+    writer: Writer,
     first: Message,
 }
 
