@@ -116,31 +116,50 @@ impl PendingResponder {
 }
 
 /// Reads and opens records from one connection.
+///
+/// Bytes are read straight into one growing buffer (no zeroing) and each
+/// record is split off it and decrypted in place, so a data payload reaches
+/// the reassembler without a copy.
 pub struct RecordReader<R> {
     inner: R,
     opener: RecordOpener,
+    buf: BytesMut,
 }
+
+/// Read-ahead: enough for several full records per read call.
+const READ_AHEAD: usize = 512 * 1024;
 
 impl<R: AsyncRead + Unpin> RecordReader<R> {
     pub fn new(inner: R, keys: &TrafficKeys) -> Self {
         RecordReader {
             inner,
             opener: RecordOpener::new(&keys.recv),
+            buf: BytesMut::with_capacity(READ_AHEAD),
         }
     }
 
+    /// Reads until `buf` holds at least `n` bytes.
+    async fn fill(&mut self, n: usize) -> Result<(), ConnError> {
+        while self.buf.len() < n {
+            let want = n.max(READ_AHEAD);
+            if self.buf.capacity() < want {
+                self.buf.reserve(want - self.buf.len());
+            }
+            if self.inner.read_buf(&mut self.buf).await? == 0 {
+                return Err(ConnError::Closed);
+            }
+        }
+        Ok(())
+    }
+
     pub async fn read_message(&mut self) -> Result<Message, ConnError> {
-        let mut header = [0u8; RECORD_HEADER_LEN];
-        self.inner
-            .read_exact(&mut header)
-            .await
-            .map_err(ConnError::from_read)?;
+        self.fill(RECORD_HEADER_LEN).await?;
+        let header: [u8; RECORD_HEADER_LEN] =
+            self.buf[..RECORD_HEADER_LEN].try_into().expect("4 bytes");
         let len = RecordOpener::body_len(header)?;
-        let mut body = BytesMut::zeroed(len);
-        self.inner
-            .read_exact(&mut body)
-            .await
-            .map_err(ConnError::from_read)?;
+        self.fill(RECORD_HEADER_LEN + len).await?;
+        let _ = self.buf.split_to(RECORD_HEADER_LEN);
+        let mut body = self.buf.split_to(len);
         self.opener.open(header, &mut body)?;
         Ok(Message::decode(body.freeze())?)
     }

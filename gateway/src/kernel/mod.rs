@@ -38,7 +38,7 @@ use conn::{
     RecordWriter,
 };
 use sockopt::{tune_wan, WanTuning};
-use tunnel::{buffered, log_up, Tunnel};
+use tunnel::{log_up, Tunnel};
 
 /// A handshake (and its first record) must complete within this time.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -173,7 +173,7 @@ enum DialError {
     Handshake(ConnError),
 }
 
-type Reader = RecordReader<tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>>;
+type Reader = RecordReader<tokio::net::tcp::OwnedReadHalf>;
 type Writer = RecordWriter<tokio::net::tcp::OwnedWriteHalf>;
 
 /// Dials, tunes and authenticates one WAN connection.
@@ -218,10 +218,7 @@ async fn dial(
         Err(_) => return Err(DialError::Handshake(ConnError::Io(std::io::ErrorKind::TimedOut.into()))),
     };
     let (r, w) = stream.into_split();
-    Ok((
-        RecordReader::new(buffered(r), &keys),
-        RecordWriter::new(w, &keys),
-    ))
+    Ok((RecordReader::new(r, &keys), RecordWriter::new(w, &keys)))
 }
 
 async fn establish(
@@ -392,7 +389,7 @@ async fn accept_handshake(gateway: &Gateway, mut stream: TcpStream) -> Result<Ac
     }
     let keys = pending.accept(&mut stream).await?;
     let (r, w) = stream.into_split();
-    let mut reader = RecordReader::new(buffered(r), &keys);
+    let mut reader = RecordReader::new(r, &keys);
     let writer = RecordWriter::new(w, &keys);
     let first = reader.read_message().await?;
     Ok(Accepted {

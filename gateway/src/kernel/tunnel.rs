@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use log::{debug, info, warn};
-use tokio::io::{AsyncRead, AsyncWrite, BufReader};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
@@ -24,8 +24,6 @@ use crate::session::{Event, PeerError, SessionError, Side, TunnelCore};
 
 /// Bytes of sealed records a writer gathers before one write call.
 const WRITE_BATCH: usize = 256 * 1024;
-/// Read buffer for record headers and small records.
-const READ_BUFFER: usize = 256 * 1024;
 
 /// How an `open` ended.
 #[derive(Debug)]
@@ -276,7 +274,7 @@ impl Tunnel {
     /// Runs the control connection until it fails; then the tunnel is down.
     pub async fn run_control(
         self: Arc<Self>,
-        mut reader: RecordReader<BufReader<OwnedReadHalf>>,
+        mut reader: RecordReader<OwnedReadHalf>,
         mut writer: RecordWriter<OwnedWriteHalf>,
     ) {
         let read = async {
@@ -399,11 +397,6 @@ pub async fn wait_until<T>(notify: &Notify, mut poll: impl FnMut() -> Option<T>)
         }
         notified.await;
     }
-}
-
-/// Wraps a read half for record reading.
-pub fn buffered(r: OwnedReadHalf) -> BufReader<OwnedReadHalf> {
-    BufReader::with_capacity(READ_BUFFER, r)
 }
 
 /// Logs a tunnel-level milestone once.
