@@ -64,7 +64,8 @@ struct GatewaySection {
 #[serde(deny_unknown_fields)]
 struct PeerSection {
     name: String,
-    public_key: String,
+    public_key: Option<String>,
+    public_key_file: Option<PathBuf>,
     connect: Option<String>,
 }
 
@@ -224,13 +225,28 @@ impl Config {
             }
         };
         let peer_name = non_empty("peer.name", &file.peer.name).map_err(|w| err("peer.name", w))?;
-        let peer_key =
-            PublicKey::parse(&file.peer.public_key, "peer.public_key").map_err(|_| {
-                err(
+        let peer_key = match (&file.peer.public_key, &file.peer.public_key_file) {
+            (Some(text), None) => PublicKey::parse(text, "peer.public_key").map_err(|_| {
+                err("peer.public_key", "not a base64-encoded 32-byte key (copy the peer's KEY.pub)".into())
+            })?,
+            (None, Some(p)) => {
+                let p = resolve(p);
+                let text = std::fs::read_to_string(&p)
+                    .map_err(|e| err("peer.public_key_file", format!("{}: {e}", p.display())))?;
+                PublicKey::parse(&text, "peer.public_key_file").map_err(|_| {
+                    err("peer.public_key_file", format!("{}: not a base64-encoded 32-byte key", p.display()))
+                })?
+            }
+            (Some(_), Some(_)) => {
+                return Err(err("peer.public_key", "set public_key or public_key_file, not both".into()))
+            }
+            (None, None) => {
+                return Err(err(
                     "peer.public_key",
-                    "not a base64-encoded 32-byte key (copy the peer's KEY.pub)".into(),
-                )
-            })?;
+                    "missing: set public_key (the peer's KEY.pub contents) or public_key_file".into(),
+                ))
+            }
+        };
         if peer_key == keypair.public {
             return Err(err(
                 "peer.public_key",

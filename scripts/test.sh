@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# test.sh: the whole test suite, as CI runs it.
+#   formatting and lints, unit + property tests, end-to-end tests that start the
+#   real `lmas` binaries on loopback, and the lab tests in network namespaces
+#   (those skip with a clear message where they cannot run).
+set -euo pipefail
+
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then
+    echo "Usage: scripts/test.sh   runs fmt/clippy checks and every test (release build)"
+    exit 0
+fi
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+echo "== cargo fmt --check"
+cargo fmt --all --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --release -- -D warnings
+echo "== build (release)"
+cargo build --workspace --release --bins
+echo "== cargo test"
+cargo test --workspace --release
+if [[ -x scripts/lab-test.sh ]]; then
+    echo "== lab test (network namespaces)"
+    scripts/lab-test.sh
+fi
