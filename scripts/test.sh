@@ -19,6 +19,8 @@ echo "== build (release)"
 cargo build --workspace --release --bins
 echo "== cargo test"
 cargo test --workspace --release
+echo "== TPROXY test (network namespaces)"
+scripts/tproxy-test.sh
 if [[ -x scripts/lab-test.sh ]]; then
     echo "== lab test (network namespaces)"
     scripts/lab-test.sh
