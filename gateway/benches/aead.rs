@@ -17,57 +17,29 @@ fn nonce_bytes(counter: u64) -> [u8; 12] {
     n
 }
 
-fn ring_seal_open(buf: &mut Vec<u8>, len: usize, counter: u64) {
-    use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
-    thread_local! {
-        static KEYS: LessSafeKey = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &KEY).unwrap());
-    }
-    KEYS.with(|key| {
-        buf.truncate(len);
-        let tag = key
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(nonce_bytes(counter)),
-                Aad::from(AAD),
-                buf,
-            )
-            .unwrap();
-        buf.extend_from_slice(tag.as_ref());
-        let plain = key
-            .open_in_place(
-                Nonce::assume_unique_for_key(nonce_bytes(counter)),
-                Aad::from(AAD),
-                buf,
-            )
-            .unwrap();
-        assert_eq!(plain.len(), len);
-    });
+/// ring and aws-lc-rs share one API (aws-lc-rs mirrors ring's `aead`
+/// module), so one body serves both.
+macro_rules! ring_style_seal_open {
+    ($name:ident, $krate:ident) => {
+        fn $name(buf: &mut Vec<u8>, len: usize, counter: u64) {
+            use $krate::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+            thread_local! {
+                static KEYS: LessSafeKey = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &KEY).unwrap());
+            }
+            KEYS.with(|key| {
+                buf.truncate(len);
+                let nonce = || Nonce::assume_unique_for_key(nonce_bytes(counter));
+                let tag = key.seal_in_place_separate_tag(nonce(), Aad::from(AAD), buf).unwrap();
+                buf.extend_from_slice(tag.as_ref());
+                let plain = key.open_in_place(nonce(), Aad::from(AAD), buf).unwrap();
+                assert_eq!(plain.len(), len);
+            });
+        }
+    };
 }
 
-fn aws_lc_seal_open(buf: &mut Vec<u8>, len: usize, counter: u64) {
-    use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
-    thread_local! {
-        static KEYS: LessSafeKey = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &KEY).unwrap());
-    }
-    KEYS.with(|key| {
-        buf.truncate(len);
-        let tag = key
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(nonce_bytes(counter)),
-                Aad::from(AAD),
-                buf,
-            )
-            .unwrap();
-        buf.extend_from_slice(tag.as_ref());
-        let plain = key
-            .open_in_place(
-                Nonce::assume_unique_for_key(nonce_bytes(counter)),
-                Aad::from(AAD),
-                buf,
-            )
-            .unwrap();
-        assert_eq!(plain.len(), len);
-    });
-}
+ring_style_seal_open!(ring_seal_open, ring);
+ring_style_seal_open!(aws_lc_seal_open, aws_lc_rs);
 
 fn rustcrypto_seal_open(buf: &mut Vec<u8>, len: usize, counter: u64) {
     use aes_gcm::aead::{AeadInPlace, KeyInit};
