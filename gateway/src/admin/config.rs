@@ -227,23 +227,33 @@ impl Config {
         let peer_name = non_empty("peer.name", &file.peer.name).map_err(|w| err("peer.name", w))?;
         let peer_key = match (&file.peer.public_key, &file.peer.public_key_file) {
             (Some(text), None) => PublicKey::parse(text, "peer.public_key").map_err(|_| {
-                err("peer.public_key", "not a base64-encoded 32-byte key (copy the peer's KEY.pub)".into())
+                err(
+                    "peer.public_key",
+                    "not a base64-encoded 32-byte key (copy the peer's KEY.pub)".into(),
+                )
             })?,
             (None, Some(p)) => {
                 let p = resolve(p);
                 let text = std::fs::read_to_string(&p)
                     .map_err(|e| err("peer.public_key_file", format!("{}: {e}", p.display())))?;
                 PublicKey::parse(&text, "peer.public_key_file").map_err(|_| {
-                    err("peer.public_key_file", format!("{}: not a base64-encoded 32-byte key", p.display()))
+                    err(
+                        "peer.public_key_file",
+                        format!("{}: not a base64-encoded 32-byte key", p.display()),
+                    )
                 })?
             }
             (Some(_), Some(_)) => {
-                return Err(err("peer.public_key", "set public_key or public_key_file, not both".into()))
+                return Err(err(
+                    "peer.public_key",
+                    "set public_key or public_key_file, not both".into(),
+                ))
             }
             (None, None) => {
                 return Err(err(
                     "peer.public_key",
-                    "missing: set public_key (the peer's KEY.pub contents) or public_key_file".into(),
+                    "missing: set public_key (the peer's KEY.pub contents) or public_key_file"
+                        .into(),
                 ))
             }
         };
