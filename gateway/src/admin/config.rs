@@ -281,7 +281,20 @@ impl Config {
                     format!("{c:?} is not a congestion control name (e.g. bbr, cubic)"),
                 ))
             }
-            other => other,
+            Some(c) => {
+                let available = crate::kernel::sockopt::available_congestion();
+                if !available.is_empty() && !available.contains(&c) {
+                    return Err(err(
+                        "wan.congestion",
+                        format!(
+                            "{c:?} is not available on this kernel (available: {})",
+                            available.join(" ")
+                        ),
+                    ));
+                }
+                Some(c)
+            }
+            None => None,
         };
         let socket_buffer = match file
             .wan
@@ -299,6 +312,15 @@ impl Config {
         for (i, section) in file.ingress.iter().enumerate() {
             let field = |f: &str| format!("ingress[{i}].{f}");
             let bind = addr(&section.bind).map_err(|w| err(&field("bind"), w))?;
+            if let Some(j) = ingress
+                .iter()
+                .position(|other: &Ingress| other.bind == bind)
+            {
+                return Err(err(
+                    &field("bind"),
+                    format!("{bind} is already used by ingress[{j}]"),
+                ));
+            }
             let mode = match (section.mode.as_str(), &section.target) {
                 ("listen", Some(t)) => IngressMode::Listen {
                     target: addr(t).map_err(|w| err(&field("target"), w))?,
@@ -482,6 +504,11 @@ target = "127.0.0.1:5000"
                 "limits.session_window_bytes",
             ),
             ("[wan]\ncongestion = \"a b\"\n", "wan.congestion"),
+            ("[wan]\ncongestion = \"nosuchcc\"\n", "wan.congestion"),
+            (
+                "[[ingress]]\nmode = \"tproxy\"\nbind = \"127.0.0.1:6000\"\n",
+                "ingress[1].bind",
+            ),
         ];
         for (extra, field) in cases {
             let text = format!("{}{extra}", base(&peer));

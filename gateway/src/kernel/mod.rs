@@ -109,9 +109,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     });
     // Bind everything first so a bad address fails the start, not later.
     let mut listeners = Vec::new();
-    for ingress in &gateway.config.ingress {
-        let l = ingress::bind(ingress)
-            .with_context(|| format!("ingress: cannot listen on {}", ingress.bind))?;
+    let file = gateway.config.file.display();
+    for (i, ingress) in gateway.config.ingress.iter().enumerate() {
+        let l = ingress::bind(ingress).with_context(|| {
+            format!(
+                "{file}: ingress[{i}].bind: cannot listen on {}",
+                ingress.bind
+            )
+        })?;
         listeners.push((*ingress, l));
     }
     match gateway.config.tunnel {
@@ -119,9 +124,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             tokio::spawn(dial_loop(gateway.clone(), addr));
         }
         TunnelEnd::Listen(addr) => {
-            let l = TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("gateway.tunnel_listen: cannot listen on {addr}"))?;
+            let l = TcpListener::bind(addr).await.with_context(|| {
+                format!("{file}: gateway.tunnel_listen: cannot listen on {addr}")
+            })?;
             info!("waiting for peer {} on {addr}", gateway.config.peer_name);
             tokio::spawn(accept_loop(gateway.clone(), l));
         }
