@@ -48,8 +48,21 @@ fn tunnel_sockets(tunnel_port: u16) -> Vec<(u16, u64)> {
     socks
 }
 
+/// `ss -K` needs root; say so and skip elsewhere.
+fn can_kill_sockets() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("SKIP: killing tunnel sockets with `ss -K` needs root");
+    }
+    root
+}
+
 #[test]
 fn a_data_flow_killed_mid_transfer_loses_nothing() {
+    if !can_kill_sockets() {
+        return;
+    }
     let sink = Sink::start();
     let mut pair = Pair::start(&PairSpec::to_target(4, sink.addr()));
     let port = pair.tunnel.port();
@@ -121,4 +134,52 @@ fn a_data_flow_killed_mid_transfer_loses_nothing() {
     let sent = send(pair.ingress[0], 8 << 20, 32).expect("a session after the flow came back");
     assert_eq!(sink.recv(Duration::from_secs(30)).sha256, sent.sha256);
     pair.assert_running();
+}
+
+/// Every tunnel connection (control and all data flows) dies mid-transfer, as in a short WAN
+/// outage: both gateways hold the session, the dialler reconnects and resumes the tunnel, the
+/// stream arrives intact.
+#[test]
+fn all_tunnel_connections_killed_mid_transfer_resume() {
+    if !can_kill_sockets() {
+        return;
+    }
+    let sink = Sink::start();
+    let mut pair = Pair::start(&PairSpec::to_target(4, sink.addr()));
+    let port = pair.tunnel.port();
+    let ingress = pair.ingress[0];
+    let len = 512u64 << 20;
+    let source = thread::spawn(move || send(ingress, len, 37));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tunnel_sockets(port).iter().map(|s| s.1).sum::<u64>() < 64 << 20 {
+        assert!(
+            Instant::now() < deadline,
+            "the tunnel did not carry 64 MiB in 20 s"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    let mut cmd = Command::new("ss");
+    cmd.args([
+        "-K",
+        "state",
+        "established",
+        "dst",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    let out = run_with_timeout(&mut cmd, Duration::from_secs(10)).expect("ss -K");
+    assert!(out.status.success(), "ss -K failed");
+    eprintln!("killed every tunnel connection of gw-a mid-transfer");
+    let sent = source
+        .join()
+        .expect("source thread")
+        .unwrap_or_else(|e| panic!("the session died with the tunnel: {e}\n{}", pair.logs()));
+    let got = sink.recv(Duration::from_secs(60));
+    assert_eq!(
+        got.bytes, len,
+        "bytes at the target after the tunnel was cut"
+    );
+    assert_eq!(got.sha256, sent.sha256, "SHA-256 after the tunnel was cut");
+    pair.a
+        .wait_for_log("resumed", Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}\n{}", pair.logs()));
 }

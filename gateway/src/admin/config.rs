@@ -75,6 +75,8 @@ struct WanSection {
     data_flows: Option<i64>,
     congestion: Option<String>,
     socket_buffer_bytes: Option<i64>,
+    grace_period_secs: Option<i64>,
+    flow_timeout_secs: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -142,6 +144,12 @@ pub struct Config {
     pub congestion: Option<String>,
     /// `None`: leave kernel autotuning on.
     pub socket_buffer: Option<usize>,
+    /// How long sessions are held while the tunnel has no control
+    /// connection (a WAN outage); zero resets them at once.
+    pub grace_period: std::time::Duration,
+    /// A WAN flow with data unacknowledged (or keepalives unanswered) for
+    /// this long is declared dead (TCP_USER_TIMEOUT and keepalive).
+    pub flow_timeout: std::time::Duration,
     pub ingress: Vec<Ingress>,
     pub egress: Allowlist,
     pub connect_timeout_ms: u64,
@@ -308,6 +316,10 @@ impl Config {
             ),
         };
 
+        let grace_period = in_range(file.wan.grace_period_secs.unwrap_or(60), 0, 3600)
+            .map_err(|w| err("wan.grace_period_secs", w))? as u64;
+        let flow_timeout = in_range(file.wan.flow_timeout_secs.unwrap_or(10), 2, 600)
+            .map_err(|w| err("wan.flow_timeout_secs", w))? as u64;
         let mut ingress = Vec::new();
         for (i, section) in file.ingress.iter().enumerate() {
             let field = |f: &str| format!("ingress[{i}].{f}");
@@ -409,6 +421,8 @@ impl Config {
             data_flows,
             congestion,
             socket_buffer,
+            grace_period: std::time::Duration::from_secs(grace_period),
+            flow_timeout: std::time::Duration::from_secs(flow_timeout),
             ingress,
             egress,
             connect_timeout_ms,

@@ -57,18 +57,26 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// The tunnel, once it is up (waits at most `wait`).
+    /// The tunnel, once it is up with a control connection (waits at most
+    /// `wait`). A tunnel held through an outage keeps its sessions but takes
+    /// no new ones until it is back.
     pub async fn wait_for_tunnel(&self, wait: Duration) -> Option<Arc<Tunnel>> {
-        let mut rx = self.current.subscribe();
-        let found = tokio::time::timeout(
-            wait,
-            rx.wait_for(|t| t.as_ref().is_some_and(|t| !t.closed.is_cancelled())),
-        )
-        .await;
-        match found {
-            Ok(Ok(t)) => t.clone(),
-            _ => None,
-        }
+        let ready = async {
+            let mut current = self.current.subscribe();
+            loop {
+                let tunnel = current
+                    .wait_for(|t| t.as_ref().is_some_and(|t| !t.closed.is_cancelled()))
+                    .await
+                    .ok()?
+                    .clone()?;
+                let mut up = tunnel.control_up.subscribe();
+                tokio::select! {
+                    r = up.wait_for(|up| *up) => if r.is_ok() { return Some(tunnel) },
+                    _ = tunnel.closed.cancelled() => {}
+                }
+            }
+        };
+        tokio::time::timeout(wait, ready).await.ok().flatten()
     }
 
     fn install(&self, tunnel: Option<Arc<Tunnel>>) {
@@ -96,6 +104,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             .clone()
             .unwrap_or_else(sockopt::default_congestion),
         buffer: config.socket_buffer,
+        flow_timeout: config.flow_timeout,
     };
     info!(
         "gateway {} starting: peer {}, {} data flows, congestion {}",
@@ -154,15 +163,46 @@ async fn shutdown_signal() {
 async fn dial_loop(gateway: Arc<Gateway>, addr: SocketAddr) {
     let label = peer_label(&gateway.config.peer_name, &addr);
     let mut backoff = BACKOFF_MIN;
+    // A tunnel whose control connection died, held for its grace period.
+    let mut held: Option<Arc<Tunnel>> = None;
     loop {
-        match establish(&gateway, addr, &label).await {
-            Ok(tunnel) => {
-                backoff = BACKOFF_MIN;
-                gateway.install(Some(tunnel.clone()));
-                tunnel.closed.cancelled().await;
-                warn!("tunnel to peer {label} down; reconnecting");
+        held = held.filter(|t| !t.closed.is_cancelled());
+        let resume = held.as_ref().map(|t| t.id);
+        let tunnel = match connect_control(&gateway, addr, &label, resume).await {
+            Ok((reader, writer, id)) => match held.take() {
+                Some(t) if t.id == id => {
+                    t.attach_control(reader, writer);
+                    Some(t)
+                }
+                old => {
+                    if let Some(old) = old {
+                        warn!("peer {label} does not know our tunnel any more (restarted?); starting a new one");
+                        old.shutdown(ResetReason::TunnelLost);
+                    }
+                    match start_tunnel(&gateway, addr, &label, id, reader, writer).await {
+                        Ok(t) => {
+                            gateway.install(Some(t.clone()));
+                            Some(t)
+                        }
+                        Err(e) => {
+                            warn!("{e:#} (peer {label})");
+                            None
+                        }
+                    }
+                }
+            },
+            Err(e) => {
+                warn!("{e:#} (peer {label}); retrying in {backoff:?}");
+                None
             }
-            Err(e) => warn!("{e:#} (peer {label}); retrying in {backoff:?}"),
+        };
+        if let Some(tunnel) = tunnel {
+            backoff = BACKOFF_MIN;
+            let mut up = tunnel.control_up.subscribe();
+            tokio::select! {
+                _ = up.wait_for(|up| !*up) => held = Some(tunnel),
+                _ = tunnel.closed.cancelled() => warn!("tunnel to peer {label} down; reconnecting"),
+            }
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -226,23 +266,25 @@ async fn dial(
     Ok((RecordReader::new(r, &keys), RecordWriter::new(w, &keys)))
 }
 
-async fn establish(
+/// Dials the control connection and exchanges hello/welcome; returns the
+/// tunnel id the peer chose (equal to `resume` if it resumed that tunnel).
+async fn connect_control(
     gateway: &Arc<Gateway>,
     addr: SocketAddr,
     label: &str,
-) -> anyhow::Result<Arc<Tunnel>> {
+    resume: Option<[u8; 16]>,
+) -> anyhow::Result<(Reader, Writer, [u8; 16])> {
     let (mut reader, mut writer) = match dial(gateway, addr, false).await {
         Ok(x) => x,
         Err(DialError::Handshake(e)) => anyhow::bail!("handshake with peer {label} failed: {e}"),
         Err(e) => return Err(e.into()),
     };
-    let flows = gateway.config.data_flows;
-    writer
-        .send(&Message::Hello {
-            name: gateway.config.name.clone(),
-            data_flows: flows,
-        })
-        .await?;
+    let hello = Message::Hello {
+        resume: resume.unwrap_or_default(),
+        name: gateway.config.name.clone(),
+        data_flows: gateway.config.data_flows,
+    };
+    writer.send(&hello).await?;
     let welcome = tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.read_message())
         .await
         .context("waiting for welcome")??;
@@ -252,16 +294,23 @@ async fn establish(
     if name != gateway.config.peer_name {
         warn!("peer {label} calls itself {name:?}");
     }
-    let tunnel = Tunnel::new(
-        gateway.clone(),
-        Side::Dialer,
-        tunnel_id,
-        label.to_string(),
-        flows as usize,
-    );
-    tokio::spawn(tunnel.clone().run_control(reader, writer));
+    Ok((reader, writer, tunnel_id))
+}
+
+/// Sets up a new tunnel on a fresh control connection and attaches its data flows.
+async fn start_tunnel(
+    gateway: &Arc<Gateway>,
+    addr: SocketAddr,
+    label: &str,
+    id: [u8; 16],
+    reader: Reader,
+    writer: Writer,
+) -> anyhow::Result<Arc<Tunnel>> {
+    let flows = gateway.config.data_flows as usize;
+    let tunnel = Tunnel::new(gateway.clone(), Side::Dialer, id, label.to_string(), flows);
+    tunnel.attach_control(reader, writer);
     let attached = Arc::new((AtomicUsize::new(0), Notify::new()));
-    for idx in 0..flows as usize {
+    for idx in 0..flows {
         tokio::spawn(flow_supervisor(
             gateway.clone(),
             tunnel.clone(),
@@ -271,7 +320,7 @@ async fn establish(
         ));
     }
     let all = tunnel::wait_until(&attached.1, || {
-        (attached.0.load(Ordering::SeqCst) >= flows as usize).then_some(())
+        (attached.0.load(Ordering::SeqCst) >= flows).then_some(())
     });
     tokio::select! {
         () = all => {}
@@ -281,7 +330,7 @@ async fn establish(
             anyhow::bail!("data flows did not attach in time");
         }
     }
-    log_up(label, flows as usize);
+    log_up(label, flows);
     Ok(tunnel)
 }
 
@@ -412,35 +461,54 @@ impl Accepted {
             first,
         } = self;
         match first {
-            Message::Hello { name, data_flows } => {
+            Message::Hello {
+                name,
+                data_flows,
+                resume,
+            } => {
                 let label = peer_label(&gateway.config.peer_name, &addr);
-                if !(1..=crate::admin::config::MAX_DATA_FLOWS as u16).contains(&data_flows) {
-                    return warn!("peer {label}: hello asks for {data_flows} data flows; refusing");
-                }
                 if name != gateway.config.peer_name {
                     warn!("peer {label} calls itself {name:?}");
                 }
-                let mut id = [0u8; 16];
-                if SystemRandom::new().fill(&mut id).is_err() {
-                    return warn!("peer {label}: no randomness for a tunnel id");
-                }
+                // Resume the held tunnel if the peer names it; anything else
+                // starts a new tunnel, which replaces (and resets) the old one.
+                let current = gateway.current.borrow().clone();
+                let held = current
+                    .filter(|t| resume != [0; 16] && t.id == resume && !t.closed.is_cancelled());
+                let (tunnel, fresh) = match held {
+                    Some(t) => (t, false),
+                    None => {
+                        if !(1..=crate::admin::config::MAX_DATA_FLOWS as u16).contains(&data_flows)
+                        {
+                            return warn!(
+                                "peer {label}: hello asks for {data_flows} data flows; refusing"
+                            );
+                        }
+                        let mut id = [0u8; 16];
+                        if SystemRandom::new().fill(&mut id).is_err() {
+                            return warn!("peer {label}: no randomness for a tunnel id");
+                        }
+                        let t = Tunnel::new(
+                            gateway.clone(),
+                            Side::Acceptor,
+                            id,
+                            label.clone(),
+                            data_flows as usize,
+                        );
+                        (t, true)
+                    }
+                };
                 let welcome = Message::Welcome {
-                    tunnel_id: id,
+                    tunnel_id: tunnel.id,
                     name: gateway.config.name.clone(),
                 };
                 if let Err(e) = writer.send(&welcome).await {
                     return warn!("peer {label}: sending welcome: {e}");
                 }
-                let tunnel = Tunnel::new(
-                    gateway.clone(),
-                    Side::Acceptor,
-                    id,
-                    label,
-                    data_flows as usize,
-                );
-                // A new hello replaces any previous tunnel (the peer restarted).
-                gateway.install(Some(tunnel.clone()));
-                tunnel.run_control(reader, writer).await;
+                if fresh {
+                    gateway.install(Some(tunnel.clone()));
+                }
+                tunnel.attach_control(reader, writer);
             }
             Message::Attach { tunnel_id, flow } => {
                 let current = gateway.current.borrow().clone();

@@ -23,6 +23,8 @@ pub const DATA_FLOW_NOTSENT_LOWAT: u32 = 512 * 1024;
 pub struct WanTuning {
     pub congestion: String,
     pub buffer: Option<usize>,
+    /// Declare the connection dead after this long without progress.
+    pub flow_timeout: std::time::Duration,
 }
 
 /// Chooses the default congestion control: BBR where the kernel lets this
@@ -74,6 +76,20 @@ pub fn tune_wan(sock: &SockRef<'_>, tuning: &WanTuning, data_flow: bool) -> Vec<
                 }
             }
         }
+    }
+    // A silent WAN (blackout, dead peer) must surface as an error on the
+    // flow, not as a hang: unacked data times out after `flow_timeout`, and
+    // keepalives probe an idle connection within the same time.
+    if let Err(e) = sock.set_tcp_user_timeout(Some(tuning.flow_timeout)) {
+        warnings.push(format!("TCP_USER_TIMEOUT: {e}"));
+    }
+    let probe = (tuning.flow_timeout / 4).max(std::time::Duration::from_secs(1));
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(probe)
+        .with_interval(probe)
+        .with_retries(3);
+    if let Err(e) = sock.set_tcp_keepalive(&keepalive) {
+        warnings.push(format!("SO_KEEPALIVE: {e}"));
     }
     if data_flow {
         if let Err(e) = setsockopt_int(

@@ -75,6 +75,12 @@ pub struct Tunnel {
     pub peer: String,
     /// Cancelled when the tunnel goes down; every task of it stops.
     pub closed: CancellationToken,
+    /// Whether a control connection is attached. When it dies the tunnel is
+    /// held for the grace period, waiting for a new control connection.
+    pub control_up: tokio::sync::watch::Sender<bool>,
+    /// Bumped each time a control connection attaches, so a grace timer
+    /// knows whether the tunnel was resumed meanwhile.
+    control_generation: std::sync::atomic::AtomicU64,
     epoch: std::time::Instant,
     gateway: Arc<Gateway>,
 }
@@ -100,6 +106,8 @@ impl Tunnel {
             id,
             peer,
             closed: CancellationToken::new(),
+            control_up: tokio::sync::watch::channel(false).0,
+            control_generation: std::sync::atomic::AtomicU64::new(0),
             epoch: std::time::Instant::now(),
             gateway,
         });
@@ -271,8 +279,58 @@ impl Tunnel {
         }
     }
 
-    /// Runs the control connection until it fails; then the tunnel is down.
-    pub async fn run_control(
+    /// Starts serving a control connection: the first one, or a new one
+    /// after the previous died (then both ends restate their sessions).
+    pub fn attach_control(
+        self: &Arc<Self>,
+        reader: RecordReader<OwnedReadHalf>,
+        writer: RecordWriter<OwnedWriteHalf>,
+    ) {
+        use std::sync::atomic::Ordering;
+        if self.control_generation.fetch_add(1, Ordering::SeqCst) > 0 {
+            let n = self.with_core(|c| {
+                c.resync();
+                c.session_count()
+            });
+            info!("tunnel to peer {} resumed with {n} sessions", self.peer);
+        }
+        self.control_up.send_replace(true);
+        tokio::spawn(self.clone().run_control(reader, writer));
+    }
+
+    /// The control connection died: hold every session for the grace
+    /// period, then give up and reset them.
+    fn control_lost(self: &Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        let grace = self.gateway.config.grace_period;
+        if grace.is_zero() || self.closed.is_cancelled() {
+            return self.shutdown(ResetReason::TunnelLost);
+        }
+        let generation = self.control_generation.load(Ordering::SeqCst);
+        let sessions = self.with_core(|c| c.session_count());
+        warn!(
+            "tunnel to peer {}: holding {sessions} sessions for up to {grace:?} until the connection is back",
+            self.peer
+        );
+        self.control_up.send_replace(false);
+        let tunnel = self.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(grace) => {}
+                _ = tunnel.closed.cancelled() => return,
+            }
+            if tunnel.control_generation.load(Ordering::SeqCst) == generation {
+                warn!(
+                    "tunnel to peer {}: no connection for {grace:?} (grace period); giving up",
+                    tunnel.peer
+                );
+                tunnel.shutdown(ResetReason::TunnelLost);
+            }
+        });
+    }
+
+    /// Runs the control connection until it fails.
+    async fn run_control(
         self: Arc<Self>,
         mut reader: RecordReader<OwnedReadHalf>,
         mut writer: RecordWriter<OwnedWriteHalf>,
@@ -306,10 +364,13 @@ impl Tunnel {
             r = read => r,
             r = write => r,
         };
+        if self.closed.is_cancelled() {
+            return;
+        }
         if let Err(e) = result {
             warn!("tunnel to peer {}: control connection lost: {e}", self.peer);
         }
-        self.shutdown(ResetReason::TunnelLost);
+        self.control_lost();
     }
 
     /// Runs data flow `idx` until it fails. Whatever it carried that the

@@ -89,9 +89,12 @@ pub const DATA_HEADER_LEN: usize = 1 + 8 + 8 + 1 + 4;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
     /// First record on the control connection, from the dialling gateway.
+    /// `resume` is the id of a tunnel to pick up again after the control
+    /// connection was lost (all zero: a new tunnel).
     Hello {
         name: String,
         data_flows: u16,
+        resume: [u8; 16],
     },
     /// Reply to `Hello`: the tunnel id that data flows must present.
     Welcome {
@@ -162,9 +165,14 @@ impl Message {
     /// Appends the encoded message to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         match self {
-            Message::Hello { name, data_flows } => {
+            Message::Hello {
+                name,
+                data_flows,
+                resume,
+            } => {
                 out.put_u8(kind::HELLO);
                 out.put_u16(*data_flows);
+                out.extend_from_slice(resume);
                 out.put_short_str(name);
             }
             Message::Welcome { tunnel_id, name } => {
@@ -239,6 +247,7 @@ impl Message {
         let msg = match r.u8()? {
             kind::HELLO => Message::Hello {
                 data_flows: r.u16()?,
+                resume: r.array()?,
                 name: r.short_str("gateway name")?,
             },
             kind::WELCOME => Message::Welcome {
@@ -399,8 +408,13 @@ mod tests {
         let addr = any::<(u32, u16)>()
             .prop_map(|(ip, port)| SocketAddr::from((std::net::Ipv4Addr::from(ip), port)));
         prop_oneof![
-            (".{0,40}", any::<u16>())
-                .prop_map(|(name, data_flows)| Message::Hello { name, data_flows }),
+            (".{0,40}", any::<u16>(), any::<[u8; 16]>()).prop_map(|(name, data_flows, resume)| {
+                Message::Hello {
+                    name,
+                    data_flows,
+                    resume,
+                }
+            }),
             (any::<[u8; 16]>(), ".{0,40}")
                 .prop_map(|(tunnel_id, name)| Message::Welcome { tunnel_id, name }),
             (any::<[u8; 16]>(), any::<u16>())

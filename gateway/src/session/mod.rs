@@ -67,6 +67,7 @@ pub struct Counters {
     pub resent_bytes: u64,
     pub flows_lost: u64,
     pub protocol_errors: u64,
+    pub resyncs: u64,
 }
 
 #[cfg(test)]

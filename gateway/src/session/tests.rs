@@ -98,6 +98,9 @@ enum Op {
     Kill {
         flow: usize,
     },
+    /// The control connection dies with whatever it carried; a new one
+    /// replaces it and both ends resync.
+    ControlLost,
     Read,
     Tick,
 }
@@ -108,6 +111,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (any::<bool>(), 0..FLOWS).prop_map(|(from_a, flow)| Op::Deliver { from_a, flow }),
         2 => Just(Op::Control),
         1 => (0..FLOWS).prop_map(|flow| Op::Kill { flow }),
+        1 => Just(Op::ControlLost),
         2 => Just(Op::Read),
         1 => Just(Op::Tick),
     ]
@@ -179,6 +183,14 @@ fn run(streams: &[Vec<u8>], ops: &[Op]) -> (End, End, Vec<SessionId>) {
             b.flows[flow].clear();
             a.core.flow_lost(flow);
             b.core.flow_lost(flow);
+            a.drain_events();
+            b.drain_events();
+        }
+        Op::ControlLost => {
+            a.control.clear();
+            b.control.clear();
+            a.core.resync();
+            b.core.resync();
             a.drain_events();
             b.drain_events();
         }

@@ -77,6 +77,8 @@ enum State {
 #[derive(Debug)]
 struct Session {
     state: State,
+    /// Where the far side connects (kept to repeat `Open` after a resync).
+    target: SocketAddr,
     send: SendStream,
     recv: Reassembler,
     /// Whether the session sits in the scheduler's ready queue.
@@ -108,7 +110,14 @@ pub struct TunnelCore {
     /// Sum of all sessions' send buffers.
     buffered: u64,
     counters: Counters,
+    /// The final messages of recently ended sessions (reset, refused, or
+    /// fin + final ack), repeated after a resync in case the originals were
+    /// lost with the control connection.
+    tombstones: VecDeque<(SessionId, Vec<Message>)>,
 }
+
+/// How many ended sessions are remembered for resyncs.
+const TOMBSTONES: usize = 4096;
 
 impl TunnelCore {
     pub fn new(side: Side, limits: Limits, flows: usize) -> Self {
@@ -125,6 +134,7 @@ impl TunnelCore {
             events: VecDeque::new(),
             buffered: 0,
             counters: Counters::default(),
+            tombstones: VecDeque::new(),
         }
     }
 
@@ -157,7 +167,8 @@ impl TunnelCore {
         }
         let id = SessionId(self.next_id);
         self.next_id += 2;
-        self.sessions.insert(id, self.new_session(State::Opening));
+        self.sessions
+            .insert(id, self.new_session(State::Opening, target));
         self.push_control(Message::Open {
             session: id,
             target,
@@ -182,11 +193,13 @@ impl TunnelCore {
     /// The datapath will not (or could not) connect to the target.
     pub fn refuse(&mut self, id: SessionId, reason: RefuseReason, detail: &str) {
         if self.remove(id).is_some() {
-            self.push_control(Message::Refuse {
+            let msg = Message::Refuse {
                 session: id,
                 reason,
                 detail: detail.to_string(),
-            });
+            };
+            self.bury(id, vec![msg.clone()]);
+            self.push_control(msg);
         }
     }
 
@@ -259,10 +272,12 @@ impl TunnelCore {
     /// Aborts a session from our side (endpoint reset or error).
     pub fn reset(&mut self, id: SessionId, reason: ResetReason) {
         if self.remove(id).is_some() {
-            self.push_control(Message::Reset {
+            let msg = Message::Reset {
                 session: id,
                 reason,
-            });
+            };
+            self.bury(id, vec![msg.clone()]);
+            self.push_control(msg);
             self.events.push_back(Event::Reset {
                 session: id,
                 reason,
@@ -296,8 +311,22 @@ impl TunnelCore {
                 target,
                 window,
             } => {
-                if self.is_own_id(session) || self.sessions.contains_key(&session) {
+                if self.is_own_id(session) {
                     return Err(PeerError::BadSessionId(session));
+                }
+                // A repeated open (after a resync) gets its answer again.
+                if let Some(s) = self.sessions.get(&session) {
+                    if s.state == State::Open {
+                        let window = self.window_u32();
+                        self.push_control(Message::Accept { session, window });
+                    }
+                    return Ok(());
+                }
+                if let Some((_, end)) = self.tombstones.iter().find(|(id, _)| *id == session) {
+                    for msg in end.clone() {
+                        self.push_control(msg);
+                    }
+                    return Ok(());
                 }
                 if self.sessions.len() >= self.limits.max_sessions {
                     self.push_control(Message::Refuse {
@@ -307,7 +336,7 @@ impl TunnelCore {
                     });
                     return Ok(());
                 }
-                let mut s = self.new_session(State::Connecting);
+                let mut s = self.new_session(State::Connecting, target);
                 s.send.set_peer_window(window as u64);
                 self.sessions.insert(session, s);
                 self.events
@@ -316,8 +345,12 @@ impl TunnelCore {
             }
             Message::Accept { session, window } => {
                 let s = self.peer_session(session)?;
-                if s.state != State::Opening {
-                    return self.violation(session, "accept for a session not opening");
+                match s.state {
+                    State::Opening => {}
+                    State::Open => return Ok(()), // repeated after a resync
+                    State::Connecting => {
+                        return self.violation(session, "accept for a session the peer opened")
+                    }
                 }
                 s.state = State::Open;
                 s.send.set_peer_window(window as u64);
@@ -479,6 +512,59 @@ impl TunnelCore {
         self.events.pop_front()
     }
 
+    /// A new control connection replaced one that died: whatever control
+    /// messages were queued or in flight may be lost, so restate every
+    /// session's position. Each message is idempotent at the receiver.
+    pub fn resync(&mut self) {
+        self.control.clear();
+        let window = self.window_u32();
+        let mut msgs = Vec::new();
+        for (&session, s) in &mut self.sessions {
+            match s.state {
+                State::Opening => msgs.push(Message::Open {
+                    session,
+                    target: s.target,
+                    window,
+                }),
+                State::Open if (session.0 % 2 == 0) != (self.side == Side::Dialer) => {
+                    msgs.push(Message::Accept { session, window })
+                }
+                _ => {}
+            }
+            let delivered = s.recv.delivered();
+            if delivered > 0 {
+                s.ack_sent = delivered;
+                s.ack_pending_since = None;
+                msgs.push(Message::Ack {
+                    session,
+                    offset: delivered,
+                });
+            }
+            if s.send.is_finished() {
+                msgs.push(Message::Fin {
+                    session,
+                    offset: s.send.written(),
+                });
+            }
+        }
+        msgs.extend(
+            self.tombstones
+                .iter()
+                .flat_map(|(_, end)| end.iter().cloned()),
+        );
+        self.counters.resyncs += 1;
+        for m in msgs {
+            self.push_control(m);
+        }
+    }
+
+    fn bury(&mut self, id: SessionId, end: Vec<Message>) {
+        if self.tombstones.len() == TOMBSTONES {
+            self.tombstones.pop_front();
+        }
+        self.tombstones.push_back((id, end));
+    }
+
     // ---- time -----------------------------------------------------------
 
     /// When `handle_timeout` next has work (a delayed ack), if ever.
@@ -505,9 +591,10 @@ impl TunnelCore {
 
     // ---- internals ------------------------------------------------------
 
-    fn new_session(&self, state: State) -> Session {
+    fn new_session(&self, state: State, target: SocketAddr) -> Session {
         Session {
             state,
+            target,
             send: SendStream::new(0),
             recv: Reassembler::new(self.limits.session_window),
             queued: false,
@@ -600,7 +687,25 @@ impl TunnelCore {
             s.send.is_complete() && s.recv.is_finished() && s.ack_sent == s.recv.delivered()
         });
         if done {
-            self.remove(id);
+            let s = self.remove(id).expect("checked above");
+            // The peer may still need our last fin and ack if they are lost
+            // with the control connection: keep them for a resync.
+            let mut end = Vec::new();
+            if s.state == State::Open && !self.is_own_id(id) {
+                end.push(Message::Accept {
+                    session: id,
+                    window: self.window_u32(),
+                });
+            }
+            end.push(Message::Fin {
+                session: id,
+                offset: s.send.written(),
+            });
+            end.push(Message::Ack {
+                session: id,
+                offset: s.recv.delivered(),
+            });
+            self.bury(id, end);
             self.events.push_back(Event::Closed(id));
         }
     }
