@@ -776,6 +776,8 @@ pub struct GatewayConfig {
     pub egress_allow: Vec<String>,
     pub session_window_bytes: Option<u64>,
     pub global_buffer_bytes: Option<u64>,
+    /// Extra `key = value` lines for the `[wan]` table.
+    pub wan_extra: Vec<String>,
 }
 
 fn toml_str(s: &str) -> String {
@@ -813,6 +815,9 @@ impl GatewayConfig {
         let _ = writeln!(t, "data_flows = {}", self.data_flows);
         if let Some(c) = &self.congestion {
             let _ = writeln!(t, "congestion = {}", toml_str(c));
+        }
+        for line in &self.wan_extra {
+            let _ = writeln!(t, "{line}");
         }
         for i in &self.ingress {
             let _ = writeln!(t, "\n[[ingress]]");
@@ -1107,6 +1112,8 @@ pub struct PairSpec {
     /// Pre-shared key file contents for A and B (written mode 0600 as `gw-X.psk`).
     pub psk_a: Option<String>,
     pub psk_b: Option<String>,
+    /// Extra `key = value` lines for both gateways' `[wan]` tables.
+    pub wan_extra: Vec<String>,
 }
 
 impl Default for PairSpec {
@@ -1121,6 +1128,7 @@ impl Default for PairSpec {
             global_buffer_bytes: None,
             psk_a: None,
             psk_b: None,
+            wan_extra: Vec::new(),
         }
     }
 }
@@ -1209,6 +1217,7 @@ impl Pair {
             egress_allow: Vec::new(),
             session_window_bytes: spec.session_window_bytes,
             global_buffer_bytes: spec.global_buffer_bytes,
+            wan_extra: spec.wan_extra.clone(),
         };
         let b_config = GatewayConfig {
             name: "gw-b".into(),
@@ -1224,6 +1233,7 @@ impl Pair {
             egress_allow: spec.egress_allow.clone(),
             session_window_bytes: spec.session_window_bytes,
             global_buffer_bytes: spec.global_buffer_bytes,
+            wan_extra: spec.wan_extra.clone(),
         };
         let a_path = dir.join("gw-a.toml");
         let b_path = dir.join("gw-b.toml");
@@ -1426,6 +1436,7 @@ mod tests {
             egress_allow: vec!["127.0.0.1:5000".into()],
             session_window_bytes: None,
             global_buffer_bytes: None,
+            wan_extra: Vec::new(),
         };
         let t = c.to_toml();
         assert!(t.contains("connect = \"127.0.0.1:7700\""), "{t}");

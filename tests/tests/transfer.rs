@@ -199,3 +199,27 @@ fn three_hundred_short_sessions_in_a_row() {
     );
     pair.assert_running();
 }
+
+/// Keys rotate every MiB on every connection (key-update records) while 256 MiB cross: the
+/// stream arrives intact and the gateways report the key updates.
+#[test]
+fn forced_key_updates_during_a_transfer() {
+    let sink = Sink::start();
+    let mut spec = PairSpec::to_target(4, sink.addr());
+    spec.wan_extra = vec!["rekey_after_bytes = 1048576".into()];
+    let mut pair = Pair::start(&spec);
+    let len = 256u64 << 20;
+    let sent = send(pair.ingress[0], len, 41).expect("send through rotating keys");
+    let got = sink.recv(Duration::from_secs(60));
+    assert_eq!(got.bytes, len);
+    assert_eq!(
+        got.sha256, sent.sha256,
+        "SHA-256 with key updates every MiB"
+    );
+    let updates = pair.a.count_lines(&["key update"]);
+    assert!(
+        updates >= 100,
+        "expected >= 100 key updates at gw-a for 256 MiB at 1 MiB each, saw {updates}\n{}",
+        pair.logs()
+    );
+}

@@ -77,6 +77,8 @@ struct WanSection {
     socket_buffer_bytes: Option<i64>,
     grace_period_secs: Option<i64>,
     flow_timeout_secs: Option<i64>,
+    rekey_after_bytes: Option<i64>,
+    rekey_interval_secs: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -150,6 +152,11 @@ pub struct Config {
     /// A WAN flow with data unacknowledged (or keepalives unanswered) for
     /// this long is declared dead (TCP_USER_TIMEOUT and keepalive).
     pub flow_timeout: std::time::Duration,
+    /// Each connection direction moves to a new key after this many bytes
+    /// or this long, whichever comes first (and always before the AEAD
+    /// usage limit).
+    pub rekey_after_bytes: u64,
+    pub rekey_interval: std::time::Duration,
     pub ingress: Vec<Ingress>,
     pub egress: Allowlist,
     pub connect_timeout_ms: u64,
@@ -320,6 +327,14 @@ impl Config {
             .map_err(|w| err("wan.grace_period_secs", w))? as u64;
         let flow_timeout = in_range(file.wan.flow_timeout_secs.unwrap_or(10), 2, 600)
             .map_err(|w| err("wan.flow_timeout_secs", w))? as u64;
+        let rekey_after_bytes = in_range(
+            file.wan.rekey_after_bytes.unwrap_or(16 << 30),
+            1 << 20,
+            1 << 40,
+        )
+        .map_err(|w| err("wan.rekey_after_bytes", w))? as u64;
+        let rekey_interval = in_range(file.wan.rekey_interval_secs.unwrap_or(3600), 1, 86400)
+            .map_err(|w| err("wan.rekey_interval_secs", w))? as u64;
         let mut ingress = Vec::new();
         for (i, section) in file.ingress.iter().enumerate() {
             let field = |f: &str| format!("ingress[{i}].{f}");
@@ -423,6 +438,8 @@ impl Config {
             socket_buffer,
             grace_period: std::time::Duration::from_secs(grace_period),
             flow_timeout: std::time::Duration::from_secs(flow_timeout),
+            rekey_after_bytes,
+            rekey_interval: std::time::Duration::from_secs(rekey_interval),
             ingress,
             egress,
             connect_timeout_ms,

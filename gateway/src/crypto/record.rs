@@ -19,6 +19,7 @@
 //! point is the caller's job (see `needs_rekey`).
 
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+use ring::hkdf;
 
 pub const TAG_LEN: usize = 16;
 pub const RECORD_HEADER_LEN: usize = 4;
@@ -41,27 +42,57 @@ pub enum RecordError {
     KeyExhausted,
 }
 
-fn nonce(counter: u64) -> Nonce {
-    let mut n = [0u8; 12];
-    n[4..].copy_from_slice(&counter.to_be_bytes());
-    Nonce::assume_unique_for_key(n)
+/// One direction's key, its nonce counter, and the secret it came from
+/// (kept so the key can be ratcheted forward on a key update).
+struct KeyState {
+    secret: [u8; 32],
+    key: LessSafeKey,
+    counter: u64,
 }
 
-fn key(bytes: &[u8; 32]) -> LessSafeKey {
-    LessSafeKey::new(UnboundKey::new(&AES_256_GCM, bytes).expect("32 bytes is an AES-256 key"))
+impl KeyState {
+    fn new(secret: &[u8; 32]) -> Self {
+        KeyState {
+            secret: *secret,
+            key: LessSafeKey::new(
+                UnboundKey::new(&AES_256_GCM, secret).expect("32 bytes is an AES-256 key"),
+            ),
+            counter: 0,
+        }
+    }
+
+    /// The nonce for the next record, or an error past the usage limit.
+    fn nonce(&self) -> Result<Nonce, RecordError> {
+        if self.counter >= MAX_RECORDS_PER_KEY {
+            return Err(RecordError::KeyExhausted);
+        }
+        let mut n = [0u8; 12];
+        n[4..].copy_from_slice(&self.counter.to_be_bytes());
+        Ok(Nonce::assume_unique_for_key(n))
+    }
+
+    /// Replaces the key by HKDF-SHA256(secret, "lmas key update") and
+    /// restarts the counter (as TLS 1.3's KeyUpdate does): old keys cannot be
+    /// computed from new ones.
+    fn ratchet(&mut self) {
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, &[]).extract(&self.secret);
+        let mut next = [0u8; 32];
+        prk.expand(&[b"lmas key update"], hkdf::HKDF_SHA256)
+            .and_then(|okm| okm.fill(&mut next))
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        *self = KeyState::new(&next);
+    }
 }
 
 /// Seals outgoing records for one direction of one connection.
 pub struct RecordSealer {
-    key: LessSafeKey,
-    counter: u64,
+    state: KeyState,
 }
 
 impl RecordSealer {
     pub fn new(key_bytes: &[u8; 32]) -> Self {
         RecordSealer {
-            key: key(key_bytes),
-            counter: 0,
+            state: KeyState::new(key_bytes),
         }
     }
 
@@ -82,40 +113,44 @@ impl RecordSealer {
         if body_len > MAX_RECORD_LEN {
             return Err(RecordError::BadLength(body_len));
         }
-        if self.counter >= MAX_RECORDS_PER_KEY {
-            return Err(RecordError::KeyExhausted);
-        }
+        let nonce = self.state.nonce()?;
         let header = (body_len as u32).to_be_bytes();
         buf[start..start + RECORD_HEADER_LEN].copy_from_slice(&header);
         let tag = self
+            .state
             .key
             .seal_in_place_separate_tag(
-                nonce(self.counter),
+                nonce,
                 Aad::from(header),
                 &mut buf[start + RECORD_HEADER_LEN..],
             )
             .map_err(|_| RecordError::Authentication)?;
         buf.extend_from_slice(tag.as_ref());
-        self.counter += 1;
+        self.state.counter += 1;
         Ok(())
     }
 
+    /// True when the key has sealed enough records that it should be updated.
     pub fn needs_rekey(&self) -> bool {
-        self.counter >= REKEY_AFTER_RECORDS
+        self.state.counter >= REKEY_AFTER_RECORDS
+    }
+
+    /// Moves to the next key. Call right after sealing a key-update message,
+    /// so the peer switches at the same record.
+    pub fn ratchet(&mut self) {
+        self.state.ratchet();
     }
 }
 
 /// Opens incoming records for one direction of one connection.
 pub struct RecordOpener {
-    key: LessSafeKey,
-    counter: u64,
+    state: KeyState,
 }
 
 impl RecordOpener {
     pub fn new(key_bytes: &[u8; 32]) -> Self {
         RecordOpener {
-            key: key(key_bytes),
-            counter: 0,
+            state: KeyState::new(key_bytes),
         }
     }
 
@@ -135,17 +170,21 @@ impl RecordOpener {
         header: [u8; RECORD_HEADER_LEN],
         body: &mut bytes::BytesMut,
     ) -> Result<(), RecordError> {
-        if self.counter >= MAX_RECORDS_PER_KEY {
-            return Err(RecordError::KeyExhausted);
-        }
+        let nonce = self.state.nonce()?;
         let plain_len = self
+            .state
             .key
-            .open_in_place(nonce(self.counter), Aad::from(header), &mut body[..])
+            .open_in_place(nonce, Aad::from(header), &mut body[..])
             .map_err(|_| RecordError::Authentication)?
             .len();
         body.truncate(plain_len);
-        self.counter += 1;
+        self.state.counter += 1;
         Ok(())
+    }
+
+    /// Moves to the next key, after opening the peer's key-update message.
+    pub fn ratchet(&mut self) {
+        self.state.ratchet();
     }
 }
 
@@ -222,6 +261,22 @@ mod tests {
             Err(RecordError::Authentication),
             "reorder"
         );
+    }
+
+    #[test]
+    fn key_updates_ratchet_both_ends_in_step() {
+        let k = [9u8; 32];
+        let (mut s, mut o) = (RecordSealer::new(&k), RecordOpener::new(&k));
+        let before = sealed(&mut s, b"old key");
+        s.ratchet();
+        let after = sealed(&mut s, b"new key");
+        assert_eq!(open(&mut o, &before).unwrap(), b"old key");
+        // Not yet ratcheted: the new-key record does not open.
+        let mut stale = RecordOpener::new(&k);
+        open(&mut stale, &before).unwrap();
+        assert_eq!(open(&mut stale, &after), Err(RecordError::Authentication));
+        o.ratchet();
+        assert_eq!(open(&mut o, &after).unwrap(), b"new key");
     }
 
     #[test]

@@ -152,7 +152,17 @@ impl<R: AsyncRead + Unpin> RecordReader<R> {
         Ok(())
     }
 
+    /// The next message; key updates from the peer are applied here.
     pub async fn read_message(&mut self) -> Result<Message, ConnError> {
+        loop {
+            match self.read_record().await? {
+                Message::KeyUpdate => self.opener.ratchet(),
+                msg => return Ok(msg),
+            }
+        }
+    }
+
+    async fn read_record(&mut self) -> Result<Message, ConnError> {
         self.fill(RECORD_HEADER_LEN).await?;
         let header: [u8; RECORD_HEADER_LEN] =
             self.buf[..RECORD_HEADER_LEN].try_into().expect("4 bytes");
@@ -165,25 +175,68 @@ impl<R: AsyncRead + Unpin> RecordReader<R> {
     }
 }
 
+/// When a sender moves to a new key (besides the record-count limit).
+#[derive(Debug, Clone, Copy)]
+pub struct RekeyPolicy {
+    pub after_bytes: u64,
+    pub after: std::time::Duration,
+}
+
 /// Seals records into a reusable buffer and writes them.
 pub struct RecordWriter<W> {
     inner: W,
     sealer: RecordSealer,
+    policy: RekeyPolicy,
+    bytes_since_rekey: u64,
+    last_rekey: std::time::Instant,
+    rekeys: u64,
     /// Sealed records waiting for `flush`.
     out: Vec<u8>,
 }
 
 impl<W: AsyncWrite + Unpin> RecordWriter<W> {
-    pub fn new(inner: W, keys: &TrafficKeys) -> Self {
+    pub fn new(inner: W, keys: &TrafficKeys, policy: RekeyPolicy) -> Self {
         RecordWriter {
             inner,
             sealer: RecordSealer::new(&keys.send),
+            policy,
+            bytes_since_rekey: 0,
+            last_rekey: std::time::Instant::now(),
+            rekeys: 0,
             out: Vec::with_capacity(300 * 1024),
         }
     }
 
-    /// Seals one message into the pending output.
+    /// Seals one message into the pending output, first moving to a new
+    /// key if the policy says so (a key-update record tells the peer).
     pub fn push(&mut self, msg: &Message) -> Result<(), ConnError> {
+        if self.sealer.needs_rekey()
+            || self.bytes_since_rekey >= self.policy.after_bytes
+            || self.last_rekey.elapsed() >= self.policy.after
+        {
+            self.seal(&Message::KeyUpdate)?;
+            self.sealer.ratchet();
+            log::info!(
+                "key update {} on a WAN connection after {} bytes",
+                self.rekeys + 1,
+                self.bytes_since_rekey
+            );
+            self.bytes_since_rekey = 0;
+            self.last_rekey = std::time::Instant::now();
+            self.rekeys += 1;
+        }
+        let before = self.out.len();
+        self.seal(msg)?;
+        self.bytes_since_rekey += (self.out.len() - before) as u64;
+        Ok(())
+    }
+
+    /// How many times this writer moved to a new key.
+    pub fn rekeys(&self) -> u64 {
+        self.rekeys
+    }
+
+    fn seal(&mut self, msg: &Message) -> Result<(), ConnError> {
         let start = self.out.len();
         self.out.resize(start + RECORD_HEADER_LEN, 0);
         msg.encode(&mut self.out);

@@ -35,7 +35,7 @@ use crate::protocol::{Message, ResetReason};
 use crate::session::Side;
 use conn::{
     handshake_initiator, handshake_read_initiator, peer_label, ConnError, RecordReader,
-    RecordWriter,
+    RecordWriter, RekeyPolicy,
 };
 use sockopt::{tune_wan, WanTuning};
 use tunnel::{log_up, Tunnel};
@@ -77,6 +77,13 @@ impl Gateway {
             }
         };
         tokio::time::timeout(wait, ready).await.ok().flatten()
+    }
+
+    fn rekey_policy(&self) -> RekeyPolicy {
+        RekeyPolicy {
+            after_bytes: self.config.rekey_after_bytes,
+            after: self.config.rekey_interval,
+        }
     }
 
     fn install(&self, tunnel: Option<Arc<Tunnel>>) {
@@ -263,7 +270,10 @@ async fn dial(
         Err(_) => return Err(DialError::Handshake(ConnError::Io(std::io::ErrorKind::TimedOut.into()))),
     };
     let (r, w) = stream.into_split();
-    Ok((RecordReader::new(r, &keys), RecordWriter::new(w, &keys)))
+    Ok((
+        RecordReader::new(r, &keys),
+        RecordWriter::new(w, &keys, gateway.rekey_policy()),
+    ))
 }
 
 /// Dials the control connection and exchanges hello/welcome; returns the
@@ -444,7 +454,7 @@ async fn accept_handshake(gateway: &Gateway, mut stream: TcpStream) -> Result<Ac
     let keys = pending.accept(&mut stream).await?;
     let (r, w) = stream.into_split();
     let mut reader = RecordReader::new(r, &keys);
-    let writer = RecordWriter::new(w, &keys);
+    let writer = RecordWriter::new(w, &keys, gateway.rekey_policy());
     let first = reader.read_message().await?;
     Ok(Accepted {
         reader,

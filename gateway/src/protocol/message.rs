@@ -101,6 +101,9 @@ pub enum Message {
         tunnel_id: [u8; 16],
         name: String,
     },
+    /// The sender's next record uses the next key (see `RecordSealer::ratchet`).
+    /// Handled by the record layer on every connection; never reaches the core.
+    KeyUpdate,
     /// First record on a data flow, from the dialling gateway.
     Attach {
         tunnel_id: [u8; 16],
@@ -150,6 +153,7 @@ mod kind {
     pub const HELLO: u8 = 0x01;
     pub const WELCOME: u8 = 0x02;
     pub const ATTACH: u8 = 0x03;
+    pub const KEY_UPDATE: u8 = 0x04;
     pub const OPEN: u8 = 0x10;
     pub const ACCEPT: u8 = 0x11;
     pub const REFUSE: u8 = 0x12;
@@ -180,6 +184,7 @@ impl Message {
                 out.extend_from_slice(tunnel_id);
                 out.put_short_str(name);
             }
+            Message::KeyUpdate => out.put_u8(kind::KEY_UPDATE),
             Message::Attach { tunnel_id, flow } => {
                 out.put_u8(kind::ATTACH);
                 out.extend_from_slice(tunnel_id);
@@ -254,6 +259,7 @@ impl Message {
                 tunnel_id: r.array()?,
                 name: r.short_str("gateway name")?,
             },
+            kind::KEY_UPDATE => Message::KeyUpdate,
             kind::ATTACH => Message::Attach {
                 tunnel_id: r.array()?,
                 flow: r.u16()?,
@@ -322,6 +328,7 @@ impl Message {
             Message::Hello { .. } => "hello",
             Message::Welcome { .. } => "welcome",
             Message::Attach { .. } => "attach",
+            Message::KeyUpdate => "key-update",
             Message::Open { .. } => "open",
             Message::Accept { .. } => "accept",
             Message::Refuse { .. } => "refuse",
@@ -442,6 +449,7 @@ mod tests {
                 reason: r.into()
             }),
             any::<u64>().prop_map(|id| Message::Ping { id }),
+            Just(Message::KeyUpdate),
             any::<u64>().prop_map(|id| Message::Pong { id }),
             (
                 sid,

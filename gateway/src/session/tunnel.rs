@@ -415,9 +415,10 @@ impl TunnelCore {
                 Ok(())
             }
             Message::Pong { .. } => Ok(()),
-            other @ (Message::Hello { .. } | Message::Welcome { .. } | Message::Attach { .. }) => {
-                Err(PeerError::Unexpected(other.name()))
-            }
+            other @ (Message::Hello { .. }
+            | Message::Welcome { .. }
+            | Message::Attach { .. }
+            | Message::KeyUpdate) => Err(PeerError::Unexpected(other.name())),
         }
     }
 
