@@ -207,7 +207,7 @@ fn forced_key_updates_during_a_transfer() {
     let sink = Sink::start();
     let mut spec = PairSpec::to_target(4, sink.addr());
     spec.wan_extra = vec!["rekey_after_bytes = 1048576".into()];
-    let mut pair = Pair::start(&spec);
+    let pair = Pair::start(&spec);
     let len = 256u64 << 20;
     let sent = send(pair.ingress[0], len, 41).expect("send through rotating keys");
     let got = sink.recv(Duration::from_secs(60));
