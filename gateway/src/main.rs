@@ -29,6 +29,30 @@ enum Command {
     },
     /// Validate a config file (and the key files it names) without running.
     CheckConfig { config: PathBuf },
+    /// Show a running gateway: tunnel, WAN connections (RTT, cwnd,
+    /// retransmits), sessions and counters, over its admin socket.
+    Status {
+        /// The gateway's config file (its admin.socket is used).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The admin socket (default: from --config, else the only one in /run/lmas).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Print JSON (for scripts).
+        #[arg(long)]
+        json: bool,
+        /// Refresh every SECS seconds (default 1) with per-session goodput.
+        #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "1")]
+        watch: Option<f64>,
+    },
+}
+
+fn status_socket(config: Option<PathBuf>, socket: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match (socket, config) {
+        (Some(s), _) => Ok(s),
+        (None, Some(c)) => Ok(Config::load(&c)?.admin_socket),
+        (None, None) => lmas::admin::client::default_socket(),
+    }
 }
 
 fn main() -> ExitCode {
@@ -53,6 +77,13 @@ fn main() -> ExitCode {
                 )
             })
             .map_err(anyhow::Error::from),
+        Command::Status {
+            config,
+            socket,
+            json,
+            watch,
+        } => status_socket(config, socket)
+            .and_then(|path| lmas::admin::client::run(&path, json, watch)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

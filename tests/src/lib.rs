@@ -778,6 +778,8 @@ pub struct GatewayConfig {
     pub global_buffer_bytes: Option<u64>,
     /// Extra `key = value` lines for the `[wan]` table.
     pub wan_extra: Vec<String>,
+    /// The admin socket for `lmas status` (`[admin] socket`).
+    pub admin_socket: Option<PathBuf>,
 }
 
 fn toml_str(s: &str) -> String {
@@ -818,6 +820,13 @@ impl GatewayConfig {
         }
         for line in &self.wan_extra {
             let _ = writeln!(t, "{line}");
+        }
+        if let Some(p) = &self.admin_socket {
+            let _ = writeln!(
+                t,
+                "\n[admin]\nsocket = {}",
+                toml_str(&p.display().to_string())
+            );
         }
         for i in &self.ingress {
             let _ = writeln!(t, "\n[[ingress]]");
@@ -1218,6 +1227,7 @@ impl Pair {
             session_window_bytes: spec.session_window_bytes,
             global_buffer_bytes: spec.global_buffer_bytes,
             wan_extra: spec.wan_extra.clone(),
+            admin_socket: Some(dir.join("gw-a.sock")),
         };
         let b_config = GatewayConfig {
             name: "gw-b".into(),
@@ -1234,6 +1244,7 @@ impl Pair {
             session_window_bytes: spec.session_window_bytes,
             global_buffer_bytes: spec.global_buffer_bytes,
             wan_extra: spec.wan_extra.clone(),
+            admin_socket: Some(dir.join("gw-b.sock")),
         };
         let a_path = dir.join("gw-a.toml");
         let b_path = dir.join("gw-b.toml");
@@ -1437,6 +1448,7 @@ mod tests {
             session_window_bytes: None,
             global_buffer_bytes: None,
             wan_extra: Vec::new(),
+            admin_socket: None,
         };
         let t = c.to_toml();
         assert!(t.contains("connect = \"127.0.0.1:7700\""), "{t}");

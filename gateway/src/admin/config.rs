@@ -49,6 +49,14 @@ struct File {
     egress: EgressSection,
     #[serde(default)]
     limits: LimitsSection,
+    #[serde(default)]
+    admin: AdminSection,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct AdminSection {
+    socket: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -161,6 +169,8 @@ pub struct Config {
     pub egress: Allowlist,
     pub connect_timeout_ms: u64,
     pub limits: Limits,
+    /// Unix socket for `lmas status` (default `/run/lmas/NAME.sock`).
+    pub admin_socket: PathBuf,
 }
 
 pub const MAX_DATA_FLOWS: i64 = 64;
@@ -383,6 +393,13 @@ impl Config {
         )
         .map_err(|w| err("egress.connect_timeout_ms", w))? as u64;
 
+        let admin_socket = match &file.admin.socket {
+            Some(p) if p.as_os_str().is_empty() => {
+                return Err(err("admin.socket", "must not be empty".into()))
+            }
+            Some(p) => resolve(p),
+            None => PathBuf::from(format!("/run/lmas/{name}.sock")),
+        };
         let defaults = Limits::default();
         let l = &file.limits;
         let session_window = in_range(
@@ -444,6 +461,7 @@ impl Config {
             egress,
             connect_timeout_ms,
             limits,
+            admin_socket,
         })
     }
 }

@@ -3,6 +3,10 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::admin::Stats;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -115,6 +119,35 @@ impl PendingResponder {
     }
 }
 
+/// Identity and byte counters of one WAN connection, shared by its record
+/// reader and writer and shown by `lmas status`.
+pub struct ConnInfo {
+    pub sent: AtomicU64,
+    pub received: AtomicU64,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub since: std::time::Instant,
+    /// A second descriptor of the same socket, to read TCP_INFO from.
+    socket: socket2::Socket,
+}
+
+impl ConnInfo {
+    pub fn new(stream: &tokio::net::TcpStream) -> io::Result<Arc<ConnInfo>> {
+        Ok(Arc::new(ConnInfo {
+            sent: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            local: stream.local_addr()?,
+            remote: stream.peer_addr()?,
+            since: std::time::Instant::now(),
+            socket: socket2::SockRef::from(stream).try_clone()?,
+        }))
+    }
+
+    pub fn tcp_stats(&self) -> Option<crate::admin::status::TcpStats> {
+        super::sockopt::tcp_stats(&socket2::SockRef::from(&self.socket))
+    }
+}
+
 /// Reads and opens records from one connection.
 ///
 /// Bytes are read straight into one growing buffer (no zeroing) and each
@@ -124,18 +157,24 @@ pub struct RecordReader<R> {
     inner: R,
     opener: RecordOpener,
     buf: BytesMut,
+    info: Arc<ConnInfo>,
 }
 
 /// Read-ahead: enough for several full records per read call.
 const READ_AHEAD: usize = 512 * 1024;
 
 impl<R: AsyncRead + Unpin> RecordReader<R> {
-    pub fn new(inner: R, keys: &TrafficKeys) -> Self {
+    pub fn new(inner: R, keys: &TrafficKeys, info: Arc<ConnInfo>) -> Self {
         RecordReader {
             inner,
             opener: RecordOpener::new(&keys.recv),
             buf: BytesMut::with_capacity(READ_AHEAD),
+            info,
         }
+    }
+
+    pub fn info(&self) -> &Arc<ConnInfo> {
+        &self.info
     }
 
     /// Reads until `buf` holds at least `n` bytes.
@@ -145,9 +184,11 @@ impl<R: AsyncRead + Unpin> RecordReader<R> {
             if self.buf.capacity() < want {
                 self.buf.reserve(want - self.buf.len());
             }
-            if self.inner.read_buf(&mut self.buf).await? == 0 {
+            let n = self.inner.read_buf(&mut self.buf).await?;
+            if n == 0 {
                 return Err(ConnError::Closed);
             }
+            self.info.received.fetch_add(n as u64, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -190,12 +231,20 @@ pub struct RecordWriter<W> {
     bytes_since_rekey: u64,
     last_rekey: std::time::Instant,
     rekeys: u64,
+    info: Arc<ConnInfo>,
+    stats: Arc<Stats>,
     /// Sealed records waiting for `flush`.
     out: Vec<u8>,
 }
 
 impl<W: AsyncWrite + Unpin> RecordWriter<W> {
-    pub fn new(inner: W, keys: &TrafficKeys, policy: RekeyPolicy) -> Self {
+    pub fn new(
+        inner: W,
+        keys: &TrafficKeys,
+        policy: RekeyPolicy,
+        info: Arc<ConnInfo>,
+        stats: Arc<Stats>,
+    ) -> Self {
         RecordWriter {
             inner,
             sealer: RecordSealer::new(&keys.send),
@@ -203,6 +252,8 @@ impl<W: AsyncWrite + Unpin> RecordWriter<W> {
             bytes_since_rekey: 0,
             last_rekey: std::time::Instant::now(),
             rekeys: 0,
+            info,
+            stats,
             out: Vec::with_capacity(300 * 1024),
         }
     }
@@ -224,6 +275,7 @@ impl<W: AsyncWrite + Unpin> RecordWriter<W> {
             self.bytes_since_rekey = 0;
             self.last_rekey = std::time::Instant::now();
             self.rekeys += 1;
+            Stats::inc(&self.stats.key_updates);
         }
         let before = self.out.len();
         self.seal(msg)?;
@@ -253,6 +305,9 @@ impl<W: AsyncWrite + Unpin> RecordWriter<W> {
 
     pub async fn flush(&mut self) -> Result<(), ConnError> {
         self.inner.write_all(&self.out).await?;
+        self.info
+            .sent
+            .fetch_add(self.out.len() as u64, Ordering::Relaxed);
         self.out.clear();
         Ok(())
     }

@@ -10,6 +10,7 @@ use tokio::net::TcpStream;
 
 use super::endpoint::drive;
 use super::tunnel::Tunnel;
+use crate::admin::Stats;
 use crate::protocol::{RefuseReason, SessionId};
 
 pub async fn connect(tunnel: Arc<Tunnel>, id: SessionId, target: SocketAddr) {
@@ -20,6 +21,7 @@ pub async fn connect(tunnel: Arc<Tunnel>, id: SessionId, target: SocketAddr) {
             "session {id}: refusing target {target}: not in egress allowlist (peer {})",
             tunnel.peer
         );
+        Stats::inc(&tunnel.gateway().stats.sessions_refused);
         tunnel.with_core(|c| c.refuse(id, RefuseReason::NotAllowed, ""));
         return;
     }
@@ -32,11 +34,13 @@ pub async fn connect(tunnel: Arc<Tunnel>, id: SessionId, target: SocketAddr) {
     let Ok(signals) = tunnel.accept_session(id) else {
         return; // reset while we were connecting
     };
+    Stats::inc(&tunnel.gateway().stats.sessions_accepted);
     info!("session {id}: peer {} -> {target} connected", tunnel.peer);
     drive(tunnel, id, signals, stream).await;
 }
 
 fn refuse_connect(tunnel: &Arc<Tunnel>, id: SessionId, target: SocketAddr, why: &str) {
+    Stats::inc(&tunnel.gateway().stats.sessions_refused);
     warn!("session {id}: refusing target {target}: connect failed: {why}");
     tunnel.with_core(|c| c.refuse(id, RefuseReason::ConnectFailed, why));
 }

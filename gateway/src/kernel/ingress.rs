@@ -18,7 +18,7 @@ use super::endpoint::drive;
 use super::sockopt::{listener, reset_on_close};
 use super::tunnel::OpenOutcome;
 use super::Gateway;
-use crate::admin::{Ingress, IngressMode};
+use crate::admin::{Ingress, IngressMode, Stats};
 
 /// Binds a listener now (so bind errors surface at startup).
 pub fn bind(ingress: &Ingress) -> std::io::Result<TcpListener> {
@@ -63,13 +63,14 @@ async fn handle(gateway: Arc<Gateway>, ingress: Ingress, stream: TcpStream, clie
         );
         return abort(&stream);
     };
-    let (id, signals, opened) = match tunnel.open_session(target) {
+    let (id, signals, opened) = match tunnel.open_session(client, target) {
         Ok(x) => x,
         Err(e) => {
             warn!("{client} -> {target}: {e}; resetting");
             return abort(&stream);
         }
     };
+    Stats::inc(&gateway.stats.sessions_opened);
     info!(
         "session {id}: {client} -> {target} via peer {}",
         tunnel.peer
@@ -82,6 +83,7 @@ async fn handle(gateway: Arc<Gateway>, ingress: Ingress, stream: TcpStream, clie
             } else {
                 format!(" ({detail})")
             };
+            Stats::inc(&gateway.stats.sessions_refused);
             warn!("session {id}: peer refused target {target}: {reason}{detail}");
             abort(&stream);
         }

@@ -11,6 +11,7 @@
 //! (its frames go out again on the others meanwhile) and re-establishes the
 //! whole tunnel if the control connection dies.
 
+mod admin_socket;
 mod conn;
 mod egress;
 mod endpoint;
@@ -30,11 +31,11 @@ use socket2::SockRef;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{watch, Notify, Semaphore};
 
-use crate::admin::{Config, TunnelEnd};
+use crate::admin::{Config, Stats, TunnelEnd};
 use crate::protocol::{Message, ResetReason};
 use crate::session::Side;
 use conn::{
-    handshake_initiator, handshake_read_initiator, peer_label, ConnError, RecordReader,
+    handshake_initiator, handshake_read_initiator, peer_label, ConnError, ConnInfo, RecordReader,
     RecordWriter, RekeyPolicy,
 };
 use sockopt::{tune_wan, WanTuning};
@@ -51,6 +52,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Process-wide state shared by all tasks.
 pub struct Gateway {
     pub config: Config,
+    pub stats: Arc<Stats>,
+    started: std::time::Instant,
     tuning: WanTuning,
     current: watch::Sender<Option<Arc<Tunnel>>>,
     handshakes: Arc<Semaphore>,
@@ -79,10 +82,37 @@ impl Gateway {
         tokio::time::timeout(wait, ready).await.ok().flatten()
     }
 
-    fn rekey_policy(&self) -> RekeyPolicy {
-        RekeyPolicy {
+    /// Wraps an authenticated stream in a record reader and writer.
+    fn secure(
+        &self,
+        stream: TcpStream,
+        keys: &crate::crypto::TrafficKeys,
+    ) -> std::io::Result<(Reader, Writer)> {
+        let info = ConnInfo::new(&stream)?;
+        let policy = RekeyPolicy {
             after_bytes: self.config.rekey_after_bytes,
             after: self.config.rekey_interval,
+        };
+        let (r, w) = stream.into_split();
+        Ok((
+            RecordReader::new(r, keys, info.clone()),
+            RecordWriter::new(w, keys, policy, info, self.stats.clone()),
+        ))
+    }
+
+    /// Everything `lmas status` shows.
+    pub fn status(&self) -> crate::admin::Status {
+        let tunnel = self
+            .current
+            .borrow()
+            .clone()
+            .filter(|t| !t.closed.is_cancelled());
+        crate::admin::Status {
+            gateway: self.config.name.clone(),
+            peer: self.config.peer_name.clone(),
+            uptime_secs: self.started.elapsed().as_secs_f64(),
+            tunnel: tunnel.map(|t| t.status()),
+            counters: self.stats.snapshot(),
         }
     }
 
@@ -119,6 +149,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     );
     let gateway = Arc::new(Gateway {
         config,
+        stats: Arc::new(Stats::default()),
+        started: std::time::Instant::now(),
         tuning,
         current: watch::channel(None).0,
         handshakes: Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES)),
@@ -146,6 +178,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             info!("waiting for peer {} on {addr}", gateway.config.peer_name);
             tokio::spawn(accept_loop(gateway.clone(), l));
         }
+    }
+    if let Some(l) = admin_socket::bind(&gateway.config.admin_socket) {
+        tokio::spawn(admin_socket::serve(gateway.clone(), l));
     }
     for (ingress, l) in listeners {
         tokio::spawn(ingress::serve(gateway.clone(), ingress, l));
@@ -269,11 +304,7 @@ async fn dial(
         Ok(Err(e)) => return Err(DialError::Handshake(e)),
         Err(_) => return Err(DialError::Handshake(ConnError::Io(std::io::ErrorKind::TimedOut.into()))),
     };
-    let (r, w) = stream.into_split();
-    Ok((
-        RecordReader::new(r, &keys),
-        RecordWriter::new(w, &keys, gateway.rekey_policy()),
-    ))
+    gateway.secure(stream, &keys).map_err(DialError::Connect)
 }
 
 /// Dials the control connection and exchanges hello/welcome; returns the
@@ -411,6 +442,7 @@ async fn accept_loop(gateway: Arc<Gateway>, listener: TcpListener) {
             }
         };
         let Ok(permit) = gateway.handshakes.clone().try_acquire_owned() else {
+            Stats::inc(&gateway.stats.handshakes_busy);
             warn!("handshake with {addr} refused: {MAX_PENDING_HANDSHAKES} handshakes already pending");
             continue;
         };
@@ -419,10 +451,18 @@ async fn accept_loop(gateway: Arc<Gateway>, listener: TcpListener) {
             let first =
                 tokio::time::timeout(HANDSHAKE_TIMEOUT, accept_handshake(&gateway, stream)).await;
             drop(permit);
+            let stats = &gateway.stats;
             match first {
-                Ok(Ok(accepted)) => accepted.run(&gateway, addr).await,
-                Ok(Err(e)) => warn!("handshake with {addr} failed: {e}"),
+                Ok(Ok(accepted)) => {
+                    Stats::inc(&stats.handshakes_ok);
+                    accepted.run(&gateway, addr).await
+                }
+                Ok(Err(e)) => {
+                    Stats::inc(&stats.handshake_failures);
+                    warn!("handshake with {addr} failed: {e}")
+                }
                 Err(_) => {
+                    Stats::inc(&stats.handshake_failures);
                     warn!("handshake with {addr} failed: timed out after {HANDSHAKE_TIMEOUT:?}")
                 }
             }
@@ -452,9 +492,7 @@ async fn accept_handshake(gateway: &Gateway, mut stream: TcpStream) -> Result<Ac
         warn!("WAN socket option: {w}");
     }
     let keys = pending.accept(&mut stream).await?;
-    let (r, w) = stream.into_split();
-    let mut reader = RecordReader::new(r, &keys);
-    let writer = RecordWriter::new(w, &keys, gateway.rekey_policy());
+    let (mut reader, writer) = gateway.secure(stream, &keys)?;
     let first = reader.read_message().await?;
     Ok(Accepted {
         reader,

@@ -131,6 +131,32 @@ fn setsockopt_int(
     }
 }
 
+/// The kernel's view of a TCP connection (TCP_INFO), for status output.
+pub fn tcp_stats(sock: &SockRef<'_>) -> Option<crate::admin::status::TcpStats> {
+    // SAFETY: tcp_info is plain old data; all-zero is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: the fd is a valid socket for the lifetime of `sock`; we pass a
+    // pointer to a live tcp_info and its size, which the kernel fills at most.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then(|| crate::admin::status::TcpStats {
+        rtt_us: info.tcpi_rtt,
+        rttvar_us: info.tcpi_rttvar,
+        cwnd_segments: info.tcpi_snd_cwnd,
+        mss: info.tcpi_snd_mss,
+        total_retransmits: info.tcpi_total_retrans,
+        unacked_segments: info.tcpi_unacked,
+    })
+}
+
 /// A new TCP socket for `addr`'s family.
 pub fn tcp_socket(addr: &SocketAddr) -> io::Result<Socket> {
     let s = Socket::new(

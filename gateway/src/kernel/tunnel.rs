@@ -8,6 +8,8 @@
 //! so no wakeup is lost between a state change and its notification.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,8 +19,10 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
-use super::conn::{ConnError, RecordReader, RecordWriter};
+use super::conn::{ConnError, ConnInfo, RecordReader, RecordWriter};
 use super::Gateway;
+use crate::admin::status::{ConnectionStatus, SessionStatus, TunnelStatus};
+use crate::admin::Stats;
 use crate::protocol::{Message, RefuseReason, ResetReason, SessionId};
 use crate::session::{Event, PeerError, SessionError, Side, TunnelCore};
 
@@ -35,8 +39,7 @@ pub enum OpenOutcome {
     },
 }
 
-/// Wakeups for the two endpoint tasks of one session.
-#[derive(Default)]
+/// Wakeups for the two endpoint tasks of one session, and what status shows of it.
 pub struct SessionSignals {
     pub readable: Notify,
     pub writable: Notify,
@@ -44,9 +47,24 @@ pub struct SessionSignals {
     pub reset: CancellationToken,
     reset_reason: Mutex<Option<ResetReason>>,
     opened: Mutex<Option<oneshot::Sender<OpenOutcome>>>,
+    /// The client, for sessions from our ingress.
+    source: Option<SocketAddr>,
+    started: std::time::Instant,
 }
 
 impl SessionSignals {
+    fn new(source: Option<SocketAddr>, opened: Option<oneshot::Sender<OpenOutcome>>) -> Self {
+        SessionSignals {
+            readable: Notify::new(),
+            writable: Notify::new(),
+            reset: CancellationToken::new(),
+            reset_reason: Mutex::new(None),
+            opened: Mutex::new(opened),
+            source,
+            started: std::time::Instant::now(),
+        }
+    }
+
     pub fn reset_reason(&self) -> Option<ResetReason> {
         *self.reset_reason.lock().expect("not poisoned")
     }
@@ -60,6 +78,8 @@ impl SessionSignals {
 
 struct Inner {
     core: TunnelCore,
+    /// The live WAN connections (control: `None`, data flow: its index).
+    connections: Vec<(Option<u16>, Arc<ConnInfo>)>,
     signals: HashMap<SessionId, Arc<SessionSignals>>,
     /// Which data flows attached at least once (accepting side).
     attached: Vec<bool>,
@@ -99,6 +119,7 @@ impl Tunnel {
                 core,
                 signals: HashMap::new(),
                 attached: Vec::new(),
+                connections: Vec::new(),
             }),
             frames_ready: Notify::new(),
             control_ready: Notify::new(),
@@ -185,6 +206,7 @@ impl Tunnel {
                     }
                 }
                 Event::Reset { session, reason } => {
+                    Stats::inc(&self.gateway.stats.sessions_reset);
                     if let Some(s) = inner.signals.remove(&session) {
                         *s.reset_reason.lock().expect("not poisoned") = Some(reason);
                         s.reset.cancel();
@@ -205,7 +227,8 @@ impl Tunnel {
     /// Opens a session towards `target` through the peer.
     pub fn open_session(
         self: &Arc<Self>,
-        target: std::net::SocketAddr,
+        source: SocketAddr,
+        target: SocketAddr,
     ) -> Result<
         (
             SessionId,
@@ -215,10 +238,7 @@ impl Tunnel {
         SessionError,
     > {
         let (tx, rx) = oneshot::channel();
-        let signals = Arc::new(SessionSignals {
-            opened: Mutex::new(Some(tx)),
-            ..Default::default()
-        });
+        let signals = Arc::new(SessionSignals::new(Some(source), Some(tx)));
         let mut inner = self.inner.lock().expect("not poisoned");
         let id = inner.core.open(target)?;
         inner.signals.insert(id, signals.clone());
@@ -231,7 +251,7 @@ impl Tunnel {
         self: &Arc<Self>,
         id: SessionId,
     ) -> Result<Arc<SessionSignals>, SessionError> {
-        let signals = Arc::new(SessionSignals::default());
+        let signals = Arc::new(SessionSignals::new(None, None));
         let mut inner = self.inner.lock().expect("not poisoned");
         inner.core.accept(id)?;
         inner.signals.insert(id, signals.clone());
@@ -292,6 +312,7 @@ impl Tunnel {
                 c.resync();
                 c.session_count()
             });
+            Stats::inc(&self.gateway.stats.tunnel_resumes);
             info!("tunnel to peer {} resumed with {n} sessions", self.peer);
         }
         self.control_up.send_replace(true);
@@ -335,6 +356,8 @@ impl Tunnel {
         mut reader: RecordReader<OwnedReadHalf>,
         mut writer: RecordWriter<OwnedWriteHalf>,
     ) {
+        let info = reader.info().clone();
+        self.register(None, &info);
         let read = async {
             loop {
                 match reader.read_message().await? {
@@ -364,10 +387,12 @@ impl Tunnel {
             r = read => r,
             r = write => r,
         };
+        self.unregister(&info);
         if self.closed.is_cancelled() {
             return;
         }
         if let Err(e) = result {
+            self.count_failure(&e);
             warn!("tunnel to peer {}: control connection lost: {e}", self.peer);
         }
         self.control_lost();
@@ -385,12 +410,19 @@ impl Tunnel {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin + AsRef<tokio::net::TcpStream>,
     {
+        let info = reader.info().clone();
+        self.register(Some(idx as u16), &info);
         let result = tokio::select! {
             _ = self.closed.cancelled() => Ok(()),
             r = self.flow_reader(reader) => r,
             r = self.flow_writer(idx, writer) => r,
         };
+        self.unregister(&info);
         self.with_core(|c| c.flow_lost(idx));
+        if let Err(e) = &result {
+            self.count_failure(e);
+            Stats::inc(&self.gateway.stats.flows_lost);
+        }
         result
     }
 
@@ -436,11 +468,98 @@ impl Tunnel {
     }
 
     fn apply(self: &Arc<Self>, msg: Message) {
+        let stats = &self.gateway.stats;
         match self.with_core(|c| c.handle_message(msg)) {
             Ok(()) => {}
             // Frames and acks still in flight for a session that just ended.
-            Err(e @ PeerError::UnknownSession(_)) => debug!("peer {}: {e}", self.peer),
-            Err(e) => warn!("peer {}: {e}", self.peer),
+            Err(e @ PeerError::UnknownSession(_)) => {
+                Stats::inc(&stats.unknown_session_messages);
+                debug!("peer {}: {e}", self.peer)
+            }
+            Err(e) => {
+                Stats::inc(&stats.protocol_errors);
+                warn!("peer {}: {e}", self.peer)
+            }
+        }
+    }
+
+    /// Counts why a connection ended, for status.
+    fn count_failure(&self, e: &ConnError) {
+        let stats = &self.gateway.stats;
+        match e {
+            ConnError::Record(_) => Stats::inc(&stats.records_rejected),
+            ConnError::Decode(_) | ConnError::Unexpected { .. } => {
+                Stats::inc(&stats.protocol_errors)
+            }
+            _ => {}
+        }
+    }
+
+    fn register(&self, flow: Option<u16>, info: &Arc<ConnInfo>) {
+        self.inner
+            .lock()
+            .expect("not poisoned")
+            .connections
+            .push((flow, info.clone()));
+    }
+
+    fn unregister(&self, info: &Arc<ConnInfo>) {
+        self.inner
+            .lock()
+            .expect("not poisoned")
+            .connections
+            .retain(|(_, c)| !Arc::ptr_eq(c, info));
+    }
+
+    /// The tunnel as `lmas status` shows it.
+    pub fn status(&self) -> TunnelStatus {
+        let inner = self.inner.lock().expect("not poisoned");
+        let sessions = inner
+            .core
+            .snapshot()
+            .into_iter()
+            .map(|s| {
+                let signals = inner.signals.get(&s.id);
+                SessionStatus {
+                    id: s.id.0,
+                    state: s.state.to_string(),
+                    source: signals.and_then(|g| g.source).map(|a| a.to_string()),
+                    target: s.target.to_string(),
+                    age_secs: signals.map_or(0.0, |g| g.started.elapsed().as_secs_f64()),
+                    bytes_up: s.written,
+                    bytes_up_acked: s.acked,
+                    bytes_down: s.delivered,
+                    in_flight: s.written - s.acked,
+                }
+            })
+            .collect();
+        let mut connections: Vec<ConnectionStatus> = inner
+            .connections
+            .iter()
+            .map(|(flow, c)| ConnectionStatus {
+                kind: if flow.is_some() { "data" } else { "control" }.to_string(),
+                flow: *flow,
+                local: c.local.to_string(),
+                remote: c.remote.to_string(),
+                age_secs: c.since.elapsed().as_secs_f64(),
+                bytes_sent: c.sent.load(Ordering::Relaxed),
+                bytes_received: c.received.load(Ordering::Relaxed),
+                tcp: c.tcp_stats(),
+            })
+            .collect();
+        connections.sort_by_key(|c| c.flow.map_or(-1, |f| f as i32));
+        TunnelStatus {
+            id: self.id.iter().map(|b| format!("{b:02x}")).collect(),
+            state: if *self.control_up.borrow() {
+                "up"
+            } else {
+                "held"
+            }
+            .to_string(),
+            peer: self.peer.clone(),
+            buffered_bytes: inner.core.buffered(),
+            connections,
+            sessions,
         }
     }
 }

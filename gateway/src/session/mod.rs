@@ -23,7 +23,7 @@ pub mod send;
 pub mod tunnel;
 
 pub use recv::{ReadOutcome, Reassembler};
-pub use tunnel::{Event, PeerError, SessionError, Side, TunnelCore};
+pub use tunnel::{Event, PeerError, SessionError, SessionSnapshot, Side, TunnelCore};
 
 /// Microseconds on the caller's monotonic clock.
 pub type Instant = u64;

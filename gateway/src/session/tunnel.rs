@@ -89,6 +89,20 @@ struct Session {
     ack_pending_since: Option<Instant>,
 }
 
+/// One session's position in both directions (see [`TunnelCore::snapshot`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSnapshot {
+    pub id: SessionId,
+    pub state: &'static str,
+    pub target: SocketAddr,
+    /// Bytes the endpoint wrote towards the peer.
+    pub written: u64,
+    /// Of those, acknowledged by the peer.
+    pub acked: u64,
+    /// Bytes delivered to the endpoint from the peer.
+    pub delivered: u64,
+}
+
 /// Why an endpoint-side call could not proceed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -156,6 +170,28 @@ impl TunnelCore {
 
     pub fn flow_count(&self) -> usize {
         self.scheduler.flow_count()
+    }
+
+    /// Every session's position, for status output.
+    pub fn snapshot(&self) -> Vec<SessionSnapshot> {
+        let mut out: Vec<SessionSnapshot> = self
+            .sessions
+            .iter()
+            .map(|(&id, s)| SessionSnapshot {
+                id,
+                state: match s.state {
+                    State::Opening => "opening",
+                    State::Connecting => "connecting",
+                    State::Open => "open",
+                },
+                target: s.target,
+                written: s.send.written(),
+                acked: s.send.acked(),
+                delivered: s.recv.delivered(),
+            })
+            .collect();
+        out.sort_by_key(|s| s.id);
+        out
     }
 
     // ---- endpoint side -------------------------------------------------

@@ -1,0 +1,59 @@
+//! Process-wide counters: every rejection and every notable event is
+//! counted here and shown by `lmas status` (and the metrics endpoint).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($( $(#[$doc:meta])* $name:ident ),+ $(,)?) => {
+        /// Monotonic event counters (relaxed atomics: figures, not locks).
+        #[derive(Debug, Default)]
+        pub struct Stats {
+            $( $(#[$doc])* pub $name: AtomicU64, )+
+        }
+
+        impl Stats {
+            /// Name and value of every counter.
+            pub fn snapshot(&self) -> BTreeMap<String, u64> {
+                let mut m = BTreeMap::new();
+                $( m.insert(stringify!($name).to_string(), self.$name.load(Ordering::Relaxed)); )+
+                m
+            }
+        }
+    };
+}
+
+counters!(
+    /// Gateway handshakes that authenticated.
+    handshakes_ok,
+    /// Handshakes refused: bad prelude or version, unknown key, wrong psk, timeout, garbage.
+    handshake_failures,
+    /// Connections dropped because too many handshakes were already pending.
+    handshakes_busy,
+    /// Records that failed authentication or had an impossible length (the connection is closed).
+    records_rejected,
+    /// Messages that decoded but broke the protocol (the session or connection is reset).
+    protocol_errors,
+    /// Frames or acks for sessions that no longer exist (normal just after a reset).
+    unknown_session_messages,
+    /// Sessions opened from this gateway's ingress.
+    sessions_opened,
+    /// Sessions the peer opened that this gateway connected.
+    sessions_accepted,
+    /// Sessions refused (by the peer, or by this gateway's allowlist or connect failure).
+    sessions_refused,
+    /// Sessions reset (by either end, or because the tunnel was lost).
+    sessions_reset,
+    /// Key updates sent (in-place rekeys of a connection direction).
+    key_updates,
+    /// Control connections re-attached to a held tunnel after an outage.
+    tunnel_resumes,
+    /// Data flows that died (their frames were resent on the others).
+    flows_lost,
+);
+
+impl Stats {
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,198 @@
+//! What `lmas status` shows: the gateway's state as one JSON document,
+//! produced by the running gateway on its admin socket and rendered by the
+//! CLI. Datapath-agnostic: both datapaths fill the same structure.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub gateway: String,
+    pub peer: String,
+    pub uptime_secs: f64,
+    pub tunnel: Option<TunnelStatus>,
+    pub counters: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TunnelStatus {
+    /// Hex tunnel id.
+    pub id: String,
+    /// "up", or "held" while the control connection is gone (outage).
+    pub state: String,
+    pub peer: String,
+    pub buffered_bytes: u64,
+    pub connections: Vec<ConnectionStatus>,
+    pub sessions: Vec<SessionStatus>,
+}
+
+/// One WAN TCP connection: the control connection or a data flow.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConnectionStatus {
+    /// "control" or "data".
+    pub kind: String,
+    /// Data flow index; none for control.
+    pub flow: Option<u16>,
+    pub local: String,
+    pub remote: String,
+    pub age_secs: f64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// From TCP_INFO, where the kernel gives it.
+    pub tcp: Option<TcpStats>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TcpStats {
+    pub rtt_us: u32,
+    pub rttvar_us: u32,
+    pub cwnd_segments: u32,
+    pub mss: u32,
+    pub total_retransmits: u32,
+    pub unacked_segments: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionStatus {
+    pub id: u64,
+    /// "opening", "connecting" or "open".
+    pub state: String,
+    /// Client address for sessions from our ingress; none for peer-opened ones.
+    pub source: Option<String>,
+    pub target: String,
+    pub age_secs: f64,
+    /// Bytes read from our endpoint and queued for the peer.
+    pub bytes_up: u64,
+    /// Of those, acknowledged by the peer.
+    pub bytes_up_acked: u64,
+    /// Bytes delivered to our endpoint.
+    pub bytes_down: u64,
+    /// Sent or queued but not yet acknowledged.
+    pub in_flight: u64,
+}
+
+impl Status {
+    /// A human-readable rendering; `rates` maps session id to bytes/s up and
+    /// down (from `--watch`), if known.
+    pub fn render(&self, rates: &BTreeMap<u64, (f64, f64)>) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "gateway {}  peer {}  up {:.0}s",
+            self.gateway, self.peer, self.uptime_secs
+        );
+        match &self.tunnel {
+            None => {
+                let _ = writeln!(out, "tunnel: down");
+            }
+            Some(t) => {
+                let _ = writeln!(
+                    out,
+                    "tunnel {} {}  peer {}  buffered {}",
+                    &t.id[..8.min(t.id.len())],
+                    t.state,
+                    t.peer,
+                    bytes(t.buffered_bytes)
+                );
+                let _ = writeln!(
+                    out,
+                    "\n  {:<8} {:<22} {:>10} {:>10} {:>9} {:>6} {:>8}",
+                    "conn", "remote", "sent", "received", "rtt ms", "cwnd", "retrans"
+                );
+                for c in &t.connections {
+                    let name = match c.flow {
+                        Some(i) => format!("data {i}"),
+                        None => "control".to_string(),
+                    };
+                    let (rtt, cwnd, retr) = match &c.tcp {
+                        Some(tcp) => (
+                            format!("{:.2}", tcp.rtt_us as f64 / 1000.0),
+                            tcp.cwnd_segments.to_string(),
+                            tcp.total_retransmits.to_string(),
+                        ),
+                        None => ("-".into(), "-".into(), "-".into()),
+                    };
+                    let _ = writeln!(
+                        out,
+                        "  {:<8} {:<22} {:>10} {:>10} {:>9} {:>6} {:>8}",
+                        name,
+                        c.remote,
+                        bytes(c.bytes_sent),
+                        bytes(c.bytes_received),
+                        rtt,
+                        cwnd,
+                        retr
+                    );
+                }
+                let _ = writeln!(
+                    out,
+                    "\n  {:<6} {:<10} {:<44} {:>10} {:>10} {:>10} {:>7} {:>11}",
+                    "session",
+                    "state",
+                    "source -> target",
+                    "up",
+                    "down",
+                    "in flight",
+                    "age s",
+                    "goodput"
+                );
+                for s in &t.sessions {
+                    let route = format!(
+                        "{} -> {}",
+                        s.source.as_deref().unwrap_or("(peer)"),
+                        s.target
+                    );
+                    let rate = rates
+                        .get(&s.id)
+                        .map(|(up, down)| format!("{:.0} Mbit/s", (up.max(*down)) * 8.0 / 1e6))
+                        .unwrap_or_else(|| "-".into());
+                    let _ = writeln!(
+                        out,
+                        "  {:<6} {:<10} {:<44} {:>10} {:>10} {:>10} {:>7.0} {:>11}",
+                        s.id,
+                        s.state,
+                        route,
+                        bytes(s.bytes_up),
+                        bytes(s.bytes_down),
+                        bytes(s.in_flight),
+                        s.age_secs,
+                        rate
+                    );
+                }
+            }
+        }
+        let nonzero: Vec<String> = self
+            .counters
+            .iter()
+            .filter(|(_, v)| **v > 0)
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "\ncounters: {}",
+            if nonzero.is_empty() {
+                "all zero".into()
+            } else {
+                nonzero.join(" ")
+            }
+        );
+        out
+    }
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
