@@ -54,6 +54,9 @@ pub fn default_socket() -> anyhow::Result<PathBuf> {
     }
 }
 
+/// Bytes up and down per session id.
+type SessionBytes = BTreeMap<u64, (u64, u64)>;
+
 /// Prints the status once, or every `watch` seconds with per-session goodput.
 pub fn run(socket: &Path, json: bool, watch: Option<f64>) -> anyhow::Result<()> {
     let Some(every) = watch else {
@@ -68,11 +71,11 @@ pub fn run(socket: &Path, json: bool, watch: Option<f64>) -> anyhow::Result<()> 
     if !(every > 0.0 && every.is_finite()) {
         bail!("--watch: interval must be a positive number of seconds");
     }
-    let mut last: Option<(Instant, BTreeMap<u64, (u64, u64)>)> = None;
+    let mut last: Option<(Instant, SessionBytes)> = None;
     loop {
         let status = query(socket)?;
         let now = Instant::now();
-        let bytes: BTreeMap<u64, (u64, u64)> = status
+        let bytes: SessionBytes = status
             .tunnel
             .iter()
             .flat_map(|t| {

@@ -147,7 +147,7 @@ pub fn tcp_stats(sock: &SockRef<'_>) -> Option<crate::admin::status::TcpStats> {
             &mut len,
         )
     };
-    (rc == 0).then(|| crate::admin::status::TcpStats {
+    (rc == 0).then_some(crate::admin::status::TcpStats {
         rtt_us: info.tcpi_rtt,
         rttvar_us: info.tcpi_rttvar,
         cwnd_segments: info.tcpi_snd_cwnd,
