@@ -1,0 +1,282 @@
+#!/usr/bin/env bash
+# Headline WAN benchmark: goodput of one TCP stream from src-host to dst-host over the
+# emulated link, swept over RTT × loss, for several modes. Writes runs.csv, summary.csv and
+# goodput.png (scripts/plot-wan.py). See --help and docs/LAB.md.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+LAB="$REPO/scripts/lab.sh"
+
+RTTS="0 10 50 100 200"
+LOSSES="0 0.1 1"
+RATE=1000
+RUNS=3
+DURATION=10
+MODES="direct direct-p8"
+OUT=""
+PLOT=1
+LMAS_BYTES=$((1024 * 1024 * 1024))
+
+usage() {
+    cat <<EOF
+Usage: scripts/bench-wan.sh [OPTIONS]
+
+Sweeps RTT × loss on the lab's emulated link (brings the lab up if needed) and measures the
+goodput of each mode, RUNS times per point; reports medians.
+
+Options:
+  --rtts "LIST"       RTTs in ms                     [$RTTS]
+  --losses "LIST"     loss in percent                [$LOSSES]
+  --rate MBIT         link rate, 0 = unlimited        [$RATE]
+  --runs N            runs per point (median of)      [$RUNS]
+  --duration S        seconds per iperf3 run          [$DURATION]
+  --modes "LIST"      modes to run                    [$MODES]
+  --lmas-bytes N      bytes per transfer in lmas modes [$LMAS_BYTES]
+  --out DIR           output directory                [target/bench-wan/DATE]
+  --no-plot           skip the PNG
+  -h, --help
+
+Modes (each is a function mode_NAME in this script that runs one transfer and prints the
+goodput in Mbit/s on stdout):
+  direct              iperf3, one TCP stream, src-host → dst-host (hosts: CUBIC, stock buffers)
+  direct-p8           iperf3 -P 8 (the "parallel application" peer)
+  lmas-N[-CC]         through the LMAS gateway pair with N data flows and WAN congestion
+                      control CC (default cubic), e.g. lmas-8, lmas-16-bbr: a sized transfer
+                      with lmas-load, SHA-256 checked at the receiver
+
+Outputs in DIR: runs.csv (every run, with the packets the link dropped meanwhile),
+summary.csv (medians, ratios to link rate and to direct), goodput.png, goodput-log.png,
+bench.log. Needs root; see scripts/lab.sh --help.
+EOF
+}
+
+die() { echo "bench-wan.sh: $*" >&2; exit 1; }
+
+while (($#)); do
+    case $1 in
+        --rtts) RTTS=$2; shift 2 ;;
+        --losses) LOSSES=$2; shift 2 ;;
+        --rate) RATE=$2; shift 2 ;;
+        --runs) RUNS=$2; shift 2 ;;
+        --duration) DURATION=$2; shift 2 ;;
+        --modes) MODES=$2; shift 2 ;;
+        --lmas-bytes) LMAS_BYTES=$2; shift 2 ;;
+        --out) OUT=$2; shift 2 ;;
+        --no-plot) PLOT=0; shift ;;
+        -h | --help) usage; exit 0 ;;
+        *) die "unknown option: $1 (see --help)" ;;
+    esac
+done
+
+[[ $(id -u) -eq 0 ]] || die "must run as root (network namespaces)"
+command -v iperf3 >/dev/null || die "iperf3 not found (apt-get install iperf3)"
+OUT=${OUT:-$REPO/target/bench-wan/$(date +%Y%m%d-%H%M%S)}
+mkdir -p "$OUT"
+LOG=$OUT/bench.log
+: >"$LOG"
+
+# A python with matplotlib for the plot (pyenv shims may lack it; Debian's has it).
+PY=python3
+if ! python3 -c 'import matplotlib' 2>/dev/null && [[ -x /usr/bin/python3 ]]; then PY=/usr/bin/python3; fi
+
+# Addresses as set up by lab.sh.
+DST_IP=10.0.3.2
+NSX() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
+
+# ---------------------------------------------------------------------------------------------
+# Modes. A mode function runs one transfer under the current link settings and prints the
+# goodput in Mbit/s (a number, or "nan" on failure) on stdout; diagnostics go to $LOG.
+# mode_prepare_NAME / mode_cleanup_NAME, when defined, run once before/after the sweep.
+# ---------------------------------------------------------------------------------------------
+
+IPERF_PID=""
+iperf_server() {
+    [[ -n $IPERF_PID ]] && return
+    # Not through a shell function: $! must be iperf3 itself (ip netns exec execs it).
+    ip netns exec dst-host iperf3 -s -p 5201 >>"$LOG" 2>&1 &
+    IPERF_PID=$!
+    sleep 0.5
+}
+
+# iperf3_run ARGS... → Mbit/s received (sum over streams)
+iperf3_run() {
+    local json
+    json=$(NSX src-host iperf3 -c $DST_IP -p 5201 -t "$DURATION" --connect-timeout 5000 -J "$@" 2>>"$LOG") || true
+    echo "$json" >>"$LOG"
+    $PY -c '
+import json, sys
+try:
+    d = json.loads(sys.stdin.read())
+    print("%.1f" % (d["end"]["sum_received"]["bits_per_second"] / 1e6))
+except Exception:
+    print("nan")
+' <<<"$json"
+}
+
+mode_direct() { iperf_server; iperf3_run -P 1; }
+mode_direct_p8() { iperf_server; iperf3_run -P 8; }
+
+# --- through LMAS -------------------------------------------------------------------------
+# lmas-N[-CC]: starts the gateway pair (scripts/lab.sh gateways up) with N
+# data flows, then one sized, hashed transfer with lmas-load.
+LMAS_CUR=""
+lmas_mode() {
+    local flows=$1 cc=$2
+    if [[ $LMAS_CUR != "$flows-$cc" ]]; then
+        "$LAB" gateways up --flows "$flows" --congestion "$cc" >>"$LOG" 2>&1 || { echo nan; return; }
+        LMAS_CUR="$flows-$cc"
+    fi
+    "$LAB" transfer --bytes "$LMAS_BYTES" 2>>"$LOG" || echo nan
+}
+mode_cleanup_lmas() { "$LAB" gateways down >>"$LOG" 2>&1 || true; LMAS_CUR=""; }
+
+run_mode() {
+    local mode=$1
+    case $mode in
+        direct) mode_direct ;;
+        direct-p8) mode_direct_p8 ;;
+        lmas-*)
+            local rest=${mode#lmas-} flows cc
+            flows=${rest%%-*}
+            cc=cubic
+            [[ $rest == *-* ]] && cc=${rest#*-}
+            [[ $flows =~ ^[0-9]+$ ]] || die "bad mode $mode (lmas-N or lmas-N-CC)"
+            lmas_mode "$flows" "$cc"
+            ;;
+        *) die "unknown mode: $mode (see --help)" ;;
+    esac
+}
+
+cleanup() {
+    set +e
+    if [[ -n $IPERF_PID ]]; then
+        kill "$IPERF_PID" 2>/dev/null
+        wait "$IPERF_PID" 2>/dev/null
+    fi
+    IPERF_PID=""
+    if [[ " $MODES " == *" lmas-"* ]]; then mode_cleanup_lmas; fi
+    rm -f "$OUT/.mode.out"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------------------------------------
+
+fmt_time() { printf '%dm%02ds' $(($1 / 60)) $(($1 % 60)); }
+
+"$LAB" up --rate "$RATE" >>"$LOG" 2>&1 || die "lab.sh up failed (see $LOG)"
+
+read -r -a rtts <<<"$RTTS"
+read -r -a losses <<<"$LOSSES"
+read -r -a modes <<<"$MODES"
+total=$((${#rtts[@]} * ${#losses[@]} * ${#modes[@]} * RUNS))
+n=0
+t0=$(date +%s)
+RUNS_CSV=$OUT/runs.csv
+echo "mode,rtt_ms,loss_pct,rate_mbit,run,goodput_mbit,lost_pkts,gwa_cpu_pct,gwb_cpu_pct" >"$RUNS_CSV"
+{
+    echo "# bench-wan.sh $(date -u +%FT%TZ) on $(uname -r), $(nproc) cpus"
+    echo "# rtts=$RTTS losses=$LOSSES rate=$RATE runs=$RUNS duration=$DURATION modes=$MODES"
+} >>"$LOG"
+
+LINKEMU_BIN=$("$LAB" linkemu-path)
+# CPU time (ticks) of a lab gateway process, empty when it is not running.
+LAB_RUN_DIR=${LAB_RUN_DIR:-/run/lmas-lab}
+CLK_TCK=$(getconf CLK_TCK)
+gw_ticks() {
+    local pid
+    pid=$(cat "$LAB_RUN_DIR/$1.pid" 2>/dev/null) || return 0
+    awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || true
+}
+cpu_pct() { # TICKS_BEFORE TICKS_AFTER SECONDS
+    [[ -n $1 && -n $2 ]] || return 0
+    awk -v a="$1" -v b="$2" -v s="$3" -v hz="$CLK_TCK" 'BEGIN { if (s > 0) printf "%.0f", (b - a) / hz / s * 100 }'
+}
+
+lost_pkts() {
+    "$LINKEMU_BIN" stats --name lab-wan 2>/dev/null |
+        awk '{for (i = 1; i <= NF; i++) if ($i ~ /^lost_pkts=/) {split($i, a, "="); s += a[2]}} END {print s + 0}'
+}
+
+for rtt in "${rtts[@]}"; do
+    for loss in "${losses[@]}"; do
+        "$LAB" set --rtt "$rtt" --loss "$loss" --rate "$RATE" >>"$LOG" 2>&1 || die "lab.sh set failed (see $LOG)"
+        for mode in "${modes[@]}"; do
+            for ((run = 1; run <= RUNS; run++)); do
+                n=$((n + 1))
+                now=$(date +%s)
+                el=$((now - t0))
+                eta=""
+                ((n > 1)) && eta=" eta $(fmt_time $((el * (total - n + 1) / (n - 1))))"
+                printf '\r\033[K[%3d/%d] rtt=%sms loss=%s%% %-12s run %d/%d  (elapsed %s%s) ...' \
+                    "$n" "$total" "$rtt" "$loss" "$mode" "$run" "$RUNS" "$(fmt_time $el)" "$eta" >&2
+                before=$(lost_pkts)
+                ca0=$(gw_ticks gw-a) cb0=$(gw_ticks gw-b) w0=$(date +%s.%N)
+                echo "# run rtt=$rtt loss=$loss mode=$mode run=$run" >>"$LOG"
+                # Not in a $(...) subshell: modes keep state (servers, gateways) across runs.
+                run_mode "$mode" >"$OUT/.mode.out"
+                mbps=$(tail -1 "$OUT/.mode.out")
+                after=$(lost_pkts)
+                w1=$(date +%s.%N)
+                secs=$(awk -v a="$w0" -v b="$w1" 'BEGIN { print b - a }')
+                # Gateways (re)started inside the run: count from their start.
+                [[ $mode == lmas-* && -z $ca0 ]] && ca0=0 cb0=0
+                cpua=$(cpu_pct "$ca0" "$(gw_ticks gw-a)" "$secs")
+                cpub=$(cpu_pct "$cb0" "$(gw_ticks gw-b)" "$secs")
+                [[ $mode == lmas-* ]] || cpua="" cpub=""
+                printf ' %s Mbit/s' "$mbps" >&2
+                echo "$mode,$rtt,$loss,$RATE,$run,$mbps,$((after - before)),$cpua,$cpub" >>"$RUNS_CSV"
+            done
+        done
+    done
+done
+rm -f "$OUT/.mode.out"
+printf '\r\033[Kdone: %d runs in %s\n' "$total" "$(fmt_time $(($(date +%s) - t0)))" >&2
+
+# Medians and ratios.
+$PY - "$RUNS_CSV" "$OUT/summary.csv" <<'EOF'
+import csv, math, statistics, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+groups = {}
+cpu = {}
+for r in rows:
+    key = (r["mode"], float(r["rtt_ms"]), float(r["loss_pct"]), float(r["rate_mbit"]))
+    v = float(r["goodput_mbit"])
+    groups.setdefault(key, []).append(v)
+    for side in ("gwa_cpu_pct", "gwb_cpu_pct"):
+        if r.get(side):
+            cpu.setdefault(key + (side,), []).append(float(r[side]))
+med = {}
+for k, vs in groups.items():
+    ok = [v for v in vs if not math.isnan(v)]
+    med[k] = (statistics.median(ok) if ok else float("nan"), min(ok, default=float("nan")),
+              max(ok, default=float("nan")), len(ok), len(vs))
+with open(sys.argv[2], "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["mode", "rtt_ms", "loss_pct", "rate_mbit", "runs_ok", "runs", "median_mbit",
+                "min_mbit", "max_mbit", "ratio_to_link", "ratio_to_direct", "gwa_cpu_pct",
+                "gwb_cpu_pct"])
+    for k in sorted(med, key=lambda k: (k[0], k[2], k[1])):
+        m, lo, hi, nok, n = med[k]
+        d = med.get(("direct",) + k[1:], (float("nan"),))[0]
+        link = m / k[3] if k[3] > 0 else float("nan")
+        w.writerow([k[0], f"{k[1]:g}", f"{k[2]:g}", f"{k[3]:g}", nok, n, f"{m:.1f}",
+                    f"{lo:.1f}", f"{hi:.1f}", f"{link:.3f}", f"{m / d:.2f}" if d and not math.isnan(d) else "nan"]
+                   + ["%.0f" % statistics.median(cpu[k + (side,)]) if k + (side,) in cpu else ""
+                      for side in ("gwa_cpu_pct", "gwb_cpu_pct")])
+# Console table: one line per mode × loss, RTTs across.
+rtts = sorted({k[1] for k in med})
+print("\nmedian goodput, Mbit/s (link %g Mbit/s)" % float(rows[0]["rate_mbit"]))
+print("%-14s %7s " % ("mode", "loss%") + " ".join("%8s" % ("%gms" % r) for r in rtts))
+for mode in dict.fromkeys(k[0] for k in sorted(med, key=lambda k: k[0])):
+    for loss in sorted({k[2] for k in med}):
+        cells = [med.get((mode, r, loss, float(rows[0]["rate_mbit"])), (float("nan"),))[0] for r in rtts]
+        print("%-14s %7g " % (mode, loss) + " ".join("%8.1f" % c for c in cells))
+EOF
+
+if ((PLOT)); then
+    { $PY "$REPO/scripts/plot-wan.py" "$OUT/summary.csv" -o "$OUT/goodput.png" &&
+        $PY "$REPO/scripts/plot-wan.py" "$OUT/summary.csv" --log -o "$OUT/goodput-log.png"; } ||
+        echo "bench-wan.sh: plotting failed (needs python3-matplotlib)" >&2
+fi
+echo "results: $OUT/summary.csv $OUT/runs.csv${PLOT:+ $OUT/goodput.png}" >&2

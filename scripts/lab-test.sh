@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# CI lab test: 64 MiB from src-host to dst-host through the LMAS gateway pair over an emulated
+# WAN (RTT 50 ms, 0.5 % loss, 1 Gbit/s); the SHA-256 at the receiver must equal the sender's.
+#
+# Exits 0 with a `SKIP:` line when it cannot run here (not root, no network namespaces);
+# exits non-zero on any real failure. Brings the lab up if needed and takes it down again if
+# it created it. Environment: LAB_TEST_BYTES (default 64 MiB), LAB_TEST_TIMEOUT (s, 300),
+# LAB_TEST_FLOWS (8), and those of scripts/lab.sh (LINKEMU, LMAS, LMAS_LOAD, CARGO_TARGET_DIR).
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+LAB="$REPO/scripts/lab.sh"
+BYTES=${LAB_TEST_BYTES:-$((64 * 1024 * 1024))}
+TIMEOUT=${LAB_TEST_TIMEOUT:-300}
+FLOWS=${LAB_TEST_FLOWS:-8}
+
+case ${1:-} in
+    -h | --help)
+        sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
+        exit 0
+        ;;
+esac
+
+skip() { echo "SKIP: lab test: $*"; exit 0; }
+fail() { echo "FAIL: lab test: $*" >&2; exit 1; }
+
+[[ $(id -u) -eq 0 ]] || skip "needs root to create network namespaces (run as root, e.g. in CI)"
+command -v ip >/dev/null || skip "iproute2 (ip) not installed"
+probe=lmas-labtest-probe-$$
+if ! ip netns add "$probe" 2>/dev/null; then
+    skip "network namespaces are unavailable here (ip netns add failed)"
+fi
+ip netns del "$probe"
+for tool in ethtool iptables tc; do
+    command -v $tool >/dev/null || fail "$tool not installed (see docs/LAB.md for the packages)"
+done
+
+created=0
+cleanup() {
+    "$LAB" gateways down >/dev/null 2>&1 || true
+    if ((created)); then "$LAB" down >/dev/null 2>&1 || true; fi
+}
+trap cleanup EXIT
+
+target=${CARGO_TARGET_DIR:-$REPO/target}
+echo "lab test: building linkemu, lmas, lmas-load (release, $target)"
+(cd "$REPO" && CARGO_TARGET_DIR=$target cargo build --release -q -p linkemu -p lmas -p lmas-tests) ||
+    fail "build failed"
+export LINKEMU=${LINKEMU:-$target/release/linkemu}
+export LMAS=${LMAS:-$target/release/lmas}
+export LMAS_LOAD=${LMAS_LOAD:-$target/release/lmas-load}
+
+ip netns list | grep -q '^wan\b' || created=1
+"$LAB" up --rtt 50 --loss 0.5 --rate 1000 || fail "scripts/lab.sh up failed"
+"$LAB" set --rtt 50 --loss 0.5 --rate 1000 >/dev/null || fail "scripts/lab.sh set failed"
+"$LAB" gateways up --flows "$FLOWS" || fail "gateways did not come up"
+
+lost_pkts() {
+    "$LINKEMU" stats --name lab-wan | awk '{for (i = 1; i <= NF; i++) if ($i ~ /^lost_pkts=/) {split($i, a, "="); s += a[2]}} END {print s + 0}'
+}
+lost0=$(lost_pkts)
+t0=$(date +%s)
+if ! mbps=$("$LAB" transfer --bytes "$BYTES" --timeout "$TIMEOUT"); then
+    fail "transfer through LMAS failed (logs: /run/lmas-lab/gw-a.log, gw-b.log)"
+fi
+lost=$(($(lost_pkts) - lost0))
+echo "PASS: lab test: $BYTES bytes through LMAS ($FLOWS flows) over RTT 50 ms / 0.5 % loss," \
+    "SHA-256 equal, $mbps Mbit/s, $(($(date +%s) - t0)) s, link dropped $lost packets"

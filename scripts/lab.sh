@@ -1,0 +1,526 @@
+#!/usr/bin/env bash
+# LMAS WAN lab: five network namespaces and an emulated long link.
+#
+#   src-host ── gw-a ══════ wan ══════ gw-b ── dst-host
+#   10.0.1.2    10.0.1.1    (linkemu)   10.0.3.1  10.0.3.2
+#               10.0.2.1  10.0.2.254    10.0.2.2
+#
+# See `scripts/lab.sh --help` and docs/LAB.md.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+NAMESPACES=(src-host gw-a wan gw-b dst-host)
+LINK_NAME=${LINK_NAME:-lab-wan}
+RUN_DIR=${LAB_RUN_DIR:-/run/lmas-lab}
+
+# Addresses (exported for the benchmark and the lab test).
+SRC_IP=10.0.1.2
+GWA_LAN_IP=10.0.1.1
+GWA_WAN_IP=10.0.2.1
+WAN_IP=10.0.2.254
+GWB_WAN_IP=10.0.2.2
+GWB_LAN_IP=10.0.3.1
+DST_IP=10.0.3.2
+
+# Stock hypervisor TCP settings for the two hosts (not this machine's defaults: BBR, 32 MiB).
+HOST_CC=cubic
+HOST_RMEM="4096 131072 6291456"
+HOST_WMEM="4096 16384 4194304"
+
+usage() {
+    cat <<EOF
+Usage: scripts/lab.sh COMMAND [OPTIONS]
+
+The LMAS WAN testbed: namespaces src-host — gw-a — wan — gw-b — dst-host joined by veth
+pairs, src-host's route to dst-host through gw-a → wan → gw-b, and an emulated long link
+(scripts/linkemu: NFQUEUE delay, XDP loss before GRO, tbf rate) inside 'wan'.
+
+Commands:
+  up [LINK OPTIONS]   create the testbed (idempotent: if it is already up, only the link
+                      settings given are applied)
+  set LINK OPTIONS    change the emulated link live
+  status              namespaces, addresses, route, host TCP settings, link counters, ping
+  down                stop the link and everything running in the lab namespaces, delete them
+  exec NS CMD...      run CMD in namespace NS (shorthand for ip netns exec)
+  linkemu-path        print the linkemu binary used (building it if needed)
+  gateways up [--flows N] [--congestion CC]
+                      (re)start the LMAS pair: gw-a listens on $GWA_LAN_IP:6000 and
+                      forwards to $DST_IP:5000 through gw-b; keys/configs in \$LAB_RUN_DIR/gw
+  gateways down       stop the LMAS pair
+  transfer [--bytes N] [--direct] [--timeout S]
+                      one lmas-load transfer src-host → dst-host (through the gateways, or
+                      direct), SHA-256 checked; prints Mbit/s (sink side: accept to EOF)
+
+Link options (passed to linkemu):
+  --rtt MS            round-trip time (half each way)           [up default: 0]
+  --delay-ab MS, --delay-ba MS   one-way delay per direction (a = gw-a side)
+  --loss PCT          random loss of wire packets, both ways    [up default: 0]
+  --loss-ab PCT, --loss-ba PCT
+  --jitter MS         uniform ± jitter, no reordering           [up default: 0]
+  --rate MBIT         rate limit per direction, 0 = unlimited  [up default: 1000]
+  --queue-bytes N     bottleneck queue (default: one BDP, at least 256 KiB)
+
+Addresses: src-host $SRC_IP, gw-a $GWA_LAN_IP (LAN) / $GWA_WAN_IP (WAN),
+wan $WAN_IP, gw-b $GWB_WAN_IP (WAN) / $GWB_LAN_IP (LAN), dst-host $DST_IP.
+Hosts use $HOST_CC, tcp_rmem "$HOST_RMEM", tcp_wmem "$HOST_WMEM"; the gateways keep the
+namespace defaults (they choose their own WAN TCP settings).
+
+Environment: LINKEMU, LMAS, LMAS_LOAD = paths of the binaries (default: built with cargo
+into \${CARGO_TARGET_DIR:-target}/release/), LAB_RUN_DIR (default /run/lmas-lab).
+Needs root, iproute2, ethtool, iptables, and to build linkemu: cargo, clang, libbpf-dev.
+EOF
+}
+
+die() { echo "lab.sh: $*" >&2; exit 1; }
+log() { echo "lab.sh: $*" >&2; }
+
+need_root() {
+    [[ $(id -u) -eq 0 ]] || die "must run as root (it creates network namespaces, veths, XDP and netfilter rules)"
+    command -v ip >/dev/null || die "iproute2 (ip) not found"
+    command -v ethtool >/dev/null || die "ethtool not found"
+    command -v iptables >/dev/null || die "iptables not found"
+}
+
+linkemu_bin() {
+    if [[ -n ${LINKEMU:-} ]]; then
+        [[ -x $LINKEMU ]] || die "LINKEMU=$LINKEMU is not executable"
+        echo "$LINKEMU"
+        return
+    fi
+    local target=${CARGO_TARGET_DIR:-$REPO/target}
+    local bin=$target/release/linkemu
+    if [[ ! -x $bin || -n $(find "$REPO/scripts/linkemu" "$REPO/scripts/bpf" -newer "$bin" -type f 2>/dev/null | head -1) ]]; then
+        log "building linkemu ($bin)"
+        (cd "$REPO" && CARGO_TARGET_DIR=$target cargo build --release -q -p linkemu) >&2 ||
+            die "building linkemu failed (needs clang and libbpf-dev)"
+    fi
+    echo "$bin"
+}
+
+nsx() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
+
+lab_exists() {
+    local ns
+    for ns in "${NAMESPACES[@]}"; do
+        [[ -e /run/netns/$ns ]] || return 1
+    done
+    return 0
+}
+
+link_running() {
+    "$(linkemu_bin)" stats --name "$LINK_NAME" >/dev/null 2>&1
+}
+
+# veth NS1 DEV1 NS2 DEV2
+veth() {
+    ip link add "$2" netns "$1" type veth peer name "$4" netns "$3"
+    nsx "$1" ip link set "$2" up
+    nsx "$3" ip link set "$4" up
+}
+
+ns_common() {
+    local ns=$1
+    nsx "$ns" ip link set lo up
+    nsx "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+    nsx "$ns" sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
+}
+
+host_tcp() {
+    local ns=$1
+    nsx "$ns" sysctl -qw net.ipv4.tcp_congestion_control="$HOST_CC"
+    nsx "$ns" sysctl -qw net.ipv4.tcp_rmem="$HOST_RMEM" net.ipv4.tcp_wmem="$HOST_WMEM"
+}
+
+allow_cubic() {
+    # A namespace may only pick algorithms in the host's allowed list.
+    local allowed
+    allowed=$(cat /proc/sys/net/ipv4/tcp_allowed_congestion_control)
+    if [[ " $allowed " != *" $HOST_CC "* ]]; then
+        log "adding $HOST_CC to the host's net.ipv4.tcp_allowed_congestion_control ($allowed)"
+        sysctl -qw net.ipv4.tcp_allowed_congestion_control="$allowed $HOST_CC"
+    fi
+}
+
+create() {
+    local ns
+    for ns in "${NAMESPACES[@]}"; do
+        ip netns add "$ns"
+        ns_common "$ns"
+    done
+
+    veth src-host eth0 gw-a lan0
+    veth gw-a wan0 wan wan-a
+    veth wan wan-b gw-b wan0
+    veth gw-b lan0 dst-host eth0
+
+    # src-host
+    nsx src-host ip addr add $SRC_IP/24 dev eth0
+    nsx src-host ip route add default via $GWA_LAN_IP
+
+    # gw-a: LAN on lan0, a /32 on the WAN side with everything remote via the wan router.
+    nsx gw-a ip addr add $GWA_LAN_IP/24 dev lan0
+    nsx gw-a ip addr add $GWA_WAN_IP/32 dev wan0
+    nsx gw-a ip route add $WAN_IP/32 dev wan0 scope link
+    nsx gw-a ip route add 10.0.2.0/24 via $WAN_IP dev wan0
+    nsx gw-a ip route add 10.0.3.0/24 via $WAN_IP dev wan0
+    nsx gw-a sysctl -qw net.ipv4.ip_forward=1
+
+    # wan: a router between two /32 neighbours.
+    nsx wan ip addr add $WAN_IP/32 dev wan-a
+    nsx wan ip addr add $WAN_IP/32 dev wan-b
+    nsx wan ip route add $GWA_WAN_IP/32 dev wan-a scope link
+    nsx wan ip route add $GWB_WAN_IP/32 dev wan-b scope link
+    nsx wan ip route add 10.0.1.0/24 via $GWA_WAN_IP dev wan-a
+    nsx wan ip route add 10.0.3.0/24 via $GWB_WAN_IP dev wan-b
+    nsx wan sysctl -qw net.ipv4.ip_forward=1
+
+    # gw-b
+    nsx gw-b ip addr add $GWB_WAN_IP/32 dev wan0
+    nsx gw-b ip route add $WAN_IP/32 dev wan0 scope link
+    nsx gw-b ip route add 10.0.2.0/24 via $WAN_IP dev wan0
+    nsx gw-b ip route add 10.0.1.0/24 via $WAN_IP dev wan0
+    nsx gw-b ip addr add $GWB_LAN_IP/24 dev lan0
+    nsx gw-b sysctl -qw net.ipv4.ip_forward=1
+
+    # dst-host
+    nsx dst-host ip addr add $DST_IP/24 dev eth0
+    nsx dst-host ip route add default via $GWB_LAN_IP
+
+    # Wire-sized packets into the emulated link: the gateways' WAN devices do not send TSO/GSO
+    # aggregates (they segment), so the XDP loss program drops single wire packets; GRO on the
+    # wan devices then merges them again so the NFQUEUE daemon handles aggregates.
+    nsx gw-a ethtool -K wan0 tso off gso off >/dev/null
+    nsx gw-b ethtool -K wan0 tso off gso off >/dev/null
+    nsx wan ethtool -K wan-a gro on >/dev/null
+    nsx wan ethtool -K wan-b gro on >/dev/null
+
+    allow_cubic
+    host_tcp src-host
+    host_tcp dst-host
+}
+
+# Translate lab options to linkemu options (same names) and check them.
+LINK_ARGS=()
+parse_link_args() {
+    LINK_ARGS=()
+    while (($#)); do
+        case $1 in
+            --rtt | --delay | --delay-ab | --delay-ba | --loss | --loss-ab | --loss-ba | --jitter | --rate | --queue-bytes)
+                (($# >= 2)) || die "$1 needs a value"
+                LINK_ARGS+=("$1" "$2")
+                shift 2
+                ;;
+            --rtt=* | --delay=* | --delay-ab=* | --delay-ba=* | --loss=* | --loss-ab=* | --loss-ba=* | --jitter=* | --rate=* | --queue-bytes=*)
+                LINK_ARGS+=("$1")
+                shift
+                ;;
+            -h | --help) usage; exit 0 ;;
+            *) die "unknown option: $1 (see --help)" ;;
+        esac
+    done
+}
+
+cmd_up() {
+    parse_link_args "$@"
+    need_root
+    local bin
+    bin=$(linkemu_bin)
+    if lab_exists && link_running; then
+        log "testbed already up"
+        if ((${#LINK_ARGS[@]})); then
+            nsx wan "$bin" set --name "$LINK_NAME" "${LINK_ARGS[@]}" >/dev/null
+        fi
+        # Re-assert the host settings (cheap, and keeps 'up' a full guarantee).
+        allow_cubic
+        host_tcp src-host
+        host_tcp dst-host
+        cmd_status_short
+        return
+    fi
+    if lab_exists || [[ -n $(ip netns list | grep -E "^($(IFS='|'; echo "${NAMESPACES[*]}"))( |$)" || true) ]]; then
+        log "partial testbed found: removing it first"
+        cmd_down >/dev/null
+    fi
+    log "creating namespaces ${NAMESPACES[*]}"
+    if ! create; then
+        cmd_down >/dev/null 2>&1 || true
+        die "creating the testbed failed"
+    fi
+    mkdir -p "$RUN_DIR"
+    # Defaults for the options the caller did not give (linkemu takes each option once; the
+    # specific ones, e.g. --delay-ab, take precedence over --rtt/--delay/--loss anyway).
+    local args=(--rtt 0 --loss 0 --rate 1000)
+    local merged=() i
+    for ((i = 0; i < ${#args[@]}; i += 2)); do
+        if [[ " ${LINK_ARGS[*]} " != *" ${args[i]} "* && " ${LINK_ARGS[*]} " != *" ${args[i]}="* ]]; then
+            merged+=("${args[i]}" "${args[i + 1]}")
+        fi
+    done
+    merged+=("${LINK_ARGS[@]}")
+    if ! nsx wan "$bin" up --name "$LINK_NAME" --dev-a wan-a --dev-b wan-b "${merged[@]}" >/dev/null; then
+        cmd_down >/dev/null 2>&1 || true
+        die "starting linkemu failed"
+    fi
+    if command -v ping >/dev/null && ! nsx src-host ping -c 1 -W 5 -q $DST_IP >/dev/null; then
+        log "warning: src-host cannot ping dst-host yet"
+    fi
+    cmd_status_short
+}
+
+cmd_set() {
+    parse_link_args "$@"
+    ((${#LINK_ARGS[@]})) || die "set: no link options given (see --help)"
+    need_root
+    lab_exists || die "testbed is not up (scripts/lab.sh up)"
+    nsx wan "$(linkemu_bin)" set --name "$LINK_NAME" "${LINK_ARGS[@]}"
+}
+
+cmd_status_short() {
+    "$(linkemu_bin)" stats --name "$LINK_NAME" | awk '
+        NR == 1 { for (i = 1; i <= NF; i++) if ($i ~ /^rate_mbit=/) rate = $i }
+        NR > 1 { d = ""; for (i = 1; i <= NF; i++) if ($i ~ /^(dir|delay_ms|jitter_ms|loss_pct)=/) d = d " " $i; print "lab.sh: link" d " " rate }'
+}
+
+cmd_status() {
+    need_root
+    local ns missing=0
+    for ns in "${NAMESPACES[@]}"; do
+        if [[ -e /run/netns/$ns ]]; then
+            printf '%-9s %s\n' "$ns" "$(ip -n "$ns" -br -4 addr show | awk '$1 != "lo" {printf "%s %s  ", $1, $3}')"
+        else
+            printf '%-9s (missing)\n' "$ns"
+            missing=1
+        fi
+    done
+    ((missing == 0)) || { echo "testbed: down or partial"; return 1; }
+    echo "route:    $(ip -n src-host route get $DST_IP | head -1)"
+    for ns in src-host dst-host gw-a gw-b; do
+        printf 'tcp %-9s cc=%s rmem="%s" wmem="%s"\n' "$ns" \
+            "$(nsx "$ns" sysctl -n net.ipv4.tcp_congestion_control)" \
+            "$(nsx "$ns" sysctl -n net.ipv4.tcp_rmem | tr '\t' ' ')" \
+            "$(nsx "$ns" sysctl -n net.ipv4.tcp_wmem | tr '\t' ' ')"
+    done
+    echo "link:"
+    "$(linkemu_bin)" stats --name "$LINK_NAME" | sed 's/^/  /' || echo "  linkemu not running"
+    if command -v ping >/dev/null; then
+        echo "ping:     $(nsx src-host ping -c 3 -i 0.2 -W 3 -q $DST_IP | tail -1)"
+    fi
+}
+
+cmd_down() {
+    need_root
+    local bin ns pids
+    if bin=$(LINKEMU=${LINKEMU:-} linkemu_bin 2>/dev/null); then
+        "$bin" down --name "$LINK_NAME" >/dev/null 2>&1 || true
+    fi
+    for ns in "${NAMESPACES[@]}"; do
+        [[ -e /run/netns/$ns ]] || continue
+        # Whatever still runs in a lab namespace was started for the lab (gateways, iperf3).
+        pids=$(ip netns pids "$ns" 2>/dev/null || true)
+        if [[ -n $pids ]]; then
+            kill $pids 2>/dev/null || true
+            sleep 0.5
+            pids=$(ip netns pids "$ns" 2>/dev/null || true)
+            [[ -z $pids ]] || kill -9 $pids 2>/dev/null || true
+        fi
+    done
+    for ns in "${NAMESPACES[@]}"; do
+        [[ -e /run/netns/$ns ]] && ip netns del "$ns"
+    done
+    rm -rf "$RUN_DIR"
+    rm -f "/run/linkemu/$LINK_NAME.log" "/run/linkemu/$LINK_NAME.sock"
+    rmdir /run/linkemu 2>/dev/null || true
+    echo "lab.sh: testbed down"
+}
+
+
+# ---- the LMAS gateway pair (listen ingress) --------------------------------------------------
+
+GW_PORT=7700
+INGRESS_PORT=6000
+TARGET_PORT=5000
+
+bin_path() { # NAME ENVVAR PACKAGE
+    local name=$1 var=$2 pkg=$3
+    if [[ -n ${!var:-} ]]; then
+        [[ -x ${!var} ]] || die "$var=${!var} is not executable"
+        echo "${!var}"
+        return
+    fi
+    local target=${CARGO_TARGET_DIR:-$REPO/target}
+    if [[ ! -x $target/release/$name ]]; then
+        log "building $name (cargo build --release -p $pkg)"
+        (cd "$REPO" && CARGO_TARGET_DIR=$target cargo build --release -q -p "$pkg") >&2 ||
+            die "building $name failed"
+    fi
+    echo "$target/release/$name"
+}
+
+gw_stop() {
+    local gw pid
+    for gw in gw-a gw-b; do
+        [[ -f $RUN_DIR/$gw.pid ]] || continue
+        pid=$(cat "$RUN_DIR/$gw.pid")
+        if kill "$pid" 2>/dev/null; then
+            for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+            kill -9 "$pid" 2>/dev/null || true
+        fi
+        rm -f "$RUN_DIR/$gw.pid"
+    done
+}
+
+cmd_gateways() {
+    local sub=${1:-} flows=8 cc=""  # empty: the gateway's default (bbr where available)
+    [[ $# -gt 0 ]] && shift
+    while (($#)); do
+        case $1 in
+            --flows) flows=$2; shift 2 ;;
+            --congestion) cc=$2; shift 2 ;;
+            *) die "gateways: unknown option $1" ;;
+        esac
+    done
+    need_root
+    case $sub in
+        down) gw_stop; echo "lab.sh: gateways stopped"; return ;;
+        up) ;;
+        *) die "gateways up [--flows N] [--congestion CC] | gateways down" ;;
+    esac
+    lab_exists || die "testbed is not up (scripts/lab.sh up)"
+    local lmas dir=$RUN_DIR/gw
+    lmas=$(bin_path lmas LMAS lmas)
+    gw_stop
+    mkdir -p "$dir"
+    [[ -f $dir/gw-a.key ]] || "$lmas" keygen --out "$dir/gw-a.key" >/dev/null
+    [[ -f $dir/gw-b.key ]] || "$lmas" keygen --out "$dir/gw-b.key" >/dev/null
+    cat >"$dir/gw-a.toml" <<EOT
+# written by scripts/lab.sh gateways up
+[gateway]
+name = "gw-a"
+private_key_file = "gw-a.key"
+
+[peer]
+name = "gw-b"
+public_key = "$(tr -d '\n' <"$dir/gw-b.key.pub")"
+connect = "$GWB_WAN_IP:$GW_PORT"
+
+[wan]
+data_flows = $flows
+${cc:+congestion = \"$cc\"}
+
+[[ingress]]
+mode = "listen"
+bind = "$GWA_LAN_IP:$INGRESS_PORT"
+target = "$DST_IP:$TARGET_PORT"
+EOT
+    cat >"$dir/gw-b.toml" <<EOT
+# written by scripts/lab.sh gateways up
+[gateway]
+name = "gw-b"
+private_key_file = "gw-b.key"
+tunnel_listen = "$GWB_WAN_IP:$GW_PORT"
+
+[peer]
+name = "gw-a"
+public_key = "$(tr -d '\n' <"$dir/gw-a.key.pub")"
+
+[wan]
+data_flows = $flows
+${cc:+congestion = \"$cc\"}
+
+[egress]
+allow = ["$DST_IP:$TARGET_PORT"]
+EOT
+    local gw
+    for gw in gw-b gw-a; do
+        "$lmas" check-config "$dir/$gw.toml" >/dev/null || die "$gw config rejected (see $dir/$gw.toml)"
+        RUST_LOG=${RUST_LOG:-info} ip netns exec "$gw" "$lmas" run --config "$dir/$gw.toml" \
+            >"$RUN_DIR/$gw.log" 2>&1 </dev/null &
+        echo $! >"$RUN_DIR/$gw.pid"
+    done
+    for _ in $(seq 200); do
+        if grep -q "tunnel up" "$RUN_DIR/gw-a.log" && grep -q "tunnel up" "$RUN_DIR/gw-b.log"; then
+            log "gateways up: $flows data flows, WAN congestion control ${cc:-default} (logs: $RUN_DIR/gw-*.log)"
+            return
+        fi
+        for gw in gw-a gw-b; do
+            kill -0 "$(cat "$RUN_DIR/$gw.pid")" 2>/dev/null ||
+                { tail -5 "$RUN_DIR/$gw.log" >&2; gw_stop; die "$gw exited"; }
+        done
+        sleep 0.1
+    done
+    tail -5 "$RUN_DIR"/gw-*.log >&2
+    gw_stop
+    die "gateways: no 'tunnel up' within 20 s"
+}
+
+# transfer [--bytes N] [--direct]: one sized transfer src-host → dst-host through the gateways
+# (or direct), SHA-256 compared at the receiver. Prints the goodput in Mbit/s on stdout.
+cmd_transfer() {
+    local bytes=$((64 * 1024 * 1024)) direct=0 timeout=600
+    while (($#)); do
+        case $1 in
+            --bytes) bytes=$2; shift 2 ;;
+            --direct) direct=1; shift ;;
+            --timeout) timeout=$2; shift 2 ;;
+            *) die "transfer: unknown option $1" ;;
+        esac
+    done
+    [[ $bytes =~ ^[0-9]+$ ]] || die "transfer: --bytes takes a number of bytes, got $bytes"
+    need_root
+    lab_exists || die "testbed is not up (scripts/lab.sh up)"
+    local load to sink_out src_out sink_pid
+    load=$(bin_path lmas-load LMAS_LOAD lmas-tests)
+    to=$GWA_LAN_IP:$INGRESS_PORT
+    ((direct)) && to=$DST_IP:$TARGET_PORT
+    sink_out=$(mktemp) src_out=$(mktemp)
+    ip netns exec dst-host timeout "$timeout" "$load" sink --listen "$DST_IP:$TARGET_PORT" >"$sink_out" 2>&1 &
+    sink_pid=$!
+    for _ in $(seq 50); do grep -q "listening" "$sink_out" && break; sleep 0.1; done
+    local rc=0
+    ip netns exec src-host timeout "$timeout" "$load" source --connect "$to" --bytes "$bytes" >"$src_out" 2>&1 || rc=$?
+    if ((rc != 0)); then
+        # The sink may never see a connection: do not wait for its timeout.
+        sleep 1
+        kill "$sink_pid" 2>/dev/null || true
+    fi
+    local sink_rc=0
+    wait "$sink_pid" || sink_rc=$?
+    ((rc != 0)) || rc=$sink_rc
+    local src_line sink_line
+    src_line=$(grep -o 'bytes=.*' "$src_out" | tail -1 || true)
+    sink_line=$(grep -o 'bytes=.*' "$sink_out" | tail -1 || true)
+    log "source: ${src_line:-$(tail -1 "$src_out")}"
+    log "sink:   ${sink_line:-$(tail -1 "$sink_out")}"
+    rm -f "$sink_out" "$src_out"
+    ((rc == 0)) || die "transfer failed (exit $rc)"
+    local sh_src sh_sink n_sink secs
+    sh_src=$(sed -n 's/.*sha256=\([0-9a-f]*\).*/\1/p' <<<"$src_line")
+    sh_sink=$(sed -n 's/.*sha256=\([0-9a-f]*\).*/\1/p' <<<"$sink_line")
+    n_sink=$(sed -n 's/^bytes=\([0-9]*\).*/\1/p' <<<"$sink_line")
+    secs=$(sed -n 's/.*secs=\([0-9.]*\).*/\1/p' <<<"$sink_line")
+    [[ -n $sh_src && $sh_src == "$sh_sink" && $n_sink == "$bytes" ]] ||
+        die "transfer corrupted: sent $bytes bytes sha256=$sh_src, received ${n_sink:-?} bytes sha256=${sh_sink:-?}"
+    awk -v b="$bytes" -v s="$secs" 'BEGIN { if (s > 0) printf "%.1f\n", b * 8 / s / 1e6; else print "nan" }'
+}
+
+cmd=${1:-}
+[[ $# -gt 0 ]] && shift
+case $cmd in
+    up) cmd_up "$@" ;;
+    set) cmd_set "$@" ;;
+    status) cmd_status ;;
+    down) cmd_down ;;
+    exec)
+        need_root
+        (($# >= 2)) || die "exec NS CMD..."
+        ns=$1
+        shift
+        exec ip netns exec "$ns" "$@"
+        ;;
+    linkemu-path) linkemu_bin ;;
+    gateways) cmd_gateways "$@" ;;
+    transfer) cmd_transfer "$@" ;;
+    -h | --help | help) usage ;;
+    "") usage >&2; exit 2 ;;
+    *) die "unknown command: $cmd (see --help)" ;;
+esac
