@@ -175,7 +175,10 @@ pub struct Config {
 
 pub const MAX_DATA_FLOWS: i64 = 64;
 const DEFAULT_DATA_FLOWS: i64 = 8;
-const DEFAULT_SOCKET_BUFFER: i64 = 8 << 20;
+/// Per WAN flow; forced past net.core.{w,r}mem_max where we may. A data flow
+/// must hold its share of the bandwidth-delay product, and more on a veth
+/// with XDP, where each packet takes a whole page of receive buffer.
+const DEFAULT_SOCKET_BUFFER: i64 = 32 << 20;
 
 impl Config {
     /// Reads and validates a config file, including the key files it names.
