@@ -51,8 +51,8 @@ impl Default for Limits {
             // A long fat lossy link needs several BDPs in flight: a frame lost on
             // one flow holds the stream head for a retransmission round while
             // the other flows go on (measured: docs/BENCHMARKS.md, WAN lab).
-            session_window: 128 << 20,
-            global_buffer: 512 << 20,
+            session_window: 256 << 20,
+            global_buffer: 1 << 30,
             frame_len: 64 << 10,
             max_sessions: 4096,
             ack_every: 1 << 20,
