@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# fuzz.sh [SECONDS]: runs every cargo-fuzz target of the gateway for SECONDS each (default 30).
+#   Targets (gateway/fuzz/fuzz_targets): message (record plaintext decoder), prelude (handshake
+#   prelude), handshake (Noise responder fed arbitrary message 1), config (config validation),
+#   tunnel_core (the session core driven by a hostile peer).
+# Needs a nightly toolchain and cargo-fuzz (installed here with `cargo install cargo-fuzz` when
+# missing); skips with a clear message when no nightly toolchain is available.
+set -euo pipefail
+
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then
+    sed -n '2,7p' "$0"
+    exit 0
+fi
+SECONDS_EACH=${1:-30}
+[[ $SECONDS_EACH =~ ^[0-9]+$ ]] || { echo "fuzz.sh: SECONDS must be a number (got '$SECONDS_EACH')" >&2; exit 2; }
+cd "$(dirname "${BASH_SOURCE[0]}")/../gateway"
+
+if ! cargo +nightly --version >/dev/null 2>&1; then
+    echo "SKIP: fuzz.sh: no nightly toolchain (cargo fuzz needs one)"
+    exit 0
+fi
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "fuzz.sh: installing cargo-fuzz"
+    cargo install cargo-fuzz --locked --quiet
+fi
+cargo +nightly fuzz build -O
+passed=0
+failed=0
+for target in $(cargo +nightly fuzz list); do
+    if cargo +nightly fuzz run -O "$target" -- -max_total_time="$SECONDS_EACH" >"fuzz/$target.log" 2>&1; then
+        echo "fuzz.sh: $target: $(grep -Eo 'Done [0-9]+ runs in [0-9]+ second' "fuzz/$target.log" | tail -1), no crash"
+        passed=$((passed + 1))
+    else
+        echo "fuzz.sh: $target: CRASH (see gateway/fuzz/$target.log and gateway/fuzz/artifacts/$target/)" >&2
+        tail -n 30 "fuzz/$target.log" >&2
+        failed=$((failed + 1))
+    fi
+done
+echo "fuzz: $passed passed, $failed failed"
+[[ $failed -eq 0 ]]
