@@ -14,8 +14,13 @@ fn key() -> &'static StaticKeypair {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&flags, msg1)) = data.split_first() else { return };
-    let prelude = Prelude { version: 1, flags: flags & 0x03 };
+    let Some((&flags, msg1)) = data.split_first() else {
+        return;
+    };
+    let prelude = Prelude {
+        version: 1,
+        flags: flags & 0x03,
+    };
     let psk = PresharedKey([7; 32]);
     let psk = prelude.psk().then_some(&psk);
     if let Ok(mut r) = Responder::new(key(), psk, &prelude) {
