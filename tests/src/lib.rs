@@ -10,7 +10,11 @@
 //! - [`Gateway`]: a running `lmas run`, its stderr in a file, [`Gateway::wait_for_log`] with a
 //!   deadline, killed on drop (and, through `PR_SET_PDEATHSIG`, when the test process dies).
 //! - [`Sink`]: a server that hashes (SHA-256) every connection it accepts; [`send`]: a source of
-//!   deterministic pseudo-random bytes ([`DataGen`]) that hashes what it sends.
+//!   deterministic pseudo-random bytes ([`DataGen`]) that hashes what it sends; [`paced_send`]:
+//!   the same at a bounded rate, so a transfer is still running when a test breaks something.
+//! - [`netns`]: network namespaces joined by a veth "WAN" that a test can cut
+//!   ([`PairSpec::netns`] runs the pair there); [`Gateway::kill`] / [`Gateway::spawn_again`]
+//!   for restarts; [`Gateway::counters`] reads `lmas status --json`.
 //!
 //! Every wait has a deadline and every socket a read and write timeout: nothing here can hang.
 //!
@@ -40,6 +44,8 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
+
+pub mod netns;
 
 /// Size of the buffers used to send and receive test data.
 pub const IO_BUF: usize = 1 << 20;
@@ -144,9 +150,18 @@ pub fn free_addr() -> SocketAddr {
 /// Used to wait for a gateway's tunnel listener without connecting to it (a probe connection
 /// would make the gateway log a failed handshake).
 pub fn port_is_listening(port: u16) -> bool {
+    port_is_listening_in(None, port)
+}
+
+/// [`port_is_listening`] in the network namespace of process `pid` (`None`: this process's).
+pub fn port_is_listening_in(pid: Option<u32>, port: u16) -> bool {
     let needle = format!(":{port:04X}");
-    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|f| {
-        fs::read_to_string(f).is_ok_and(|text| {
+    let dir = match pid {
+        Some(pid) => format!("/proc/{pid}/net"),
+        None => "/proc/net".to_string(),
+    };
+    ["tcp", "tcp6"].iter().any(|f| {
+        fs::read_to_string(format!("{dir}/{f}")).is_ok_and(|text| {
             text.lines().skip(1).any(|line| {
                 let mut cols = line.split_whitespace();
                 let local = cols.nth(1).unwrap_or("");
@@ -159,9 +174,14 @@ pub fn port_is_listening(port: u16) -> bool {
 
 /// Waits until something listens on `port`.
 pub fn wait_listening(port: u16, timeout: Duration) -> Result<(), String> {
+    wait_listening_in(None, port, timeout)
+}
+
+/// [`wait_listening`] in the network namespace of process `pid`.
+pub fn wait_listening_in(pid: Option<u32>, port: u16, timeout: Duration) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        if port_is_listening(port) {
+        if port_is_listening_in(pid, port) {
             return Ok(());
         }
         thread::sleep(Duration::from_millis(20));
@@ -343,6 +363,141 @@ impl<W: Write> Write for Counting<W> {
 
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
+    }
+}
+
+/// A writer that keeps the average rate at or below `rate` bytes/s (so that a transfer is
+/// still running when a test breaks something) and counts what it wrote into `count`.
+pub struct Paced<W> {
+    pub inner: W,
+    rate: f64,
+    start: Instant,
+    written: u64,
+    pub count: Arc<AtomicU64>,
+}
+
+impl<W> Paced<W> {
+    pub fn new(inner: W, rate_bytes_per_sec: f64, count: Arc<AtomicU64>) -> Paced<W> {
+        Paced {
+            inner,
+            rate: rate_bytes_per_sec,
+            start: Instant::now(),
+            written: 0,
+            count,
+        }
+    }
+}
+
+impl<W: Write> Write for Paced<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = buf.len().min(256 << 10);
+        let n = self.inner.write(&buf[..n])?;
+        self.written += n as u64;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        let due = self.start + Duration::from_secs_f64(self.written as f64 / self.rate);
+        let now = Instant::now();
+        if due > now {
+            thread::sleep(due - now);
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// The source of [`send`], at most `rate` bytes/s, counting what it wrote into `progress`;
+/// run on a thread (inside a network namespace if `ns` is given, with `ingress` an address
+/// there). Returns the result and when the source finished (or failed).
+pub fn paced_send(
+    ns: Option<&netns::NetNs>,
+    ingress: SocketAddr,
+    len: u64,
+    seed: u64,
+    rate: f64,
+    progress: Arc<AtomicU64>,
+) -> JoinHandle<(io::Result<Sent>, Instant)> {
+    let body = move || {
+        let r = (|| {
+            let s = connect(ingress)?;
+            let mut w = Paced::new(s.try_clone()?, rate, progress);
+            let sent = send_all(&mut w, len, seed)?;
+            s.shutdown(Shutdown::Write)?;
+            let mut r = s;
+            let back = recv_all(&mut r)?;
+            if back.bytes != 0 {
+                return Err(io::Error::new(
+                    ErrorKind::InvalidData,
+                    format!("the target sent {} unexpected bytes back", back.bytes),
+                ));
+            }
+            Ok(sent)
+        })();
+        (r, Instant::now())
+    };
+    match ns {
+        Some(ns) => ns.spawn(body),
+        None => thread::spawn(body),
+    }
+}
+
+/// Waits until `progress` reaches `at_least`; an error after `within`.
+pub fn wait_progress(progress: &AtomicU64, at_least: u64, within: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + within;
+    while progress.load(Ordering::Relaxed) < at_least {
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "only {} of {at_least} bytes written within {within:?}",
+                progress.load(Ordering::Relaxed)
+            ));
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// Connects to `to` from address `from` (port chosen by the kernel), e.g. from 127.0.0.2 to
+/// look like a different host on loopback. Blocking, with the I/O timeouts set.
+pub fn connect_from(from: std::net::Ipv4Addr, to: std::net::SocketAddrV4) -> io::Result<TcpStream> {
+    use std::os::fd::FromRawFd;
+    fn sockaddr(a: std::net::SocketAddrV4) -> libc::sockaddr_in {
+        libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: a.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*a.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        }
+    }
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket calls on a descriptor we own; the sockaddr structs outlive the calls;
+    // on error the descriptor is closed before returning.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let local = sockaddr(std::net::SocketAddrV4::new(from, 0));
+        let remote = sockaddr(to);
+        let fail = |what: &str| {
+            let e = io::Error::last_os_error();
+            libc::close(fd);
+            Err(io::Error::new(
+                e.kind(),
+                format!("{what} {from} -> {to}: {e}"),
+            ))
+        };
+        if libc::bind(fd, &local as *const _ as *const libc::sockaddr, len) != 0 {
+            return fail("bind");
+        }
+        if libc::connect(fd, &remote as *const _ as *const libc::sockaddr, len) != 0 {
+            return fail("connect");
+        }
+        let s = TcpStream::from_raw_fd(fd);
+        set_timeouts(&s)?;
+        Ok(s)
     }
 }
 
@@ -541,7 +696,12 @@ impl Sink {
 
     /// A sink on `addr`.
     pub fn bind(addr: SocketAddr) -> io::Result<Sink> {
-        let listener = TcpListener::bind(addr)?;
+        Sink::from_listener(TcpListener::bind(addr)?)
+    }
+
+    /// A sink on a listener made elsewhere (e.g. inside a network namespace: see
+    /// [`netns::NetNs::run`]).
+    pub fn from_listener(listener: TcpListener) -> io::Result<Sink> {
         let addr = listener.local_addr()?;
         listener.set_nonblocking(true)?;
         let (tx, rx) = mpsc::channel();
@@ -865,12 +1025,24 @@ pub struct Gateway {
     pub log_path: PathBuf,
     child: Option<Child>,
     exit: Option<ExitStatus>,
+    /// The network namespace it runs in (kept alive while the gateway is).
+    netns: Option<Arc<netns::NetNs>>,
 }
 
 impl Gateway {
     /// Starts `lmas run --config CONFIG` with `RUST_LOG` from `LMAS_TEST_RUST_LOG` (default
     /// `info`), logging to `LOG`.
     pub fn spawn(name: &str, config: &Path, log_path: &Path) -> Gateway {
+        Gateway::spawn_in(name, config, log_path, None)
+    }
+
+    /// [`Gateway::spawn`] inside a network namespace (`None`: this process's).
+    pub fn spawn_in(
+        name: &str,
+        config: &Path,
+        log_path: &Path,
+        netns: Option<Arc<netns::NetNs>>,
+    ) -> Gateway {
         let bin = lmas_bin();
         let log =
             File::create(log_path).unwrap_or_else(|e| panic!("create {}: {e}", log_path.display()));
@@ -886,6 +1058,9 @@ impl Gateway {
             .stdout(Stdio::from(log2))
             .stderr(Stdio::from(log));
         die_with_parent(&mut cmd);
+        if let Some(ns) = &netns {
+            ns.enter_on_exec(&mut cmd);
+        }
         let child = cmd.spawn().unwrap_or_else(|e| {
             panic!(
                 "spawn {} run --config {}: {e}",
@@ -899,7 +1074,75 @@ impl Gateway {
             log_path: log_path.to_path_buf(),
             child: Some(child),
             exit: None,
+            netns,
         }
+    }
+
+    /// Another gateway with the same name, config and namespace (a restart), logging to
+    /// `log_path`.
+    pub fn spawn_again(&self, log_path: &Path) -> Gateway {
+        Gateway::spawn_in(&self.name, &self.config, log_path, self.netns.clone())
+    }
+
+    /// SIGKILL (no clean shutdown), and reap it.
+    pub fn kill(&mut self) -> Option<ExitStatus> {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            self.exit = c.wait().ok();
+        }
+        self.exit
+    }
+
+    /// The counters from `lmas status --config CONFIG --json` (its admin socket).
+    pub fn counters(&self) -> Result<std::collections::BTreeMap<String, u64>, String> {
+        let bin = lmas_bin();
+        let mut cmd = Command::new(&bin);
+        cmd.arg("status")
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--json");
+        let out = run_with_timeout(&mut cmd, COMMAND_TIMEOUT)
+            .map_err(|e| format!("{}: lmas status: {e}", self.name))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{}: lmas status failed ({}): {}",
+                self.name,
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .map_err(|e| format!("{}: lmas status --json: {e}", self.name))?;
+        let counters = v
+            .get("counters")
+            .and_then(|c| c.as_object())
+            .ok_or_else(|| format!("{}: lmas status --json has no counters: {v}", self.name))?;
+        Ok(counters
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), v.as_u64()?)))
+            .collect())
+    }
+
+    /// One counter from [`Gateway::counters`].
+    pub fn counter(&self, name: &str) -> Result<u64, String> {
+        let counters = self.counters()?;
+        counters.get(name).copied().ok_or_else(|| {
+            format!(
+                "{}: lmas status reports no counter {name:?} (it has {:?})",
+                self.name,
+                counters.keys().collect::<Vec<_>>()
+            )
+        })
+    }
+
+    /// Current resident set size (VmRSS) in KiB, while the process runs.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let pid = self.pid()?;
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -1123,6 +1366,10 @@ pub struct PairSpec {
     pub psk_b: Option<String>,
     /// Extra `key = value` lines for both gateways' `[wan]` tables.
     pub wan_extra: Vec<String>,
+    /// Where A dials (`peer.connect`) instead of B's `tunnel_listen`, e.g. a proxy in between.
+    pub a_connect: Option<SocketAddr>,
+    /// Run A and B in network namespaces (see [`netns::Wan::placement`]); `None`: loopback.
+    pub netns: Option<netns::Placement>,
 }
 
 impl Default for PairSpec {
@@ -1138,6 +1385,8 @@ impl Default for PairSpec {
             psk_a: None,
             psk_b: None,
             wan_extra: Vec::new(),
+            a_connect: None,
+            netns: None,
         }
     }
 }
@@ -1193,7 +1442,10 @@ impl Pair {
         let (dir, tmp) = temp_dir("lmas-e2e-");
         let key_a = keygen(&dir.join("gw-a.key"));
         let key_b = keygen(&dir.join("gw-b.key"));
-        let tunnel = free_addr();
+        let tunnel = match &spec.netns {
+            Some(p) => SocketAddr::new(p.tunnel_ip, free_port()),
+            None => free_addr(),
+        };
         let write_psk = |name: &str, text: &Option<String>| -> Option<String> {
             let text = text.as_ref()?;
             let path = dir.join(name);
@@ -1219,7 +1471,7 @@ impl Pair {
             tunnel_listen: None,
             peer_name: "gw-b".into(),
             peer_public_key: spec.a_peer_key.clone().unwrap_or(key_b.public.clone()),
-            peer_connect: Some(tunnel),
+            peer_connect: Some(spec.a_connect.unwrap_or(tunnel)),
             data_flows: spec.data_flows,
             congestion: None,
             ingress: ingress.clone(),
@@ -1250,15 +1502,20 @@ impl Pair {
         let b_path = dir.join("gw-b.toml");
         fs::write(&a_path, a_config.to_toml()).expect("write gw-a.toml");
         fs::write(&b_path, b_config.to_toml()).expect("write gw-b.toml");
-        let mut b = Gateway::spawn("gw-b", &b_path, &dir.join("gw-b.log"));
-        if let Err(e) = wait_listening(tunnel.port(), TUNNEL_UP_TIMEOUT) {
+        let (ns_a, ns_b) = match &spec.netns {
+            Some(p) => (Some(p.a.clone()), Some(p.b.clone())),
+            None => (None, None),
+        };
+        let mut b = Gateway::spawn_in("gw-b", &b_path, &dir.join("gw-b.log"), ns_b);
+        let b_pid = b.pid().filter(|_| spec.netns.is_some());
+        if let Err(e) = wait_listening_in(b_pid, tunnel.port(), TUNNEL_UP_TIMEOUT) {
             let running = b.is_running();
             panic!(
                 "gw-b: {e} (tunnel_listen = {tunnel}, running: {running}); log:\n{}",
                 b.log_tail(40)
             );
         }
-        let a = Gateway::spawn("gw-a", &a_path, &dir.join("gw-a.log"));
+        let a = Gateway::spawn_in("gw-a", &a_path, &dir.join("gw-a.log"), ns_a);
         Pair {
             dir,
             a,

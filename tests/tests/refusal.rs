@@ -2,6 +2,7 @@
 //!
 //! Needs the release binary: `cargo build --release -p lmas` (or `LMAS_BIN`).
 
+use std::net::TcpListener;
 use std::time::Duration;
 
 use lmas_tests::{
@@ -27,11 +28,14 @@ fn assert_session_works(pair: &mut Pair, ingress_index: usize, sink: &Sink) {
 #[test]
 fn target_not_in_allowlist_is_refused() {
     let allowed = Sink::start();
-    // Something listens at the forbidden target: the refusal must come from the allowlist.
-    let forbidden = Sink::start();
+    // Something listens at the forbidden target: the refusal must come from the allowlist, and
+    // any connection gw-b made to it (even one closed at once) would wait in its accept queue.
+    let forbidden = TcpListener::bind("127.0.0.1:0").expect("bind the forbidden target");
+    forbidden.set_nonblocking(true).expect("set_nonblocking");
+    let f = forbidden.local_addr().expect("local_addr");
     let spec = PairSpec {
         data_flows: 4,
-        ingress: vec![forbidden.addr().to_string(), allowed.addr().to_string()],
+        ingress: vec![f.to_string(), allowed.addr().to_string()],
         egress_allow: vec![allowed.addr().to_string()],
         ..PairSpec::default()
     };
@@ -39,17 +43,20 @@ fn target_not_in_allowlist_is_refused() {
     let (how, took) = expect_closed(pair.ingress[0], REFUSAL_WITHIN)
         .unwrap_or_else(|e| panic!("session to a target not in the allowlist: {e}"));
     eprintln!("refused (allowlist): {how:?} after {took:?}");
-    let f = forbidden.addr();
     pair.b.expect_log(
         &format!("refusing target {f}: not in egress allowlist"),
         LOG_WAIT,
     );
     pair.a
         .expect_log(&format!("peer refused target {f}"), LOG_WAIT);
-    assert!(
-        forbidden.try_recv(Duration::from_millis(300)).is_none(),
-        "gw-b connected to {f} although it is not in its allowlist"
-    );
+    std::thread::sleep(Duration::from_millis(300));
+    match forbidden.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        Ok((_, from)) => {
+            panic!("gw-b connected to {f} (from {from}) although it is not in its allowlist")
+        }
+        Err(e) => panic!("accept on the forbidden target: {e}"),
+    }
     assert_session_works(&mut pair, 1, &allowed);
 }
 

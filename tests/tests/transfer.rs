@@ -223,3 +223,32 @@ fn forced_key_updates_during_a_transfer() {
         pair.logs()
     );
 }
+
+/// [`forced_key_updates_during_a_transfer`] at the size issue 5 names: 1 GiB with keys rotating
+/// every 4 MiB on every connection (a few seconds on loopback).
+#[test]
+fn forced_key_updates_1_gib_soak() {
+    let sink = Sink::start();
+    let mut spec = PairSpec::to_target(8, sink.addr());
+    spec.wan_extra = vec!["rekey_after_bytes = 4194304".into()];
+    let mut pair = Pair::start(&spec);
+    let len = 1u64 << 30;
+    let sent = send(pair.ingress[0], len, 42).expect("send 1 GiB through rotating keys");
+    let got = sink.recv(Duration::from_secs(120));
+    assert_eq!(got.bytes, len);
+    assert_eq!(
+        got.sha256, sent.sha256,
+        "SHA-256 of 1 GiB with key updates every 4 MiB"
+    );
+    let updates = pair.a.count_lines(&["key update"]);
+    eprintln!(
+        "1 GiB with key updates every 4 MiB: {:.1} s, {updates} key updates logged at gw-a",
+        sent.secs
+    );
+    assert!(
+        updates >= 200,
+        "expected >= 200 key updates at gw-a for 1 GiB at 4 MiB each, saw {updates}\n{}",
+        pair.logs()
+    );
+    pair.assert_running();
+}

@@ -16,6 +16,7 @@ mod conn;
 mod egress;
 mod endpoint;
 mod ingress;
+mod pending;
 pub mod sockopt;
 mod tunnel;
 
@@ -29,7 +30,7 @@ use log::{info, warn};
 use ring::rand::{SecureRandom, SystemRandom};
 use socket2::SockRef;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{watch, Notify};
 
 use crate::admin::{Config, Stats, TunnelEnd};
 use crate::protocol::{Message, ResetReason};
@@ -56,7 +57,7 @@ pub struct Gateway {
     started: std::time::Instant,
     tuning: WanTuning,
     current: watch::Sender<Option<Arc<Tunnel>>>,
-    handshakes: Arc<Semaphore>,
+    handshakes: Arc<pending::PendingHandshakes>,
 }
 
 impl Gateway {
@@ -153,7 +154,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         started: std::time::Instant::now(),
         tuning,
         current: watch::channel(None).0,
-        handshakes: Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES)),
+        handshakes: pending::PendingHandshakes::new(MAX_PENDING_HANDSHAKES),
     });
     // Bind everything first so a bad address fails the start, not later.
     let mut listeners = Vec::new();
@@ -298,7 +299,7 @@ async fn dial(
         // The responder just hangs up when it rejects us.
         Ok(Err(ConnError::Closed)) => {
             return Err(DialError::Handshake(ConnError::Io(std::io::Error::other(
-                "peer closed the connection: it does not accept this gateway (check both gateways' peer.public_key, the psk, and the protocol version)",
+                "peer closed the connection during the handshake: it does not accept this gateway (check both gateways' peer.public_key, the psk and the protocol version) or it is overloaded",
             ))))
         }
         Ok(Err(e)) => return Err(DialError::Handshake(e)),
@@ -441,16 +442,19 @@ async fn accept_loop(gateway: Arc<Gateway>, listener: TcpListener) {
                 continue;
             }
         };
-        let Ok(permit) = gateway.handshakes.clone().try_acquire_owned() else {
+        let (slot, evicted) = gateway.handshakes.admit(addr);
+        if let Some(old) = evicted {
             Stats::inc(&gateway.stats.handshakes_busy);
-            warn!("handshake with {addr} refused: {MAX_PENDING_HANDSHAKES} handshakes already pending");
-            continue;
-        };
+            warn!("handshake with {old} dropped: {MAX_PENDING_HANDSHAKES} handshakes pending, evicting the oldest from the busiest source");
+        }
         let gateway = gateway.clone();
         tokio::spawn(async move {
-            let first =
-                tokio::time::timeout(HANDSHAKE_TIMEOUT, accept_handshake(&gateway, stream)).await;
-            drop(permit);
+            let first = tokio::select! {
+                r = tokio::time::timeout(HANDSHAKE_TIMEOUT, accept_handshake(&gateway, stream)) => r,
+                // Reported when it was evicted; nothing more to say.
+                _ = slot.evicted.cancelled() => return,
+            };
+            drop(slot);
             let stats = &gateway.stats;
             match first {
                 Ok(Ok(accepted)) => {
