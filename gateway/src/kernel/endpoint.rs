@@ -11,20 +11,23 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
-use super::sockopt::reset_on_close;
+use super::sockopt::{close_gracefully, reset_on_close};
 use super::tunnel::{wait_until, SessionSignals, Tunnel};
 use crate::protocol::{ResetReason, SessionId};
 use crate::session::{ReadOutcome, SessionError};
 
 /// Runs a session until both directions are done or it is reset. A reset
 /// (from the peer or because of a local error) closes the local connection
-/// with RST, so it travels on to the endpoint.
+/// with RST, so it travels on to the endpoint. Until the session has ended
+/// cleanly the socket is set to reset on close, so if this process dies the
+/// endpoint sees an abort, never a clean end of a truncated stream.
 pub async fn drive(
     tunnel: Arc<Tunnel>,
     id: SessionId,
     signals: Arc<SessionSignals>,
     mut stream: TcpStream,
 ) {
+    reset_on_close(&SockRef::from(&stream));
     let (r, w) = stream.split();
     let pumps = async {
         tokio::join!(
@@ -36,9 +39,9 @@ pub async fn drive(
         _ = signals.reset.cancelled() => {}
         () = pumps => {}
     }
-    if let Some(reason) = signals.reset_reason() {
-        debug!("session {id}: reset: {reason}");
-        reset_on_close(&SockRef::from(&stream));
+    match signals.reset_reason() {
+        Some(reason) => debug!("session {id}: reset: {reason}"),
+        None => close_gracefully(&SockRef::from(&stream)),
     }
 }
 

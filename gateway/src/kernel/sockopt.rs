@@ -192,3 +192,8 @@ pub fn listener(addr: &SocketAddr, transparent: bool) -> io::Result<std::net::Tc
 pub fn reset_on_close(sock: &SockRef<'_>) {
     let _ = sock.set_linger(Some(std::time::Duration::ZERO));
 }
+
+/// Undoes [`reset_on_close`]: the stream ended cleanly, close with FIN.
+pub fn close_gracefully(sock: &SockRef<'_>) {
+    let _ = sock.set_linger(None);
+}
