@@ -36,24 +36,15 @@ the numbers measure the gateways' CPU cost, compare them only within one run.
 EOF
 }
 
-die() {
-    echo "bench-loopback.sh: error: $*" >&2
-    exit 1
-}
+PROG=bench-loopback.sh
+DIE_TAG="error: "
+# shellcheck source-path=SCRIPTDIR source=lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+# shellcheck source-path=SCRIPTDIR source=lib/pair.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/pair.sh"
 
-BUILD=1
-KEEP=0
-for arg in "$@"; do
-    case "$arg" in
-        -h | --help) usage; exit 0 ;;
-        --no-build) BUILD=0 ;;
-        --keep) KEEP=1 ;;
-        *) echo "bench-loopback.sh: error: unknown argument: $arg" >&2; usage >&2; exit 2 ;;
-    esac
-done
+parse_pair_args "$@"
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
 RUNS=${RUNS:-5}
 BYTES=${BYTES:-1073741824}
 FLOWS=${FLOWS:-1 4 8}
@@ -71,123 +62,28 @@ for n in $FLOWS; do
 done
 [[ -n ${FLOWS// /} ]] || die "FLOWS is empty"
 
-if ((BUILD)); then
-    command -v cargo >/dev/null || die "cargo not found; install Rust or use --no-build with LMAS_BIN/LMAS_LOAD_BIN"
-    echo "==> building (cargo build --release -p lmas -p lmas-tests)" >&2
-    (cd "$REPO" && cargo build --release -p lmas -p lmas-tests) ||
-        die "the build failed (see above)"
-fi
-LMAS=${LMAS_BIN:-$TARGET_DIR/release/lmas}
-LOAD=${LMAS_LOAD_BIN:-$TARGET_DIR/release/lmas-load}
-[[ -x $LMAS ]] || die "no lmas binary at $LMAS: run 'cargo build --release -p lmas' (or set LMAS_BIN)"
-[[ -x $LOAD ]] || die "no lmas-load binary at $LOAD: run 'cargo build --release -p lmas-tests' (or set LMAS_LOAD_BIN)"
+find_pair_bins
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/lmas-bench.XXXXXX")
 RES=$WORK/results
 mkdir -p "$RES"
 PIDS=()
+LOG_DIR=""  # directory of the current pair, for failure messages
+pair_traps
 
-stop_pid() {
-    local pid=$1 i
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for ((i = 0; i < 50; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
-    if ((KEEP)); then
-        echo "kept $WORK" >&2
-    else
-        rm -rf "$WORK"
-    fi
-}
-trap cleanup EXIT
-trap 'echo "bench-loopback.sh: error: command failed (exit $?) at line $LINENO: $BASH_COMMAND" >&2' ERR
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-CUR=""  # directory of the current pair, for failure messages
-fail() {
-    local f
-    echo "bench-loopback.sh: error: $*" >&2
-    if [[ -n $CUR ]]; then
-        for f in "$CUR"/gw-a.log "$CUR"/gw-b.log; do
-            [[ -f $f ]] || continue
-            echo "--- last lines of $f:" >&2
-            tail -n 20 "$f" >&2
-        done
-    fi
-    exit 1
-}
-
-wait_log() {
-    local file=$1 text=$2 secs=$3 pid=$4 i
-    for ((i = 0; i < secs * 10; i++)); do
-        grep -qF -- "$text" "$file" 2>/dev/null && return 0
-        kill -0 "$pid" 2>/dev/null || {
-            grep -qF -- "$text" "$file" 2>/dev/null && return 0
-            fail "process $pid exited before logging '$text' in $file"
-        }
-        sleep 0.1
-    done
-    fail "no '$text' in $file after ${secs}s"
-}
-
-wait_listen() {
-    local hex i
-    hex=$(printf ':%04X' "$1")
-    for ((i = 0; i < $2 * 10; i++)); do
-        awk -v p="$hex" 'NR > 1 && $4 == "0A" && substr($2, length($2) - 4) == p { f = 1 } END { exit !f }' \
-            /proc/net/tcp /proc/net/tcp6 2>/dev/null && return 0
-        sleep 0.1
-    done
-    fail "nothing listens on port $1 after ${2}s"
-}
-
-field() {
-    sed -n "s/.*\\b$1=\\([^ ]*\\).*/\\1/p" <<<"$2"
-}
-
-# Removes a pid from PIDS after it was stopped.
-forget_pid() {
-    local p keep=()
-    for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
-    PIDS=("${keep[@]}")
-}
-
+# vm_hwm_kib PID: the peak RSS of PID in KiB (NA when unknown).
 vm_hwm_kib() {
     awk '/^VmHWM:/ { print $2; found = 1 } END { if (!found) print "NA" }' "/proc/$1/status" 2>/dev/null || echo NA
 }
 
-# transfer NAME ADDR SINKPORT: one transfer of BYTES; appends Mbit/s to $RES/NAME.mbit.
+# transfer NAME ADDR SINKPORT ROUND: one transfer of BYTES (seed ROUND); appends Mbit/s to $RES/NAME.mbit.
 transfer() {
-    local name=$1 addr=$2 sink_port=$3 tag=$4 sink_pid src_pid i src sink out
+    local name=$1 addr=$2 sink_port=$3 tag=$4 src sink out
     out=$WORK/xfer-$name-$tag
     mkdir -p "$out"
-    "$LOAD" sink --listen "127.0.0.1:$sink_port" --count 1 >"$out/sink.out" 2>"$out/sink.err" &
-    sink_pid=$!
-    PIDS+=("$sink_pid")
-    wait_log "$out/sink.err" "listening on" 10 "$sink_pid"
-    # In the background so that a signal interrupts `wait` and the trap cleans up at once.
-    "$LOAD" source --connect "$addr" --bytes "$BYTES" --seed "$tag" >"$out/source.out" 2>"$out/source.err" &
-    src_pid=$!
-    PIDS+=("$src_pid")
-    wait "$src_pid" || fail "$name: the source failed: $(cat "$out/source.err")"
-    forget_pid "$src_pid"
-    for ((i = 0; i < 300; i++)); do
-        kill -0 "$sink_pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -0 "$sink_pid" 2>/dev/null && fail "$name: the sink did not finish 30 s after the source"
-    wait "$sink_pid" || fail "$name: the sink failed: $(cat "$out/sink.err")"
-    forget_pid "$sink_pid"
-    src=$(cat "$out/source.out")
-    sink=$(cat "$out/sink.out")
+    load_transfer "$name" "$addr" "$sink_port" "$BYTES" "$tag" "$out/sink" "$out/source"
+    src=$SRC_LINE
+    sink=$SINK_LINE
     if [[ -z $src || -z $sink || $(field sha256 "$src") != "$(field sha256 "$sink")" || $(field bytes "$src") != "$(field bytes "$sink")" ]]; then
         fail "$name: the sink's SHA-256/bytes differ from the source's: source '$src', sink '$sink'"
     fi
@@ -197,10 +93,7 @@ transfer() {
 
 KEY_DIR=$WORK/keys
 mkdir -p "$KEY_DIR"
-"$LMAS" keygen --out "$KEY_DIR/gw-a.key" >/dev/null || die "lmas keygen failed"
-"$LMAS" keygen --out "$KEY_DIR/gw-b.key" >/dev/null || die "lmas keygen failed"
-PUB_A=$(tr -d '\n' <"$KEY_DIR/gw-a.key.pub")
-PUB_B=$(tr -d '\n' <"$KEY_DIR/gw-b.key.pub")
+pair_keygen "$KEY_DIR"
 
 # run_pair N ROUND: starts a pair with data_flows N, sends BYTES through it, records goodput
 # and both gateways' VmHWM, stops the pair.
@@ -208,53 +101,14 @@ run_pair() {
     local n=$1 round=$2 dir ports sink_port tunnel_port ingress_port a_pid b_pid
     dir=$WORK/flows$n-round$round
     mkdir -p "$dir"
-    CUR=$dir
+    LOG_DIR=$dir
     ports=$("$LOAD" free-ports 3) || die "lmas-load free-ports failed"
     read -r sink_port tunnel_port ingress_port <<<"${ports//$'\n'/ }"
-    cat >"$dir/gw-a.toml" <<EOF
-[gateway]
-name = "gw-a"
-private_key_file = "$KEY_DIR/gw-a.key"
-
-[peer]
-name = "gw-b"
-public_key = "$PUB_B"
-connect = "127.0.0.1:$tunnel_port"
-
-[wan]
-data_flows = $n
-
-[[ingress]]
-mode = "listen"
-bind = "127.0.0.1:$ingress_port"
-target = "127.0.0.1:$sink_port"
-EOF
-    cat >"$dir/gw-b.toml" <<EOF
-[gateway]
-name = "gw-b"
-private_key_file = "$KEY_DIR/gw-b.key"
-tunnel_listen = "127.0.0.1:$tunnel_port"
-
-[peer]
-name = "gw-a"
-public_key = "$PUB_A"
-
-[wan]
-data_flows = $n
-
-[egress]
-allow = ["127.0.0.1:$sink_port"]
-EOF
-    "$LMAS" run --config "$dir/gw-b.toml" 2>"$dir/gw-b.log" &
-    b_pid=$!
-    PIDS+=("$b_pid")
-    wait_listen "$tunnel_port" 20
-    "$LMAS" run --config "$dir/gw-a.toml" 2>"$dir/gw-a.log" &
-    a_pid=$!
-    PIDS+=("$a_pid")
-    wait_log "$dir/gw-a.log" "tunnel up: peer gw-b" 20 "$a_pid"
-    wait_log "$dir/gw-b.log" "tunnel up: peer gw-a" 20 "$b_pid"
-    wait_log "$dir/gw-a.log" "listening on 127.0.0.1:$ingress_port" 20 "$a_pid"
+    write_pair_configs "$dir" "$KEY_DIR/gw-a.key" "$KEY_DIR/gw-b.key" "127.0.0.1:$tunnel_port" \
+        "127.0.0.1:$ingress_port" "127.0.0.1:$sink_port" "$n" "" ""
+    start_pair "$dir" "$tunnel_port" "$ingress_port"
+    a_pid=$A_PID
+    b_pid=$B_PID
     transfer "flows$n" "127.0.0.1:$ingress_port" "$sink_port" "$round"
     if ! kill -0 "$a_pid" 2>/dev/null || ! kill -0 "$b_pid" 2>/dev/null; then
         fail "flows=$n: a gateway exited during the transfer"
@@ -265,7 +119,7 @@ EOF
     stop_pid "$b_pid"
     forget_pid "$a_pid"
     forget_pid "$b_pid"
-    CUR=""
+    LOG_DIR=""
 }
 
 CONFIGS=(direct)

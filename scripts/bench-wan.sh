@@ -6,6 +6,9 @@ set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 LAB="$REPO/scripts/lab.sh"
+PROG=bench-wan.sh
+# shellcheck source-path=SCRIPTDIR source=lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
 RTTS="0 10 50 100 200"
 LOSSES="0 0.1 1"
@@ -50,8 +53,6 @@ bench.log. Needs root; see scripts/lab.sh --help.
 EOF
 }
 
-die() { echo "bench-wan.sh: $*" >&2; exit 1; }
-
 while (($#)); do
     case $1 in
         --rtts) RTTS=$2; shift 2 ;;
@@ -68,7 +69,7 @@ while (($#)); do
     esac
 done
 
-[[ $(id -u) -eq 0 ]] || die "must run as root (network namespaces)"
+is_root || die "must run as root (network namespaces)"
 command -v iperf3 >/dev/null || die "iperf3 not found (apt-get install iperf3)"
 OUT=${OUT:-$REPO/target/bench-wan/$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
@@ -81,7 +82,6 @@ if ! python3 -c 'import matplotlib' 2>/dev/null && [[ -x /usr/bin/python3 ]]; th
 
 # Addresses as set up by lab.sh.
 DST_IP=10.0.3.2
-NSX() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 
 # ---------------------------------------------------------------------------------------------
 # Modes. A mode function runs one transfer under the current link settings and prints the
@@ -101,7 +101,7 @@ iperf_server() {
 # iperf3_run ARGS... → Mbit/s received (sum over streams)
 iperf3_run() {
     local json
-    json=$(NSX src-host iperf3 -c $DST_IP -p 5201 -t "$DURATION" --connect-timeout 5000 -J "$@" 2>>"$LOG") || true
+    json=$(nsx src-host iperf3 -c $DST_IP -p 5201 -t "$DURATION" --connect-timeout 5000 -J "$@" 2>>"$LOG") || true
     echo "$json" >>"$LOG"
     $PY -c '
 import json, sys
@@ -193,10 +193,7 @@ cpu_pct() { # TICKS_BEFORE TICKS_AFTER SECONDS
     awk -v a="$1" -v b="$2" -v s="$3" -v hz="$CLK_TCK" 'BEGIN { if (s > 0) printf "%.0f", (b - a) / hz / s * 100 }'
 }
 
-lost_pkts() {
-    "$LINKEMU_BIN" stats --name lab-wan 2>/dev/null |
-        awk '{for (i = 1; i <= NF; i++) if ($i ~ /^lost_pkts=/) {split($i, a, "="); s += a[2]}} END {print s + 0}'
-}
+lost_pkts() { link_lost_pkts "$LINKEMU_BIN" lab-wan 2>/dev/null; }
 
 for rtt in "${rtts[@]}"; do
     for loss in "${losses[@]}"; do
@@ -277,6 +274,6 @@ EOF
 if ((PLOT)); then
     { $PY "$REPO/scripts/plot-wan.py" "$OUT/summary.csv" -o "$OUT/goodput.png" &&
         $PY "$REPO/scripts/plot-wan.py" "$OUT/summary.csv" --log -o "$OUT/goodput-log.png"; } ||
-        echo "bench-wan.sh: plotting failed (needs python3-matplotlib)" >&2
+        log "plotting failed (needs python3-matplotlib)"
 fi
 echo "results: $OUT/summary.csv $OUT/runs.csv${PLOT:+ $OUT/goodput.png}" >&2

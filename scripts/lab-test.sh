@@ -9,6 +9,9 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PROG=lab-test.sh
+# shellcheck source-path=SCRIPTDIR source=lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 LAB="$REPO/scripts/lab.sh"
 BYTES=${LAB_TEST_BYTES:-$((64 * 1024 * 1024))}
 TIMEOUT=${LAB_TEST_TIMEOUT:-300}
@@ -24,13 +27,9 @@ esac
 skip() { echo "SKIP: lab test: $*"; exit 0; }
 fail() { echo "FAIL: lab test: $*" >&2; exit 1; }
 
-[[ $(id -u) -eq 0 ]] || skip "needs root to create network namespaces (run as root, e.g. in CI)"
+is_root || skip "needs root to create network namespaces (run as root, e.g. in CI)"
 command -v ip >/dev/null || skip "iproute2 (ip) not installed"
-probe=lmas-labtest-probe-$$
-if ! ip netns add "$probe" 2>/dev/null; then
-    skip "network namespaces are unavailable here (ip netns add failed)"
-fi
-ip netns del "$probe"
+netns_usable "lmas-labtest-probe-$$" || skip "network namespaces are unavailable here (ip netns add failed)"
 for tool in ethtool iptables tc; do
     command -v $tool >/dev/null || fail "$tool not installed (see docs/LAB.md for the packages)"
 done
@@ -55,14 +54,11 @@ ip netns list | grep -q '^wan\b' || created=1
 "$LAB" set --rtt 50 --loss 0.5 --rate 1000 >/dev/null || fail "scripts/lab.sh set failed"
 "$LAB" gateways up --flows "$FLOWS" || fail "gateways did not come up"
 
-lost_pkts() {
-    "$LINKEMU" stats --name lab-wan | awk '{for (i = 1; i <= NF; i++) if ($i ~ /^lost_pkts=/) {split($i, a, "="); s += a[2]}} END {print s + 0}'
-}
-lost0=$(lost_pkts)
+lost0=$(link_lost_pkts "$LINKEMU" lab-wan)
 t0=$(date +%s)
 if ! mbps=$("$LAB" transfer --bytes "$BYTES" --timeout "$TIMEOUT"); then
     fail "transfer through LMAS failed (logs: /run/lmas-lab/gw-a.log, gw-b.log)"
 fi
-lost=$(($(lost_pkts) - lost0))
+lost=$(($(link_lost_pkts "$LINKEMU" lab-wan) - lost0))
 echo "PASS: lab test: $BYTES bytes through LMAS ($FLOWS flows) over RTT 50 ms / 0.5 % loss," \
     "SHA-256 equal, $mbps Mbit/s, $(($(date +%s) - t0)) s, link dropped $lost packets"

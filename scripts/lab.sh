@@ -9,6 +9,11 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PROG=lab.sh
+# shellcheck source-path=SCRIPTDIR source=lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+# shellcheck source-path=SCRIPTDIR source=lib/pair.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/pair.sh"
 NAMESPACES=(src-host gw-a wan gw-b dst-host)
 LINK_NAME=${LINK_NAME:-lab-wan}
 RUN_DIR=${LAB_RUN_DIR:-/run/lmas-lab}
@@ -71,11 +76,8 @@ Needs root, iproute2, ethtool, iptables, and to build linkemu: cargo, clang, lib
 EOF
 }
 
-die() { echo "lab.sh: $*" >&2; exit 1; }
-log() { echo "lab.sh: $*" >&2; }
-
 need_root() {
-    [[ $(id -u) -eq 0 ]] || die "must run as root (it creates network namespaces, veths, XDP and netfilter rules)"
+    is_root || die "must run as root (it creates network namespaces, veths, XDP and netfilter rules)"
     command -v ip >/dev/null || die "iproute2 (ip) not found"
     command -v ethtool >/dev/null || die "ethtool not found"
     command -v iptables >/dev/null || die "iptables not found"
@@ -96,8 +98,6 @@ linkemu_bin() {
     fi
     echo "$bin"
 }
-
-nsx() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 
 lab_exists() {
     local ns
@@ -318,9 +318,11 @@ cmd_down() {
         # Whatever still runs in a lab namespace was started for the lab (gateways, iperf3).
         pids=$(ip netns pids "$ns" 2>/dev/null || true)
         if [[ -n $pids ]]; then
+            # shellcheck disable=SC2086  # one pid a word
             kill $pids 2>/dev/null || true
             sleep 0.5
             pids=$(ip netns pids "$ns" 2>/dev/null || true)
+            # shellcheck disable=SC2086  # one pid a word
             [[ -z $pids ]] || kill -9 $pids 2>/dev/null || true
         fi
     done
@@ -357,14 +359,10 @@ bin_path() { # NAME ENVVAR PACKAGE
 }
 
 gw_stop() {
-    local gw pid
+    local gw
     for gw in gw-a gw-b; do
         [[ -f $RUN_DIR/$gw.pid ]] || continue
-        pid=$(cat "$RUN_DIR/$gw.pid")
-        if kill "$pid" 2>/dev/null; then
-            for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-            kill -9 "$pid" 2>/dev/null || true
-        fi
+        stop_pid "$(cat "$RUN_DIR/$gw.pid")"
         rm -f "$RUN_DIR/$gw.pid"
     done
 }
@@ -392,44 +390,9 @@ cmd_gateways() {
     mkdir -p "$dir"
     [[ -f $dir/gw-a.key ]] || "$lmas" keygen --out "$dir/gw-a.key" >/dev/null
     [[ -f $dir/gw-b.key ]] || "$lmas" keygen --out "$dir/gw-b.key" >/dev/null
-    cat >"$dir/gw-a.toml" <<EOT
-# written by scripts/lab.sh gateways up
-[gateway]
-name = "gw-a"
-private_key_file = "gw-a.key"
-
-[peer]
-name = "gw-b"
-public_key = "$(tr -d '\n' <"$dir/gw-b.key.pub")"
-connect = "$GWB_WAN_IP:$GW_PORT"
-
-[wan]
-data_flows = $flows
-${cc:+congestion = \"$cc\"}
-
-[[ingress]]
-mode = "listen"
-bind = "$GWA_LAN_IP:$INGRESS_PORT"
-target = "$DST_IP:$TARGET_PORT"
-EOT
-    cat >"$dir/gw-b.toml" <<EOT
-# written by scripts/lab.sh gateways up
-[gateway]
-name = "gw-b"
-private_key_file = "gw-b.key"
-tunnel_listen = "$GWB_WAN_IP:$GW_PORT"
-
-[peer]
-name = "gw-a"
-public_key = "$(tr -d '\n' <"$dir/gw-a.key.pub")"
-
-[wan]
-data_flows = $flows
-${cc:+congestion = \"$cc\"}
-
-[egress]
-allow = ["$DST_IP:$TARGET_PORT"]
-EOT
+    write_pair_configs "$dir" gw-a.key gw-b.key "$GWB_WAN_IP:$GW_PORT" "$GWA_LAN_IP:$INGRESS_PORT" \
+        "$DST_IP:$TARGET_PORT" "$flows" "# written by scripts/lab.sh gateways up" \
+        "# written by scripts/lab.sh gateways up" "${cc:+congestion = \"$cc\"}"
     local gw
     for gw in gw-b gw-a; do
         "$lmas" check-config "$dir/$gw.toml" >/dev/null || die "$gw config rejected (see $dir/$gw.toml)"
@@ -438,7 +401,7 @@ EOT
         echo $! >"$RUN_DIR/$gw.pid"
     done
     for _ in $(seq 200); do
-        if grep -q "tunnel up" "$RUN_DIR/gw-a.log" && grep -q "tunnel up" "$RUN_DIR/gw-b.log"; then
+        if all_logged "tunnel up" "$RUN_DIR/gw-a.log" "$RUN_DIR/gw-b.log"; then
             log "gateways up: $flows data flows, WAN congestion control ${cc:-default} (logs: $RUN_DIR/gw-*.log)"
             return
         fi
@@ -494,10 +457,10 @@ cmd_transfer() {
     rm -f "$sink_out" "$src_out"
     ((rc == 0)) || die "transfer failed (exit $rc)"
     local sh_src sh_sink n_sink secs
-    sh_src=$(sed -n 's/.*sha256=\([0-9a-f]*\).*/\1/p' <<<"$src_line")
-    sh_sink=$(sed -n 's/.*sha256=\([0-9a-f]*\).*/\1/p' <<<"$sink_line")
-    n_sink=$(sed -n 's/^bytes=\([0-9]*\).*/\1/p' <<<"$sink_line")
-    secs=$(sed -n 's/.*secs=\([0-9.]*\).*/\1/p' <<<"$sink_line")
+    sh_src=$(field sha256 "$src_line")
+    sh_sink=$(field sha256 "$sink_line")
+    n_sink=$(field bytes "$sink_line")
+    secs=$(field secs "$sink_line")
     [[ -n $sh_src && $sh_src == "$sh_sink" && $n_sink == "$bytes" ]] ||
         die "transfer corrupted: sent $bytes bytes sha256=$sh_src, received ${n_sink:-?} bytes sha256=${sh_sink:-?}"
     awk -v b="$bytes" -v s="$secs" 'BEGIN { if (s > 0) printf "%.1f\n", b * 8 / s / 1e6; else print "nan" }'

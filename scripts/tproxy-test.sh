@@ -15,20 +15,22 @@ if [[ ${1:-} == -h || ${1:-} == --help ]]; then
     exit 0
 fi
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PROG=tproxy-test.sh
+# shellcheck source-path=SCRIPTDIR source=lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
 LMAS=${LMAS_BIN:-$TARGET_DIR/release/lmas}
 LOAD=${LMAS_LOAD_BIN:-$TARGET_DIR/release/lmas-load}
 BYTES=${BYTES:-64M}
 
-if [[ $(id -u) -ne 0 ]]; then
+if ! is_root; then
     echo "SKIP: tproxy-test needs root (network namespaces, TPROXY rules)"
     exit 0
 fi
-if ! ip netns add lmtp-probe 2>/dev/null; then
+if ! netns_usable lmtp-probe; then
     echo "SKIP: tproxy-test: cannot create network namespaces here"
     exit 0
 fi
-ip netns del lmtp-probe
 for bin in "$LMAS" "$LOAD"; do
     [[ -x $bin ]] || { echo "tproxy-test: missing $bin (cargo build --release --workspace)" >&2; exit 1; }
 done
@@ -48,7 +50,6 @@ cleanup() {
 }
 trap cleanup EXIT
 for ns in lmtp-client lmtp-gw lmtp-dst; do ip netns del "$ns" 2>/dev/null || true; ip netns add "$ns"; done
-nsx() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 
 ip link add lmtp-c type veth peer name lmtp-gc
 ip link add lmtp-d type veth peer name lmtp-gd
@@ -113,7 +114,7 @@ CONF
 nsx lmtp-gw "$LMAS" run --config "$WORK/b.toml" 2>"$WORK/b.log" &
 nsx lmtp-gw "$LMAS" run --config "$WORK/a.toml" 2>"$WORK/a.log" &
 for _ in $(seq 100); do
-    grep -q "tunnel up" "$WORK/a.log" 2>/dev/null && grep -q "tunnel up" "$WORK/b.log" 2>/dev/null && break
+    all_logged "tunnel up" "$WORK/a.log" "$WORK/b.log" && break
     sleep 0.1
 done
 grep -q "tunnel up" "$WORK/a.log" || { echo "tproxy-test: tunnel did not come up" >&2; exit 1; }
@@ -123,8 +124,8 @@ SINK=$!
 sleep 0.3
 SRC=$(nsx lmtp-client timeout 60 "$LOAD" source --connect 10.231.1.2:5000 --bytes "$BYTES")
 wait "$SINK"
-src_hash=$(sed -n 's/.*sha256=\([0-9a-f]*\).*/\1/p' <<<"$SRC")
-dst_hash=$(sed -n 's/.*sha256=\([0-9a-f]*\).*/\1/p' "$WORK/sink.out")
+src_hash=$(field sha256 "$SRC")
+dst_hash=$(field sha256 "$(cat "$WORK/sink.out")")
 # The session must really have gone through the gateways, to the original destination.
 grep -q "10.231.0.2:[0-9]* -> 10.231.1.2:5000" "$WORK/a.log" || { echo "tproxy-test: gateway A did not intercept the connection" >&2; exit 1; }
 grep -q "\-> 10.231.1.2:5000 connected" "$WORK/b.log" || { echo "tproxy-test: gateway B did not connect the original destination" >&2; exit 1; }

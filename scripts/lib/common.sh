@@ -1,0 +1,49 @@
+# shellcheck shell=bash
+# common.sh: helpers shared by the scripts in scripts/. Source it; it only defines functions.
+# The sourcing script sets PROG to its own name (e.g. PROG=lab.sh): messages start with it.
+# DIE_TAG (optional) goes between "PROG: " and die's message (e.g. DIE_TAG="error: ").
+
+# log MSG...: prints "PROG: MSG" on stderr.
+log() { echo "$PROG: $*" >&2; }
+
+# die MSG...: prints "PROG: DIE_TAG MSG" on stderr and exits 1.
+die() { log "${DIE_TAG:-}$*"; exit 1; }
+
+# is_root: succeeds when running as root.
+is_root() { [[ $(id -u) -eq 0 ]]; }
+
+# netns_usable NAME: succeeds when a network namespace NAME can be created (it is deleted again).
+netns_usable() { ip netns add "$1" 2>/dev/null || return 1; ip netns del "$1"; }
+
+# nsx NS CMD...: runs CMD in network namespace NS.
+nsx() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
+
+# field NAME LINE: the value of NAME=... in LINE (e.g. sha256, bytes, secs, mbit_s of lmas-load).
+field() {
+    sed -n "s/.*\\b$1=\\([^ ]*\\).*/\\1/p" <<<"$2"
+}
+
+# all_logged TEXT FILE...: succeeds when every FILE contains TEXT (e.g. "tunnel up").
+all_logged() {
+    local text=$1 f
+    shift
+    for f in "$@"; do grep -q -- "$text" "$f" 2>/dev/null || return 1; done
+}
+
+# stop_pid PID: SIGTERM, then SIGKILL after 5 s; reaps it if it is our child.
+stop_pid() {
+    local pid=$1 i
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for ((i = 0; i < 50; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+# link_lost_pkts LINKEMU NAME: packets the emulated link NAME has dropped so far (both ways).
+link_lost_pkts() {
+    "$1" stats --name "$2" |
+        awk '{for (i = 1; i <= NF; i++) if ($i ~ /^lost_pkts=/) {split($i, a, "="); s += a[2]}} END {print s + 0}'
+}
