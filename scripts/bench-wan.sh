@@ -19,6 +19,7 @@ MODES="direct direct-p8"
 OUT=""
 PLOT=1
 LMAS_BYTES=$((1024 * 1024 * 1024))
+LMAS_TIMEOUT=600
 
 usage() {
     cat <<EOF
@@ -35,6 +36,7 @@ Options:
   --duration S        seconds per iperf3 run          [$DURATION]
   --modes "LIST"      modes to run                    [$MODES]
   --lmas-bytes N      bytes per transfer in lmas modes [$LMAS_BYTES]
+  --lmas-timeout S    give up on a transfer after S s (recorded as nan) [$LMAS_TIMEOUT]
   --out DIR           output directory                [target/bench-wan/DATE]
   --no-plot           skip the PNG
   -h, --help
@@ -44,7 +46,7 @@ goodput in Mbit/s on stdout):
   direct              iperf3, one TCP stream, src-host → dst-host (hosts: CUBIC, stock buffers)
   direct-p8           iperf3 -P 8 (the "parallel application" peer)
   lmas-N[-CC]         through the LMAS gateway pair with N data flows and WAN congestion
-                      control CC (default cubic), e.g. lmas-8, lmas-16-bbr: a sized transfer
+                      control CC (default: the gateway's, bbr), e.g. lmas-8, lmas-8-cubic: a sized transfer
                       with lmas-load, SHA-256 checked at the receiver
 
 Outputs in DIR: runs.csv (every run, with the packets the link dropped meanwhile),
@@ -62,6 +64,7 @@ while (($#)); do
         --duration) DURATION=$2; shift 2 ;;
         --modes) MODES=$2; shift 2 ;;
         --lmas-bytes) LMAS_BYTES=$2; shift 2 ;;
+        --lmas-timeout) LMAS_TIMEOUT=$2; shift 2 ;;
         --out) OUT=$2; shift 2 ;;
         --no-plot) PLOT=0; shift ;;
         -h | --help) usage; exit 0 ;;
@@ -123,10 +126,10 @@ LMAS_CUR=""
 lmas_mode() {
     local flows=$1 cc=$2
     if [[ $LMAS_CUR != "$flows-$cc" ]]; then
-        "$LAB" gateways up --flows "$flows" --congestion "$cc" >>"$LOG" 2>&1 || { echo nan; return; }
+        "$LAB" gateways up --flows "$flows" ${cc:+--congestion "$cc"} >>"$LOG" 2>&1 || { echo nan; return; }
         LMAS_CUR="$flows-$cc"
     fi
-    "$LAB" transfer --bytes "$LMAS_BYTES" 2>>"$LOG" || echo nan
+    "$LAB" transfer --bytes "$LMAS_BYTES" --timeout "$LMAS_TIMEOUT" 2>>"$LOG" || echo nan
 }
 mode_cleanup_lmas() { "$LAB" gateways down >>"$LOG" 2>&1 || true; LMAS_CUR=""; }
 
@@ -138,7 +141,7 @@ run_mode() {
         lmas-*)
             local rest=${mode#lmas-} flows cc
             flows=${rest%%-*}
-            cc=cubic
+            cc=""
             [[ $rest == *-* ]] && cc=${rest#*-}
             [[ $flows =~ ^[0-9]+$ ]] || die "bad mode $mode (lmas-N or lmas-N-CC)"
             lmas_mode "$flows" "$cc"

@@ -2,7 +2,8 @@
 # test.sh: the whole test suite, as CI runs it.
 #   formatting and lints, unit + property tests, end-to-end tests that start the
 #   real `lmas` binaries on loopback, and the lab tests in network namespaces
-#   (those skip with a clear message where they cannot run).
+#   (those skip with a clear message where they cannot run), and a short run of every
+#   fuzz target (FUZZ_SECONDS each, default 10; skipped without a nightly toolchain).
 set -euo pipefail
 
 if [[ ${1:-} == -h || ${1:-} == --help ]]; then
@@ -25,3 +26,5 @@ if [[ -x scripts/lab-test.sh ]]; then
     echo "== lab test (network namespaces)"
     scripts/lab-test.sh
 fi
+echo "== fuzz smoke (${FUZZ_SECONDS:-10} s per target)"
+scripts/fuzz.sh "${FUZZ_SECONDS:-10}"

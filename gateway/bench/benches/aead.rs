@@ -1,7 +1,7 @@
 //! AES-256-GCM seal+open throughput of the three candidate implementations,
 //! on the frame sizes the gateway uses (16 KiB and 64 KiB records).
 //!
-//! Run: `cargo bench -p lmas --bench aead`. Throughput is reported per
+//! Run: `cargo bench --manifest-path gateway/bench/Cargo.toml --bench aead`. Throughput is reported per
 //! seal+open pair of one frame (bytes = frame size), so 1 GiB/s here means
 //! the sender and receiver together spend one core-second per GiB.
 
