@@ -4,7 +4,9 @@
 One panel per loss rate, one line per mode (median, with min–max as error bars), the link
 rate as a dashed ceiling. Usage:
 
-    scripts/plot-wan.py bench-out/wan-DATE/summary.csv -o goodput.png [--log]
+    scripts/plot-wan.py bench-out/wan-DATE/summary.csv [MORE.csv ...] -o goodput.png [--log]
+
+Several summaries (e.g. a direct-baseline run and an LMAS run) are plotted together.
 
 Needs matplotlib (Debian: python3-matplotlib; run with /usr/bin/python3 if a pyenv python
 lacks it).
@@ -24,13 +26,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("summary", help="summary.csv written by scripts/bench-wan.sh")
+    ap.add_argument("summary", nargs="+", help="summary.csv files written by scripts/bench-wan.sh")
     ap.add_argument("-o", "--out", default="goodput.png", help="PNG to write")
     ap.add_argument("--log", action="store_true", help="logarithmic goodput axis")
     ap.add_argument("--title", default="One TCP stream over the emulated WAN (median of runs)")
     args = ap.parse_args()
 
-    rows = list(csv.DictReader(open(args.summary)))
+    rows = [r for path in args.summary for r in csv.DictReader(open(path))]
     if not rows:
         print("plot-wan.py: no rows in", args.summary, file=sys.stderr)
         return 1
