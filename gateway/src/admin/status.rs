@@ -26,6 +26,8 @@ pub struct TunnelStatus {
     pub buffered_bytes: u64,
     pub connections: Vec<ConnectionStatus>,
     pub sessions: Vec<SessionStatus>,
+    /// The session core's counters for this tunnel (frames, resends, duplicates).
+    pub counters: BTreeMap<String, u64>,
 }
 
 /// One WAN TCP connection: the control connection or a data flow.
@@ -96,6 +98,7 @@ impl Status {
                     t.peer,
                     bytes(t.buffered_bytes)
                 );
+                let _ = writeln!(out, "  {}", nonzero(&t.counters));
                 let _ = writeln!(
                     out,
                     "\n  {:<8} {:<22} {:>10} {:>10} {:>9} {:>6} {:>8}",
@@ -163,22 +166,22 @@ impl Status {
                 }
             }
         }
-        let nonzero: Vec<String> = self
-            .counters
-            .iter()
-            .filter(|(_, v)| **v > 0)
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        let _ = writeln!(
-            out,
-            "\ncounters: {}",
-            if nonzero.is_empty() {
-                "all zero".into()
-            } else {
-                nonzero.join(" ")
-            }
-        );
+        let _ = writeln!(out, "\ncounters: {}", nonzero(&self.counters));
         out
+    }
+}
+
+/// `name=value` for every counter that is not zero.
+fn nonzero(counters: &BTreeMap<String, u64>) -> String {
+    let parts: Vec<String> = counters
+        .iter()
+        .filter(|(_, v)| **v > 0)
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if parts.is_empty() {
+        "all zero".into()
+    } else {
+        parts.join(" ")
     }
 }
 

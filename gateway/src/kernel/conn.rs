@@ -283,11 +283,6 @@ impl<W: AsyncWrite + Unpin> RecordWriter<W> {
         Ok(())
     }
 
-    /// How many times this writer moved to a new key.
-    pub fn rekeys(&self) -> u64 {
-        self.rekeys
-    }
-
     fn seal(&mut self, msg: &Message) -> Result<(), ConnError> {
         let start = self.out.len();
         self.out.resize(start + RECORD_HEADER_LEN, 0);

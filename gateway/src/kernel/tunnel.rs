@@ -560,6 +560,7 @@ impl Tunnel {
             buffered_bytes: inner.core.buffered(),
             connections,
             sessions,
+            counters: inner.core.counters().snapshot(),
         }
     }
 }

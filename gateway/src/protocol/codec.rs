@@ -96,11 +96,6 @@ impl<'a> Reader<'a> {
         self.buf.len()
     }
 
-    /// Everything left; consumes the reader.
-    pub fn rest(self) -> &'a [u8] {
-        self.buf
-    }
-
     /// Succeeds only if the whole input was consumed.
     pub fn finish(self) -> Result<(), DecodeError> {
         match self.buf.len() {

@@ -351,11 +351,6 @@ impl DataFrame {
         out.put_u8(self.flags);
         out.put_u32(self.payload.len() as u32);
     }
-
-    /// Offset one past the last payload byte.
-    pub fn end(&self) -> u64 {
-        self.offset + self.payload.len() as u64
-    }
 }
 
 #[cfg(test)]

@@ -73,5 +73,23 @@ pub struct Counters {
     pub resyncs: u64,
 }
 
+impl Counters {
+    /// Name and value of every counter, for status output.
+    pub fn snapshot(&self) -> std::collections::BTreeMap<String, u64> {
+        [
+            ("data_frames_in", self.data_frames_in),
+            ("data_frames_out", self.data_frames_out),
+            ("duplicate_bytes_in", self.duplicate_bytes_in),
+            ("resent_bytes", self.resent_bytes),
+            ("flows_lost", self.flows_lost),
+            ("protocol_errors", self.protocol_errors),
+            ("resyncs", self.resyncs),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -69,10 +69,6 @@ impl Reassembler {
         self.buffered
     }
 
-    pub fn fin(&self) -> Option<u64> {
-        self.fin
-    }
-
     pub fn is_finished(&self) -> bool {
         self.fin == Some(self.delivered)
     }

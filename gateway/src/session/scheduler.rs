@@ -58,10 +58,6 @@ impl Scheduler {
         self.resend.pop_front()
     }
 
-    pub fn has_resends(&self) -> bool {
-        !self.resend.is_empty()
-    }
-
     /// Records that `flow` carried a range.
     ///
     /// # Panics

@@ -83,7 +83,6 @@ struct Session {
     recv: Reassembler,
     /// Whether the session sits in the scheduler's ready queue.
     queued: bool,
-    fin_sent: bool,
     /// Cumulative ack we last sent, and since when a newer one is pending.
     ack_sent: u64,
     ack_pending_since: Option<Instant>,
@@ -150,10 +149,6 @@ impl TunnelCore {
             counters: Counters::default(),
             tombstones: VecDeque::new(),
         }
-    }
-
-    pub fn side(&self) -> Side {
-        self.side
     }
 
     pub fn counters(&self) -> &Counters {
@@ -269,7 +264,6 @@ impl TunnelCore {
             return Ok(());
         }
         let offset = s.send.finish();
-        s.fin_sent = true;
         self.push_control(Message::Fin {
             session: id,
             offset,
@@ -635,7 +629,6 @@ impl TunnelCore {
             send: SendStream::new(0),
             recv: Reassembler::new(self.limits.session_window),
             queued: false,
-            fin_sent: false,
             ack_sent: 0,
             ack_pending_since: None,
         }
