@@ -4,14 +4,18 @@
 //! - [`handshake`]: a sans-IO Noise `IK` (or `IKpsk2`) handshake per TCP
 //!   connection, which authenticates both gateways before any session state
 //!   exists and yields fresh per-connection keys (forward secrecy).
+//! - [`channel`]: one direction of a connection as messages: sealing with
+//!   key updates by policy, opening that follows the peer's key updates.
 //! - [`record`]: AES-256-GCM sealing and opening of the records that follow,
 //!   with the record length authenticated and an implicit per-direction
 //!   counter nonce (a replayed, dropped or reordered record fails to open).
 
+pub mod channel;
 pub mod handshake;
 pub mod keys;
 pub mod record;
 
+pub use channel::{KeyUpdated, OpenError, Opening, RekeyPolicy, Sealing};
 pub use handshake::{HandshakeError, Initiator, Responder, TrafficKeys};
 pub use keys::{KeyError, PresharedKey, PublicKey, StaticKeypair};
 pub use record::{

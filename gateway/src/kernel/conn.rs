@@ -12,8 +12,8 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::crypto::{
-    HandshakeError, Initiator, PresharedKey, PublicKey, RecordError, RecordOpener, RecordSealer,
-    Responder, StaticKeypair, TrafficKeys, RECORD_HEADER_LEN,
+    HandshakeError, Initiator, OpenError, Opening, PresharedKey, PublicKey, RecordError,
+    RecordOpener, RekeyPolicy, Responder, Sealing, StaticKeypair, TrafficKeys, RECORD_HEADER_LEN,
 };
 use crate::protocol::handshake::{check_noise_len, Prelude, PRELUDE_LEN};
 use crate::protocol::{DecodeError, Message};
@@ -35,6 +35,15 @@ pub enum ConnError {
         got: &'static str,
         expected: &'static str,
     },
+}
+
+impl From<OpenError> for ConnError {
+    fn from(e: OpenError) -> Self {
+        match e {
+            OpenError::Record(e) => ConnError::Record(e),
+            OpenError::Decode(e) => ConnError::Decode(e),
+        }
+    }
 }
 
 impl ConnError {
@@ -155,7 +164,7 @@ impl ConnInfo {
 /// the reassembler without a copy.
 pub struct RecordReader<R> {
     inner: R,
-    opener: RecordOpener,
+    opening: Opening,
     buf: BytesMut,
     info: Arc<ConnInfo>,
 }
@@ -167,7 +176,7 @@ impl<R: AsyncRead + Unpin> RecordReader<R> {
     pub fn new(inner: R, keys: &TrafficKeys, info: Arc<ConnInfo>) -> Self {
         RecordReader {
             inner,
-            opener: RecordOpener::new(&keys.recv),
+            opening: Opening::new(&keys.recv),
             buf: BytesMut::with_capacity(READ_AHEAD),
             info,
         }
@@ -196,41 +205,24 @@ impl<R: AsyncRead + Unpin> RecordReader<R> {
     /// The next message; key updates from the peer are applied here.
     pub async fn read_message(&mut self) -> Result<Message, ConnError> {
         loop {
-            match self.read_record().await? {
-                Message::KeyUpdate => self.opener.ratchet(),
-                msg => return Ok(msg),
+            self.fill(RECORD_HEADER_LEN).await?;
+            let header: [u8; RECORD_HEADER_LEN] =
+                self.buf[..RECORD_HEADER_LEN].try_into().expect("4 bytes");
+            let len = RecordOpener::body_len(header)?;
+            self.fill(RECORD_HEADER_LEN + len).await?;
+            let _ = self.buf.split_to(RECORD_HEADER_LEN);
+            let body = self.buf.split_to(len);
+            if let Some(msg) = self.opening.open(header, body)? {
+                return Ok(msg);
             }
         }
     }
-
-    async fn read_record(&mut self) -> Result<Message, ConnError> {
-        self.fill(RECORD_HEADER_LEN).await?;
-        let header: [u8; RECORD_HEADER_LEN] =
-            self.buf[..RECORD_HEADER_LEN].try_into().expect("4 bytes");
-        let len = RecordOpener::body_len(header)?;
-        self.fill(RECORD_HEADER_LEN + len).await?;
-        let _ = self.buf.split_to(RECORD_HEADER_LEN);
-        let mut body = self.buf.split_to(len);
-        self.opener.open(header, &mut body)?;
-        Ok(Message::decode(body.freeze())?)
-    }
-}
-
-/// When a sender moves to a new key (besides the record-count limit).
-#[derive(Debug, Clone, Copy)]
-pub struct RekeyPolicy {
-    pub after_bytes: u64,
-    pub after: std::time::Duration,
 }
 
 /// Seals records into a reusable buffer and writes them.
 pub struct RecordWriter<W> {
     inner: W,
-    sealer: RecordSealer,
-    policy: RekeyPolicy,
-    bytes_since_rekey: u64,
-    last_rekey: std::time::Instant,
-    rekeys: u64,
+    sealing: Sealing,
     info: Arc<ConnInfo>,
     stats: Arc<Stats>,
     /// Sealed records waiting for `flush`.
@@ -247,11 +239,7 @@ impl<W: AsyncWrite + Unpin> RecordWriter<W> {
     ) -> Self {
         RecordWriter {
             inner,
-            sealer: RecordSealer::new(&keys.send),
-            policy,
-            bytes_since_rekey: 0,
-            last_rekey: std::time::Instant::now(),
-            rekeys: 0,
+            sealing: Sealing::new(&keys.send, policy, std::time::Instant::now()),
             info,
             stats,
             out: Vec::with_capacity(300 * 1024),
@@ -261,35 +249,14 @@ impl<W: AsyncWrite + Unpin> RecordWriter<W> {
     /// Seals one message into the pending output, first moving to a new
     /// key if the policy says so (a key-update record tells the peer).
     pub fn push(&mut self, msg: &Message) -> Result<(), ConnError> {
-        if self.sealer.needs_rekey()
-            || self.bytes_since_rekey >= self.policy.after_bytes
-            || self.last_rekey.elapsed() >= self.policy.after
-        {
-            self.seal(&Message::KeyUpdate)?;
-            self.sealer.ratchet();
+        let now = std::time::Instant::now();
+        if let Some(k) = self.sealing.seal(msg, &mut self.out, now)? {
             log::info!(
                 "key update {} on a WAN connection after {} bytes",
-                self.rekeys + 1,
-                self.bytes_since_rekey
+                k.number,
+                k.after_bytes
             );
-            self.bytes_since_rekey = 0;
-            self.last_rekey = std::time::Instant::now();
-            self.rekeys += 1;
             Stats::inc(&self.stats.key_updates);
-        }
-        let before = self.out.len();
-        self.seal(msg)?;
-        self.bytes_since_rekey += (self.out.len() - before) as u64;
-        Ok(())
-    }
-
-    fn seal(&mut self, msg: &Message) -> Result<(), ConnError> {
-        let start = self.out.len();
-        self.out.resize(start + RECORD_HEADER_LEN, 0);
-        msg.encode(&mut self.out);
-        if let Err(e) = self.sealer.seal(&mut self.out, start) {
-            self.out.truncate(start);
-            return Err(e.into());
         }
         Ok(())
     }

@@ -33,11 +33,12 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{watch, Notify};
 
 use crate::admin::{Config, Stats, TunnelEnd};
+use crate::crypto::RekeyPolicy;
 use crate::protocol::{Message, ResetReason};
 use crate::session::Side;
 use conn::{
     handshake_initiator, handshake_read_initiator, peer_label, ConnError, ConnInfo, RecordReader,
-    RecordWriter, RekeyPolicy,
+    RecordWriter,
 };
 use sockopt::{tune_wan, WanTuning};
 use tunnel::{log_up, Tunnel};
