@@ -137,3 +137,15 @@ impl Drop for Mbuf {
         unsafe { sys::lmas_pktmbuf_free(self.0.as_ptr()) }
     }
 }
+
+impl AsRef<[u8]> for Mbuf {
+    fn as_ref(&self) -> &[u8] {
+        self.data()
+    }
+}
+
+impl AsMut<[u8]> for Mbuf {
+    fn as_mut(&mut self) -> &mut [u8] {
+        self.data_mut()
+    }
+}

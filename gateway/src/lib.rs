@@ -16,7 +16,9 @@
 #![deny(unsafe_code)]
 
 pub mod admin;
+pub mod admission;
 pub mod crypto;
+pub mod dpdk;
 pub mod kernel;
 pub mod protocol;
 pub mod session;

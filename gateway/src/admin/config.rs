@@ -51,6 +51,7 @@ struct File {
     limits: LimitsSection,
     #[serde(default)]
     admin: AdminSection,
+    dpdk: Option<super::dpdk::DpdkSection>,
 }
 
 #[derive(Deserialize, Default)]
@@ -66,6 +67,7 @@ struct GatewaySection {
     private_key_file: PathBuf,
     psk_file: Option<PathBuf>,
     tunnel_listen: Option<String>,
+    datapath: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -140,6 +142,15 @@ pub struct Ingress {
     pub mode: IngressMode,
 }
 
+/// Which datapath moves the packets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Datapath {
+    /// Kernel sockets (tokio): the portable default.
+    Kernel,
+    /// DPDK poll-mode lcores with a userspace TCP/IP stack: the appliance.
+    Dpdk(Box<super::dpdk::DpdkConfig>),
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub file: PathBuf,
@@ -171,9 +182,12 @@ pub struct Config {
     pub limits: Limits,
     /// Unix socket for `lmas status` (default `/run/lmas/NAME.sock`).
     pub admin_socket: PathBuf,
+    pub datapath: Datapath,
 }
 
 pub const MAX_DATA_FLOWS: i64 = 64;
+/// Congestion controls of the DPDK datapath's userspace TCP (smoltcp).
+pub const DPDK_CONGESTION: [&str; 3] = ["cubic", "reno", "none"];
 const DEFAULT_DATA_FLOWS: i64 = 8;
 /// Per WAN flow; forced past net.core.{w,r}mem_max where we may. A data flow
 /// must hold its share of the bandwidth-delay product, and more on a veth
@@ -292,6 +306,16 @@ impl Config {
             ));
         }
 
+        let is_dpdk = match file.gateway.datapath.as_deref() {
+            None | Some("kernel") => false,
+            Some("dpdk") => true,
+            Some(other) => {
+                return Err(err(
+                    "gateway.datapath",
+                    format!("{other:?}: must be \"kernel\" or \"dpdk\""),
+                ))
+            }
+        };
         let data_flows = in_range(
             file.wan.data_flows.unwrap_or(DEFAULT_DATA_FLOWS),
             1,
@@ -308,6 +332,18 @@ impl Config {
                     "wan.congestion",
                     format!("{c:?} is not a congestion control name (e.g. bbr, cubic)"),
                 ))
+            }
+            Some(c) if is_dpdk => {
+                if !DPDK_CONGESTION.contains(&c.as_str()) {
+                    return Err(err(
+                        "wan.congestion",
+                        format!(
+                            "{c:?} is not available in the DPDK datapath's TCP stack (available: {})",
+                            DPDK_CONGESTION.join(" ")
+                        ),
+                    ));
+                }
+                Some(c)
             }
             Some(c) => {
                 let available = crate::kernel::sockopt::available_congestion();
@@ -445,7 +481,24 @@ impl Config {
             ack_delay_us: defaults.ack_delay_us,
         };
 
+        let datapath = match (is_dpdk, &file.dpdk) {
+            (false, _) => Datapath::Kernel,
+            (true, None) => {
+                return Err(err(
+                    "dpdk",
+                    "missing: gateway.datapath = \"dpdk\" needs a [dpdk] section".into(),
+                ))
+            }
+            (true, Some(section)) => {
+                let d = section.validate().map_err(|(f, w)| err(&f, w))?;
+                d.check_against(&tunnel, &ingress)
+                    .map_err(|(f, w)| err(&f, w))?;
+                Datapath::Dpdk(Box::new(d))
+            }
+        };
+
         Ok(Config {
+            datapath,
             file: path.to_path_buf(),
             name,
             keypair,

@@ -15,7 +15,7 @@ use crate::crypto::{
     HandshakeError, Initiator, OpenError, Opening, PresharedKey, PublicKey, RecordError,
     RecordOpener, RekeyPolicy, Responder, Sealing, StaticKeypair, TrafficKeys, RECORD_HEADER_LEN,
 };
-use crate::protocol::handshake::{check_noise_len, Prelude, PRELUDE_LEN};
+use crate::protocol::handshake::{check_noise_len, frame_noise, Prelude, PRELUDE_LEN};
 use crate::protocol::{DecodeError, Message};
 
 #[derive(Debug, thiserror::Error)]
@@ -65,14 +65,6 @@ async fn read_noise<R: AsyncRead + Unpin>(r: &mut R) -> Result<Vec<u8>, ConnErro
     Ok(buf)
 }
 
-fn with_len(prefix: &[u8], noise: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(prefix.len() + 2 + noise.len());
-    out.extend_from_slice(prefix);
-    out.extend_from_slice(&(noise.len() as u16).to_be_bytes());
-    out.extend_from_slice(noise);
-    out
-}
-
 /// Runs the initiator's side of the handshake on `stream`.
 pub async fn handshake_initiator<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
@@ -82,7 +74,9 @@ pub async fn handshake_initiator<S: AsyncRead + AsyncWrite + Unpin>(
     data_flow: bool,
 ) -> Result<TrafficKeys, ConnError> {
     let (init, prelude, m1) = Initiator::start(local, peer, psk, data_flow)?;
-    stream.write_all(&with_len(&prelude.encode(), &m1)).await?;
+    stream
+        .write_all(&frame_noise(&prelude.encode(), &m1))
+        .await?;
     let m2 = read_noise(stream).await?;
     Ok(init.finish(&m2)?)
 }
@@ -123,7 +117,7 @@ impl PendingResponder {
         stream: &mut S,
     ) -> Result<TrafficKeys, ConnError> {
         let (m2, keys) = self.responder.accept()?;
-        stream.write_all(&with_len(&[], &m2)).await?;
+        stream.write_all(&frame_noise(&[], &m2)).await?;
         Ok(keys)
     }
 }

@@ -1,14 +1,9 @@
-//! Bounds the handshakes in progress on the tunnel port, fairly.
-//!
-//! At most `limit` handshakes are pending. When a new connection arrives and
-//! the table is full, the oldest pending handshake of the source address that
-//! holds the most slots is evicted. A flood of silent connections from one
-//! place therefore evicts itself, while a real peer — whose handshake takes
-//! one round trip — still gets through (a plain first-come semaphore would
-//! lock it out for the whole handshake timeout).
+//! Bounds the handshakes in progress on the tunnel port, fairly (the
+//! policy is [`crate::admission`]); a slot is held for the life of a
+//! handshake task and cancelled if a newer connection evicts it.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
@@ -64,17 +59,9 @@ impl PendingHandshakes {
         let mut t = self.table.lock().expect("not poisoned");
         let mut evicted = None;
         if t.entries.len() >= self.limit {
-            let mut per_ip: HashMap<IpAddr, usize> = HashMap::new();
-            for e in t.entries.values() {
-                *per_ip.entry(e.addr.ip()).or_default() += 1;
-            }
-            let busiest = per_ip.into_iter().max_by_key(|(_, n)| *n).map(|(ip, _)| ip);
-            let victim = t
-                .entries
-                .iter()
-                .filter(|(_, e)| Some(e.addr.ip()) == busiest)
-                .min_by_key(|(_, e)| e.seq)
-                .map(|(id, _)| *id);
+            let victim = crate::admission::eviction_victim(
+                t.entries.iter().map(|(id, e)| (*id, e.addr.ip(), e.seq)),
+            );
             if let Some(e) = victim.and_then(|id| t.entries.remove(&id)) {
                 e.evicted.cancel();
                 evicted = Some(e.addr);

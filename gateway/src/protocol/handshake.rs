@@ -83,6 +83,27 @@ pub fn check_noise_len(len: u16) -> Result<usize, DecodeError> {
     Ok(len)
 }
 
+/// `prefix | len u16 | noise`: how both handshake messages go on the wire
+/// (the prefix is the prelude for message 1, empty for message 2).
+pub fn frame_noise(prefix: &[u8], noise: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(prefix.len() + 2 + noise.len());
+    out.extend_from_slice(prefix);
+    out.extend_from_slice(&(noise.len() as u16).to_be_bytes());
+    out.extend_from_slice(noise);
+    out
+}
+
+/// Parses `len u16 | noise` at the start of `buf`, for readers that get
+/// bytes in pieces: `Ok(None)` until the whole message is there, then the
+/// message and the bytes it took.
+pub fn parse_noise(buf: &[u8]) -> Result<Option<(&[u8], usize)>, DecodeError> {
+    let Some(len) = buf.get(..2) else {
+        return Ok(None);
+    };
+    let len = check_noise_len(u16::from_be_bytes([len[0], len[1]]))?;
+    Ok(buf.get(2..2 + len).map(|m| (m, 2 + len)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,6 +116,19 @@ mod tests {
         };
         assert_eq!(p.encode(), *b"LMAS\x01\x02");
         assert_eq!(Prelude::decode(&p.encode()).unwrap(), p);
+    }
+
+    #[test]
+    fn noise_framing_round_trips_in_pieces() {
+        let wire = frame_noise(b"LMAS\x01\x00", &[9; 48]);
+        assert_eq!(&wire[..8], b"LMAS\x01\x00\x00\x30");
+        let body = &wire[PRELUDE_LEN..];
+        for cut in 0..body.len() {
+            assert_eq!(parse_noise(&body[..cut]).unwrap(), None, "cut {cut}");
+        }
+        assert_eq!(parse_noise(body).unwrap(), Some((&[9u8; 48][..], 50)));
+        assert!(parse_noise(&[0, 0]).is_err(), "empty message");
+        assert!(parse_noise(&[0xff, 0xff]).is_err(), "oversized message");
     }
 
     #[test]

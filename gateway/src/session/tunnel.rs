@@ -557,7 +557,7 @@ impl TunnelCore {
                     target: s.target,
                     window,
                 }),
-                State::Open if (session.0 % 2 == 0) != (self.side == Side::Dialer) => {
+                State::Open if session.0.is_multiple_of(2) != (self.side == Side::Dialer) => {
                     msgs.push(Message::Accept { session, window })
                 }
                 _ => {}
@@ -639,7 +639,7 @@ impl TunnelCore {
     }
 
     fn is_own_id(&self, id: SessionId) -> bool {
-        (id.0 % 2 == 0) == (self.side == Side::Dialer)
+        id.0.is_multiple_of(2) == (self.side == Side::Dialer)
     }
 
     fn session(&self, id: SessionId) -> Result<&Session, SessionError> {

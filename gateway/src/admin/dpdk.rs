@@ -1,0 +1,371 @@
+//! The `[dpdk]` section: how the appliance datapath gets its EAL, lcores
+//! and two ports. Validated like the rest of the file (errors name the
+//! field); checks against the rest of the config (ingress binds, tunnel
+//! addresses) are in [`DpdkConfig::check_against`].
+//!
+//! ```toml
+//! [gateway]
+//! datapath = "dpdk"
+//!
+//! [dpdk]
+//! eal_args = ["-l", "0-3", "--vdev=net_af_packet0,iface=lan0", "--vdev=net_af_packet1,iface=wan0"]
+//! io_lcores = [1]          # poll the ports (rx/tx bursts)
+//! tcp_lcore = 2            # userspace TCP/IP, sessions, tunnel
+//! crypto_lcores = [3]      # AES-256-GCM (empty: on the TCP lcore)
+//!
+//! [dpdk.lan]               # faces the hypervisors
+//! device = "net_af_packet0"
+//! address = "10.0.1.1/24"
+//! intercept = ["10.0.3.0/24"]   # transparent mode: destinations terminated here
+//!
+//! [dpdk.wan]               # faces the peer gateway
+//! device = "net_af_packet1"
+//! address = "10.0.2.1/24"
+//! gateway = "10.0.2.254"
+//! ```
+
+use std::net::Ipv4Addr;
+
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DpdkSection {
+    #[serde(default)]
+    eal_args: Vec<String>,
+    io_lcores: Option<Vec<i64>>,
+    tcp_lcore: Option<i64>,
+    crypto_lcores: Option<Vec<i64>>,
+    idle_sleep_us: Option<i64>,
+    mbufs: Option<i64>,
+    lan_socket_buffer_bytes: Option<i64>,
+    listen_backlog: Option<i64>,
+    lan: PortSection,
+    wan: PortSection,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PortSection {
+    device: String,
+    address: String,
+    gateway: Option<String>,
+    #[serde(default)]
+    intercept: Vec<String>,
+    mtu: Option<i64>,
+}
+
+/// One port of the appliance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortSpec {
+    /// The name DPDK probed it under: a PCI address or a vdev name.
+    pub device: String,
+    pub address: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Option<Ipv4Addr>,
+    /// Prefixes terminated transparently (any-IP); LAN side only.
+    pub intercept: Vec<(Ipv4Addr, u8)>,
+    pub mtu: u16,
+}
+
+/// The validated `[dpdk]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DpdkConfig {
+    pub eal_args: Vec<String>,
+    /// Lcores polling the ports; ports are spread over them.
+    pub io_lcores: Vec<u32>,
+    pub tcp_lcore: u32,
+    /// Empty: the TCP lcore seals and opens records itself.
+    pub crypto_lcores: Vec<u32>,
+    /// An idle poll loop sleeps this long after a run of empty polls (0:
+    /// pure busy polling, the appliance setting; > 0 shares CPUs nicely).
+    pub idle_sleep_us: u64,
+    /// Packet buffers per port's pool.
+    pub mbufs: u32,
+    /// Receive and send buffer of each LAN (hypervisor-side) TCP socket.
+    pub lan_socket_buffer: usize,
+    /// Spare listening sockets per ingress port: SYNs beyond this many
+    /// unaccepted connections at once are refused.
+    pub listen_backlog: usize,
+    pub lan: PortSpec,
+    pub wan: PortSpec,
+}
+
+impl DpdkConfig {
+    /// Every lcore the datapath runs a role on.
+    pub fn role_lcores(&self) -> Vec<u32> {
+        let mut v = self.io_lcores.clone();
+        v.push(self.tcp_lcore);
+        v.extend(&self.crypto_lcores);
+        v
+    }
+}
+
+type Err = (String, String);
+
+fn field_err(field: &str, why: impl Into<String>) -> Err {
+    (field.to_string(), why.into())
+}
+
+fn lcore(field: &str, v: i64) -> Result<u32, Err> {
+    u32::try_from(v)
+        .ok()
+        .filter(|&l| l < 1024)
+        .ok_or_else(|| field_err(field, format!("{v} is not an lcore id (0..1024)")))
+}
+
+/// Whether `addr` is inside `net/len`.
+pub fn in_prefix(addr: Ipv4Addr, net: Ipv4Addr, len: u8) -> bool {
+    let mask = if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - len as u32)
+    };
+    u32::from(addr) & mask == u32::from(net) & mask
+}
+
+/// `A.B.C.D/N`.
+pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
+    let bad =
+        || format!("{s:?} is not an IPv4 prefix like 10.0.1.0/24 (the DPDK datapath is IPv4-only)");
+    let (a, n) = s.split_once('/').ok_or_else(bad)?;
+    let a: Ipv4Addr = a.parse().map_err(|_| bad())?;
+    let n: u8 = n.parse().map_err(|_| bad())?;
+    if n > 32 {
+        return Err(bad());
+    }
+    Ok((a, n))
+}
+
+fn port(prefix: &str, p: &PortSection) -> Result<PortSpec, Err> {
+    let f = |name: &str| format!("dpdk.{prefix}.{name}");
+    if p.device.trim().is_empty() {
+        return Err(field_err(
+            &f("device"),
+            "must name the DPDK device (e.g. 0000:03:00.0 or net_af_packet0)",
+        ));
+    }
+    let (address, prefix_len) = parse_cidr(&p.address).map_err(|w| field_err(&f("address"), w))?;
+    if address.is_unspecified()
+        || address.is_broadcast()
+        || address.is_multicast()
+        || prefix_len == 0
+    {
+        return Err(field_err(
+            &f("address"),
+            format!(
+                "{} is not a usable interface address with its prefix length",
+                p.address
+            ),
+        ));
+    }
+    let gateway = p
+        .gateway
+        .as_deref()
+        .map(|g| {
+            g.parse::<Ipv4Addr>()
+                .map_err(|_| field_err(&f("gateway"), format!("{g:?} is not an IPv4 address")))
+        })
+        .transpose()?;
+    if let Some(gw) = gateway {
+        if !in_prefix(gw, address, prefix_len) {
+            return Err(field_err(
+                &f("gateway"),
+                format!("{gw} is not on {}", p.address),
+            ));
+        }
+    }
+    let intercept = p
+        .intercept
+        .iter()
+        .map(|s| parse_cidr(s).map_err(|w| field_err(&f("intercept"), w)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mtu = match p.mtu {
+        None => 1500,
+        Some(m) if (576..=9000).contains(&m) => m as u16,
+        Some(m) => {
+            return Err(field_err(
+                &f("mtu"),
+                format!("must be between 576 and 9000 (got {m})"),
+            ))
+        }
+    };
+    Ok(PortSpec {
+        device: p.device.trim().to_string(),
+        address,
+        prefix_len,
+        gateway,
+        intercept,
+        mtu,
+    })
+}
+
+impl DpdkSection {
+    pub(super) fn validate(&self) -> Result<DpdkConfig, Err> {
+        let io_lcores = self
+            .io_lcores
+            .clone()
+            .unwrap_or_else(|| vec![1])
+            .into_iter()
+            .map(|v| lcore("dpdk.io_lcores", v))
+            .collect::<Result<Vec<_>, _>>()?;
+        if io_lcores.is_empty() {
+            return Err(field_err("dpdk.io_lcores", "needs at least one lcore"));
+        }
+        let tcp_lcore = lcore("dpdk.tcp_lcore", self.tcp_lcore.unwrap_or(2))?;
+        let crypto_lcores = self
+            .crypto_lcores
+            .clone()
+            .unwrap_or_else(|| vec![3])
+            .into_iter()
+            .map(|v| lcore("dpdk.crypto_lcores", v))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut seen = std::collections::BTreeSet::new();
+        for (field, l) in io_lcores
+            .iter()
+            .map(|l| ("dpdk.io_lcores", *l))
+            .chain([("dpdk.tcp_lcore", tcp_lcore)])
+            .chain(crypto_lcores.iter().map(|l| ("dpdk.crypto_lcores", *l)))
+        {
+            if !seen.insert(l) {
+                return Err(field_err(field, format!("lcore {l} has two roles; give each role its own lcore (several lcores may share a CPU: EAL --lcores)")));
+            }
+        }
+        let range =
+            |field: &str, v: Option<i64>, default: i64, lo: i64, hi: i64| -> Result<i64, Err> {
+                let v = v.unwrap_or(default);
+                if (lo..=hi).contains(&v) {
+                    Ok(v)
+                } else {
+                    Err(field_err(
+                        field,
+                        format!("must be between {lo} and {hi} (got {v})"),
+                    ))
+                }
+            };
+        let lan = port("lan", &self.lan)?;
+        let wan = port("wan", &self.wan)?;
+        if !wan.intercept.is_empty() {
+            return Err(field_err(
+                "dpdk.wan.intercept",
+                "only the LAN port intercepts",
+            ));
+        }
+        if lan.device == wan.device {
+            return Err(field_err(
+                "dpdk.wan.device",
+                format!(
+                    "{} is also the LAN device; the appliance needs two ports",
+                    wan.device
+                ),
+            ));
+        }
+        Ok(DpdkConfig {
+            eal_args: self.eal_args.clone(),
+            io_lcores,
+            tcp_lcore,
+            crypto_lcores,
+            idle_sleep_us: range("dpdk.idle_sleep_us", self.idle_sleep_us, 0, 0, 100_000)? as u64,
+            mbufs: range("dpdk.mbufs", self.mbufs, 16383, 1023, 1 << 22)? as u32,
+            lan_socket_buffer: range(
+                "dpdk.lan_socket_buffer_bytes",
+                self.lan_socket_buffer_bytes,
+                4 << 20,
+                64 << 10,
+                256 << 20,
+            )? as usize,
+            listen_backlog: range("dpdk.listen_backlog", self.listen_backlog, 16, 1, 1024)?
+                as usize,
+            lan,
+            wan,
+        })
+    }
+}
+
+impl DpdkConfig {
+    /// Checks the rest of the config against what this datapath can do:
+    /// IPv4 only, the tunnel on the WAN port's address, listeners on the LAN
+    /// port's address, transparent ingress only with intercepted prefixes.
+    pub(super) fn check_against(
+        &self,
+        tunnel: &super::TunnelEnd,
+        ingress: &[super::Ingress],
+    ) -> Result<(), Err> {
+        use std::net::SocketAddr;
+        let v4 = |field: &str, a: &SocketAddr| match a {
+            SocketAddr::V4(a) => Ok(*a),
+            SocketAddr::V6(_) => Err(field_err(
+                field,
+                format!("{a}: the DPDK datapath is IPv4-only"),
+            )),
+        };
+        match tunnel {
+            super::TunnelEnd::Dial(a) => {
+                v4("peer.connect", a)?;
+            }
+            super::TunnelEnd::Listen(a) => {
+                let a = v4("gateway.tunnel_listen", a)?;
+                if !a.ip().is_unspecified() && *a.ip() != self.wan.address {
+                    return Err(field_err(
+                        "gateway.tunnel_listen",
+                        format!(
+                            "{a}: must be the WAN port's address {} (or 0.0.0.0)",
+                            self.wan.address
+                        ),
+                    ));
+                }
+            }
+        }
+        for (i, ing) in ingress.iter().enumerate() {
+            let field = format!("ingress[{i}].bind");
+            let bind = v4(&field, &ing.bind)?;
+            match ing.mode {
+                super::IngressMode::Listen { target } => {
+                    if !bind.ip().is_unspecified() && *bind.ip() != self.lan.address {
+                        return Err(field_err(
+                            &field,
+                            format!(
+                                "{bind}: must be the LAN port's address {} (or 0.0.0.0)",
+                                self.lan.address
+                            ),
+                        ));
+                    }
+                    v4(&format!("ingress[{i}].target"), &target)?;
+                }
+                super::IngressMode::Tproxy => {
+                    if self.lan.intercept.is_empty() {
+                        return Err(field_err(
+                            "dpdk.lan.intercept",
+                            format!("ingress[{i}] is transparent (tproxy) but no prefix is intercepted: list the destination prefixes, e.g. [\"10.0.3.0/24\"] or [\"0.0.0.0/0\"]"),
+                        ));
+                    }
+                }
+            }
+            if bind.port() == 0 {
+                return Err(field_err(&field, "needs a port".to_string()));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes() {
+        let a = Ipv4Addr::new(192, 168, 7, 9);
+        assert!(in_prefix(a, Ipv4Addr::new(192, 168, 0, 0), 16));
+        assert!(!in_prefix(a, Ipv4Addr::new(192, 168, 8, 0), 24));
+        assert!(in_prefix(a, Ipv4Addr::UNSPECIFIED, 0));
+        assert!(in_prefix(a, a, 32));
+        assert_eq!(
+            parse_cidr("10.0.1.1/24"),
+            Ok((Ipv4Addr::new(10, 0, 1, 1), 24))
+        );
+        assert!(parse_cidr("10.0.1.1").is_err());
+        assert!(parse_cidr("10.0.1.1/33").is_err());
+        assert!(parse_cidr("fe80::1/64").is_err());
+    }
+}

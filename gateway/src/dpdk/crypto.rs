@@ -1,0 +1,314 @@
+//! The crypto stage: AES-256-GCM sealing and opening of records, off the
+//! TCP lcore, on dedicated crypto lcores.
+//!
+//! Each WAN connection is pinned to one crypto worker (connection id modulo
+//! the worker count), and each worker's queues are FIFO, so the records of
+//! one connection are sealed and opened in order: the implicit nonce
+//! counters of the record layer stay in step with TCP's byte order. Jobs
+//! carry [`Message`]s out (encoded on the worker, so the payload copy is
+//! off the TCP lcore too) and whole records in; completions come back on
+//! the worker's own queue.
+//!
+//! [`InlineCrypto`] runs the same [`CryptoWorker`] on the caller's thread
+//! (tests, and an appliance configured without crypto lcores);
+//! [`CryptoQueues`] is the lock-free pair of rings per worker lcore.
+
+use std::collections::HashMap;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use crossbeam_queue::ArrayQueue;
+
+use crate::crypto::{
+    KeyUpdated, OpenError, Opening, RecordError, RekeyPolicy, Sealing, TrafficKeys,
+    RECORD_HEADER_LEN,
+};
+use crate::protocol::Message;
+
+/// Identifies one WAN connection for its whole life (never reused).
+pub type ConnId = u64;
+
+/// Work for a crypto worker.
+pub enum CryptoJob {
+    /// The handshake finished: the connection's traffic keys.
+    Install {
+        conn: ConnId,
+        keys: TrafficKeys,
+        policy: RekeyPolicy,
+    },
+    /// Encode `msg` and seal it as the connection's next record.
+    Seal { conn: ConnId, msg: Message },
+    /// Open the connection's next record and decode its message.
+    Open {
+        conn: ConnId,
+        header: [u8; RECORD_HEADER_LEN],
+        body: BytesMut,
+    },
+    /// The connection is gone: forget its keys.
+    Remove { conn: ConnId },
+}
+
+impl CryptoJob {
+    pub fn conn(&self) -> ConnId {
+        match self {
+            CryptoJob::Install { conn, .. }
+            | CryptoJob::Seal { conn, .. }
+            | CryptoJob::Open { conn, .. }
+            | CryptoJob::Remove { conn } => *conn,
+        }
+    }
+}
+
+/// What a worker hands back.
+pub enum CryptoDone {
+    /// Sealed record bytes, ready for the socket (preceded by a key-update
+    /// record when one was due).
+    Sealed {
+        conn: ConnId,
+        record: Vec<u8>,
+        key_update: Option<KeyUpdated>,
+    },
+    /// The record's message; `None` when it was the peer's key update.
+    Opened { conn: ConnId, msg: Option<Message> },
+    /// Sealing or opening failed: the connection must be closed.
+    Failed { conn: ConnId, error: CryptoError },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CryptoError {
+    #[error("{0}")]
+    Open(#[from] OpenError),
+    #[error("sealing: {0}")]
+    Seal(RecordError),
+}
+
+/// The keys of every connection pinned to one worker.
+#[derive(Default)]
+pub struct CryptoWorker {
+    conns: HashMap<ConnId, (Sealing, Opening)>,
+}
+
+impl CryptoWorker {
+    /// Does one job; `None` for jobs without an answer (install, remove,
+    /// and work for a connection already removed).
+    pub fn process(&mut self, job: CryptoJob, now: Instant) -> Option<CryptoDone> {
+        match job {
+            CryptoJob::Install { conn, keys, policy } => {
+                let state = (
+                    Sealing::new(&keys.send, policy, now),
+                    Opening::new(&keys.recv),
+                );
+                self.conns.insert(conn, state);
+                None
+            }
+            CryptoJob::Remove { conn } => {
+                self.conns.remove(&conn);
+                None
+            }
+            CryptoJob::Seal { conn, msg } => {
+                let (sealing, _) = self.conns.get_mut(&conn)?;
+                let mut record = Vec::with_capacity(encoded_len_hint(&msg));
+                Some(match sealing.seal(&msg, &mut record, now) {
+                    Ok(key_update) => CryptoDone::Sealed {
+                        conn,
+                        record,
+                        key_update,
+                    },
+                    Err(e) => CryptoDone::Failed {
+                        conn,
+                        error: CryptoError::Seal(e),
+                    },
+                })
+            }
+            CryptoJob::Open { conn, header, body } => {
+                let (_, opening) = self.conns.get_mut(&conn)?;
+                Some(match opening.open(header, body) {
+                    Ok(msg) => CryptoDone::Opened { conn, msg },
+                    Err(e) => CryptoDone::Failed {
+                        conn,
+                        error: e.into(),
+                    },
+                })
+            }
+        }
+    }
+}
+
+/// Room for the record: payload + frame header + length + tag, with slack
+/// for a key-update record in front.
+fn encoded_len_hint(msg: &Message) -> usize {
+    let payload = match msg {
+        Message::Data(f) => f.payload.len(),
+        _ => 0,
+    };
+    payload + 128
+}
+
+/// Where the TCP lcore sends crypto work and collects results.
+pub trait CryptoPipe {
+    /// Queues a job; gives it back if the worker's queue is full.
+    fn submit(&mut self, job: CryptoJob) -> Result<(), CryptoJob>;
+    /// The next finished job, if any.
+    fn poll(&mut self) -> Option<CryptoDone>;
+}
+
+/// Does the work at once on the caller's thread.
+#[derive(Default)]
+pub struct InlineCrypto {
+    worker: CryptoWorker,
+    done: VecDeque<CryptoDone>,
+}
+
+impl CryptoPipe for InlineCrypto {
+    fn submit(&mut self, job: CryptoJob) -> Result<(), CryptoJob> {
+        if let Some(d) = self.worker.process(job, Instant::now()) {
+            self.done.push_back(d);
+        }
+        Ok(())
+    }
+
+    fn poll(&mut self) -> Option<CryptoDone> {
+        self.done.pop_front()
+    }
+}
+
+/// The two rings between the TCP lcore and one crypto lcore.
+pub struct WorkerRings {
+    jobs: ArrayQueue<CryptoJob>,
+    done: ArrayQueue<CryptoDone>,
+    /// Cycles spent working and jobs done, for the per-role budget.
+    pub busy_ns: AtomicU64,
+    pub jobs_done: AtomicU64,
+}
+
+/// The TCP lcore's end of every crypto lcore's rings.
+pub struct CryptoQueues {
+    workers: Vec<Arc<WorkerRings>>,
+    /// Round-robin start for `poll`, so no worker's results starve.
+    next: usize,
+}
+
+/// Jobs (and results) a worker's ring holds.
+const RING_SLOTS: usize = 4096;
+
+impl CryptoQueues {
+    /// Rings for `n` workers; returns the TCP lcore's end and each worker's.
+    pub fn new(n: usize) -> (CryptoQueues, Vec<Arc<WorkerRings>>) {
+        let workers: Vec<_> = (0..n.max(1))
+            .map(|_| {
+                Arc::new(WorkerRings {
+                    jobs: ArrayQueue::new(RING_SLOTS),
+                    done: ArrayQueue::new(RING_SLOTS),
+                    busy_ns: AtomicU64::new(0),
+                    jobs_done: AtomicU64::new(0),
+                })
+            })
+            .collect();
+        (
+            CryptoQueues {
+                workers: workers.clone(),
+                next: 0,
+            },
+            workers,
+        )
+    }
+}
+
+impl CryptoPipe for CryptoQueues {
+    fn submit(&mut self, job: CryptoJob) -> Result<(), CryptoJob> {
+        let w = &self.workers[(job.conn() % self.workers.len() as u64) as usize];
+        w.jobs.push(job)
+    }
+
+    fn poll(&mut self) -> Option<CryptoDone> {
+        let n = self.workers.len();
+        for i in 0..n {
+            let k = (self.next + i) % n;
+            if let Some(d) = self.workers[k].done.pop() {
+                self.next = (k + 1) % n;
+                return Some(d);
+            }
+        }
+        None
+    }
+}
+
+/// The loop of one crypto lcore: take jobs, do them, hand results back,
+/// until `stop`. When its result ring is full it waits (the TCP lcore
+/// drains it every iteration), so nothing is ever dropped.
+pub fn run_worker(rings: &WorkerRings, stop: &AtomicBool, idle: &super::Idle) {
+    let mut worker = CryptoWorker::default();
+    let mut idle_polls = 0u32;
+    while !stop.load(Ordering::Relaxed) {
+        let Some(job) = rings.jobs.pop() else {
+            idle.wait(&mut idle_polls);
+            continue;
+        };
+        idle_polls = 0;
+        let started = Instant::now();
+        if let Some(mut done) = worker.process(job, started) {
+            loop {
+                match rings.done.push(done) {
+                    Ok(()) => break,
+                    Err(back) => {
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        done = back;
+                        std::hint::spin_loop();
+                    }
+                }
+            }
+        }
+        rings
+            .busy_ns
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        rings.jobs_done.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The TCP lcore's side of the crypto stage: a [`CryptoPipe`] plus a
+/// backlog for jobs its ring refused, resubmitted first and in order, so a
+/// full ring delays work but never loses or reorders it.
+pub struct CryptoStage<C: CryptoPipe> {
+    pipe: C,
+    backlog: VecDeque<CryptoJob>,
+}
+
+impl<C: CryptoPipe> CryptoStage<C> {
+    pub fn new(pipe: C) -> Self {
+        CryptoStage {
+            pipe,
+            backlog: VecDeque::new(),
+        }
+    }
+
+    pub fn submit(&mut self, job: CryptoJob) {
+        if !self.backlog.is_empty() {
+            self.backlog.push_back(job);
+            return;
+        }
+        if let Err(job) = self.pipe.submit(job) {
+            self.backlog.push_back(job);
+        }
+    }
+
+    /// Retries the backlog; then the next result, if any.
+    pub fn poll(&mut self) -> Option<CryptoDone> {
+        while let Some(job) = self.backlog.pop_front() {
+            if let Err(job) = self.pipe.submit(job) {
+                self.backlog.push_front(job);
+                break;
+            }
+        }
+        self.pipe.poll()
+    }
+
+    /// Jobs waiting for room in a worker's ring.
+    pub fn backlog(&self) -> usize {
+        self.backlog.len()
+    }
+}

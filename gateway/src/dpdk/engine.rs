@@ -1,0 +1,359 @@
+//! The TCP lcore: everything between the ports and the crypto stage.
+//!
+//! ```text
+//!  LAN port ─► Net (smoltcp) ─► lan.rs: listeners, endpoint pumps ─┐
+//!                                                                   ├─ TunnelCore (session core)
+//!  WAN port ─► Net (smoltcp) ─► tunnel.rs: control + N data flows ─┘        │
+//!                                   ▲  records            │ messages         │
+//!                                   └── crypto stage ◄────┘ (seal/open) ◄────┘
+//! ```
+//!
+//! One [`Engine::poll`] call is one turn of the lcore's loop: move packets
+//! in, apply finished crypto, advance WAN connections and LAN sessions,
+//! fire timers, and move packets out. The engine owns all of its state and
+//! is driven with the caller's clock (microseconds), so tests run two of
+//! them back to back over in-memory wires with simulated time.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use log::{debug, info, warn};
+
+use super::crypto::{ConnId, CryptoDone, CryptoPipe, CryptoStage};
+use super::lan::{Endpoint, IngressListener, Waiting};
+use super::net::Net;
+use super::phy::FramePort;
+use super::tunnel::{Dialer, Tunnel};
+use super::wan::WanConn;
+use crate::admin::dpdk::DpdkConfig;
+use crate::admin::status::{ConnectionStatus, SessionStatus, TunnelStatus};
+use crate::admin::{Config, Stats, Status};
+use crate::protocol::SessionId;
+use crate::session::{Event, PeerError};
+
+/// The ports the engine runs on.
+pub struct Ports<P> {
+    pub lan: P,
+    pub lan_mac: [u8; 6],
+    pub wan: P,
+    pub wan_mac: [u8; 6],
+}
+
+pub struct Engine<P: FramePort, C: CryptoPipe> {
+    pub(super) config: Arc<Config>,
+    pub(super) dpdk: DpdkConfig,
+    pub(super) stats: Arc<Stats>,
+    pub(super) lan: Net<P>,
+    pub(super) wan: Net<P>,
+    pub(super) crypto: CryptoStage<C>,
+    // ---- WAN side (tunnel.rs)
+    pub(super) conns: HashMap<ConnId, WanConn>,
+    pub(super) next_conn: ConnId,
+    pub(super) tunnel: Option<Tunnel>,
+    /// Set on the dialling gateway.
+    pub(super) dialer: Option<Dialer>,
+    /// Listening sockets on the tunnel port (accepting gateway).
+    pub(super) wan_listeners: Vec<smoltcp::iface::SocketHandle>,
+    /// Sockets aborted this turn: removed once their RST went out.
+    pub(super) wan_dead: Vec<smoltcp::iface::SocketHandle>,
+    // ---- LAN side (lan.rs)
+    pub(super) endpoints: HashMap<SessionId, Endpoint>,
+    pub(super) ingress: Vec<IngressListener>,
+    pub(super) waiting: Vec<Waiting>,
+    /// Endpoint sockets finishing their close: deadline (µs), and the turn
+    /// they were added in.
+    pub(super) lan_closing: Vec<(smoltcp::iface::SocketHandle, u64, u64)>,
+    /// Turns of the loop so far.
+    pub(super) turn: u64,
+    pub(super) started: u64,
+    /// Set by `shut_down`: take no new work.
+    pub(super) stopping: bool,
+}
+
+impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
+    /// An engine for `config` (whose datapath must be DPDK) on `ports`.
+    pub fn new(
+        config: Arc<Config>,
+        stats: Arc<Stats>,
+        ports: Ports<P>,
+        crypto: C,
+        now: u64,
+    ) -> Self {
+        let crate::admin::Datapath::Dpdk(dpdk) = &config.datapath else {
+            panic!("Engine::new needs a config with datapath = \"dpdk\" (a caller bug)");
+        };
+        let dpdk = (**dpdk).clone();
+        let seed = seed();
+        let lan = Net::new(ports.lan, ports.lan_mac, &dpdk.lan, seed, now);
+        let wan = Net::new(
+            ports.wan,
+            ports.wan_mac,
+            &dpdk.wan,
+            seed.rotate_left(17),
+            now,
+        );
+        let mut engine = Engine {
+            dialer: Dialer::for_config(&config),
+            config,
+            dpdk,
+            stats,
+            lan,
+            wan,
+            crypto: CryptoStage::new(crypto),
+            conns: HashMap::new(),
+            next_conn: 1,
+            tunnel: None,
+            wan_listeners: Vec::new(),
+            wan_dead: Vec::new(),
+            endpoints: HashMap::new(),
+            ingress: Vec::new(),
+            waiting: Vec::new(),
+            lan_closing: Vec::new(),
+            turn: 0,
+            started: now,
+            stopping: false,
+        };
+        engine.start_listeners();
+        engine
+    }
+
+    /// One turn of the TCP lcore. True if anything happened (the caller
+    /// backs off only after turns that did nothing).
+    pub fn poll(&mut self, now: u64) -> bool {
+        self.turn += 1;
+        let mut busy = self.lan.poll(now) | self.wan.poll(now);
+        for h in self.wan_dead.drain(..) {
+            self.wan.remove(h);
+        }
+        busy |= self.drain_crypto(now);
+        self.wan_turn(now);
+        self.lan_turn(now);
+        if let Some(t) = &mut self.tunnel {
+            if t.core.poll_timeout().is_some_and(|due| due <= now) {
+                t.core.handle_timeout(now);
+            }
+        }
+        self.dispatch_events(now);
+        // What this turn queued in the sockets goes out now, not next turn.
+        busy |= self.lan.poll(now) | self.wan.poll(now);
+        busy
+    }
+
+    /// The earliest time something is due (retransmit, delayed ack, our
+    /// own timers), for a caller that sleeps when idle.
+    pub fn next_deadline(&mut self, now: u64) -> Option<u64> {
+        let core = self.tunnel.as_ref().and_then(|t| t.core.poll_timeout());
+        [self.lan.poll_at(now), self.wan.poll_at(now), core]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Applies what the crypto stage finished.
+    fn drain_crypto(&mut self, now: u64) -> bool {
+        let mut any = false;
+        while let Some(done) = self.crypto.poll() {
+            any = true;
+            match done {
+                CryptoDone::Sealed {
+                    conn,
+                    record,
+                    key_update,
+                } => {
+                    let Some(c) = self.conns.get_mut(&conn) else {
+                        continue;
+                    };
+                    c.record_sealed(record);
+                    if let Some(k) = key_update {
+                        info!(
+                            "key update {} on a WAN connection after {} bytes",
+                            k.number, k.after_bytes
+                        );
+                        Stats::inc(&self.stats.key_updates);
+                    }
+                }
+                CryptoDone::Opened { conn, msg } => {
+                    let Some(c) = self.conns.get_mut(&conn) else {
+                        continue;
+                    };
+                    c.record_opened();
+                    if let Some(msg) = msg {
+                        self.on_message(conn, msg, now);
+                    }
+                }
+                CryptoDone::Failed { conn, error } => {
+                    if self.conns.contains_key(&conn) {
+                        Stats::inc(&self.stats.records_rejected);
+                        self.fail_conn(conn, error.into(), now);
+                    }
+                }
+            }
+        }
+        any
+    }
+
+    /// Applies one message from the peer to the session core; errors are
+    /// counted and logged, as the kernel datapath does.
+    pub(super) fn apply(&mut self, msg: crate::protocol::Message) {
+        let Some(t) = &mut self.tunnel else { return };
+        match t.core.handle_message(msg) {
+            Ok(()) => {}
+            Err(e @ PeerError::UnknownSession(_)) => {
+                Stats::inc(&self.stats.unknown_session_messages);
+                debug!("peer {}: {e}", t.peer)
+            }
+            Err(e) => {
+                Stats::inc(&self.stats.protocol_errors);
+                warn!("peer {}: {e}", t.peer)
+            }
+        }
+    }
+
+    /// Acts on what the session core reported.
+    pub(super) fn dispatch_events(&mut self, now: u64) {
+        loop {
+            let Some(event) = self.tunnel.as_mut().and_then(|t| t.core.poll_event()) else {
+                return;
+            };
+            match event {
+                Event::ConnectRequested { session, target } => {
+                    self.egress_connect(session, target, now)
+                }
+                Event::Accepted(id) => self.endpoint_accepted(id),
+                Event::Refused {
+                    session,
+                    reason,
+                    detail,
+                } => self.endpoint_refused(session, reason, &detail, now),
+                Event::Reset { session, reason } => {
+                    Stats::inc(&self.stats.sessions_reset);
+                    self.endpoint_reset(session, reason, now)
+                }
+                Event::Closed(id) => self.endpoint_closed(id, now),
+                // Pumps and flows look at every session and flow each turn.
+                Event::Readable(_)
+                | Event::Writable(_)
+                | Event::CreditFreed
+                | Event::FramesReady
+                | Event::ControlReady => {}
+            }
+        }
+    }
+
+    /// Everything `lmas status` shows, in the same shape as the kernel
+    /// datapath's (TCP_INFO figures are kernel-only: `tcp` is empty here).
+    pub fn status(&self, now: u64) -> Status {
+        let secs = |us: u64| now.saturating_sub(us) as f64 / 1e6;
+        let tunnel = self.tunnel.as_ref().map(|t| {
+            let sessions = t
+                .core
+                .snapshot()
+                .into_iter()
+                .map(|s| {
+                    let ep = self.endpoints.get(&s.id);
+                    SessionStatus {
+                        id: s.id.0,
+                        state: s.state.to_string(),
+                        source: ep.and_then(|e| e.source).map(|a| a.to_string()),
+                        target: s.target.to_string(),
+                        age_secs: ep.map_or(0.0, |e| secs(e.started)),
+                        bytes_up: s.written,
+                        bytes_up_acked: s.acked,
+                        bytes_down: s.delivered,
+                        in_flight: s.written - s.acked,
+                    }
+                })
+                .collect();
+            let mut connections: Vec<ConnectionStatus> = t
+                .control
+                .iter()
+                .map(|c| (None, *c))
+                .chain(
+                    t.flows
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(k, c)| c.map(|c| (Some(k as u16), c))),
+                )
+                .filter_map(|(flow, id)| {
+                    let c = self.conns.get(&id).filter(|c| c.is_keyed())?;
+                    Some(ConnectionStatus {
+                        kind: if flow.is_some() { "data" } else { "control" }.to_string(),
+                        flow,
+                        local: c.local.map(|a| a.to_string()).unwrap_or_default(),
+                        remote: c.remote.map(|a| a.to_string()).unwrap_or_default(),
+                        age_secs: secs(c.created),
+                        bytes_sent: c.bytes_sent,
+                        bytes_received: c.bytes_received,
+                        tcp: None,
+                    })
+                })
+                .collect();
+            connections.sort_by_key(|c| c.flow.map_or(-1, |f| f as i32));
+            TunnelStatus {
+                id: t.id.iter().map(|b| format!("{b:02x}")).collect(),
+                state: if t.held_since.is_some() { "held" } else { "up" }.to_string(),
+                peer: t.peer.clone(),
+                buffered_bytes: t.core.buffered(),
+                connections,
+                sessions,
+                counters: t.core.counters().snapshot(),
+            }
+        });
+        let mut counters = self.stats.snapshot();
+        counters.insert("dpdk_lan_filtered_frames".into(), self.lan.filtered);
+        counters.insert("dpdk_wan_filtered_frames".into(), self.wan.filtered);
+        counters.insert("dpdk_crypto_backlog".into(), self.crypto.backlog() as u64);
+        Status {
+            gateway: self.config.name.clone(),
+            peer: self.config.peer_name.clone(),
+            uptime_secs: secs(self.started),
+            tunnel,
+            counters,
+        }
+    }
+
+    /// Stops taking new sessions and resets the running ones, telling the
+    /// peer (so it does not hold them for the grace period). The caller
+    /// keeps polling until [`Engine::quiesced`] or its deadline.
+    pub fn shut_down(&mut self, now: u64) {
+        if self.stopping {
+            return;
+        }
+        self.stopping = true;
+        if let Some(t) = &mut self.tunnel {
+            let ids: Vec<SessionId> = t.core.snapshot().iter().map(|s| s.id).collect();
+            if !ids.is_empty() {
+                warn!("shutting down: resetting {} sessions", ids.len());
+            }
+            for id in ids {
+                t.core.reset(id, crate::protocol::ResetReason::ShuttingDown);
+            }
+        }
+        self.dispatch_events(now);
+    }
+
+    /// After `shut_down`: every reset reached the control connection's socket.
+    pub fn quiesced(&mut self) -> bool {
+        let Some(t) = &mut self.tunnel else {
+            return true;
+        };
+        let Some(c) = t.control.and_then(|c| self.conns.get(&c)) else {
+            return true;
+        };
+        let queued = self.wan.socket(c.handle).send_queue();
+        t.core.session_count() == 0 && c.drained() && queued == 0
+    }
+}
+
+/// A per-process seed for the stacks' initial sequence numbers and ports.
+fn seed() -> u64 {
+    let mut b = [0u8; 8];
+    use ring::rand::SecureRandom;
+    if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        return t.as_nanos() as u64 ^ std::process::id() as u64;
+    }
+    u64::from_le_bytes(b)
+}

@@ -1,0 +1,278 @@
+//! One port's userspace TCP/IP stack: a smoltcp interface and its sockets
+//! over a [`FramePort`], with the port's address, routes and (LAN side in
+//! transparent mode) interception of other hosts' addresses.
+//!
+//! Transparent interception uses smoltcp's any-IP mode, which accepts IP
+//! packets for every address *and answers ARP for every address*. The
+//! latter would steal other hosts' traffic on the LAN, so [`Guard`] filters
+//! frames before the stack sees them: ARP only for our own address, IPv4
+//! only for our address or an intercepted prefix.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::socket::tcp;
+use smoltcp::time::Instant;
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpoint, Ipv4Cidr};
+
+use super::phy::{FramePort, PortDevice};
+use crate::admin::dpdk::{in_prefix, PortSpec};
+
+/// First and last ephemeral port for our outgoing connections.
+const EPHEMERAL: std::ops::RangeInclusive<u16> = 49152..=65535;
+
+/// What frames reach the stack.
+struct Guard {
+    own: Ipv4Addr,
+    /// Prefixes whose addresses we terminate as if they were ours.
+    intercept: Vec<(Ipv4Addr, u8)>,
+}
+
+impl Guard {
+    fn admits(&self, frame: &[u8]) -> bool {
+        const ETH: usize = 14;
+        if frame.len() < ETH {
+            return false;
+        }
+        let ipv4 = |b: &[u8]| Ipv4Addr::new(b[0], b[1], b[2], b[3]);
+        match u16::from_be_bytes([frame[12], frame[13]]) {
+            // ARP: the target protocol address is at 24..28 of the ARP body.
+            0x0806 => frame.len() >= ETH + 28 && ipv4(&frame[ETH + 24..ETH + 28]) == self.own,
+            // IPv4: the destination address is at 16..20 of the header.
+            0x0800 => {
+                if frame.len() < ETH + 20 {
+                    return false;
+                }
+                let dst = ipv4(&frame[ETH + 16..ETH + 20]);
+                dst == self.own
+                    || dst.is_broadcast()
+                    || self
+                        .intercept
+                        .iter()
+                        .any(|&(net, len)| in_prefix(dst, net, len))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A filtering view of a port for the stack (see [`Guard`]).
+struct Guarded<'a, P> {
+    port: &'a mut P,
+    guard: &'a Guard,
+    dropped: &'a mut u64,
+}
+
+impl<P: FramePort> FramePort for Guarded<'_, P> {
+    type Rx = P::Rx;
+    type Tx = P::Tx;
+
+    fn recv(&mut self) -> Option<P::Rx> {
+        loop {
+            let frame = self.port.recv()?;
+            if self.guard.admits(frame.as_ref()) {
+                return Some(frame);
+            }
+            *self.dropped += 1;
+        }
+    }
+
+    fn can_send(&self) -> bool {
+        self.port.can_send()
+    }
+
+    fn tx_buffer(&mut self, len: usize) -> Option<P::Tx> {
+        self.port.tx_buffer(len)
+    }
+
+    fn send(&mut self, frame: P::Tx) {
+        self.port.send(frame)
+    }
+
+    fn mtu(&self) -> usize {
+        self.port.mtu()
+    }
+
+    fn note_tx_drop(&mut self) {
+        self.port.note_tx_drop()
+    }
+}
+
+/// One port's stack.
+pub struct Net<P: FramePort> {
+    pub port: P,
+    iface: Interface,
+    pub sockets: SocketSet<'static>,
+    guard: Guard,
+    pub addr: Ipv4Addr,
+    next_port: u16,
+    /// Frames the guard kept from the stack (other hosts' ARP, foreign IPs).
+    pub filtered: u64,
+}
+
+impl<P: FramePort> Net<P> {
+    /// Sets up the interface: `mac`, the port's address and prefix, a
+    /// default route if the spec has a gateway, and any-IP with routes for
+    /// the intercepted prefixes.
+    pub fn new(mut port: P, mac: [u8; 6], spec: &PortSpec, seed: u64, now: u64) -> Self {
+        let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
+        config.random_seed = seed;
+        let mut iface = Interface::new(config, &mut PortDevice(&mut port), instant(now));
+        let own = spec.address;
+        iface.update_ip_addrs(|addrs| {
+            let cidr = IpCidr::Ipv4(Ipv4Cidr::new(own, spec.prefix_len));
+            addrs.push(cidr).expect("room for one address");
+        });
+        iface.routes_mut().update(|routes| {
+            if let Some(gw) = spec.gateway {
+                let _ = routes.push(smoltcp::iface::Route::new_ipv4_gateway(gw));
+            }
+            // any-IP accepts a packet for a foreign address when a route
+            // covers it "via" one of our own addresses.
+            for &(net, len) in &spec.intercept {
+                let _ = routes.push(smoltcp::iface::Route {
+                    cidr: IpCidr::Ipv4(Ipv4Cidr::new(net, len)),
+                    via_router: IpAddress::Ipv4(own),
+                    preferred_until: None,
+                    expires_at: None,
+                });
+            }
+        });
+        iface.set_any_ip(!spec.intercept.is_empty());
+        Net {
+            port,
+            iface,
+            sockets: SocketSet::new(Vec::new()),
+            guard: Guard {
+                own,
+                intercept: spec.intercept.clone(),
+            },
+            addr: own,
+            next_port: *EPHEMERAL.start() + (seed % 8192) as u16,
+            filtered: 0,
+        }
+    }
+
+    /// Moves packets: everything received is processed, everything the
+    /// sockets want to send is sent. True if any socket may have changed.
+    pub fn poll(&mut self, now: u64) -> bool {
+        let mut dev = Guarded {
+            port: &mut self.port,
+            guard: &self.guard,
+            dropped: &mut self.filtered,
+        };
+        self.iface
+            .poll(instant(now), &mut PortDevice(&mut dev), &mut self.sockets)
+            != smoltcp::iface::PollResult::None
+    }
+
+    /// When the stack next has timed work (retransmits, delayed acks).
+    pub fn poll_at(&mut self, now: u64) -> Option<u64> {
+        self.iface
+            .poll_at(instant(now), &self.sockets)
+            .map(|t| t.total_micros().max(0) as u64)
+    }
+
+    /// A new TCP socket with the given buffer sizes.
+    pub fn add_socket(&mut self, rx: usize, tx: usize) -> SocketHandle {
+        let s = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; rx]),
+            tcp::SocketBuffer::new(vec![0; tx]),
+        );
+        self.sockets.add(s)
+    }
+
+    pub fn socket(&mut self, h: SocketHandle) -> &mut tcp::Socket<'static> {
+        self.sockets.get_mut::<tcp::Socket>(h)
+    }
+
+    pub fn remove(&mut self, h: SocketHandle) {
+        self.sockets.remove(h);
+    }
+
+    /// Connects socket `h` to `remote` from our address and a free
+    /// ephemeral port.
+    pub fn connect(
+        &mut self,
+        h: SocketHandle,
+        remote: SocketAddrV4,
+    ) -> Result<(), tcp::ConnectError> {
+        let in_use: std::collections::HashSet<u16> = self
+            .sockets
+            .iter()
+            .filter_map(|(_, s)| match s {
+                smoltcp::socket::Socket::Tcp(t) => t.local_endpoint().map(|e| e.port),
+                #[allow(unreachable_patterns)]
+                _ => None,
+            })
+            .collect();
+        let span = EPHEMERAL.end() - EPHEMERAL.start() + 1;
+        let mut local = None;
+        for _ in 0..span {
+            let p = self.next_port;
+            self.next_port = if p == *EPHEMERAL.end() {
+                *EPHEMERAL.start()
+            } else {
+                p + 1
+            };
+            if !in_use.contains(&p) {
+                local = Some(p);
+                break;
+            }
+        }
+        let local = local.ok_or(tcp::ConnectError::Unaddressable)?;
+        let remote = IpEndpoint::new(IpAddress::Ipv4(*remote.ip()), remote.port());
+        let local = IpEndpoint::new(IpAddress::Ipv4(self.addr), local);
+        let socket = self.sockets.get_mut::<tcp::Socket>(h);
+        socket.connect(self.iface.context(), remote, local)
+    }
+}
+
+/// smoltcp's clock from ours (microseconds).
+pub fn instant(us: u64) -> Instant {
+    Instant::from_micros(us as i64)
+}
+
+/// A socket endpoint as a std address.
+pub fn endpoint_addr(e: IpEndpoint) -> SocketAddr {
+    match e.addr {
+        IpAddress::Ipv4(a) => SocketAddr::V4(SocketAddrV4::new(a, e.port)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arp_for(target: [u8; 4]) -> Vec<u8> {
+        let mut f = vec![0u8; 14 + 28];
+        f[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+        f[14 + 24..14 + 28].copy_from_slice(&target);
+        f
+    }
+
+    fn ipv4_to(dst: [u8; 4]) -> Vec<u8> {
+        let mut f = vec![0u8; 14 + 20];
+        f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        f[14 + 16..14 + 20].copy_from_slice(&dst);
+        f
+    }
+
+    #[test]
+    fn guard_answers_arp_only_for_us_and_admits_intercepted_prefixes() {
+        let g = Guard {
+            own: Ipv4Addr::new(10, 0, 1, 1),
+            intercept: vec![(Ipv4Addr::new(10, 0, 3, 0), 24)],
+        };
+        assert!(g.admits(&arp_for([10, 0, 1, 1])));
+        assert!(!g.admits(&arp_for([10, 0, 1, 7])), "another host's ARP");
+        assert!(g.admits(&ipv4_to([10, 0, 1, 1])));
+        assert!(g.admits(&ipv4_to([10, 0, 3, 2])));
+        assert!(!g.admits(&ipv4_to([10, 0, 4, 2])));
+        assert!(!g.admits(&[0u8; 10]), "runt");
+        assert!(!g.admits(&arp_for([10, 0, 1, 1])[..20]), "truncated ARP");
+        let mut ipv6 = ipv4_to([10, 0, 1, 1]);
+        ipv6[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+        assert!(!g.admits(&ipv6));
+    }
+}

@@ -1,0 +1,682 @@
+//! The DPDK datapath's engine without DPDK: two engines back to back over
+//! in-memory Ethernet wires (with delay, loss and cuts), hypervisor hosts
+//! played by plain smoltcp stacks, crypto inline, simulated time. Every
+//! stream is compared byte for byte.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use smoltcp::iface::SocketHandle;
+use smoltcp::socket::tcp;
+
+use super::crypto::InlineCrypto;
+use super::engine::{Engine, Ports};
+use super::net::Net;
+use super::phy::MemPort;
+use crate::admin::dpdk::PortSpec;
+use crate::admin::{Config, Stats};
+use crate::crypto::StaticKeypair;
+
+/// Simulated time per step.
+const STEP_US: u64 = 200;
+
+/// One direction of a link: frames in flight with their delivery time.
+#[derive(Default)]
+struct Wire {
+    delay_us: u64,
+    /// Frames lost, per million.
+    loss_ppm: u64,
+    cut: bool,
+    rng: u64,
+    ab: VecDeque<(u64, Vec<u8>)>,
+    ba: VecDeque<(u64, Vec<u8>)>,
+    lost: u64,
+}
+
+impl Wire {
+    fn new(delay_us: u64) -> Wire {
+        Wire {
+            delay_us,
+            rng: 0x9E37_79B9_7F4A_7C15,
+            ..Wire::default()
+        }
+    }
+
+    fn chance(&mut self) -> u64 {
+        // xorshift64: deterministic runs.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng % 1_000_000
+    }
+
+    fn carry(&mut self, now: u64, a: &mut MemPort, b: &mut MemPort) {
+        for (from, q) in [(&mut *a, 0), (&mut *b, 1)] {
+            while let Some(f) = from.outbox.pop_front() {
+                let lose = self.cut || self.chance() < self.loss_ppm;
+                if lose {
+                    self.lost += 1;
+                    continue;
+                }
+                let at = now + self.delay_us;
+                if q == 0 {
+                    self.ab.push_back((at, f));
+                } else {
+                    self.ba.push_back((at, f));
+                }
+            }
+        }
+        while self.ab.front().is_some_and(|(t, _)| *t <= now) {
+            b.inbox.push_back(self.ab.pop_front().expect("checked").1);
+        }
+        while self.ba.front().is_some_and(|(t, _)| *t <= now) {
+            a.inbox.push_back(self.ba.pop_front().expect("checked").1);
+        }
+    }
+}
+
+/// An application on a host: sends `out`, collects what arrives, closes
+/// its side once everything is sent.
+struct App {
+    handle: SocketHandle,
+    out: Vec<u8>,
+    sent: usize,
+    got: Vec<u8>,
+    closed: bool,
+    /// The other side finished (FIN seen after everything was read).
+    eof: bool,
+    fin_seen: bool,
+    reset: bool,
+    was_connected: bool,
+    /// Close only after the other side finished (a server that answers
+    /// when the request is complete).
+    close_after_eof: bool,
+}
+
+impl App {
+    fn new(handle: SocketHandle, out: Vec<u8>) -> App {
+        App {
+            handle,
+            out,
+            sent: 0,
+            got: Vec::new(),
+            closed: false,
+            eof: false,
+            fin_seen: false,
+            reset: false,
+            was_connected: false,
+            close_after_eof: false,
+        }
+    }
+
+    fn run(&mut self, net: &mut Net<MemPort>) {
+        let s = net.socket(self.handle);
+        if s.state() == tcp::State::Established {
+            self.was_connected = true;
+        }
+        use tcp::State::*;
+        self.fin_seen |= matches!(s.state(), CloseWait | LastAck | Closing | TimeWait);
+        if self.was_connected && s.state() == Closed && !(self.fin_seen && self.closed) {
+            self.reset = true;
+        }
+        while s.can_recv() {
+            let _ = s.recv(|b| {
+                self.got.extend_from_slice(b);
+                (b.len(), ())
+            });
+        }
+        if self.fin_seen && !s.can_recv() {
+            self.eof = true;
+        }
+        if s.may_send() && self.sent < self.out.len() {
+            self.sent += s.send_slice(&self.out[self.sent..]).unwrap_or(0);
+        }
+        if s.may_send()
+            && self.sent == self.out.len()
+            && !self.closed
+            && (self.eof || !self.close_after_eof)
+        {
+            s.close();
+            self.closed = true;
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.closed && self.eof && !self.reset
+    }
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2654435761).to_be_bytes()[i % 4] ^ seed)
+        .collect()
+}
+
+struct Keys {
+    dir: PathBuf,
+}
+
+impl Drop for Keys {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn keys(tag: &str) -> Keys {
+    let dir = std::env::temp_dir().join(format!("lmas-dpdk-sim-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for k in ["a", "b", "x"] {
+        StaticKeypair::generate()
+            .unwrap()
+            .write(&dir.join(format!("{k}.key")))
+            .unwrap();
+    }
+    Keys { dir }
+}
+
+/// The pair's configs; `extra_a`/`extra_b` are appended (more sections).
+fn configs(
+    k: &Keys,
+    ingress_a: &str,
+    b_peer_key: &str,
+    extra_b: &str,
+) -> (Arc<Config>, Arc<Config>) {
+    let a = format!(
+        r#"
+[gateway]
+name = "gw-a"
+private_key_file = "a.key"
+datapath = "dpdk"
+[peer]
+name = "gw-b"
+public_key_file = "b.key.pub"
+connect = "10.0.2.2:7700"
+[wan]
+data_flows = 4
+socket_buffer_bytes = 1048576
+flow_timeout_secs = 2
+grace_period_secs = 20
+[egress]
+connect_timeout_ms = 3000
+{ingress_a}
+[dpdk]
+lan_socket_buffer_bytes = 524288
+[dpdk.lan]
+device = "lan-a"
+address = "10.0.1.1/24"
+intercept = ["10.0.3.0/24"]
+[dpdk.wan]
+device = "wan-a"
+address = "10.0.2.1/24"
+"#
+    );
+    let b = format!(
+        r#"
+[gateway]
+name = "gw-b"
+private_key_file = "b.key"
+tunnel_listen = "10.0.2.2:7700"
+datapath = "dpdk"
+[peer]
+name = "gw-a"
+public_key_file = "{b_peer_key}"
+[wan]
+data_flows = 4
+socket_buffer_bytes = 1048576
+flow_timeout_secs = 2
+grace_period_secs = 20
+{extra_b}
+[dpdk]
+lan_socket_buffer_bytes = 524288
+[dpdk.lan]
+device = "lan-b"
+address = "10.0.3.1/24"
+[dpdk.wan]
+device = "wan-b"
+address = "10.0.2.2/24"
+"#
+    );
+    let parse = |name: &str, text: &str| {
+        Arc::new(Config::parse(&k.dir.join(name), text).unwrap_or_else(|e| panic!("{e}")))
+    };
+    (parse("a.toml", &a), parse("b.toml", &b))
+}
+
+const LISTEN_INGRESS: &str = r#"
+[[ingress]]
+mode = "listen"
+bind = "10.0.1.1:6000"
+target = "10.0.3.2:5000"
+"#;
+
+const ALLOW_DST: &str = r#"
+[egress]
+allow = ["10.0.3.2:5000"]
+"#;
+
+fn host(addr: [u8; 4], gw: [u8; 4], mac: u8, now: u64) -> Net<MemPort> {
+    let spec = PortSpec {
+        device: "host".into(),
+        address: addr.into(),
+        prefix_len: 24,
+        gateway: Some(gw.into()),
+        intercept: Vec::new(),
+        mtu: 1500,
+    };
+    Net::new(
+        MemPort::default(),
+        [2, 0, 0, 0, 0, mac],
+        &spec,
+        mac as u64,
+        now,
+    )
+}
+
+type SimEngine = Engine<MemPort, InlineCrypto>;
+
+struct Sim {
+    now: u64,
+    a: SimEngine,
+    b: SimEngine,
+    src: Net<MemPort>,
+    dst: Net<MemPort>,
+    lan_a: Wire,
+    wan: Wire,
+    lan_b: Wire,
+    stats_a: Arc<Stats>,
+    stats_b: Arc<Stats>,
+}
+
+impl Sim {
+    fn new(a: Arc<Config>, b: Arc<Config>, wan_delay_us: u64) -> Sim {
+        let _ = env_logger::builder().is_test(true).try_init();
+        let now = 1_000_000;
+        let engine = |config: Arc<Config>, stats: Arc<Stats>, n: u8| {
+            let ports = Ports {
+                lan: MemPort::default(),
+                lan_mac: [2, 0, 0, 0, n, 1],
+                wan: MemPort::default(),
+                wan_mac: [2, 0, 0, 0, n, 2],
+            };
+            Engine::new(config, stats, ports, InlineCrypto::default(), now)
+        };
+        let (stats_a, stats_b) = (Arc::new(Stats::default()), Arc::new(Stats::default()));
+        Sim {
+            now,
+            a: engine(a, stats_a.clone(), 0xa),
+            b: engine(b, stats_b.clone(), 0xb),
+            src: host([10, 0, 1, 2], [10, 0, 1, 1], 0x12, now),
+            dst: host([10, 0, 3, 2], [10, 0, 3, 1], 0x32, now),
+            lan_a: Wire::new(50),
+            wan: Wire::new(wan_delay_us),
+            lan_b: Wire::new(50),
+            stats_a,
+            stats_b,
+        }
+    }
+
+    fn step(&mut self) {
+        self.now += STEP_US;
+        let now = self.now;
+        self.src.poll(now);
+        self.a.poll(now);
+        self.b.poll(now);
+        self.dst.poll(now);
+        self.lan_a
+            .carry(now, &mut self.src.port, &mut self.a.lan.port);
+        self.wan
+            .carry(now, &mut self.a.wan.port, &mut self.b.wan.port);
+        self.lan_b
+            .carry(now, &mut self.b.lan.port, &mut self.dst.port);
+    }
+
+    /// Steps until `done` or `limit_s` simulated seconds pass.
+    fn run_until(&mut self, limit_s: u64, mut done: impl FnMut(&mut Sim) -> bool) -> bool {
+        let end = self.now + limit_s * 1_000_000;
+        while self.now < end {
+            self.step();
+            if done(self) {
+                return true;
+            }
+        }
+        false
+    }
+
+    fn tunnel_up(&mut self) -> bool {
+        let up = |e: &SimEngine| {
+            e.tunnel.as_ref().is_some_and(|t| {
+                t.is_up(&e.conns)
+                    && t.flows.iter().all(|f| {
+                        f.and_then(|c| e.conns.get(&c))
+                            .is_some_and(|c| c.is_keyed())
+                    })
+            })
+        };
+        up(&self.a) && up(&self.b)
+    }
+
+    fn connect_src(&mut self, to: ([u8; 4], u16), out: Vec<u8>) -> App {
+        let h = self.src.add_socket(1 << 20, 1 << 20);
+        self.src
+            .connect(h, std::net::SocketAddrV4::new(to.0.into(), to.1))
+            .unwrap();
+        App::new(h, out)
+    }
+
+    fn listen_dst(&mut self, port: u16, n: usize) -> Vec<SocketHandle> {
+        (0..n)
+            .map(|_| {
+                let h = self.dst.add_socket(1 << 20, 1 << 20);
+                self.dst.socket(h).listen(port).unwrap();
+                h
+            })
+            .collect()
+    }
+}
+
+/// Pairs accepted destination sockets with apps that send `reply(i)`.
+fn accept_apps(
+    sim: &mut Sim,
+    handles: &[SocketHandle],
+    apps: &mut Vec<App>,
+    reply: &dyn Fn(usize) -> Vec<u8>,
+) {
+    for &h in handles {
+        if apps.iter().any(|a| a.handle == h) {
+            continue;
+        }
+        if sim.dst.socket(h).state() != tcp::State::Listen {
+            let i = apps.len();
+            apps.push(App::new(h, reply(i)));
+        }
+    }
+}
+
+#[test]
+fn transfer_both_ways_with_half_close_over_a_delayed_wan() {
+    let k = keys("both");
+    let (a, b) = configs(&k, LISTEN_INGRESS, "a.key.pub", ALLOW_DST);
+    let mut sim = Sim::new(a, b, 10_000);
+    assert!(sim.run_until(5, |s| s.tunnel_up()), "tunnel never came up");
+
+    let up = pattern(3 << 20, 1);
+    let down = pattern(1 << 20, 2);
+    let listeners = sim.listen_dst(5000, 1);
+    let mut src = sim.connect_src(([10, 0, 1, 1], 6000), up.clone());
+    let mut dst_apps = Vec::new();
+    let ok = sim.run_until(60, |s| {
+        src.run(&mut s.src);
+        accept_apps(s, &listeners, &mut dst_apps, &|_| down.clone());
+        for app in &mut dst_apps {
+            app.run(&mut s.dst);
+        }
+        src.done() && dst_apps.first().is_some_and(|d| d.done())
+    });
+    let dst = dst_apps.first().expect("the destination was connected");
+    assert!(
+        ok,
+        "transfer did not finish: up {}/{} down {}/{}",
+        dst.got.len(),
+        up.len(),
+        src.got.len(),
+        down.len()
+    );
+    if dst.got != up {
+        let first = dst.got.iter().zip(&up).position(|(a, b)| a != b);
+        panic!(
+            "upstream bytes differ: got {} of {}, first difference at {first:?}",
+            dst.got.len(),
+            up.len()
+        );
+    }
+    assert!(src.got == down, "downstream bytes differ");
+    assert!(!src.reset && !dst.reset);
+    // The session ends on both gateways.
+    assert!(sim.run_until(5, |s| s.a.endpoints.is_empty() && s.b.endpoints.is_empty()));
+    assert_eq!(sim.stats_a.snapshot()["sessions_opened"], 1);
+    assert_eq!(sim.stats_b.snapshot()["sessions_accepted"], 1);
+}
+
+#[test]
+fn many_sessions_at_once_through_a_lossy_wan() {
+    let k = keys("many");
+    let (a, b) = configs(&k, LISTEN_INGRESS, "a.key.pub", ALLOW_DST);
+    let mut sim = Sim::new(a, b, 5_000);
+    sim.wan.loss_ppm = 10_000; // 1 %
+    assert!(sim.run_until(10, |s| s.tunnel_up()));
+    const N: usize = 6;
+    let listeners = sim.listen_dst(5000, N);
+    let mut srcs: Vec<App> = (0..N)
+        .map(|i| sim.connect_src(([10, 0, 1, 1], 6000), pattern(256 << 10, i as u8)))
+        .collect();
+    let mut dst_apps = Vec::new();
+    let ok = sim.run_until(120, |s| {
+        for a in &mut srcs {
+            a.run(&mut s.src);
+        }
+        accept_apps(s, &listeners, &mut dst_apps, &|_| Vec::new());
+        for a in &mut dst_apps {
+            a.run(&mut s.dst);
+        }
+        dst_apps.len() == N && dst_apps.iter().all(|d| d.done()) && srcs.iter().all(|a| a.done())
+    });
+    assert!(ok, "sessions did not finish ({} accepted)", dst_apps.len());
+    // Each destination got exactly one source's stream (order of accept is free).
+    let mut got: Vec<&Vec<u8>> = dst_apps.iter().map(|d| &d.got).collect();
+    let mut want: Vec<&Vec<u8>> = srcs.iter().map(|s| &s.out).collect();
+    got.sort();
+    want.sort();
+    assert!(got == want, "a stream differs");
+    assert!(
+        sim.wan.lost > 0,
+        "the WAN lost nothing: the test did not test loss"
+    );
+}
+
+#[test]
+fn transparent_ingress_keeps_the_original_destination() {
+    let k = keys("tproxy");
+    let tproxy = "[[ingress]]\nmode = \"tproxy\"\nbind = \"0.0.0.0:5000\"\n";
+    let (a, b) = configs(&k, tproxy, "a.key.pub", ALLOW_DST);
+    let mut sim = Sim::new(a, b, 1_000);
+    assert!(sim.run_until(5, |s| s.tunnel_up()));
+    let listeners = sim.listen_dst(5000, 1);
+    // The source dials the destination itself; its route goes via gw-a.
+    let mut src = sim.connect_src(([10, 0, 3, 2], 5000), pattern(100_000, 7));
+    let mut dst_apps = Vec::new();
+    let ok = sim.run_until(30, |s| {
+        src.run(&mut s.src);
+        accept_apps(s, &listeners, &mut dst_apps, &|_| b"pong".to_vec());
+        for a in &mut dst_apps {
+            a.run(&mut s.dst);
+        }
+        src.done() && dst_apps.first().is_some_and(|d| d.done())
+    });
+    assert!(ok);
+    assert_eq!(dst_apps[0].got, src.out);
+    assert_eq!(src.got, b"pong");
+}
+
+#[test]
+fn target_outside_the_allowlist_is_refused_and_the_client_reset() {
+    let k = keys("allow");
+    let (a, b) = configs(
+        &k,
+        LISTEN_INGRESS,
+        "a.key.pub",
+        "[egress]\nallow = [\"10.0.3.2:6666\"]\n",
+    );
+    let mut sim = Sim::new(a, b, 1_000);
+    assert!(sim.run_until(5, |s| s.tunnel_up()));
+    let listeners = sim.listen_dst(5000, 1);
+    let mut src = sim.connect_src(([10, 0, 1, 1], 6000), b"secret".to_vec());
+    let ok = sim.run_until(10, |s| {
+        src.run(&mut s.src);
+        src.reset
+    });
+    assert!(ok, "the client was not reset");
+    assert_eq!(
+        sim.dst.socket(listeners[0]).state(),
+        tcp::State::Listen,
+        "the target was never contacted"
+    );
+    assert_eq!(sim.stats_b.snapshot()["sessions_refused"], 1);
+    assert_eq!(sim.stats_a.snapshot()["sessions_refused"], 1);
+}
+
+#[test]
+fn wrong_key_is_refused_before_any_session() {
+    let k = keys("wrongkey");
+    // gw-b expects x's key, not a's.
+    let (a, b) = configs(&k, LISTEN_INGRESS, "x.key.pub", ALLOW_DST);
+    let mut sim = Sim::new(a, b, 1_000);
+    let failures = sim.run_until(5, |s| s.stats_b.snapshot()["handshake_failures"] >= 2);
+    assert!(failures, "gw-b did not refuse gw-a's handshakes");
+    assert!(
+        sim.a.tunnel.is_none() && sim.b.tunnel.is_none(),
+        "no tunnel, no session state"
+    );
+    let mut src = sim.connect_src(([10, 0, 1, 1], 6000), b"x".to_vec());
+    assert!(
+        sim.run_until(10, |s| {
+            src.run(&mut s.src);
+            src.reset
+        }),
+        "a client with no tunnel is reset after the connect timeout"
+    );
+}
+
+#[test]
+fn a_wan_outage_longer_than_the_flow_timeout_is_survived() {
+    let k = keys("outage");
+    let (a, b) = configs(&k, LISTEN_INGRESS, "a.key.pub", ALLOW_DST);
+    let mut sim = Sim::new(a, b, 2_000);
+    assert!(sim.run_until(5, |s| s.tunnel_up()));
+    let up = pattern(2 << 20, 3);
+    let listeners = sim.listen_dst(5000, 1);
+    let mut src = sim.connect_src(([10, 0, 1, 1], 6000), up.clone());
+    let mut dst_apps = Vec::new();
+    let mut run = |sim: &mut Sim, secs: u64, stop: &dyn Fn(&[App]) -> bool| {
+        sim.run_until(secs, |s| {
+            src.run(&mut s.src);
+            accept_apps(s, &listeners, &mut dst_apps, &|_| Vec::new());
+            for a in &mut dst_apps {
+                a.run(&mut s.dst);
+            }
+            stop(&dst_apps)
+        })
+    };
+    assert!(
+        run(&mut sim, 20, &|d| d
+            .first()
+            .is_some_and(|d| d.got.len() > 256 << 10)),
+        "no progress before the cut"
+    );
+    sim.wan.cut = true;
+    run(&mut sim, 5, &|_| false); // 5 s > flow_timeout (2 s): every WAN connection dies
+    assert!(
+        sim.a
+            .tunnel
+            .as_ref()
+            .is_some_and(|t| t.held_since.is_some()),
+        "gw-a holds the tunnel"
+    );
+    sim.wan.cut = false;
+    assert!(
+        run(&mut sim, 60, &|d| d.first().is_some_and(|d| d.done())),
+        "transfer did not resume"
+    );
+    assert!(dst_apps[0].got == up);
+    assert!(sim.stats_a.snapshot()["tunnel_resumes"] >= 1);
+    assert!(sim.stats_b.snapshot()["tunnel_resumes"] >= 1);
+}
+
+#[test]
+fn a_killed_data_flow_is_redialled_and_its_frames_resent() {
+    let k = keys("killflow");
+    let (a, b) = configs(&k, LISTEN_INGRESS, "a.key.pub", ALLOW_DST);
+    let mut sim = Sim::new(a, b, 3_000);
+    assert!(sim.run_until(5, |s| s.tunnel_up()));
+    let up = pattern(3 << 20, 9);
+    let listeners = sim.listen_dst(5000, 1);
+    let mut src = sim.connect_src(([10, 0, 1, 1], 6000), up.clone());
+    let mut dst_apps = Vec::new();
+    let mut killed = 0;
+    let ok = sim.run_until(60, |s| {
+        src.run(&mut s.src);
+        accept_apps(s, &listeners, &mut dst_apps, &|_| Vec::new());
+        for a in &mut dst_apps {
+            a.run(&mut s.dst);
+        }
+        // Mid-transfer, reset data flow 1 on gw-a's side, twice.
+        let progress = dst_apps.first().map_or(0, |d| d.got.len());
+        if (killed == 0 && progress > 512 << 10) || (killed == 1 && progress > 2 << 20) {
+            let t = s.a.tunnel.as_ref().unwrap();
+            let conn = t.flows[1].and_then(|c| s.a.conns.get(&c)).unwrap();
+            let h = conn.handle;
+            s.a.wan.socket(h).abort();
+            killed += 1;
+        }
+        dst_apps.first().is_some_and(|d| d.done()) && src.done()
+    });
+    assert_eq!(killed, 2);
+    assert!(ok, "transfer did not finish");
+    assert!(dst_apps[0].got == up, "bytes differ after flow losses");
+    assert_eq!(sim.stats_a.snapshot()["flows_lost"], 2);
+    assert!(
+        sim.run_until(5, |s| s.tunnel_up()),
+        "flow 1 was not re-dialled"
+    );
+}
+
+#[test]
+fn an_outage_longer_than_the_grace_period_resets_both_ends() {
+    let k = keys("grace");
+    let (a, b) = configs(&k, LISTEN_INGRESS, "a.key.pub", ALLOW_DST);
+    let (a, b) = (with_grace(&a, 3), with_grace(&b, 3));
+    let mut sim = Sim::new(a, b, 1_000);
+    assert!(sim.run_until(5, |s| s.tunnel_up()));
+    let listeners = sim.listen_dst(5000, 1);
+    let mut src = sim.connect_src(([10, 0, 1, 1], 6000), pattern(64 << 20, 1));
+    let mut dst_apps = Vec::new();
+    assert!(sim.run_until(20, |s| {
+        src.run(&mut s.src);
+        accept_apps(s, &listeners, &mut dst_apps, &|_| Vec::new());
+        if let Some(d) = dst_apps.first_mut() {
+            d.close_after_eof = true;
+        }
+        for a in &mut dst_apps {
+            a.run(&mut s.dst);
+        }
+        dst_apps.first().is_some_and(|d| !d.got.is_empty())
+    }));
+    sim.wan.cut = true;
+    let both_reset = sim.run_until(15, |s| {
+        src.run(&mut s.src);
+        for a in &mut dst_apps {
+            a.run(&mut s.dst);
+        }
+        src.reset && dst_apps[0].reset
+    });
+    assert!(
+        both_reset,
+        "after flow timeout (2 s) + grace (3 s) both endpoints are reset: src {:?} {} (fin {} closed {} conn {}), dst {:?} {}",
+        s_state(&mut sim.src, src.handle),
+        src.reset, src.fin_seen, src.closed, src.was_connected,
+        s_state(&mut sim.dst, dst_apps[0].handle),
+        dst_apps[0].reset
+    );
+    assert!(dst_apps[0].got.len() < 64 << 20);
+}
+
+fn with_grace(c: &Arc<Config>, secs: u64) -> Arc<Config> {
+    let mut c = (**c).clone();
+    c.grace_period = std::time::Duration::from_secs(secs);
+    Arc::new(c)
+}
+
+fn s_state(net: &mut Net<MemPort>, h: SocketHandle) -> tcp::State {
+    net.socket(h).state()
+}

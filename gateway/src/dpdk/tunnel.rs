@@ -1,0 +1,702 @@
+//! The WAN side of the engine: the tunnel's control connection and N data
+//! flows on userspace TCP sockets, with the same protocol behaviour as the
+//! kernel datapath (docs/PROTOCOL.md): hello/welcome/attach, resuming a
+//! held tunnel after the control connection dies, re-dialling dead flows
+//! (their frames go out again on the others), fair admission of
+//! unauthenticated connections, handshake timeouts.
+
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+
+use log::{info, warn};
+use smoltcp::socket::tcp;
+
+use super::crypto::{ConnId, CryptoJob, CryptoPipe};
+use super::engine::Engine;
+use super::phy::FramePort;
+use super::wan::{Identity, Role, WanConn, WanError};
+use crate::admin::{Config, Stats, TunnelEnd};
+use crate::crypto::{RekeyPolicy, MAX_RECORD_LEN};
+use crate::protocol::{Message, ResetReason};
+use crate::session::{Side, TunnelCore};
+
+/// A handshake (and its first record) must complete within this time.
+const HANDSHAKE_TIMEOUT_US: u64 = 10_000_000;
+/// Handshakes in progress at once on the tunnel port.
+const MAX_PENDING_HANDSHAKES: usize = 64;
+/// Listening sockets kept ready on the tunnel port (the dialler opens its
+/// control connection and N flows in a burst).
+const WAN_LISTENERS: usize = 16;
+const BACKOFF_MIN_US: u64 = 100_000;
+const BACKOFF_MAX_US: u64 = 5_000_000;
+
+/// The tunnel to the peer gateway: the session core and its connections.
+pub struct Tunnel {
+    pub id: [u8; 16],
+    pub core: TunnelCore,
+    pub control: Option<ConnId>,
+    pub flows: Vec<Option<ConnId>>,
+    /// Since when the tunnel has had no control connection (an outage).
+    pub held_since: Option<u64>,
+    /// `NAME (ADDR)` of the peer, for logs.
+    pub peer: String,
+    /// Whether every flow has attached once (logged once).
+    all_attached: bool,
+}
+
+/// The dialling gateway's reconnect state.
+pub struct Dialer {
+    addr: SocketAddrV4,
+    /// A control connection dialled and waiting for its welcome.
+    pub awaiting_welcome: Option<ConnId>,
+    next_control_at: u64,
+    control_backoff: u64,
+    /// Per data flow: earliest next dial, and the backoff.
+    flow_retry: Vec<(u64, u64)>,
+}
+
+impl Dialer {
+    pub fn for_config(config: &Config) -> Option<Dialer> {
+        match config.tunnel {
+            TunnelEnd::Dial(SocketAddr::V4(addr)) => Some(Dialer {
+                addr,
+                awaiting_welcome: None,
+                next_control_at: 0,
+                control_backoff: BACKOFF_MIN_US,
+                flow_retry: vec![(0, BACKOFF_MIN_US); config.data_flows as usize],
+            }),
+            // IPv6 is refused by config validation for this datapath.
+            _ => None,
+        }
+    }
+}
+
+fn label(name: &str, addr: Option<SocketAddr>) -> String {
+    match addr {
+        Some(a) => format!("{name} ({a})"),
+        None => name.to_string(),
+    }
+}
+
+impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
+    /// A WAN socket: buffers for a long fat flow, the configured congestion
+    /// control, no Nagle (records are whole), and a silent-peer timeout.
+    fn wan_socket(&mut self) -> smoltcp::iface::SocketHandle {
+        let buf = self.config.socket_buffer.unwrap_or(32 << 20);
+        let h = self.wan.add_socket(buf, buf);
+        let s = self.wan.socket(h);
+        s.set_nagle_enabled(false);
+        s.set_congestion_control(match self.config.congestion.as_deref() {
+            Some("reno") => tcp::CongestionControl::Reno,
+            Some("none") => tcp::CongestionControl::None,
+            _ => tcp::CongestionControl::Cubic,
+        });
+        let timeout = self.config.flow_timeout;
+        s.set_timeout(Some(smoltcp::time::Duration::from_micros(
+            timeout.as_micros() as u64,
+        )));
+        s.set_keep_alive(Some(smoltcp::time::Duration::from_micros(
+            timeout.as_micros() as u64 / 3,
+        )));
+        h
+    }
+
+    /// Accepting gateway: listening sockets on the tunnel port.
+    pub(super) fn start_listeners(&mut self) {
+        self.start_ingress();
+        if let TunnelEnd::Listen(addr) = self.config.tunnel {
+            info!("waiting for peer {} on {addr}", self.config.peer_name);
+        }
+        self.refill_wan_listeners();
+    }
+
+    fn refill_wan_listeners(&mut self) {
+        let TunnelEnd::Listen(addr) = self.config.tunnel else {
+            return;
+        };
+        while self.wan_listeners.len() < WAN_LISTENERS && !self.stopping {
+            let h = self.wan_socket();
+            let ep = smoltcp::wire::IpListenEndpoint {
+                addr: None,
+                port: addr.port(),
+            };
+            if self.wan.socket(h).listen(ep).is_err() {
+                self.wan.remove(h);
+                return;
+            }
+            self.wan_listeners.push(h);
+        }
+    }
+
+    fn new_conn_id(&mut self) -> ConnId {
+        let id = self.next_conn;
+        self.next_conn += 1;
+        id
+    }
+
+    /// One turn of the WAN side.
+    pub(super) fn wan_turn(&mut self, now: u64) {
+        self.take_wan_connections(now);
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for id in ids {
+            if let Err(e) = self.drive_conn(id, now) {
+                self.fail_conn(id, e, now);
+            }
+        }
+        self.send_control();
+        self.fill_flows();
+        for c in self.conns.values_mut() {
+            if c.is_keyed() {
+                let sock = self.wan.socket(c.handle);
+                // Errors surface as a dead socket on the next turn.
+                let _ = c.flush(sock);
+            }
+        }
+        self.dial(now);
+        self.expire_grace(now);
+    }
+
+    /// Takes connections the tunnel-port listeners accepted.
+    fn take_wan_connections(&mut self, now: u64) {
+        let mut taken = Vec::new();
+        self.wan_listeners.retain(|&h| {
+            let state = self.wan.sockets.get::<tcp::Socket>(h).state();
+            if state == tcp::State::Listen {
+                true
+            } else {
+                taken.push(h);
+                false
+            }
+        });
+        for h in taken {
+            let id = self.new_conn_id();
+            let conn = WanConn::accepted(id, h, now);
+            self.conns.insert(id, conn);
+            self.admit_handshake(id);
+        }
+        self.refill_wan_listeners();
+    }
+
+    /// Bounds pending handshakes fairly (see [`crate::admission`]).
+    fn admit_handshake(&mut self, newest: ConnId) {
+        let pending: Vec<(ConnId, IpAddr, u64)> = self
+            .conns
+            .values()
+            .filter(|c| !c.dialed && c.role.is_none())
+            .map(|c| {
+                let ip = c
+                    .remote
+                    .map(|a| a.ip())
+                    .or_else(|| {
+                        self.wan
+                            .sockets
+                            .get::<tcp::Socket>(c.handle)
+                            .remote_endpoint()
+                            .map(|e| super::net::endpoint_addr(e).ip())
+                    })
+                    .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+                (c.id, ip, c.id)
+            })
+            .collect();
+        if pending.len() <= MAX_PENDING_HANDSHAKES {
+            return;
+        }
+        let victim = crate::admission::eviction_victim(
+            pending.into_iter().filter(|(id, _, _)| *id != newest),
+        );
+        if let Some(v) = victim {
+            Stats::inc(&self.stats.handshakes_busy);
+            let who = self.conns.get(&v).and_then(|c| c.remote);
+            warn!(
+                "handshake with {} dropped: {MAX_PENDING_HANDSHAKES} handshakes pending, evicting the oldest from the busiest source",
+                who.map_or("?".to_string(), |a| a.to_string())
+            );
+            self.close_conn(v);
+        }
+    }
+
+    /// Advances one connection: connect, handshake, records in and out.
+    fn drive_conn(&mut self, id: ConnId, now: u64) -> Result<(), WanError> {
+        let me = Identity {
+            local: &self.config.keypair,
+            peer: &self.config.peer_key,
+            psk: self.config.psk.as_ref(),
+            rekey: RekeyPolicy {
+                after_bytes: self.config.rekey_after_bytes,
+                after: self.config.rekey_interval,
+            },
+        };
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return Ok(());
+        };
+        let sock = self.wan.sockets.get_mut::<tcp::Socket>(conn.handle);
+        let mut attached = false;
+        if conn.handshake(sock, &me, &mut self.crypto)? {
+            Stats::inc(&self.stats.handshakes_ok);
+            // The dialler's first record says what this connection is for.
+            match (conn.dialed, conn.role) {
+                (true, Some(Role::Control)) => {
+                    let hello = Message::Hello {
+                        resume: self.tunnel.as_ref().map(|t| t.id).unwrap_or_default(),
+                        name: self.config.name.clone(),
+                        data_flows: self.config.data_flows,
+                    };
+                    conn.seal(hello, &mut self.crypto);
+                }
+                (true, Some(Role::Data(k))) => {
+                    let tunnel_id = self.tunnel.as_ref().map(|t| t.id).unwrap_or_default();
+                    conn.seal(Message::Attach { tunnel_id, flow: k }, &mut self.crypto);
+                    if let Some(d) = &mut self.dialer {
+                        d.flow_retry[k as usize].1 = BACKOFF_MIN_US;
+                    }
+                    attached = true;
+                }
+                _ => {}
+            }
+        }
+        if attached {
+            self.note_flow_attached();
+        }
+        let conn = self.conns.get_mut(&id).expect("still there");
+        let awaiting = conn.role.is_none()
+            || self.dialer.as_ref().and_then(|d| d.awaiting_welcome) == Some(id)
+            || !conn.is_keyed();
+        if awaiting && now.saturating_sub(conn.created) > HANDSHAKE_TIMEOUT_US {
+            return Err(WanError::Handshake(crate::crypto::HandshakeError::Noise(
+                format!("timed out after {}s", HANDSHAKE_TIMEOUT_US / 1_000_000),
+            )));
+        }
+        if conn.is_keyed() {
+            let sock = self.wan.sockets.get_mut::<tcp::Socket>(conn.handle);
+            conn.read_records(sock, &mut self.crypto)?;
+            conn.flush(sock)?;
+        }
+        Ok(())
+    }
+
+    /// Control messages from the core onto the control connection.
+    fn send_control(&mut self) {
+        let Some(t) = &mut self.tunnel else { return };
+        let Some(conn) = t.control.and_then(|c| self.conns.get_mut(&c)) else {
+            return;
+        };
+        if !conn.is_keyed() {
+            return;
+        }
+        while let Some(msg) = t.core.poll_control() {
+            conn.seal(msg, &mut self.crypto);
+        }
+    }
+
+    /// Frames from the core onto every data flow that has room: the flow
+    /// that can send soonest takes the next frame.
+    fn fill_flows(&mut self) {
+        let Some(t) = &mut self.tunnel else { return };
+        let max_record = (self.config.limits.frame_len + 64).min(MAX_RECORD_LEN);
+        for (k, slot) in t.flows.iter().enumerate() {
+            let Some(conn) = slot.and_then(|c| self.conns.get_mut(&c)) else {
+                continue;
+            };
+            let sock = self.wan.sockets.get::<tcp::Socket>(conn.handle);
+            while conn.room_for_record(sock, max_record) {
+                let Some(frame) = t.core.poll_frame(k) else {
+                    break;
+                };
+                conn.seal(Message::Data(frame), &mut self.crypto);
+            }
+        }
+    }
+
+    /// A decrypted message arrived on connection `id`.
+    pub(super) fn on_message(&mut self, id: ConnId, msg: Message, now: u64) {
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
+        let awaiting_welcome = self.dialer.as_ref().and_then(|d| d.awaiting_welcome) == Some(id);
+        match conn.role {
+            None => self.on_first_message(id, msg, now),
+            Some(Role::Control) if awaiting_welcome => self.on_welcome(id, msg, now),
+            Some(Role::Control) => match msg {
+                Message::Data(_) => self.fail_conn(
+                    id,
+                    WanError::Unexpected {
+                        got: "data",
+                        expected: "a control message",
+                    },
+                    now,
+                ),
+                msg => self.apply(msg),
+            },
+            Some(Role::Data(_)) => match msg {
+                msg @ Message::Data(_) => self.apply(msg),
+                msg => self.fail_conn(
+                    id,
+                    WanError::Unexpected {
+                        got: msg.name(),
+                        expected: "data",
+                    },
+                    now,
+                ),
+            },
+        }
+    }
+
+    /// Accepting gateway: the first record says hello (control) or attach (data).
+    fn on_first_message(&mut self, id: ConnId, msg: Message, now: u64) {
+        let remote = self.conns.get(&id).and_then(|c| c.remote);
+        match msg {
+            Message::Hello {
+                name,
+                data_flows,
+                resume,
+            } => {
+                let peer = label(&self.config.peer_name, remote);
+                if name != self.config.peer_name {
+                    warn!("peer {peer} calls itself {name:?}");
+                }
+                let resumes = self
+                    .tunnel
+                    .as_ref()
+                    .is_some_and(|t| resume != [0; 16] && t.id == resume);
+                if !resumes {
+                    if !(1..=crate::admin::config::MAX_DATA_FLOWS as u16).contains(&data_flows) {
+                        warn!("peer {peer}: hello asks for {data_flows} data flows; refusing");
+                        return self.close_conn(id);
+                    }
+                    let mut tid = [0u8; 16];
+                    use ring::rand::SecureRandom;
+                    if ring::rand::SystemRandom::new().fill(&mut tid).is_err() {
+                        warn!("peer {peer}: no randomness for a tunnel id");
+                        return self.close_conn(id);
+                    }
+                    self.shut_tunnel(ResetReason::TunnelLost, now);
+                    self.tunnel = Some(Tunnel::new(
+                        &self.config,
+                        Side::Acceptor,
+                        tid,
+                        peer,
+                        data_flows as usize,
+                    ));
+                }
+                let welcome = Message::Welcome {
+                    tunnel_id: self.tunnel.as_ref().expect("set above").id,
+                    name: self.config.name.clone(),
+                };
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.role = Some(Role::Control);
+                    c.seal(welcome, &mut self.crypto);
+                }
+                self.attach_control(id, resumes);
+            }
+            Message::Attach { tunnel_id, flow } => {
+                let Some(t) = self.tunnel.as_mut().filter(|t| t.id == tunnel_id) else {
+                    warn!(
+                        "data flow from {} names an unknown tunnel; closing it",
+                        remote.map_or("?".into(), |a| a.to_string())
+                    );
+                    return self.close_conn(id);
+                };
+                let k = flow as usize;
+                if k >= t.flows.len() {
+                    warn!(
+                        "peer {}: data flow index {k} out of range; closing it",
+                        t.peer
+                    );
+                    return self.close_conn(id);
+                }
+                if let Some(old) = t.flows[k].replace(id) {
+                    t.core.flow_lost(k);
+                    self.close_conn(old);
+                }
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.role = Some(Role::Data(flow));
+                }
+                self.note_flow_attached();
+            }
+            other => {
+                warn!(
+                    "connection from {}: expected hello or attach, got {}",
+                    remote.map_or("?".into(), |a| a.to_string()),
+                    other.name()
+                );
+                self.close_conn(id);
+            }
+        }
+    }
+
+    /// Dialling gateway: the welcome to our hello.
+    fn on_welcome(&mut self, id: ConnId, msg: Message, now: u64) {
+        let Message::Welcome { tunnel_id, name } = msg else {
+            return self.fail_conn(
+                id,
+                WanError::Unexpected {
+                    got: msg.name(),
+                    expected: "welcome",
+                },
+                now,
+            );
+        };
+        let remote = self.conns.get(&id).and_then(|c| c.remote);
+        let peer = label(&self.config.peer_name, remote);
+        if name != self.config.peer_name {
+            warn!("peer {peer} calls itself {name:?}");
+        }
+        if let Some(d) = &mut self.dialer {
+            d.awaiting_welcome = None;
+            d.control_backoff = BACKOFF_MIN_US;
+        }
+        let resumes = self.tunnel.as_ref().is_some_and(|t| t.id == tunnel_id);
+        if !resumes {
+            if self.tunnel.is_some() {
+                warn!("peer {peer} does not know our tunnel any more (restarted?); starting a new one");
+            }
+            self.shut_tunnel(ResetReason::TunnelLost, now);
+            let flows = self.config.data_flows as usize;
+            self.tunnel = Some(Tunnel::new(
+                &self.config,
+                Side::Dialer,
+                tunnel_id,
+                peer,
+                flows,
+            ));
+            if let Some(d) = &mut self.dialer {
+                d.flow_retry
+                    .iter_mut()
+                    .for_each(|r| *r = (0, BACKOFF_MIN_US));
+            }
+        }
+        self.attach_control(id, resumes);
+    }
+
+    /// Makes `id` the tunnel's control connection; after an outage both
+    /// ends restate their sessions (resync).
+    fn attach_control(&mut self, id: ConnId, resumed: bool) {
+        let Some(t) = &mut self.tunnel else { return };
+        if let Some(old) = t.control.replace(id).filter(|&old| old != id) {
+            self.close_conn(old);
+        }
+        let t = self.tunnel.as_mut().expect("checked above");
+        t.held_since = None;
+        if resumed {
+            t.core.resync();
+            Stats::inc(&self.stats.tunnel_resumes);
+            info!(
+                "tunnel to peer {} resumed with {} sessions",
+                t.peer,
+                t.core.session_count()
+            );
+        }
+    }
+
+    /// Logs the tunnel up once every data flow has attached.
+    fn note_flow_attached(&mut self) {
+        let Some(t) = &mut self.tunnel else { return };
+        if t.all_attached {
+            return;
+        }
+        let keyed = t.flows.iter().all(|f| {
+            f.and_then(|c| self.conns.get(&c))
+                .is_some_and(|c| c.is_keyed())
+        });
+        if keyed {
+            t.all_attached = true;
+            info!("tunnel up: peer {}, {} data flows", t.peer, t.flows.len());
+        }
+    }
+
+    /// Dialling gateway: (re)connect the control connection and data flows.
+    fn dial(&mut self, now: u64) {
+        if self.stopping {
+            return;
+        }
+        let Some(d) = &self.dialer else { return };
+        let addr = d.addr;
+        let control_needed = d.awaiting_welcome.is_none()
+            && self.tunnel.as_ref().is_none_or(|t| t.control.is_none());
+        if control_needed && now >= d.next_control_at {
+            if let Some(id) = self.dial_one(addr, Role::Control, now) {
+                let d = self.dialer.as_mut().expect("checked above");
+                d.awaiting_welcome = Some(id);
+            }
+        }
+        let Some(t) = &self.tunnel else { return };
+        if t.control.is_none() {
+            return; // flows attach to a tunnel the peer knows: after the welcome
+        }
+        let missing: Vec<usize> = t
+            .flows
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.is_none())
+            .map(|(k, _)| k)
+            .collect();
+        for k in missing {
+            let due = self
+                .dialer
+                .as_ref()
+                .is_some_and(|d| now >= d.flow_retry[k].0);
+            if due {
+                if let Some(id) = self.dial_one(addr, Role::Data(k as u16), now) {
+                    self.tunnel.as_mut().expect("checked above").flows[k] = Some(id);
+                }
+            }
+        }
+    }
+
+    fn dial_one(&mut self, addr: SocketAddrV4, role: Role, now: u64) -> Option<ConnId> {
+        let h = self.wan_socket();
+        if let Err(e) = self.wan.connect(h, addr) {
+            warn!(
+                "cannot connect to peer {} ({addr}): {e}",
+                self.config.peer_name
+            );
+            self.wan.remove(h);
+            return None;
+        }
+        let id = self.new_conn_id();
+        self.conns.insert(id, WanConn::dialing(id, h, role, now));
+        Some(id)
+    }
+
+    /// A held tunnel whose grace period ran out is given up.
+    fn expire_grace(&mut self, now: u64) {
+        let grace = self.config.grace_period.as_micros() as u64;
+        let Some(t) = &self.tunnel else { return };
+        if t.held_since
+            .is_some_and(|since| now.saturating_sub(since) >= grace)
+        {
+            warn!(
+                "tunnel to peer {}: no connection for {:?} (grace period); giving up",
+                t.peer, self.config.grace_period
+            );
+            self.shut_tunnel(ResetReason::TunnelLost, now);
+        }
+    }
+
+    /// Takes the tunnel down: every session reset, every connection closed.
+    pub(super) fn shut_tunnel(&mut self, reason: ResetReason, now: u64) {
+        let Some(t) = &mut self.tunnel else { return };
+        let n = t.core.session_count();
+        if n > 0 {
+            warn!(
+                "tunnel to peer {}: resetting {n} sessions: {reason}",
+                t.peer
+            );
+        }
+        t.core.reset_all(reason);
+        self.dispatch_events(now);
+        let t = self.tunnel.take().expect("checked above");
+        for id in t.control.into_iter().chain(t.flows.into_iter().flatten()) {
+            self.close_conn(id);
+        }
+    }
+
+    /// Closes a connection at once (RST) and forgets it.
+    pub(super) fn close_conn(&mut self, id: ConnId) {
+        if let Some(c) = self.conns.remove(&id) {
+            self.wan.socket(c.handle).abort();
+            self.wan_dead.push(c.handle);
+            self.crypto.submit(CryptoJob::Remove { conn: id });
+        }
+    }
+
+    /// A connection failed: log it once, clearly, and repair what it was.
+    pub(super) fn fail_conn(&mut self, id: ConnId, e: WanError, now: u64) {
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
+        let (dialed, role, remote) = (conn.dialed, conn.role, conn.remote);
+        self.close_conn(id);
+        let peer_name = self.config.peer_name.clone();
+        let awaiting = self.dialer.as_ref().and_then(|d| d.awaiting_welcome) == Some(id);
+        match (dialed, role) {
+            // A dialled control connection that never got its welcome.
+            (true, Some(Role::Control)) if awaiting => {
+                let d = self.dialer.as_mut().expect("awaiting implies a dialer");
+                d.awaiting_welcome = None;
+                let backoff = d.control_backoff;
+                d.next_control_at = now + backoff;
+                d.control_backoff = (backoff * 2).min(BACKOFF_MAX_US);
+                let what = match e {
+                    WanError::ConnectFailed => "cannot connect".to_string(),
+                    WanError::Closed | WanError::Reset => "handshake failed: peer closed the connection during the handshake: it does not accept this gateway (check both gateways' peer.public_key, the psk and the protocol version) or it is overloaded".to_string(),
+                    e => format!("handshake failed: {e}"),
+                };
+                warn!(
+                    "{what} (peer {}); retrying in {}ms",
+                    label(&peer_name, Some(SocketAddr::V4(d.addr))),
+                    backoff / 1000
+                );
+            }
+            // The accepting side's view of a connection that never said what it was.
+            (false, None) => {
+                Stats::inc(&self.stats.handshake_failures);
+                warn!(
+                    "handshake with {} failed: {e}",
+                    remote.map_or("?".into(), |a| a.to_string())
+                );
+            }
+            (_, Some(Role::Control)) => {
+                let Some(t) = &mut self.tunnel else { return };
+                if t.control != Some(id) {
+                    return;
+                }
+                t.control = None;
+                warn!("tunnel to peer {}: control connection lost: {e}", t.peer);
+                if self.config.grace_period.is_zero() || self.stopping {
+                    return self.shut_tunnel(ResetReason::TunnelLost, now);
+                }
+                t.held_since = Some(now);
+                warn!(
+                    "tunnel to peer {}: holding {} sessions for up to {:?} until the connection is back",
+                    t.peer,
+                    t.core.session_count(),
+                    self.config.grace_period
+                );
+                if let Some(d) = &mut self.dialer {
+                    d.next_control_at = now;
+                }
+            }
+            (_, Some(Role::Data(k))) => {
+                let k = k as usize;
+                let Some(t) = &mut self.tunnel else { return };
+                if t.flows.get(k) != Some(&Some(id)) {
+                    return;
+                }
+                t.flows[k] = None;
+                t.core.flow_lost(k);
+                Stats::inc(&self.stats.flows_lost);
+                warn!(
+                    "peer {}: data flow {k} lost: {e}; its frames go out on the other flows",
+                    t.peer
+                );
+                if let Some(d) = &mut self.dialer {
+                    let (at, backoff) = &mut d.flow_retry[k];
+                    *at = now + *backoff;
+                    *backoff = (*backoff * 2).min(BACKOFF_MAX_US);
+                }
+            }
+            (true, None) => {}
+        }
+    }
+}
+
+impl Tunnel {
+    fn new(config: &Config, side: Side, id: [u8; 16], peer: String, flows: usize) -> Tunnel {
+        Tunnel {
+            id,
+            core: TunnelCore::new(side, config.limits.clone(), flows),
+            control: None,
+            flows: vec![None; flows],
+            held_since: None,
+            peer,
+            all_attached: false,
+        }
+    }
+
+    /// Whether new sessions can be opened now.
+    pub fn is_up(&self, conns: &std::collections::HashMap<ConnId, WanConn>) -> bool {
+        self.control
+            .and_then(|c| conns.get(&c))
+            .is_some_and(|c| c.is_keyed())
+    }
+}

@@ -1,0 +1,420 @@
+//! One WAN connection on a userspace TCP socket: connect, the Noise
+//! handshake (bytes read exactly as needed, so nothing of the record stream
+//! is consumed early), then records both ways through the crypto stage.
+//!
+//! Reading is bounded: while more than [`OPEN_BACKLOG`] bytes of this
+//! connection wait in the crypto stage, nothing more is read from the
+//! socket, so its receive window closes and the peer slows down. Writing is
+//! pulled: the tunnel asks [`WanConn::room_for_record`] before it hands a
+//! data flow another frame.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+
+use bytes::BytesMut;
+use smoltcp::socket::tcp;
+
+use super::crypto::{ConnId, CryptoError, CryptoJob, CryptoPipe, CryptoStage};
+use crate::crypto::{
+    HandshakeError, Initiator, PresharedKey, PublicKey, RecordError, RecordOpener, RekeyPolicy,
+    Responder, StaticKeypair, TrafficKeys, RECORD_HEADER_LEN,
+};
+use crate::protocol::handshake::{frame_noise, parse_noise, Prelude, PRELUDE_LEN};
+use crate::protocol::{DecodeError, Message};
+
+/// Record bytes of one connection allowed in the crypto stage at once.
+pub const OPEN_BACKLOG: usize = 1 << 20;
+/// Seal jobs of one data flow in the crypto stage at once.
+const SEAL_BACKLOG: usize = 4;
+
+/// What a connection carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Control,
+    Data(u16),
+}
+
+/// This gateway's keys and what it expects of the peer.
+pub struct Identity<'a> {
+    pub local: &'a StaticKeypair,
+    pub peer: &'a PublicKey,
+    pub psk: Option<&'a PresharedKey>,
+    pub rekey: RekeyPolicy,
+}
+
+enum Phase {
+    /// Dialer: SYN sent.
+    Connecting,
+    /// Dialer: prelude and message 1 sent; reading message 2.
+    Initiating(Initiator),
+    /// Acceptor: reading the prelude, then message 1.
+    Responding(Option<(Prelude, Responder)>),
+    /// Keys installed in the crypto stage; records flow.
+    Keyed,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WanError {
+    #[error("cannot connect")]
+    ConnectFailed,
+    #[error("connection closed by peer")]
+    Closed,
+    #[error("connection reset or timed out")]
+    Reset,
+    #[error("{0}")]
+    Handshake(#[from] HandshakeError),
+    #[error("malformed handshake: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("record: {0}")]
+    Record(#[from] RecordError),
+    #[error("{0}")]
+    Crypto(#[from] CryptoError),
+    #[error("unexpected {got} message (expected {expected})")]
+    Unexpected {
+        got: &'static str,
+        expected: &'static str,
+    },
+}
+
+/// A record being read: its header, then its body.
+struct Incoming {
+    header: [u8; RECORD_HEADER_LEN],
+    header_len: usize,
+    body: Option<(BytesMut, usize)>,
+}
+
+pub struct WanConn {
+    pub id: ConnId,
+    pub handle: smoltcp::iface::SocketHandle,
+    pub dialed: bool,
+    /// Known at once when we dial; from the first message when we accept.
+    pub role: Option<Role>,
+    phase: Phase,
+    /// When it was created (µs, the engine's clock).
+    pub created: u64,
+    pub remote: Option<SocketAddr>,
+    pub local: Option<SocketAddr>,
+    hs: Vec<u8>,
+    incoming: Incoming,
+    /// Body lengths of records in the crypto stage, oldest first.
+    opening: VecDeque<usize>,
+    open_bytes: usize,
+    sealing: usize,
+    /// Sealed records waiting for room in the socket; `out_off` of the
+    /// first has been written.
+    out: VecDeque<Vec<u8>>,
+    out_off: usize,
+    out_bytes: usize,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+}
+
+impl WanConn {
+    fn new(
+        id: ConnId,
+        handle: smoltcp::iface::SocketHandle,
+        dialed: bool,
+        role: Option<Role>,
+        phase: Phase,
+        now: u64,
+    ) -> Self {
+        WanConn {
+            id,
+            handle,
+            dialed,
+            role,
+            phase,
+            created: now,
+            remote: None,
+            local: None,
+            hs: Vec::new(),
+            incoming: Incoming {
+                header: [0; RECORD_HEADER_LEN],
+                header_len: 0,
+                body: None,
+            },
+            opening: VecDeque::new(),
+            open_bytes: 0,
+            sealing: 0,
+            out: VecDeque::new(),
+            out_off: 0,
+            out_bytes: 0,
+            bytes_sent: 0,
+            bytes_received: 0,
+        }
+    }
+
+    /// A connection we are dialling (the socket's connect was issued).
+    pub fn dialing(id: ConnId, handle: smoltcp::iface::SocketHandle, role: Role, now: u64) -> Self {
+        Self::new(id, handle, true, Some(role), Phase::Connecting, now)
+    }
+
+    /// A connection a listening socket took.
+    pub fn accepted(id: ConnId, handle: smoltcp::iface::SocketHandle, now: u64) -> Self {
+        Self::new(id, handle, false, None, Phase::Responding(None), now)
+    }
+
+    pub fn is_keyed(&self) -> bool {
+        matches!(self.phase, Phase::Keyed)
+    }
+
+    /// Advances connect and handshake. Returns true when the connection
+    /// just became keyed (its keys are installed in the crypto stage).
+    pub fn handshake<C: CryptoPipe>(
+        &mut self,
+        sock: &mut tcp::Socket,
+        me: &Identity,
+        crypto: &mut CryptoStage<C>,
+    ) -> Result<bool, WanError> {
+        if self.remote.is_none() {
+            self.note_endpoints(sock);
+        }
+        let keys = match &mut self.phase {
+            Phase::Keyed => return Ok(false),
+            Phase::Connecting => {
+                match sock.state() {
+                    tcp::State::SynSent | tcp::State::SynReceived => return Ok(false),
+                    tcp::State::Established => {}
+                    _ => return Err(WanError::ConnectFailed),
+                }
+                let data = matches!(self.role, Some(Role::Data(_)));
+                let (init, prelude, m1) = Initiator::start(me.local, me.peer, me.psk, data)?;
+                self.write_now(sock, &frame_noise(&prelude.encode(), &m1))?;
+                self.phase = Phase::Initiating(init);
+                return Ok(false);
+            }
+            Phase::Initiating(_) => {
+                check_open(sock)?;
+                if !fill(sock, &mut self.hs, 2, &mut self.bytes_received)? {
+                    return Ok(false);
+                }
+                let need = 2 + crate::protocol::handshake::check_noise_len(u16::from_be_bytes([
+                    self.hs[0], self.hs[1],
+                ]))?;
+                if !fill(sock, &mut self.hs, need, &mut self.bytes_received)? {
+                    return Ok(false);
+                }
+                let (m2, _) = parse_noise(&self.hs)?.expect("filled to its length");
+                let Phase::Initiating(init) = std::mem::replace(&mut self.phase, Phase::Keyed)
+                else {
+                    unreachable!("matched above")
+                };
+                init.finish(m2)?
+            }
+            Phase::Responding(state) => {
+                if sock.state() == tcp::State::SynReceived {
+                    return Ok(false);
+                }
+                check_open(sock)?;
+                if state.is_none() {
+                    if !fill(sock, &mut self.hs, PRELUDE_LEN, &mut self.bytes_received)? {
+                        return Ok(false);
+                    }
+                    let prelude =
+                        Prelude::decode(self.hs[..PRELUDE_LEN].try_into().expect("6 bytes"))?;
+                    *state = Some((prelude, Responder::new(me.local, me.psk, &prelude)?));
+                }
+                if !fill(
+                    sock,
+                    &mut self.hs,
+                    PRELUDE_LEN + 2,
+                    &mut self.bytes_received,
+                )? {
+                    return Ok(false);
+                }
+                let len = crate::protocol::handshake::check_noise_len(u16::from_be_bytes([
+                    self.hs[PRELUDE_LEN],
+                    self.hs[PRELUDE_LEN + 1],
+                ]))?;
+                if !fill(
+                    sock,
+                    &mut self.hs,
+                    PRELUDE_LEN + 2 + len,
+                    &mut self.bytes_received,
+                )? {
+                    return Ok(false);
+                }
+                let (_, mut responder) = state.take().expect("set above");
+                let peer = responder.read_message1(&self.hs[PRELUDE_LEN + 2..])?;
+                if peer != *me.peer {
+                    return Err(HandshakeError::UnknownPeer(peer).into());
+                }
+                let (m2, keys) = responder.accept()?;
+                self.write_now(sock, &frame_noise(&[], &m2))?;
+                self.phase = Phase::Keyed;
+                keys
+            }
+        };
+        self.hs = Vec::new();
+        self.install(keys, me.rekey, crypto);
+        Ok(true)
+    }
+
+    fn install<C: CryptoPipe>(
+        &mut self,
+        keys: TrafficKeys,
+        policy: RekeyPolicy,
+        crypto: &mut CryptoStage<C>,
+    ) {
+        crypto.submit(CryptoJob::Install {
+            conn: self.id,
+            keys,
+            policy,
+        });
+    }
+
+    fn note_endpoints(&mut self, sock: &tcp::Socket) {
+        self.remote = sock.remote_endpoint().map(super::net::endpoint_addr);
+        self.local = sock.local_endpoint().map(super::net::endpoint_addr);
+    }
+
+    /// Writes handshake bytes, which a fresh socket's buffer always holds.
+    fn write_now(&mut self, sock: &mut tcp::Socket, bytes: &[u8]) -> Result<(), WanError> {
+        let n = sock.send_slice(bytes).map_err(|_| WanError::Reset)?;
+        self.bytes_sent += n as u64;
+        if n < bytes.len() {
+            return Err(WanError::Reset);
+        }
+        Ok(())
+    }
+
+    /// Reads whole records off the socket into the crypto stage, until the
+    /// socket is empty or this connection's share of the stage is full.
+    pub fn read_records<C: CryptoPipe>(
+        &mut self,
+        sock: &mut tcp::Socket,
+        crypto: &mut CryptoStage<C>,
+    ) -> Result<(), WanError> {
+        debug_assert!(self.is_keyed());
+        while self.open_bytes < OPEN_BACKLOG && sock.can_recv() {
+            let inc = &mut self.incoming;
+            if inc.body.is_none() {
+                let n = sock
+                    .recv_slice(&mut inc.header[inc.header_len..])
+                    .map_err(|_| WanError::Closed)?;
+                self.bytes_received += n as u64;
+                inc.header_len += n;
+                if inc.header_len < RECORD_HEADER_LEN {
+                    break;
+                }
+                let len = RecordOpener::body_len(inc.header)?;
+                inc.body = Some((BytesMut::zeroed(len), 0));
+            }
+            let (body, filled) = inc.body.as_mut().expect("set above");
+            let n = sock
+                .recv_slice(&mut body[*filled..])
+                .map_err(|_| WanError::Closed)?;
+            self.bytes_received += n as u64;
+            *filled += n;
+            if *filled < body.len() {
+                break;
+            }
+            let (body, _) = inc.body.take().expect("complete");
+            inc.header_len = 0;
+            self.opening.push_back(body.len());
+            self.open_bytes += body.len();
+            crypto.submit(CryptoJob::Open {
+                conn: self.id,
+                header: inc.header,
+                body,
+            });
+        }
+        check_open(sock)
+    }
+
+    /// A record of this connection came back from the crypto stage opened.
+    pub fn record_opened(&mut self) {
+        if let Some(len) = self.opening.pop_front() {
+            self.open_bytes -= len;
+        }
+    }
+
+    /// Hands a message to the crypto stage to be sealed as the next record.
+    pub fn seal<C: CryptoPipe>(&mut self, msg: Message, crypto: &mut CryptoStage<C>) {
+        self.sealing += 1;
+        crypto.submit(CryptoJob::Seal { conn: self.id, msg });
+    }
+
+    /// A sealed record came back: queue it for the socket.
+    pub fn record_sealed(&mut self, record: Vec<u8>) {
+        self.sealing = self.sealing.saturating_sub(1);
+        self.out_bytes += record.len();
+        self.out.push_back(record);
+    }
+
+    /// Writes queued records into the socket as far as it has room.
+    pub fn flush(&mut self, sock: &mut tcp::Socket) -> Result<(), WanError> {
+        while let Some(front) = self.out.front() {
+            let n = sock
+                .send_slice(&front[self.out_off..])
+                .map_err(|_| WanError::Reset)?;
+            self.bytes_sent += n as u64;
+            self.out_bytes -= n;
+            self.out_off += n;
+            if self.out_off < front.len() {
+                break;
+            }
+            self.out.pop_front();
+            self.out_off = 0;
+        }
+        Ok(())
+    }
+
+    /// Whether a data flow should take another frame of up to
+    /// `max_record` bytes: only while everything queued for it, in the
+    /// crypto stage and in our queue, fits in the socket's buffer.
+    pub fn room_for_record(&self, sock: &tcp::Socket, max_record: usize) -> bool {
+        self.is_keyed()
+            && self.sealing < SEAL_BACKLOG
+            && sock.may_send()
+            && sock.send_queue() + self.out_bytes + (self.sealing + 1) * max_record
+                <= sock.send_capacity()
+    }
+
+    /// Nothing of ours is waiting to go out (used before closing gracefully).
+    pub fn drained(&self) -> bool {
+        self.sealing == 0 && self.out.is_empty()
+    }
+}
+
+/// Reads until `buf` holds `want` bytes; true when it does. Reads no more
+/// than that, so the bytes after stay in the socket.
+fn fill(
+    sock: &mut tcp::Socket,
+    buf: &mut Vec<u8>,
+    want: usize,
+    received: &mut u64,
+) -> Result<bool, WanError> {
+    if buf.len() < want {
+        let have = buf.len();
+        buf.resize(want, 0);
+        let n = match sock.recv_slice(&mut buf[have..]) {
+            Ok(n) => n,
+            Err(_) => {
+                buf.truncate(have);
+                return Err(WanError::Closed);
+            }
+        };
+        *received += n as u64;
+        buf.truncate(have + n);
+    }
+    Ok(buf.len() == want)
+}
+
+/// An error if the socket can no longer carry the connection.
+fn check_open(sock: &tcp::Socket) -> Result<(), WanError> {
+    match sock.state() {
+        tcp::State::Established | tcp::State::FinWait1 | tcp::State::FinWait2 => Ok(()),
+        tcp::State::CloseWait
+        | tcp::State::LastAck
+        | tcp::State::Closing
+        | tcp::State::TimeWait => {
+            if sock.can_recv() {
+                Ok(())
+            } else {
+                Err(WanError::Closed)
+            }
+        }
+        _ => Err(WanError::Reset),
+    }
+}
