@@ -83,6 +83,11 @@ unsigned lmas_ring_count(const struct rte_ring *r)
 	return rte_ring_count(r);
 }
 
+unsigned lmas_ring_free_count(const struct rte_ring *r)
+{
+	return rte_ring_free_count(r);
+}
+
 unsigned lmas_lcore_id(void)
 {
 	return rte_lcore_id();

@@ -32,6 +32,7 @@ uint8_t *lmas_pktmbuf_append(struct rte_mbuf *m, uint16_t len);
 unsigned lmas_ring_enqueue_burst(struct rte_ring *r, void *const *objs, unsigned n);
 unsigned lmas_ring_dequeue_burst(struct rte_ring *r, void **objs, unsigned n);
 unsigned lmas_ring_count(const struct rte_ring *r);
+unsigned lmas_ring_free_count(const struct rte_ring *r);
 
 unsigned lmas_lcore_id(void);
 uint64_t lmas_rdtsc(void);

@@ -96,6 +96,12 @@ impl RingProducer {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// No slot is free: an enqueue would take nothing.
+    pub fn is_full(&self) -> bool {
+        // SAFETY: reading the free count is safe from either end.
+        unsafe { sys::lmas_ring_free_count((self.0).0.as_ptr()) == 0 }
+    }
 }
 
 impl RingConsumer {

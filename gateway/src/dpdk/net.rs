@@ -96,6 +96,10 @@ impl<P: FramePort> FramePort for Guarded<'_, P> {
     fn note_tx_drop(&mut self) {
         self.port.note_tx_drop()
     }
+
+    fn flush(&mut self) {
+        self.port.flush()
+    }
 }
 
 /// One port's stack.
@@ -161,9 +165,12 @@ impl<P: FramePort> Net<P> {
             guard: &self.guard,
             dropped: &mut self.filtered,
         };
-        self.iface
+        let changed = self
+            .iface
             .poll(instant(now), &mut PortDevice(&mut dev), &mut self.sockets)
-            != smoltcp::iface::PollResult::None
+            != smoltcp::iface::PollResult::None;
+        self.port.flush();
+        changed
     }
 
     /// When the stack next has timed work (retransmits, delayed acks).

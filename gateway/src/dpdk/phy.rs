@@ -30,6 +30,8 @@ pub trait FramePort {
     fn mtu(&self) -> usize;
     /// Frames dropped because no buffer was free (counted for status).
     fn note_tx_drop(&mut self);
+    /// Hands frames queued by `send` on (called after each stack poll).
+    fn flush(&mut self) {}
 }
 
 /// smoltcp's view of a [`FramePort`].

@@ -1,0 +1,188 @@
+//! The DPDK side of the ports: the I/O lcore's loop (rx/tx bursts between
+//! a NIC queue and two rings) and [`RingPort`], the TCP lcore's
+//! [`FramePort`] over those rings.
+//!
+//! ```text
+//!  NIC rx queue ─rx_burst─► [io lcore] ─ring─► RingPort::recv ─► smoltcp
+//!  NIC tx queue ◄tx_burst── [io lcore] ◄ring── RingPort::send ◄── smoltcp
+//! ```
+//!
+//! Nothing is dropped silently between them: when the ring to the TCP lcore
+//! is full the I/O lcore stops taking bursts, so the NIC's own counter
+//! (`rx_missed`) shows the overload; when the ring to the I/O lcore is full
+//! the TCP lcore's sockets see no room (`can_send` is false) and TCP paces.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use lmas_dpdk::{Mbuf, MbufBatch, Mempool, RingConsumer, RingProducer, RxQueue, TxQueue};
+
+use super::phy::FramePort;
+use super::Idle;
+
+/// Work counters of one lcore role, for cycles-per-packet figures.
+#[derive(Debug, Default)]
+pub struct RoleCounters {
+    /// Time spent in turns that did work.
+    pub busy_ns: AtomicU64,
+    pub packets: AtomicU64,
+    pub turns: AtomicU64,
+}
+
+impl RoleCounters {
+    pub fn add(&self, started: Instant, packets: u64) {
+        self.busy_ns
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.packets.fetch_add(packets, Ordering::Relaxed);
+        self.turns.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One port as the I/O lcore sees it.
+pub struct IoPort {
+    pub rxq: RxQueue,
+    pub txq: TxQueue,
+    pub to_tcp: RingProducer,
+    pub from_tcp: RingConsumer,
+    rx_pending: MbufBatch,
+    tx_pending: MbufBatch,
+}
+
+impl IoPort {
+    pub fn new(rxq: RxQueue, txq: TxQueue, to_tcp: RingProducer, from_tcp: RingConsumer) -> Self {
+        IoPort {
+            rxq,
+            txq,
+            to_tcp,
+            from_tcp,
+            rx_pending: MbufBatch::new(),
+            tx_pending: MbufBatch::new(),
+        }
+    }
+
+    /// One rx and one tx burst; returns the packets moved.
+    fn turn(&mut self) -> usize {
+        let mut moved = 0;
+        if self.rx_pending.is_empty() {
+            self.rxq.rx_burst(&mut self.rx_pending);
+        }
+        moved += self.to_tcp.enqueue(&mut self.rx_pending);
+        if self.tx_pending.is_empty() {
+            self.from_tcp.dequeue(&mut self.tx_pending);
+        }
+        moved += self.txq.tx_burst(&mut self.tx_pending);
+        moved
+    }
+}
+
+/// The I/O lcore: polls its ports until `stop`.
+pub fn run_io(mut ports: Vec<IoPort>, stop: &AtomicBool, idle: &Idle, counters: &RoleCounters) {
+    let mut idle_polls = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let started = Instant::now();
+        let moved: usize = ports.iter_mut().map(IoPort::turn).sum();
+        if moved == 0 {
+            idle.wait(&mut idle_polls);
+        } else {
+            idle_polls = 0;
+            counters.add(started, moved as u64);
+        }
+    }
+}
+
+/// Frame counters of a [`RingPort`].
+#[derive(Debug, Default)]
+pub struct PortCounters {
+    pub rx_frames: AtomicU64,
+    pub tx_frames: AtomicU64,
+    /// Frames the stack built but had no mbuf or ring room for.
+    pub tx_dropped: AtomicU64,
+    /// Received frames longer than one mbuf segment (not expected with the
+    /// configured MTU; dropped).
+    pub rx_multi_segment: AtomicU64,
+}
+
+/// The TCP lcore's end of a port.
+pub struct RingPort {
+    rx: RingConsumer,
+    rx_batch: MbufBatch,
+    tx: RingProducer,
+    tx_batch: MbufBatch,
+    pool: Mempool,
+    mtu: usize,
+    pub counters: Arc<PortCounters>,
+}
+
+impl RingPort {
+    pub fn new(rx: RingConsumer, tx: RingProducer, pool: Mempool, mtu: usize) -> Self {
+        RingPort {
+            rx,
+            rx_batch: MbufBatch::new(),
+            tx,
+            tx_batch: MbufBatch::new(),
+            pool,
+            mtu,
+            counters: Arc::new(PortCounters::default()),
+        }
+    }
+}
+
+impl FramePort for RingPort {
+    type Rx = Mbuf;
+    type Tx = Mbuf;
+
+    fn recv(&mut self) -> Option<Mbuf> {
+        loop {
+            if self.rx_batch.is_empty() {
+                self.rx.dequeue(&mut self.rx_batch);
+            }
+            let m = self.rx_batch.pop()?;
+            if m.segments() == 1 {
+                self.counters.rx_frames.fetch_add(1, Ordering::Relaxed);
+                return Some(m);
+            }
+            self.counters
+                .rx_multi_segment
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn can_send(&self) -> bool {
+        !self.tx_batch.is_full() || !self.tx.is_full()
+    }
+
+    fn tx_buffer(&mut self, len: usize) -> Option<Mbuf> {
+        if self.tx_batch.is_full() {
+            self.flush();
+            if self.tx_batch.is_full() {
+                return None;
+            }
+        }
+        let mut m = self.pool.alloc()?;
+        m.append(len)?;
+        Some(m)
+    }
+
+    fn send(&mut self, frame: Mbuf) {
+        // tx_buffer made room in the batch for this frame.
+        if let Err(frame) = self.tx_batch.push(frame) {
+            drop(frame);
+            self.note_tx_drop();
+            return;
+        }
+        self.counters.tx_frames.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn mtu(&self) -> usize {
+        self.mtu
+    }
+
+    fn note_tx_drop(&mut self) {
+        self.counters.tx_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn flush(&mut self) {
+        self.tx.enqueue(&mut self.tx_batch);
+    }
+}
