@@ -69,17 +69,12 @@ nsx lmtp-client ip route add default via 10.231.0.1
 nsx lmtp-dst ip route add default via 10.231.1.1
 nsx lmtp-gw sysctl -qw net.ipv4.ip_forward=1
 
-# The TPROXY rules documented in docs/DEPLOYMENT.md, with nft.
-nsx lmtp-gw ip rule add fwmark 0x1 lookup 100
-nsx lmtp-gw ip route add local 0.0.0.0/0 dev lo table 100
-nsx lmtp-gw nft -f - <<'NFT'
-table ip lmas {
-    chain prerouting {
-        type filter hook prerouting priority mangle; policy accept;
-        iifname "lmtp-gc" tcp dport 5000 tproxy to :6001 meta mark set 0x1 accept
-    }
-}
-NFT
+# The TPROXY rules documented in docs/DEPLOYMENT.md, set by the script operators use (twice:
+# it must be idempotent).
+for _ in 1 2; do
+    nsx lmtp-gw "$REPO/scripts/tproxy-rules.sh" up --port 6001 --dports 5000 --iif lmtp-gc 2>/dev/null
+done
+nsx lmtp-gw "$REPO/scripts/tproxy-rules.sh" status >/dev/null
 
 cd "$WORK"
 "$LMAS" keygen --out a.key >/dev/null

@@ -12,6 +12,12 @@ die() { log "${DIE_TAG:-}$*"; exit 1; }
 # is_root: succeeds when running as root.
 is_root() { [[ $(id -u) -eq 0 ]]; }
 
+# need_root WHAT: dies with "PROG: needs root to WHAT" unless running as root.
+need_root() { is_root || die "needs root to $1 (try: sudo $0 ...)"; }
+
+# sysctl_get NAME: the value of sysctl NAME (tabs as spaces), or nothing if it does not exist.
+sysctl_get() { local v; v=$(cat "/proc/sys/${1//.//}" 2>/dev/null) || return 0; echo "${v//$'\t'/ }"; }
+
 # netns_usable NAME: succeeds when a network namespace NAME can be created (it is deleted again).
 netns_usable() { ip netns add "$1" 2>/dev/null || return 1; ip netns del "$1"; }
 

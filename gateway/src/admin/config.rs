@@ -52,6 +52,14 @@ struct File {
     #[serde(default)]
     admin: AdminSection,
     dpdk: Option<super::dpdk::DpdkSection>,
+    #[serde(default)]
+    metrics: MetricsSection,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct MetricsSection {
+    bind: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -68,6 +76,7 @@ struct GatewaySection {
     psk_file: Option<PathBuf>,
     tunnel_listen: Option<String>,
     datapath: Option<String>,
+    drain_timeout_secs: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -183,6 +192,11 @@ pub struct Config {
     /// Unix socket for `lmas status` (default `/run/lmas/NAME.sock`).
     pub admin_socket: PathBuf,
     pub datapath: Datapath,
+    /// Where the Prometheus metrics endpoint listens (`[metrics] bind`); off if `None`.
+    pub metrics_bind: Option<SocketAddr>,
+    /// On SIGTERM, how long running sessions may take to finish before they
+    /// are reset (`gateway.drain_timeout_secs`).
+    pub drain_timeout: std::time::Duration,
 }
 
 pub const MAX_DATA_FLOWS: i64 = 64;
@@ -193,6 +207,9 @@ const DEFAULT_DATA_FLOWS: i64 = 8;
 /// must hold its share of the bandwidth-delay product, and more on a veth
 /// with XDP, where each packet takes a whole page of receive buffer.
 const DEFAULT_SOCKET_BUFFER: i64 = 32 << 20;
+/// Long enough for a migration's final round (stop-and-copy) to finish; the
+/// systemd unit's TimeoutStopSec must stay above it.
+const DEFAULT_DRAIN_TIMEOUT_SECS: i64 = 30;
 
 impl Config {
     /// Reads and validates a config file, including the key files it names.
@@ -212,9 +229,16 @@ impl Config {
             field: field.to_string(),
             why,
         };
-        let file: File = toml::from_str(text).map_err(|e| {
-            // toml's message already points at the line, column and key.
-            err("", e.to_string().trim_end().replace('\n', " "))
+        // Two steps: syntax errors point at the line and column; a value of
+        // the wrong type or an unknown key then names its field by path
+        // (e.g. `metrics.bind`), which toml's own errors do not.
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| err("", e.to_string().trim_end().replace('\n', " ")))?;
+        let file: File = serde_path_to_error::deserialize(table).map_err(|e| {
+            let path = e.path().to_string();
+            let why = e.into_inner().message().to_string();
+            err(if path == "." { "" } else { &path }, why)
         })?;
         let dir = path.parent().unwrap_or(Path::new("."));
         let resolve = |p: &Path| {
@@ -432,6 +456,20 @@ impl Config {
         )
         .map_err(|w| err("egress.connect_timeout_ms", w))? as u64;
 
+        let metrics_bind = file
+            .metrics
+            .bind
+            .as_deref()
+            .map(|s| addr(s).map_err(|w| err("metrics.bind", w)))
+            .transpose()?;
+        let drain_timeout = in_range(
+            file.gateway
+                .drain_timeout_secs
+                .unwrap_or(DEFAULT_DRAIN_TIMEOUT_SECS),
+            0,
+            3600,
+        )
+        .map_err(|w| err("gateway.drain_timeout_secs", w))? as u64;
         let admin_socket = match &file.admin.socket {
             Some(p) if p.as_os_str().is_empty() => {
                 return Err(err("admin.socket", "must not be empty".into()))
@@ -518,6 +556,8 @@ impl Config {
             connect_timeout_ms,
             limits,
             admin_socket,
+            metrics_bind,
+            drain_timeout: std::time::Duration::from_secs(drain_timeout),
         })
     }
 }
@@ -543,19 +583,21 @@ fn in_range(v: i64, lo: i64, hi: i64) -> Result<i64, String> {
     }
 }
 
+/// A key file and a minimal valid config text, for unit tests here and in
+/// other admin modules.
 #[cfg(test)]
-mod tests {
+pub(crate) mod test_support {
     use super::*;
     use std::fs;
 
-    struct Dir(PathBuf);
+    pub struct Dir(PathBuf);
     impl Drop for Dir {
         fn drop(&mut self) {
             let _ = fs::remove_dir_all(&self.0);
         }
     }
 
-    fn setup(tag: &str) -> (Dir, PathBuf, String) {
+    pub fn setup(tag: &str) -> (Dir, PathBuf, String) {
         let dir = std::env::temp_dir().join(format!("lmas-cfg-{tag}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
@@ -568,7 +610,7 @@ mod tests {
         (Dir(dir), path, peer)
     }
 
-    fn base(peer: &str) -> String {
+    pub fn base(peer: &str) -> String {
         format!(
             r#"
 [gateway]
@@ -585,6 +627,12 @@ target = "127.0.0.1:5000"
 "#
         )
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::{base, setup};
+    use super::*;
 
     #[test]
     fn minimal_config_gets_defaults() {
@@ -594,6 +642,15 @@ target = "127.0.0.1:5000"
         assert_eq!(c.tunnel, TunnelEnd::Dial("127.0.0.1:7700".parse().unwrap()));
         assert!(c.egress.is_empty());
         assert_eq!(c.ingress.len(), 1);
+        assert_eq!(c.metrics_bind, None, "metrics are off by default");
+        assert_eq!(c.drain_timeout, std::time::Duration::from_secs(30));
+        let text = base(&peer).replace(
+            "[peer]",
+            "drain_timeout_secs = 5\n[metrics]\nbind = \"127.0.0.1:9108\"\n[peer]",
+        );
+        let c = Config::parse(&path, &text).unwrap();
+        assert_eq!(c.metrics_bind, Some("127.0.0.1:9108".parse().unwrap()));
+        assert_eq!(c.drain_timeout, std::time::Duration::from_secs(5));
     }
 
     #[test]
@@ -614,6 +671,9 @@ target = "127.0.0.1:5000"
                 "[[ingress]]\nmode = \"tproxy\"\nbind = \"127.0.0.1:6000\"\n",
                 "ingress[1].bind",
             ),
+            ("[metrics]\nbind = \"localhost:9108\"\n", "metrics.bind"),
+            ("[metrics]\nbind = 9108\n", "metrics.bind"),
+            ("[metrics]\nport = 9108\n", "port"),
         ];
         for (extra, field) in cases {
             let text = format!("{}{extra}", base(&peer));
@@ -628,6 +688,12 @@ target = "127.0.0.1:5000"
         assert_eq!(e.field, "gateway.private_key_file");
         let e = Config::parse(&path, &base(&peer).replace(&peer, "AAAA")).unwrap_err();
         assert_eq!(e.field, "peer.public_key");
+        let e = Config::parse(
+            &path,
+            &base(&peer).replace("[peer]", "drain_timeout_secs = -1\n[peer]"),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "gateway.drain_timeout_secs");
         let e = Config::parse(&path, "[gateway\n").unwrap_err();
         assert!(e.to_string().contains("line 1"), "{e}");
     }

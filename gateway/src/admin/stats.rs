@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 macro_rules! counters {
-    ($( $(#[$doc:meta])* $name:ident ),+ $(,)?) => {
+    ($( $(#[doc = $doc:literal])* $name:ident ),+ $(,)?) => {
         /// Monotonic event counters (relaxed atomics: figures, not locks).
         #[derive(Debug, Default)]
         pub struct Stats {
-            $( $(#[$doc])* pub $name: AtomicU64, )+
+            $( $(#[doc = $doc])* pub $name: AtomicU64, )+
         }
 
         impl Stats {
@@ -18,6 +18,14 @@ macro_rules! counters {
                 let mut m = BTreeMap::new();
                 $( m.insert(stringify!($name).to_string(), self.$name.load(Ordering::Relaxed)); )+
                 m
+            }
+
+            /// What counter `name` counts (its doc comment), for metrics' HELP.
+            pub fn describe(name: &str) -> Option<&'static str> {
+                match name {
+                    $( stringify!($name) => Some(concat!($($doc),*).trim_start()), )+
+                    _ => None,
+                }
             }
         }
     };
@@ -50,10 +58,35 @@ counters!(
     tunnel_resumes,
     /// Data flows that died (their frames were resent on the others).
     flows_lost,
+    /// Config reloads (SIGHUP) applied.
+    config_reloads,
+    /// Config reloads refused because the new file was invalid (the old config stays).
+    config_reload_failures,
 );
 
 impl Stats {
     pub fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_counter_is_described() {
+        for name in Stats::default().snapshot().keys() {
+            let help = Stats::describe(name).unwrap_or_else(|| panic!("{name}: no description"));
+            assert!(
+                !help.is_empty() && !help.starts_with(' '),
+                "{name}: {help:?}"
+            );
+        }
+        assert_eq!(
+            Stats::describe("handshakes_ok"),
+            Some("Gateway handshakes that authenticated.")
+        );
+        assert_eq!(Stats::describe("nope"), None);
     }
 }

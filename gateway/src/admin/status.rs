@@ -7,6 +7,20 @@ use std::fmt::Write;
 
 use serde::{Deserialize, Serialize};
 
+/// Anything that can say what `lmas status` shows: a datapath. The admin
+/// socket and the metrics endpoint serve from one of these, so a datapath
+/// that fills a [`Status`] gets both for free. Called on every request, from
+/// a tokio task: it must be quick and must not block on I/O.
+pub trait StatusSource: Send + Sync + 'static {
+    fn status(&self) -> Status;
+}
+
+impl<F: Fn() -> Status + Send + Sync + 'static> StatusSource for F {
+    fn status(&self) -> Status {
+        self()
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
     pub gateway: String,

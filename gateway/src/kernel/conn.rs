@@ -149,6 +149,12 @@ impl ConnInfo {
     pub fn tcp_stats(&self) -> Option<crate::admin::status::TcpStats> {
         super::sockopt::tcp_stats(&socket2::SockRef::from(&self.socket))
     }
+
+    /// Whether everything written to the socket was acknowledged by the
+    /// peer's kernel (false if that cannot be told).
+    pub fn send_queue_empty(&self) -> bool {
+        super::sockopt::send_queue_empty(&socket2::SockRef::from(&self.socket))
+    }
 }
 
 /// Reads and opens records from one connection.

@@ -1,5 +1,6 @@
 //! The remote end of a session: connect to the target the peer asked for,
-//! if and only if the allowlist permits it.
+//! if and only if the allowlist in force permits it (a reload may have
+//! changed it) and the gateway is not shutting down.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,8 +15,18 @@ use crate::admin::Stats;
 use crate::protocol::{RefuseReason, SessionId};
 
 pub async fn connect(tunnel: Arc<Tunnel>, id: SessionId, target: SocketAddr) {
-    let config = &tunnel.gateway().config;
-    if !config.egress.allows(&target) {
+    let gateway = tunnel.gateway();
+    let config = &gateway.config;
+    if gateway.stopping.is_cancelled() {
+        warn!(
+            "session {id}: refusing target {target}: gateway shutting down (peer {})",
+            tunnel.peer
+        );
+        Stats::inc(&gateway.stats.sessions_refused);
+        tunnel.with_core(|c| c.refuse(id, RefuseReason::ShuttingDown, ""));
+        return;
+    }
+    if !gateway.allows(&target) {
         // Checked before any connect attempt: never an open relay.
         warn!(
             "session {id}: refusing target {target}: not in egress allowlist (peer {})",

@@ -5,6 +5,9 @@
 //! - `tproxy` mode: the listener has IP_TRANSPARENT and receives connections
 //!   redirected by TPROXY; the original destination is the accepted
 //!   socket's local address (see docs/DEPLOYMENT.md for the nft rules).
+//!
+//! When the gateway starts shutting down (`Gateway::stopping`), the
+//! listeners close and connections not yet turned into sessions are reset.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,7 +37,12 @@ pub async fn serve(gateway: Arc<Gateway>, ingress: Ingress, listener: TcpListene
         IngressMode::Tproxy => info!("listening on {} (mode tproxy)", ingress.bind),
     }
     loop {
-        match listener.accept().await {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            // Returning drops (closes) the listener.
+            _ = gateway.stopping.cancelled() => return,
+        };
+        match accepted {
             Ok((stream, client)) => {
                 tokio::spawn(handle(gateway.clone(), ingress, stream, client));
             }
@@ -63,6 +71,10 @@ async fn handle(gateway: Arc<Gateway>, ingress: Ingress, stream: TcpStream, clie
         );
         return abort(&stream);
     };
+    if gateway.stopping.is_cancelled() {
+        warn!("{client} -> {target}: gateway shutting down; resetting");
+        return abort(&stream);
+    }
     let (id, signals, opened) = match tunnel.open_session(client, target) {
         Ok(x) => x,
         Err(e) => {

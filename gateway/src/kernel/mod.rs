@@ -10,9 +10,14 @@
 //! The dialling gateway keeps the tunnel up: it re-dials a dead data flow
 //! (its frames go out again on the others meanwhile) and re-establishes the
 //! whole tunnel if the control connection dies.
+//!
+//! Operator requests arrive as signals: SIGHUP swaps in a re-read egress
+//! allowlist ([`crate::admin::reload`]); SIGTERM/SIGINT run the clean
+//! shutdown in [`drain`]. `lmas status` and metrics are served by
+//! [`crate::admin::serve`] from [`Gateway`]'s [`StatusSource`] impl.
 
-mod admin_socket;
 mod conn;
+mod drain;
 mod egress;
 mod endpoint;
 mod ingress;
@@ -22,7 +27,7 @@ mod tunnel;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -31,8 +36,10 @@ use ring::rand::{SecureRandom, SystemRandom};
 use socket2::SockRef;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
 
-use crate::admin::{Config, Stats, TunnelEnd};
+use crate::admin::signals::{Request, Signals};
+use crate::admin::{Allowlist, Config, Stats, StatusSource, TunnelEnd};
 use crate::crypto::RekeyPolicy;
 use crate::protocol::{Message, ResetReason};
 use crate::session::Side;
@@ -53,8 +60,14 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Process-wide state shared by all tasks.
 pub struct Gateway {
+    /// As read at startup; the egress allowlist in force is [`Gateway::allows`].
     pub config: Config,
     pub stats: Arc<Stats>,
+    /// The egress allowlist in force (replaced by a reload).
+    egress: RwLock<Allowlist>,
+    /// Cancelled when shutdown starts: ingress stops accepting and the
+    /// peer's new sessions are refused (reason "shutting down").
+    pub stopping: CancellationToken,
     started: std::time::Instant,
     tuning: WanTuning,
     current: watch::Sender<Option<Arc<Tunnel>>>,
@@ -102,23 +115,20 @@ impl Gateway {
         ))
     }
 
-    /// Everything `lmas status` shows.
-    pub fn status(&self) -> crate::admin::Status {
-        let tunnel = self
-            .current
+    /// The current tunnel, unless it was closed.
+    fn tunnel(&self) -> Option<Arc<Tunnel>> {
+        self.current
             .borrow()
             .clone()
-            .filter(|t| !t.closed.is_cancelled());
-        crate::admin::Status {
-            gateway: self.config.name.clone(),
-            peer: self.config.peer_name.clone(),
-            uptime_secs: self.started.elapsed().as_secs_f64(),
-            tunnel: tunnel.map(|t| t.status()),
-            counters: self.stats.snapshot(),
-        }
+            .filter(|t| !t.closed.is_cancelled())
     }
 
-    fn install(&self, tunnel: Option<Arc<Tunnel>>) {
+    /// Whether the egress allowlist in force allows `target`.
+    pub fn allows(&self, target: &SocketAddr) -> bool {
+        self.egress.read().expect("not poisoned").allows(target)
+    }
+
+    pub(crate) fn install(&self, tunnel: Option<Arc<Tunnel>>) {
         let old = self.current.send_replace(tunnel);
         if let Some(old) = old {
             old.shutdown(ResetReason::TunnelLost);
@@ -126,7 +136,20 @@ impl Gateway {
     }
 }
 
-/// Runs a gateway until SIGINT or SIGTERM.
+impl StatusSource for Gateway {
+    /// Everything `lmas status` shows.
+    fn status(&self) -> crate::admin::Status {
+        crate::admin::Status {
+            gateway: self.config.name.clone(),
+            peer: self.config.peer_name.clone(),
+            uptime_secs: self.started.elapsed().as_secs_f64(),
+            tunnel: self.tunnel().map(|t| t.status()),
+            counters: self.stats.snapshot(),
+        }
+    }
+}
+
+/// Runs a gateway until SIGINT or SIGTERM (then drains, see [`drain`]).
 pub fn run(config: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -137,6 +160,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    // First, so that an early SIGHUP cannot kill the process.
+    let mut signals = Signals::install().context("installing signal handlers")?;
     let tuning = WanTuning {
         congestion: config
             .congestion
@@ -150,8 +175,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         config.name, config.peer_name, config.data_flows, tuning.congestion
     );
     let gateway = Arc::new(Gateway {
+        egress: RwLock::new(config.egress.clone()),
         config,
         stats: Arc::new(Stats::default()),
+        stopping: CancellationToken::new(),
         started: std::time::Instant::now(),
         tuning,
         current: watch::channel(None).0,
@@ -181,25 +208,25 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             tokio::spawn(accept_loop(gateway.clone(), l));
         }
     }
-    if let Some(l) = admin_socket::bind(&gateway.config.admin_socket) {
-        tokio::spawn(admin_socket::serve(gateway.clone(), l));
-    }
+    crate::admin::serve(&gateway.config, gateway.clone()).await?;
     for (ingress, l) in listeners {
         tokio::spawn(ingress::serve(gateway.clone(), ingress, l));
     }
-    shutdown_signal().await;
-    info!("shutting down");
-    gateway.install(None);
+    let stop = loop {
+        match signals.next().await {
+            Request::Reload => {
+                let egress = gateway.egress.read().expect("not poisoned").clone();
+                if let Some(new) =
+                    crate::admin::reload::reread(&gateway.config, &egress, &gateway.stats)
+                {
+                    *gateway.egress.write().expect("not poisoned") = new;
+                }
+            }
+            Request::Stop(signal) => break signal,
+        }
+    };
+    drain::shutdown(&gateway, stop, &mut signals).await;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }
 
 // ---- dialling side ---------------------------------------------------------

@@ -131,8 +131,8 @@ fn setsockopt_int(
     }
 }
 
-/// The kernel's view of a TCP connection (TCP_INFO), for status output.
-pub fn tcp_stats(sock: &SockRef<'_>) -> Option<crate::admin::status::TcpStats> {
+/// TCP_INFO of a socket, if the kernel gives it.
+fn tcp_info(sock: &SockRef<'_>) -> Option<libc::tcp_info> {
     // SAFETY: tcp_info is plain old data; all-zero is a valid value.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -147,7 +147,19 @@ pub fn tcp_stats(sock: &SockRef<'_>) -> Option<crate::admin::status::TcpStats> {
             &mut len,
         )
     };
-    (rc == 0).then_some(crate::admin::status::TcpStats {
+    (rc == 0).then_some(info)
+}
+
+/// Whether the peer's kernel acknowledged everything written to `sock`:
+/// nothing unsent (tcpi_notsent_bytes) and nothing unacknowledged.
+pub fn send_queue_empty(sock: &SockRef<'_>) -> bool {
+    tcp_info(sock).is_some_and(|i| i.tcpi_notsent_bytes == 0 && i.tcpi_unacked == 0)
+}
+
+/// The kernel's view of a TCP connection (TCP_INFO), for status output.
+pub fn tcp_stats(sock: &SockRef<'_>) -> Option<crate::admin::status::TcpStats> {
+    let info = tcp_info(sock)?;
+    Some(crate::admin::status::TcpStats {
         rtt_us: info.tcpi_rtt,
         rttvar_us: info.tcpi_rttvar,
         cwnd_segments: info.tcpi_snd_cwnd,

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -89,6 +89,10 @@ pub struct Tunnel {
     inner: Mutex<Inner>,
     frames_ready: Notify,
     control_ready: Notify,
+    /// True from when the control writer takes a message off the core until
+    /// it has flushed it to the socket; `control_idle` fires when it clears.
+    control_busy: AtomicBool,
+    control_idle: Notify,
     timer: Notify,
     pub id: [u8; 16],
     /// `NAME (ADDR)` of the peer gateway, for logs.
@@ -123,6 +127,8 @@ impl Tunnel {
             }),
             frames_ready: Notify::new(),
             control_ready: Notify::new(),
+            control_busy: AtomicBool::new(false),
+            control_idle: Notify::new(),
             timer: Notify::new(),
             id,
             peer,
@@ -159,6 +165,53 @@ impl Tunnel {
 
     pub fn flow_count(&self) -> usize {
         self.inner.lock().expect("not poisoned").core.flow_count()
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.inner
+            .lock()
+            .expect("not poisoned")
+            .core
+            .session_count()
+    }
+
+    /// Resets every session, telling the peer (unlike [`Tunnel::shutdown`]):
+    /// each gets a reset message on the control connection. Returns how many.
+    pub fn reset_sessions(self: &Arc<Self>, reason: ResetReason) -> usize {
+        self.with_core(|core| {
+            let ids: Vec<SessionId> = core.snapshot().into_iter().map(|s| s.id).collect();
+            for &id in &ids {
+                core.reset(id, reason);
+            }
+            ids.len()
+        })
+    }
+
+    /// Returns once every control message queued so far has been written
+    /// and acknowledged by the peer's kernel (so it reaches the peer even if
+    /// this process exits now). Waits forever without a control connection:
+    /// the caller bounds it.
+    pub async fn control_delivered(self: &Arc<Self>) {
+        wait_until(&self.control_idle, || {
+            self.with_core(|c| {
+                (!c.has_control() && !self.control_busy.load(Ordering::SeqCst)).then_some(())
+            })
+        })
+        .await;
+        loop {
+            let control = {
+                let inner = self.inner.lock().expect("not poisoned");
+                inner
+                    .connections
+                    .iter()
+                    .find(|(flow, _)| flow.is_none())
+                    .map(|(_, c)| c.clone())
+            };
+            if control.is_some_and(|c| c.send_queue_empty()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Microseconds since the tunnel started: the core's clock.
@@ -358,6 +411,8 @@ impl Tunnel {
     ) {
         let info = reader.info().clone();
         self.register(None, &info);
+        // A previous control connection may have died mid-flush.
+        self.control_busy.store(false, Ordering::SeqCst);
         let read = async {
             loop {
                 match reader.read_message().await? {
@@ -373,13 +428,26 @@ impl Tunnel {
         };
         let write = async {
             loop {
-                let first =
-                    wait_until(&self.control_ready, || self.with_core(|c| c.poll_control())).await;
+                // Marked busy under the core's lock, together with taking the
+                // message, so `control_delivered` never sees an empty queue
+                // while a message is on its way to the socket.
+                let first = wait_until(&self.control_ready, || {
+                    self.with_core(|c| {
+                        let msg = c.poll_control();
+                        if msg.is_some() {
+                            self.control_busy.store(true, Ordering::SeqCst);
+                        }
+                        msg
+                    })
+                })
+                .await;
                 writer.push(&first)?;
                 while let Some(msg) = self.with_core(|c| c.poll_control()) {
                     writer.push(&msg)?;
                 }
                 writer.flush().await?;
+                self.control_busy.store(false, Ordering::SeqCst);
+                self.control_idle.notify_waiters();
             }
         };
         let result: Result<(), ConnError> = tokio::select! {
@@ -469,8 +537,16 @@ impl Tunnel {
 
     fn apply(self: &Arc<Self>, msg: Message) {
         let stats = &self.gateway.stats;
+        let reset = match &msg {
+            Message::Reset { session, reason } => Some((*session, *reason)),
+            _ => None,
+        };
         match self.with_core(|c| c.handle_message(msg)) {
-            Ok(()) => {}
+            Ok(()) => {
+                if let Some((id, reason)) = reset {
+                    info!("session {id}: reset by peer {}: {reason}", self.peer);
+                }
+            }
             // Frames and acks still in flight for a session that just ended.
             Err(e @ PeerError::UnknownSession(_)) => {
                 Stats::inc(&stats.unknown_session_messages);

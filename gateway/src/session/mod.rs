@@ -29,7 +29,7 @@ pub use tunnel::{Event, PeerError, SessionError, SessionSnapshot, Side, TunnelCo
 pub type Instant = u64;
 
 /// Buffer and framing limits of one tunnel.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     /// Per session and direction: bytes buffered at the sender, and the
     /// receive window advertised to the peer.

@@ -539,6 +539,11 @@ impl TunnelCore {
         self.control.pop_front()
     }
 
+    /// Whether control messages are waiting for `poll_control`.
+    pub fn has_control(&self) -> bool {
+        !self.control.is_empty()
+    }
+
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
     }

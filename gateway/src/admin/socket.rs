@@ -1,6 +1,11 @@
 //! The local admin socket: `lmas status` connects, sends `status`, and gets
 //! the gateway's state as one line of JSON. Mode 0660, so root and the
 //! socket's group can read it; nothing here changes the gateway's state.
+//!
+//! Datapath-agnostic: it serves whatever [`StatusSource`] it is given, on the
+//! caller's tokio runtime. A client gets at most [`MAX_COMMAND`] bytes and
+//! [`COMMAND_TIMEOUT`] to say what it wants; anything else is answered with
+//! an error line or dropped.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -10,10 +15,12 @@ use log::{info, warn};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use super::Gateway;
+use super::StatusSource;
 
 /// Longest command line accepted from a client.
-const MAX_COMMAND: usize = 256;
+pub const MAX_COMMAND: usize = 256;
+/// How long a client may take to send its command.
+pub const COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Binds the admin socket. A stale socket file (no gateway answering) is
 /// replaced; one in use by a running gateway is left alone and status is
@@ -46,11 +53,12 @@ pub fn bind(path: &Path) -> Option<UnixListener> {
     }
 }
 
-pub async fn serve(gateway: Arc<Gateway>, listener: UnixListener) {
+/// Answers clients on `listener` until the task is dropped.
+pub async fn serve(source: Arc<dyn StatusSource>, listener: UnixListener) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(answer(gateway.clone(), stream));
+                tokio::spawn(answer(source.clone(), stream));
             }
             Err(e) => {
                 warn!("admin socket: accept: {e}");
@@ -60,24 +68,19 @@ pub async fn serve(gateway: Arc<Gateway>, listener: UnixListener) {
     }
 }
 
-async fn answer(gateway: Arc<Gateway>, stream: UnixStream) {
+async fn answer(source: Arc<dyn StatusSource>, stream: UnixStream) {
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(r.take(MAX_COMMAND as u64));
-    let read = tokio::time::timeout(
-        std::time::Duration::from_secs(5),
-        reader.read_line(&mut line),
-    )
-    .await;
+    let read = tokio::time::timeout(COMMAND_TIMEOUT, reader.read_line(&mut line)).await;
+    // Errors go through serde_json too, so the reply is always valid JSON
+    // whatever the client sent.
+    let error = |why: String| serde_json::json!({ "error": why }).to_string();
     let reply = match (read, line.trim()) {
-        (Ok(Ok(_)), "status") => match serde_json::to_string(&gateway.status()) {
-            Ok(json) => json,
-            Err(e) => format!("{{\"error\":\"{e}\"}}"),
-        },
-        (Ok(Ok(_)), other) => format!(
-            "{{\"error\":\"unknown command {:?}; try status\"}}",
-            other.escape_default().to_string()
-        ),
+        (Ok(Ok(_)), "status") => {
+            serde_json::to_string(&source.status()).unwrap_or_else(|e| error(e.to_string()))
+        }
+        (Ok(Ok(_)), other) => error(format!("unknown command {other:?}; try status")),
         _ => return,
     };
     let _ = w.write_all(reply.as_bytes()).await;

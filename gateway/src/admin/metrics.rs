@@ -1,0 +1,478 @@
+//! The gateway's figures in the Prometheus text exposition format (0.0.4).
+//!
+//! A pure function of one [`Status`] snapshot: the same figures `lmas status`
+//! shows, so the two never disagree about what they measure. The encoding
+//! (names, label escaping, `# HELP`/`# TYPE`) is done by `prometheus-client`
+//! through a [`Collector`] over the snapshot.
+//!
+//! Series, all prefixed `lmas_`:
+//! - `gateway_info{gateway,peer}`, `uptime_seconds`;
+//! - one counter per process-wide event counter (`<name>_total`, e.g.
+//!   `sessions_refused_total`), and `tunnel_<name>_total` for the current
+//!   tunnel's session-core counters (they restart at 0 with a new tunnel);
+//! - `tunnel_state{state}` (1 for the current of up/held/down),
+//!   `tunnel_buffered_bytes`, `sessions{state}`;
+//! - per WAN connection (`kind` = control/data, `flow` = index or `-`): bytes
+//!   each way, RTT, RTT variance, cwnd, MSS, unacked segments, retransmits, age;
+//! - per session (`session` = id, `target`): bytes each way, acked, in
+//!   flight, age — for at most [`MAX_SESSION_SERIES`] sessions (the oldest by
+//!   id); `session_series_omitted` says how many more there are.
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::exemplar::Exemplar;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+
+use super::status::{ConnectionStatus, SessionStatus, TcpStats};
+use super::{Stats, Status};
+use MetricType::{Counter, Gauge};
+use Num::{Float, Int};
+
+/// The `Content-Type` of what [`encode`] produces.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// Per-session series are capped: every session adds a handful of series,
+/// and a gateway may carry thousands of sessions (multifd, many VMs).
+pub const MAX_SESSION_SERIES: usize = 64;
+
+/// Encodes one snapshot.
+pub fn encode(status: &Status) -> Result<String, std::fmt::Error> {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Snapshot(status.clone())));
+    let mut out = String::new();
+    prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)?;
+    Ok(out)
+}
+
+#[derive(Debug)]
+struct Snapshot(Status);
+
+type Labels<'a> = Vec<(&'static str, &'a str)>;
+
+/// A sample's value: integers stay integers in the text.
+#[derive(Clone, Copy)]
+enum Num {
+    Int(u64),
+    Float(f64),
+}
+
+/// One family: its descriptor, then one sample per row that has a value.
+fn family<T>(
+    e: &mut DescriptorEncoder<'_>,
+    (name, help, unit, kind): (&str, &str, Option<Unit>, MetricType),
+    rows: &[(T, Labels<'_>)],
+    value: impl Fn(&T) -> Option<Num>,
+) -> std::fmt::Result {
+    let mut m = e.encode_descriptor(name, help, unit.as_ref(), kind)?;
+    for (row, labels) in rows {
+        let Some(v) = value(row) else { continue };
+        let mut sample = m.encode_family(labels)?;
+        let none = None::<&Exemplar<NoLabelSet, u64>>;
+        match (kind, v) {
+            (MetricType::Counter, Num::Int(v)) => sample.encode_counter(&v, none)?,
+            (MetricType::Counter, Num::Float(v)) => sample.encode_counter(&v, none)?,
+            (_, Num::Int(v)) => sample.encode_gauge(&v)?,
+            (_, Num::Float(v)) => sample.encode_gauge(&v)?,
+        }
+    }
+    Ok(())
+}
+
+/// A single unlabelled sample.
+fn single(
+    e: &mut DescriptorEncoder<'_>,
+    desc: (&str, &str, Option<Unit>, MetricType),
+    v: Num,
+) -> std::fmt::Result {
+    family(e, desc, &[((), Vec::new())], |_| Some(v))
+}
+
+/// A counter name as it came from the datapath, made a valid metric name.
+fn metric_name(raw: &str) -> String {
+    raw.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = &self.0;
+        let e = &mut e;
+        e.encode_descriptor(
+            "lmas_gateway",
+            "This gateway and its peer, by name.",
+            None,
+            MetricType::Info,
+        )?
+        .encode_info(&[("gateway", s.gateway.as_str()), ("peer", s.peer.as_str())])?;
+        let uptime = "Time since the gateway started.";
+        single(
+            e,
+            ("lmas_uptime", uptime, Some(Unit::Seconds), Gauge),
+            Float(s.uptime_secs),
+        )?;
+        for (name, v) in &s.counters {
+            let metric = format!("lmas_{}", metric_name(name));
+            let help = Stats::describe(name).unwrap_or("A gateway event counter.");
+            single(e, (&metric, help, None, Counter), Int(*v))?;
+        }
+
+        let current = s.tunnel.as_ref().map_or("down", |t| t.state.as_str());
+        let states = ["up", "held", "down"].map(|st| (st, vec![("state", st)]));
+        family(
+            e,
+            ("lmas_tunnel_state", "1 for the tunnel's current state: up, held (control connection lost, sessions kept for the grace period) or down.", None, Gauge),
+            &states,
+            |st| Some(Int(u64::from(*st == current))),
+        )?;
+        let Some(t) = &s.tunnel else {
+            return Ok(());
+        };
+        single(
+            e,
+            ("lmas_tunnel_buffered", "Bytes held in the tunnel's send buffers (all sessions), waiting to be sent or acknowledged.", Some(Unit::Bytes), Gauge),
+            Int(t.buffered_bytes),
+        )?;
+        for (name, v) in &t.counters {
+            let metric = format!("lmas_tunnel_{}", metric_name(name));
+            let help = format!(
+                "The session core's {name} for the current tunnel (restarts at 0 with a new tunnel)."
+            );
+            single(e, (&metric, &help, None, Counter), Int(*v))?;
+        }
+        let states = ["opening", "connecting", "open"].map(|st| (st, vec![("state", st)]));
+        family(
+            e,
+            (
+                "lmas_sessions",
+                "Sessions in the tunnel, by state (opening, connecting, open).",
+                None,
+                Gauge,
+            ),
+            &states,
+            |st| {
+                Some(Int(
+                    t.sessions.iter().filter(|x| x.state == *st).count() as u64
+                ))
+            },
+        )?;
+        connections(e, &t.connections)?;
+        sessions(e, &t.sessions)
+    }
+}
+
+fn connections(e: &mut DescriptorEncoder<'_>, conns: &[ConnectionStatus]) -> std::fmt::Result {
+    let flows: Vec<String> = conns
+        .iter()
+        .map(|c| c.flow.map_or("-".to_string(), |f| f.to_string()))
+        .collect();
+    let rows: Vec<(&ConnectionStatus, Labels)> = conns
+        .iter()
+        .zip(&flows)
+        .map(|(c, f)| (c, vec![("kind", c.kind.as_str()), ("flow", f.as_str())]))
+        .collect();
+    let tcp = |f: fn(&TcpStats) -> Num| move |c: &&ConnectionStatus| c.tcp.as_ref().map(f);
+    let bytes = || Some(Unit::Bytes);
+    let secs = || Some(Unit::Seconds);
+    family(
+        e,
+        (
+            "lmas_connection_sent",
+            "Bytes written to a WAN connection (records, after encryption).",
+            bytes(),
+            Counter,
+        ),
+        &rows,
+        |c| Some(Int(c.bytes_sent)),
+    )?;
+    family(
+        e,
+        (
+            "lmas_connection_received",
+            "Bytes read from a WAN connection (records, before decryption).",
+            bytes(),
+            Counter,
+        ),
+        &rows,
+        |c| Some(Int(c.bytes_received)),
+    )?;
+    family(
+        e,
+        (
+            "lmas_connection_age",
+            "Time since a WAN connection was set up.",
+            secs(),
+            Gauge,
+        ),
+        &rows,
+        |c| Some(Float(c.age_secs)),
+    )?;
+    // The rest comes from TCP_INFO: no sample where the kernel gave none.
+    family(
+        e,
+        (
+            "lmas_connection_rtt",
+            "Smoothed round-trip time of a WAN connection (TCP_INFO).",
+            secs(),
+            Gauge,
+        ),
+        &rows,
+        tcp(|t| Float(f64::from(t.rtt_us) / 1e6)),
+    )?;
+    family(
+        e,
+        (
+            "lmas_connection_rttvar",
+            "Round-trip time variation of a WAN connection (TCP_INFO).",
+            secs(),
+            Gauge,
+        ),
+        &rows,
+        tcp(|t| Float(f64::from(t.rttvar_us) / 1e6)),
+    )?;
+    family(
+        e,
+        (
+            "lmas_connection_cwnd_segments",
+            "Congestion window of a WAN connection, in segments (TCP_INFO).",
+            None,
+            Gauge,
+        ),
+        &rows,
+        tcp(|t| Int(t.cwnd_segments.into())),
+    )?;
+    family(
+        e,
+        (
+            "lmas_connection_mss",
+            "Send MSS of a WAN connection (TCP_INFO).",
+            bytes(),
+            Gauge,
+        ),
+        &rows,
+        tcp(|t| Int(t.mss.into())),
+    )?;
+    family(
+        e,
+        (
+            "lmas_connection_unacked_segments",
+            "Segments sent and not yet acknowledged on a WAN connection (TCP_INFO).",
+            None,
+            Gauge,
+        ),
+        &rows,
+        tcp(|t| Int(t.unacked_segments.into())),
+    )?;
+    family(
+        e,
+        ("lmas_connection_retransmits", "Segments retransmitted on a WAN connection over its life (TCP_INFO total_retrans; restarts with a re-dialled flow).", None, Counter),
+        &rows,
+        tcp(|t| Int(t.total_retransmits.into())),
+    )
+}
+
+fn sessions(e: &mut DescriptorEncoder<'_>, all: &[SessionStatus]) -> std::fmt::Result {
+    let mut shown: Vec<&SessionStatus> = all.iter().collect();
+    shown.sort_by_key(|s| s.id);
+    shown.truncate(MAX_SESSION_SERIES);
+    let ids: Vec<String> = shown.iter().map(|s| s.id.to_string()).collect();
+    let rows: Vec<(&SessionStatus, Labels)> = shown
+        .iter()
+        .zip(&ids)
+        .map(|(s, id)| {
+            (
+                *s,
+                vec![("session", id.as_str()), ("target", s.target.as_str())],
+            )
+        })
+        .collect();
+    let bytes = || Some(Unit::Bytes);
+    family(
+        e,
+        (
+            "lmas_session_up",
+            "Bytes read from this gateway's endpoint of a session and queued for the peer.",
+            bytes(),
+            Counter,
+        ),
+        &rows,
+        |s| Some(Int(s.bytes_up)),
+    )?;
+    family(
+        e,
+        (
+            "lmas_session_up_acked",
+            "Of a session's bytes up, those the peer acknowledged (delivered at the far end).",
+            bytes(),
+            Counter,
+        ),
+        &rows,
+        |s| Some(Int(s.bytes_up_acked)),
+    )?;
+    family(
+        e,
+        (
+            "lmas_session_down",
+            "Bytes of a session delivered to this gateway's endpoint.",
+            bytes(),
+            Counter,
+        ),
+        &rows,
+        |s| Some(Int(s.bytes_down)),
+    )?;
+    family(
+        e,
+        (
+            "lmas_session_in_flight",
+            "Bytes of a session sent or queued and not yet acknowledged by the peer.",
+            bytes(),
+            Gauge,
+        ),
+        &rows,
+        |s| Some(Int(s.in_flight)),
+    )?;
+    family(
+        e,
+        (
+            "lmas_session_age",
+            "Time since a session was opened.",
+            Some(Unit::Seconds),
+            Gauge,
+        ),
+        &rows,
+        |s| Some(Float(s.age_secs)),
+    )?;
+    single(
+        e,
+        (
+            "lmas_session_series_omitted",
+            "Sessions left out of the per-session series (only the oldest are shown).",
+            None,
+            Gauge,
+        ),
+        Int(all.len().saturating_sub(MAX_SESSION_SERIES) as u64),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::status::TunnelStatus;
+
+    fn status(sessions: usize) -> Status {
+        Status {
+            gateway: "gw-a".into(),
+            peer: "gw \"b\"\n".into(),
+            uptime_secs: 1.5,
+            counters: [("sessions_opened".to_string(), 3), ("new-thing".into(), 1)]
+                .into_iter()
+                .collect(),
+            tunnel: Some(TunnelStatus {
+                id: "00".into(),
+                state: "up".into(),
+                peer: "gw-b".into(),
+                buffered_bytes: 77,
+                connections: vec![
+                    ConnectionStatus {
+                        kind: "control".into(),
+                        flow: None,
+                        local: "127.0.0.1:1".into(),
+                        remote: "127.0.0.1:2".into(),
+                        age_secs: 2.0,
+                        bytes_sent: 10,
+                        bytes_received: 20,
+                        tcp: None,
+                    },
+                    ConnectionStatus {
+                        kind: "data".into(),
+                        flow: Some(3),
+                        local: "127.0.0.1:3".into(),
+                        remote: "127.0.0.1:4".into(),
+                        age_secs: 2.0,
+                        bytes_sent: 1000,
+                        bytes_received: 30,
+                        tcp: Some(TcpStats {
+                            rtt_us: 1500,
+                            rttvar_us: 10,
+                            cwnd_segments: 10,
+                            mss: 1448,
+                            total_retransmits: 2,
+                            unacked_segments: 1,
+                        }),
+                    },
+                ],
+                sessions: (0..sessions as u64)
+                    .map(|i| SessionStatus {
+                        id: i * 2,
+                        state: "open".into(),
+                        source: None,
+                        target: "[::1]:5000".into(),
+                        age_secs: 1.0,
+                        bytes_up: 100 + i,
+                        bytes_up_acked: 90,
+                        bytes_down: 5,
+                        in_flight: 10 + i,
+                    })
+                    .collect(),
+                counters: [("resent_bytes".to_string(), 4)].into_iter().collect(),
+            }),
+        }
+    }
+
+    #[test]
+    fn figures_match_the_snapshot() {
+        let text = encode(&status(2)).unwrap();
+        for line in [
+            "# TYPE lmas_sessions_opened_total counter",
+            "lmas_sessions_opened_total 3",
+            "lmas_new_thing_total 1",
+            "lmas_tunnel_resent_bytes_total 4",
+            "lmas_tunnel_state{state=\"up\"} 1",
+            "lmas_tunnel_state{state=\"down\"} 0",
+            "lmas_tunnel_buffered_bytes 77",
+            "lmas_sessions{state=\"open\"} 2",
+            "lmas_connection_sent_bytes_total{kind=\"data\",flow=\"3\"} 1000",
+            "lmas_connection_received_bytes_total{kind=\"control\",flow=\"-\"} 20",
+            "lmas_connection_rtt_seconds{kind=\"data\",flow=\"3\"} 0.0015",
+            "lmas_connection_retransmits_total{kind=\"data\",flow=\"3\"} 2",
+            "lmas_connection_cwnd_segments{kind=\"data\",flow=\"3\"} 10",
+            "lmas_session_up_bytes_total{session=\"2\",target=\"[::1]:5000\"} 101",
+            "lmas_session_in_flight_bytes{session=\"0\",target=\"[::1]:5000\"} 10",
+            "lmas_session_series_omitted 0",
+            "lmas_gateway_info{gateway=\"gw-a\",peer=\"gw \\\"b\\\"\\n\"} 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+        // A connection without TCP_INFO has no RTT sample, rather than a zero.
+        assert!(!text.contains("lmas_connection_rtt_seconds{kind=\"control\""));
+    }
+
+    #[test]
+    fn session_series_are_capped() {
+        let n = MAX_SESSION_SERIES + 5;
+        let text = encode(&status(n)).unwrap();
+        let up = text
+            .lines()
+            .filter(|l| l.starts_with("lmas_session_up_bytes_total{"))
+            .count();
+        assert_eq!(up, MAX_SESSION_SERIES);
+        assert!(text.contains("lmas_session_series_omitted 5\n"), "{text}");
+        assert!(text.contains(&format!("lmas_sessions{{state=\"open\"}} {n}\n")));
+    }
+
+    #[test]
+    fn no_tunnel_is_state_down() {
+        let mut s = status(0);
+        s.tunnel = None;
+        let text = encode(&s).unwrap();
+        assert!(
+            text.contains("lmas_tunnel_state{state=\"down\"} 1\n"),
+            "{text}"
+        );
+        assert!(!text.contains("lmas_sessions{"));
+    }
+}

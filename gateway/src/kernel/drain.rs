@@ -1,0 +1,107 @@
+//! Clean shutdown on SIGTERM/SIGINT, one log line per step:
+//!
+//! 1. stop accepting: the ingress listeners close, and sessions the peer
+//!    opens from now on are refused with reason "shutting down";
+//! 2. drain: running sessions carry on until they end, for at most
+//!    `gateway.drain_timeout_secs`;
+//! 3. at the deadline (or at once on a second SIGTERM/SIGINT), reset what is
+//!    left *telling the peer* (reset reason "shutting down"), and wait
+//!    briefly until the peer's kernel has acknowledged those messages, so
+//!    the peer resets its ends now instead of holding the sessions for its
+//!    grace period;
+//! 4. take the tunnel down and return (the process exits 0).
+//!
+//! The tunnel keeps working during the drain (data flows are re-dialled,
+//! the control connection resumed), so a WAN hiccup does not cut it short.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::{info, warn};
+
+use super::Gateway;
+use crate::admin::signals::{Request, Signals};
+use crate::protocol::ResetReason;
+
+/// How long to wait for the peer's kernel to acknowledge the resets.
+const NOTICE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Runs the shutdown started by `signal` (e.g. "SIGTERM").
+pub async fn shutdown(gateway: &Arc<Gateway>, signal: &str, signals: &mut Signals) {
+    let peer = &gateway.config.peer_name;
+    gateway.stopping.cancel();
+    info!(
+        "{signal}: shutting down: stopped accepting on {} ingress listener(s); new sessions from peer {peer} are refused",
+        gateway.config.ingress.len()
+    );
+    let deadline = gateway.config.drain_timeout;
+    let n = session_count(gateway);
+    if n == 0 {
+        info!("no sessions to drain");
+    } else {
+        info!("draining {n} session(s) for up to {deadline:?} ({signal} again to stop at once)");
+        let start = Instant::now();
+        tokio::select! {
+            () = drained(gateway) => info!(
+                "all sessions finished after {:.1}s",
+                start.elapsed().as_secs_f64()
+            ),
+            _ = tokio::time::sleep(deadline) => {
+                reset_remaining(gateway, &format!("drain deadline ({deadline:?}) reached")).await
+            }
+            again = next_stop(signals) => {
+                reset_remaining(gateway, &format!("second {again}")).await
+            }
+        }
+    }
+    // A session opened while we were deciding (ingress raced the stop).
+    if session_count(gateway) > 0 {
+        reset_remaining(gateway, "stopping").await;
+    }
+    gateway.install(None);
+    info!("gateway {} stopped", gateway.config.name);
+}
+
+fn session_count(gateway: &Gateway) -> usize {
+    gateway.tunnel().map_or(0, |t| t.session_count())
+}
+
+/// Returns once no session is left. Polls: shutdown happens once per
+/// process, and a tenth of a second is invisible next to a drain.
+async fn drained(gateway: &Gateway) {
+    while session_count(gateway) > 0 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The next stop request; reloads during shutdown are ignored.
+async fn next_stop(signals: &mut Signals) -> &'static str {
+    loop {
+        match signals.next().await {
+            Request::Stop(signal) => return signal,
+            Request::Reload => info!("SIGHUP ignored: shutting down"),
+        }
+    }
+}
+
+/// Resets every remaining session, telling the peer.
+async fn reset_remaining(gateway: &Gateway, why: &str) {
+    let Some(tunnel) = gateway.tunnel() else {
+        return;
+    };
+    let n = tunnel.reset_sessions(ResetReason::ShuttingDown);
+    if !*tunnel.control_up.borrow() {
+        return warn!(
+            "{why}: reset {n} session(s); peer {} cannot be told (no control connection): it drops them after its grace period",
+            tunnel.peer
+        );
+    }
+    info!("{why}: reset {n} session(s), telling peer {}", tunnel.peer);
+    match tokio::time::timeout(NOTICE_TIMEOUT, tunnel.control_delivered()).await {
+        Ok(()) => info!("peer {} received the resets", tunnel.peer),
+        Err(_) => warn!(
+            "peer {}: no acknowledgement of the resets within {NOTICE_TIMEOUT:?}; it drops the sessions when it notices the tunnel is gone",
+            tunnel.peer
+        ),
+    }
+}
