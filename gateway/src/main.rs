@@ -59,9 +59,14 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { config } => Config::load(&config)
-            .map_err(anyhow::Error::from)
-            .and_then(lmas::kernel::run),
+        Command::Run { config } => {
+            Config::load(&config)
+                .map_err(anyhow::Error::from)
+                .and_then(|c| match c.datapath {
+                    lmas::admin::Datapath::Kernel => lmas::kernel::run(c),
+                    lmas::admin::Datapath::Dpdk(_) => lmas::dpdk::run(c),
+                })
+        }
         Command::Keygen { out } => StaticKeypair::generate()
             .and_then(|kp| kp.write(&out).map(|_| kp))
             .map(|kp| println!("{}", kp.public))

@@ -45,6 +45,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+pub mod dpdk_lab;
 pub mod netns;
 
 /// Size of the buffers used to send and receive test data.

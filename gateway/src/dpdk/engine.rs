@@ -54,20 +54,17 @@ pub struct Engine<P: FramePort, C: CryptoPipe> {
     pub(super) dialer: Option<Dialer>,
     /// Listening sockets on the tunnel port (accepting gateway).
     pub(super) wan_listeners: Vec<smoltcp::iface::SocketHandle>,
-    /// Sockets aborted this turn: removed once their RST went out.
-    pub(super) wan_dead: Vec<smoltcp::iface::SocketHandle>,
     // ---- LAN side (lan.rs)
     pub(super) endpoints: HashMap<SessionId, Endpoint>,
     pub(super) ingress: Vec<IngressListener>,
     pub(super) waiting: Vec<Waiting>,
-    /// Endpoint sockets finishing their close: deadline (µs), and the turn
-    /// they were added in.
-    pub(super) lan_closing: Vec<(smoltcp::iface::SocketHandle, u64, u64)>,
-    /// Turns of the loop so far.
-    pub(super) turn: u64,
     pub(super) started: u64,
-    /// Set by `shut_down`: take no new work.
+    /// The clock at the start of the current turn (µs).
+    pub(super) now: u64,
+    /// Set by `begin_drain`: take no new sessions.
     pub(super) stopping: bool,
+    /// The egress allowlist in force (swapped on reload).
+    pub(super) egress: crate::admin::Allowlist,
 }
 
 impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
@@ -94,6 +91,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         );
         let mut engine = Engine {
             dialer: Dialer::for_config(&config),
+            egress: config.egress.clone(),
             config,
             dpdk,
             stats,
@@ -104,13 +102,11 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
             next_conn: 1,
             tunnel: None,
             wan_listeners: Vec::new(),
-            wan_dead: Vec::new(),
             endpoints: HashMap::new(),
             ingress: Vec::new(),
             waiting: Vec::new(),
-            lan_closing: Vec::new(),
-            turn: 0,
             started: now,
+            now,
             stopping: false,
         };
         engine.start_listeners();
@@ -120,11 +116,8 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
     /// One turn of the TCP lcore. True if anything happened (the caller
     /// backs off only after turns that did nothing).
     pub fn poll(&mut self, now: u64) -> bool {
-        self.turn += 1;
+        self.now = now;
         let mut busy = self.lan.poll(now) | self.wan.poll(now);
-        for h in self.wan_dead.drain(..) {
-            self.wan.remove(h);
-        }
         busy |= self.drain_crypto(now);
         self.wan_turn(now);
         self.lan_turn(now);
@@ -312,19 +305,35 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         }
     }
 
-    /// Stops taking new sessions and resets the running ones, telling the
-    /// peer (so it does not hold them for the grace period). The caller
-    /// keeps polling until [`Engine::quiesced`] or its deadline.
-    pub fn shut_down(&mut self, now: u64) {
-        if self.stopping {
-            return;
+    /// Starts a drain: ingress stops accepting (its listeners close) and
+    /// sessions the peer opens are refused ("shutting down"); running
+    /// sessions carry on, and the tunnel keeps being repaired.
+    pub fn begin_drain(&mut self, now: u64) {
+        if !self.stopping {
+            self.stopping = true;
+            self.close_ingress(now);
         }
-        self.stopping = true;
+    }
+
+    /// Sessions still running.
+    pub fn session_count(&self) -> usize {
+        self.tunnel.as_ref().map_or(0, |t| t.core.session_count()) + self.waiting.len()
+    }
+
+    /// Swaps in a new egress allowlist (config reload); running sessions
+    /// are not affected, new ones are checked against it.
+    pub fn set_egress(&mut self, egress: crate::admin::Allowlist) {
+        self.egress = egress;
+    }
+
+    /// Resets every running session telling the peer ("shutting down"), so
+    /// it does not hold them for its grace period. The caller keeps polling
+    /// until [`Engine::quiesced`] or its deadline.
+    pub fn shut_down(&mut self, now: u64) {
+        self.begin_drain(now);
+        self.reset_waiting(now);
         if let Some(t) = &mut self.tunnel {
             let ids: Vec<SessionId> = t.core.snapshot().iter().map(|s| s.id).collect();
-            if !ids.is_empty() {
-                warn!("shutting down: resetting {} sessions", ids.len());
-            }
             for id in ids {
                 t.core.reset(id, crate::protocol::ResetReason::ShuttingDown);
             }

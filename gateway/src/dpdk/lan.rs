@@ -17,7 +17,7 @@ use smoltcp::wire::IpListenEndpoint;
 
 use super::crypto::CryptoPipe;
 use super::engine::Engine;
-use super::net::endpoint_addr;
+use super::net::{endpoint_addr, Retire};
 use super::phy::FramePort;
 use crate::admin::{Ingress, IngressMode, Stats};
 use crate::protocol::{RefuseReason, ResetReason, SessionId};
@@ -142,6 +142,25 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         }
     }
 
+    /// Closes every ingress listener (drain: no new sessions).
+    pub(super) fn close_ingress(&mut self, now: u64) {
+        let spares: Vec<SocketHandle> = self
+            .ingress
+            .iter_mut()
+            .flat_map(|l| l.spares.drain(..))
+            .collect();
+        for h in spares {
+            self.close_lan(h, now);
+        }
+    }
+
+    /// Resets connections still waiting for the tunnel.
+    pub(super) fn reset_waiting(&mut self, now: u64) {
+        for w in std::mem::take(&mut self.waiting) {
+            self.close_lan(w.handle, now);
+        }
+    }
+
     /// One turn of the LAN side.
     pub(super) fn lan_turn(&mut self, now: u64) {
         self.take_lan_connections(now);
@@ -150,7 +169,6 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         for id in ids {
             self.pump(id, now);
         }
-        self.reap_closing(now);
     }
 
     fn take_lan_connections(&mut self, now: u64) {
@@ -277,7 +295,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                 t.core.refuse(id, reason, why);
             }
         };
-        if !self.config.egress.allows(&target) {
+        if !self.egress.allows(&target) {
             // Checked before any connect attempt: never an open relay.
             warn!("session {id}: refusing target {target}: not in egress allowlist (peer {peer})");
             return refuse(self, RefuseReason::NotAllowed, "");
@@ -453,35 +471,14 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
     /// Both directions completed: the socket finishes its close on its own.
     pub(super) fn endpoint_closed(&mut self, id: SessionId, now: u64) {
         if let Some(ep) = self.endpoints.remove(&id) {
-            self.lan_closing
-                .push((ep.handle, now + CLOSE_LINGER_US, self.turn));
+            // Our FIN is queued already (the stream finished); let it go out.
+            let by = now + CLOSE_LINGER_US;
+            self.lan.retire(ep.handle, Retire::Close { by }, now);
         }
     }
 
     /// Resets a LAN socket (RST) and removes it once that went out.
     fn close_lan(&mut self, h: SocketHandle, now: u64) {
-        self.lan.socket(h).abort();
-        self.lan_closing.push((h, now, self.turn));
-    }
-
-    /// Removes closed sockets (and forces lingering ones shut). A socket
-    /// stays through at least one more poll after it was closed, so its RST
-    /// or last ACK goes out first.
-    fn reap_closing(&mut self, now: u64) {
-        let turn = self.turn;
-        let mut keep = Vec::with_capacity(self.lan_closing.len());
-        for (h, deadline, added) in std::mem::take(&mut self.lan_closing) {
-            let sock = self.lan.socket(h);
-            let done = matches!(sock.state(), tcp::State::Closed | tcp::State::TimeWait);
-            if done && added < turn {
-                self.lan.remove(h);
-            } else if !done && now >= deadline {
-                sock.abort();
-                keep.push((h, deadline, turn));
-            } else {
-                keep.push((h, deadline, added));
-            }
-        }
-        self.lan_closing = keep;
+        self.lan.retire(h, Retire::Abort, now);
     }
 }

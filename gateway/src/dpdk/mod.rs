@@ -1,9 +1,48 @@
-//! The DPDK appliance datapath (WIP).
+//! The DPDK appliance datapath: poll-mode lcores, a userspace TCP/IP
+//! stack (smoltcp) over mbufs, and AES-256-GCM on dedicated lcores, speaking
+//! the same wire protocol as the kernel datapath.
+//!
+//! ```text
+//!  LAN NIC ─► io lcore ─ring─► tcp lcore ◄─ring─ io lcore ◄─ WAN NIC
+//!                              │ Engine: smoltcp (LAN, WAN), sessions,
+//!                              │ tunnel (control + N data flows)
+//!                              ▼ records ▲ messages
+//!                        crypto lcore(s): AES-256-GCM seal/open
+//! ```
+//!
+//! - [`phy`]: the frame-port trait under the stack (DPDK rings, or memory).
+//! - [`net`]: one port's smoltcp interface, with the ARP/IP guard that makes
+//!   transparent interception safe.
+//! - [`wan`]: one WAN connection: handshake, record framing.
+//! - `tunnel` / `lan`: the engine's WAN and LAN halves.
+//! - [`engine`]: the TCP lcore's state and one turn of its loop.
+//! - [`crypto`]: the crypto stage (workers, queues, backlog).
+//! - `port` / `appliance` (feature `dpdk`): the DPDK glue: I/O lcores,
+//!   ring-backed frame ports, EAL and lcore launch, the main lcore.
+//!
+//! Everything but the DPDK glue builds and is tested without DPDK.
+
+#[cfg(feature = "dpdk")]
+mod appliance;
 pub mod crypto;
 pub mod engine;
 mod lan;
 pub mod net;
 pub mod phy;
+#[cfg(feature = "dpdk")]
+mod port;
+
+#[cfg(feature = "dpdk")]
+pub use appliance::run;
+
+/// Without the `dpdk` feature the appliance datapath is not built in.
+#[cfg(not(feature = "dpdk"))]
+pub fn run(config: crate::admin::Config) -> anyhow::Result<()> {
+    anyhow::bail!(
+        "{}: gateway.datapath = \"dpdk\" but this lmas was built without the DPDK datapath (rebuild with the default features; it needs libdpdk-dev)",
+        config.file.display()
+    )
+}
 mod tunnel;
 pub mod wan;
 

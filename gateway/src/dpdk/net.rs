@@ -102,6 +102,15 @@ impl<P: FramePort> FramePort for Guarded<'_, P> {
     }
 }
 
+/// How a socket leaves the stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retire {
+    /// Reset now (RST).
+    Abort,
+    /// Close (FIN after what is queued); reset if still not closed at this time (µs).
+    Close { by: u64 },
+}
+
 /// One port's stack.
 pub struct Net<P: FramePort> {
     pub port: P,
@@ -112,6 +121,11 @@ pub struct Net<P: FramePort> {
     next_port: u16,
     /// Frames the guard kept from the stack (other hosts' ARP, foreign IPs).
     pub filtered: u64,
+    /// Sockets on their way out: deadline (µs), and the poll count when
+    /// retired (a socket stays through one more poll, so its RST or last
+    /// ACK goes out before it is removed).
+    retired: Vec<(SocketHandle, u64, u64)>,
+    polls: u64,
 }
 
 impl<P: FramePort> Net<P> {
@@ -154,12 +168,16 @@ impl<P: FramePort> Net<P> {
             addr: own,
             next_port: *EPHEMERAL.start() + (seed % 8192) as u16,
             filtered: 0,
+            retired: Vec::new(),
+            polls: 0,
         }
     }
 
     /// Moves packets: everything received is processed, everything the
     /// sockets want to send is sent. True if any socket may have changed.
     pub fn poll(&mut self, now: u64) -> bool {
+        self.reap(now);
+        self.polls += 1;
         let mut dev = Guarded {
             port: &mut self.port,
             guard: &self.guard,
@@ -195,6 +213,46 @@ impl<P: FramePort> Net<P> {
 
     pub fn remove(&mut self, h: SocketHandle) {
         self.sockets.remove(h);
+    }
+
+    /// Takes a socket out of use: reset or closed as `how` says, removed
+    /// once closed (never before the next poll).
+    pub fn retire(&mut self, h: SocketHandle, how: Retire, now: u64) {
+        let s = self.socket(h);
+        let by = match how {
+            Retire::Abort => {
+                s.abort();
+                now
+            }
+            Retire::Close { by } => {
+                s.close();
+                by
+            }
+        };
+        self.retired.push((h, by, self.polls));
+    }
+
+    /// Sockets being retired (for tests and status).
+    pub fn retiring(&self) -> usize {
+        self.retired.len()
+    }
+
+    fn reap(&mut self, now: u64) {
+        let polls = self.polls;
+        let mut keep = Vec::with_capacity(self.retired.len());
+        for (h, by, at) in std::mem::take(&mut self.retired) {
+            let s = self.sockets.get_mut::<tcp::Socket>(h);
+            let done = matches!(s.state(), tcp::State::Closed | tcp::State::TimeWait);
+            if done && at < polls {
+                self.sockets.remove(h);
+            } else if !done && now >= by {
+                s.abort();
+                keep.push((h, by, polls));
+            } else {
+                keep.push((h, by, at));
+            }
+        }
+        self.retired = keep;
     }
 
     /// Connects socket `h` to `remote` from our address and a free

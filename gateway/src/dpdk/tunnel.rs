@@ -12,6 +12,7 @@ use smoltcp::socket::tcp;
 
 use super::crypto::{ConnId, CryptoJob, CryptoPipe};
 use super::engine::Engine;
+use super::net::Retire;
 use super::phy::FramePort;
 use super::wan::{Identity, Role, WanConn, WanError};
 use crate::admin::{Config, Stats, TunnelEnd};
@@ -113,7 +114,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         let TunnelEnd::Listen(addr) = self.config.tunnel else {
             return;
         };
-        while self.wan_listeners.len() < WAN_LISTENERS && !self.stopping {
+        while self.wan_listeners.len() < WAN_LISTENERS {
             let h = self.wan_socket();
             let ep = smoltcp::wire::IpListenEndpoint {
                 addr: None,
@@ -505,9 +506,6 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
 
     /// Dialling gateway: (re)connect the control connection and data flows.
     fn dial(&mut self, now: u64) {
-        if self.stopping {
-            return;
-        }
         let Some(d) = &self.dialer else { return };
         let addr = d.addr;
         let control_needed = d.awaiting_welcome.is_none()
@@ -592,9 +590,12 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
 
     /// Closes a connection at once (RST) and forgets it.
     pub(super) fn close_conn(&mut self, id: ConnId) {
+        self.retire_conn(id, Retire::Abort);
+    }
+
+    fn retire_conn(&mut self, id: ConnId, how: Retire) {
         if let Some(c) = self.conns.remove(&id) {
-            self.wan.socket(c.handle).abort();
-            self.wan_dead.push(c.handle);
+            self.wan.retire(c.handle, how, self.now);
             self.crypto.submit(CryptoJob::Remove { conn: id });
         }
     }
@@ -605,7 +606,18 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
             return;
         };
         let (dialed, role, remote) = (conn.dialed, conn.role, conn.remote);
-        self.close_conn(id);
+        if !dialed && role.is_none() {
+            // A refused handshake ends as the kernel datapath ends it: with
+            // a FIN and no answer, so the dialler can tell "refused".
+            self.retire_conn(
+                id,
+                Retire::Close {
+                    by: now + 1_000_000,
+                },
+            );
+        } else {
+            self.close_conn(id);
+        }
         let peer_name = self.config.peer_name.clone();
         let awaiting = self.dialer.as_ref().and_then(|d| d.awaiting_welcome) == Some(id);
         match (dialed, role) {
@@ -616,16 +628,15 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                 let backoff = d.control_backoff;
                 d.next_control_at = now + backoff;
                 d.control_backoff = (backoff * 2).min(BACKOFF_MAX_US);
+                // The kernel datapath's wording, so one troubleshooting entry fits both.
+                let peer = label(&peer_name, Some(SocketAddr::V4(d.addr)));
                 let what = match e {
-                    WanError::ConnectFailed => "cannot connect".to_string(),
-                    WanError::Closed | WanError::Reset => "handshake failed: peer closed the connection during the handshake: it does not accept this gateway (check both gateways' peer.public_key, the psk and the protocol version) or it is overloaded".to_string(),
-                    e => format!("handshake failed: {e}"),
+                    WanError::ConnectFailed => "cannot connect: refused or unreachable".to_string(),
+                    WanError::Closed | WanError::Reset => format!("handshake with peer {peer} failed: peer closed the connection during the handshake: it does not accept this gateway (check both gateways' peer.public_key, the psk and the protocol version) or it is overloaded"),
+                    e => format!("handshake with peer {peer} failed: {e}"),
                 };
-                warn!(
-                    "{what} (peer {}); retrying in {}ms",
-                    label(&peer_name, Some(SocketAddr::V4(d.addr))),
-                    backoff / 1000
-                );
+                let backoff = std::time::Duration::from_micros(backoff);
+                warn!("{what} (peer {peer}); retrying in {backoff:?}");
             }
             // The accepting side's view of a connection that never said what it was.
             (false, None) => {

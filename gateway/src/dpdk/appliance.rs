@@ -1,0 +1,531 @@
+//! The appliance: the EAL, two ports, and the lcore pipeline.
+//!
+//! ```text
+//!  main lcore     signals (reload, drain, stop), `lmas status`, metrics
+//!  io lcore(s)    NIC rx/tx bursts  <-> rte_rings <->  tcp lcore
+//!  tcp lcore      smoltcp on both ports, sessions, tunnel (Engine)
+//!  crypto lcores  AES-256-GCM seal/open        <-> lock-free queues <-> tcp lcore
+//! ```
+//!
+//! The main lcore talks to the TCP lcore only through a command channel
+//! (status snapshots, a new allowlist, drain, stop), checked once per turn,
+//! so the packet path never takes a lock.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use lmas_dpdk::{mbuf_ring, Eal, Mempool, Port, PortConfig};
+use log::{info, warn};
+
+use super::crypto::{run_worker, CryptoPipe, CryptoQueues, InlineCrypto, WorkerRings};
+use super::engine::{Engine, Ports};
+use super::port::{run_io, IoPort, PortCounters, RingPort, RoleCounters};
+use super::Idle;
+use crate::admin::dpdk::{DpdkConfig, PortSpec};
+use crate::admin::signals::{Request, Signals};
+use crate::admin::{Allowlist, Config, Datapath, Stats, Status, StatusSource};
+
+/// Slots of each ring between the I/O and TCP lcores.
+const RING_SLOTS: u32 = 4096;
+/// After the drain, how long the resets may take to reach the peer.
+const NOTICE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What the main lcore asks of the TCP lcore.
+enum Command {
+    Status(SyncSender<Status>),
+    Egress(Allowlist),
+    Drain(Duration),
+    StopNow(&'static str),
+}
+
+/// Counters the main lcore reads while the lcores run.
+struct Shared {
+    /// The I/O and crypto lcores stop when set.
+    stop: AtomicBool,
+    /// The TCP lcore finished its shutdown.
+    tcp_done: AtomicBool,
+    io: Vec<Arc<RoleCounters>>,
+    tcp: RoleCounters,
+    crypto: Vec<Arc<WorkerRings>>,
+    ports: Vec<(&'static str, Port, Arc<PortCounters>, Mempool)>,
+}
+
+/// Runs an appliance gateway until SIGTERM/SIGINT (then drains).
+pub fn run(config: Config) -> anyhow::Result<()> {
+    let Datapath::Dpdk(dpdk) = &config.datapath else {
+        bail!(
+            "{}: gateway.datapath is not \"dpdk\"",
+            config.file.display()
+        );
+    };
+    let dpdk = (**dpdk).clone();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the main lcore's runtime")?;
+    // First, so that an early SIGHUP cannot kill the process.
+    let mut signals = runtime
+        .block_on(async { Signals::install() })
+        .context("installing signal handlers")?;
+    let file = config.file.display().to_string();
+
+    let args = eal_args(&dpdk, &config.name);
+    info!("starting the DPDK EAL: {}", args.join(" "));
+    let eal = Eal::init(&args)
+        .with_context(|| format!("{file}: dpdk.eal_args: the EAL did not start"))?;
+    let workers = eal.worker_lcores();
+    check_lcores(&dpdk, &workers)
+        .map_err(|(field, why)| anyhow::anyhow!("{file}: {field}: {why}"))?;
+
+    let stats = Arc::new(Stats::default());
+    let lan = open_port("lan", &dpdk.lan, dpdk.mbufs, &file)?;
+    let wan = open_port("wan", &dpdk.wan, dpdk.mbufs, &file)?;
+    let idle = Arc::new(Idle {
+        sleep_us: dpdk.idle_sleep_us,
+    });
+
+    // Crypto lcores, and the TCP lcore's end of their queues.
+    let (queues, rings) = CryptoQueues::new(dpdk.crypto_lcores.len());
+    let shared = Arc::new(Shared {
+        stop: AtomicBool::new(false),
+        tcp_done: AtomicBool::new(false),
+        io: dpdk
+            .io_lcores
+            .iter()
+            .map(|_| Arc::new(RoleCounters::default()))
+            .collect(),
+        tcp: RoleCounters::default(),
+        crypto: if dpdk.crypto_lcores.is_empty() {
+            Vec::new()
+        } else {
+            rings.clone()
+        },
+        ports: vec![
+            ("lan", lan.port, lan.ring.counters.clone(), lan.pool),
+            ("wan", wan.port, wan.ring.counters.clone(), wan.pool),
+        ],
+    });
+    for (&lcore, worker) in dpdk.crypto_lcores.iter().zip(rings) {
+        let (shared, idle) = (shared.clone(), idle.clone());
+        eal.launch(lcore, move || {
+            run_worker(&worker, &shared.stop, &idle);
+            0
+        })?;
+    }
+
+    // I/O lcores: ports spread over them.
+    let mut per_io: Vec<Vec<IoPort>> = dpdk.io_lcores.iter().map(|_| Vec::new()).collect();
+    let ports = Ports {
+        lan: lan.ring,
+        lan_mac: lan.mac,
+        wan: wan.ring,
+        wan_mac: wan.mac,
+    };
+    for (i, p) in [lan.io, wan.io].into_iter().enumerate() {
+        per_io[i % dpdk.io_lcores.len()].push(p);
+    }
+    for (k, (ports, &lcore)) in per_io.into_iter().zip(&dpdk.io_lcores).enumerate() {
+        let (shared, idle) = (shared.clone(), idle.clone());
+        eal.launch(lcore, move || {
+            run_io(ports, &shared.stop, &idle, &shared.io[k]);
+            0
+        })?;
+    }
+
+    // The TCP lcore.
+    let (commands, inbox) = mpsc::channel();
+    let config = Arc::new(config);
+    {
+        let (config, stats, shared, idle) =
+            (config.clone(), stats.clone(), shared.clone(), idle.clone());
+        let inline = dpdk.crypto_lcores.is_empty();
+        eal.launch(dpdk.tcp_lcore, move || {
+            if inline {
+                run_tcp(
+                    config,
+                    stats,
+                    ports,
+                    InlineCrypto::default(),
+                    inbox,
+                    &shared,
+                    &idle,
+                );
+            } else {
+                run_tcp(config, stats, ports, queues, inbox, &shared, &idle);
+            }
+            0
+        })?;
+    }
+    info!(
+        "gateway {} running on DPDK: io lcores {:?}, tcp lcore {}, crypto lcores {:?}",
+        config.name, dpdk.io_lcores, dpdk.tcp_lcore, dpdk.crypto_lcores
+    );
+
+    let source = Arc::new(DpdkStatus {
+        commands: std::sync::Mutex::new(commands.clone()),
+        shared: shared.clone(),
+    });
+    runtime.block_on(main_lcore(
+        &config,
+        &stats,
+        source,
+        commands,
+        &shared,
+        &mut signals,
+    ))?;
+
+    shared.stop.store(true, Ordering::SeqCst);
+    for lcore in dpdk.role_lcores() {
+        eal.wait(lcore);
+    }
+    for (_, port, _, _) in &shared.ports {
+        port.stop();
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// The main lcore: admin endpoints, reloads, and the drain on a stop signal.
+async fn main_lcore(
+    config: &Config,
+    stats: &Stats,
+    source: Arc<DpdkStatus>,
+    commands: Sender<Command>,
+    shared: &Shared,
+    signals: &mut Signals,
+) -> anyhow::Result<()> {
+    crate::admin::serve(config, source).await?;
+    let mut egress = config.egress.clone();
+    let first = loop {
+        tokio::select! {
+            request = signals.next() => match request {
+                Request::Reload => {
+                    if let Some(new) = crate::admin::reload::reread(config, &egress, stats) {
+                        egress = new.clone();
+                        let _ = commands.send(Command::Egress(new));
+                    }
+                }
+                Request::Stop(signal) => break Some(signal),
+            },
+            // The TCP lcore stopped on its own (it cannot, short of a bug): exit.
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                if shared.tcp_done.load(Ordering::SeqCst) {
+                    break None;
+                }
+            }
+        }
+    };
+    let Some(signal) = first else {
+        bail!("the TCP lcore stopped unexpectedly");
+    };
+    info!(
+        "{signal}: shutting down: stopped accepting on {} ingress listener(s); new sessions from peer {} are refused",
+        config.ingress.len(),
+        config.peer_name
+    );
+    let _ = commands.send(Command::Drain(config.drain_timeout));
+    while !shared.tcp_done.load(Ordering::SeqCst) {
+        tokio::select! {
+            request = signals.next() => {
+                if let Request::Stop(again) = request {
+                    let _ = commands.send(Command::StopNow(again));
+                }
+            }
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Where the TCP lcore is in its life.
+enum Phase {
+    Running,
+    Draining {
+        deadline: u64,
+        started: u64,
+    },
+    /// Resets sent; waiting for them to reach the peer.
+    Closing {
+        deadline: u64,
+    },
+}
+
+fn run_tcp<C: CryptoPipe>(
+    config: Arc<Config>,
+    stats: Arc<Stats>,
+    ports: Ports<RingPort>,
+    crypto: C,
+    inbox: Receiver<Command>,
+    shared: &Shared,
+    idle: &Idle,
+) {
+    let epoch = Instant::now();
+    let clock = || epoch.elapsed().as_micros() as u64 + 1;
+    let counters: Vec<Arc<PortCounters>> =
+        vec![ports.lan.counters.clone(), ports.wan.counters.clone()];
+    let frames = || {
+        counters
+            .iter()
+            .map(|c| c.rx_frames.load(Ordering::Relaxed) + c.tx_frames.load(Ordering::Relaxed))
+            .sum::<u64>()
+    };
+    let mut engine = Engine::new(config, stats, ports, crypto, clock());
+    let mut phase = Phase::Running;
+    let mut idle_polls = 0;
+    loop {
+        let started = Instant::now();
+        let now = clock();
+        let before = frames();
+        let busy = engine.poll(now);
+        while let Ok(cmd) = inbox.try_recv() {
+            match cmd {
+                Command::Status(reply) => {
+                    let _ = reply.try_send(engine.status(now));
+                }
+                Command::Egress(allow) => engine.set_egress(allow),
+                Command::Drain(timeout) => {
+                    if matches!(phase, Phase::Running) {
+                        engine.begin_drain(now);
+                        let n = engine.session_count();
+                        phase = if n == 0 {
+                            info!("no sessions to drain");
+                            engine.shut_down(now);
+                            Phase::Closing {
+                                deadline: now + NOTICE_TIMEOUT.as_micros() as u64,
+                            }
+                        } else {
+                            info!("draining {n} session(s) for up to {timeout:?} (SIGTERM again to stop at once)");
+                            Phase::Draining {
+                                deadline: now + timeout.as_micros() as u64,
+                                started: now,
+                            }
+                        };
+                    }
+                }
+                Command::StopNow(signal) => {
+                    if !matches!(phase, Phase::Closing { .. }) {
+                        warn!(
+                            "second {signal}: resetting {} session(s), telling the peer",
+                            engine.session_count()
+                        );
+                        engine.shut_down(now);
+                        phase = Phase::Closing {
+                            deadline: now + NOTICE_TIMEOUT.as_micros() as u64,
+                        };
+                    }
+                }
+            }
+        }
+        match phase {
+            Phase::Running => {}
+            Phase::Draining { deadline, started } => {
+                let n = engine.session_count();
+                if n == 0 || now >= deadline {
+                    if n == 0 {
+                        info!(
+                            "all sessions finished after {:.1}s",
+                            (now - started) as f64 / 1e6
+                        );
+                    } else {
+                        warn!("drain deadline reached: resetting {n} session(s), telling the peer");
+                    }
+                    engine.shut_down(now);
+                    phase = Phase::Closing {
+                        deadline: now + NOTICE_TIMEOUT.as_micros() as u64,
+                    };
+                }
+            }
+            Phase::Closing { deadline } => {
+                if engine.quiesced() || now >= deadline {
+                    break;
+                }
+            }
+        }
+        if busy {
+            idle_polls = 0;
+            shared.tcp.add(started, frames() - before);
+        } else {
+            idle.wait(&mut idle_polls);
+        }
+    }
+    shared.tcp_done.store(true, Ordering::SeqCst);
+}
+
+/// `lmas status` and metrics for the appliance: the TCP lcore's snapshot
+/// plus each lcore role's and port's counters.
+struct DpdkStatus {
+    /// A `Sender` is `Send` but not `Sync`; admin tasks share this one.
+    commands: std::sync::Mutex<Sender<Command>>,
+    shared: Arc<Shared>,
+}
+
+impl StatusSource for DpdkStatus {
+    fn status(&self) -> Status {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let sent = self
+            .commands
+            .lock()
+            .map(|c| c.send(Command::Status(tx)).is_ok())
+            .unwrap_or(false);
+        let mut status = sent
+            .then(|| rx.recv_timeout(Duration::from_secs(2)).ok())
+            .flatten()
+            .unwrap_or_else(|| Status {
+                gateway: String::new(),
+                peer: String::new(),
+                uptime_secs: 0.0,
+                tunnel: None,
+                counters: Default::default(),
+            });
+        let c = &mut status.counters;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        c.insert("dpdk_tsc_hz".into(), lmas_dpdk::tsc_hz());
+        for (i, io) in self.shared.io.iter().enumerate() {
+            c.insert(format!("dpdk_io{i}_busy_ns"), load(&io.busy_ns));
+            c.insert(format!("dpdk_io{i}_packets"), load(&io.packets));
+        }
+        c.insert("dpdk_tcp_busy_ns".into(), load(&self.shared.tcp.busy_ns));
+        c.insert("dpdk_tcp_packets".into(), load(&self.shared.tcp.packets));
+        for (i, w) in self.shared.crypto.iter().enumerate() {
+            c.insert(format!("dpdk_crypto{i}_busy_ns"), load(&w.busy_ns));
+            c.insert(format!("dpdk_crypto{i}_jobs"), load(&w.jobs_done));
+        }
+        for (name, port, counters, pool) in &self.shared.ports {
+            let s = port.stats();
+            for (k, v) in [
+                ("rx_packets", s.rx_packets),
+                ("tx_packets", s.tx_packets),
+                ("rx_bytes", s.rx_bytes),
+                ("tx_bytes", s.tx_bytes),
+                ("rx_missed", s.rx_missed),
+                ("rx_errors", s.rx_errors),
+                ("tx_errors", s.tx_errors),
+                ("rx_no_mbuf", s.rx_no_mbuf),
+                ("tx_dropped", load(&counters.tx_dropped)),
+                ("mbufs_free", pool.available() as u64),
+            ] {
+                c.insert(format!("dpdk_{name}_{k}"), v);
+            }
+        }
+        status
+    }
+}
+
+/// The EAL arguments: the configured ones, plus what is missing for the
+/// roles to run: an lcore map (each role's lcore on CPU `id % CPUs`, when
+/// the config gives none) and a file prefix unique to this gateway (so two
+/// gateways can share a host).
+fn eal_args(dpdk: &DpdkConfig, name: &str) -> Vec<String> {
+    let mut args = dpdk.eal_args.clone();
+    let has = |args: &[String], flags: &[&str]| {
+        args.iter().any(|a| {
+            flags
+                .iter()
+                .any(|f| a == f || a.starts_with(&format!("{f}=")))
+        })
+    };
+    if !has(&args, &["-l", "--lcores", "-c"]) {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+        let mut lcores = vec![0];
+        lcores.extend(dpdk.role_lcores());
+        let map: Vec<String> = lcores.iter().map(|l| format!("{l}@{}", l % cpus)).collect();
+        args.push(format!("--lcores={}", map.join(",")));
+    }
+    if !has(&args, &["--file-prefix"]) {
+        let safe: String = name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        args.push(format!("--file-prefix=lmas_{safe}"));
+    }
+    args
+}
+
+/// Every role's lcore must be a worker lcore the EAL started.
+fn check_lcores(dpdk: &DpdkConfig, workers: &[u32]) -> Result<(), (String, String)> {
+    let fields = dpdk
+        .io_lcores
+        .iter()
+        .map(|l| ("dpdk.io_lcores", *l))
+        .chain([("dpdk.tcp_lcore", dpdk.tcp_lcore)])
+        .chain(
+            dpdk.crypto_lcores
+                .iter()
+                .map(|l| ("dpdk.crypto_lcores", *l)),
+        );
+    for (field, l) in fields {
+        if !workers.contains(&l) {
+            return Err((
+                field.to_string(),
+                format!(
+                    "lcore {l} is not a worker lcore of the EAL (workers: {workers:?}; the main lcore runs admin work); list it in the -l/--lcores argument of dpdk.eal_args"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A started port: its I/O-side and TCP-side ends, and what status reads.
+struct OpenPort {
+    io: IoPort,
+    ring: RingPort,
+    port: Port,
+    pool: Mempool,
+    mac: [u8; 6],
+}
+
+/// Finds, configures and starts one port.
+fn open_port(
+    role: &'static str,
+    spec: &PortSpec,
+    mbufs: u32,
+    file: &str,
+) -> anyhow::Result<OpenPort> {
+    let port = Port::by_name(&spec.device).map_err(|e| {
+        anyhow::anyhow!(
+            "{file}: dpdk.{role}.device: no DPDK port named {:?} ({e}; {} port(s) probed: for a virtual device add --vdev={},... to dpdk.eal_args, for a NIC bind it with scripts/dpdk-bind.sh and give its PCI address)",
+            spec.device,
+            Port::count(),
+            spec.device
+        )
+    })?;
+    let data_room = (spec.mtu as u32 + 64).max(2048).min(u16::MAX as u32) as u16;
+    let pool = Mempool::new(&format!("lmas_{role}"), mbufs, 256, data_room, port.socket())
+        .with_context(|| format!("{file}: dpdk.mbufs: cannot allocate {mbufs} packet buffers for the {role} port (raise -m or hugepages)"))?;
+    let mtu = match port.mtu() {
+        Ok(m) if m == spec.mtu => None,
+        _ => Some(spec.mtu),
+    };
+    let (rxq, txq) = port
+        .start(
+            &PortConfig {
+                mtu,
+                ..PortConfig::default()
+            },
+            pool,
+        )
+        .with_context(|| format!("{file}: dpdk.{role}: starting port {}", spec.device))?;
+    let mac = port.mac()?;
+    let link = port.link();
+    if !link.up {
+        warn!("{role} port {} reports link down", spec.device);
+    }
+    info!(
+        "{role} port {} up: {:02x?}, {} Mbit/s, address {}/{}",
+        spec.device, mac, link.speed_mbps, spec.address, spec.prefix_len
+    );
+    let socket = port.socket();
+    let (to_tcp, from_io) = mbuf_ring(&format!("lmas_{role}_rx"), RING_SLOTS, socket)?;
+    let (to_io, from_tcp) = mbuf_ring(&format!("lmas_{role}_tx"), RING_SLOTS, socket)?;
+    Ok(OpenPort {
+        io: IoPort::new(rxq, txq, to_tcp, from_tcp),
+        ring: RingPort::new(from_io, to_io, pool, spec.mtu as usize),
+        port,
+        pool,
+        mac,
+    })
+}

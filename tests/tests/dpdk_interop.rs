@@ -1,0 +1,186 @@
+//! The DPDK datapath against itself and against the kernel datapath, with real `lmas`
+//! processes on veth pairs in network namespaces (the DPDK gateways use the af_packet PMD, no
+//! hugepages): kernel→DPDK, DPDK→kernel and DPDK→DPDK each carry several concurrent sessions
+//! byte-exact (SHA-256), one of them in both directions at once; a gateway with the wrong key is
+//! refused before any session exists. Needs root, namespaces and the system DPDK; skips with a
+//! message otherwise.
+
+use std::net::{SocketAddr, SocketAddrV4, TcpListener};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use lmas_tests::dpdk_lab::{dpdk_available, Kind, Topology, DST};
+use lmas_tests::netns::skip_unless_available;
+use lmas_tests::{connect, duplex, expected_sha256, send, set_timeouts, Sink};
+
+/// DPDK gateways poll; one case at a time keeps a small machine responsive.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+const UP: u64 = 12 << 20;
+const DOWN: u64 = 4 << 20;
+const SESSIONS: u64 = 3;
+const WAIT: Duration = Duration::from_secs(30);
+
+fn skip(test: &str) -> bool {
+    if skip_unless_available(test) {
+        return true;
+    }
+    if let Err(why) = dpdk_available() {
+        eprintln!("SKIP: {test}: {why}");
+        return true;
+    }
+    false
+}
+
+/// Three one-way sessions and one duplex session at once, src → dst through A and B.
+fn transfers(t: &Topology) {
+    let sink_addr = SocketAddr::V4(SocketAddrV4::new(DST, 5000));
+    let sink = t
+        .dst
+        .run(move || Sink::bind(sink_addr))
+        .expect("sink in dst");
+    let duplex_server = t.dst.spawn(|| {
+        let l = TcpListener::bind((DST, 5001))?;
+        let (s, _) = l.accept()?;
+        set_timeouts(&s)?;
+        duplex(&s, DOWN, 99)
+    });
+    let to_sink = t.ingress_for(5000);
+    let senders: Vec<_> = (1..=SESSIONS)
+        .map(|seed| t.src.spawn(move || send(to_sink, UP, seed)))
+        .collect();
+    let to_duplex = t.ingress_for(5001);
+    let duplex_client = t.src.spawn(move || {
+        let s = connect(to_duplex)?;
+        duplex(&s, UP, 42)
+    });
+
+    let mut want: Vec<String> = (1..=SESSIONS)
+        .map(|seed| expected_sha256(UP, seed))
+        .collect();
+    for h in senders {
+        let sent = h
+            .join()
+            .expect("sender thread")
+            .expect("send through the gateways");
+        assert_eq!(sent.bytes, UP);
+    }
+    let mut got: Vec<String> = (0..SESSIONS).map(|_| sink.recv(WAIT).sha256).collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "a one-way session arrived altered");
+
+    let (c_sent, c_got) = duplex_client
+        .join()
+        .expect("client thread")
+        .expect("duplex client");
+    let (s_sent, s_got) = duplex_server
+        .join()
+        .expect("server thread")
+        .expect("duplex server");
+    assert_eq!((c_sent.bytes, s_sent.bytes), (UP, DOWN));
+    assert_eq!(
+        s_got.sha256,
+        expected_sha256(UP, 42),
+        "duplex upstream altered"
+    );
+    assert_eq!(
+        c_got.sha256,
+        expected_sha256(DOWN, 99),
+        "duplex downstream altered"
+    );
+}
+
+fn pair(test: &str, a: Kind, b: Kind) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let t = Topology::new(test, a, b).expect("topology");
+    let (ca, cb) = (
+        t.config_a(&t.key_b.public, 4),
+        t.config_b(&t.key_a.public, 4),
+    );
+    let (mut ga, mut gb) = t.start(&ca, &cb);
+    for g in [&mut ga, &mut gb] {
+        g.wait_for_line(&["tunnel up", "4 data flows"], WAIT)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    transfers(&t);
+    // Both gateways saw every session (status works on either datapath).
+    assert_eq!(ga.counter("sessions_opened").unwrap(), SESSIONS + 1);
+    assert_eq!(gb.counter("sessions_accepted").unwrap(), SESSIONS + 1);
+    for g in [&mut ga, &mut gb] {
+        let st = g
+            .terminate(Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            st.success(),
+            "{} exited with {st}; log:\n{}",
+            g.name,
+            g.log_tail(20)
+        );
+    }
+}
+
+#[test]
+fn kernel_to_dpdk() {
+    if !skip("kernel_to_dpdk") {
+        pair("k2d", Kind::Kernel, Kind::Dpdk);
+    }
+}
+
+#[test]
+fn dpdk_to_kernel() {
+    if !skip("dpdk_to_kernel") {
+        pair("d2k", Kind::Dpdk, Kind::Kernel);
+    }
+}
+
+#[test]
+fn dpdk_to_dpdk() {
+    if !skip("dpdk_to_dpdk") {
+        pair("d2d", Kind::Dpdk, Kind::Dpdk);
+    }
+}
+
+/// A gateway with a key its peer does not know gets no tunnel and no session: refused at the
+/// handshake, counted, logged naming the address; its clients are reset.
+fn wrong_key(test: &str, a: Kind, b: Kind) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let t = Topology::new(test, a, b).expect("topology");
+    let stranger = lmas_tests::keygen(&t.dir.join("stranger.key"));
+    // B expects a key A does not have.
+    let (ca, cb) = (
+        t.config_a(&t.key_b.public, 2),
+        t.config_b(&stranger.public, 2),
+    );
+    let (mut ga, mut gb) = t.start(&ca, &cb);
+    let refused = gb
+        .wait_for_line(
+            &["handshake with 10.77.2.1:", "failed", "unknown static key"],
+            WAIT,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(refused.contains("WARN"), "{refused}");
+    ga.wait_for_line(&["handshake with peer gw-b", "failed"], WAIT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(gb.counter("handshake_failures").unwrap() >= 1);
+    assert!(gb.find_line(&["tunnel up"]).is_none() && ga.find_line(&["tunnel up"]).is_none());
+    // A client gets reset (no tunnel), the destination is never contacted.
+    let to = t.ingress_for(5000);
+    let result = t.src.run(move || send(to, 1 << 20, 7));
+    assert!(result.is_err(), "a session went through a refused tunnel");
+    assert_eq!(gb.counter("sessions_accepted").unwrap(), 0);
+}
+
+#[test]
+fn wrong_key_refused_by_a_dpdk_gateway() {
+    if !skip("wrong_key_refused_by_a_dpdk_gateway") {
+        wrong_key("wkd", Kind::Kernel, Kind::Dpdk);
+    }
+}
+
+#[test]
+fn wrong_key_refused_by_a_kernel_gateway_to_a_dpdk_dialler() {
+    if !skip("wrong_key_refused_by_a_kernel_gateway_to_a_dpdk_dialler") {
+        wrong_key("wkk", Kind::Dpdk, Kind::Kernel);
+    }
+}
