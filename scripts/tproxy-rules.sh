@@ -81,7 +81,9 @@ nft_present() { nft list table ip "$NFT_TABLE" >/dev/null 2>&1; }
 
 case $ACTION in
     up)
-        [[ $LPORT =~ ^[0-9]+$ ]] && ((LPORT > 0 && LPORT < 65536)) || die "--port: need the listener's port (1-65535), got '${LPORT}'"
+        if ! [[ $LPORT =~ ^[0-9]+$ ]] || ((LPORT < 1 || LPORT > 65535)); then
+            die "--port: need the listener's port (1-65535), got '${LPORT}'"
+        fi
         [[ $DPORTS =~ ^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$ ]] || die "--dports: need ports like 49152-49215 or 8000,8001, got '${DPORTS}'"
         match="tcp dport { $DPORTS }"
         [[ -z $IIF ]] || match="iifname \"$IIF\" $match"

@@ -16,7 +16,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a gateway until SIGINT/SIGTERM.
+    /// Run a gateway. SIGHUP re-reads the egress allowlist; SIGTERM/SIGINT
+    /// drain sessions (gateway.drain_timeout_secs), reset the rest and exit.
     Run {
         #[arg(long, short)]
         config: PathBuf,

@@ -14,7 +14,10 @@
 //!   the same at a bounded rate, so a transfer is still running when a test breaks something.
 //! - [`netns`]: network namespaces joined by a veth "WAN" that a test can cut
 //!   ([`PairSpec::netns`] runs the pair there); [`Gateway::kill`] / [`Gateway::spawn_again`]
-//!   for restarts; [`Gateway::counters`] reads `lmas status --json`.
+//!   for restarts; [`Gateway::status`] / [`Gateway::counters`] read `lmas status --json`;
+//!   [`Gateway::signal`] sends SIGHUP/SIGTERM, [`Gateway::wait_exit`] waits for the exit.
+//! - [`prom`]: scrapes a metrics endpoint and parses the Prometheus text format strictly.
+//! - [`script`]: runs one of the repository's `scripts/` with a timeout.
 //!
 //! Every wait has a deadline and every socket a read and write timeout: nothing here can hang.
 //!
@@ -47,6 +50,7 @@ use sha2::{Digest, Sha256};
 
 pub mod dpdk_lab;
 pub mod netns;
+pub mod prom;
 
 /// Size of the buffers used to send and receive test data.
 pub const IO_BUF: usize = 1 << 20;
@@ -617,6 +621,65 @@ where
     (addr, h)
 }
 
+/// A target that reads exactly `n` bytes from its first connection, then holds that
+/// connection open (a session still running) until dropped.
+pub struct HoldingTarget {
+    pub addr: SocketAddr,
+    got: Receiver<io::Result<u64>>,
+    done: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl HoldingTarget {
+    pub fn start(n: u64) -> HoldingTarget {
+        let (got_tx, got) = mpsc::channel();
+        let (done, done_rx) = mpsc::channel::<()>();
+        let (addr, h) = serve_once(Duration::from_secs(30), move |mut s| {
+            let mut buf = vec![0u8; 1 << 16];
+            let mut total = 0u64;
+            let r = loop {
+                if total >= n {
+                    break Ok(total);
+                }
+                match s.read(&mut buf) {
+                    Ok(0) => break Err(io::Error::other(format!("early EOF after {total} bytes"))),
+                    Ok(k) => total += k as u64,
+                    Err(e) => break Err(e),
+                }
+            };
+            let _ = got_tx.send(r);
+            let _ = done_rx.recv_timeout(Duration::from_secs(120));
+            Ok(())
+        });
+        HoldingTarget {
+            addr,
+            got,
+            done: Some(done),
+            thread: Some(thread::spawn(move || {
+                let _ = join(h);
+            })),
+        }
+    }
+
+    /// Waits until all `n` bytes arrived; panics after `timeout` or on an error.
+    pub fn wait_all(&self, timeout: Duration) -> u64 {
+        match self.got.recv_timeout(timeout) {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => panic!("target {}: {e}", self.addr),
+            Err(_) => panic!("target {}: not all bytes within {timeout:?}", self.addr),
+        }
+    }
+}
+
+impl Drop for HoldingTarget {
+    fn drop(&mut self) {
+        self.done.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Joins a thread from [`serve_once`] or similar, turning a panic into an error.
 pub fn join<T>(h: JoinHandle<io::Result<T>>) -> io::Result<T> {
     h.join().map_err(|_| io::Error::other("thread panicked"))?
@@ -831,6 +894,15 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> io::Result<Outp
     })
 }
 
+/// Runs `scripts/NAME ARGS…` of this repository with [`COMMAND_TIMEOUT`].
+pub fn script(name: &str, args: &[&str]) -> Output {
+    let path = workspace_root().join("scripts").join(name);
+    let mut cmd = Command::new(&path);
+    cmd.args(args);
+    run_with_timeout(&mut cmd, COMMAND_TIMEOUT)
+        .unwrap_or_else(|e| panic!("running {} {args:?}: {e}", path.display()))
+}
+
 /// Runs `lmas ARGS…` with [`COMMAND_TIMEOUT`].
 pub fn lmas(args: &[&str]) -> Output {
     let bin = lmas_bin();
@@ -941,6 +1013,10 @@ pub struct GatewayConfig {
     pub wan_extra: Vec<String>,
     /// The admin socket for `lmas status` (`[admin] socket`).
     pub admin_socket: Option<PathBuf>,
+    /// Extra `key = value` lines for the `[gateway]` table (e.g. `drain_timeout_secs = 5`).
+    pub gateway_extra: Vec<String>,
+    /// The metrics endpoint (`[metrics] bind`); none: metrics off.
+    pub metrics_bind: Option<SocketAddr>,
 }
 
 fn toml_str(s: &str) -> String {
@@ -967,6 +1043,9 @@ impl GatewayConfig {
         }
         if let Some(a) = &self.tunnel_listen {
             let _ = writeln!(t, "tunnel_listen = \"{a}\"");
+        }
+        for line in &self.gateway_extra {
+            let _ = writeln!(t, "{line}");
         }
         let _ = writeln!(t, "\n[peer]");
         let _ = writeln!(t, "name = {}", toml_str(&self.peer_name));
@@ -1008,6 +1087,9 @@ impl GatewayConfig {
             if let Some(v) = self.global_buffer_bytes {
                 let _ = writeln!(t, "global_buffer_bytes = {v}");
             }
+        }
+        if let Some(a) = &self.metrics_bind {
+            let _ = writeln!(t, "\n[metrics]\nbind = \"{a}\"");
         }
         t
     }
@@ -1094,8 +1176,8 @@ impl Gateway {
         self.exit
     }
 
-    /// The counters from `lmas status --config CONFIG --json` (its admin socket).
-    pub fn counters(&self) -> Result<std::collections::BTreeMap<String, u64>, String> {
+    /// `lmas status --config CONFIG --json` (through its admin socket), parsed.
+    pub fn status(&self) -> Result<serde_json::Value, String> {
         let bin = lmas_bin();
         let mut cmd = Command::new(&bin);
         cmd.arg("status")
@@ -1112,8 +1194,13 @@ impl Gateway {
                 String::from_utf8_lossy(&out.stderr).trim()
             ));
         }
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-            .map_err(|e| format!("{}: lmas status --json: {e}", self.name))?;
+        serde_json::from_slice(&out.stdout)
+            .map_err(|e| format!("{}: lmas status --json: {e}", self.name))
+    }
+
+    /// The counters from [`Gateway::status`].
+    pub fn counters(&self) -> Result<std::collections::BTreeMap<String, u64>, String> {
+        let v = self.status()?;
         let counters = v
             .get("counters")
             .and_then(|c| c.as_object())
@@ -1280,6 +1367,40 @@ impl Gateway {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
     }
 
+    /// Sends signal `sig` (e.g. `libc::SIGHUP`) to the running gateway.
+    pub fn signal(&self, sig: libc::c_int) -> Result<(), String> {
+        let pid = self
+            .pid()
+            .ok_or_else(|| format!("{} is not running", self.name))?;
+        // SAFETY: kill(2) on our own child's pid, which is not reaped yet (we hold the Child).
+        if unsafe { libc::kill(pid as libc::pid_t, sig) } != 0 {
+            return Err(format!(
+                "{}: kill({sig}): {}",
+                self.name,
+                io::Error::last_os_error()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Waits up to `within` for the process to exit by itself; its exit status, or an error
+    /// (the gateway keeps running).
+    pub fn wait_exit(&mut self, within: Duration) -> Result<ExitStatus, String> {
+        let deadline = Instant::now() + within;
+        while self.is_running() {
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "{} still running {within:?} later; log:\n{}",
+                    self.name,
+                    self.log_tail(20)
+                ));
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        self.exit
+            .ok_or_else(|| format!("{}: exit status unknown", self.name))
+    }
+
     /// Sends SIGTERM and waits up to `within` for the process to exit; an error (after SIGKILL)
     /// if it does not.
     pub fn terminate(&mut self, within: Duration) -> Result<ExitStatus, String> {
@@ -1313,18 +1434,28 @@ impl Gateway {
         }
     }
 
-    /// SIGTERM, wait up to 5 s, then SIGKILL. Returns the exit status.
+    /// Stops the gateway for a test's teardown: SIGTERM (which drains open sessions), a second
+    /// SIGTERM after 1 s (which resets them at once), SIGKILL after 5 s. Returns the exit status.
     pub fn stop(&mut self) -> Option<ExitStatus> {
         if let Some(mut c) = self.child.take() {
-            // SAFETY: kill(2) on our own child's pid, which is not reaped yet.
-            unsafe {
-                libc::kill(c.id() as libc::pid_t, libc::SIGTERM);
-            }
-            let deadline = Instant::now() + Duration::from_secs(5);
+            let start = Instant::now();
+            let mut signals = 0;
             let st = loop {
+                let due = match signals {
+                    0 => Some(Duration::ZERO),
+                    1 => Some(Duration::from_secs(1)),
+                    _ => None,
+                };
+                if due.is_some_and(|d| start.elapsed() >= d) {
+                    // SAFETY: kill(2) on our own child's pid, which is not reaped yet.
+                    unsafe {
+                        libc::kill(c.id() as libc::pid_t, libc::SIGTERM);
+                    }
+                    signals += 1;
+                }
                 match c.try_wait() {
                     Ok(Some(st)) => break Some(st),
-                    Ok(None) if Instant::now() < deadline => {
+                    Ok(None) if start.elapsed() < Duration::from_secs(5) => {
                         thread::sleep(Duration::from_millis(10))
                     }
                     _ => {
@@ -1371,6 +1502,10 @@ pub struct PairSpec {
     pub a_connect: Option<SocketAddr>,
     /// Run A and B in network namespaces (see [`netns::Wan::placement`]); `None`: loopback.
     pub netns: Option<netns::Placement>,
+    /// Give both gateways a metrics endpoint on a free loopback port (`[metrics] bind`).
+    pub metrics: bool,
+    /// `gateway.drain_timeout_secs` of both gateways; `None`: the gateway's default.
+    pub drain_timeout_secs: Option<u64>,
 }
 
 impl Default for PairSpec {
@@ -1388,6 +1523,8 @@ impl Default for PairSpec {
             wan_extra: Vec::new(),
             a_connect: None,
             netns: None,
+            metrics: false,
+            drain_timeout_secs: None,
         }
     }
 }
@@ -1457,6 +1594,12 @@ impl Pair {
         };
         let psk_a = write_psk("gw-a.psk", &spec.psk_a);
         let psk_b = write_psk("gw-b.psk", &spec.psk_b);
+        let gateway_extra: Vec<String> = spec
+            .drain_timeout_secs
+            .map(|s| format!("drain_timeout_secs = {s}"))
+            .into_iter()
+            .collect();
+        let metrics = || spec.metrics.then(free_addr);
         let ingress: Vec<Ingress> = spec
             .ingress
             .iter()
@@ -1481,6 +1624,8 @@ impl Pair {
             global_buffer_bytes: spec.global_buffer_bytes,
             wan_extra: spec.wan_extra.clone(),
             admin_socket: Some(dir.join("gw-a.sock")),
+            gateway_extra: gateway_extra.clone(),
+            metrics_bind: metrics(),
         };
         let b_config = GatewayConfig {
             name: "gw-b".into(),
@@ -1498,6 +1643,8 @@ impl Pair {
             global_buffer_bytes: spec.global_buffer_bytes,
             wan_extra: spec.wan_extra.clone(),
             admin_socket: Some(dir.join("gw-b.sock")),
+            gateway_extra,
+            metrics_bind: metrics(),
         };
         let a_path = dir.join("gw-a.toml");
         let b_path = dir.join("gw-b.toml");
@@ -1707,6 +1854,8 @@ mod tests {
             global_buffer_bytes: None,
             wan_extra: Vec::new(),
             admin_socket: None,
+            gateway_extra: vec!["drain_timeout_secs = 5".into()],
+            metrics_bind: Some("127.0.0.1:9108".parse().unwrap()),
         };
         let t = c.to_toml();
         assert!(t.contains("connect = \"127.0.0.1:7700\""), "{t}");
@@ -1715,5 +1864,12 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("allow = [\"127.0.0.1:5000\"]"), "{t}");
+        assert!(
+            t.contains(
+                "name = \"gw-a\"\nprivate_key_file = \"gw-a.key\"\ndrain_timeout_secs = 5\n"
+            ),
+            "{t}"
+        );
+        assert!(t.ends_with("[metrics]\nbind = \"127.0.0.1:9108\"\n"), "{t}");
     }
 }

@@ -250,6 +250,8 @@ fn intruder(pair: &Pair, name: &str, b_key: String) -> Gateway {
         global_buffer_bytes: None,
         wan_extra: Vec::new(),
         admin_socket: Some(pair.dir.join(format!("{name}.sock"))),
+        gateway_extra: Vec::new(),
+        metrics_bind: None,
     };
     let path = pair.dir.join(format!("{name}.toml"));
     std::fs::write(&path, cfg.to_toml()).expect("write intruder config");

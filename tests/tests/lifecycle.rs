@@ -8,10 +8,16 @@ use std::time::Duration;
 
 use lmas_tests::{connect, send, wait_listening, Gateway, Pair, PairSpec, Sink, TUNNEL_UP_TIMEOUT};
 
+/// An idle session never finishes: SIGTERM drains it for `drain_timeout_secs`, then resets it
+/// and exits 0 (tests/shutdown.rs covers the drain itself).
 #[test]
 fn sigterm_stops_both_gateways_with_a_session_open() {
     let sink = Sink::start();
-    let mut pair = Pair::start(&PairSpec::to_target(4, sink.addr()));
+    let spec = PairSpec {
+        drain_timeout_secs: Some(1),
+        ..PairSpec::to_target(4, sink.addr())
+    };
+    let mut pair = Pair::start(&spec);
     // An idle session that stays open.
     let mut s = connect(pair.ingress[0]).expect("connect ingress");
     s.write_all(b"hello").expect("write");
@@ -21,6 +27,7 @@ fn sigterm_stops_both_gateways_with_a_session_open() {
             .terminate(Duration::from_secs(5))
             .unwrap_or_else(|e| panic!("{e}"));
         eprintln!("{} exited: {st}", g.name);
+        assert!(st.success(), "{} exited with {st}", g.name);
     }
 }
 

@@ -2,13 +2,12 @@
 //! test sent, on both gateways, and the WAN connections and counters are there.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
-use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use lmas_tests::{lmas, Pair, PairSpec};
+use lmas_tests::{lmas, HoldingTarget, Pair, PairSpec};
 use serde_json::Value;
 
 fn status(socket: &Path) -> Value {
@@ -49,24 +48,10 @@ fn wait_status(socket: &Path, what: &str, check: impl Fn(&Value) -> bool) -> Val
 
 #[test]
 fn status_json_shows_the_session_and_its_bytes() {
-    // A target that reads exactly N bytes, reports, then holds the connection open.
-    let target = TcpListener::bind("127.0.0.1:0").expect("bind target");
-    let target_addr = target.local_addr().unwrap();
+    // A target that reads exactly N bytes, then holds the connection open.
     let n: u64 = 10 << 20;
-    let (got_tx, got_rx) = mpsc::channel();
-    let (done_tx, done_rx) = mpsc::channel::<()>();
-    let server = thread::spawn(move || {
-        let (mut s, _) = target.accept().expect("accept");
-        let mut buf = vec![0u8; 1 << 16];
-        let mut total = 0u64;
-        while total < n {
-            let k = s.read(&mut buf).expect("read");
-            assert!(k > 0, "target: early EOF after {total} bytes");
-            total += k as u64;
-        }
-        got_tx.send(total).unwrap();
-        let _ = done_rx.recv_timeout(Duration::from_secs(60));
-    });
+    let target = HoldingTarget::start(n);
+    let target_addr = target.addr;
     let pair = Pair::start(&PairSpec::to_target(4, target_addr));
     let a_sock = pair.dir.join("gw-a.sock");
     let b_sock = pair.dir.join("gw-b.sock");
@@ -77,12 +62,7 @@ fn status_json_shows_the_session_and_its_bytes() {
     for _ in 0..10 {
         client.write_all(&chunk).expect("write");
     }
-    assert_eq!(
-        got_rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("target got the bytes"),
-        n
-    );
+    assert_eq!(target.wait_all(Duration::from_secs(30)), n);
 
     let a = wait_status(&a_sock, "10 MiB acked on gw-a", |s| {
         s["tunnel"]["sessions"][0]["bytes_up_acked"].as_u64() == Some(n)
@@ -127,6 +107,98 @@ fn status_json_shows_the_session_and_its_bytes() {
     assert!(text.contains("tunnel") && text.contains(&local), "{text}");
 
     drop(client);
-    done_tx.send(()).unwrap();
-    server.join().unwrap();
+}
+
+/// While a paced transfer runs, every status read is consistent with what the source has
+/// written (never more, acked never more than read), B never shows more delivered than A has
+/// read, and at the end both show exactly the bytes sent; `--watch` shows the session's
+/// goodput meanwhile.
+#[test]
+fn status_during_a_transfer_matches_what_was_sent() {
+    use lmas_tests::{paced_send, wait_progress, Sink};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let sink = Sink::start();
+    let pair = Pair::start(&PairSpec::to_target(4, sink.addr()));
+    let a_sock = pair.dir.join("gw-a.sock");
+    let b_sock = pair.dir.join("gw-b.sock");
+    let len: u64 = 24 << 20;
+    let progress = Arc::new(AtomicU64::new(0));
+    let source = paced_send(
+        None,
+        pair.ingress[0],
+        len,
+        7,
+        6.0 * (1 << 20) as f64,
+        progress.clone(),
+    );
+    wait_progress(&progress, 1 << 20, Duration::from_secs(20)).expect("source started");
+
+    // `lmas status --watch` for a while: the session line carries a goodput.
+    let mut watch = std::process::Command::new(lmas_tests::lmas_bin())
+        .args(["status", "--watch", "0.5", "--socket"])
+        .arg(&a_sock)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("lmas status --watch");
+    let mut samples = 0;
+    while progress.load(Ordering::Relaxed) < len && samples < 15 {
+        let b = status(&b_sock);
+        let a = status(&a_sock);
+        let written = progress.load(Ordering::Relaxed);
+        if let (Some(sa), Some(sb)) = (
+            a["tunnel"]["sessions"].get(0),
+            b["tunnel"]["sessions"].get(0),
+        ) {
+            let (up, acked) = (
+                sa["bytes_up"].as_u64().unwrap(),
+                sa["bytes_up_acked"].as_u64().unwrap(),
+            );
+            let down = sb["bytes_down"].as_u64().unwrap();
+            assert!(
+                up <= written,
+                "gw-a read {up} bytes but the source wrote {written}"
+            );
+            assert!(acked <= up, "acked {acked} > read {up}");
+            assert!(
+                down <= up,
+                "gw-b delivered {down} > gw-a read {up} (B was read first)"
+            );
+            assert_eq!(sa["in_flight"].as_u64(), Some(up - acked));
+            samples += 1;
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        samples >= 3,
+        "only {samples} status reads during the transfer"
+    );
+    let _ = watch.kill();
+    let mut text = String::new();
+    watch
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut text)
+        .expect("read --watch output");
+    let _ = watch.wait();
+    assert!(
+        text.lines()
+            .any(|l| l.contains(&sink.addr().to_string()) && l.trim_end().ends_with("Mbit/s")),
+        "--watch showed no per-session goodput:\n{text}"
+    );
+
+    let (sent, _) = source.join().expect("source thread");
+    let sent = sent.expect("source");
+    assert_eq!(sink.recv(Duration::from_secs(30)).sha256, sent.sha256);
+    // The session is gone once complete; the counters remember it.
+    let a = wait_status(&a_sock, "the session closed", |s| {
+        s["tunnel"]["sessions"]
+            .as_array()
+            .is_some_and(Vec::is_empty)
+    });
+    assert_eq!(a["counters"]["sessions_opened"].as_u64(), Some(1));
+    assert_eq!(a["counters"]["sessions_reset"].as_u64(), Some(0));
 }

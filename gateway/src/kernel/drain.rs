@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
+use tokio::task::JoinHandle;
 
 use super::Gateway;
 use crate::admin::signals::{Request, Signals};
@@ -26,13 +27,24 @@ use crate::protocol::ResetReason;
 /// How long to wait for the peer's kernel to acknowledge the resets.
 const NOTICE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Runs the shutdown started by `signal` (e.g. "SIGTERM").
-pub async fn shutdown(gateway: &Arc<Gateway>, signal: &str, signals: &mut Signals) {
+/// Runs the shutdown started by `signal` (e.g. "SIGTERM"); `ingress` are the
+/// tasks serving the ingress listeners (they close them when `stopping` is
+/// cancelled).
+pub async fn shutdown(
+    gateway: &Arc<Gateway>,
+    signal: &str,
+    ingress: Vec<JoinHandle<()>>,
+    signals: &mut Signals,
+) {
     let peer = &gateway.config.peer_name;
     gateway.stopping.cancel();
+    // Only say "stopped accepting" once the listeners are really closed.
+    let n = ingress.len();
+    for task in ingress {
+        let _ = task.await;
+    }
     info!(
-        "{signal}: shutting down: stopped accepting on {} ingress listener(s); new sessions from peer {peer} are refused",
-        gateway.config.ingress.len()
+        "{signal}: shutting down: stopped accepting on {n} ingress listener(s); new sessions from peer {peer} are refused"
     );
     let deadline = gateway.config.drain_timeout;
     let n = session_count(gateway);

@@ -209,9 +209,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
     }
     crate::admin::serve(&gateway.config, gateway.clone()).await?;
-    for (ingress, l) in listeners {
-        tokio::spawn(ingress::serve(gateway.clone(), ingress, l));
-    }
+    let ingress_tasks: Vec<_> = listeners
+        .into_iter()
+        .map(|(ingress, l)| tokio::spawn(ingress::serve(gateway.clone(), ingress, l)))
+        .collect();
     let stop = loop {
         match signals.next().await {
             Request::Reload => {
@@ -225,7 +226,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             Request::Stop(signal) => break signal,
         }
     };
-    drain::shutdown(&gateway, stop, &mut signals).await;
+    drain::shutdown(&gateway, stop, ingress_tasks, &mut signals).await;
     Ok(())
 }
 

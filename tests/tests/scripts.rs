@@ -1,0 +1,402 @@
+//! The bring-up scripts and the systemd unit: every script answers `--help`; install.sh stages
+//! the binary, unit and examples into a temporary destdir and changes nothing the second time;
+//! the unit passes `systemd-analyze verify` and keeps its stop timeout above the drain deadline;
+//! host-tune.sh `--check` reports without changing anything; tproxy-rules.sh is idempotent (in
+//! a namespace of its own); the scripts that change the system refuse clearly without root.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use lmas_tests::{
+    lmas_bin, netns, run_with_timeout, script, temp_dir, workspace_root, COMMAND_TIMEOUT,
+};
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[test]
+fn every_script_answers_help() {
+    let mut names: Vec<String> = fs::read_dir(workspace_root().join("scripts"))
+        .expect("scripts/")
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter(|n| n.ends_with(".sh"))
+        .collect();
+    names.sort();
+    assert!(names.len() >= 10, "{names:?}");
+    for name in &names {
+        let out = script(name, &["--help"]);
+        assert!(out.status.success(), "{name} --help: {}", out.status);
+        assert!(!out.stdout.is_empty(), "{name} --help printed nothing");
+    }
+    for name in ["host-tune.sh", "tproxy-rules.sh", "install.sh"] {
+        let out = script(name, &["--help"]);
+        assert!(
+            text(&out.stdout).starts_with(&format!("Usage: scripts/{name}")),
+            "{name}: {}",
+            text(&out.stdout)
+        );
+        let bad = script(name, &["--no-such-option"]);
+        assert_eq!(bad.status.code(), Some(2), "{name} with an unknown option");
+        assert!(text(&bad.stderr).contains("unknown argument"), "{name}");
+    }
+}
+
+/// Path (relative to `root`) -> (mode, contents) of every file below `root`.
+fn tree(root: &Path) -> BTreeMap<String, (u32, Vec<u8>)> {
+    use std::os::unix::fs::PermissionsExt;
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, (u32, Vec<u8>)>) {
+        for e in fs::read_dir(dir).expect("read_dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else {
+                let mode = fs::metadata(&p).expect("stat").permissions().mode() & 0o7777;
+                let rel = p.strip_prefix(root).unwrap().display().to_string();
+                out.insert(rel, (mode, fs::read(&p).expect("read")));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+fn install(dest: &Path) -> Output {
+    let bin = lmas_bin();
+    let out = script(
+        "install.sh",
+        &[
+            "--destdir",
+            dest.to_str().unwrap(),
+            "--prefix",
+            "/opt/lmas",
+            "--bin",
+            bin.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "install.sh failed ({}): {}",
+        out.status,
+        text(&out.stderr)
+    );
+    out
+}
+
+#[test]
+fn install_stages_everything_and_is_idempotent() {
+    let (dir, _tmp) = temp_dir("lmas-e2e-install-");
+    let dest = dir.join("root");
+    let first = install(&dest);
+    let files = tree(&dest);
+    let expect = [
+        ("opt/lmas/bin/lmas", 0o755),
+        ("opt/lmas/lib/lmas/host-tune.sh", 0o755),
+        ("opt/lmas/lib/lmas/tproxy-rules.sh", 0o755),
+        ("opt/lmas/lib/lmas/lib/common.sh", 0o644),
+        ("opt/lmas/share/doc/lmas/DEPLOYMENT.md", 0o644),
+        ("etc/lmas/examples/gw-local.toml", 0o644),
+        ("etc/lmas/examples/gw-remote.toml", 0o644),
+        ("etc/systemd/system/lmas@.service", 0o644),
+    ];
+    for (path, mode) in expect {
+        let (got, _) = files
+            .get(path)
+            .unwrap_or_else(|| panic!("{path} not installed; got {:?}", files.keys()));
+        assert_eq!(*got, mode, "{path}: mode {got:o}");
+    }
+    assert_eq!(files.len(), expect.len(), "{:?}", files.keys());
+    assert_eq!(
+        files["opt/lmas/bin/lmas"].1,
+        fs::read(lmas_bin()).unwrap(),
+        "the installed binary is not the one given"
+    );
+    let unit = text(&files["etc/systemd/system/lmas@.service"].1);
+    for placeholder in ["@BINDIR@", "@SYSCONFDIR@", "@DOCDIR@"] {
+        assert!(
+            !unit.contains(placeholder),
+            "{placeholder} left in:\n{unit}"
+        );
+    }
+    assert!(
+        unit.contains("ExecStart=/opt/lmas/bin/lmas run --config /etc/lmas/%i.toml"),
+        "{unit}"
+    );
+    assert!(
+        text(&first.stderr).contains("8 file(s) changed"),
+        "{}",
+        text(&first.stderr)
+    );
+
+    // The installed scripts find their helpers.
+    let out = run_with_timeout(
+        Command::new(dest.join("opt/lmas/lib/lmas/host-tune.sh")).arg("--help"),
+        COMMAND_TIMEOUT,
+    )
+    .expect("installed host-tune.sh");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // Twice: nothing changes, and it says so.
+    let second = install(&dest);
+    assert_eq!(tree(&dest), files, "a second install changed the tree");
+    let log = text(&second.stderr);
+    assert!(log.contains("0 file(s) changed"), "{log}");
+    assert!(!log.contains("installed "), "{log}");
+}
+
+#[test]
+fn the_unit_verifies_and_outlives_the_drain() {
+    let (dir, _tmp) = temp_dir("lmas-e2e-unit-");
+    let dest = dir.join("root");
+    install(&dest);
+    let unit = fs::read_to_string(dest.join("etc/systemd/system/lmas@.service")).unwrap();
+    for line in [
+        "User=lmas",
+        "AmbientCapabilities=CAP_NET_ADMIN",
+        "CapabilityBoundingSet=CAP_NET_ADMIN",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "RuntimeDirectory=lmas",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "KillSignal=SIGTERM",
+    ] {
+        assert!(unit.lines().any(|l| l == line), "the unit lacks {line:?}");
+    }
+    // systemd must not kill the gateway mid-drain (default gateway.drain_timeout_secs: 30).
+    let stop: u64 = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("TimeoutStopSec="))
+        .and_then(|v| v.parse().ok())
+        .expect("TimeoutStopSec in seconds");
+    assert!(
+        stop > 30 + 5,
+        "TimeoutStopSec={stop} leaves no room after a 30 s drain"
+    );
+
+    let Ok(v) = run_with_timeout(
+        Command::new("systemd-analyze").arg("--version"),
+        COMMAND_TIMEOUT,
+    ) else {
+        eprintln!("SKIP: systemd-analyze verify: systemd-analyze is not installed");
+        return;
+    };
+    assert!(v.status.success());
+    // verify checks that ExecStart's binary exists: point it at the staged one.
+    let staged = dest.join("opt/lmas/bin");
+    let check = dir.join("lmas@test.service");
+    fs::write(
+        &check,
+        unit.replace("/opt/lmas/bin", staged.to_str().unwrap()),
+    )
+    .unwrap();
+    let out = run_with_timeout(
+        Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .arg(&check),
+        COMMAND_TIMEOUT,
+    )
+    .expect("systemd-analyze verify");
+    // It exits 0 on unknown or bad directives too, only warning: any output is a failure.
+    assert!(
+        out.status.success() && out.stderr.is_empty() && out.stdout.is_empty(),
+        "systemd-analyze verify ({}):\n{}{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+const TUNED: [&str; 5] = [
+    "net.core.rmem_max",
+    "net.core.wmem_max",
+    "net.ipv4.tcp_rmem",
+    "net.ipv4.tcp_wmem",
+    "net.ipv4.tcp_allowed_congestion_control",
+];
+
+fn sysctls() -> Vec<String> {
+    TUNED
+        .iter()
+        .map(|n| {
+            fs::read_to_string(format!("/proc/sys/{}", n.replace('.', "/"))).unwrap_or_default()
+        })
+        .collect()
+}
+
+#[test]
+fn host_tune_check_reports_and_changes_nothing() {
+    let before = sysctls();
+    let out = script("host-tune.sh", &["--check", "--iface", "lo"]);
+    let report = text(&out.stdout);
+    eprintln!("{report}{}", text(&out.stderr));
+    for name in &TUNED[..4] {
+        assert!(
+            report.lines().any(|l| l.contains(name)),
+            "no line for {name}:\n{report}"
+        );
+    }
+    assert!(report.contains("lo: MTU"), "{report}");
+    let changes = report.lines().filter(|l| l.starts_with("change ")).count();
+    match out.status.code() {
+        Some(0) => assert_eq!(changes, 0, "exit 0 but changes listed:\n{report}"),
+        Some(1) => assert!(changes > 0, "exit 1 but no change listed:\n{report}"),
+        other => panic!(
+            "host-tune.sh --check exited {other:?}: {}",
+            text(&out.stderr)
+        ),
+    }
+    assert_eq!(sysctls(), before, "--check changed a sysctl");
+
+    // Applying with a target below every current value must change nothing either (this is
+    // what a second run after a real one looks like; never raise this host's limits in a test).
+    if !is_root() {
+        eprintln!("SKIP: host-tune.sh apply mode: needs root");
+        return;
+    }
+    let out = script("host-tune.sh", &["--buffer", "4096", "--iface", "lo"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("nothing to change"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        !text(&out.stdout).contains("changed"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(
+        sysctls(),
+        before,
+        "a run with nothing to raise changed a sysctl"
+    );
+}
+
+#[test]
+fn tproxy_rules_are_idempotent() {
+    if netns::skip_unless_available("tproxy_rules_are_idempotent") {
+        return;
+    }
+    if run_with_timeout(Command::new("nft").arg("--version"), COMMAND_TIMEOUT).is_err() {
+        eprintln!("SKIP: tproxy_rules_are_idempotent: nft is not installed");
+        return;
+    }
+    let ns = netns::NetNs::new("tprules").expect("namespace");
+    let path = workspace_root().join("scripts/tproxy-rules.sh");
+    let run = |args: &[&str]| {
+        let mut cmd = ns.command(path.to_str().unwrap());
+        cmd.args(args);
+        run_with_timeout(&mut cmd, COMMAND_TIMEOUT).expect("tproxy-rules.sh")
+    };
+    let in_ns = |prog: &str, args: &[&str]| {
+        let mut cmd = ns.command(prog);
+        cmd.args(args);
+        text(
+            &run_with_timeout(&mut cmd, COMMAND_TIMEOUT)
+                .expect(prog)
+                .stdout,
+        )
+    };
+    let up = [
+        "up",
+        "--port",
+        "6001",
+        "--dports",
+        "49152-49215",
+        "--iif",
+        "lan0",
+    ];
+    for _ in 0..2 {
+        let out = run(&up);
+        assert!(out.status.success(), "up: {}", text(&out.stderr));
+    }
+    assert!(run(&["status"]).status.success(), "status after up");
+    let rules = in_ns("nft", &["list", "table", "ip", "lmas"]);
+    assert_eq!(rules.matches("tproxy to :6001").count(), 1, "{rules}");
+    assert_eq!(rules.matches("socket transparent 1").count(), 1, "{rules}");
+    assert!(
+        rules.contains("iifname \"lan0\" tcp dport 49152-49215"),
+        "{rules}"
+    );
+    assert_eq!(
+        in_ns("ip", &["rule", "show"])
+            .matches("fwmark 0x1 lookup 100")
+            .count(),
+        1
+    );
+    assert!(in_ns("ip", &["route", "show", "table", "100"]).contains("local default dev lo"));
+
+    for _ in 0..2 {
+        let out = run(&["down"]);
+        assert!(out.status.success(), "down: {}", text(&out.stderr));
+    }
+    assert_eq!(run(&["status"]).status.code(), Some(1), "status after down");
+    assert!(!in_ns("ip", &["rule", "show"]).contains("fwmark"));
+    let bad = run(&["up", "--port", "x", "--dports", "1"]);
+    assert!(!bad.status.success() && text(&bad.stderr).contains("--port"));
+}
+
+#[test]
+fn scripts_that_change_the_system_refuse_clearly_without_root() {
+    let root = workspace_root();
+    // Run as nobody when we are root; as ourselves otherwise.
+    let as_user = |args: &[&str]| -> Option<Output> {
+        let mut cmd = if is_root() {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]);
+            c
+        } else {
+            Command::new("env")
+        };
+        cmd.args(args);
+        run_with_timeout(&mut cmd, COMMAND_TIMEOUT).ok()
+    };
+    let probe = root.join("scripts/lib/common.sh");
+    match as_user(&["test", "-r", probe.to_str().unwrap()]) {
+        Some(o) if o.status.success() => {}
+        _ => {
+            eprintln!("SKIP: refusal without root: setpriv missing or the repository is not readable by nobody");
+            return;
+        }
+    }
+    let s = |name: &str| root.join("scripts").join(name).display().to_string();
+    for (name, args) in [
+        ("host-tune.sh", vec![]),
+        (
+            "tproxy-rules.sh",
+            vec!["up", "--port", "6001", "--dports", "5000"],
+        ),
+        ("tproxy-rules.sh", vec!["down"]),
+        ("install.sh", vec!["--bin", "/bin/true"]),
+    ] {
+        let path = s(name);
+        let mut argv = vec![path.as_str()];
+        argv.extend(args.iter().copied());
+        let out = as_user(&argv).expect("run the script");
+        let err = text(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{name} {args:?} without root: {err}"
+        );
+        assert!(
+            err.contains(&format!("{name}: needs root to")),
+            "{name}: {err}"
+        );
+    }
+    // --check needs no root.
+    let out = as_user(&[s("host-tune.sh").as_str(), "--check", "--iface", "lo"]).unwrap();
+    assert!(
+        matches!(out.status.code(), Some(0 | 1)),
+        "{}",
+        text(&out.stderr)
+    );
+}
