@@ -14,7 +14,8 @@ fi
 
 PACKAGES=(
     build-essential pkg-config        # ring and the BPF build use a C compiler
-    clang libclang-dev llvm libbpf-dev # link emulator's XDP loss program
+    clang libclang-dev llvm libbpf-dev # link emulator's XDP loss program; bindgen (DPDK FFI)
+    dpdk dpdk-dev libdpdk-dev          # the DPDK appliance datapath (22.11 on bookworm)
     libnetfilter-queue-dev libmnl-dev  # link emulator's NFQUEUE delay daemon
     iproute2 ethtool iptables nftables # lab namespaces, veth, tbf, TPROXY rules
     iperf3                             # lab baselines

@@ -85,7 +85,9 @@ put() {
 put 0755 "$BIN" "$BINDIR/lmas"
 put 0755 "$REPO/scripts/host-tune.sh" "$LIBDIR/host-tune.sh"
 put 0755 "$REPO/scripts/tproxy-rules.sh" "$LIBDIR/tproxy-rules.sh"
+put 0755 "$REPO/scripts/dpdk-setup.sh" "$LIBDIR/dpdk-setup.sh"
 put 0644 "$REPO/scripts/lib/common.sh" "$LIBDIR/lib/common.sh"
+put 0644 "$REPO/scripts/lib/dpdk_check.py" "$LIBDIR/lib/dpdk_check.py"
 put 0644 "$REPO/docs/DEPLOYMENT.md" "$DOCDIR/DEPLOYMENT.md"
 for example in "$REPO"/examples/*.toml; do
     put 0644 "$example" "$SYSCONFDIR/lmas/examples/$(basename "$example")"

@@ -75,8 +75,10 @@ command -v nft >/dev/null || die "nft not found (apt-get install nftables)"
 # The rule as `ip rule show` prints it (marks in hex).
 RULE="fwmark $(printf '0x%x' "$MARK") lookup $TABLE"
 
-rule_present() { ip rule show | grep -q -- "$RULE\$"; }
-route_present() { ip route show table "$TABLE" 2>/dev/null | grep -q '^local default dev lo'; }
+# (Here-strings, not pipes: with pipefail, `grep -q` quitting early made `ip` die of SIGPIPE
+# and the check fail at random.)
+rule_present() { grep -q -- "$RULE\$" <<<"$(ip rule show)"; }
+route_present() { grep -q '^local default dev lo' <<<"$(ip route show table "$TABLE" 2>/dev/null)"; }
 nft_present() { nft list table ip "$NFT_TABLE" >/dev/null 2>&1; }
 
 case $ACTION in

@@ -101,8 +101,11 @@ fn install_stages_everything_and_is_idempotent() {
         ("opt/lmas/bin/lmas", 0o755),
         ("opt/lmas/lib/lmas/host-tune.sh", 0o755),
         ("opt/lmas/lib/lmas/tproxy-rules.sh", 0o755),
+        ("opt/lmas/lib/lmas/dpdk-setup.sh", 0o755),
         ("opt/lmas/lib/lmas/lib/common.sh", 0o644),
+        ("opt/lmas/lib/lmas/lib/dpdk_check.py", 0o644),
         ("opt/lmas/share/doc/lmas/DEPLOYMENT.md", 0o644),
+        ("etc/lmas/examples/gw-appliance.toml", 0o644),
         ("etc/lmas/examples/gw-local.toml", 0o644),
         ("etc/lmas/examples/gw-remote.toml", 0o644),
         ("etc/systemd/system/lmas@.service", 0o644),
@@ -131,7 +134,7 @@ fn install_stages_everything_and_is_idempotent() {
         "{unit}"
     );
     assert!(
-        text(&first.stderr).contains("8 file(s) changed"),
+        text(&first.stderr).contains(&format!("{} file(s) changed", expect.len())),
         "{}",
         text(&first.stderr)
     );
@@ -396,6 +399,114 @@ fn scripts_that_change_the_system_refuse_clearly_without_root() {
     let out = as_user(&[s("host-tune.sh").as_str(), "--check", "--iface", "lo"]).unwrap();
     assert!(
         matches!(out.status.code(), Some(0 | 1)),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// A DPDK appliance config for `dpdk-setup.sh check` with the given devices and lcore list.
+fn appliance_config(dir: &Path, name: &str, lan: &str, lcores: &str, no_huge: bool) -> String {
+    // `lcores` is an EAL --lcores value (lcore@CPU); this machine may have only 2 CPUs.
+    let path = dir.join(name);
+    let huge = if no_huge { "\"--no-huge\", " } else { "" };
+    let text = format!(
+        "[gateway]\nname = \"gw\"\nprivate_key_file = \"gw.key\"\ndatapath = \"dpdk\"\n\
+         [peer]\nname = \"p\"\npublic_key = \"x\"\nconnect = \"10.9.2.2:7700\"\n\
+         [dpdk]\neal_args = [{huge}\"--lcores={lcores}\", \"--vdev=net_af_packet0,iface=lan0\", \"--vdev=net_af_packet1,iface=wan0\"]\n\
+         io_lcores = [1]\ntcp_lcore = 2\ncrypto_lcores = []\nidle_sleep_us = 50\n\
+         [dpdk.lan]\ndevice = \"{lan}\"\naddress = \"10.9.1.1/24\"\n\
+         [dpdk.wan]\ndevice = \"net_af_packet1\"\naddress = \"10.9.2.1/24\"\n"
+    );
+    fs::write(&path, text).expect("write config");
+    path.display().to_string()
+}
+
+#[test]
+fn dpdk_setup_check_names_what_is_wrong_and_passes_a_test_box_config() {
+    let (dir, _keep) = temp_dir("dpdk-check");
+    // A missing PCI device and a role lcore outside the EAL's list: errors, exit 1.
+    let bad = appliance_config(&dir, "bad.toml", "0000:ff:1f.7", "0@0,1@0", true);
+    let out = script("dpdk-setup.sh", &["check", "--config", &bad]);
+    let report = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(
+        report.contains("error: dpdk.lan.device 0000:ff:1f.7: no such PCI device"),
+        "{report}"
+    );
+    assert!(
+        report.contains("error: tcp lcore 2 is not in the EAL's lcore list"),
+        "{report}"
+    );
+    // Hugepages are checked unless --no-huge (none are reserved for the tests).
+    let huge = appliance_config(&dir, "huge.toml", "net_af_packet0", "0@0,1@0,2@0", false);
+    let report = text(&script("dpdk-setup.sh", &["check", "--config", &huge]).stdout);
+    assert!(report.contains("hugepages"), "{report}");
+    // The interop tests' kind of setup (af_packet vdevs, no hugepages): no error.
+    let good = appliance_config(&dir, "good.toml", "net_af_packet0", "0@0,1@0,2@0", true);
+    let out = script("dpdk-setup.sh", &["check", "--config", &good]);
+    let report = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    assert!(
+        report.contains("ok: dpdk.lan.device net_af_packet0 is a virtual device"),
+        "{report}"
+    );
+    assert!(report.contains("0 error(s)"), "{report}");
+    // A kernel-datapath config has nothing to check.
+    let kernel = dir.join("kernel.toml");
+    fs::write(&kernel, "[gateway]\nname = \"k\"\n").unwrap();
+    let out = script(
+        "dpdk-setup.sh",
+        &["check", "--config", kernel.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stdout).contains("is not \"dpdk\""));
+}
+
+#[test]
+fn dpdk_setup_hugepages_is_idempotent_and_bind_refuses_a_missing_device() {
+    if !is_root() {
+        eprintln!("SKIP: dpdk-setup.sh hugepages/bind: needs root");
+        return;
+    }
+    let nr = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages";
+    let Ok(before) = fs::read_to_string(nr) else {
+        eprintln!("SKIP: no 2M hugepages in this kernel");
+        return;
+    };
+    let before: u64 = before.trim().parse().unwrap();
+    // Reserve 8 more pages, twice: the second run changes nothing.
+    let want = (before + 8).to_string();
+    let first = script("dpdk-setup.sh", &["hugepages", "--pages", &want]);
+    let second = script("dpdk-setup.sh", &["hugepages", "--pages", &want]);
+    let now: u64 = fs::read_to_string(nr).unwrap().trim().parse().unwrap();
+    // Give the memory back before asserting anything.
+    fs::write(nr, before.to_string()).expect("restore nr_hugepages");
+    if !first.status.success() && text(&first.stderr).contains("fragmented") {
+        eprintln!("SKIP: the kernel could not find 8 free 2M pages");
+        return;
+    }
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    assert_eq!(now, before + 8);
+    assert!(second.status.success());
+    assert!(
+        text(&second.stderr).contains("unchanged"),
+        "{}",
+        text(&second.stderr)
+    );
+    let mounts = fs::read_to_string("/proc/mounts").unwrap();
+    let hugetlbfs = mounts
+        .lines()
+        .filter(|l| l.split(' ').nth(1) == Some("/dev/hugepages") && l.contains(" hugetlbfs "))
+        .count();
+    assert_eq!(
+        hugetlbfs, 1,
+        "hugetlbfs mounted once, not once per run:\n{mounts}"
+    );
+    // bind checks the device before touching any driver.
+    let out = script("dpdk-setup.sh", &["bind", "0000:ff:1f.7"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no PCI device 0000:ff:1f.7"),
         "{}",
         text(&out.stderr)
     );
