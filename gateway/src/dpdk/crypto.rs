@@ -13,7 +13,6 @@
 //! (tests, and an appliance configured without crypto lcores);
 //! [`CryptoQueues`] is the lock-free pair of rings per worker lcore.
 
-use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -88,7 +87,7 @@ pub enum CryptoError {
 /// The keys of every connection pinned to one worker.
 #[derive(Default)]
 pub struct CryptoWorker {
-    conns: HashMap<ConnId, (Sealing, Opening)>,
+    conns: rustc_hash::FxHashMap<ConnId, (Sealing, Opening)>,
 }
 
 impl CryptoWorker {

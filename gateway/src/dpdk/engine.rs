@@ -14,7 +14,7 @@
 //! is driven with the caller's clock (microseconds), so tests run two of
 //! them back to back over in-memory wires with simulated time.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 use log::{debug, info, warn};
@@ -47,7 +47,7 @@ pub struct Engine<P: FramePort, C: CryptoPipe> {
     pub(super) wan: Net<P>,
     pub(super) crypto: CryptoStage<C>,
     // ---- WAN side (tunnel.rs)
-    pub(super) conns: HashMap<ConnId, WanConn>,
+    pub(super) conns: FxHashMap<ConnId, WanConn>,
     pub(super) next_conn: ConnId,
     pub(super) tunnel: Option<Tunnel>,
     /// Set on the dialling gateway.
@@ -55,7 +55,7 @@ pub struct Engine<P: FramePort, C: CryptoPipe> {
     /// Listening sockets on the tunnel port (accepting gateway).
     pub(super) wan_listeners: Vec<smoltcp::iface::SocketHandle>,
     // ---- LAN side (lan.rs)
-    pub(super) endpoints: HashMap<SessionId, Endpoint>,
+    pub(super) endpoints: FxHashMap<SessionId, Endpoint>,
     pub(super) ingress: Vec<IngressListener>,
     pub(super) waiting: Vec<Waiting>,
     pub(super) started: u64,
@@ -65,6 +65,14 @@ pub struct Engine<P: FramePort, C: CryptoPipe> {
     pub(super) stopping: bool,
     /// The egress allowlist in force (swapped on reload).
     pub(super) egress: crate::admin::Allowlist,
+    /// Reused id lists for walking the maps while changing them (no
+    /// allocation per turn).
+    pub(super) scratch_conns: Vec<ConnId>,
+    pub(super) scratch_sessions: Vec<SessionId>,
+    /// Per target, the peer's sessions connecting or waiting to, in open
+    /// order (egress.rs).
+    pub(super) egress_queues:
+        FxHashMap<std::net::SocketAddr, std::collections::VecDeque<SessionId>>,
 }
 
 impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
@@ -92,17 +100,20 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         let mut engine = Engine {
             dialer: Dialer::for_config(&config),
             egress: config.egress.clone(),
+            scratch_conns: Vec::new(),
+            scratch_sessions: Vec::new(),
+            egress_queues: FxHashMap::default(),
             config,
             dpdk,
             stats,
             lan,
             wan,
             crypto: CryptoStage::new(crypto),
-            conns: HashMap::new(),
+            conns: FxHashMap::default(),
             next_conn: 1,
             tunnel: None,
             wan_listeners: Vec::new(),
-            endpoints: HashMap::new(),
+            endpoints: FxHashMap::default(),
             ingress: Vec::new(),
             waiting: Vec::new(),
             started: now,

@@ -27,9 +27,12 @@ use crate::session::ReadOutcome;
 const CLOSE_LINGER_US: u64 = 60_000_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
+pub(super) enum State {
     /// Our ingress: waiting for the peer's accept.
     Opening,
+    /// The peer's session: waiting for the connects before it to the same
+    /// target (egress.rs keeps the order).
+    Queued,
     /// The peer's session: connecting to the target until the deadline.
     Connecting {
         deadline: u64,
@@ -39,21 +42,21 @@ enum State {
 
 /// One session's local TCP connection.
 pub struct Endpoint {
-    handle: SocketHandle,
-    state: State,
+    pub(super) handle: SocketHandle,
+    pub(super) state: State,
     /// The client, for sessions from our ingress.
     pub source: Option<SocketAddr>,
-    target: SocketAddr,
+    pub(super) target: SocketAddr,
     pub started: u64,
     /// Bytes taken from the core that the socket had no room for yet.
-    down: Option<Bytes>,
+    pub(super) down: Option<Bytes>,
     /// The endpoint's FIN arrived (seen in a state only a FIN leads to);
     /// a socket that turns Closed without it was reset.
-    fin_seen: bool,
+    pub(super) fin_seen: bool,
     /// The endpoint half-closed and the core knows.
-    up_done: bool,
+    pub(super) up_done: bool,
     /// The core's stream ended and the socket was closed (FIN queued).
-    down_done: bool,
+    pub(super) down_done: bool,
 }
 
 /// An ingress port's spare listening sockets.
@@ -86,7 +89,7 @@ fn fin_received(sock: &tcp::Socket) -> bool {
 }
 
 impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
-    fn lan_socket(&mut self) -> SocketHandle {
+    pub(super) fn lan_socket(&mut self) -> SocketHandle {
         let buf = self.dpdk.lan_socket_buffer;
         let h = self.lan.add_socket(buf, buf);
         let connect_timeout = self.config.connect_timeout_ms;
@@ -138,6 +141,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                     break;
                 }
                 self.ingress[i].spares.push(h);
+                self.lan.watch(h);
             }
         }
     }
@@ -150,6 +154,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
             .flat_map(|l| l.spares.drain(..))
             .collect();
         for h in spares {
+            self.lan.unwatch(h);
             self.close_lan(h, now);
         }
     }
@@ -165,23 +170,26 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
     pub(super) fn lan_turn(&mut self, now: u64) {
         self.take_lan_connections(now);
         self.open_waiting(now);
-        let ids: Vec<SessionId> = self.endpoints.keys().copied().collect();
-        for id in ids {
+        let mut ids = std::mem::take(&mut self.scratch_sessions);
+        ids.clear();
+        ids.extend(self.endpoints.keys());
+        for &id in &ids {
             self.pump(id, now);
         }
+        self.scratch_sessions = ids;
     }
 
     fn take_lan_connections(&mut self, now: u64) {
+        // In the order the SYNs arrived (QEMU < 8.0 tells its migration
+        // channels apart by it; egress keeps it on the far side).
         let mut taken = Vec::new();
-        for l in &mut self.ingress {
-            l.spares.retain(|&h| {
-                if self.lan.sockets.get::<tcp::Socket>(h).state() == tcp::State::Listen {
-                    true
-                } else {
+        for h in self.lan.take_accepted().collect::<Vec<_>>() {
+            for l in &mut self.ingress {
+                if let Some(i) = l.spares.iter().position(|&s| s == h) {
+                    l.spares.remove(i);
                     taken.push((l.ingress, h));
-                    false
                 }
-            });
+            }
         }
         let deadline = now + self.config.connect_timeout_ms * 1000;
         for (ing, h) in taken {
@@ -282,58 +290,6 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         }
     }
 
-    /// The peer asked for a connection to `target`.
-    pub(super) fn egress_connect(&mut self, id: SessionId, target: SocketAddr, now: u64) {
-        let peer = self
-            .tunnel
-            .as_ref()
-            .map(|t| t.peer.clone())
-            .unwrap_or_default();
-        let refuse = |engine: &mut Self, reason: RefuseReason, why: &str| {
-            Stats::inc(&engine.stats.sessions_refused);
-            if let Some(t) = &mut engine.tunnel {
-                t.core.refuse(id, reason, why);
-            }
-        };
-        if !self.egress.allows(&target) {
-            // Checked before any connect attempt: never an open relay.
-            warn!("session {id}: refusing target {target}: not in egress allowlist (peer {peer})");
-            return refuse(self, RefuseReason::NotAllowed, "");
-        }
-        if self.stopping {
-            return refuse(self, RefuseReason::ShuttingDown, "");
-        }
-        let SocketAddr::V4(t4) = target else {
-            warn!("session {id}: refusing target {target}: the DPDK datapath is IPv4-only");
-            return refuse(
-                self,
-                RefuseReason::ConnectFailed,
-                "IPv6 target on an IPv4-only gateway",
-            );
-        };
-        let h = self.lan_socket();
-        if let Err(e) = self.lan.connect(h, t4) {
-            self.lan.remove(h);
-            warn!("session {id}: refusing target {target}: connect failed: {e}");
-            return refuse(self, RefuseReason::ConnectFailed, &e.to_string());
-        }
-        let deadline = now + self.config.connect_timeout_ms * 1000;
-        self.endpoints.insert(
-            id,
-            Endpoint {
-                handle: h,
-                state: State::Connecting { deadline },
-                source: None,
-                target,
-                started: now,
-                down: None,
-                fin_seen: false,
-                up_done: false,
-                down_done: false,
-            },
-        );
-    }
-
     /// Moves one session forward.
     fn pump(&mut self, id: SessionId, now: u64) {
         let Some(ep) = self.endpoints.get_mut(&id) else {
@@ -342,6 +298,8 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         let Some(t) = &mut self.tunnel else { return };
         let sock = self.lan.sockets.get_mut::<tcp::Socket>(ep.handle);
         match ep.state {
+            // Its turn to connect has not come (see egress.rs).
+            State::Queued => {}
             State::Connecting { deadline } => {
                 let why = match sock.state() {
                     tcp::State::Established => {
@@ -351,7 +309,8 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                             Stats::inc(&self.stats.sessions_accepted);
                             info!("session {id}: peer {} -> {} connected", t.peer, ep.target);
                         }
-                        return;
+                        let target = ep.target;
+                        return self.egress_done(id, target, now);
                     }
                     tcp::State::SynSent if now < deadline => return,
                     tcp::State::SynSent => "timed out",
@@ -363,9 +322,10 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                     ep.target
                 );
                 t.core.refuse(id, RefuseReason::ConnectFailed, why);
-                let h = ep.handle;
+                let (h, target) = (ep.handle, ep.target);
                 self.endpoints.remove(&id);
                 self.close_lan(h, now);
+                self.egress_done(id, target, now);
             }
             State::Opening | State::Open => {
                 ep.fin_seen |= fin_received(sock);
@@ -465,6 +425,9 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         if let Some(ep) = self.endpoints.remove(&id) {
             debug!("session {id}: reset: {reason}");
             self.close_lan(ep.handle, now);
+            if matches!(ep.state, State::Queued | State::Connecting { .. }) {
+                self.egress_done(id, ep.target, now);
+            }
         }
     }
 
@@ -478,7 +441,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
     }
 
     /// Resets a LAN socket (RST) and removes it once that went out.
-    fn close_lan(&mut self, h: SocketHandle, now: u64) {
+    pub(super) fn close_lan(&mut self, h: SocketHandle, now: u64) {
         self.lan.retire(h, Retire::Abort, now);
     }
 }

@@ -25,6 +25,7 @@
 #[cfg(feature = "dpdk")]
 mod appliance;
 pub mod crypto;
+mod egress;
 pub mod engine;
 mod lan;
 pub mod net;
@@ -51,8 +52,10 @@ pub struct Idle {
     pub sleep_us: u64,
 }
 
-/// Empty polls before an idle loop sleeps.
-const SPINS_BEFORE_SLEEP: u32 = 1000;
+/// Empty polls before an idle loop sleeps (when it sleeps at all): enough
+/// to ride out the gap between two bursts, few enough that a test box's
+/// shared CPUs are not burnt spinning.
+const SPINS_BEFORE_SLEEP: u32 = 64;
 
 impl Idle {
     /// Called after an empty poll; `polls` counts consecutive empty ones

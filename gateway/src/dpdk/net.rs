@@ -10,7 +10,9 @@
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
-use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::iface::{
+    Config, Interface, PollIngressSingleResult, PollResult, SocketHandle, SocketSet,
+};
 use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpoint, Ipv4Cidr};
@@ -126,6 +128,8 @@ pub struct Net<P: FramePort> {
     /// ACK goes out before it is removed).
     retired: Vec<(SocketHandle, u64, u64)>,
     polls: u64,
+    watch: Vec<SocketHandle>,
+    taken: Vec<SocketHandle>,
 }
 
 impl<P: FramePort> Net<P> {
@@ -170,6 +174,8 @@ impl<P: FramePort> Net<P> {
             filtered: 0,
             retired: Vec::new(),
             polls: 0,
+            watch: Vec::new(),
+            taken: Vec::new(),
         }
     }
 
@@ -183,12 +189,51 @@ impl<P: FramePort> Net<P> {
             guard: &self.guard,
             dropped: &mut self.filtered,
         };
-        let changed = self
+        let t = instant(now);
+        let mut changed = false;
+        self.iface.poll_maintenance(t);
+        // Ingress one packet at a time, so listeners that take a connection
+        // are seen in the order the SYNs arrived (see `watch`).
+        loop {
+            match self
+                .iface
+                .poll_ingress_single(t, &mut PortDevice(&mut dev), &mut self.sockets)
+            {
+                PollIngressSingleResult::None => break,
+                PollIngressSingleResult::PacketProcessed => {}
+                PollIngressSingleResult::SocketStateChanged => {
+                    changed = true;
+                    note_taken(&self.sockets, &mut self.watch, &mut self.taken);
+                }
+            }
+        }
+        while self
             .iface
-            .poll(instant(now), &mut PortDevice(&mut dev), &mut self.sockets)
-            != smoltcp::iface::PollResult::None;
+            .poll_egress(t, &mut PortDevice(&mut dev), &mut self.sockets)
+            != PollResult::None
+        {
+            changed = true;
+        }
         self.port.flush();
         changed
+    }
+
+    /// Listening sockets to watch: when one takes a connection it moves to
+    /// [`Net::take_accepted`]'s list, in arrival order. Some hypervisors
+    /// (QEMU before 8.0) tell their migration channels apart by the order
+    /// the destination accepts them, so that order must survive the tunnel.
+    pub fn watch(&mut self, h: SocketHandle) {
+        self.watch.push(h);
+    }
+
+    /// Watched sockets that took a connection, oldest first.
+    pub fn take_accepted(&mut self) -> std::vec::Drain<'_, SocketHandle> {
+        self.taken.drain(..)
+    }
+
+    /// Stops watching `h` (closed while still listening).
+    pub fn unwatch(&mut self, h: SocketHandle) {
+        self.watch.retain(|&w| w != h);
     }
 
     /// When the stack next has timed work (retransmits, delayed acks).
@@ -291,6 +336,22 @@ impl<P: FramePort> Net<P> {
         let socket = self.sockets.get_mut::<tcp::Socket>(h);
         socket.connect(self.iface.context(), remote, local)
     }
+}
+
+/// Moves watched sockets that left the listening state to `taken`.
+fn note_taken(
+    sockets: &SocketSet<'static>,
+    watch: &mut Vec<SocketHandle>,
+    taken: &mut Vec<SocketHandle>,
+) {
+    watch.retain(|&h| {
+        if sockets.get::<tcp::Socket>(h).state() == tcp::State::Listen {
+            true
+        } else {
+            taken.push(h);
+            false
+        }
+    });
 }
 
 /// smoltcp's clock from ours (microseconds).

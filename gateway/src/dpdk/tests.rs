@@ -680,3 +680,58 @@ fn with_grace(c: &Arc<Config>, secs: u64) -> Arc<Config> {
 fn s_state(net: &mut Net<MemPort>, h: SocketHandle) -> tcp::State {
     net.socket(h).state()
 }
+
+#[test]
+fn sessions_reach_the_target_in_the_order_the_source_connected() {
+    // QEMU < 8.0 tells its migration channels apart by accept order.
+    let k = keys("order");
+    let (a, b) = configs(&k, LISTEN_INGRESS, "a.key.pub", ALLOW_DST);
+    let mut sim = Sim::new(a, b, 2_000);
+    assert!(sim.run_until(5, |s| s.tunnel_up()));
+    const N: usize = 8;
+    let listeners = sim.listen_dst(5000, N);
+    // All SYNs leave the source in one poll, in this order.
+    let mut srcs: Vec<App> = (0..N)
+        .map(|i| {
+            let mut data = vec![i as u8];
+            data.extend(pattern(10_000, i as u8));
+            sim.connect_src(([10, 0, 1, 1], 6000), data)
+        })
+        .collect();
+    let mut accepted: Vec<SocketHandle> = Vec::new();
+    let mut dst_apps = Vec::new();
+    let ok = sim.run_until(30, |s| {
+        for a in &mut srcs {
+            a.run(&mut s.src);
+        }
+        let fresh: Vec<SocketHandle> = listeners
+            .iter()
+            .copied()
+            .filter(|&h| !accepted.contains(&h) && s.dst.socket(h).state() != tcp::State::Listen)
+            .collect();
+        assert!(
+            fresh.len() <= 1,
+            "two connections reached the target in the same step: order unknowable"
+        );
+        accepted.extend(&fresh);
+        accept_apps(s, &accepted, &mut dst_apps, &|_| Vec::new());
+        for a in &mut dst_apps {
+            a.run(&mut s.dst);
+        }
+        dst_apps.len() == N && dst_apps.iter().all(|d| d.done())
+    });
+    assert!(
+        ok,
+        "{} of {N} sessions finished",
+        dst_apps.iter().filter(|d| d.done()).count()
+    );
+    let order: Vec<u8> = accepted
+        .iter()
+        .map(|h| dst_apps.iter().find(|d| d.handle == *h).unwrap().got[0])
+        .collect();
+    assert_eq!(
+        order,
+        (0..N as u8).collect::<Vec<_>>(),
+        "accept order at the target"
+    );
+}

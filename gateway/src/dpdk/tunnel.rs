@@ -137,12 +137,15 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
     /// One turn of the WAN side.
     pub(super) fn wan_turn(&mut self, now: u64) {
         self.take_wan_connections(now);
-        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
-        for id in ids {
+        let mut ids = std::mem::take(&mut self.scratch_conns);
+        ids.clear();
+        ids.extend(self.conns.keys());
+        for &id in &ids {
             if let Err(e) = self.drive_conn(id, now) {
                 self.fail_conn(id, e, now);
             }
         }
+        self.scratch_conns = ids;
         self.send_control();
         self.fill_flows();
         for c in self.conns.values_mut() {
@@ -705,7 +708,7 @@ impl Tunnel {
     }
 
     /// Whether new sessions can be opened now.
-    pub fn is_up(&self, conns: &std::collections::HashMap<ConnId, WanConn>) -> bool {
+    pub fn is_up(&self, conns: &rustc_hash::FxHashMap<ConnId, WanConn>) -> bool {
         self.control
             .and_then(|c| conns.get(&c))
             .is_some_and(|c| c.is_keyed())

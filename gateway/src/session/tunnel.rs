@@ -13,7 +13,9 @@
 //! After each call the datapath drains [`TunnelCore::poll_event`] to learn
 //! whom to wake. Nothing here reads a clock or touches a socket.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
@@ -116,7 +118,7 @@ pub struct TunnelCore {
     side: Side,
     limits: Limits,
     next_id: u64,
-    sessions: HashMap<SessionId, Session>,
+    sessions: FxHashMap<SessionId, Session>,
     scheduler: Scheduler,
     control: VecDeque<Message>,
     events: VecDeque<Event>,
@@ -141,7 +143,7 @@ impl TunnelCore {
                 Side::Acceptor => 1,
             },
             limits,
-            sessions: HashMap::new(),
+            sessions: FxHashMap::default(),
             scheduler: Scheduler::new(flows),
             control: VecDeque::new(),
             events: VecDeque::new(),

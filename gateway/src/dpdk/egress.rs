@@ -1,0 +1,128 @@
+//! The remote end of a session on the DPDK datapath: connect to the target
+//! the peer asked for, if and only if the allowlist permits it, and to one
+//! target one connect at a time, in the order the peer opened the sessions.
+//!
+//! The order matters to some hypervisors: QEMU before 8.0 tells its
+//! migration channels apart by the order the destination accepts them (the
+//! main stream first, then the multifd channels). The local gateway opens
+//! sessions in the order the source's SYNs arrived (see `Net::watch`), the
+//! control connection keeps that order, and here each connect to a target
+//! waits until the one before it to the same target has finished.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+
+use log::warn;
+
+use super::crypto::CryptoPipe;
+use super::engine::Engine;
+use super::lan::{Endpoint, State};
+use super::phy::FramePort;
+use crate::admin::Stats;
+use crate::protocol::{RefuseReason, SessionId};
+
+impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
+    /// The peer asked for a connection to `target` (event `ConnectRequested`).
+    pub(super) fn egress_connect(&mut self, id: SessionId, target: SocketAddr, now: u64) {
+        let peer = self
+            .tunnel
+            .as_ref()
+            .map(|t| t.peer.clone())
+            .unwrap_or_default();
+        if !self.egress.allows(&target) {
+            // Checked before any connect attempt: never an open relay.
+            warn!("session {id}: refusing target {target}: not in egress allowlist (peer {peer})");
+            return self.refuse_egress(id, RefuseReason::NotAllowed, "");
+        }
+        if self.stopping {
+            return self.refuse_egress(id, RefuseReason::ShuttingDown, "");
+        }
+        if !target.is_ipv4() {
+            warn!("session {id}: refusing target {target}: the DPDK datapath is IPv4-only");
+            return self.refuse_egress(
+                id,
+                RefuseReason::ConnectFailed,
+                "IPv6 target on an IPv4-only gateway",
+            );
+        }
+        let queue = self
+            .egress_queues
+            .entry(target)
+            .or_insert_with(VecDeque::new);
+        queue.push_back(id);
+        let first = queue.len() == 1;
+        let handle = self.lan_socket();
+        self.endpoints.insert(
+            id,
+            Endpoint {
+                handle,
+                state: State::Queued,
+                source: None,
+                target,
+                started: now,
+                down: None,
+                fin_seen: false,
+                up_done: false,
+                down_done: false,
+            },
+        );
+        if first {
+            self.start_connect(id, now);
+        }
+    }
+
+    fn refuse_egress(&mut self, id: SessionId, reason: RefuseReason, why: &str) {
+        Stats::inc(&self.stats.sessions_refused);
+        if let Some(t) = &mut self.tunnel {
+            t.core.refuse(id, reason, why);
+        }
+    }
+
+    /// Starts the queued connect of session `id`.
+    fn start_connect(&mut self, id: SessionId, now: u64) {
+        let Some(ep) = self.endpoints.get_mut(&id) else {
+            return;
+        };
+        let SocketAddr::V4(t4) = ep.target else {
+            return;
+        };
+        let (h, target) = (ep.handle, ep.target);
+        match self.lan.connect(h, t4) {
+            Ok(()) => {
+                let deadline = now + self.config.connect_timeout_ms * 1000;
+                if let Some(ep) = self.endpoints.get_mut(&id) {
+                    ep.state = State::Connecting { deadline };
+                }
+            }
+            Err(e) => {
+                warn!("session {id}: refusing target {target}: connect failed: {e}");
+                self.refuse_egress(id, RefuseReason::ConnectFailed, &e.to_string());
+                self.endpoints.remove(&id);
+                self.close_lan(h, now);
+                self.egress_done(id, target, now);
+            }
+        }
+    }
+
+    /// Session `id`'s connect to `target` is over (connected, failed, or the
+    /// session ended): the next one to that target may go.
+    pub(super) fn egress_done(&mut self, id: SessionId, target: SocketAddr, now: u64) {
+        let Some(queue) = self.egress_queues.get_mut(&target) else {
+            return;
+        };
+        queue.retain(|&q| q != id);
+        let next = queue.front().copied();
+        if queue.is_empty() {
+            self.egress_queues.remove(&target);
+        }
+        if let Some(next) = next {
+            if self
+                .endpoints
+                .get(&next)
+                .is_some_and(|e| e.state == State::Queued)
+            {
+                self.start_connect(next, now);
+            }
+        }
+    }
+}
