@@ -45,10 +45,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                 "IPv6 target on an IPv4-only gateway",
             );
         }
-        let queue = self
-            .egress_queues
-            .entry(target)
-            .or_insert_with(VecDeque::new);
+        let queue = self.egress_queues.entry(target).or_default();
         queue.push_back(id);
         let first = queue.len() == 1;
         let handle = self.lan_socket();
