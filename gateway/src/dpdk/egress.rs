@@ -9,7 +9,6 @@
 //! control connection keeps that order, and here each connect to a target
 //! waits until the one before it to the same target has finished.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 
 use log::warn;
