@@ -156,7 +156,8 @@ fn role_costs(
                 + delta("dpdk_wan_rx_packets")
                 + delta("dpdk_wan_tx_packets")) as f64;
             let _ = write!(line, "packets {packets:.0}");
-            for (r, secs) in &by_role {
+            // Threads that did nothing (the EAL's helpers, an idle main lcore) are noise.
+            for (r, secs) in by_role.iter().filter(|(_, s)| **s > 0.0) {
                 let cpp = if packets > 0.0 {
                     secs * hz / packets
                 } else {
