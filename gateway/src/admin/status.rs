@@ -89,6 +89,52 @@ pub struct SessionStatus {
     pub in_flight: u64,
 }
 
+impl SessionStatus {
+    /// One session as the core sees it, with what the datapath knows of its
+    /// endpoint (the client address for our ingress sessions, the age).
+    pub fn from_core(
+        s: &crate::session::SessionSnapshot,
+        source: Option<std::net::SocketAddr>,
+        age_secs: f64,
+    ) -> SessionStatus {
+        SessionStatus {
+            id: s.id.0,
+            state: s.state.to_string(),
+            source: source.map(|a| a.to_string()),
+            target: s.target.to_string(),
+            age_secs,
+            bytes_up: s.written,
+            bytes_up_acked: s.acked,
+            bytes_down: s.delivered,
+            in_flight: s.written - s.acked,
+        }
+    }
+}
+
+impl TunnelStatus {
+    /// A tunnel: the core's figures plus the datapath's view of its
+    /// connections (sorted: control first, then data flows by index).
+    pub fn from_core(
+        id: &[u8; 16],
+        up: bool,
+        peer: String,
+        core: &crate::session::TunnelCore,
+        mut connections: Vec<ConnectionStatus>,
+        sessions: Vec<SessionStatus>,
+    ) -> TunnelStatus {
+        connections.sort_by_key(|c| c.flow.map_or(-1, |f| f as i32));
+        TunnelStatus {
+            id: id.iter().map(|b| format!("{b:02x}")).collect(),
+            state: if up { "up" } else { "held" }.to_string(),
+            peer,
+            buffered_bytes: core.buffered(),
+            connections,
+            sessions,
+            counters: core.counters().snapshot(),
+        }
+    }
+}
+
 impl Status {
     /// A human-readable rendering; `rates` maps session id to bytes/s up and
     /// down (from `--watch`), if known.

@@ -252,32 +252,22 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
             let sessions = t
                 .core
                 .snapshot()
-                .into_iter()
+                .iter()
                 .map(|s| {
                     let ep = self.endpoints.get(&s.id);
-                    SessionStatus {
-                        id: s.id.0,
-                        state: s.state.to_string(),
-                        source: ep.and_then(|e| e.source).map(|a| a.to_string()),
-                        target: s.target.to_string(),
-                        age_secs: ep.map_or(0.0, |e| secs(e.started)),
-                        bytes_up: s.written,
-                        bytes_up_acked: s.acked,
-                        bytes_down: s.delivered,
-                        in_flight: s.written - s.acked,
-                    }
+                    SessionStatus::from_core(
+                        s,
+                        ep.and_then(|e| e.source),
+                        ep.map_or(0.0, |e| secs(e.started)),
+                    )
                 })
                 .collect();
-            let mut connections: Vec<ConnectionStatus> = t
+            let flows = t.flows.iter().enumerate();
+            let connections = t
                 .control
                 .iter()
                 .map(|c| (None, *c))
-                .chain(
-                    t.flows
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(k, c)| c.map(|c| (Some(k as u16), c))),
-                )
+                .chain(flows.filter_map(|(k, c)| c.map(|c| (Some(k as u16), c))))
                 .filter_map(|(flow, id)| {
                     let c = self.conns.get(&id).filter(|c| c.is_keyed())?;
                     Some(ConnectionStatus {
@@ -292,16 +282,8 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                     })
                 })
                 .collect();
-            connections.sort_by_key(|c| c.flow.map_or(-1, |f| f as i32));
-            TunnelStatus {
-                id: t.id.iter().map(|b| format!("{b:02x}")).collect(),
-                state: if t.held_since.is_some() { "held" } else { "up" }.to_string(),
-                peer: t.peer.clone(),
-                buffered_bytes: t.core.buffered(),
-                connections,
-                sessions,
-                counters: t.core.counters().snapshot(),
-            }
+            let up = t.held_since.is_none();
+            TunnelStatus::from_core(&t.id, up, t.peer.clone(), &t.core, connections, sessions)
         });
         let mut counters = self.stats.snapshot();
         counters.insert("dpdk_lan_filtered_frames".into(), self.lan.filtered);

@@ -593,23 +593,17 @@ impl Tunnel {
         let sessions = inner
             .core
             .snapshot()
-            .into_iter()
+            .iter()
             .map(|s| {
                 let signals = inner.signals.get(&s.id);
-                SessionStatus {
-                    id: s.id.0,
-                    state: s.state.to_string(),
-                    source: signals.and_then(|g| g.source).map(|a| a.to_string()),
-                    target: s.target.to_string(),
-                    age_secs: signals.map_or(0.0, |g| g.started.elapsed().as_secs_f64()),
-                    bytes_up: s.written,
-                    bytes_up_acked: s.acked,
-                    bytes_down: s.delivered,
-                    in_flight: s.written - s.acked,
-                }
+                SessionStatus::from_core(
+                    s,
+                    signals.and_then(|g| g.source),
+                    signals.map_or(0.0, |g| g.started.elapsed().as_secs_f64()),
+                )
             })
             .collect();
-        let mut connections: Vec<ConnectionStatus> = inner
+        let connections = inner
             .connections
             .iter()
             .map(|(flow, c)| ConnectionStatus {
@@ -623,21 +617,14 @@ impl Tunnel {
                 tcp: c.tcp_stats(),
             })
             .collect();
-        connections.sort_by_key(|c| c.flow.map_or(-1, |f| f as i32));
-        TunnelStatus {
-            id: self.id.iter().map(|b| format!("{b:02x}")).collect(),
-            state: if *self.control_up.borrow() {
-                "up"
-            } else {
-                "held"
-            }
-            .to_string(),
-            peer: self.peer.clone(),
-            buffered_bytes: inner.core.buffered(),
+        TunnelStatus::from_core(
+            &self.id,
+            *self.control_up.borrow(),
+            self.peer.clone(),
+            &inner.core,
             connections,
             sessions,
-            counters: inner.core.counters().snapshot(),
-        }
+        )
     }
 }
 
