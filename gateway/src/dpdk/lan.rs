@@ -348,7 +348,10 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                         if cap == 0 || !sock.can_recv() {
                             break;
                         }
-                        let want = (cap as usize).min(4 * frame_len);
+                        // One frame's worth per chunk: heap-sized buffers the
+                        // allocator recycles (larger ones are mmapped and
+                        // page-faulted in anew each time).
+                        let want = (cap as usize).min(frame_len);
                         let chunk = sock
                             .recv(|buf| {
                                 let n = buf.len().min(want);

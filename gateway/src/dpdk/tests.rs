@@ -27,6 +27,8 @@ struct Wire {
     delay_us: u64,
     /// Frames lost, per million.
     loss_ppm: u64,
+    /// Frames carried, both ways.
+    carried: u64,
     cut: bool,
     rng: u64,
     ab: VecDeque<(u64, Vec<u8>)>,
@@ -59,6 +61,7 @@ impl Wire {
                     self.lost += 1;
                     continue;
                 }
+                self.carried += 1;
                 let at = now + self.delay_us;
                 if q == 0 {
                     self.ab.push_back((at, f));
@@ -92,6 +95,9 @@ struct App {
     /// Close only after the other side finished (a server that answers
     /// when the request is complete).
     close_after_eof: bool,
+    /// Count received bytes instead of keeping them (profiling).
+    discard: bool,
+    received: usize,
 }
 
 impl App {
@@ -107,6 +113,8 @@ impl App {
             reset: false,
             was_connected: false,
             close_after_eof: false,
+            discard: false,
+            received: 0,
         }
     }
 
@@ -122,7 +130,10 @@ impl App {
         }
         while s.can_recv() {
             let _ = s.recv(|b| {
-                self.got.extend_from_slice(b);
+                self.received += b.len();
+                if !self.discard {
+                    self.got.extend_from_slice(b);
+                }
                 (b.len(), ())
             });
         }
@@ -287,6 +298,9 @@ struct Sim {
     lan_b: Wire,
     stats_a: Arc<Stats>,
     stats_b: Arc<Stats>,
+    /// CPU time spent in each engine's `poll` (the TCP lcore's work).
+    busy_a: std::time::Duration,
+    busy_b: std::time::Duration,
 }
 
 impl Sim {
@@ -314,6 +328,8 @@ impl Sim {
             lan_b: Wire::new(50),
             stats_a,
             stats_b,
+            busy_a: std::time::Duration::ZERO,
+            busy_b: std::time::Duration::ZERO,
         }
     }
 
@@ -321,8 +337,12 @@ impl Sim {
         self.now += STEP_US;
         let now = self.now;
         self.src.poll(now);
+        let t = std::time::Instant::now();
         self.a.poll(now);
+        self.busy_a += t.elapsed();
+        let t = std::time::Instant::now();
         self.b.poll(now);
+        self.busy_b += t.elapsed();
         self.dst.poll(now);
         self.lan_a
             .carry(now, &mut self.src.port, &mut self.a.lan.port);
@@ -733,5 +753,55 @@ fn sessions_reach_the_target_in_the_order_the_source_connected() {
         order,
         (0..N as u8).collect::<Vec<_>>(),
         "accept order at the target"
+    );
+}
+
+/// Not a test: a profiling harness for the TCP lcore's work at saturation (both engines, the
+/// two host stacks and inline crypto on one thread; no wire delay). Run with
+/// `cargo test --release -p lmas --lib dpdk::tests::saturated -- --ignored --nocapture`
+/// under `perf record`.
+#[test]
+#[ignore]
+fn saturated_transfer_for_profiling() {
+    let k = keys("profile");
+    let (a, b) = configs(&k, LISTEN_INGRESS, "a.key.pub", ALLOW_DST);
+    let mut sim = Sim::new(a, b, 0);
+    sim.lan_a.delay_us = 0;
+    sim.lan_b.delay_us = 0;
+    assert!(sim.run_until(5, |s| s.tunnel_up()));
+    let up = pattern(256 << 20, 5);
+    let listeners = sim.listen_dst(5000, 1);
+    let mut src = sim.connect_src(([10, 0, 1, 1], 6000), up.clone());
+    let mut dst_apps = Vec::new();
+    let started = std::time::Instant::now();
+    let steps_before = sim.now;
+    assert!(sim.run_until(600, |s| {
+        src.run(&mut s.src);
+        accept_apps(s, &listeners, &mut dst_apps, &|_| Vec::new());
+        for a in &mut dst_apps {
+            a.discard = true;
+            a.run(&mut s.dst);
+        }
+        dst_apps.first().is_some_and(|d| d.done())
+    }));
+    let secs = started.elapsed().as_secs_f64();
+    assert_eq!(dst_apps[0].received, up.len());
+    // Packets through each gateway: its LAN wire and the WAN, both directions.
+    let per_packet = |busy: std::time::Duration, lan: u64| {
+        busy.as_nanos() as f64 / (lan + sim.wan.carried) as f64
+    };
+    println!(
+        "gateway A (LAN rx, seal, WAN tx): {:.0} ns of TCP-lcore work per packet ({:.2}s); \
+         gateway B (WAN rx, open, LAN tx): {:.0} ns ({:.2}s); crypto inline in both",
+        per_packet(sim.busy_a, sim.lan_a.carried),
+        sim.busy_a.as_secs_f64(),
+        per_packet(sim.busy_b, sim.lan_b.carried),
+        sim.busy_b.as_secs_f64()
+    );
+    println!(
+        "{} MiB in {secs:.2}s of CPU ({:.0} Mbit/s for both gateways and both hosts on one thread), {} simulated steps",
+        up.len() >> 20,
+        up.len() as f64 * 8.0 / secs / 1e6,
+        (sim.now - steps_before) / STEP_US
     );
 }
