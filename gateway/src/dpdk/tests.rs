@@ -805,3 +805,112 @@ fn saturated_transfer_for_profiling() {
         (sim.now - steps_before) / STEP_US
     );
 }
+
+/// Random frames, mutated real frames and garbage TCP connections on the tunnel port: the
+/// engine never panics, counts and logs the bad handshakes, and the tunnel and a session carry
+/// on byte-exact.
+#[test]
+fn hostile_input_on_both_ports_hurts_nothing() {
+    let k = keys("hostile");
+    let (a, b) = configs(&k, LISTEN_INGRESS, "a.key.pub", ALLOW_DST);
+    let mut sim = Sim::new(a, b, 1_000);
+    assert!(sim.run_until(5, |s| s.tunnel_up()));
+    let up = pattern(2 << 20, 4);
+    let listeners = sim.listen_dst(5000, 1);
+    let mut src = sim.connect_src(([10, 0, 1, 1], 6000), up.clone());
+    let mut dst_apps = Vec::new();
+
+    // An attacker on gw-b's WAN segment: a smoltcp host that dials the tunnel port with junk.
+    let spec = PortSpec {
+        device: "attacker".into(),
+        address: [10, 0, 2, 66].into(),
+        prefix_len: 24,
+        gateway: None,
+        intercept: Vec::new(),
+        mtu: 1500,
+    };
+    let mut evil = Net::new(
+        MemPort::default(),
+        [2, 0, 0, 0, 0, 0x66],
+        &spec,
+        66,
+        sim.now,
+    );
+    let junk: [&[u8]; 4] = [
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"LMAS\x01\x00\xff\xff", // a prelude with an absurd length
+        b"LMAS\x07\x00\x00\x60", // an unknown version
+        &[
+            0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+        ], // a TLS hello
+    ];
+    let mut evil_socks: Vec<(SocketHandle, &[u8])> = Vec::new();
+    for j in junk {
+        let h = evil.add_socket(1 << 16, 1 << 16);
+        evil.connect(h, std::net::SocketAddrV4::new([10, 0, 2, 2].into(), 7700))
+            .unwrap();
+        evil_socks.push((h, j));
+    }
+    let mut rng = Wire::new(0);
+    let ok = sim.run_until(60, |s| {
+        src.run(&mut s.src);
+        accept_apps(s, &listeners, &mut dst_apps, &|_| Vec::new());
+        for a in &mut dst_apps {
+            a.run(&mut s.dst);
+        }
+        // The attacker sits on gw-a's end of the WAN wire: its frames travel to gw-b with
+        // gw-a's, and what comes back for its MAC is taken out of gw-a's inbox.
+        evil.poll(s.now);
+        for (h, j) in &evil_socks {
+            let sock = evil.socket(*h);
+            if sock.may_send() && sock.send_queue() == 0 && sock.state() == tcp::State::Established
+            {
+                let _ = sock.send_slice(j);
+            }
+        }
+        s.a.wan.port.outbox.extend(evil.port.outbox.drain(..));
+        let evil_mac = [2, 0, 0, 0, 0, 0x66];
+        let mine: Vec<Vec<u8>> =
+            s.a.wan
+                .port
+                .inbox
+                .iter()
+                .filter(|f| f[..6] == evil_mac)
+                .cloned()
+                .collect();
+        s.a.wan.port.inbox.retain(|f| f[..6] != evil_mac);
+        evil.port.inbox.extend(mine);
+        if rng.chance() < 200_000 {
+            let len = (rng.chance() % 1600) as usize;
+            let mut f: Vec<u8> = (0..len).map(|_| rng.chance() as u8).collect();
+            // Half the time, a real frame with a few bytes flipped (passes the guard more often).
+            if rng.chance() % 2 == 0 {
+                if let Some(real) = s.a.wan.port.inbox.front() {
+                    f = real.clone();
+                    for _ in 0..3 {
+                        let i = rng.chance() as usize % f.len().max(1);
+                        if let Some(b) = f.get_mut(i) {
+                            *b ^= 1 << (rng.chance() % 8);
+                        }
+                    }
+                }
+            }
+            match rng.chance() % 3 {
+                0 => s.a.wan.port.inbox.push_back(f),
+                1 => s.b.wan.port.inbox.push_back(f),
+                _ => s.a.lan.port.inbox.push_back(f),
+            }
+        }
+        dst_apps.first().is_some_and(|d| d.done())
+            && src.done()
+            && s.stats_b.snapshot()["handshake_failures"] >= 3
+    });
+    assert!(
+        ok,
+        "the session did not finish, or the junk was not refused"
+    );
+    assert!(dst_apps[0].got == up, "bytes differ");
+    let failures = sim.stats_b.snapshot()["handshake_failures"];
+    assert!(failures >= 3, "gw-b counted {failures} bad handshakes");
+    assert!(sim.tunnel_up(), "the tunnel survived");
+}
