@@ -2,13 +2,14 @@
 # fuzz.sh [SECONDS]: runs every cargo-fuzz target of the gateway for SECONDS each (default 30).
 #   Targets (gateway/fuzz/fuzz_targets): message (record plaintext decoder), prelude (handshake
 #   prelude), handshake (Noise responder fed arbitrary message 1), config (config validation),
-#   tunnel_core (the session core driven by a hostile peer).
+#   tunnel_core (the session core driven by a hostile peer), dpdk_engine (the DPDK datapath's
+#   engine fed raw frames and junk on its tunnel port).
 # Needs a nightly toolchain and cargo-fuzz (installed here with `cargo install cargo-fuzz` when
 # missing); skips with a clear message when no nightly toolchain is available.
 set -euo pipefail
 
 if [[ ${1:-} == -h || ${1:-} == --help ]]; then
-    sed -n '2,7p' "$0"
+    sed -n '2,8p' "$0"
     exit 0
 fi
 SECONDS_EACH=${1:-30}

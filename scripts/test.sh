@@ -16,6 +16,8 @@ echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --release -- -D warnings
+echo "== cargo check without the DPDK feature (hosts with no libdpdk)"
+cargo check --release -p lmas --no-default-features
 echo "== build (release)"
 cargo build --workspace --release --bins
 echo "== cargo test"

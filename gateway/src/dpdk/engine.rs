@@ -244,6 +244,16 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         }
     }
 
+    /// The LAN port (tests and fuzzing feed and drain in-memory ports).
+    pub fn lan_port_mut(&mut self) -> &mut P {
+        &mut self.lan.port
+    }
+
+    /// The WAN port.
+    pub fn wan_port_mut(&mut self) -> &mut P {
+        &mut self.wan.port
+    }
+
     /// Everything `lmas status` shows, in the same shape as the kernel
     /// datapath's (TCP_INFO figures are kernel-only: `tcp` is empty here).
     pub fn status(&self, now: u64) -> Status {

@@ -884,7 +884,7 @@ fn hostile_input_on_both_ports_hurts_nothing() {
             let len = (rng.chance() % 1600) as usize;
             let mut f: Vec<u8> = (0..len).map(|_| rng.chance() as u8).collect();
             // Half the time, a real frame with a few bytes flipped (passes the guard more often).
-            if rng.chance() % 2 == 0 {
+            if rng.chance().is_multiple_of(2) {
                 if let Some(real) = s.a.wan.port.inbox.front() {
                     f = real.clone();
                     for _ in 0..3 {
