@@ -184,3 +184,29 @@ fn wrong_key_refused_by_a_kernel_gateway_to_a_dpdk_dialler() {
         wrong_key("wkk", Kind::Dpdk, Kind::Kernel);
     }
 }
+
+/// A DPDK gateway that cannot start an admin endpoint stops its lcores and exits with the
+/// error (naming the field), instead of hanging with lcores still polling.
+#[test]
+fn a_dpdk_gateway_that_cannot_bind_its_metrics_address_exits_cleanly() {
+    if skip("a_dpdk_gateway_that_cannot_bind_its_metrics_address_exits_cleanly") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let t = Topology::new("badm", Kind::Dpdk, Kind::Kernel).expect("topology");
+    let ca = t.config_a(&t.key_b.public, 2);
+    let mut text = std::fs::read_to_string(&ca).unwrap();
+    // An address no interface of the namespace has.
+    text.push_str("[metrics]\nbind = \"192.0.2.123:9108\"\n");
+    std::fs::write(&ca, text).unwrap();
+    let mut a = lmas_tests::Gateway::spawn_in("gw-a", &ca, &t.dir.join("a.log"), Some(t.a.clone()));
+    let status = a
+        .wait_exit(Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(status.code(), Some(1), "log:\n{}", a.log_tail(20));
+    let log = a.log();
+    assert!(
+        log.contains("metrics.bind") && log.contains("cannot listen on 192.0.2.123:9108"),
+        "{log}"
+    );
+}

@@ -108,6 +108,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             ("wan", wan.port, wan.ring.counters.clone(), wan.pool),
         ],
     });
+    // From here on lcores run: whatever way this function returns, they are
+    // told to stop first, or the EAL's cleanup would wait for them forever.
+    let _stop_lcores = StopOnDrop(shared.clone());
     for (&lcore, worker) in dpdk.crypto_lcores.iter().zip(rings) {
         let (shared, idle) = (shared.clone(), idle.clone());
         eal.launch(lcore, move || {
@@ -168,14 +171,14 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         commands: std::sync::Mutex::new(commands.clone()),
         shared: shared.clone(),
     });
-    runtime.block_on(main_lcore(
+    let result = runtime.block_on(main_lcore(
         &config,
         &stats,
         source,
         commands,
         &shared,
         &mut signals,
-    ))?;
+    ));
 
     shared.stop.store(true, Ordering::SeqCst);
     for lcore in dpdk.role_lcores() {
@@ -184,8 +187,19 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     for (_, port, _, _) in &shared.ports {
         port.stop();
     }
-    info!("stopped");
-    Ok(())
+    if result.is_ok() {
+        info!("stopped");
+    }
+    result
+}
+
+/// Tells every lcore to stop when dropped (see `run`).
+struct StopOnDrop(Arc<Shared>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.stop.store(true, Ordering::SeqCst);
+    }
 }
 
 /// The main lcore: admin endpoints, reloads, and the drain on a stop signal.
@@ -318,6 +332,13 @@ fn run_tcp<C: CryptoPipe>(
                     }
                 }
             }
+        }
+        // The main lcore gave up (an admin endpoint failed, or a panic): reset and go.
+        if shared.stop.load(Ordering::Relaxed) && !matches!(phase, Phase::Closing { .. }) {
+            engine.shut_down(now);
+            phase = Phase::Closing {
+                deadline: now + NOTICE_TIMEOUT.as_micros() as u64,
+            };
         }
         match phase {
             Phase::Running => {}
