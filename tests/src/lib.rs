@@ -1211,6 +1211,19 @@ impl Gateway {
             .collect())
     }
 
+    /// The gauges of `lmas status --json` (levels such as free packet buffers; DPDK only).
+    pub fn gauges(&self) -> Result<std::collections::BTreeMap<String, u64>, String> {
+        let v = self.status()?;
+        Ok(v.get("gauges")
+            .and_then(|c| c.as_object())
+            .map(|g| {
+                g.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_u64()?)))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
     /// One counter from [`Gateway::counters`].
     pub fn counter(&self, name: &str) -> Result<u64, String> {
         let counters = self.counters()?;

@@ -117,6 +117,14 @@ impl Collector for Snapshot {
             let help = Stats::describe(name).unwrap_or("A gateway event counter.");
             single(e, (&metric, help, None, Counter), Int(*v))?;
         }
+        for (name, v) in &s.gauges {
+            let metric = format!("lmas_{}", metric_name(name));
+            single(
+                e,
+                (&metric, "A datapath level (see docs/DPDK.md).", None, Gauge),
+                Int(*v),
+            )?;
+        }
 
         let current = s.tunnel.as_ref().map_or("down", |t| t.state.as_str());
         let states = ["up", "held", "down"].map(|st| (st, vec![("state", st)]));
@@ -368,6 +376,7 @@ mod tests {
             counters: [("sessions_opened".to_string(), 3), ("new-thing".into(), 1)]
                 .into_iter()
                 .collect(),
+            gauges: [("dpdk_lan_mbufs_free".to_string(), 900)].into(),
             tunnel: Some(TunnelStatus {
                 id: "00".into(),
                 state: "up".into(),
@@ -427,6 +436,8 @@ mod tests {
             "# TYPE lmas_sessions_opened_total counter",
             "lmas_sessions_opened_total 3",
             "lmas_new_thing_total 1",
+            "# TYPE lmas_dpdk_lan_mbufs_free gauge",
+            "lmas_dpdk_lan_mbufs_free 900",
             "lmas_tunnel_resent_bytes_total 4",
             "lmas_tunnel_state{state=\"up\"} 1",
             "lmas_tunnel_state{state=\"down\"} 0",

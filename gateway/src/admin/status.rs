@@ -28,6 +28,10 @@ pub struct Status {
     pub uptime_secs: f64,
     pub tunnel: Option<TunnelStatus>,
     pub counters: BTreeMap<String, u64>,
+    /// Levels rather than events (free packet buffers, queue depths), from
+    /// datapaths that have them; absent from older gateways' output.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub gauges: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -227,6 +231,14 @@ impl Status {
             }
         }
         let _ = writeln!(out, "\ncounters: {}", nonzero(&self.counters));
+        if !self.gauges.is_empty() {
+            let all: Vec<String> = self
+                .gauges
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            let _ = writeln!(out, "gauges: {}", all.join(" "));
+        }
         out
     }
 }

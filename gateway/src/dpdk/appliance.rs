@@ -400,10 +400,13 @@ impl StatusSource for DpdkStatus {
                 uptime_secs: 0.0,
                 tunnel: None,
                 counters: Default::default(),
+                gauges: Default::default(),
             });
-        let c = &mut status.counters;
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-        c.insert("dpdk_tsc_hz".into(), lmas_dpdk::tsc_hz());
+        status
+            .gauges
+            .insert("dpdk_tsc_hz".into(), lmas_dpdk::tsc_hz());
+        let c = &mut status.counters;
         for (i, io) in self.shared.io.iter().enumerate() {
             c.insert(format!("dpdk_io{i}_busy_ns"), load(&io.busy_ns));
             c.insert(format!("dpdk_io{i}_packets"), load(&io.packets));
@@ -426,10 +429,13 @@ impl StatusSource for DpdkStatus {
                 ("tx_errors", s.tx_errors),
                 ("rx_no_mbuf", s.rx_no_mbuf),
                 ("tx_dropped", load(&counters.tx_dropped)),
-                ("mbufs_free", pool.available() as u64),
             ] {
                 c.insert(format!("dpdk_{name}_{k}"), v);
             }
+            let free = pool.available() as u64;
+            status
+                .gauges
+                .insert(format!("dpdk_{name}_mbufs_free"), free);
         }
         status
     }

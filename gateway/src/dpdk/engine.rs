@@ -298,13 +298,18 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         let mut counters = self.stats.snapshot();
         counters.insert("dpdk_lan_filtered_frames".into(), self.lan.filtered);
         counters.insert("dpdk_wan_filtered_frames".into(), self.wan.filtered);
-        counters.insert("dpdk_crypto_backlog".into(), self.crypto.backlog() as u64);
+
         Status {
             gateway: self.config.name.clone(),
             peer: self.config.peer_name.clone(),
             uptime_secs: secs(self.started),
             tunnel,
             counters,
+            gauges: [(
+                "dpdk_crypto_backlog".to_string(),
+                self.crypto.backlog() as u64,
+            )]
+            .into(),
         }
     }
 

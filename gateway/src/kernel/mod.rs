@@ -145,6 +145,7 @@ impl StatusSource for Gateway {
             uptime_secs: self.started.elapsed().as_secs_f64(),
             tunnel: self.tunnel().map(|t| t.status()),
             counters: self.stats.snapshot(),
+            gauges: Default::default(),
         }
     }
 }

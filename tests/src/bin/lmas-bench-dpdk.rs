@@ -107,12 +107,18 @@ fn role(thread: &str) -> &str {
 struct Snapshot {
     cpu: BTreeMap<String, f64>,
     counters: BTreeMap<String, u64>,
+    tsc_hz: u64,
 }
 
 fn snapshot(g: &Gateway) -> Snapshot {
     Snapshot {
         cpu: g.pid().map(thread_cpu).unwrap_or_default(),
         counters: g.counters().unwrap_or_default(),
+        tsc_hz: g
+            .gauges()
+            .ok()
+            .and_then(|m| m.get("dpdk_tsc_hz").copied())
+            .unwrap_or(0),
     }
 }
 
@@ -149,7 +155,7 @@ fn role_costs(
     let mut line = String::new();
     match kind {
         Kind::Dpdk => {
-            let hz = after.counters.get("dpdk_tsc_hz").copied().unwrap_or(0) as f64;
+            let hz = after.tsc_hz as f64;
             // Packets through the gateway: both ports, both directions.
             let packets = (delta("dpdk_lan_rx_packets")
                 + delta("dpdk_lan_tx_packets")
