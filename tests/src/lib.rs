@@ -327,12 +327,27 @@ fn timeout_context(e: io::Error, what: &str) -> io::Error {
 
 /// Writes `len` bytes of the [`DataGen`] stream for `seed` into `w` (does not shut it down).
 pub fn send_all<W: Write>(w: &mut W, len: u64, seed: u64) -> io::Result<Sent> {
+    send_all_until(w, len, seed, None)
+}
+
+/// Like [`send_all`], but stops early, at a buffer boundary, once `deadline` has passed: the
+/// returned [`Sent`] then covers only the bytes written (a prefix of the same stream, so a
+/// receiver's hash of what arrived still has to equal it).
+pub fn send_all_until<W: Write>(
+    w: &mut W,
+    len: u64,
+    seed: u64,
+    deadline: Option<Instant>,
+) -> io::Result<Sent> {
     let start = Instant::now();
     let mut gen = DataGen::new(seed);
     let mut buf = vec![0u8; IO_BUF.min(len.max(8) as usize)];
     let mut h = Sha256::new();
     let mut left = len;
     while left > 0 {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
         let n = left.min(buf.len() as u64) as usize;
         gen.fill(&mut buf[..n]);
         h.update(&buf[..n]);
@@ -342,7 +357,7 @@ pub fn send_all<W: Write>(w: &mut W, len: u64, seed: u64) -> io::Result<Sent> {
     }
     w.flush()?;
     Ok(Sent {
-        bytes: len,
+        bytes: len - left,
         sha256: hex(&h.finalize()),
         secs: start.elapsed().as_secs_f64(),
     })
