@@ -40,9 +40,10 @@ Commands:
   down                stop the link and everything running in the lab namespaces, delete them
   exec NS CMD...      run CMD in namespace NS (shorthand for ip netns exec)
   linkemu-path        print the linkemu binary used (building it if needed)
-  gateways up [--flows N] [--congestion CC] [--ingress listen|tproxy]
+  gateways up [--flows N] [--congestion CC] [--ingress listen|tproxy] [--window BYTES]
                       (re)start the LMAS pair, N data flows (default 8) with WAN congestion
-                      control CC (default: the gateway's, bbr). Ingress 'listen' (default):
+                      control CC (default: the gateway's, bbr) and a session window of BYTES
+                      (limits.session_window_bytes; default: the gateway's, 256 MiB). Ingress 'listen' (default):
                       gw-a listens on $GWA_LAN_IP:$INGRESS_PORT and forwards to $DST_IP:$TARGET_PORT
                       through gw-b. Ingress 'tproxy': src-host connects to $DST_IP:$TARGET_PORT
                       itself; TPROXY rules in gw-a hand the connection to a transparent listener
@@ -365,7 +366,7 @@ gw_stop() {
         rm -f "$RUN_DIR/$gw.pid"
     done
     tproxy_rules del
-    rm -f "$RUN_DIR/ingress"
+    rm -f "$RUN_DIR/ingress" "$RUN_DIR/gateways"
 }
 
 # tproxy_rules add|del: in gw-a, hand TCP from the LAN to $DST_IP:$TARGET_PORT to the
@@ -402,13 +403,14 @@ ingress_addr() {
 }
 
 cmd_gateways() {
-    local sub=${1:-} flows=8 cc="" ingress=listen # cc empty: the gateway's default (bbr)
+    local sub=${1:-} flows=8 cc="" ingress=listen window="" # cc, window empty: the gateway's defaults
     [[ $# -gt 0 ]] && shift
     while (($#)); do
         case $1 in
             --flows) flows=$2; shift 2 ;;
             --congestion) cc=$2; shift 2 ;;
             --ingress) ingress=$2; shift 2 ;;
+            --window) window=$2; shift 2 ;;
             *) die "gateways: unknown option $1" ;;
         esac
     done
@@ -417,10 +419,11 @@ cmd_gateways() {
         down) gw_stop; echo "lab.sh: gateways stopped"; return ;;
         address) ingress_addr || die "gateways are not up"; return ;;
         up) ;;
-        *) die "gateways up [--flows N] [--congestion CC] [--ingress listen|tproxy] | gateways down | gateways address" ;;
+        *) die "gateways up [--flows N] [--congestion CC] [--ingress listen|tproxy] [--window BYTES] | gateways down | gateways address" ;;
     esac
     [[ $ingress == listen || $ingress == tproxy ]] || die "gateways: --ingress is listen or tproxy, not $ingress"
     [[ $flows =~ ^[0-9]+$ ]] || die "gateways: --flows takes a number, got $flows"
+    [[ -z $window || $window =~ ^[0-9]+$ ]] || die "gateways: --window takes a number of bytes, got $window"
     lab_exists || die "testbed is not up (scripts/lab.sh up)"
     local lmas dir=$RUN_DIR/gw
     lmas=$(bin_path lmas LMAS lmas)
@@ -436,6 +439,9 @@ cmd_gateways() {
         sed -i '/^\[\[ingress\]\]/,$d' "$dir/gw-a.toml"
         printf '[[ingress]]\nmode = "tproxy"\nbind = "0.0.0.0:%s"\n' "$TPROXY_PORT" >>"$dir/gw-a.toml"
         tproxy_rules add
+    fi
+    if [[ -n $window ]]; then
+        printf '\n[limits]\nsession_window_bytes = %s\n' "$window" | tee -a "$dir/gw-a.toml" >>"$dir/gw-b.toml"
     fi
     # The WAN flows are long-lived: keep their congestion window across idle gaps between
     # sessions (the kernel default restarts it from the initial window after one RTO idle).
@@ -456,6 +462,8 @@ cmd_gateways() {
     for _ in $(seq 200); do
         if all_logged "tunnel up" "$RUN_DIR/gw-a.log" "$RUN_DIR/gw-b.log" && all_logged "$ready" "$RUN_DIR/gw-a.log"; then
             echo "$ingress" >"$RUN_DIR/ingress"
+            # What runs, for scripts that reuse a running pair (migrate.sh).
+            echo "ingress=$ingress flows=$flows congestion=${cc:-default} window=${window:-default}" >"$RUN_DIR/gateways"
             local via="src-host connects to $(ingress_addr)"
             [[ $ingress == tproxy ]] && via="src-host connects to $DST_IP:$TARGET_PORT, intercepted in gw-a"
             log "gateways up: $ingress ingress ($via), $flows data flows, WAN congestion control ${cc:-default} (logs: $RUN_DIR/gw-*.log)"
