@@ -28,32 +28,11 @@ case ${1:-} in
         ;;
 esac
 
-skip() { echo "SKIP: lab test: $*"; exit 0; }
-fail() { echo "FAIL: lab test: $*" >&2; exit 1; }
+TEST_NAME="lab test"
+# shellcheck source-path=SCRIPTDIR source=lib/labtest.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/labtest.sh"
+labtest_start
 
-is_root || skip "needs root to create network namespaces (run as root, e.g. in CI)"
-command -v ip >/dev/null || skip "iproute2 (ip) not installed"
-netns_usable "lmas-labtest-probe-$$" || skip "network namespaces are unavailable here (ip netns add failed)"
-for tool in ethtool iptables tc; do
-    command -v $tool >/dev/null || fail "$tool not installed (see docs/LAB.md for the packages)"
-done
-
-created=0
-cleanup() {
-    "$LAB" gateways down >/dev/null 2>&1 || true
-    if ((created)); then "$LAB" down >/dev/null 2>&1 || true; fi
-}
-trap cleanup EXIT
-
-target=${CARGO_TARGET_DIR:-$REPO/target}
-echo "lab test: building linkemu, lmas, lmas-load (release, $target)"
-(cd "$REPO" && CARGO_TARGET_DIR=$target cargo build --release -q -p linkemu -p lmas -p lmas-tests) ||
-    fail "build failed"
-export LINKEMU=${LINKEMU:-$target/release/linkemu}
-export LMAS=${LMAS:-$target/release/lmas}
-export LMAS_LOAD=${LMAS_LOAD:-$target/release/lmas-load}
-
-[[ -e /run/netns/$NS_WAN ]] || created=1
 "$LAB" up --rtt 50 --loss 0.5 --rate 1000 || fail "scripts/lab.sh up failed"
 "$LAB" set --rtt 50 --loss 0.5 --rate 1000 >/dev/null || fail "scripts/lab.sh set failed"
 for ingress in listen tproxy; do

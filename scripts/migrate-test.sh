@@ -26,27 +26,12 @@ case ${1:-} in
         ;;
 esac
 
-skip() { echo "SKIP: migrate test: $*"; exit 0; }
-fail() { echo "FAIL: migrate test: $*" >&2; exit 1; }
-
-is_root || skip "needs root to create network namespaces (run as root, e.g. in CI)"
-command -v ip >/dev/null || skip "iproute2 (ip) not installed"
+TEST_NAME="migrate test"
+# shellcheck source-path=SCRIPTDIR source=lib/labtest.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/labtest.sh"
 command -v qemu-system-x86_64 >/dev/null || skip "qemu-system-x86_64 not installed (apt-get install qemu-system-x86)"
-netns_usable "lmas-migtest-probe-$$" || skip "network namespaces are unavailable here (ip netns add failed)"
+labtest_start
 
-created=0
-cleanup() {
-    if ((created)); then "$LAB" down >/dev/null 2>&1 || true; else "$LAB" gateways down >/dev/null 2>&1 || true; fi
-}
-trap cleanup EXIT
-
-target=${CARGO_TARGET_DIR:-$REPO/target}
-(cd "$REPO" && CARGO_TARGET_DIR=$target cargo build --release -q -p linkemu -p lmas -p lmas-tests) ||
-    fail "build failed"
-export LINKEMU=${LINKEMU:-$target/release/linkemu}
-export LMAS=${LMAS:-$target/release/lmas}
-export LMAS_LOAD=${LMAS_LOAD:-$target/release/lmas-load}
-[[ -e /run/netns/$NS_WAN ]] || created=1
 "$LAB" up --rtt 50 --loss 0 --rate 1000 >/dev/null || fail "scripts/lab.sh up failed"
 
 passed=0

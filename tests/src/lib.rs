@@ -561,9 +561,15 @@ pub fn connect(addr: impl ToSocketAddrs) -> io::Result<TcpStream> {
 pub fn send(addr: impl ToSocketAddrs, len: u64, seed: u64) -> io::Result<Sent> {
     let start = Instant::now();
     let mut s = connect(addr)?;
-    let mut sent = send_all(&mut s, len, seed)?;
+    let sent = send_all(&mut s, len, seed)?;
+    finish_send(&s, sent, start)
+}
+
+/// The end of a source's transfer: shuts down the write side of `s`, waits for the peer to
+/// close (bytes it sends back are an error) and sets `sent.secs` to the time since `start`.
+pub fn finish_send(s: &TcpStream, mut sent: Sent, start: Instant) -> io::Result<Sent> {
     s.shutdown(Shutdown::Write)?;
-    let back = recv_all(&mut s).map_err(|e| {
+    let back = recv_all(&mut &*s).map_err(|e| {
         io::Error::new(
             e.kind(),
             format!("waiting for the peer to close after sending everything: {e}"),

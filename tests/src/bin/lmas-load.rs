@@ -20,7 +20,9 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use lmas_tests::{parse_size, recv_all, send_all_until, set_timeouts, Counting, Received};
+use lmas_tests::{
+    finish_send, parse_size, recv_all, send_all_until, set_timeouts, Counting, Received,
+};
 
 const USAGE: &str = "\
 lmas-load: traffic source and sink for lmas demos and benchmarks
@@ -259,23 +261,9 @@ fn source(connect: &str, bytes: u64, seed: u64, max_secs: Option<f64>) -> Result
     let meter = Meter::start(Some(bytes), "sent", count.clone());
     let result = (|| -> io::Result<lmas_tests::Sent> {
         let mut w = Counting { inner: &s, count };
-        let mut sent = send_all_until(&mut w, bytes, seed, deadline)?;
-        s.shutdown(Shutdown::Write)?;
+        let sent = send_all_until(&mut w, bytes, seed, deadline)?;
         // The peer closes once it has everything: secs covers delivery, not just buffering.
-        let back = recv_all(&mut &s).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("waiting for the peer to close after sending everything: {e}"),
-            )
-        })?;
-        if back.bytes != 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("the sink sent {} unexpected bytes back", back.bytes),
-            ));
-        }
-        sent.secs = start.elapsed().as_secs_f64();
-        Ok(sent)
+        finish_send(&s, sent, start)
     })();
     meter.finish();
     let sent = result.map_err(|e| format!("source to {connect}: {e}"))?;
