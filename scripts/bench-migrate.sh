@@ -30,7 +30,8 @@ order (modes interleaved within a link setting), with a progress bar on a termin
 Options:
   --links "LIST"     RTT_MS/LOSS_PCT pairs                          [$LINKS]
   --guests "LIST"    paused running                                 [$GUESTS]
-  --modes "LIST"     direct, direct-mfN, lmas, lmas-mfN (mfN: QEMU multifd, N channels)
+  --modes "LIST"     direct, direct-mfN, lmas, lmas-mfN (mfN: QEMU multifd, N channels);
+                     lmas modes may end in -wNm: the gateways' session window, N MiB
                                                                     [$MODES]
   --runs N                                                          [$RUNS]
   --rate MBIT        link rate                                      [$RATE]
@@ -82,7 +83,8 @@ read -r -a links <<<"$LINKS"
 read -r -a guests <<<"$GUESTS"
 read -r -a modes <<<"$MODES"
 for m in "${modes[@]}"; do
-    [[ $m =~ ^(direct|lmas)(-mf[0-9]+)?$ ]] || die "bad mode $m (direct, direct-mfN, lmas, lmas-mfN)"
+    [[ $m =~ ^(direct(-mf[0-9]+)?|lmas(-mf[0-9]+)?(-w[0-9]+m)?)$ ]] ||
+        die "bad mode $m (direct, direct-mfN, lmas, lmas-mfN, lmas[-mfN]-wNm)"
 done
 total=$((${#links[@]} * ${#guests[@]} * ${#modes[@]} * RUNS))
 RUNS_CSV=$OUT/runs.csv
@@ -102,14 +104,15 @@ for link in "${links[@]}"; do
         for ((run = 1; run <= RUNS; run++)); do
             for mode in "${modes[@]}"; do
                 n=$((n + 1))
-                path=${mode%%-mf*} mf=0
-                [[ $mode == *-mf* ]] && mf=${mode##*-mf}
+                path=${mode%%-*} mf=0 window=()
+                [[ $mode =~ -mf([0-9]+) ]] && mf=${BASH_REMATCH[1]}
+                [[ $mode =~ -w([0-9]+)m ]] && window=(--window $((BASH_REMATCH[1] * 1024 * 1024)))
                 progress msg "rtt=${rtt}ms loss=${loss}% $guest $mode run $run/$RUNS"
                 echo "# rtt=$rtt loss=$loss guest=$guest mode=$mode run=$run" >>"$LOG"
                 rc=0
                 line=$("$REPO/scripts/migrate.sh" --mode "$path" --multifd "$mf" --guest "$guest" \
                     --ram-mib "$RAM_MIB" --ws-mib "$WS_MIB" --dirty-rate "$DIRTY_RATE" \
-                    --rtt "$rtt" --loss "$loss" --rate "$RATE" --timeout "$TIMEOUT" 2>>"$LOG") || rc=$?
+                    --rtt "$rtt" --loss "$loss" --rate "$RATE" --timeout "$TIMEOUT" "${window[@]}" 2>>"$LOG") || rc=$?
                 echo "$line" >>"$LOG"
                 if [[ $line != migrate:* ]]; then
                     line="migrate: mode=$path multifd=$mf guest=$guest rtt_ms=$rtt loss_pct=$loss status=error converged=0 verified=na"
