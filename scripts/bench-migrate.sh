@@ -15,9 +15,11 @@ MODES="direct direct-mf4 lmas lmas-mf4"
 RUNS=3
 RATE=1000
 RAM_MIB=1024
-WS_MIB=512
+RUN_RAM_MIB=512
+WS_MIB=256
 DIRTY_RATE=32
-TIMEOUT=90
+TIMEOUT=60
+RUN_TIMEOUT=40
 OUT=""
 
 usage() {
@@ -35,10 +37,12 @@ Options:
                                                                     [$MODES]
   --runs N                                                          [$RUNS]
   --rate MBIT        link rate                                      [$RATE]
-  --ram-mib M        guest RAM (less 8 KiB)                         [$RAM_MIB]
+  --ram-mib M        paused guest's RAM (less 8 KiB)                [$RAM_MIB]
+  --running-ram-mib M  running guest's RAM (less 8 KiB)             [$RUN_RAM_MIB]
   --ws-mib W         running guest's working set                    [$WS_MIB]
   --dirty-rate R     running guest's dirtying, MiB/s                [$DIRTY_RATE]
-  --timeout S        a migration not done after S s is cancelled: "did not converge" [$TIMEOUT]
+  --timeout S        a paused guest's migration not done after S s is cancelled [$TIMEOUT]
+  --running-timeout S  the same for the running guest: "did not converge" [$RUN_TIMEOUT]
   --out DIR          [target/bench-migrate/DATE]
   -h, --help
 
@@ -59,6 +63,8 @@ while (($#)); do
         --runs) RUNS=$2; shift 2 ;;
         --rate) RATE=$2; shift 2 ;;
         --ram-mib) RAM_MIB=$2; shift 2 ;;
+        --running-ram-mib) RUN_RAM_MIB=$2; shift 2 ;;
+        --running-timeout) RUN_TIMEOUT=$2; shift 2 ;;
         --ws-mib) WS_MIB=$2; shift 2 ;;
         --dirty-rate) DIRTY_RATE=$2; shift 2 ;;
         --timeout) TIMEOUT=$2; shift 2 ;;
@@ -90,7 +96,7 @@ total=$((${#links[@]} * ${#guests[@]} * ${#modes[@]} * RUNS))
 RUNS_CSV=$OUT/runs.csv
 {
     echo "# bench-migrate.sh $(date -u +%FT%TZ) on $(uname -r), $(nproc) cpus, $(qemu-system-x86_64 --version | head -1)"
-    echo "# links=$LINKS guests=$GUESTS modes=$MODES runs=$RUNS rate=$RATE ram_mib=$RAM_MIB ws_mib=$WS_MIB dirty_rate=$DIRTY_RATE timeout=$TIMEOUT"
+    echo "# links=$LINKS guests=$GUESTS modes=$MODES runs=$RUNS rate=$RATE ram_mib=$RAM_MIB running_ram_mib=$RUN_RAM_MIB ws_mib=$WS_MIB dirty_rate=$DIRTY_RATE timeout=$TIMEOUT running_timeout=$RUN_TIMEOUT"
 } >>"$LOG"
 
 trap 'progress_end' EXIT
@@ -101,6 +107,8 @@ t0=$(date +%s)
 for link in "${links[@]}"; do
     rtt=${link%/*} loss=${link#*/}
     for guest in "${guests[@]}"; do
+        ram=$RAM_MIB timeout=$TIMEOUT
+        [[ $guest == running ]] && ram=$RUN_RAM_MIB timeout=$RUN_TIMEOUT
         for ((run = 1; run <= RUNS; run++)); do
             for mode in "${modes[@]}"; do
                 n=$((n + 1))
@@ -111,8 +119,8 @@ for link in "${links[@]}"; do
                 echo "# rtt=$rtt loss=$loss guest=$guest mode=$mode run=$run" >>"$LOG"
                 rc=0
                 line=$("$REPO/scripts/migrate.sh" --mode "$path" --multifd "$mf" --guest "$guest" \
-                    --ram-mib "$RAM_MIB" --ws-mib "$WS_MIB" --dirty-rate "$DIRTY_RATE" \
-                    --rtt "$rtt" --loss "$loss" --rate "$RATE" --timeout "$TIMEOUT" "${window[@]}" 2>>"$LOG") || rc=$?
+                    --ram-mib "$ram" --ws-mib "$WS_MIB" --dirty-rate "$DIRTY_RATE" \
+                    --rtt "$rtt" --loss "$loss" --rate "$RATE" --timeout "$timeout" "${window[@]}" 2>>"$LOG") || rc=$?
                 echo "$line" >>"$LOG"
                 if [[ $line != migrate:* ]]; then
                     line="migrate: mode=$path multifd=$mf guest=$guest rtt_ms=$rtt loss_pct=$loss status=error converged=0 verified=na"
