@@ -15,11 +15,13 @@ LOSSES="0 0.1 1"
 RATE=1000
 RUNS=3
 DURATION=10
-MODES="direct direct-p8"
+MODES="direct direct-p8 lmas-1 lmas-4 lmas-8 lmas-16 lmas-8-cubic"
 OUT=""
 PLOT=1
-LMAS_BYTES=$((1024 * 1024 * 1024))
-LMAS_TIMEOUT=600
+LMAS_BYTES=$((2 * 1024 * 1024 * 1024))
+LMAS_MAX_SECS=12
+LMAS_TIMEOUT=120
+WARMUP_BYTES=$((256 * 1024 * 1024))
 
 usage() {
     cat <<EOF
@@ -36,7 +38,11 @@ Options:
   --duration S        seconds per iperf3 run          [$DURATION]
   --modes "LIST"      modes to run                    [$MODES]
   --lmas-bytes N      bytes per transfer in lmas modes [$LMAS_BYTES]
+  --lmas-max-secs S   stop an lmas transfer after S s (goodput and hash then cover what was
+                      sent; 0 = no limit)            [$LMAS_MAX_SECS]
   --lmas-timeout S    give up on a transfer after S s (recorded as nan) [$LMAS_TIMEOUT]
+  --warmup-bytes N    untimed transfer through the gateways before the timed runs of each
+                      lmas mode at each link setting (0 = none) [$WARMUP_BYTES]
   --out DIR           output directory                [target/bench-wan/DATE]
   --no-plot           skip the PNG
   -h, --help
@@ -47,7 +53,15 @@ goodput in Mbit/s on stdout):
   direct-p8           iperf3 -P 8 (the "parallel application" peer)
   lmas-N[-CC]         through the LMAS gateway pair with N data flows and WAN congestion
                       control CC (default: the gateway's, bbr), e.g. lmas-8, lmas-8-cubic: a sized transfer
-                      with lmas-load, SHA-256 checked at the receiver
+                      with lmas-load, SHA-256 checked at the receiver, and a check that gw-a
+                      carried it
+
+Warm-up (lmas modes): a deployed gateway pair keeps its tunnel, and so its WAN flows and
+their congestion state, up between migrations. The sweep restarts the pair per mode, so before
+the timed runs of a mode at a link setting it sends --warmup-bytes through the tunnel (capped
+at 5 s, untimed): the timed runs then start with the flows' state that a tunnel in use has.
+The gateway namespaces also run with net.ipv4.tcp_slow_start_after_idle=0 (scripts/lab.sh,
+docs/DEPLOYMENT.md), so the idle gap between transfers does not reset it.
 
 Outputs in DIR: runs.csv (every run, with the packets the link dropped meanwhile),
 summary.csv (medians, ratios to link rate and to direct), goodput.png, goodput-log.png,
@@ -64,6 +78,8 @@ while (($#)); do
         --duration) DURATION=$2; shift 2 ;;
         --modes) MODES=$2; shift 2 ;;
         --lmas-bytes) LMAS_BYTES=$2; shift 2 ;;
+        --lmas-max-secs) LMAS_MAX_SECS=$2; shift 2 ;;
+        --warmup-bytes) WARMUP_BYTES=$2; shift 2 ;;
         --lmas-timeout) LMAS_TIMEOUT=$2; shift 2 ;;
         --out) OUT=$2; shift 2 ;;
         --no-plot) PLOT=0; shift ;;
@@ -83,8 +99,9 @@ LOG=$OUT/bench.log
 PY=python3
 if ! python3 -c 'import matplotlib' 2>/dev/null && [[ -x /usr/bin/python3 ]]; then PY=/usr/bin/python3; fi
 
-# Addresses as set up by lab.sh.
-DST_IP=10.0.3.2
+# Namespaces and addresses as set up by lab.sh.
+# shellcheck source-path=SCRIPTDIR source=lib/lab-names.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/lab-names.sh"
 
 # ---------------------------------------------------------------------------------------------
 # Modes. A mode function runs one transfer under the current link settings and prints the
@@ -96,7 +113,7 @@ IPERF_PID=""
 iperf_server() {
     [[ -n $IPERF_PID ]] && return
     # Not through a shell function: $! must be iperf3 itself (ip netns exec execs it).
-    ip netns exec dst-host iperf3 -s -p 5201 >>"$LOG" 2>&1 &
+    ip netns exec "$NS_DST" iperf3 -s -p 5201 >>"$LOG" 2>&1 &
     IPERF_PID=$!
     sleep 0.5
 }
@@ -104,7 +121,7 @@ iperf_server() {
 # iperf3_run ARGS... → Mbit/s received (sum over streams)
 iperf3_run() {
     local json
-    json=$(nsx src-host iperf3 -c $DST_IP -p 5201 -t "$DURATION" --connect-timeout 5000 -J "$@" 2>>"$LOG") || true
+    json=$(nsx "$NS_SRC" iperf3 -c $DST_IP -p 5201 -t "$DURATION" --connect-timeout 5000 -J "$@" 2>>"$LOG") || true
     echo "$json" >>"$LOG"
     $PY -c '
 import json, sys
@@ -123,13 +140,20 @@ mode_direct_p8() { iperf_server; iperf3_run -P 8; }
 # lmas-N[-CC]: starts the gateway pair (scripts/lab.sh gateways up) with N
 # data flows, then one sized, hashed transfer with lmas-load.
 LMAS_CUR=""
+WARM_FOR=""   # the "mode link-setting" the tunnel was last warmed for
 lmas_mode() {
-    local flows=$1 cc=$2
+    local flows=$1 cc=$2 limit=()
+    ((LMAS_MAX_SECS > 0)) && limit=(--max-secs "$LMAS_MAX_SECS")
     if [[ $LMAS_CUR != "$flows-$cc" ]]; then
         "$LAB" gateways up --flows "$flows" ${cc:+--congestion "$cc"} >>"$LOG" 2>&1 || { echo nan; return; }
         LMAS_CUR="$flows-$cc"
     fi
-    "$LAB" transfer --bytes "$LMAS_BYTES" --timeout "$LMAS_TIMEOUT" 2>>"$LOG" || echo nan
+    if ((WARMUP_BYTES > 0)) && [[ $WARM_FOR != "$flows-$cc $POINT" ]]; then
+        echo "# warm-up: $WARMUP_BYTES bytes, at most 5 s" >>"$LOG"
+        "$LAB" transfer --bytes "$WARMUP_BYTES" --max-secs 5 --timeout "$LMAS_TIMEOUT" >>"$LOG" 2>&1 || true
+        WARM_FOR="$flows-$cc $POINT"
+    fi
+    "$LAB" transfer --bytes "$LMAS_BYTES" "${limit[@]}" --timeout "$LMAS_TIMEOUT" 2>>"$LOG" || echo nan
 }
 mode_cleanup_lmas() { "$LAB" gateways down >>"$LOG" 2>&1 || true; LMAS_CUR=""; }
 
@@ -158,6 +182,7 @@ cleanup() {
     fi
     IPERF_PID=""
     if [[ " $MODES " == *" lmas-"* ]]; then mode_cleanup_lmas; fi
+    progress_end
     rm -f "$OUT/.mode.out"
 }
 trap cleanup EXIT
@@ -167,6 +192,10 @@ trap 'exit 130' INT TERM
 
 fmt_time() { printf '%dm%02ds' $(($1 / 60)) $(($1 % 60)); }
 
+LOAD=${LMAS_LOAD:-${CARGO_TARGET_DIR:-$REPO/target}/release/lmas-load}
+if [[ ! -x $LOAD ]]; then
+    (cd "$REPO" && cargo build --release -q -p lmas-tests) || die "building lmas-load failed"
+fi
 "$LAB" up --rate "$RATE" >>"$LOG" 2>&1 || die "lab.sh up failed (see $LOG)"
 
 read -r -a rtts <<<"$RTTS"
@@ -175,16 +204,17 @@ read -r -a modes <<<"$MODES"
 total=$((${#rtts[@]} * ${#losses[@]} * ${#modes[@]} * RUNS))
 n=0
 t0=$(date +%s)
+progress_start "$LOAD" "$total" "bench-wan"
 RUNS_CSV=$OUT/runs.csv
 echo "mode,rtt_ms,loss_pct,rate_mbit,run,goodput_mbit,lost_pkts,gwa_cpu_pct,gwb_cpu_pct" >"$RUNS_CSV"
 {
     echo "# bench-wan.sh $(date -u +%FT%TZ) on $(uname -r), $(nproc) cpus"
     echo "# rtts=$RTTS losses=$LOSSES rate=$RATE runs=$RUNS duration=$DURATION modes=$MODES"
+    echo "# lmas_bytes=$LMAS_BYTES lmas_max_secs=$LMAS_MAX_SECS warmup_bytes=$WARMUP_BYTES"
 } >>"$LOG"
 
 LINKEMU_BIN=$("$LAB" linkemu-path)
 # CPU time (ticks) of a lab gateway process, empty when it is not running.
-LAB_RUN_DIR=${LAB_RUN_DIR:-/run/lmas-lab}
 CLK_TCK=$(getconf CLK_TCK)
 gw_ticks() {
     local pid
@@ -196,20 +226,16 @@ cpu_pct() { # TICKS_BEFORE TICKS_AFTER SECONDS
     awk -v a="$1" -v b="$2" -v s="$3" -v hz="$CLK_TCK" 'BEGIN { if (s > 0) printf "%.0f", (b - a) / hz / s * 100 }'
 }
 
-lost_pkts() { link_lost_pkts "$LINKEMU_BIN" lab-wan 2>/dev/null; }
+lost_pkts() { link_lost_pkts "$LINKEMU_BIN" "$LINK_NAME" 2>/dev/null; }
 
 for rtt in "${rtts[@]}"; do
     for loss in "${losses[@]}"; do
         "$LAB" set --rtt "$rtt" --loss "$loss" --rate "$RATE" >>"$LOG" 2>&1 || die "lab.sh set failed (see $LOG)"
+        POINT="$rtt/$loss"
         for mode in "${modes[@]}"; do
             for ((run = 1; run <= RUNS; run++)); do
                 n=$((n + 1))
-                now=$(date +%s)
-                el=$((now - t0))
-                eta=""
-                ((n > 1)) && eta=" eta $(fmt_time $((el * (total - n + 1) / (n - 1))))"
-                printf '\r\033[K[%3d/%d] rtt=%sms loss=%s%% %-12s run %d/%d  (elapsed %s%s) ...' \
-                    "$n" "$total" "$rtt" "$loss" "$mode" "$run" "$RUNS" "$(fmt_time $el)" "$eta" >&2
+                progress msg "rtt=${rtt}ms loss=${loss}% $mode run $run/$RUNS"
                 before=$(lost_pkts)
                 ca0=$(gw_ticks gw-a) cb0=$(gw_ticks gw-b) w0=$(date +%s.%N)
                 echo "# run rtt=$rtt loss=$loss mode=$mode run=$run" >>"$LOG"
@@ -224,14 +250,17 @@ for rtt in "${rtts[@]}"; do
                 cpua=$(cpu_pct "$ca0" "$(gw_ticks gw-a)" "$secs")
                 cpub=$(cpu_pct "$cb0" "$(gw_ticks gw-b)" "$secs")
                 [[ $mode == lmas-* ]] || cpua="" cpub=""
-                printf ' %s Mbit/s' "$mbps" >&2
+                progress println "$(printf '[%3d/%d] rtt=%sms loss=%s%% %-13s run %d/%d: %s Mbit/s' \
+                    "$n" "$total" "$rtt" "$loss" "$mode" "$run" "$RUNS" "$mbps")"
+                progress step
                 echo "$mode,$rtt,$loss,$RATE,$run,$mbps,$((after - before)),$cpua,$cpub" >>"$RUNS_CSV"
             done
         done
     done
 done
 rm -f "$OUT/.mode.out"
-printf '\r\033[Kdone: %d runs in %s\n' "$total" "$(fmt_time $(($(date +%s) - t0)))" >&2
+progress_end
+log "done: $total runs in $(fmt_time $(($(date +%s) - t0)))"
 
 # Medians and ratios.
 $PY - "$RUNS_CSV" "$OUT/summary.csv" <<'EOF'

@@ -10,6 +10,8 @@ Tunes the gateway host's kernel for the WAN side of LMAS, printing one line per 
   net.core.rmem_max, net.core.wmem_max     raised to BYTES (socket buffers above these need
                                            CAP_NET_ADMIN; the gateway asks 32 MiB per flow)
   net.ipv4.tcp_rmem, net.ipv4.tcp_wmem     maximum raised to BYTES (autotuning ceiling)
+  net.ipv4.tcp_slow_start_after_idle       0 (long-lived WAN flows keep their window
+                                           between migrations)
   BBR                                      available (loads tcp_bbr if needed) and in
                                            net.ipv4.tcp_allowed_congestion_control
 It only ever raises limits, never lowers them, and leaves the host's default congestion
@@ -96,6 +98,11 @@ at_least net.core.rmem_max
 at_least net.core.wmem_max
 max_at_least net.ipv4.tcp_rmem
 max_at_least net.ipv4.tcp_wmem
+
+# The WAN flows live as long as the tunnel; by default the kernel shrinks an idle flow's
+# congestion window back to the initial window after one RTO without traffic, so each
+# migration after a pause would ramp up slowly again (seconds at RTT 200 ms).
+set_sysctl net.ipv4.tcp_slow_start_after_idle 0
 
 # BBR: available (built in or module), then allowed for unprivileged sockets.
 if ! grep -qw bbr /proc/sys/net/ipv4/tcp_available_congestion_control; then

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # CI lab test: 64 MiB from src-host to dst-host through the LMAS gateway pair over an emulated
 # WAN (RTT 50 ms, 0.5 % loss, 1 Gbit/s); the SHA-256 at the receiver must equal the sender's.
+# Twice: with the explicit listener (src-host dials gw-a), then with TPROXY ingress (src-host
+# dials dst-host itself; gw-a intercepts and carries the original destination).
 #
 # Exits 0 with a `SKIP:` line when it cannot run here (not root, no network namespaces);
 # exits non-zero on any real failure. Brings the lab up if needed and takes it down again if
@@ -12,6 +14,8 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PROG=lab-test.sh
 # shellcheck source-path=SCRIPTDIR source=lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+# shellcheck source-path=SCRIPTDIR source=lib/lab-names.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/lab-names.sh"
 LAB="$REPO/scripts/lab.sh"
 BYTES=${LAB_TEST_BYTES:-$((64 * 1024 * 1024))}
 TIMEOUT=${LAB_TEST_TIMEOUT:-300}
@@ -19,46 +23,26 @@ FLOWS=${LAB_TEST_FLOWS:-8}
 
 case ${1:-} in
     -h | --help)
-        sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
 esac
 
-skip() { echo "SKIP: lab test: $*"; exit 0; }
-fail() { echo "FAIL: lab test: $*" >&2; exit 1; }
+TEST_NAME="lab test"
+# shellcheck source-path=SCRIPTDIR source=lib/labtest.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/labtest.sh"
+labtest_start
 
-is_root || skip "needs root to create network namespaces (run as root, e.g. in CI)"
-command -v ip >/dev/null || skip "iproute2 (ip) not installed"
-netns_usable "lmas-labtest-probe-$$" || skip "network namespaces are unavailable here (ip netns add failed)"
-for tool in ethtool iptables tc; do
-    command -v $tool >/dev/null || fail "$tool not installed (see docs/LAB.md for the packages)"
-done
-
-created=0
-cleanup() {
-    "$LAB" gateways down >/dev/null 2>&1 || true
-    if ((created)); then "$LAB" down >/dev/null 2>&1 || true; fi
-}
-trap cleanup EXIT
-
-target=${CARGO_TARGET_DIR:-$REPO/target}
-echo "lab test: building linkemu, lmas, lmas-load (release, $target)"
-(cd "$REPO" && CARGO_TARGET_DIR=$target cargo build --release -q -p linkemu -p lmas -p lmas-tests) ||
-    fail "build failed"
-export LINKEMU=${LINKEMU:-$target/release/linkemu}
-export LMAS=${LMAS:-$target/release/lmas}
-export LMAS_LOAD=${LMAS_LOAD:-$target/release/lmas-load}
-
-ip netns list | grep -q '^wan\b' || created=1
 "$LAB" up --rtt 50 --loss 0.5 --rate 1000 || fail "scripts/lab.sh up failed"
 "$LAB" set --rtt 50 --loss 0.5 --rate 1000 >/dev/null || fail "scripts/lab.sh set failed"
-"$LAB" gateways up --flows "$FLOWS" || fail "gateways did not come up"
-
-lost0=$(link_lost_pkts "$LINKEMU" lab-wan)
-t0=$(date +%s)
-if ! mbps=$("$LAB" transfer --bytes "$BYTES" --timeout "$TIMEOUT"); then
-    fail "transfer through LMAS failed (logs: /run/lmas-lab/gw-a.log, gw-b.log)"
-fi
-lost=$(($(link_lost_pkts "$LINKEMU" lab-wan) - lost0))
-echo "PASS: lab test: $BYTES bytes through LMAS ($FLOWS flows) over RTT 50 ms / 0.5 % loss," \
-    "SHA-256 equal, $mbps Mbit/s, $(($(date +%s) - t0)) s, link dropped $lost packets"
+for ingress in listen tproxy; do
+    "$LAB" gateways up --flows "$FLOWS" --ingress "$ingress" || fail "gateways did not come up ($ingress ingress)"
+    lost0=$(link_lost_pkts "$LINKEMU" "$LINK_NAME")
+    t0=$(date +%s)
+    if ! mbps=$("$LAB" transfer --bytes "$BYTES" --timeout "$TIMEOUT"); then
+        fail "transfer through LMAS ($ingress ingress) failed (logs: $LAB_RUN_DIR/gw-a.log, gw-b.log)"
+    fi
+    lost=$(($(link_lost_pkts "$LINKEMU" "$LINK_NAME") - lost0))
+    echo "PASS: lab test: $BYTES bytes through LMAS ($FLOWS flows, $ingress ingress) over RTT 50 ms /" \
+        "0.5 % loss, SHA-256 equal, $mbps Mbit/s, $(($(date +%s) - t0)) s, link dropped $lost packets"
+done

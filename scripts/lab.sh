@@ -14,18 +14,10 @@ PROG=lab.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 # shellcheck source-path=SCRIPTDIR source=lib/pair.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/pair.sh"
-NAMESPACES=(src-host gw-a wan gw-b dst-host)
-LINK_NAME=${LINK_NAME:-lab-wan}
-RUN_DIR=${LAB_RUN_DIR:-/run/lmas-lab}
-
-# Addresses (exported for the benchmark and the lab test).
-SRC_IP=10.0.1.2
-GWA_LAN_IP=10.0.1.1
-GWA_WAN_IP=10.0.2.1
-WAN_IP=10.0.2.254
-GWB_WAN_IP=10.0.2.2
-GWB_LAN_IP=10.0.3.1
-DST_IP=10.0.3.2
+# shellcheck source-path=SCRIPTDIR source=lib/lab-names.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/lab-names.sh"
+NAMESPACES=("${LAB_NAMESPACES[@]}")
+RUN_DIR=$LAB_RUN_DIR
 
 # Stock hypervisor TCP settings for the two hosts (not this machine's defaults: BBR, 32 MiB).
 HOST_CC=cubic
@@ -48,13 +40,23 @@ Commands:
   down                stop the link and everything running in the lab namespaces, delete them
   exec NS CMD...      run CMD in namespace NS (shorthand for ip netns exec)
   linkemu-path        print the linkemu binary used (building it if needed)
-  gateways up [--flows N] [--congestion CC]
-                      (re)start the LMAS pair: gw-a listens on $GWA_LAN_IP:6000 and
-                      forwards to $DST_IP:5000 through gw-b; keys/configs in \$LAB_RUN_DIR/gw
-  gateways down       stop the LMAS pair
-  transfer [--bytes N] [--direct] [--timeout S]
-                      one lmas-load transfer src-host → dst-host (through the gateways, or
-                      direct), SHA-256 checked; prints Mbit/s (sink side: accept to EOF)
+  gateways up [--flows N] [--congestion CC] [--ingress listen|tproxy] [--window BYTES]
+                      (re)start the LMAS pair, N data flows (default 8) with WAN congestion
+                      control CC (default: the gateway's, bbr) and a session window of BYTES
+                      (limits.session_window_bytes; default: the gateway's, 256 MiB). Ingress 'listen' (default):
+                      gw-a listens on $GWA_LAN_IP:$INGRESS_PORT and forwards to $DST_IP:$TARGET_PORT
+                      through gw-b. Ingress 'tproxy': src-host connects to $DST_IP:$TARGET_PORT
+                      itself; TPROXY rules in gw-a hand the connection to a transparent listener
+                      (:$TPROXY_PORT) and the session carries the original destination to gw-b.
+                      Keys/configs in \$LAB_RUN_DIR/gw, logs in \$LAB_RUN_DIR/gw-*.log.
+  gateways down       stop the LMAS pair and remove the TPROXY rules
+  gateways address    print the address src-host connects to for the running pair
+  transfer [--bytes N] [--max-secs S] [--direct] [--timeout S]
+                      one lmas-load transfer src-host → dst-host (through the gateways in
+                      their ingress mode, or direct), SHA-256 checked; with --max-secs the
+                      source stops after S s and the hash covers what it sent. Through the
+                      gateways it also checks that gw-a logged the session. Prints Mbit/s
+                      (sink side: accept to EOF); a progress bar on a terminal.
 
 Link options (passed to linkemu):
   --rtt MS            round-trip time (half each way)           [up default: 0]
@@ -71,7 +73,9 @@ Hosts use $HOST_CC, tcp_rmem "$HOST_RMEM", tcp_wmem "$HOST_WMEM"; the gateways k
 namespace defaults (they choose their own WAN TCP settings).
 
 Environment: LINKEMU, LMAS, LMAS_LOAD = paths of the binaries (default: built with cargo
-into \${CARGO_TARGET_DIR:-target}/release/), LAB_RUN_DIR (default /run/lmas-lab).
+into \${CARGO_TARGET_DIR:-target}/release/), LAB_RUN_DIR (default /run/lmas-lab),
+LAB_PREFIX (default empty: prefixes the namespaces, link name and run directory, so that a
+second lab can run beside the first, e.g. LAB_PREFIX=dev-).
 Needs root, iproute2, ethtool, iptables, and to build linkemu: cargo, clang, libbpf-dev.
 EOF
 }
@@ -148,55 +152,55 @@ create() {
         ns_common "$ns"
     done
 
-    veth src-host eth0 gw-a lan0
-    veth gw-a wan0 wan wan-a
-    veth wan wan-b gw-b wan0
-    veth gw-b lan0 dst-host eth0
+    veth "$NS_SRC" eth0 "$NS_GWA" lan0
+    veth "$NS_GWA" wan0 "$NS_WAN" wan-a
+    veth "$NS_WAN" wan-b "$NS_GWB" wan0
+    veth "$NS_GWB" lan0 "$NS_DST" eth0
 
     # src-host
-    nsx src-host ip addr add $SRC_IP/24 dev eth0
-    nsx src-host ip route add default via $GWA_LAN_IP
+    nsx "$NS_SRC" ip addr add $SRC_IP/24 dev eth0
+    nsx "$NS_SRC" ip route add default via $GWA_LAN_IP
 
     # gw-a: LAN on lan0, a /32 on the WAN side with everything remote via the wan router.
-    nsx gw-a ip addr add $GWA_LAN_IP/24 dev lan0
-    nsx gw-a ip addr add $GWA_WAN_IP/32 dev wan0
-    nsx gw-a ip route add $WAN_IP/32 dev wan0 scope link
-    nsx gw-a ip route add 10.0.2.0/24 via $WAN_IP dev wan0
-    nsx gw-a ip route add 10.0.3.0/24 via $WAN_IP dev wan0
-    nsx gw-a sysctl -qw net.ipv4.ip_forward=1
+    nsx "$NS_GWA" ip addr add $GWA_LAN_IP/24 dev lan0
+    nsx "$NS_GWA" ip addr add $GWA_WAN_IP/32 dev wan0
+    nsx "$NS_GWA" ip route add $WAN_IP/32 dev wan0 scope link
+    nsx "$NS_GWA" ip route add 10.0.2.0/24 via $WAN_IP dev wan0
+    nsx "$NS_GWA" ip route add 10.0.3.0/24 via $WAN_IP dev wan0
+    nsx "$NS_GWA" sysctl -qw net.ipv4.ip_forward=1
 
     # wan: a router between two /32 neighbours.
-    nsx wan ip addr add $WAN_IP/32 dev wan-a
-    nsx wan ip addr add $WAN_IP/32 dev wan-b
-    nsx wan ip route add $GWA_WAN_IP/32 dev wan-a scope link
-    nsx wan ip route add $GWB_WAN_IP/32 dev wan-b scope link
-    nsx wan ip route add 10.0.1.0/24 via $GWA_WAN_IP dev wan-a
-    nsx wan ip route add 10.0.3.0/24 via $GWB_WAN_IP dev wan-b
-    nsx wan sysctl -qw net.ipv4.ip_forward=1
+    nsx "$NS_WAN" ip addr add $WAN_IP/32 dev wan-a
+    nsx "$NS_WAN" ip addr add $WAN_IP/32 dev wan-b
+    nsx "$NS_WAN" ip route add $GWA_WAN_IP/32 dev wan-a scope link
+    nsx "$NS_WAN" ip route add $GWB_WAN_IP/32 dev wan-b scope link
+    nsx "$NS_WAN" ip route add 10.0.1.0/24 via $GWA_WAN_IP dev wan-a
+    nsx "$NS_WAN" ip route add 10.0.3.0/24 via $GWB_WAN_IP dev wan-b
+    nsx "$NS_WAN" sysctl -qw net.ipv4.ip_forward=1
 
     # gw-b
-    nsx gw-b ip addr add $GWB_WAN_IP/32 dev wan0
-    nsx gw-b ip route add $WAN_IP/32 dev wan0 scope link
-    nsx gw-b ip route add 10.0.2.0/24 via $WAN_IP dev wan0
-    nsx gw-b ip route add 10.0.1.0/24 via $WAN_IP dev wan0
-    nsx gw-b ip addr add $GWB_LAN_IP/24 dev lan0
-    nsx gw-b sysctl -qw net.ipv4.ip_forward=1
+    nsx "$NS_GWB" ip addr add $GWB_WAN_IP/32 dev wan0
+    nsx "$NS_GWB" ip route add $WAN_IP/32 dev wan0 scope link
+    nsx "$NS_GWB" ip route add 10.0.2.0/24 via $WAN_IP dev wan0
+    nsx "$NS_GWB" ip route add 10.0.1.0/24 via $WAN_IP dev wan0
+    nsx "$NS_GWB" ip addr add $GWB_LAN_IP/24 dev lan0
+    nsx "$NS_GWB" sysctl -qw net.ipv4.ip_forward=1
 
     # dst-host
-    nsx dst-host ip addr add $DST_IP/24 dev eth0
-    nsx dst-host ip route add default via $GWB_LAN_IP
+    nsx "$NS_DST" ip addr add $DST_IP/24 dev eth0
+    nsx "$NS_DST" ip route add default via $GWB_LAN_IP
 
     # Wire-sized packets into the emulated link: the gateways' WAN devices do not send TSO/GSO
     # aggregates (they segment), so the XDP loss program drops single wire packets; GRO on the
     # wan devices then merges them again so the NFQUEUE daemon handles aggregates.
-    nsx gw-a ethtool -K wan0 tso off gso off >/dev/null
-    nsx gw-b ethtool -K wan0 tso off gso off >/dev/null
-    nsx wan ethtool -K wan-a gro on >/dev/null
-    nsx wan ethtool -K wan-b gro on >/dev/null
+    nsx "$NS_GWA" ethtool -K wan0 tso off gso off >/dev/null
+    nsx "$NS_GWB" ethtool -K wan0 tso off gso off >/dev/null
+    nsx "$NS_WAN" ethtool -K wan-a gro on >/dev/null
+    nsx "$NS_WAN" ethtool -K wan-b gro on >/dev/null
 
     allow_cubic
-    host_tcp src-host
-    host_tcp dst-host
+    host_tcp "$NS_SRC"
+    host_tcp "$NS_DST"
 }
 
 # Translate lab options to linkemu options (same names) and check them.
@@ -228,12 +232,12 @@ cmd_up() {
     if lab_exists && link_running; then
         log "testbed already up"
         if ((${#LINK_ARGS[@]})); then
-            nsx wan "$bin" set --name "$LINK_NAME" "${LINK_ARGS[@]}" >/dev/null
+            nsx "$NS_WAN" "$bin" set --name "$LINK_NAME" "${LINK_ARGS[@]}" >/dev/null
         fi
         # Re-assert the host settings (cheap, and keeps 'up' a full guarantee).
         allow_cubic
-        host_tcp src-host
-        host_tcp dst-host
+        host_tcp "$NS_SRC"
+        host_tcp "$NS_DST"
         cmd_status_short
         return
     fi
@@ -257,11 +261,11 @@ cmd_up() {
         fi
     done
     merged+=("${LINK_ARGS[@]}")
-    if ! nsx wan "$bin" up --name "$LINK_NAME" --dev-a wan-a --dev-b wan-b "${merged[@]}" >/dev/null; then
+    if ! nsx "$NS_WAN" "$bin" up --name "$LINK_NAME" --dev-a wan-a --dev-b wan-b "${merged[@]}" >/dev/null; then
         cmd_down >/dev/null 2>&1 || true
         die "starting linkemu failed"
     fi
-    if command -v ping >/dev/null && ! nsx src-host ping -c 1 -W 5 -q $DST_IP >/dev/null; then
+    if command -v ping >/dev/null && ! nsx "$NS_SRC" ping -c 1 -W 5 -q $DST_IP >/dev/null; then
         log "warning: src-host cannot ping dst-host yet"
     fi
     cmd_status_short
@@ -272,7 +276,7 @@ cmd_set() {
     ((${#LINK_ARGS[@]})) || die "set: no link options given (see --help)"
     need_root
     lab_exists || die "testbed is not up (scripts/lab.sh up)"
-    nsx wan "$(linkemu_bin)" set --name "$LINK_NAME" "${LINK_ARGS[@]}"
+    nsx "$NS_WAN" "$(linkemu_bin)" set --name "$LINK_NAME" "${LINK_ARGS[@]}"
 }
 
 cmd_status_short() {
@@ -293,8 +297,8 @@ cmd_status() {
         fi
     done
     ((missing == 0)) || { echo "testbed: down or partial"; return 1; }
-    echo "route:    $(ip -n src-host route get $DST_IP | head -1)"
-    for ns in src-host dst-host gw-a gw-b; do
+    echo "route:    $(ip -n "$NS_SRC" route get $DST_IP | head -1)"
+    for ns in "$NS_SRC" "$NS_DST" "$NS_GWA" "$NS_GWB"; do
         printf 'tcp %-9s cc=%s rmem="%s" wmem="%s"\n' "$ns" \
             "$(nsx "$ns" sysctl -n net.ipv4.tcp_congestion_control)" \
             "$(nsx "$ns" sysctl -n net.ipv4.tcp_rmem | tr '\t' ' ')" \
@@ -303,7 +307,7 @@ cmd_status() {
     echo "link:"
     "$(linkemu_bin)" stats --name "$LINK_NAME" | sed 's/^/  /' || echo "  linkemu not running"
     if command -v ping >/dev/null; then
-        echo "ping:     $(nsx src-host ping -c 3 -i 0.2 -W 3 -q $DST_IP | tail -1)"
+        echo "ping:     $(nsx "$NS_SRC" ping -c 3 -i 0.2 -W 3 -q $DST_IP | tail -1)"
     fi
 }
 
@@ -336,11 +340,7 @@ cmd_down() {
 }
 
 
-# ---- the LMAS gateway pair (listen ingress) --------------------------------------------------
-
-GW_PORT=7700
-INGRESS_PORT=6000
-TARGET_PORT=5000
+# ---- the LMAS gateway pair (listen or TPROXY ingress) ----------------------------------------
 
 bin_path() { # NAME ENVVAR PACKAGE
     local name=$1 var=$2 pkg=$3
@@ -365,24 +365,65 @@ gw_stop() {
         stop_pid "$(cat "$RUN_DIR/$gw.pid")"
         rm -f "$RUN_DIR/$gw.pid"
     done
+    tproxy_rules del
+    rm -f "$RUN_DIR/ingress" "$RUN_DIR/gateways"
+}
+
+# tproxy_rules add|del: in gw-a, hand TCP from the LAN to $DST_IP:$TARGET_PORT to the
+# transparent listener on :$TPROXY_PORT (docs/DEPLOYMENT.md §4; FACTS.md: prerouting only,
+# mark-based local route). `del` is idempotent.
+tproxy_rules() {
+    if [[ $1 == add ]]; then
+        tproxy_rules del
+        nsx "$NS_GWA" ip rule add fwmark 0x1 lookup 100
+        nsx "$NS_GWA" ip route add local 0.0.0.0/0 dev lo table 100
+        nsx "$NS_GWA" nft -f - <<NFT
+table ip lmas_lab {
+    chain prerouting {
+        type filter hook prerouting priority mangle; policy accept;
+        iifname "lan0" ip daddr $DST_IP tcp dport $TARGET_PORT tproxy to :$TPROXY_PORT meta mark set 0x1 accept
+    }
+}
+NFT
+        return
+    fi
+    [[ -e /run/netns/$NS_GWA ]] || return 0
+    nsx "$NS_GWA" nft delete table ip lmas_lab 2>/dev/null || true
+    while nsx "$NS_GWA" ip rule del fwmark 0x1 lookup 100 2>/dev/null; do :; done
+    nsx "$NS_GWA" ip route flush table 100 2>/dev/null || true
+}
+
+# The address a lab client connects to for the gateways' current ingress mode (none: direct).
+ingress_addr() {
+    case $(cat "$RUN_DIR/ingress" 2>/dev/null) in
+        listen) echo "$GWA_LAN_IP:$INGRESS_PORT" ;;
+        tproxy) echo "$DST_IP:$TARGET_PORT" ;; # the real destination, intercepted in gw-a
+        *) return 1 ;;
+    esac
 }
 
 cmd_gateways() {
-    local sub=${1:-} flows=8 cc=""  # empty: the gateway's default (bbr where available)
+    local sub=${1:-} flows=8 cc="" ingress=listen window="" # cc, window empty: the gateway's defaults
     [[ $# -gt 0 ]] && shift
     while (($#)); do
         case $1 in
             --flows) flows=$2; shift 2 ;;
             --congestion) cc=$2; shift 2 ;;
+            --ingress) ingress=$2; shift 2 ;;
+            --window) window=$2; shift 2 ;;
             *) die "gateways: unknown option $1" ;;
         esac
     done
     need_root
     case $sub in
         down) gw_stop; echo "lab.sh: gateways stopped"; return ;;
+        address) ingress_addr || die "gateways are not up"; return ;;
         up) ;;
-        *) die "gateways up [--flows N] [--congestion CC] | gateways down" ;;
+        *) die "gateways up [--flows N] [--congestion CC] [--ingress listen|tproxy] [--window BYTES] | gateways down | gateways address" ;;
     esac
+    [[ $ingress == listen || $ingress == tproxy ]] || die "gateways: --ingress is listen or tproxy, not $ingress"
+    [[ $flows =~ ^[0-9]+$ ]] || die "gateways: --flows takes a number, got $flows"
+    [[ -z $window || $window =~ ^[0-9]+$ ]] || die "gateways: --window takes a number of bytes, got $window"
     lab_exists || die "testbed is not up (scripts/lab.sh up)"
     local lmas dir=$RUN_DIR/gw
     lmas=$(bin_path lmas LMAS lmas)
@@ -393,16 +434,39 @@ cmd_gateways() {
     write_pair_configs "$dir" gw-a.key gw-b.key "$GWB_WAN_IP:$GW_PORT" "$GWA_LAN_IP:$INGRESS_PORT" \
         "$DST_IP:$TARGET_PORT" "$flows" "# written by scripts/lab.sh gateways up" \
         "# written by scripts/lab.sh gateways up" "${cc:+congestion = \"$cc\"}"
-    local gw
+    if [[ $ingress == tproxy ]]; then
+        # Transparent ingress: no target, the original destination travels with the session.
+        sed -i '/^\[\[ingress\]\]/,$d' "$dir/gw-a.toml"
+        printf '[[ingress]]\nmode = "tproxy"\nbind = "0.0.0.0:%s"\n' "$TPROXY_PORT" >>"$dir/gw-a.toml"
+        tproxy_rules add
+    fi
+    if [[ -n $window ]]; then
+        printf '\n[limits]\nsession_window_bytes = %s\n' "$window" | tee -a "$dir/gw-a.toml" >>"$dir/gw-b.toml"
+    fi
+    # The WAN flows are long-lived: keep their congestion window across idle gaps between
+    # sessions (the kernel default restarts it from the initial window after one RTO idle).
+    # A gateway host setting, recommended in docs/DEPLOYMENT.md.
+    nsx "$NS_GWA" sysctl -qw net.ipv4.tcp_slow_start_after_idle=0
+    nsx "$NS_GWB" sysctl -qw net.ipv4.tcp_slow_start_after_idle=0
+    local gw ns
     for gw in gw-b gw-a; do
+        ns=$NS_GWA
+        [[ $gw == gw-b ]] && ns=$NS_GWB
         "$lmas" check-config "$dir/$gw.toml" >/dev/null || die "$gw config rejected (see $dir/$gw.toml)"
-        RUST_LOG=${RUST_LOG:-info} ip netns exec "$gw" "$lmas" run --config "$dir/$gw.toml" \
+        RUST_LOG=${RUST_LOG:-info} ip netns exec "$ns" "$lmas" run --config "$dir/$gw.toml" \
             >"$RUN_DIR/$gw.log" 2>&1 </dev/null &
         echo $! >"$RUN_DIR/$gw.pid"
     done
+    local ready="listening on $GWA_LAN_IP:$INGRESS_PORT"
+    [[ $ingress == tproxy ]] && ready="listening on 0.0.0.0:$TPROXY_PORT"
     for _ in $(seq 200); do
-        if all_logged "tunnel up" "$RUN_DIR/gw-a.log" "$RUN_DIR/gw-b.log"; then
-            log "gateways up: $flows data flows, WAN congestion control ${cc:-default} (logs: $RUN_DIR/gw-*.log)"
+        if all_logged "tunnel up" "$RUN_DIR/gw-a.log" "$RUN_DIR/gw-b.log" && all_logged "$ready" "$RUN_DIR/gw-a.log"; then
+            echo "$ingress" >"$RUN_DIR/ingress"
+            # What runs, for scripts that reuse a running pair (migrate.sh).
+            echo "ingress=$ingress flows=$flows congestion=${cc:-default} window=${window:-default}" >"$RUN_DIR/gateways"
+            local via="src-host connects to $(ingress_addr)"
+            [[ $ingress == tproxy ]] && via="src-host connects to $DST_IP:$TARGET_PORT, intercepted in gw-a"
+            log "gateways up: $ingress ingress ($via), $flows data flows, WAN congestion control ${cc:-default} (logs: $RUN_DIR/gw-*.log)"
             return
         fi
         for gw in gw-a gw-b; do
@@ -413,16 +477,22 @@ cmd_gateways() {
     done
     tail -5 "$RUN_DIR"/gw-*.log >&2
     gw_stop
-    die "gateways: no 'tunnel up' within 20 s"
+    die "gateways: not up (tunnel and ingress) within 20 s"
+}
+
+# sessions_seen: how many sessions gw-a has logged from src-host to the lab destination.
+sessions_seen() {
+    grep -c -- "$SRC_IP:[0-9]* -> $DST_IP:$TARGET_PORT" "$RUN_DIR/gw-a.log" 2>/dev/null || true
 }
 
 # transfer [--bytes N] [--direct]: one sized transfer src-host → dst-host through the gateways
 # (or direct), SHA-256 compared at the receiver. Prints the goodput in Mbit/s on stdout.
 cmd_transfer() {
-    local bytes=$((64 * 1024 * 1024)) direct=0 timeout=600
+    local bytes=$((64 * 1024 * 1024)) direct=0 timeout=600 max_secs=""
     while (($#)); do
         case $1 in
             --bytes) bytes=$2; shift 2 ;;
+            --max-secs) max_secs=$2; shift 2 ;;
             --direct) direct=1; shift ;;
             --timeout) timeout=$2; shift 2 ;;
             *) die "transfer: unknown option $1" ;;
@@ -431,16 +501,26 @@ cmd_transfer() {
     [[ $bytes =~ ^[0-9]+$ ]] || die "transfer: --bytes takes a number of bytes, got $bytes"
     need_root
     lab_exists || die "testbed is not up (scripts/lab.sh up)"
-    local load to sink_out src_out sink_pid
+    local load to sink_out src_out sink_pid seen0=0
     load=$(bin_path lmas-load LMAS_LOAD lmas-tests)
-    to=$GWA_LAN_IP:$INGRESS_PORT
-    ((direct)) && to=$DST_IP:$TARGET_PORT
+    if ((direct)); then
+        [[ $(cat "$RUN_DIR/ingress" 2>/dev/null) != tproxy ]] ||
+            die "transfer --direct: the gateways intercept $DST_IP:$TARGET_PORT (TPROXY); run 'gateways down' first"
+        to=$DST_IP:$TARGET_PORT
+    else
+        to=$(ingress_addr) || die "transfer: the gateways are not up (scripts/lab.sh gateways up), or use --direct"
+        seen0=$(sessions_seen)
+    fi
     sink_out=$(mktemp) src_out=$(mktemp)
-    ip netns exec dst-host timeout "$timeout" "$load" sink --listen "$DST_IP:$TARGET_PORT" >"$sink_out" 2>&1 &
+    ip netns exec "$NS_DST" timeout "$timeout" "$load" sink --listen "$DST_IP:$TARGET_PORT" >"$sink_out" 2>&1 &
     sink_pid=$!
     for _ in $(seq 50); do grep -q "listening" "$sink_out" && break; sleep 0.1; done
     local rc=0
-    ip netns exec src-host timeout "$timeout" "$load" source --connect "$to" --bytes "$bytes" >"$src_out" 2>&1 || rc=$?
+    # On a terminal the source draws its progress bar there (its errors too); else into the file.
+    local src_err=$src_out
+    [[ -t 2 ]] && src_err=/dev/stderr
+    ip netns exec "$NS_SRC" timeout "$timeout" "$load" source --connect "$to" --bytes "$bytes" \
+        ${max_secs:+--max-secs "$max_secs"} >"$src_out" 2>>"$src_err" || rc=$?
     if ((rc != 0)); then
         # The sink may never see a connection: do not wait for its timeout.
         sleep 1
@@ -456,14 +536,17 @@ cmd_transfer() {
     log "sink:   ${sink_line:-$(tail -1 "$sink_out")}"
     rm -f "$sink_out" "$src_out"
     ((rc == 0)) || die "transfer failed (exit $rc)"
-    local sh_src sh_sink n_sink secs
+    local sh_src sh_sink n_sink n_src secs
     sh_src=$(field sha256 "$src_line")
     sh_sink=$(field sha256 "$sink_line")
     n_sink=$(field bytes "$sink_line")
     secs=$(field secs "$sink_line")
-    [[ -n $sh_src && $sh_src == "$sh_sink" && $n_sink == "$bytes" ]] ||
-        die "transfer corrupted: sent $bytes bytes sha256=$sh_src, received ${n_sink:-?} bytes sha256=${sh_sink:-?}"
-    awk -v b="$bytes" -v s="$secs" 'BEGIN { if (s > 0) printf "%.1f\n", b * 8 / s / 1e6; else print "nan" }'
+    n_src=$(field bytes "$src_line")
+    [[ -n $sh_src && $sh_src == "$sh_sink" && $n_sink == "$n_src" ]] ||
+        die "transfer corrupted: sent ${n_src:-?} bytes sha256=$sh_src, received ${n_sink:-?} bytes sha256=${sh_sink:-?}"
+    ((direct)) || (($(sessions_seen) > seen0)) ||
+        die "transfer: gw-a logged no session $SRC_IP -> $DST_IP:$TARGET_PORT: it did not go through the gateways"
+    awk -v b="$n_sink" -v s="$secs" 'BEGIN { if (s > 0) printf "%.1f\n", b * 8 / s / 1e6; else print "nan" }'
 }
 
 cmd=${1:-}

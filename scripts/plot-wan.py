@@ -5,8 +5,11 @@ One panel per loss rate, one line per mode (median, with min–max as error bars
 rate as a dashed ceiling. Usage:
 
     scripts/plot-wan.py bench-out/wan-DATE/summary.csv [MORE.csv ...] -o goodput.png [--log]
+        [--table table.md]
 
-Several summaries (e.g. a direct-baseline run and an LMAS run) are plotted together.
+Several summaries (e.g. a direct-baseline run and an LMAS run) are plotted together. --table
+also writes the medians as Markdown: one table per loss rate, RTTs across, each cell
+"median (ratio to direct)", plus the gateways' median CPU.
 
 Needs matplotlib (Debian: python3-matplotlib; run with /usr/bin/python3 if a pyenv python
 lacks it).
@@ -30,12 +33,15 @@ def main() -> int:
     ap.add_argument("-o", "--out", default="goodput.png", help="PNG to write")
     ap.add_argument("--log", action="store_true", help="logarithmic goodput axis")
     ap.add_argument("--title", default="One TCP stream over the emulated WAN (median of runs)")
+    ap.add_argument("--table", help="also write the medians as Markdown tables to this file")
     args = ap.parse_args()
 
     rows = [r for path in args.summary for r in csv.DictReader(open(path))]
     if not rows:
         print("plot-wan.py: no rows in", args.summary, file=sys.stderr)
         return 1
+    if args.table:
+        write_table(rows, args.table)
     # series[loss][mode] = [(rtt, median, min, max)]
     series = defaultdict(lambda: defaultdict(list))
     rates = set()
@@ -81,6 +87,33 @@ def main() -> int:
     fig.savefig(args.out, dpi=110)
     print("wrote", args.out)
     return 0
+
+
+def write_table(rows, path):
+    modes = list(dict.fromkeys(r["mode"] for r in sorted(rows, key=lambda r: (not r["mode"].startswith("direct"), r["mode"] != "direct"))))
+    rtts = sorted({float(r["rtt_ms"]) for r in rows})
+    cell = {(r["mode"], float(r["rtt_ms"]), float(r["loss_pct"])): r for r in rows}
+    out = []
+    for loss in sorted({float(r["loss_pct"]) for r in rows}):
+        out.append(f"**loss {loss:g} %**: median Mbit/s (ratio to direct), runs ok of runs where not all\n")
+        out.append("| mode | " + " | ".join(f"RTT {t:g} ms" for t in rtts) + " | gw CPU a/b % |")
+        out.append("|---|" + "---:|" * (len(rtts) + 1))
+        for m in modes:
+            cells, cpu = [], ""
+            for t in rtts:
+                r = cell.get((m, t, loss))
+                if r is None:
+                    cells.append("-")
+                    continue
+                ratio = "" if m == "direct" or r["ratio_to_direct"] == "nan" else f" ({float(r['ratio_to_direct']):.3g}x)"
+                short = "" if r["runs_ok"] == r["runs"] else f" [{r['runs_ok']}/{r['runs']}]"
+                cells.append(f"{float(r['median_mbit']):.0f}{ratio}{short}")
+                if r.get("gwa_cpu_pct"):
+                    cpu = f"{r['gwa_cpu_pct']}/{r['gwb_cpu_pct']} (RTT {t:g})"
+            out.append(f"| {m} | " + " | ".join(cells) + f" | {cpu} |")
+        out.append("")
+    open(path, "w").write("\n".join(out))
+    print("wrote", path)
 
 
 if __name__ == "__main__":

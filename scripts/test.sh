@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # test.sh: the whole test suite, as CI runs it.
 #   formatting and lints, unit + property tests, end-to-end tests that start the
-#   real `lmas` binaries on loopback, and the lab tests in network namespaces
-#   (those skip with a clear message where they cannot run), and a short run of every
+#   real `lmas` binaries on loopback, and the lab tests in network namespaces (a transfer
+#   and real QEMU migrations through the gateways over the emulated WAN; those skip with a
+#   clear message where they cannot run), and a short run of every
 #   fuzz target (FUZZ_SECONDS each, default 10; skipped without a nightly toolchain).
 set -euo pipefail
 
@@ -24,9 +25,9 @@ echo "== cargo test"
 cargo test --workspace --release
 echo "== TPROXY test (network namespaces)"
 scripts/tproxy-test.sh
-if [[ -x scripts/lab-test.sh ]]; then
-    echo "== lab test (network namespaces)"
-    scripts/lab-test.sh
-fi
+echo "== lab test (network namespaces)"
+scripts/lab-test.sh
+echo "== QEMU migration test (network namespaces, qemu-system-x86)"
+scripts/migrate-test.sh
 echo "== fuzz smoke (${FUZZ_SECONDS:-10} s per target)"
 scripts/fuzz.sh "${FUZZ_SECONDS:-10}"

@@ -53,3 +53,25 @@ link_lost_pkts() {
     "$1" stats --name "$2" |
         awk '{for (i = 1; i <= NF; i++) if ($i ~ /^lost_pkts=/) {split($i, a, "="); s += a[2]}} END {print s + 0}'
 }
+
+# progress_start LMAS_LOAD TOTAL LABEL: a progress bar for TOTAL steps (`lmas-load progress`,
+# drawn only when stderr is a terminal). Then `progress step TEXT` after each step,
+# `progress msg TEXT` for new text, `progress println TEXT` for a result line (plain when not
+# on a terminal), and progress_end.
+progress_start() {
+    exec {PROGRESS_FD}> >("$1" progress --total "$2" --label "$3")
+    PROGRESS_PID=$!
+}
+
+# progress CMD TEXT...: sends one command to the bar (no-op without progress_start).
+progress() { if [[ -n ${PROGRESS_FD:-} ]]; then echo "$*" >&"$PROGRESS_FD"; fi; }
+
+# progress_end: closes the bar and waits for it to clear. (It says `end` rather than relying on
+# EOF: background children started meanwhile, e.g. gateways, inherit the pipe's write end.)
+progress_end() {
+    [[ -n ${PROGRESS_FD:-} ]] || return 0
+    echo end >&"$PROGRESS_FD"
+    exec {PROGRESS_FD}>&-
+    wait "$PROGRESS_PID" 2>/dev/null || true
+    PROGRESS_FD=""
+}

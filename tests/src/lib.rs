@@ -332,12 +332,27 @@ fn timeout_context(e: io::Error, what: &str) -> io::Error {
 
 /// Writes `len` bytes of the [`DataGen`] stream for `seed` into `w` (does not shut it down).
 pub fn send_all<W: Write>(w: &mut W, len: u64, seed: u64) -> io::Result<Sent> {
+    send_all_until(w, len, seed, None)
+}
+
+/// Like [`send_all`], but stops early, at a buffer boundary, once `deadline` has passed: the
+/// returned [`Sent`] then covers only the bytes written (a prefix of the same stream, so a
+/// receiver's hash of what arrived still has to equal it).
+pub fn send_all_until<W: Write>(
+    w: &mut W,
+    len: u64,
+    seed: u64,
+    deadline: Option<Instant>,
+) -> io::Result<Sent> {
     let start = Instant::now();
     let mut gen = DataGen::new(seed);
     let mut buf = vec![0u8; IO_BUF.min(len.max(8) as usize)];
     let mut h = Sha256::new();
     let mut left = len;
     while left > 0 {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
         let n = left.min(buf.len() as u64) as usize;
         gen.fill(&mut buf[..n]);
         h.update(&buf[..n]);
@@ -347,7 +362,7 @@ pub fn send_all<W: Write>(w: &mut W, len: u64, seed: u64) -> io::Result<Sent> {
     }
     w.flush()?;
     Ok(Sent {
-        bytes: len,
+        bytes: len - left,
         sha256: hex(&h.finalize()),
         secs: start.elapsed().as_secs_f64(),
     })
@@ -551,9 +566,15 @@ pub fn connect(addr: impl ToSocketAddrs) -> io::Result<TcpStream> {
 pub fn send(addr: impl ToSocketAddrs, len: u64, seed: u64) -> io::Result<Sent> {
     let start = Instant::now();
     let mut s = connect(addr)?;
-    let mut sent = send_all(&mut s, len, seed)?;
+    let sent = send_all(&mut s, len, seed)?;
+    finish_send(&s, sent, start)
+}
+
+/// The end of a source's transfer: shuts down the write side of `s`, waits for the peer to
+/// close (bytes it sends back are an error) and sets `sent.secs` to the time since `start`.
+pub fn finish_send(s: &TcpStream, mut sent: Sent, start: Instant) -> io::Result<Sent> {
     s.shutdown(Shutdown::Write)?;
-    let back = recv_all(&mut s).map_err(|e| {
+    let back = recv_all(&mut &*s).map_err(|e| {
         io::Error::new(
             e.kind(),
             format!("waiting for the peer to close after sending everything: {e}"),

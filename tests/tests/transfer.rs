@@ -3,12 +3,13 @@
 //! Needs the release binary: `cargo build --release -p lmas` (or `LMAS_BIN`). Best run with
 //! `cargo test --release -p lmas-tests` (hashing 512 MiB in a debug build takes a while).
 
-use std::net::Shutdown;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use lmas_tests::{
-    connect, duplex, join, recv_all, send, send_all, serve_once, Pair, PairSpec, Sink,
+    connect, duplex, join, recv_all, send, send_all, serve_once, set_timeouts, Pair, PairSpec, Sink,
 };
 
 const SINK_WAIT: Duration = Duration::from_secs(60);
@@ -238,4 +239,56 @@ fn forced_key_updates_during_a_transfer() {
 #[test]
 fn forced_key_updates_1_gib_soak() {
     transfer_with_key_updates(8, 4, 1 << 30, 200);
+}
+
+/// Sessions reach the target in the order their connections reached gateway A: QEMU before 8.0
+/// tells its multifd channels from the main migration stream by the order it accepts them, so
+/// a gateway pair that connects the target concurrently can swap them and fail the migration.
+#[test]
+fn sessions_reach_the_target_in_connect_order() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the target");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let mut pair = Pair::start(&PairSpec::to_target(
+        8,
+        listener.local_addr().expect("addr"),
+    ));
+    const N: u8 = 16;
+    for round in 0..5 {
+        // Each client connects (gateway A accepts at once) and names itself in its first byte.
+        let clients: Vec<TcpStream> = (0..N)
+            .map(|i| {
+                let mut s = connect(pair.ingress[0]).expect("connect to gateway A");
+                s.write_all(&[i]).expect("first byte");
+                s
+            })
+            .collect();
+        let deadline = Instant::now() + SINK_WAIT;
+        let mut order = Vec::new();
+        while order.len() < usize::from(N) {
+            match listener.accept() {
+                Ok((mut s, _)) => {
+                    s.set_nonblocking(false).expect("blocking");
+                    set_timeouts(&s).expect("timeouts");
+                    let mut b = [0u8];
+                    s.read_exact(&mut b).expect("first byte at the target");
+                    order.push(b[0]);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "round {round}: only {order:?} arrived"
+                    );
+                    thread::sleep(Duration::from_millis(2));
+                }
+                Err(e) => panic!("accept at the target: {e}"),
+            }
+        }
+        assert_eq!(
+            order,
+            (0..N).collect::<Vec<_>>(),
+            "round {round}: accept order at the target"
+        );
+        drop(clients);
+    }
+    pair.assert_running();
 }

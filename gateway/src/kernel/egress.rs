@@ -1,6 +1,12 @@
 //! The remote end of a session: connect to the target the peer asked for,
 //! if and only if the allowlist in force permits it (a reload may have
 //! changed it) and the gateway is not shutting down.
+//!
+//! Connects to the same target are made one after the other, in the order the
+//! peer opened the sessions, so the target accepts them in the order the source
+//! connected. Some protocols depend on it: QEMU before 8.0 tells its migration
+//! channels apart by accept order (the first is the main stream, then the multifd
+//! channels); connecting them concurrently could swap them and fail the migration.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,13 +14,44 @@ use std::time::Duration;
 
 use log::{info, warn};
 use tokio::net::TcpStream;
+use tokio::sync::oneshot;
 
 use super::endpoint::drive;
 use super::tunnel::Tunnel;
 use crate::admin::Stats;
 use crate::protocol::{RefuseReason, SessionId};
 
-pub async fn connect(tunnel: Arc<Tunnel>, id: SessionId, target: SocketAddr) {
+/// `after` resolves once the previous connect to `target` has finished; dropping
+/// `turn_done` (when this connect has finished, either way) lets the next one go.
+pub async fn connect(
+    tunnel: Arc<Tunnel>,
+    id: SessionId,
+    target: SocketAddr,
+    after: Option<oneshot::Receiver<()>>,
+    turn_done: oneshot::Sender<()>,
+) {
+    if let Some(previous) = after {
+        let _ = previous.await;
+    }
+    let Some(stream) = connect_allowed(&tunnel, id, target).await else {
+        return;
+    };
+    drop(turn_done);
+    let Ok(signals) = tunnel.accept_session(id) else {
+        return; // reset while we were connecting
+    };
+    Stats::inc(&tunnel.gateway().stats.sessions_accepted);
+    info!("session {id}: peer {} -> {target} connected", tunnel.peer);
+    drive(tunnel, id, signals, stream).await;
+}
+
+/// The shutdown and allowlist checks and the connect; `None` when refused
+/// (already reported to the peer).
+async fn connect_allowed(
+    tunnel: &Arc<Tunnel>,
+    id: SessionId,
+    target: SocketAddr,
+) -> Option<TcpStream> {
     let gateway = tunnel.gateway();
     let config = &gateway.config;
     if gateway.stopping.is_cancelled() {
@@ -24,7 +61,7 @@ pub async fn connect(tunnel: Arc<Tunnel>, id: SessionId, target: SocketAddr) {
         );
         Stats::inc(&gateway.stats.sessions_refused);
         tunnel.with_core(|c| c.refuse(id, RefuseReason::ShuttingDown, ""));
-        return;
+        return None;
     }
     if !gateway.allows(&target) {
         // Checked before any connect attempt: never an open relay.
@@ -32,22 +69,22 @@ pub async fn connect(tunnel: Arc<Tunnel>, id: SessionId, target: SocketAddr) {
             "session {id}: refusing target {target}: not in egress allowlist (peer {})",
             tunnel.peer
         );
-        Stats::inc(&tunnel.gateway().stats.sessions_refused);
+        Stats::inc(&gateway.stats.sessions_refused);
         tunnel.with_core(|c| c.refuse(id, RefuseReason::NotAllowed, ""));
-        return;
+        return None;
     }
     let timeout = Duration::from_millis(config.connect_timeout_ms);
-    let stream = match tokio::time::timeout(timeout, TcpStream::connect(target)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return refuse_connect(&tunnel, id, target, &e.to_string()),
-        Err(_) => return refuse_connect(&tunnel, id, target, "timed out"),
-    };
-    let Ok(signals) = tunnel.accept_session(id) else {
-        return; // reset while we were connecting
-    };
-    Stats::inc(&tunnel.gateway().stats.sessions_accepted);
-    info!("session {id}: peer {} -> {target} connected", tunnel.peer);
-    drive(tunnel, id, signals, stream).await;
+    match tokio::time::timeout(timeout, TcpStream::connect(target)).await {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) => {
+            refuse_connect(tunnel, id, target, &e.to_string());
+            None
+        }
+        Err(_) => {
+            refuse_connect(tunnel, id, target, "timed out");
+            None
+        }
+    }
 }
 
 fn refuse_connect(tunnel: &Arc<Tunnel>, id: SessionId, target: SocketAddr, why: &str) {

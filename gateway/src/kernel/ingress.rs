@@ -6,6 +6,11 @@
 //!   redirected by TPROXY; the original destination is the accepted
 //!   socket's local address (see docs/DEPLOYMENT.md for the nft rules).
 //!
+//! While the tunnel is up, a session is opened in the accept loop itself, so
+//! sessions open (and the peer connects their targets, see egress.rs) in the
+//! order the source connected: QEMU before 8.0 tells its multifd channels from
+//! the main migration stream by that order.
+//!
 //! When the gateway starts shutting down (`Gateway::stopping`), the
 //! listeners close and connections not yet turned into sessions are reset.
 
@@ -16,12 +21,14 @@ use std::time::Duration;
 use log::{error, info, warn};
 use socket2::SockRef;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
 
 use super::endpoint::drive;
 use super::sockopt::{listener, reset_on_close};
-use super::tunnel::OpenOutcome;
+use super::tunnel::{OpenOutcome, SessionSignals, Tunnel};
 use super::Gateway;
 use crate::admin::{Ingress, IngressMode, Stats};
+use crate::protocol::SessionId;
 
 /// Binds a listener now (so bind errors surface at startup).
 pub fn bind(ingress: &Ingress) -> std::io::Result<TcpListener> {
@@ -43,9 +50,18 @@ pub async fn serve(gateway: Arc<Gateway>, ingress: Ingress, listener: TcpListene
             _ = gateway.stopping.cancelled() => return,
         };
         match accepted {
-            Ok((stream, client)) => {
-                tokio::spawn(handle(gateway.clone(), ingress, stream, client));
-            }
+            Ok((stream, client)) => match gateway.ready_tunnel() {
+                Some(tunnel) => {
+                    if let Some(target) = original_target(&ingress, &stream, client) {
+                        if let Some(session) = open(&gateway, tunnel, &stream, client, target) {
+                            tokio::spawn(run(session, stream, target));
+                        }
+                    }
+                }
+                None => {
+                    tokio::spawn(handle(gateway.clone(), ingress, stream, client));
+                }
+            },
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
                 error!("accept on {}: {e}", ingress.bind);
@@ -55,13 +71,67 @@ pub async fn serve(gateway: Arc<Gateway>, ingress: Ingress, listener: TcpListene
     }
 }
 
-async fn handle(gateway: Arc<Gateway>, ingress: Ingress, stream: TcpStream, client: SocketAddr) {
-    let target = match ingress.mode {
-        IngressMode::Listen { target } => target,
+/// Where the connection is going: the listener's target, or (tproxy) the original destination.
+fn original_target(
+    ingress: &Ingress,
+    stream: &TcpStream,
+    client: SocketAddr,
+) -> Option<SocketAddr> {
+    match ingress.mode {
+        IngressMode::Listen { target } => Some(target),
         IngressMode::Tproxy => match stream.local_addr() {
-            Ok(original) => original,
-            Err(e) => return warn!("{client}: no original destination: {e}"),
+            Ok(original) => Some(original),
+            Err(e) => {
+                warn!("{client}: no original destination: {e}");
+                None
+            }
         },
+    }
+}
+
+/// A session opened for a connection, waiting for the peer's answer.
+struct Opened {
+    tunnel: Arc<Tunnel>,
+    client: SocketAddr,
+    id: SessionId,
+    signals: Arc<SessionSignals>,
+    outcome: oneshot::Receiver<OpenOutcome>,
+}
+
+/// Opens the session for `stream` on `tunnel`; `None` (and the stream reset) if it cannot.
+fn open(
+    gateway: &Gateway,
+    tunnel: Arc<Tunnel>,
+    stream: &TcpStream,
+    client: SocketAddr,
+    target: SocketAddr,
+) -> Option<Opened> {
+    let (id, signals, outcome) = match tunnel.open_session(client, target) {
+        Ok(x) => x,
+        Err(e) => {
+            warn!("{client} -> {target}: {e}; resetting");
+            abort(stream);
+            return None;
+        }
+    };
+    Stats::inc(&gateway.stats.sessions_opened);
+    info!(
+        "session {id}: {client} -> {target} via peer {}",
+        tunnel.peer
+    );
+    Some(Opened {
+        tunnel,
+        client,
+        id,
+        signals,
+        outcome,
+    })
+}
+
+/// A connection that arrived while no tunnel was up: waits for one, then opens its session.
+async fn handle(gateway: Arc<Gateway>, ingress: Ingress, stream: TcpStream, client: SocketAddr) {
+    let Some(target) = original_target(&ingress, &stream, client) else {
+        return;
     };
     let wait = Duration::from_millis(gateway.config.connect_timeout_ms);
     let Some(tunnel) = gateway.wait_for_tunnel(wait).await else {
@@ -75,19 +145,22 @@ async fn handle(gateway: Arc<Gateway>, ingress: Ingress, stream: TcpStream, clie
         warn!("{client} -> {target}: gateway shutting down; resetting");
         return abort(&stream);
     }
-    let (id, signals, opened) = match tunnel.open_session(client, target) {
-        Ok(x) => x,
-        Err(e) => {
-            warn!("{client} -> {target}: {e}; resetting");
-            return abort(&stream);
-        }
-    };
-    Stats::inc(&gateway.stats.sessions_opened);
-    info!(
-        "session {id}: {client} -> {target} via peer {}",
-        tunnel.peer
-    );
-    match opened.await {
+    if let Some(session) = open(&gateway, tunnel, &stream, client, target) {
+        run(session, stream, target).await;
+    }
+}
+
+/// Waits for the peer's answer to the open, then moves the session's bytes.
+async fn run(session: Opened, stream: TcpStream, target: SocketAddr) {
+    let Opened {
+        tunnel,
+        client,
+        id,
+        signals,
+        outcome,
+    } = session;
+    let gateway = tunnel.gateway().clone();
+    match outcome.await {
         Ok(OpenOutcome::Accepted) => drive(tunnel, id, signals, stream).await,
         Ok(OpenOutcome::Refused { reason, detail }) => {
             let detail = if detail.is_empty() {

@@ -97,6 +97,13 @@ impl Gateway {
         tokio::time::timeout(wait, ready).await.ok().flatten()
     }
 
+    /// The tunnel if it is up with a control connection right now (no waiting).
+    pub fn ready_tunnel(&self) -> Option<Arc<Tunnel>> {
+        let tunnel = self.current.borrow().clone()?;
+        let up = !tunnel.closed.is_cancelled() && *tunnel.control_up.borrow();
+        up.then_some(tunnel)
+    }
+
     /// Wraps an authenticated stream in a record reader and writer.
     fn secure(
         &self,

@@ -83,6 +83,9 @@ struct Inner {
     signals: HashMap<SessionId, Arc<SessionSignals>>,
     /// Which data flows attached at least once (accepting side).
     attached: Vec<bool>,
+    /// Per target, the egress connect that must finish before the next one to that target
+    /// starts (dropped when it has): see [`super::egress::connect`].
+    connect_order: HashMap<SocketAddr, oneshot::Receiver<()>>,
 }
 
 pub struct Tunnel {
@@ -124,6 +127,7 @@ impl Tunnel {
                 signals: HashMap::new(),
                 attached: Vec::new(),
                 connections: Vec::new(),
+                connect_order: HashMap::new(),
             }),
             frames_ready: Notify::new(),
             control_ready: Notify::new(),
@@ -271,7 +275,20 @@ impl Tunnel {
                     inner.signals.remove(&id);
                 }
                 Event::ConnectRequested { session, target } => {
-                    tokio::spawn(super::egress::connect(self.clone(), session, target));
+                    // Connects to one target happen in the order the sessions were opened:
+                    // chain each behind the previous one (forget finished links first).
+                    inner.connect_order.retain(|_, done| {
+                        matches!(done.try_recv(), Err(oneshot::error::TryRecvError::Empty))
+                    });
+                    let (turn_done, next) = oneshot::channel();
+                    let after = inner.connect_order.insert(target, next);
+                    tokio::spawn(super::egress::connect(
+                        self.clone(),
+                        session,
+                        target,
+                        after,
+                        turn_done,
+                    ));
                 }
             }
         }

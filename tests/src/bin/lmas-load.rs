@@ -2,18 +2,27 @@
 //!
 //! ```text
 //! lmas-load sink   --listen ADDR [--count K]
-//! lmas-load source --connect ADDR --bytes N [--seed S]
+//! lmas-load source --connect ADDR --bytes N [--seed S] [--max-secs S]
+//! lmas-load progress --total N [--label TEXT]
 //! lmas-load free-ports [N]
 //! ```
+//!
+//! `sink` and `source` show a progress bar (indicatif) on stderr while they run, and
+//! `progress` draws one for a shell script's steps; all of them stay quiet when stderr is not
+//! a terminal, so logs and CI output hold only the result lines.
 
-use std::io::{self, Write};
+use std::io::{self, BufRead, IsTerminal, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener};
 use std::process::ExitCode;
-use std::sync::mpsc;
-use std::thread;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
 
-use lmas_tests::{parse_size, recv_all, send, set_timeouts, Received};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use lmas_tests::{
+    finish_send, parse_size, recv_all, send_all_until, set_timeouts, Counting, Received,
+};
 
 const USAGE: &str = "\
 lmas-load: traffic source and sink for lmas demos and benchmarks
@@ -24,10 +33,18 @@ USAGE:
         per connection: bytes=N sha256=HEX secs=S  (secs: accept to EOF). Prints
         `listening on ADDR` to stderr once bound. Exits non-zero if a connection fails.
 
-    lmas-load source --connect ADDR --bytes N [--seed S]
+    lmas-load source --connect ADDR --bytes N [--seed S] [--max-secs S]
         Sends N bytes (suffixes K, M, G, T: binary) of a deterministic pseudo-random stream
         (seed S, default 1), shuts down its write side, waits for the peer to close and prints
         bytes=N sha256=HEX secs=S mbit_s=R  (secs: connect to the peer's close).
+        --max-secs S stops sending after S seconds (at a 1 MiB boundary): bytes= is then what
+        was sent, a prefix of the same stream, and the sink's hash must still match it.
+
+    lmas-load progress --total N [--label TEXT]
+        A progress bar for a shell script's N steps. Reads commands from stdin, one a line:
+        `step TEXT` (one more step done; TEXT describes the next), `msg TEXT` (new text, same
+        step), `println TEXT` (a line above the bar; printed plainly when stderr is not a
+        terminal), `end`. Ends at `end` or EOF. The bar itself is drawn only on a terminal.
 
     lmas-load free-ports [N]
         Prints N (default 1) free TCP ports on 127.0.0.1, one per line.
@@ -50,6 +67,9 @@ struct Opts {
     count: u64,
     bytes: Option<u64>,
     seed: u64,
+    max_secs: Option<f64>,
+    total: Option<u64>,
+    label: String,
     positional: Vec<String>,
 }
 
@@ -60,6 +80,9 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         count: 1,
         bytes: None,
         seed: 1,
+        max_secs: None,
+        total: None,
+        label: String::new(),
         positional: Vec::new(),
     };
     let mut it = args.iter();
@@ -90,6 +113,23 @@ fn parse(args: &[String]) -> Result<Opts, String> {
                     .parse()
                     .map_err(|_| format!("--seed: not a number: {v:?}"))?;
             }
+            "--max-secs" => {
+                let v = value("--max-secs")?;
+                o.max_secs = Some(
+                    v.parse::<f64>()
+                        .ok()
+                        .filter(|x| x.is_finite() && *x > 0.0)
+                        .ok_or_else(|| format!("--max-secs: not a positive number: {v:?}"))?,
+                );
+            }
+            "--total" => {
+                let v = value("--total")?;
+                o.total = Some(
+                    v.parse()
+                        .map_err(|_| format!("--total: not a number: {v:?}"))?,
+                );
+            }
+            "--label" => o.label = value("--label")?,
             s if s.starts_with('-') => return Err(format!("unknown option {s}\n\n{USAGE}")),
             s => o.positional.push(s.to_string()),
         }
@@ -124,7 +164,11 @@ fn run(args: &[String]) -> Result<(), String> {
             }
             let connect = o.connect.ok_or("source needs --connect ADDR")?;
             let bytes = o.bytes.ok_or("source needs --bytes N")?;
-            source(&connect, bytes, o.seed)
+            source(&connect, bytes, o.seed, o.max_secs)
+        }
+        "progress" => {
+            let total = o.total.ok_or("progress needs --total N")?;
+            progress(total, &o.label)
         }
         "free-ports" => {
             let n: usize = match o.positional.as_slice() {
@@ -152,18 +196,23 @@ fn sink(listen: &str, count: u64) -> Result<(), String> {
     let listener = TcpListener::bind(listen).map_err(|e| format!("bind {listen}: {e}"))?;
     let addr: SocketAddr = listener.local_addr().map_err(|e| e.to_string())?;
     eprintln!("listening on {addr}");
+    let received = Arc::new(AtomicU64::new(0));
+    let meter = Meter::start(None, "received", received.clone());
     let (tx, rx) = mpsc::channel::<Result<Received, String>>();
     let acceptor = thread::spawn(move || {
         for _ in 0..count {
             match listener.accept() {
                 Ok((s, peer)) => {
                     let tx = tx.clone();
+                    let received = received.clone();
                     thread::spawn(move || {
                         let start = Instant::now();
                         let r = set_timeouts(&s)
                             .and_then(|_| {
-                                let mut s = s;
-                                let r = recv_all(&mut s);
+                                let r = recv_all(&mut CountingReader {
+                                    inner: &s,
+                                    count: received,
+                                });
                                 let _ = s.shutdown(Shutdown::Both);
                                 r
                             })
@@ -197,14 +246,27 @@ fn sink(listen: &str, count: u64) -> Result<(), String> {
         }
     }
     let _ = acceptor.join();
+    meter.finish();
     if failed > 0 {
         return Err(format!("{failed} of {count} connections failed"));
     }
     Ok(())
 }
 
-fn source(connect: &str, bytes: u64, seed: u64) -> Result<(), String> {
-    let sent = send(connect, bytes, seed).map_err(|e| format!("source to {connect}: {e}"))?;
+fn source(connect: &str, bytes: u64, seed: u64, max_secs: Option<f64>) -> Result<(), String> {
+    let start = Instant::now();
+    let deadline = max_secs.map(|m| start + Duration::from_secs_f64(m));
+    let s = lmas_tests::connect(connect).map_err(|e| format!("source to {connect}: {e}"))?;
+    let count = Arc::new(AtomicU64::new(0));
+    let meter = Meter::start(Some(bytes), "sent", count.clone());
+    let result = (|| -> io::Result<lmas_tests::Sent> {
+        let mut w = Counting { inner: &s, count };
+        let sent = send_all_until(&mut w, bytes, seed, deadline)?;
+        // The peer closes once it has everything: secs covers delivery, not just buffering.
+        finish_send(&s, sent, start)
+    })();
+    meter.finish();
+    let sent = result.map_err(|e| format!("source to {connect}: {e}"))?;
     println!(
         "bytes={} sha256={} secs={:.6} mbit_s={:.1}",
         sent.bytes,
@@ -212,5 +274,103 @@ fn source(connect: &str, bytes: u64, seed: u64) -> Result<(), String> {
         sent.secs,
         sent.mbit_s()
     );
+    Ok(())
+}
+
+/// A reader that counts the bytes read through it into a shared counter.
+struct CountingReader<R> {
+    inner: R,
+    count: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// A byte-count progress bar on stderr (hidden when stderr is not a terminal), fed from a
+/// shared counter by a thread that samples it ten times a second.
+struct Meter {
+    bar: ProgressBar,
+    stop: Arc<AtomicBool>,
+    ticker: Option<JoinHandle<()>>,
+}
+
+impl Meter {
+    fn start(total: Option<u64>, what: &str, count: Arc<AtomicU64>) -> Meter {
+        let target = ProgressDrawTarget::stderr_with_hz(4);
+        let bar = match total {
+            Some(t) => ProgressBar::with_draw_target(Some(t), target).with_style(
+                ProgressStyle::with_template(&format!(
+                    "{{elapsed_precise}} [{{bar:30}}] {{bytes}}/{{total_bytes}} {what}, {{binary_bytes_per_sec}}, eta {{eta}}"
+                ))
+                .expect("valid template")
+                .progress_chars("=> "),
+            ),
+            None => ProgressBar::with_draw_target(None, target).with_style(
+                ProgressStyle::with_template(&format!(
+                    "{{elapsed_precise}} {{spinner}} {{bytes}} {what}, {{binary_bytes_per_sec}}"
+                ))
+                .expect("valid template"),
+            ),
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let ticker = (!bar.is_hidden()).then(|| {
+            let (bar, stop) = (bar.clone(), stop.clone());
+            thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    bar.set_position(count.load(Ordering::Relaxed));
+                    thread::sleep(Duration::from_millis(100));
+                }
+            })
+        });
+        Meter { bar, stop, ticker }
+    }
+
+    fn finish(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.ticker.take() {
+            let _ = t.join();
+        }
+        self.bar.finish_and_clear();
+    }
+}
+
+/// `lmas-load progress`: a bar for the steps of a shell script, driven through stdin.
+fn progress(total: u64, label: &str) -> Result<(), String> {
+    let tty = io::stderr().is_terminal();
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr_with_hz(4))
+        .with_style(
+            ProgressStyle::with_template(
+                "{prefix}[{bar:30}] {pos}/{len} {elapsed_precise} (eta {eta}) {wide_msg}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        )
+        .with_prefix(if label.is_empty() {
+            String::new()
+        } else {
+            format!("{label} ")
+        });
+    bar.enable_steady_tick(Duration::from_millis(500));
+    for l in io::stdin().lock().lines() {
+        let l = l.map_err(|e| format!("reading stdin: {e}"))?;
+        let (cmd, text) = l.split_once(' ').unwrap_or((l.as_str(), ""));
+        match cmd {
+            "step" => {
+                bar.inc(1);
+                bar.set_message(text.to_string());
+            }
+            "msg" => bar.set_message(text.to_string()),
+            "println" if tty => bar.println(text),
+            "println" => eprintln!("{text}"),
+            "end" => break,
+            _ => {}
+        }
+    }
+    bar.finish_and_clear();
     Ok(())
 }
