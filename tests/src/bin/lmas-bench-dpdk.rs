@@ -18,6 +18,7 @@ use std::net::{SocketAddr, SocketAddrV4};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use lmas_tests::dpdk_lab::{Kind, Topology, DST};
 use lmas_tests::{expected_sha256, parse_size, send, Gateway, Sink};
 
@@ -202,7 +203,21 @@ fn run() -> Result<(), String> {
     let mut runs_csv = String::from("mode,run,bytes,secs,mbit_s,sha256_ok\n");
     let mut roles_csv = String::from("gateway,role,cpu_secs,packets,cycles_per_packet\n");
     let mut summary = Vec::new();
+    // Steps: per mode, bring-up and each run. On stderr, hidden when it is not a terminal.
+    let bar = ProgressBar::with_draw_target(
+        Some((o.modes.len() * (o.runs + 1)) as u64),
+        ProgressDrawTarget::stderr_with_hz(4),
+    )
+    .with_style(
+        ProgressStyle::with_template(
+            "[{bar:30}] {pos}/{len} {elapsed_precise} (eta {eta}) {wide_msg}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(Duration::from_millis(500));
     for (name, a_kind, b_kind) in &o.modes {
+        bar.set_message(format!("{name}: starting the pair"));
         let t = Topology::new(&format!("bench-{name}"), *a_kind, *b_kind)?;
         let (ca, cb) = (
             t.config_a(&t.key_b.public, 8),
@@ -219,8 +234,10 @@ fn run() -> Result<(), String> {
             .map_err(|e| format!("sink: {e}"))?;
         let to = t.ingress_for(5000);
         let (a0, b0) = (snapshot(&ga), snapshot(&gb));
+        bar.inc(1);
         let mut rates = Vec::new();
         for run in 1..=o.runs {
+            bar.set_message(format!("{name}: run {run} of {}", o.runs));
             let (bytes, seed) = (o.bytes, run as u64);
             let sent = t
                 .src
@@ -229,12 +246,15 @@ fn run() -> Result<(), String> {
             let got = sink.recv(Duration::from_secs(300));
             let ok = got.sha256 == expected_sha256(o.bytes, seed) && got.bytes == o.bytes;
             let rate = sent.mbit_s();
-            println!(
-                "{name} run {run}: {} bytes in {:.2}s = {rate:.0} Mbit/s, sha256 {}",
-                o.bytes,
-                sent.secs,
-                if ok { "ok" } else { "MISMATCH" }
-            );
+            bar.suspend(|| {
+                println!(
+                    "{name} run {run}: {} bytes in {:.2}s = {rate:.0} Mbit/s, sha256 {}",
+                    o.bytes,
+                    sent.secs,
+                    if ok { "ok" } else { "MISMATCH" }
+                )
+            });
+            bar.inc(1);
             let _ = writeln!(
                 runs_csv,
                 "{name},{run},{},{:.3},{rate:.1},{ok}",
@@ -257,6 +277,7 @@ fn run() -> Result<(), String> {
             let _ = g.terminate(Duration::from_secs(10));
         }
     }
+    bar.finish_and_clear();
     println!(
         "\nsummary ({} runs of {} MiB each, medians):",
         o.runs,
