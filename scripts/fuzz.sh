@@ -5,11 +5,12 @@
 #   tunnel_core (the session core driven by a hostile peer), dpdk_engine (the DPDK datapath's
 #   engine fed raw frames and junk on its tunnel port).
 # Needs a nightly toolchain and cargo-fuzz (installed here with `cargo install cargo-fuzz` when
-# missing); skips with a clear message when no nightly toolchain is available.
+# missing); skips with a clear message when no nightly toolchain is available. FUZZ_SANITIZER=none
+# builds without AddressSanitizer (the CI smoke does; long runs keep the default, address).
 set -euo pipefail
 
 if [[ ${1:-} == -h || ${1:-} == --help ]]; then
-    sed -n '2,8p' "$0"
+    sed -n '2,9p' "$0"
     exit 0
 fi
 SECONDS_EACH=${1:-30}
@@ -24,11 +25,13 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "fuzz.sh: installing cargo-fuzz"
     cargo install cargo-fuzz --locked --quiet
 fi
-cargo +nightly fuzz build -O
+# FUZZ_SANITIZER: address (default; what long runs want) or none (a quick smoke: half the build).
+SANITIZER=${FUZZ_SANITIZER:-address}
+cargo +nightly fuzz build -O -s "$SANITIZER"
 passed=0
 failed=0
 for target in $(cargo +nightly fuzz list); do
-    if cargo +nightly fuzz run -O "$target" -- -max_total_time="$SECONDS_EACH" >"fuzz/$target.log" 2>&1; then
+    if cargo +nightly fuzz run -O -s "$SANITIZER" "$target" -- -max_total_time="$SECONDS_EACH" >"fuzz/$target.log" 2>&1; then
         echo "fuzz.sh: $target: $(grep -Eo 'Done [0-9]+ runs in [0-9]+ second' "fuzz/$target.log" | tail -1), no crash"
         passed=$((passed + 1))
     else
