@@ -33,7 +33,8 @@ Options:
   --links "LIST"     RTT_MS/LOSS_PCT pairs                          [$LINKS]
   --guests "LIST"    paused running                                 [$GUESTS]
   --modes "LIST"     direct, direct-mfN, lmas, lmas-mfN (mfN: QEMU multifd, N channels);
-                     lmas modes may end in -wNm: the gateways' session window, N MiB
+                     lmas modes may end in -wNm: the gateways' session window, N MiB,
+                     and -uNm: their per-session unsent room, N MiB
                                                                     [$MODES]
   --runs N                                                          [$RUNS]
   --rate MBIT        link rate                                      [$RATE]
@@ -112,15 +113,16 @@ for link in "${links[@]}"; do
         for ((run = 1; run <= RUNS; run++)); do
             for mode in "${modes[@]}"; do
                 n=$((n + 1))
-                path=${mode%%-*} mf=0 window=()
+                path=${mode%%-*} mf=0 window=() unsent=()
                 [[ $mode =~ -mf([0-9]+) ]] && mf=${BASH_REMATCH[1]}
                 [[ $mode =~ -w([0-9]+)m ]] && window=(--window $((BASH_REMATCH[1] * 1024 * 1024)))
+                [[ $mode =~ -u([0-9]+)m ]] && unsent=(--unsent $((BASH_REMATCH[1] * 1024 * 1024)))
                 progress msg "rtt=${rtt}ms loss=${loss}% $guest $mode run $run/$RUNS"
                 echo "# rtt=$rtt loss=$loss guest=$guest mode=$mode run=$run" >>"$LOG"
                 rc=0
                 line=$("$REPO/scripts/migrate.sh" --mode "$path" --multifd "$mf" --guest "$guest" \
                     --ram-mib "$ram" --ws-mib "$WS_MIB" --dirty-rate "$DIRTY_RATE" \
-                    --rtt "$rtt" --loss "$loss" --rate "$RATE" --timeout "$timeout" "${window[@]}" 2>>"$LOG") || rc=$?
+                    --rtt "$rtt" --loss "$loss" --rate "$RATE" --timeout "$timeout" "${window[@]}" "${unsent[@]}" 2>>"$LOG") || rc=$?
                 echo "$line" >>"$LOG"
                 if [[ $line != migrate:* ]]; then
                     line="migrate: mode=$path multifd=$mf guest=$guest rtt_ms=$rtt loss_pct=$loss status=error converged=0 verified=na"

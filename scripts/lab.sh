@@ -40,7 +40,7 @@ Commands:
   down                stop the link and everything running in the lab namespaces, delete them
   exec NS CMD...      run CMD in namespace NS (shorthand for ip netns exec)
   linkemu-path        print the linkemu binary used (building it if needed)
-  gateways up [--flows N] [--congestion CC] [--ingress listen|tproxy] [--window BYTES]
+  gateways up [--flows N] [--congestion CC] [--ingress listen|tproxy] [--window BYTES] [--unsent BYTES]
                       (re)start the LMAS pair, N data flows (default 8) with WAN congestion
                       control CC (default: the gateway's, bbr) and a session window of BYTES
                       (limits.session_window_bytes; default: the gateway's, 256 MiB). Ingress 'listen' (default):
@@ -403,7 +403,7 @@ ingress_addr() {
 }
 
 cmd_gateways() {
-    local sub=${1:-} flows=8 cc="" ingress=listen window="" # cc, window empty: the gateway's defaults
+    local sub=${1:-} flows=8 cc="" ingress=listen window="" unsent="" # empty: the gateway's defaults
     [[ $# -gt 0 ]] && shift
     while (($#)); do
         case $1 in
@@ -411,6 +411,7 @@ cmd_gateways() {
             --congestion) cc=$2; shift 2 ;;
             --ingress) ingress=$2; shift 2 ;;
             --window) window=$2; shift 2 ;;
+            --unsent) unsent=$2; shift 2 ;;
             *) die "gateways: unknown option $1" ;;
         esac
     done
@@ -419,11 +420,12 @@ cmd_gateways() {
         down) gw_stop; echo "lab.sh: gateways stopped"; return ;;
         address) ingress_addr || die "gateways are not up"; return ;;
         up) ;;
-        *) die "gateways up [--flows N] [--congestion CC] [--ingress listen|tproxy] [--window BYTES] | gateways down | gateways address" ;;
+        *) die "gateways up [--flows N] [--congestion CC] [--ingress listen|tproxy] [--window BYTES] [--unsent BYTES] | gateways down | gateways address" ;;
     esac
     [[ $ingress == listen || $ingress == tproxy ]] || die "gateways: --ingress is listen or tproxy, not $ingress"
     [[ $flows =~ ^[0-9]+$ ]] || die "gateways: --flows takes a number, got $flows"
     [[ -z $window || $window =~ ^[0-9]+$ ]] || die "gateways: --window takes a number of bytes, got $window"
+    [[ -z $unsent || $unsent =~ ^[0-9]+$ ]] || die "gateways: --unsent takes a number of bytes, got $unsent"
     lab_exists || die "testbed is not up (scripts/lab.sh up)"
     local lmas dir=$RUN_DIR/gw
     lmas=$(bin_path lmas LMAS lmas)
@@ -440,8 +442,11 @@ cmd_gateways() {
         printf '[[ingress]]\nmode = "tproxy"\nbind = "0.0.0.0:%s"\n' "$TPROXY_PORT" >>"$dir/gw-a.toml"
         tproxy_rules add
     fi
-    if [[ -n $window ]]; then
-        printf '\n[limits]\nsession_window_bytes = %s\n' "$window" | tee -a "$dir/gw-a.toml" >>"$dir/gw-b.toml"
+    if [[ -n $window || -n $unsent ]]; then
+        local limits=$'\n[limits]\n'
+        [[ -z $window ]] || limits+="session_window_bytes = $window"$'\n'
+        [[ -z $unsent ]] || limits+="unsent_bytes = $unsent"$'\n'
+        printf '%s' "$limits" | tee -a "$dir/gw-a.toml" >>"$dir/gw-b.toml"
     fi
     # The WAN flows are long-lived: keep their congestion window across idle gaps between
     # sessions (the kernel default restarts it from the initial window after one RTO idle).
@@ -463,7 +468,7 @@ cmd_gateways() {
         if all_logged "tunnel up" "$RUN_DIR/gw-a.log" "$RUN_DIR/gw-b.log" && all_logged "$ready" "$RUN_DIR/gw-a.log"; then
             echo "$ingress" >"$RUN_DIR/ingress"
             # What runs, for scripts that reuse a running pair (migrate.sh).
-            echo "ingress=$ingress flows=$flows congestion=${cc:-default} window=${window:-default}" >"$RUN_DIR/gateways"
+            echo "ingress=$ingress flows=$flows congestion=${cc:-default} window=${window:-default} unsent=${unsent:-default}" >"$RUN_DIR/gateways"
             local via="src-host connects to $(ingress_addr)"
             [[ $ingress == tproxy ]] && via="src-host connects to $DST_IP:$TARGET_PORT, intercepted in gw-a"
             log "gateways up: $ingress ingress ($via), $flows data flows, WAN congestion control ${cc:-default} (logs: $RUN_DIR/gw-*.log)"

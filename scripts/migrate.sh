@@ -20,6 +20,7 @@ WS_MIB=512
 DIRTY_RATE=32
 FLOWS=8
 WINDOW=""
+UNSENT=""
 INGRESS=listen
 TIMEOUT=300
 LINK_ARGS=()
@@ -57,6 +58,7 @@ Options:
   --dirty-rate R         running guest: MiB/s dirtied                                 [$DIRTY_RATE]
   --flows N              lmas: the gateways' data flows (restarted if different)     [$FLOWS]
   --window BYTES         lmas: the gateways' session window (default: theirs, 256 MiB)
+  --unsent BYTES         lmas: the gateways' per-session unsent room (default: theirs, 4 MiB)
   --ingress listen|tproxy  lmas: QEMU dials gw-a's listener, or the destination itself
                          (intercepted by TPROXY in gw-a)                             [$INGRESS]
   --rtt MS, --loss PCT, --rate MBIT   set the emulated link first (else as it is)
@@ -89,6 +91,7 @@ while (($#)); do
         --dirty-rate) DIRTY_RATE=$2; shift 2 ;;
         --flows) FLOWS=$2; shift 2 ;;
         --window) WINDOW=$2; shift 2 ;;
+        --unsent) UNSENT=$2; shift 2 ;;
         --ingress) INGRESS=$2; shift 2 ;;
         --rtt | --loss | --rate) LINK_ARGS+=("$1" "$2"); shift 2 ;;
         --timeout) TIMEOUT=$2; shift 2 ;;
@@ -102,6 +105,7 @@ done
 [[ $GUEST == paused || $GUEST == running ]] || die "--guest is paused or running, not $GUEST"
 [[ $INGRESS == listen || $INGRESS == tproxy ]] || die "--ingress is listen or tproxy, not $INGRESS"
 [[ -z $WINDOW || $WINDOW =~ ^[0-9]+$ ]] || die "--window takes a number of bytes, got $WINDOW"
+[[ -z $UNSENT || $UNSENT =~ ^[0-9]+$ ]] || die "--unsent takes a number of bytes, got $UNSENT"
 for v in MULTIFD RAM_MIB WS_MIB DIRTY_RATE FLOWS TIMEOUT SEED; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "--${v,,} takes a whole number, got ${!v}"
 done
@@ -173,8 +177,9 @@ loss=$(field loss_pct "$link")
 INCOMING=tcp:$DST_IP:$TARGET_PORT
 gw_state=$(cat "$LAB_RUN_DIR/gateways" 2>/dev/null || true)
 if [[ $MODE == lmas ]]; then
-    if [[ $gw_state != "ingress=$INGRESS flows=$FLOWS congestion=default window=${WINDOW:-default}" ]]; then
-        "$LAB" gateways up --flows "$FLOWS" --ingress "$INGRESS" ${WINDOW:+--window "$WINDOW"} >&2 ||
+    if [[ $gw_state != "ingress=$INGRESS flows=$FLOWS congestion=default window=${WINDOW:-default} unsent=${UNSENT:-default}" ]]; then
+        "$LAB" gateways up --flows "$FLOWS" --ingress "$INGRESS" ${WINDOW:+--window "$WINDOW"} \
+            ${UNSENT:+--unsent "$UNSENT"} >&2 ||
             die "the gateways did not come up"
     fi
     URI=tcp:$("$LAB" gateways address)

@@ -10,6 +10,7 @@ fuzz_target!(|data: &[u8]| {
     let limits = Limits {
         session_window: 1 << 16,
         global_buffer: 1 << 18,
+        unsent_buffer: 1 << 14,
         frame_len: 1024,
         max_sessions: 8,
         ack_every: 1 << 12,

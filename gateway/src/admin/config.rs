@@ -121,6 +121,7 @@ struct EgressSection {
 struct LimitsSection {
     session_window_bytes: Option<i64>,
     global_buffer_bytes: Option<i64>,
+    unsent_bytes: Option<i64>,
     frame_bytes: Option<i64>,
     max_sessions: Option<i64>,
 }
@@ -498,6 +499,19 @@ impl Config {
                 format!("{w} (at least session_window_bytes)"),
             )
         })? as u64;
+        // The default never exceeds a smaller configured window.
+        let unsent_default = defaults.unsent_buffer.min(session_window) as i64;
+        let unsent_buffer = in_range(
+            l.unsent_bytes.unwrap_or(unsent_default),
+            64 << 10,
+            session_window as i64,
+        )
+        .map_err(|w| {
+            err(
+                "limits.unsent_bytes",
+                format!("{w} (at most session_window_bytes)"),
+            )
+        })? as u64;
         let frame_len = in_range(
             l.frame_bytes.unwrap_or(defaults.frame_len as i64),
             1024,
@@ -513,6 +527,7 @@ impl Config {
         let limits = Limits {
             session_window,
             global_buffer,
+            unsent_buffer,
             frame_len,
             max_sessions,
             ack_every: defaults.ack_every.min(session_window / 4),
@@ -666,6 +681,7 @@ mod tests {
                 "limits.session_window_bytes",
             ),
             ("[wan]\ncongestion = \"a b\"\n", "wan.congestion"),
+            ("[limits]\nunsent_bytes = 1\n", "limits.unsent_bytes"),
             ("[wan]\ncongestion = \"nosuchcc\"\n", "wan.congestion"),
             (
                 "[[ingress]]\nmode = \"tproxy\"\nbind = \"127.0.0.1:6000\"\n",

@@ -36,6 +36,14 @@ pub struct Limits {
     pub session_window: u64,
     /// Send-buffer bytes across all sessions of the tunnel.
     pub global_buffer: u64,
+    /// Per session: bytes taken from the endpoint but not yet handed to a
+    /// data flow. Kept small so the source's TCP sees the WAN's rate: a
+    /// hypervisor paces its pre-copy and decides when to stop the guest from
+    /// how fast its socket drains, and every byte queued here is downtime
+    /// after it stops. Data in flight is bounded by `session_window` instead,
+    /// which loss recovery needs large. Per session, not per tunnel, so a
+    /// session whose peer stopped reading cannot hold the others' room.
+    pub unsent_buffer: u64,
     /// Largest data frame payload.
     pub frame_len: usize,
     pub max_sessions: usize,
@@ -53,6 +61,8 @@ impl Default for Limits {
             // the other flows go on (measured: docs/BENCHMARKS.md, WAN lab).
             session_window: 256 << 20,
             global_buffer: 1 << 30,
+            // 34 ms at 1 Gbit/s; ample to keep the flows fed from a LAN.
+            unsent_buffer: 4 << 20,
             frame_len: 64 << 10,
             max_sessions: 4096,
             ack_every: 1 << 20,

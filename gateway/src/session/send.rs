@@ -44,6 +44,11 @@ impl SendStream {
         self.written - self.acked
     }
 
+    /// Bytes written and not yet cut into a frame.
+    pub fn unsent(&self) -> u64 {
+        self.written - self.next_new
+    }
+
     pub fn written(&self) -> u64 {
         self.written
     }

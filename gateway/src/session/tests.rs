@@ -73,6 +73,7 @@ fn limits() -> Limits {
     Limits {
         session_window: 4096,
         global_buffer: 6000,
+        unsent_buffer: 1500,
         frame_len: 700,
         max_sessions: 16,
         ack_every: 1024,
@@ -299,4 +300,64 @@ fn peer_cannot_open_in_our_id_space() {
         window: 10,
     });
     assert!(matches!(err, Err(PeerError::BadSessionId(_))));
+}
+
+#[test]
+fn unsent_room_bounds_reads_and_frees_as_frames_go_out() {
+    // A hypervisor must see the WAN's rate: what the gateway accepts beyond
+    // what the flows have taken is bounded by `unsent_buffer`, well below the
+    // window that data in flight may use.
+    let target: SocketAddr = "192.0.2.1:5000".parse().unwrap();
+    let (mut a, mut b) = (
+        End::new(Side::Dialer, limits()),
+        End::new(Side::Acceptor, limits()),
+    );
+    let id = a.core.open(target).unwrap();
+    a.drain_events();
+    deliver(&mut b, a.control.pop_front().unwrap());
+    b.drain_events();
+    a.core
+        .handle_message(b.control.pop_front().unwrap())
+        .unwrap();
+    a.drain_events();
+    let mut written = 0;
+    while let Ok(cap) = a.core.send_capacity(id) {
+        if cap == 0 {
+            break;
+        }
+        a.core
+            .write(id, Bytes::from(vec![7u8; cap as usize]))
+            .unwrap();
+        written += cap;
+    }
+    assert_eq!(
+        written,
+        limits().unsent_buffer,
+        "stopped at the unsent room, not the window"
+    );
+    a.events.clear();
+    let frame = a.core.poll_frame(0).expect("a frame");
+    a.drain_events();
+    assert!(a.events.contains(&Event::Writable(id)), "{:?}", a.events);
+    assert_eq!(
+        a.core.send_capacity(id).unwrap(),
+        frame.payload.len() as u64
+    );
+    // Frames in flight still count against the window: after the window is
+    // spent no unsent room helps.
+    let mut in_flight = frame.payload.len() as u64;
+    loop {
+        let cap = a.core.send_capacity(id).unwrap();
+        if cap > 0 {
+            a.core
+                .write(id, Bytes::from(vec![7u8; cap as usize]))
+                .unwrap();
+        }
+        match a.core.poll_frame(0) {
+            Some(f) => in_flight += f.payload.len() as u64,
+            None => break,
+        }
+    }
+    assert_eq!(in_flight, limits().session_window);
+    assert_eq!(a.core.send_capacity(id).unwrap(), 0);
 }

@@ -236,13 +236,15 @@ impl TunnelCore {
         }
     }
 
-    /// How many bytes the endpoint may `write` now (0 = wait for `Writable`
-    /// or `CreditFreed`).
+    /// How many bytes the endpoint may `write` now: within the session's
+    /// window, the tunnel's global buffer and the session's unsent room
+    /// (0 = wait for `Writable` or `CreditFreed`).
     pub fn send_capacity(&self, id: SessionId) -> Result<u64, SessionError> {
         let s = self.session(id)?;
         let own = self.limits.session_window.saturating_sub(s.send.buffered());
         let global = self.limits.global_buffer.saturating_sub(self.buffered);
-        Ok(own.min(global))
+        let unsent = self.limits.unsent_buffer.saturating_sub(s.send.unsent());
+        Ok(own.min(global).min(unsent))
     }
 
     /// Queues endpoint bytes for the peer. May exceed `send_capacity` by at
@@ -503,6 +505,11 @@ impl TunnelCore {
             if s.send.has_sendable() {
                 s.queued = true;
                 self.scheduler.mark_ready(id);
+            }
+            // The endpoint may have stopped reading for want of unsent room.
+            let limit = self.limits.unsent_buffer;
+            if s.send.unsent() < limit && s.send.unsent() + payload.len() as u64 >= limit {
+                self.events.push_back(Event::Writable(id));
             }
             return Some(self.carry(flow, id, offset, payload));
         }
