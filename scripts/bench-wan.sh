@@ -54,7 +54,8 @@ goodput in Mbit/s on stdout):
   lmas-N[-CC]         through the LMAS gateway pair with N data flows and WAN congestion
                       control CC (default: the gateway's, bbr), e.g. lmas-8, lmas-8-cubic: a sized transfer
                       with lmas-load, SHA-256 checked at the receiver, and a check that gw-a
-                      carried it
+                      carried it; a -uNm suffix sets the gateways' per-session unsent room
+                      to N MiB (limits.unsent_bytes), e.g. lmas-8-u256m
 
 Warm-up (lmas modes): a deployed gateway pair keeps its tunnel, and so its WAN flows and
 their congestion state, up between migrations. The sweep restarts the pair per mode, so before
@@ -142,16 +143,17 @@ mode_direct_p8() { iperf_server; iperf3_run -P 8; }
 LMAS_CUR=""
 WARM_FOR=""   # the "mode link-setting" the tunnel was last warmed for
 lmas_mode() {
-    local flows=$1 cc=$2 limit=()
+    local flows=$1 cc=$2 unsent=$3 limit=()
     ((LMAS_MAX_SECS > 0)) && limit=(--max-secs "$LMAS_MAX_SECS")
-    if [[ $LMAS_CUR != "$flows-$cc" ]]; then
-        "$LAB" gateways up --flows "$flows" ${cc:+--congestion "$cc"} >>"$LOG" 2>&1 || { echo nan; return; }
-        LMAS_CUR="$flows-$cc"
+    if [[ $LMAS_CUR != "$flows-$cc-$unsent" ]]; then
+        "$LAB" gateways up --flows "$flows" ${cc:+--congestion "$cc"} ${unsent:+--unsent "$unsent"} \
+            >>"$LOG" 2>&1 || { echo nan; return; }
+        LMAS_CUR="$flows-$cc-$unsent"
     fi
-    if ((WARMUP_BYTES > 0)) && [[ $WARM_FOR != "$flows-$cc $POINT" ]]; then
+    if ((WARMUP_BYTES > 0)) && [[ $WARM_FOR != "$flows-$cc-$unsent $POINT" ]]; then
         echo "# warm-up: $WARMUP_BYTES bytes, at most 5 s" >>"$LOG"
         "$LAB" transfer --bytes "$WARMUP_BYTES" --max-secs 5 --timeout "$LMAS_TIMEOUT" >>"$LOG" 2>&1 || true
-        WARM_FOR="$flows-$cc $POINT"
+        WARM_FOR="$flows-$cc-$unsent $POINT"
     fi
     "$LAB" transfer --bytes "$LMAS_BYTES" "${limit[@]}" --timeout "$LMAS_TIMEOUT" 2>>"$LOG" || echo nan
 }
@@ -163,12 +165,15 @@ run_mode() {
         direct) mode_direct ;;
         direct-p8) mode_direct_p8 ;;
         lmas-*)
-            local rest=${mode#lmas-} flows cc
+            local rest=${mode#lmas-} flows cc unsent=""
+            if [[ $rest =~ ^(.*)-u([0-9]+)m$ ]]; then
+                rest=${BASH_REMATCH[1]} unsent=$((BASH_REMATCH[2] * 1024 * 1024))
+            fi
             flows=${rest%%-*}
             cc=""
             [[ $rest == *-* ]] && cc=${rest#*-}
-            [[ $flows =~ ^[0-9]+$ ]] || die "bad mode $mode (lmas-N or lmas-N-CC)"
-            lmas_mode "$flows" "$cc"
+            [[ $flows =~ ^[0-9]+$ ]] || die "bad mode $mode (lmas-N, lmas-N-CC, either ending in -uNm)"
+            lmas_mode "$flows" "$cc" "$unsent"
             ;;
         *) die "unknown mode: $mode (see --help)" ;;
     esac
