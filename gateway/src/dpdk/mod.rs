@@ -14,7 +14,8 @@
 //! - [`net`]: one port's smoltcp interface, with the ARP/IP guard that makes
 //!   transparent interception safe.
 //! - [`wan`]: one WAN connection: handshake, record framing.
-//! - `tunnel` / `lan`: the engine's WAN and LAN halves.
+//! - `tunnel` / `lan` / `egress`: the engine's WAN half, LAN half, and
+//!   ordered connects to targets.
 //! - [`engine`]: the TCP lcore's state and one turn of its loop.
 //! - [`crypto`]: the crypto stage (workers, queues, backlog).
 //! - `port` / `appliance` (feature `dpdk`): the DPDK glue: I/O lcores,
@@ -32,6 +33,8 @@ pub mod net;
 pub mod phy;
 #[cfg(feature = "dpdk")]
 mod port;
+mod tunnel;
+pub mod wan;
 
 #[cfg(feature = "dpdk")]
 pub use appliance::run;
@@ -44,8 +47,6 @@ pub fn run(config: crate::admin::Config) -> anyhow::Result<()> {
         config.file.display()
     )
 }
-mod tunnel;
-pub mod wan;
 
 /// How an idle poll loop waits: spin, then (if configured) sleep.
 pub struct Idle {
