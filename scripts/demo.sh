@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# demo.sh: see two lmas gateways carry one TCP stream on this machine, and what they cost.
+# demo.sh: see two lmas gateways carry one TCP stream, and what they gain or cost.
 #
+# As root (with network namespaces), this is the WAN demo: scripts/demo-wan.sh, over the
+# emulated long link of the lab. Otherwise, or with --loopback, the loopback demo below:
 # Builds the release binaries, makes keys and configs in a temporary directory, starts gateway
 # A (dials) and gateway B (accepts) on 127.0.0.1, then sends DEMO_BYTES of pseudo-random data
 # to a sink twice: directly, and through A -> encrypted tunnel -> B. Prints the goodput of both,
@@ -10,9 +12,12 @@ set -E # the ERR trap also reports failures inside functions
 
 usage() {
     cat <<'EOF'
-Usage: scripts/demo.sh [--no-build] [--keep] [--help]
+Usage: sudo scripts/demo.sh [WAN DEMO OPTIONS]     the WAN demo (scripts/demo-wan.sh --help)
+       scripts/demo.sh --loopback [--no-build] [--keep] [--help]
 
-Runs the lmas gateway pair on loopback and compares one stream sent directly to a sink with
+As root, where network namespaces work, runs scripts/demo-wan.sh: one stream over an emulated
+100 ms WAN, directly and through the gateway pair. Otherwise (or with --loopback) runs the
+lmas gateway pair on loopback and compares one stream sent directly to a sink with
 the same stream sent through the gateways (A dials B; both on 127.0.0.1).
 
 Options:
@@ -39,13 +44,23 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 # shellcheck source-path=SCRIPTDIR source=lib/pair.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/pair.sh"
 
+case ${1:-} in
+    -h | --help) usage; exit 0 ;;
+    --loopback) shift ;;
+    *)
+        if is_root && command -v ip >/dev/null && netns_usable "lmas-demo-probe-$$"; then
+            exec "$(dirname "${BASH_SOURCE[0]}")/demo-wan.sh" "$@"
+        fi
+        log "not root (or no network namespaces): the loopback demo; the WAN demo is: sudo scripts/demo.sh"
+        ;;
+esac
 parse_pair_args "$@"
 
 DEMO_BYTES=${DEMO_BYTES:-1073741824}
 DATA_FLOWS=${DATA_FLOWS:-8}
 export RUST_LOG=${RUST_LOG:-info}
 
-[[ $DEMO_BYTES =~ ^[0-9]+([KMGT](i?B)?)?$ ]] ||
+is_size "$DEMO_BYTES" ||
     die "DEMO_BYTES must be a byte count such as 1073741824 or 512M (got '$DEMO_BYTES')"
 if ! [[ $DATA_FLOWS =~ ^[0-9]+$ ]] || ((DATA_FLOWS < 1 || DATA_FLOWS > 64)); then
     die "DATA_FLOWS must be between 1 and 64 (got '$DATA_FLOWS')"

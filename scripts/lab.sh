@@ -503,7 +503,7 @@ cmd_transfer() {
             *) die "transfer: unknown option $1" ;;
         esac
     done
-    [[ $bytes =~ ^[0-9]+$ ]] || die "transfer: --bytes takes a number of bytes, got $bytes"
+    is_size "$bytes" || die "transfer: --bytes takes a byte count such as 1073741824 or 1G, got $bytes"
     need_root
     lab_exists || die "testbed is not up (scripts/lab.sh up)"
     local load to sink_out src_out sink_pid seen0=0

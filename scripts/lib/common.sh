@@ -18,6 +18,9 @@ need_root() { is_root || die "needs root to $1 (try: sudo $0 ...)"; }
 # sysctl_get NAME: the value of sysctl NAME (tabs as spaces), or nothing if it does not exist.
 sysctl_get() { local v; v=$(cat "/proc/sys/${1//.//}" 2>/dev/null) || return 0; echo "${v//$'\t'/ }"; }
 
+# is_size S: succeeds when S is a byte count lmas-load takes: digits, optionally K/M/G/T[i][B].
+is_size() { [[ $1 =~ ^[0-9]+([KMGT](i?B)?)?$ ]]; }
+
 # netns_usable NAME: succeeds when a network namespace NAME can be created (it is deleted again).
 netns_usable() { ip netns add "$1" 2>/dev/null || return 1; ip netns del "$1"; }
 
