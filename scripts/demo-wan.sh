@@ -68,10 +68,25 @@ need_root "create the lab's network namespaces (or run scripts/demo.sh --loopbac
 netns_usable "${LAB_PREFIX}probe-$$" || die "network namespaces are unavailable here (ip netns add failed); scripts/demo.sh --loopback runs without them"
 
 target=${CARGO_TARGET_DIR:-$REPO/target}
+# build: cargo build of the lab's binaries. Under sudo, root's PATH usually has no cargo (rustup
+# installs it per user): then build as the invoking user, with their toolchain, so the files in
+# target/ stay theirs.
+build() {
+    local cmd=(cargo build --release -q -p linkemu -p lmas -p lmas-tests)
+    if command -v cargo >/dev/null; then
+        (cd "$REPO" && CARGO_TARGET_DIR=$target "${cmd[@]}")
+        return
+    fi
+    local home
+    home=$(getent passwd "${SUDO_USER:-}" | cut -d: -f6)
+    [[ -n ${SUDO_USER:-} && -x $home/.cargo/bin/cargo ]] ||
+        die "cargo not found: build as yourself first (${cmd[*]}), then sudo scripts/demo.sh --no-build"
+    (cd "$REPO" && runuser -u "$SUDO_USER" -- env HOME="$home" PATH="$home/.cargo/bin:$PATH" \
+        CARGO_TARGET_DIR="$target" "${cmd[@]}")
+}
 if ((BUILD)); then
     echo "==> building linkemu, lmas, lmas-load (cargo build --release)" >&2
-    (cd "$REPO" && CARGO_TARGET_DIR=$target cargo build --release -q -p linkemu -p lmas -p lmas-tests) ||
-        die "the build failed (see above)"
+    build || die "the build failed (see above)"
 fi
 export LINKEMU=${LINKEMU:-$target/release/linkemu}
 export LMAS=${LMAS:-$target/release/lmas}
