@@ -20,6 +20,7 @@ PACKAGES=(
     iproute2 ethtool iptables nftables # lab namespaces, veth, tbf, TPROXY rules
     iperf3                             # lab baselines
     python3 python3-matplotlib         # benchmark plots
+    shellcheck                         # scripts/test.sh lints the shell scripts
     qemu-system-x86 cpio               # real QEMU migrations in the lab (migrate.sh); cpio
                                        # packs the running guest's initramfs
     linux-image-cloud-amd64            # the running guest's kernel (/boot/vmlinuz-*; small,

@@ -80,7 +80,7 @@ Needs root, iproute2, ethtool, iptables, and to build linkemu: cargo, clang, lib
 EOF
 }
 
-need_root() {
+need_lab_tools() {
     is_root || die "must run as root (it creates network namespaces, veths, XDP and netfilter rules)"
     command -v ip >/dev/null || die "iproute2 (ip) not found"
     command -v ethtool >/dev/null || die "ethtool not found"
@@ -226,7 +226,7 @@ parse_link_args() {
 
 cmd_up() {
     parse_link_args "$@"
-    need_root
+    need_lab_tools
     local bin
     bin=$(linkemu_bin)
     if lab_exists && link_running; then
@@ -274,7 +274,7 @@ cmd_up() {
 cmd_set() {
     parse_link_args "$@"
     ((${#LINK_ARGS[@]})) || die "set: no link options given (see --help)"
-    need_root
+    need_lab_tools
     lab_exists || die "testbed is not up (scripts/lab.sh up)"
     nsx "$NS_WAN" "$(linkemu_bin)" set --name "$LINK_NAME" "${LINK_ARGS[@]}"
 }
@@ -286,7 +286,7 @@ cmd_status_short() {
 }
 
 cmd_status() {
-    need_root
+    need_lab_tools
     local ns missing=0
     for ns in "${NAMESPACES[@]}"; do
         if [[ -e /run/netns/$ns ]]; then
@@ -312,7 +312,7 @@ cmd_status() {
 }
 
 cmd_down() {
-    need_root
+    need_lab_tools
     local bin ns pids
     if bin=$(LINKEMU=${LINKEMU:-} linkemu_bin 2>/dev/null); then
         "$bin" down --name "$LINK_NAME" >/dev/null 2>&1 || true
@@ -415,7 +415,7 @@ cmd_gateways() {
             *) die "gateways: unknown option $1" ;;
         esac
     done
-    need_root
+    need_lab_tools
     case $sub in
         down) gw_stop; echo "lab.sh: gateways stopped"; return ;;
         address) ingress_addr || die "gateways are not up"; return ;;
@@ -469,7 +469,8 @@ cmd_gateways() {
             echo "$ingress" >"$RUN_DIR/ingress"
             # What runs, for scripts that reuse a running pair (migrate.sh).
             echo "ingress=$ingress flows=$flows congestion=${cc:-default} window=${window:-default} unsent=${unsent:-default}" >"$RUN_DIR/gateways"
-            local via="src-host connects to $(ingress_addr)"
+            local via
+            via="src-host connects to $(ingress_addr)"
             [[ $ingress == tproxy ]] && via="src-host connects to $DST_IP:$TARGET_PORT, intercepted in gw-a"
             log "gateways up: $ingress ingress ($via), $flows data flows, WAN congestion control ${cc:-default} (logs: $RUN_DIR/gw-*.log)"
             return
@@ -504,7 +505,7 @@ cmd_transfer() {
         esac
     done
     is_size "$bytes" || die "transfer: --bytes takes a byte count such as 1073741824 or 1G, got $bytes"
-    need_root
+    need_lab_tools
     lab_exists || die "testbed is not up (scripts/lab.sh up)"
     local load to sink_out src_out sink_pid seen0=0
     load=$(bin_path lmas-load LMAS_LOAD lmas-tests)
@@ -562,7 +563,7 @@ case $cmd in
     status) cmd_status ;;
     down) cmd_down ;;
     exec)
-        need_root
+        need_lab_tools
         (($# >= 2)) || die "exec NS CMD..."
         ns=$1
         shift

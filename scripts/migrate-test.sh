@@ -42,8 +42,9 @@ run_case() {
     t0=$(date +%s)
     line=$("$REPO/scripts/migrate.sh" --mode lmas --rtt 50 --loss 0 --rate 1000 --timeout 120 "$@") || rc=$?
     echo "$line"
-    ((rc == 0)) && [[ $(field verified "$line") == 1 ]] ||
+    if ((rc != 0)) || [[ $(field verified "$line") != 1 ]]; then
         fail "$name: exit $rc, verified=$(field verified "$line") (see the lines above)"
+    fi
     echo "PASS: migrate test: $name through LMAS over RTT 50 ms: verified, e2e $(field e2e_total_ms "$line") ms" \
         "(the source saw $(field src_total_ms "$line") ms), $(($(date +%s) - t0)) s"
     passed=$((passed + 1))

@@ -122,6 +122,7 @@ QMP="$PY $REPO/scripts/qmp.py"
 RAM_BYTES=$((RAM_MIB * 1024 * 1024 - 8192))
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/lmas-migrate.XXXXXX")
 QEMU_PIDS=()
+# shellcheck disable=SC2317  # the EXIT trap
 cleanup() {
     local pid
     for pid in "${QEMU_PIDS[@]}"; do stop_pid "$pid"; done

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # test.sh: the whole test suite, as CI runs it.
-#   formatting and lints, unit + property tests, end-to-end tests that start the
+#   formatting and lints (Rust and shell), unit + property tests, end-to-end tests that start the
 #   real `lmas` binaries on loopback, and the lab tests in network namespaces (a transfer
 #   and real QEMU migrations through the gateways over the emulated WAN; those skip with a
 #   clear message where they cannot run), and a short run of every
@@ -17,6 +17,12 @@ echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --release -- -D warnings
+echo "== shellcheck (the scripts users run)"
+if command -v shellcheck >/dev/null; then
+    shellcheck -x scripts/*.sh scripts/lib/*.sh
+else
+    echo "SKIP: shellcheck not installed (scripts/install-deps.sh installs it)"
+fi
 echo "== cargo check without the DPDK feature (hosts with no libdpdk)"
 cargo check --release -p lmas --no-default-features
 echo "== build (release)"
