@@ -71,6 +71,8 @@ Output: one line on stdout,
   migrate: mode=… multifd=… guest=… ram_bytes=… rtt_ms=… loss_pct=… rate_mbit=… status=…
   converged=0|1 verified=1|0|na e2e_total_ms=… e2e_downtime_ms=… e2e_goodput_mbit=…
   src_total_ms=… src_downtime_ms=… transferred_bytes=… …
+On a terminal, stderr shows the migration's progress twice a second (the source's view: MiB
+sent and left, its rate, the pre-copy pass, then how long the destination still waits).
 e2e_total_ms runs from the 'migrate' command to the destination's MIGRATION completed event,
 e2e_downtime_ms from the source's STOP to the destination's RESUME (QMP event timestamps; both
 QEMUs share the host clock); src_* are the source's own figures (query-migrate).
@@ -218,8 +220,11 @@ fi
 
 # ---- migrate --------------------------------------------------------------------------------
 rc=0
+# A progress line on a terminal only: benchmark runs capture stderr and poll nothing extra.
+progress=()
+[[ -t 2 ]] && progress=(--progress)
 result=$($QMP migrate --src "$WORK/src.qmp" --dst "$WORK/dst.qmp" --uri "$URI" --incoming "$INCOMING" \
-    --multifd "$MULTIFD" --timeout "$TIMEOUT") || rc=$?
+    --multifd "$MULTIFD" --timeout "$TIMEOUT" "${progress[@]}") || rc=$?
 [[ -n $result ]] || die "the migration driver failed (exit $rc; QEMU logs: $(cat "$WORK"/*.log))"
 status=$(field status "$result")
 

@@ -4,7 +4,7 @@
     scripts/qmp.py cmd SOCKET COMMAND [JSON-ARGS]     one command; prints the return value
     scripts/qmp.py wait-status SOCKET STATUS [SECS]   waits until query-status says STATUS
     scripts/qmp.py migrate --src SOCK --dst SOCK --uri URI --incoming URI
-                   [--multifd N] [--max-bandwidth B] [--timeout S]
+                   [--multifd N] [--max-bandwidth B] [--timeout S] [--progress]
                                                       runs one live migration, prints key=value
 
 `migrate` prepares the destination (started with `-incoming defer`): capabilities `events`
@@ -118,6 +118,18 @@ def ms(a, b) -> str:
     return "na" if a is None or b is None else f"{(b - a) * 1000:.0f}"
 
 
+def progress_line(info: dict, secs: float) -> str:
+    """One line of migration progress from the source's query-migrate."""
+    ram = info.get("ram", {})
+    sent, left = ram.get("transferred", 0), ram.get("remaining", 0)
+    line = f"migrating {secs:5.1f} s: {sent / 2**20:6.0f} MiB sent"
+    if info.get("status") == "completed":
+        return line + ", source done; waiting for the destination (bytes still in flight)"
+    rate = ram.get("mbps", 0.0)
+    passes = ram.get("dirty-sync-count", 0)
+    return line + f", {left / 2**20:6.0f} MiB left, source at {rate:6.1f} Mbit/s, pass {passes}"
+
+
 def migrate(a) -> int:
     dst = QMP(a.dst)
     src = QMP(a.src)
@@ -138,16 +150,25 @@ def migrate(a) -> int:
     bad = lambda d: d.get("status") in ("failed", "cancelled")  # noqa: E731
     deadline = time.monotonic() + a.timeout
     status = "timeout"
+    next_progress = 0.0
     while time.monotonic() < deadline:
         r, _, _ = select.select([src, dst], [], [], 0.5)
         for q in r:
             q.poll(0.01)
+        if a.progress and time.monotonic() >= next_progress:
+            next_progress = time.monotonic() + 0.5
+            line = progress_line(src.cmd("query-migrate"), time.time() - t_start)
+            sys.stderr.write("\r\033[K" + line)
+            sys.stderr.flush()
         if src.event("MIGRATION", bad) or dst.event("MIGRATION", bad):
             status = "failed"
             break
         if dst.event("MIGRATION", done) and (not was_running or dst.event("RESUME")):
             status = "completed"
             break
+    if a.progress:
+        sys.stderr.write("\r\033[K")
+        sys.stderr.flush()
     info = src.cmd("query-migrate")
     if status == "timeout":
         # Not converged in time (or stuck): cancel, so the source guest keeps running.
@@ -202,6 +223,7 @@ def main() -> int:
     m.add_argument("--multifd", type=int, default=0, help="multifd channels (0: off)")
     m.add_argument("--max-bandwidth", type=int, default=100 << 30, help="bytes/s [100 GiB/s]")
     m.add_argument("--timeout", type=float, default=300.0)
+    m.add_argument("--progress", action="store_true", help="a progress line on stderr (twice a second)")
     a = ap.parse_args()
     try:
         if a.what == "cmd":
