@@ -67,30 +67,12 @@ done
 need_root "create the lab's network namespaces (or run scripts/demo.sh --loopback)"
 netns_usable "${LAB_PREFIX}probe-$$" || die "network namespaces are unavailable here (ip netns add failed); scripts/demo.sh --loopback runs without them"
 
-target=${CARGO_TARGET_DIR:-$REPO/target}
-# build: cargo build of the lab's binaries. Under sudo, root's PATH usually has no cargo (rustup
-# installs it per user): then build as the invoking user, with their toolchain, so the files in
-# target/ stay theirs.
-build() {
-    local cmd=(cargo build --release -q -p linkemu -p lmas -p lmas-tests)
-    if command -v cargo >/dev/null; then
-        (cd "$REPO" && CARGO_TARGET_DIR=$target "${cmd[@]}")
-        return
-    fi
-    local home
-    home=$(getent passwd "${SUDO_USER:-}" | cut -d: -f6)
-    [[ -n ${SUDO_USER:-} && -x $home/.cargo/bin/cargo ]] ||
-        die "cargo not found: build as yourself first (${cmd[*]}), then sudo scripts/demo.sh --no-build"
-    (cd "$REPO" && runuser -u "$SUDO_USER" -- env HOME="$home" PATH="$home/.cargo/bin:$PATH" \
-        CARGO_TARGET_DIR="$target" "${cmd[@]}")
-}
 if ((BUILD)); then
     echo "==> building linkemu, lmas, lmas-load (cargo build --release)" >&2
-    build || die "the build failed (see above)"
+    lab_bins "$REPO" || die "the build failed (see above)"
+else
+    lab_bins "$REPO" --no-build
 fi
-export LINKEMU=${LINKEMU:-$target/release/linkemu}
-export LMAS=${LMAS:-$target/release/lmas}
-export LMAS_LOAD=${LMAS_LOAD:-$target/release/lmas-load}
 
 # shellcheck disable=SC2317  # the EXIT trap
 cleanup() {
@@ -102,9 +84,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-first_loss=${LOSSES%% *}
-echo "==> lab up: RTT $RTT ms, loss $first_loss %, $RATE Mbit/s (namespaces ${LAB_PREFIX}*)" >&2
-"$LAB" up --rtt "$RTT" --loss "$first_loss" --rate "$RATE" >/dev/null || die "scripts/lab.sh up failed"
+echo "==> lab up: RTT $RTT ms, $RATE Mbit/s (namespaces ${LAB_PREFIX}*)" >&2
+"$LAB" up --rtt "$RTT" --rate "$RATE" >/dev/null || die "scripts/lab.sh up failed"
 echo "==> gateways up: $FLOWS data flows" >&2
 "$LAB" gateways up --flows "$FLOWS" >/dev/null || die "scripts/lab.sh gateways up failed"
 # A gateway pair's tunnel is up long before a migration starts; warm its flows like that.

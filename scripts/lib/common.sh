@@ -21,6 +21,31 @@ sysctl_get() { local v; v=$(cat "/proc/sys/${1//.//}" 2>/dev/null) || return 0; 
 # is_size S: succeeds when S is a byte count lmas-load takes: digits, optionally K/M/G/T[i][B].
 is_size() { [[ $1 =~ ^[0-9]+([KMGT](i?B)?)?$ ]]; }
 
+# lab_bins REPO [--no-build]: builds linkemu, lmas and lmas-load (release) unless --no-build,
+# then exports LINKEMU, LMAS, LMAS_LOAD (those already set are kept) for lab.sh. Under sudo,
+# root's PATH usually has no cargo (rustup installs it per user): then it builds as the invoking
+# user, with their toolchain, so the files in target/ stay theirs. Fails with a message.
+lab_bins() {
+    local repo=$1 target build_cmd=(cargo build --release -q -p linkemu -p lmas -p lmas-tests) home
+    target=${CARGO_TARGET_DIR:-$repo/target}
+    if [[ ${2:-} != --no-build ]]; then
+        if command -v cargo >/dev/null; then
+            (cd "$repo" && CARGO_TARGET_DIR=$target "${build_cmd[@]}") || return 1
+        else
+            home=$(getent passwd "${SUDO_USER:-}" | cut -d: -f6)
+            if [[ -z ${SUDO_USER:-} || ! -x $home/.cargo/bin/cargo ]]; then
+                log "cargo not found: build as yourself first (${build_cmd[*]}), then use --no-build"
+                return 1
+            fi
+            (cd "$repo" && runuser -u "$SUDO_USER" -- env HOME="$home" PATH="$home/.cargo/bin:$PATH" \
+                CARGO_TARGET_DIR="$target" "${build_cmd[@]}") || return 1
+        fi
+    fi
+    export LINKEMU=${LINKEMU:-$target/release/linkemu}
+    export LMAS=${LMAS:-$target/release/lmas}
+    export LMAS_LOAD=${LMAS_LOAD:-$target/release/lmas-load}
+}
+
 # netns_usable NAME: succeeds when a network namespace NAME can be created (it is deleted again).
 netns_usable() { ip netns add "$1" 2>/dev/null || return 1; ip netns del "$1"; }
 

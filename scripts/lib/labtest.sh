@@ -10,7 +10,7 @@ fail() { echo "FAIL: $TEST_NAME: $*" >&2; exit 1; }
 # builds linkemu, lmas and lmas-load (exports LINKEMU, LMAS, LMAS_LOAD for lab.sh), and on exit
 # takes the lab down if it was not up before (else only the gateways).
 labtest_start() {
-    local repo target tool
+    local repo tool
     repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
     is_root || skip "needs root to create network namespaces (run as root, e.g. in CI)"
     command -v ip >/dev/null || skip "iproute2 (ip) not installed"
@@ -18,13 +18,8 @@ labtest_start() {
     for tool in ethtool iptables tc nft; do
         command -v $tool >/dev/null || fail "$tool not installed (scripts/install-deps.sh; docs/LAB.md)"
     done
-    target=${CARGO_TARGET_DIR:-$repo/target}
-    echo "$TEST_NAME: building linkemu, lmas, lmas-load (release, $target)"
-    (cd "$repo" && CARGO_TARGET_DIR=$target cargo build --release -q -p linkemu -p lmas -p lmas-tests) ||
-        fail "build failed"
-    export LINKEMU=${LINKEMU:-$target/release/linkemu}
-    export LMAS=${LMAS:-$target/release/lmas}
-    export LMAS_LOAD=${LMAS_LOAD:-$target/release/lmas-load}
+    echo "$TEST_NAME: building linkemu, lmas, lmas-load (release, ${CARGO_TARGET_DIR:-$repo/target})"
+    lab_bins "$repo" || fail "build failed"
     LAB_CREATED=0
     [[ -e /run/netns/$NS_WAN ]] || LAB_CREATED=1
     trap labtest_cleanup EXIT

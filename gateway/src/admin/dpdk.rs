@@ -114,6 +114,14 @@ fn lcore(field: &str, v: i64) -> Result<u32, Err> {
         .ok_or_else(|| field_err(field, format!("{v} is not an lcore id (0..1024)")))
 }
 
+/// A list of lcore ids, `default` when the field is absent.
+fn lcores(field: &str, v: Option<&[i64]>, default: &[i64]) -> Result<Vec<u32>, Err> {
+    v.unwrap_or(default)
+        .iter()
+        .map(|&l| lcore(field, l))
+        .collect()
+}
+
 /// Whether `addr` is inside `net/len`.
 pub fn in_prefix(addr: Ipv4Addr, net: Ipv4Addr, len: u8) -> bool {
     let mask = if len == 0 {
@@ -202,24 +210,12 @@ fn port(prefix: &str, p: &PortSection) -> Result<PortSpec, Err> {
 
 impl DpdkSection {
     pub(super) fn validate(&self) -> Result<DpdkConfig, Err> {
-        let io_lcores = self
-            .io_lcores
-            .clone()
-            .unwrap_or_else(|| vec![1])
-            .into_iter()
-            .map(|v| lcore("dpdk.io_lcores", v))
-            .collect::<Result<Vec<_>, _>>()?;
+        let io_lcores = lcores("dpdk.io_lcores", self.io_lcores.as_deref(), &[1])?;
         if io_lcores.is_empty() {
             return Err(field_err("dpdk.io_lcores", "needs at least one lcore"));
         }
         let tcp_lcore = lcore("dpdk.tcp_lcore", self.tcp_lcore.unwrap_or(2))?;
-        let crypto_lcores = self
-            .crypto_lcores
-            .clone()
-            .unwrap_or_else(|| vec![3])
-            .into_iter()
-            .map(|v| lcore("dpdk.crypto_lcores", v))
-            .collect::<Result<Vec<_>, _>>()?;
+        let crypto_lcores = lcores("dpdk.crypto_lcores", self.crypto_lcores.as_deref(), &[3])?;
         let mut seen = std::collections::BTreeSet::new();
         for (field, l) in io_lcores
             .iter()
