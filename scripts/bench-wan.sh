@@ -56,6 +56,10 @@ goodput in Mbit/s on stdout):
                       with lmas-load, SHA-256 checked at the receiver, and a check that gw-a
                       carried it; a -uNm suffix sets the gateways' per-session unsent room
                       to N MiB (limits.unsent_bytes), e.g. lmas-8-u256m
+  dpdk-N[-CC]         the same through a DPDK gateway pair (scripts/lab.sh gateways up
+                      --datapath dpdk: af_packet PMD on the gateways' veths), e.g. dpdk-8,
+                      dpdk-16-reno; xdp-N[-CC] with the af_xdp PMD. A -bNm suffix sets the WAN
+                      flows' socket buffer to N MiB (wan.socket_buffer_bytes), e.g. dpdk-8-b64m
 
 Warm-up (lmas modes): a deployed gateway pair keeps its tunnel, and so its WAN flows and
 their congestion state, up between migrations. The sweep restarts the pair per mode, so before
@@ -142,18 +146,21 @@ mode_direct_p8() { iperf_server; iperf3_run -P 8; }
 # data flows, then one sized, hashed transfer with lmas-load.
 LMAS_CUR=""
 WARM_FOR=""   # the "mode link-setting" the tunnel was last warmed for
+# lmas_mode DATAPATH PMD FLOWS CC UNSENT BUFFER (empty: the gateway's default)
 lmas_mode() {
-    local flows=$1 cc=$2 unsent=$3 limit=()
+    local datapath=$1 pmd=$2 flows=$3 cc=$4 unsent=$5 buffer=$6 limit=() key
+    key="$datapath-$pmd-$flows-$cc-$unsent-$buffer"
     ((LMAS_MAX_SECS > 0)) && limit=(--max-secs "$LMAS_MAX_SECS")
-    if [[ $LMAS_CUR != "$flows-$cc-$unsent" ]]; then
-        "$LAB" gateways up --flows "$flows" ${cc:+--congestion "$cc"} ${unsent:+--unsent "$unsent"} \
+    if [[ $LMAS_CUR != "$key" ]]; then
+        "$LAB" gateways up --datapath "$datapath" --pmd "$pmd" --flows "$flows" ${cc:+--congestion "$cc"} \
+            ${unsent:+--unsent "$unsent"} ${buffer:+--buffer "$buffer"} \
             >>"$LOG" 2>&1 || { echo nan; return; }
-        LMAS_CUR="$flows-$cc-$unsent"
+        LMAS_CUR=$key
     fi
-    if ((WARMUP_BYTES > 0)) && [[ $WARM_FOR != "$flows-$cc-$unsent $POINT" ]]; then
+    if ((WARMUP_BYTES > 0)) && [[ $WARM_FOR != "$key $POINT" ]]; then
         echo "# warm-up: $WARMUP_BYTES bytes, at most 5 s" >>"$LOG"
         "$LAB" transfer --bytes "$WARMUP_BYTES" --max-secs 5 --timeout "$LMAS_TIMEOUT" >>"$LOG" 2>&1 || true
-        WARM_FOR="$flows-$cc-$unsent $POINT"
+        WARM_FOR="$key $POINT"
     fi
     "$LAB" transfer --bytes "$LMAS_BYTES" "${limit[@]}" --timeout "$LMAS_TIMEOUT" 2>>"$LOG" || echo nan
 }
@@ -162,18 +169,30 @@ mode_cleanup_lmas() { "$LAB" gateways down >>"$LOG" 2>&1 || true; LMAS_CUR=""; }
 run_mode() {
     local mode=$1
     case $mode in
-        direct) mode_direct ;;
-        direct-p8) mode_direct_p8 ;;
-        lmas-*)
-            local rest=${mode#lmas-} flows cc unsent=""
-            if [[ $rest =~ ^(.*)-u([0-9]+)m$ ]]; then
-                rest=${BASH_REMATCH[1]} unsent=$((BASH_REMATCH[2] * 1024 * 1024))
-            fi
+        direct | direct-p8)
+            # DPDK gateways own the gateways' veths: nothing routes until they are down.
+            if [[ -n $LMAS_CUR && $LMAS_CUR != kernel-* ]]; then mode_cleanup_lmas; fi
+            if [[ $mode == direct ]]; then mode_direct; else mode_direct_p8; fi
+            ;;
+        lmas-* | dpdk-* | xdp-*)
+            local rest=${mode#*-} flows cc unsent="" buffer="" datapath=dpdk pmd=af_packet
+            case $mode in
+                lmas-*) datapath=kernel ;;
+                xdp-*) pmd=af_xdp ;;
+            esac
+            while [[ $rest =~ ^(.*)-([ub])([0-9]+)m$ ]]; do
+                rest=${BASH_REMATCH[1]}
+                if [[ ${BASH_REMATCH[2]} == u ]]; then
+                    unsent=$((BASH_REMATCH[3] * 1024 * 1024))
+                else
+                    buffer=$((BASH_REMATCH[3] * 1024 * 1024))
+                fi
+            done
             flows=${rest%%-*}
             cc=""
             [[ $rest == *-* ]] && cc=${rest#*-}
-            [[ $flows =~ ^[0-9]+$ ]] || die "bad mode $mode (lmas-N, lmas-N-CC, either ending in -uNm)"
-            lmas_mode "$flows" "$cc" "$unsent"
+            [[ $flows =~ ^[0-9]+$ ]] || die "bad mode $mode (lmas-N, lmas-N-CC, dpdk-N..., xdp-N..., ending in -uNm or -bNm)"
+            lmas_mode "$datapath" "$pmd" "$flows" "$cc" "$unsent" "$buffer"
             ;;
         *) die "unknown mode: $mode (see --help)" ;;
     esac
@@ -186,7 +205,7 @@ cleanup() {
         wait "$IPERF_PID" 2>/dev/null
     fi
     IPERF_PID=""
-    if [[ " $MODES " == *" lmas-"* ]]; then mode_cleanup_lmas; fi
+    if [[ -n $LMAS_CUR ]]; then mode_cleanup_lmas; fi
     progress_end
     rm -f "$OUT/.mode.out"
 }
@@ -251,10 +270,12 @@ for rtt in "${rtts[@]}"; do
                 w1=$(date +%s.%N)
                 secs=$(awk -v a="$w0" -v b="$w1" 'BEGIN { print b - a }')
                 # Gateways (re)started inside the run: count from their start.
-                [[ $mode == lmas-* && -z $ca0 ]] && ca0=0 cb0=0
+                through=0
+                [[ $mode == direct* ]] || through=1
+                ((through == 0)) || [[ -n $ca0 ]] || ca0=0 cb0=0
                 cpua=$(cpu_pct "$ca0" "$(gw_ticks gw-a)" "$secs")
                 cpub=$(cpu_pct "$cb0" "$(gw_ticks gw-b)" "$secs")
-                [[ $mode == lmas-* ]] || cpua="" cpub=""
+                ((through)) || cpua="" cpub=""
                 progress println "$(printf '[%3d/%d] rtt=%sms loss=%s%% %-13s run %d/%d: %s Mbit/s' \
                     "$n" "$total" "$rtt" "$loss" "$mode" "$run" "$RUNS" "$mbps")"
                 progress step

@@ -40,7 +40,8 @@ Commands:
   down                stop the link and everything running in the lab namespaces, delete them
   exec NS CMD...      run CMD in namespace NS (shorthand for ip netns exec)
   linkemu-path        print the linkemu binary used (building it if needed)
-  gateways up [--flows N] [--congestion CC] [--ingress listen|tproxy] [--window BYTES] [--unsent BYTES]
+  gateways up [--datapath kernel|dpdk] [--pmd af_packet|af_xdp] [--flows N] [--congestion CC]
+              [--ingress listen|tproxy] [--window BYTES] [--unsent BYTES] [--buffer BYTES]
                       (re)start the LMAS pair, N data flows (default 8) with WAN congestion
                       control CC (default: the gateway's, bbr) and a session window of BYTES
                       (limits.session_window_bytes; default: the gateway's, 256 MiB). Ingress 'listen' (default):
@@ -48,7 +49,12 @@ Commands:
                       through gw-b. Ingress 'tproxy': src-host connects to $DST_IP:$TARGET_PORT
                       itself; TPROXY rules in gw-a hand the connection to a transparent listener
                       (:$TPROXY_PORT) and the session carries the original destination to gw-b.
-                      Keys/configs in \$LAB_RUN_DIR/gw, logs in \$LAB_RUN_DIR/gw-*.log.
+                      Datapath 'kernel' (default): the gateways on kernel sockets. 'dpdk': DPDK
+                      gateways whose userspace stacks own gw-a's and gw-b's veths through the
+                      --pmd (default af_packet); the veths lose their kernel addresses until
+                      the next kernel pair or 'gateways down'. --buffer: the WAN flows' socket
+                      buffer (wan.socket_buffer_bytes). Keys/configs in \$LAB_RUN_DIR/gw, logs
+                      in \$LAB_RUN_DIR/gw-*.log.
   gateways down       stop the LMAS pair and remove the TPROXY rules
   gateways address    print the address src-host connects to for the running pair
   transfer [--bytes N] [--max-secs S] [--direct] [--timeout S]
@@ -145,6 +151,66 @@ allow_cubic() {
     fi
 }
 
+# gw_kernel_addresses: the gateways' veths as kernel routers: gw-a has its LAN on lan0 and a
+# /32 on the WAN side with everything remote via the wan router; gw-b the mirror image.
+gw_kernel_addresses() {
+    nsx "$NS_GWA" ip addr add $GWA_LAN_IP/24 dev lan0
+    nsx "$NS_GWA" ip addr add $GWA_WAN_IP/32 dev wan0
+    nsx "$NS_GWA" ip route add $WAN_IP/32 dev wan0 scope link
+    nsx "$NS_GWA" ip route add 10.0.2.0/24 via $WAN_IP dev wan0
+    nsx "$NS_GWA" ip route add 10.0.3.0/24 via $WAN_IP dev wan0
+    nsx "$NS_GWA" sysctl -qw net.ipv4.ip_forward=1
+
+    nsx "$NS_GWB" ip addr add $GWB_WAN_IP/32 dev wan0
+    nsx "$NS_GWB" ip route add $WAN_IP/32 dev wan0 scope link
+    nsx "$NS_GWB" ip route add 10.0.2.0/24 via $WAN_IP dev wan0
+    nsx "$NS_GWB" ip route add 10.0.1.0/24 via $WAN_IP dev wan0
+    nsx "$NS_GWB" ip addr add $GWB_LAN_IP/24 dev lan0
+    nsx "$NS_GWB" sysctl -qw net.ipv4.ip_forward=1
+}
+
+# The kernel veth ends that face a gateway port: (namespace device) pairs.
+dpdk_facing() {
+    echo "$NS_SRC eth0"
+    echo "$NS_WAN wan-a"
+    echo "$NS_WAN wan-b"
+    echo "$NS_DST eth0"
+}
+
+# gw_ports kernel|dpdk: who owns the gateways' veths (lan0, wan0 in gw-a and gw-b). 'dpdk': no
+# kernel address or forwarding there (the DPDK gateways' userspace stacks own 10.0.1.1,
+# 10.0.2.1, 10.0.2.2, 10.0.3.1), and every kernel veth end facing them sends finished
+# checksums and wire-sized frames (a PMD on a veth sees neither TX checksum offload nor GSO;
+# FACTS.md); the wan router answers ARP for the far gateway (the DPDK WAN ports are one /24
+# with 10.0.2.254 as next hop, and smoltcp only ARPs inside its own prefix). 'kernel' undoes
+# all of it. Idempotent; the current mode is in $RUN_DIR/ports.
+gw_ports() {
+    local want=$1 have ns dev onoff proxy forward
+    have=$(cat "$RUN_DIR/ports" 2>/dev/null || echo kernel)
+    [[ $want != "$have" ]] || return 0
+    if [[ $want == dpdk ]]; then
+        onoff=off proxy=1 forward=0
+        for ns in "$NS_GWA" "$NS_GWB"; do
+            nsx "$ns" ip addr flush dev lan0
+            nsx "$ns" ip addr flush dev wan0
+        done
+    else
+        onoff=on proxy=0 forward=1
+        gw_kernel_addresses
+    fi
+    for ns in "$NS_GWA" "$NS_GWB"; do
+        nsx "$ns" sysctl -qw net.ipv4.ip_forward=$forward
+    done
+    while read -r ns dev; do
+        nsx "$ns" ethtool -K "$dev" tx $onoff tso $onoff gso $onoff >/dev/null
+    done < <(dpdk_facing)
+    nsx "$NS_WAN" sysctl -qw net.ipv4.conf.wan-a.proxy_arp=$proxy net.ipv4.conf.wan-b.proxy_arp=$proxy
+    # The hosts' ARP entries for their gateway stay valid (a PMD keeps the veth's MAC); the
+    # wan router's for the gateways too.
+    mkdir -p "$RUN_DIR"
+    echo "$want" >"$RUN_DIR/ports"
+}
+
 create() {
     local ns
     for ns in "${NAMESPACES[@]}"; do
@@ -161,13 +227,7 @@ create() {
     nsx "$NS_SRC" ip addr add $SRC_IP/24 dev eth0
     nsx "$NS_SRC" ip route add default via $GWA_LAN_IP
 
-    # gw-a: LAN on lan0, a /32 on the WAN side with everything remote via the wan router.
-    nsx "$NS_GWA" ip addr add $GWA_LAN_IP/24 dev lan0
-    nsx "$NS_GWA" ip addr add $GWA_WAN_IP/32 dev wan0
-    nsx "$NS_GWA" ip route add $WAN_IP/32 dev wan0 scope link
-    nsx "$NS_GWA" ip route add 10.0.2.0/24 via $WAN_IP dev wan0
-    nsx "$NS_GWA" ip route add 10.0.3.0/24 via $WAN_IP dev wan0
-    nsx "$NS_GWA" sysctl -qw net.ipv4.ip_forward=1
+    gw_kernel_addresses
 
     # wan: a router between two /32 neighbours.
     nsx "$NS_WAN" ip addr add $WAN_IP/32 dev wan-a
@@ -177,14 +237,6 @@ create() {
     nsx "$NS_WAN" ip route add 10.0.1.0/24 via $GWA_WAN_IP dev wan-a
     nsx "$NS_WAN" ip route add 10.0.3.0/24 via $GWB_WAN_IP dev wan-b
     nsx "$NS_WAN" sysctl -qw net.ipv4.ip_forward=1
-
-    # gw-b
-    nsx "$NS_GWB" ip addr add $GWB_WAN_IP/32 dev wan0
-    nsx "$NS_GWB" ip route add $WAN_IP/32 dev wan0 scope link
-    nsx "$NS_GWB" ip route add 10.0.2.0/24 via $WAN_IP dev wan0
-    nsx "$NS_GWB" ip route add 10.0.1.0/24 via $WAN_IP dev wan0
-    nsx "$NS_GWB" ip addr add $GWB_LAN_IP/24 dev lan0
-    nsx "$NS_GWB" sysctl -qw net.ipv4.ip_forward=1
 
     # dst-host
     nsx "$NS_DST" ip addr add $DST_IP/24 dev eth0
@@ -369,6 +421,51 @@ gw_stop() {
     rm -f "$RUN_DIR/ingress" "$RUN_DIR/gateways"
 }
 
+# dpdk_config FILE NAME LAN WAN PMD: turns the pair config FILE into a DPDK gateway's: its veths
+# lan0/wan0 become PMD ports (af_packet or af_xdp) with the addresses LAN and WAN (a /24 each,
+# next hop $WAN_IP on the WAN side); no hugepages, and the lcores (main, io, tcp, crypto) float
+# over every CPU and sleep when idle: a lab box shared with the link emulator and the hosts,
+# not an appliance (docs/DPDK.md).
+dpdk_config() {
+    local file=$1 name=$2 lan=$3 wan=$4 pmd=$5 vdev_lan vdev_wan
+    case $pmd in
+        # A deep rx ring: the PMD's default (512 frames) overflows in one burst of a fast flow.
+        af_packet)
+            vdev_lan="net_af_packet0,iface=lan0,framecnt=8192"
+            vdev_wan="net_af_packet1,iface=wan0,framecnt=8192"
+            ;;
+        af_xdp)
+            vdev_lan="net_af_xdp0,iface=lan0,start_queue=0,queue_count=1"
+            vdev_wan="net_af_xdp1,iface=wan0,start_queue=0,queue_count=1"
+            ;;
+        *) die "gateways: --pmd is af_packet or af_xdp, not $pmd" ;;
+    esac
+    local dev_lan=${vdev_lan%%,*} dev_wan=${vdev_wan%%,*} cpus
+    cpus="0-$(($(nproc) - 1))"
+    sed -i '/^\[gateway\]/a datapath = "dpdk"' "$file"
+    cat >>"$file" <<EOF
+
+[dpdk]
+eal_args = ["--no-huge", "-m", "1024", "--no-pci", "--no-telemetry", "--log-level", "error",
+            "--lcores=0@($cpus),1@($cpus),2@($cpus),3@($cpus)",
+            "--file-prefix", "${LAB_PREFIX}lmas-lab-$name",
+            "--vdev=$vdev_lan", "--vdev=$vdev_wan"]
+io_lcores = [1]
+tcp_lcore = 2
+crypto_lcores = [3]
+idle_sleep_us = 50
+
+[dpdk.lan]
+device = "$dev_lan"
+address = "$lan/24"
+
+[dpdk.wan]
+device = "$dev_wan"
+address = "$wan/24"
+gateway = "$WAN_IP"
+EOF
+}
+
 # tproxy_rules add|del: in gw-a, hand TCP from the LAN to $DST_IP:$TARGET_PORT to the
 # transparent listener on :$TPROXY_PORT (docs/DEPLOYMENT.md §4; FACTS.md: prerouting only,
 # mark-based local route). `del` is idempotent.
@@ -403,11 +500,15 @@ ingress_addr() {
 }
 
 cmd_gateways() {
-    local sub=${1:-} flows=8 cc="" ingress=listen window="" unsent="" # empty: the gateway's defaults
+    # empty: the gateway's defaults
+    local sub=${1:-} flows=8 cc="" ingress=listen window="" unsent="" datapath=kernel pmd=af_packet buffer=""
     [[ $# -gt 0 ]] && shift
     while (($#)); do
         case $1 in
             --flows) flows=$2; shift 2 ;;
+            --datapath) datapath=$2; shift 2 ;;
+            --pmd) pmd=$2; shift 2 ;;
+            --buffer) buffer=$2; shift 2 ;;
             --congestion) cc=$2; shift 2 ;;
             --ingress) ingress=$2; shift 2 ;;
             --window) window=$2; shift 2 ;;
@@ -417,12 +518,14 @@ cmd_gateways() {
     done
     need_lab_tools
     case $sub in
-        down) gw_stop; echo "lab.sh: gateways stopped"; return ;;
+        down) gw_stop; gw_ports kernel; echo "lab.sh: gateways stopped"; return ;;
         address) ingress_addr || die "gateways are not up"; return ;;
         up) ;;
-        *) die "gateways up [--flows N] [--congestion CC] [--ingress listen|tproxy] [--window BYTES] [--unsent BYTES] | gateways down | gateways address" ;;
+        *) die "gateways up [--datapath kernel|dpdk] [--pmd af_packet|af_xdp] [--flows N] [--congestion CC] [--ingress listen|tproxy] [--window BYTES] [--unsent BYTES] [--buffer BYTES] | gateways down | gateways address" ;;
     esac
     [[ $ingress == listen || $ingress == tproxy ]] || die "gateways: --ingress is listen or tproxy, not $ingress"
+    [[ $datapath == kernel || $datapath == dpdk ]] || die "gateways: --datapath is kernel or dpdk, not $datapath"
+    [[ -z $buffer || $buffer =~ ^[0-9]+$ ]] || die "gateways: --buffer takes a number of bytes, got $buffer"
     [[ $flows =~ ^[0-9]+$ ]] || die "gateways: --flows takes a number, got $flows"
     [[ -z $window || $window =~ ^[0-9]+$ ]] || die "gateways: --window takes a number of bytes, got $window"
     [[ -z $unsent || $unsent =~ ^[0-9]+$ ]] || die "gateways: --unsent takes a number of bytes, got $unsent"
@@ -433,14 +536,27 @@ cmd_gateways() {
     mkdir -p "$dir"
     [[ -f $dir/gw-a.key ]] || "$lmas" keygen --out "$dir/gw-a.key" >/dev/null
     [[ -f $dir/gw-b.key ]] || "$lmas" keygen --out "$dir/gw-b.key" >/dev/null
+    local wan_lines=${cc:+congestion = \"$cc\"}
+    [[ -z $buffer ]] || wan_lines+=${wan_lines:+$'\n'}"socket_buffer_bytes = $buffer"
     write_pair_configs "$dir" gw-a.key gw-b.key "$GWB_WAN_IP:$GW_PORT" "$GWA_LAN_IP:$INGRESS_PORT" \
         "$DST_IP:$TARGET_PORT" "$flows" "# written by scripts/lab.sh gateways up" \
-        "# written by scripts/lab.sh gateways up" "${cc:+congestion = \"$cc\"}"
+        "# written by scripts/lab.sh gateways up" "$wan_lines"
+    # A kernel gateway's transparent listener gets the connection from the TPROXY rule; a DPDK
+    # one terminates the destination's address itself (any-IP on its LAN port), on the
+    # destination's own port.
+    local tproxy_port=$TPROXY_PORT
+    [[ $datapath == kernel ]] || tproxy_port=$TARGET_PORT
     if [[ $ingress == tproxy ]]; then
         # Transparent ingress: no target, the original destination travels with the session.
         sed -i '/^\[\[ingress\]\]/,$d' "$dir/gw-a.toml"
-        printf '[[ingress]]\nmode = "tproxy"\nbind = "0.0.0.0:%s"\n' "$TPROXY_PORT" >>"$dir/gw-a.toml"
-        tproxy_rules add
+        printf '[[ingress]]\nmode = "tproxy"\nbind = "0.0.0.0:%s"\n' "$tproxy_port" >>"$dir/gw-a.toml"
+        [[ $datapath == dpdk ]] || tproxy_rules add
+    fi
+    gw_ports "$datapath"
+    if [[ $datapath == dpdk ]]; then
+        dpdk_config "$dir/gw-a.toml" gw-a "$GWA_LAN_IP" "$GWA_WAN_IP" "$pmd"
+        dpdk_config "$dir/gw-b.toml" gw-b "$GWB_LAN_IP" "$GWB_WAN_IP" "$pmd"
+        [[ $ingress != tproxy ]] || sed -i "/^\[dpdk.lan\]/a intercept = [\"$DST_IP/32\"]" "$dir/gw-a.toml"
     fi
     if [[ -n $window || -n $unsent ]]; then
         local limits=$'\n[limits]\n'
@@ -463,16 +579,18 @@ cmd_gateways() {
         echo $! >"$RUN_DIR/$gw.pid"
     done
     local ready="listening on $GWA_LAN_IP:$INGRESS_PORT"
-    [[ $ingress == tproxy ]] && ready="listening on 0.0.0.0:$TPROXY_PORT"
+    [[ $ingress == tproxy ]] && ready="listening on 0.0.0.0:$tproxy_port"
     for _ in $(seq 200); do
         if all_logged "tunnel up" "$RUN_DIR/gw-a.log" "$RUN_DIR/gw-b.log" && all_logged "$ready" "$RUN_DIR/gw-a.log"; then
             echo "$ingress" >"$RUN_DIR/ingress"
             # What runs, for scripts that reuse a running pair (migrate.sh).
-            echo "ingress=$ingress flows=$flows congestion=${cc:-default} window=${window:-default} unsent=${unsent:-default}" >"$RUN_DIR/gateways"
+            echo "datapath=$datapath ingress=$ingress flows=$flows congestion=${cc:-default} window=${window:-default} unsent=${unsent:-default}" >"$RUN_DIR/gateways"
             local via
             via="src-host connects to $(ingress_addr)"
             [[ $ingress == tproxy ]] && via="src-host connects to $DST_IP:$TARGET_PORT, intercepted in gw-a"
-            log "gateways up: $ingress ingress ($via), $flows data flows, WAN congestion control ${cc:-default} (logs: $RUN_DIR/gw-*.log)"
+            local dp=$datapath
+            [[ $datapath == kernel ]] || dp+=" ($pmd)"
+            log "gateways up: $dp datapath, $ingress ingress ($via), $flows data flows, WAN congestion control ${cc:-default} (logs: $RUN_DIR/gw-*.log)"
             return
         fi
         for gw in gw-a gw-b; do
@@ -510,6 +628,8 @@ cmd_transfer() {
     local load to sink_out src_out sink_pid seen0=0
     load=$(bin_path lmas-load LMAS_LOAD lmas-tests)
     if ((direct)); then
+        [[ $(cat "$RUN_DIR/ports" 2>/dev/null) != dpdk ]] ||
+            die "transfer --direct: DPDK gateways own gw-a's and gw-b's ports, nothing routes; run 'gateways down' first"
         [[ $(cat "$RUN_DIR/ingress" 2>/dev/null) != tproxy ]] ||
             die "transfer --direct: the gateways intercept $DST_IP:$TARGET_PORT (TPROXY); run 'gateways down' first"
         to=$DST_IP:$TARGET_PORT
