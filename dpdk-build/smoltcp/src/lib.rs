@@ -149,7 +149,7 @@ mod rand;
 #[cfg(test)]
 pub mod config {
     #![allow(unused)]
-    pub const ASSEMBLER_MAX_SEGMENT_COUNT: usize = 4;
+    pub const ASSEMBLER_MAX_SEGMENT_COUNT: usize = 256; // (LMAS) 4 upstream; the WAN sender tests need room for holes
     pub const DNS_MAX_NAME_SIZE: usize = 255;
     pub const DNS_MAX_RESULT_COUNT: usize = 1;
     pub const DNS_MAX_SERVER_COUNT: usize = 1;

@@ -19,6 +19,24 @@ use crate::wire::{
 };
 
 mod congestion;
+#[cfg(feature = "socket-tcp-rack")]
+mod scoreboard;
+#[cfg(all(
+    test,
+    feature = "socket-tcp-bbr",
+    feature = "socket-tcp-cubic",
+    feature = "medium-ip",
+    feature = "proto-ipv4",
+    not(feature = "proto-ipv6")
+))]
+mod sim_tests;
+
+#[cfg(feature = "socket-tcp-bbr")]
+pub use congestion::bbr::Mode as BbrMode;
+#[cfg(feature = "socket-tcp-rack")]
+pub use scoreboard::RecoveryStats;
+#[cfg(feature = "socket-tcp-rack")]
+use scoreboard::Scoreboard;
 
 macro_rules! tcp_trace {
     ($($arg:expr),*) => (net_log!(trace, $($arg),*));
@@ -154,6 +172,10 @@ const RTTE_K: u32 = 4;
 // RTO SHOULD be rounded up to 1 second.
 const RTTE_MIN_RTO: u32 = 1000;
 
+// (LMAS) The RTO floor with `LossRecovery::Rack`, as Linux's TCP_RTO_MIN.
+#[cfg(feature = "socket-tcp-rack")]
+const RTTE_MIN_RTO_RACK: u32 = 200;
+
 // RFC 6298 (2.5) A maximum value MAY be placed on RTO provided it is at least 60
 // seconds
 const RTTE_MAX_RTO: u32 = 60_000;
@@ -173,6 +195,9 @@ struct RttEstimator {
     timestamp: Option<(Instant, TcpSeqNumber)>,
     max_seq_sent: Option<TcpSeqNumber>,
     rto_count: u8,
+    /// (LMAS) The floor of the RTO, ms: RFC 6298's 1 s, or Linux's 200 ms with `Rack`
+    /// recovery (RACK finds most losses long before any timeout).
+    min_rto: u32,
 }
 
 impl Default for RttEstimator {
@@ -185,6 +210,7 @@ impl Default for RttEstimator {
             timestamp: None,
             max_seq_sent: None,
             rto_count: 0,
+            min_rto: RTTE_MIN_RTO,
         }
     }
 }
@@ -214,7 +240,7 @@ impl RttEstimator {
 
         // RFC 6298 (2.2), (2.3)
         let margin = RTTE_MIN_MARGIN.max(self.rttvar * RTTE_K);
-        self.rto = (self.srtt + margin).clamp(RTTE_MIN_RTO, RTTE_MAX_RTO);
+        self.rto = (self.srtt + margin).clamp(self.min_rto, RTTE_MAX_RTO);
 
         self.rto_count = 0;
 
@@ -458,6 +484,45 @@ pub enum CongestionControl {
 
     #[cfg(feature = "socket-tcp-cubic")]
     Cubic,
+
+    /// (LMAS) Model-based and paced: see `congestion/bbr.rs`. Selecting it turns on
+    /// [`LossRecovery::Rack`].
+    #[cfg(feature = "socket-tcp-bbr")]
+    Bbr,
+}
+
+/// (LMAS) How the sender finds and repairs lost segments.
+#[cfg(feature = "socket-tcp-rack")]
+#[derive(Debug, Copy, Clone, Eq, PartialEq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum LossRecovery {
+    /// This crate's own: one segment per three duplicate ACKs, and everything after the first
+    /// hole on a timeout.
+    Classic,
+    /// A SACK scoreboard with RACK loss detection (RFC 2018, 6675, 8985): only the holes are
+    /// sent again, lost retransmissions are found by time, and the congestion controller
+    /// gets delivery-rate samples and may pace.
+    Rack,
+}
+
+/// (LMAS) The sender's view of the path, for status displays.
+#[cfg(feature = "socket-tcp-rack")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SenderInfo {
+    /// Smoothed RTT, and the minimum seen (the latter with `Rack` only).
+    pub srtt: Option<Duration>,
+    pub min_rtt: Option<Duration>,
+    /// Congestion window and bytes in flight.
+    pub cwnd: usize,
+    pub in_flight: usize,
+    /// Bytes queued and not sent yet.
+    pub unsent: usize,
+    /// The segment size the peer accepts.
+    pub mss: usize,
+    /// Pacing rate, bytes per second, if paced.
+    pub pacing_rate: Option<u64>,
+    /// Recovery counters, with `Rack`.
+    pub recovery: Option<RecoveryStats>,
 }
 
 /// A Transmission Control Protocol socket.
@@ -538,6 +603,23 @@ pub struct Socket<'a> {
 
     /// The congestion control algorithm.
     congestion_controller: congestion::AnyController,
+
+    /// (LMAS) The SACK/RACK scoreboard when loss recovery is `Rack`.
+    #[cfg(feature = "socket-tcp-rack")]
+    scoreboard: Option<alloc::boxed::Box<Scoreboard>>,
+    /// (LMAS) Pacing: the byte credit as of `pace_at`.
+    #[cfg(feature = "socket-tcp-rack")]
+    pace_credit: i64,
+    #[cfg(feature = "socket-tcp-rack")]
+    pace_at: Option<Instant>,
+    /// (LMAS) End of the current loss episode (snd_nxt when it began), for loss-based
+    /// controllers under `Rack`: they hear of loss once per episode.
+    #[cfg(feature = "socket-tcp-rack")]
+    recovery_point: Option<TcpSeqNumber>,
+    /// (LMAS) The retransmission timer is armed as a tail loss probe (RFC 8985 §7): when
+    /// it fires, the last segment goes again instead of everything.
+    #[cfg(feature = "socket-tcp-rack")]
+    tlp_armed: bool,
 
     /// tsval generator - if some, tcp timestamp is enabled
     tsval_generator: Option<TcpTimestampGenerator>,
@@ -621,6 +703,16 @@ impl<'a> Socket<'a> {
             tsval_generator: None,
             last_remote_tsval: 0,
             congestion_controller: congestion::AnyController::new(),
+            #[cfg(feature = "socket-tcp-rack")]
+            scoreboard: None,
+            #[cfg(feature = "socket-tcp-rack")]
+            pace_credit: 0,
+            #[cfg(feature = "socket-tcp-rack")]
+            pace_at: None,
+            #[cfg(feature = "socket-tcp-rack")]
+            recovery_point: None,
+            #[cfg(feature = "socket-tcp-rack")]
+            tlp_armed: false,
 
             #[cfg(feature = "async")]
             rx_waker: WakerRegistration::new(),
@@ -673,6 +765,14 @@ impl<'a> Socket<'a> {
 
             #[cfg(feature = "socket-tcp-cubic")]
             CongestionControl::Cubic => AnyController::Cubic(cubic::Cubic::new()),
+
+            #[cfg(feature = "socket-tcp-bbr")]
+            CongestionControl::Bbr => {
+                self.set_loss_recovery(LossRecovery::Rack);
+                let mut bbr = bbr::Bbr::new();
+                bbr.set_mss(self.remote_mss);
+                AnyController::Bbr(bbr)
+            }
         }
     }
 
@@ -688,6 +788,83 @@ impl<'a> Socket<'a> {
 
             #[cfg(feature = "socket-tcp-cubic")]
             AnyController::Cubic(_) => CongestionControl::Cubic,
+
+            #[cfg(feature = "socket-tcp-bbr")]
+            AnyController::Bbr(_) => CongestionControl::Bbr,
+        }
+    }
+
+    /// (LMAS) Choose how lost segments are found and repaired; see [`LossRecovery`].
+    /// `Classic` is refused (ignored) while the congestion control is BBR, which needs
+    /// `Rack`. Best set before connecting: data already in flight is sent again.
+    #[cfg(feature = "socket-tcp-rack")]
+    pub fn set_loss_recovery(&mut self, recovery: LossRecovery) {
+        match recovery {
+            LossRecovery::Rack if self.scoreboard.is_none() => {
+                self.scoreboard = Some(alloc::boxed::Box::new(Scoreboard::new()));
+                self.rtte.min_rto = RTTE_MIN_RTO_RACK;
+                self.rtte.rto = self.rtte.rto.max(RTTE_MIN_RTO_RACK);
+                // The scoreboard only knows what it sees sent: start from the first
+                // unacknowledged byte.
+                if matches!(self.state, State::Established | State::CloseWait) {
+                    self.remote_last_seq = self.local_seq_no;
+                }
+            }
+            #[cfg(feature = "socket-tcp-bbr")]
+            LossRecovery::Classic
+                if matches!(self.congestion_controller, congestion::AnyController::Bbr(_)) => {}
+            LossRecovery::Classic if self.scoreboard.is_some() => {
+                self.scoreboard = None;
+                self.rtte.min_rto = RTTE_MIN_RTO;
+                self.remote_last_seq = self.local_seq_no
+                    + usize::from(matches!(self.state, State::SynSent | State::SynReceived));
+            }
+            _ => {}
+        }
+    }
+
+    /// (LMAS) The loss recovery in use.
+    #[cfg(feature = "socket-tcp-rack")]
+    pub fn loss_recovery(&self) -> LossRecovery {
+        if self.scoreboard.is_some() {
+            LossRecovery::Rack
+        } else {
+            LossRecovery::Classic
+        }
+    }
+
+    /// (LMAS) The sender's RTT, window, pacing and recovery counters.
+    #[cfg(feature = "socket-tcp-rack")]
+    pub fn sender_info(&self) -> SenderInfo {
+        let cc = self.congestion_controller.inner();
+        SenderInfo {
+            srtt: self
+                .rtte
+                .have_measurement
+                .then(|| Duration::from_millis(self.rtte.srtt as u64)),
+            min_rtt: self.scoreboard.as_ref().and_then(|s| s.min_rtt()),
+            cwnd: cc.window(),
+            in_flight: self.bytes_in_flight(),
+            unsent: self.send_unsent(),
+            mss: self.remote_mss,
+            pacing_rate: cc.pacing_rate(),
+            recovery: self.scoreboard.as_ref().map(|s| s.stats()),
+        }
+    }
+
+    /// (LMAS) The rate the congestion control paces at, bytes per second (`None`: not paced).
+    #[cfg(feature = "socket-tcp-rack")]
+    pub fn pacing_rate(&self) -> Option<u64> {
+        self.congestion_controller.inner().pacing_rate()
+    }
+
+    /// (LMAS) The BBR state, when the congestion control is BBR: mode and bandwidth
+    /// estimate (bytes per second).
+    #[cfg(feature = "socket-tcp-bbr")]
+    pub fn bbr_state(&self) -> Option<(BbrMode, u64)> {
+        match &self.congestion_controller {
+            congestion::AnyController::Bbr(b) => Some((b.mode(), b.bandwidth())),
+            _ => None,
         }
     }
 
@@ -926,6 +1103,20 @@ impl<'a> Socket<'a> {
         self.remote_last_ts = None;
         self.ack_delay_timer = AckDelayTimer::Idle;
         self.challenge_ack_timer = Instant::from_secs(0);
+        #[cfg(feature = "socket-tcp-rack")]
+        if let Some(sb) = self.scoreboard.as_mut() {
+            sb.reset();
+            self.rtte.min_rto = RTTE_MIN_RTO_RACK;
+            self.pace_credit = 0;
+            self.pace_at = None;
+            self.recovery_point = None;
+            self.tlp_armed = false;
+        }
+        // (LMAS) A model of the last connection's path says nothing about the next one's.
+        #[cfg(feature = "socket-tcp-bbr")]
+        if let congestion::AnyController::Bbr(b) = &mut self.congestion_controller {
+            *b = congestion::bbr::Bbr::new();
+        }
 
         #[cfg(feature = "async")]
         {
@@ -1402,7 +1593,150 @@ impl<'a> Socket<'a> {
         self.congestion_controller
             .inner()
             .window()
-            .saturating_sub(self.flight_size())
+            .saturating_sub(self.bytes_in_flight())
+    }
+
+    /// Bytes in the network as the congestion window counts them: with `Rack`, sent bytes
+    /// neither delivered nor deemed lost; else everything sent and not acknowledged.
+    fn bytes_in_flight(&self) -> usize {
+        #[cfg(feature = "socket-tcp-rack")]
+        if let Some(sb) = &self.scoreboard {
+            return sb.in_flight();
+        }
+        self.flight_size()
+    }
+
+    /// (LMAS) An ACK through the scoreboard: deliveries, SACK blocks, RACK; the results go to
+    /// the congestion controller and the RTT estimator.
+    #[cfg(feature = "socket-tcp-rack")]
+    fn on_scoreboard_ack(
+        &mut self,
+        now: Instant,
+        ack: TcpSeqNumber,
+        sack: &[Option<(u32, u32)>],
+    ) {
+        let Some(sb) = self.scoreboard.as_mut() else {
+            return;
+        };
+        let rs = sb.on_ack(ack, sack, now);
+        let in_flight = sb.in_flight();
+        if let Some(rtt) = rs.rtt {
+            self.rtte.sample(rtt.total_millis() as u32);
+        }
+        if self.recovery_point.is_some_and(|p| ack >= p) {
+            self.recovery_point = None;
+        }
+        self.congestion_controller
+            .inner_mut()
+            .on_rate_sample(now, &rs, in_flight);
+        if rs.newly_lost > 0 {
+            self.on_new_loss(now);
+        }
+        // The path delivers: RACK repairs the holes, so the retransmission timer (a probe
+        // first) waits from now. Counting only cumulative ACKs would let it fire in the
+        // middle of a long recovery (a hole takes two RTTs to repair) and resend everything.
+        if rs.newly_delivered > 0 && self.timer.is_retransmit() {
+            self.arm_retransmit(now);
+        }
+    }
+
+    /// (LMAS) Arms the retransmission timer: under Rack as a tail loss probe, two smoothed
+    /// RTTs away, when that comes before the RTO (RFC 8985 §7.2).
+    fn arm_retransmit(&mut self, now: Instant) {
+        let rto = self.rtte.retransmission_timeout();
+        #[cfg(feature = "socket-tcp-rack")]
+        if self.scoreboard.is_some() && self.rtte.have_measurement {
+            let pto = Duration::from_millis(2 * self.rtte.srtt as u64).max(Duration::from_millis(10));
+            self.tlp_armed = pto < rto;
+            self.timer.set_for_retransmit(now, pto.min(rto));
+            return;
+        }
+        self.timer.set_for_retransmit(now, rto);
+    }
+
+    /// (LMAS) When the retransmission timer fires as a tail loss probe: the last segment
+    /// not known delivered is marked for resending, and the timer waits for an RTO.
+    /// Its (S)ACK lets RACK find any earlier hole.
+    fn tail_loss_probe(&mut self, now: Instant) -> bool {
+        #[cfg(feature = "socket-tcp-rack")]
+        if self.tlp_armed && self.timer.should_retransmit(now) {
+            self.tlp_armed = false;
+            if let Some(sb) = self.scoreboard.as_mut()
+                && sb.mark_last_lost() > 0
+            {
+                let rto = self.rtte.retransmission_timeout();
+                self.timer.set_for_retransmit(now, rto);
+                return true;
+            }
+        }
+        #[cfg(not(feature = "socket-tcp-rack"))]
+        let _ = now;
+        false
+    }
+
+    /// (LMAS) The scoreboard found loss: a loss-based controller hears of it once per
+    /// episode (until what was in flight then is acknowledged).
+    #[cfg(feature = "socket-tcp-rack")]
+    fn on_new_loss(&mut self, now: Instant) {
+        if self.recovery_point.is_none() {
+            let in_flight = self.bytes_in_flight();
+            self.congestion_controller
+                .inner_mut()
+                .on_loss(now, in_flight);
+            self.recovery_point = Some(self.remote_last_seq);
+        }
+    }
+
+    /// (LMAS) When pacing lets the next segment go: `None` now (or not paced).
+    #[cfg(feature = "socket-tcp-rack")]
+    fn pacing_wait(&self, now: Instant) -> Option<Instant> {
+        let rate = self.congestion_controller.inner().pacing_rate()?.max(1);
+        let credit = self.pace_credit_at(now, rate);
+        if credit > 0 {
+            return None;
+        }
+        let wait_us = (1 - credit) as u64 * 1_000_000 / rate + 1;
+        Some(now + Duration::from_micros(wait_us))
+    }
+
+    /// (LMAS) The pacing credit at `now`: it accrues at `rate` up to a burst of a
+    /// millisecond's worth (at least two segments).
+    #[cfg(feature = "socket-tcp-rack")]
+    fn pace_credit_at(&self, now: Instant, rate: u64) -> i64 {
+        let burst = (rate / 1000).max(2 * self.remote_mss as u64) as i64;
+        match self.pace_at {
+            None => burst,
+            Some(at) => {
+                let us = (now.total_micros() - at.total_micros()).max(0) as u64;
+                let gained = (us.saturating_mul(rate) / 1_000_000).min(i64::MAX as u64) as i64;
+                self.pace_credit.saturating_add(gained).min(burst)
+            }
+        }
+    }
+
+    /// (LMAS) The lost segment to send again now, if any and if the window and pacing allow.
+    #[cfg(feature = "socket-tcp-rack")]
+    fn retransmit_due(&self, now: Instant) -> Option<(TcpSeqNumber, usize)> {
+        let sb = self.scoreboard.as_ref()?;
+        if !matches!(
+            self.state,
+            State::Established
+                | State::FinWait1
+                | State::Closing
+                | State::CloseWait
+                | State::LastAck
+        ) {
+            return None;
+        }
+        let due = sb.peek_retransmit()?;
+        (self.cwnd_remaining() > 0 && self.pacing_wait(now).is_none()).then_some(due)
+    }
+
+    /// (LMAS) The octets in the transmit buffer that have not been sent yet (like Linux's
+    /// `SIOCOUTQNSD`): what a sender that keeps the queue short looks at before writing.
+    pub fn send_unsent(&self) -> usize {
+        let sent = self.flight_size().min(self.tx_buffer.len());
+        self.tx_buffer.len() - sent
     }
 
     /// Return the amount of octets queued in the receive buffer. This value can be larger than
@@ -1528,6 +1862,20 @@ impl<'a> Socket<'a> {
                     .map(|(left, right)| (ack + left, ack + right))
                     .next()
                     .map(|(left, right)| (left.0 as u32, right.0 as u32));
+            }
+
+            // (LMAS) Fill the other two blocks with the highest other ranges: with many
+            // holes (a long lossy path), one block per ACK leaves the sender guessing.
+            if let Some(first) = reply_repr.sack_ranges[0] {
+                let mut k = 1;
+                let ranges = self.assembler.iter_data().count();
+                for (left, right) in self.assembler.iter_data().skip(ranges.saturating_sub(3)) {
+                    let block = ((ack + left).0 as u32, (ack + right).0 as u32);
+                    if k < 3 && block != first {
+                        reply_repr.sack_ranges[k] = Some(block);
+                        k += 1;
+                    }
+                }
             }
         }
 
@@ -2089,6 +2437,17 @@ impl<'a> Socket<'a> {
         }
 
         if let Some(ack_number) = repr.ack_number {
+            // (LMAS) The scoreboard hears of every ACK, duplicates included: their SACK
+            // blocks are how holes are found.
+            #[cfg(feature = "socket-tcp-rack")]
+            let rack = self.scoreboard.is_some();
+            #[cfg(not(feature = "socket-tcp-rack"))]
+            let rack = false;
+            #[cfg(feature = "socket-tcp-rack")]
+            if rack && repr.control != TcpControl::Syn {
+                self.on_scoreboard_ack(cx.now(), ack_number, &repr.sack_ranges);
+            }
+
             // TODO: When flow control is implemented,
             // refractor the following block within that implementation
 
@@ -2116,9 +2475,21 @@ impl<'a> Socket<'a> {
                         }
                     );
 
-                    if self.local_rx_dup_acks == 3 {
+                    if self.local_rx_dup_acks == 3 && !rack {
                         self.timer.set_for_fast_retransmit();
                         net_debug!("started fast retransmit");
+                    }
+                    // (LMAS) Under Rack, a peer without SACK still gets the classic fast
+                    // retransmit, through the scoreboard.
+                    #[cfg(feature = "socket-tcp-rack")]
+                    if self.local_rx_dup_acks == 3 && rack && !self.remote_has_sack {
+                        let lost = self
+                            .scoreboard
+                            .as_mut()
+                            .map_or(0, |sb| sb.mark_first_lost());
+                        if lost > 0 {
+                            self.on_new_loss(cx.now());
+                        }
                     }
 
                     // Notify of duplicate ACK
@@ -2178,8 +2549,7 @@ impl<'a> Socket<'a> {
                     self.timer.set_for_idle(cx.now(), self.keep_alive);
                 } else if ack_len > 0 {
                     // (5.3) ACK of new data in ESTABLISHED state restart the retransmit timer.
-                    let rto = self.rtte.retransmission_timeout();
-                    self.timer.set_for_retransmit(cx.now(), rto);
+                    self.arm_retransmit(cx.now());
                 }
             }
             Timer::Idle { .. } => {
@@ -2297,8 +2667,32 @@ impl<'a> Socket<'a> {
     }
 
     fn seq_to_transmit(&self, cx: &mut Context) -> bool {
+        self.seq_to_transmit_paced(cx, true)
+    }
+
+    /// (LMAS) `seq_to_transmit`, optionally ignoring pacing (to know when to poll again).
+    fn seq_to_transmit_paced(&self, cx: &mut Context, paced: bool) -> bool {
         // Fast retransmits should always send, even if later congestion checks would disallow
         if self.pending_fast_retransmit && !self.tx_buffer.is_empty() {
+            return true;
+        }
+        #[cfg(not(feature = "socket-tcp-rack"))]
+        let _ = paced;
+        // (LMAS) A hole the scoreboard found goes first.
+        #[cfg(feature = "socket-tcp-rack")]
+        if let Some(sb) = &self.scoreboard
+            && sb.peek_retransmit().is_some()
+            && matches!(
+                self.state,
+                State::Established
+                    | State::FinWait1
+                    | State::Closing
+                    | State::CloseWait
+                    | State::LastAck
+            )
+            && self.cwnd_remaining() > 0
+            && (!paced || self.pacing_wait(cx.now()).is_none())
+        {
             return true;
         }
 
@@ -2360,6 +2754,12 @@ impl<'a> Socket<'a> {
         // * We can send a full packet
         // * We have all the data we'll ever send (we're closing send)
         if self.nagle && data_in_flight && !can_send_full && !want_fin {
+            can_send = false;
+        }
+
+        // (LMAS) Data waits for its pacing slot (a bare FIN does not).
+        #[cfg(feature = "socket-tcp-rack")]
+        if paced && can_send && self.pacing_wait(cx.now()).is_some() {
             can_send = false;
         }
 
@@ -2466,11 +2866,27 @@ impl<'a> Socket<'a> {
             .inner_mut()
             .pre_transmit(cx.now());
 
+        // (LMAS) RACK's reordering timer, and whether the sender is out of data.
+        #[cfg(feature = "socket-tcp-rack")]
+        if let Some(sb) = self.scoreboard.as_mut() {
+            if sb.reo_deadline().is_some_and(|t| cx.now() >= t) && sb.detect_lost(cx.now()) > 0 {
+                self.on_new_loss(cx.now());
+            }
+            let sb = self.scoreboard.as_mut().expect("checked above");
+            if self.remote_last_seq >= self.local_seq_no + self.tx_buffer.len()
+                && sb.in_flight() < self.congestion_controller.inner().window()
+            {
+                sb.on_app_limited();
+            }
+        }
+
         // Check if any state needs to be changed because of a timer.
         if self.timed_out(cx.now()) {
             // If a timeout expires, we should abort the connection.
             net_debug!("timeout exceeded");
             self.set_state(State::Closed);
+        } else if self.tail_loss_probe(cx.now()) {
+            // (LMAS) A probe instead of a timeout: the last segment goes again (below).
         } else if self.timer.should_retransmit(cx.now()) {
             if let Timer::Retransmit { .. } = self.timer {
                 // If a retransmit timer expired, we should resend data starting at the last ACK.
@@ -2485,7 +2901,30 @@ impl<'a> Socket<'a> {
                 // Rewind "last sequence number sent", as if we never
                 // had sent them. This will cause all data in the queue
                 // to be sent again.
-                self.remote_last_seq = self.local_seq_no;
+                #[cfg(feature = "socket-tcp-rack")]
+                let rack = self.scoreboard.is_some()
+                    && !matches!(self.state, State::SynSent | State::SynReceived);
+                #[cfg(not(feature = "socket-tcp-rack"))]
+                let rack = false;
+                if !rack {
+                    self.remote_last_seq = self.local_seq_no;
+                }
+                // (LMAS) Under Rack only what was not delivered goes again, from the
+                // scoreboard; snd_nxt stays, but a FIN sent is sent again after the data.
+                #[cfg(feature = "socket-tcp-rack")]
+                if rack {
+                    if let Some(sb) = self.scoreboard.as_mut() {
+                        sb.on_rto();
+                    }
+                    let fin_sent = matches!(
+                        self.state,
+                        State::FinWait1 | State::Closing | State::LastAck
+                    ) && self.remote_last_seq == self.local_seq_no + self.tx_buffer.len() + 1;
+                    if fin_sent {
+                        self.remote_last_seq = self.remote_last_seq - 1;
+                    }
+                    self.recovery_point = Some(self.remote_last_seq);
+                }
 
                 // Inform RTTE, so that it can can handle RTO backoff
                 self.rtte.on_rto();
@@ -2576,6 +3015,12 @@ impl<'a> Socket<'a> {
 
         let mut is_zero_window_probe = false;
 
+        // (LMAS) A hole the scoreboard found goes before new data.
+        #[cfg(feature = "socket-tcp-rack")]
+        let rexmit = self.retransmit_due(cx.now());
+        #[cfg(not(feature = "socket-tcp-rack"))]
+        let rexmit: Option<(TcpSeqNumber, usize)> = None;
+
         #[cfg_attr(
             not(feature = "segmentation-offload"),
             expect(
@@ -2639,6 +3084,11 @@ impl<'a> Socket<'a> {
                     self.pending_fast_retransmit = false;
 
                     0
+                } else if let Some((seq, len)) = rexmit {
+                    let offset = seq - self.local_seq_no;
+                    repr.seq_number = seq;
+                    repr.payload = self.tx_buffer.get_allocated(offset, len.min(effective_mss));
+                    offset
                 } else {
                     // Right edge of window, ie the max sequence number we're allowed to send.
                     let win_right_edge = self.local_seq_no + self.remote_win_len;
@@ -2828,8 +3278,31 @@ impl<'a> Socket<'a> {
         self.remote_last_win = repr.window_len;
 
         if repr.segment_len() > 0 {
-            self.rtte
-                .on_send(cx.now(), repr.seq_number + repr.segment_len());
+            #[cfg(feature = "socket-tcp-rack")]
+            let rack = self.scoreboard.is_some();
+            #[cfg(not(feature = "socket-tcp-rack"))]
+            let rack = false;
+            if !rack {
+                self.rtte
+                    .on_send(cx.now(), repr.seq_number + repr.segment_len());
+            }
+            // (LMAS) Under Rack the scoreboard keeps every data segment, and RTT samples
+            // come from it.
+            #[cfg(feature = "socket-tcp-rack")]
+            if rack && !repr.payload.is_empty() {
+                let (seq, len) = (repr.seq_number, repr.payload.len());
+                if let Some(sb) = self.scoreboard.as_mut() {
+                    match rexmit {
+                        Some((start, _)) => sb.on_retransmitted(start, cx.now()),
+                        None => sb.on_sent(seq, len, cx.now()),
+                    }
+                }
+                // Inline, as `repr` still borrows the buffer.
+                if let Some(rate) = self.congestion_controller.inner().pacing_rate() {
+                    self.pace_credit = self.pace_credit_at(cx.now(), rate.max(1)) - len as i64;
+                    self.pace_at = Some(cx.now());
+                }
+            }
             self.congestion_controller
                 .inner_mut()
                 .post_transmit(cx.now(), repr.segment_len());
@@ -2839,8 +3312,7 @@ impl<'a> Socket<'a> {
             // RFC 6298 (5.1) Every time a packet containing data is sent (including a
             // retransmission), if the timer is not running, start it running
             // so that it will expire after RTO seconds.
-            let rto = self.rtte.retransmission_timeout();
-            self.timer.set_for_retransmit(cx.now(), rto);
+            self.arm_retransmit(cx.now());
         }
 
         if self.state == State::Closed {
@@ -2892,11 +3364,35 @@ impl<'a> Socket<'a> {
                 (_, _) => PollAt::Ingress,
             };
 
+            // (LMAS) RACK's reordering timer, and the pacing slot of data that waits for it.
+            #[cfg(feature = "socket-tcp-rack")]
+            let rack_poll_at = {
+                let reo = self
+                    .scoreboard
+                    .as_ref()
+                    .and_then(|sb| sb.reo_deadline())
+                    .map_or(PollAt::Ingress, PollAt::Time);
+                let pace = if self.seq_to_transmit_paced(cx, false) {
+                    self.pacing_wait(cx.now())
+                        .map_or(PollAt::Now, PollAt::Time)
+                } else {
+                    PollAt::Ingress
+                };
+                reo.min(pace)
+            };
+            #[cfg(not(feature = "socket-tcp-rack"))]
+            let rack_poll_at = PollAt::Ingress;
+
             // We wait for the earliest of our timers to fire.
-            *[self.timer.poll_at(), timeout_poll_at, delayed_ack_poll_at]
-                .iter()
-                .min()
-                .unwrap_or(&PollAt::Ingress)
+            *[
+                self.timer.poll_at(),
+                timeout_poll_at,
+                delayed_ack_poll_at,
+                rack_poll_at,
+            ]
+            .iter()
+            .min()
+            .unwrap_or(&PollAt::Ingress)
         }
     }
 }
