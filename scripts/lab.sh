@@ -452,8 +452,8 @@ eal_args = ["--no-huge", "-m", "1024", "--no-pci", "--no-telemetry", "--log-leve
             "--vdev=$vdev_lan", "--vdev=$vdev_wan"]
 io_lcores = [1]
 tcp_lcore = 2
-crypto_lcores = [3]
-idle_sleep_us = 50
+crypto_lcores = ${LAB_DPDK_CRYPTO_LCORES:-[]}
+idle_sleep_us = ${LAB_DPDK_IDLE_SLEEP_US:-50}
 
 [dpdk.lan]
 device = "$dev_lan"

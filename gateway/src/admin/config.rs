@@ -202,7 +202,7 @@ pub struct Config {
 
 pub const MAX_DATA_FLOWS: i64 = 64;
 /// Congestion controls of the DPDK datapath's userspace TCP (smoltcp).
-pub const DPDK_CONGESTION: [&str; 3] = ["cubic", "reno", "none"];
+pub const DPDK_CONGESTION: [&str; 4] = ["bbr", "cubic", "reno", "none"];
 const DEFAULT_DATA_FLOWS: i64 = 8;
 /// Per WAN flow; forced past net.core.{w,r}mem_max where we may. A data flow
 /// must hold its share of the bandwidth-delay product, and more on a veth

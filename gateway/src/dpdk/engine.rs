@@ -255,7 +255,8 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
     }
 
     /// Everything `lmas status` shows, in the same shape as the kernel
-    /// datapath's (TCP_INFO figures are kernel-only: `tcp` is empty here).
+    /// datapath's (the WAN flows' RTT, window and retransmits from the
+    /// userspace stack's sender, where the kernel's come from TCP_INFO).
     pub fn status(&self, now: u64) -> Status {
         let secs = |us: u64| now.saturating_sub(us) as f64 / 1e6;
         let tunnel = self.tunnel.as_ref().map(|t| {
@@ -280,6 +281,10 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                 .chain(flows.filter_map(|(k, c)| c.map(|c| (Some(k as u16), c))))
                 .filter_map(|(flow, id)| {
                     let c = self.conns.get(&id).filter(|c| c.is_keyed())?;
+                    let sock = self
+                        .wan
+                        .sockets
+                        .get::<smoltcp::socket::tcp::Socket>(c.handle);
                     Some(ConnectionStatus {
                         kind: if flow.is_some() { "data" } else { "control" }.to_string(),
                         flow,
@@ -288,7 +293,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                         age_secs: secs(c.created),
                         bytes_sent: c.bytes_sent,
                         bytes_received: c.bytes_received,
-                        tcp: None,
+                        tcp: Some(super::wan::tcp_stats(sock)),
                     })
                 })
                 .collect();

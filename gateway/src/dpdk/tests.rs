@@ -619,7 +619,7 @@ fn a_killed_data_flow_is_redialled_and_its_frames_resent() {
     let (a, b) = configs(&k, LISTEN_INGRESS, "a.key.pub", ALLOW_DST);
     let mut sim = Sim::new(a, b, 3_000);
     assert!(sim.run_until(5, |s| s.tunnel_up()));
-    let up = pattern(3 << 20, 9);
+    let up = pattern(32 << 20, 9);
     let listeners = sim.listen_dst(5000, 1);
     let mut src = sim.connect_src(([10, 0, 1, 1], 6000), up.clone());
     let mut dst_apps = Vec::new();
@@ -632,10 +632,12 @@ fn a_killed_data_flow_is_redialled_and_its_frames_resent() {
         }
         // Mid-transfer, reset data flow 1 on gw-a's side, twice.
         let progress = dst_apps.first().map_or(0, |d| d.got.len());
-        if (killed == 0 && progress > 512 << 10) || (killed == 1 && progress > 2 << 20) {
-            let t = s.a.tunnel.as_ref().unwrap();
-            let conn = t.flows[1].and_then(|c| s.a.conns.get(&c)).unwrap();
-            let h = conn.handle;
+        // (The second time once the first re-dial is back.)
+        let t = s.a.tunnel.as_ref().unwrap();
+        let flow1 = t.flows[1].and_then(|c| s.a.conns.get(&c)).map(|c| c.handle);
+        if let Some(h) = flow1.filter(|_| {
+            (killed == 0 && progress > 512 << 10) || (killed == 1 && progress > 2 << 20)
+        }) {
             s.a.wan.socket(h).abort();
             killed += 1;
         }

@@ -79,17 +79,22 @@ fn label(name: &str, addr: Option<SocketAddr>) -> String {
 }
 
 impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
-    /// A WAN socket: buffers for a long fat flow, the configured congestion
-    /// control, no Nagle (records are whole), and a silent-peer timeout.
+    /// A WAN socket: buffers for a long fat flow, SACK/RACK loss recovery
+    /// (only the holes go again, lost retransmissions are found by time), the
+    /// configured congestion control (default BBR: paced, and random loss
+    /// does not shrink its window), no Nagle (records are whole), and a
+    /// silent-peer timeout.
     fn wan_socket(&mut self) -> smoltcp::iface::SocketHandle {
         let buf = self.config.socket_buffer.unwrap_or(32 << 20);
         let h = self.wan.add_socket(buf, buf);
         let s = self.wan.socket(h);
         s.set_nagle_enabled(false);
+        s.set_loss_recovery(tcp::LossRecovery::Rack);
         s.set_congestion_control(match self.config.congestion.as_deref() {
+            Some("cubic") => tcp::CongestionControl::Cubic,
             Some("reno") => tcp::CongestionControl::Reno,
             Some("none") => tcp::CongestionControl::None,
-            _ => tcp::CongestionControl::Cubic,
+            _ => tcp::CongestionControl::Bbr,
         });
         let timeout = self.config.flow_timeout;
         s.set_timeout(Some(smoltcp::time::Duration::from_micros(

@@ -362,19 +362,52 @@ impl WanConn {
 
     /// Whether a data flow should take another frame of up to
     /// `max_record` bytes: only while everything queued for it, in the
-    /// crypto stage and in our queue, fits in the socket's buffer.
+    /// crypto stage and in our queue, fits in the socket's buffer, and what
+    /// it has not sent yet stays short (see [`unsent_limit`]): frames then
+    /// go to the flows that can send them soonest, not to the first flow
+    /// with room in its buffer.
     pub fn room_for_record(&self, sock: &tcp::Socket, max_record: usize) -> bool {
+        let queued = self.out_bytes + (self.sealing + 1) * max_record;
         self.is_keyed()
             && self.sealing < SEAL_BACKLOG
             && sock.may_send()
-            && sock.send_queue() + self.out_bytes + (self.sealing + 1) * max_record
-                <= sock.send_capacity()
+            && sock.send_queue() + queued <= sock.send_capacity()
+            && sock.send_unsent() + queued <= unsent_limit(sock, max_record)
     }
 
     /// Nothing of ours is waiting to go out (used before closing gracefully).
     pub fn drained(&self) -> bool {
         self.sealing == 0 && self.out.is_empty()
     }
+}
+
+/// A WAN socket's sender as `lmas status` shows a kernel flow's TCP_INFO.
+pub fn tcp_stats(sock: &tcp::Socket) -> crate::admin::status::TcpStats {
+    let info = sock.sender_info();
+    let mss = info.mss.max(1);
+    let clamp = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+    crate::admin::status::TcpStats {
+        rtt_us: info
+            .srtt
+            .map_or(0, |d| u32::try_from(d.total_micros()).unwrap_or(u32::MAX)),
+        rttvar_us: 0,
+        cwnd_segments: clamp(info.cwnd / mss),
+        mss: clamp(mss),
+        total_retransmits: info.recovery.map_or(0, |r| {
+            u32::try_from(r.retransmitted_segments).unwrap_or(u32::MAX)
+        }),
+        unacked_segments: clamp(info.in_flight.div_ceil(mss)),
+    }
+}
+
+/// How much a data flow may hold that it has not sent: two records, or
+/// what it sends in 2 ms at its pacing rate if that is more. Like Linux's
+/// `TCP_NOTSENT_LOWAT` on the kernel datapath's flows: enough that the
+/// flow never runs dry between two turns of the loop, little enough that
+/// a frame waits behind no other flow's window.
+pub fn unsent_limit(sock: &tcp::Socket, max_record: usize) -> usize {
+    let paced = sock.pacing_rate().map_or(0, |rate| (rate / 500) as usize);
+    (2 * max_record).max(paced)
 }
 
 /// Reads until `buf` holds `want` bytes; true when it does. Reads no more
