@@ -29,6 +29,10 @@ echo "== build (release)"
 cargo build --workspace --release --bins
 echo "== cargo test"
 cargo test --workspace --release
+echo "== smoltcp patch tests (dpdk-build/smoltcp/LMAS.md: upstream's and the WAN sender's)"
+CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}/smoltcp cargo test --release \
+    --manifest-path dpdk-build/smoltcp/Cargo.toml --lib --no-default-features --features \
+    std,log,medium-ethernet,medium-ip,proto-ipv4,socket-tcp,socket-tcp-cubic,socket-tcp-reno,socket-tcp-bbr
 echo "== TPROXY test (network namespaces)"
 scripts/tproxy-test.sh
 echo "== lab test (network namespaces)"
