@@ -32,7 +32,8 @@ order (modes interleaved within a link setting), with a progress bar on a termin
 Options:
   --links "LIST"     RTT_MS/LOSS_PCT pairs                          [$LINKS]
   --guests "LIST"    paused running                                 [$GUESTS]
-  --modes "LIST"     direct, direct-mfN, lmas, lmas-mfN (mfN: QEMU multifd, N channels);
+  --modes "LIST"     direct, direct-mfN, lmas, lmas-mfN (mfN: QEMU multifd, N channels),
+                     dpdk, dpdk-mfN (through a DPDK gateway pair);
                      lmas modes may end in -wNm: the gateways' session window, N MiB,
                      and -uNm: their per-session unsent room, N MiB
                                                                     [$MODES]
@@ -90,8 +91,8 @@ read -r -a links <<<"$LINKS"
 read -r -a guests <<<"$GUESTS"
 read -r -a modes <<<"$MODES"
 for m in "${modes[@]}"; do
-    [[ $m =~ ^(direct(-mf[0-9]+)?|lmas(-mf[0-9]+)?(-w[0-9]+m)?(-u[0-9]+m)?)$ ]] ||
-        die "bad mode $m (direct, direct-mfN, lmas, lmas-mfN, lmas[-mfN][-wNm][-uNm])"
+    [[ $m =~ ^(direct(-mf[0-9]+)?|(lmas|dpdk)(-mf[0-9]+)?(-w[0-9]+m)?(-u[0-9]+m)?)$ ]] ||
+        die "bad mode $m (direct, direct-mfN, lmas, lmas-mfN, lmas[-mfN][-wNm][-uNm], dpdk[...] likewise)"
 done
 total=$((${#links[@]} * ${#guests[@]} * ${#modes[@]} * RUNS))
 RUNS_CSV=$OUT/runs.csv

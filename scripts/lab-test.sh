@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # CI lab test: 64 MiB from src-host to dst-host through the LMAS gateway pair over an emulated
 # WAN (RTT 50 ms, 0.5 % loss, 1 Gbit/s); the SHA-256 at the receiver must equal the sender's.
-# Twice: with the explicit listener (src-host dials gw-a), then with TPROXY ingress (src-host
-# dials dst-host itself; gw-a intercepts and carries the original destination).
+# Three times: the kernel pair with the explicit listener (src-host dials gw-a), then with
+# TPROXY ingress (src-host dials dst-host itself; gw-a intercepts and carries the original
+# destination), then the DPDK pair (af_packet PMD on the gateways' veths; skipped without DPDK).
 #
 # Exits 0 with a `SKIP:` line when it cannot run here (not root, no network namespaces);
 # exits non-zero on any real failure. Brings the lab up if needed and takes it down again if
@@ -35,14 +36,24 @@ labtest_start
 
 "$LAB" up --rtt 50 --loss 0.5 --rate 1000 || fail "scripts/lab.sh up failed"
 "$LAB" set --rtt 50 --loss 0.5 --rate 1000 >/dev/null || fail "scripts/lab.sh set failed"
-for ingress in listen tproxy; do
-    "$LAB" gateways up --flows "$FLOWS" --ingress "$ingress" || fail "gateways did not come up ($ingress ingress)"
+# The kernel pair with both ingress modes, then the DPDK pair (af_packet PMD on the gateways'
+# veths) when this host has DPDK.
+pairs=("kernel listen" "kernel tproxy")
+if pkg-config --exists libdpdk 2>/dev/null; then
+    pairs+=("dpdk listen")
+else
+    echo "SKIP: $TEST_NAME: the DPDK pair (no system DPDK: scripts/install-deps.sh)"
+fi
+for pair in "${pairs[@]}"; do
+    read -r datapath ingress <<<"$pair"
+    "$LAB" gateways up --datapath "$datapath" --flows "$FLOWS" --ingress "$ingress" ||
+        fail "gateways did not come up ($datapath datapath, $ingress ingress)"
     lost0=$(link_lost_pkts "$LINKEMU" "$LINK_NAME")
     t0=$(date +%s)
     if ! mbps=$("$LAB" transfer --bytes "$BYTES" --timeout "$TIMEOUT"); then
-        fail "transfer through LMAS ($ingress ingress) failed (logs: $LAB_RUN_DIR/gw-a.log, gw-b.log)"
+        fail "transfer through LMAS ($datapath datapath, $ingress ingress) failed (logs: $LAB_RUN_DIR/gw-a.log, gw-b.log)"
     fi
     lost=$(($(link_lost_pkts "$LINKEMU" "$LINK_NAME") - lost0))
-    echo "PASS: lab test: $BYTES bytes through LMAS ($FLOWS flows, $ingress ingress) over RTT 50 ms /" \
+    echo "PASS: lab test: $BYTES bytes through LMAS ($datapath datapath, $FLOWS flows, $ingress ingress) over RTT 50 ms /" \
         "0.5 % loss, SHA-256 equal, $mbps Mbit/s, $(($(date +%s) - t0)) s, link dropped $lost packets"
 done

@@ -435,8 +435,8 @@ dpdk_config() {
             vdev_wan="net_af_packet1,iface=wan0,framecnt=8192"
             ;;
         af_xdp)
-            vdev_lan="net_af_xdp0,iface=lan0,start_queue=0,queue_count=1"
-            vdev_wan="net_af_xdp1,iface=wan0,start_queue=0,queue_count=1"
+            vdev_lan="net_af_xdp0,iface=lan0,start_queue=0,queue_count=1${LAB_XDP_ARGS:-}"
+            vdev_wan="net_af_xdp1,iface=wan0,start_queue=0,queue_count=1${LAB_XDP_ARGS:-}"
             ;;
         *) die "gateways: --pmd is af_packet or af_xdp, not $pmd" ;;
     esac
@@ -584,7 +584,9 @@ cmd_gateways() {
         if all_logged "tunnel up" "$RUN_DIR/gw-a.log" "$RUN_DIR/gw-b.log" && all_logged "$ready" "$RUN_DIR/gw-a.log"; then
             echo "$ingress" >"$RUN_DIR/ingress"
             # What runs, for scripts that reuse a running pair (migrate.sh).
-            echo "datapath=$datapath ingress=$ingress flows=$flows congestion=${cc:-default} window=${window:-default} unsent=${unsent:-default}" >"$RUN_DIR/gateways"
+            local ports=$datapath
+            [[ $datapath == kernel ]] || ports+="/$pmd"
+            echo "datapath=$ports ingress=$ingress flows=$flows congestion=${cc:-default} window=${window:-default} unsent=${unsent:-default}" >"$RUN_DIR/gateways"
             local via
             via="src-host connects to $(ingress_addr)"
             [[ $ingress == tproxy ]] && via="src-host connects to $DST_IP:$TARGET_PORT, intercepted in gw-a"

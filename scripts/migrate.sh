@@ -50,7 +50,8 @@ Guest RAM is RAM_MIB MiB minus 8 KiB: QEMU < 9.0 with TCG can lose guest writes 
 migration when a RAM block is a multiple of 256 KiB (upstream 03bfc2188f).
 
 Options:
-  --mode direct|lmas     the path: straight over the WAN, or through the gateways  [$MODE]
+  --mode direct|lmas|dpdk  the path: straight over the WAN, through the gateway pair,
+                         or through a DPDK gateway pair (af_packet PMD)           [$MODE]
   --multifd N            QEMU multifd with N channels (0 = off, one stream)          [$MULTIFD]
   --guest paused|running                                                             [$GUEST]
   --ram-mib M            guest RAM (MiB, less 8 KiB)                                 [$RAM_MIB]
@@ -103,7 +104,9 @@ while (($#)); do
         *) die "unknown option: $1 (see --help)" ;;
     esac
 done
-[[ $MODE == direct || $MODE == lmas ]] || die "--mode is direct or lmas, not $MODE"
+[[ $MODE == direct || $MODE == lmas || $MODE == dpdk ]] || die "--mode is direct, lmas or dpdk, not $MODE"
+DATAPATH=kernel
+[[ $MODE != dpdk ]] || DATAPATH=dpdk/af_packet
 [[ $GUEST == paused || $GUEST == running ]] || die "--guest is paused or running, not $GUEST"
 [[ $INGRESS == listen || $INGRESS == tproxy ]] || die "--ingress is listen or tproxy, not $INGRESS"
 [[ -z $WINDOW || $WINDOW =~ ^[0-9]+$ ]] || die "--window takes a number of bytes, got $WINDOW"
@@ -179,17 +182,18 @@ loss=$(field loss_pct "$link")
 
 INCOMING=tcp:$DST_IP:$TARGET_PORT
 gw_state=$(cat "$LAB_RUN_DIR/gateways" 2>/dev/null || true)
-if [[ $MODE == lmas ]]; then
-    if [[ $gw_state != "ingress=$INGRESS flows=$FLOWS congestion=default window=${WINDOW:-default} unsent=${UNSENT:-default}" ]]; then
-        "$LAB" gateways up --flows "$FLOWS" --ingress "$INGRESS" ${WINDOW:+--window "$WINDOW"} \
+if [[ $MODE != direct ]]; then
+    if [[ $gw_state != "datapath=$DATAPATH ingress=$INGRESS flows=$FLOWS congestion=default window=${WINDOW:-default} unsent=${UNSENT:-default}" ]]; then
+        "$LAB" gateways up --datapath "${DATAPATH%/*}" --flows "$FLOWS" --ingress "$INGRESS" ${WINDOW:+--window "$WINDOW"} \
             ${UNSENT:+--unsent "$UNSENT"} >&2 ||
             die "the gateways did not come up"
     fi
     URI=tcp:$("$LAB" gateways address)
     sessions0=$(grep -c -- "-> $DST_IP:$TARGET_PORT via" "$LAB_RUN_DIR/gw-a.log" || true)
 else
-    # TPROXY would intercept the direct path: take the gateways down then (a listen pair idles).
-    [[ $gw_state != ingress=tproxy* ]] || "$LAB" gateways down >/dev/null
+    # TPROXY would intercept the direct path, and DPDK gateways own the gateways' ports: take
+    # the gateways down then (a kernel pair with listen ingress idles).
+    [[ $gw_state != *ingress=tproxy* && $gw_state != datapath=dpdk* ]] || "$LAB" gateways down >/dev/null
     URI=$INCOMING
 fi
 
@@ -231,7 +235,7 @@ status=$(field status "$result")
 # ---- verify ---------------------------------------------------------------------------------
 verified=na
 why=""
-if [[ $MODE == lmas ]]; then
+if [[ $MODE != direct ]]; then
     # The migration (and each multifd channel) must have gone through the gateways.
     sessions=$(($(grep -c -- "-> $DST_IP:$TARGET_PORT via" "$LAB_RUN_DIR/gw-a.log" || true) - sessions0))
     ((sessions >= 1 + MULTIFD)) || { verified=0; why="gw-a carried $sessions sessions, expected $((1 + MULTIFD))"; }
