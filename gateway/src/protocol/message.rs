@@ -296,6 +296,14 @@ impl Message {
                 let session = SessionId(r.u64()?);
                 let offset = r.u64()?;
                 let flags = r.u8()?;
+                // Version 1 defines no flag: a set bit is a peer speaking something else,
+                // not something to carry along unread.
+                if flags != 0 {
+                    return Err(DecodeError::Invalid {
+                        field: "data flags",
+                        why: "must be 0 in protocol version 1",
+                    });
+                }
                 let len = r.u32()? as usize;
                 if r.remaining() != len {
                     return Err(DecodeError::Invalid {
@@ -449,16 +457,40 @@ mod tests {
             (
                 sid,
                 0u64..u64::MAX / 2,
-                any::<u8>(),
                 proptest::collection::vec(any::<u8>(), 0..300)
             )
-                .prop_map(|(session, offset, flags, p)| Message::Data(DataFrame {
+                .prop_map(|(session, offset, p)| Message::Data(DataFrame {
                     session,
                     offset,
-                    flags,
+                    flags: 0,
                     payload: Bytes::from(p)
                 })),
         ]
+    }
+
+    #[test]
+    fn a_data_frame_with_flags_set_is_refused_in_version_1() {
+        for flags in [1u8, 0x80, 0xff] {
+            let mut buf = Vec::new();
+            Message::Data(DataFrame {
+                session: SessionId(7),
+                offset: 0,
+                flags,
+                payload: Bytes::from_static(b"abc"),
+            })
+            .encode(&mut buf);
+            let err = Message::decode(Bytes::from(buf)).expect_err("flags must be 0");
+            assert!(
+                matches!(
+                    err,
+                    DecodeError::Invalid {
+                        field: "data flags",
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+        }
     }
 
     proptest! {

@@ -302,6 +302,54 @@ fn peer_cannot_open_in_our_id_space() {
     assert!(matches!(err, Err(PeerError::BadSessionId(_))));
 }
 
+/// A peer that opens a session id again after the session ended and its tombstone was
+/// forgotten (4096 sessions later) gets a reset, not a second session under an old id.
+#[test]
+fn a_session_id_reused_after_its_tombstone_is_gone_is_refused() {
+    let mut b = End::new(Side::Acceptor, limits());
+    let target: SocketAddr = "192.0.2.1:5000".parse().unwrap();
+    let open = |id: u64| Message::Open {
+        session: SessionId(id),
+        target,
+        window: 10,
+    };
+    let reset = |id: u64| Message::Reset {
+        session: SessionId(id),
+        reason: crate::protocol::ResetReason::ConnectionReset,
+    };
+    // Session 0 and then 4096 others open and end.
+    for id in (0..=2 * 4096u64).step_by(2) {
+        b.core.handle_message(open(id)).unwrap();
+        b.core.handle_message(reset(id)).unwrap();
+    }
+    while b.core.poll_event().is_some() {}
+    while b.core.poll_control().is_some() {}
+    let err = b.core.handle_message(open(0));
+    let events: Vec<Event> = std::iter::from_fn(|| b.core.poll_event()).collect();
+    let control: Vec<Message> = std::iter::from_fn(|| b.core.poll_control()).collect();
+    assert!(
+        matches!(err, Err(PeerError::BadSessionId(SessionId(0)))),
+        "{err:?}"
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, Event::ConnectRequested { .. })),
+        "reopened: {events:?}"
+    );
+    assert!(control.iter().any(|m| matches!(
+        m,
+        Message::Reset {
+            session: SessionId(0),
+            reason: crate::protocol::ResetReason::ProtocolError
+        }
+    )));
+    assert_eq!(b.core.session_count(), 0);
+    // A new id still opens.
+    b.core.handle_message(open(2 * 4097)).unwrap();
+    assert_eq!(b.core.session_count(), 1);
+}
+
 #[test]
 fn unsent_room_bounds_reads_and_frees_as_frames_go_out() {
     // A hypervisor must see the WAN's rate: what the gateway accepts beyond

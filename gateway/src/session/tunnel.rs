@@ -129,6 +129,9 @@ pub struct TunnelCore {
     /// fin + final ack), repeated after a resync in case the originals were
     /// lost with the control connection.
     tombstones: VecDeque<(SessionId, Vec<Message>)>,
+    /// Above the highest session id the peer has opened: ids it allocates grow, so an open
+    /// below this that is neither live nor remembered reuses an old id.
+    peer_next_id: u64,
 }
 
 /// How many ended sessions are remembered for resyncs.
@@ -150,6 +153,7 @@ impl TunnelCore {
             buffered: 0,
             counters: Counters::default(),
             tombstones: VecDeque::new(),
+            peer_next_id: 0,
         }
     }
 
@@ -362,6 +366,15 @@ impl TunnelCore {
                     }
                     return Ok(());
                 }
+                if session.0 < self.peer_next_id {
+                    // Ended so long ago that its tombstone is gone: not a new session.
+                    self.push_control(Message::Reset {
+                        session,
+                        reason: ResetReason::ProtocolError,
+                    });
+                    return Err(PeerError::BadSessionId(session));
+                }
+                self.peer_next_id = session.0.saturating_add(1);
                 if self.sessions.len() >= self.limits.max_sessions {
                     self.push_control(Message::Refuse {
                         session,
@@ -564,7 +577,14 @@ impl TunnelCore {
         self.control.clear();
         let window = self.window_u32();
         let mut msgs = Vec::new();
-        for (&session, s) in &mut self.sessions {
+        // In id order: the peer takes an open below the highest id it has seen, and no longer
+        // knows, for a reused id (see `peer_next_id`).
+        let mut ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+        ids.sort_unstable_by_key(|id| id.0);
+        for session in ids {
+            let Some(s) = self.sessions.get_mut(&session) else {
+                continue;
+            };
             match s.state {
                 State::Opening => msgs.push(Message::Open {
                     session,
