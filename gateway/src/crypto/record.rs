@@ -14,9 +14,12 @@
 //! truncated or re-framed record fails too.
 //!
 //! Usage limit: RFC 8446 §5.5 bounds AES-GCM to about 2^24.5 full 16 KiB
-//! records per key; our records are up to 4 times larger, so a key seals at
-//! most [`MAX_RECORDS_PER_KEY`] records and then refuses. Rekeying before that
-//! point is the caller's job (see `needs_rekey`).
+//! records per key, that is 2^34.5 blocks of 16 bytes (an attacker's advantage
+//! stays below 2^-60). Our records are up to 8 times larger (frames of up to
+//! 128 KiB), so the limit is counted in bytes as well as in records: a key
+//! seals at most [`MAX_RECORDS_PER_KEY`] records or [`MAX_BYTES_PER_KEY`]
+//! bytes and then refuses. Rekeying before that point is the caller's job
+//! (see `needs_rekey`).
 
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use ring::hkdf;
@@ -30,6 +33,11 @@ pub const MAX_RECORD_LEN: usize = 256 * 1024;
 pub const MAX_RECORDS_PER_KEY: u64 = 1 << 23;
 /// Soft limit: ask for a rekey well before the hard one.
 pub const REKEY_AFTER_RECORDS: u64 = 1 << 22;
+/// Hard limit on bytes (ciphertext and tags) under one key: 2^34 blocks, below
+/// AES-GCM's budget of 2^34.5.
+pub const MAX_BYTES_PER_KEY: u64 = 1 << 38;
+/// Soft limit in bytes, half the hard one.
+pub const REKEY_AFTER_BYTES: u64 = 1 << 37;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -48,6 +56,8 @@ struct KeyState {
     secret: [u8; 32],
     key: LessSafeKey,
     counter: u64,
+    /// Bytes sealed or opened under this key.
+    bytes: u64,
 }
 
 impl KeyState {
@@ -58,12 +68,16 @@ impl KeyState {
                 UnboundKey::new(&AES_256_GCM, secret).expect("32 bytes is an AES-256 key"),
             ),
             counter: 0,
+            bytes: 0,
         }
     }
 
-    /// The nonce for the next record, or an error past the usage limit.
-    fn nonce(&self) -> Result<Nonce, RecordError> {
-        if self.counter >= MAX_RECORDS_PER_KEY {
+    /// The nonce for the next record of `len` bytes, or an error past the
+    /// usage limit.
+    fn nonce(&self, len: usize) -> Result<Nonce, RecordError> {
+        if self.counter >= MAX_RECORDS_PER_KEY
+            || self.bytes.saturating_add(len as u64) > MAX_BYTES_PER_KEY
+        {
             return Err(RecordError::KeyExhausted);
         }
         let mut n = [0u8; 12];
@@ -113,7 +127,7 @@ impl RecordSealer {
         if body_len > MAX_RECORD_LEN {
             return Err(RecordError::BadLength(body_len));
         }
-        let nonce = self.state.nonce()?;
+        let nonce = self.state.nonce(body_len)?;
         let header = (body_len as u32).to_be_bytes();
         buf[start..start + RECORD_HEADER_LEN].copy_from_slice(&header);
         let tag = self
@@ -127,12 +141,14 @@ impl RecordSealer {
             .map_err(|_| RecordError::Authentication)?;
         buf.extend_from_slice(tag.as_ref());
         self.state.counter += 1;
+        self.state.bytes += body_len as u64;
         Ok(())
     }
 
-    /// True when the key has sealed enough records that it should be updated.
+    /// True when the key has sealed enough records or bytes that it should be
+    /// updated.
     pub fn needs_rekey(&self) -> bool {
-        self.state.counter >= REKEY_AFTER_RECORDS
+        self.state.counter >= REKEY_AFTER_RECORDS || self.state.bytes >= REKEY_AFTER_BYTES
     }
 
     /// Moves to the next key. Call right after sealing a key-update message,
@@ -170,7 +186,8 @@ impl RecordOpener {
         header: [u8; RECORD_HEADER_LEN],
         body: &mut bytes::BytesMut,
     ) -> Result<(), RecordError> {
-        let nonce = self.state.nonce()?;
+        let nonce = self.state.nonce(body.len())?;
+        let sealed_len = body.len() as u64;
         let plain_len = self
             .state
             .key
@@ -179,6 +196,7 @@ impl RecordOpener {
             .len();
         body.truncate(plain_len);
         self.state.counter += 1;
+        self.state.bytes += sealed_len;
         Ok(())
     }
 
@@ -261,6 +279,44 @@ mod tests {
             Err(RecordError::Authentication),
             "reorder"
         );
+    }
+
+    /// The most one key protects, before a rekey is due and at its hard limit, stays within
+    /// AES-GCM's budget of 2^34.5 blocks (RFC 8446 §5.5) at the largest records the config
+    /// allows (`limits.frame_bytes` up to 128 KiB). Counting records only, 2^22 records of
+    /// 128 KiB came to 2^39 bytes: over the budget.
+    #[test]
+    fn a_key_stays_within_the_aes_gcm_budget_at_the_largest_frames() {
+        let budget = 2f64.powf(34.5) * 16.0;
+        let record = (128 * 1024 + 64 + TAG_LEN) as f64;
+        let due = (REKEY_AFTER_RECORDS as f64 * record).min(REKEY_AFTER_BYTES as f64);
+        let hard =
+            (MAX_RECORDS_PER_KEY as f64 * MAX_RECORD_LEN as f64).min(MAX_BYTES_PER_KEY as f64);
+        assert!(due <= budget / 2.0, "rekey due after {due} bytes");
+        assert!(hard <= budget, "hard limit {hard} bytes");
+    }
+
+    #[test]
+    fn the_byte_limit_asks_for_a_rekey_then_refuses() {
+        let k = [5u8; 32];
+        let (mut s, mut o) = (RecordSealer::new(&k), RecordOpener::new(&k));
+        // As if this key had already carried nearly its budget.
+        s.state.bytes = REKEY_AFTER_BYTES - 10;
+        o.state.bytes = REKEY_AFTER_BYTES - 10;
+        assert!(!s.needs_rekey());
+        let rec = sealed(&mut s, b"over the soft limit");
+        assert!(s.needs_rekey(), "soft limit in bytes");
+        open(&mut o, &rec).unwrap();
+        s.state.bytes = MAX_BYTES_PER_KEY - 30;
+        o.state.bytes = MAX_BYTES_PER_KEY - 30;
+        let mut buf = vec![0u8; RECORD_HEADER_LEN];
+        buf.extend_from_slice(b"past the hard limit");
+        assert_eq!(s.seal(&mut buf, 0), Err(RecordError::KeyExhausted));
+        let rec = sealed(&mut RecordSealer::new(&k), b"past the hard limit");
+        assert_eq!(open(&mut o, &rec), Err(RecordError::KeyExhausted));
+        // A key update starts the count again.
+        s.ratchet();
+        assert!(!s.needs_rekey());
     }
 
     #[test]
