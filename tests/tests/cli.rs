@@ -369,3 +369,66 @@ fn unknown_subcommand_fails() {
     let out = lmas(&["no-such-command"]);
     assert!(!out.status.success(), "lmas no-such-command exited 0");
 }
+
+/// Like OpenSSH's StrictModes: a config file or a peer public key file that someone else can
+/// write could hand the tunnel to an impostor, and a key file owned by another user is not
+/// ours to trust. `check-config` and `run` refuse each, saying what was found and the fix.
+#[test]
+fn files_others_can_write_or_own_are_refused() {
+    let (dir, _tmp) = temp_dir("lmas-e2e-trust-");
+    let (a, _) = valid_configs(&dir);
+    let chmod =
+        |p: &Path, mode: u32| fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
+
+    // The config file itself, group- or world-writable.
+    for mode in [0o664, 0o646] {
+        chmod(&a, mode);
+        let (_, line) = expect_error(&a, &format!("config mode {mode:o}"));
+        assert!(
+            line.contains("writable") && line.contains("chmod go-w"),
+            "config mode {mode:o}: {line}"
+        );
+    }
+    chmod(&a, 0o644);
+    assert!(check_config(&a).status.success(), "0644 config refused");
+
+    // A peer public key file others can write.
+    let b_pub = pub_path(&dir.join("gw-b.key"));
+    let f = broken(&dir, "pubfile.toml", |t| {
+        let line = t.lines().find(|l| l.starts_with("public_key =")).unwrap();
+        t.replace(line, &format!("public_key_file = \"{}\"", b_pub.display()))
+    });
+    assert!(
+        check_config(&f).status.success(),
+        "public_key_file config refused"
+    );
+    chmod(&b_pub, 0o666);
+    let (_, line) = expect_error(&f, "world-writable public key file");
+    assert!(
+        line.contains("peer.public_key_file") && line.contains(&b_pub.display().to_string()),
+        "{line}"
+    );
+    chmod(&b_pub, 0o644);
+
+    // A private key owned by another user (needs root to chown).
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP: files_others_can_write_or_own_are_refused: the ownership case needs root");
+        return;
+    }
+    let key = dir.join("gw-a.key");
+    std::os::unix::fs::chown(&key, Some(65534), None).unwrap();
+    let (_, line) = expect_error(&a, "private key owned by nobody");
+    assert!(
+        line.contains("gateway.private_key_file") && line.contains("owned by uid 65534"),
+        "{line}"
+    );
+    let mut cmd = Command::new(lmas_bin());
+    cmd.arg("run").arg("--config").arg(&a);
+    let out = run_with_timeout(&mut cmd, Duration::from_secs(10)).expect("lmas run exits");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("owned by uid 65534"),
+        "{stderr}"
+    );
+}

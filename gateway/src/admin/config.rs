@@ -215,6 +215,15 @@ const DEFAULT_DRAIN_TIMEOUT_SECS: i64 = 30;
 impl Config {
     /// Reads and validates a config file, including the key files it names.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        // Whoever can write the config decides whom the gateway trusts and where it connects.
+        crate::crypto::check_trusted(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            field: String::new(),
+            why: match e {
+                crate::crypto::KeyError::Untrusted { why, .. } => why,
+                e => format!("cannot read: {e}"),
+            },
+        })?;
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: path.to_path_buf(),
             field: String::new(),
@@ -301,6 +310,8 @@ impl Config {
             })?,
             (None, Some(p)) => {
                 let p = resolve(p);
+                crate::crypto::check_trusted(&p)
+                    .map_err(|e| err("peer.public_key_file", e.to_string()))?;
                 let text = std::fs::read_to_string(&p)
                     .map_err(|e| err("peer.public_key_file", format!("{}: {e}", p.display())))?;
                 PublicKey::parse(&text, "peer.public_key_file").map_err(|_| {

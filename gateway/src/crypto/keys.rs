@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::fs;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::STANDARD as B64;
@@ -20,6 +20,8 @@ pub enum KeyError {
     },
     #[error("{path}: permissions {mode:o} are too open: private key files must not be readable by group or others (chmod 600)")]
     TooOpen { path: PathBuf, mode: u32 },
+    #[error("{path}: {why}")]
+    Untrusted { path: PathBuf, why: String },
     #[error("{what}: not a base64-encoded 32-byte key")]
     Malformed { what: String },
     #[error("key generation failed: {0}")]
@@ -143,12 +145,51 @@ impl PresharedKey {
     }
 }
 
+/// Refuses a file that decides whom this gateway trusts (its config, a key) when someone
+/// else could have written it, as OpenSSH's StrictModes does: writable by group or others,
+/// or owned by a user other than this one or root. Says what was found and the fix.
+pub fn check_trusted(path: &Path) -> Result<(), KeyError> {
+    let meta = fs::metadata(path).map_err(|source| KeyError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    trusted(path, &meta)
+}
+
+fn trusted(path: &Path, meta: &fs::Metadata) -> Result<(), KeyError> {
+    let untrusted = |why: String| KeyError::Untrusted {
+        path: path.to_path_buf(),
+        why,
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o022 != 0 {
+        let who = match (mode & 0o020 != 0, mode & 0o002 != 0) {
+            (true, true) => "group and others",
+            (true, false) => "its group",
+            _ => "others",
+        };
+        return Err(untrusted(format!(
+            "writable by {who} (mode {mode:o}): whoever can write it decides whom this gateway trusts; fix with: chmod go-w {}",
+            path.display()
+        )));
+    }
+    let (owner, me) = (meta.uid(), rustix::process::geteuid().as_raw());
+    if owner != me && owner != 0 {
+        return Err(untrusted(format!(
+            "owned by uid {owner}, neither this user (uid {me}) nor root; fix with: chown {me} {}",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
 fn read_private_file(path: &Path) -> Result<String, KeyError> {
     let io = |source| KeyError::Io {
         path: path.to_path_buf(),
         source,
     };
     let meta = fs::metadata(path).map_err(io)?;
+    trusted(path, &meta)?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(KeyError::TooOpen {

@@ -17,7 +17,7 @@ pub mod record;
 
 pub use channel::{KeyUpdated, OpenError, Opening, RekeyPolicy, Sealing};
 pub use handshake::{HandshakeError, Initiator, Responder, TrafficKeys};
-pub use keys::{KeyError, PresharedKey, PublicKey, StaticKeypair};
+pub use keys::{check_trusted, KeyError, PresharedKey, PublicKey, StaticKeypair};
 pub use record::{
     RecordError, RecordOpener, RecordSealer, MAX_RECORD_LEN, RECORD_HEADER_LEN, TAG_LEN,
 };
