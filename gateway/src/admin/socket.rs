@@ -23,14 +23,20 @@ pub const MAX_COMMAND: usize = 256;
 pub const COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Binds the admin socket. A stale socket file (no gateway answering) is
-/// replaced; one in use by a running gateway is left alone and status is
+/// replaced; one in use by a running gateway, or a path that is not a
+/// socket at all (a mistyped `admin.socket`), is left alone and status is
 /// disabled for this process, with a warning (status is not worth failing
 /// the datapath for).
 pub fn bind(path: &Path) -> Option<UnixListener> {
     if let Some(dir) = path.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
-    if path.exists() {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            warn!("admin socket {}: something that is not a socket is there; leaving it alone, `lmas status` is disabled (set admin.socket)", path.display());
+            return None;
+        }
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             warn!("admin socket {} is in use by another gateway; `lmas status` is disabled for this one (set admin.socket)", path.display());
             return None;
@@ -85,4 +91,25 @@ async fn answer(source: Arc<dyn StatusSource>, stream: UnixStream) {
     };
     let _ = w.write_all(reply.as_bytes()).await;
     let _ = w.write_all(b"\n").await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A mistyped `admin.socket` pointing at a real file must not cost that file.
+    #[tokio::test]
+    async fn a_file_that_is_not_a_socket_is_left_alone() {
+        let dir = std::env::temp_dir().join(format!("lmas-admin-sock-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("gw.toml");
+        std::fs::write(&path, "precious").unwrap();
+        assert!(bind(&path).is_none(), "bound over a regular file");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "precious");
+        // A stale socket (nobody listening) is still replaced.
+        let stale = dir.join("stale.sock");
+        drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+        assert!(bind(&stale).is_some(), "a stale socket was not replaced");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
