@@ -412,8 +412,23 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                     );
                     return self.close_conn(id);
                 }
+                // The peer re-attaches a flow only after giving its old connection up (its
+                // RST may have been lost on the way): close what is left of it here.
                 if let Some(old) = t.flows[k].replace(id) {
                     t.core.flow_lost(k);
+                    Stats::inc(&self.stats.flows_lost);
+                    let addr = |c: ConnId| {
+                        self.conns
+                            .get(&c)
+                            .and_then(|c| c.remote)
+                            .map_or("?".to_string(), |a| a.to_string())
+                    };
+                    warn!(
+                        "peer {}: data flow {k} from {} replaced by a new connection from {} (the peer gave the old one up); closing the old one, its frames go out again",
+                        t.peer,
+                        addr(old),
+                        addr(id)
+                    );
                     self.close_conn(old);
                 }
                 if let Some(c) = self.conns.get_mut(&id) {
@@ -480,7 +495,21 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
     /// ends restate their sessions (resync).
     fn attach_control(&mut self, id: ConnId, resumed: bool) {
         let Some(t) = &mut self.tunnel else { return };
+        // The peer dials a new control connection only after giving the old one up (its
+        // RST may have been lost on the way): close what is left of it here.
         if let Some(old) = t.control.replace(id).filter(|&old| old != id) {
+            let addr = |c: ConnId| {
+                self.conns
+                    .get(&c)
+                    .and_then(|c| c.remote)
+                    .map_or("?".to_string(), |a| a.to_string())
+            };
+            warn!(
+                "tunnel to peer {}: control connection from {} replaced by a new one from {} (the peer gave the old one up); closing the old one",
+                t.peer,
+                addr(old),
+                addr(id)
+            );
             self.close_conn(old);
         }
         let t = self.tunnel.as_mut().expect("checked above");

@@ -76,10 +76,25 @@ impl SessionSignals {
     }
 }
 
+/// The connection serving one role (the control connection, or data flow k) right now.
+struct Attached {
+    /// Which connection: a control generation, or a data flow connection's serial number.
+    id: u64,
+    /// Cancelled to retire the connection when a new one takes its role.
+    retire: CancellationToken,
+    info: Arc<ConnInfo>,
+}
+
 struct Inner {
     core: TunnelCore,
     /// The live WAN connections (control: `None`, data flow: its index).
     connections: Vec<(Option<u16>, Arc<ConnInfo>)>,
+    /// The control connection in place, if any. Only it may take control
+    /// messages off the core or declare the control connection lost.
+    control: Option<Attached>,
+    /// Per data flow index, the connection in place. Only it may take that
+    /// flow's frames or declare the flow lost.
+    flows: Vec<Option<Attached>>,
     signals: HashMap<SessionId, Arc<SessionSignals>>,
     /// Which data flows attached at least once (accepting side).
     attached: Vec<bool>,
@@ -105,9 +120,12 @@ pub struct Tunnel {
     /// Whether a control connection is attached. When it dies the tunnel is
     /// held for the grace period, waiting for a new control connection.
     pub control_up: tokio::sync::watch::Sender<bool>,
-    /// Bumped each time a control connection attaches, so a grace timer
-    /// knows whether the tunnel was resumed meanwhile.
+    /// Bumped each time a control connection attaches (under the `inner`
+    /// lock): the connection's generation. A grace timer knows from it whether
+    /// the tunnel was resumed meanwhile.
     control_generation: std::sync::atomic::AtomicU64,
+    /// Serial numbers of data flow connections.
+    next_flow_id: std::sync::atomic::AtomicU64,
     epoch: std::time::Instant,
     gateway: Arc<Gateway>,
 }
@@ -127,6 +145,8 @@ impl Tunnel {
                 signals: HashMap::new(),
                 attached: Vec::new(),
                 connections: Vec::new(),
+                control: None,
+                flows: (0..flows).map(|_| None).collect(),
                 connect_order: HashMap::new(),
             }),
             frames_ready: Notify::new(),
@@ -139,6 +159,7 @@ impl Tunnel {
             closed: CancellationToken::new(),
             control_up: tokio::sync::watch::channel(false).0,
             control_generation: std::sync::atomic::AtomicU64::new(0),
+            next_flow_id: std::sync::atomic::AtomicU64::new(1),
             epoch: std::time::Instant::now(),
             gateway,
         });
@@ -235,7 +256,9 @@ impl Tunnel {
         while let Some(event) = inner.core.poll_event() {
             match event {
                 Event::FramesReady => self.frames_ready.notify_waiters(),
-                Event::ControlReady => self.control_ready.notify_one(),
+                // Every waiter: a control writer being retired may still be
+                // waiting next to the one that took its place.
+                Event::ControlReady => self.control_ready.notify_waiters(),
                 Event::Readable(id) => {
                     if let Some(s) = inner.signals.get(&id) {
                         s.readable.notify_one();
@@ -371,33 +394,75 @@ impl Tunnel {
 
     /// Starts serving a control connection: the first one, or a new one
     /// after the previous died (then both ends restate their sessions).
+    ///
+    /// A control connection still in place is retired and closed: the peer
+    /// dials a new one only after it gave the old one up, so whatever this end
+    /// still holds of it (its RST lost on the way, or still waiting for its
+    /// timeout) is dead, and must neither take control messages nor, when it
+    /// finally fails, take the new connection's tunnel down.
     pub fn attach_control(
         self: &Arc<Self>,
         reader: RecordReader<OwnedReadHalf>,
         writer: RecordWriter<OwnedWriteHalf>,
     ) {
-        use std::sync::atomic::Ordering;
-        if self.control_generation.fetch_add(1, Ordering::SeqCst) > 0 {
-            let n = self.with_core(|c| {
-                c.resync();
-                c.session_count()
+        let info = reader.info().clone();
+        let retire = CancellationToken::new();
+        let (generation, resumed, old) = {
+            let mut inner = self.inner.lock().expect("not poisoned");
+            let generation = self.control_generation.fetch_add(1, Ordering::SeqCst) + 1;
+            let old = inner.control.replace(Attached {
+                id: generation,
+                retire: retire.clone(),
+                info: info.clone(),
             });
+            if let Some(old) = &old {
+                old.retire.cancel();
+                inner
+                    .connections
+                    .retain(|(_, c)| !Arc::ptr_eq(c, &old.info));
+            }
+            inner.connections.push((None, info.clone()));
+            // The old writer may have died (or been retired) mid-flush.
+            self.control_busy.store(false, Ordering::SeqCst);
+            let resumed = (generation > 1).then(|| {
+                inner.core.resync();
+                inner.core.session_count()
+            });
+            self.dispatch(&mut inner);
+            (generation, resumed, old)
+        };
+        if let Some(old) = old {
+            warn!(
+                "tunnel to peer {}: control connection from {} replaced by a new one from {} (the peer gave the old one up); closing the old one",
+                self.peer, old.info.remote, info.remote
+            );
+        }
+        if let Some(n) = resumed {
             Stats::inc(&self.gateway.stats.tunnel_resumes);
             info!("tunnel to peer {} resumed with {n} sessions", self.peer);
         }
         self.control_up.send_replace(true);
-        tokio::spawn(self.clone().run_control(reader, writer));
+        tokio::spawn(
+            self.clone()
+                .run_control(generation, retire, info, reader, writer),
+        );
     }
 
-    /// The control connection died: hold every session for the grace
-    /// period, then give up and reset them.
-    fn control_lost(self: &Arc<Self>) {
-        use std::sync::atomic::Ordering;
+    /// Control connection `generation` died: if it is still the one in
+    /// place, hold every session for the grace period, then give up and
+    /// reset them. A connection that was replaced already changes nothing.
+    fn control_lost(self: &Arc<Self>, generation: u64) {
+        {
+            let mut inner = self.inner.lock().expect("not poisoned");
+            if inner.control.as_ref().map(|c| c.id) != Some(generation) {
+                return;
+            }
+            inner.control = None;
+        }
         let grace = self.gateway.config.grace_period;
         if grace.is_zero() || self.closed.is_cancelled() {
             return self.shutdown(ResetReason::TunnelLost);
         }
-        let generation = self.control_generation.load(Ordering::SeqCst);
         let sessions = self.with_core(|c| c.session_count());
         warn!(
             "tunnel to peer {}: holding {sessions} sessions for up to {grace:?} until the connection is back",
@@ -420,16 +485,20 @@ impl Tunnel {
         });
     }
 
-    /// Runs the control connection until it fails.
+    /// Whether control connection `generation` is the one in place.
+    fn is_control(inner: &Inner, generation: u64) -> bool {
+        inner.control.as_ref().is_some_and(|c| c.id == generation)
+    }
+
+    /// Runs control connection `generation` until it fails or is retired.
     async fn run_control(
         self: Arc<Self>,
+        generation: u64,
+        retire: CancellationToken,
+        info: Arc<ConnInfo>,
         mut reader: RecordReader<OwnedReadHalf>,
         mut writer: RecordWriter<OwnedWriteHalf>,
     ) {
-        let info = reader.info().clone();
-        self.register(None, &info);
-        // A previous control connection may have died mid-flush.
-        self.control_busy.store(false, Ordering::SeqCst);
         let read = async {
             loop {
                 match reader.read_message().await? {
@@ -444,31 +513,41 @@ impl Tunnel {
             }
         };
         let write = async {
+            // Takes the next control message if this connection is still the
+            // one in place: a retired writer must not take (and lose) any.
+            let take = || {
+                let mut inner = self.inner.lock().expect("not poisoned");
+                if !Self::is_control(&inner, generation) {
+                    return None;
+                }
+                let msg = inner.core.poll_control();
+                if msg.is_some() {
+                    self.control_busy.store(true, Ordering::SeqCst);
+                }
+                self.dispatch(&mut inner);
+                msg
+            };
             loop {
                 // Marked busy under the core's lock, together with taking the
                 // message, so `control_delivered` never sees an empty queue
                 // while a message is on its way to the socket.
-                let first = wait_until(&self.control_ready, || {
-                    self.with_core(|c| {
-                        let msg = c.poll_control();
-                        if msg.is_some() {
-                            self.control_busy.store(true, Ordering::SeqCst);
-                        }
-                        msg
-                    })
-                })
-                .await;
+                let first = wait_until(&self.control_ready, &take).await;
                 writer.push(&first)?;
-                while let Some(msg) = self.with_core(|c| c.poll_control()) {
+                while let Some(msg) = take() {
                     writer.push(&msg)?;
                 }
                 writer.flush().await?;
-                self.control_busy.store(false, Ordering::SeqCst);
-                self.control_idle.notify_waiters();
+                let inner = self.inner.lock().expect("not poisoned");
+                if Self::is_control(&inner, generation) {
+                    self.control_busy.store(false, Ordering::SeqCst);
+                    self.control_idle.notify_waiters();
+                }
             }
         };
         let result: Result<(), ConnError> = tokio::select! {
             _ = self.closed.cancelled() => Ok(()),
+            // Replaced by a newer connection, which has taken over.
+            _ = retire.cancelled() => return self.unregister(&info),
             r = read => r,
             r = write => r,
         };
@@ -478,13 +557,27 @@ impl Tunnel {
         }
         if let Err(e) = result {
             self.count_failure(&e);
-            warn!("tunnel to peer {}: control connection lost: {e}", self.peer);
+            let in_place = Self::is_control(&self.inner.lock().expect("not poisoned"), generation);
+            if in_place {
+                warn!("tunnel to peer {}: control connection lost: {e}", self.peer);
+            } else {
+                info!(
+                    "tunnel to peer {}: replaced control connection from {} ended: {e}",
+                    self.peer, info.remote
+                );
+            }
         }
-        self.control_lost();
+        self.control_lost(generation);
     }
 
-    /// Runs data flow `idx` until it fails. Whatever it carried that the
-    /// peer has not acked is handed to the other flows.
+    /// Runs data flow `idx` until it fails or is retired. Whatever it
+    /// carried that the peer has not acked is handed to the other flows.
+    ///
+    /// A connection still in place for `idx` is retired and closed first:
+    /// the peer re-attaches a flow only after it gave the old connection up,
+    /// so that one is dead even if this end has not noticed (its RST lost,
+    /// its timeout not yet due). Its frames go out again at once, and its
+    /// eventual end does not touch the new connection's frames.
     pub async fn run_flow<R, W>(
         self: Arc<Self>,
         idx: usize,
@@ -496,17 +589,67 @@ impl Tunnel {
         W: AsyncWrite + Unpin + AsRef<tokio::net::TcpStream>,
     {
         let info = reader.info().clone();
-        self.register(Some(idx as u16), &info);
+        let id = self.next_flow_id.fetch_add(1, Ordering::SeqCst);
+        let retire = CancellationToken::new();
+        let old = {
+            let mut inner = self.inner.lock().expect("not poisoned");
+            let Some(slot) = inner.flows.get_mut(idx) else {
+                // Callers check the index against the flow count.
+                return Ok(());
+            };
+            let old = slot.replace(Attached {
+                id,
+                retire: retire.clone(),
+                info: info.clone(),
+            });
+            if let Some(old) = &old {
+                old.retire.cancel();
+                inner
+                    .connections
+                    .retain(|(_, c)| !Arc::ptr_eq(c, &old.info));
+                inner.core.flow_lost(idx);
+                self.dispatch(&mut inner);
+            }
+            inner.connections.push((Some(idx as u16), info.clone()));
+            old
+        };
+        if let Some(old) = old {
+            Stats::inc(&self.gateway.stats.flows_lost);
+            warn!(
+                "peer {}: data flow {idx} from {} replaced by a new connection from {} (the peer gave the old one up); closing the old one, its frames go out again",
+                self.peer, old.info.remote, info.remote
+            );
+        }
         let result = tokio::select! {
             _ = self.closed.cancelled() => Ok(()),
+            // Replaced by a newer connection, which has taken over.
+            _ = retire.cancelled() => {
+                self.unregister(&info);
+                return Ok(());
+            }
             r = self.flow_reader(reader) => r,
-            r = self.flow_writer(idx, writer) => r,
+            r = self.flow_writer(idx, id, writer) => r,
         };
         self.unregister(&info);
-        self.with_core(|c| c.flow_lost(idx));
+        let in_place = {
+            let mut inner = self.inner.lock().expect("not poisoned");
+            let in_place = inner
+                .flows
+                .get(idx)
+                .and_then(|s| s.as_ref())
+                .is_some_and(|s| s.id == id);
+            if in_place {
+                inner.flows[idx] = None;
+                inner.core.flow_lost(idx);
+                self.dispatch(&mut inner);
+            }
+            in_place
+        };
         if let Err(e) = &result {
             self.count_failure(e);
-            Stats::inc(&self.gateway.stats.flows_lost);
+            if in_place {
+                Stats::inc(&self.gateway.stats.flows_lost);
+            }
         }
         result
     }
@@ -530,20 +673,34 @@ impl Tunnel {
     async fn flow_writer<W>(
         self: &Arc<Self>,
         idx: usize,
+        id: u64,
         mut writer: RecordWriter<W>,
     ) -> Result<(), ConnError>
     where
         W: AsyncWrite + Unpin + AsRef<tokio::net::TcpStream>,
     {
+        // Takes flow `idx`'s next frame if this connection is still the one
+        // in place: frames a retired connection took would sit in the new
+        // one's ledger, sent nowhere.
+        let take = || {
+            let mut inner = self.inner.lock().expect("not poisoned");
+            let in_place = inner
+                .flows
+                .get(idx)
+                .and_then(|s| s.as_ref())
+                .is_some_and(|s| s.id == id);
+            let frame = in_place.then(|| inner.core.poll_frame(idx)).flatten();
+            self.dispatch(&mut inner);
+            frame
+        };
         loop {
             // Pull only when this flow can send now (TCP_NOTSENT_LOWAT): the
             // flow that can send soonest gets the next frame.
             writer.get_ref().as_ref().writable().await?;
-            let first =
-                wait_until(&self.frames_ready, || self.with_core(|c| c.poll_frame(idx))).await;
+            let first = wait_until(&self.frames_ready, &take).await;
             writer.push(&Message::Data(first))?;
             while writer.pending() < WRITE_BATCH {
-                match self.with_core(|c| c.poll_frame(idx)) {
+                match take() {
                     Some(frame) => writer.push(&Message::Data(frame))?,
                     None => break,
                 }
@@ -586,14 +743,6 @@ impl Tunnel {
             }
             _ => {}
         }
-    }
-
-    fn register(&self, flow: Option<u16>, info: &Arc<ConnInfo>) {
-        self.inner
-            .lock()
-            .expect("not poisoned")
-            .connections
-            .push((flow, info.clone()));
     }
 
     fn unregister(&self, info: &Arc<ConnInfo>) {
