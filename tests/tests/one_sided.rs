@@ -19,6 +19,10 @@
 //! thus notices a dead connection first and re-dials while the acceptor's old connection is
 //! still alive: the order in which a gateway that does not retire the old one breaks.
 //!
+//! The cases, for the control connection and for data flow 1, on kernel and on DPDK gateways:
+//! the RST lost toward the acceptor (the dialler's end dies), the RST lost toward the dialler
+//! (the acceptor's end dies), and silence toward either end (the other direction still flows).
+//!
 //! How one end dies without the other hearing of it:
 //! - kernel gateways: `ss -K` on that end's socket, its RST dropped in `r`;
 //! - DPDK gateways (no kernel socket to kill): `r` answers that end's packets with an RST in the
@@ -610,6 +614,14 @@ fn skip(test: &str, kind: Kind) -> bool {
     if skip_unless_available(test) {
         return true;
     }
+    for (tool, arg) in [("ss", "-V"), ("ethtool", "--version")] {
+        let works = run_with_timeout(Command::new(tool).arg(arg), Duration::from_secs(10))
+            .is_ok_and(|o| o.status.success());
+        if !works {
+            eprintln!("SKIP: {test}: `{tool}` is missing (scripts/install-deps.sh installs it)");
+            return true;
+        }
+    }
     if kind == Kind::Dpdk {
         if let Err(why) = dpdk_available() {
             eprintln!("SKIP: {test}: {why}");
@@ -619,10 +631,13 @@ fn skip(test: &str, kind: Kind) -> bool {
     false
 }
 
-fn one_sided(test: &str, tag: &str, kind: Kind, conn: Conn, fault: Fault) {
+fn one_sided(test: &str, kind: Kind, conn: Conn, fault: Fault) {
     if skip(test, kind) {
         return;
     }
+    // Namespace and DPDK file-prefix tag: the name's initials (control_rst_lost_toward_… → crlt…).
+    let tag: String = test.split('_').filter_map(|w| w.chars().next()).collect();
+    let tag = tag.as_str();
     let _serial =
         (kind == Kind::Dpdk).then(|| DPDK_SERIAL.lock().unwrap_or_else(|e| e.into_inner()));
     let began = Instant::now();
@@ -779,138 +794,41 @@ fn one_sided(test: &str, tag: &str, kind: Kind, conn: Conn, fault: Fault) {
     );
 }
 
-// ---- kernel datapath ---------------------------------------------------------------------------
+// ---- the cases ----------------------------------------------------------------------------------
 
-#[test]
-fn kernel_control_rst_lost_toward_acceptor() {
-    one_sided(
-        "kernel_control_rst_lost_toward_acceptor",
-        "kcra",
-        Kind::Kernel,
-        Conn::Control,
-        Fault::RstLostTowardAcceptor,
-    );
+/// One test per connection, fault and datapath. Names end in the datapath, so that in name order
+/// a DPDK case runs beside a kernel case (the DPDK cases take turns among themselves).
+macro_rules! cases {
+    ($($name:ident: $conn:expr, $fault:expr, $kind:ident;)*) => {
+        $(
+            #[test]
+            fn $name() {
+                one_sided(stringify!($name), Kind::$kind, $conn, $fault);
+            }
+        )*
+    };
 }
 
-#[test]
-fn kernel_control_rst_lost_toward_dialler() {
-    one_sided(
-        "kernel_control_rst_lost_toward_dialler",
-        "kcrd",
-        Kind::Kernel,
-        Conn::Control,
-        Fault::RstLostTowardDialler,
-    );
-}
+use End::{Acceptor, Dialler};
+use Fault::{RstLostTowardAcceptor, RstLostTowardDialler, SilentToward};
+const CONTROL: Conn = Conn::Control;
+const DATA_FLOW: Conn = Conn::Flow(FLOW);
 
-#[test]
-fn kernel_control_silent_toward_dialler() {
-    one_sided(
-        "kernel_control_silent_toward_dialler",
-        "kcsd",
-        Kind::Kernel,
-        Conn::Control,
-        Fault::SilentToward(End::Dialler),
-    );
-}
-
-#[test]
-fn kernel_flow_rst_lost_toward_acceptor() {
-    one_sided(
-        "kernel_flow_rst_lost_toward_acceptor",
-        "kfra",
-        Kind::Kernel,
-        Conn::Flow(FLOW),
-        Fault::RstLostTowardAcceptor,
-    );
-}
-
-#[test]
-fn kernel_flow_rst_lost_toward_dialler() {
-    one_sided(
-        "kernel_flow_rst_lost_toward_dialler",
-        "kfrd",
-        Kind::Kernel,
-        Conn::Flow(FLOW),
-        Fault::RstLostTowardDialler,
-    );
-}
-
-#[test]
-fn kernel_flow_silent_toward_acceptor() {
-    one_sided(
-        "kernel_flow_silent_toward_acceptor",
-        "kfsa",
-        Kind::Kernel,
-        Conn::Flow(FLOW),
-        Fault::SilentToward(End::Acceptor),
-    );
-}
-
-// ---- DPDK datapath -----------------------------------------------------------------------------
-
-#[test]
-fn dpdk_control_rst_lost_toward_acceptor() {
-    one_sided(
-        "dpdk_control_rst_lost_toward_acceptor",
-        "dcra",
-        Kind::Dpdk,
-        Conn::Control,
-        Fault::RstLostTowardAcceptor,
-    );
-}
-
-#[test]
-fn dpdk_control_rst_lost_toward_dialler() {
-    one_sided(
-        "dpdk_control_rst_lost_toward_dialler",
-        "dcrd",
-        Kind::Dpdk,
-        Conn::Control,
-        Fault::RstLostTowardDialler,
-    );
-}
-
-#[test]
-fn dpdk_control_silent_toward_dialler() {
-    one_sided(
-        "dpdk_control_silent_toward_dialler",
-        "dcsd",
-        Kind::Dpdk,
-        Conn::Control,
-        Fault::SilentToward(End::Dialler),
-    );
-}
-
-#[test]
-fn dpdk_flow_rst_lost_toward_acceptor() {
-    one_sided(
-        "dpdk_flow_rst_lost_toward_acceptor",
-        "dfra",
-        Kind::Dpdk,
-        Conn::Flow(FLOW),
-        Fault::RstLostTowardAcceptor,
-    );
-}
-
-#[test]
-fn dpdk_flow_rst_lost_toward_dialler() {
-    one_sided(
-        "dpdk_flow_rst_lost_toward_dialler",
-        "dfrd",
-        Kind::Dpdk,
-        Conn::Flow(FLOW),
-        Fault::RstLostTowardDialler,
-    );
-}
-
-#[test]
-fn dpdk_flow_silent_toward_acceptor() {
-    one_sided(
-        "dpdk_flow_silent_toward_acceptor",
-        "dfsa",
-        Kind::Dpdk,
-        Conn::Flow(FLOW),
-        Fault::SilentToward(End::Acceptor),
-    );
+cases! {
+    control_rst_lost_toward_acceptor_dpdk: CONTROL, RstLostTowardAcceptor, Dpdk;
+    control_rst_lost_toward_acceptor_kernel: CONTROL, RstLostTowardAcceptor, Kernel;
+    control_rst_lost_toward_dialler_dpdk: CONTROL, RstLostTowardDialler, Dpdk;
+    control_rst_lost_toward_dialler_kernel: CONTROL, RstLostTowardDialler, Kernel;
+    control_silent_toward_acceptor_dpdk: CONTROL, SilentToward(Acceptor), Dpdk;
+    control_silent_toward_acceptor_kernel: CONTROL, SilentToward(Acceptor), Kernel;
+    control_silent_toward_dialler_dpdk: CONTROL, SilentToward(Dialler), Dpdk;
+    control_silent_toward_dialler_kernel: CONTROL, SilentToward(Dialler), Kernel;
+    flow_rst_lost_toward_acceptor_dpdk: DATA_FLOW, RstLostTowardAcceptor, Dpdk;
+    flow_rst_lost_toward_acceptor_kernel: DATA_FLOW, RstLostTowardAcceptor, Kernel;
+    flow_rst_lost_toward_dialler_dpdk: DATA_FLOW, RstLostTowardDialler, Dpdk;
+    flow_rst_lost_toward_dialler_kernel: DATA_FLOW, RstLostTowardDialler, Kernel;
+    flow_silent_toward_acceptor_dpdk: DATA_FLOW, SilentToward(Acceptor), Dpdk;
+    flow_silent_toward_acceptor_kernel: DATA_FLOW, SilentToward(Acceptor), Kernel;
+    flow_silent_toward_dialler_dpdk: DATA_FLOW, SilentToward(Dialler), Dpdk;
+    flow_silent_toward_dialler_kernel: DATA_FLOW, SilentToward(Dialler), Kernel;
 }
