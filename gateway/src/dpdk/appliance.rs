@@ -17,19 +17,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use lmas_dpdk::{mbuf_ring, Eal, Mempool, Port, PortConfig};
+use lmas_dpdk::{Eal, Mempool, Port};
 use log::{info, warn};
 
 use super::crypto::{run_worker, CryptoPipe, CryptoQueues, InlineCrypto, WorkerRings};
 use super::engine::{Engine, Ports};
-use super::port::{run_io, IoPort, PortCounters, RingPort, RoleCounters};
+use super::port::{open_port, run_io, IoPort, PortCounters, RingPort, RoleCounters};
 use super::Idle;
-use crate::admin::dpdk::{DpdkConfig, PortSpec};
+use crate::admin::dpdk::DpdkConfig;
 use crate::admin::signals::{Request, Signals};
 use crate::admin::{Allowlist, Config, Datapath, Stats, Status, StatusSource};
 
-/// Slots of each ring between the I/O and TCP lcores.
-const RING_SLOTS: u32 = 4096;
 /// After the drain, how long the resets may take to reach the peer.
 const NOTICE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -494,65 +492,4 @@ fn check_lcores(dpdk: &DpdkConfig, workers: &[u32]) -> Result<(), (String, Strin
         }
     }
     Ok(())
-}
-
-/// A started port: its I/O-side and TCP-side ends, and what status reads.
-struct OpenPort {
-    io: IoPort,
-    ring: RingPort,
-    port: Port,
-    pool: Mempool,
-    mac: [u8; 6],
-}
-
-/// Finds, configures and starts one port.
-fn open_port(
-    role: &'static str,
-    spec: &PortSpec,
-    mbufs: u32,
-    file: &str,
-) -> anyhow::Result<OpenPort> {
-    let port = Port::by_name(&spec.device).map_err(|e| {
-        anyhow::anyhow!(
-            "{file}: dpdk.{role}.device: no DPDK port named {:?} ({e}; {} port(s) probed: for a virtual device add --vdev={},... to dpdk.eal_args, for a NIC bind it with scripts/dpdk-bind.sh and give its PCI address)",
-            spec.device,
-            Port::count(),
-            spec.device
-        )
-    })?;
-    let data_room = (spec.mtu as u32 + 64).max(2048).min(u16::MAX as u32) as u16;
-    let pool = Mempool::new(&format!("lmas_{role}"), mbufs, 256, data_room, port.socket())
-        .with_context(|| format!("{file}: dpdk.mbufs: cannot allocate {mbufs} packet buffers for the {role} port (raise -m or hugepages)"))?;
-    let mtu = match port.mtu() {
-        Ok(m) if m == spec.mtu => None,
-        _ => Some(spec.mtu),
-    };
-    let (rxq, txq) = port
-        .start(
-            &PortConfig {
-                mtu,
-                ..PortConfig::default()
-            },
-            pool,
-        )
-        .with_context(|| format!("{file}: dpdk.{role}: starting port {}", spec.device))?;
-    let mac = port.mac()?;
-    let link = port.link();
-    if !link.up {
-        warn!("{role} port {} reports link down", spec.device);
-    }
-    info!(
-        "{role} port {} up: {:02x?}, {} Mbit/s, address {}/{}",
-        spec.device, mac, link.speed_mbps, spec.address, spec.prefix_len
-    );
-    let socket = port.socket();
-    let (to_tcp, from_io) = mbuf_ring(&format!("lmas_{role}_rx"), RING_SLOTS, socket)?;
-    let (to_io, from_tcp) = mbuf_ring(&format!("lmas_{role}_tx"), RING_SLOTS, socket)?;
-    Ok(OpenPort {
-        io: IoPort::new(rxq, txq, to_tcp, from_tcp),
-        ring: RingPort::new(from_io, to_io, pool, spec.mtu as usize),
-        port,
-        pool,
-        mac,
-    })
 }

@@ -32,7 +32,7 @@ mod lan;
 pub mod net;
 pub mod phy;
 #[cfg(feature = "dpdk")]
-mod port;
+pub mod port;
 mod tunnel;
 pub mod wan;
 

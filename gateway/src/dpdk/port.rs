@@ -16,10 +16,19 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use lmas_dpdk::{Mbuf, MbufBatch, Mempool, RingConsumer, RingProducer, RxQueue, TxQueue};
+use anyhow::Context;
+use lmas_dpdk::{
+    mbuf_ring, Mbuf, MbufBatch, Mempool, Port, PortConfig, RingConsumer, RingProducer, RxQueue,
+    TxQueue,
+};
+use log::{info, warn};
 
 use super::phy::FramePort;
 use super::Idle;
+use crate::admin::dpdk::PortSpec;
+
+/// Slots of each ring between the I/O and TCP lcores.
+const RING_SLOTS: u32 = 4096;
 
 /// Work counters of one lcore role, for cycles-per-packet figures.
 #[derive(Debug, Default)]
@@ -185,4 +194,65 @@ impl FramePort for RingPort {
     fn flush(&mut self) {
         self.tx.enqueue(&mut self.tx_batch);
     }
+}
+
+/// A started port: its I/O-side and TCP-side ends, and what status reads.
+pub struct OpenPort {
+    pub io: IoPort,
+    pub ring: RingPort,
+    pub port: Port,
+    pub pool: Mempool,
+    pub mac: [u8; 6],
+}
+
+/// Finds, configures and starts one port.
+pub fn open_port(
+    role: &'static str,
+    spec: &PortSpec,
+    mbufs: u32,
+    file: &str,
+) -> anyhow::Result<OpenPort> {
+    let port = Port::by_name(&spec.device).map_err(|e| {
+        anyhow::anyhow!(
+            "{file}: dpdk.{role}.device: no DPDK port named {:?} ({e}; {} port(s) probed: for a virtual device add --vdev={},... to dpdk.eal_args, for a NIC bind it with scripts/dpdk-bind.sh and give its PCI address)",
+            spec.device,
+            Port::count(),
+            spec.device
+        )
+    })?;
+    let data_room = (spec.mtu as u32 + 64).max(2048).min(u16::MAX as u32) as u16;
+    let pool = Mempool::new(&format!("lmas_{role}"), mbufs, 256, data_room, port.socket())
+        .with_context(|| format!("{file}: dpdk.mbufs: cannot allocate {mbufs} packet buffers for the {role} port (raise -m or hugepages)"))?;
+    let mtu = match port.mtu() {
+        Ok(m) if m == spec.mtu => None,
+        _ => Some(spec.mtu),
+    };
+    let (rxq, txq) = port
+        .start(
+            &PortConfig {
+                mtu,
+                ..PortConfig::default()
+            },
+            pool,
+        )
+        .with_context(|| format!("{file}: dpdk.{role}: starting port {}", spec.device))?;
+    let mac = port.mac()?;
+    let link = port.link();
+    if !link.up {
+        warn!("{role} port {} reports link down", spec.device);
+    }
+    info!(
+        "{role} port {} up: {:02x?}, {} Mbit/s, address {}/{}",
+        spec.device, mac, link.speed_mbps, spec.address, spec.prefix_len
+    );
+    let socket = port.socket();
+    let (to_tcp, from_io) = mbuf_ring(&format!("lmas_{role}_rx"), RING_SLOTS, socket)?;
+    let (to_io, from_tcp) = mbuf_ring(&format!("lmas_{role}_tx"), RING_SLOTS, socket)?;
+    Ok(OpenPort {
+        io: IoPort::new(rxq, txq, to_tcp, from_tcp),
+        ring: RingPort::new(from_io, to_io, pool, spec.mtu as usize),
+        port,
+        pool,
+        mac,
+    })
 }
