@@ -210,3 +210,40 @@ fn a_dpdk_gateway_that_cannot_bind_its_metrics_address_exits_cleanly() {
         "{log}"
     );
 }
+
+/// The DPDK pair with no kernel in the path: memif ports between the traffic endpoints
+/// (lmas-load-dpdk) and the gateways and between the gateways (scripts/bench-memif.sh, short):
+/// one stream and four at once, every hash equal.
+#[test]
+fn dpdk_to_dpdk_over_memif() {
+    if let Err(why) = dpdk_available() {
+        eprintln!("SKIP: dpdk_to_dpdk_over_memif: {why}");
+        return;
+    }
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let out = lmas_tests::script(
+        "bench-memif.sh",
+        &[
+            "--bytes",
+            "32M",
+            "--runs",
+            "1",
+            "--streams",
+            "4",
+            "--flows",
+            "4",
+            "--no-build",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "bench-memif.sh failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    assert!(
+        stderr.contains("hashes equal"),
+        "no hashed transfer:\n{stdout}\n{stderr}"
+    );
+}
