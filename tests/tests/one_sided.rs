@@ -180,7 +180,20 @@ struct Lab {
     a: Gateway,
     b: Gateway,
     dir: PathBuf,
+    /// The DPDK gateways' EAL runtime directories (`--file-prefix`), removed once they exit.
+    eal_dirs: Vec<PathBuf>,
     _tmp: Option<tempfile::TempDir>,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.a.stop();
+        self.b.stop();
+        // Each is a few MB in /var/run (tmpfs); DPDK does not remove them itself.
+        for d in &self.eal_dirs {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
 }
 
 fn datapath_line(kind: Kind) -> &'static str {
@@ -195,13 +208,18 @@ fn datapath_line(kind: Kind) -> &'static str {
 fn dpdk_section(tag: &str, side: &str, lan: Ipv4Addr, wan: Ipv4Addr, via: Ipv4Addr) -> String {
     format!(
         "[dpdk]\neal_args = [\"--no-huge\", \"-m\", \"256\", \"--no-pci\", \"--no-telemetry\", \"--log-level\", \"error\", \
-         \"--file-prefix\", \"lmas-os-{tag}-{side}-{pid}\", \
+         \"--file-prefix\", \"{prefix}\", \
          \"--vdev=net_af_packet0,iface={side}lan\", \"--vdev=net_af_packet1,iface={side}wan\"]\n\
          idle_sleep_us = 50\nmbufs = 8191\n\
          [dpdk.lan]\ndevice = \"net_af_packet0\"\naddress = \"{lan}/24\"\n\
          [dpdk.wan]\ndevice = \"net_af_packet1\"\naddress = \"{wan}/24\"\ngateway = \"{via}\"\n",
-        pid = std::process::id()
+        prefix = eal_prefix(tag, side)
     )
+}
+
+/// The EAL `--file-prefix` of gateway `side`: unique per test and process.
+fn eal_prefix(tag: &str, side: &str) -> String {
+    format!("lmas-os-{tag}-{side}-{}", std::process::id())
 }
 
 fn write(path: &Path, text: &str) -> PathBuf {
@@ -323,6 +341,13 @@ impl Lab {
             a,
             b,
             dir,
+            eal_dirs: match kind {
+                Kind::Dpdk => ["a", "b"]
+                    .iter()
+                    .map(|side| Path::new("/var/run/dpdk").join(eal_prefix(tag, side)))
+                    .collect(),
+                Kind::Kernel => Vec::new(),
+            },
             _tmp: tmp,
         };
         let flows = format!("{FLOWS} data flows");
