@@ -22,3 +22,4 @@ pub mod dpdk;
 pub mod kernel;
 pub mod protocol;
 pub mod session;
+pub mod transform;

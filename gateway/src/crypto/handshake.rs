@@ -16,6 +16,7 @@ use snow::params::NoiseParams;
 
 use super::keys::{PresharedKey, PublicKey, StaticKeypair};
 use crate::protocol::handshake::{Prelude, FLAG_DATA_FLOW, FLAG_PSK};
+use crate::protocol::packed::CodecSet;
 use crate::protocol::VERSION;
 
 /// Largest handshake message we produce (IK message 1 with no payload is 96
@@ -63,6 +64,34 @@ fn noise_err(e: snow::Error) -> HandshakeError {
 pub struct TrafficKeys {
     pub send: [u8; 32],
     pub recv: [u8; 32],
+    /// The frame codecs the peer unpacks, from its handshake payload (empty for a peer
+    /// that sends none: an older gateway gets plain frames).
+    pub peer_codecs: CodecSet,
+}
+
+/// The Noise payload of both handshake messages: type-length-value capabilities, which older
+/// gateways send empty and skip unread. Unknown types are skipped, so later ones can be added.
+const CAP_CODECS: u8 = 0x01;
+
+fn capabilities() -> Vec<u8> {
+    vec![CAP_CODECS, 1, CodecSet::SUPPORTED.0]
+}
+
+/// The peer's codecs from its capabilities (a malformed list counts as none: the worst it
+/// can do is keep frames plain).
+fn peer_codecs(payload: &[u8]) -> CodecSet {
+    let mut rest = payload;
+    while let [kind, len, tail @ ..] = rest {
+        let len = *len as usize;
+        if tail.len() < len {
+            break;
+        }
+        if *kind == CAP_CODECS && len >= 1 {
+            return CodecSet(tail[0] & CodecSet::SUPPORTED.0);
+        }
+        rest = &tail[len..];
+    }
+    CodecSet::default()
 }
 
 impl fmt::Debug for TrafficKeys {
@@ -119,7 +148,9 @@ impl Initiator {
             .build_initiator()
             .map_err(noise_err)?;
         let mut buf = vec![0u8; NOISE_BUF];
-        let n = hs.write_message(&[], &mut buf).map_err(noise_err)?;
+        let n = hs
+            .write_message(&capabilities(), &mut buf)
+            .map_err(noise_err)?;
         buf.truncate(n);
         Ok((Initiator { hs }, prelude, buf))
     }
@@ -127,13 +158,15 @@ impl Initiator {
     /// Consumes the responder's message 2 and yields the traffic keys.
     pub fn finish(mut self, message2: &[u8]) -> Result<TrafficKeys, HandshakeError> {
         let mut payload = [0u8; NOISE_BUF];
-        self.hs
+        let n = self
+            .hs
             .read_message(message2, &mut payload)
             .map_err(auth_err)?;
         let (i2r, r2i) = self.hs.dangerously_get_raw_split();
         Ok(TrafficKeys {
             send: i2r,
             recv: r2i,
+            peer_codecs: peer_codecs(&payload[..n]),
         })
     }
 }
@@ -141,6 +174,7 @@ impl Initiator {
 /// The accepting side of a handshake.
 pub struct Responder {
     hs: snow::HandshakeState,
+    peer_codecs: CodecSet,
 }
 
 impl Responder {
@@ -167,16 +201,21 @@ impl Responder {
         let hs = builder(local, psk, &prologue)?
             .build_responder()
             .map_err(noise_err)?;
-        Ok(Responder { hs })
+        Ok(Responder {
+            hs,
+            peer_codecs: CodecSet::default(),
+        })
     }
 
     /// Reads message 1 and returns the initiator's static public key, which
     /// the caller must check before calling [`Responder::accept`].
     pub fn read_message1(&mut self, message1: &[u8]) -> Result<PublicKey, HandshakeError> {
         let mut payload = [0u8; NOISE_BUF];
-        self.hs
+        let n = self
+            .hs
             .read_message(message1, &mut payload)
             .map_err(auth_err)?;
+        self.peer_codecs = peer_codecs(&payload[..n]);
         let key = self
             .hs
             .get_remote_static()
@@ -188,7 +227,10 @@ impl Responder {
     /// Writes message 2 and yields the traffic keys.
     pub fn accept(mut self) -> Result<(Vec<u8>, TrafficKeys), HandshakeError> {
         let mut buf = vec![0u8; NOISE_BUF];
-        let n = self.hs.write_message(&[], &mut buf).map_err(noise_err)?;
+        let n = self
+            .hs
+            .write_message(&capabilities(), &mut buf)
+            .map_err(noise_err)?;
         buf.truncate(n);
         let (i2r, r2i) = self.hs.dangerously_get_raw_split();
         Ok((
@@ -196,6 +238,7 @@ impl Responder {
             TrafficKeys {
                 send: r2i,
                 recv: i2r,
+                peer_codecs: self.peer_codecs,
             },
         ))
     }
@@ -258,6 +301,47 @@ mod tests {
             run(&a, &b.public, &b, Some(&p1), None).unwrap_err(),
             HandshakeError::PskMismatch { .. }
         ));
+    }
+
+    #[test]
+    fn both_sides_learn_the_codecs_and_tolerate_odd_capabilities() {
+        let a = StaticKeypair::generate().unwrap();
+        let b = StaticKeypair::generate().unwrap();
+        let (ka, kb, _) = run(&a, &b.public, &b, None, None).unwrap();
+        assert_eq!(ka.peer_codecs, CodecSet::SUPPORTED);
+        assert_eq!(kb.peer_codecs, CodecSet::SUPPORTED);
+        // An older peer's empty payload, unknown capabilities, truncated lists.
+        assert_eq!(peer_codecs(&[]), CodecSet::default());
+        assert_eq!(
+            peer_codecs(&[9, 2, 0, 0, CAP_CODECS, 1, 0b010]),
+            CodecSet(0b010)
+        );
+        assert_eq!(peer_codecs(&[CAP_CODECS, 5, 1]), CodecSet::default());
+        assert_eq!(peer_codecs(&[CAP_CODECS, 1, 0xff]), CodecSet::SUPPORTED);
+    }
+
+    /// A responder from before capabilities reads message 1 into a 256-byte payload buffer
+    /// and sends an empty payload back: both still work.
+    #[test]
+    fn an_older_peer_without_capabilities_still_handshakes() {
+        let a = StaticKeypair::generate().unwrap();
+        let b = StaticKeypair::generate().unwrap();
+        let (init, prelude, m1) = Initiator::start(&a, &b.public, None, true).unwrap();
+        let prologue = prelude.encode();
+        let mut old = builder(&b, None, &prologue)
+            .unwrap()
+            .build_responder()
+            .unwrap();
+        let mut payload = [0u8; 256];
+        old.read_message(&m1, &mut payload).unwrap();
+        let mut m2 = vec![0u8; NOISE_BUF];
+        let n = old.write_message(&[], &mut m2).unwrap();
+        m2.truncate(n);
+        let keys = init.finish(&m2).unwrap();
+        assert!(
+            keys.peer_codecs.is_empty(),
+            "an older peer gets plain frames"
+        );
     }
 
     #[test]

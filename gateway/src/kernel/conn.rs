@@ -30,6 +30,8 @@ pub enum ConnError {
     Record(#[from] RecordError),
     #[error("malformed message: {0}")]
     Decode(#[from] DecodeError),
+    #[error("packed data frame: {0}")]
+    Unpack(#[from] crate::transform::UnpackError),
     #[error("unexpected {got} message (expected {expected})")]
     Unexpected {
         got: &'static str,
@@ -42,6 +44,7 @@ impl From<OpenError> for ConnError {
         match e {
             OpenError::Record(e) => ConnError::Record(e),
             OpenError::Decode(e) => ConnError::Decode(e),
+            OpenError::Unpack(e) => ConnError::Unpack(e),
         }
     }
 }

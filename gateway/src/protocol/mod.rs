@@ -14,6 +14,7 @@
 pub mod codec;
 pub mod handshake;
 pub mod message;
+pub mod packed;
 
 pub use codec::DecodeError;
 pub use message::{DataFrame, Message, RefuseReason, ResetReason, SessionId};
