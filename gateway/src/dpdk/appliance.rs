@@ -27,7 +27,10 @@ use super::Idle;
 use crate::admin::dpdk::DpdkConfig;
 use crate::admin::signals::{Request, Signals};
 use crate::admin::{Allowlist, Config, Datapath, Stats, Status, StatusSource};
+use crate::transform::{Adaptive, Compression, PackPolicy};
 
+/// How often `auto` compression looks at its measurements.
+const ADAPT_EVERY_US: u64 = 200_000;
 /// After the drain, how long the resets may take to reach the peer.
 const NOTICE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -49,6 +52,8 @@ struct Shared {
     tcp: RoleCounters,
     crypto: Vec<Arc<WorkerRings>>,
     ports: Vec<(&'static str, Port, Arc<PortCounters>, Mempool)>,
+    /// Packing of data frames: the policy the sealers follow, and what it did.
+    packing: Arc<PackPolicy>,
 }
 
 /// Runs an appliance gateway until SIGTERM/SIGINT (then drains).
@@ -85,6 +90,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         sleep_us: dpdk.idle_sleep_us,
     });
 
+    // Data frames are packed where they are sealed: on the crypto lcores (or the TCP lcore).
+    let packing = Arc::new(PackPolicy::new(Compression::Auto));
+
     // Crypto lcores, and the TCP lcore's end of their queues.
     let (queues, rings) = CryptoQueues::new(dpdk.crypto_lcores.len());
     let shared = Arc::new(Shared {
@@ -105,14 +113,15 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             ("lan", lan.port, lan.ring.counters.clone(), lan.pool),
             ("wan", wan.port, wan.ring.counters.clone(), wan.pool),
         ],
+        packing: packing.clone(),
     });
     // From here on lcores run: whatever way this function returns, they are
     // told to stop first, or the EAL's cleanup would wait for them forever.
     let _stop_lcores = StopOnDrop(shared.clone());
     for (&lcore, worker) in dpdk.crypto_lcores.iter().zip(rings) {
-        let (shared, idle) = (shared.clone(), idle.clone());
+        let (shared, idle, packing) = (shared.clone(), idle.clone(), packing.clone());
         eal.launch(lcore, move || {
-            run_worker(&worker, &shared.stop, &idle);
+            run_worker(&worker, &shared.stop, &idle, Some(packing));
             0
         })?;
     }
@@ -145,15 +154,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         let inline = dpdk.crypto_lcores.is_empty();
         eal.launch(dpdk.tcp_lcore, move || {
             if inline {
-                run_tcp(
-                    config,
-                    stats,
-                    ports,
-                    InlineCrypto::default(),
-                    inbox,
-                    &shared,
-                    &idle,
-                );
+                let crypto = InlineCrypto::with_packing(Some(shared.packing.clone()));
+                run_tcp(config, stats, ports, crypto, inbox, &shared, &idle);
             } else {
                 run_tcp(config, stats, ports, queues, inbox, &shared, &idle);
             }
@@ -274,7 +276,11 @@ fn run_tcp<C: CryptoPipe>(
     shared: &Shared,
     idle: &Idle,
 ) {
+    // Sealing runs on the crypto lcores, or on this one when there are none.
+    let sealers = shared.crypto.len().max(1);
     let epoch = Instant::now();
+    let mut adaptive = Adaptive::default();
+    let mut next_adapt = 0;
     let clock = || epoch.elapsed().as_micros() as u64 + 1;
     let counters: Vec<Arc<PortCounters>> =
         vec![ports.lan.counters.clone(), ports.wan.counters.clone()];
@@ -292,6 +298,12 @@ fn run_tcp<C: CryptoPipe>(
         let now = clock();
         let before = frames();
         let busy = engine.poll(now);
+        if now >= next_adapt {
+            next_adapt = now + ADAPT_EVERY_US;
+            if let Some(choice) = adaptive.observe(now, &shared.packing, sealers) {
+                info!("compression (auto): now {choice}");
+            }
+        }
         while let Ok(cmd) = inbox.try_recv() {
             match cmd {
                 Command::Status(reply) => {
@@ -409,6 +421,7 @@ impl StatusSource for DpdkStatus {
             c.insert(format!("dpdk_io{i}_busy_ns"), load(&io.busy_ns));
             c.insert(format!("dpdk_io{i}_packets"), load(&io.packets));
         }
+        c.extend(self.shared.packing.stats.snapshot("compression_"));
         c.insert("dpdk_tcp_busy_ns".into(), load(&self.shared.tcp.busy_ns));
         c.insert("dpdk_tcp_packets".into(), load(&self.shared.tcp.packets));
         for (i, w) in self.shared.crypto.iter().enumerate() {

@@ -26,6 +26,7 @@ use crate::crypto::{
     RECORD_HEADER_LEN,
 };
 use crate::protocol::Message;
+use crate::transform::PackPolicy;
 
 /// Identifies one WAN connection for its whole life (never reused).
 pub type ConnId = u64;
@@ -88,18 +89,33 @@ pub enum CryptoError {
 #[derive(Default)]
 pub struct CryptoWorker {
     conns: rustc_hash::FxHashMap<ConnId, (Sealing, Opening)>,
+    /// The gateway's packing policy (`[wan] compression`): data frames are packed here, on
+    /// the crypto lcore, before they are sealed (docs/COMPRESSION.md).
+    packing: Option<Arc<PackPolicy>>,
 }
 
 impl CryptoWorker {
+    /// A worker that packs data frames by `packing`, for the peers that unpack them.
+    pub fn with_packing(packing: Option<Arc<PackPolicy>>) -> Self {
+        CryptoWorker {
+            conns: Default::default(),
+            packing,
+        }
+    }
+
     /// Does one job; `None` for jobs without an answer (install, remove,
     /// and work for a connection already removed).
     pub fn process(&mut self, job: CryptoJob, now: Instant) -> Option<CryptoDone> {
         match job {
             CryptoJob::Install { conn, keys, policy } => {
-                let state = (
-                    Sealing::new(&keys.send, policy, now),
-                    Opening::new(&keys.recv),
-                );
+                let mut sealing = Sealing::new(&keys.send, policy, now);
+                let mut opening = Opening::new(&keys.recv);
+                if let Some(p) = &self.packing {
+                    // Only data frames are packed, so control connections are unaffected.
+                    sealing = sealing.with_packing(keys.peer_codecs, p.clone());
+                    opening = opening.with_stats(p.clone());
+                }
+                let state = (sealing, opening);
                 self.conns.insert(conn, state);
                 None
             }
@@ -159,6 +175,15 @@ pub trait CryptoPipe {
 pub struct InlineCrypto {
     worker: CryptoWorker,
     done: VecDeque<CryptoDone>,
+}
+
+impl InlineCrypto {
+    pub fn with_packing(packing: Option<Arc<PackPolicy>>) -> Self {
+        InlineCrypto {
+            worker: CryptoWorker::with_packing(packing),
+            done: VecDeque::new(),
+        }
+    }
 }
 
 impl CryptoPipe for InlineCrypto {
@@ -238,8 +263,13 @@ impl CryptoPipe for CryptoQueues {
 /// The loop of one crypto lcore: take jobs, do them, hand results back,
 /// until `stop`. When its result ring is full it waits (the TCP lcore
 /// drains it every iteration), so nothing is ever dropped.
-pub fn run_worker(rings: &WorkerRings, stop: &AtomicBool, idle: &super::Idle) {
-    let mut worker = CryptoWorker::default();
+pub fn run_worker(
+    rings: &WorkerRings,
+    stop: &AtomicBool,
+    idle: &super::Idle,
+    packing: Option<Arc<PackPolicy>>,
+) {
+    let mut worker = CryptoWorker::with_packing(packing);
     let mut idle_polls = 0u32;
     while !stop.load(Ordering::Relaxed) {
         let Some(job) = rings.jobs.pop() else {
