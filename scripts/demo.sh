@@ -43,9 +43,15 @@ DIE_TAG="error: "
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 # shellcheck source-path=SCRIPTDIR source=lib/pair.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/pair.sh"
+# shellcheck source-path=SCRIPTDIR source=lib/deps.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/deps.sh"
 
 case ${1:-} in
     -h | --help) usage; exit 0 ;;
+esac
+# What the build and the lab need, installed when missing (as root; else a clear message).
+ensure_deps
+case ${1:-} in
     --loopback) shift ;;
     *)
         if is_root && command -v ip >/dev/null && netns_usable "lmas-demo-probe-$$"; then

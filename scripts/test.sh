@@ -12,7 +12,14 @@ if [[ ${1:-} == -h || ${1:-} == --help ]]; then
     exit 0
 fi
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PROG=test.sh
+# shellcheck source-path=SCRIPTDIR source=lib/common.sh
+source scripts/lib/common.sh
+# shellcheck source-path=SCRIPTDIR source=lib/deps.sh
+source scripts/lib/deps.sh
 
+echo "== Debian packages (installs what is missing, as root)"
+ensure_deps
 echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy"
