@@ -17,6 +17,9 @@
 //!   for restarts; [`Gateway::status`] / [`Gateway::counters`] read `lmas status --json`;
 //!   [`Gateway::signal`] sends SIGHUP/SIGTERM, [`Gateway::wait_exit`] waits for the exit.
 //! - [`prom`]: scrapes a metrics endpoint and parses the Prometheus text format strictly.
+//! - [`line_lab`]: five namespaces in a line (src, A, router, B, dst) with a kernel or DPDK pair,
+//!   an emulated delay and iptables in the router; [`flood`]: spoofed SYNs and silent
+//!   connections from many addresses.
 //! - [`script`]: runs one of the repository's `scripts/` with a timeout.
 //!
 //! Every wait has a deadline and every socket a read and write timeout: nothing here can hang.
@@ -49,6 +52,8 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 pub mod dpdk_lab;
+pub mod flood;
+pub mod line_lab;
 pub mod netns;
 pub mod prom;
 
