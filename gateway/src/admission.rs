@@ -1,45 +1,279 @@
 //! Admission of not-yet-authenticated connections on the tunnel port, the
-//! policy both datapaths share.
+//! policy both datapaths share (the kernel's `pending` table and the DPDK
+//! engine's tunnel side only carry it out).
 //!
-//! At most a fixed number of handshakes are pending. When a new connection
-//! arrives and the table is full, the oldest pending handshake of the
-//! source address that holds the most slots is evicted. A flood of silent
-//! connections from one place therefore evicts itself, while a real peer —
-//! whose handshake takes one round trip — still gets through (a plain
-//! first-come limit would lock it out for the whole handshake timeout).
+//! - `peer.source` ([`Trust::allows`]): a connection from outside it is
+//!   dropped before any state is kept for it.
+//! - Only connections that completed the TCP handshake count: a SYN costs
+//!   the kernel a SYN cookie at most, and the DPDK datapath keeps embryonic
+//!   connections apart, briefly, without a handshake slot.
+//! - At most `limit` handshakes are pending. The last [`RESERVED`] slots are
+//!   kept for sources that authenticated as the peer before ([`Trust`]), so
+//!   a flood from anywhere else can never hold every slot while the peer
+//!   re-dials.
+//! - When a slot must be freed, the victim is the oldest pending handshake
+//!   of the busiest source *prefix* (/24 for IPv4, /64 for IPv6: one site
+//!   holds such a block, so counting exact addresses let 64 addresses of one
+//!   block look like 64 polite sources), and never a trusted one while an
+//!   untrusted one is left. Ties go to the prefix whose oldest entry is
+//!   oldest, so the choice is deterministic.
 
-use std::collections::HashMap;
-use std::net::IpAddr;
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-/// Which pending handshake to evict: the oldest (`seq`) of the source with
-/// the most entries. `None` only if there are no entries.
-pub fn eviction_victim<K: Copy>(entries: impl IntoIterator<Item = (K, IpAddr, u64)>) -> Option<K> {
-    let entries: Vec<(K, IpAddr, u64)> = entries.into_iter().collect();
-    let mut per_ip: HashMap<IpAddr, usize> = HashMap::new();
-    for (_, ip, _) in &entries {
-        *per_ip.entry(*ip).or_default() += 1;
+use crate::admin::SourceList;
+
+/// Handshake slots only trusted sources may take (a quarter of a smaller table).
+pub const RESERVED: usize = 8;
+/// Addresses remembered as the peer's (a peer behind a NAT that moves may
+/// show up from a few).
+const KNOWN: usize = 16;
+
+/// The group a source is judged by: its /24 (IPv4) or /64 (IPv6).
+pub fn prefix(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(u32::from(a) & 0xffff_ff00)),
+        IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) & !((1u128 << 64) - 1))),
     }
-    let busiest = per_ip
-        .into_iter()
-        .max_by_key(|(_, n)| *n)
-        .map(|(ip, _)| ip)?;
-    entries
-        .into_iter()
-        .filter(|(_, ip, _)| *ip == busiest)
-        .min_by_key(|(_, _, seq)| *seq)
-        .map(|(k, _, _)| k)
+}
+
+/// Who may connect to the tunnel port, and who has proven to be the peer.
+#[derive(Debug, Clone, Default)]
+pub struct Trust {
+    /// `peer.source`; `None`: anyone may try.
+    sources: Option<SourceList>,
+    /// Addresses that completed a handshake as the peer, newest last.
+    known: VecDeque<IpAddr>,
+}
+
+impl Trust {
+    pub fn new(sources: Option<SourceList>) -> Trust {
+        Trust {
+            sources,
+            known: VecDeque::new(),
+        }
+    }
+
+    /// Whether `peer.source` lets `ip` connect at all.
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        self.sources.as_ref().is_none_or(|s| s.contains(ip))
+    }
+
+    /// Whether `ip` completed a handshake as the peer before.
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.known.contains(&ip.to_canonical())
+    }
+
+    /// `ip` just authenticated as the peer.
+    pub fn authenticated(&mut self, ip: IpAddr) {
+        let ip = ip.to_canonical();
+        if let Some(i) = self.known.iter().position(|&k| k == ip) {
+            self.known.remove(i);
+        }
+        if self.known.len() == KNOWN {
+            self.known.pop_front();
+        }
+        self.known.push_back(ip);
+    }
+}
+
+/// `" (only from peer.source: …)"` for the startup line, or nothing.
+pub fn only_from(sources: Option<&SourceList>) -> String {
+    sources.map_or(String::new(), |s| format!(" (only from peer.source: {s})"))
+}
+
+/// Paces log lines about events anyone on the network can repeat at will
+/// (dropped SYNs, refused connections): up to [`Throttle::BURST`] lines a
+/// second, then one line that says how many were left out.
+#[derive(Debug, Default)]
+pub struct Throttle {
+    window_start: u64,
+    lines: u32,
+    suppressed: u64,
+}
+
+impl Throttle {
+    pub const BURST: u32 = 10;
+
+    /// Whether to log now (`now` in µs on any steady clock): `Some(n)` with
+    /// the number of lines left out since the last one, `None` to stay quiet.
+    pub fn allow(&mut self, now: u64) -> Option<u64> {
+        if now.saturating_sub(self.window_start) >= 1_000_000 {
+            self.window_start = now;
+            self.lines = 0;
+        }
+        if self.lines >= Self::BURST {
+            self.suppressed += 1;
+            return None;
+        }
+        self.lines += 1;
+        Some(std::mem::take(&mut self.suppressed))
+    }
+
+    /// `" (N more like it not logged)"`, or nothing.
+    pub fn more(n: u64) -> String {
+        if n == 0 {
+            String::new()
+        } else {
+            format!(" ({n} more like it not logged)")
+        }
+    }
+}
+
+/// A pending handshake, as the policy sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Pending<K> {
+    pub key: K,
+    pub ip: IpAddr,
+    /// Arrival order: smaller is older.
+    pub seq: u64,
+    pub trusted: bool,
+}
+
+/// What to do with a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision<K> {
+    Admit,
+    /// Admit it, and drop this pending handshake to make room.
+    Evict(K),
+    /// Drop the new connection: every slot it may take is held by trusted sources.
+    Refuse,
+}
+
+/// Decides on a new connection (`trusted` or not) given the handshakes
+/// `pending` now (the new one not among them) and the table's `limit`.
+pub fn admit<K: Copy>(pending: &[Pending<K>], trusted: bool, limit: usize) -> Decision<K> {
+    let untrusted = pending.iter().filter(|p| !p.trusted).count();
+    let untrusted_limit = limit - RESERVED.min(limit / 4);
+    let full = pending.len() >= limit;
+    let victim = |trusted: bool| {
+        victim(pending.iter().filter(|p| p.trusted == trusted))
+            .map_or(Decision::Refuse, Decision::Evict)
+    };
+    match (trusted, full, untrusted > 0) {
+        (true, false, _) => Decision::Admit,
+        (true, true, true) => victim(false),
+        (true, true, false) => victim(true),
+        (false, false, _) if untrusted < untrusted_limit => Decision::Admit,
+        (false, _, true) => victim(false),
+        (false, _, false) => Decision::Refuse,
+    }
+}
+
+/// The oldest entry of the prefix with the most entries (ties: the prefix
+/// whose oldest entry is oldest).
+fn victim<'a, K: Copy + 'a>(entries: impl Iterator<Item = &'a Pending<K>>) -> Option<K> {
+    // Per prefix: (count, the oldest entry's seq and key).
+    let mut groups: HashMap<IpAddr, (usize, u64, K)> = HashMap::new();
+    for p in entries {
+        let g = groups.entry(prefix(p.ip)).or_insert((0, p.seq, p.key));
+        g.0 += 1;
+        if p.seq < g.1 {
+            (g.1, g.2) = (p.seq, p.key);
+        }
+    }
+    groups
+        .into_values()
+        .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)))
+        .map(|(_, _, k)| k)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn p(key: u32, addr: &str, trusted: bool) -> Pending<u32> {
+        Pending {
+            key,
+            ip: ip(addr),
+            seq: key as u64,
+            trusted,
+        }
+    }
+
     #[test]
-    fn oldest_of_the_busiest_source() {
-        let flood: IpAddr = "10.0.0.9".parse().unwrap();
-        let peer: IpAddr = "10.0.0.1".parse().unwrap();
-        let entries = [(1, peer, 1), (2, flood, 2), (3, flood, 3), (4, flood, 4)];
-        assert_eq!(eviction_victim(entries), Some(2));
-        assert_eq!(eviction_victim(Vec::<(u8, IpAddr, u64)>::new()), None);
+    fn the_busiest_prefix_loses_its_oldest() {
+        // 3 addresses of one /24 outweigh 2 connections from one other address.
+        let t = [
+            p(1, "10.0.0.1", false),
+            p(2, "10.0.0.1", false),
+            p(3, "10.9.0.7", false),
+            p(4, "10.9.0.8", false),
+            p(5, "10.9.0.9", false),
+        ];
+        assert_eq!(admit(&t, false, 5), Decision::Evict(3));
+        // IPv6: one /64.
+        let t = [
+            p(1, "2001:db8:1::1", false),
+            p(2, "2001:db8::a", false),
+            p(3, "2001:db8::b", false),
+        ];
+        assert_eq!(admit(&t, false, 3), Decision::Evict(2));
+        // A tie: the prefix holding the oldest entry.
+        let t = [
+            p(7, "10.0.0.1", false),
+            p(3, "10.1.0.1", false),
+            p(9, "10.2.0.1", false),
+        ];
+        assert_eq!(admit(&t, false, 3), Decision::Evict(3));
+        assert_eq!(victim(Vec::<Pending<u32>>::new().iter()), None);
+    }
+
+    #[test]
+    fn a_trusted_source_always_gets_a_slot_and_keeps_it() {
+        let limit = 64;
+        // Untrusted sources alone fill at most limit - RESERVED slots: the next one evicts.
+        let mut t: Vec<Pending<u32>> = (0..56)
+            .map(|i| p(i, &format!("10.7.{i}.1"), false))
+            .collect();
+        assert_eq!(admit(&t, false, limit), Decision::Evict(0));
+        // ...while a trusted one walks in.
+        assert_eq!(admit(&t, true, limit), Decision::Admit);
+        t.push(p(100, "192.0.2.1", true));
+        // A full table: a trusted newcomer evicts an untrusted entry, never the trusted one.
+        t.extend((56..63).map(|i| p(i, &format!("10.7.{i}.1"), false)));
+        assert_eq!(t.len(), limit);
+        assert!(matches!(admit(&t, true, limit), Decision::Evict(k) if k != 100));
+        for _ in 0..100 {
+            assert!(matches!(admit(&t, false, limit), Decision::Evict(k) if k != 100));
+        }
+        // Every slot trusted: an untrusted newcomer is refused, a trusted one replaces the oldest.
+        let all: Vec<Pending<u32>> = (0..64).map(|i| p(i, "192.0.2.1", true)).collect();
+        assert_eq!(admit(&all, false, limit), Decision::Refuse);
+        assert_eq!(admit(&all, true, limit), Decision::Evict(0));
+    }
+
+    #[test]
+    fn the_throttle_lets_a_burst_through_then_counts() {
+        let mut t = Throttle::default();
+        for _ in 0..Throttle::BURST {
+            assert_eq!(t.allow(10), Some(0));
+        }
+        assert_eq!(t.allow(20), None);
+        assert_eq!(t.allow(30), None);
+        assert_eq!(t.allow(1_000_010), Some(2));
+        assert_eq!(Throttle::more(2), " (2 more like it not logged)");
+        assert_eq!(Throttle::more(0), "");
+    }
+
+    #[test]
+    fn trust_remembers_the_peer_and_filters_by_peer_source() {
+        let mut t = Trust::new(Some(SourceList::parse(&["192.0.2.0/24"]).unwrap()));
+        assert!(t.allows(ip("192.0.2.9")));
+        assert!(!t.allows(ip("198.51.100.9")));
+        assert!(!t.is_trusted(ip("192.0.2.9")));
+        t.authenticated(ip("::ffff:192.0.2.9"));
+        assert!(t.is_trusted(ip("192.0.2.9")));
+        for i in 0..KNOWN as u8 {
+            t.authenticated(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 100 + i)));
+        }
+        assert!(!t.is_trusted(ip("192.0.2.9")), "the oldest is forgotten");
+        assert!(Trust::default().allows(ip("198.51.100.9")));
+        assert_eq!(prefix(ip("10.1.2.3")), ip("10.1.2.0"));
+        assert_eq!(prefix(ip("2001:db8::1:2")), ip("2001:db8::"));
     }
 }

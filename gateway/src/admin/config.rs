@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::allowlist::Allowlist;
+use super::sources::SourceList;
 use crate::crypto::{PresharedKey, PublicKey, StaticKeypair};
 use crate::session::Limits;
 
@@ -86,6 +87,7 @@ struct PeerSection {
     public_key: Option<String>,
     public_key_file: Option<PathBuf>,
     connect: Option<String>,
+    source: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -106,6 +108,10 @@ struct IngressSection {
     mode: String,
     bind: String,
     target: Option<String>,
+    sources: Option<Vec<String>>,
+    max_sessions_per_source: Option<i64>,
+    connect_timeout_secs: Option<i64>,
+    idle_timeout_secs: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -146,10 +152,33 @@ pub enum IngressMode {
     Tproxy,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ingress {
     pub bind: SocketAddr,
     pub mode: IngressMode,
+    /// Who may open sessions here (`sources`); `None`: any host that reaches `bind`.
+    pub sources: Option<SourceList>,
+    /// Sessions one client address may hold at once (`max_sessions_per_source`); `None`: no
+    /// cap of its own (`limits.max_sessions` still applies).
+    pub max_per_source: Option<usize>,
+    /// From the client's connection (DPDK: its SYN) until the far gateway has connected the
+    /// target; a session not open by then is reset.
+    pub connect_timeout: std::time::Duration,
+    /// A session that moves no byte either way for this long is reset; `None`: never.
+    pub idle_timeout: Option<std::time::Duration>,
+}
+
+impl Ingress {
+    /// The warning logged at start for an ingress any host may use: no `sources` on an
+    /// address other hosts can reach.
+    pub fn open_to_any(&self, index: usize) -> Option<String> {
+        (self.sources.is_none() && !self.bind.ip().is_loopback()).then(|| {
+            format!(
+                "ingress[{index}] on {}: no sources list, so any host that reaches it may open sessions through the tunnel (set ingress[{index}].sources)",
+                self.bind
+            )
+        })
+    }
 }
 
 /// Which datapath moves the packets.
@@ -170,6 +199,8 @@ pub struct Config {
     pub tunnel: TunnelEnd,
     pub peer_name: String,
     pub peer_key: PublicKey,
+    /// `peer.source`: the only addresses the tunnel port accepts connections from; `None`: any.
+    pub peer_source: Option<SourceList>,
     pub data_flows: u16,
     /// `None`: pick at startup (bbr if the kernel allows it, else cubic).
     pub congestion: Option<String>,
@@ -211,6 +242,9 @@ const DEFAULT_SOCKET_BUFFER: i64 = 32 << 20;
 /// Long enough for a migration's final round (stop-and-copy) to finish; the
 /// systemd unit's TimeoutStopSec must stay above it.
 const DEFAULT_DRAIN_TIMEOUT_SECS: i64 = 30;
+/// Waiting for the tunnel and the far gateway's connect to the target both fit in it (each
+/// bounded by `egress.connect_timeout_ms`, 10 s by default).
+const DEFAULT_INGRESS_CONNECT_TIMEOUT_SECS: i64 = 30;
 
 impl Config {
     /// Reads and validates a config file, including the key files it names.
@@ -352,6 +386,19 @@ impl Config {
                 ))
             }
         };
+        let peer_source = file
+            .peer
+            .source
+            .as_deref()
+            .map(|list| source_list(list, is_dpdk))
+            .transpose()
+            .map_err(|w| err("peer.source", w))?;
+        if peer_source.is_some() && matches!(tunnel, TunnelEnd::Dial(_)) {
+            return Err(err(
+                "peer.source",
+                "only a gateway that accepts the tunnel (gateway.tunnel_listen) checks sources; this one dials peer.connect".into(),
+            ));
+        }
         let data_flows = in_range(
             file.wan.data_flows.unwrap_or(DEFAULT_DATA_FLOWS),
             1,
@@ -457,7 +504,37 @@ impl Config {
                     ))
                 }
             };
-            ingress.push(Ingress { bind, mode });
+            let sources = section
+                .sources
+                .as_deref()
+                .map(|list| source_list(list, is_dpdk))
+                .transpose()
+                .map_err(|w| err(&field("sources"), w))?;
+            let max_per_source = section
+                .max_sessions_per_source
+                .map(|n| in_range(n, 1, 1 << 20))
+                .transpose()
+                .map_err(|w| err(&field("max_sessions_per_source"), w))?
+                .map(|n| n as usize);
+            let connect_timeout = in_range(
+                section
+                    .connect_timeout_secs
+                    .unwrap_or(DEFAULT_INGRESS_CONNECT_TIMEOUT_SECS),
+                1,
+                3600,
+            )
+            .map_err(|w| err(&field("connect_timeout_secs"), w))?;
+            let idle_timeout = in_range(section.idle_timeout_secs.unwrap_or(0), 0, 7 * 86400)
+                .map_err(|w| err(&field("idle_timeout_secs"), format!("{w}; 0 turns it off")))?;
+            ingress.push(Ingress {
+                bind,
+                mode,
+                sources,
+                max_per_source,
+                connect_timeout: std::time::Duration::from_secs(connect_timeout as u64),
+                idle_timeout: (idle_timeout > 0)
+                    .then(|| std::time::Duration::from_secs(idle_timeout as u64)),
+            });
         }
 
         let egress = Allowlist::parse(&file.egress.allow).map_err(|w| err("egress.allow", w))?;
@@ -570,6 +647,7 @@ impl Config {
             tunnel,
             peer_name,
             peer_key,
+            peer_source,
             data_flows,
             congestion,
             socket_buffer,
@@ -599,6 +677,18 @@ fn non_empty(_field: &str, s: &str) -> Result<String, String> {
 fn addr(s: &str) -> Result<SocketAddr, String> {
     s.parse()
         .map_err(|_| format!("{s:?} is not an IP:PORT address (e.g. 127.0.0.1:7700 or [::1]:7700)"))
+}
+
+/// A non-empty source list; IPv4 only for the DPDK datapath.
+fn source_list(items: &[String], is_dpdk: bool) -> Result<SourceList, String> {
+    if items.is_empty() {
+        return Err("an empty list lets nobody in; list addresses or prefixes, or remove the field to allow any".into());
+    }
+    let list = SourceList::parse(items)?;
+    if is_dpdk && list.has_ipv6() {
+        return Err(format!("[{list}]: the DPDK datapath is IPv4-only"));
+    }
+    Ok(list)
 }
 
 fn in_range(v: i64, lo: i64, hi: i64) -> Result<i64, String> {
@@ -723,5 +813,83 @@ mod tests {
         assert_eq!(e.field, "gateway.drain_timeout_secs");
         let e = Config::parse(&path, "[gateway\n").unwrap_err();
         assert!(e.to_string().contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn ingress_limits_and_source_lists() {
+        let (_d, path, peer) = setup("limits");
+        let c = Config::parse(&path, &base(&peer)).unwrap();
+        let i = &c.ingress[0];
+        assert_eq!(i.sources, None, "any source by default");
+        assert_eq!(i.max_per_source, None);
+        assert_eq!(i.connect_timeout, std::time::Duration::from_secs(30));
+        assert_eq!(i.idle_timeout, None);
+        assert_eq!(c.peer_source, None);
+        let text = format!(
+            "{}sources = [\"10.0.1.0/24\", \"10.0.2.7\"]\nmax_sessions_per_source = 9\nconnect_timeout_secs = 5\nidle_timeout_secs = 600\n",
+            base(&peer)
+        );
+        let c = Config::parse(&path, &text).unwrap();
+        let i = &c.ingress[0];
+        assert!(i
+            .sources
+            .as_ref()
+            .unwrap()
+            .contains("10.0.1.9".parse().unwrap()));
+        assert!(!i
+            .sources
+            .as_ref()
+            .unwrap()
+            .contains("10.0.3.9".parse().unwrap()));
+        assert_eq!(i.max_per_source, Some(9));
+        assert_eq!(i.connect_timeout, std::time::Duration::from_secs(5));
+        assert_eq!(i.idle_timeout, Some(std::time::Duration::from_secs(600)));
+
+        // peer.source belongs to the accepting gateway.
+        let listen = base(&peer)
+            .replace(
+                "connect = \"127.0.0.1:7700\"\n",
+                "source = [\"192.0.2.0/24\"]\n",
+            )
+            .replace("[peer]", "tunnel_listen = \"127.0.0.1:7700\"\n[peer]");
+        let c = Config::parse(&path, &listen).unwrap();
+        assert!(c
+            .peer_source
+            .unwrap()
+            .contains("192.0.2.1".parse().unwrap()));
+
+        let cases = [
+            (base(&peer) + "sources = []\n", "ingress[0].sources"),
+            (
+                base(&peer) + "sources = [\"10.0.0.0/40\"]\n",
+                "ingress[0].sources",
+            ),
+            (
+                base(&peer) + "max_sessions_per_source = 0\n",
+                "ingress[0].max_sessions_per_source",
+            ),
+            (
+                base(&peer) + "connect_timeout_secs = 0\n",
+                "ingress[0].connect_timeout_secs",
+            ),
+            (
+                base(&peer) + "idle_timeout_secs = -1\n",
+                "ingress[0].idle_timeout_secs",
+            ),
+            (
+                base(&peer) + "idle_timeout = 5\n",
+                "ingress[0].idle_timeout",
+            ),
+            (
+                base(&peer).replace("[peer]\n", "[peer]\nsource = [\"192.0.2.1\"]\n"),
+                "peer.source",
+            ),
+            (listen.replace("192.0.2.0/24", "nope"), "peer.source"),
+            (listen.replace("[\"192.0.2.0/24\"]", "[]"), "peer.source"),
+        ];
+        for (text, field) in cases {
+            let e = Config::parse(&path, &text).unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+        }
     }
 }

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod reload;
 pub mod signals;
 pub mod socket;
+pub mod sources;
 pub mod stats;
 pub mod status;
 
@@ -21,6 +22,7 @@ use std::sync::Arc;
 
 pub use allowlist::Allowlist;
 pub use config::{Config, ConfigError, Datapath, Ingress, IngressMode, TunnelEnd};
+pub use sources::SourceList;
 pub use stats::Stats;
 pub use status::{Status, StatusSource};
 

@@ -74,6 +74,7 @@ pub fn diff(running: &Config, egress: &Allowlist, new: &Config) -> Reload {
     );
     check("peer.name", running.peer_name != new.peer_name);
     check("peer.public_key", running.peer_key != new.peer_key);
+    check("peer.source", running.peer_source != new.peer_source);
     check("wan.data_flows", running.data_flows != new.data_flows);
     check("wan.congestion", running.congestion != new.congestion);
     check(

@@ -38,6 +38,20 @@ counters!(
     handshake_failures,
     /// Connections dropped because too many handshakes were already pending.
     handshakes_busy,
+    /// Connections to the tunnel port from outside peer.source, dropped before any state (DPDK: their SYNs).
+    tunnel_sources_refused,
+    /// SYNs to the tunnel port dropped while no listening socket could be spared (DPDK; the peer's reserve aside).
+    tunnel_syns_dropped,
+    /// Half-open connections to the tunnel port given up: no handshake within 3 s, or displaced by newer ones (DPDK).
+    tunnel_half_open_dropped,
+    /// Client connections an ingress refused: source not in its sources, or over its max_sessions_per_source.
+    ingress_refused,
+    /// Half-open client connections an ingress dropped for newer ones (DPDK: too many handshakes under way).
+    ingress_half_open_dropped,
+    /// Client connections reset because their session was not open within the ingress connect timeout (or no tunnel came up in time).
+    ingress_connect_timeouts,
+    /// Sessions reset after moving no byte either way for their ingress idle timeout.
+    ingress_idle_timeouts,
     /// Records that failed authentication or had an impossible length (the connection is closed).
     records_rejected,
     /// Messages that decoded but broke the protocol (the session or connection is reset).

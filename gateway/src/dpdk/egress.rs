@@ -60,6 +60,9 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                 fin_seen: false,
                 up_done: false,
                 down_done: false,
+                ingress: None,
+                open_by: u64::MAX,
+                active: now,
             },
         );
         if first {

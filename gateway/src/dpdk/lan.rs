@@ -6,6 +6,16 @@
 //! backpressure: bytes are read from a socket only while the core has send
 //! capacity, and taken from the core only when the socket has room.
 //! Half-close travels as FIN, a reset as RST, both ways.
+//!
+//! A client's SYN only makes a half-open connection: its source is checked
+//! (`sources`, `max_sessions_per_source`) at once, and refused with an RST;
+//! a session is opened, and the far gateway connects the target, only once
+//! the client's handshake has completed. So a spoofed SYN never reaches the
+//! target, nor takes the first-connection slot QEMU before 8.0 relies on.
+//! A connection whose session is not open within the ingress's
+//! `connect_timeout_secs` of its SYN, or that moves nothing for its
+//! `idle_timeout_secs`, is reset at both ends (reason "timeout"). Each
+//! refusal and timeout gets one log line naming the client, and a counter.
 
 use std::net::SocketAddr;
 
@@ -17,14 +27,19 @@ use smoltcp::wire::IpListenEndpoint;
 
 use super::crypto::CryptoPipe;
 use super::engine::Engine;
-use super::net::{endpoint_addr, Retire};
+use super::net::{endpoint_addr, is_connected, Retire};
 use super::phy::FramePort;
 use crate::admin::{Ingress, IngressMode, Stats};
+use crate::admission::Throttle;
 use crate::protocol::{RefuseReason, ResetReason, SessionId};
 use crate::session::ReadOutcome;
 
 /// A socket that is closing is forced shut after this long.
 const CLOSE_LINGER_US: u64 = 60_000_000;
+/// Half-open connections kept per listening socket of an ingress; beyond,
+/// the oldest is dropped (a client on the LAN completes its handshake in
+/// far less time than a flood takes to displace it).
+const HALF_OPEN_PER_LISTENER: usize = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum State {
@@ -57,12 +72,29 @@ pub struct Endpoint {
     pub(super) up_done: bool,
     /// The core's stream ended and the socket was closed (FIN queued).
     pub(super) down_done: bool,
+    /// Sessions from our ingress: which `[[ingress]]` (its index).
+    pub(super) ingress: Option<usize>,
+    /// Until when the peer may take to accept (µs): the ingress's connect timeout.
+    pub(super) open_by: u64,
+    /// When a byte last moved either way (µs), for the idle timeout.
+    pub(super) active: u64,
 }
 
-/// An ingress port's spare listening sockets.
+/// A client connection whose handshake is under way.
+struct HalfOpen {
+    handle: SocketHandle,
+    source: SocketAddr,
+    since: u64,
+}
+
+/// An ingress port: its spare listening sockets and half-open connections.
 pub struct IngressListener {
     ingress: Ingress,
+    index: usize,
     spares: Vec<SocketHandle>,
+    half_open: Vec<HalfOpen>,
+    /// Paces the lines about refusals and timeouts a flood could repeat.
+    throttle: Throttle,
 }
 
 /// An accepted connection waiting for the tunnel to come up.
@@ -70,22 +102,27 @@ pub struct Waiting {
     handle: SocketHandle,
     source: SocketAddr,
     target: SocketAddr,
+    /// No tunnel by then: reset (`egress.connect_timeout_ms` after the accept).
     deadline: u64,
+    /// The ingress's connect timeout, from the SYN.
+    open_by: u64,
+    ingress: usize,
 }
 
-/// States in which a socket carries data (after the 3-way handshake).
-fn connected(sock: &tcp::Socket) -> bool {
-    use tcp::State::*;
-    matches!(
-        sock.state(),
-        Established | FinWait1 | FinWait2 | CloseWait | Closing | LastAck | TimeWait
-    )
+fn fmt_source(source: Option<SocketAddr>) -> String {
+    source.map_or("?".into(), |s| s.to_string())
 }
 
 /// States reached only after the endpoint's FIN arrived.
 fn fin_received(sock: &tcp::Socket) -> bool {
     use tcp::State::*;
     matches!(sock.state(), CloseWait | LastAck | Closing | TimeWait)
+}
+
+impl IngressListener {
+    fn log_now(&mut self, now: u64) -> Option<u64> {
+        self.throttle.allow(now)
+    }
 }
 
 impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
@@ -103,16 +140,22 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
 
     /// Binds every ingress port's listeners.
     pub(super) fn start_ingress(&mut self) {
-        for ingress in self.config.ingress.clone() {
+        for (index, ingress) in self.config.ingress.clone().into_iter().enumerate() {
             match ingress.mode {
                 IngressMode::Listen { target } => {
                     info!("listening on {} (mode listen) -> {target}", ingress.bind)
                 }
                 IngressMode::Tproxy => info!("listening on {} (mode tproxy)", ingress.bind),
             }
+            if let Some(w) = ingress.open_to_any(index) {
+                warn!("{w}");
+            }
             self.ingress.push(IngressListener {
                 ingress,
+                index,
                 spares: Vec::new(),
+                half_open: Vec::new(),
+                throttle: Throttle::default(),
             });
         }
         self.refill_ingress();
@@ -121,8 +164,8 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
     fn refill_ingress(&mut self) {
         for i in 0..self.ingress.len() {
             while self.ingress[i].spares.len() < self.dpdk.listen_backlog && !self.stopping {
-                let ing = self.ingress[i].ingress;
-                let addr = match ing.mode {
+                let (mode, port) = (self.ingress[i].ingress.mode, self.ingress[i].ingress.bind);
+                let addr = match mode {
                     // A listener answers only on the LAN address...
                     IngressMode::Listen { .. } => {
                         Some(smoltcp::wire::IpAddress::Ipv4(self.lan.addr))
@@ -131,12 +174,14 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                     IngressMode::Tproxy => None,
                 };
                 let h = self.lan_socket();
+                // The ingress's own timers end a handshake that does not complete.
+                self.lan.socket(h).set_timeout(None);
                 let ep = IpListenEndpoint {
                     addr,
-                    port: ing.bind.port(),
+                    port: port.port(),
                 };
                 if let Err(e) = self.lan.socket(h).listen(ep) {
-                    warn!("ingress {}: cannot listen: {e}", ing.bind);
+                    warn!("ingress {port}: cannot listen: {e}");
                     self.lan.remove(h);
                     break;
                 }
@@ -146,14 +191,18 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         }
     }
 
-    /// Closes every ingress listener (drain: no new sessions).
+    /// Closes every ingress listener and half-open connection (drain: no
+    /// new sessions).
     pub(super) fn close_ingress(&mut self, now: u64) {
-        let spares: Vec<SocketHandle> = self
+        let handles: Vec<SocketHandle> = self
             .ingress
             .iter_mut()
-            .flat_map(|l| l.spares.drain(..))
+            .flat_map(|l| {
+                let half_open = l.half_open.drain(..).map(|h| h.handle);
+                l.spares.drain(..).chain(half_open).collect::<Vec<_>>()
+            })
             .collect();
-        for h in spares {
+        for h in handles {
             self.lan.unwatch(h);
             self.close_lan(h, now);
         }
@@ -180,41 +229,82 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
     }
 
     fn take_lan_connections(&mut self, now: u64) {
-        // In the order the SYNs arrived (QEMU < 8.0 tells its migration
-        // channels apart by it; egress keeps it on the far side).
-        let mut taken = Vec::new();
-        for h in self.lan.take_accepted().collect::<Vec<_>>() {
-            for l in &mut self.ingress {
-                if let Some(i) = l.spares.iter().position(|&s| s == h) {
-                    l.spares.remove(i);
-                    taken.push((l.ingress, h));
-                }
-            }
-        }
-        let deadline = now + self.config.connect_timeout_ms * 1000;
-        for (ing, h) in taken {
-            let sock = self.lan.socket(h);
-            let (Some(remote), Some(local)) = (sock.remote_endpoint(), sock.local_endpoint())
-            else {
+        // SYNs first: who may connect, and how many, is settled before
+        // anything is kept for them.
+        let syns: Vec<SocketHandle> = self.lan.take_syns().collect();
+        for h in syns {
+            let Some(i) = self.ingress.iter().position(|l| l.spares.contains(&h)) else {
+                continue;
+            };
+            self.ingress[i].spares.retain(|&s| s != h);
+            let Some(remote) = self.lan.socket(h).remote_endpoint() else {
+                self.lan.unwatch(h);
                 self.close_lan(h, now);
                 continue;
             };
             let source = endpoint_addr(remote);
-            let target = match ing.mode {
+            if let Some(why) = self.refusal(i, source) {
+                self.lan.unwatch(h);
+                self.close_lan(h, now);
+                let l = &mut self.ingress[i];
+                if let Some(more) = l.log_now(now) {
+                    warn!(
+                        "{source} -> {}: refused: {why}; resetting{}",
+                        l.ingress.bind,
+                        Throttle::more(more)
+                    );
+                }
+                continue;
+            }
+            let l = &mut self.ingress[i];
+            l.half_open.push(HalfOpen {
+                handle: h,
+                source,
+                since: now,
+            });
+            if l.half_open.len() > self.dpdk.listen_backlog * HALF_OPEN_PER_LISTENER {
+                let old = l.half_open.remove(0);
+                Stats::inc(&self.stats.ingress_half_open_dropped);
+                if let Some(more) = l.log_now(now) {
+                    warn!(
+                        "{} -> {}: half-open connection dropped for a newer one (ingress[{}]: {} handshakes under way){}",
+                        old.source,
+                        l.ingress.bind,
+                        l.index,
+                        l.half_open.len(),
+                        Throttle::more(more)
+                    );
+                }
+                self.lan.unwatch(old.handle);
+                self.close_lan(old.handle, now);
+            }
+        }
+        // Completed handshakes, in the order they completed: now they are connections.
+        let accepted: Vec<SocketHandle> = self.lan.take_accepted().collect();
+        for h in accepted {
+            let Some((i, k)) = self.ingress.iter().enumerate().find_map(|(i, l)| {
+                l.half_open
+                    .iter()
+                    .position(|o| o.handle == h)
+                    .map(|k| (i, k))
+            }) else {
+                continue;
+            };
+            let HalfOpen { source, since, .. } = self.ingress[i].half_open.remove(k);
+            let ingress = &self.ingress[i].ingress;
+            let target = match ingress.mode {
                 IngressMode::Listen { target } => target,
                 // Transparent: the address the client dialled is the target.
-                IngressMode::Tproxy => endpoint_addr(local),
-            };
-            let limit = self.config.limits.max_sessions;
-            if self.stopping || self.endpoints.len() + self.waiting.len() >= limit {
-                warn!(
-                    "{source} -> {target}: {}; resetting",
-                    if self.stopping {
-                        "shutting down".to_string()
-                    } else {
-                        format!("too many sessions (limit {limit})")
+                IngressMode::Tproxy => match self.lan.socket(h).local_endpoint() {
+                    Some(local) => endpoint_addr(local),
+                    None => {
+                        self.close_lan(h, now);
+                        continue;
                     }
-                );
+                },
+            };
+            if self.stopping {
+                warn!("{source} -> {target}: shutting down; resetting");
                 self.close_lan(h, now);
                 continue;
             }
@@ -222,10 +312,90 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                 handle: h,
                 source,
                 target,
-                deadline,
+                deadline: now + self.config.connect_timeout_ms * 1000,
+                open_by: since + ingress.connect_timeout.as_micros() as u64,
+                ingress: i,
             });
         }
+        self.expire_half_open(now);
         self.refill_ingress();
+    }
+
+    /// Why a client's SYN is refused, if it is: shutting down, not in the
+    /// ingress's `sources`, over its per-source cap or the session limit.
+    fn refusal(&mut self, i: usize, source: SocketAddr) -> Option<String> {
+        let (index, ingress) = (self.ingress[i].index, &self.ingress[i].ingress);
+        let ip = source.ip();
+        if self.stopping {
+            return Some("shutting down".into());
+        }
+        if ingress.sources.as_ref().is_some_and(|s| !s.contains(ip)) {
+            Stats::inc(&self.stats.ingress_refused);
+            return Some(format!("{ip} is not in ingress[{index}].sources"));
+        }
+        if let Some(cap) = ingress.max_per_source {
+            let from = |s: Option<SocketAddr>| s.is_some_and(|s| s.ip() == ip);
+            let held = self
+                .endpoints
+                .values()
+                .filter(|e| e.ingress == Some(i) && from(e.source))
+                .count()
+                + self
+                    .waiting
+                    .iter()
+                    .filter(|w| w.ingress == i && from(Some(w.source)))
+                    .count()
+                + self.ingress[i]
+                    .half_open
+                    .iter()
+                    .filter(|o| from(Some(o.source)))
+                    .count();
+            if held >= cap {
+                Stats::inc(&self.stats.ingress_refused);
+                return Some(format!(
+                    "{ip} already has {cap} sessions (ingress[{index}].max_sessions_per_source = {cap})"
+                ));
+            }
+        }
+        let half_open: usize = self.ingress.iter().map(|l| l.half_open.len()).sum();
+        let limit = self.config.limits.max_sessions;
+        (self.endpoints.len() + self.waiting.len() + half_open >= limit)
+            .then(|| format!("too many sessions (limit {limit})"))
+    }
+
+    /// Half-open connections that gave up, or whose connect timeout ran out.
+    fn expire_half_open(&mut self, now: u64) {
+        for i in 0..self.ingress.len() {
+            let timeout = self.ingress[i].ingress.connect_timeout.as_micros() as u64;
+            let mut k = 0;
+            while k < self.ingress[i].half_open.len() {
+                let o = &self.ingress[i].half_open[k];
+                let closed = self.lan.socket(o.handle).state() == tcp::State::Closed;
+                if !closed && now < o.since + timeout {
+                    k += 1;
+                    continue;
+                }
+                let o = self.ingress[i].half_open.remove(k);
+                self.lan.unwatch(o.handle);
+                self.close_lan(o.handle, now);
+                if closed {
+                    debug!("{}: gave up its handshake", o.source);
+                    continue;
+                }
+                Stats::inc(&self.stats.ingress_connect_timeouts);
+                let l = &mut self.ingress[i];
+                if let Some(more) = l.log_now(now) {
+                    warn!(
+                        "{} -> {}: handshake not complete within {}s (ingress[{}].connect_timeout_secs); resetting{}",
+                        o.source,
+                        l.ingress.bind,
+                        timeout / 1_000_000,
+                        l.index,
+                        Throttle::more(more)
+                    );
+                }
+            }
+        }
     }
 
     /// Opens sessions for waiting connections once the tunnel is up.
@@ -247,8 +417,14 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                 self.close_lan(w.handle, now);
                 continue;
             }
+            if now >= w.open_by {
+                self.connect_timed_out(w.ingress, &format!("{} -> {}", w.source, w.target));
+                self.close_lan(w.handle, now);
+                continue;
+            }
             if !up {
                 if now >= w.deadline {
+                    Stats::inc(&self.stats.ingress_connect_timeouts);
                     warn!(
                         "{} -> {}: no tunnel to peer {} within {}ms; resetting",
                         w.source, w.target, self.config.peer_name, self.config.connect_timeout_ms
@@ -279,6 +455,9 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                             fin_seen: false,
                             up_done: false,
                             down_done: false,
+                            ingress: Some(w.ingress),
+                            open_by: w.open_by,
+                            active: now,
                         },
                     );
                 }
@@ -288,6 +467,17 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                 }
             }
         }
+    }
+
+    /// A connection of ingress `i` was not open within its connect timeout:
+    /// one line, one count (the caller resets it).
+    fn connect_timed_out(&self, i: usize, what: &str) {
+        Stats::inc(&self.stats.ingress_connect_timeouts);
+        let ingress = &self.config.ingress[i];
+        warn!(
+            "{what}: not open within {}s (ingress[{i}].connect_timeout_secs); resetting",
+            ingress.connect_timeout.as_secs()
+        );
     }
 
     /// Moves one session forward.
@@ -335,9 +525,19 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                     t.core.reset(id, ResetReason::ConnectionReset);
                     return;
                 }
-                if ep.state == State::Opening || !(connected(sock) || sock.can_recv()) {
+                if ep.state == State::Opening && now >= ep.open_by {
+                    // The peer is told (reset, reason timeout) and gives up its connect.
+                    let what = format!("session {id}: {} -> {}", fmt_source(ep.source), ep.target);
+                    t.core.reset(id, ResetReason::Timeout);
+                    if let Some(i) = ep.ingress {
+                        self.connect_timed_out(i, &what);
+                    }
                     return;
                 }
+                if ep.state == State::Opening || !(is_connected(sock) || sock.can_recv()) {
+                    return;
+                }
+                let mut moved = false;
                 sock.set_timeout(None);
                 if !ep.up_done {
                     let frame_len = self.config.limits.frame_len;
@@ -361,6 +561,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                         if chunk.is_empty() || t.core.write(id, chunk).is_err() {
                             break;
                         }
+                        moved = true;
                     }
                     if ep.fin_seen && !sock.can_recv() {
                         log::debug!(
@@ -375,6 +576,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                 while !ep.down_done {
                     if let Some(b) = &mut ep.down {
                         let n = sock.send_slice(b).unwrap_or(0);
+                        moved |= n > 0;
                         b.advance(n);
                         if !b.is_empty() {
                             break;
@@ -391,6 +593,24 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                         Ok(ReadOutcome::Blocked) | Err(_) => break,
                     }
                 }
+                if moved {
+                    ep.active = now;
+                    return;
+                }
+                let Some(i) = ep.ingress else { return };
+                let Some(idle) = self.config.ingress[i].idle_timeout else {
+                    return;
+                };
+                if now.saturating_sub(ep.active) >= idle.as_micros() as u64 {
+                    Stats::inc(&self.stats.ingress_idle_timeouts);
+                    warn!(
+                        "session {id}: {} -> {}: no bytes either way for {}s (ingress[{i}].idle_timeout_secs); resetting",
+                        fmt_source(ep.source),
+                        ep.target,
+                        idle.as_secs()
+                    );
+                    t.core.reset(id, ResetReason::Timeout);
+                }
             }
         }
     }
@@ -398,6 +618,8 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
     pub(super) fn endpoint_accepted(&mut self, id: SessionId) {
         if let Some(ep) = self.endpoints.get_mut(&id) {
             ep.state = State::Open;
+            // The idle clock starts when the session is open.
+            ep.active = self.now;
         }
     }
 
@@ -426,10 +648,17 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
 
     pub(super) fn endpoint_reset(&mut self, id: SessionId, reason: ResetReason, now: u64) {
         if let Some(ep) = self.endpoints.remove(&id) {
-            debug!("session {id}: reset: {reason}");
             self.close_lan(ep.handle, now);
             if matches!(ep.state, State::Queued | State::Connecting { .. }) {
+                // The peer gave up first (its client left, or its connect timeout ran out).
+                let peer = self.tunnel.as_ref().map_or("?", |t| t.peer.as_str());
+                info!(
+                    "session {id}: reset by peer {peer} before {} was connected: {reason}; connect abandoned",
+                    ep.target
+                );
                 self.egress_done(id, ep.target, now);
+            } else {
+                debug!("session {id}: reset: {reason}");
             }
         }
     }

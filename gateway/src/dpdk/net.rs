@@ -6,7 +6,13 @@
 //! packets for every address *and answers ARP for every address*. The
 //! latter would steal other hosts' traffic on the LAN, so [`Guard`] filters
 //! frames before the stack sees them: ARP only for our own address, IPv4
-//! only for our address or an intercepted prefix.
+//! only for our address or an intercepted prefix. On the WAN port of an
+//! accepting gateway it also carries the tunnel port's [`TunnelGate`].
+//!
+//! Listening sockets can be watched ([`Net::watch`]): the stack reports the
+//! SYNs they took ([`Net::take_syns`]) and, separately, the connections
+//! whose handshake completed ([`Net::take_accepted`]), so that nothing is
+//! opened on behalf of a bare SYN.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
@@ -20,6 +26,9 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpo
 use super::phy::{FramePort, PortDevice};
 use crate::admin::dpdk::{in_prefix, PortSpec};
 
+mod gate;
+pub use gate::{Embryo, TunnelGate};
+
 /// First and last ephemeral port for our outgoing connections.
 const EPHEMERAL: std::ops::RangeInclusive<u16> = 49152..=65535;
 
@@ -28,10 +37,12 @@ struct Guard {
     own: Ipv4Addr,
     /// Prefixes whose addresses we terminate as if they were ours.
     intercept: Vec<(Ipv4Addr, u8)>,
+    /// SYNs to the tunnel port (accepting gateway's WAN port).
+    gate: Option<TunnelGate>,
 }
 
 impl Guard {
-    fn admits(&self, frame: &[u8]) -> bool {
+    fn admits(&mut self, frame: &[u8]) -> bool {
         const ETH: usize = 14;
         if frame.len() < ETH {
             return false;
@@ -46,8 +57,10 @@ impl Guard {
                     return false;
                 }
                 let dst = ipv4(&frame[ETH + 16..ETH + 20]);
-                dst == self.own
-                    || dst.is_broadcast()
+                if dst == self.own {
+                    return self.gate.as_mut().is_none_or(|g| g.admits(frame));
+                }
+                dst.is_broadcast()
                     || self
                         .intercept
                         .iter()
@@ -61,7 +74,7 @@ impl Guard {
 /// A filtering view of a port for the stack (see [`Guard`]).
 struct Guarded<'a, P> {
     port: &'a mut P,
-    guard: &'a Guard,
+    guard: &'a mut Guard,
     dropped: &'a mut u64,
 }
 
@@ -128,7 +141,11 @@ pub struct Net<P: FramePort> {
     /// ACK goes out before it is removed).
     retired: Vec<(SocketHandle, u64, u64)>,
     polls: u64,
+    /// Listening sockets watched, sockets that left listening (SYN taken)
+    /// and whose handshake is under way, and the reports for the owner.
     watch: Vec<SocketHandle>,
+    embryonic: Vec<SocketHandle>,
+    syns: Vec<SocketHandle>,
     taken: Vec<SocketHandle>,
 }
 
@@ -168,6 +185,7 @@ impl<P: FramePort> Net<P> {
             guard: Guard {
                 own,
                 intercept: spec.intercept.clone(),
+                gate: None,
             },
             addr: own,
             next_port: *EPHEMERAL.start() + (seed % 8192) as u16,
@@ -175,8 +193,19 @@ impl<P: FramePort> Net<P> {
             retired: Vec::new(),
             polls: 0,
             watch: Vec::new(),
+            embryonic: Vec::new(),
+            syns: Vec::new(),
             taken: Vec::new(),
         }
+    }
+
+    /// Puts the tunnel port's gate in front of the stack.
+    pub fn set_gate(&mut self, gate: TunnelGate) {
+        self.guard.gate = Some(gate);
+    }
+
+    pub fn gate_mut(&mut self) -> Option<&mut TunnelGate> {
+        self.guard.gate.as_mut()
     }
 
     /// Moves packets: everything received is processed, everything the
@@ -184,9 +213,12 @@ impl<P: FramePort> Net<P> {
     pub fn poll(&mut self, now: u64) -> bool {
         self.reap(now);
         self.polls += 1;
+        if let Some(g) = &mut self.guard.gate {
+            g.now = now;
+        }
         let mut dev = Guarded {
             port: &mut self.port,
-            guard: &self.guard,
+            guard: &mut self.guard,
             dropped: &mut self.filtered,
         };
         let t = instant(now);
@@ -203,9 +235,17 @@ impl<P: FramePort> Net<P> {
                 PollIngressSingleResult::PacketProcessed => {}
                 PollIngressSingleResult::SocketStateChanged => {
                     changed = true;
-                    note_taken(&self.sockets, &mut self.watch, &mut self.taken);
+                    note_syns(
+                        &self.sockets,
+                        &mut self.watch,
+                        &mut self.embryonic,
+                        &mut self.syns,
+                    );
                 }
             }
+        }
+        if changed {
+            note_established(&self.sockets, &mut self.embryonic, &mut self.taken);
         }
         while self
             .iface
@@ -218,22 +258,31 @@ impl<P: FramePort> Net<P> {
         changed
     }
 
-    /// Listening sockets to watch: when one takes a connection it moves to
-    /// [`Net::take_accepted`]'s list, in arrival order. Some hypervisors
-    /// (QEMU before 8.0) tell their migration channels apart by the order
-    /// the destination accepts them, so that order must survive the tunnel.
+    /// Listening sockets to watch: when one takes a SYN it is reported by
+    /// [`Net::take_syns`], and once its handshake completes by
+    /// [`Net::take_accepted`], in arrival order. Some hypervisors (QEMU
+    /// before 8.0) tell their migration channels apart by the order the
+    /// destination accepts them, so that order must survive the tunnel.
     pub fn watch(&mut self, h: SocketHandle) {
         self.watch.push(h);
     }
 
-    /// Watched sockets that took a connection, oldest first.
+    /// Watched sockets that took a SYN since the last call, oldest first.
+    pub fn take_syns(&mut self) -> std::vec::Drain<'_, SocketHandle> {
+        self.syns.drain(..)
+    }
+
+    /// Watched sockets whose handshake completed since the last call: in
+    /// the order the handshakes completed (the order of their SYNs among
+    /// those that completed in the same poll).
     pub fn take_accepted(&mut self) -> std::vec::Drain<'_, SocketHandle> {
         self.taken.drain(..)
     }
 
-    /// Stops watching `h` (closed while still listening).
+    /// Stops watching `h` (closed while listening or half-open).
     pub fn unwatch(&mut self, h: SocketHandle) {
         self.watch.retain(|&w| w != h);
+        self.embryonic.retain(|&w| w != h);
     }
 
     /// When the stack next has timed work (retransmits, delayed acks).
@@ -338,20 +387,49 @@ impl<P: FramePort> Net<P> {
     }
 }
 
-/// Moves watched sockets that left the listening state to `taken`.
-fn note_taken(
+/// Moves watched sockets that left the listening state (took a SYN) to
+/// the half-open ones, and reports them.
+fn note_syns(
     sockets: &SocketSet<'static>,
     watch: &mut Vec<SocketHandle>,
-    taken: &mut Vec<SocketHandle>,
+    embryonic: &mut Vec<SocketHandle>,
+    syns: &mut Vec<SocketHandle>,
 ) {
     watch.retain(|&h| {
         if sockets.get::<tcp::Socket>(h).state() == tcp::State::Listen {
             true
         } else {
-            taken.push(h);
+            embryonic.push(h);
+            syns.push(h);
             false
         }
     });
+}
+
+/// Moves half-open sockets whose handshake completed to `taken`. (Those that
+/// closed instead stay until their owner unwatches them.)
+fn note_established(
+    sockets: &SocketSet<'static>,
+    embryonic: &mut Vec<SocketHandle>,
+    taken: &mut Vec<SocketHandle>,
+) {
+    embryonic.retain(|&h| {
+        if is_connected(sockets.get::<tcp::Socket>(h)) {
+            taken.push(h);
+            false
+        } else {
+            true
+        }
+    });
+}
+
+/// States a socket reaches only after its three-way handshake.
+pub fn is_connected(sock: &tcp::Socket) -> bool {
+    use tcp::State::*;
+    matches!(
+        sock.state(),
+        Established | FinWait1 | FinWait2 | CloseWait | Closing | LastAck | TimeWait
+    )
 }
 
 /// smoltcp's clock from ours (microseconds).
@@ -386,9 +464,10 @@ mod tests {
 
     #[test]
     fn guard_answers_arp_only_for_us_and_admits_intercepted_prefixes() {
-        let g = Guard {
+        let mut g = Guard {
             own: Ipv4Addr::new(10, 0, 1, 1),
             intercept: vec![(Ipv4Addr::new(10, 0, 3, 0), 24)],
+            gate: None,
         };
         assert!(g.admits(&arp_for([10, 0, 1, 1])));
         assert!(!g.admits(&arp_for([10, 0, 1, 7])), "another host's ARP");

@@ -4,6 +4,14 @@
 //! held tunnel after the control connection dies, re-dialling dead flows
 //! (their frames go out again on the others), fair admission of
 //! unauthenticated connections, handshake timeouts.
+//!
+//! Admission on the tunnel port ([`crate::admission`]) happens in two
+//! steps. A SYN passes the WAN port's gate (`net::TunnelGate`: `peer.source`,
+//! and a budget of listening sockets for sources that never authenticated,
+//! so the peer's reserve is never taken) and becomes a half-open
+//! connection, kept apart and dropped after 3 s. Only once its TCP
+//! handshake completes does it become a connection with a slot in the
+//! handshake table.
 
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 
@@ -12,10 +20,11 @@ use smoltcp::socket::tcp;
 
 use super::crypto::{ConnId, CryptoJob, CryptoPipe};
 use super::engine::Engine;
-use super::net::Retire;
+use super::net::{endpoint_addr, is_connected, Embryo, Retire, TunnelGate};
 use super::phy::FramePort;
 use super::wan::{Identity, Role, WanConn, WanError};
 use crate::admin::{Config, Stats, TunnelEnd};
+use crate::admission::{self, Decision, Pending, Throttle};
 use crate::crypto::{RekeyPolicy, MAX_RECORD_LEN};
 use crate::protocol::{Message, ResetReason};
 use crate::session::{Side, TunnelCore};
@@ -24,9 +33,16 @@ use crate::session::{Side, TunnelCore};
 const HANDSHAKE_TIMEOUT_US: u64 = 10_000_000;
 /// Handshakes in progress at once on the tunnel port.
 const MAX_PENDING_HANDSHAKES: usize = 64;
-/// Listening sockets kept ready on the tunnel port (the dialler opens its
-/// control connection and N flows in a burst).
-const WAN_LISTENERS: usize = 16;
+/// Listening sockets on the tunnel port that sources which never
+/// authenticated as the peer may take between two turns; the others are the
+/// peer's reserve (its control connection and N flows re-dial in a burst).
+const UNTRUSTED_LISTENERS: usize = 8;
+/// A half-open connection to the tunnel port is dropped after this long
+/// (a SYN-ACK retransmitted once on a long path fits in it).
+const HALF_OPEN_TIMEOUT_US: u64 = 3_000_000;
+/// Half-open connections from untrusted sources kept at once; beyond, the
+/// oldest are dropped (a spoofed flood displaces only itself).
+const MAX_HALF_OPEN: usize = 64;
 const BACKOFF_MIN_US: u64 = 100_000;
 const BACKOFF_MAX_US: u64 = 5_000_000;
 
@@ -110,16 +126,30 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
     pub(super) fn start_listeners(&mut self) {
         self.start_ingress();
         if let TunnelEnd::Listen(addr) = self.config.tunnel {
-            info!("waiting for peer {} on {addr}", self.config.peer_name);
+            info!(
+                "waiting for peer {} on {addr}{}",
+                self.config.peer_name,
+                admission::only_from(self.config.peer_source.as_ref())
+            );
+            let sources = self.config.peer_source.clone();
+            self.wan
+                .set_gate(TunnelGate::new(addr.port(), sources, self.stats.clone()));
         }
         self.refill_wan_listeners();
+    }
+
+    /// Listening sockets the peer may need at once (its control connection
+    /// and every data flow).
+    fn peer_reserve(&self) -> usize {
+        self.config.data_flows as usize + 1
     }
 
     fn refill_wan_listeners(&mut self) {
         let TunnelEnd::Listen(addr) = self.config.tunnel else {
             return;
         };
-        while self.wan_listeners.len() < WAN_LISTENERS {
+        let reserve = self.peer_reserve();
+        while self.wan_listeners.len() < reserve + UNTRUSTED_LISTENERS {
             let h = self.wan_socket();
             let ep = smoltcp::wire::IpListenEndpoint {
                 addr: None,
@@ -130,6 +160,11 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                 return;
             }
             self.wan_listeners.push(h);
+        }
+        // What is left beyond the reserve, until the next turn.
+        let spare = self.wan_listeners.len().saturating_sub(reserve);
+        if let Some(g) = self.wan.gate_mut() {
+            g.set_budget(spare);
         }
     }
 
@@ -177,17 +212,83 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
             }
         });
         for h in taken {
-            let id = self.new_conn_id();
-            let conn = WanConn::accepted(id, h, now);
-            self.conns.insert(id, conn);
-            self.admit_handshake(id);
+            let sock = self.wan.sockets.get::<tcp::Socket>(h);
+            let remote = sock.remote_endpoint().map(|e| endpoint_addr(e).ip());
+            match (sock.state(), remote) {
+                (tcp::State::SynReceived, Some(IpAddr::V4(ip))) => {
+                    if let Some(g) = self.wan.gate_mut() {
+                        let trusted = g.trust.is_trusted(IpAddr::V4(ip));
+                        g.embryos.push(Embryo {
+                            handle: h,
+                            ip,
+                            since: now,
+                            trusted,
+                        });
+                    }
+                }
+                _ if is_connected(sock) => self.accept_wan(h, now),
+                _ => self.wan.retire(h, Retire::Abort, now),
+            }
         }
+        self.tend_half_open(now);
         self.refill_wan_listeners();
+    }
+
+    /// Half-open connections: those whose handshake completed become
+    /// connections; those that closed, timed out or (untrusted, beyond
+    /// [`MAX_HALF_OPEN`]) are the oldest are dropped.
+    fn tend_half_open(&mut self, now: u64) {
+        let Some(g) = self.wan.gate_mut() else { return };
+        let embryos = std::mem::take(&mut g.embryos);
+        let (mut keep, mut done, mut dropped) = (Vec::new(), Vec::new(), Vec::new());
+        for e in embryos {
+            let sock = self.wan.sockets.get::<tcp::Socket>(e.handle);
+            if is_connected(sock) {
+                done.push(e.handle);
+            } else if sock.state() == tcp::State::Closed {
+                self.wan.retire(e.handle, Retire::Abort, now);
+            } else if now.saturating_sub(e.since) >= HALF_OPEN_TIMEOUT_US {
+                dropped.push((e, "no handshake within 3 s"));
+            } else {
+                keep.push(e);
+            }
+        }
+        let untrusted = keep.iter().filter(|e| !e.trusted).count();
+        let mut excess = untrusted.saturating_sub(MAX_HALF_OPEN);
+        keep.retain(|e| {
+            if excess > 0 && !e.trusted {
+                excess -= 1;
+                dropped.push((*e, "displaced by newer half-open connections"));
+                false
+            } else {
+                true
+            }
+        });
+        for (e, why) in dropped {
+            self.wan.retire(e.handle, Retire::Abort, now);
+            if let Some(g) = self.wan.gate_mut() {
+                g.note_dropped(&e, why);
+            }
+        }
+        if let Some(g) = self.wan.gate_mut() {
+            g.embryos = keep;
+        }
+        for h in done {
+            self.accept_wan(h, now);
+        }
+    }
+
+    /// A connection whose TCP handshake completed: it takes a slot in the
+    /// handshake table.
+    fn accept_wan(&mut self, h: smoltcp::iface::SocketHandle, now: u64) {
+        let id = self.new_conn_id();
+        self.conns.insert(id, WanConn::accepted(id, h, now));
+        self.admit_handshake(id);
     }
 
     /// Bounds pending handshakes fairly (see [`crate::admission`]).
     fn admit_handshake(&mut self, newest: ConnId) {
-        let pending: Vec<(ConnId, IpAddr, u64)> = self
+        let ips: Vec<(ConnId, IpAddr)> = self
             .conns
             .values()
             .filter(|c| !c.dialed && c.role.is_none())
@@ -200,27 +301,44 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                             .sockets
                             .get::<tcp::Socket>(c.handle)
                             .remote_endpoint()
-                            .map(|e| super::net::endpoint_addr(e).ip())
+                            .map(|e| endpoint_addr(e).ip())
                     })
                     .unwrap_or(IpAddr::from([0, 0, 0, 0]));
-                (c.id, ip, c.id)
+                (c.id, ip)
             })
             .collect();
-        if pending.len() <= MAX_PENDING_HANDSHAKES {
-            return;
-        }
-        let victim = crate::admission::eviction_victim(
-            pending.into_iter().filter(|(id, _, _)| *id != newest),
-        );
-        if let Some(v) = victim {
-            Stats::inc(&self.stats.handshakes_busy);
-            let who = self.conns.get(&v).and_then(|c| c.remote);
+        let Some(g) = self.wan.gate_mut() else { return };
+        let trusted = |ip| g.trust.is_trusted(ip);
+        let newest_trusted = ips
+            .iter()
+            .find(|(id, _)| *id == newest)
+            .is_some_and(|&(_, ip)| trusted(ip));
+        let pending: Vec<Pending<ConnId>> = ips
+            .iter()
+            .filter(|(id, _)| *id != newest)
+            .map(|&(id, ip)| Pending {
+                key: id,
+                ip,
+                seq: id,
+                trusted: trusted(ip),
+            })
+            .collect();
+        let (drop, why) = match admission::admit(&pending, newest_trusted, MAX_PENDING_HANDSHAKES) {
+            Decision::Admit => return,
+            Decision::Evict(v) => (v, format!("{MAX_PENDING_HANDSHAKES} handshakes pending, evicting the oldest from the busiest source prefix")),
+            Decision::Refuse => (newest, format!("every handshake slot it may take is held by sources that authenticated as peer {} before", self.config.peer_name)),
+        };
+        Stats::inc(&self.stats.handshakes_busy);
+        let log = g.log_now();
+        let who = ips.iter().find(|(id, _)| *id == drop).map(|&(_, ip)| ip);
+        if let Some(more) = log {
             warn!(
-                "handshake with {} dropped: {MAX_PENDING_HANDSHAKES} handshakes pending, evicting the oldest from the busiest source",
-                who.map_or("?".to_string(), |a| a.to_string())
+                "handshake with {} dropped: {why}{}",
+                who.map_or("?".to_string(), |a| a.to_string()),
+                Throttle::more(more)
             );
-            self.close_conn(v);
         }
+        self.close_conn(drop);
     }
 
     /// Advances one connection: connect, handshake, records in and out.
@@ -241,6 +359,13 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         let mut attached = false;
         if conn.handshake(sock, &me, &mut self.crypto)? {
             Stats::inc(&self.stats.handshakes_ok);
+            if !conn.dialed {
+                // It holds the peer's key: favoured when it re-dials under a flood.
+                let ip = conn.remote.map(|a| a.ip());
+                if let (Some(ip), Some(g)) = (ip, self.wan.gate_mut()) {
+                    g.trust.authenticated(ip);
+                }
+            }
             // The dialler's first record says what this connection is for.
             match (conn.dialed, conn.role) {
                 (true, Some(Role::Control)) => {

@@ -11,24 +11,34 @@
 //! order the source connected: QEMU before 8.0 tells its multifd channels from
 //! the main migration stream by that order.
 //!
+//! Each `[[ingress]]` limits who may connect and for how long: a client
+//! outside its `sources`, or over its `max_sessions_per_source`, is reset at
+//! accept; a session not open within `connect_timeout_secs` of the accept,
+//! or idle for `idle_timeout_secs` (see `idle.rs`), is reset at both ends
+//! (reason "timeout"). Each gets one log line naming the client and a
+//! counter.
+//!
 //! When the gateway starts shutting down (`Gateway::stopping`), the
 //! listeners close and connections not yet turned into sessions are reset.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use log::{error, info, warn};
 use socket2::SockRef;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use super::endpoint::drive;
 use super::sockopt::{listener, reset_on_close};
 use super::tunnel::{OpenOutcome, SessionSignals, Tunnel};
 use super::Gateway;
 use crate::admin::{Ingress, IngressMode, Stats};
-use crate::protocol::SessionId;
+use crate::admission::Throttle;
+use crate::protocol::{ResetReason, SessionId};
 
 /// Binds a listener now (so bind errors surface at startup).
 pub fn bind(ingress: &Ingress) -> std::io::Result<TcpListener> {
@@ -36,36 +46,135 @@ pub fn bind(ingress: &Ingress) -> std::io::Result<TcpListener> {
     TcpListener::from_std(std_listener)
 }
 
-pub async fn serve(gateway: Arc<Gateway>, ingress: Ingress, listener: TcpListener) {
+/// Sessions per client address of one ingress.
+#[derive(Default)]
+struct SourceCounts(Mutex<HashMap<IpAddr, usize>>);
+
+/// One of a client's sessions; counted until dropped.
+struct SourceSlot {
+    counts: Arc<SourceCounts>,
+    ip: IpAddr,
+}
+
+impl SourceCounts {
+    /// Counts a session for `ip`, unless it already holds `cap`: then `Err(cap)`.
+    fn take(self: &Arc<Self>, ip: IpAddr, cap: Option<usize>) -> Result<SourceSlot, usize> {
+        let mut m = self.0.lock().expect("not poisoned");
+        let n = m.entry(ip).or_default();
+        if let Some(cap) = cap.filter(|&c| *n >= c) {
+            return Err(cap);
+        }
+        *n += 1;
+        Ok(SourceSlot {
+            counts: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut m = self.counts.0.lock().expect("not poisoned");
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// What a client connection carries from accept to its end: its ingress,
+/// its connect deadline and its place in the per-source count.
+struct Ctx {
+    index: usize,
+    ingress: Arc<Ingress>,
+    deadline: Instant,
+    _slot: SourceSlot,
+}
+
+impl Ctx {
+    /// The connect timeout ran out: one line, one count.
+    fn timed_out(&self, gateway: &Gateway, what: &str) {
+        Stats::inc(&gateway.stats.ingress_connect_timeouts);
+        warn!(
+            "{what}: not open within {}s (ingress[{}].connect_timeout_secs); resetting",
+            self.ingress.connect_timeout.as_secs(),
+            self.index
+        );
+    }
+}
+
+pub async fn serve(gateway: Arc<Gateway>, index: usize, ingress: Ingress, listener: TcpListener) {
     match ingress.mode {
         IngressMode::Listen { target } => {
             info!("listening on {} (mode listen) -> {target}", ingress.bind)
         }
         IngressMode::Tproxy => info!("listening on {} (mode tproxy)", ingress.bind),
     }
+    if let Some(w) = ingress.open_to_any(index) {
+        warn!("{w}");
+    }
+    let ingress = Arc::new(ingress);
+    let counts = Arc::new(SourceCounts::default());
+    let mut throttle = Throttle::default();
+    let started = Instant::now();
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
             // Returning drops (closes) the listener.
             _ = gateway.stopping.cancelled() => return,
         };
-        match accepted {
-            Ok((stream, client)) => match gateway.ready_tunnel() {
-                Some(tunnel) => {
-                    if let Some(target) = original_target(&ingress, &stream, client) {
-                        if let Some(session) = open(&gateway, tunnel, &stream, client, target) {
-                            tokio::spawn(run(session, stream, target));
-                        }
-                    }
-                }
-                None => {
-                    tokio::spawn(handle(gateway.clone(), ingress, stream, client));
-                }
-            },
+        let (stream, client) = match accepted {
+            Ok(x) => x,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
                 error!("accept on {}: {e}", ingress.bind);
                 tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let ip = client.ip().to_canonical();
+        let refused = match &ingress.sources {
+            Some(s) if !s.contains(ip) => {
+                Err(format!("{ip} is not in ingress[{index}].sources"))
+            }
+            _ => counts.take(ip, ingress.max_per_source).map_err(|cap| {
+                format!("{ip} already has {cap} sessions (ingress[{index}].max_sessions_per_source = {cap})")
+            }),
+        };
+        let slot = match refused {
+            Ok(slot) => slot,
+            Err(why) => {
+                Stats::inc(&gateway.stats.ingress_refused);
+                abort(&stream);
+                let now = started.elapsed().as_micros() as u64;
+                if let Some(more) = throttle.allow(now) {
+                    warn!(
+                        "{client} -> {}: refused: {why}; resetting{}",
+                        ingress.bind,
+                        Throttle::more(more)
+                    );
+                }
+                continue;
+            }
+        };
+        let ctx = Ctx {
+            index,
+            ingress: ingress.clone(),
+            deadline: Instant::now() + ingress.connect_timeout,
+            _slot: slot,
+        };
+        match gateway.ready_tunnel() {
+            Some(tunnel) => {
+                if let Some(target) = original_target(&ingress, &stream, client) {
+                    if let Some(session) = open(&gateway, tunnel, &stream, client, target) {
+                        tokio::spawn(run(session, stream, target, ctx));
+                    }
+                }
+            }
+            None => {
+                tokio::spawn(handle(gateway.clone(), stream, client, ctx));
             }
         }
     }
@@ -129,16 +238,22 @@ fn open(
 }
 
 /// A connection that arrived while no tunnel was up: waits for one, then opens its session.
-async fn handle(gateway: Arc<Gateway>, ingress: Ingress, stream: TcpStream, client: SocketAddr) {
-    let Some(target) = original_target(&ingress, &stream, client) else {
+async fn handle(gateway: Arc<Gateway>, stream: TcpStream, client: SocketAddr, ctx: Ctx) {
+    let Some(target) = original_target(&ctx.ingress, &stream, client) else {
         return;
     };
     let wait = Duration::from_millis(gateway.config.connect_timeout_ms);
-    let Some(tunnel) = gateway.wait_for_tunnel(wait).await else {
-        warn!(
-            "{client} -> {target}: no tunnel to peer {} within {wait:?}; resetting",
-            gateway.config.peer_name
-        );
+    let left = ctx.deadline.saturating_duration_since(Instant::now());
+    let Some(tunnel) = gateway.wait_for_tunnel(wait.min(left)).await else {
+        if left <= wait {
+            ctx.timed_out(&gateway, &format!("{client} -> {target}"));
+        } else {
+            Stats::inc(&gateway.stats.ingress_connect_timeouts);
+            warn!(
+                "{client} -> {target}: no tunnel to peer {} within {wait:?}; resetting",
+                gateway.config.peer_name
+            );
+        }
         return abort(&stream);
     };
     if gateway.stopping.is_cancelled() {
@@ -146,12 +261,13 @@ async fn handle(gateway: Arc<Gateway>, ingress: Ingress, stream: TcpStream, clie
         return abort(&stream);
     }
     if let Some(session) = open(&gateway, tunnel, &stream, client, target) {
-        run(session, stream, target).await;
+        run(session, stream, target, ctx).await;
     }
 }
 
-/// Waits for the peer's answer to the open, then moves the session's bytes.
-async fn run(session: Opened, stream: TcpStream, target: SocketAddr) {
+/// Waits for the peer's answer to the open (until the connect deadline), then moves the
+/// session's bytes.
+async fn run(session: Opened, stream: TcpStream, target: SocketAddr, ctx: Ctx) {
     let Opened {
         tunnel,
         client,
@@ -160,8 +276,20 @@ async fn run(session: Opened, stream: TcpStream, target: SocketAddr) {
         outcome,
     } = session;
     let gateway = tunnel.gateway().clone();
-    match outcome.await {
-        Ok(OpenOutcome::Accepted) => drive(tunnel, id, signals, stream).await,
+    let Ok(outcome) = tokio::time::timeout_at(ctx.deadline, outcome).await else {
+        // The peer is told (reset, reason timeout) and gives up its connect.
+        ctx.timed_out(&gateway, &format!("session {id}: {client} -> {target}"));
+        tunnel.with_core(|c| c.reset(id, ResetReason::Timeout));
+        return abort(&stream);
+    };
+    match outcome {
+        Ok(OpenOutcome::Accepted) => {
+            if let Some(limit) = ctx.ingress.idle_timeout {
+                let label = format!("{client} -> {target}");
+                tunnel.idle.watch(id, limit, label, ctx.index);
+            }
+            drive(tunnel, id, signals, stream).await
+        }
         Ok(OpenOutcome::Refused { reason, detail }) => {
             let detail = if detail.is_empty() {
                 String::new()
@@ -185,4 +313,25 @@ async fn run(session: Opened, stream: TcpStream, target: SocketAddr) {
 
 fn abort(stream: &TcpStream) {
     reset_on_close(&SockRef::from(stream));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_holds_at_most_its_cap_and_gets_slots_back() {
+        let counts = Arc::new(SourceCounts::default());
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let s1 = counts.take(a, Some(2)).unwrap();
+        let _s2 = counts.take(a, Some(2)).unwrap();
+        assert_eq!(counts.take(a, Some(2)).err(), Some(2));
+        let _other = counts.take(b, Some(2)).unwrap();
+        drop(s1);
+        let _s3 = counts.take(a, Some(2)).unwrap();
+        let many: Vec<_> = (0..100).map(|_| counts.take(b, None).unwrap()).collect();
+        drop(many);
+        assert_eq!(counts.0.lock().unwrap().get(&b), Some(&1));
+    }
 }

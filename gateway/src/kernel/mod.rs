@@ -20,6 +20,7 @@ mod conn;
 mod drain;
 mod egress;
 mod endpoint;
+mod idle;
 mod ingress;
 mod pending;
 pub mod sockopt;
@@ -40,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::signals::{Request, Signals};
 use crate::admin::{Allowlist, Config, Stats, StatusSource, TunnelEnd};
+use crate::admission::Throttle;
 use crate::crypto::RekeyPolicy;
 use crate::protocol::{Message, ResetReason};
 use crate::session::Side;
@@ -182,6 +184,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         "gateway {} starting: peer {}, {} data flows, congestion {}",
         config.name, config.peer_name, config.data_flows, tuning.congestion
     );
+    let handshakes =
+        pending::PendingHandshakes::new(MAX_PENDING_HANDSHAKES, config.peer_source.clone());
     let gateway = Arc::new(Gateway {
         egress: RwLock::new(config.egress.clone()),
         config,
@@ -190,7 +194,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         started: std::time::Instant::now(),
         tuning,
         current: watch::channel(None).0,
-        handshakes: pending::PendingHandshakes::new(MAX_PENDING_HANDSHAKES),
+        handshakes,
     });
     // Bind everything first so a bad address fails the start, not later.
     let mut listeners = Vec::new();
@@ -202,7 +206,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 ingress.bind
             )
         })?;
-        listeners.push((*ingress, l));
+        listeners.push((i, ingress.clone(), l));
     }
     match gateway.config.tunnel {
         TunnelEnd::Dial(addr) => {
@@ -212,14 +216,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             let l = TcpListener::bind(addr).await.with_context(|| {
                 format!("{file}: gateway.tunnel_listen: cannot listen on {addr}")
             })?;
-            info!("waiting for peer {} on {addr}", gateway.config.peer_name);
+            info!(
+                "waiting for peer {} on {addr}{}",
+                gateway.config.peer_name,
+                crate::admission::only_from(gateway.config.peer_source.as_ref())
+            );
             tokio::spawn(accept_loop(gateway.clone(), l));
         }
     }
     crate::admin::serve(&gateway.config, gateway.clone()).await?;
     let ingress_tasks: Vec<_> = listeners
         .into_iter()
-        .map(|(ingress, l)| tokio::spawn(ingress::serve(gateway.clone(), ingress, l)))
+        .map(|(i, ingress, l)| tokio::spawn(ingress::serve(gateway.clone(), i, ingress, l)))
         .collect();
     let stop = loop {
         match signals.next().await {
@@ -479,11 +487,39 @@ async fn accept_loop(gateway: Arc<Gateway>, listener: TcpListener) {
                 continue;
             }
         };
-        let (slot, evicted) = gateway.handshakes.admit(addr);
-        if let Some(old) = evicted {
-            Stats::inc(&gateway.stats.handshakes_busy);
-            warn!("handshake with {old} dropped: {MAX_PENDING_HANDSHAKES} handshakes pending, evicting the oldest from the busiest source");
+        let now = gateway.started.elapsed().as_micros() as u64;
+        let pending = &gateway.handshakes;
+        if !pending.allows(addr.ip()) {
+            // Closed at once: no handshake, no task, no slot.
+            Stats::inc(&gateway.stats.tunnel_sources_refused);
+            sockopt::reset_on_close(&SockRef::from(&stream));
+            if let Some(more) = pending.log_now(now) {
+                warn!(
+                    "connection to the tunnel port from {addr} refused: not in peer.source{}",
+                    Throttle::more(more)
+                );
+            }
+            continue;
         }
+        let slot = match pending.admit(addr) {
+            pending::Admitted::Slot(slot, evicted) => {
+                if let Some(old) = evicted {
+                    Stats::inc(&gateway.stats.handshakes_busy);
+                    if let Some(more) = pending.log_now(now) {
+                        warn!("handshake with {old} dropped: {MAX_PENDING_HANDSHAKES} handshakes pending, evicting the oldest from the busiest source prefix{}", Throttle::more(more));
+                    }
+                }
+                slot
+            }
+            pending::Admitted::Refused => {
+                Stats::inc(&gateway.stats.handshakes_busy);
+                sockopt::reset_on_close(&SockRef::from(&stream));
+                if let Some(more) = pending.log_now(now) {
+                    warn!("connection from {addr} dropped: every handshake slot it may take is held by sources that authenticated as peer {} before{}", gateway.config.peer_name, Throttle::more(more));
+                }
+                continue;
+            }
+        };
         let gateway = gateway.clone();
         tokio::spawn(async move {
             let first = tokio::select! {
@@ -496,6 +532,8 @@ async fn accept_loop(gateway: Arc<Gateway>, listener: TcpListener) {
             match first {
                 Ok(Ok(accepted)) => {
                     Stats::inc(&stats.handshakes_ok);
+                    // It holds the peer's key: favoured when it re-dials under a flood.
+                    gateway.handshakes.authenticated(addr.ip());
                     accepted.run(&gateway, addr).await
                 }
                 Ok(Err(e)) => {

@@ -128,6 +128,8 @@ pub struct Tunnel {
     next_flow_id: std::sync::atomic::AtomicU64,
     epoch: std::time::Instant,
     gateway: Arc<Gateway>,
+    /// Ingress sessions with an idle timeout ([`super::idle`]).
+    pub idle: super::idle::IdleWatch,
 }
 
 impl Tunnel {
@@ -162,8 +164,10 @@ impl Tunnel {
             next_flow_id: std::sync::atomic::AtomicU64::new(1),
             epoch: std::time::Instant::now(),
             gateway,
+            idle: Default::default(),
         });
         tokio::spawn(tunnel.clone().run_timer());
+        tokio::spawn(super::idle::run(tunnel.clone()));
         tunnel
     }
 

@@ -1,0 +1,217 @@
+//! The tunnel port's gate: which SYNs reach the stack's listening sockets
+//! (the DPDK datapath's share of [`crate::admission`]).
+//!
+//! smoltcp has no SYN cookies: every SYN a listening socket takes becomes a
+//! half-open (embryonic) socket until the handshake completes or gives up.
+//! So the gate, looking at each frame before the stack does:
+//! - drops SYNs from outside `peer.source` (no socket, no SYN-ACK, no state);
+//! - always lets through SYNs from a source that authenticated as the peer
+//!   before (the engine keeps listening sockets in reserve for them);
+//! - lets through other SYNs only while the engine's budget lasts (the
+//!   listening sockets it can spare beyond the reserve), so a flood can never
+//!   take the socket the peer's re-dial needs.
+//!
+//! Half-open connections are held here, apart from the handshake table:
+//! only a completed TCP handshake becomes a connection that takes a slot.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+use log::warn;
+use smoltcp::iface::SocketHandle;
+
+use crate::admin::{SourceList, Stats};
+use crate::admission::{Throttle, Trust};
+
+/// A connection whose TCP handshake is under way.
+#[derive(Debug, Clone, Copy)]
+pub struct Embryo {
+    pub handle: SocketHandle,
+    pub ip: Ipv4Addr,
+    /// When its SYN was taken (µs).
+    pub since: u64,
+    pub trusted: bool,
+}
+
+pub struct TunnelGate {
+    port: u16,
+    pub trust: Trust,
+    /// SYNs from untrusted sources that may still reach a listener before
+    /// the engine's next turn.
+    budget: usize,
+    stats: Arc<Stats>,
+    throttle: Throttle,
+    /// The clock of the current poll (µs), for the log throttle.
+    pub now: u64,
+    /// Half-open connections, oldest first.
+    pub embryos: Vec<Embryo>,
+}
+
+impl TunnelGate {
+    pub fn new(port: u16, peer_source: Option<SourceList>, stats: Arc<Stats>) -> TunnelGate {
+        TunnelGate {
+            port,
+            trust: Trust::new(peer_source),
+            budget: 0,
+            stats,
+            throttle: Throttle::default(),
+            now: 0,
+            embryos: Vec::new(),
+        }
+    }
+
+    /// Untrusted SYNs to let through until it is set again.
+    pub fn set_budget(&mut self, n: usize) {
+        self.budget = n;
+    }
+
+    /// Whether the frame (Ethernet, IPv4 to us) may reach the stack.
+    pub fn admits(&mut self, frame: &[u8]) -> bool {
+        let Some(src) = syn_to(frame, self.port) else {
+            return true;
+        };
+        let ip = IpAddr::V4(src);
+        if !self.trust.allows(ip) {
+            Stats::inc(&self.stats.tunnel_sources_refused);
+            if let Some(more) = self.throttle.allow(self.now) {
+                warn!(
+                    "SYN to the tunnel port from {src} dropped: not in peer.source{}",
+                    Throttle::more(more)
+                );
+            }
+            return false;
+        }
+        if self.trust.is_trusted(ip) {
+            return true;
+        }
+        if self.budget == 0 {
+            Stats::inc(&self.stats.tunnel_syns_dropped);
+            return false;
+        }
+        self.budget -= 1;
+        true
+    }
+
+    /// Whether to log an event about the tunnel port now (see [`Throttle`]).
+    pub fn log_now(&mut self) -> Option<u64> {
+        self.throttle.allow(self.now)
+    }
+
+    /// Logs a dropped half-open connection (paced).
+    pub fn note_dropped(&mut self, e: &Embryo, why: &str) {
+        Stats::inc(&self.stats.tunnel_half_open_dropped);
+        if let Some(more) = self.throttle.allow(self.now) {
+            warn!(
+                "half-open connection to the tunnel port from {} dropped: {why}{}",
+                e.ip,
+                Throttle::more(more)
+            );
+        }
+    }
+}
+
+/// The source of a TCP SYN (no ACK, no RST) to `port` in an Ethernet frame
+/// carrying IPv4; `None` for anything else (fragments after the first too).
+fn syn_to(frame: &[u8], port: u16) -> Option<Ipv4Addr> {
+    const ETH: usize = 14;
+    let ip = frame.get(ETH..)?;
+    if ip.len() < 20 || ip[0] >> 4 != 4 || ip[9] != 6 {
+        return None;
+    }
+    let ihl = (ip[0] & 0x0f) as usize * 4;
+    let fragment_offset = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff;
+    if ihl < 20 || fragment_offset != 0 {
+        return None;
+    }
+    let tcp = ip.get(ihl..ihl + 14)?;
+    let dport = u16::from_be_bytes([tcp[2], tcp[3]]);
+    let flags = tcp[13];
+    // SYN set; ACK and RST clear.
+    (dport == port && flags & 0x16 == 0x02).then(|| Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An Ethernet frame with an IPv4 TCP segment from `src` to port `dport`, TCP flags `flags`.
+    fn tcp_frame(src: [u8; 4], dport: u16, flags: u8) -> Vec<u8> {
+        let mut f = vec![0u8; 14 + 20 + 20];
+        f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        f[14] = 0x45;
+        f[14 + 9] = 6;
+        f[14 + 12..14 + 16].copy_from_slice(&src);
+        f[14 + 16..14 + 20].copy_from_slice(&[10, 0, 2, 1]);
+        f[34 + 2..34 + 4].copy_from_slice(&dport.to_be_bytes());
+        f[34 + 13] = flags;
+        f
+    }
+
+    #[test]
+    fn finds_syns_to_the_port_only() {
+        assert_eq!(
+            syn_to(&tcp_frame([1, 2, 3, 4], 7700, 0x02), 7700),
+            Some(Ipv4Addr::new(1, 2, 3, 4))
+        );
+        assert_eq!(
+            syn_to(&tcp_frame([1, 2, 3, 4], 7700, 0x12), 7700),
+            None,
+            "SYN-ACK"
+        );
+        assert_eq!(
+            syn_to(&tcp_frame([1, 2, 3, 4], 7700, 0x10), 7700),
+            None,
+            "ACK"
+        );
+        assert_eq!(
+            syn_to(&tcp_frame([1, 2, 3, 4], 7701, 0x02), 7700),
+            None,
+            "other port"
+        );
+        let mut frag = tcp_frame([1, 2, 3, 4], 7700, 0x02);
+        frag[14 + 7] = 1;
+        assert_eq!(syn_to(&frag, 7700), None, "a later fragment");
+        for n in 0..54 {
+            // Truncated frames never panic.
+            let _ = syn_to(&tcp_frame([1, 2, 3, 4], 7700, 0x02)[..n], 7700);
+        }
+        let mut long_header = tcp_frame([1, 2, 3, 4], 7700, 0x02);
+        long_header[14] = 0x4f;
+        assert_eq!(
+            syn_to(&long_header, 7700),
+            None,
+            "header longer than the frame"
+        );
+    }
+
+    #[test]
+    fn peer_source_then_trust_then_budget() {
+        let stats = Arc::new(Stats::default());
+        let list = SourceList::parse(&["10.0.0.0/8"]).unwrap();
+        let mut g = TunnelGate::new(7700, Some(list), stats.clone());
+        assert!(
+            !g.admits(&tcp_frame([192, 0, 2, 1], 7700, 0x02)),
+            "outside peer.source"
+        );
+        assert!(
+            g.admits(&tcp_frame([192, 0, 2, 1], 7700, 0x10)),
+            "not a SYN: the stack decides"
+        );
+        g.set_budget(2);
+        assert!(g.admits(&tcp_frame([10, 0, 0, 1], 7700, 0x02)));
+        assert!(g.admits(&tcp_frame([10, 0, 0, 2], 7700, 0x02)));
+        assert!(
+            !g.admits(&tcp_frame([10, 0, 0, 3], 7700, 0x02)),
+            "budget spent"
+        );
+        g.trust
+            .authenticated(IpAddr::V4(Ipv4Addr::new(10, 9, 9, 9)));
+        assert!(
+            g.admits(&tcp_frame([10, 9, 9, 9], 7700, 0x02)),
+            "the peer always"
+        );
+        let c = stats.snapshot();
+        assert_eq!(c["tunnel_sources_refused"], 1);
+        assert_eq!(c["tunnel_syns_dropped"], 1);
+    }
+}
