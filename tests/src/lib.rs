@@ -1,7 +1,7 @@
 //! End-to-end harness for the `lmas` binaries.
 //!
-//! The tests in `tests/` and the `lmas-load` tool drive the real `lmas` binary; this crate never
-//! links against the gateway. What it offers:
+//! The tests in `tests/` and the `lmas-load` tool drive the real `lmas` binary; only
+//! [`fake_peer`] (and the DPDK load tool) link against the gateway's library. What it offers:
 //!
 //! - [`lmas_bin`]: where the binary under test is (`LMAS_BIN`, else `<workspace>/target/release/lmas`).
 //! - [`free_port`] / [`free_addr`]: loopback ports not handed out before in this process.
@@ -21,6 +21,8 @@
 //!   an emulated delay and iptables in the router; [`flood`]: spoofed SYNs and silent
 //!   connections from many addresses.
 //! - [`script`]: runs one of the repository's `scripts/` with a timeout.
+//! - [`fake_peer`]: a dialling gateway played by the test itself, built from the gateway's
+//!   library (handshake, hello/welcome, sealed records), to send what a real gateway would not.
 //!
 //! Every wait has a deadline and every socket a read and write timeout: nothing here can hang.
 //!
@@ -52,6 +54,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 pub mod dpdk_lab;
+pub mod fake_peer;
 pub mod flood;
 pub mod line_lab;
 pub mod netns;
@@ -1035,6 +1038,8 @@ pub struct GatewayConfig {
     pub egress_allow: Vec<String>,
     pub session_window_bytes: Option<u64>,
     pub global_buffer_bytes: Option<u64>,
+    /// Extra `key = value` lines for the `[limits]` table (e.g. `max_sessions = 2000`).
+    pub limits_extra: Vec<String>,
     /// Extra `key = value` lines for the `[wan]` table.
     pub wan_extra: Vec<String>,
     /// The admin socket for `lmas status` (`[admin] socket`).
@@ -1105,13 +1110,19 @@ impl GatewayConfig {
             let _ = writeln!(t, "\n[egress]");
             let _ = writeln!(t, "allow = [{}]", allow.join(", "));
         }
-        if self.session_window_bytes.is_some() || self.global_buffer_bytes.is_some() {
+        if self.session_window_bytes.is_some()
+            || self.global_buffer_bytes.is_some()
+            || !self.limits_extra.is_empty()
+        {
             let _ = writeln!(t, "\n[limits]");
             if let Some(v) = self.session_window_bytes {
                 let _ = writeln!(t, "session_window_bytes = {v}");
             }
             if let Some(v) = self.global_buffer_bytes {
                 let _ = writeln!(t, "global_buffer_bytes = {v}");
+            }
+            for line in &self.limits_extra {
+                let _ = writeln!(t, "{line}");
             }
         }
         if let Some(a) = &self.metrics_bind {
@@ -1532,6 +1543,11 @@ pub struct PairSpec {
     pub b_peer_key: Option<String>,
     pub session_window_bytes: Option<u64>,
     pub global_buffer_bytes: Option<u64>,
+    /// Extra `key = value` lines for A's `[limits]` table only (where A's limits differ from
+    /// B's, e.g. `global_buffer_bytes`: then leave [`PairSpec::global_buffer_bytes`] unset).
+    pub a_limits_extra: Vec<String>,
+    /// The same for B.
+    pub b_limits_extra: Vec<String>,
     /// Pre-shared key file contents for A and B (written mode 0600 as `gw-X.psk`).
     pub psk_a: Option<String>,
     pub psk_b: Option<String>,
@@ -1557,6 +1573,8 @@ impl Default for PairSpec {
             b_peer_key: None,
             session_window_bytes: None,
             global_buffer_bytes: None,
+            a_limits_extra: Vec::new(),
+            b_limits_extra: Vec::new(),
             psk_a: None,
             psk_b: None,
             wan_extra: Vec::new(),
@@ -1661,6 +1679,7 @@ impl Pair {
             egress_allow: Vec::new(),
             session_window_bytes: spec.session_window_bytes,
             global_buffer_bytes: spec.global_buffer_bytes,
+            limits_extra: spec.a_limits_extra.clone(),
             wan_extra: spec.wan_extra.clone(),
             admin_socket: Some(dir.join("gw-a.sock")),
             gateway_extra: gateway_extra.clone(),
@@ -1680,6 +1699,7 @@ impl Pair {
             egress_allow: spec.egress_allow.clone(),
             session_window_bytes: spec.session_window_bytes,
             global_buffer_bytes: spec.global_buffer_bytes,
+            limits_extra: spec.b_limits_extra.clone(),
             wan_extra: spec.wan_extra.clone(),
             admin_socket: Some(dir.join("gw-b.sock")),
             gateway_extra,
@@ -1891,6 +1911,7 @@ mod tests {
             egress_allow: vec!["127.0.0.1:5000".into()],
             session_window_bytes: None,
             global_buffer_bytes: None,
+            limits_extra: vec!["max_sessions = 2000".into()],
             wan_extra: Vec::new(),
             admin_socket: None,
             gateway_extra: vec!["drain_timeout_secs = 5".into()],
@@ -1909,6 +1930,7 @@ mod tests {
             ),
             "{t}"
         );
+        assert!(t.contains("[limits]\nmax_sessions = 2000\n"), "{t}");
         assert!(t.ends_with("[metrics]\nbind = \"127.0.0.1:9108\"\n"), "{t}");
     }
 }

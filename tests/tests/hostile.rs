@@ -248,6 +248,7 @@ fn intruder(pair: &Pair, name: &str, b_key: String) -> Gateway {
         egress_allow: Vec::new(),
         session_window_bytes: None,
         global_buffer_bytes: None,
+        limits_extra: Vec::new(),
         wan_extra: Vec::new(),
         admin_socket: Some(pair.dir.join(format!("{name}.sock"))),
         gateway_extra: Vec::new(),
