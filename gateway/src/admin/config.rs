@@ -128,6 +128,7 @@ struct LimitsSection {
     session_window_bytes: Option<i64>,
     global_buffer_bytes: Option<i64>,
     unsent_bytes: Option<i64>,
+    receive_budget_bytes: Option<i64>,
     frame_bytes: Option<i64>,
     max_sessions: Option<i64>,
 }
@@ -600,6 +601,13 @@ impl Config {
                 format!("{w} (at most session_window_bytes)"),
             )
         })? as u64;
+        // By default as much as this gateway lets its own senders hold.
+        let receive_budget = in_range(
+            l.receive_budget_bytes.unwrap_or(global_buffer as i64),
+            1 << 20,
+            64 << 30,
+        )
+        .map_err(|w| err("limits.receive_budget_bytes", w))? as u64;
         let frame_len = in_range(
             l.frame_bytes.unwrap_or(defaults.frame_len as i64),
             1024,
@@ -616,6 +624,7 @@ impl Config {
             session_window,
             global_buffer,
             unsent_buffer,
+            receive_budget,
             frame_len,
             max_sessions,
             ack_every: defaults.ack_every.min(session_window / 4),

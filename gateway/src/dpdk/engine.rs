@@ -239,7 +239,10 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                 | Event::Writable(_)
                 | Event::CreditFreed
                 | Event::FramesReady
-                | Event::ControlReady => {}
+                | Event::ControlReady
+                // The engine looks at every connection each turn.
+                | Event::ControlRoom
+                | Event::ReceiveRoom => {}
             }
         }
     }

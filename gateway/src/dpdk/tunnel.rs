@@ -400,8 +400,19 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
             )));
         }
         if conn.is_keyed() {
+            // The core's bounds hold the peer back in TCP: control while
+            // its answers pile up, data while endpoints leave the receive
+            // budget full (never by dropping).
+            let core = self.tunnel.as_ref().map(|t| &t.core);
+            let held = match conn.role {
+                Some(Role::Control) => core.is_some_and(|c| c.control_backlogged()),
+                Some(Role::Data(_)) => core.is_some_and(|c| c.receive_paused()),
+                None => false,
+            };
             let sock = self.wan.sockets.get_mut::<tcp::Socket>(conn.handle);
-            conn.read_records(sock, &mut self.crypto)?;
+            if !held {
+                conn.read_records(sock, &mut self.crypto)?;
+            }
             conn.flush(sock)?;
         }
         Ok(())

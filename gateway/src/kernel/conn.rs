@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::admin::Stats;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::crypto::{
@@ -162,9 +162,11 @@ impl ConnInfo {
 
 /// Reads and opens records from one connection.
 ///
-/// Bytes are read straight into one growing buffer (no zeroing) and each
-/// record is split off it and decrypted in place, so a data payload reaches
-/// the reassembler without a copy.
+/// A record held for long (a data payload waiting for its endpoint) must not
+/// pin memory beyond its own size. So a large record's body is read into an
+/// allocation of exactly its length and decrypted in place there (no copy
+/// of the bulk); small records come through a small read-ahead buffer, and a
+/// small data payload is copied out of it.
 pub struct RecordReader<R> {
     inner: R,
     opening: Opening,
@@ -172,15 +174,17 @@ pub struct RecordReader<R> {
     info: Arc<ConnInfo>,
 }
 
-/// Read-ahead: enough for several full records per read call.
-const READ_AHEAD: usize = 512 * 1024;
+/// Read-ahead for record headers and small records.
+const READ_AHEAD: usize = 16 * 1024;
+/// Records at least this long get an allocation of their own.
+const OWN_ALLOCATION: usize = 8 * 1024;
 
 impl<R: AsyncRead + Unpin> RecordReader<R> {
     pub fn new(inner: R, keys: &TrafficKeys, info: Arc<ConnInfo>) -> Self {
         RecordReader {
             inner,
             opening: Opening::new(&keys.recv),
-            buf: BytesMut::with_capacity(READ_AHEAD),
+            buf: BytesMut::new(),
             info,
         }
     }
@@ -189,7 +193,7 @@ impl<R: AsyncRead + Unpin> RecordReader<R> {
         &self.info
     }
 
-    /// Reads until `buf` holds at least `n` bytes.
+    /// Reads until the read-ahead holds at least `n` bytes.
     async fn fill(&mut self, n: usize) -> Result<(), ConnError> {
         while self.buf.len() < n {
             let want = n.max(READ_AHEAD);
@@ -205,6 +209,23 @@ impl<R: AsyncRead + Unpin> RecordReader<R> {
         Ok(())
     }
 
+    /// A body of `len` bytes in an allocation of its own: what the
+    /// read-ahead already holds, then the rest read straight into it.
+    async fn own_body(&mut self, len: usize) -> Result<BytesMut, ConnError> {
+        let mut body = BytesMut::with_capacity(len);
+        let have = self.buf.len().min(len);
+        body.extend_from_slice(&self.buf.split_to(have));
+        while body.len() < len {
+            let left = (len - body.len()) as u64;
+            let n = (&mut self.inner).take(left).read_buf(&mut body).await?;
+            if n == 0 {
+                return Err(ConnError::Closed);
+            }
+            self.info.received.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        Ok(body)
+    }
+
     /// The next message; key updates from the peer are applied here.
     pub async fn read_message(&mut self) -> Result<Message, ConnError> {
         loop {
@@ -212,11 +233,22 @@ impl<R: AsyncRead + Unpin> RecordReader<R> {
             let header: [u8; RECORD_HEADER_LEN] =
                 self.buf[..RECORD_HEADER_LEN].try_into().expect("4 bytes");
             let len = RecordOpener::body_len(header)?;
-            self.fill(RECORD_HEADER_LEN + len).await?;
-            let _ = self.buf.split_to(RECORD_HEADER_LEN);
-            let body = self.buf.split_to(len);
-            if let Some(msg) = self.opening.open(header, body)? {
-                return Ok(msg);
+            let body = if len >= OWN_ALLOCATION {
+                let _ = self.buf.split_to(RECORD_HEADER_LEN);
+                self.own_body(len).await?
+            } else {
+                self.fill(RECORD_HEADER_LEN + len).await?;
+                let _ = self.buf.split_to(RECORD_HEADER_LEN);
+                self.buf.split_to(len)
+            };
+            match self.opening.open(header, body)? {
+                Some(Message::Data(mut frame)) if len < OWN_ALLOCATION => {
+                    // Off the shared read-ahead, which it would keep alive.
+                    frame.payload = Bytes::copy_from_slice(&frame.payload);
+                    return Ok(Message::Data(frame));
+                }
+                Some(msg) => return Ok(msg),
+                None => {}
             }
         }
     }

@@ -4,10 +4,12 @@
 
 use std::sync::Arc;
 
-use bytes::BytesMut;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
 use log::debug;
 use socket2::SockRef;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
@@ -45,13 +47,15 @@ pub async fn drive(
     }
 }
 
+/// After a small read, how long the uplink waits for more bytes before it
+/// hands them on, so that a client's small writes travel as one frame and
+/// one record instead of one each (every record costs a header, a tag and a
+/// queue entry). tokio's timers tick in milliseconds; a hypervisor's
+/// stream is bulk, read full at once, and never waits.
+const COALESCE: Duration = Duration::from_millis(1);
+
 /// Local socket -> tunnel.
-async fn uplink(
-    tunnel: &Arc<Tunnel>,
-    id: SessionId,
-    signals: &SessionSignals,
-    mut r: ReadHalf<'_>,
-) {
+async fn uplink(tunnel: &Arc<Tunnel>, id: SessionId, signals: &SessionSignals, r: ReadHalf<'_>) {
     let frame_len = tunnel.frame_len();
     loop {
         let capacity = wait_until(&signals.writable, || {
@@ -62,14 +66,13 @@ async fn uplink(
         })
         .await;
         let Ok(capacity) = capacity else { return };
-        let mut buf = BytesMut::with_capacity((capacity as usize).min(frame_len));
-        match r.read_buf(&mut buf).await {
-            Ok(0) => {
+        match read_coalesced(&r, (capacity as usize).min(frame_len)).await {
+            Ok(None) => {
                 let _ = tunnel.with_core(|c| c.finish(id));
                 return;
             }
-            Ok(_) => {
-                if tunnel.with_core(|c| c.write(id, buf.freeze())).is_err() {
+            Ok(Some(data)) => {
+                if tunnel.with_core(|c| c.write(id, data)).is_err() {
                     return;
                 }
             }
@@ -80,6 +83,44 @@ async fn uplink(
             }
         }
     }
+}
+
+/// Reads up to `want` bytes once some are there; while they are few (under
+/// a quarter of `want`), waits up to [`COALESCE`] for more. The result owns
+/// about as much memory as it holds: a buffer filled less than half is
+/// copied out, so a trickle of tiny reads cannot pin a frame-sized
+/// allocation each. `None`: end of stream with nothing read.
+async fn read_coalesced(r: &ReadHalf<'_>, want: usize) -> std::io::Result<Option<Bytes>> {
+    let mut buf = BytesMut::new();
+    let mut deadline = None;
+    while buf.len() < want {
+        match deadline {
+            None => r.readable().await?,
+            Some(at) => {
+                if tokio::time::timeout_at(at, r.readable()).await.is_err() {
+                    break;
+                }
+            }
+        }
+        if buf.capacity() == 0 {
+            // Allocated only once bytes are waiting: an idle session holds none.
+            buf.reserve(want);
+        }
+        match r.try_read_buf(&mut buf) {
+            Ok(0) => break,
+            Ok(_) if buf.len() >= want / 4 => break,
+            Ok(_) => {
+                deadline.get_or_insert_with(|| tokio::time::Instant::now() + COALESCE);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(match buf.len() {
+        0 => None,
+        n if n < buf.capacity() / 2 => Some(Bytes::copy_from_slice(&buf)),
+        _ => Some(buf.freeze()),
+    })
 }
 
 /// Tunnel -> local socket.

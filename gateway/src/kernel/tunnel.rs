@@ -111,6 +111,10 @@ pub struct Tunnel {
     /// it has flushed it to the socket; `control_idle` fires when it clears.
     control_busy: AtomicBool,
     control_idle: Notify,
+    /// The core's control queue fell below its bound (readers of control wait on it).
+    control_room: Notify,
+    /// Bytes waiting for endpoints fell below the receive budget (flow readers wait on it).
+    receive_room: Notify,
     timer: Notify,
     pub id: [u8; 16],
     /// `NAME (ADDR)` of the peer gateway, for logs.
@@ -155,6 +159,8 @@ impl Tunnel {
             control_ready: Notify::new(),
             control_busy: AtomicBool::new(false),
             control_idle: Notify::new(),
+            control_room: Notify::new(),
+            receive_room: Notify::new(),
             timer: Notify::new(),
             id,
             peer,
@@ -263,6 +269,8 @@ impl Tunnel {
                 // Every waiter: a control writer being retired may still be
                 // waiting next to the one that took its place.
                 Event::ControlReady => self.control_ready.notify_waiters(),
+                Event::ControlRoom => self.control_room.notify_waiters(),
+                Event::ReceiveRoom => self.receive_room.notify_waiters(),
                 Event::Readable(id) => {
                     if let Some(s) = inner.signals.get(&id) {
                         s.readable.notify_one();
@@ -505,6 +513,12 @@ impl Tunnel {
     ) {
         let read = async {
             loop {
+                // A peer that sends faster than it reads our answers waits
+                // here instead of growing the queue.
+                wait_until(&self.control_room, || {
+                    (!self.with_core(|c| c.control_backlogged())).then_some(())
+                })
+                .await;
                 match reader.read_message().await? {
                     msg @ Message::Data(_) => {
                         return Err(ConnError::Unexpected {
@@ -663,6 +677,12 @@ impl Tunnel {
         mut reader: RecordReader<R>,
     ) -> Result<(), ConnError> {
         loop {
+            // Backpressure, never loss: while endpoints leave the receive
+            // budget full, the peer's frames wait in TCP.
+            wait_until(&self.receive_room, || {
+                (!self.with_core(|c| c.receive_paused())).then_some(())
+            })
+            .await;
             let msg = reader.read_message().await?;
             if !matches!(msg, Message::Data(_)) {
                 return Err(ConnError::Unexpected {

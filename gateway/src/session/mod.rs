@@ -44,6 +44,10 @@ pub struct Limits {
     /// which loss recovery needs large. Per session, not per tunnel, so a
     /// session whose peer stopped reading cannot hold the others' room.
     pub unsent_buffer: u64,
+    /// Received bytes waiting for endpoints to read them, across sessions:
+    /// at this the datapath stops reading data flows (backpressure to the
+    /// peer's sender; nothing is dropped).
+    pub receive_budget: u64,
     /// Largest data frame payload.
     pub frame_len: usize,
     pub max_sessions: usize,
@@ -61,6 +65,7 @@ impl Default for Limits {
             // the other flows go on (measured: docs/BENCHMARKS.md, WAN lab).
             session_window: 256 << 20,
             global_buffer: 1 << 30,
+            receive_budget: 1 << 30,
             // 34 ms at 1 Gbit/s; ample to keep the flows fed from a LAN.
             unsent_buffer: 4 << 20,
             frame_len: 64 << 10,

@@ -43,6 +43,11 @@ pub struct Reassembler {
     /// Non-overlapping segments at offsets >= `delivered`.
     segments: BTreeMap<u64, Bytes>,
     buffered: u64,
+    /// End of the in-order run starting at `delivered`: bytes below it wait
+    /// only for the endpoint to read them. (`>= delivered`.)
+    in_order: u64,
+    /// Segments in that run.
+    in_order_segments: usize,
     /// Highest offset seen (end of the furthest segment).
     highest: u64,
     window: u64,
@@ -55,6 +60,8 @@ impl Reassembler {
             delivered: 0,
             segments: BTreeMap::new(),
             buffered: 0,
+            in_order: 0,
+            in_order_segments: 0,
             highest: 0,
             window,
             fin: None,
@@ -67,6 +74,12 @@ impl Reassembler {
 
     pub fn buffered(&self) -> u64 {
         self.buffered
+    }
+
+    /// Bytes ready for the endpoint (in order), and how many segments hold
+    /// them. Out-of-order bytes wait for the data flows instead.
+    pub fn ready(&self) -> (u64, usize) {
+        (self.in_order - self.delivered, self.in_order_segments)
     }
 
     pub fn is_finished(&self) -> bool {
@@ -122,6 +135,12 @@ impl Reassembler {
             cursor = gap_end;
         }
         self.buffered += added;
+        // Segments are keyed by start and do not overlap, so the run grows
+        // only by a segment that starts exactly at its end.
+        while let Some(d) = self.segments.get(&self.in_order) {
+            self.in_order += d.len() as u64;
+            self.in_order_segments += 1;
+        }
         Ok(added)
     }
 
@@ -152,6 +171,7 @@ impl Reassembler {
                 let (_, data) = self.segments.pop_first().expect("first exists");
                 self.delivered += data.len() as u64;
                 self.buffered -= data.len() as u64;
+                self.in_order_segments -= 1;
                 ReadOutcome::Data(data)
             }
             _ => ReadOutcome::Blocked,
@@ -244,8 +264,17 @@ mod tests {
                     out.extend(drain(&mut r));
                 }
                 prop_assert!(r.buffered() <= data.len() as u64);
+                // The in-order run, counted the slow way.
+                let mut end = r.delivered();
+                let mut pieces = 0;
+                while let Some(d) = r.segments.get(&end) {
+                    end += d.len() as u64;
+                    pieces += 1;
+                }
+                prop_assert_eq!(r.ready(), (end - r.delivered(), pieces));
             }
             out.extend(drain(&mut r));
+            prop_assert_eq!(r.ready(), (0, 0), "drained");
             r.set_fin(data.len() as u64).unwrap();
             prop_assert_eq!(r.read(), ReadOutcome::Finished);
             prop_assert_eq!(out, data);

@@ -5,6 +5,10 @@ use std::collections::VecDeque;
 
 use bytes::{Buf, Bytes};
 
+/// Memory one held piece of a stream costs beyond its payload: its queue
+/// entry, the reference-counted buffer header, the allocator's own header.
+pub const ENTRY_OVERHEAD: u64 = 128;
+
 /// One direction's send buffer. Offsets are positions in the byte stream.
 ///
 /// ```text
@@ -42,6 +46,13 @@ impl SendStream {
     /// Bytes held (sent-unacked plus unsent).
     pub fn buffered(&self) -> u64 {
         self.written - self.acked
+    }
+
+    /// What the held bytes cost in memory: the payload, plus
+    /// [`ENTRY_OVERHEAD`] for each piece it is held in, so a sender of tiny
+    /// writes meets the buffer limits as soon as its bookkeeping would.
+    pub fn charged(&self) -> u64 {
+        self.buffered() + (self.in_flight.len() + self.unsent.len()) as u64 * ENTRY_OVERHEAD
     }
 
     /// Bytes written and not yet cut into a frame.

@@ -74,6 +74,7 @@ fn limits() -> Limits {
         session_window: 4096,
         global_buffer: 6000,
         unsent_buffer: 1500,
+        receive_budget: 1 << 20,
         frame_len: 700,
         max_sessions: 16,
         ack_every: 1024,
@@ -408,4 +409,96 @@ fn unsent_room_bounds_reads_and_frees_as_frames_go_out() {
     }
     assert_eq!(in_flight, limits().session_window);
     assert_eq!(a.core.send_capacity(id).unwrap(), 0);
+}
+
+/// Opens session `id` from `a` to `b` (control messages delivered both ways).
+fn open_pair(a: &mut End, b: &mut End) -> SessionId {
+    let id = a.core.open("192.0.2.1:5000".parse().unwrap()).unwrap();
+    a.drain_events();
+    deliver(b, a.control.pop_front().unwrap());
+    b.drain_events();
+    a.core
+        .handle_message(b.control.pop_front().unwrap())
+        .unwrap();
+    a.drain_events();
+    id
+}
+
+#[test]
+fn tiny_writes_are_charged_for_their_pieces() {
+    // A client writing one byte at a time must meet the global buffer as
+    // soon as its bookkeeping would fill it, not after global_buffer bytes.
+    let mut a = End::new(Side::Dialer, limits());
+    let id = a.core.open("192.0.2.1:5000".parse().unwrap()).unwrap();
+    let mut written = 0u64;
+    while a.core.send_capacity(id).unwrap() > 0 {
+        a.core.write(id, Bytes::from_static(b"x")).unwrap();
+        written += 1;
+    }
+    let per_piece = 1 + send::ENTRY_OVERHEAD;
+    assert_eq!(written, limits().global_buffer / per_piece);
+    assert!(a.core.buffered() <= limits().global_buffer);
+}
+
+#[test]
+fn a_full_receive_budget_pauses_reading_until_an_endpoint_reads() {
+    let mut small = limits();
+    small.receive_budget = 2000;
+    let (mut a, mut b) = (
+        End::new(Side::Dialer, limits()),
+        End::new(Side::Acceptor, small),
+    );
+    let id = open_pair(&mut a, &mut b);
+    let frame = |offset: u64, len: usize| {
+        Message::Data(crate::protocol::DataFrame {
+            session: id,
+            offset,
+            flags: 0,
+            payload: Bytes::from(vec![1u8; len]),
+        })
+    };
+    // Out of order: waits for the flows, not for the endpoint: not counted.
+    b.core.handle_message(frame(1000, 1500)).unwrap();
+    assert_eq!(b.core.ready(), 0);
+    assert!(!b.core.receive_paused());
+    // The gap filled: 2500 bytes in two pieces wait for the endpoint.
+    b.core.handle_message(frame(0, 1000)).unwrap();
+    assert_eq!(b.core.ready(), 2500 + 2 * send::ENTRY_OVERHEAD);
+    assert!(b.core.receive_paused());
+    while b.core.poll_event().is_some() {}
+    let ReadOutcome::Data(d) = b.core.read(0, id).unwrap() else {
+        panic!("in-order data")
+    };
+    assert_eq!(d.len(), 1000);
+    assert!(!b.core.receive_paused());
+    let events: Vec<Event> = std::iter::from_fn(|| b.core.poll_event()).collect();
+    assert!(events.contains(&Event::ReceiveRoom), "{events:?}");
+    // A reset session gives its bytes back too.
+    b.core.handle_message(frame(2500, 1000)).unwrap();
+    assert!(b.core.receive_paused());
+    b.core
+        .reset(id, crate::protocol::ResetReason::ConnectionReset);
+    assert_eq!(b.core.ready(), 0);
+    assert!(std::iter::from_fn(|| b.core.poll_event()).any(|e| e == Event::ReceiveRoom));
+}
+
+#[test]
+fn a_peer_that_pings_and_never_reads_meets_the_control_bound() {
+    let mut b = End::new(Side::Acceptor, limits());
+    let bound = 4 * limits().max_sessions + 1024;
+    let mut sent = 0;
+    while !b.core.control_backlogged() {
+        b.core.handle_message(Message::Ping { id: sent }).unwrap();
+        sent += 1;
+        assert!(sent <= bound as u64, "no bound");
+    }
+    assert_eq!(sent, bound as u64);
+    // The control writer takes one: reading may go on.
+    while b.core.poll_event().is_some() {}
+    assert!(matches!(
+        b.core.poll_control(),
+        Some(Message::Pong { id: 0 })
+    ));
+    assert!(!b.core.control_backlogged());
+    assert_eq!(b.core.poll_event(), Some(Event::ControlRoom));
 }

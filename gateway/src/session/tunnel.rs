@@ -63,6 +63,12 @@ pub enum Event {
     FramesReady,
     /// Control messages are waiting.
     ControlReady,
+    /// The control queue fell below its bound: reading the peer's control
+    /// connection may go on ([`TunnelCore::control_backlogged`]).
+    ControlRoom,
+    /// Bytes waiting for endpoints fell below the receive budget: reading
+    /// the data flows may go on ([`TunnelCore::receive_paused`]).
+    ReceiveRoom,
     /// Both directions completed; the session was removed.
     Closed(SessionId),
 }
@@ -122,8 +128,11 @@ pub struct TunnelCore {
     scheduler: Scheduler,
     control: VecDeque<Message>,
     events: VecDeque<Event>,
-    /// Sum of all sessions' send buffers.
+    /// Sum of all sessions' send buffers, as charged (payload and pieces).
     buffered: u64,
+    /// Sum of all sessions' in-order received bytes waiting for their
+    /// endpoints, as charged (payload and pieces).
+    ready: u64,
     counters: Counters,
     /// The final messages of recently ended sessions (reset, refused, or
     /// fin + final ack), repeated after a resync in case the originals were
@@ -132,6 +141,12 @@ pub struct TunnelCore {
     /// Above the highest session id the peer has opened: ids it allocates grow, so an open
     /// below this that is neither live nor remembered reuses an old id.
     peer_next_id: u64,
+}
+
+/// What a reassembler's bytes waiting for the endpoint cost in memory.
+fn charged_ready(r: &crate::session::Reassembler) -> u64 {
+    let (bytes, pieces) = r.ready();
+    bytes + pieces as u64 * super::send::ENTRY_OVERHEAD
 }
 
 /// How many ended sessions are remembered for resyncs.
@@ -151,6 +166,7 @@ impl TunnelCore {
             control: VecDeque::new(),
             events: VecDeque::new(),
             buffered: 0,
+            ready: 0,
             counters: Counters::default(),
             tombstones: VecDeque::new(),
             peer_next_id: 0,
@@ -167,6 +183,32 @@ impl TunnelCore {
 
     pub fn buffered(&self) -> u64 {
         self.buffered
+    }
+
+    /// Received bytes (and their bookkeeping) waiting for endpoints to read.
+    pub fn ready(&self) -> u64 {
+        self.ready
+    }
+
+    /// True while bytes waiting for endpoints fill the receive budget: the
+    /// datapath stops reading data flows until [`Event::ReceiveRoom`]. Only
+    /// in-order bytes count: out-of-order ones wait for a frame on some flow,
+    /// which must still be read (and they are bounded by the windows).
+    pub fn receive_paused(&self) -> bool {
+        self.ready >= self.limits.receive_budget
+    }
+
+    /// True while the control queue is over its bound: the datapath stops
+    /// reading the peer's control connection until [`Event::ControlRoom`],
+    /// so a peer that sends pings or opens and never reads the answers
+    /// cannot grow it. An honest peer never gets there: it causes at most an
+    /// open, accept, fin and reset per session, and acks, on either side.
+    pub fn control_backlogged(&self) -> bool {
+        self.control.len() >= self.control_bound()
+    }
+
+    fn control_bound(&self) -> usize {
+        4 * self.limits.max_sessions + 1024
     }
 
     pub fn flow_count(&self) -> usize {
@@ -246,7 +288,11 @@ impl TunnelCore {
     pub fn send_capacity(&self, id: SessionId) -> Result<u64, SessionError> {
         let s = self.session(id)?;
         let own = self.limits.session_window.saturating_sub(s.send.buffered());
-        let global = self.limits.global_buffer.saturating_sub(self.buffered);
+        // The write that uses this room adds one piece too.
+        let global = self
+            .limits
+            .global_buffer
+            .saturating_sub(self.buffered + super::send::ENTRY_OVERHEAD);
         let unsent = self.limits.unsent_buffer.saturating_sub(s.send.unsent());
         Ok(own.min(global).min(unsent))
     }
@@ -254,13 +300,13 @@ impl TunnelCore {
     /// Queues endpoint bytes for the peer. May exceed `send_capacity` by at
     /// most one read's worth; the caller checks capacity before reading.
     pub fn write(&mut self, id: SessionId, data: Bytes) -> Result<(), SessionError> {
-        let n = data.len() as u64;
         let s = self.session_mut(id)?;
         if s.send.is_finished() {
             return Ok(()); // endpoint wrote after its own half-close: impossible on TCP
         }
+        let before = s.send.charged();
         s.send.push(data);
-        self.buffered += n;
+        self.buffered += s.send.charged() - before;
         self.schedule(id);
         Ok(())
     }
@@ -284,7 +330,9 @@ impl TunnelCore {
     pub fn read(&mut self, now: Instant, id: SessionId) -> Result<ReadOutcome, SessionError> {
         let ack_every = self.limits.ack_every;
         let s = self.session_mut(id)?;
+        let before = charged_ready(&s.recv);
         let out = s.recv.read();
+        let freed = before - charged_ready(&s.recv);
         let mut send_ack = false;
         match &out {
             ReadOutcome::Data(_) => {
@@ -298,6 +346,7 @@ impl TunnelCore {
             ReadOutcome::Finished => send_ack = s.ack_sent < s.recv.delivered(),
             ReadOutcome::Blocked => {}
         }
+        self.release_ready(freed);
         if send_ack {
             self.send_ack(id);
         }
@@ -426,11 +475,13 @@ impl TunnelCore {
                 if !s.send.ack_is_valid(offset) {
                     return self.violation(session, "ack beyond data sent");
                 }
+                let before = s.send.charged();
                 let released = s.send.on_ack(offset);
+                let freed = before - s.send.charged();
                 let more = s.send.has_sendable();
                 if released > 0 {
                     let was_full = self.buffered >= self.limits.global_buffer;
-                    self.buffered -= released;
+                    self.buffered -= freed;
                     self.events.push_back(Event::Writable(session));
                     if was_full {
                         self.events.push_back(Event::CreditFreed);
@@ -473,8 +524,10 @@ impl TunnelCore {
         let id = frame.session;
         let len = frame.payload.len() as u64;
         let s = self.peer_session(id)?;
+        let before = charged_ready(&s.recv);
         match s.recv.insert(frame.offset, frame.payload) {
             Ok(added) => {
+                self.ready += charged_ready(&s.recv) - before;
                 self.counters.data_frames_in += 1;
                 self.counters.duplicate_bytes_in += len - added;
                 if added > 0 {
@@ -512,9 +565,12 @@ impl TunnelCore {
             if s.state != State::Open {
                 continue;
             }
+            let before = s.send.charged();
             let Some((offset, payload)) = s.send.next_frame(frame_len) else {
                 continue;
             };
+            // Cutting a piece in two adds an entry.
+            self.buffered += s.send.charged() - before;
             if s.send.has_sendable() {
                 s.queued = true;
                 self.scheduler.mark_ready(id);
@@ -558,7 +614,11 @@ impl TunnelCore {
 
     /// Next control message for the peer.
     pub fn poll_control(&mut self) -> Option<Message> {
-        self.control.pop_front()
+        let msg = self.control.pop_front()?;
+        if self.control.len() + 1 == self.control_bound() {
+            self.events.push_back(Event::ControlRoom);
+        }
+        Some(msg)
     }
 
     /// Whether control messages are waiting for `poll_control`.
@@ -574,6 +634,9 @@ impl TunnelCore {
     /// messages were queued or in flight may be lost, so restate every
     /// session's position. Each message is idempotent at the receiver.
     pub fn resync(&mut self) {
+        if self.control_backlogged() {
+            self.events.push_back(Event::ControlRoom);
+        }
         self.control.clear();
         let window = self.window_u32();
         let mut msgs = Vec::new();
@@ -702,6 +765,15 @@ impl TunnelCore {
         Err(PeerError::Violation { session: id, why })
     }
 
+    /// `n` charged bytes left the endpoints' waiting room.
+    fn release_ready(&mut self, n: u64) {
+        let was_paused = self.receive_paused();
+        self.ready -= n;
+        if was_paused && !self.receive_paused() {
+            self.events.push_back(Event::ReceiveRoom);
+        }
+    }
+
     fn push_control(&mut self, msg: Message) {
         if self.control.is_empty() {
             self.events.push_back(Event::ControlReady);
@@ -737,7 +809,8 @@ impl TunnelCore {
     fn remove(&mut self, id: SessionId) -> Option<Session> {
         let s = self.sessions.remove(&id)?;
         let was_full = self.buffered >= self.limits.global_buffer;
-        self.buffered -= s.send.buffered();
+        self.buffered -= s.send.charged();
+        self.release_ready(charged_ready(&s.recv));
         if was_full && self.buffered < self.limits.global_buffer {
             self.events.push_back(Event::CreditFreed);
         }
