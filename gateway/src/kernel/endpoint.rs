@@ -156,3 +156,52 @@ async fn downlink(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// Real loopback sockets on a paused clock: time moves only when both
+    /// tasks wait, so "close together" and "after a pause" are exact.
+    #[tokio::test(start_paused = true)]
+    async fn small_writes_close_together_travel_as_one_piece() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (mut server, _) = l.accept().await.unwrap();
+        let writer = tokio::spawn(async move {
+            for b in 0..10u8 {
+                client.write_all(&[b]).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+            // Longer than COALESCE: the next byte is a piece of its own.
+            tokio::time::sleep(COALESCE * 5).await;
+            client.write_all(&[99]).await.unwrap();
+            client.shutdown().await.unwrap();
+            client
+        });
+        let (r, _w) = server.split();
+        let first = read_coalesced(&r, 64 << 10).await.unwrap().unwrap();
+        assert_eq!(&first[..], &(0..10).collect::<Vec<u8>>()[..]);
+        let second = read_coalesced(&r, 64 << 10).await.unwrap().unwrap();
+        assert_eq!(&second[..], &[99]);
+        assert_eq!(read_coalesced(&r, 64 << 10).await.unwrap(), None, "end of stream");
+        drop(writer.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_bulk_stream_arrives_whole() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (mut server, _) = l.accept().await.unwrap();
+        client.write_all(&[5u8; 40_000]).await.unwrap();
+        let (r, _w) = server.split();
+        let mut got = 0;
+        while got < 40_000 {
+            let piece = read_coalesced(&r, 64 << 10).await.unwrap().unwrap();
+            assert!(piece.iter().all(|&b| b == 5));
+            got += piece.len();
+        }
+        assert_eq!(got, 40_000);
+    }
+}
