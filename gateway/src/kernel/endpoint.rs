@@ -185,7 +185,11 @@ mod tests {
         assert_eq!(&first[..], &(0..10).collect::<Vec<u8>>()[..]);
         let second = read_coalesced(&r, 64 << 10).await.unwrap().unwrap();
         assert_eq!(&second[..], &[99]);
-        assert_eq!(read_coalesced(&r, 64 << 10).await.unwrap(), None, "end of stream");
+        assert_eq!(
+            read_coalesced(&r, 64 << 10).await.unwrap(),
+            None,
+            "end of stream"
+        );
         drop(writer.await.unwrap());
     }
 
