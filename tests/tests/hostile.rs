@@ -186,6 +186,25 @@ fn counters(g: &Gateway) -> BTreeMap<String, u64> {
     g.counters().unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Waits (5 s at most) until `g` has refused at least `n` connections since `before`
+/// (`handshakes_busy`: its log lines about them are paced, so they are not a count).
+fn wait_refused(g: &Gateway, before: &BTreeMap<String, u64>, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let refused = delta(before, &counters(g), "handshakes_busy") as usize;
+        if refused >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} refused only {refused} of the flood (at most {MAX_PENDING} may be pending)\n{}",
+            g.name,
+            g.log_tail(20)
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Nothing of the live tunnel was disturbed: one `tunnel up` on each side, no outage.
 fn assert_tunnel_undisturbed(pair: &Pair) {
     for g in [&pair.a, &pair.b] {
@@ -666,9 +685,10 @@ fn closed_count(conns: &[TcpStream]) -> usize {
 }
 
 /// Slowloris: 100 connections from 127.0.0.2 that send nothing. B keeps at most 64 handshakes
-/// pending (the docs' limit; a per-address limit may keep fewer): the rest are dropped at once,
-/// each with one line naming the address and counted; the pending ones are timed out after 10 s
-/// (logged, counted); the live tunnel carries a session meanwhile.
+/// pending (the docs' limit; fewer for sources that never authenticated, whose share leaves
+/// room for the peer): the rest are dropped at once and counted, with log lines paced (no more
+/// than 10 a second, so a flood cannot flood the log; no connection named twice); the pending
+/// ones are timed out after 10 s (logged, counted); the live tunnel carries a session meanwhile.
 #[test]
 fn handshake_flood_is_capped_and_timed_out_while_the_tunnel_carries_a_session() {
     let sink = Sink::start();
@@ -677,23 +697,21 @@ fn handshake_flood_is_capped_and_timed_out_while_the_tunnel_carries_a_session() 
     let start = Instant::now();
     let conns = flood(pair.tunnel, 100);
     let refused_needles = ["handshake with 127.0.0.2:", "dropped"];
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while pair.b.count_lines(&refused_needles) < conns.len() - MAX_PENDING {
-        assert!(
-            Instant::now() < deadline,
-            "gw-b refused only {} of 100 silent connections (at most {MAX_PENDING} may be \
-             pending)\n{}",
-            pair.b.count_lines(&refused_needles),
-            pair.b.log_tail(20)
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
+    wait_refused(&pair.b, &before, conns.len() - MAX_PENDING);
     // Let the acceptor finish with the whole flood.
     thread::sleep(Duration::from_millis(500));
-    let refused = pair.b.count_lines(&refused_needles);
+    let refused = delta(&before, &counters(&pair.b), "handshakes_busy") as usize;
     let pending = conns.len() - refused;
     let line = pair.b.find_line(&refused_needles).unwrap();
-    eprintln!("gw-b refused {refused} and holds {pending} pending; e.g. {line}");
+    let lines = pair.b.count_lines(&refused_needles);
+    eprintln!(
+        "gw-b refused {refused} and holds {pending} pending, in {lines} log lines; e.g. {line}"
+    );
+    assert!(
+        (refused.min(10)..=refused).contains(&lines),
+        "{lines} log lines for {refused} refused connections: expected one each for the first \
+         10 a second, then a count"
+    );
     // The live tunnel works meanwhile.
     let sent = send(pair.ingress[0], 32 * MIB, 64)
         .unwrap_or_else(|e| panic!("a session during the flood: {e}\n{}", pair.logs()));
@@ -732,21 +750,15 @@ fn handshake_flood_is_capped_and_timed_out_while_the_tunnel_carries_a_session() 
     }
     eprintln!("all flood connections closed after {:?}", start.elapsed());
     assert_eq!(pair.b.count_lines(&timed_out), pending);
-    // One line per connection.
+    // No connection named twice.
     for c in &conns {
         let local = c.local_addr().expect("local_addr");
-        assert_eq!(
-            count_addr(&pair.b, local),
-            1,
-            "expected exactly one log line naming {local}"
+        assert!(
+            count_addr(&pair.b, local) <= 1,
+            "expected at most one log line naming {local}"
         );
     }
     let after = counters(&pair.b);
-    assert_eq!(
-        delta(&before, &after, "handshakes_busy") as usize,
-        refused,
-        "{after:?}"
-    );
     assert_eq!(
         delta(&before, &after, "handshake_failures") as usize,
         pending,
@@ -765,21 +777,10 @@ fn a_real_dialler_gets_through_a_handshake_flood() {
     let sink = Sink::start();
     let mut pair = Pair::start(&PairSpec::to_target(4, sink.addr()));
     pair.a.stop();
+    let before = counters(&pair.b);
     let start = Instant::now();
     let conns = flood(pair.tunnel, 100);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while pair
-        .b
-        .count_lines(&["handshake with 127.0.0.2:", "dropped"])
-        < conns.len().saturating_sub(MAX_PENDING)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "gw-b did not refuse the flood beyond {MAX_PENDING} pending handshakes\n{}",
-            pair.b.log_tail(20)
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
+    wait_refused(&pair.b, &before, conns.len() - MAX_PENDING);
     let restarted = pair.a.spawn_again(&pair.dir.join("gw-a-restarted.log"));
     let _old = std::mem::replace(&mut pair.a, restarted);
     let within = HANDSHAKE_TIMEOUT - Duration::from_secs(1) - start.elapsed();
