@@ -282,6 +282,139 @@ pub fn expected_sha256(len: u64, seed: u64) -> String {
     hex(&h.finalize())
 }
 
+/// What a transfer carries, page by page (4 KiB), like guest memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Payload {
+    /// Incompressible: [`DataGen`]'s stream.
+    Random,
+    /// Text-like pages: words from a small vocabulary (compresses well).
+    Text,
+    /// Each page zero, text or random, a third each (deterministically from the seed).
+    Mixed,
+}
+
+#[derive(Clone, Copy)]
+enum PageKind {
+    Random,
+    Text,
+    Zero,
+}
+
+/// Deterministic guest-memory-like bytes of one [`Payload`] kind.
+pub struct PayloadGen {
+    kind: Payload,
+    gen: DataGen,
+    page: Vec<u8>,
+    /// Bytes of `page` already handed out.
+    used: usize,
+}
+
+const PAGE: usize = 4096;
+const WORDS: [&str; 16] = [
+    "kernel ",
+    "page ",
+    "dirty ",
+    "the ",
+    "migration ",
+    "of ",
+    "memory ",
+    "and ",
+    "guest ",
+    "qemu ",
+    "ram ",
+    "block ",
+    "0x7f3a ",
+    "=\n",
+    "static ",
+    "cache ",
+];
+
+impl PayloadGen {
+    pub fn new(kind: Payload, seed: u64) -> PayloadGen {
+        PayloadGen {
+            kind,
+            gen: DataGen::new(seed),
+            page: vec![0; PAGE],
+            used: PAGE,
+        }
+    }
+
+    fn next_page(&mut self) {
+        let mut pick = [0u8; 8];
+        self.gen.fill(&mut pick);
+        let kind = match self.kind {
+            Payload::Random => PageKind::Random,
+            Payload::Text => PageKind::Text,
+            Payload::Mixed => {
+                [PageKind::Random, PageKind::Text, PageKind::Zero][pick[0] as usize % 3]
+            }
+        };
+        match kind {
+            PageKind::Random => self.gen.fill(&mut self.page),
+            PageKind::Text => {
+                let mut picks = [0u8; PAGE];
+                self.gen.fill(&mut picks);
+                let mut at = 0;
+                for p in picks {
+                    for &b in WORDS[(p & 15) as usize].as_bytes() {
+                        if at < PAGE {
+                            self.page[at] = b;
+                            at += 1;
+                        }
+                    }
+                    if at == PAGE {
+                        break;
+                    }
+                }
+            }
+            PageKind::Zero => self.page.fill(0),
+        }
+        self.used = 0;
+    }
+
+    /// Fills `buf` with the next bytes of the stream.
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        let mut at = 0;
+        while at < buf.len() {
+            if self.used == PAGE {
+                self.next_page();
+            }
+            let n = (PAGE - self.used).min(buf.len() - at);
+            buf[at..at + n].copy_from_slice(&self.page[self.used..self.used + n]);
+            (at, self.used) = (at + n, self.used + n);
+        }
+    }
+}
+
+/// Writes `len` bytes of `kind` (seeded) to `w`; returns what was written.
+pub fn write_payload<W: Write>(w: &mut W, len: u64, seed: u64, kind: Payload) -> io::Result<Sent> {
+    let start = Instant::now();
+    let mut gen = PayloadGen::new(kind, seed);
+    let mut buf = vec![0u8; IO_BUF];
+    let mut h = Sha256::new();
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(IO_BUF as u64) as usize;
+        gen.fill(&mut buf[..n]);
+        w.write_all(&buf[..n])?;
+        h.update(&buf[..n]);
+        left -= n as u64;
+    }
+    Ok(Sent {
+        bytes: len,
+        sha256: hex(&h.finalize()),
+        secs: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// Sends `len` bytes of `kind` (seeded) to `addr` and half-closes; returns what was sent.
+pub fn send_payload(addr: SocketAddr, len: u64, seed: u64, kind: Payload) -> io::Result<Sent> {
+    let mut s = connect(addr)?;
+    let start = Instant::now();
+    let sent = write_payload(&mut s, len, seed, kind)?;
+    finish_send(&s, sent, start)
+}
+
 /// What one side sent.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sent {
@@ -1548,6 +1681,10 @@ pub struct PairSpec {
     pub a_limits_extra: Vec<String>,
     /// The same for B.
     pub b_limits_extra: Vec<String>,
+    /// Extra `[wan]` lines for A only, after [`PairSpec::wan_extra`] (e.g. `compression`).
+    pub a_wan_extra: Vec<String>,
+    /// The same for B.
+    pub b_wan_extra: Vec<String>,
     /// Pre-shared key file contents for A and B (written mode 0600 as `gw-X.psk`).
     pub psk_a: Option<String>,
     pub psk_b: Option<String>,
@@ -1575,6 +1712,8 @@ impl Default for PairSpec {
             global_buffer_bytes: None,
             a_limits_extra: Vec::new(),
             b_limits_extra: Vec::new(),
+            a_wan_extra: Vec::new(),
+            b_wan_extra: Vec::new(),
             psk_a: None,
             psk_b: None,
             wan_extra: Vec::new(),
@@ -1680,7 +1819,7 @@ impl Pair {
             session_window_bytes: spec.session_window_bytes,
             global_buffer_bytes: spec.global_buffer_bytes,
             limits_extra: spec.a_limits_extra.clone(),
-            wan_extra: spec.wan_extra.clone(),
+            wan_extra: [&spec.wan_extra[..], &spec.a_wan_extra[..]].concat(),
             admin_socket: Some(dir.join("gw-a.sock")),
             gateway_extra: gateway_extra.clone(),
             metrics_bind: metrics(),
@@ -1700,7 +1839,7 @@ impl Pair {
             session_window_bytes: spec.session_window_bytes,
             global_buffer_bytes: spec.global_buffer_bytes,
             limits_extra: spec.b_limits_extra.clone(),
-            wan_extra: spec.wan_extra.clone(),
+            wan_extra: [&spec.wan_extra[..], &spec.b_wan_extra[..]].concat(),
             admin_socket: Some(dir.join("gw-b.sock")),
             gateway_extra,
             metrics_bind: metrics(),

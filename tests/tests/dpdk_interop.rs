@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use lmas_tests::dpdk_lab::{dpdk_available, Kind, Topology, DST};
 use lmas_tests::netns::skip_unless_available;
-use lmas_tests::{connect, duplex, expected_sha256, send, set_timeouts, Sink};
+use lmas_tests::{
+    connect, duplex, expected_sha256, send, send_payload, set_timeouts, Payload, Sink,
+};
 
 /// DPDK gateways poll; one case at a time keeps a small machine responsive.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -32,7 +34,9 @@ fn skip(test: &str) -> bool {
     false
 }
 
-/// Three one-way sessions and one duplex session at once, src → dst through A and B.
+/// Three one-way sessions of random bytes, one of guest-like pages (zeros, text, random: the
+/// sending gateway packs them, the other unpacks) and one duplex session at once, src → dst
+/// through A and B.
 fn transfers(t: &Topology) {
     let sink_addr = SocketAddr::V4(SocketAddrV4::new(DST, 5000));
     let sink = t
@@ -49,6 +53,9 @@ fn transfers(t: &Topology) {
     let senders: Vec<_> = (1..=SESSIONS)
         .map(|seed| t.src.spawn(move || send(to_sink, UP, seed)))
         .collect();
+    let guest_like = t
+        .src
+        .spawn(move || send_payload(to_sink.into(), UP, 77, Payload::Mixed));
     let to_duplex = t.ingress_for(5001);
     let duplex_client = t.src.spawn(move || {
         let s = connect(to_duplex)?;
@@ -65,7 +72,12 @@ fn transfers(t: &Topology) {
             .expect("send through the gateways");
         assert_eq!(sent.bytes, UP);
     }
-    let mut got: Vec<String> = (0..SESSIONS).map(|_| sink.recv(WAIT).sha256).collect();
+    let guest_like = guest_like
+        .join()
+        .expect("sender thread")
+        .expect("send guest-like pages through the gateways");
+    want.push(guest_like.sha256);
+    let mut got: Vec<String> = (0..=SESSIONS).map(|_| sink.recv(WAIT).sha256).collect();
     got.sort();
     want.sort();
     assert_eq!(got, want, "a one-way session arrived altered");
@@ -105,8 +117,19 @@ fn pair(test: &str, a: Kind, b: Kind) {
     }
     transfers(&t);
     // Both gateways saw every session (status works on either datapath).
-    assert_eq!(ga.counter("sessions_opened").unwrap(), SESSIONS + 1);
-    assert_eq!(gb.counter("sessions_accepted").unwrap(), SESSIONS + 1);
+    assert_eq!(ga.counter("sessions_opened").unwrap(), SESSIONS + 2);
+    assert_eq!(gb.counter("sessions_accepted").unwrap(), SESSIONS + 2);
+    // The guest-like pages crossed packed (compression auto by default on both datapaths).
+    assert!(
+        ga.counter("compression_frames_packed").unwrap() > 0,
+        "{} packed nothing",
+        ga.name
+    );
+    assert!(
+        gb.counter("compression_unpack_ns").unwrap() > 0,
+        "{} unpacked nothing",
+        gb.name
+    );
     for g in [&mut ga, &mut gb] {
         let st = g
             .terminate(Duration::from_secs(10))

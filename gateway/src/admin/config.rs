@@ -100,6 +100,7 @@ struct WanSection {
     flow_timeout_secs: Option<i64>,
     rekey_after_bytes: Option<i64>,
     rekey_interval_secs: Option<i64>,
+    compression: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -205,6 +206,9 @@ pub struct Config {
     pub data_flows: u16,
     /// `None`: pick at startup (bbr if the kernel allows it, else cubic).
     pub congestion: Option<String>,
+    /// `wan.compression`: how data frames this gateway sends are packed (the peer must unpack
+    /// them: older peers get them plain).
+    pub compression: crate::transform::Compression,
     /// `None`: leave kernel autotuning on.
     pub socket_buffer: Option<usize>,
     /// How long sessions are held while the tunnel has no control
@@ -406,6 +410,9 @@ impl Config {
             MAX_DATA_FLOWS,
         )
         .map_err(|w| err("wan.data_flows", w))? as u16;
+        let compression =
+            crate::transform::Compression::parse(file.wan.compression.as_deref().unwrap_or("auto"))
+                .map_err(|w| err("wan.compression", w))?;
         let congestion = match file.wan.congestion {
             Some(c)
                 if c.is_empty()
@@ -659,6 +666,7 @@ impl Config {
             peer_source,
             data_flows,
             congestion,
+            compression,
             socket_buffer,
             grace_period: std::time::Duration::from_secs(grace_period),
             flow_timeout: std::time::Duration::from_secs(flow_timeout),
@@ -791,6 +799,8 @@ mod tests {
                 "limits.session_window_bytes",
             ),
             ("[wan]\ncongestion = \"a b\"\n", "wan.congestion"),
+            ("[wan]\ncompression = \"gzip\"\n", "wan.compression"),
+            ("[wan]\ncompression = \"zstd:40\"\n", "wan.compression"),
             ("[limits]\nunsent_bytes = 1\n", "limits.unsent_bytes"),
             ("[wan]\ncongestion = \"nosuchcc\"\n", "wan.congestion"),
             (

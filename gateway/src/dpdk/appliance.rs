@@ -27,7 +27,7 @@ use super::Idle;
 use crate::admin::dpdk::DpdkConfig;
 use crate::admin::signals::{Request, Signals};
 use crate::admin::{Allowlist, Config, Datapath, Stats, Status, StatusSource};
-use crate::transform::{Adaptive, Compression, PackPolicy};
+use crate::transform::{Adaptive, PackPolicy};
 
 /// How often `auto` compression looks at its measurements.
 const ADAPT_EVERY_US: u64 = 200_000;
@@ -91,7 +91,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     });
 
     // Data frames are packed where they are sealed: on the crypto lcores (or the TCP lcore).
-    let packing = Arc::new(PackPolicy::new(Compression::Auto));
+    let packing = Arc::new(PackPolicy::new(config.compression));
 
     // Crypto lcores, and the TCP lcore's end of their queues.
     let (queues, rings) = CryptoQueues::new(dpdk.crypto_lcores.len());

@@ -32,7 +32,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use log::{info, warn};
+use log::{debug, info, warn};
 use ring::rand::{SecureRandom, SystemRandom};
 use socket2::SockRef;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -45,6 +45,7 @@ use crate::admission::Throttle;
 use crate::crypto::RekeyPolicy;
 use crate::protocol::{Message, ResetReason};
 use crate::session::Side;
+use crate::transform::{Adaptive, Compression, PackPolicy};
 use conn::{
     handshake_initiator, handshake_read_initiator, peer_label, ConnError, ConnInfo, RecordReader,
     RecordWriter,
@@ -74,6 +75,8 @@ pub struct Gateway {
     tuning: WanTuning,
     current: watch::Sender<Option<Arc<Tunnel>>>,
     handshakes: Arc<pending::PendingHandshakes>,
+    /// How data frames are packed (`wan.compression`), and the counters of it.
+    packing: Arc<PackPolicy>,
 }
 
 impl Gateway {
@@ -118,9 +121,13 @@ impl Gateway {
             after: self.config.rekey_interval,
         };
         let (r, w) = stream.into_split();
+        let mut writer = RecordWriter::new(w, keys, policy, info.clone(), self.stats.clone());
+        if self.config.compression != Compression::Off {
+            writer = writer.with_packing(keys.peer_codecs, self.packing.clone());
+        }
         Ok((
-            RecordReader::new(r, keys, info.clone()),
-            RecordWriter::new(w, keys, policy, info, self.stats.clone()),
+            RecordReader::new(r, keys, info).with_stats(self.packing.clone()),
+            writer,
         ))
     }
 
@@ -153,8 +160,33 @@ impl StatusSource for Gateway {
             peer: self.config.peer_name.clone(),
             uptime_secs: self.started.elapsed().as_secs_f64(),
             tunnel: self.tunnel().map(|t| t.status()),
-            counters: self.stats.snapshot(),
+            counters: {
+                let mut c = self.stats.snapshot();
+                c.extend(self.packing.stats.snapshot("compression_"));
+                c
+            },
             gauges: Default::default(),
+        }
+    }
+}
+
+/// How often `auto` compression looks at its counters.
+const ADAPT_EVERY: Duration = Duration::from_millis(200);
+
+/// Moves `auto` compression up or down its ladder from what packing costs
+/// and saves (the sealing runs on tokio's blocking pool, one batch per flow
+/// at a time, so as many in parallel as there are cores).
+async fn adapt_packing(gateway: Arc<Gateway>) {
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut adaptive = Adaptive::default();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(ADAPT_EVERY) => {}
+            _ = gateway.stopping.cancelled() => return,
+        }
+        let now = gateway.started.elapsed().as_micros() as u64;
+        if let Some(choice) = adaptive.observe(now, &gateway.packing, workers) {
+            debug!("compression: now {choice}");
         }
     }
 }
@@ -184,6 +216,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         "gateway {} starting: peer {}, {} data flows, congestion {}",
         config.name, config.peer_name, config.data_flows, tuning.congestion
     );
+    let config_compression = config.compression;
     let handshakes =
         pending::PendingHandshakes::new(MAX_PENDING_HANDSHAKES, config.peer_source.clone());
     let gateway = Arc::new(Gateway {
@@ -195,7 +228,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         tuning,
         current: watch::channel(None).0,
         handshakes,
+        packing: Arc::new(PackPolicy::new(config_compression)),
     });
+    tokio::spawn(adapt_packing(gateway.clone()));
     // Bind everything first so a bad address fails the start, not later.
     let mut listeners = Vec::new();
     let file = gateway.config.file.display();

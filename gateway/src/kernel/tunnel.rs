@@ -722,13 +722,18 @@ impl Tunnel {
             // flow that can send soonest gets the next frame.
             writer.get_ref().as_ref().writable().await?;
             let first = wait_until(&self.frames_ready, &take).await;
-            writer.push(&Message::Data(first))?;
-            while writer.pending() < WRITE_BATCH {
+            let mut batch_len = first.payload.len();
+            let mut batch = vec![Message::Data(first)];
+            while batch_len < WRITE_BATCH {
                 match take() {
-                    Some(frame) => writer.push(&Message::Data(frame))?,
+                    Some(frame) => {
+                        batch_len += frame.payload.len();
+                        batch.push(Message::Data(frame));
+                    }
                     None => break,
                 }
             }
+            writer.push_batch(batch).await?;
             writer.flush().await?;
         }
     }
@@ -762,7 +767,7 @@ impl Tunnel {
         let stats = &self.gateway.stats;
         match e {
             ConnError::Record(_) => Stats::inc(&stats.records_rejected),
-            ConnError::Decode(_) | ConnError::Unexpected { .. } => {
+            ConnError::Decode(_) | ConnError::Unpack(_) | ConnError::Unexpected { .. } => {
                 Stats::inc(&stats.protocol_errors)
             }
             _ => {}
