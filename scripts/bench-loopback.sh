@@ -25,6 +25,8 @@ Environment:
   RUNS              rounds (default 5)
   BYTES             bytes per transfer (default 1073741824 = 1 GiB; suffixes K M G allowed)
   FLOWS             data_flows values to measure (default "1 4 8")
+  COMPRESSION       [wan] compression modes to measure at each data_flows value (default "auto";
+                    e.g. "auto off")
   CARGO_TARGET_DIR  where cargo puts the binaries (default: <repo>/target)
   LMAS_BIN          the lmas binary (default: $CARGO_TARGET_DIR/release/lmas)
   LMAS_LOAD_BIN     the lmas-load binary (default: $CARGO_TARGET_DIR/release/lmas-load)
@@ -48,6 +50,11 @@ parse_pair_args "$@"
 RUNS=${RUNS:-5}
 BYTES=${BYTES:-1073741824}
 FLOWS=${FLOWS:-1 4 8}
+COMPRESSION=${COMPRESSION:-auto}
+for m in $COMPRESSION; do
+    [[ $m =~ ^(auto|off|lz4|zstd(:-?[0-9]+)?)$ ]] ||
+        die "COMPRESSION must list auto, off, lz4, zstd or zstd:LEVEL (got '$COMPRESSION')"
+done
 export RUST_LOG=${RUST_LOG:-info}
 
 if ! [[ $RUNS =~ ^[0-9]+$ ]] || ((RUNS < 1)); then
@@ -95,26 +102,27 @@ KEY_DIR=$WORK/keys
 mkdir -p "$KEY_DIR"
 pair_keygen "$KEY_DIR"
 
-# run_pair N ROUND: starts a pair with data_flows N, sends BYTES through it, records goodput
-# and both gateways' VmHWM, stops the pair.
+# run_pair N MODE ROUND: starts a pair with data_flows N and compression MODE, sends BYTES
+# through it, records goodput and both gateways' VmHWM, stops the pair.
 run_pair() {
-    local n=$1 round=$2 dir ports sink_port tunnel_port ingress_port a_pid b_pid
-    dir=$WORK/flows$n-round$round
+    local n=$1 mode=$2 round=$3 dir ports sink_port tunnel_port ingress_port a_pid b_pid name
+    name=flows$n-${mode//:/_}
+    dir=$WORK/$name-round$round
     mkdir -p "$dir"
     LOG_DIR=$dir
     ports=$("$LOAD" free-ports 3) || die "lmas-load free-ports failed"
     read -r sink_port tunnel_port ingress_port <<<"${ports//$'\n'/ }"
     write_pair_configs "$dir" "$KEY_DIR/gw-a.key" "$KEY_DIR/gw-b.key" "127.0.0.1:$tunnel_port" \
-        "127.0.0.1:$ingress_port" "127.0.0.1:$sink_port" "$n" "" ""
+        "127.0.0.1:$ingress_port" "127.0.0.1:$sink_port" "$n" "" "" "compression = \"$mode\""
     start_pair "$dir" "$tunnel_port" "$ingress_port"
     a_pid=$A_PID
     b_pid=$B_PID
-    transfer "flows$n" "127.0.0.1:$ingress_port" "$sink_port" "$round"
+    transfer "$name" "127.0.0.1:$ingress_port" "$sink_port" "$round"
     if ! kill -0 "$a_pid" 2>/dev/null || ! kill -0 "$b_pid" 2>/dev/null; then
-        fail "flows=$n: a gateway exited during the transfer"
+        fail "flows=$n compression=$mode: a gateway exited during the transfer"
     fi
-    vm_hwm_kib "$a_pid" >>"$RES/flows$n.rss_a"
-    vm_hwm_kib "$b_pid" >>"$RES/flows$n.rss_b"
+    vm_hwm_kib "$a_pid" >>"$RES/$name.rss_a"
+    vm_hwm_kib "$b_pid" >>"$RES/$name.rss_b"
     stop_pid "$a_pid"
     stop_pid "$b_pid"
     forget_pid "$a_pid"
@@ -123,7 +131,7 @@ run_pair() {
 }
 
 CONFIGS=(direct)
-for n in $FLOWS; do CONFIGS+=("$n"); done
+for n in $FLOWS; do for m in $COMPRESSION; do CONFIGS+=("$n@$m"); done; done
 NCONF=${#CONFIGS[@]}
 
 echo "==> $RUNS rounds of: ${CONFIGS[*]} (data_flows), $BYTES bytes each; work dir $WORK" >&2
@@ -134,7 +142,7 @@ for ((round = 1; round <= RUNS; round++)); do
             port=$("$LOAD" free-ports 1)
             transfer direct "127.0.0.1:$port" "$port" "$round"
         else
-            run_pair "$c" "$round"
+            run_pair "${c%@*}" "${c#*@}" "$round"
         fi
         printf '    round %d/%d  %-8s %10s Mbit/s\n' "$round" "$RUNS" "$c" "$LAST_RATE" >&2
     done
@@ -154,13 +162,16 @@ echo
 echo "One stream on loopback, $BYTES bytes per transfer, median of $RUNS runs (SHA-256 checked every run)."
 echo "$(nproc) cores shared by source, sink and both gateways; $(uname -r)."
 echo
-echo "| path | data_flows | median Mbit/s | ratio to direct | peak RSS gw-a (MiB) | peak RSS gw-b (MiB) | runs (Mbit/s) |"
-echo "|---|---:|---:|---:|---:|---:|---|"
-echo "| direct | - | $DIRECT | 1.00 | - | - | $(paste -sd' ' "$RES/direct.mbit") |"
+echo "| path | data_flows | compression | median Mbit/s | ratio to direct | peak RSS gw-a (MiB) | peak RSS gw-b (MiB) | runs (Mbit/s) |"
+echo "|---|---:|---|---:|---:|---:|---:|---|"
+echo "| direct | - | - | $DIRECT | 1.00 | - | - | $(paste -sd' ' "$RES/direct.mbit") |"
 for n in $FLOWS; do
-    med=$(median "$RES/flows$n.mbit")
-    ratio=$(awk -v m="$med" -v d="$DIRECT" 'BEGIN { if (d > 0) printf "%.2f", m / d; else print "NA" }')
-    echo "| gateways | $n | $med | $ratio | $(max_mib "$RES/flows$n.rss_a") | $(max_mib "$RES/flows$n.rss_b") | $(paste -sd' ' "$RES/flows$n.mbit") |"
+    for m in $COMPRESSION; do
+        name=flows$n-${m//:/_}
+        med=$(median "$RES/$name.mbit")
+        ratio=$(awk -v m="$med" -v d="$DIRECT" 'BEGIN { if (d > 0) printf "%.2f", m / d; else print "NA" }')
+        echo "| gateways | $n | $m | $med | $ratio | $(max_mib "$RES/$name.rss_a") | $(max_mib "$RES/$name.rss_b") | $(paste -sd' ' "$RES/$name.mbit") |"
+    done
 done
 echo
 echo "Peak RSS: the largest VmHWM over the runs, read just before each gateway was stopped."

@@ -77,6 +77,14 @@ impl Sealing {
         self
     }
 
+    /// Whether sealing the next data frames may cost compression work: packing is on, its
+    /// choice is a codec, and recent frames were not all incompressible.
+    pub fn may_pack(&self) -> bool {
+        self.packing.as_ref().is_some_and(|p| {
+            p.policy.choice() != crate::transform::Choice::Plain && !p.packer.in_random_stretch()
+        })
+    }
+
     /// Appends `msg` to `out` as one sealed record, preceded by a key-update
     /// record if the policy (or the record-count limit) says the key is due.
     pub fn seal(

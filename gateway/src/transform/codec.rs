@@ -43,7 +43,17 @@ pub enum PackOutcome {
 pub struct Packer {
     zstd: Option<(i32, zstd::bulk::Compressor<'static>)>,
     scratch: Vec<u8>,
+    /// Frames found incompressible in a row, and frames since the last probe: a random
+    /// stretch (encrypted or compressed guest data) is probed only now and then.
+    skipped_in_a_row: u32,
+    since_probe: u32,
 }
+
+/// After this many incompressible frames in a row, only every `PROBE_EVERY`th frame is probed
+/// (the others go as they are): a random stream costs almost nothing, and compressible data
+/// after it is found within `PROBE_EVERY` frames.
+const SKIP_STREAK: u32 = 8;
+const PROBE_EVERY: u32 = 8;
 
 impl Packer {
     /// Appends `frame` to `out` packed if `choice`, the peer's `codecs` and the data allow,
@@ -82,9 +92,18 @@ impl Packer {
         if !codecs.contains(codec) {
             return PackOutcome::Plain;
         }
+        if self.in_random_stretch() {
+            self.since_probe += 1;
+            if self.since_probe < PROBE_EVERY {
+                return PackOutcome::Skipped;
+            }
+        }
+        self.since_probe = 0;
         if !self.probe(data) {
+            self.skipped_in_a_row = self.skipped_in_a_row.saturating_add(1);
             return PackOutcome::Skipped;
         }
+        self.skipped_in_a_row = 0;
         let start = out.len();
         encode_header(
             out,
@@ -137,6 +156,11 @@ impl Packer {
     }
 
     /// Whether a sample of `data` compresses: random data fails fast.
+    /// Whether recent frames were all incompressible (then packing costs next to nothing).
+    pub fn in_random_stretch(&self) -> bool {
+        self.skipped_in_a_row >= SKIP_STREAK
+    }
+
     fn probe(&mut self, data: &[u8]) -> bool {
         if data.len() <= PROBE_LEN {
             return true;
@@ -305,6 +329,26 @@ mod tests {
             round_trip(&frame(text(100)), Choice::Plain).0,
             PackOutcome::Plain
         );
+    }
+
+    #[test]
+    fn a_random_stretch_is_probed_now_and_then_and_text_after_it_is_found() {
+        let mut p = Packer::default();
+        let mut pack = |f: &DataFrame| {
+            let mut out = Vec::new();
+            p.pack(f, Choice::Zstd(1), CodecSet::SUPPORTED, &mut out)
+        };
+        for seed in 0..100 {
+            assert_eq!(pack(&frame(random(65536, seed))), PackOutcome::Skipped);
+        }
+        // Text after the stretch: packed within PROBE_EVERY frames, and from then on.
+        let t = frame(text(65536));
+        let first = (1..=PROBE_EVERY)
+            .find(|_| matches!(pack(&t), PackOutcome::Packed { .. }))
+            .expect("text found again");
+        assert!(first <= PROBE_EVERY);
+        assert!(matches!(pack(&t), PackOutcome::Packed { .. }));
+        assert!(!p.in_random_stretch());
     }
 
     #[test]
