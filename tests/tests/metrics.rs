@@ -181,9 +181,20 @@ fn metrics_match_status_during_a_transfer() {
         .filter(|s| s.labels["kind"] == "data")
         .map(|s| s.value)
         .sum();
+    // The payload (one repeated byte) is packed on the way (compression auto): the flows carry
+    // at least what packing put on the wire for the session's n bytes.
+    let packing = &after["counters"];
+    assert_eq!(
+        packing["compression_bytes_in"].as_u64(),
+        Some(n),
+        "{packing}"
+    );
+    let on_wire = packing["compression_bytes_out"]
+        .as_u64()
+        .expect("compression_bytes_out");
     assert!(
-        data_sent >= n as f64,
-        "data flows carried {data_sent} < {n}"
+        on_wire < n / 10 && data_sent >= on_wire as f64,
+        "data flows carried {data_sent} bytes; packing turned {n} into {on_wire}"
     );
     for f in &m.families {
         assert!(f.name.starts_with("lmas_"), "{}", f.name);
