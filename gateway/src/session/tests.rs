@@ -502,3 +502,40 @@ fn a_peer_that_pings_and_never_reads_meets_the_control_bound() {
     assert!(!b.core.control_backlogged());
     assert_eq!(b.core.poll_event(), Some(Event::ControlRoom));
 }
+
+#[test]
+fn a_session_waiting_on_the_global_buffer_is_woken_when_another_is_acked() {
+    // Capacity counts the next piece's bookkeeping, so the buffer can be "full" for a writer
+    // while a little below global_buffer: the wakeup must follow the same rule.
+    let (mut a, mut b) = (
+        End::new(Side::Dialer, limits()),
+        End::new(Side::Acceptor, limits()),
+    );
+    let first = open_pair(&mut a, &mut b);
+    let second = open_pair(&mut a, &mut b);
+    while a.core.send_capacity(first).unwrap() > 0 {
+        a.core.write(first, Bytes::from_static(b"x")).unwrap();
+    }
+    assert!(
+        a.core.buffered() < limits().global_buffer,
+        "just under the cap"
+    );
+    assert_eq!(a.core.send_capacity(second).unwrap(), 0, "the other waits");
+    let mut sent = 0;
+    while let Some(f) = a.core.poll_frame(0) {
+        sent = sent.max(f.offset + f.payload.len() as u64);
+    }
+    while a.core.poll_event().is_some() {}
+    a.core
+        .handle_message(Message::Ack {
+            session: first,
+            offset: sent,
+        })
+        .unwrap();
+    let events: Vec<Event> = std::iter::from_fn(|| a.core.poll_event()).collect();
+    assert!(a.core.send_capacity(second).unwrap() > 0);
+    assert!(
+        events.contains(&Event::CreditFreed),
+        "the waiting session is never woken: {events:?}"
+    );
+}

@@ -288,7 +288,7 @@ impl TunnelCore {
     pub fn send_capacity(&self, id: SessionId) -> Result<u64, SessionError> {
         let s = self.session(id)?;
         let own = self.limits.session_window.saturating_sub(s.send.buffered());
-        // The write that uses this room adds one piece too.
+        // The write that uses this room adds one piece too (see `global_full`).
         let global = self
             .limits
             .global_buffer
@@ -480,7 +480,7 @@ impl TunnelCore {
                 let freed = before - s.send.charged();
                 let more = s.send.has_sendable();
                 if released > 0 {
-                    let was_full = self.buffered >= self.limits.global_buffer;
+                    let was_full = self.global_full();
                     self.buffered -= freed;
                     self.events.push_back(Event::Writable(session));
                     if was_full {
@@ -765,6 +765,12 @@ impl TunnelCore {
         Err(PeerError::Violation { session: id, why })
     }
 
+    /// Whether the global buffer has no room for another piece (the rule of
+    /// `send_capacity`: a waiting writer must be woken by the same rule).
+    fn global_full(&self) -> bool {
+        self.buffered + super::send::ENTRY_OVERHEAD >= self.limits.global_buffer
+    }
+
     /// `n` charged bytes left the endpoints' waiting room.
     fn release_ready(&mut self, n: u64) {
         let was_paused = self.receive_paused();
@@ -808,10 +814,10 @@ impl TunnelCore {
 
     fn remove(&mut self, id: SessionId) -> Option<Session> {
         let s = self.sessions.remove(&id)?;
-        let was_full = self.buffered >= self.limits.global_buffer;
+        let was_full = self.global_full();
         self.buffered -= s.send.charged();
         self.release_ready(charged_ready(&s.recv));
-        if was_full && self.buffered < self.limits.global_buffer {
+        if was_full && !self.global_full() {
             self.events.push_back(Event::CreditFreed);
         }
         self.scheduler.forget(id);
