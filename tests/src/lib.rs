@@ -57,6 +57,7 @@ pub mod dpdk_lab;
 pub mod fake_peer;
 pub mod flood;
 pub mod line_lab;
+pub mod many_sources;
 pub mod netns;
 pub mod prom;
 

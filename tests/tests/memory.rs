@@ -26,7 +26,7 @@
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -34,8 +34,9 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use lmas_tests::fake_peer::FakePeer;
+use lmas_tests::many_sources::{drive_sources, poll, Source};
 use lmas_tests::{
-    connect, expected_sha256, free_addr, hex, keygen, temp_dir, wait_listening, DataGen, Gateway,
+    connect, expected_sha256, free_addr, hex, keygen, temp_dir, wait_listening, Gateway,
     GatewayConfig, Pair, PairSpec, TUNNEL_UP_TIMEOUT,
 };
 use sha2::{Digest, Sha256};
@@ -313,15 +314,6 @@ impl Drop for ManyTarget {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-    }
-}
-
-fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) {
-    // SAFETY: `fds` is a valid, exclusively borrowed array of pollfd for the call's duration.
-    let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        assert_eq!(e.kind(), ErrorKind::Interrupted, "poll: {e}");
     }
 }
 
@@ -712,103 +704,6 @@ fn a_thousand_one_byte_trickle_sessions_stay_within_the_limits() {
 // ---------------------------------------------------------------------------------------------
 // 3. Stalled receivers
 
-/// One source connection.
-struct Source {
-    s: TcpStream,
-    seed: u64,
-    gen: DataGen,
-    hash: Sha256,
-    left: u64,
-    buf: Vec<u8>,
-    pos: usize,
-    /// Sent everything and shut down the write side; waiting for the target's EOF.
-    sent: bool,
-    done: bool,
-}
-
-/// Sends each connection's `len` bytes (the [`DataGen`] stream of its seed), half-closes, waits
-/// for the target's EOF; counts what it wrote in `progress`. Returns (seed, SHA-256 sent).
-fn drive_sources(
-    mut conns: Vec<Source>,
-    progress: &AtomicU64,
-    deadline: Instant,
-) -> Result<Vec<(u64, String)>, String> {
-    const CHUNK: u64 = 64 << 10;
-    let mut results = Vec::new();
-    while conns.iter().any(|c| !c.done) {
-        if Instant::now() > deadline {
-            let open = conns.iter().filter(|c| !c.done).count();
-            let sending = conns.iter().filter(|c| !c.sent).count();
-            return Err(format!(
-                "{open} sources unfinished at the deadline ({sending} still sending)"
-            ));
-        }
-        let idx: Vec<usize> = (0..conns.len()).filter(|&i| !conns[i].done).collect();
-        let mut fds: Vec<libc::pollfd> = idx
-            .iter()
-            .map(|&i| libc::pollfd {
-                fd: conns[i].s.as_raw_fd(),
-                events: if conns[i].sent {
-                    libc::POLLIN
-                } else {
-                    libc::POLLOUT
-                },
-                revents: 0,
-            })
-            .collect();
-        poll(&mut fds, 100);
-        for (k, &i) in idx.iter().enumerate() {
-            if fds[k].revents == 0 {
-                continue;
-            }
-            let c = &mut conns[i];
-            if !c.sent {
-                loop {
-                    if c.pos == c.buf.len() {
-                        if c.left == 0 {
-                            c.s.shutdown(Shutdown::Write)
-                                .map_err(|e| format!("seed {}: shutdown: {e}", c.seed))?;
-                            c.sent = true;
-                            break;
-                        }
-                        let n = c.left.min(CHUNK) as usize;
-                        c.buf.resize(n, 0);
-                        c.gen.fill(&mut c.buf);
-                        c.hash.update(&c.buf);
-                        c.left -= n as u64;
-                        c.pos = 0;
-                    }
-                    match c.s.write(&c.buf[c.pos..]) {
-                        Ok(n) => {
-                            c.pos += n;
-                            progress.fetch_add(n as u64, Ordering::Relaxed);
-                        }
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                        Err(e) => return Err(format!("seed {}: send: {e}", c.seed)),
-                    }
-                }
-            } else {
-                let mut b = [0u8; 512];
-                match c.s.read(&mut b) {
-                    Ok(0) => {
-                        c.done = true;
-                        let h = std::mem::take(&mut c.hash);
-                        results.push((c.seed, hex(&h.finalize())));
-                    }
-                    Ok(n) => {
-                        return Err(format!("seed {}: the target sent {n} bytes back", c.seed))
-                    }
-                    Err(e)
-                        if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
-                    Err(e) => return Err(format!("seed {}: waiting for EOF: {e}", c.seed)),
-                }
-            }
-        }
-    }
-    Ok(results)
-}
-
 #[test]
 fn a_thousand_stalled_receivers_stay_within_the_receive_budget() {
     const TEST: &str = "a_thousand_stalled_receivers_stay_within_the_receive_budget";
@@ -857,17 +752,7 @@ fn a_thousand_stalled_receivers_stay_within_the_receive_budget() {
     for (i, s) in clients.into_iter().enumerate() {
         s.set_nonblocking(true).expect("set_nonblocking");
         let seed = 30_000 + i as u64;
-        shares[i % SOURCE_THREADS].push(Source {
-            s,
-            seed,
-            gen: DataGen::new(seed),
-            hash: Sha256::new(),
-            left: LEN,
-            buf: Vec::new(),
-            pos: 0,
-            sent: false,
-            done: false,
-        });
+        shares[i % SOURCE_THREADS].push(Source::new(s, seed, LEN));
     }
     let began = Instant::now();
     let sources: Vec<_> = shares

@@ -7,16 +7,17 @@
 //!
 //! Needs the release binary: `cargo build --release -p lmas` (or `LMAS_BIN`).
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::io::{ErrorKind, Read};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use lmas_tests::{connect, expected_sha256, hex, DataGen, Pair, PairSpec};
+use lmas_tests::many_sources::{drive_sources, poll, Source};
+use lmas_tests::{connect, expected_sha256, hex, Pair, PairSpec};
 use sha2::{Digest, Sha256};
 
 const SESSIONS: usize = 1000;
@@ -26,104 +27,6 @@ const SESSION_LEN: u64 = 1 << 20;
 const CHUNK: usize = 64 << 10;
 /// The whole test (connect, transfer, close) must finish within this.
 const DEADLINE: Duration = Duration::from_secs(150);
-
-fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) {
-    // SAFETY: `fds` is a valid, exclusively borrowed array of pollfd for the call's duration.
-    let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
-    if r < 0 {
-        let e = std::io::Error::last_os_error();
-        assert_eq!(e.kind(), ErrorKind::Interrupted, "poll: {e}");
-    }
-}
-
-/// One source connection.
-struct Out {
-    s: TcpStream,
-    seed: u64,
-    gen: DataGen,
-    hash: Sha256,
-    left: u64,
-    buf: Vec<u8>,
-    pos: usize,
-    /// Sent everything and shut down the write side; waiting for the target's EOF.
-    sent: bool,
-    done: bool,
-}
-
-/// Drives `conns` (already connected) to completion: sends each one's stream, half-closes,
-/// waits for EOF. Returns (seed, SHA-256 sent) per connection.
-fn drive_sources(mut conns: Vec<Out>, deadline: Instant) -> Result<Vec<(u64, String)>, String> {
-    let mut results = Vec::new();
-    while conns.iter().any(|c| !c.done) {
-        if Instant::now() > deadline {
-            let open = conns.iter().filter(|c| !c.done).count();
-            let sending = conns.iter().filter(|c| !c.sent).count();
-            return Err(format!(
-                "{open} source connections unfinished at the deadline ({sending} still sending)"
-            ));
-        }
-        let idx: Vec<usize> = (0..conns.len()).filter(|&i| !conns[i].done).collect();
-        let mut fds: Vec<libc::pollfd> = idx
-            .iter()
-            .map(|&i| libc::pollfd {
-                fd: conns[i].s.as_raw_fd(),
-                events: if conns[i].sent {
-                    libc::POLLIN
-                } else {
-                    libc::POLLOUT
-                },
-                revents: 0,
-            })
-            .collect();
-        poll(&mut fds, 100);
-        for (k, &i) in idx.iter().enumerate() {
-            if fds[k].revents == 0 {
-                continue;
-            }
-            let c = &mut conns[i];
-            if !c.sent {
-                loop {
-                    if c.pos == c.buf.len() {
-                        if c.left == 0 {
-                            c.s.shutdown(Shutdown::Write)
-                                .map_err(|e| format!("seed {}: shutdown: {e}", c.seed))?;
-                            c.sent = true;
-                            break;
-                        }
-                        let n = c.left.min(CHUNK as u64) as usize;
-                        c.buf.resize(n, 0);
-                        c.gen.fill(&mut c.buf);
-                        c.hash.update(&c.buf);
-                        c.left -= n as u64;
-                        c.pos = 0;
-                    }
-                    match c.s.write(&c.buf[c.pos..]) {
-                        Ok(n) => c.pos += n,
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                        Err(e) => return Err(format!("seed {}: send: {e}", c.seed)),
-                    }
-                }
-            } else {
-                let mut b = [0u8; 512];
-                match c.s.read(&mut b) {
-                    Ok(0) => {
-                        c.done = true;
-                        let h = std::mem::take(&mut c.hash);
-                        results.push((c.seed, hex(&h.finalize())));
-                    }
-                    Ok(n) => {
-                        return Err(format!("seed {}: the target sent {n} bytes back", c.seed))
-                    }
-                    Err(e)
-                        if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
-                    Err(e) => return Err(format!("seed {}: waiting for EOF: {e}", c.seed)),
-                }
-            }
-        }
-    }
-    Ok(results)
-}
 
 /// One target connection.
 struct In {
@@ -258,17 +161,7 @@ fn a_thousand_concurrent_sessions_of_1_mib() {
                 for j in 0..per {
                     let seed = 10_000 + (t * per + j) as u64;
                     match connect(ingress).and_then(|s| s.set_nonblocking(true).map(|_| s)) {
-                        Ok(s) => conns.push(Out {
-                            s,
-                            seed,
-                            gen: DataGen::new(seed),
-                            hash: Sha256::new(),
-                            left: SESSION_LEN,
-                            buf: Vec::new(),
-                            pos: 0,
-                            sent: false,
-                            done: false,
-                        }),
+                        Ok(s) => conns.push(Source::new(s, seed, SESSION_LEN)),
                         Err(e) => {
                             err = Some(format!("connect (seed {seed}): {e}"));
                             break;
@@ -278,7 +171,7 @@ fn a_thousand_concurrent_sessions_of_1_mib() {
                 barrier.wait();
                 match err {
                     Some(e) => Err(e),
-                    None => drive_sources(conns, deadline),
+                    None => drive_sources(conns, &AtomicU64::new(0), deadline),
                 }
             })
         })
