@@ -35,7 +35,8 @@ Options:
   --modes "LIST"     direct, direct-mfN, lmas, lmas-mfN (mfN: QEMU multifd, N channels),
                      dpdk, dpdk-mfN (through a DPDK gateway pair);
                      lmas modes may end in -wNm: the gateways' session window, N MiB,
-                     and -uNm: their per-session unsent room, N MiB
+                     and -uNm: their per-session unsent room, N MiB,
+                     and -cMODE: their compression (auto, off, lz4, zstd, zstd:L)
                                                                     [$MODES]
   --runs N                                                          [$RUNS]
   --rate MBIT        link rate                                      [$RATE]
@@ -114,16 +115,17 @@ for link in "${links[@]}"; do
         for ((run = 1; run <= RUNS; run++)); do
             for mode in "${modes[@]}"; do
                 n=$((n + 1))
-                path=${mode%%-*} mf=0 window=() unsent=()
+                path=${mode%%-*} mf=0 window=() unsent=() compression=()
                 [[ $mode =~ -mf([0-9]+) ]] && mf=${BASH_REMATCH[1]}
                 [[ $mode =~ -w([0-9]+)m ]] && window=(--window $((BASH_REMATCH[1] * 1024 * 1024)))
                 [[ $mode =~ -u([0-9]+)m ]] && unsent=(--unsent $((BASH_REMATCH[1] * 1024 * 1024)))
+                [[ $mode =~ -c(auto|off|lz4|zstd(:-?[0-9]+)?) ]] && compression=(--compression "${BASH_REMATCH[1]}")
                 progress msg "rtt=${rtt}ms loss=${loss}% $guest $mode run $run/$RUNS"
                 echo "# rtt=$rtt loss=$loss guest=$guest mode=$mode run=$run" >>"$LOG"
                 rc=0
                 line=$("$REPO/scripts/migrate.sh" --mode "$path" --multifd "$mf" --guest "$guest" \
                     --ram-mib "$ram" --ws-mib "$WS_MIB" --dirty-rate "$DIRTY_RATE" \
-                    --rtt "$rtt" --loss "$loss" --rate "$RATE" --timeout "$timeout" "${window[@]}" "${unsent[@]}" 2>>"$LOG") || rc=$?
+                    --rtt "$rtt" --loss "$loss" --rate "$RATE" --timeout "$timeout" "${window[@]}" "${unsent[@]}" "${compression[@]}" 2>>"$LOG") || rc=$?
                 echo "$line" >>"$LOG"
                 if [[ $line != migrate:* ]]; then
                     line="migrate: mode=$path multifd=$mf guest=$guest rtt_ms=$rtt loss_pct=$loss status=error converged=0 verified=na"

@@ -42,6 +42,7 @@ Commands:
   linkemu-path        print the linkemu binary used (building it if needed)
   gateways up [--datapath kernel|dpdk] [--pmd af_packet|af_xdp] [--flows N] [--congestion CC]
               [--ingress listen|tproxy] [--window BYTES] [--unsent BYTES] [--buffer BYTES]
+              [--compression auto|off|lz4|zstd[:L]]
                       (re)start the LMAS pair, N data flows (default 8) with WAN congestion
                       control CC (default: the gateway's, bbr) and a session window of BYTES
                       (limits.session_window_bytes; default: the gateway's, 256 MiB). Ingress 'listen' (default):
@@ -501,7 +502,7 @@ ingress_addr() {
 
 cmd_gateways() {
     # empty: the gateway's defaults
-    local sub=${1:-} flows=8 cc="" ingress=listen window="" unsent="" datapath=kernel pmd=af_packet buffer=""
+    local sub=${1:-} flows=8 cc="" ingress=listen window="" unsent="" datapath=kernel pmd=af_packet buffer="" compression=""
     [[ $# -gt 0 ]] && shift
     while (($#)); do
         case $1 in
@@ -513,6 +514,7 @@ cmd_gateways() {
             --ingress) ingress=$2; shift 2 ;;
             --window) window=$2; shift 2 ;;
             --unsent) unsent=$2; shift 2 ;;
+            --compression) compression=$2; shift 2 ;;
             *) die "gateways: unknown option $1" ;;
         esac
     done
@@ -521,7 +523,7 @@ cmd_gateways() {
         down) gw_stop; gw_ports kernel; echo "lab.sh: gateways stopped"; return ;;
         address) ingress_addr || die "gateways are not up"; return ;;
         up) ;;
-        *) die "gateways up [--datapath kernel|dpdk] [--pmd af_packet|af_xdp] [--flows N] [--congestion CC] [--ingress listen|tproxy] [--window BYTES] [--unsent BYTES] [--buffer BYTES] | gateways down | gateways address" ;;
+        *) die "gateways up [--datapath kernel|dpdk] [--pmd af_packet|af_xdp] [--flows N] [--congestion CC] [--ingress listen|tproxy] [--window BYTES] [--unsent BYTES] [--buffer BYTES] [--compression MODE] | gateways down | gateways address" ;;
     esac
     [[ $ingress == listen || $ingress == tproxy ]] || die "gateways: --ingress is listen or tproxy, not $ingress"
     [[ $datapath == kernel || $datapath == dpdk ]] || die "gateways: --datapath is kernel or dpdk, not $datapath"
@@ -538,6 +540,7 @@ cmd_gateways() {
     [[ -f $dir/gw-b.key ]] || "$lmas" keygen --out "$dir/gw-b.key" >/dev/null
     local wan_lines=${cc:+congestion = \"$cc\"}
     [[ -z $buffer ]] || wan_lines+=${wan_lines:+$'\n'}"socket_buffer_bytes = $buffer"
+    [[ -z $compression ]] || wan_lines+=${wan_lines:+$'\n'}"compression = \"$compression\""
     write_pair_configs "$dir" gw-a.key gw-b.key "$GWB_WAN_IP:$GW_PORT" "$GWA_LAN_IP:$INGRESS_PORT" \
         "$DST_IP:$TARGET_PORT" "$flows" "# written by scripts/lab.sh gateways up" \
         "# written by scripts/lab.sh gateways up" "$wan_lines"
@@ -586,7 +589,7 @@ cmd_gateways() {
             # What runs, for scripts that reuse a running pair (migrate.sh).
             local ports=$datapath
             [[ $datapath == kernel ]] || ports+="/$pmd"
-            echo "datapath=$ports ingress=$ingress flows=$flows congestion=${cc:-default} window=${window:-default} unsent=${unsent:-default}" >"$RUN_DIR/gateways"
+            echo "datapath=$ports ingress=$ingress flows=$flows congestion=${cc:-default} window=${window:-default} unsent=${unsent:-default} compression=${compression:-default}" >"$RUN_DIR/gateways"
             local via
             via="src-host connects to $(ingress_addr)"
             [[ $ingress == tproxy ]] && via="src-host connects to $DST_IP:$TARGET_PORT, intercepted in gw-a"
