@@ -77,12 +77,22 @@ impl Sealing {
         self
     }
 
-    /// Whether sealing the next data frames may cost compression work: packing is on, its
-    /// choice is a codec, and recent frames were not all incompressible.
-    pub fn may_pack(&self) -> bool {
-        self.packing.as_ref().is_some_and(|p| {
-            p.policy.choice() != crate::transform::Choice::Plain && !p.packer.in_random_stretch()
-        })
+    /// Whether sealing `msgs` would cost compression work: packing is on, its choice is a
+    /// codec, and one of the data frames is neither all zeros nor incompressible by the probe.
+    /// (A few µs per 64 KiB frame: a batch of random or zero frames can be sealed where it is.)
+    pub fn needs_compression_work(&mut self, msgs: &[Message]) -> bool {
+        let Some(p) = self.packing.as_mut() else {
+            return false;
+        };
+        let codecs = p.codecs;
+        p.policy
+            .choice()
+            .codec()
+            .is_some_and(|c| codecs.contains(c))
+            && msgs.iter().any(|m| match m {
+                Message::Data(f) => p.packer.worth_compressing(&f.payload),
+                _ => false,
+            })
     }
 
     /// Appends `msg` to `out` as one sealed record, preceded by a key-update

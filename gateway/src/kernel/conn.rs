@@ -318,9 +318,13 @@ impl<W: AsyncWrite + Unpin> RecordWriter<W> {
     /// CPU (zstd: ~130 µs a 64 KiB frame), so then it runs on tokio's
     /// blocking pool, never on the reactor; order and nonces stay as they are.
     pub async fn push_batch(&mut self, msgs: Vec<Message>) -> Result<(), ConnError> {
-        let may_pack = self.sealing.as_ref().is_some_and(|s| s.may_pack());
-        if !self.packs || !may_pack {
-            // Plain or a random stretch: cheap enough for the reactor.
+        let work = self.packs
+            && self
+                .sealing
+                .as_mut()
+                .is_some_and(|s| s.needs_compression_work(&msgs));
+        if !work {
+            // Plain, zero or incompressible frames: cheap enough for the reactor.
             return msgs.iter().try_for_each(|m| self.push(m));
         }
         let mut sealing = self.sealing.take().expect("one batch at a time");

@@ -1,9 +1,10 @@
 //! Packing one data frame for the wire, and unpacking it, bounded.
 //!
 //! Packing tries, in order: all zeros (sent as a length: other hypervisors than QEMU do not
-//! skip zero pages), a 4 KiB compressibility probe (an LZ4 pass over a sample; random pages
-//! fail it and go out as they are, at a cost of ~1/50 of compressing them), then the chosen
-//! codec, and keeps the result only if it saves at least 1/16 of the frame.
+//! skip zero pages), a 4 KiB compressibility probe (an LZ4 pass over slices taken across the
+//! frame; random pages fail it and go out as they are, at a cost of ~1/50 of compressing
+//! them), then the chosen codec, and keeps the result only if it saves at least 1/16 of the
+//! frame.
 //!
 //! Unpacking never produces more than the frame claims, and a claim above
 //! [`MAX_UNPACKED_LEN`] is refused when the frame is decoded: a zip bomb costs its sender a
@@ -15,11 +16,13 @@ use super::policy::Choice;
 use crate::protocol::packed::{encode_header, Codec, CodecSet, PackedFrame, MAX_UNPACKED_LEN};
 use crate::protocol::DataFrame;
 
-/// Sample of a frame the probe compresses.
+/// Sample of a frame the probe compresses: `PROBE_SLICES` slices spread evenly over it.
+/// Guest memory is a patchwork of pages (text next to random next to code), so a sample from
+/// the frame's head alone misses a frame whose compressible pages come later.
 const PROBE_LEN: usize = 4096;
-/// A sample that does not shrink below 7/8 marks its frame incompressible.
-const PROBE_KEEP: (usize, usize) = (7, 8);
-/// A packed payload must save at least 1/16 of the frame to be sent packed.
+const PROBE_SLICES: usize = 8;
+/// A packed payload must save at least 1/16 of the frame to be sent packed; the probe asks
+/// the same of its sample (a frame a quarter text and the rest random still pays).
 const MIN_SAVING_DIV: usize = 16;
 
 /// What [`Packer::pack`] did with a frame.
@@ -43,17 +46,7 @@ pub enum PackOutcome {
 pub struct Packer {
     zstd: Option<(i32, zstd::bulk::Compressor<'static>)>,
     scratch: Vec<u8>,
-    /// Frames found incompressible in a row, and frames since the last probe: a random
-    /// stretch (encrypted or compressed guest data) is probed only now and then.
-    skipped_in_a_row: u32,
-    since_probe: u32,
 }
-
-/// After this many incompressible frames in a row, only every `PROBE_EVERY`th frame is probed
-/// (the others go as they are): a random stream costs almost nothing, and compressible data
-/// after it is found within `PROBE_EVERY` frames.
-const SKIP_STREAK: u32 = 8;
-const PROBE_EVERY: u32 = 8;
 
 impl Packer {
     /// Appends `frame` to `out` packed if `choice`, the peer's `codecs` and the data allow,
@@ -84,26 +77,12 @@ impl Packer {
                 packed: 0,
             };
         }
-        let codec = match choice {
-            Choice::Lz4 => Codec::Lz4,
-            Choice::Zstd(_) => Codec::Zstd,
-            Choice::Plain => return PackOutcome::Plain,
-        };
-        if !codecs.contains(codec) {
+        let Some(codec) = choice.codec().filter(|&c| codecs.contains(c)) else {
             return PackOutcome::Plain;
-        }
-        if self.in_random_stretch() {
-            self.since_probe += 1;
-            if self.since_probe < PROBE_EVERY {
-                return PackOutcome::Skipped;
-            }
-        }
-        self.since_probe = 0;
+        };
         if !self.probe(data) {
-            self.skipped_in_a_row = self.skipped_in_a_row.saturating_add(1);
             return PackOutcome::Skipped;
         }
-        self.skipped_in_a_row = 0;
         let start = out.len();
         encode_header(
             out,
@@ -155,21 +134,32 @@ impl Packer {
         self.zstd.as_mut().map(|(_, c)| c)
     }
 
-    /// Whether a sample of `data` compresses: random data fails fast.
-    /// Whether recent frames were all incompressible (then packing costs next to nothing).
-    pub fn in_random_stretch(&self) -> bool {
-        self.skipped_in_a_row >= SKIP_STREAK
+    /// Whether packing `data` would cost compression work: it is not all zeros and its
+    /// sample compresses. A few µs for 64 KiB: callers use it to keep incompressible
+    /// batches off a worker pool.
+    pub fn worth_compressing(&mut self, data: &[u8]) -> bool {
+        !data.is_empty() && !is_zero(data) && self.probe(data)
     }
 
+    /// Whether a sample of `data` compresses: random data fails fast.
     fn probe(&mut self, data: &[u8]) -> bool {
         if data.len() <= PROBE_LEN {
             return true;
         }
-        let sample = &data[..PROBE_LEN];
-        self.scratch
-            .resize(lz4_flex::block::get_maximum_output_size(PROBE_LEN), 0);
-        match lz4_flex::block::compress_into(sample, &mut self.scratch) {
-            Ok(n) => n * PROBE_KEEP.1 < PROBE_LEN * PROBE_KEEP.0,
+        // One LZ4 pass over the slices side by side: one hash-table set-up, and repeats
+        // between slices count as they would when the whole frame is compressed.
+        let slice = PROBE_LEN / PROBE_SLICES;
+        let stride = (data.len() - slice) / (PROBE_SLICES - 1);
+        let bound = lz4_flex::block::get_maximum_output_size(PROBE_LEN);
+        self.scratch.clear();
+        for k in 0..PROBE_SLICES {
+            let at = k * stride;
+            self.scratch.extend_from_slice(&data[at..at + slice]);
+        }
+        self.scratch.resize(PROBE_LEN + bound, 0);
+        let (sample, out) = self.scratch.split_at_mut(PROBE_LEN);
+        match lz4_flex::block::compress_into(sample, out) {
+            Ok(n) => n <= PROBE_LEN - PROBE_LEN / MIN_SAVING_DIV,
             Err(_) => false,
         }
     }
@@ -331,8 +321,26 @@ mod tests {
         );
     }
 
+    /// Guest memory is pages of different kinds side by side: a frame that starts with a
+    /// random page and carries text after it still packs.
     #[test]
-    fn a_random_stretch_is_probed_now_and_then_and_text_after_it_is_found() {
+    fn a_frame_with_random_pages_first_and_text_after_packs() {
+        for random_pages in [1, 4, 8, 12] {
+            let mut data = random(random_pages * 4096, random_pages as u64);
+            data.extend(text(65536 - data.len()));
+            let f = frame(data);
+            let (o, back) = round_trip(&f, Choice::Zstd(1));
+            assert!(
+                matches!(o, PackOutcome::Packed { packed, .. } if packed < 65536 - 65536 / 16),
+                "{random_pages} random pages then text: {o:?}"
+            );
+            assert_eq!(back, f);
+        }
+    }
+
+    /// Every frame is probed: text right after a long random stretch packs at once.
+    #[test]
+    fn text_right_after_a_random_stretch_packs() {
         let mut p = Packer::default();
         let mut pack = |f: &DataFrame| {
             let mut out = Vec::new();
@@ -341,14 +349,25 @@ mod tests {
         for seed in 0..100 {
             assert_eq!(pack(&frame(random(65536, seed))), PackOutcome::Skipped);
         }
-        // Text after the stretch: packed within PROBE_EVERY frames, and from then on.
-        let t = frame(text(65536));
-        let first = (1..=PROBE_EVERY)
-            .find(|_| matches!(pack(&t), PackOutcome::Packed { .. }))
-            .expect("text found again");
-        assert!(first <= PROBE_EVERY);
-        assert!(matches!(pack(&t), PackOutcome::Packed { .. }));
-        assert!(!p.in_random_stretch());
+        assert!(matches!(
+            pack(&frame(text(65536))),
+            PackOutcome::Packed { .. }
+        ));
+    }
+
+    #[test]
+    fn worth_compressing_is_false_for_zeros_and_random_true_for_text() {
+        let mut p = Packer::default();
+        assert!(!p.worth_compressing(&[]));
+        assert!(!p.worth_compressing(&vec![0; 65536]));
+        assert!(!p.worth_compressing(&random(65536, 3)));
+        assert!(p.worth_compressing(&text(65536)));
+        let mut mixed = random(60 * 1024, 4);
+        mixed.extend(text(4096));
+        assert!(
+            p.worth_compressing(&mixed),
+            "a text page at the end is seen"
+        );
     }
 
     #[test]

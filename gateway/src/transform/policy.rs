@@ -15,6 +15,7 @@
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 use super::codec::PackOutcome;
+use crate::protocol::packed::Codec;
 
 /// How one frame is packed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +23,17 @@ pub enum Choice {
     Plain,
     Lz4,
     Zstd(i32),
+}
+
+impl Choice {
+    /// The codec frames are packed with (none: plain).
+    pub fn codec(self) -> Option<Codec> {
+        match self {
+            Choice::Plain => None,
+            Choice::Lz4 => Some(Codec::Lz4),
+            Choice::Zstd(_) => Some(Codec::Zstd),
+        }
+    }
 }
 
 impl std::fmt::Display for Choice {
