@@ -21,6 +21,7 @@ DIRTY_RATE=32
 TIMEOUT=60
 RUN_TIMEOUT=40
 OUT=""
+PREALLOC=on
 
 usage() {
     cat <<EOF
@@ -31,7 +32,7 @@ order (modes interleaved within a link setting), with a progress bar on a termin
 
 Options:
   --links "LIST"     RTT_MS/LOSS_PCT pairs                          [$LINKS]
-  --guests "LIST"    paused running                                 [$GUESTS]
+  --guests "LIST"    paused, files (paused, RAM of /usr's files), running [$GUESTS]
   --modes "LIST"     direct, direct-mfN, lmas, lmas-mfN (mfN: QEMU multifd, N channels),
                      dpdk, dpdk-mfN (through a DPDK gateway pair);
                      lmas modes may end in -wNm: the gateways' session window, N MiB,
@@ -40,12 +41,13 @@ Options:
                                                                     [$MODES]
   --runs N                                                          [$RUNS]
   --rate MBIT        link rate                                      [$RATE]
-  --ram-mib M        paused guest's RAM (less 8 KiB)                [$RAM_MIB]
+  --ram-mib M        paused and files guests' RAM (less 8 KiB)      [$RAM_MIB]
   --running-ram-mib M  running guest's RAM (less 8 KiB)             [$RUN_RAM_MIB]
   --ws-mib W         running guest's working set                    [$WS_MIB]
   --dirty-rate R     running guest's dirtying, MiB/s                [$DIRTY_RATE]
   --timeout S        a paused guest's migration not done after S s is cancelled [$TIMEOUT]
   --running-timeout S  the same for the running guest: "did not converge" [$RUN_TIMEOUT]
+  --dst-prealloc on|off  migrate.sh's: the destination preallocates its RAM [on]
   --out DIR          [target/bench-migrate/DATE]
   -h, --help
 
@@ -71,6 +73,7 @@ while (($#)); do
         --ws-mib) WS_MIB=$2; shift 2 ;;
         --dirty-rate) DIRTY_RATE=$2; shift 2 ;;
         --timeout) TIMEOUT=$2; shift 2 ;;
+        --dst-prealloc) PREALLOC=$2; shift 2 ;;
         --out) OUT=$2; shift 2 ;;
         -h | --help) usage; exit 0 ;;
         *) die "unknown option: $1 (see --help)" ;;
@@ -92,14 +95,14 @@ read -r -a links <<<"$LINKS"
 read -r -a guests <<<"$GUESTS"
 read -r -a modes <<<"$MODES"
 for m in "${modes[@]}"; do
-    [[ $m =~ ^(direct(-mf[0-9]+)?|(lmas|dpdk)(-mf[0-9]+)?(-w[0-9]+m)?(-u[0-9]+m)?)$ ]] ||
-        die "bad mode $m (direct, direct-mfN, lmas, lmas-mfN, lmas[-mfN][-wNm][-uNm], dpdk[...] likewise)"
+    [[ $m =~ ^(direct(-mf[0-9]+)?|(lmas|dpdk)(-mf[0-9]+)?(-w[0-9]+m)?(-u[0-9]+m)?(-c(auto|off|lz4|zstd(:-?[0-9]+)?))?)$ ]] ||
+        die "bad mode $m (direct, direct-mfN, lmas, lmas-mfN, lmas[-mfN][-wNm][-uNm][-cMODE], dpdk[...] likewise)"
 done
 total=$((${#links[@]} * ${#guests[@]} * ${#modes[@]} * RUNS))
 RUNS_CSV=$OUT/runs.csv
 {
     echo "# bench-migrate.sh $(date -u +%FT%TZ) on $(uname -r), $(nproc) cpus, $(qemu-system-x86_64 --version | head -1)"
-    echo "# links=$LINKS guests=$GUESTS modes=$MODES runs=$RUNS rate=$RATE ram_mib=$RAM_MIB running_ram_mib=$RUN_RAM_MIB ws_mib=$WS_MIB dirty_rate=$DIRTY_RATE timeout=$TIMEOUT running_timeout=$RUN_TIMEOUT"
+    echo "# links=$LINKS guests=$GUESTS modes=$MODES runs=$RUNS rate=$RATE ram_mib=$RAM_MIB running_ram_mib=$RUN_RAM_MIB ws_mib=$WS_MIB dirty_rate=$DIRTY_RATE timeout=$TIMEOUT running_timeout=$RUN_TIMEOUT dst_prealloc=$PREALLOC"
 } >>"$LOG"
 
 trap 'progress_end' EXIT
@@ -125,7 +128,7 @@ for link in "${links[@]}"; do
                 rc=0
                 line=$("$REPO/scripts/migrate.sh" --mode "$path" --multifd "$mf" --guest "$guest" \
                     --ram-mib "$ram" --ws-mib "$WS_MIB" --dirty-rate "$DIRTY_RATE" \
-                    --rtt "$rtt" --loss "$loss" --rate "$RATE" --timeout "$timeout" "${window[@]}" "${unsent[@]}" "${compression[@]}" 2>>"$LOG") || rc=$?
+                    --rtt "$rtt" --loss "$loss" --rate "$RATE" --timeout "$timeout" --dst-prealloc "$PREALLOC" "${window[@]}" "${unsent[@]}" "${compression[@]}" 2>>"$LOG") || rc=$?
                 echo "$line" >>"$LOG"
                 if [[ $line != migrate:* ]]; then
                     line="migrate: mode=$path multifd=$mf guest=$guest rtt_ms=$rtt loss_pct=$loss status=error converged=0 verified=na"

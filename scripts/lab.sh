@@ -561,6 +561,11 @@ cmd_gateways() {
         dpdk_config "$dir/gw-b.toml" gw-b "$GWB_LAN_IP" "$GWB_WAN_IP" "$pmd"
         [[ $ingress != tproxy ]] || sed -i "/^\[dpdk.lan\]/a intercept = [\"$DST_IP/32\"]" "$dir/gw-a.toml"
     fi
+    # The lab's own admin sockets: the default /run/lmas/NAME.sock may belong to another pair
+    # on this host (tests name their gateways gw-a and gw-b too), and `lmas status` would then
+    # show that one.
+    printf '\n[admin]\nsocket = "%s"\n' "$dir/gw-a.sock" >>"$dir/gw-a.toml"
+    printf '\n[admin]\nsocket = "%s"\n' "$dir/gw-b.sock" >>"$dir/gw-b.toml"
     if [[ -n $window || -n $unsent ]]; then
         local limits=$'\n[limits]\n'
         [[ -z $window ]] || limits+="session_window_bytes = $window"$'\n'

@@ -27,6 +27,8 @@ TIMEOUT=300
 LINK_ARGS=()
 KEEP=0
 SEED=1
+FILES_DIR=${LMAS_GUEST_FILES:-/usr}
+PREALLOC=on
 CACHE=${LMAS_GUEST_CACHE:-${CARGO_TARGET_DIR:-$REPO/target}/qemu-guest}
 
 usage() {
@@ -41,6 +43,8 @@ lab's emulated WAN (brings the lab up if needed), then checks the guest on the d
                  the destination's RAM is dumped (pmemsave) and compared with the image:
                  byte-identical or the run fails. (The 256 KiB at 0xC0000-0xFFFFF are not
                  compared: the PC machine shows its BIOS/option ROM window there, not RAM.)
+  files guest    the same, but its non-zero pages are this machine's files under
+                 \$LMAS_GUEST_FILES (default /usr; guest-image.py --files): real code and data
   running guest  a Debian kernel (/boot/vmlinuz-*, or \$GUEST_KERNEL) with an initramfs whose
                  /init (scripts/guest/dirty.c, built now with gcc -static and cpio) fills a
                  working set and dirties it at a set rate while re-checking every page; after
@@ -54,7 +58,7 @@ Options:
   --mode direct|lmas|dpdk  the path: straight over the WAN, through the gateway pair,
                          or through a DPDK gateway pair (af_packet PMD)           [$MODE]
   --multifd N            QEMU multifd with N channels (0 = off, one stream)          [$MULTIFD]
-  --guest paused|running                                                             [$GUEST]
+  --guest paused|files|running                                                       [$GUEST]
   --ram-mib M            guest RAM (MiB, less 8 KiB)                                 [$RAM_MIB]
   --ws-mib W             running guest: working set it fills and dirties (MiB)        [$WS_MIB]
   --dirty-rate R         running guest: MiB/s dirtied                                 [$DIRTY_RATE]
@@ -68,6 +72,10 @@ Options:
   --rtt MS, --loss PCT, --rate MBIT   set the emulated link first (else as it is)
   --timeout S            cancel the migration if not done after S s: "did not converge" [$TIMEOUT]
   --seed S               paused guest image seed                                     [$SEED]
+  --dst-prealloc on|off  the destination QEMU allocates its RAM before the migration
+                         (prealloc=on, as hugepage-backed production hosts do): else its
+                         first-touch page faults, ~4 s per GiB in this nested VM, bound
+                         every mode                                                  [$PREALLOC]
   --keep                 keep the work directory (QEMU logs, serial consoles, QMP sockets)
   -h, --help
 
@@ -103,6 +111,7 @@ while (($#)); do
         --rtt | --loss | --rate) LINK_ARGS+=("$1" "$2"); shift 2 ;;
         --timeout) TIMEOUT=$2; shift 2 ;;
         --seed) SEED=$2; shift 2 ;;
+        --dst-prealloc) PREALLOC=$2; shift 2 ;;
         --keep) KEEP=1; shift ;;
         -h | --help) usage; exit 0 ;;
         *) die "unknown option: $1 (see --help)" ;;
@@ -111,7 +120,8 @@ done
 [[ $MODE == direct || $MODE == lmas || $MODE == dpdk ]] || die "--mode is direct, lmas or dpdk, not $MODE"
 DATAPATH=kernel
 [[ $MODE != dpdk ]] || DATAPATH=dpdk/af_packet
-[[ $GUEST == paused || $GUEST == running ]] || die "--guest is paused or running, not $GUEST"
+[[ $GUEST == paused || $GUEST == files || $GUEST == running ]] || die "--guest is paused, files or running, not $GUEST"
+[[ $PREALLOC == on || $PREALLOC == off ]] || die "--dst-prealloc is on or off, not $PREALLOC"
 [[ $INGRESS == listen || $INGRESS == tproxy ]] || die "--ingress is listen or tproxy, not $INGRESS"
 [[ -z $WINDOW || $WINDOW =~ ^[0-9]+$ ]] || die "--window takes a number of bytes, got $WINDOW"
 [[ -z $UNSENT || $UNSENT =~ ^[0-9]+$ ]] || die "--unsent takes a number of bytes, got $UNSENT"
@@ -121,7 +131,7 @@ for v in MULTIFD RAM_MIB WS_MIB DIRTY_RATE FLOWS TIMEOUT SEED; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "--${v,,} takes a whole number, got ${!v}"
 done
 ((RAM_MIB >= 64)) || die "--ram-mib must be at least 64"
-[[ $GUEST == paused ]] || ((WS_MIB + 64 <= RAM_MIB)) || die "--ws-mib must leave 64 MiB of --ram-mib to the kernel"
+[[ $GUEST != running ]] || ((WS_MIB + 64 <= RAM_MIB)) || die "--ws-mib must leave 64 MiB of --ram-mib to the kernel"
 
 is_root || die "must run as root (network namespaces)"
 QEMU=${QEMU:-qemu-system-x86_64}
@@ -146,17 +156,21 @@ trap 'exit 143' TERM
 # ---- the guest's pieces ---------------------------------------------------------------------
 mkdir -p "$CACHE"
 COMMON=(-M pc -accel tcg -smp 1 -nodefaults -no-user-config -display none -m "${RAM_BYTES}b")
-if [[ $GUEST == paused ]]; then
-    IMAGE=$CACHE/ram-$RAM_BYTES-seed$SEED.img
+DST_BACKEND=(-object "memory-backend-ram,id=mem,size=$RAM_BYTES,prealloc=$PREALLOC" -machine memory-backend=mem)
+if [[ $GUEST != running ]]; then
+    IMAGE=$CACHE/ram-$RAM_BYTES-seed$SEED.img image_args=()
+    if [[ $GUEST == files ]]; then
+        IMAGE=$CACHE/ram-$RAM_BYTES-seed$SEED-files-$(echo "$FILES_DIR" | tr / _).img image_args=(--files "$FILES_DIR")
+    fi
     if [[ ! -s $IMAGE || $REPO/scripts/guest-image.py -nt $IMAGE ]]; then
         log "writing the guest RAM image $IMAGE"
-        "$PY" "$REPO/scripts/guest-image.py" --bytes "$RAM_BYTES" --seed "$SEED" -o "$IMAGE.tmp" >&2
+        "$PY" "$REPO/scripts/guest-image.py" --bytes "$RAM_BYTES" --seed "$SEED" "${image_args[@]}" -o "$IMAGE.tmp" >&2
         mv "$IMAGE.tmp" "$IMAGE"
     fi
     # The source maps the image privately (its writes never reach the file); the destination
     # gets anonymous RAM under the same block name ("mem"), filled by the migration.
     SRC_RAM=(-object "memory-backend-file,id=mem,size=$RAM_BYTES,mem-path=$IMAGE,share=off" -machine memory-backend=mem -S)
-    DST_RAM=(-object "memory-backend-ram,id=mem,size=$RAM_BYTES" -machine memory-backend=mem)
+    DST_RAM=("${DST_BACKEND[@]}")
 else
     KERNEL=${GUEST_KERNEL:-$(find /boot -maxdepth 1 -name 'vmlinuz-*' 2>/dev/null | sort -V | tail -1)}
     [[ -n $KERNEL && -r $KERNEL ]] ||
@@ -173,8 +187,9 @@ else
     fi
     BOOT=(-kernel "$KERNEL" -initrd "$INITRD"
         -append "console=ttyS0 quiet panic=-1 lmas_ws=$WS_MIB lmas_rate=$DIRTY_RATE")
-    SRC_RAM=("${BOOT[@]}")
-    DST_RAM=("${BOOT[@]}")
+    # Both sides name their RAM block "mem", so that the destination's can be preallocated.
+    SRC_RAM=("${BOOT[@]}" -object "memory-backend-ram,id=mem,size=$RAM_BYTES" -machine memory-backend=mem)
+    DST_RAM=("${BOOT[@]}" "${DST_BACKEND[@]}")
 fi
 
 # ---- the lab and the path -------------------------------------------------------------------
@@ -247,7 +262,7 @@ if [[ $MODE != direct ]]; then
     ((sessions >= 1 + MULTIFD)) || { verified=0; why="gw-a carried $sessions sessions, expected $((1 + MULTIFD))"; }
 fi
 if [[ $status == completed && -z $why ]]; then
-    if [[ $GUEST == paused ]]; then
+    if [[ $GUEST != running ]]; then
         $QMP cmd "$WORK/dst.qmp" pmemsave "{\"val\": 0, \"size\": $RAM_BYTES, \"filename\": \"$WORK/dst.ram\"}" >/dev/null ||
             die "pmemsave failed"
         # RAM below the ROM window, and above it.

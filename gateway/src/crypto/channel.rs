@@ -18,6 +18,7 @@ use bytes::BytesMut;
 use super::record::{RecordError, RecordOpener, RecordSealer, RECORD_HEADER_LEN};
 use crate::protocol::packed::{CodecSet, PackedFrame, PACKED_DATA};
 use crate::protocol::{DecodeError, Message};
+use crate::transform::cpu_time::thread_cpu_ns;
 use crate::transform::{PackOutcome, PackPolicy, Packer, UnpackError, Unpacker};
 
 /// When a sender moves to a new key (besides the record-count limit, which
@@ -136,12 +137,12 @@ fn seal_one(
     out.resize(start + RECORD_HEADER_LEN, 0);
     match (msg, packing) {
         (Message::Data(frame), Some(p)) => {
-            let t = Instant::now();
+            let t = thread_cpu_ns();
             let outcome = p.packer.pack(frame, p.policy.choice(), p.codecs, out);
             if outcome == PackOutcome::Plain || outcome == PackOutcome::Skipped {
                 msg.encode(out);
             }
-            let ns = t.elapsed().as_nanos() as u64;
+            let ns = thread_cpu_ns().saturating_sub(t);
             p.policy.stats.record(outcome, frame.payload.len(), ns);
         }
         _ => msg.encode(out),
@@ -197,10 +198,10 @@ impl Opening {
     ) -> Result<Option<Message>, OpenError> {
         self.opener.open(header, &mut body)?;
         if body.first() == Some(&PACKED_DATA) {
-            let t = Instant::now();
+            let t = thread_cpu_ns();
             let frame = self.unpacker.unpack(PackedFrame::decode(body.freeze())?)?;
             if let Some(p) = &self.stats {
-                let ns = t.elapsed().as_nanos() as u64;
+                let ns = thread_cpu_ns().saturating_sub(t);
                 p.stats
                     .unpack_ns
                     .fetch_add(ns, std::sync::atomic::Ordering::Relaxed);

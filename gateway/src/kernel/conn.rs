@@ -268,8 +268,10 @@ pub struct RecordWriter<W> {
     inner: W,
     /// `None` only while a batch is being sealed off the reactor.
     sealing: Option<Sealing>,
-    /// Whether data frames are packed (then batches are sealed off the reactor).
+    /// Whether data frames are packed (then batches are sealed off the reactor, by at most
+    /// as many flows at once as `sealers` has permits).
     packs: bool,
+    sealers: Option<Arc<tokio::sync::Semaphore>>,
     info: Arc<ConnInfo>,
     stats: Arc<Stats>,
     /// Sealed records waiting for `flush`.
@@ -288,6 +290,7 @@ impl<W: AsyncWrite + Unpin> RecordWriter<W> {
             inner,
             sealing: Some(Sealing::new(&keys.send, policy, std::time::Instant::now())),
             packs: false,
+            sealers: None,
             info,
             stats,
             out: Vec::with_capacity(300 * 1024),
@@ -295,9 +298,16 @@ impl<W: AsyncWrite + Unpin> RecordWriter<W> {
     }
 
     /// Packs data frames by `policy` in codecs the peer unpacks (none in
-    /// common: they stay plain).
-    pub fn with_packing(mut self, codecs: CodecSet, policy: Arc<PackPolicy>) -> Self {
+    /// common: they stay plain), compressing on the blocking pool with one of `sealers`'
+    /// permits.
+    pub fn with_packing(
+        mut self,
+        codecs: CodecSet,
+        policy: Arc<PackPolicy>,
+        sealers: Arc<tokio::sync::Semaphore>,
+    ) -> Self {
         self.packs = !codecs.is_empty();
+        self.sealers = Some(sealers);
         self.sealing = self.sealing.map(|s| s.with_packing(codecs, policy));
         self
     }
@@ -317,6 +327,8 @@ impl<W: AsyncWrite + Unpin> RecordWriter<W> {
     /// Seals `msgs` in order into the pending output. Packing them costs
     /// CPU (zstd: ~130 µs a 64 KiB frame), so then it runs on tokio's
     /// blocking pool, never on the reactor; order and nonces stay as they are.
+    /// Only as many flows compress at once as the sealers have permits: eight flows
+    /// compressing on two cores would starve the reactor and the AES of every flow.
     pub async fn push_batch(&mut self, msgs: Vec<Message>) -> Result<(), ConnError> {
         let work = self.packs
             && self
@@ -327,9 +339,19 @@ impl<W: AsyncWrite + Unpin> RecordWriter<W> {
             // Plain, zero or incompressible frames: cheap enough for the reactor.
             return msgs.iter().try_for_each(|m| self.push(m));
         }
+        let permit = match &self.sealers {
+            Some(s) => Some(
+                s.clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| ConnError::Io(io::Error::other("the sealing pool is closed")))?,
+            ),
+            None => None,
+        };
         let mut sealing = self.sealing.take().expect("one batch at a time");
         let mut out = std::mem::take(&mut self.out);
         let (sealing, out, sealed) = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let now = std::time::Instant::now();
             let mut updates = Vec::new();
             for m in &msgs {

@@ -77,6 +77,9 @@ pub struct Gateway {
     handshakes: Arc<pending::PendingHandshakes>,
     /// How data frames are packed (`wan.compression`), and the counters of it.
     packing: Arc<PackPolicy>,
+    /// Permits to compress on the blocking pool: half the cores, the rest for the reactor,
+    /// AES and the host.
+    sealers: Arc<tokio::sync::Semaphore>,
 }
 
 impl Gateway {
@@ -123,7 +126,8 @@ impl Gateway {
         let (r, w) = stream.into_split();
         let mut writer = RecordWriter::new(w, keys, policy, info.clone(), self.stats.clone());
         if self.config.compression != Compression::Off {
-            writer = writer.with_packing(keys.peer_codecs, self.packing.clone());
+            writer =
+                writer.with_packing(keys.peer_codecs, self.packing.clone(), self.sealers.clone());
         }
         Ok((
             RecordReader::new(r, keys, info).with_stats(self.packing.clone()),
@@ -173,11 +177,16 @@ impl StatusSource for Gateway {
 /// How often `auto` compression looks at its counters.
 const ADAPT_EVERY: Duration = Duration::from_millis(200);
 
+/// How many flows may compress at once: half the cores (at least one).
+fn sealing_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
+
 /// Moves `auto` compression up or down its ladder from what packing costs
 /// and saves (the sealing runs on tokio's blocking pool, one batch per flow
-/// at a time, so as many in parallel as there are cores).
+/// at a time, at most `sealing_workers()` at once).
 async fn adapt_packing(gateway: Arc<Gateway>) {
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = sealing_workers();
     let mut adaptive = Adaptive::default();
     loop {
         tokio::select! {
@@ -229,6 +238,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         current: watch::channel(None).0,
         handshakes,
         packing: Arc::new(PackPolicy::new(config_compression)),
+        sealers: Arc::new(tokio::sync::Semaphore::new(sealing_workers())),
     });
     tokio::spawn(adapt_packing(gateway.clone()));
     // Bind everything first so a bad address fails the start, not later.

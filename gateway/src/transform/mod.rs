@@ -9,6 +9,7 @@
 //!   what the CPU and the WAN measure.
 
 pub mod codec;
+pub mod cpu_time;
 pub mod policy;
 
 pub use codec::{PackOutcome, Packer, UnpackError, Unpacker};
