@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # fuzz.sh [SECONDS]: runs every cargo-fuzz target of the gateway for SECONDS each (default 30).
-#   Targets (gateway/fuzz/fuzz_targets): message (record plaintext decoder), prelude (handshake
+#   Targets (gateway/fuzz/fuzz_targets): message (record plaintext decoder), packed (packed data
+#   frames through the record layer's bounded unpacker: lz4, zstd, zero runs), prelude (handshake
 #   prelude), handshake (Noise responder fed arbitrary message 1), config (config validation),
 #   tunnel_core (the session core driven by a hostile peer), dpdk_engine (the DPDK datapath's
 #   engine fed raw frames and junk on its tunnel port).
@@ -10,7 +11,7 @@
 set -euo pipefail
 
 if [[ ${1:-} == -h || ${1:-} == --help ]]; then
-    sed -n '2,9p' "$0"
+    sed -n '2,10p' "$0"
     exit 0
 fi
 SECONDS_EACH=${1:-30}

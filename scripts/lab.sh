@@ -58,12 +58,14 @@ Commands:
                       in \$LAB_RUN_DIR/gw-*.log.
   gateways down       stop the LMAS pair and remove the TPROXY rules
   gateways address    print the address src-host connects to for the running pair
-  transfer [--bytes N] [--max-secs S] [--direct] [--timeout S]
+  transfer [--bytes N] [--max-secs S] [--direct] [--timeout S] [--payload KIND]
                       one lmas-load transfer src-host → dst-host (through the gateways in
                       their ingress mode, or direct), SHA-256 checked; with --max-secs the
                       source stops after S s and the hash covers what it sent. Through the
                       gateways it also checks that gw-a logged the session. Prints Mbit/s
-                      (sink side: accept to EOF); a progress bar on a terminal.
+                      (sink side: accept to EOF); a progress bar on a terminal. --payload:
+                      random (default, incompressible), text, or guest (guest-memory-like
+                      pages: zero, text, random); Mbit/s are of the original stream.
 
 Link options (passed to linkemu):
   --rtt MS            round-trip time (half each way)           [up default: 0]
@@ -619,20 +621,23 @@ sessions_seen() {
     grep -c -- "$SRC_IP:[0-9]* -> $DST_IP:$TARGET_PORT" "$RUN_DIR/gw-a.log" 2>/dev/null || true
 }
 
-# transfer [--bytes N] [--direct]: one sized transfer src-host → dst-host through the gateways
+# transfer [--bytes N] [--direct] [--payload KIND]: one sized transfer src-host → dst-host through the gateways
 # (or direct), SHA-256 compared at the receiver. Prints the goodput in Mbit/s on stdout.
 cmd_transfer() {
-    local bytes=$((64 * 1024 * 1024)) direct=0 timeout=600 max_secs=""
+    local bytes=$((64 * 1024 * 1024)) direct=0 timeout=600 max_secs="" payload=""
     while (($#)); do
         case $1 in
             --bytes) bytes=$2; shift 2 ;;
             --max-secs) max_secs=$2; shift 2 ;;
             --direct) direct=1; shift ;;
             --timeout) timeout=$2; shift 2 ;;
+            --payload) payload=$2; shift 2 ;;
             *) die "transfer: unknown option $1" ;;
         esac
     done
     is_size "$bytes" || die "transfer: --bytes takes a byte count such as 1073741824 or 1G, got $bytes"
+    [[ -z $payload || $payload == random || $payload == text || $payload == guest ]] ||
+        die "transfer: --payload is random, text or guest, not $payload"
     need_lab_tools
     lab_exists || die "testbed is not up (scripts/lab.sh up)"
     local load to sink_out src_out sink_pid seen0=0
@@ -656,7 +661,7 @@ cmd_transfer() {
     local src_err=$src_out
     [[ -t 2 ]] && src_err=/dev/stderr
     ip netns exec "$NS_SRC" timeout "$timeout" "$load" source --connect "$to" --bytes "$bytes" \
-        ${max_secs:+--max-secs "$max_secs"} >"$src_out" 2>>"$src_err" || rc=$?
+        ${payload:+--payload "$payload"} ${max_secs:+--max-secs "$max_secs"} >"$src_out" 2>>"$src_err" || rc=$?
     if ((rc != 0)); then
         # The sink may never see a connection: do not wait for its timeout.
         sleep 1

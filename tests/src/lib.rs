@@ -389,20 +389,37 @@ impl PayloadGen {
 
 /// Writes `len` bytes of `kind` (seeded) to `w`; returns what was written.
 pub fn write_payload<W: Write>(w: &mut W, len: u64, seed: u64, kind: Payload) -> io::Result<Sent> {
+    write_payload_until(w, len, seed, kind, None)
+}
+
+/// Like [`write_payload`], but stops early, at a buffer boundary, once `deadline` has passed
+/// (as [`send_all_until`]: what was sent is a prefix of the same stream).
+pub fn write_payload_until<W: Write>(
+    w: &mut W,
+    len: u64,
+    seed: u64,
+    kind: Payload,
+    deadline: Option<Instant>,
+) -> io::Result<Sent> {
     let start = Instant::now();
     let mut gen = PayloadGen::new(kind, seed);
     let mut buf = vec![0u8; IO_BUF];
     let mut h = Sha256::new();
     let mut left = len;
     while left > 0 {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
         let n = left.min(IO_BUF as u64) as usize;
         gen.fill(&mut buf[..n]);
-        w.write_all(&buf[..n])?;
+        w.write_all(&buf[..n])
+            .map_err(|e| timeout_context(e, &format!("send after {} bytes", len - left)))?;
         h.update(&buf[..n]);
         left -= n as u64;
     }
+    w.flush()?;
     Ok(Sent {
-        bytes: len,
+        bytes: len - left,
         sha256: hex(&h.finalize()),
         secs: start.elapsed().as_secs_f64(),
     })

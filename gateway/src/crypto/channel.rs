@@ -357,6 +357,52 @@ mod tests {
         assert!(wire.len() > 65536, "an older peer gets the plain frame");
     }
 
+    /// Zip bombs from an authenticated peer: payloads that expand far beyond what their frame
+    /// claims, and a claim beyond any frame. Each is an error for the connection (the kernel
+    /// datapath ends it and counts a protocol error; the session core resends what it carried),
+    /// never a bigger buffer, and the same Opening never yields more than a frame's claim.
+    #[test]
+    fn a_zip_bomb_is_an_error_for_its_connection() {
+        use crate::protocol::packed::{Codec, MAX_UNPACKED_LEN};
+        let key = [9u8; 32];
+        let mut sealer = RecordSealer::new(&key);
+        let mut opening = Opening::new(&key);
+        let mut open = |frame: PackedFrame| {
+            let mut buf = vec![0u8; RECORD_HEADER_LEN];
+            frame.encode(&mut buf);
+            sealer.seal(&mut buf, 0).unwrap();
+            let header: [u8; 4] = buf[..4].try_into().unwrap();
+            opening.open(header, BytesMut::from(&buf[4..]))
+        };
+        let bomb = |codec: Codec, original_len: u32, payload: Vec<u8>| PackedFrame {
+            session: SessionId(2),
+            offset: 0,
+            codec,
+            original_len,
+            payload: Bytes::from(payload),
+        };
+        let zeros = vec![0u8; 64 << 20];
+        // 64 MiB of zeros in a few KiB: the claim is what a gateway may send, the payload is not.
+        let zstd = zstd::bulk::compress(&zeros, 1).unwrap();
+        let lz4 = lz4_flex::block::compress(&zeros[..16 << 20]);
+        assert!(zstd.len() < 64 << 10 && lz4.len() < 128 << 10);
+        for (codec, payload) in [(Codec::Zstd, zstd.clone()), (Codec::Lz4, lz4.clone())] {
+            let err = open(bomb(codec, 65536, payload)).unwrap_err();
+            assert!(matches!(err, OpenError::Unpack(_)), "{codec:?}: {err:?}");
+        }
+        // Claiming the whole expansion: refused on the claim, before any work.
+        let err = open(bomb(Codec::Zstd, 64 << 20, zstd)).unwrap_err();
+        assert!(matches!(err, OpenError::Decode(_)), "{err:?}");
+        let err = open(bomb(Codec::Zero, MAX_UNPACKED_LEN as u32 + 1, Vec::new())).unwrap_err();
+        assert!(matches!(err, OpenError::Decode(_)), "{err:?}");
+        // The largest claim is honoured, and exactly.
+        let full = zstd::bulk::compress(&zeros[..MAX_UNPACKED_LEN], 3).unwrap();
+        match open(bomb(Codec::Zstd, MAX_UNPACKED_LEN as u32, full)) {
+            Ok(Some(Message::Data(f))) => assert_eq!(f.payload.len(), MAX_UNPACKED_LEN),
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn forged_record_is_an_error_not_a_message() {
         let key = [7u8; 32];

@@ -11,6 +11,8 @@ use proptest::prelude::*;
 use super::*;
 use crate::protocol::{Message, SessionId};
 
+mod packed;
+
 const FLOWS: usize = 3;
 
 struct End {

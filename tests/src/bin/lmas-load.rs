@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! lmas-load sink   --listen ADDR [--count K]
-//! lmas-load source --connect ADDR --bytes N [--seed S] [--max-secs S]
+//! lmas-load source --connect ADDR --bytes N [--seed S] [--max-secs S] [--payload KIND]
 //! lmas-load progress --total N [--label TEXT]
 //! lmas-load free-ports [N]
 //! ```
@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use lmas_tests::{
-    finish_send, parse_size, recv_all, send_all_until, set_timeouts, Counting, Received,
+    finish_send, parse_size, recv_all, send_all_until, set_timeouts, write_payload_until, Counting,
+    Payload, Received,
 };
 
 const USAGE: &str = "\
@@ -33,12 +34,14 @@ USAGE:
         per connection: bytes=N sha256=HEX secs=S  (secs: accept to EOF). Prints
         `listening on ADDR` to stderr once bound. Exits non-zero if a connection fails.
 
-    lmas-load source --connect ADDR --bytes N [--seed S] [--max-secs S]
+    lmas-load source --connect ADDR --bytes N [--seed S] [--max-secs S] [--payload KIND]
         Sends N bytes (suffixes K, M, G, T: binary) of a deterministic pseudo-random stream
         (seed S, default 1), shuts down its write side, waits for the peer to close and prints
         bytes=N sha256=HEX secs=S mbit_s=R  (secs: connect to the peer's close).
         --max-secs S stops sending after S seconds (at a 1 MiB boundary): bytes= is then what
         was sent, a prefix of the same stream, and the sink's hash must still match it.
+        --payload KIND: random (default; incompressible), text (text-like 4 KiB pages), or
+        guest (guest-memory-like: each 4 KiB page zero, text or random, a third each).
 
     lmas-load progress --total N [--label TEXT]
         A progress bar for a shell script's N steps. Reads commands from stdin, one a line:
@@ -68,6 +71,7 @@ struct Opts {
     bytes: Option<u64>,
     seed: u64,
     max_secs: Option<f64>,
+    payload: Payload,
     total: Option<u64>,
     label: String,
     positional: Vec<String>,
@@ -81,6 +85,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         bytes: None,
         seed: 1,
         max_secs: None,
+        payload: Payload::Random,
         total: None,
         label: String::new(),
         positional: Vec::new(),
@@ -121,6 +126,14 @@ fn parse(args: &[String]) -> Result<Opts, String> {
                         .filter(|x| x.is_finite() && *x > 0.0)
                         .ok_or_else(|| format!("--max-secs: not a positive number: {v:?}"))?,
                 );
+            }
+            "--payload" => {
+                o.payload = match value("--payload")?.as_str() {
+                    "random" => Payload::Random,
+                    "text" => Payload::Text,
+                    "guest" => Payload::Mixed,
+                    v => return Err(format!("--payload: random, text or guest, not {v:?}")),
+                }
             }
             "--total" => {
                 let v = value("--total")?;
@@ -164,7 +177,7 @@ fn run(args: &[String]) -> Result<(), String> {
             }
             let connect = o.connect.ok_or("source needs --connect ADDR")?;
             let bytes = o.bytes.ok_or("source needs --bytes N")?;
-            source(&connect, bytes, o.seed, o.max_secs)
+            source(&connect, bytes, o.seed, o.max_secs, o.payload)
         }
         "progress" => {
             let total = o.total.ok_or("progress needs --total N")?;
@@ -253,7 +266,13 @@ fn sink(listen: &str, count: u64) -> Result<(), String> {
     Ok(())
 }
 
-fn source(connect: &str, bytes: u64, seed: u64, max_secs: Option<f64>) -> Result<(), String> {
+fn source(
+    connect: &str,
+    bytes: u64,
+    seed: u64,
+    max_secs: Option<f64>,
+    payload: Payload,
+) -> Result<(), String> {
     let start = Instant::now();
     let deadline = max_secs.map(|m| start + Duration::from_secs_f64(m));
     let s = lmas_tests::connect(connect).map_err(|e| format!("source to {connect}: {e}"))?;
@@ -261,7 +280,11 @@ fn source(connect: &str, bytes: u64, seed: u64, max_secs: Option<f64>) -> Result
     let meter = Meter::start(Some(bytes), "sent", count.clone());
     let result = (|| -> io::Result<lmas_tests::Sent> {
         let mut w = Counting { inner: &s, count };
-        let sent = send_all_until(&mut w, bytes, seed, deadline)?;
+        let sent = match payload {
+            // The stream every other tool checks (`expected_sha256`).
+            Payload::Random => send_all_until(&mut w, bytes, seed, deadline)?,
+            kind => write_payload_until(&mut w, bytes, seed, kind, deadline)?,
+        };
         // The peer closes once it has everything: secs covers delivery, not just buffering.
         finish_send(&s, sent, start)
     })();
