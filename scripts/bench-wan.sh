@@ -267,6 +267,7 @@ for rtt in "${rtts[@]}"; do
                 progress msg "rtt=${rtt}ms loss=${loss}% $mode run $run/$RUNS"
                 before=$(lost_pkts)
                 ca0=$(gw_ticks gw-a) cb0=$(gw_ticks gw-b) w0=$(date +%s.%N)
+                pids0=$(cat "$LAB_RUN_DIR"/gw-{a,b}.pid 2>/dev/null || true)
                 echo "# run rtt=$rtt loss=$loss mode=$mode run=$run" >>"$LOG"
                 # Not in a $(...) subshell: modes keep state (servers, gateways) across runs.
                 run_mode "$mode" >"$OUT/.mode.out"
@@ -277,7 +278,8 @@ for rtt in "${rtts[@]}"; do
                 # Gateways (re)started inside the run: count from their start.
                 through=0
                 [[ $mode == direct* ]] || through=1
-                ((through == 0)) || [[ -n $ca0 ]] || ca0=0 cb0=0
+                ((through == 0)) || [[ -n $ca0 && $pids0 == "$(cat "$LAB_RUN_DIR"/gw-{a,b}.pid 2>/dev/null || true)" ]] ||
+                    ca0=0 cb0=0
                 cpua=$(cpu_pct "$ca0" "$(gw_ticks gw-a)" "$secs")
                 cpub=$(cpu_pct "$cb0" "$(gw_ticks gw-b)" "$secs")
                 ((through)) || cpua="" cpub=""
