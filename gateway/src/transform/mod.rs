@@ -12,4 +12,4 @@ pub mod codec;
 pub mod policy;
 
 pub use codec::{PackOutcome, Packer, UnpackError, Unpacker};
-pub use policy::{Adaptive, Choice, Compression, PackPolicy, PackStats};
+pub use policy::{Adaptive, Choice, Compression, PackFigures, PackNote, PackPolicy, PackStats};
