@@ -142,6 +142,7 @@ impl FakePeer {
                 .opening
                 .open(header, body)
                 .map_err(|e| failed("opening a record", e))?
+                .msg
             {
                 return Ok(msg);
             }

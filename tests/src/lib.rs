@@ -774,6 +774,20 @@ where
     F: FnOnce(TcpStream) -> io::Result<T> + Send + 'static,
 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind target server");
+    serve_once_on(listener, accept_timeout, f)
+}
+
+/// [`serve_once`] on a listener bound elsewhere (e.g. inside a network namespace: see
+/// [`netns::NetNs::run`]).
+pub fn serve_once_on<T, F>(
+    listener: TcpListener,
+    accept_timeout: Duration,
+    f: F,
+) -> (SocketAddr, JoinHandle<io::Result<T>>)
+where
+    T: Send + 'static,
+    F: FnOnce(TcpStream) -> io::Result<T> + Send + 'static,
+{
     let addr = listener.local_addr().expect("local_addr");
     listener.set_nonblocking(true).expect("set_nonblocking");
     let h = thread::spawn(move || {
@@ -812,9 +826,17 @@ pub struct HoldingTarget {
 
 impl HoldingTarget {
     pub fn start(n: u64) -> HoldingTarget {
+        HoldingTarget::on(
+            TcpListener::bind("127.0.0.1:0").expect("bind target server"),
+            n,
+        )
+    }
+
+    /// The same on a listener bound elsewhere (e.g. inside a network namespace).
+    pub fn on(listener: TcpListener, n: u64) -> HoldingTarget {
         let (got_tx, got) = mpsc::channel();
         let (done, done_rx) = mpsc::channel::<()>();
-        let (addr, h) = serve_once(Duration::from_secs(30), move |mut s| {
+        let (addr, h) = serve_once_on(listener, Duration::from_secs(30), move |mut s| {
             let mut buf = vec![0u8; 1 << 16];
             let mut total = 0u64;
             let r = loop {
@@ -1972,6 +1994,57 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("size too large: {s:?}"))
+}
+
+// ---------------------------------------------------------------------------
+// Compression figures in `lmas status --json`
+
+/// The figures of `lmas status --json` in a session's or the tunnel's `compression`.
+pub const PACKING_FIGURES: [&str; 6] = [
+    "bytes_in",
+    "bytes_out",
+    "frames_packed",
+    "frames_skipped",
+    "pack_ns",
+    "unpack_ns",
+];
+
+/// One figure of such a `compression` object.
+pub fn packing_figure(v: &serde_json::Value, k: &str) -> u64 {
+    v[k].as_u64()
+        .unwrap_or_else(|| panic!("no figure {k} in {v:#}"))
+}
+
+/// Checks that the sessions' figures add up to the tunnel's, and the tunnel's (one tunnel
+/// since start) to the gateway's `compression_*` counters. Returns the sessions by target.
+pub fn packing_adds_up(
+    st: &serde_json::Value,
+    who: &str,
+) -> std::collections::BTreeMap<String, serde_json::Value> {
+    let t = &st["tunnel"];
+    let sessions = t["sessions"].as_array().expect("sessions");
+    for k in PACKING_FIGURES {
+        let sum: u64 = sessions
+            .iter()
+            .map(|s| packing_figure(&s["compression"], k))
+            .sum();
+        assert_eq!(
+            sum,
+            packing_figure(&t["compression"], k),
+            "{who}: sessions' {k}: {st:#}"
+        );
+        let counter = st["counters"][format!("compression_{k}")].as_u64();
+        assert_eq!(counter, Some(sum), "{who}: the gateway's {k}: {st:#}");
+    }
+    sessions
+        .iter()
+        .map(|s| {
+            (
+                s["target"].as_str().unwrap().to_string(),
+                s["compression"].clone(),
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]

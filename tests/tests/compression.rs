@@ -3,7 +3,9 @@
 //! guest-like pages of zeros, text and random bytes) with `wan.compression` auto, off and fixed
 //! codecs must arrive byte for byte (SHA-256); the counters must show text packed, random sent
 //! as it is, and nothing packed with `off`. A gateway with compression off and one with auto
-//! talk both ways (each side packs only what it sends; both unpack).
+//! talk both ways (each side packs only what it sends; both unpack). `lmas status` shows each
+//! session's own figures (a text session packs, a random one is skipped) and they add up to
+//! the tunnel's.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -12,8 +14,10 @@ use std::thread;
 use std::time::Duration;
 
 use lmas_tests::{
-    connect, recv_all, send_payload, write_payload, Pair, PairSpec, Payload, Sent, Sink,
+    connect, lmas, packing_adds_up, packing_figure as figure, recv_all, send_payload,
+    write_payload, HoldingTarget, Pair, PairSpec, Payload, Sent, Sink,
 };
+use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
 const LEN: u64 = 24 * MIB;
@@ -150,5 +154,107 @@ fn a_gateway_with_compression_off_and_one_with_auto_talk_both_ways() {
         get(&a, "compression_unpack_ns") > 0,
         "A (off) unpacked B's frames: {a:?}"
     );
+    pair.assert_running();
+}
+
+/// Two sessions at once through a kernel pair (`auto`), held open once their bytes are
+/// through: A's status shows the text session packed (ratio below 0.5, pack CPU time) and the
+/// random one skipped (ratio 1), B's shows what unpacking each cost, and on both the sessions
+/// add up to the tunnel. The human output shows each session's ratio.
+#[test]
+fn each_session_shows_its_own_compression_figures() {
+    const LEN: u64 = 8 * MIB;
+    let (text_t, random_t) = (HoldingTarget::start(LEN), HoldingTarget::start(LEN));
+    let targets = vec![text_t.addr.to_string(), random_t.addr.to_string()];
+    let spec = PairSpec {
+        data_flows: 2,
+        ingress: targets.clone(),
+        egress_allow: targets.clone(),
+        ..PairSpec::default()
+    };
+    let mut pair = Pair::start(&spec);
+    // The clients keep their connections open: the sessions stay in status.
+    let mut clients = Vec::new();
+    for (ingress, kind) in pair.ingress.iter().zip([Payload::Text, Payload::Random]) {
+        let mut c = connect(*ingress).expect("connect to A's ingress");
+        write_payload(&mut c, LEN, 5, kind).unwrap_or_else(|e| panic!("{e}\n{}", pair.logs()));
+        clients.push(c);
+    }
+    text_t.wait_all(Duration::from_secs(60));
+    random_t.wait_all(Duration::from_secs(60));
+
+    let a = pair.a.status().unwrap();
+    let at_a = packing_adds_up(&a, "A");
+    let (text, random) = (&at_a[&targets[0]], &at_a[&targets[1]]);
+    println!("A: text {text}\nA: random {random}");
+    assert_eq!(
+        figure(text, "bytes_in"),
+        LEN,
+        "A packed all of the text session: {a:#}"
+    );
+    assert!(
+        figure(text, "frames_packed") > 0 && figure(text, "pack_ns") > 0,
+        "{a:#}"
+    );
+    assert!(
+        text["ratio"].as_f64().unwrap() < 0.5,
+        "text at least halves: {a:#}"
+    );
+    assert_eq!(figure(random, "bytes_in"), LEN, "{a:#}");
+    assert_eq!(
+        figure(random, "bytes_out"),
+        LEN,
+        "random goes as it is: {a:#}"
+    );
+    assert!(figure(random, "frames_skipped") > 0, "{a:#}");
+    assert_eq!(figure(random, "frames_packed"), 0, "{a:#}");
+    assert_eq!(random["ratio"].as_f64(), Some(1.0));
+    assert_eq!(
+        figure(&a["tunnel"]["compression"], "unpack_ns"),
+        0,
+        "B sent no data"
+    );
+
+    let b = pair.b.status().unwrap();
+    let at_b = packing_adds_up(&b, "B");
+    let (text_b, random_b) = (&at_b[&targets[0]], &at_b[&targets[1]]);
+    assert!(
+        figure(text_b, "unpack_ns") > 0,
+        "B unpacked the text session: {b:#}"
+    );
+    assert_eq!(
+        figure(random_b, "unpack_ns"),
+        0,
+        "nothing packed to unpack: {b:#}"
+    );
+    assert_eq!(
+        (figure(text_b, "bytes_in"), &text_b["ratio"]),
+        (0, &Value::Null)
+    );
+
+    let out = lmas(&[
+        "status",
+        "--socket",
+        &pair.dir.join("gw-a.sock").display().to_string(),
+    ]);
+    let human = String::from_utf8_lossy(&out.stdout);
+    println!("{human}");
+    let ratio_of = |target: &str| -> f64 {
+        let row = human
+            .lines()
+            .find(|l| l.contains(&format!("-> {target}")))
+            .unwrap_or_else(|| panic!("no session to {target}:\n{human}"));
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        cols[cols.len() - 2]
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}: {row}"))
+    };
+    assert!(ratio_of(&targets[0]) < 0.5, "{human}");
+    assert_eq!(ratio_of(&targets[1]), 1.0, "{human}");
+    assert!(
+        human.contains("compression: "),
+        "the tunnel's line: {human}"
+    );
+    drop(clients);
     pair.assert_running();
 }

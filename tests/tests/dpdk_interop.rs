@@ -2,8 +2,9 @@
 //! processes on veth pairs in network namespaces (the DPDK gateways use the af_packet PMD, no
 //! hugepages): kernel→DPDK, DPDK→kernel and DPDK→DPDK each carry several concurrent sessions
 //! byte-exact (SHA-256), one of them in both directions at once; a gateway with the wrong key is
-//! refused before any session exists. Needs root, namespaces and the system DPDK; skips with a
-//! message otherwise.
+//! refused before any session exists; on DPDK both ways, `lmas status` shows each session's own
+//! compression figures. Needs root, namespaces and the system DPDK; skips with a message
+//! otherwise.
 
 use std::net::{SocketAddr, SocketAddrV4, TcpListener};
 use std::sync::Mutex;
@@ -12,7 +13,8 @@ use std::time::Duration;
 use lmas_tests::dpdk_lab::{dpdk_available, Kind, Topology, DST};
 use lmas_tests::netns::skip_unless_available;
 use lmas_tests::{
-    connect, duplex, expected_sha256, send, send_payload, set_timeouts, Payload, Sink,
+    connect, duplex, expected_sha256, packing_adds_up, packing_figure as figure, send,
+    send_payload, set_timeouts, write_payload, HoldingTarget, Payload, Sink,
 };
 
 /// DPDK gateways poll; one case at a time keeps a small machine responsive.
@@ -161,6 +163,102 @@ fn dpdk_to_kernel() {
 fn dpdk_to_dpdk() {
     if !skip("dpdk_to_dpdk") {
         pair("d2d", Kind::Dpdk, Kind::Dpdk);
+    }
+}
+
+/// Per-session compression figures on the DPDK datapath (A packs on its crypto path, B
+/// unpacks on its): a session of text-like pages and one of random bytes, held open once
+/// their bytes are through. A's status shows the text packed and the random skipped, B's what
+/// unpacking cost; on each the sessions add up to the tunnel and the gateway's counters.
+#[test]
+fn dpdk_sessions_show_their_own_compression_figures() {
+    const LEN: u64 = 8 << 20;
+    if skip("dpdk_sessions_show_their_own_compression_figures") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let t = Topology::new("d2dc", Kind::Dpdk, Kind::Dpdk).expect("topology");
+    let (ca, cb) = (
+        t.config_a(&t.key_b.public, 2),
+        t.config_b(&t.key_a.public, 2),
+    );
+    let (mut ga, mut gb) = t.start(&ca, &cb);
+    for g in [&mut ga, &mut gb] {
+        g.wait_for_line(&["tunnel up", "2 data flows"], WAIT)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    // Text to dst:5000, random to dst:5001; targets and clients keep their connections.
+    let mut held = Vec::new();
+    for (port, kind) in [(5000, Payload::Text), (5001, Payload::Random)] {
+        let listener = t
+            .dst
+            .run(move || TcpListener::bind((DST, port)))
+            .expect("target in dst");
+        let target = HoldingTarget::on(listener, LEN);
+        let to = t.ingress_for(port);
+        let mut client = t.src.run(move || connect(to)).expect("connect from src");
+        write_payload(&mut client, LEN, 9, kind).expect("send through the gateways");
+        target.wait_all(WAIT);
+        held.push((target, client));
+    }
+    let (text, random) = (format!("{DST}:5000"), format!("{DST}:5001"));
+
+    let a = ga.status().unwrap();
+    let at_a = packing_adds_up(&a, "A (DPDK)");
+    let (text_a, random_a) = (&at_a[&text], &at_a[&random]);
+    println!("A: text {text_a}\nA: random {random_a}");
+    assert_eq!(figure(text_a, "bytes_in"), LEN, "{a:#}");
+    assert!(figure(text_a, "frames_packed") > 0 && figure(text_a, "pack_ns") > 0);
+    assert!(
+        text_a["ratio"].as_f64().unwrap() < 0.5,
+        "text at least halves: {a:#}"
+    );
+    assert_eq!(
+        figure(random_a, "bytes_out"),
+        LEN,
+        "random goes as it is: {a:#}"
+    );
+    assert!(figure(random_a, "frames_skipped") > 0, "{a:#}");
+    assert_eq!(figure(random_a, "frames_packed"), 0, "{a:#}");
+
+    let b = gb.status().unwrap();
+    let at_b = packing_adds_up(&b, "B (DPDK)");
+    println!("B: text {}\nB: random {}", at_b[&text], at_b[&random]);
+    assert!(
+        figure(&at_b[&text], "unpack_ns") > 0,
+        "B unpacked the text: {b:#}"
+    );
+    assert_eq!(figure(&at_b[&random], "unpack_ns"), 0, "{b:#}");
+    // The sessions end: their figures go with them, the tunnel keeps its totals.
+    let tunnel_a = a["tunnel"]["compression"].clone();
+    drop(held);
+    for g in [&ga, &gb] {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let st = g.status().unwrap();
+            if st["tunnel"]["sessions"]
+                .as_array()
+                .is_some_and(Vec::is_empty)
+            {
+                if g.name == "gw-a" {
+                    assert_eq!(st["tunnel"]["compression"], tunnel_a);
+                }
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{}: the sessions never ended: {st:#}\n{}",
+                g.name,
+                g.log_tail(30)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    for g in [&mut ga, &mut gb] {
+        let st = g
+            .terminate(Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(st.success(), "{} exited with {st}", g.name);
     }
 }
 

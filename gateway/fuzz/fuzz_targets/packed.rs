@@ -31,7 +31,7 @@ fn check(plaintext: &[u8]) -> Option<DataFrame> {
     RecordSealer::new(&KEY).seal(&mut buf, 0).ok()?;
     let header: [u8; RECORD_HEADER_LEN] = buf[..RECORD_HEADER_LEN].try_into().expect("4 bytes");
     let body = BytesMut::from(&buf[RECORD_HEADER_LEN..]);
-    match Opening::new(&KEY).open(header, body) {
+    match Opening::new(&KEY).open(header, body).map(|o| o.msg) {
         Ok(Some(Message::Data(f))) => {
             // Only a packed record gets here: the plaintext starts with 0x21.
             let claim = u32::from_be_bytes(plaintext[18..22].try_into().expect("4 bytes"));

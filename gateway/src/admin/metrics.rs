@@ -14,9 +14,12 @@
 //!   `tunnel_buffered_bytes`, `sessions{state}`;
 //! - per WAN connection (`kind` = control/data, `flow` = index or `-`): bytes
 //!   each way, RTT, RTT variance, cwnd, MSS, unacked segments, retransmits, age;
+//! - `tunnel_compression_*`: what packing did for the current tunnel (bytes in
+//!   and out, frames packed and skipped, CPU seconds packing and unpacking);
 //! - per session (`session` = id, `target`): bytes each way, acked, in
-//!   flight, age — for at most [`MAX_SESSION_SERIES`] sessions (the oldest by
-//!   id); `session_series_omitted` says how many more there are.
+//!   flight, age, and the same `session_compression_*` figures — for at most
+//!   [`MAX_SESSION_SERIES`] sessions (the oldest by id);
+//!   `session_series_omitted` says how many more there are.
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
@@ -24,7 +27,7 @@ use prometheus_client::metrics::exemplar::Exemplar;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
-use super::status::{ConnectionStatus, SessionStatus, TcpStats};
+use super::status::{ConnectionStatus, PackingStatus, SessionStatus, TcpStats};
 use super::{Stats, Status};
 use MetricType::{Counter, Gauge};
 use Num::{Float, Int};
@@ -149,6 +152,12 @@ impl Collector for Snapshot {
             );
             single(e, (&metric, &help, None, Counter), Int(*v))?;
         }
+        compression(
+            e,
+            "lmas_tunnel",
+            "for the current tunnel (restarts at 0 with a new tunnel)",
+            &[(&t.compression, Vec::new())],
+        )?;
         let states = ["opening", "connecting", "open"].map(|st| (st, vec![("state", st)]));
         family(
             e,
@@ -351,6 +360,11 @@ fn sessions(e: &mut DescriptorEncoder<'_>, all: &[SessionStatus]) -> std::fmt::R
         &rows,
         |s| Some(Float(s.age_secs)),
     )?;
+    let packing: Vec<(&PackingStatus, Labels)> = rows
+        .iter()
+        .map(|(s, labels)| (&s.compression, labels.clone()))
+        .collect();
+    compression(e, "lmas_session", "of a session", &packing)?;
     single(
         e,
         (
@@ -361,6 +375,62 @@ fn sessions(e: &mut DescriptorEncoder<'_>, all: &[SessionStatus]) -> std::fmt::R
         ),
         Int(all.len().saturating_sub(MAX_SESSION_SERIES) as u64),
     )
+}
+
+/// One compression family: name suffix, help, unit, and its value in a [`PackingStatus`].
+type PackingFamily = (
+    &'static str,
+    &'static str,
+    Option<Unit>,
+    fn(&PackingStatus) -> Num,
+);
+
+/// The compression families of one scope, `PREFIX_compression_*`: the figures of
+/// [`PackingStatus`] (the ratio is `out / in`, left to the query).
+fn compression(
+    e: &mut DescriptorEncoder<'_>,
+    prefix: &str,
+    whose: &str,
+    rows: &[(&PackingStatus, Labels<'_>)],
+) -> std::fmt::Result {
+    let figures: [PackingFamily; 6] = [
+        (
+            "in",
+            "Data payload bytes offered to packing",
+            Some(Unit::Bytes),
+            |c| Int(c.bytes_in),
+        ),
+        (
+            "out",
+            "Bytes that went on the wire for the data payload offered to packing",
+            Some(Unit::Bytes),
+            |c| Int(c.bytes_out),
+        ),
+        ("frames_packed", "Data frames sent packed", None, |c| {
+            Int(c.frames_packed)
+        }),
+        (
+            "frames_skipped",
+            "Data frames found incompressible and sent as they are",
+            None,
+            |c| Int(c.frames_skipped),
+        ),
+        ("pack", "CPU time spent packing", Some(Unit::Seconds), |c| {
+            Float(c.pack_ns as f64 / 1e9)
+        }),
+        (
+            "unpack",
+            "CPU time spent unpacking what the peer packed",
+            Some(Unit::Seconds),
+            |c| Float(c.unpack_ns as f64 / 1e9),
+        ),
+    ];
+    for (name, help, unit, value) in figures {
+        let metric = format!("{prefix}_compression_{name}");
+        let help = format!("{help}, {whose}.");
+        family(e, (&metric, &help, unit, Counter), rows, |c| Some(value(c)))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -422,9 +492,27 @@ mod tests {
                         bytes_up_acked: 90,
                         bytes_down: 5,
                         in_flight: 10 + i,
+                        compression: PackingStatus {
+                            bytes_in: 1000 * (i + 1),
+                            bytes_out: 480 * (i + 1),
+                            frames_packed: 2,
+                            frames_skipped: i,
+                            pack_ns: 1_500_000,
+                            ratio: Some(0.48),
+                            ..Default::default()
+                        },
                     })
                     .collect(),
                 counters: [("resent_bytes".to_string(), 4)].into_iter().collect(),
+                compression: PackingStatus {
+                    bytes_in: 3000,
+                    bytes_out: 1440,
+                    frames_packed: 4,
+                    frames_skipped: 1,
+                    pack_ns: 3_000_000,
+                    unpack_ns: 250_000_000,
+                    ratio: Some(0.48),
+                },
             }),
         }
     }
@@ -451,6 +539,14 @@ mod tests {
             "lmas_session_up_bytes_total{session=\"2\",target=\"[::1]:5000\"} 101",
             "lmas_session_in_flight_bytes{session=\"0\",target=\"[::1]:5000\"} 10",
             "lmas_session_series_omitted 0",
+            "lmas_tunnel_compression_in_bytes_total 3000",
+            "lmas_tunnel_compression_out_bytes_total 1440",
+            "lmas_tunnel_compression_frames_skipped_total 1",
+            "lmas_tunnel_compression_unpack_seconds_total 0.25",
+            "lmas_session_compression_in_bytes_total{session=\"2\",target=\"[::1]:5000\"} 2000",
+            "lmas_session_compression_out_bytes_total{session=\"0\",target=\"[::1]:5000\"} 480",
+            "lmas_session_compression_frames_packed_total{session=\"2\",target=\"[::1]:5000\"} 2",
+            "lmas_session_compression_pack_seconds_total{session=\"0\",target=\"[::1]:5000\"} 0.0015",
             "lmas_gateway_info{gateway=\"gw-a\",peer=\"gw \\\"b\\\"\\n\"} 1",
         ] {
             assert!(
@@ -471,6 +567,14 @@ mod tests {
             .filter(|l| l.starts_with("lmas_session_up_bytes_total{"))
             .count();
         assert_eq!(up, MAX_SESSION_SERIES);
+        let packed = text
+            .lines()
+            .filter(|l| l.starts_with("lmas_session_compression_in_bytes_total{"))
+            .count();
+        assert_eq!(
+            packed, MAX_SESSION_SERIES,
+            "compression series share the cap"
+        );
         assert!(text.contains("lmas_session_series_omitted 5\n"), "{text}");
         assert!(text.contains(&format!("lmas_sessions{{state=\"open\"}} {n}\n")));
     }

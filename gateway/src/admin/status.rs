@@ -46,6 +46,10 @@ pub struct TunnelStatus {
     pub sessions: Vec<SessionStatus>,
     /// The session core's counters for this tunnel (frames, resends, duplicates).
     pub counters: BTreeMap<String, u64>,
+    /// What packing did for this tunnel, ended sessions included (absent from older
+    /// gateways' output).
+    #[serde(default)]
+    pub compression: PackingStatus,
 }
 
 /// One WAN TCP connection: the control connection or a data flow.
@@ -91,6 +95,48 @@ pub struct SessionStatus {
     pub bytes_down: u64,
     /// Sent or queued but not yet acknowledged.
     pub in_flight: u64,
+    /// What packing its frames (this gateway's direction) and unpacking the peer's did
+    /// (absent from older gateways' output).
+    #[serde(default)]
+    pub compression: PackingStatus,
+}
+
+/// What packing did, for a session or a tunnel: the figures of docs/COMPRESSION.md
+/// (`compression_*` counters) and their ratio.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PackingStatus {
+    /// Data payload bytes offered to packing, and what went on the wire for them.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub frames_packed: u64,
+    /// Frames found incompressible and sent as they are.
+    pub frames_skipped: u64,
+    /// CPU time packing (what this gateway sends) and unpacking (what it receives).
+    pub pack_ns: u64,
+    pub unpack_ns: u64,
+    /// `bytes_out / bytes_in`; none while nothing was offered to packing.
+    pub ratio: Option<f64>,
+}
+
+impl From<&crate::transform::PackFigures> for PackingStatus {
+    fn from(f: &crate::transform::PackFigures) -> Self {
+        PackingStatus {
+            bytes_in: f.bytes_in,
+            bytes_out: f.bytes_out,
+            frames_packed: f.frames_packed,
+            frames_skipped: f.frames_skipped,
+            pack_ns: f.pack_ns,
+            unpack_ns: f.unpack_ns,
+            ratio: f.ratio(),
+        }
+    }
+}
+
+impl PackingStatus {
+    /// The ratio to two places, or `-` while nothing was packed.
+    fn ratio_text(&self) -> String {
+        self.ratio.map_or_else(|| "-".into(), |r| format!("{r:.2}"))
+    }
 }
 
 impl SessionStatus {
@@ -111,6 +157,7 @@ impl SessionStatus {
             bytes_up_acked: s.acked,
             bytes_down: s.delivered,
             in_flight: s.written - s.acked,
+            compression: (&s.packing).into(),
         }
     }
 }
@@ -135,6 +182,7 @@ impl TunnelStatus {
             connections,
             sessions,
             counters: core.counters().snapshot(),
+            compression: core.packing().into(),
         }
     }
 }
@@ -163,6 +211,20 @@ impl Status {
                     bytes(t.buffered_bytes)
                 );
                 let _ = writeln!(out, "  {}", nonzero(&t.counters));
+                let c = &t.compression;
+                if c.bytes_in > 0 || c.unpack_ns > 0 {
+                    let _ = writeln!(
+                        out,
+                        "  compression: {} -> {} (ratio {}), {} frames packed, {} skipped; cpu {:.2} s packing, {:.2} s unpacking",
+                        bytes(c.bytes_in),
+                        bytes(c.bytes_out),
+                        c.ratio_text(),
+                        c.frames_packed,
+                        c.frames_skipped,
+                        c.pack_ns as f64 / 1e9,
+                        c.unpack_ns as f64 / 1e9,
+                    );
+                }
                 let _ = writeln!(
                     out,
                     "\n  {:<8} {:<22} {:>10} {:>10} {:>9} {:>6} {:>8}",
@@ -195,7 +257,7 @@ impl Status {
                 }
                 let _ = writeln!(
                     out,
-                    "\n  {:<6} {:<10} {:<44} {:>10} {:>10} {:>10} {:>7} {:>11}",
+                    "\n  {:<6} {:<10} {:<44} {:>10} {:>10} {:>10} {:>7} {:>6} {:>11}",
                     "session",
                     "state",
                     "source -> target",
@@ -203,6 +265,7 @@ impl Status {
                     "down",
                     "in flight",
                     "age s",
+                    "packed",
                     "goodput"
                 );
                 for s in &t.sessions {
@@ -217,7 +280,7 @@ impl Status {
                         .unwrap_or_else(|| "-".into());
                     let _ = writeln!(
                         out,
-                        "  {:<6} {:<10} {:<44} {:>10} {:>10} {:>10} {:>7.0} {:>11}",
+                        "  {:<6} {:<10} {:<44} {:>10} {:>10} {:>10} {:>7.0} {:>6} {:>11}",
                         s.id,
                         s.state,
                         route,
@@ -225,6 +288,7 @@ impl Status {
                         bytes(s.bytes_down),
                         bytes(s.in_flight),
                         s.age_secs,
+                        s.compression.ratio_text(),
                         rate
                     );
                 }
@@ -269,5 +333,105 @@ fn bytes(n: u64) -> String {
         format!("{n} B")
     } else {
         format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(id: u64, compression: PackingStatus) -> SessionStatus {
+        SessionStatus {
+            id,
+            state: "open".into(),
+            source: Some("10.0.0.9:40000".into()),
+            target: "10.1.0.7:49152".into(),
+            age_secs: 3.0,
+            bytes_up: 1 << 20,
+            bytes_up_acked: 1 << 20,
+            bytes_down: 0,
+            in_flight: 0,
+            compression,
+        }
+    }
+
+    fn status() -> Status {
+        let text = PackingStatus {
+            bytes_in: 1 << 20,
+            bytes_out: 503_316,
+            frames_packed: 16,
+            pack_ns: 2_000_000,
+            ratio: Some(0.48),
+            ..Default::default()
+        };
+        Status {
+            gateway: "gw-a".into(),
+            peer: "gw-b".into(),
+            uptime_secs: 5.0,
+            tunnel: Some(TunnelStatus {
+                id: "0123456789abcdef".into(),
+                state: "up".into(),
+                peer: "gw-b (10.0.0.2:4433)".into(),
+                buffered_bytes: 0,
+                connections: Vec::new(),
+                sessions: vec![session(0, text.clone()), session(2, Default::default())],
+                counters: BTreeMap::new(),
+                compression: text,
+            }),
+            counters: BTreeMap::new(),
+            gauges: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn render_shows_each_sessions_ratio_and_the_tunnels_figures() {
+        let text = status().render(&BTreeMap::new());
+        let lines: Vec<&str> = text.lines().collect();
+        let header = lines.iter().find(|l| l.contains("session")).unwrap();
+        assert!(header.contains("packed"), "{text}");
+        let row = |id: &str| {
+            lines
+                .iter()
+                .find(|l| l.trim_start().starts_with(id) && l.contains("->"))
+                .unwrap_or_else(|| panic!("no row for session {id}:\n{text}"))
+                .split_whitespace()
+                .collect::<Vec<_>>()
+        };
+        // The ratio column comes before goodput (`--watch` lines end in Mbit/s).
+        assert_eq!(row("0 ")[row("0 ").len() - 2], "0.48", "{text}");
+        assert_eq!(
+            row("2 ")[row("2 ").len() - 2],
+            "-",
+            "nothing packed: {text}"
+        );
+        assert!(
+            text.contains(
+                "compression: 1.0 MiB -> 491.5 KiB (ratio 0.48), 16 frames packed, 0 skipped"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn json_carries_the_figures_and_older_output_still_parses() {
+        let json = serde_json::to_value(status()).unwrap();
+        let s = &json["tunnel"]["sessions"][0]["compression"];
+        assert_eq!(s["bytes_out"], 503_316);
+        assert_eq!(s["ratio"], 0.48);
+        assert_eq!(
+            json["tunnel"]["sessions"][1]["compression"]["ratio"],
+            serde_json::Value::Null
+        );
+        assert_eq!(json["tunnel"]["compression"]["frames_packed"], 16);
+
+        let mut old = json.clone();
+        old["tunnel"].as_object_mut().unwrap().remove("compression");
+        for s in old["tunnel"]["sessions"].as_array_mut().unwrap() {
+            s.as_object_mut().unwrap().remove("compression");
+        }
+        let parsed: Status = serde_json::from_value(old).unwrap();
+        let t = parsed.tunnel.unwrap();
+        assert_eq!(t.compression, PackingStatus::default());
+        assert_eq!(t.sessions[0].compression.ratio, None);
     }
 }

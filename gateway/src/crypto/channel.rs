@@ -19,7 +19,9 @@ use super::record::{RecordError, RecordOpener, RecordSealer, RECORD_HEADER_LEN};
 use crate::protocol::packed::{CodecSet, PackedFrame, PACKED_DATA};
 use crate::protocol::{DecodeError, Message};
 use crate::transform::cpu_time::thread_cpu_ns;
-use crate::transform::{PackOutcome, PackPolicy, Packer, UnpackError, Unpacker};
+use crate::transform::{
+    PackFigures, PackNote, PackOutcome, PackPolicy, Packer, UnpackError, Unpacker,
+};
 
 /// When a sender moves to a new key (besides the record-count limit, which
 /// [`RecordSealer::needs_rekey`] enforces regardless).
@@ -44,6 +46,16 @@ struct Packing {
     codecs: CodecSet,
     policy: Arc<PackPolicy>,
     packer: Packer,
+}
+
+/// What sealing one message did besides the record: a key update to log and count, and
+/// what packing a data frame did, for its session's figures.
+#[must_use]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sealed {
+    pub key_update: Option<KeyUpdated>,
+    /// For a data frame on a connection that packs (plain and skipped frames included).
+    pub packed: Option<PackNote>,
 }
 
 /// A key update happened while sealing: worth a log line and a counter.
@@ -103,7 +115,7 @@ impl Sealing {
         msg: &Message,
         out: &mut Vec<u8>,
         now: Instant,
-    ) -> Result<Option<KeyUpdated>, RecordError> {
+    ) -> Result<Sealed, RecordError> {
         let mut updated = None;
         if self.sealer.needs_rekey()
             || self.bytes_since_rekey >= self.policy.after_bytes
@@ -120,21 +132,26 @@ impl Sealing {
             self.last_rekey = now;
         }
         let packing = self.packing.as_mut();
-        self.bytes_since_rekey += seal_one(&mut self.sealer, msg, out, packing)? as u64;
-        Ok(updated)
+        let (len, packed) = seal_one(&mut self.sealer, msg, out, packing)?;
+        self.bytes_since_rekey += len as u64;
+        Ok(Sealed {
+            key_update: updated,
+            packed,
+        })
     }
 }
 
 /// Seals one message at the end of `out` (a data frame packed if `packing` says so);
-/// returns the record's length.
+/// returns the record's length and, for a data frame offered to packing, what packing did.
 fn seal_one(
     sealer: &mut RecordSealer,
     msg: &Message,
     out: &mut Vec<u8>,
     packing: Option<&mut Packing>,
-) -> Result<usize, RecordError> {
+) -> Result<(usize, Option<PackNote>), RecordError> {
     let start = out.len();
     out.resize(start + RECORD_HEADER_LEN, 0);
+    let mut note = None;
     match (msg, packing) {
         (Message::Data(frame), Some(p)) => {
             let t = thread_cpu_ns();
@@ -143,7 +160,12 @@ fn seal_one(
                 msg.encode(out);
             }
             let ns = thread_cpu_ns().saturating_sub(t);
-            p.policy.stats.record(outcome, frame.payload.len(), ns);
+            let figures = PackFigures::packed(outcome, frame.payload.len(), ns);
+            p.policy.stats.add(&figures);
+            note = Some(PackNote {
+                session: frame.session,
+                figures,
+            });
         }
         _ => msg.encode(out),
     }
@@ -151,7 +173,7 @@ fn seal_one(
         out.truncate(start);
         return Err(e);
     }
-    Ok(out.len() - start)
+    Ok((out.len() - start, note))
 }
 
 /// Why a record could not be turned into a message.
@@ -164,6 +186,15 @@ pub enum OpenError {
     Decode(#[from] DecodeError),
     #[error("packed data frame: {0}")]
     Unpack(#[from] UnpackError),
+}
+
+/// What opening one record gave: its message (none for the peer's key update) and, for a
+/// packed data frame, what unpacking it cost, for its session's figures.
+#[must_use]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Opened {
+    pub msg: Option<Message>,
+    pub unpacked: Option<PackNote>,
 }
 
 /// The receiving direction of one connection.
@@ -190,31 +221,39 @@ impl Opening {
 
     /// Opens one record (its validated length `header` and `body`, ciphertext
     /// and tag) and decodes the message in it. A key update is applied here
-    /// and yields `None`; a data payload is a slice of `body`, not a copy.
+    /// and yields no message; a data payload is a slice of `body`, not a copy.
     pub fn open(
         &mut self,
         header: [u8; RECORD_HEADER_LEN],
         mut body: BytesMut,
-    ) -> Result<Option<Message>, OpenError> {
+    ) -> Result<Opened, OpenError> {
         self.opener.open(header, &mut body)?;
         if body.first() == Some(&PACKED_DATA) {
             let t = thread_cpu_ns();
             let frame = self.unpacker.unpack(PackedFrame::decode(body.freeze())?)?;
+            let figures = PackFigures::unpacked(thread_cpu_ns().saturating_sub(t));
             if let Some(p) = &self.stats {
-                let ns = thread_cpu_ns().saturating_sub(t);
-                p.stats
-                    .unpack_ns
-                    .fetch_add(ns, std::sync::atomic::Ordering::Relaxed);
+                p.stats.add(&figures);
             }
-            return Ok(Some(Message::Data(frame)));
+            return Ok(Opened {
+                unpacked: Some(PackNote {
+                    session: frame.session,
+                    figures,
+                }),
+                msg: Some(Message::Data(frame)),
+            });
         }
-        match Message::decode(body.freeze())? {
+        let msg = match Message::decode(body.freeze())? {
             Message::KeyUpdate => {
                 self.opener.ratchet();
-                Ok(None)
+                None
             }
-            msg => Ok(Some(msg)),
-        }
+            msg => Some(msg),
+        };
+        Ok(Opened {
+            msg,
+            unpacked: None,
+        })
     }
 }
 
@@ -232,7 +271,7 @@ mod tests {
             let len = RecordOpener::body_len(header).unwrap();
             let body = BytesMut::from(&wire[4..4 + len]);
             wire = &wire[4 + len..];
-            if let Some(m) = opening.open(header, body).unwrap() {
+            if let Some(m) = opening.open(header, body).unwrap().msg {
                 out.push(m);
             }
         }
@@ -260,7 +299,7 @@ mod tests {
         let mut wire = Vec::new();
         let mut updates = Vec::new();
         for n in 0..10 {
-            updates.extend(sealing.seal(&data(n), &mut wire, t0).unwrap());
+            updates.extend(sealing.seal(&data(n), &mut wire, t0).unwrap().key_update);
         }
         // 1000-byte payloads + 22-byte header + 4 + 16: a key every 3 records.
         assert_eq!(updates.len(), 3);
@@ -280,10 +319,13 @@ mod tests {
         };
         let mut sealing = Sealing::new(&key, policy, t0);
         let mut wire = Vec::new();
-        assert_eq!(sealing.seal(&data(0), &mut wire, t0).unwrap(), None);
+        let update = |s: &mut Sealing, n, wire: &mut Vec<u8>, at| {
+            s.seal(&data(n), wire, at).unwrap().key_update
+        };
+        assert_eq!(update(&mut sealing, 0, &mut wire, t0), None);
         let later = t0 + Duration::from_secs(61);
-        assert!(sealing.seal(&data(1), &mut wire, later).unwrap().is_some());
-        assert_eq!(sealing.seal(&data(2), &mut wire, later).unwrap(), None);
+        assert!(update(&mut sealing, 1, &mut wire, later).is_some());
+        assert_eq!(update(&mut sealing, 2, &mut wire, later), None);
         assert_eq!(open_all(&mut Opening::new(&key), &wire).len(), 3);
     }
 
@@ -332,7 +374,7 @@ mod tests {
             Sealing::new(&key, policy, t0).with_packing(CodecSet::SUPPORTED, pack.clone());
         let mut wire = Vec::new();
         for m in &msgs {
-            sealing.seal(m, &mut wire, t0).unwrap();
+            let _ = sealing.seal(m, &mut wire, t0).unwrap();
         }
         assert!(
             wire.len() < 65536 + 2 * 1024,
@@ -353,7 +395,7 @@ mod tests {
 
         let mut plain = Sealing::new(&key, policy, t0).with_packing(CodecSet::default(), pack);
         let mut wire = Vec::new();
-        plain.seal(&msgs[1], &mut wire, t0).unwrap();
+        let _ = plain.seal(&msgs[1], &mut wire, t0).unwrap();
         assert!(wire.len() > 65536, "an older peer gets the plain frame");
     }
 
@@ -398,9 +440,116 @@ mod tests {
         // The largest claim is honoured, and exactly.
         let full = zstd::bulk::compress(&zeros[..MAX_UNPACKED_LEN], 3).unwrap();
         match open(bomb(Codec::Zstd, MAX_UNPACKED_LEN as u32, full)) {
-            Ok(Some(Message::Data(f))) => assert_eq!(f.payload.len(), MAX_UNPACKED_LEN),
+            Ok(Opened {
+                msg: Some(Message::Data(f)),
+                ..
+            }) => assert_eq!(f.payload.len(), MAX_UNPACKED_LEN),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Each data frame's seal says what packing did for its session, and opening a packed
+    /// frame what unpacking cost; those notes add up to the gateway's counters. Control
+    /// messages and connections that do not pack give none.
+    #[test]
+    fn sealing_and_opening_report_each_frame_for_its_session() {
+        use crate::transform::{Choice, Compression};
+        let key = [9u8; 32];
+        let t0 = Instant::now();
+        let policy = RekeyPolicy {
+            after_bytes: u64::MAX,
+            after: Duration::from_secs(60),
+        };
+        let frame = |session: u64, payload: Vec<u8>| {
+            Message::Data(DataFrame {
+                session: SessionId(session),
+                offset: 0,
+                flags: 0,
+                payload: Bytes::from(payload),
+            })
+        };
+        let mut x = 7u64;
+        let random: Vec<u8> = (0..65536)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let text = b"dirty page ".repeat(6000);
+        let msgs = [
+            frame(4, text.clone()),
+            frame(6, random),
+            Message::Ping { id: 1 },
+            frame(4, text),
+        ];
+        let pack = Arc::new(PackPolicy::new(Compression::Fixed(Choice::Lz4)));
+        let mut sealing =
+            Sealing::new(&key, policy, t0).with_packing(CodecSet::SUPPORTED, pack.clone());
+        let mut wire = Vec::new();
+        let notes: Vec<Option<PackNote>> = msgs
+            .iter()
+            .map(|m| sealing.seal(m, &mut wire, t0).unwrap().packed)
+            .collect();
+        let sessions: Vec<Option<u64>> = notes.iter().map(|n| n.map(|n| n.session.0)).collect();
+        assert_eq!(sessions, [Some(4), Some(6), None, Some(4)]);
+        let (text_note, random_note) = (notes[0].unwrap().figures, notes[1].unwrap().figures);
+        assert_eq!(text_note.bytes_in, 66000);
+        assert_eq!((text_note.frames_packed, text_note.frames_skipped), (1, 0));
+        assert!(text_note.bytes_out < 66000 / 4, "{text_note:?}");
+        assert_eq!(
+            (random_note.frames_packed, random_note.frames_skipped),
+            (0, 1)
+        );
+        assert_eq!(random_note.bytes_out, 65536, "sent as it is");
+        let mut sum = PackFigures::default();
+        notes.iter().flatten().for_each(|n| sum.add(&n.figures));
+
+        let mut opening = Opening::new(&key).with_stats(pack.clone());
+        let mut rest = &wire[..];
+        let mut unpacked = Vec::new();
+        while !rest.is_empty() {
+            let header: [u8; 4] = rest[..4].try_into().unwrap();
+            let len = RecordOpener::body_len(header).unwrap();
+            let opened = opening
+                .open(header, BytesMut::from(&rest[4..4 + len]))
+                .unwrap();
+            rest = &rest[4 + len..];
+            unpacked.push(opened.unpacked.map(|n| n.session.0));
+            if let Some(n) = opened.unpacked {
+                sum.add(&n.figures);
+            }
+        }
+        assert_eq!(
+            unpacked,
+            [Some(4), None, None, Some(4)],
+            "only packed frames"
+        );
+        let g = pack.stats.snapshot("");
+        let get = |k: &str| g.iter().find(|(n, _)| n == k).unwrap().1;
+        assert_eq!(
+            [
+                sum.bytes_in,
+                sum.bytes_out,
+                sum.frames_packed,
+                sum.frames_skipped
+            ],
+            [
+                get("bytes_in"),
+                get("bytes_out"),
+                get("frames_packed"),
+                get("frames_skipped")
+            ]
+        );
+        assert_eq!(
+            (sum.pack_ns, sum.unpack_ns),
+            (get("pack_ns"), get("unpack_ns"))
+        );
+
+        let mut plain = Sealing::new(&key, policy, t0);
+        let sealed = plain.seal(&msgs[0], &mut Vec::new(), t0).unwrap();
+        assert_eq!(sealed.packed, None, "no packing on this connection");
     }
 
     #[test]
@@ -412,7 +561,7 @@ mod tests {
             after: Duration::from_secs(60),
         };
         let mut wire = Vec::new();
-        Sealing::new(&key, policy, t0)
+        let _ = Sealing::new(&key, policy, t0)
             .seal(&data(0), &mut wire, t0)
             .unwrap();
         wire[10] ^= 1;

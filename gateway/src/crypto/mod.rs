@@ -15,7 +15,7 @@ pub mod handshake;
 pub mod keys;
 pub mod record;
 
-pub use channel::{KeyUpdated, OpenError, Opening, RekeyPolicy, Sealing};
+pub use channel::{KeyUpdated, OpenError, Opened, Opening, RekeyPolicy, Sealed, Sealing};
 pub use handshake::{HandshakeError, Initiator, Responder, TrafficKeys};
 pub use keys::{check_trusted, KeyError, PresharedKey, PublicKey, StaticKeypair};
 pub use record::{

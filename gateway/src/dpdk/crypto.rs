@@ -26,7 +26,7 @@ use crate::crypto::{
     RECORD_HEADER_LEN,
 };
 use crate::protocol::Message;
-use crate::transform::PackPolicy;
+use crate::transform::{PackNote, PackPolicy};
 
 /// Identifies one WAN connection for its whole life (never reused).
 pub type ConnId = u64;
@@ -70,9 +70,16 @@ pub enum CryptoDone {
         conn: ConnId,
         record: Vec<u8>,
         key_update: Option<KeyUpdated>,
+        /// What packing the data frame did, for its session's figures.
+        packed: Option<PackNote>,
     },
     /// The record's message; `None` when it was the peer's key update.
-    Opened { conn: ConnId, msg: Option<Message> },
+    Opened {
+        conn: ConnId,
+        msg: Option<Message>,
+        /// What unpacking a packed data frame cost, for its session's figures.
+        unpacked: Option<PackNote>,
+    },
     /// Sealing or opening failed: the connection must be closed.
     Failed { conn: ConnId, error: CryptoError },
 }
@@ -127,10 +134,11 @@ impl CryptoWorker {
                 let (sealing, _) = self.conns.get_mut(&conn)?;
                 let mut record = Vec::with_capacity(encoded_len_hint(&msg));
                 Some(match sealing.seal(&msg, &mut record, now) {
-                    Ok(key_update) => CryptoDone::Sealed {
+                    Ok(sealed) => CryptoDone::Sealed {
                         conn,
                         record,
-                        key_update,
+                        key_update: sealed.key_update,
+                        packed: sealed.packed,
                     },
                     Err(e) => CryptoDone::Failed {
                         conn,
@@ -141,7 +149,11 @@ impl CryptoWorker {
             CryptoJob::Open { conn, header, body } => {
                 let (_, opening) = self.conns.get_mut(&conn)?;
                 Some(match opening.open(header, body) {
-                    Ok(msg) => CryptoDone::Opened { conn, msg },
+                    Ok(o) => CryptoDone::Opened {
+                        conn,
+                        msg: o.msg,
+                        unpacked: o.unpacked,
+                    },
                     Err(e) => CryptoDone::Failed {
                         conn,
                         error: e.into(),

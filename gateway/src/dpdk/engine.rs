@@ -30,6 +30,7 @@ use crate::admin::status::{ConnectionStatus, SessionStatus, TunnelStatus};
 use crate::admin::{Config, Stats, Status};
 use crate::protocol::SessionId;
 use crate::session::{Event, PeerError};
+use crate::transform::PackNote;
 
 /// The ports the engine runs on.
 pub struct Ports<P> {
@@ -163,11 +164,13 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                     conn,
                     record,
                     key_update,
+                    packed,
                 } => {
                     let Some(c) = self.conns.get_mut(&conn) else {
                         continue;
                     };
                     c.record_sealed(record);
+                    self.note_packing(packed);
                     if let Some(k) = key_update {
                         info!(
                             "key update {} on a WAN connection after {} bytes",
@@ -176,11 +179,17 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                         Stats::inc(&self.stats.key_updates);
                     }
                 }
-                CryptoDone::Opened { conn, msg } => {
+                CryptoDone::Opened {
+                    conn,
+                    msg,
+                    unpacked,
+                } => {
                     let Some(c) = self.conns.get_mut(&conn) else {
                         continue;
                     };
                     c.record_opened();
+                    // Before the message: the frame may be its session's last.
+                    self.note_packing(unpacked);
                     if let Some(msg) = msg {
                         self.on_message(conn, msg, now);
                     }
@@ -194,6 +203,13 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
             }
         }
         any
+    }
+
+    /// Credits what packing or unpacking a frame did to its session (and the tunnel).
+    fn note_packing(&mut self, note: Option<PackNote>) {
+        if let (Some(n), Some(t)) = (note, &mut self.tunnel) {
+            t.core.note_packing(n);
+        }
     }
 
     /// Applies one message from the peer to the session core; errors are

@@ -305,6 +305,16 @@ struct Sim {
 
 impl Sim {
     fn new(a: Arc<Config>, b: Arc<Config>, wan_delay_us: u64) -> Sim {
+        Sim::packing(a, b, wan_delay_us, None)
+    }
+
+    /// A pair whose crypto stages pack data frames by `packing` (both use the one policy).
+    fn packing(
+        a: Arc<Config>,
+        b: Arc<Config>,
+        wan_delay_us: u64,
+        packing: Option<Arc<crate::transform::PackPolicy>>,
+    ) -> Sim {
         let _ = env_logger::builder().is_test(true).try_init();
         let now = 1_000_000;
         let engine = |config: Arc<Config>, stats: Arc<Stats>, n: u8| {
@@ -314,7 +324,8 @@ impl Sim {
                 wan: MemPort::default(),
                 wan_mac: [2, 0, 0, 0, n, 2],
             };
-            Engine::new(config, stats, ports, InlineCrypto::default(), now)
+            let crypto = InlineCrypto::with_packing(packing.clone());
+            Engine::new(config, stats, ports, crypto, now)
         };
         let (stats_a, stats_b) = (Arc::new(Stats::default()), Arc::new(Stats::default()));
         Sim {
@@ -934,4 +945,84 @@ fn hostile_input_on_both_ports_hurts_nothing() {
     let failures = sim.stats_b.snapshot()["handshake_failures"];
     assert!(failures >= 3, "gw-b counted {failures} bad handshakes");
     assert!(sim.tunnel_up(), "the tunnel survived");
+}
+
+/// The DPDK datapath credits what packing did to each session: a text session packs, a
+/// pseudo-random one is skipped, B sees what unpacking cost, and each side's sessions add up
+/// to its tunnel's figures (both sessions held open: the endpoints wait for each other's end).
+#[test]
+fn each_session_shows_what_packing_did_for_it() {
+    use crate::transform::{Choice, Compression, PackFigures, PackPolicy};
+    let k = keys("packing");
+    let (a, b) = configs(&k, LISTEN_INGRESS, "a.key.pub", ALLOW_DST);
+    let policy = Arc::new(PackPolicy::new(Compression::Fixed(Choice::Lz4)));
+    let mut sim = Sim::packing(a, b, 2_000, Some(policy.clone()));
+    assert!(sim.run_until(5, |s| s.tunnel_up()), "tunnel never came up");
+    const LEN: usize = 1 << 20;
+    let text: Vec<u8> = b"guest kernel page dirty 0x7f3a "
+        .iter()
+        .cycle()
+        .take(LEN)
+        .copied()
+        .collect();
+    let listeners = sim.listen_dst(5000, 2);
+    let mut srcs: Vec<App> = Vec::new();
+    let mut dsts: Vec<App> = Vec::new();
+    for payload in [text, pattern(LEN, 3)] {
+        let mut src = sim.connect_src(([10, 0, 1, 1], 6000), payload);
+        src.close_after_eof = true;
+        srcs.push(src);
+        let n = srcs.len();
+        let ok = sim.run_until(30, |s| {
+            for app in &mut srcs {
+                app.run(&mut s.src);
+            }
+            accept_apps(s, &listeners, &mut dsts, &|_| Vec::new());
+            for app in &mut dsts {
+                app.close_after_eof = true;
+                app.run(&mut s.dst);
+            }
+            dsts.len() == n && dsts[n - 1].got.len() == LEN
+        });
+        assert!(ok, "session {n} did not get its bytes through");
+    }
+    // Acks settle; nobody closes.
+    sim.run_until(1, |_| false);
+    let now = sim.now;
+    let sessions = |st: &crate::admin::Status| {
+        let t = st.tunnel.clone().expect("tunnel");
+        assert_eq!(t.sessions.len(), 2, "both sessions held open");
+        let mut sum = PackFigures::default();
+        for s in &t.sessions {
+            let c = &s.compression;
+            sum.add(&PackFigures {
+                bytes_in: c.bytes_in,
+                bytes_out: c.bytes_out,
+                frames_packed: c.frames_packed,
+                frames_skipped: c.frames_skipped,
+                pack_ns: c.pack_ns,
+                unpack_ns: c.unpack_ns,
+            });
+        }
+        assert_eq!(
+            crate::admin::status::PackingStatus::from(&sum),
+            t.compression,
+            "the sessions add up to the tunnel"
+        );
+        t.sessions
+    };
+    let at_a = sessions(&sim.a.status(now));
+    let (text_a, random_a) = (&at_a[0].compression, &at_a[1].compression);
+    assert_eq!(text_a.bytes_in, LEN as u64);
+    assert!(
+        text_a.frames_packed > 0 && text_a.ratio.unwrap() < 0.1,
+        "{text_a:?}"
+    );
+    assert_eq!(random_a.bytes_in, LEN as u64);
+    assert_eq!(random_a.bytes_out, LEN as u64, "{random_a:?}");
+    assert!(random_a.frames_skipped > 0 && random_a.frames_packed == 0);
+    let at_b = sessions(&sim.b.status(now));
+    assert!(at_b[0].compression.unpack_ns > 0, "B unpacked the text");
+    assert_eq!(at_b[1].compression.unpack_ns, 0, "nothing packed to unpack");
+    assert_eq!(at_b[0].compression.bytes_in, 0, "B sent nothing");
 }

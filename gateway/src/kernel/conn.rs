@@ -12,14 +12,14 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::crypto::{
-    HandshakeError, Initiator, KeyUpdated, OpenError, Opening, PresharedKey, PublicKey,
-    RecordError, RecordOpener, RekeyPolicy, Responder, Sealing, StaticKeypair, TrafficKeys,
+    HandshakeError, Initiator, OpenError, Opening, PresharedKey, PublicKey, RecordError,
+    RecordOpener, RekeyPolicy, Responder, Sealed, Sealing, StaticKeypair, TrafficKeys,
     RECORD_HEADER_LEN,
 };
 use crate::protocol::handshake::{check_noise_len, frame_noise, Prelude, PRELUDE_LEN};
 use crate::protocol::packed::CodecSet;
 use crate::protocol::{DecodeError, Message};
-use crate::transform::PackPolicy;
+use crate::transform::{PackNote, PackPolicy};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnError {
@@ -175,6 +175,8 @@ pub struct RecordReader<R> {
     opening: Opening,
     buf: BytesMut,
     info: Arc<ConnInfo>,
+    /// What unpacking the last message cost, until [`RecordReader::take_unpacked`].
+    unpacked: Option<PackNote>,
 }
 
 /// Read-ahead for record headers and small records.
@@ -189,7 +191,14 @@ impl<R: AsyncRead + Unpin> RecordReader<R> {
             opening: Opening::new(&keys.recv),
             buf: BytesMut::new(),
             info,
+            unpacked: None,
         }
+    }
+
+    /// For the message [`RecordReader::read_message`] returned last, if it was a packed data
+    /// frame: what unpacking it cost, for its session's figures.
+    pub fn take_unpacked(&mut self) -> Option<PackNote> {
+        self.unpacked.take()
     }
 
     pub fn info(&self) -> &Arc<ConnInfo> {
@@ -250,7 +259,9 @@ impl<R: AsyncRead + Unpin> RecordReader<R> {
                 let _ = self.buf.split_to(RECORD_HEADER_LEN);
                 self.buf.split_to(len)
             };
-            match self.opening.open(header, body)? {
+            let opened = self.opening.open(header, body)?;
+            self.unpacked = opened.unpacked;
+            match opened.msg {
                 Some(Message::Data(mut frame)) if len < OWN_ALLOCATION => {
                     // Off the shared read-ahead, which it would keep alive.
                     frame.payload = Bytes::copy_from_slice(&frame.payload);
@@ -276,6 +287,8 @@ pub struct RecordWriter<W> {
     stats: Arc<Stats>,
     /// Sealed records waiting for `flush`.
     out: Vec<u8>,
+    /// What packing each data frame sealed so far did, until [`RecordWriter::take_packed`].
+    packed: Vec<PackNote>,
 }
 
 impl<W: AsyncWrite + Unpin> RecordWriter<W> {
@@ -294,6 +307,7 @@ impl<W: AsyncWrite + Unpin> RecordWriter<W> {
             info,
             stats,
             out: Vec::with_capacity(300 * 1024),
+            packed: Vec::new(),
         }
     }
 
@@ -317,11 +331,17 @@ impl<W: AsyncWrite + Unpin> RecordWriter<W> {
     pub fn push(&mut self, msg: &Message) -> Result<(), ConnError> {
         let now = std::time::Instant::now();
         let (sealing, out) = (self.sealing.as_mut(), &mut self.out);
-        let updated = sealing
+        let sealed = sealing
             .expect("a batch is sealed before the next message")
             .seal(msg, out, now)?;
-        self.note(updated);
+        self.note(sealed);
         Ok(())
+    }
+
+    /// What packing did to each data frame sealed since the last call, for the session
+    /// core (the caller credits each to its session).
+    pub fn take_packed(&mut self) -> std::vec::Drain<'_, PackNote> {
+        self.packed.drain(..)
     }
 
     /// Seals `msgs` in order into the pending output. Packing them costs
@@ -353,27 +373,29 @@ impl<W: AsyncWrite + Unpin> RecordWriter<W> {
         let (sealing, out, sealed) = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let now = std::time::Instant::now();
-            let mut updates = Vec::new();
+            let mut all = Vec::with_capacity(msgs.len());
             for m in &msgs {
                 match sealing.seal(m, &mut out, now) {
-                    Ok(u) => updates.extend(u),
+                    Ok(s) => all.push(s),
                     Err(e) => return (sealing, out, Err(e)),
                 }
             }
-            (sealing, out, Ok(updates))
+            (sealing, out, Ok(all))
         })
         .await
         .map_err(|e| ConnError::Io(io::Error::other(format!("sealing a batch: {e}"))))?;
         self.sealing = Some(sealing);
         self.out = out;
-        for k in sealed? {
-            self.note(Some(k));
+        for s in sealed? {
+            self.note(s);
         }
         Ok(())
     }
 
-    fn note(&self, updated: Option<KeyUpdated>) {
-        if let Some(k) = updated {
+    /// Logs and counts a key update; keeps what packing did for [`RecordWriter::take_packed`].
+    fn note(&mut self, sealed: Sealed) {
+        self.packed.extend(sealed.packed);
+        if let Some(k) = sealed.key_update {
             log::info!(
                 "key update {} on a WAN connection after {} bytes",
                 k.number,

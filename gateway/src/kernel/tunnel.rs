@@ -25,6 +25,7 @@ use crate::admin::status::{ConnectionStatus, SessionStatus, TunnelStatus};
 use crate::admin::Stats;
 use crate::protocol::{Message, RefuseReason, ResetReason, SessionId};
 use crate::session::{Event, PeerError, SessionError, Side, TunnelCore};
+use crate::transform::PackNote;
 
 /// Bytes of sealed records a writer gathers before one write call.
 const WRITE_BATCH: usize = 256 * 1024;
@@ -526,7 +527,7 @@ impl Tunnel {
                             expected: "a control message",
                         })
                     }
-                    msg => self.apply(msg),
+                    msg => self.apply(msg, None),
                 }
             }
         };
@@ -690,7 +691,7 @@ impl Tunnel {
                     expected: "data",
                 });
             }
-            self.apply(msg);
+            self.apply(msg, reader.take_unpacked());
         }
     }
 
@@ -734,17 +735,34 @@ impl Tunnel {
                 }
             }
             writer.push_batch(batch).await?;
+            self.note_packing(writer.take_packed());
             writer.flush().await?;
         }
     }
 
-    fn apply(self: &Arc<Self>, msg: Message) {
+    /// Credits what packing a batch's frames did to their sessions: once per batch, so
+    /// the core's lock is not taken per frame.
+    fn note_packing(self: &Arc<Self>, packed: impl ExactSizeIterator<Item = PackNote>) {
+        if packed.len() > 0 {
+            self.with_core(|c| packed.for_each(|n| c.note_packing(n)));
+        }
+    }
+
+    /// Applies one message from the peer, with what unpacking it cost (a packed data frame).
+    fn apply(self: &Arc<Self>, msg: Message, unpacked: Option<PackNote>) {
         let stats = &self.gateway.stats;
         let reset = match &msg {
             Message::Reset { session, reason } => Some((*session, *reason)),
             _ => None,
         };
-        match self.with_core(|c| c.handle_message(msg)) {
+        let handled = self.with_core(|c| {
+            // Credited first: the frame may be the session's last.
+            if let Some(n) = unpacked {
+                c.note_packing(n);
+            }
+            c.handle_message(msg)
+        });
+        match handled {
             Ok(()) => {
                 if let Some((id, reason)) = reset {
                     info!("session {id}: reset by peer {}: {reason}", self.peer);

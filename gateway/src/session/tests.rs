@@ -541,3 +541,89 @@ fn a_session_waiting_on_the_global_buffer_is_woken_when_another_is_acked() {
         "the waiting session is never woken: {events:?}"
     );
 }
+
+/// What packing did is credited to the frame's session and to the tunnel; a note for a
+/// session that already ended counts for the tunnel only (it brings no entry back), and a
+/// thousand sessions that come and go leave nothing behind.
+#[test]
+fn packing_notes_are_credited_per_session_and_go_with_the_session() {
+    use crate::transform::{PackFigures, PackNote, PackOutcome};
+    let note = |id: SessionId, outcome, len| PackNote {
+        session: id,
+        figures: PackFigures::packed(outcome, len, 1000),
+    };
+    let packed = |n| PackOutcome::Packed {
+        codec: crate::protocol::packed::Codec::Zstd,
+        plain: 65536,
+        packed: n,
+    };
+    let mut a = End::new(Side::Dialer, limits());
+    let mut b = End::new(Side::Acceptor, limits());
+    let text = open_pair(&mut a, &mut b);
+    let random = open_pair(&mut a, &mut b);
+    a.core.note_packing(note(text, packed(20000), 65536));
+    a.core.note_packing(note(text, packed(12000), 65536));
+    a.core
+        .note_packing(note(random, PackOutcome::Skipped, 65536));
+    let by_id = |core: &TunnelCore, id| {
+        core.snapshot()
+            .into_iter()
+            .find(|s| s.id == id)
+            .map(|s| s.packing)
+    };
+    let t = by_id(&a.core, text).unwrap();
+    assert_eq!(
+        (
+            t.bytes_in,
+            t.bytes_out,
+            t.frames_packed,
+            t.frames_skipped,
+            t.pack_ns
+        ),
+        (131072, 32000, 2, 0, 2000)
+    );
+    let r = by_id(&a.core, random).unwrap();
+    assert_eq!(
+        (r.bytes_in, r.bytes_out, r.frames_skipped),
+        (65536, 65536, 1)
+    );
+    let mut sum = PackFigures::default();
+    a.core.snapshot().iter().for_each(|s| sum.add(&s.packing));
+    assert_eq!(&sum, a.core.packing(), "sessions add up to the tunnel");
+    assert!((a.core.packing().ratio().unwrap() - 97536.0 / 196608.0).abs() < 1e-9);
+
+    // The receiving side credits what unpacking cost to the same session id.
+    b.core.note_packing(PackNote {
+        session: text,
+        figures: PackFigures::unpacked(500),
+    });
+    assert_eq!(by_id(&b.core, text).unwrap().unpack_ns, 500);
+    assert_eq!(by_id(&b.core, text).unwrap().ratio(), None);
+
+    // The session ends; a late note (a frame sealed after) counts for the tunnel only.
+    a.core
+        .reset(random, crate::protocol::ResetReason::ConnectionReset);
+    a.drain_events();
+    while let Some(m) = a.control.pop_front() {
+        deliver(&mut b, m);
+    }
+    a.core.note_packing(note(random, PackOutcome::Skipped, 100));
+    assert_eq!(by_id(&a.core, random), None);
+    assert_eq!(a.core.packing().bytes_in, 196708);
+    assert_eq!(a.core.session_count(), 1);
+
+    for _ in 0..1000 {
+        let id = open_pair(&mut a, &mut b);
+        a.core.note_packing(note(id, PackOutcome::Plain, 10));
+        a.core
+            .reset(id, crate::protocol::ResetReason::ConnectionReset);
+        a.drain_events();
+        while let Some(m) = a.control.pop_front() {
+            deliver(&mut b, m);
+        }
+    }
+    assert_eq!(b.core.session_count(), 1, "b saw them end too");
+    assert_eq!(a.core.session_count(), 1, "only `text` is left");
+    assert_eq!(a.core.snapshot().len(), 1);
+    assert_eq!(a.core.packing().bytes_in, 196708 + 10_000);
+}

@@ -25,6 +25,7 @@ use super::scheduler::{Carried, Scheduler};
 use super::send::SendStream;
 use super::{Counters, Instant, Limits};
 use crate::protocol::{DataFrame, Message, RefuseReason, ResetReason, SessionId};
+use crate::transform::{PackFigures, PackNote};
 
 /// Which end of the tunnel this core is; decides session id parity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +95,8 @@ struct Session {
     /// Cumulative ack we last sent, and since when a newer one is pending.
     ack_sent: u64,
     ack_pending_since: Option<Instant>,
+    /// What packing its frames (ours) and unpacking the peer's did (see [`TunnelCore::note_packing`]).
+    packing: PackFigures,
 }
 
 /// One session's position in both directions (see [`TunnelCore::snapshot`]).
@@ -108,6 +111,8 @@ pub struct SessionSnapshot {
     pub acked: u64,
     /// Bytes delivered to the endpoint from the peer.
     pub delivered: u64,
+    /// What packing its frames and unpacking the peer's did.
+    pub packing: PackFigures,
 }
 
 /// Why an endpoint-side call could not proceed.
@@ -141,6 +146,8 @@ pub struct TunnelCore {
     /// Above the highest session id the peer has opened: ids it allocates grow, so an open
     /// below this that is neither live nor remembered reuses an old id.
     peer_next_id: u64,
+    /// What packing and unpacking did for the tunnel, ended sessions included.
+    packing: PackFigures,
 }
 
 /// What a reassembler's bytes waiting for the endpoint cost in memory.
@@ -170,11 +177,28 @@ impl TunnelCore {
             counters: Counters::default(),
             tombstones: VecDeque::new(),
             peer_next_id: 0,
+            packing: PackFigures::default(),
         }
     }
 
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// What packing and unpacking did for this tunnel, ended sessions included.
+    pub fn packing(&self) -> &PackFigures {
+        &self.packing
+    }
+
+    /// Credits what packing (or unpacking) one frame did to its session and to the tunnel.
+    /// The datapath calls it with each note the sealing and opening steps return. A session
+    /// that ended meanwhile (its last frames are sealed after it closed here) counts for the
+    /// tunnel only: figures live in the session, so they go when it goes.
+    pub fn note_packing(&mut self, note: PackNote) {
+        self.packing.add(&note.figures);
+        if let Some(s) = self.sessions.get_mut(&note.session) {
+            s.packing.add(&note.figures);
+        }
     }
 
     pub fn session_count(&self) -> usize {
@@ -231,6 +255,7 @@ impl TunnelCore {
                 written: s.send.written(),
                 acked: s.send.acked(),
                 delivered: s.recv.delivered(),
+                packing: s.packing,
             })
             .collect();
         out.sort_by_key(|s| s.id);
@@ -728,6 +753,7 @@ impl TunnelCore {
             queued: false,
             ack_sent: 0,
             ack_pending_since: None,
+            packing: PackFigures::default(),
         }
     }
 

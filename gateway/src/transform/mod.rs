@@ -13,4 +13,4 @@ pub mod cpu_time;
 pub mod policy;
 
 pub use codec::{PackOutcome, Packer, UnpackError, Unpacker};
-pub use policy::{Adaptive, Choice, Compression, PackPolicy, PackStats};
+pub use policy::{Adaptive, Choice, Compression, PackFigures, PackNote, PackPolicy, PackStats};

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 use super::codec::PackOutcome;
 use crate::protocol::packed::Codec;
+use crate::protocol::SessionId;
 
 /// How one frame is packed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,8 +103,77 @@ pub struct PackPolicy {
     pub stats: PackStats,
 }
 
-/// What packing did, for `lmas status` and metrics (per tunnel; the datapaths also keep a
-/// copy per session).
+/// What packing (and unpacking) did, as plain sums: one frame's share ([`PackNote`]), or a
+/// session's or a tunnel's total in the session core. [`PackStats`] keeps the gateway's total
+/// in atomics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PackFigures {
+    /// Data payload bytes offered to packing, and what went on the wire for them.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub frames_packed: u64,
+    /// Frames the probe or the codec found incompressible (sent as they are).
+    pub frames_skipped: u64,
+    /// CPU time spent packing and unpacking, nanoseconds.
+    pub pack_ns: u64,
+    pub unpack_ns: u64,
+}
+
+impl PackFigures {
+    /// One frame's outcome (plain frames count as in = out).
+    pub fn packed(outcome: PackOutcome, plain_len: usize, ns: u64) -> PackFigures {
+        let (out, frames_packed, frames_skipped) = match outcome {
+            PackOutcome::Packed { packed, .. } => (packed, 1, 0),
+            PackOutcome::Skipped => (plain_len, 0, 1),
+            PackOutcome::Plain => (plain_len, 0, 0),
+        };
+        PackFigures {
+            bytes_in: plain_len as u64,
+            bytes_out: out as u64,
+            frames_packed,
+            frames_skipped,
+            pack_ns: ns,
+            unpack_ns: 0,
+        }
+    }
+
+    /// One received frame unpacked in `ns`.
+    pub fn unpacked(ns: u64) -> PackFigures {
+        PackFigures {
+            unpack_ns: ns,
+            ..PackFigures::default()
+        }
+    }
+
+    pub fn add(&mut self, o: &PackFigures) {
+        // Saturating: a long-lived tunnel's sums must not wrap (or panic in debug builds).
+        self.bytes_in = self.bytes_in.saturating_add(o.bytes_in);
+        self.bytes_out = self.bytes_out.saturating_add(o.bytes_out);
+        self.frames_packed = self.frames_packed.saturating_add(o.frames_packed);
+        self.frames_skipped = self.frames_skipped.saturating_add(o.frames_skipped);
+        self.pack_ns = self.pack_ns.saturating_add(o.pack_ns);
+        self.unpack_ns = self.unpack_ns.saturating_add(o.unpack_ns);
+    }
+
+    /// Bytes out per byte in (0.48: packing saved 52 %); none before any byte was offered.
+    pub fn ratio(&self) -> Option<f64> {
+        (self.bytes_in > 0).then(|| self.bytes_out as f64 / self.bytes_in as f64)
+    }
+}
+
+/// What packing or unpacking one data frame did, for the session it belongs to: the sealing
+/// and opening steps return it, the datapath credits it to the session core
+/// ([`crate::session::TunnelCore::note_packing`]), which keeps a sum per session and per
+/// tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackNote {
+    pub session: SessionId,
+    pub figures: PackFigures,
+}
+
+/// The gateway's total of what packing did, for `lmas status`, metrics and [`Adaptive`]
+/// (shared by every sealing worker, so atomics; per session and per tunnel the session core
+/// keeps [`PackFigures`]).
 #[derive(Debug, Default)]
 pub struct PackStats {
     /// Data payload bytes offered to packing, and what went on the wire for them.
@@ -118,18 +188,20 @@ pub struct PackStats {
 }
 
 impl PackStats {
-    /// Counts one frame's outcome (plain frames count as in = out).
-    pub fn record(&self, outcome: PackOutcome, plain_len: usize, ns: u64) {
-        let (out, packed, skipped) = match outcome {
-            PackOutcome::Packed { packed, .. } => (packed, 1, 0),
-            PackOutcome::Skipped => (plain_len, 0, 1),
-            PackOutcome::Plain => (plain_len, 0, 0),
-        };
-        self.bytes_in.fetch_add(plain_len as u64, Ordering::Relaxed);
-        self.bytes_out.fetch_add(out as u64, Ordering::Relaxed);
-        self.frames_packed.fetch_add(packed, Ordering::Relaxed);
-        self.frames_skipped.fetch_add(skipped, Ordering::Relaxed);
-        self.pack_ns.fetch_add(ns, Ordering::Relaxed);
+    /// Counts one frame's figures.
+    pub fn add(&self, f: &PackFigures) {
+        for (a, v) in [
+            (&self.bytes_in, f.bytes_in),
+            (&self.bytes_out, f.bytes_out),
+            (&self.frames_packed, f.frames_packed),
+            (&self.frames_skipped, f.frames_skipped),
+            (&self.pack_ns, f.pack_ns),
+            (&self.unpack_ns, f.unpack_ns),
+        ] {
+            if v > 0 {
+                a.fetch_add(v, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Name and value of each counter, for status output.

@@ -22,7 +22,7 @@ use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 
 use super::super::*;
-use crate::crypto::{Opening, RecordOpener, RekeyPolicy, Sealing, RECORD_HEADER_LEN};
+use crate::crypto::{Opened, Opening, RecordOpener, RekeyPolicy, Sealing, RECORD_HEADER_LEN};
 use crate::protocol::packed::CodecSet;
 use crate::protocol::{DataFrame, Message, SessionId};
 use crate::transform::{Choice, Compression, PackPolicy};
@@ -300,8 +300,8 @@ impl Link {
                 let header = record[..].try_into().unwrap();
                 let opened = self.flows[k].opening.open(header, body);
                 let msg = match opened {
-                    Ok(Some(msg)) => msg,
-                    Ok(None) => return Ok(()), // a key update
+                    Ok(Opened { msg: Some(msg), .. }) => msg,
+                    Ok(Opened { msg: None, .. }) => return Ok(()), // a key update
                     Err(e) => return Err(TestCaseError::fail(format!("flow {k} record: {e}"))),
                 };
                 prop_assert!(matches!(msg, Message::Data(_)), "{:?}", msg);
