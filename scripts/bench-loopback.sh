@@ -78,6 +78,14 @@ PIDS=()
 LOG_DIR=""  # directory of the current pair, for failure messages
 pair_traps
 
+# cpu_ticks PID: user + system CPU of PID so far, in clock ticks.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo NA; }
+CLK_TCK=$(getconf CLK_TCK)
+# BYTES as a number (K M G T: binary).
+BYTE_COUNT=$(awk -v b="$BYTES" 'BEGIN { n = b + 0; u = substr(b, length(n "") + 1, 1)
+    m = (u == "K") ? 1024 : (u == "M") ? 1048576 : (u == "G") ? 1073741824 : (u == "T") ? 1099511627776 : 1
+    printf "%.0f", n * m }')
+
 # vm_hwm_kib PID: the peak RSS of PID in KiB (NA when unknown).
 vm_hwm_kib() {
     awk '/^VmHWM:/ { print $2; found = 1 } END { if (!found) print "NA" }' "/proc/$1/status" 2>/dev/null || echo NA
@@ -123,6 +131,9 @@ run_pair() {
     fi
     vm_hwm_kib "$a_pid" >>"$RES/$name.rss_a"
     vm_hwm_kib "$b_pid" >>"$RES/$name.rss_b"
+    # Both gateways' CPU seconds per GB (10^9 bytes) carried, start-up included.
+    awk -v a="$(cpu_ticks "$a_pid")" -v b="$(cpu_ticks "$b_pid")" -v hz="$CLK_TCK" -v n="$BYTE_COUNT" \
+        'BEGIN { printf "%.2f\n", (a + b) / hz / (n / 1e9) }' >>"$RES/$name.cpu"
     stop_pid "$a_pid"
     stop_pid "$b_pid"
     forget_pid "$a_pid"
@@ -162,16 +173,17 @@ echo
 echo "One stream on loopback, $BYTES bytes per transfer, median of $RUNS runs (SHA-256 checked every run)."
 echo "$(nproc) cores shared by source, sink and both gateways; $(uname -r)."
 echo
-echo "| path | data_flows | compression | median Mbit/s | ratio to direct | peak RSS gw-a (MiB) | peak RSS gw-b (MiB) | runs (Mbit/s) |"
-echo "|---|---:|---|---:|---:|---:|---:|---|"
-echo "| direct | - | - | $DIRECT | 1.00 | - | - | $(paste -sd' ' "$RES/direct.mbit") |"
+echo "| path | data_flows | compression | median Mbit/s | ratio to direct | gateways' CPU s/GB | peak RSS gw-a (MiB) | peak RSS gw-b (MiB) | runs (Mbit/s) |"
+echo "|---|---:|---|---:|---:|---:|---:|---:|---|"
+echo "| direct | - | - | $DIRECT | 1.00 | - | - | - | $(paste -sd' ' "$RES/direct.mbit") |"
 for n in $FLOWS; do
     for m in $COMPRESSION; do
         name=flows$n-${m//:/_}
         med=$(median "$RES/$name.mbit")
         ratio=$(awk -v m="$med" -v d="$DIRECT" 'BEGIN { if (d > 0) printf "%.2f", m / d; else print "NA" }')
-        echo "| gateways | $n | $m | $med | $ratio | $(max_mib "$RES/$name.rss_a") | $(max_mib "$RES/$name.rss_b") | $(paste -sd' ' "$RES/$name.mbit") |"
+        echo "| gateways | $n | $m | $med | $ratio | $(median "$RES/$name.cpu") | $(max_mib "$RES/$name.rss_a") | $(max_mib "$RES/$name.rss_b") | $(paste -sd' ' "$RES/$name.mbit") |"
     done
 done
 echo
 echo "Peak RSS: the largest VmHWM over the runs, read just before each gateway was stopped."
+echo "CPU s/GB: gw-a's and gw-b's user + system CPU over their life (median of runs) per 10^9 bytes carried."
