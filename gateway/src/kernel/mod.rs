@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use log::{debug, info, warn};
-use ring::rand::{SecureRandom, SystemRandom};
+use ring::rand::SystemRandom;
 use socket2::SockRef;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{watch, Notify};
@@ -43,7 +43,7 @@ use crate::admin::signals::{Request, Signals};
 use crate::admin::{Allowlist, Config, Stats, StatusSource, TunnelEnd};
 use crate::admission::Throttle;
 use crate::crypto::RekeyPolicy;
-use crate::protocol::{Message, ResetReason};
+use crate::protocol::{Message, ResetReason, TunnelId};
 use crate::session::Side;
 use crate::transform::{Adaptive, Compression, PackPolicy};
 use conn::{
@@ -394,15 +394,15 @@ async fn connect_control(
     gateway: &Arc<Gateway>,
     addr: SocketAddr,
     label: &str,
-    resume: Option<[u8; 16]>,
-) -> anyhow::Result<(Reader, Writer, [u8; 16])> {
+    resume: Option<TunnelId>,
+) -> anyhow::Result<(Reader, Writer, TunnelId)> {
     let (mut reader, mut writer) = match dial(gateway, addr, false).await {
         Ok(x) => x,
         Err(DialError::Handshake(e)) => anyhow::bail!("handshake with peer {label} failed: {e}"),
         Err(e) => return Err(e.into()),
     };
     let hello = Message::Hello {
-        resume: resume.unwrap_or_default(),
+        resume,
         name: gateway.config.name.clone(),
         data_flows: gateway.config.data_flows,
     };
@@ -424,7 +424,7 @@ async fn start_tunnel(
     gateway: &Arc<Gateway>,
     addr: SocketAddr,
     label: &str,
-    id: [u8; 16],
+    id: TunnelId,
     reader: Reader,
     writer: Writer,
 ) -> anyhow::Result<Arc<Tunnel>> {
@@ -635,8 +635,7 @@ impl Accepted {
                 // Resume the held tunnel if the peer names it; anything else
                 // starts a new tunnel, which replaces (and resets) the old one.
                 let current = gateway.current.borrow().clone();
-                let held = current
-                    .filter(|t| resume != [0; 16] && t.id == resume && !t.closed.is_cancelled());
+                let held = current.filter(|t| Some(t.id) == resume && !t.closed.is_cancelled());
                 let (tunnel, fresh) = match held {
                     Some(t) => (t, false),
                     None => {
@@ -646,10 +645,9 @@ impl Accepted {
                                 "peer {label}: hello asks for {data_flows} data flows; refusing"
                             );
                         }
-                        let mut id = [0u8; 16];
-                        if SystemRandom::new().fill(&mut id).is_err() {
+                        let Some(id) = TunnelId::random(&SystemRandom::new()) else {
                             return warn!("peer {label}: no randomness for a tunnel id");
-                        }
+                        };
                         let t = Tunnel::new(
                             gateway.clone(),
                             Side::Acceptor,

@@ -17,7 +17,7 @@ pub mod message;
 pub mod packed;
 
 pub use codec::DecodeError;
-pub use message::{DataFrame, Message, RefuseReason, ResetReason, SessionId};
+pub use message::{DataFrame, Message, RefuseReason, ResetReason, SessionId, TunnelId};
 
 /// The protocol version this build speaks.
 pub const VERSION: u8 = 1;
