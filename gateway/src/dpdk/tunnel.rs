@@ -26,7 +26,7 @@ use super::wan::{Identity, Role, WanConn, WanError};
 use crate::admin::{Config, Stats, TunnelEnd};
 use crate::admission::{self, Decision, Pending, Throttle};
 use crate::crypto::{RekeyPolicy, MAX_RECORD_LEN};
-use crate::protocol::{Message, ResetReason, TunnelId};
+use crate::protocol::{Message, ResetReason, TunnelId, MAX_DATA_FLOWS};
 use crate::session::{Side, TunnelCore};
 
 /// A handshake (and its first record) must complete within this time.
@@ -507,7 +507,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                 }
                 let resumes = self.tunnel.as_ref().is_some_and(|t| Some(t.id) == resume);
                 if !resumes {
-                    if !(1..=crate::admin::config::MAX_DATA_FLOWS as u16).contains(&data_flows) {
+                    if !(1..=MAX_DATA_FLOWS).contains(&data_flows) {
                         warn!("peer {peer}: hello asks for {data_flows} data flows; refusing");
                         return self.close_conn(id);
                     }

@@ -43,7 +43,7 @@ use crate::admin::signals::{Request, Signals};
 use crate::admin::{Allowlist, Config, Stats, StatusSource, TunnelEnd};
 use crate::admission::Throttle;
 use crate::crypto::RekeyPolicy;
-use crate::protocol::{Message, ResetReason, TunnelId};
+use crate::protocol::{Message, ResetReason, TunnelId, MAX_DATA_FLOWS};
 use crate::session::Side;
 use crate::transform::{Adaptive, Compression, PackPolicy};
 use conn::{
@@ -639,8 +639,7 @@ impl Accepted {
                 let (tunnel, fresh) = match held {
                     Some(t) => (t, false),
                     None => {
-                        if !(1..=crate::admin::config::MAX_DATA_FLOWS as u16).contains(&data_flows)
-                        {
+                        if !(1..=MAX_DATA_FLOWS).contains(&data_flows) {
                             return warn!(
                                 "peer {label}: hello asks for {data_flows} data flows; refusing"
                             );

@@ -21,3 +21,7 @@ pub use message::{DataFrame, Message, RefuseReason, ResetReason, SessionId, Tunn
 
 /// The protocol version this build speaks.
 pub const VERSION: u8 = 1;
+
+/// Data flows one tunnel may have: the acceptor refuses a hello that asks
+/// for none or for more (and config refuses `wan.data_flows` beyond it).
+pub const MAX_DATA_FLOWS: u16 = 64;
