@@ -437,7 +437,7 @@ impl Config {
                 Some(c)
             }
             Some(c) => {
-                let available = crate::kernel::sockopt::available_congestion();
+                let available = super::host::available_congestion();
                 if !available.is_empty() && !available.contains(&c) {
                     return Err(err(
                         "wan.congestion",

@@ -208,7 +208,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         congestion: config
             .congestion
             .clone()
-            .unwrap_or_else(sockopt::default_congestion),
+            .unwrap_or_else(crate::admin::host::default_congestion),
         buffer: config.socket_buffer,
         flow_timeout: config.flow_timeout,
     };
