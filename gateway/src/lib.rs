@@ -6,7 +6,8 @@
 //!                       ingress       (Noise IK or IKpsk1, AES-256-GCM)  egress (allowlist)
 //! ```
 //!
-//! Design overview (docs/ARCHITECTURE.md has the diagrams):
+//! Design overview (docs/ARCHITECTURE.md has the diagrams, and the layering
+//! rule that `tests/layering.rs` enforces):
 //! - The core: no sockets, no async runtime, no datapath. The session core
 //!   reads no clock either (`now` is passed in); `crypto::keys` reads key
 //!   files, and `crypto::channel` times its packing for the compression policy.
