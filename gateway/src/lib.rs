@@ -3,15 +3,30 @@
 //!
 //! ```text
 //!  hypervisor ──TCP──► [local gateway] ══ control + N data flows ══► [remote gateway] ──TCP──► hypervisor
-//!                       ingress            (Noise IK, AES-256-GCM)     egress (allowlist)
+//!                       ingress       (Noise IK or IKpsk1, AES-256-GCM)  egress (allowlist)
 //! ```
 //!
-//! Design overview, one idea per module, data flowing one way:
-//! - [`protocol`]: the versioned wire format; encode/decode only.
-//! - [`crypto`]: gateway authentication (Noise) and record protection.
-//! - [`session`]: the sans-IO core: segmenter, scheduler, reassembler, credits.
-//! - [`kernel`]: the portable datapath on kernel sockets (tokio).
-//! - [`admin`]: configuration, key files, CLI plumbing.
+//! Design overview (docs/ARCHITECTURE.md has the diagrams, and the layering
+//! rule that `tests/layering.rs` enforces):
+//! - The core: no sockets, no async runtime, no datapath. The session core
+//!   reads no clock either (`now` is passed in); `crypto::keys` reads key
+//!   files, and `crypto::channel` times its packing for the compression policy.
+//!   - [`protocol`]: the versioned wire format; encode/decode only.
+//!   - [`crypto`]: gateway authentication (a Noise handshake per connection)
+//!     and record protection with key updates.
+//!   - [`transform`]: per-frame packing (compression, zero runs) between the
+//!     session core and the records.
+//!   - [`session`]: `TunnelCore`: segmenter, scheduler across flows,
+//!     reassembler, credits.
+//!   - [`admission`]: which unauthenticated connections on the tunnel port
+//!     keep a handshake slot.
+//! - Two datapaths drive that core and speak the same protocol:
+//!   - [`kernel`]: kernel sockets and tokio tasks (portable);
+//!   - [`dpdk`]: the appliance: poll-mode lcores, smoltcp over mbufs, crypto
+//!     on lcores of its own.
+//! - [`admin`]: configuration and reload, the egress allowlist, counters,
+//!   `lmas status`, metrics, signals; shared by both datapaths and importing
+//!   neither.
 
 #![deny(unsafe_code)]
 

@@ -26,7 +26,7 @@ use lmas::crypto::{
     RECORD_HEADER_LEN,
 };
 use lmas::protocol::handshake::{check_noise_len, frame_noise};
-use lmas::protocol::Message;
+use lmas::protocol::{Message, TunnelId};
 
 /// An authenticated control connection to a gateway's `tunnel_listen`.
 pub struct FakePeer {
@@ -151,9 +151,9 @@ impl FakePeer {
 
     /// Plays `connect_control`: sends `Hello` for a new tunnel as gateway `name` with
     /// `data_flows` flows and reads the `Welcome`; returns the tunnel id the gateway chose.
-    pub fn hello(&mut self, name: &str, data_flows: u16) -> io::Result<[u8; 16]> {
+    pub fn hello(&mut self, name: &str, data_flows: u16) -> io::Result<TunnelId> {
         self.send(&Message::Hello {
-            resume: [0; 16],
+            resume: None,
             name: name.to_string(),
             data_flows,
         })?;

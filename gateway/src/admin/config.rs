@@ -13,6 +13,7 @@ use serde::Deserialize;
 use super::allowlist::Allowlist;
 use super::sources::SourceList;
 use crate::crypto::{PresharedKey, PublicKey, StaticKeypair};
+use crate::protocol::MAX_DATA_FLOWS;
 use crate::session::Limits;
 
 #[derive(Debug)]
@@ -236,7 +237,6 @@ pub struct Config {
     pub drain_timeout: std::time::Duration,
 }
 
-pub const MAX_DATA_FLOWS: i64 = 64;
 /// Congestion controls of the DPDK datapath's userspace TCP (smoltcp).
 pub const DPDK_CONGESTION: [&str; 4] = ["bbr", "cubic", "reno", "none"];
 const DEFAULT_DATA_FLOWS: i64 = 8;
@@ -407,7 +407,7 @@ impl Config {
         let data_flows = in_range(
             file.wan.data_flows.unwrap_or(DEFAULT_DATA_FLOWS),
             1,
-            MAX_DATA_FLOWS,
+            i64::from(MAX_DATA_FLOWS),
         )
         .map_err(|w| err("wan.data_flows", w))? as u16;
         let compression =
@@ -437,7 +437,7 @@ impl Config {
                 Some(c)
             }
             Some(c) => {
-                let available = crate::kernel::sockopt::available_congestion();
+                let available = super::host::available_congestion();
                 if !available.is_empty() && !available.contains(&c) {
                     return Err(err(
                         "wan.congestion",

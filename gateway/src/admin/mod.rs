@@ -9,6 +9,7 @@ pub mod allowlist;
 pub mod client;
 pub mod config;
 pub mod dpdk;
+pub mod host;
 pub mod http;
 pub mod metrics;
 pub mod reload;

@@ -114,8 +114,8 @@ impl StaticKeypair {
     }
 }
 
-/// Computes the X25519 public key for a private scalar by running a one-sided
-/// Noise `N` handshake setup in snow, which derives it for us.
+/// Computes the X25519 public key for a private scalar with snow's Curve25519,
+/// the implementation the handshake uses: setting the private key derives it.
 fn x25519_public(private: &[u8; 32]) -> [u8; 32] {
     let mut out = [0u8; 32];
     let dh = snow::resolvers::DefaultResolver;

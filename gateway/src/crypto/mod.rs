@@ -1,8 +1,8 @@
 //! Gateway authentication and traffic protection.
 //!
 //! - [`keys`]: X25519 static key pairs and pre-shared keys, loaded from files.
-//! - [`handshake`]: a sans-IO Noise `IK` (or `IKpsk2`) handshake per TCP
-//!   connection, which authenticates both gateways before any session state
+//! - [`handshake`]: a sans-IO Noise `IK` (`IKpsk1` with a pre-shared key)
+//!   handshake per TCP connection, which authenticates both gateways before any session state
 //!   exists and yields fresh per-connection keys (forward secrecy).
 //! - [`channel`]: one direction of a connection as messages: sealing with
 //!   key updates by policy, opening that follows the peer's key updates.

@@ -20,6 +20,8 @@
 //! - [`crypto`]: the crypto stage (workers, queues, backlog).
 //! - `port` / `appliance` (feature `dpdk`): the DPDK glue: I/O lcores,
 //!   ring-backed frame ports, EAL and lcore launch, the main lcore.
+//! - `sim` (tests and `cargo fuzz` only): the engine on in-memory ports and
+//!   wires, on a simulated clock; `tests` runs scenarios on it.
 //!
 //! Everything but the DPDK glue builds and is tested without DPDK.
 
@@ -71,5 +73,7 @@ impl Idle {
     }
 }
 
+#[cfg(any(test, fuzzing))]
+pub mod sim;
 #[cfg(test)]
 mod tests;

@@ -1,429 +1,17 @@
-//! The DPDK datapath's engine without DPDK: two engines back to back over
-//! in-memory Ethernet wires (with delay, loss and cuts), hypervisor hosts
-//! played by plain smoltcp stacks, crypto inline, simulated time. Every
+//! The DPDK datapath's engine without DPDK, in scenarios: two engines back
+//! to back on the simulator ([`super::sim`]: in-memory wires with delay,
+//! loss and cuts, hosts played by smoltcp stacks, simulated time). Every
 //! stream is compared byte for byte.
 
-use std::collections::VecDeque;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
 
-use super::crypto::InlineCrypto;
-use super::engine::{Engine, Ports};
 use super::net::Net;
 use super::phy::MemPort;
-use crate::admin::dpdk::PortSpec;
-use crate::admin::{Config, Stats};
-use crate::crypto::StaticKeypair;
-
-/// Simulated time per step.
-const STEP_US: u64 = 200;
-
-/// One direction of a link: frames in flight with their delivery time.
-#[derive(Default)]
-struct Wire {
-    delay_us: u64,
-    /// Frames lost, per million.
-    loss_ppm: u64,
-    /// Frames carried, both ways.
-    carried: u64,
-    cut: bool,
-    rng: u64,
-    ab: VecDeque<(u64, Vec<u8>)>,
-    ba: VecDeque<(u64, Vec<u8>)>,
-    lost: u64,
-}
-
-impl Wire {
-    fn new(delay_us: u64) -> Wire {
-        Wire {
-            delay_us,
-            rng: 0x9E37_79B9_7F4A_7C15,
-            ..Wire::default()
-        }
-    }
-
-    fn chance(&mut self) -> u64 {
-        // xorshift64: deterministic runs.
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        self.rng % 1_000_000
-    }
-
-    fn carry(&mut self, now: u64, a: &mut MemPort, b: &mut MemPort) {
-        for (from, q) in [(&mut *a, 0), (&mut *b, 1)] {
-            while let Some(f) = from.outbox.pop_front() {
-                let lose = self.cut || self.chance() < self.loss_ppm;
-                if lose {
-                    self.lost += 1;
-                    continue;
-                }
-                self.carried += 1;
-                let at = now + self.delay_us;
-                if q == 0 {
-                    self.ab.push_back((at, f));
-                } else {
-                    self.ba.push_back((at, f));
-                }
-            }
-        }
-        while self.ab.front().is_some_and(|(t, _)| *t <= now) {
-            b.inbox.push_back(self.ab.pop_front().expect("checked").1);
-        }
-        while self.ba.front().is_some_and(|(t, _)| *t <= now) {
-            a.inbox.push_back(self.ba.pop_front().expect("checked").1);
-        }
-    }
-}
-
-/// An application on a host: sends `out`, collects what arrives, closes
-/// its side once everything is sent.
-struct App {
-    handle: SocketHandle,
-    out: Vec<u8>,
-    sent: usize,
-    got: Vec<u8>,
-    closed: bool,
-    /// The other side finished (FIN seen after everything was read).
-    eof: bool,
-    fin_seen: bool,
-    reset: bool,
-    was_connected: bool,
-    /// Close only after the other side finished (a server that answers
-    /// when the request is complete).
-    close_after_eof: bool,
-    /// Count received bytes instead of keeping them (profiling).
-    discard: bool,
-    received: usize,
-}
-
-impl App {
-    fn new(handle: SocketHandle, out: Vec<u8>) -> App {
-        App {
-            handle,
-            out,
-            sent: 0,
-            got: Vec::new(),
-            closed: false,
-            eof: false,
-            fin_seen: false,
-            reset: false,
-            was_connected: false,
-            close_after_eof: false,
-            discard: false,
-            received: 0,
-        }
-    }
-
-    fn run(&mut self, net: &mut Net<MemPort>) {
-        let s = net.socket(self.handle);
-        if s.state() == tcp::State::Established {
-            self.was_connected = true;
-        }
-        use tcp::State::*;
-        self.fin_seen |= matches!(s.state(), CloseWait | LastAck | Closing | TimeWait);
-        if self.was_connected && s.state() == Closed && !(self.fin_seen && self.closed) {
-            self.reset = true;
-        }
-        while s.can_recv() {
-            let _ = s.recv(|b| {
-                self.received += b.len();
-                if !self.discard {
-                    self.got.extend_from_slice(b);
-                }
-                (b.len(), ())
-            });
-        }
-        if self.fin_seen && !s.can_recv() {
-            self.eof = true;
-        }
-        if s.may_send() && self.sent < self.out.len() {
-            self.sent += s.send_slice(&self.out[self.sent..]).unwrap_or(0);
-        }
-        if s.may_send()
-            && self.sent == self.out.len()
-            && !self.closed
-            && (self.eof || !self.close_after_eof)
-        {
-            s.close();
-            self.closed = true;
-        }
-    }
-
-    fn done(&self) -> bool {
-        self.closed && self.eof && !self.reset
-    }
-}
-
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u32).wrapping_mul(2654435761).to_be_bytes()[i % 4] ^ seed)
-        .collect()
-}
-
-struct Keys {
-    dir: PathBuf,
-}
-
-impl Drop for Keys {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn keys(tag: &str) -> Keys {
-    let dir = std::env::temp_dir().join(format!("lmas-dpdk-sim-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    for k in ["a", "b", "x"] {
-        StaticKeypair::generate()
-            .unwrap()
-            .write(&dir.join(format!("{k}.key")))
-            .unwrap();
-    }
-    Keys { dir }
-}
-
-/// The pair's configs; `extra_a`/`extra_b` are appended (more sections).
-fn configs(
-    k: &Keys,
-    ingress_a: &str,
-    b_peer_key: &str,
-    extra_b: &str,
-) -> (Arc<Config>, Arc<Config>) {
-    let a = format!(
-        r#"
-[gateway]
-name = "gw-a"
-private_key_file = "a.key"
-datapath = "dpdk"
-[peer]
-name = "gw-b"
-public_key_file = "b.key.pub"
-connect = "10.0.2.2:7700"
-[wan]
-data_flows = 4
-socket_buffer_bytes = 1048576
-flow_timeout_secs = 2
-grace_period_secs = 20
-[egress]
-connect_timeout_ms = 3000
-{ingress_a}
-[dpdk]
-lan_socket_buffer_bytes = 524288
-[dpdk.lan]
-device = "lan-a"
-address = "10.0.1.1/24"
-intercept = ["10.0.3.0/24"]
-[dpdk.wan]
-device = "wan-a"
-address = "10.0.2.1/24"
-"#
-    );
-    let b = format!(
-        r#"
-[gateway]
-name = "gw-b"
-private_key_file = "b.key"
-tunnel_listen = "10.0.2.2:7700"
-datapath = "dpdk"
-[peer]
-name = "gw-a"
-public_key_file = "{b_peer_key}"
-[wan]
-data_flows = 4
-socket_buffer_bytes = 1048576
-flow_timeout_secs = 2
-grace_period_secs = 20
-{extra_b}
-[dpdk]
-lan_socket_buffer_bytes = 524288
-[dpdk.lan]
-device = "lan-b"
-address = "10.0.3.1/24"
-[dpdk.wan]
-device = "wan-b"
-address = "10.0.2.2/24"
-"#
-    );
-    let parse = |name: &str, text: &str| {
-        Arc::new(Config::parse(&k.dir.join(name), text).unwrap_or_else(|e| panic!("{e}")))
-    };
-    (parse("a.toml", &a), parse("b.toml", &b))
-}
-
-const LISTEN_INGRESS: &str = r#"
-[[ingress]]
-mode = "listen"
-bind = "10.0.1.1:6000"
-target = "10.0.3.2:5000"
-"#;
-
-const ALLOW_DST: &str = r#"
-[egress]
-allow = ["10.0.3.2:5000"]
-"#;
-
-fn host(addr: [u8; 4], gw: [u8; 4], mac: u8, now: u64) -> Net<MemPort> {
-    let spec = PortSpec {
-        device: "host".into(),
-        address: addr.into(),
-        prefix_len: 24,
-        gateway: Some(gw.into()),
-        intercept: Vec::new(),
-        mtu: 1500,
-    };
-    Net::new(
-        MemPort::default(),
-        [2, 0, 0, 0, 0, mac],
-        &spec,
-        mac as u64,
-        now,
-    )
-}
-
-type SimEngine = Engine<MemPort, InlineCrypto>;
-
-struct Sim {
-    now: u64,
-    a: SimEngine,
-    b: SimEngine,
-    src: Net<MemPort>,
-    dst: Net<MemPort>,
-    lan_a: Wire,
-    wan: Wire,
-    lan_b: Wire,
-    stats_a: Arc<Stats>,
-    stats_b: Arc<Stats>,
-    /// CPU time spent in each engine's `poll` (the TCP lcore's work).
-    busy_a: std::time::Duration,
-    busy_b: std::time::Duration,
-}
-
-impl Sim {
-    fn new(a: Arc<Config>, b: Arc<Config>, wan_delay_us: u64) -> Sim {
-        Sim::packing(a, b, wan_delay_us, None)
-    }
-
-    /// A pair whose crypto stages pack data frames by `packing` (both use the one policy).
-    fn packing(
-        a: Arc<Config>,
-        b: Arc<Config>,
-        wan_delay_us: u64,
-        packing: Option<Arc<crate::transform::PackPolicy>>,
-    ) -> Sim {
-        let _ = env_logger::builder().is_test(true).try_init();
-        let now = 1_000_000;
-        let engine = |config: Arc<Config>, stats: Arc<Stats>, n: u8| {
-            let ports = Ports {
-                lan: MemPort::default(),
-                lan_mac: [2, 0, 0, 0, n, 1],
-                wan: MemPort::default(),
-                wan_mac: [2, 0, 0, 0, n, 2],
-            };
-            let crypto = InlineCrypto::with_packing(packing.clone());
-            Engine::new(config, stats, ports, crypto, now)
-        };
-        let (stats_a, stats_b) = (Arc::new(Stats::default()), Arc::new(Stats::default()));
-        Sim {
-            now,
-            a: engine(a, stats_a.clone(), 0xa),
-            b: engine(b, stats_b.clone(), 0xb),
-            src: host([10, 0, 1, 2], [10, 0, 1, 1], 0x12, now),
-            dst: host([10, 0, 3, 2], [10, 0, 3, 1], 0x32, now),
-            lan_a: Wire::new(50),
-            wan: Wire::new(wan_delay_us),
-            lan_b: Wire::new(50),
-            stats_a,
-            stats_b,
-            busy_a: std::time::Duration::ZERO,
-            busy_b: std::time::Duration::ZERO,
-        }
-    }
-
-    fn step(&mut self) {
-        self.now += STEP_US;
-        let now = self.now;
-        self.src.poll(now);
-        let t = std::time::Instant::now();
-        self.a.poll(now);
-        self.busy_a += t.elapsed();
-        let t = std::time::Instant::now();
-        self.b.poll(now);
-        self.busy_b += t.elapsed();
-        self.dst.poll(now);
-        self.lan_a
-            .carry(now, &mut self.src.port, &mut self.a.lan.port);
-        self.wan
-            .carry(now, &mut self.a.wan.port, &mut self.b.wan.port);
-        self.lan_b
-            .carry(now, &mut self.b.lan.port, &mut self.dst.port);
-    }
-
-    /// Steps until `done` or `limit_s` simulated seconds pass.
-    fn run_until(&mut self, limit_s: u64, mut done: impl FnMut(&mut Sim) -> bool) -> bool {
-        let end = self.now + limit_s * 1_000_000;
-        while self.now < end {
-            self.step();
-            if done(self) {
-                return true;
-            }
-        }
-        false
-    }
-
-    fn tunnel_up(&mut self) -> bool {
-        let up = |e: &SimEngine| {
-            e.tunnel.as_ref().is_some_and(|t| {
-                t.is_up(&e.conns)
-                    && t.flows.iter().all(|f| {
-                        f.and_then(|c| e.conns.get(&c))
-                            .is_some_and(|c| c.is_keyed())
-                    })
-            })
-        };
-        up(&self.a) && up(&self.b)
-    }
-
-    fn connect_src(&mut self, to: ([u8; 4], u16), out: Vec<u8>) -> App {
-        let h = self.src.add_socket(1 << 20, 1 << 20);
-        self.src
-            .connect(h, std::net::SocketAddrV4::new(to.0.into(), to.1))
-            .unwrap();
-        App::new(h, out)
-    }
-
-    fn listen_dst(&mut self, port: u16, n: usize) -> Vec<SocketHandle> {
-        (0..n)
-            .map(|_| {
-                let h = self.dst.add_socket(1 << 20, 1 << 20);
-                self.dst.socket(h).listen(port).unwrap();
-                h
-            })
-            .collect()
-    }
-}
-
-/// Pairs accepted destination sockets with apps that send `reply(i)`.
-fn accept_apps(
-    sim: &mut Sim,
-    handles: &[SocketHandle],
-    apps: &mut Vec<App>,
-    reply: &dyn Fn(usize) -> Vec<u8>,
-) {
-    for &h in handles {
-        if apps.iter().any(|a| a.handle == h) {
-            continue;
-        }
-        if sim.dst.socket(h).state() != tcp::State::Listen {
-            let i = apps.len();
-            apps.push(App::new(h, reply(i)));
-        }
-    }
-}
+use super::sim::*;
+use crate::admin::Config;
 
 #[test]
 fn transfer_both_ways_with_half_close_over_a_delayed_wan() {
@@ -852,22 +440,8 @@ fn hostile_input_on_both_ports_hurts_nothing() {
     let mut src = sim.connect_src(([10, 0, 1, 1], 6000), up.clone());
     let mut dst_apps = Vec::new();
 
-    // An attacker on gw-b's WAN segment: a smoltcp host that dials the tunnel port with junk.
-    let spec = PortSpec {
-        device: "attacker".into(),
-        address: [10, 0, 2, 66].into(),
-        prefix_len: 24,
-        gateway: None,
-        intercept: Vec::new(),
-        mtu: 1500,
-    };
-    let mut evil = Net::new(
-        MemPort::default(),
-        [2, 0, 0, 0, 0, 0x66],
-        &spec,
-        66,
-        sim.now,
-    );
+    // An attacker on gw-b's WAN segment that dials the tunnel port with junk.
+    let mut evil = Attacker::new(sim.now);
     let junk: [&[u8]; 4] = [
         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
         b"LMAS\x01\x00\xff\xff", // a prelude with an absurd length
@@ -878,9 +452,9 @@ fn hostile_input_on_both_ports_hurts_nothing() {
     ];
     let mut evil_socks: Vec<(SocketHandle, &[u8])> = Vec::new();
     for j in junk {
-        let h = evil.add_socket(1 << 16, 1 << 16);
-        evil.connect(h, std::net::SocketAddrV4::new([10, 0, 2, 2].into(), 7700))
-            .unwrap();
+        let h = evil
+            .dial(std::net::SocketAddrV4::new([10, 0, 2, 2].into(), 7700))
+            .expect("a free port");
         evil_socks.push((h, j));
     }
     let mut rng = Wire::new(0);
@@ -892,26 +466,16 @@ fn hostile_input_on_both_ports_hurts_nothing() {
         }
         // The attacker sits on gw-a's end of the WAN wire: its frames travel to gw-b with
         // gw-a's, and what comes back for its MAC is taken out of gw-a's inbox.
-        evil.poll(s.now);
+        evil.net.poll(s.now);
         for (h, j) in &evil_socks {
-            let sock = evil.socket(*h);
+            let sock = evil.net.socket(*h);
             if sock.may_send() && sock.send_queue() == 0 && sock.state() == tcp::State::Established
             {
                 let _ = sock.send_slice(j);
             }
         }
-        s.a.wan.port.outbox.extend(evil.port.outbox.drain(..));
-        let evil_mac = [2, 0, 0, 0, 0, 0x66];
-        let mine: Vec<Vec<u8>> =
-            s.a.wan
-                .port
-                .inbox
-                .iter()
-                .filter(|f| f[..6] == evil_mac)
-                .cloned()
-                .collect();
-        s.a.wan.port.inbox.retain(|f| f[..6] != evil_mac);
-        evil.port.inbox.extend(mine);
+        let port = &mut s.a.wan.port;
+        evil.exchange(&mut port.outbox, &mut port.inbox);
         if rng.chance() < 200_000 {
             let len = (rng.chance() % 1600) as usize;
             let mut f: Vec<u8> = (0..len).map(|_| rng.chance() as u8).collect();

@@ -26,7 +26,7 @@ use super::wan::{Identity, Role, WanConn, WanError};
 use crate::admin::{Config, Stats, TunnelEnd};
 use crate::admission::{self, Decision, Pending, Throttle};
 use crate::crypto::{RekeyPolicy, MAX_RECORD_LEN};
-use crate::protocol::{Message, ResetReason};
+use crate::protocol::{Message, ResetReason, TunnelId, MAX_DATA_FLOWS};
 use crate::session::{Side, TunnelCore};
 
 /// A handshake (and its first record) must complete within this time.
@@ -48,7 +48,7 @@ const BACKOFF_MAX_US: u64 = 5_000_000;
 
 /// The tunnel to the peer gateway: the session core and its connections.
 pub struct Tunnel {
-    pub id: [u8; 16],
+    pub id: TunnelId,
     pub core: TunnelCore,
     pub control: Option<ConnId>,
     pub flows: Vec<Option<ConnId>>,
@@ -370,14 +370,21 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
             match (conn.dialed, conn.role) {
                 (true, Some(Role::Control)) => {
                     let hello = Message::Hello {
-                        resume: self.tunnel.as_ref().map(|t| t.id).unwrap_or_default(),
+                        resume: self.tunnel.as_ref().map(|t| t.id),
                         name: self.config.name.clone(),
                         data_flows: self.config.data_flows,
                     };
                     conn.seal(hello, &mut self.crypto);
                 }
                 (true, Some(Role::Data(k))) => {
-                    let tunnel_id = self.tunnel.as_ref().map(|t| t.id).unwrap_or_default();
+                    // Flows are dialled for a tunnel and closed with it, so this
+                    // cannot miss; if it did, the flow closes (quietly: no tunnel).
+                    let Some(tunnel_id) = self.tunnel.as_ref().map(|t| t.id) else {
+                        return Err(WanError::Unexpected {
+                            got: "data flow",
+                            expected: "a tunnel to attach to",
+                        });
+                    };
                     conn.seal(Message::Attach { tunnel_id, flow: k }, &mut self.crypto);
                     if let Some(d) = &mut self.dialer {
                         d.flow_retry[k as usize].1 = BACKOFF_MIN_US;
@@ -498,21 +505,16 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                 if name != self.config.peer_name {
                     warn!("peer {peer} calls itself {name:?}");
                 }
-                let resumes = self
-                    .tunnel
-                    .as_ref()
-                    .is_some_and(|t| resume != [0; 16] && t.id == resume);
+                let resumes = self.tunnel.as_ref().is_some_and(|t| Some(t.id) == resume);
                 if !resumes {
-                    if !(1..=crate::admin::config::MAX_DATA_FLOWS as u16).contains(&data_flows) {
+                    if !(1..=MAX_DATA_FLOWS).contains(&data_flows) {
                         warn!("peer {peer}: hello asks for {data_flows} data flows; refusing");
                         return self.close_conn(id);
                     }
-                    let mut tid = [0u8; 16];
-                    use ring::rand::SecureRandom;
-                    if ring::rand::SystemRandom::new().fill(&mut tid).is_err() {
+                    let Some(tid) = TunnelId::random(&ring::rand::SystemRandom::new()) else {
                         warn!("peer {peer}: no randomness for a tunnel id");
                         return self.close_conn(id);
-                    }
+                    };
                     self.shut_tunnel(ResetReason::TunnelLost, now);
                     self.tunnel = Some(Tunnel::new(
                         &self.config,
@@ -865,7 +867,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
 }
 
 impl Tunnel {
-    fn new(config: &Config, side: Side, id: [u8; 16], peer: String, flows: usize) -> Tunnel {
+    fn new(config: &Config, side: Side, id: TunnelId, peer: String, flows: usize) -> Tunnel {
         Tunnel {
             id,
             core: TunnelCore::new(side, config.limits.clone(), flows),

@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use log::{debug, info, warn};
-use ring::rand::{SecureRandom, SystemRandom};
+use ring::rand::SystemRandom;
 use socket2::SockRef;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{watch, Notify};
@@ -43,7 +43,7 @@ use crate::admin::signals::{Request, Signals};
 use crate::admin::{Allowlist, Config, Stats, StatusSource, TunnelEnd};
 use crate::admission::Throttle;
 use crate::crypto::RekeyPolicy;
-use crate::protocol::{Message, ResetReason};
+use crate::protocol::{Message, ResetReason, TunnelId, MAX_DATA_FLOWS};
 use crate::session::Side;
 use crate::transform::{Adaptive, Compression, PackPolicy};
 use conn::{
@@ -217,7 +217,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         congestion: config
             .congestion
             .clone()
-            .unwrap_or_else(sockopt::default_congestion),
+            .unwrap_or_else(crate::admin::host::default_congestion),
         buffer: config.socket_buffer,
         flow_timeout: config.flow_timeout,
     };
@@ -404,15 +404,15 @@ async fn connect_control(
     gateway: &Arc<Gateway>,
     addr: SocketAddr,
     label: &str,
-    resume: Option<[u8; 16]>,
-) -> anyhow::Result<(Reader, Writer, [u8; 16])> {
+    resume: Option<TunnelId>,
+) -> anyhow::Result<(Reader, Writer, TunnelId)> {
     let (mut reader, mut writer) = match dial(gateway, addr, false).await {
         Ok(x) => x,
         Err(DialError::Handshake(e)) => anyhow::bail!("handshake with peer {label} failed: {e}"),
         Err(e) => return Err(e.into()),
     };
     let hello = Message::Hello {
-        resume: resume.unwrap_or_default(),
+        resume,
         name: gateway.config.name.clone(),
         data_flows: gateway.config.data_flows,
     };
@@ -434,7 +434,7 @@ async fn start_tunnel(
     gateway: &Arc<Gateway>,
     addr: SocketAddr,
     label: &str,
-    id: [u8; 16],
+    id: TunnelId,
     reader: Reader,
     writer: Writer,
 ) -> anyhow::Result<Arc<Tunnel>> {
@@ -645,21 +645,18 @@ impl Accepted {
                 // Resume the held tunnel if the peer names it; anything else
                 // starts a new tunnel, which replaces (and resets) the old one.
                 let current = gateway.current.borrow().clone();
-                let held = current
-                    .filter(|t| resume != [0; 16] && t.id == resume && !t.closed.is_cancelled());
+                let held = current.filter(|t| Some(t.id) == resume && !t.closed.is_cancelled());
                 let (tunnel, fresh) = match held {
                     Some(t) => (t, false),
                     None => {
-                        if !(1..=crate::admin::config::MAX_DATA_FLOWS as u16).contains(&data_flows)
-                        {
+                        if !(1..=MAX_DATA_FLOWS).contains(&data_flows) {
                             return warn!(
                                 "peer {label}: hello asks for {data_flows} data flows; refusing"
                             );
                         }
-                        let mut id = [0u8; 16];
-                        if SystemRandom::new().fill(&mut id).is_err() {
+                        let Some(id) = TunnelId::random(&SystemRandom::new()) else {
                             return warn!("peer {label}: no randomness for a tunnel id");
-                        }
+                        };
                         let t = Tunnel::new(
                             gateway.clone(),
                             Side::Acceptor,

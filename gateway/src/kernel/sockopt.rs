@@ -27,35 +27,6 @@ pub struct WanTuning {
     pub flow_timeout: std::time::Duration,
 }
 
-/// Chooses the default congestion control: BBR where the kernel lets this
-/// process use it, else CUBIC.
-pub fn default_congestion() -> String {
-    let allowed = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_allowed_congestion_control")
-        .unwrap_or_default();
-    let available = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_congestion_control")
-        .unwrap_or_default();
-    let has = |text: &str| text.split_whitespace().any(|c| c == "bbr");
-    if has(&allowed) || (has(&available) && is_root()) {
-        "bbr".into()
-    } else {
-        "cubic".into()
-    }
-}
-
-/// Congestion control algorithms this kernel has (empty if unknown).
-pub fn available_congestion() -> Vec<String> {
-    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_congestion_control")
-        .unwrap_or_default()
-        .split_whitespace()
-        .map(str::to_string)
-        .collect()
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// Applies WAN tuning to a connected or about-to-connect socket. Failures
 /// are returned as warnings: a flow with stock settings still works.
 pub fn tune_wan(sock: &SockRef<'_>, tuning: &WanTuning, data_flow: bool) -> Vec<String> {

@@ -23,7 +23,7 @@ use super::conn::{ConnError, ConnInfo, RecordReader, RecordWriter};
 use super::Gateway;
 use crate::admin::status::{ConnectionStatus, SessionStatus, TunnelStatus};
 use crate::admin::Stats;
-use crate::protocol::{Message, RefuseReason, ResetReason, SessionId};
+use crate::protocol::{Message, RefuseReason, ResetReason, SessionId, TunnelId};
 use crate::session::{Event, PeerError, SessionError, Side, TunnelCore};
 use crate::transform::PackNote;
 
@@ -117,7 +117,7 @@ pub struct Tunnel {
     /// Bytes waiting for endpoints fell below the receive budget (flow readers wait on it).
     receive_room: Notify,
     timer: Notify,
-    pub id: [u8; 16],
+    pub id: TunnelId,
     /// `NAME (ADDR)` of the peer gateway, for logs.
     pub peer: String,
     /// Cancelled when the tunnel goes down; every task of it stops.
@@ -141,7 +141,7 @@ impl Tunnel {
     pub fn new(
         gateway: Arc<Gateway>,
         side: Side,
-        id: [u8; 16],
+        id: TunnelId,
         peer: String,
         flows: usize,
     ) -> Arc<Tunnel> {
@@ -831,7 +831,7 @@ impl Tunnel {
             })
             .collect();
         TunnelStatus::from_core(
-            &self.id,
+            self.id.as_bytes(),
             *self.control_up.borrow(),
             self.peer.clone(),
             &inner.core,

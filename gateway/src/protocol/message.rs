@@ -22,6 +22,45 @@ impl fmt::Display for SessionId {
     }
 }
 
+/// Names one tunnel between two gateways: 16 random bytes the accepting
+/// gateway picks, never all zero. On the wire all zero means "no tunnel"
+/// (a hello for a new one), so that value has no `TunnelId`: a hello carries
+/// `Option<TunnelId>`, and a welcome or attach naming the zero id does not
+/// decode.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TunnelId([u8; 16]);
+
+impl TunnelId {
+    /// The id in `bytes`, or `None` for all zero (no tunnel).
+    pub fn new(bytes: [u8; 16]) -> Option<TunnelId> {
+        (bytes != [0; 16]).then_some(TunnelId(bytes))
+    }
+
+    /// A fresh id from `rng`; `None` if the generator fails. The caller
+    /// brings the generator, so this module stays free of I/O.
+    pub fn random(rng: &dyn ring::rand::SecureRandom) -> Option<TunnelId> {
+        let mut bytes = [0; 16];
+        rng.fill(&mut bytes).ok()?;
+        // All zero from a working generator has odds 2^-128: count it as a broken one.
+        TunnelId::new(bytes)
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for TunnelId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TunnelId(")?;
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))?;
+        f.write_str(")")
+    }
+}
+
+/// What a hello's `resume` field holds when it names no tunnel.
+const NO_TUNNEL: [u8; 16] = [0; 16];
+
 macro_rules! wire_enum {
     ($(#[$m:meta])* $name:ident { $($variant:ident = $value:expr => $text:expr),+ $(,)? }) => {
         $(#[$m])*
@@ -90,15 +129,15 @@ pub const DATA_HEADER_LEN: usize = 1 + 8 + 8 + 1 + 4;
 pub enum Message {
     /// First record on the control connection, from the dialling gateway.
     /// `resume` is the id of a tunnel to pick up again after the control
-    /// connection was lost (all zero: a new tunnel).
+    /// connection was lost; `None` asks for a new tunnel (all zero on the wire).
     Hello {
         name: String,
         data_flows: u16,
-        resume: [u8; 16],
+        resume: Option<TunnelId>,
     },
     /// Reply to `Hello`: the tunnel id that data flows must present.
     Welcome {
-        tunnel_id: [u8; 16],
+        tunnel_id: TunnelId,
         name: String,
     },
     /// The sender's next record uses the next key (see `RecordSealer::ratchet`).
@@ -106,7 +145,7 @@ pub enum Message {
     KeyUpdate,
     /// First record on a data flow, from the dialling gateway.
     Attach {
-        tunnel_id: [u8; 16],
+        tunnel_id: TunnelId,
         flow: u16,
     },
     /// Ask the peer to connect to `target`; `window` is how many bytes of the
@@ -176,18 +215,18 @@ impl Message {
             } => {
                 out.put_u8(kind::HELLO);
                 out.put_u16(*data_flows);
-                out.extend_from_slice(resume);
+                out.extend_from_slice(&resume.map_or(NO_TUNNEL, |t| t.0));
                 out.put_short_str(name);
             }
             Message::Welcome { tunnel_id, name } => {
                 out.put_u8(kind::WELCOME);
-                out.extend_from_slice(tunnel_id);
+                out.extend_from_slice(tunnel_id.as_bytes());
                 out.put_short_str(name);
             }
             Message::KeyUpdate => out.put_u8(kind::KEY_UPDATE),
             Message::Attach { tunnel_id, flow } => {
                 out.put_u8(kind::ATTACH);
-                out.extend_from_slice(tunnel_id);
+                out.extend_from_slice(tunnel_id.as_bytes());
                 out.put_u16(*flow);
             }
             Message::Open {
@@ -252,16 +291,16 @@ impl Message {
         let msg = match r.u8()? {
             kind::HELLO => Message::Hello {
                 data_flows: r.u16()?,
-                resume: r.array()?,
+                resume: TunnelId::new(r.array()?),
                 name: r.short_str("gateway name")?,
             },
             kind::WELCOME => Message::Welcome {
-                tunnel_id: r.array()?,
+                tunnel_id: tunnel_id(&mut r)?,
                 name: r.short_str("gateway name")?,
             },
             kind::KEY_UPDATE => Message::KeyUpdate,
             kind::ATTACH => Message::Attach {
-                tunnel_id: r.array()?,
+                tunnel_id: tunnel_id(&mut r)?,
                 flow: r.u16()?,
             },
             kind::OPEN => Message::Open {
@@ -350,6 +389,15 @@ impl Message {
     }
 }
 
+/// A welcome's or attach's tunnel id: these name a tunnel that exists, so
+/// the zero id (no tunnel) is the peer speaking nonsense.
+fn tunnel_id(r: &mut Reader<'_>) -> Result<TunnelId, DecodeError> {
+    TunnelId::new(r.array()?).ok_or(DecodeError::Invalid {
+        field: "tunnel id",
+        why: "all zero names no tunnel",
+    })
+}
+
 impl DataFrame {
     /// Writes the frame header (everything before the payload).
     pub fn encode_header(&self, out: &mut Vec<u8>) {
@@ -390,6 +438,47 @@ mod tests {
     }
 
     #[test]
+    fn a_hello_for_a_new_tunnel_carries_the_zero_id() {
+        let hello = |resume| Message::Hello {
+            name: "b".into(),
+            data_flows: 4,
+            resume,
+        };
+        let mut buf = Vec::new();
+        hello(None).encode(&mut buf);
+        let mut want = vec![0x01, 0, 4];
+        want.extend_from_slice(&[0; 16]);
+        want.extend_from_slice(&[1, b'b']);
+        assert_eq!(buf, want);
+        assert_eq!(round_trip(&hello(None)), hello(None));
+
+        let id = TunnelId::new([7; 16]).expect("not zero");
+        buf.clear();
+        hello(Some(id)).encode(&mut buf);
+        assert_eq!(&buf[3..19], &[7; 16]);
+        assert_eq!(round_trip(&hello(Some(id))), hello(Some(id)));
+    }
+
+    #[test]
+    fn a_welcome_or_attach_naming_the_zero_id_is_refused() {
+        let mut welcome = vec![0x02];
+        welcome.extend_from_slice(&[0; 16]);
+        welcome.extend_from_slice(&[1, b'a']);
+        let mut attach = vec![0x03];
+        attach.extend_from_slice(&[0; 16]);
+        attach.extend_from_slice(&[0, 1]);
+        for bytes in [welcome, attach] {
+            assert_eq!(
+                Message::decode(Bytes::from(bytes)),
+                Err(DecodeError::Invalid {
+                    field: "tunnel id",
+                    why: "all zero names no tunnel",
+                })
+            );
+        }
+    }
+
+    #[test]
     fn data_length_must_match_record() {
         let mut buf = Vec::new();
         Message::Data(DataFrame {
@@ -415,20 +504,20 @@ mod tests {
 
     fn arb_message() -> impl Strategy<Value = Message> {
         let sid = any::<u64>().prop_map(SessionId);
+        let tid = any::<[u8; 16]>().prop_filter_map("the zero id is no tunnel", TunnelId::new);
         let addr = any::<(u32, u16)>()
             .prop_map(|(ip, port)| SocketAddr::from((std::net::Ipv4Addr::from(ip), port)));
         prop_oneof![
-            (".{0,40}", any::<u16>(), any::<[u8; 16]>()).prop_map(|(name, data_flows, resume)| {
-                Message::Hello {
+            (".{0,40}", any::<u16>(), proptest::option::of(tid.clone())).prop_map(
+                |(name, data_flows, resume)| Message::Hello {
                     name,
                     data_flows,
                     resume,
                 }
-            }),
-            (any::<[u8; 16]>(), ".{0,40}")
+            ),
+            (tid.clone(), ".{0,40}")
                 .prop_map(|(tunnel_id, name)| Message::Welcome { tunnel_id, name }),
-            (any::<[u8; 16]>(), any::<u16>())
-                .prop_map(|(tunnel_id, flow)| Message::Attach { tunnel_id, flow }),
+            (tid, any::<u16>()).prop_map(|(tunnel_id, flow)| Message::Attach { tunnel_id, flow }),
             (sid.clone(), addr, any::<u32>()).prop_map(|(session, target, window)| Message::Open {
                 session,
                 target,

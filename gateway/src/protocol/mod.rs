@@ -17,7 +17,11 @@ pub mod message;
 pub mod packed;
 
 pub use codec::DecodeError;
-pub use message::{DataFrame, Message, RefuseReason, ResetReason, SessionId};
+pub use message::{DataFrame, Message, RefuseReason, ResetReason, SessionId, TunnelId};
 
 /// The protocol version this build speaks.
 pub const VERSION: u8 = 1;
+
+/// Data flows one tunnel may have: the acceptor refuses a hello that asks
+/// for none or for more (and config refuses `wan.data_flows` beyond it).
+pub const MAX_DATA_FLOWS: u16 = 64;

@@ -565,6 +565,7 @@ impl TunnelCore {
     }
 
     /// Hands the next frame to data flow `flow`, which can send now.
+    #[must_use = "the frame is taken off the schedule: dropped, it is only sent again if the flow is lost"]
     pub fn poll_frame(&mut self, flow: usize) -> Option<DataFrame> {
         let sessions = &self.sessions;
         self.scheduler.prune(flow, |c| {
@@ -638,6 +639,7 @@ impl TunnelCore {
     }
 
     /// Next control message for the peer.
+    #[must_use = "the message is taken off the control queue: dropped, the peer never gets it"]
     pub fn poll_control(&mut self) -> Option<Message> {
         let msg = self.control.pop_front()?;
         if self.control.len() + 1 == self.control_bound() {
@@ -651,6 +653,7 @@ impl TunnelCore {
         !self.control.is_empty()
     }
 
+    #[must_use = "the event is taken off the queue: dropped, whoever waits on it is never woken"]
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
     }
@@ -721,6 +724,7 @@ impl TunnelCore {
     // ---- time -----------------------------------------------------------
 
     /// When `handle_timeout` next has work (a delayed ack), if ever.
+    #[must_use = "a driver that does not arm this timer sends no delayed ack"]
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.sessions
             .values()
