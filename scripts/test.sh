@@ -4,7 +4,7 @@
 #   real `lmas` binaries on loopback, and the lab tests in network namespaces (a transfer
 #   and real QEMU migrations through the gateways over the emulated WAN; those skip with a
 #   clear message where they cannot run), and a short run of every
-#   fuzz target (FUZZ_SECONDS each, default 10; skipped without a nightly toolchain).
+#   fuzz target (FUZZ_SECONDS each, default 5; skipped without a nightly toolchain).
 set -euo pipefail
 
 if [[ ${1:-} == -h || ${1:-} == --help ]]; then
@@ -46,6 +46,6 @@ echo "== lab test (network namespaces)"
 scripts/lab-test.sh
 echo "== QEMU migration test (network namespaces, qemu-system-x86)"
 scripts/migrate-test.sh
-echo "== fuzz smoke (${FUZZ_SECONDS:-10} s per target)"
+echo "== fuzz smoke (${FUZZ_SECONDS:-5} s per target)"
 # A smoke, not a campaign: no sanitizer halves the build (long runs: scripts/fuzz.sh, ASan on).
-FUZZ_SANITIZER=${FUZZ_SANITIZER:-none} scripts/fuzz.sh "${FUZZ_SECONDS:-10}"
+FUZZ_SANITIZER=${FUZZ_SANITIZER:-none} scripts/fuzz.sh "${FUZZ_SECONDS:-5}"
