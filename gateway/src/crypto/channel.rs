@@ -90,22 +90,16 @@ impl Sealing {
         self
     }
 
-    /// Whether sealing `msgs` would cost compression work: packing is on, its choice is a
-    /// codec, and one of the data frames is neither all zeros nor incompressible by the probe.
-    /// (A few µs per 64 KiB frame: a batch of random or zero frames can be sealed where it is.)
-    pub fn needs_compression_work(&mut self, msgs: &[Message]) -> bool {
-        let Some(p) = self.packing.as_mut() else {
-            return false;
-        };
-        let codecs = p.codecs;
-        p.policy
-            .choice()
-            .codec()
-            .is_some_and(|c| codecs.contains(c))
-            && msgs.iter().any(|m| match m {
-                Message::Data(f) => p.packer.worth_compressing(&f.payload),
-                _ => false,
-            })
+    /// [`Sealing::seal`] for a message that costs no compression (control, plain, zero run,
+    /// or incompressible by the probe); `None`, with the frame not sealed, for a data frame
+    /// worth compressing, which the caller seals on a worker instead.
+    pub fn seal_cheaply(
+        &mut self,
+        msg: &Message,
+        out: &mut Vec<u8>,
+        now: Instant,
+    ) -> Result<Option<Sealed>, RecordError> {
+        self.seal_with(msg, out, now, true)
     }
 
     /// Appends `msg` to `out` as one sealed record, preceded by a key-update
@@ -116,12 +110,25 @@ impl Sealing {
         out: &mut Vec<u8>,
         now: Instant,
     ) -> Result<Sealed, RecordError> {
+        let sealed = self.seal_with(msg, out, now, false)?;
+        Ok(sealed.expect("sealing that may compress always seals"))
+    }
+
+    /// A key update left in `out` when `cheap_only` declines the frame is fine: the frame
+    /// follows it, sealed under the new key, when it is sealed.
+    fn seal_with(
+        &mut self,
+        msg: &Message,
+        out: &mut Vec<u8>,
+        now: Instant,
+        cheap_only: bool,
+    ) -> Result<Option<Sealed>, RecordError> {
         let mut updated = None;
         if self.sealer.needs_rekey()
             || self.bytes_since_rekey >= self.policy.after_bytes
             || now.saturating_duration_since(self.last_rekey) >= self.policy.after
         {
-            seal_one(&mut self.sealer, &Message::KeyUpdate, out, None)?;
+            seal_one(&mut self.sealer, &Message::KeyUpdate, out, None, false)?;
             self.sealer.ratchet();
             self.rekeys += 1;
             updated = Some(KeyUpdated {
@@ -132,30 +139,45 @@ impl Sealing {
             self.last_rekey = now;
         }
         let packing = self.packing.as_mut();
-        let (len, packed) = seal_one(&mut self.sealer, msg, out, packing)?;
+        let Some((len, packed)) = seal_one(&mut self.sealer, msg, out, packing, cheap_only)? else {
+            return Ok(None);
+        };
         self.bytes_since_rekey += len as u64;
-        Ok(Sealed {
+        Ok(Some(Sealed {
             key_update: updated,
             packed,
-        })
+        }))
     }
 }
 
 /// Seals one message at the end of `out` (a data frame packed if `packing` says so);
 /// returns the record's length and, for a data frame offered to packing, what packing did.
+/// With `cheap_only`, a data frame worth compressing is left alone (`None`, `out` as it was).
 fn seal_one(
     sealer: &mut RecordSealer,
     msg: &Message,
     out: &mut Vec<u8>,
     packing: Option<&mut Packing>,
-) -> Result<(usize, Option<PackNote>), RecordError> {
+    cheap_only: bool,
+) -> Result<Option<(usize, Option<PackNote>)>, RecordError> {
     let start = out.len();
     out.resize(start + RECORD_HEADER_LEN, 0);
     let mut note = None;
     match (msg, packing) {
         (Message::Data(frame), Some(p)) => {
             let t = thread_cpu_ns();
-            let outcome = p.packer.pack(frame, p.policy.choice(), p.codecs, out);
+            let choice = p.policy.choice();
+            let outcome = if cheap_only {
+                match p.packer.pack_cheaply(frame, choice, p.codecs, out) {
+                    Some(outcome) => outcome,
+                    None => {
+                        out.truncate(start);
+                        return Ok(None);
+                    }
+                }
+            } else {
+                p.packer.pack(frame, choice, p.codecs, out)
+            };
             if outcome == PackOutcome::Plain || outcome == PackOutcome::Skipped {
                 msg.encode(out);
             }
@@ -173,7 +195,7 @@ fn seal_one(
         out.truncate(start);
         return Err(e);
     }
-    Ok((out.len() - start, note))
+    Ok(Some((out.len() - start, note)))
 }
 
 /// Why a record could not be turned into a message.
@@ -278,6 +300,35 @@ mod tests {
         out
     }
 
+    /// A key moves after a minute, never after a byte count.
+    fn minute_rekey() -> RekeyPolicy {
+        RekeyPolicy {
+            after_bytes: u64::MAX,
+            after: Duration::from_secs(60),
+        }
+    }
+
+    fn frame_of(session: u64, offset: u64, payload: Vec<u8>) -> Message {
+        Message::Data(DataFrame {
+            session: SessionId(session),
+            offset,
+            flags: 0,
+            payload: Bytes::from(payload),
+        })
+    }
+
+    /// `n` incompressible bytes (xorshift from `x`).
+    fn random_bytes(n: usize, mut x: u64) -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
     fn data(n: u64) -> Message {
         Message::Data(DataFrame {
             session: SessionId(2),
@@ -313,10 +364,7 @@ mod tests {
     fn rekeys_by_time() {
         let key = [6u8; 32];
         let t0 = Instant::now();
-        let policy = RekeyPolicy {
-            after_bytes: u64::MAX,
-            after: Duration::from_secs(60),
-        };
+        let policy = minute_rekey();
         let mut sealing = Sealing::new(&key, policy, t0);
         let mut wire = Vec::new();
         let update = |s: &mut Sealing, n, wire: &mut Vec<u8>, at| {
@@ -336,33 +384,15 @@ mod tests {
         use crate::transform::{Choice, Compression};
         let key = [8u8; 32];
         let t0 = Instant::now();
-        let policy = RekeyPolicy {
-            after_bytes: u64::MAX,
-            after: Duration::from_secs(60),
-        };
-        let frame = |n: u64, payload: Vec<u8>| {
-            Message::Data(DataFrame {
-                session: SessionId(2),
-                offset: n << 16,
-                flags: 0,
-                payload: Bytes::from(payload),
-            })
-        };
+        let policy = minute_rekey();
+        let frame = |n: u64, payload: Vec<u8>| frame_of(2, n << 16, payload);
         let text: Vec<u8> = b"vcpu dirty page bitmap 12345 "
             .iter()
             .cycle()
             .take(65536)
             .copied()
             .collect();
-        let mut x = 99u64;
-        let random: Vec<u8> = (0..65536)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let random = random_bytes(65536, 99);
         let msgs = vec![
             frame(0, text),
             frame(1, vec![0; 65536]),
@@ -456,27 +486,9 @@ mod tests {
         use crate::transform::{Choice, Compression};
         let key = [9u8; 32];
         let t0 = Instant::now();
-        let policy = RekeyPolicy {
-            after_bytes: u64::MAX,
-            after: Duration::from_secs(60),
-        };
-        let frame = |session: u64, payload: Vec<u8>| {
-            Message::Data(DataFrame {
-                session: SessionId(session),
-                offset: 0,
-                flags: 0,
-                payload: Bytes::from(payload),
-            })
-        };
-        let mut x = 7u64;
-        let random: Vec<u8> = (0..65536)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let policy = minute_rekey();
+        let frame = |session: u64, payload: Vec<u8>| frame_of(session, 0, payload);
+        let random = random_bytes(65536, 7);
         let text = b"dirty page ".repeat(6000);
         let msgs = [
             frame(4, text.clone()),
@@ -552,14 +564,44 @@ mod tests {
         assert_eq!(sealed.packed, None, "no packing on this connection");
     }
 
+    /// The reactor's share of a batch: a random frame is sealed there, a text frame is left
+    /// (nothing written) for the pool, and the stream opens in order either way.
+    #[test]
+    fn sealing_cheaply_leaves_only_frames_worth_compressing() {
+        use crate::transform::{Choice, Compression};
+        let key = [6u8; 32];
+        let t0 = Instant::now();
+        let pack = Arc::new(PackPolicy::new(Compression::Fixed(Choice::Zstd(1))));
+        let mut sealing =
+            Sealing::new(&key, minute_rekey(), t0).with_packing(CodecSet::SUPPORTED, pack);
+        let (random, text) = (
+            frame_of(1, 0, random_bytes(65536, 5)),
+            frame_of(1, 65536, b"dirty page ".repeat(6000)),
+        );
+        let mut wire = Vec::new();
+        assert!(sealing
+            .seal_cheaply(&random, &mut wire, t0)
+            .unwrap()
+            .is_some());
+        let sealed_random = wire.len();
+        assert!(sealing
+            .seal_cheaply(&text, &mut wire, t0)
+            .unwrap()
+            .is_none());
+        assert_eq!(
+            wire.len(),
+            sealed_random,
+            "nothing written for the text frame"
+        );
+        let _ = sealing.seal(&text, &mut wire, t0).unwrap();
+        assert_eq!(open_all(&mut Opening::new(&key), &wire), vec![random, text]);
+    }
+
     #[test]
     fn forged_record_is_an_error_not_a_message() {
         let key = [7u8; 32];
         let t0 = Instant::now();
-        let policy = RekeyPolicy {
-            after_bytes: u64::MAX,
-            after: Duration::from_secs(60),
-        };
+        let policy = minute_rekey();
         let mut wire = Vec::new();
         let _ = Sealing::new(&key, policy, t0)
             .seal(&data(0), &mut wire, t0)

@@ -349,16 +349,27 @@ impl<W: AsyncWrite + Unpin> RecordWriter<W> {
     /// blocking pool, never on the reactor; order and nonces stay as they are.
     /// Only as many flows compress at once as the sealers have permits: eight flows
     /// compressing on two cores would starve the reactor and the AES of every flow.
-    pub async fn push_batch(&mut self, msgs: Vec<Message>) -> Result<(), ConnError> {
-        let work = self.packs
-            && self
-                .sealing
-                .as_mut()
-                .is_some_and(|s| s.needs_compression_work(&msgs));
-        if !work {
-            // Plain, zero or incompressible frames: cheap enough for the reactor.
+    pub async fn push_batch(&mut self, mut msgs: Vec<Message>) -> Result<(), ConnError> {
+        if !self.packs {
             return msgs.iter().try_for_each(|m| self.push(m));
         }
+        // Control, zero and incompressible frames are cheap enough for the reactor; from the
+        // first frame worth compressing on, the batch goes to the pool.
+        let now = std::time::Instant::now();
+        let mut cheap = 0;
+        while let Some(m) = msgs.get(cheap) {
+            let (sealing, out) = (self.sealing.as_mut(), &mut self.out);
+            let sealing = sealing.expect("a batch is sealed before the next message");
+            match sealing.seal_cheaply(m, out, now)? {
+                Some(sealed) => self.note(sealed),
+                None => break,
+            }
+            cheap += 1;
+        }
+        if cheap == msgs.len() {
+            return Ok(());
+        }
+        msgs.drain(..cheap);
         let permit = match &self.sealers {
             Some(s) => Some(
                 s.clone()

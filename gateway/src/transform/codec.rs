@@ -58,9 +58,26 @@ impl Packer {
         codecs: CodecSet,
         out: &mut Vec<u8>,
     ) -> PackOutcome {
+        match self.pack_cheaply(frame, choice, codecs, out) {
+            Some(outcome) => outcome,
+            None => self.compress(frame, choice, out),
+        }
+    }
+
+    /// [`Packer::pack`] up to the point where it would compress: plain, zero runs and frames
+    /// the probe finds incompressible are decided (a few µs for 64 KiB); `None`, with nothing
+    /// written, for a frame worth compressing. Callers seal such cheap frames where they
+    /// are and take only the others to a worker pool.
+    pub fn pack_cheaply(
+        &mut self,
+        frame: &DataFrame,
+        choice: Choice,
+        codecs: CodecSet,
+        out: &mut Vec<u8>,
+    ) -> Option<PackOutcome> {
         let data = &frame.payload[..];
         if choice == Choice::Plain || data.is_empty() || data.len() > MAX_UNPACKED_LEN {
-            return PackOutcome::Plain;
+            return Some(PackOutcome::Plain);
         }
         if codecs.contains(Codec::Zero) && is_zero(data) {
             encode_header(
@@ -71,18 +88,28 @@ impl Packer {
                 data.len() as u32,
                 0,
             );
-            return PackOutcome::Packed {
+            return Some(PackOutcome::Packed {
                 codec: Codec::Zero,
                 plain: data.len(),
                 packed: 0,
-            };
+            });
         }
-        let Some(codec) = choice.codec().filter(|&c| codecs.contains(c)) else {
+        if !choice.codec().is_some_and(|c| codecs.contains(c)) {
+            return Some(PackOutcome::Plain);
+        }
+        if !self.probe(data) {
+            return Some(PackOutcome::Skipped);
+        }
+        None
+    }
+
+    /// Compresses `frame` with `choice`'s codec (one the peer unpacks, the probe passed);
+    /// skipped when it saves less than 1/16.
+    fn compress(&mut self, frame: &DataFrame, choice: Choice, out: &mut Vec<u8>) -> PackOutcome {
+        let data = &frame.payload[..];
+        let Some(codec) = choice.codec() else {
             return PackOutcome::Plain;
         };
-        if !self.probe(data) {
-            return PackOutcome::Skipped;
-        }
         let start = out.len();
         encode_header(
             out,
@@ -132,13 +159,6 @@ impl Packer {
             self.zstd = zstd::bulk::Compressor::new(level).ok().map(|c| (level, c));
         }
         self.zstd.as_mut().map(|(_, c)| c)
-    }
-
-    /// Whether packing `data` would cost compression work: it is not all zeros and its
-    /// sample compresses. A few µs for 64 KiB: callers use it to keep incompressible
-    /// batches off a worker pool.
-    pub fn worth_compressing(&mut self, data: &[u8]) -> bool {
-        !data.is_empty() && !is_zero(data) && self.probe(data)
     }
 
     /// Whether a sample of `data` compresses: random data fails fast.
@@ -357,6 +377,18 @@ mod tests {
 
     #[test]
     fn worth_compressing_is_false_for_zeros_and_random_true_for_text() {
+        /// Whether `pack_cheaply` leaves the frame to be compressed.
+        trait Worth {
+            fn worth_compressing(&mut self, data: &[u8]) -> bool;
+        }
+        impl Worth for Packer {
+            fn worth_compressing(&mut self, data: &[u8]) -> bool {
+                let mut out = Vec::new();
+                let f = frame(data.to_vec());
+                let cheap = self.pack_cheaply(&f, Choice::Zstd(1), CodecSet::SUPPORTED, &mut out);
+                cheap.is_none() && out.is_empty()
+            }
+        }
         let mut p = Packer::default();
         assert!(!p.worth_compressing(&[]));
         assert!(!p.worth_compressing(&vec![0; 65536]));
