@@ -453,7 +453,7 @@ eal_args = ["--no-huge", "-m", "1024", "--no-pci", "--no-telemetry", "--log-leve
             "--lcores=0@($cpus),1@($cpus),2@($cpus),3@($cpus)",
             "--file-prefix", "${LAB_PREFIX}lmas-lab-$name",
             "--vdev=$vdev_lan", "--vdev=$vdev_wan"]
-io_lcores = [1]
+io_lcores = ${LAB_DPDK_IO_LCORES:-[]}
 tcp_lcore = 2
 crypto_lcores = ${LAB_DPDK_CRYPTO_LCORES:-[]}
 idle_sleep_us = ${LAB_DPDK_IDLE_SLEEP_US:-50}

@@ -242,13 +242,15 @@ fn datapath_line(kind: Kind) -> &'static str {
 
 /// The `[dpdk]` section for a gateway whose veths are `{side}lan` and `{side}wan`: no
 /// hugepages, no PCI, the two af_packet vdevs; the lcores share this machine's CPUs and sleep
-/// when idle (a test box, not an appliance).
+/// when idle (a test box, not an appliance). Gateway b has no I/O lcore (its TCP lcore polls
+/// the ports), a: one; so every test between them crosses both ways of driving a port.
 fn dpdk_section(side: &str, lan: Ipv4Addr, wan: Ipv4Addr) -> String {
+    let io_lcores = if side == "b" { "io_lcores = []\n" } else { "" };
     format!(
         "[dpdk]\neal_args = [\"--no-huge\", \"-m\", \"256\", \"--no-pci\", \"--no-telemetry\", \"--log-level\", \"error\", \
          \"--file-prefix\", \"lmas-test-{side}-{pid}\", \
          \"--vdev=net_af_packet0,iface={side}lan\", \"--vdev=net_af_packet1,iface={side}wan\"]\n\
-         idle_sleep_us = 50\nmbufs = 8191\n\
+         {io_lcores}idle_sleep_us = 50\nmbufs = 8191\n\
          [dpdk.lan]\ndevice = \"net_af_packet0\"\naddress = \"{lan}/24\"\n\
          [dpdk.wan]\ndevice = \"net_af_packet1\"\naddress = \"{wan}/24\"\n",
         pid = std::process::id()

@@ -9,7 +9,7 @@
 //!
 //! [dpdk]
 //! eal_args = ["-l", "0-3", "--vdev=net_af_packet0,iface=lan0", "--vdev=net_af_packet1,iface=wan0"]
-//! io_lcores = [1]          # poll the ports (rx/tx bursts)
+//! io_lcores = [1]          # poll the ports (rx/tx bursts); [] = on the TCP lcore
 //! tcp_lcore = 2            # userspace TCP/IP, sessions, tunnel
 //! crypto_lcores = [3]      # AES-256-GCM (empty: on the TCP lcore)
 //!
@@ -210,10 +210,8 @@ fn port(prefix: &str, p: &PortSection) -> Result<PortSpec, Err> {
 
 impl DpdkSection {
     pub(super) fn validate(&self) -> Result<DpdkConfig, Err> {
+        // Empty: the TCP lcore polls the ports itself.
         let io_lcores = lcores("dpdk.io_lcores", self.io_lcores.as_deref(), &[1])?;
-        if io_lcores.is_empty() {
-            return Err(field_err("dpdk.io_lcores", "needs at least one lcore"));
-        }
         let tcp_lcore = lcore("dpdk.tcp_lcore", self.tcp_lcore.unwrap_or(2))?;
         let crypto_lcores = lcores("dpdk.crypto_lcores", self.crypto_lcores.as_deref(), &[3])?;
         let mut seen = std::collections::BTreeSet::new();

@@ -84,8 +84,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .map_err(|(field, why)| anyhow::anyhow!("{file}: {field}: {why}"))?;
 
     let stats = Arc::new(Stats::default());
-    let lan = open_port("lan", &dpdk.lan, dpdk.mbufs, &file)?;
-    let wan = open_port("wan", &dpdk.wan, dpdk.mbufs, &file)?;
+    // No I/O lcores: the TCP lcore polls the ports itself (run to completion).
+    let via_io = !dpdk.io_lcores.is_empty();
+    let lan = open_port("lan", &dpdk.lan, dpdk.mbufs, via_io, &file)?;
+    let wan = open_port("wan", &dpdk.wan, dpdk.mbufs, via_io, &file)?;
     let idle = Arc::new(Idle {
         sleep_us: dpdk.idle_sleep_us,
     });
@@ -134,7 +136,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         wan: wan.ring,
         wan_mac: wan.mac,
     };
-    for (i, p) in [lan.io, wan.io].into_iter().enumerate() {
+    for (i, p) in [lan.io, wan.io].into_iter().flatten().enumerate() {
         per_io[i % dpdk.io_lcores.len()].push(p);
     }
     for (k, (ports, &lcore)) in per_io.into_iter().zip(&dpdk.io_lcores).enumerate() {

@@ -1,10 +1,13 @@
 //! The DPDK side of the ports: the I/O lcore's loop (rx/tx bursts between
 //! a NIC queue and two rings) and [`RingPort`], the TCP lcore's
-//! [`FramePort`] over those rings.
+//! [`FramePort`] over those rings, or over the NIC queues themselves when no
+//! I/O lcore is configured (run to completion: one busy thread fewer, which
+//! pays where lcores share few CPUs).
 //!
 //! ```text
 //!  NIC rx queue ─rx_burst─► [io lcore] ─ring─► RingPort::recv ─► smoltcp
 //!  NIC tx queue ◄tx_burst── [io lcore] ◄ring── RingPort::send ◄── smoltcp
+//!  NIC rx queue ──────────rx_burst──────────► RingPort::recv ─► smoltcp   (no io lcore)
 //! ```
 //!
 //! Nothing is dropped silently between them: when the ring to the TCP lcore
@@ -112,11 +115,51 @@ pub struct PortCounters {
     pub rx_multi_segment: AtomicU64,
 }
 
-/// The TCP lcore's end of a port.
+/// Where the TCP lcore's end of a port takes received frames from.
+enum RxSource {
+    Ring(RingConsumer),
+    Queue(RxQueue),
+}
+
+impl RxSource {
+    fn fill(&mut self, batch: &mut MbufBatch) -> usize {
+        match self {
+            RxSource::Ring(r) => r.dequeue(batch),
+            RxSource::Queue(q) => q.rx_burst(batch),
+        }
+    }
+}
+
+/// Where the TCP lcore's end of a port hands frames to send.
+enum TxSink {
+    Ring(RingProducer),
+    Queue(TxQueue),
+}
+
+impl TxSink {
+    /// Takes what it can from the front of `batch`; the rest waits there.
+    fn drain(&mut self, batch: &mut MbufBatch) -> usize {
+        match self {
+            TxSink::Ring(r) => r.enqueue(batch),
+            TxSink::Queue(q) => q.tx_burst(batch),
+        }
+    }
+
+    /// Whether the sink has no room at all (a NIC queue does not say: its
+    /// burst takes fewer, and the batch stays full).
+    fn is_full(&self) -> bool {
+        match self {
+            TxSink::Ring(r) => r.is_full(),
+            TxSink::Queue(_) => true,
+        }
+    }
+}
+
+/// The TCP lcore's end of a port: rings to an I/O lcore, or the NIC queues.
 pub struct RingPort {
-    rx: RingConsumer,
+    rx: RxSource,
     rx_batch: MbufBatch,
-    tx: RingProducer,
+    tx: TxSink,
     tx_batch: MbufBatch,
     pool: Mempool,
     mtu: usize,
@@ -124,7 +167,7 @@ pub struct RingPort {
 }
 
 impl RingPort {
-    pub fn new(rx: RingConsumer, tx: RingProducer, pool: Mempool, mtu: usize) -> Self {
+    fn new(rx: RxSource, tx: TxSink, pool: Mempool, mtu: usize) -> Self {
         RingPort {
             rx,
             rx_batch: MbufBatch::new(),
@@ -144,7 +187,7 @@ impl FramePort for RingPort {
     fn recv(&mut self) -> Option<Mbuf> {
         loop {
             if self.rx_batch.is_empty() {
-                self.rx.dequeue(&mut self.rx_batch);
+                self.rx.fill(&mut self.rx_batch);
             }
             let m = self.rx_batch.pop()?;
             if m.segments() == 1 {
@@ -192,24 +235,27 @@ impl FramePort for RingPort {
     }
 
     fn flush(&mut self) {
-        self.tx.enqueue(&mut self.tx_batch);
+        self.tx.drain(&mut self.tx_batch);
     }
 }
 
-/// A started port: its I/O-side and TCP-side ends, and what status reads.
+/// A started port: its I/O-side end (none when the TCP lcore polls the
+/// queues itself) and TCP-side end, and what status reads.
 pub struct OpenPort {
-    pub io: IoPort,
+    pub io: Option<IoPort>,
     pub ring: RingPort,
     pub port: Port,
     pub pool: Mempool,
     pub mac: [u8; 6],
 }
 
-/// Finds, configures and starts one port.
+/// Finds, configures and starts one port; `via_io_lcore`: an I/O lcore
+/// polls it and passes frames through rings, else the TCP lcore polls it.
 pub fn open_port(
     role: &'static str,
     spec: &PortSpec,
     mbufs: u32,
+    via_io_lcore: bool,
     file: &str,
 ) -> anyhow::Result<OpenPort> {
     let port = Port::by_name(&spec.device).map_err(|e| {
@@ -245,12 +291,22 @@ pub fn open_port(
         "{role} port {} up: {:02x?}, {} Mbit/s, address {}/{}",
         spec.device, mac, link.speed_mbps, spec.address, spec.prefix_len
     );
-    let socket = port.socket();
-    let (to_tcp, from_io) = mbuf_ring(&format!("lmas_{role}_rx"), RING_SLOTS, socket)?;
-    let (to_io, from_tcp) = mbuf_ring(&format!("lmas_{role}_tx"), RING_SLOTS, socket)?;
+    let mtu = spec.mtu as usize;
+    let (io, ring) = if via_io_lcore {
+        let socket = port.socket();
+        let (to_tcp, from_io) = mbuf_ring(&format!("lmas_{role}_rx"), RING_SLOTS, socket)?;
+        let (to_io, from_tcp) = mbuf_ring(&format!("lmas_{role}_tx"), RING_SLOTS, socket)?;
+        (
+            Some(IoPort::new(rxq, txq, to_tcp, from_tcp)),
+            RingPort::new(RxSource::Ring(from_io), TxSink::Ring(to_io), pool, mtu),
+        )
+    } else {
+        let ring = RingPort::new(RxSource::Queue(rxq), TxSink::Queue(txq), pool, mtu);
+        (None, ring)
+    };
     Ok(OpenPort {
-        io: IoPort::new(rxq, txq, to_tcp, from_tcp),
-        ring: RingPort::new(from_io, to_io, pool, spec.mtu as usize),
+        io,
+        ring,
         port,
         pool,
         mac,

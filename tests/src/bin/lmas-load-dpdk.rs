@@ -164,10 +164,13 @@ fn run(o: Options) -> Result<(), String> {
         .worker_lcores()
         .first()
         .ok_or("the EAL needs a worker lcore for the port (e.g. -l 0-1)")?;
-    let port = open_port("lan", &o.spec, 8191, "lmas-load-dpdk").map_err(|e| format!("{e:#}"))?;
+    let port =
+        open_port("lan", &o.spec, 8191, true, "lmas-load-dpdk").map_err(|e| format!("{e:#}"))?;
     let stop = Arc::new(AtomicBool::new(false));
     let io_stop = stop.clone();
-    let io = port.io;
+    let io = port
+        .io
+        .ok_or("the port was opened without its I/O lcore end")?;
     eal.launch(io_lcore, move || {
         let counters = RoleCounters::default();
         run_io(vec![io], &io_stop, &Idle { sleep_us: 20 }, &counters);
