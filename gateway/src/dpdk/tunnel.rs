@@ -98,14 +98,16 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
     /// A WAN socket: buffers for a long fat flow, SACK/RACK loss recovery
     /// (only the holes go again, lost retransmissions are found by time), the
     /// configured congestion control (default BBR: paced, and random loss
-    /// does not shrink its window), no Nagle (records are whole), and a
-    /// silent-peer timeout.
+    /// does not shrink its window), no Nagle (records are whole), one ACK per
+    /// poll for out-of-order data instead of one per segment (under loss
+    /// that was half the flow's packets), and a silent-peer timeout.
     fn wan_socket(&mut self) -> smoltcp::iface::SocketHandle {
         let buf = self.config.socket_buffer.unwrap_or(32 << 20);
         let h = self.wan.add_socket(buf, buf);
         let s = self.wan.socket(h);
         s.set_nagle_enabled(false);
         s.set_loss_recovery(tcp::LossRecovery::Rack);
+        s.set_ack_batching(true);
         s.set_congestion_control(match self.config.congestion.as_deref() {
             Some("cubic") => tcp::CongestionControl::Cubic,
             Some("reno") => tcp::CongestionControl::Reno,

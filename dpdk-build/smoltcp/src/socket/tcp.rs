@@ -594,6 +594,10 @@ pub struct Socket<'a> {
     /// Delayed ack timer. If set, packets containing exclusively
     /// ACK or window updates (ie, no data) won't be sent until expiry.
     ack_delay_timer: AckDelayTimer,
+    /// (LMAS) Immediate ACKs (out of order, gap filled) wait for the next dispatch.
+    ack_batching: bool,
+    /// (LMAS) With `ack_batching`: an immediate ACK is owed.
+    ack_owed: bool,
 
     /// Used for rate-limiting: No more challenge ACKs will be sent until this instant.
     challenge_ack_timer: Instant,
@@ -698,6 +702,8 @@ impl<'a> Socket<'a> {
             pending_fast_retransmit: false,
             ack_delay: Some(ACK_DELAY_DEFAULT),
             ack_delay_timer: AckDelayTimer::Idle,
+            ack_batching: false,
+            ack_owed: false,
             challenge_ack_timer: Instant::from_secs(0),
             nagle: true,
             tsval_generator: None,
@@ -983,6 +989,16 @@ impl<'a> Socket<'a> {
         self.ack_delay = duration
     }
 
+    /// (LMAS) Batch the immediate ACKs that RFC 5681 asks for (a segment out of order, or
+    /// one that fills a gap): instead of one reply per such segment, the next dispatch sends
+    /// one ACK with the SACK blocks. The interface dispatches after its whole ingress batch,
+    /// so a receiver polled in bursts acknowledges once per socket per burst, as Linux does
+    /// for a GRO aggregate. Under loss this halves the packets of a bulk transfer (every
+    /// segment after a hole used to get its own ACK for a round trip). Off by default.
+    pub fn set_ack_batching(&mut self, enabled: bool) {
+        self.ack_batching = enabled
+    }
+
     /// Enable or disable Nagle's Algorithm.
     ///
     /// Also known as "tinygram prevention". By default, it is enabled.
@@ -1102,6 +1118,7 @@ impl<'a> Socket<'a> {
         self.remote_mss = DEFAULT_MSS;
         self.remote_last_ts = None;
         self.ack_delay_timer = AckDelayTimer::Idle;
+        self.ack_owed = false;
         self.challenge_ack_timer = Instant::from_secs(0);
         #[cfg(feature = "socket-tcp-rack")]
         if let Some(sb) = self.scoreboard.as_mut() {
@@ -1829,59 +1846,64 @@ impl<'a> Socket<'a> {
         // If the remote supports selective acknowledgement, add the option to the outgoing
         // segment.
         if self.remote_has_sack {
-            net_debug!("sending sACK option with current assembler ranges");
-
-            // RFC 2018: The first SACK block (i.e., the one immediately following the kind and
-            // length fields in the option) MUST specify the contiguous block of data containing
-            // the segment which triggered this ACK, unless that segment advanced the
-            // Acknowledgment Number field in the header.
-            reply_repr.sack_ranges[0] = None;
-
             let ack = reply_repr.ack_number.unwrap_or(TcpSeqNumber(0));
-
-            if let Some(last_seg_seq) = self.local_rx_last_seq {
-                reply_repr.sack_ranges[0] = self
-                    .assembler
-                    .iter_data()
-                    .map(|(left, right)| (ack + left, ack + right))
-                    .find(|&(left, right)| left <= last_seg_seq && right >= last_seg_seq)
-                    .map(|(left, right)| (left.0 as u32, right.0 as u32));
-            }
-
-            if reply_repr.sack_ranges[0].is_none() {
-                // The matching segment was removed from the assembler, meaning the acknowledgement
-                // number has advanced, or there was no previous sACK.
-                //
-                // While the RFC says we SHOULD keep a list of reported sACK ranges, and iterate
-                // through those, that is currently infeasible. Instead, we offer the range with
-                // the lowest sequence number (if one exists) to hint at what segments would
-                // most quickly advance the acknowledgement number.
-                reply_repr.sack_ranges[0] = self
-                    .assembler
-                    .iter_data()
-                    .map(|(left, right)| (ack + left, ack + right))
-                    .next()
-                    .map(|(left, right)| (left.0 as u32, right.0 as u32));
-            }
-
-            // (LMAS) Fill the other two blocks with the highest other ranges: with many
-            // holes (a long lossy path), one block per ACK leaves the sender guessing.
-            if let Some(first) = reply_repr.sack_ranges[0] {
-                let mut k = 1;
-                let ranges = self.assembler.iter_data().count();
-                for (left, right) in self.assembler.iter_data().skip(ranges.saturating_sub(3)) {
-                    let block = ((ack + left).0 as u32, (ack + right).0 as u32);
-                    if k < 3 && block != first {
-                        reply_repr.sack_ranges[k] = Some(block);
-                        k += 1;
-                    }
-                }
-            }
+            reply_repr.sack_ranges = self.sack_blocks(ack);
         }
 
         // Since the sACK option may have changed the length of the payload, update that.
         ip_reply_repr.set_payload_len(reply_repr.buffer_len());
         (ip_reply_repr, reply_repr)
+    }
+
+    /// (LMAS) The SACK blocks of an ACK for `ack`, immediate or batched: first the block with
+    /// the last segment received (RFC 2018), then the highest others.
+    fn sack_blocks(&self, ack: TcpSeqNumber) -> [Option<(u32, u32)>; 3] {
+        net_debug!("sending sACK option with current assembler ranges");
+        let mut blocks = [None, None, None];
+
+        // RFC 2018: The first SACK block (i.e., the one immediately following the kind and
+        // length fields in the option) MUST specify the contiguous block of data containing
+        // the segment which triggered this ACK, unless that segment advanced the
+        // Acknowledgment Number field in the header.
+        if let Some(last_seg_seq) = self.local_rx_last_seq {
+            blocks[0] = self
+                .assembler
+                .iter_data()
+                .map(|(left, right)| (ack + left, ack + right))
+                .find(|&(left, right)| left <= last_seg_seq && right >= last_seg_seq)
+                .map(|(left, right)| (left.0 as u32, right.0 as u32));
+        }
+
+        if blocks[0].is_none() {
+            // The matching segment was removed from the assembler, meaning the acknowledgement
+            // number has advanced, or there was no previous sACK.
+            //
+            // While the RFC says we SHOULD keep a list of reported sACK ranges, and iterate
+            // through those, that is currently infeasible. Instead, we offer the range with
+            // the lowest sequence number (if one exists) to hint at what segments would
+            // most quickly advance the acknowledgement number.
+            blocks[0] = self
+                .assembler
+                .iter_data()
+                .map(|(left, right)| (ack + left, ack + right))
+                .next()
+                .map(|(left, right)| (left.0 as u32, right.0 as u32));
+        }
+
+        // (LMAS) Fill the other two blocks with the highest other ranges: with many
+        // holes (a long lossy path), one block per ACK leaves the sender guessing.
+        if let Some(first) = blocks[0] {
+            let mut k = 1;
+            let ranges = self.assembler.iter_data().count();
+            for (left, right) in self.assembler.iter_data().skip(ranges.saturating_sub(3)) {
+                let block = ((ack + left).0 as u32, (ack + right).0 as u32);
+                if k < 3 && block != first {
+                    blocks[k] = Some(block);
+                    k += 1;
+                }
+            }
+        }
+        blocks
     }
 
     fn challenge_ack_reply(
@@ -2649,6 +2671,12 @@ impl<'a> Socket<'a> {
         //  1) an out-of-order segment is received, or
         //  2) a segment arrives that fills in all or part of a gap in sequence space.
         if !self.assembler.is_empty() || !assembler_was_empty {
+            // (LMAS) Batched: the next dispatch sends it (see `set_ack_batching`).
+            if self.ack_batching {
+                tcp_trace!("owing an ACK for the incoming segment");
+                self.ack_owed = true;
+                return None;
+            }
             // Note that we change the transmitter state here.
             // This is fine because smoltcp assumes that it can always transmit zero or one
             // packets for every packet it receives.
@@ -2963,6 +2991,9 @@ impl<'a> Socket<'a> {
         } else if self.ack_to_transmit() && self.delayed_ack_expired(cx.now()) {
             // If we have data to acknowledge, do it.
             tcp_trace!("outgoing segment will acknowledge");
+        } else if self.ack_owed {
+            // (LMAS) A batched immediate ACK.
+            tcp_trace!("outgoing segment will acknowledge out-of-order data");
         } else if self.window_to_update() {
             // If we have window length increase to advertise, do it.
             tcp_trace!("outgoing segment will update window");
@@ -3005,7 +3036,12 @@ impl<'a> Socket<'a> {
             window_scale: None,
             max_seg_size: None,
             sack_permitted: false,
-            sack_ranges: [None, None, None],
+            // (LMAS) A batched ACK carries the blocks an immediate one would have.
+            sack_ranges: if self.ack_batching && self.remote_has_sack && !self.assembler.is_empty() {
+                self.sack_blocks(self.remote_seq_no + self.rx_buffer.len())
+            } else {
+                [None, None, None]
+            },
             timestamp: TcpTimestampRepr::generate_reply_with_tsval(
                 self.tsval_generator,
                 self.last_remote_tsval,
@@ -3255,6 +3291,7 @@ impl<'a> Socket<'a> {
             }
         }
         self.ack_delay_timer = AckDelayTimer::Idle;
+        self.ack_owed = false;
 
         // Leave the rest of the state intact if sending a zero-window probe.
         if is_zero_window_probe {
@@ -3345,6 +3382,9 @@ impl<'a> Socket<'a> {
             PollAt::Now
         } else if self.window_to_update() {
             // The receive window has been raised significantly.
+            PollAt::Now
+        } else if self.ack_owed {
+            // (LMAS) A batched immediate ACK.
             PollAt::Now
         } else {
             let want_ack = self.ack_to_transmit();
@@ -5175,6 +5215,97 @@ mod test {
                 })
             );
         }
+    }
+
+    // (LMAS) With ACK batching, out-of-order and gap-filling segments owe an ACK but do not
+    // each get one: the interface polls egress after its whole ingress batch, so one ACK
+    // per socket carries what the batch did (the cumulative point and the SACK blocks).
+    #[test]
+    fn test_ack_batching_one_ack_per_ingress_batch() {
+        let (mut s, segment) = setup_rfc2018_cases();
+        s.set_ack_batching(true);
+        // RFC 2018 case 2: 5000 is lost, 5500..8500 arrive in one ingress batch.
+        for offset in (500..3500).step_by(500) {
+            send!(
+                s,
+                TcpRepr {
+                    seq_number: REMOTE_SEQ + 1 + offset + 5000,
+                    ack_number: Some(LOCAL_SEQ + 1),
+                    payload: &segment,
+                    ..SEND_TEMPL
+                },
+                None
+            );
+        }
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 5000),
+                window_len: 4000,
+                sack_ranges: [
+                    Some((REMOTE_SEQ.0 as u32 + 1 + 5500, REMOTE_SEQ.0 as u32 + 1 + 8500)),
+                    None,
+                    None
+                ],
+                ..RECV_TEMPL
+            }]
+        );
+        // The lost segment comes back and fills the hole: one ACK, at once, past it all.
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + 5000,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &segment,
+                ..SEND_TEMPL
+            },
+            None
+        );
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 8500),
+                window_len: 500,
+                ..RECV_TEMPL
+            }]
+        );
+    }
+
+    // (LMAS) Two holes: the batched ACK names the block of the last segment first, then the
+    // others, as an immediate ACK would.
+    #[test]
+    fn test_ack_batching_reports_every_block() {
+        let (mut s, segment) = setup_rfc2018_cases();
+        s.set_ack_batching(true);
+        for offset in [500, 1500, 2000] {
+            send!(
+                s,
+                TcpRepr {
+                    seq_number: REMOTE_SEQ + 1 + offset + 5000,
+                    ack_number: Some(LOCAL_SEQ + 1),
+                    payload: &segment,
+                    ..SEND_TEMPL
+                },
+                None
+            );
+        }
+        let base = REMOTE_SEQ.0 as u32 + 1 + 5000;
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 5000),
+                window_len: 4000,
+                sack_ranges: [
+                    Some((base + 1500, base + 2500)),
+                    Some((base + 500, base + 1000)),
+                    None
+                ],
+                ..RECV_TEMPL
+            }]
+        );
     }
 
     #[test]
