@@ -1061,6 +1061,8 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> io::Result<Outp
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     die_with_parent(cmd);
+    // Its own process group, so that a timeout stops what it started too.
+    cmd.process_group(0);
     let mut child = cmd.spawn()?;
     let mut out = child.stdout.take().expect("piped stdout");
     let mut err = child.stderr.take().expect("piped stderr");
@@ -1080,8 +1082,7 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> io::Result<Outp
             break st;
         }
         if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
+            stop_group(&mut child);
             return Err(io::Error::new(
                 ErrorKind::TimedOut,
                 format!("{cmd:?} did not finish within {timeout:?}"),
@@ -1096,12 +1097,31 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> io::Result<Outp
     })
 }
 
-/// Runs `scripts/NAME ARGS…` of this repository with [`COMMAND_TIMEOUT`].
+/// Stops a child that leads its own process group, and everything in the group: SIGTERM
+/// first (a script's EXIT trap stops what it started), SIGKILL after 5 s.
+fn stop_group(child: &mut Child) {
+    let group = child.id() as libc::pid_t;
+    // SAFETY: signalling our own child's process group.
+    unsafe { libc::killpg(group, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+        thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: as above; whatever is left of the group.
+    unsafe { libc::killpg(group, libc::SIGKILL) };
+    let _ = child.wait();
+}
+
+/// How long [`script`] waits: a script starts several processes (bench-memif.sh: four DPDK
+/// processes on shared CPUs took 7 s alone and more than 30 s beside other tests).
+pub const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Runs `scripts/NAME ARGS…` of this repository with [`SCRIPT_TIMEOUT`].
 pub fn script(name: &str, args: &[&str]) -> Output {
     let path = workspace_root().join("scripts").join(name);
     let mut cmd = Command::new(&path);
     cmd.args(args);
-    run_with_timeout(&mut cmd, COMMAND_TIMEOUT)
+    run_with_timeout(&mut cmd, SCRIPT_TIMEOUT)
         .unwrap_or_else(|e| panic!("running {} {args:?}: {e}", path.display()))
 }
 
@@ -2050,6 +2070,47 @@ pub fn packing_adds_up(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A command that outlives its deadline takes its whole process group with it: a
+    /// script's gateways must not go on polling after the test gave up on the script.
+    #[test]
+    fn a_timed_out_command_leaves_no_children() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("child.pid");
+        let mut cmd = Command::new("bash");
+        cmd.arg("-c").arg(format!(
+            "sleep 300 & echo $! > {}; wait",
+            pid_file.display()
+        ));
+        let err = run_with_timeout(&mut cmd, Duration::from_secs(1)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::TimedOut);
+        let pid: i32 = fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // The group was killed; the orphan, if any, is reaped by init shortly.
+        let gone = (0..100).any(|_| {
+            // Gone, or a zombie waiting for init to reap it.
+            let alive = fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                !stat
+                    .rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            });
+            if alive {
+                thread::sleep(Duration::from_millis(20));
+            }
+            !alive
+        });
+        if !gone {
+            // SAFETY: the test's own child, killed so that it does not outlive the test.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        assert!(gone, "the timed-out command's child {pid} still runs");
+    }
 
     #[test]
     fn datagen_is_deterministic_and_chunking_independent() {
