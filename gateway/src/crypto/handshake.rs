@@ -49,15 +49,13 @@ pub enum HandshakeError {
     )]
     Authentication,
     #[error("noise: {0}")]
-    Noise(String),
+    Noise(#[from] snow::Error),
+    #[error("timed out after {0:?}")]
+    TimedOut(std::time::Duration),
 }
 
 fn auth_err(_: snow::Error) -> HandshakeError {
     HandshakeError::Authentication
-}
-
-fn noise_err(e: snow::Error) -> HandshakeError {
-    HandshakeError::Noise(e.to_string())
 }
 
 /// Fresh AES-256-GCM keys for one connection, one per direction.
@@ -107,11 +105,11 @@ fn builder<'a>(
 ) -> Result<snow::Builder<'a>, HandshakeError> {
     let mut b = snow::Builder::new(noise_params(psk.is_some()))
         .local_private_key(&local.private)
-        .map_err(noise_err)?
+        .map_err(HandshakeError::Noise)?
         .prologue(prologue)
-        .map_err(noise_err)?;
+        .map_err(HandshakeError::Noise)?;
     if let Some(psk) = psk {
-        b = b.psk(1, &psk.0).map_err(noise_err)?;
+        b = b.psk(1, &psk.0).map_err(HandshakeError::Noise)?;
     }
     Ok(b)
 }
@@ -144,13 +142,13 @@ impl Initiator {
         let prologue = prelude.encode();
         let mut hs = builder(local, psk, &prologue)?
             .remote_public_key(&peer.0)
-            .map_err(noise_err)?
+            .map_err(HandshakeError::Noise)?
             .build_initiator()
-            .map_err(noise_err)?;
+            .map_err(HandshakeError::Noise)?;
         let mut buf = vec![0u8; NOISE_BUF];
         let n = hs
             .write_message(&capabilities(), &mut buf)
-            .map_err(noise_err)?;
+            .map_err(HandshakeError::Noise)?;
         buf.truncate(n);
         Ok((Initiator { hs }, prelude, buf))
     }
@@ -200,7 +198,7 @@ impl Responder {
         let prologue = prelude.encode();
         let hs = builder(local, psk, &prologue)?
             .build_responder()
-            .map_err(noise_err)?;
+            .map_err(HandshakeError::Noise)?;
         Ok(Responder {
             hs,
             peer_codecs: CodecSet::default(),
@@ -230,7 +228,7 @@ impl Responder {
         let n = self
             .hs
             .write_message(&capabilities(), &mut buf)
-            .map_err(noise_err)?;
+            .map_err(HandshakeError::Noise)?;
         buf.truncate(n);
         let (i2r, r2i) = self.hs.dangerously_get_raw_split();
         Ok((

@@ -404,9 +404,11 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
             || self.dialer.as_ref().and_then(|d| d.awaiting_welcome) == Some(id)
             || !conn.is_keyed();
         if awaiting && now.saturating_sub(conn.created) > HANDSHAKE_TIMEOUT_US {
-            return Err(WanError::Handshake(crate::crypto::HandshakeError::Noise(
-                format!("timed out after {}s", HANDSHAKE_TIMEOUT_US / 1_000_000),
-            )));
+            return Err(WanError::Handshake(
+                crate::crypto::HandshakeError::TimedOut(std::time::Duration::from_micros(
+                    HANDSHAKE_TIMEOUT_US,
+                )),
+            ));
         }
         if conn.is_keyed() {
             // The core's bounds hold the peer back in TCP: control while

@@ -587,7 +587,8 @@ async fn accept_loop(gateway: Arc<Gateway>, listener: TcpListener) {
                 }
                 Err(_) => {
                     Stats::inc(&stats.handshake_failures);
-                    warn!("handshake with {addr} failed: timed out after {HANDSHAKE_TIMEOUT:?}")
+                    let e = crate::crypto::HandshakeError::TimedOut(HANDSHAKE_TIMEOUT);
+                    warn!("handshake with {addr} failed: {e}")
                 }
             }
         });

@@ -22,8 +22,8 @@ pub mod scheduler;
 pub mod send;
 pub mod tunnel;
 
-pub use recv::{ReadOutcome, Reassembler};
-pub use tunnel::{Event, PeerError, SessionError, SessionSnapshot, Side, TunnelCore};
+pub use recv::{ReadOutcome, Reassembler, ReassemblyError};
+pub use tunnel::{Event, PeerError, SessionError, SessionSnapshot, Side, TunnelCore, Violation};
 
 /// Microseconds on the caller's monotonic clock.
 pub type Instant = u64;

@@ -151,6 +151,11 @@ impl SendStream {
         offset <= self.next_new
     }
 
+    /// The end of what was handed out in frames so far.
+    pub fn sent(&self) -> u64 {
+        self.next_new
+    }
+
     /// The still-unacked bytes of a frame previously sent at `[start, end)`,
     /// for resending on another flow; `None` if all of it is acked.
     pub fn resend(&self, start: u64, end: u64) -> Option<(u64, Bytes)> {

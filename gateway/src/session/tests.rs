@@ -627,3 +627,53 @@ fn packing_notes_are_credited_per_session_and_go_with_the_session() {
     assert_eq!(a.core.snapshot().len(), 1);
     assert_eq!(a.core.packing().bytes_in, 196708 + 10_000);
 }
+
+/// A peer's violation names the session and what was wrong, as a value a
+/// caller can match on; the session is reset and counted, the tunnel goes on.
+#[test]
+fn a_violation_is_typed_and_resets_only_its_session() {
+    let (mut a, mut b) = (
+        End::new(Side::Dialer, limits()),
+        End::new(Side::Acceptor, limits()),
+    );
+    let id = open_pair(&mut a, &mut b);
+    let other = open_pair(&mut a, &mut b);
+    let err = a.core.handle_message(Message::Ack {
+        session: id,
+        offset: 5,
+    });
+    assert_eq!(
+        err,
+        Err(PeerError::Violation {
+            session: id,
+            why: Violation::AckBeyondSent { offset: 5, sent: 0 },
+        })
+    );
+    assert_eq!(
+        err.unwrap_err().to_string(),
+        format!("session {id}: ack of offset 5 beyond the 0 bytes sent")
+    );
+    // An accept for a session the peer itself opened (b has not answered it yet).
+    let theirs = SessionId(1000);
+    b.core
+        .handle_message(Message::Open {
+            session: theirs,
+            target: "192.0.2.1:5000".parse().unwrap(),
+            window: 10,
+        })
+        .unwrap();
+    let err = b.core.handle_message(Message::Accept {
+        session: theirs,
+        window: 10,
+    });
+    assert_eq!(
+        err,
+        Err(PeerError::Violation {
+            session: theirs,
+            why: Violation::AcceptForPeersSession,
+        })
+    );
+    assert_eq!(a.core.counters().protocol_errors, 1);
+    assert_eq!(a.core.session_count(), 1);
+    assert!(a.core.send_capacity(other).is_ok());
+}

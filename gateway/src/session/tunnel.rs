@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 
-use super::recv::{ReadOutcome, Reassembler};
+use super::recv::{ReadOutcome, Reassembler, ReassemblyError};
 use super::scheduler::{Carried, Scheduler};
 use super::send::SendStream;
 use super::{Counters, Instant, Limits};
@@ -470,7 +470,7 @@ impl TunnelCore {
                     State::Opening => {}
                     State::Open => return Ok(()), // repeated after a resync
                     State::Connecting => {
-                        return self.violation(session, "accept for a session the peer opened")
+                        return self.violation(session, Violation::AcceptForPeersSession)
                     }
                 }
                 s.state = State::Open;
@@ -498,7 +498,8 @@ impl TunnelCore {
             Message::Ack { session, offset } => {
                 let s = self.peer_session(session)?;
                 if !s.send.ack_is_valid(offset) {
-                    return self.violation(session, "ack beyond data sent");
+                    let sent = s.send.sent();
+                    return self.violation(session, Violation::AckBeyondSent { offset, sent });
                 }
                 let before = s.send.charged();
                 let released = s.send.on_ack(offset);
@@ -521,7 +522,7 @@ impl TunnelCore {
             Message::Fin { session, offset } => {
                 let s = self.peer_session(session)?;
                 if let Err(e) = s.recv.set_fin(offset) {
-                    return self.violation_owned(session, e.to_string());
+                    return self.violation(session, e.into());
                 }
                 self.events.push_back(Event::Readable(session));
                 Ok(())
@@ -560,7 +561,7 @@ impl TunnelCore {
                 }
                 Ok(())
             }
-            Err(e) => self.violation_owned(id, e.to_string()),
+            Err(e) => self.violation(id, e.into()),
         }
     }
 
@@ -785,11 +786,7 @@ impl TunnelCore {
             .ok_or(PeerError::UnknownSession(id))
     }
 
-    fn violation(&mut self, id: SessionId, why: &'static str) -> Result<(), PeerError> {
-        self.violation_owned(id, why.to_string())
-    }
-
-    fn violation_owned(&mut self, id: SessionId, why: String) -> Result<(), PeerError> {
+    fn violation(&mut self, id: SessionId, why: Violation) -> Result<(), PeerError> {
         self.counters.protocol_errors += 1;
         self.reset(id, ResetReason::ProtocolError);
         Err(PeerError::Violation { session: id, why })
@@ -884,6 +881,18 @@ impl TunnelCore {
     }
 }
 
+/// What the peer did wrong in one session; the session is reset, the others
+/// carry on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Violation {
+    #[error("accept for a session the peer opened")]
+    AcceptForPeersSession,
+    #[error("ack of offset {offset} beyond the {sent} bytes sent")]
+    AckBeyondSent { offset: u64, sent: u64 },
+    #[error(transparent)]
+    Reassembly(#[from] ReassemblyError),
+}
+
 /// A message from the peer that could not be applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -895,7 +904,7 @@ pub enum PeerError {
     #[error("peer used session id {0} from our own id space or twice")]
     BadSessionId(SessionId),
     #[error("session {session}: {why}")]
-    Violation { session: SessionId, why: String },
+    Violation { session: SessionId, why: Violation },
     #[error("unexpected {0} message after the tunnel was set up")]
     Unexpected(&'static str),
 }
