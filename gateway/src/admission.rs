@@ -21,7 +21,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::admin::SourceList;
+use crate::sources::SourceList;
 
 /// Handshake slots only trusted sources may take (a quarter of a smaller table).
 pub const RESERVED: usize = 8;

@@ -37,4 +37,5 @@ pub mod dpdk;
 pub mod kernel;
 pub mod protocol;
 pub mod session;
+pub mod sources;
 pub mod transform;

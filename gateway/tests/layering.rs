@@ -2,10 +2,11 @@
 //! the source tree and fails on an import that crosses a layer the wrong way.
 //!
 //! - The sans-IO core (`protocol/`, `crypto/`, `session/`, `transform/`,
-//!   `link/` once it exists, and `admission.rs`) names neither an I/O
-//!   runtime nor a datapath: no `tokio`, `smoltcp` or `lmas_dpdk`, no
-//!   `crate::kernel` or `crate::dpdk`. Then both datapaths can drive it and
-//!   its tests need no sockets and no clock.
+//!   `link/` once it exists, `admission.rs` and `sources.rs`) names neither
+//!   an I/O runtime nor a datapath nor `admin/`: no `tokio`, `smoltcp` or
+//!   `lmas_dpdk`, no `crate::kernel`, `crate::dpdk` or `crate::admin`. Then
+//!   both datapaths can drive it, its tests need no sockets and no clock,
+//!   and configuration depends on the core, not the other way round.
 //! - `admin/` (config, status, metrics) is shared by both datapaths, so it
 //!   names neither of them.
 //!
@@ -15,13 +16,14 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 /// Core modules, relative to `src/` (a directory, or one file).
-const CORE: [&str; 6] = [
+const CORE: [&str; 7] = [
     "protocol",
     "crypto",
     "session",
     "transform",
     "link",
     "admission.rs",
+    "sources.rs",
 ];
 /// Crates the core must not use: the I/O runtime, the userspace stack, the DPDK bindings.
 const IO_CRATES: [&str; 3] = ["tokio", "smoltcp", "lmas_dpdk"];
@@ -61,6 +63,7 @@ fn a_planted_violation_in_each_layer_is_reported() {
         "\n\nuse crate::{protocol, kernel::sockopt};\n",
     );
     plant("admission.rs", "extern crate lmas_dpdk;\n");
+    plant("sources.rs", "use crate::admin::Stats;\n");
     plant(
         "admin/config.rs",
         "use super::dpdk::DpdkSection; // admin's own dpdk module: fine\n",
@@ -75,6 +78,7 @@ fn a_planted_violation_in_each_layer_is_reported() {
         "lmas-layering-X/crypto/bad.rs:3: the core uses `crate::kernel`",
         "lmas-layering-X/link/deep/bad.rs:1: the core uses `smoltcp`",
         "lmas-layering-X/session/bad.rs:1: the core uses `tokio`",
+        "lmas-layering-X/sources.rs:1: the core uses `crate::admin`",
     ]
     .map(|w| w.replace("X", &std::process::id().to_string()));
     assert_eq!(found, want);
@@ -95,6 +99,14 @@ fn violations(src: &Path) -> Vec<String> {
                 }
             }
             found.extend(datapath_paths(src, &file, &text, "the core"));
+            found.extend(
+                crate_paths(&text)
+                    .into_iter()
+                    .filter(|(_, first)| first == "admin")
+                    .map(|(line, _)| {
+                        format!("{}:{line}: the core uses `crate::admin`", rel(src, &file))
+                    }),
+            );
         }
     }
     for file in rust_files(&src.join("admin")) {

@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::allowlist::Allowlist;
-use super::sources::SourceList;
 use crate::crypto::{PresharedKey, PublicKey, StaticKeypair};
 use crate::protocol::MAX_DATA_FLOWS;
 use crate::session::Limits;
+use crate::sources::SourceList;
 
 #[derive(Debug)]
 pub struct ConfigError {

@@ -15,7 +15,6 @@ pub mod metrics;
 pub mod reload;
 pub mod signals;
 pub mod socket;
-pub mod sources;
 pub mod stats;
 pub mod status;
 
@@ -23,7 +22,6 @@ use std::sync::Arc;
 
 pub use allowlist::Allowlist;
 pub use config::{Config, ConfigError, Datapath, Ingress, IngressMode, TunnelEnd};
-pub use sources::SourceList;
 pub use stats::Stats;
 pub use status::{Status, StatusSource};
 

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::SourceList;
 use crate::admission::{self, Decision, Pending, Throttle, Trust};
+use crate::sources::SourceList;
 
 struct Entry {
     addr: SocketAddr,

@@ -20,8 +20,9 @@ use std::sync::Arc;
 use log::warn;
 use smoltcp::iface::SocketHandle;
 
-use crate::admin::{SourceList, Stats};
+use crate::admin::Stats;
 use crate::admission::{Throttle, Trust};
+use crate::sources::SourceList;
 
 /// A connection whose TCP handshake is under way.
 #[derive(Debug, Clone, Copy)]
