@@ -166,7 +166,7 @@ impl TunnelStatus {
     /// A tunnel: the core's figures plus the datapath's view of its
     /// connections (sorted: control first, then data flows by index).
     pub fn from_core(
-        id: &[u8; 16],
+        id: crate::protocol::TunnelId,
         up: bool,
         peer: String,
         core: &crate::session::TunnelCore,
@@ -175,7 +175,7 @@ impl TunnelStatus {
     ) -> TunnelStatus {
         connections.sort_by_key(|c| c.flow.map_or(-1, |f| f as i32));
         TunnelStatus {
-            id: id.iter().map(|b| format!("{b:02x}")).collect(),
+            id: id.to_string(),
             state: if up { "up" } else { "held" }.to_string(),
             peer,
             buffered_bytes: core.buffered(),

@@ -317,14 +317,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                 })
                 .collect();
             let up = t.held_since.is_none();
-            TunnelStatus::from_core(
-                t.id.as_bytes(),
-                up,
-                t.peer.clone(),
-                &t.core,
-                connections,
-                sessions,
-            )
+            TunnelStatus::from_core(t.id, up, t.peer.clone(), &t.core, connections, sessions)
         });
         let mut counters = self.stats.snapshot();
         counters.insert("dpdk_lan_filtered_frames".into(), self.lan.filtered);

@@ -831,7 +831,7 @@ impl Tunnel {
             })
             .collect();
         TunnelStatus::from_core(
-            self.id.as_bytes(),
+            self.id,
             *self.control_up.borrow(),
             self.peer.clone(),
             &inner.core,

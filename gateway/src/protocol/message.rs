@@ -50,11 +50,16 @@ impl TunnelId {
     }
 }
 
+/// 32 hex digits, as `lmas status` shows it.
+impl fmt::Display for TunnelId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
 impl fmt::Debug for TunnelId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("TunnelId(")?;
-        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))?;
-        f.write_str(")")
+        write!(f, "TunnelId({self})")
     }
 }
 
@@ -457,6 +462,18 @@ mod tests {
         hello(Some(id)).encode(&mut buf);
         assert_eq!(&buf[3..19], &[7; 16]);
         assert_eq!(round_trip(&hello(Some(id))), hello(Some(id)));
+    }
+
+    #[test]
+    fn a_tunnel_id_shows_as_32_hex_digits() {
+        let mut bytes = [0xab; 16];
+        bytes[0] = 0x01;
+        let id = TunnelId::new(bytes).expect("not zero");
+        assert_eq!(id.to_string(), format!("01{}", "ab".repeat(15)));
+        assert_eq!(
+            format!("{id:?}"),
+            format!("TunnelId(01{})", "ab".repeat(15))
+        );
     }
 
     #[test]
