@@ -85,7 +85,7 @@ pub fn syn_packet(src: SocketAddrV4, dst: SocketAddrV4, seq: u32, ip_id: u16) ->
     p
 }
 
-fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
+pub(crate) fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
     libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: a.port().to_be(),

@@ -18,7 +18,6 @@
 //! not, and the caller prints `SKIP: …`.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -27,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use crate::dpdk_lab::{dpdk_available, Kind};
 use crate::netns::{skip_unless_available, NetNs};
-use crate::{keygen, run_with_timeout, temp_dir, workspace_root, Gateway};
+use crate::{die_with_parent, keygen, run_with_timeout, temp_dir, workspace_root, Gateway};
 
 pub const SRC: Ipv4Addr = Ipv4Addr::new(10, 83, 1, 2);
 /// A second hypervisor on the source side (an address of `src` too).
@@ -195,18 +194,6 @@ fn dpdk_section(tag: &str, side: &str, lan: Ipv4Addr, wan: Ipv4Addr, via: Ipv4Ad
          [dpdk.wan]\ndevice = \"net_af_packet1\"\naddress = \"{wan}/24\"\ngateway = \"{via}\"\n",
         prefix = eal_prefix(tag, side)
     )
-}
-
-fn die_with_parent(cmd: &mut Command) {
-    // SAFETY: prctl is async-signal-safe; nothing here allocates.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
 }
 
 impl Line {
