@@ -398,6 +398,24 @@ async fn dial(
     gateway.secure(stream, &keys).map_err(DialError::Connect)
 }
 
+/// Why the dialler could not set up or resume the tunnel; the dial loop logs
+/// it and tries again.
+#[derive(Debug, thiserror::Error)]
+enum SetupError {
+    #[error("cannot connect: {0}")]
+    Connect(std::io::Error),
+    #[error("handshake with peer {peer} failed: {source}")]
+    Handshake { peer: String, source: ConnError },
+    #[error("hello/welcome: {0}")]
+    Control(#[from] ConnError),
+    #[error("no welcome within {0:?}")]
+    WelcomeTimeout(Duration),
+    #[error("tunnel closed while attaching data flows")]
+    ClosedWhileAttaching,
+    #[error("data flows did not attach within {0:?}")]
+    FlowsNotAttached(Duration),
+}
+
 /// Dials the control connection and exchanges hello/welcome; returns the
 /// tunnel id the peer chose (equal to `resume` if it resumed that tunnel).
 async fn connect_control(
@@ -405,11 +423,14 @@ async fn connect_control(
     addr: SocketAddr,
     label: &str,
     resume: Option<TunnelId>,
-) -> anyhow::Result<(Reader, Writer, TunnelId)> {
+) -> Result<(Reader, Writer, TunnelId), SetupError> {
     let (mut reader, mut writer) = match dial(gateway, addr, false).await {
         Ok(x) => x,
-        Err(DialError::Handshake(e)) => anyhow::bail!("handshake with peer {label} failed: {e}"),
-        Err(e) => return Err(e.into()),
+        Err(DialError::Handshake(source)) => {
+            let peer = label.to_string();
+            return Err(SetupError::Handshake { peer, source });
+        }
+        Err(DialError::Connect(e)) => return Err(SetupError::Connect(e)),
     };
     let hello = Message::Hello {
         resume,
@@ -419,9 +440,13 @@ async fn connect_control(
     writer.send(&hello).await?;
     let welcome = tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.read_message())
         .await
-        .context("waiting for welcome")??;
+        .map_err(|_| SetupError::WelcomeTimeout(HANDSHAKE_TIMEOUT))??;
     let Message::Welcome { tunnel_id, name } = welcome else {
-        anyhow::bail!("expected welcome, got {}", welcome.name());
+        return Err(ConnError::Unexpected {
+            got: welcome.name(),
+            expected: "welcome",
+        }
+        .into());
     };
     if name != gateway.config.peer_name {
         warn!("peer {label} calls itself {name:?}");
@@ -437,7 +462,7 @@ async fn start_tunnel(
     id: TunnelId,
     reader: Reader,
     writer: Writer,
-) -> anyhow::Result<Arc<Tunnel>> {
+) -> Result<Arc<Tunnel>, SetupError> {
     let flows = gateway.config.data_flows as usize;
     let tunnel = Tunnel::new(gateway.clone(), Side::Dialer, id, label.to_string(), flows);
     tunnel.attach_control(reader, writer);
@@ -456,10 +481,10 @@ async fn start_tunnel(
     });
     tokio::select! {
         () = all => {}
-        _ = tunnel.closed.cancelled() => anyhow::bail!("tunnel closed while attaching data flows"),
+        _ = tunnel.closed.cancelled() => return Err(SetupError::ClosedWhileAttaching),
         _ = tokio::time::sleep(HANDSHAKE_TIMEOUT * 2) => {
             tunnel.shutdown(ResetReason::TunnelLost);
-            anyhow::bail!("data flows did not attach in time");
+            return Err(SetupError::FlowsNotAttached(HANDSHAKE_TIMEOUT * 2));
         }
     }
     log_up(label, flows);
