@@ -29,6 +29,8 @@ const CORE: [&str; 7] = [
 const IO_CRATES: [&str; 3] = ["tokio", "smoltcp", "lmas_dpdk"];
 /// The datapaths, as `crate::` paths.
 const DATAPATHS: [&str; 2] = ["kernel", "dpdk"];
+/// What the core must not name: the datapaths and the configuration layer above it.
+const ABOVE_CORE: [&str; 3] = ["kernel", "dpdk", "admin"];
 
 #[test]
 fn the_core_and_admin_do_not_import_a_datapath() {
@@ -98,19 +100,17 @@ fn violations(src: &Path) -> Vec<String> {
                     ));
                 }
             }
-            found.extend(datapath_paths(src, &file, &text, "the core"));
-            found.extend(
-                crate_paths(&text)
-                    .into_iter()
-                    .filter(|(_, first)| first == "admin")
-                    .map(|(line, _)| {
-                        format!("{}:{line}: the core uses `crate::admin`", rel(src, &file))
-                    }),
-            );
+            found.extend(forbidden_paths(src, &file, &text, "the core", &ABOVE_CORE));
         }
     }
     for file in rust_files(&src.join("admin")) {
-        found.extend(datapath_paths(src, &file, &read(&file), "admin/"));
+        found.extend(forbidden_paths(
+            src,
+            &file,
+            &read(&file),
+            "admin/",
+            &DATAPATHS,
+        ));
     }
     found
 }
@@ -133,11 +133,17 @@ fn the_scanner_skips_prose_and_sees_grouped_imports() {
     );
 }
 
-/// `crate::kernel…` or `crate::dpdk…` paths in `file`, one line each.
-fn datapath_paths(src: &Path, file: &Path, text: &str, who: &str) -> Vec<String> {
+/// `crate::X…` paths in `file` for each X in `forbidden`, one line each.
+fn forbidden_paths(
+    src: &Path,
+    file: &Path,
+    text: &str,
+    who: &str,
+    forbidden: &[&str],
+) -> Vec<String> {
     crate_paths(text)
         .into_iter()
-        .filter(|(_, first)| DATAPATHS.contains(&first.as_str()))
+        .filter(|(_, first)| forbidden.contains(&first.as_str()))
         .map(|(line, first)| format!("{}:{line}: {who} uses `crate::{first}`", rel(src, file)))
         .collect()
 }

@@ -283,6 +283,7 @@ impl Opening {
 mod tests {
     use super::*;
     use crate::protocol::{DataFrame, SessionId};
+    use crate::transform::random_bytes;
     use bytes::Bytes;
 
     /// Splits a stream of records and opens each.
@@ -315,18 +316,6 @@ mod tests {
             flags: 0,
             payload: Bytes::from(payload),
         })
-    }
-
-    /// `n` incompressible bytes (xorshift from `x`).
-    fn random_bytes(n: usize, mut x: u64) -> Vec<u8> {
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
     }
 
     fn data(n: u64) -> Message {

@@ -267,6 +267,7 @@ impl Unpacker {
 mod tests {
     use super::*;
     use crate::protocol::SessionId;
+    use crate::transform::random_bytes;
     use proptest::prelude::*;
 
     fn frame(payload: Vec<u8>) -> DataFrame {
@@ -281,18 +282,6 @@ mod tests {
     fn text(n: usize) -> Vec<u8> {
         let line = b"2026-12-02 INFO migration page bitmap dirty=1234 gateway tunnel flow\n";
         line.iter().cycle().take(n).copied().collect()
-    }
-
-    fn random(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
     }
 
     fn round_trip(f: &DataFrame, choice: Choice) -> (PackOutcome, DataFrame) {
@@ -332,7 +321,7 @@ mod tests {
                 }
             );
             assert_eq!(back, z);
-            let r = frame(random(65536, 7));
+            let r = frame(random_bytes(65536, 7));
             assert_eq!(round_trip(&r, choice).0, PackOutcome::Skipped);
         }
         assert_eq!(
@@ -346,7 +335,7 @@ mod tests {
     #[test]
     fn a_frame_with_random_pages_first_and_text_after_packs() {
         for random_pages in [1, 4, 8, 12] {
-            let mut data = random(random_pages * 4096, random_pages as u64);
+            let mut data = random_bytes(random_pages * 4096, random_pages as u64);
             data.extend(text(65536 - data.len()));
             let f = frame(data);
             let (o, back) = round_trip(&f, Choice::Zstd(1));
@@ -367,7 +356,10 @@ mod tests {
             p.pack(f, Choice::Zstd(1), CodecSet::SUPPORTED, &mut out)
         };
         for seed in 0..100 {
-            assert_eq!(pack(&frame(random(65536, seed))), PackOutcome::Skipped);
+            assert_eq!(
+                pack(&frame(random_bytes(65536, seed))),
+                PackOutcome::Skipped
+            );
         }
         assert!(matches!(
             pack(&frame(text(65536))),
@@ -392,9 +384,9 @@ mod tests {
         let mut p = Packer::default();
         assert!(!p.worth_compressing(&[]));
         assert!(!p.worth_compressing(&vec![0; 65536]));
-        assert!(!p.worth_compressing(&random(65536, 3)));
+        assert!(!p.worth_compressing(&random_bytes(65536, 3)));
         assert!(p.worth_compressing(&text(65536)));
-        let mut mixed = random(60 * 1024, 4);
+        let mut mixed = random_bytes(60 * 1024, 4);
         mixed.extend(text(4096));
         assert!(
             p.worth_compressing(&mixed),
@@ -460,10 +452,10 @@ mod tests {
             let data = match kind {
                 0 => vec![0u8; len],
                 1 => text(len),
-                2 => random(len, seed),
+                2 => random_bytes(len, seed),
                 _ => {
                     let mut d = text(len);
-                    let r = random(len / 2, seed);
+                    let r = random_bytes(len / 2, seed);
                     d[..r.len()].copy_from_slice(&r);
                     d
                 }

@@ -14,3 +14,17 @@ pub mod policy;
 
 pub use codec::{PackOutcome, Packer, UnpackError, Unpacker};
 pub use policy::{Adaptive, Choice, Compression, PackFigures, PackNote, PackPolicy, PackStats};
+
+/// `n` incompressible bytes for tests (xorshift64 from `seed`), the same for the same seed.
+#[cfg(test)]
+pub(crate) fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
