@@ -11,7 +11,9 @@
 //! eal_args = ["-l", "0-3", "--vdev=net_af_packet0,iface=lan0", "--vdev=net_af_packet1,iface=wan0"]
 //! io_lcores = [1]          # poll the ports (rx/tx bursts); [] = on the TCP lcore
 //! tcp_lcore = 2            # userspace TCP/IP, sessions, tunnel
-//! crypto_lcores = [3]      # AES-256-GCM (empty: on the TCP lcore)
+//! # tcp_lcores = [2, 4]    # instead: one shard of the gateway each (needs an I/O lcore,
+//! #                        # and as many TCP lcores on the peer)
+//! crypto_lcores = [3]      # AES-256-GCM, split over the TCP lcores (empty: on the TCP lcore)
 //!
 //! [dpdk.lan]               # faces the hypervisors
 //! device = "net_af_packet0"
@@ -35,6 +37,7 @@ pub(super) struct DpdkSection {
     eal_args: Vec<String>,
     io_lcores: Option<Vec<i64>>,
     tcp_lcore: Option<i64>,
+    tcp_lcores: Option<Vec<i64>>,
     crypto_lcores: Option<Vec<i64>>,
     idle_sleep_us: Option<i64>,
     mbufs: Option<i64>,
@@ -74,7 +77,8 @@ pub struct DpdkConfig {
     pub eal_args: Vec<String>,
     /// Lcores polling the ports; ports are spread over them.
     pub io_lcores: Vec<u32>,
-    pub tcp_lcore: u32,
+    /// One shard of the gateway each (`tcp_lcore = L` is `tcp_lcores = [L]`).
+    pub tcp_lcores: Vec<u32>,
     /// Empty: the TCP lcore seals and opens records itself.
     pub crypto_lcores: Vec<u32>,
     /// An idle poll loop sleeps this long after a run of empty polls (0:
@@ -95,7 +99,7 @@ impl DpdkConfig {
     /// Every lcore the datapath runs a role on.
     pub fn role_lcores(&self) -> Vec<u32> {
         let mut v = self.io_lcores.clone();
-        v.push(self.tcp_lcore);
+        v.extend(&self.tcp_lcores);
         v.extend(&self.crypto_lcores);
         v
     }
@@ -212,13 +216,37 @@ impl DpdkSection {
     pub(super) fn validate(&self) -> Result<DpdkConfig, Err> {
         // Empty: the TCP lcore polls the ports itself.
         let io_lcores = lcores("dpdk.io_lcores", self.io_lcores.as_deref(), &[1])?;
-        let tcp_lcore = lcore("dpdk.tcp_lcore", self.tcp_lcore.unwrap_or(2))?;
+        let tcp_lcores = match (self.tcp_lcore, &self.tcp_lcores) {
+            (Some(_), Some(_)) => {
+                return Err(field_err(
+                    "dpdk.tcp_lcores",
+                    "give either tcp_lcore (one) or tcp_lcores (a list), not both",
+                ))
+            }
+            (Some(l), None) => vec![lcore("dpdk.tcp_lcore", l)?],
+            (None, list) => lcores("dpdk.tcp_lcores", list.as_deref(), &[2])?,
+        };
+        if tcp_lcores.is_empty() || tcp_lcores.len() > u8::MAX as usize {
+            return Err(field_err(
+                "dpdk.tcp_lcores",
+                format!("needs 1 to {} lcores (got {})", u8::MAX, tcp_lcores.len()),
+            ));
+        }
+        if tcp_lcores.len() > 1 && io_lcores.is_empty() {
+            return Err(field_err(
+                "dpdk.tcp_lcores",
+                format!(
+                    "{} TCP lcores need an I/O lcore to steer packets between them, but dpdk.io_lcores is empty",
+                    tcp_lcores.len()
+                ),
+            ));
+        }
         let crypto_lcores = lcores("dpdk.crypto_lcores", self.crypto_lcores.as_deref(), &[3])?;
         let mut seen = std::collections::BTreeSet::new();
         for (field, l) in io_lcores
             .iter()
             .map(|l| ("dpdk.io_lcores", *l))
-            .chain([("dpdk.tcp_lcore", tcp_lcore)])
+            .chain(tcp_lcores.iter().map(|l| ("dpdk.tcp_lcores", *l)))
             .chain(crypto_lcores.iter().map(|l| ("dpdk.crypto_lcores", *l)))
         {
             if !seen.insert(l) {
@@ -257,7 +285,7 @@ impl DpdkSection {
         Ok(DpdkConfig {
             eal_args: self.eal_args.clone(),
             io_lcores,
-            tcp_lcore,
+            tcp_lcores,
             crypto_lcores,
             idle_sleep_us: range("dpdk.idle_sleep_us", self.idle_sleep_us, 0, 0, 100_000)? as u64,
             mbufs: range("dpdk.mbufs", self.mbufs, 16383, 1023, 1 << 22)? as u32,
@@ -361,5 +389,51 @@ mod tests {
         assert!(parse_cidr("10.0.1.1").is_err());
         assert!(parse_cidr("10.0.1.1/33").is_err());
         assert!(parse_cidr("fe80::1/64").is_err());
+    }
+
+    fn section(lcores: &str) -> Result<DpdkConfig, Err> {
+        let text = format!(
+            "{lcores}\n[lan]\ndevice = \"net_null0\"\naddress = \"10.0.1.1/24\"\n[wan]\ndevice = \"net_null1\"\naddress = \"10.0.2.1/24\"\n"
+        );
+        toml::from_str::<DpdkSection>(&text).unwrap().validate()
+    }
+
+    #[test]
+    fn one_or_several_tcp_lcores() {
+        let c = section("").unwrap();
+        assert_eq!(c.tcp_lcores, [2]);
+        assert_eq!(c.role_lcores(), [1, 2, 3]);
+        assert_eq!(section("tcp_lcore = 4").unwrap().tcp_lcores, [4]);
+        let c = section("tcp_lcores = [2, 4]\ncrypto_lcores = [3, 5]").unwrap();
+        assert_eq!(c.tcp_lcores, [2, 4]);
+        assert_eq!(c.role_lcores(), [1, 2, 4, 3, 5]);
+        let err = |text: &str| section(text).unwrap_err();
+        for (text, field, why) in [
+            (
+                "tcp_lcore = 2\ntcp_lcores = [4]",
+                "dpdk.tcp_lcores",
+                "not both",
+            ),
+            ("tcp_lcores = []", "dpdk.tcp_lcores", "needs 1 to 255"),
+            (
+                "io_lcores = []\ntcp_lcores = [2, 4]",
+                "dpdk.tcp_lcores",
+                "need an I/O lcore",
+            ),
+            ("tcp_lcores = [2, 2]", "dpdk.tcp_lcores", "two roles"),
+            ("tcp_lcores = [2, 3]", "dpdk.crypto_lcores", "two roles"),
+            ("tcp_lcores = [2, -1]", "dpdk.tcp_lcores", "not an lcore id"),
+        ] {
+            let (f, w) = err(text);
+            assert_eq!(f, field, "{text}: {w}");
+            assert!(w.contains(why), "{text}: {w}");
+        }
+        // One TCP lcore may still poll the ports itself.
+        assert_eq!(
+            section("io_lcores = []\ntcp_lcores = [2]")
+                .unwrap()
+                .tcp_lcores,
+            [2]
+        );
     }
 }

@@ -187,7 +187,66 @@ impl TunnelStatus {
     }
 }
 
+impl PackingStatus {
+    /// The figures of both, the ratio recomputed.
+    fn add(&self, other: &PackingStatus) -> PackingStatus {
+        let figures = crate::transform::PackFigures {
+            bytes_in: self.bytes_in + other.bytes_in,
+            bytes_out: self.bytes_out + other.bytes_out,
+            frames_packed: self.frames_packed + other.frames_packed,
+            frames_skipped: self.frames_skipped + other.frames_skipped,
+            pack_ns: self.pack_ns + other.pack_ns,
+            unpack_ns: self.unpack_ns + other.unpack_ns,
+        };
+        (&figures).into()
+    }
+}
+
+impl TunnelStatus {
+    /// One view of a sharded gateway's sub-tunnels (one per TCP lcore): ids joined with
+    /// `+`, connections and sessions of all (session ids are per sub-tunnel, so two may
+    /// be equal), figures summed.
+    fn merge(mut self, other: TunnelStatus) -> TunnelStatus {
+        self.id = format!("{}+{}", self.id, other.id);
+        if other.state != "up" {
+            self.state = other.state;
+        }
+        self.buffered_bytes += other.buffered_bytes;
+        self.connections.extend(other.connections);
+        self.sessions.extend(other.sessions);
+        for (k, v) in other.counters {
+            *self.counters.entry(k).or_default() += v;
+        }
+        self.compression = self.compression.add(&other.compression);
+        self
+    }
+}
+
 impl Status {
+    /// The gateway's status from its shards' (TCP lcores'): the first one's header and
+    /// gateway-wide counters, and one tunnel made of the sub-tunnels. The tunnel is "up"
+    /// only when every shard's is; while some shard has none it is "partial".
+    pub fn merge_shards(shards: Vec<Status>) -> Option<Status> {
+        let count = shards.len();
+        let mut shards = shards.into_iter();
+        let mut merged = shards.next()?;
+        let mut present = usize::from(merged.tunnel.is_some());
+        for s in shards {
+            let Some(t) = s.tunnel else { continue };
+            present += 1;
+            merged.tunnel = Some(match merged.tunnel.take() {
+                Some(m) => m.merge(t),
+                None => t,
+            });
+        }
+        if let Some(t) = &mut merged.tunnel {
+            if present < count {
+                t.state = format!("partial ({present} of {count} shards)");
+            }
+        }
+        Some(merged)
+    }
+
     /// A human-readable rendering; `rates` maps session id to bytes/s up and
     /// down (from `--watch`), if known.
     pub fn render(&self, rates: &BTreeMap<u64, (f64, f64)>) -> String {
@@ -381,6 +440,42 @@ mod tests {
             counters: BTreeMap::new(),
             gauges: BTreeMap::new(),
         }
+    }
+
+    /// Two shards' sub-tunnels read as one tunnel, up only when both are.
+    #[test]
+    fn shards_merge_into_one_tunnel() {
+        let mut one = status();
+        one.tunnel
+            .as_mut()
+            .unwrap()
+            .counters
+            .insert("frames".into(), 3);
+        let mut two = status();
+        let t = two.tunnel.as_mut().unwrap();
+        t.id = "fedcba".into();
+        t.state = "held".into();
+        t.counters.insert("frames".into(), 4);
+        let merged = Status::merge_shards(vec![one.clone(), two]).unwrap();
+        let t = merged.tunnel.unwrap();
+        assert_eq!(t.id, "0123456789abcdef+fedcba");
+        assert_eq!(t.state, "held");
+        assert_eq!(t.sessions.len(), 4);
+        assert_eq!(t.counters["frames"], 7);
+        assert_eq!(t.compression.bytes_in, 2 << 20);
+        assert!((t.compression.ratio.unwrap() - 0.48).abs() < 0.01);
+
+        let mut none = status();
+        none.tunnel = None;
+        let merged = Status::merge_shards(vec![none.clone(), one.clone()]).unwrap();
+        assert_eq!(merged.tunnel.unwrap().state, "partial (1 of 2 shards)");
+        assert!(Status::merge_shards(vec![none.clone(), none])
+            .unwrap()
+            .tunnel
+            .is_none());
+        let alone = Status::merge_shards(vec![one]).unwrap().tunnel.unwrap();
+        assert_eq!(alone.state, "up");
+        assert!(Status::merge_shards(Vec::new()).is_none());
     }
 
     #[test]

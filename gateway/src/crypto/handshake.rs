@@ -15,7 +15,7 @@ use std::fmt;
 use snow::params::NoiseParams;
 
 use super::keys::{PresharedKey, PublicKey, StaticKeypair};
-use crate::protocol::handshake::{Prelude, FLAG_DATA_FLOW, FLAG_PSK};
+use crate::protocol::handshake::{Prelude, Shard, FLAG_DATA_FLOW, FLAG_PSK};
 use crate::protocol::packed::CodecSet;
 use crate::protocol::VERSION;
 
@@ -52,6 +52,8 @@ pub enum HandshakeError {
     Noise(#[from] snow::Error),
     #[error("timed out after {0:?}")]
     TimedOut(std::time::Duration),
+    #[error("the peer's connection is for its {peer}, this gateway's end is {ours}: both gateways need the same number of TCP lcores (dpdk.tcp_lcores; a kernel gateway counts as one)")]
+    ShardMismatch { peer: Shard, ours: Shard },
 }
 
 fn auth_err(_: snow::Error) -> HandshakeError {
@@ -70,26 +72,59 @@ pub struct TrafficKeys {
 /// The Noise payload of both handshake messages: type-length-value capabilities, which older
 /// gateways send empty and skip unread. Unknown types are skipped, so later ones can be added.
 const CAP_CODECS: u8 = 0x01;
+/// `index u8 | count u8`: the sender's shard; sent only by gateways with more than one.
+const CAP_SHARD: u8 = 0x02;
 
-fn capabilities() -> Vec<u8> {
-    vec![CAP_CODECS, 1, CodecSet::SUPPORTED.0]
+fn capabilities(shard: Shard) -> Vec<u8> {
+    let mut caps = vec![CAP_CODECS, 1, CodecSet::SUPPORTED.0];
+    if shard != Shard::ONE {
+        caps.extend([CAP_SHARD, 2, shard.index, shard.count]);
+    }
+    caps
+}
+
+/// The value of the first capability of type `kind` (none in a malformed list).
+fn capability(payload: &[u8], kind: u8) -> Option<&[u8]> {
+    let mut rest = payload;
+    while let [k, len, tail @ ..] = rest {
+        let len = *len as usize;
+        let value = tail.get(..len)?;
+        if *k == kind {
+            return Some(value);
+        }
+        rest = &tail[len..];
+    }
+    None
 }
 
 /// The peer's codecs from its capabilities (a malformed list counts as none: the worst it
 /// can do is keep frames plain).
 fn peer_codecs(payload: &[u8]) -> CodecSet {
-    let mut rest = payload;
-    while let [kind, len, tail @ ..] = rest {
-        let len = *len as usize;
-        if tail.len() < len {
-            break;
-        }
-        if *kind == CAP_CODECS && len >= 1 {
-            return CodecSet(tail[0] & CodecSet::SUPPORTED.0);
-        }
-        rest = &tail[len..];
+    match capability(payload, CAP_CODECS) {
+        Some([set, ..]) => CodecSet(set & CodecSet::SUPPORTED.0),
+        _ => CodecSet::default(),
     }
-    CodecSet::default()
+}
+
+/// The peer's shard: one of one when it names none. A malformed value (index not below
+/// count) is kept as it is, so that it fails the comparison with ours and is named.
+fn peer_shard(payload: &[u8]) -> Shard {
+    match capability(payload, CAP_SHARD) {
+        Some([index, count, ..]) => Shard {
+            index: *index,
+            count: *count,
+        },
+        _ => Shard::ONE,
+    }
+}
+
+/// Both ends of a connection must be the same shard of equally sharded gateways.
+fn check_shard(peer: Shard, ours: Shard) -> Result<(), HandshakeError> {
+    if peer == ours {
+        Ok(())
+    } else {
+        Err(HandshakeError::ShardMismatch { peer, ours })
+    }
 }
 
 impl fmt::Debug for TrafficKeys {
@@ -117,6 +152,7 @@ fn builder<'a>(
 /// The dialling side of a handshake.
 pub struct Initiator {
     hs: snow::HandshakeState,
+    shard: Shard,
 }
 
 impl Initiator {
@@ -127,6 +163,17 @@ impl Initiator {
         peer: &PublicKey,
         psk: Option<&PresharedKey>,
         data_flow: bool,
+    ) -> Result<(Initiator, Prelude, Vec<u8>), HandshakeError> {
+        Initiator::start_for(local, peer, psk, data_flow, Shard::ONE)
+    }
+
+    /// [`Initiator::start`] for a connection of `shard` (a sharded DPDK gateway).
+    pub fn start_for(
+        local: &StaticKeypair,
+        peer: &PublicKey,
+        psk: Option<&PresharedKey>,
+        data_flow: bool,
+        shard: Shard,
     ) -> Result<(Initiator, Prelude, Vec<u8>), HandshakeError> {
         let mut flags = 0;
         if psk.is_some() {
@@ -147,10 +194,10 @@ impl Initiator {
             .map_err(HandshakeError::Noise)?;
         let mut buf = vec![0u8; NOISE_BUF];
         let n = hs
-            .write_message(&capabilities(), &mut buf)
+            .write_message(&capabilities(shard), &mut buf)
             .map_err(HandshakeError::Noise)?;
         buf.truncate(n);
-        Ok((Initiator { hs }, prelude, buf))
+        Ok((Initiator { hs, shard }, prelude, buf))
     }
 
     /// Consumes the responder's message 2 and yields the traffic keys.
@@ -160,6 +207,8 @@ impl Initiator {
             .hs
             .read_message(message2, &mut payload)
             .map_err(auth_err)?;
+        // An acceptor from before shards ignores ours and answers for one.
+        check_shard(peer_shard(&payload[..n]), self.shard)?;
         let (i2r, r2i) = self.hs.dangerously_get_raw_split();
         Ok(TrafficKeys {
             send: i2r,
@@ -173,6 +222,8 @@ impl Initiator {
 pub struct Responder {
     hs: snow::HandshakeState,
     peer_codecs: CodecSet,
+    peer_shard: Shard,
+    shard: Shard,
 }
 
 impl Responder {
@@ -202,7 +253,15 @@ impl Responder {
         Ok(Responder {
             hs,
             peer_codecs: CodecSet::default(),
+            peer_shard: Shard::ONE,
+            shard: Shard::ONE,
         })
+    }
+
+    /// This end of the connection is `shard` (a sharded DPDK gateway; one of one by default).
+    pub fn for_shard(mut self, shard: Shard) -> Responder {
+        self.shard = shard;
+        self
     }
 
     /// Reads message 1 and returns the initiator's static public key, which
@@ -214,6 +273,7 @@ impl Responder {
             .read_message(message1, &mut payload)
             .map_err(auth_err)?;
         self.peer_codecs = peer_codecs(&payload[..n]);
+        self.peer_shard = peer_shard(&payload[..n]);
         let key = self
             .hs
             .get_remote_static()
@@ -222,12 +282,14 @@ impl Responder {
         Ok(PublicKey(key))
     }
 
-    /// Writes message 2 and yields the traffic keys.
+    /// Writes message 2 and yields the traffic keys; refuses (writes nothing) a connection
+    /// the peer meant for another shard.
     pub fn accept(mut self) -> Result<(Vec<u8>, TrafficKeys), HandshakeError> {
+        check_shard(self.peer_shard, self.shard)?;
         let mut buf = vec![0u8; NOISE_BUF];
         let n = self
             .hs
-            .write_message(&capabilities(), &mut buf)
+            .write_message(&capabilities(self.shard), &mut buf)
             .map_err(HandshakeError::Noise)?;
         buf.truncate(n);
         let (i2r, r2i) = self.hs.dangerously_get_raw_split();
@@ -339,6 +401,71 @@ mod tests {
         assert!(
             keys.peer_codecs.is_empty(),
             "an older peer gets plain frames"
+        );
+    }
+
+    /// Shards of equally sharded gateways meet; anything else is refused by name on the
+    /// acceptor, before it answers (a kernel acceptor is one of one), and on the dialler when
+    /// an acceptor that knows no shards answers for one.
+    #[test]
+    fn both_ends_must_be_the_same_shard() {
+        let a = StaticKeypair::generate().unwrap();
+        let b = StaticKeypair::generate().unwrap();
+        let meet = |ours: Shard, theirs: Shard| {
+            let (init, prelude, m1) =
+                Initiator::start_for(&a, &b.public, None, true, ours).unwrap();
+            let mut resp = Responder::new(&b, None, &prelude)
+                .unwrap()
+                .for_shard(theirs);
+            resp.read_message1(&m1).unwrap();
+            let (m2, _) = resp.accept()?;
+            init.finish(&m2).map(|_| ())
+        };
+        let s = |i, n| Shard::new(i, n).unwrap();
+        assert!(meet(s(1, 2), s(1, 2)).is_ok());
+        assert!(meet(Shard::ONE, Shard::ONE).is_ok());
+        for (ours, theirs) in [
+            (s(0, 2), s(1, 2)),
+            (s(1, 2), Shard::ONE),
+            (Shard::ONE, s(0, 2)),
+            (s(1, 3), s(1, 2)),
+        ] {
+            let err = meet(ours, theirs).unwrap_err();
+            assert!(
+                matches!(err, HandshakeError::ShardMismatch { peer, ours: o } if peer == ours && o == theirs),
+                "{ours} -> {theirs}: {err}"
+            );
+        }
+        let err = meet(s(1, 2), Shard::ONE).unwrap_err().to_string();
+        assert!(
+            err.contains("shard 1 of 2") && err.contains("dpdk.tcp_lcores"),
+            "{err}"
+        );
+
+        // An acceptor from before shards answers for one: the dialler names it.
+        let (init, prelude, m1) =
+            Initiator::start_for(&a, &b.public, None, false, s(1, 2)).unwrap();
+        let mut old = builder(&b, None, &prelude.encode())
+            .unwrap()
+            .build_responder()
+            .unwrap();
+        old.read_message(&m1, &mut [0u8; 256]).unwrap();
+        let mut m2 = vec![0u8; NOISE_BUF];
+        let n = old
+            .write_message(&capabilities(Shard::ONE), &mut m2)
+            .unwrap();
+        m2.truncate(n);
+        assert!(matches!(
+            init.finish(&m2),
+            Err(HandshakeError::ShardMismatch { .. })
+        ));
+        // Malformed or absent values.
+        assert_eq!(peer_shard(&[]), Shard::ONE);
+        assert_eq!(peer_shard(&[CAP_SHARD, 1, 0]), Shard::ONE);
+        assert_eq!(peer_shard(&[CAP_SHARD, 2, 3]), Shard::ONE, "truncated list");
+        assert_eq!(
+            peer_shard(&[CAP_SHARD, 2, 3, 2]),
+            Shard { index: 3, count: 2 }
         );
     }
 

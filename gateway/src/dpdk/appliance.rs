@@ -2,16 +2,18 @@
 //!
 //! ```text
 //!  main lcore     signals (reload, drain, stop), `lmas status`, metrics
-//!  io lcore(s)    NIC rx/tx bursts  <-> rte_rings <->  tcp lcore
-//!  tcp lcore      smoltcp on both ports, sessions, tunnel (Engine)
+//!  io lcore(s)    NIC rx/tx bursts  <-> rte_rings <->  tcp lcore(s)
+//!  tcp lcore(s)   smoltcp on both ports, sessions, tunnel (Engine), one shard each
 //!  crypto lcores  AES-256-GCM seal/open        <-> lock-free queues <-> tcp lcore
 //! ```
 //!
-//! The main lcore talks to the TCP lcore only through a command channel
+//! The main lcore talks to each TCP lcore only through a command channel
 //! (status snapshots, a new allowlist, drain, stop), checked once per turn,
-//! so the packet path never takes a lock.
+//! so the packet path never takes a lock. With several TCP lcores each is a
+//! shard (see `steer`): its own engine and sub-tunnel, its share of the
+//! crypto lcores, its rings to the I/O lcores; `lmas status` merges them.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,6 +29,7 @@ use super::Idle;
 use crate::admin::dpdk::DpdkConfig;
 use crate::admin::signals::{Request, Signals};
 use crate::admin::{Allowlist, Config, Datapath, Stats, Status, StatusSource};
+use crate::protocol::handshake::Shard;
 use crate::transform::{Adaptive, PackPolicy};
 
 /// How often `auto` compression looks at its measurements.
@@ -46,12 +49,14 @@ enum Command {
 struct Shared {
     /// The I/O and crypto lcores stop when set.
     stop: AtomicBool,
-    /// The TCP lcore finished its shutdown.
-    tcp_done: AtomicBool,
+    /// TCP lcores that finished their shutdown.
+    tcp_done: AtomicUsize,
     io: Vec<Arc<RoleCounters>>,
-    tcp: RoleCounters,
+    /// Per TCP lcore (shard).
+    tcp: Vec<RoleCounters>,
     crypto: Vec<Arc<WorkerRings>>,
-    ports: Vec<(&'static str, Port, Arc<PortCounters>, Mempool)>,
+    /// Each port, with the counters of its end on every TCP lcore.
+    ports: Vec<(&'static str, Port, Vec<Arc<PortCounters>>, Mempool)>,
     /// Packing of data frames: the policy the sealers follow, and what it did.
     packing: Arc<PackPolicy>,
 }
@@ -86,8 +91,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let stats = Arc::new(Stats::default());
     // No I/O lcores: the TCP lcore polls the ports itself (run to completion).
     let via_io = !dpdk.io_lcores.is_empty();
-    let lan = open_port("lan", &dpdk.lan, dpdk.mbufs, via_io, &file)?;
-    let wan = open_port("wan", &dpdk.wan, dpdk.mbufs, via_io, &file)?;
+    let shards = dpdk.tcp_lcores.len();
+    let lan = open_port("lan", &dpdk.lan, dpdk.mbufs, via_io, shards, &file)?;
+    let wan = open_port("wan", &dpdk.wan, dpdk.mbufs, via_io, shards, &file)?;
     let idle = Arc::new(Idle {
         sleep_us: dpdk.idle_sleep_us,
     });
@@ -95,32 +101,44 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     // Data frames are packed where they are sealed: on the crypto lcores (or the TCP lcore).
     let packing = Arc::new(PackPolicy::new(config.compression));
 
-    // Crypto lcores, and the TCP lcore's end of their queues.
-    let (queues, rings) = CryptoQueues::new(dpdk.crypto_lcores.len());
+    // Crypto lcores, dealt out to the shards; a shard with none seals inline.
+    let crypto_of = |k: usize| -> Vec<u32> {
+        let lcores = dpdk.crypto_lcores.iter();
+        lcores.skip(k).step_by(shards).copied().collect()
+    };
+    let mut shard_crypto = Vec::new();
+    let mut workers = Vec::new();
+    for k in 0..shards {
+        let lcores = crypto_of(k);
+        let (queues, rings) = CryptoQueues::new(lcores.len());
+        let rings = if lcores.is_empty() { Vec::new() } else { rings };
+        workers.extend(lcores.into_iter().zip(rings.iter().cloned()));
+        shard_crypto.push((!rings.is_empty()).then_some(queues));
+    }
+    // Sealing runs on the crypto lcores, and on each TCP lcore that has none.
+    let sealers = workers.len() + shard_crypto.iter().filter(|q| q.is_none()).count();
+    let counters_of =
+        |p: &super::port::OpenPort| p.rings.iter().map(|r| r.counters.clone()).collect();
     let shared = Arc::new(Shared {
         stop: AtomicBool::new(false),
-        tcp_done: AtomicBool::new(false),
+        tcp_done: AtomicUsize::new(0),
         io: dpdk
             .io_lcores
             .iter()
             .map(|_| Arc::new(RoleCounters::default()))
             .collect(),
-        tcp: RoleCounters::default(),
-        crypto: if dpdk.crypto_lcores.is_empty() {
-            Vec::new()
-        } else {
-            rings.clone()
-        },
+        tcp: (0..shards).map(|_| RoleCounters::default()).collect(),
+        crypto: workers.iter().map(|(_, w)| w.clone()).collect(),
         ports: vec![
-            ("lan", lan.port, lan.ring.counters.clone(), lan.pool),
-            ("wan", wan.port, wan.ring.counters.clone(), wan.pool),
+            ("lan", lan.port, counters_of(&lan), lan.pool),
+            ("wan", wan.port, counters_of(&wan), wan.pool),
         ],
         packing: packing.clone(),
     });
     // From here on lcores run: whatever way this function returns, they are
     // told to stop first, or the EAL's cleanup would wait for them forever.
     let _stop_lcores = StopOnDrop(shared.clone());
-    for (&lcore, worker) in dpdk.crypto_lcores.iter().zip(rings) {
+    for (lcore, worker) in workers {
         let (shared, idle, packing) = (shared.clone(), idle.clone(), packing.clone());
         eal.launch(lcore, move || {
             run_worker(&worker, &shared.stop, &idle, Some(packing));
@@ -130,12 +148,17 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 
     // I/O lcores: ports spread over them.
     let mut per_io: Vec<Vec<IoPort>> = dpdk.io_lcores.iter().map(|_| Vec::new()).collect();
-    let ports = Ports {
-        lan: lan.ring,
-        lan_mac: lan.mac,
-        wan: wan.ring,
-        wan_mac: wan.mac,
-    };
+    let shard_ports: Vec<Ports<RingPort>> = lan
+        .rings
+        .into_iter()
+        .zip(wan.rings)
+        .map(|(l, w)| Ports {
+            lan: l,
+            lan_mac: lan.mac,
+            wan: w,
+            wan_mac: wan.mac,
+        })
+        .collect();
     for (i, p) in [lan.io, wan.io].into_iter().flatten().enumerate() {
         per_io[i % dpdk.io_lcores.len()].push(p);
     }
@@ -147,26 +170,41 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         })?;
     }
 
-    // The TCP lcore.
-    let (commands, inbox) = mpsc::channel();
+    // The TCP lcores, one shard each.
     let config = Arc::new(config);
+    let mut commands = Vec::new();
+    for (k, ((ports, crypto), &lcore)) in shard_ports
+        .into_iter()
+        .zip(shard_crypto)
+        .zip(&dpdk.tcp_lcores)
+        .enumerate()
     {
+        let (tx, inbox) = mpsc::channel();
+        commands.push(tx);
+        let shard = Shard::new(k as u8, shards as u8).expect("validated: 1..=255 TCP lcores");
         let (config, stats, shared, idle) =
             (config.clone(), stats.clone(), shared.clone(), idle.clone());
-        let inline = dpdk.crypto_lcores.is_empty();
-        eal.launch(dpdk.tcp_lcore, move || {
-            if inline {
-                let crypto = InlineCrypto::with_packing(Some(shared.packing.clone()));
-                run_tcp(config, stats, ports, crypto, inbox, &shared, &idle);
-            } else {
-                run_tcp(config, stats, ports, queues, inbox, &shared, &idle);
+        eal.launch(lcore, move || {
+            let tcp = TcpLcore {
+                shared: &shared,
+                idle: &idle,
+                inbox,
+                shard,
+                sealers,
+            };
+            match crypto {
+                Some(queues) => tcp.run(config, stats, ports, queues),
+                None => {
+                    let crypto = InlineCrypto::with_packing(Some(shared.packing.clone()));
+                    tcp.run(config, stats, ports, crypto)
+                }
             }
             0
         })?;
     }
     info!(
-        "gateway {} running on DPDK: io lcores {:?}, tcp lcore {}, crypto lcores {:?}",
-        config.name, dpdk.io_lcores, dpdk.tcp_lcore, dpdk.crypto_lcores
+        "gateway {} running on DPDK: io lcores {:?}, tcp lcores {:?}, crypto lcores {:?}",
+        config.name, dpdk.io_lcores, dpdk.tcp_lcores, dpdk.crypto_lcores
     );
 
     let source = Arc::new(DpdkStatus {
@@ -209,26 +247,32 @@ async fn main_lcore(
     config: &Config,
     stats: &Stats,
     source: Arc<DpdkStatus>,
-    commands: Sender<Command>,
+    commands: Vec<Sender<Command>>,
     shared: &Shared,
     signals: &mut Signals,
 ) -> anyhow::Result<()> {
     crate::admin::serve(config, source).await?;
+    let tell = |cmd: &dyn Fn() -> Command| {
+        for c in &commands {
+            let _ = c.send(cmd());
+        }
+    };
+    let all_done = || shared.tcp_done.load(Ordering::SeqCst) == commands.len();
     let mut egress = config.egress.clone();
     let first = loop {
         tokio::select! {
             request = signals.next() => match request {
                 Request::Reload => {
                     if let Some(new) = crate::admin::reload::reread(config, &egress, stats) {
-                        egress = new.clone();
-                        let _ = commands.send(Command::Egress(new));
+                        egress = new;
+                        tell(&|| Command::Egress(egress.clone()));
                     }
                 }
                 Request::Stop(signal) => break Some(signal),
             },
-            // The TCP lcore stopped on its own (it cannot, short of a bug): exit.
+            // A TCP lcore stopped on its own (it cannot, short of a bug): exit.
             _ = tokio::time::sleep(Duration::from_millis(200)) => {
-                if shared.tcp_done.load(Ordering::SeqCst) {
+                if shared.tcp_done.load(Ordering::SeqCst) > 0 {
                     break None;
                 }
             }
@@ -242,12 +286,12 @@ async fn main_lcore(
         config.ingress.len(),
         config.peer_name
     );
-    let _ = commands.send(Command::Drain(config.drain_timeout));
-    while !shared.tcp_done.load(Ordering::SeqCst) {
+    tell(&|| Command::Drain(config.drain_timeout));
+    while !all_done() {
         tokio::select! {
             request = signals.next() => {
                 if let Request::Stop(again) = request {
-                    let _ = commands.send(Command::StopNow(again));
+                    tell(&|| Command::StopNow(again));
                 }
             }
             _ = tokio::time::sleep(Duration::from_millis(20)) => {}
@@ -269,143 +313,175 @@ enum Phase {
     },
 }
 
-fn run_tcp<C: CryptoPipe>(
-    config: Arc<Config>,
-    stats: Arc<Stats>,
-    ports: Ports<RingPort>,
-    crypto: C,
+/// One TCP lcore: what it shares with the rest of the gateway.
+struct TcpLcore<'a> {
+    shared: &'a Shared,
+    idle: &'a Idle,
     inbox: Receiver<Command>,
-    shared: &Shared,
-    idle: &Idle,
-) {
-    // Sealing runs on the crypto lcores, or on this one when there are none.
-    let sealers = shared.crypto.len().max(1);
-    let epoch = Instant::now();
-    let mut adaptive = Adaptive::default();
-    let mut next_adapt = 0;
-    let clock = || epoch.elapsed().as_micros() as u64 + 1;
-    let counters: Vec<Arc<PortCounters>> =
-        vec![ports.lan.counters.clone(), ports.wan.counters.clone()];
-    let frames = || {
-        counters
-            .iter()
-            .map(|c| c.rx_frames.load(Ordering::Relaxed) + c.tx_frames.load(Ordering::Relaxed))
-            .sum::<u64>()
-    };
-    let mut engine = Engine::new(config, stats, ports, crypto, clock());
-    let mut phase = Phase::Running;
-    let mut idle_polls = 0;
-    loop {
-        let started = Instant::now();
-        let now = clock();
-        let before = frames();
-        let busy = engine.poll(now);
-        if now >= next_adapt {
-            next_adapt = now + ADAPT_EVERY_US;
-            if let Some(choice) = adaptive.observe(now, &shared.packing, sealers) {
-                info!("compression (auto): now {choice}");
-            }
-        }
-        while let Ok(cmd) = inbox.try_recv() {
-            match cmd {
-                Command::Status(reply) => {
-                    let _ = reply.try_send(engine.status(now));
+    shard: Shard,
+    /// Threads sealing records: crypto lcores, and TCP lcores that have none.
+    sealers: usize,
+}
+
+impl TcpLcore<'_> {
+    /// Runs the shard's engine until it has shut down.
+    fn run<C: CryptoPipe>(
+        self,
+        config: Arc<Config>,
+        stats: Arc<Stats>,
+        ports: Ports<RingPort>,
+        crypto: C,
+    ) {
+        let TcpLcore {
+            shared,
+            idle,
+            inbox,
+            shard,
+            sealers,
+        } = self;
+        let epoch = Instant::now();
+        let mut adaptive = Adaptive::default();
+        let mut next_adapt = 0;
+        let clock = || epoch.elapsed().as_micros() as u64 + 1;
+        let counters: Vec<Arc<PortCounters>> =
+            vec![ports.lan.counters.clone(), ports.wan.counters.clone()];
+        let frames = || {
+            counters
+                .iter()
+                .map(|c| c.rx_frames.load(Ordering::Relaxed) + c.tx_frames.load(Ordering::Relaxed))
+                .sum::<u64>()
+        };
+        let mut engine = Engine::for_shard(config, stats, ports, crypto, shard, clock());
+        // One controller for the one packing policy, on shard 0.
+        let adapts = shard.index == 0;
+        let mut phase = Phase::Running;
+        let mut idle_polls = 0;
+        loop {
+            let started = Instant::now();
+            let now = clock();
+            let before = frames();
+            let busy = engine.poll(now);
+            if adapts && now >= next_adapt {
+                next_adapt = now + ADAPT_EVERY_US;
+                if let Some(choice) = adaptive.observe(now, &shared.packing, sealers) {
+                    info!("compression (auto): now {choice}");
                 }
-                Command::Egress(allow) => engine.set_egress(allow),
-                Command::Drain(timeout) => {
-                    if matches!(phase, Phase::Running) {
-                        engine.begin_drain(now);
-                        let n = engine.session_count();
-                        phase = if n == 0 {
-                            info!("no sessions to drain");
+            }
+            while let Ok(cmd) = inbox.try_recv() {
+                match cmd {
+                    Command::Status(reply) => {
+                        let _ = reply.try_send(engine.status(now));
+                    }
+                    Command::Egress(allow) => engine.set_egress(allow),
+                    Command::Drain(timeout) => {
+                        if matches!(phase, Phase::Running) {
+                            engine.begin_drain(now);
+                            let n = engine.session_count();
+                            phase = if n == 0 {
+                                info!("no sessions to drain");
+                                engine.shut_down(now);
+                                Phase::Closing {
+                                    deadline: now + NOTICE_TIMEOUT.as_micros() as u64,
+                                }
+                            } else {
+                                info!("draining {n} session(s) for up to {timeout:?} (SIGTERM again to stop at once)");
+                                Phase::Draining {
+                                    deadline: now + timeout.as_micros() as u64,
+                                    started: now,
+                                }
+                            };
+                        }
+                    }
+                    Command::StopNow(signal) => {
+                        if !matches!(phase, Phase::Closing { .. }) {
+                            warn!(
+                                "second {signal}: resetting {} session(s), telling the peer",
+                                engine.session_count()
+                            );
                             engine.shut_down(now);
-                            Phase::Closing {
+                            phase = Phase::Closing {
                                 deadline: now + NOTICE_TIMEOUT.as_micros() as u64,
-                            }
-                        } else {
-                            info!("draining {n} session(s) for up to {timeout:?} (SIGTERM again to stop at once)");
-                            Phase::Draining {
-                                deadline: now + timeout.as_micros() as u64,
-                                started: now,
-                            }
-                        };
+                            };
+                        }
                     }
                 }
-                Command::StopNow(signal) => {
-                    if !matches!(phase, Phase::Closing { .. }) {
-                        warn!(
-                            "second {signal}: resetting {} session(s), telling the peer",
-                            engine.session_count()
-                        );
+            }
+            // The main lcore gave up (an admin endpoint failed, or a panic): reset and go.
+            if shared.stop.load(Ordering::Relaxed) && !matches!(phase, Phase::Closing { .. }) {
+                engine.shut_down(now);
+                phase = Phase::Closing {
+                    deadline: now + NOTICE_TIMEOUT.as_micros() as u64,
+                };
+            }
+            match phase {
+                Phase::Running => {}
+                Phase::Draining { deadline, started } => {
+                    let n = engine.session_count();
+                    if n == 0 || now >= deadline {
+                        if n == 0 {
+                            info!(
+                                "all sessions finished after {:.1}s",
+                                (now - started) as f64 / 1e6
+                            );
+                        } else {
+                            warn!("drain deadline reached: resetting {n} session(s), telling the peer");
+                        }
                         engine.shut_down(now);
                         phase = Phase::Closing {
                             deadline: now + NOTICE_TIMEOUT.as_micros() as u64,
                         };
                     }
                 }
-            }
-        }
-        // The main lcore gave up (an admin endpoint failed, or a panic): reset and go.
-        if shared.stop.load(Ordering::Relaxed) && !matches!(phase, Phase::Closing { .. }) {
-            engine.shut_down(now);
-            phase = Phase::Closing {
-                deadline: now + NOTICE_TIMEOUT.as_micros() as u64,
-            };
-        }
-        match phase {
-            Phase::Running => {}
-            Phase::Draining { deadline, started } => {
-                let n = engine.session_count();
-                if n == 0 || now >= deadline {
-                    if n == 0 {
-                        info!(
-                            "all sessions finished after {:.1}s",
-                            (now - started) as f64 / 1e6
-                        );
-                    } else {
-                        warn!("drain deadline reached: resetting {n} session(s), telling the peer");
+                Phase::Closing { deadline } => {
+                    if engine.quiesced() || now >= deadline {
+                        break;
                     }
-                    engine.shut_down(now);
-                    phase = Phase::Closing {
-                        deadline: now + NOTICE_TIMEOUT.as_micros() as u64,
-                    };
                 }
             }
-            Phase::Closing { deadline } => {
-                if engine.quiesced() || now >= deadline {
-                    break;
-                }
+            if busy {
+                idle_polls = 0;
+                shared.tcp[shard.index as usize].add(started, frames() - before);
+            } else {
+                idle.wait(&mut idle_polls);
             }
         }
-        if busy {
-            idle_polls = 0;
-            shared.tcp.add(started, frames() - before);
-        } else {
-            idle.wait(&mut idle_polls);
-        }
+        shared.tcp_done.fetch_add(1, Ordering::SeqCst);
     }
-    shared.tcp_done.store(true, Ordering::SeqCst);
 }
 
-/// `lmas status` and metrics for the appliance: the TCP lcore's snapshot
-/// plus each lcore role's and port's counters.
+/// `lmas status` and metrics for the appliance: the TCP lcores' snapshots
+/// (merged) plus each lcore role's and port's counters.
 struct DpdkStatus {
-    /// A `Sender` is `Send` but not `Sync`; admin tasks share this one.
-    commands: std::sync::Mutex<Sender<Command>>,
+    /// One per TCP lcore. A `Sender` is `Send` but not `Sync`; admin tasks share these.
+    commands: std::sync::Mutex<Vec<Sender<Command>>>,
     shared: Arc<Shared>,
+}
+
+impl DpdkStatus {
+    /// Each TCP lcore's snapshot; none if one did not answer.
+    fn shard_statuses(&self) -> Option<Vec<Status>> {
+        let replies: Vec<_> = {
+            let commands = self.commands.lock().ok()?;
+            commands
+                .iter()
+                .map(|c| {
+                    let (tx, rx) = mpsc::sync_channel(1);
+                    c.send(Command::Status(tx)).ok().map(|()| rx)
+                })
+                .collect::<Option<_>>()?
+        };
+        replies
+            .into_iter()
+            .map(|rx| rx.recv_timeout(Duration::from_secs(2)).ok())
+            .collect()
+    }
 }
 
 impl StatusSource for DpdkStatus {
     fn status(&self) -> Status {
-        let (tx, rx) = mpsc::sync_channel(1);
-        let sent = self
-            .commands
-            .lock()
-            .map(|c| c.send(Command::Status(tx)).is_ok())
-            .unwrap_or(false);
-        let mut status = sent
-            .then(|| rx.recv_timeout(Duration::from_secs(2)).ok())
-            .flatten()
+        let mut status = self
+            .shard_statuses()
+            .and_then(Status::merge_shards)
             .unwrap_or_else(|| Status {
                 gateway: String::new(),
                 peer: String::new(),
@@ -424,8 +500,17 @@ impl StatusSource for DpdkStatus {
             c.insert(format!("dpdk_io{i}_packets"), load(&io.packets));
         }
         c.extend(self.shared.packing.stats.snapshot("compression_"));
-        c.insert("dpdk_tcp_busy_ns".into(), load(&self.shared.tcp.busy_ns));
-        c.insert("dpdk_tcp_packets".into(), load(&self.shared.tcp.packets));
+        // All TCP lcores together, and each one (tcp0, tcp1, ...).
+        let tcp = &self.shared.tcp;
+        let sum = |f: fn(&RoleCounters) -> &std::sync::atomic::AtomicU64| {
+            tcp.iter().map(|t| load(f(t))).sum::<u64>()
+        };
+        c.insert("dpdk_tcp_busy_ns".into(), sum(|t| &t.busy_ns));
+        c.insert("dpdk_tcp_packets".into(), sum(|t| &t.packets));
+        for (i, t) in tcp.iter().enumerate() {
+            c.insert(format!("dpdk_tcp{i}_busy_ns"), load(&t.busy_ns));
+            c.insert(format!("dpdk_tcp{i}_packets"), load(&t.packets));
+        }
         for (i, w) in self.shared.crypto.iter().enumerate() {
             c.insert(format!("dpdk_crypto{i}_busy_ns"), load(&w.busy_ns));
             c.insert(format!("dpdk_crypto{i}_jobs"), load(&w.jobs_done));
@@ -441,7 +526,14 @@ impl StatusSource for DpdkStatus {
                 ("rx_errors", s.rx_errors),
                 ("tx_errors", s.tx_errors),
                 ("rx_no_mbuf", s.rx_no_mbuf),
-                ("tx_dropped", load(&counters.tx_dropped)),
+                (
+                    "tx_dropped",
+                    counters.iter().map(|c| load(&c.tx_dropped)).sum(),
+                ),
+                (
+                    "rx_copy_failed",
+                    counters.iter().map(|c| load(&c.rx_copy_failed)).sum(),
+                ),
             ] {
                 c.insert(format!("dpdk_{name}_{k}"), v);
             }
@@ -490,7 +582,7 @@ fn check_lcores(dpdk: &DpdkConfig, workers: &[u32]) -> Result<(), (String, Strin
         .io_lcores
         .iter()
         .map(|l| ("dpdk.io_lcores", *l))
-        .chain([("dpdk.tcp_lcore", dpdk.tcp_lcore)])
+        .chain(dpdk.tcp_lcores.iter().map(|l| ("dpdk.tcp_lcores", *l)))
         .chain(
             dpdk.crypto_lcores
                 .iter()

@@ -28,6 +28,7 @@ use super::wan::WanConn;
 use crate::admin::dpdk::DpdkConfig;
 use crate::admin::status::{ConnectionStatus, SessionStatus, TunnelStatus};
 use crate::admin::{Config, Stats, Status};
+use crate::protocol::handshake::Shard;
 use crate::protocol::SessionId;
 use crate::session::{Event, PeerError};
 use crate::transform::PackNote;
@@ -62,6 +63,8 @@ pub struct Engine<P: FramePort, C: CryptoPipe> {
     pub(super) started: u64,
     /// The clock at the start of the current turn (µs).
     pub(super) now: u64,
+    /// Which of the gateway's TCP lcores this engine is (see `steer`).
+    pub(super) shard: Shard,
     /// Set by `begin_drain`: take no new sessions.
     pub(super) stopping: bool,
     /// The egress allowlist in force (swapped on reload).
@@ -85,19 +88,34 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         crypto: C,
         now: u64,
     ) -> Self {
+        Engine::for_shard(config, stats, ports, crypto, Shard::ONE, now)
+    }
+
+    /// The engine of one TCP lcore among several: it owns the connections that steer to
+    /// `shard` and runs its own sub-tunnel to the same shard of the peer.
+    pub fn for_shard(
+        config: Arc<Config>,
+        stats: Arc<Stats>,
+        ports: Ports<P>,
+        crypto: C,
+        shard: Shard,
+        now: u64,
+    ) -> Self {
         let crate::admin::Datapath::Dpdk(dpdk) = &config.datapath else {
             panic!("Engine::new needs a config with datapath = \"dpdk\" (a caller bug)");
         };
         let dpdk = (**dpdk).clone();
         let seed = seed();
-        let lan = Net::new(ports.lan, ports.lan_mac, &dpdk.lan, seed, now);
-        let wan = Net::new(
+        let mut lan = Net::new(ports.lan, ports.lan_mac, &dpdk.lan, seed, now);
+        lan.shard = shard;
+        let mut wan = Net::new(
             ports.wan,
             ports.wan_mac,
             &dpdk.wan,
             seed.rotate_left(17),
             now,
         );
+        wan.shard = shard;
         let mut engine = Engine {
             dialer: Dialer::for_config(&config),
             egress: config.egress.clone(),
@@ -119,6 +137,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
             waiting: Vec::new(),
             started: now,
             now,
+            shard,
             stopping: false,
         };
         engine.start_listeners();

@@ -35,6 +35,7 @@ pub mod net;
 pub mod phy;
 #[cfg(feature = "dpdk")]
 pub mod port;
+pub mod steer;
 mod tunnel;
 pub mod wan;
 

@@ -24,7 +24,9 @@ use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpoint, Ipv4Cidr};
 
 use super::phy::{FramePort, PortDevice};
+use super::steer::port_fits;
 use crate::admin::dpdk::{in_prefix, PortSpec};
+use crate::protocol::handshake::Shard;
 
 mod gate;
 pub use gate::{Embryo, TunnelGate};
@@ -134,6 +136,8 @@ pub struct Net<P: FramePort> {
     guard: Guard,
     pub addr: Ipv4Addr,
     next_port: u16,
+    /// Our outgoing connections take source ports that steer to this shard.
+    pub shard: Shard,
     /// Frames the guard kept from the stack (other hosts' ARP, foreign IPs).
     pub filtered: u64,
     /// Sockets on their way out: deadline (µs), and the poll count when
@@ -189,6 +193,7 @@ impl<P: FramePort> Net<P> {
             },
             addr: own,
             next_port: *EPHEMERAL.start() + (seed % 8192) as u16,
+            shard: Shard::ONE,
             filtered: 0,
             retired: Vec::new(),
             polls: 0,
@@ -350,7 +355,7 @@ impl<P: FramePort> Net<P> {
     }
 
     /// Connects socket `h` to `remote` from our address and a free
-    /// ephemeral port.
+    /// ephemeral port that steers to our shard.
     pub fn connect(
         &mut self,
         h: SocketHandle,
@@ -374,7 +379,7 @@ impl<P: FramePort> Net<P> {
             } else {
                 p + 1
             };
-            if !in_use.contains(&p) {
+            if !in_use.contains(&p) && port_fits(p, remote.port(), self.shard) {
                 local = Some(p);
                 break;
             }

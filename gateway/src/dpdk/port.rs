@@ -4,6 +4,9 @@
 //! I/O lcore is configured (run to completion: one busy thread fewer, which
 //! pays where lcores share few CPUs).
 //!
+//! With several TCP lcores (shards) the I/O lcore steers each received frame
+//! to its shard's ring (`steer`), and sends what every shard's ring holds.
+//!
 //! ```text
 //!  NIC rx queue ─rx_burst─► [io lcore] ─ring─► RingPort::recv ─► smoltcp
 //!  NIC tx queue ◄tx_burst── [io lcore] ◄ring── RingPort::send ◄── smoltcp
@@ -27,6 +30,7 @@ use lmas_dpdk::{
 use log::{info, warn};
 
 use super::phy::FramePort;
+use super::steer::{steer, Steer};
 use super::Idle;
 use crate::admin::dpdk::PortSpec;
 
@@ -51,41 +55,81 @@ impl RoleCounters {
     }
 }
 
-/// One port as the I/O lcore sees it.
+/// One port as the I/O lcore sees it: its NIC queues, and a ring each way
+/// per TCP lcore (shard).
 pub struct IoPort {
-    pub rxq: RxQueue,
-    pub txq: TxQueue,
-    pub to_tcp: RingProducer,
-    pub from_tcp: RingConsumer,
-    rx_pending: MbufBatch,
-    tx_pending: MbufBatch,
+    rxq: RxQueue,
+    txq: TxQueue,
+    to_tcp: Vec<RingProducer>,
+    from_tcp: Vec<RingConsumer>,
+    /// A burst being steered (several shards only).
+    rx_burst: MbufBatch,
+    /// Per shard, frames waiting for room in its ring.
+    rx_pending: Vec<MbufBatch>,
+    tx_pending: Vec<MbufBatch>,
+    /// Where copies of ARP frames for the other shards come from.
+    pool: Mempool,
+    counters: Arc<PortCounters>,
 }
 
 impl IoPort {
-    pub fn new(rxq: RxQueue, txq: TxQueue, to_tcp: RingProducer, from_tcp: RingConsumer) -> Self {
-        IoPort {
-            rxq,
-            txq,
-            to_tcp,
-            from_tcp,
-            rx_pending: MbufBatch::new(),
-            tx_pending: MbufBatch::new(),
-        }
-    }
-
-    /// One rx and one tx burst; returns the packets moved.
+    /// One rx burst (once every shard took the last one) and a tx burst per
+    /// shard; returns the packets moved.
     fn turn(&mut self) -> usize {
         let mut moved = 0;
-        if self.rx_pending.is_empty() {
-            self.rxq.rx_burst(&mut self.rx_pending);
+        if self.rx_pending.iter().all(MbufBatch::is_empty) {
+            if let [only] = &mut self.rx_pending[..] {
+                self.rxq.rx_burst(only);
+            } else {
+                self.rxq.rx_burst(&mut self.rx_burst);
+                self.steer_burst();
+            }
         }
-        moved += self.to_tcp.enqueue(&mut self.rx_pending);
-        if self.tx_pending.is_empty() {
-            self.from_tcp.dequeue(&mut self.tx_pending);
+        for (ring, pending) in self.to_tcp.iter_mut().zip(&mut self.rx_pending) {
+            moved += ring.enqueue(pending);
         }
-        moved += self.txq.tx_burst(&mut self.tx_pending);
+        for (ring, pending) in self.from_tcp.iter_mut().zip(&mut self.tx_pending) {
+            if pending.is_empty() {
+                ring.dequeue(pending);
+            }
+            moved += self.txq.tx_burst(pending);
+        }
         moved
     }
+
+    /// Hands each frame of the burst to its shard, in arrival order. No
+    /// shard's batch can overflow: each gets at most one frame (or copy) per
+    /// frame of the burst, and all were empty.
+    fn steer_burst(&mut self) {
+        let shards = self.rx_pending.len() as u8;
+        while let Some(m) = self.rx_burst.pop() {
+            match steer(m.data(), shards) {
+                Steer::To(k) => {
+                    let _ = self.rx_pending[k as usize].push(m);
+                }
+                Steer::All => {
+                    for k in 1..shards as usize {
+                        match copy_of(&self.pool, &m) {
+                            Some(copy) => {
+                                let _ = self.rx_pending[k].push(copy);
+                            }
+                            None => {
+                                self.counters.rx_copy_failed.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    let _ = self.rx_pending[0].push(m);
+                }
+            }
+        }
+    }
+}
+
+/// A copy of `m` in a new mbuf from `pool` (none when the pool is empty).
+fn copy_of(pool: &Mempool, m: &Mbuf) -> Option<Mbuf> {
+    let mut copy = pool.alloc()?;
+    copy.append(m.data().len())?.copy_from_slice(m.data());
+    Some(copy)
 }
 
 /// The I/O lcore: polls its ports until `stop`.
@@ -113,6 +157,8 @@ pub struct PortCounters {
     /// Received frames longer than one mbuf segment (not expected with the
     /// configured MTU; dropped).
     pub rx_multi_segment: AtomicU64,
+    /// ARP frames not copied to every TCP lcore for want of an mbuf.
+    pub rx_copy_failed: AtomicU64,
 }
 
 /// Where the TCP lcore's end of a port takes received frames from.
@@ -240,22 +286,24 @@ impl FramePort for RingPort {
 }
 
 /// A started port: its I/O-side end (none when the TCP lcore polls the
-/// queues itself) and TCP-side end, and what status reads.
+/// queues itself), one TCP-side end per TCP lcore, and what status reads.
 pub struct OpenPort {
     pub io: Option<IoPort>,
-    pub ring: RingPort,
+    pub rings: Vec<RingPort>,
     pub port: Port,
     pub pool: Mempool,
     pub mac: [u8; 6],
 }
 
 /// Finds, configures and starts one port; `via_io_lcore`: an I/O lcore
-/// polls it and passes frames through rings, else the TCP lcore polls it.
+/// polls it and passes frames through rings to `shards` TCP lcores, else the
+/// (one) TCP lcore polls it.
 pub fn open_port(
     role: &'static str,
     spec: &PortSpec,
     mbufs: u32,
     via_io_lcore: bool,
+    shards: usize,
     file: &str,
 ) -> anyhow::Result<OpenPort> {
     let port = Port::by_name(&spec.device).map_err(|e| {
@@ -292,21 +340,42 @@ pub fn open_port(
         spec.device, mac, link.speed_mbps, spec.address, spec.prefix_len
     );
     let mtu = spec.mtu as usize;
-    let (io, ring) = if via_io_lcore {
+    let (io, rings) = if via_io_lcore {
         let socket = port.socket();
-        let (to_tcp, from_io) = mbuf_ring(&format!("lmas_{role}_rx"), RING_SLOTS, socket)?;
-        let (to_io, from_tcp) = mbuf_ring(&format!("lmas_{role}_tx"), RING_SLOTS, socket)?;
-        (
-            Some(IoPort::new(rxq, txq, to_tcp, from_tcp)),
-            RingPort::new(RxSource::Ring(from_io), TxSink::Ring(to_io), pool, mtu),
-        )
+        let mut io = IoPort {
+            rxq,
+            txq,
+            to_tcp: Vec::new(),
+            from_tcp: Vec::new(),
+            rx_burst: MbufBatch::new(),
+            rx_pending: (0..shards).map(|_| MbufBatch::new()).collect(),
+            tx_pending: (0..shards).map(|_| MbufBatch::new()).collect(),
+            pool,
+            counters: Arc::default(),
+        };
+        let mut rings = Vec::new();
+        for k in 0..shards {
+            let (to_tcp, from_io) = mbuf_ring(&format!("lmas_{role}_rx{k}"), RING_SLOTS, socket)?;
+            let (to_io, from_tcp) = mbuf_ring(&format!("lmas_{role}_tx{k}"), RING_SLOTS, socket)?;
+            io.to_tcp.push(to_tcp);
+            io.from_tcp.push(from_tcp);
+            rings.push(RingPort::new(
+                RxSource::Ring(from_io),
+                TxSink::Ring(to_io),
+                pool,
+                mtu,
+            ));
+        }
+        // The I/O lcore's own counter (ARP copies) sits with shard 0's.
+        io.counters = rings[0].counters.clone();
+        (Some(io), rings)
     } else {
         let ring = RingPort::new(RxSource::Queue(rxq), TxSink::Queue(txq), pool, mtu);
-        (None, ring)
+        (None, vec![ring])
     };
     Ok(OpenPort {
         io,
-        ring,
+        rings,
         port,
         pool,
         mac,

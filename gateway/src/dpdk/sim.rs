@@ -493,6 +493,139 @@ impl Sim {
     }
 }
 
+/// Both gateways with `shards` TCP lcores (engines) each, as the appliance runs them: each
+/// port's received frames are steered to its shards as the I/O lcore does
+/// ([`super::steer`]), and what every shard sends leaves by the one port.
+pub struct ShardedSim {
+    pub now: u64,
+    pub a: Vec<SimEngine>,
+    pub b: Vec<SimEngine>,
+    pub src: Net<MemPort>,
+    pub dst: Net<MemPort>,
+    pub lan_a: Wire,
+    pub wan: Wire,
+    pub lan_b: Wire,
+    pub stats_a: Arc<Stats>,
+    pub stats_b: Arc<Stats>,
+    /// Each gateway port as its wire sees it: [lan a, wan a, wan b, lan b].
+    nics: [MemPort; 4],
+}
+
+/// `count` engines of one gateway, one per shard, on ports with the same MACs.
+fn shards(config: &Arc<Config>, stats: &Arc<Stats>, n: u8, count: u8, now: u64) -> Vec<SimEngine> {
+    (0..count)
+        .map(|index| {
+            let ports = Ports {
+                lan: MemPort::default(),
+                lan_mac: [2, 0, 0, 0, n, 1],
+                wan: MemPort::default(),
+                wan_mac: [2, 0, 0, 0, n, 2],
+            };
+            let shard =
+                crate::protocol::handshake::Shard::new(index, count).expect("index < count");
+            Engine::for_shard(
+                config.clone(),
+                stats.clone(),
+                ports,
+                InlineCrypto::with_packing(None),
+                shard,
+                now,
+            )
+        })
+        .collect()
+}
+
+/// Moves what the shards' ends of a port sent to the port, and steers what the port
+/// received to the shards' ends (ARP to every one).
+fn switch(nic: &mut MemPort, ends: Vec<&mut MemPort>) {
+    let count = ends.len() as u8;
+    let mut ends = ends;
+    for end in ends.iter_mut() {
+        nic.outbox.extend(end.outbox.drain(..));
+    }
+    while let Some(frame) = nic.inbox.pop_front() {
+        match super::steer::steer(&frame, count) {
+            super::steer::Steer::To(k) => ends[k as usize].inbox.push_back(frame),
+            super::steer::Steer::All => {
+                for end in ends.iter_mut() {
+                    end.inbox.push_back(frame.clone());
+                }
+            }
+        }
+    }
+}
+
+impl ShardedSim {
+    /// gw-a with `shards_a` TCP lcores, gw-b with `shards_b`.
+    pub fn new(
+        a: Arc<Config>,
+        b: Arc<Config>,
+        shards_a: u8,
+        shards_b: u8,
+        wan_delay_us: u64,
+    ) -> ShardedSim {
+        let _ = env_logger::builder().is_test(true).try_init();
+        let now = 1_000_000;
+        let (stats_a, stats_b) = (Arc::new(Stats::default()), Arc::new(Stats::default()));
+        ShardedSim {
+            now,
+            a: shards(&a, &stats_a, 0xa, shards_a, now),
+            b: shards(&b, &stats_b, 0xb, shards_b, now),
+            src: host([10, 0, 1, 2], Some([10, 0, 1, 1]), 0x12, now),
+            dst: host([10, 0, 3, 2], Some([10, 0, 3, 1]), 0x32, now),
+            lan_a: Wire::new(50),
+            wan: Wire::new(wan_delay_us),
+            lan_b: Wire::new(50),
+            stats_a,
+            stats_b,
+            nics: Default::default(),
+        }
+    }
+
+    /// One step of simulated time: every stack polls, the ports steer, the wires carry.
+    pub fn step(&mut self) {
+        self.now += STEP_US;
+        let now = self.now;
+        self.src.poll(now);
+        for e in self.a.iter_mut().chain(&mut self.b) {
+            e.poll(now);
+        }
+        self.dst.poll(now);
+        let [lan_a, wan_a, wan_b, lan_b] = &mut self.nics;
+        switch(lan_a, self.a.iter_mut().map(|e| &mut e.lan.port).collect());
+        switch(wan_a, self.a.iter_mut().map(|e| &mut e.wan.port).collect());
+        switch(wan_b, self.b.iter_mut().map(|e| &mut e.wan.port).collect());
+        switch(lan_b, self.b.iter_mut().map(|e| &mut e.lan.port).collect());
+        self.lan_a.carry(now, &mut self.src.port, lan_a);
+        self.wan.carry(now, wan_a, wan_b);
+        self.lan_b.carry(now, lan_b, &mut self.dst.port);
+    }
+
+    /// Steps until `done` or `limit_s` simulated seconds pass.
+    pub fn run_until(
+        &mut self,
+        limit_s: u64,
+        mut done: impl FnMut(&mut ShardedSim) -> bool,
+    ) -> bool {
+        let end = self.now + limit_s * 1_000_000;
+        while self.now < end {
+            self.step();
+            if done(self) {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Every shard of both gateways has its sub-tunnel up.
+    pub fn tunnels_up(&self) -> bool {
+        self.a
+            .iter()
+            .chain(&self.b)
+            .all(|e| e.tunnel.as_ref().is_some_and(|t| t.is_up(&e.conns)))
+    }
+}
+
 /// Pairs accepted destination sockets with apps that send `reply(i)`.
 pub fn accept_apps(
     sim: &mut Sim,

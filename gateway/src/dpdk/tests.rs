@@ -590,3 +590,90 @@ fn each_session_shows_what_packing_did_for_it() {
     assert_eq!(at_b[1].compression.unpack_ns, 0, "nothing packed to unpack");
     assert_eq!(at_b[0].compression.bytes_in, 0, "B sent nothing");
 }
+
+/// Two TCP lcores (shards) on each gateway, frames steered as the I/O lcore steers them:
+/// 32 sessions spread over both sub-tunnels through a lossy WAN, and every stream arrives
+/// whole. Both WAN ends of every connection steer to the shard that owns it.
+#[test]
+fn two_shards_a_side_carry_32_sessions_over_their_own_sub_tunnels() {
+    let k = keys("shards");
+    // All 32 SYNs come at once: room for them in each shard's backlog.
+    let sizes = Sizes {
+        listen_backlog: 32,
+        ..Sizes::SCENARIOS
+    };
+    let (a, b) = configs_sized(&k, sizes, LISTEN_INGRESS, "a.key.pub", ALLOW_DST);
+    let mut sim = ShardedSim::new(a, b, 2, 2, 5_000);
+    sim.wan.loss_ppm = 2_000;
+    assert!(
+        sim.run_until(10, |s| s.tunnels_up()),
+        "the sub-tunnels never came up"
+    );
+    const N: usize = 32;
+    let listeners: Vec<SocketHandle> = (0..N)
+        .map(|_| {
+            let h = sim.dst.add_socket(1 << 20, 1 << 20);
+            sim.dst.socket(h).listen(5000).unwrap();
+            h
+        })
+        .collect();
+    let mut srcs: Vec<App> = (0..N)
+        .map(|i| {
+            let h = sim.src.add_socket(1 << 20, 1 << 20);
+            let ingress = std::net::SocketAddrV4::new([10, 0, 1, 1].into(), 6000);
+            sim.src.connect(h, ingress).unwrap();
+            App::new(h, pattern(64 << 10, i as u8))
+        })
+        .collect();
+    let mut dsts: Vec<App> = Vec::new();
+    let mut peak = [0usize; 2];
+    let ok = sim.run_until(120, |s| {
+        for app in &mut srcs {
+            app.run(&mut s.src);
+        }
+        for &h in &listeners {
+            let taken = dsts.iter().any(|d| d.handle == h);
+            if !taken && s.dst.socket(h).state() != tcp::State::Listen {
+                dsts.push(App::new(h, Vec::new()));
+            }
+        }
+        for app in &mut dsts {
+            app.run(&mut s.dst);
+        }
+        for (k, e) in s.a.iter().enumerate() {
+            peak[k] = peak[k].max(e.endpoints.len());
+        }
+        dsts.len() == N && dsts.iter().all(|d| d.done()) && srcs.iter().all(|a| a.done())
+    });
+    assert!(ok, "sessions did not finish ({} accepted)", dsts.len());
+    let mut got: Vec<&Vec<u8>> = dsts.iter().map(|d| &d.got).collect();
+    let mut want: Vec<&Vec<u8>> = srcs.iter().map(|s| &s.out).collect();
+    got.sort();
+    want.sort();
+    assert!(got == want, "a stream differs");
+    assert!(
+        peak.iter().all(|&p| p > 0),
+        "a shard took no session: {peak:?}"
+    );
+    assert!(sim.wan.lost > 0, "the WAN lost nothing");
+    for (k, e) in sim.a.iter().chain(&sim.b).enumerate() {
+        for c in e.conns.values() {
+            if let (Some(l), Some(r)) = (c.local, c.remote) {
+                let steered = super::steer::shard_of_ports(l.port(), r.port(), 2);
+                assert_eq!(steered as usize, k % 2, "{l} - {r} on shard {}", k % 2);
+            }
+        }
+    }
+}
+
+/// A gateway with two shards and a peer with one: the acceptor refuses every connection
+/// by name (handshake failures), and no tunnel comes up half-way.
+#[test]
+fn unequal_shard_counts_are_refused_at_the_handshake() {
+    let k = keys("shard-mismatch");
+    let (a, b) = configs(&k, LISTEN_INGRESS, "a.key.pub", ALLOW_DST);
+    let mut sim = ShardedSim::new(a, b, 2, 1, 5_000);
+    assert!(!sim.run_until(5, |s| s.b[0].tunnel.is_some()));
+    assert!(sim.stats_b.snapshot()["handshake_failures"] > 0);
+    assert_eq!(sim.stats_b.snapshot()["handshakes_ok"], 0);
+}

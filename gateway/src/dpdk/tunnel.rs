@@ -353,6 +353,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                 after_bytes: self.config.rekey_after_bytes,
                 after: self.config.rekey_interval,
             },
+            shard: self.shard,
         };
         let Some(conn) = self.conns.get_mut(&id) else {
             return Ok(());

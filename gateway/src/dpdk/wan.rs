@@ -19,7 +19,7 @@ use crate::crypto::{
     HandshakeError, Initiator, PresharedKey, PublicKey, RecordError, RecordOpener, RekeyPolicy,
     Responder, StaticKeypair, TrafficKeys, RECORD_HEADER_LEN,
 };
-use crate::protocol::handshake::{frame_noise, parse_noise, Prelude, PRELUDE_LEN};
+use crate::protocol::handshake::{frame_noise, parse_noise, Prelude, Shard, PRELUDE_LEN};
 use crate::protocol::{DecodeError, Message};
 
 /// Record bytes of one connection allowed in the crypto stage at once.
@@ -40,6 +40,8 @@ pub struct Identity<'a> {
     pub peer: &'a PublicKey,
     pub psk: Option<&'a PresharedKey>,
     pub rekey: RekeyPolicy,
+    /// Which of our TCP lcores this is (both ends of a connection must agree).
+    pub shard: Shard,
 }
 
 enum Phase {
@@ -178,7 +180,8 @@ impl WanConn {
                     _ => return Err(WanError::ConnectFailed),
                 }
                 let data = matches!(self.role, Some(Role::Data(_)));
-                let (init, prelude, m1) = Initiator::start(me.local, me.peer, me.psk, data)?;
+                let (init, prelude, m1) =
+                    Initiator::start_for(me.local, me.peer, me.psk, data, me.shard)?;
                 self.write_now(sock, &frame_noise(&prelude.encode(), &m1))?;
                 self.phase = Phase::Initiating(init);
                 return Ok(false);
@@ -212,7 +215,8 @@ impl WanConn {
                     }
                     let prelude =
                         Prelude::decode(self.hs[..PRELUDE_LEN].try_into().expect("6 bytes"))?;
-                    *state = Some((prelude, Responder::new(me.local, me.psk, &prelude)?));
+                    let responder = Responder::new(me.local, me.psk, &prelude)?.for_shard(me.shard);
+                    *state = Some((prelude, responder));
                 }
                 if !fill(
                     sock,

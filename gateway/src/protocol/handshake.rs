@@ -71,6 +71,31 @@ impl Prelude {
     }
 }
 
+/// Which of a gateway's TCP lcores (shards) a WAN connection belongs to. A DPDK gateway with
+/// N TCP lcores runs N independent sub-tunnels, one per lcore; each connection says in its
+/// handshake which one it is for, so that both ends agree (see `dpdk::steer`). A gateway with
+/// one shard (every kernel gateway) sends nothing, and its handshakes are as before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u8,
+    pub count: u8,
+}
+
+impl Shard {
+    pub const ONE: Shard = Shard { index: 0, count: 1 };
+
+    /// Shard `index` of `count`; `None` unless `index < count`.
+    pub fn new(index: u8, count: u8) -> Option<Shard> {
+        (index < count).then_some(Shard { index, count })
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "shard {} of {}", self.index, self.count)
+    }
+}
+
 /// Checks a handshake message length read from the wire.
 pub fn check_noise_len(len: u16) -> Result<usize, DecodeError> {
     let len = len as usize;

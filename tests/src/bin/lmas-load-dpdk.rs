@@ -164,8 +164,8 @@ fn run(o: Options) -> Result<(), String> {
         .worker_lcores()
         .first()
         .ok_or("the EAL needs a worker lcore for the port (e.g. -l 0-1)")?;
-    let port =
-        open_port("lan", &o.spec, 8191, true, "lmas-load-dpdk").map_err(|e| format!("{e:#}"))?;
+    let mut port =
+        open_port("lan", &o.spec, 8191, true, 1, "lmas-load-dpdk").map_err(|e| format!("{e:#}"))?;
     let stop = Arc::new(AtomicBool::new(false));
     let io_stop = stop.clone();
     let io = port
@@ -179,7 +179,11 @@ fn run(o: Options) -> Result<(), String> {
     .map_err(|e| format!("launching the I/O lcore: {e}"))?;
     let epoch = Instant::now();
     let now = || epoch.elapsed().as_micros() as u64 + 1;
-    let mut net = Net::new(port.ring, port.mac, &o.spec, now(), now());
+    let ring = port
+        .rings
+        .pop()
+        .ok_or("the port was opened without a ring")?;
+    let mut net = Net::new(ring, port.mac, &o.spec, now(), now());
     let result = match o.role {
         Role::Source {
             to,
