@@ -368,3 +368,57 @@ fn dpdk_to_dpdk_over_memif() {
         "no hashed transfer:\n{stdout}\n{stderr}"
     );
 }
+
+/// Two TCP lcores per gateway (dpdk.tcp_lcores, one sub-tunnel each, frames steered by the
+/// I/O lcore) over memif: 32 sessions at once, every hash equal, both shards' sub-tunnels up.
+#[test]
+fn two_tcp_lcores_carry_32_sessions_over_memif() {
+    if let Err(why) = dpdk_available() {
+        eprintln!("SKIP: two_tcp_lcores_carry_32_sessions_over_memif: {why}");
+        return;
+    }
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let out = lmas_tests::script(
+        "bench-memif.sh",
+        &[
+            "--bytes",
+            "64M",
+            "--runs",
+            "1",
+            "--streams",
+            "32",
+            "--flows",
+            "4",
+            "--tcp-lcores",
+            "2",
+            "--no-build",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "bench-memif.sh failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    assert!(
+        stderr.contains("2 TCP lcore(s): 1 stream") && stderr.contains("hashes equal"),
+        "no hashed transfer through two TCP lcores:\n{stdout}\n{stderr}"
+    );
+    // Both shards of each gateway carried packets.
+    let shares: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("packets per TCP lcore:"))
+        .collect();
+    assert_eq!(shares.len(), 2, "one line per gateway:\n{stdout}");
+    for line in shares {
+        let counts: Vec<u64> = line
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .map(|w| w.parse().unwrap())
+            .collect();
+        assert!(counts.len() == 2 && counts.iter().all(|&c| c > 0), "{line}");
+    }
+}

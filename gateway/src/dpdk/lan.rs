@@ -140,14 +140,19 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
 
     /// Binds every ingress port's listeners.
     pub(super) fn start_ingress(&mut self) {
+        // Every shard listens; the first one speaks for them.
+        let speaks = self.shard.index == 0;
         for (index, ingress) in self.config.ingress.clone().into_iter().enumerate() {
             match ingress.mode {
-                IngressMode::Listen { target } => {
+                IngressMode::Listen { target } if speaks => {
                     info!("listening on {} (mode listen) -> {target}", ingress.bind)
                 }
-                IngressMode::Tproxy => info!("listening on {} (mode tproxy)", ingress.bind),
+                IngressMode::Tproxy if speaks => {
+                    info!("listening on {} (mode tproxy)", ingress.bind)
+                }
+                _ => {}
             }
-            if let Some(w) = ingress.open_to_any(index) {
+            if let Some(w) = ingress.open_to_any(index).filter(|_| speaks) {
                 warn!("{w}");
             }
             self.ingress.push(IngressListener {

@@ -26,6 +26,7 @@ use super::wan::{Identity, Role, WanConn, WanError};
 use crate::admin::{Config, Stats, TunnelEnd};
 use crate::admission::{self, Decision, Pending, Throttle};
 use crate::crypto::{RekeyPolicy, MAX_RECORD_LEN};
+use crate::protocol::handshake::Shard;
 use crate::protocol::{Message, ResetReason, TunnelId, MAX_DATA_FLOWS};
 use crate::session::{Side, TunnelCore};
 
@@ -128,11 +129,13 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
     pub(super) fn start_listeners(&mut self) {
         self.start_ingress();
         if let TunnelEnd::Listen(addr) = self.config.tunnel {
-            info!(
-                "waiting for peer {} on {addr}{}",
-                self.config.peer_name,
-                admission::only_from(self.config.peer_source.as_ref())
-            );
+            if self.shard.index == 0 {
+                info!(
+                    "waiting for peer {} on {addr}{}",
+                    self.config.peer_name,
+                    admission::only_from(self.config.peer_source.as_ref())
+                );
+            }
             let sources = self.config.peer_source.clone();
             self.wan
                 .set_gate(TunnelGate::new(addr.port(), sources, self.stats.clone()));
@@ -680,7 +683,17 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         });
         if keyed {
             t.all_attached = true;
-            info!("tunnel up: peer {}, {} data flows", t.peer, t.flows.len());
+            // Each shard of a sharded gateway has its own sub-tunnel: say which.
+            let shard = if self.shard == Shard::ONE {
+                String::new()
+            } else {
+                format!(" ({})", self.shard)
+            };
+            info!(
+                "tunnel up: peer {}, {} data flows{shard}",
+                t.peer,
+                t.flows.len()
+            );
         }
     }
 

@@ -183,7 +183,13 @@ fn run(o: Options) -> Result<(), String> {
         .rings
         .pop()
         .ok_or("the port was opened without a ring")?;
-    let mut net = Net::new(ring, port.mac, &o.spec, now(), now());
+    // Source ports start where the last run's did not: a port reused at once can meet the
+    // gateway's socket of the previous run still closing, and wait out SYN backoff.
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+        ^ (std::process::id() as u64) << 20;
+    let mut net = Net::new(ring, port.mac, &o.spec, seed, now());
     let result = match o.role {
         Role::Source {
             to,
