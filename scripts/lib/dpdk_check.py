@@ -94,9 +94,9 @@ def main(path):
     d = conf.get("dpdk", {})
     args = [str(a) for a in d.get("eal_args", [])]
     io = d.get("io_lcores", [1])
-    tcp = d.get("tcp_lcore", 2)
+    tcp = d.get("tcp_lcores", [d.get("tcp_lcore", 2)])
     crypto = d.get("crypto_lcores", [3])
-    roles = [("io", l) for l in io] + [("tcp", tcp)] + [("crypto", l) for l in crypto]
+    roles = [("io", l) for l in io] + [("tcp", l) for l in tcp] + [("crypto", l) for l in crypto]
     online = cpu_list(read("/sys/devices/system/cpu/online", "0"))
     isolated = cpu_list(read("/sys/devices/system/cpu/isolated"))
     nohz = cpu_list(read("/sys/devices/system/cpu/nohz_full")) if read("/sys/devices/system/cpu/nohz_full") not in ("", "(null)") else set()
