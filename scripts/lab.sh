@@ -443,18 +443,20 @@ dpdk_config() {
             ;;
         *) die "gateways: --pmd is af_packet or af_xdp, not $pmd" ;;
     esac
-    local dev_lan=${vdev_lan%%,*} dev_wan=${vdev_wan%%,*} cpus
+    local dev_lan=${vdev_lan%%,*} dev_wan=${vdev_wan%%,*} cpus lcores l
     cpus="0-$(($(nproc) - 1))"
+    # Lcores 0-7 exist (idle ones wait): room for the roles the LAB_DPDK_* overrides name.
+    for l in 0 1 2 3 4 5 6 7; do lcores+="${lcores:+,}$l@($cpus)"; done
     sed -i '/^\[gateway\]/a datapath = "dpdk"' "$file"
     cat >>"$file" <<EOF
 
 [dpdk]
 eal_args = ["--no-huge", "-m", "1024", "--no-pci", "--no-telemetry", "--log-level", "error",
-            "--lcores=0@($cpus),1@($cpus),2@($cpus),3@($cpus)",
+            "--lcores=$lcores",
             "--file-prefix", "${LAB_PREFIX}lmas-lab-$name",
             "--vdev=$vdev_lan", "--vdev=$vdev_wan"]
 io_lcores = ${LAB_DPDK_IO_LCORES:-[]}
-tcp_lcore = 2
+tcp_lcores = ${LAB_DPDK_TCP_LCORES:-[2]}
 crypto_lcores = ${LAB_DPDK_CRYPTO_LCORES:-[]}
 idle_sleep_us = ${LAB_DPDK_IDLE_SLEEP_US:-50}
 
