@@ -204,8 +204,8 @@ impl PackingStatus {
 
 impl TunnelStatus {
     /// One view of a sharded gateway's sub-tunnels (one per TCP lcore): ids joined with
-    /// `+`, connections and sessions of all (session ids are per sub-tunnel, so two may
-    /// be equal), figures summed.
+    /// `+`, connections and sessions of all (the shards number sessions apart:
+    /// `TunnelCore::for_shard`), figures summed.
     fn merge(mut self, other: TunnelStatus) -> TunnelStatus {
         self.id = format!("{}+{}", self.id, other.id);
         if other.state != "up" {

@@ -530,6 +530,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                         tid,
                         peer,
                         data_flows as usize,
+                        self.shard,
                     ));
                 }
                 let welcome = Message::Welcome {
@@ -627,6 +628,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                 tunnel_id,
                 peer,
                 flows,
+                self.shard,
             ));
             if let Some(d) = &mut self.dialer {
                 d.flow_retry
@@ -885,10 +887,17 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
 }
 
 impl Tunnel {
-    fn new(config: &Config, side: Side, id: TunnelId, peer: String, flows: usize) -> Tunnel {
+    fn new(
+        config: &Config,
+        side: Side,
+        id: TunnelId,
+        peer: String,
+        flows: usize,
+        shard: Shard,
+    ) -> Tunnel {
         Tunnel {
             id,
-            core: TunnelCore::new(side, config.limits.clone(), flows),
+            core: TunnelCore::new(side, config.limits.clone(), flows).for_shard(shard),
             control: None,
             flows: vec![None; flows],
             held_since: None,

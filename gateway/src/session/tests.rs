@@ -294,6 +294,42 @@ fn refused_open_is_reported_and_forgotten() {
     assert_eq!(b.core.session_count(), 0);
 }
 
+/// The shards of a sharded gateway number their sessions apart: ids never meet across
+/// shards, keep the side's parity, grow, and the peer's shard takes them like any others.
+#[test]
+fn shards_number_their_sessions_apart() {
+    use crate::protocol::handshake::Shard;
+    let target: SocketAddr = "192.0.2.1:5000".parse().unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for side in [Side::Dialer, Side::Acceptor] {
+        for index in 0..3 {
+            let shard = Shard::new(index, 3).unwrap();
+            let mut core = TunnelCore::new(side, limits(), FLOWS).for_shard(shard);
+            let ids: Vec<u64> = (0..4).map(|_| core.open(target).unwrap().0).collect();
+            assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+            for id in ids {
+                assert_eq!(id % 2 == 0, side == Side::Dialer, "{id}: parity");
+                assert!(seen.insert(id), "{id} allocated by two shards");
+            }
+        }
+    }
+    // Shard 2 of 3 opens, the peer's shard 2 accepts: nothing special on the wire.
+    let mut a = End::new(Side::Dialer, limits());
+    a.core = TunnelCore::new(Side::Dialer, limits(), FLOWS).for_shard(Shard::new(2, 3).unwrap());
+    let mut b = End::new(Side::Acceptor, limits());
+    for want in [4, 10] {
+        assert_eq!(a.core.open(target).unwrap().0, want);
+        a.drain_events();
+        b.core
+            .handle_message(a.control.pop_front().unwrap())
+            .unwrap();
+        assert!(matches!(
+            b.core.poll_event(),
+            Some(Event::ConnectRequested { session, .. }) if session.0 == want
+        ));
+    }
+}
+
 #[test]
 fn peer_cannot_open_in_our_id_space() {
     let mut a = End::new(Side::Dialer, limits());

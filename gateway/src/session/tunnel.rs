@@ -129,6 +129,8 @@ pub struct TunnelCore {
     side: Side,
     limits: Limits,
     next_id: u64,
+    /// Between two ids this side allocates: 2, or 2 × shards (see `for_shard`).
+    id_step: u64,
     sessions: FxHashMap<SessionId, Session>,
     scheduler: Scheduler,
     control: VecDeque<Message>,
@@ -167,6 +169,7 @@ impl TunnelCore {
                 Side::Dialer => 0,
                 Side::Acceptor => 1,
             },
+            id_step: 2,
             limits,
             sessions: FxHashMap::default(),
             scheduler: Scheduler::new(flows),
@@ -179,6 +182,15 @@ impl TunnelCore {
             peer_next_id: 0,
             packing: PackFigures::default(),
         }
+    }
+
+    /// The core of shard `shard` of a sharded gateway's sub-tunnels: its session ids are
+    /// `2 × (index + count × n) + side`, so the shards' ids never meet (logs, status and
+    /// metrics name one session each) and each sub-tunnel's still grow and keep their parity.
+    pub fn for_shard(mut self, shard: crate::protocol::handshake::Shard) -> Self {
+        self.next_id += 2 * shard.index as u64;
+        self.id_step = 2 * shard.count.max(1) as u64;
+        self
     }
 
     pub fn counters(&self) -> &Counters {
@@ -270,7 +282,7 @@ impl TunnelCore {
             return Err(SessionError::TooMany(self.limits.max_sessions));
         }
         let id = SessionId(self.next_id);
-        self.next_id += 2;
+        self.next_id += self.id_step;
         self.sessions
             .insert(id, self.new_session(State::Opening, target));
         self.push_control(Message::Open {
