@@ -20,6 +20,8 @@
 //!     reassembler, credits.
 //!   - [`admission`]: which unauthenticated connections on the tunnel port
 //!     keep a handshake slot.
+//!   - [`link`]: what both datapaths do with a WAN connection, written once
+//!     (so far: its handshake, fed raw bytes).
 //! - Two datapaths drive that core and speak the same protocol:
 //!   - [`kernel`]: kernel sockets and tokio tasks (portable);
 //!   - [`dpdk`]: the appliance: poll-mode lcores, smoltcp over mbufs, crypto
@@ -35,6 +37,7 @@ pub mod admission;
 pub mod crypto;
 pub mod dpdk;
 pub mod kernel;
+pub mod link;
 pub mod protocol;
 pub mod session;
 pub mod sources;

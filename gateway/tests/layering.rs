@@ -2,7 +2,7 @@
 //! the source tree and fails on an import that crosses a layer the wrong way.
 //!
 //! - The sans-IO core (`protocol/`, `crypto/`, `session/`, `transform/`,
-//!   `link/` once it exists, `admission.rs` and `sources.rs`) names neither
+//!   `link/`, `admission.rs` and `sources.rs`) names neither
 //!   an I/O runtime nor a datapath nor `admin/`: no `tokio`, `smoltcp` or
 //!   `lmas_dpdk`, no `crate::kernel`, `crate::dpdk` or `crate::admin`. Then
 //!   both datapaths can drive it, its tests need no sockets and no clock,

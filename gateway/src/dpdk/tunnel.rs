@@ -349,14 +349,16 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
     /// Advances one connection: connect, handshake, records in and out.
     fn drive_conn(&mut self, id: ConnId, now: u64) -> Result<(), WanError> {
         let me = Identity {
-            local: &self.config.keypair,
-            peer: &self.config.peer_key,
-            psk: self.config.psk.as_ref(),
+            link: crate::link::Identity {
+                local: &self.config.keypair,
+                peer: &self.config.peer_key,
+                psk: self.config.psk.as_ref(),
+                shard: self.shard,
+            },
             rekey: RekeyPolicy {
                 after_bytes: self.config.rekey_after_bytes,
                 after: self.config.rekey_interval,
             },
-            shard: self.shard,
         };
         let Some(conn) = self.conns.get_mut(&id) else {
             return Ok(());

@@ -16,10 +16,10 @@ use smoltcp::socket::tcp;
 
 use super::crypto::{ConnId, CryptoError, CryptoJob, CryptoPipe, CryptoStage};
 use crate::crypto::{
-    HandshakeError, Initiator, PresharedKey, PublicKey, RecordError, RecordOpener, RekeyPolicy,
-    Responder, StaticKeypair, TrafficKeys, RECORD_HEADER_LEN,
+    HandshakeError, RecordError, RecordOpener, RekeyPolicy, TrafficKeys, RECORD_HEADER_LEN,
 };
-use crate::protocol::handshake::{frame_noise, parse_noise, Prelude, Shard, PRELUDE_LEN};
+use crate::link::{self, ConnHandshake, LinkHandshakeError};
+use crate::protocol::handshake::MAX_NOISE_MESSAGE;
 use crate::protocol::{DecodeError, Message};
 
 /// Record bytes of one connection allowed in the crypto stage at once.
@@ -34,23 +34,17 @@ pub enum Role {
     Data(u16),
 }
 
-/// This gateway's keys and what it expects of the peer.
+/// This gateway's keys and what it expects of the peer, and when records rekey.
 pub struct Identity<'a> {
-    pub local: &'a StaticKeypair,
-    pub peer: &'a PublicKey,
-    pub psk: Option<&'a PresharedKey>,
+    pub link: link::Identity<'a>,
     pub rekey: RekeyPolicy,
-    /// Which of our TCP lcores this is (both ends of a connection must agree).
-    pub shard: Shard,
 }
 
 enum Phase {
     /// Dialer: SYN sent.
     Connecting,
-    /// Dialer: prelude and message 1 sent; reading message 2.
-    Initiating(Initiator),
-    /// Acceptor: reading the prelude, then message 1.
-    Responding(Option<(Prelude, Responder)>),
+    /// The handshake's bytes (dialer: message 1 sent).
+    Handshaking(Box<ConnHandshake>),
     /// Keys installed in the crypto stage; records flow.
     Keyed,
 }
@@ -78,6 +72,15 @@ pub enum WanError {
     },
 }
 
+impl From<LinkHandshakeError> for WanError {
+    fn from(e: LinkHandshakeError) -> Self {
+        match e {
+            LinkHandshakeError::Handshake(e) => WanError::Handshake(e),
+            LinkHandshakeError::Decode(e) => WanError::Decode(e),
+        }
+    }
+}
+
 /// A record being read: its header, then its body.
 struct Incoming {
     header: [u8; RECORD_HEADER_LEN],
@@ -96,7 +99,6 @@ pub struct WanConn {
     pub created: u64,
     pub remote: Option<SocketAddr>,
     pub local: Option<SocketAddr>,
-    hs: Vec<u8>,
     incoming: Incoming,
     /// Body lengths of records in the crypto stage, oldest first.
     opening: VecDeque<usize>,
@@ -129,7 +131,6 @@ impl WanConn {
             created: now,
             remote: None,
             local: None,
-            hs: Vec::new(),
             incoming: Incoming {
                 header: [0; RECORD_HEADER_LEN],
                 header_len: 0,
@@ -153,7 +154,14 @@ impl WanConn {
 
     /// A connection a listening socket took.
     pub fn accepted(id: ConnId, handle: smoltcp::iface::SocketHandle, now: u64) -> Self {
-        Self::new(id, handle, false, None, Phase::Responding(None), now)
+        Self::new(
+            id,
+            handle,
+            false,
+            None,
+            Phase::Handshaking(Box::new(ConnHandshake::accept())),
+            now,
+        )
     }
 
     pub fn is_keyed(&self) -> bool {
@@ -171,7 +179,7 @@ impl WanConn {
         if self.remote.is_none() {
             self.note_endpoints(sock);
         }
-        let keys = match &mut self.phase {
+        let hs = match &mut self.phase {
             Phase::Keyed => return Ok(false),
             Phase::Connecting => {
                 match sock.state() {
@@ -180,77 +188,37 @@ impl WanConn {
                     _ => return Err(WanError::ConnectFailed),
                 }
                 let data = matches!(self.role, Some(Role::Data(_)));
-                let (init, prelude, m1) =
-                    Initiator::start_for(me.local, me.peer, me.psk, data, me.shard)?;
-                self.write_now(sock, &frame_noise(&prelude.encode(), &m1))?;
-                self.phase = Phase::Initiating(init);
+                let (hs, m1) = ConnHandshake::dial(&me.link, data)?;
+                self.write_now(sock, &m1)?;
+                self.phase = Phase::Handshaking(Box::new(hs));
                 return Ok(false);
             }
-            Phase::Initiating(_) => {
-                check_open(sock)?;
-                if !fill(sock, &mut self.hs, 2, &mut self.bytes_received)? {
-                    return Ok(false);
-                }
-                let need = 2 + crate::protocol::handshake::check_noise_len(u16::from_be_bytes([
-                    self.hs[0], self.hs[1],
-                ]))?;
-                if !fill(sock, &mut self.hs, need, &mut self.bytes_received)? {
-                    return Ok(false);
-                }
-                let (m2, _) = parse_noise(&self.hs)?.expect("filled to its length");
-                let Phase::Initiating(init) = std::mem::replace(&mut self.phase, Phase::Keyed)
-                else {
-                    unreachable!("matched above")
-                };
-                init.finish(m2)?
+            Phase::Handshaking(hs) => hs,
+        };
+        if sock.state() == tcp::State::SynReceived {
+            return Ok(false);
+        }
+        check_open(sock)?;
+        // Exactly what the handshake still lacks: the first record stays in the socket.
+        let mut piece = [0u8; MAX_NOISE_MESSAGE];
+        let done = loop {
+            let want = hs.wanted().min(piece.len());
+            let n = sock
+                .recv_slice(&mut piece[..want])
+                .map_err(|_| WanError::Closed)?;
+            if n == 0 {
+                return Ok(false);
             }
-            Phase::Responding(state) => {
-                if sock.state() == tcp::State::SynReceived {
-                    return Ok(false);
-                }
-                check_open(sock)?;
-                if state.is_none() {
-                    if !fill(sock, &mut self.hs, PRELUDE_LEN, &mut self.bytes_received)? {
-                        return Ok(false);
-                    }
-                    let prelude =
-                        Prelude::decode(self.hs[..PRELUDE_LEN].try_into().expect("6 bytes"))?;
-                    let responder = Responder::new(me.local, me.psk, &prelude)?.for_shard(me.shard);
-                    *state = Some((prelude, responder));
-                }
-                if !fill(
-                    sock,
-                    &mut self.hs,
-                    PRELUDE_LEN + 2,
-                    &mut self.bytes_received,
-                )? {
-                    return Ok(false);
-                }
-                let len = crate::protocol::handshake::check_noise_len(u16::from_be_bytes([
-                    self.hs[PRELUDE_LEN],
-                    self.hs[PRELUDE_LEN + 1],
-                ]))?;
-                if !fill(
-                    sock,
-                    &mut self.hs,
-                    PRELUDE_LEN + 2 + len,
-                    &mut self.bytes_received,
-                )? {
-                    return Ok(false);
-                }
-                let (_, mut responder) = state.take().expect("set above");
-                let peer = responder.read_message1(&self.hs[PRELUDE_LEN + 2..])?;
-                if peer != *me.peer {
-                    return Err(HandshakeError::UnknownPeer(peer).into());
-                }
-                let (m2, keys) = responder.accept()?;
-                self.write_now(sock, &frame_noise(&[], &m2))?;
-                self.phase = Phase::Keyed;
-                keys
+            self.bytes_received += n as u64;
+            if let Some(done) = hs.take(&me.link, &piece[..n])? {
+                break done;
             }
         };
-        self.hs = Vec::new();
-        self.install(keys, me.rekey, crypto);
+        if !done.reply.is_empty() {
+            self.write_now(sock, &done.reply)?;
+        }
+        self.phase = Phase::Keyed;
+        self.install(done.keys, me.rekey, crypto);
         Ok(true)
     }
 
@@ -412,30 +380,6 @@ pub fn tcp_stats(sock: &tcp::Socket) -> crate::admin::status::TcpStats {
 pub fn unsent_limit(sock: &tcp::Socket, max_record: usize) -> usize {
     let paced = sock.pacing_rate().map_or(0, |rate| (rate / 500) as usize);
     (2 * max_record).max(paced)
-}
-
-/// Reads until `buf` holds `want` bytes; true when it does. Reads no more
-/// than that, so the bytes after stay in the socket.
-fn fill(
-    sock: &mut tcp::Socket,
-    buf: &mut Vec<u8>,
-    want: usize,
-    received: &mut u64,
-) -> Result<bool, WanError> {
-    if buf.len() < want {
-        let have = buf.len();
-        buf.resize(want, 0);
-        let n = match sock.recv_slice(&mut buf[have..]) {
-            Ok(n) => n,
-            Err(_) => {
-                buf.truncate(have);
-                return Err(WanError::Closed);
-            }
-        };
-        *received += n as u64;
-        buf.truncate(have + n);
-    }
-    Ok(buf.len() == want)
 }
 
 /// An error if the socket can no longer carry the connection.

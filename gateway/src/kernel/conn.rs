@@ -12,11 +12,11 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::crypto::{
-    HandshakeError, Initiator, OpenError, Opening, PresharedKey, PublicKey, RecordError,
-    RecordOpener, RekeyPolicy, Responder, Sealed, Sealing, StaticKeypair, TrafficKeys,
-    RECORD_HEADER_LEN,
+    HandshakeError, OpenError, Opening, RecordError, RecordOpener, RekeyPolicy, Sealed, Sealing,
+    TrafficKeys, RECORD_HEADER_LEN,
 };
-use crate::protocol::handshake::{check_noise_len, frame_noise, Prelude, PRELUDE_LEN};
+use crate::link::{ConnHandshake, Done, Identity, LinkHandshakeError};
+use crate::protocol::handshake::MAX_NOISE_MESSAGE;
 use crate::protocol::packed::CodecSet;
 use crate::protocol::{DecodeError, Message};
 use crate::transform::{PackNote, PackPolicy};
@@ -52,6 +52,15 @@ impl From<OpenError> for ConnError {
     }
 }
 
+impl From<LinkHandshakeError> for ConnError {
+    fn from(e: LinkHandshakeError) -> Self {
+        match e {
+            LinkHandshakeError::Handshake(e) => ConnError::Handshake(e),
+            LinkHandshakeError::Decode(e) => ConnError::Decode(e),
+        }
+    }
+}
+
 impl ConnError {
     /// EOF while reading means the peer closed; name it as such.
     fn from_read(e: io::Error) -> ConnError {
@@ -63,69 +72,44 @@ impl ConnError {
     }
 }
 
-async fn read_noise<R: AsyncRead + Unpin>(r: &mut R) -> Result<Vec<u8>, ConnError> {
-    let len = r.read_u16().await.map_err(ConnError::from_read)?;
-    let len = check_noise_len(len)?;
-    let mut buf = vec![0u8; len];
-    r.read_exact(&mut buf).await.map_err(ConnError::from_read)?;
-    Ok(buf)
+/// Drives `hs` over `stream`, reading exactly the bytes it asks for (the first record stays
+/// unread for the record layer).
+async fn run_handshake<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    mut hs: ConnHandshake,
+    me: &Identity<'_>,
+) -> Result<Done, ConnError> {
+    let mut piece = [0u8; MAX_NOISE_MESSAGE];
+    loop {
+        let want = hs.wanted().min(piece.len());
+        stream
+            .read_exact(&mut piece[..want])
+            .await
+            .map_err(ConnError::from_read)?;
+        if let Some(done) = hs.take(me, &piece[..want])? {
+            return Ok(done);
+        }
+    }
 }
 
-/// Runs the initiator's side of the handshake on `stream`.
+/// Runs the dialling side of the handshake on `stream`.
 pub async fn handshake_initiator<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
-    local: &StaticKeypair,
-    peer: &PublicKey,
-    psk: Option<&PresharedKey>,
+    me: &Identity<'_>,
     data_flow: bool,
 ) -> Result<TrafficKeys, ConnError> {
-    let (init, prelude, m1) = Initiator::start(local, peer, psk, data_flow)?;
-    stream
-        .write_all(&frame_noise(&prelude.encode(), &m1))
-        .await?;
-    let m2 = read_noise(stream).await?;
-    Ok(init.finish(&m2)?)
+    let (hs, m1) = ConnHandshake::dial(me, data_flow)?;
+    stream.write_all(&m1).await?;
+    Ok(run_handshake(stream, hs, me).await?.keys)
 }
 
-/// What the responder learnt from message 1, before it decides to answer.
-pub struct PendingResponder {
-    pub prelude: Prelude,
-    pub peer_key: PublicKey,
-    responder: Responder,
-}
-
-/// Reads the prelude and message 1 on an accepted stream.
-pub async fn handshake_read_initiator<S: AsyncRead + Unpin>(
+/// Runs the accepting side up to its answer: the caller sets the socket up for what the
+/// dialler said the connection is, then writes `Done::reply`.
+pub async fn handshake_acceptor<S: AsyncRead + Unpin>(
     stream: &mut S,
-    local: &StaticKeypair,
-    psk: Option<&PresharedKey>,
-) -> Result<PendingResponder, ConnError> {
-    let mut pre = [0u8; PRELUDE_LEN];
-    stream
-        .read_exact(&mut pre)
-        .await
-        .map_err(ConnError::from_read)?;
-    let prelude = Prelude::decode(&pre)?;
-    let mut responder = Responder::new(local, psk, &prelude)?;
-    let m1 = read_noise(stream).await?;
-    let peer_key = responder.read_message1(&m1)?;
-    Ok(PendingResponder {
-        prelude,
-        peer_key,
-        responder,
-    })
-}
-
-impl PendingResponder {
-    /// Answers with message 2; the peer key was checked by the caller.
-    pub async fn accept<S: AsyncWrite + Unpin>(
-        self,
-        stream: &mut S,
-    ) -> Result<TrafficKeys, ConnError> {
-        let (m2, keys) = self.responder.accept()?;
-        stream.write_all(&frame_noise(&[], &m2)).await?;
-        Ok(keys)
-    }
+    me: &Identity<'_>,
+) -> Result<Done, ConnError> {
+    run_handshake(stream, ConnHandshake::accept(), me).await
 }
 
 /// Identity and byte counters of one WAN connection, shared by its record

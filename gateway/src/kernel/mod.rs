@@ -47,7 +47,7 @@ use crate::protocol::{Message, ResetReason, TunnelId, MAX_DATA_FLOWS};
 use crate::session::Side;
 use crate::transform::{Adaptive, Compression, PackPolicy};
 use conn::{
-    handshake_initiator, handshake_read_initiator, peer_label, ConnError, ConnInfo, RecordReader,
+    handshake_acceptor, handshake_initiator, peer_label, ConnError, ConnInfo, RecordReader,
     RecordWriter,
 };
 use sockopt::{tune_wan, WanTuning};
@@ -113,6 +113,17 @@ impl Gateway {
     }
 
     /// Wraps an authenticated stream in a record reader and writer.
+    /// Our keys and what we expect of the peer, for a connection's handshake (the kernel
+    /// datapath is one shard).
+    fn identity(&self) -> crate::link::Identity<'_> {
+        crate::link::Identity {
+            local: &self.config.keypair,
+            peer: &self.config.peer_key,
+            psk: self.config.psk.as_ref(),
+            shard: crate::protocol::handshake::Shard::ONE,
+        }
+    }
+
     fn secure(
         &self,
         stream: TcpStream,
@@ -376,14 +387,8 @@ async fn dial(
         Ok(Err(e)) => return Err(DialError::Connect(e)),
         Err(_) => return Err(DialError::Connect(std::io::ErrorKind::TimedOut.into())),
     };
-    let config = &gateway.config;
-    let handshake = handshake_initiator(
-        &mut stream,
-        &config.keypair,
-        &config.peer_key,
-        config.psk.as_ref(),
-        data_flow,
-    );
+    let me = gateway.identity();
+    let handshake = handshake_initiator(&mut stream, &me, data_flow);
     let keys = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
         Ok(Ok(keys)) => keys,
         // The responder just hangs up when it rejects us.
@@ -628,21 +633,12 @@ struct Accepted {
 }
 
 async fn accept_handshake(gateway: &Gateway, mut stream: TcpStream) -> Result<Accepted, ConnError> {
-    let config = &gateway.config;
-    let pending =
-        handshake_read_initiator(&mut stream, &config.keypair, config.psk.as_ref()).await?;
-    if pending.peer_key != config.peer_key {
-        return Err(crate::crypto::HandshakeError::UnknownPeer(pending.peer_key).into());
-    }
-    for w in tune_wan(
-        &SockRef::from(&stream),
-        &gateway.tuning,
-        pending.prelude.data_flow(),
-    ) {
+    let done = handshake_acceptor(&mut stream, &gateway.identity()).await?;
+    for w in tune_wan(&SockRef::from(&stream), &gateway.tuning, done.data_flow) {
         warn!("WAN socket option: {w}");
     }
-    let keys = pending.accept(&mut stream).await?;
-    let (mut reader, writer) = gateway.secure(stream, &keys)?;
+    tokio::io::AsyncWriteExt::write_all(&mut stream, &done.reply).await?;
+    let (mut reader, writer) = gateway.secure(stream, &done.keys)?;
     let first = reader.read_message().await?;
     Ok(Accepted {
         reader,

@@ -1,0 +1,9 @@
+//! The link layer: what both datapaths do with a WAN connection, written once and sans-IO
+//! (issue 14 moves the tunnel's lifecycle here piece by piece). The datapaths feed it bytes
+//! and carry out what it says; it reads no clock and touches no socket.
+//!
+//! - [`handshake`]: one connection's handshake, fed raw bytes.
+
+pub mod handshake;
+
+pub use handshake::{ConnHandshake, Done, Identity, LinkHandshakeError};
