@@ -26,6 +26,7 @@ use super::wan::{Identity, Role, WanConn, WanError};
 use crate::admin::{Config, Stats, TunnelEnd};
 use crate::admission::{self, Decision, Pending, Throttle};
 use crate::crypto::{RekeyPolicy, MAX_RECORD_LEN};
+use crate::link::Backoff;
 use crate::protocol::handshake::Shard;
 use crate::protocol::{Message, ResetReason, TunnelId, MAX_DATA_FLOWS};
 use crate::session::{Side, TunnelCore};
@@ -44,8 +45,6 @@ const HALF_OPEN_TIMEOUT_US: u64 = 3_000_000;
 /// Half-open connections from untrusted sources kept at once; beyond, the
 /// oldest are dropped (a spoofed flood displaces only itself).
 const MAX_HALF_OPEN: usize = 64;
-const BACKOFF_MIN_US: u64 = 100_000;
-const BACKOFF_MAX_US: u64 = 5_000_000;
 
 /// The tunnel to the peer gateway: the session core and its connections.
 pub struct Tunnel {
@@ -66,10 +65,9 @@ pub struct Dialer {
     addr: SocketAddrV4,
     /// A control connection dialled and waiting for its welcome.
     pub awaiting_welcome: Option<ConnId>,
-    next_control_at: u64,
-    control_backoff: u64,
-    /// Per data flow: earliest next dial, and the backoff.
-    flow_retry: Vec<(u64, u64)>,
+    control: Backoff,
+    /// Per data flow.
+    flows: Vec<Backoff>,
 }
 
 impl Dialer {
@@ -78,9 +76,8 @@ impl Dialer {
             TunnelEnd::Dial(SocketAddr::V4(addr)) => Some(Dialer {
                 addr,
                 awaiting_welcome: None,
-                next_control_at: 0,
-                control_backoff: BACKOFF_MIN_US,
-                flow_retry: vec![(0, BACKOFF_MIN_US); config.data_flows as usize],
+                control: Backoff::default(),
+                flows: vec![Backoff::default(); config.data_flows as usize],
             }),
             // IPv6 is refused by config validation for this datapath.
             _ => None,
@@ -395,7 +392,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                     };
                     conn.seal(Message::Attach { tunnel_id, flow: k }, &mut self.crypto);
                     if let Some(d) = &mut self.dialer {
-                        d.flow_retry[k as usize].1 = BACKOFF_MIN_US;
+                        d.flows[k as usize].succeeded();
                     }
                     attached = true;
                 }
@@ -615,7 +612,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         }
         if let Some(d) = &mut self.dialer {
             d.awaiting_welcome = None;
-            d.control_backoff = BACKOFF_MIN_US;
+            d.control.succeeded();
         }
         let resumes = self.tunnel.as_ref().is_some_and(|t| t.id == tunnel_id);
         if !resumes {
@@ -633,9 +630,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                 self.shard,
             ));
             if let Some(d) = &mut self.dialer {
-                d.flow_retry
-                    .iter_mut()
-                    .for_each(|r| *r = (0, BACKOFF_MIN_US));
+                d.flows.fill(Backoff::default());
             }
         }
         self.attach_control(id, resumes);
@@ -707,7 +702,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         let addr = d.addr;
         let control_needed = d.awaiting_welcome.is_none()
             && self.tunnel.as_ref().is_none_or(|t| t.control.is_none());
-        if control_needed && now >= d.next_control_at {
+        if control_needed && d.control.due(now) {
             if let Some(id) = self.dial_one(addr, Role::Control, now) {
                 let d = self.dialer.as_mut().expect("checked above");
                 d.awaiting_welcome = Some(id);
@@ -725,10 +720,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
             .map(|(k, _)| k)
             .collect();
         for k in missing {
-            let due = self
-                .dialer
-                .as_ref()
-                .is_some_and(|d| now >= d.flow_retry[k].0);
+            let due = self.dialer.as_ref().is_some_and(|d| d.flows[k].due(now));
             if due {
                 if let Some(id) = self.dial_one(addr, Role::Data(k as u16), now) {
                     self.tunnel.as_mut().expect("checked above").flows[k] = Some(id);
@@ -822,9 +814,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
             (true, Some(Role::Control)) if awaiting => {
                 let d = self.dialer.as_mut().expect("awaiting implies a dialer");
                 d.awaiting_welcome = None;
-                let backoff = d.control_backoff;
-                d.next_control_at = now + backoff;
-                d.control_backoff = (backoff * 2).min(BACKOFF_MAX_US);
+                let backoff = d.control.failed(now);
                 // The kernel datapath's wording, so one troubleshooting entry fits both.
                 let peer = label(&peer_name, Some(SocketAddr::V4(d.addr)));
                 let what = match e {
@@ -832,7 +822,6 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                     WanError::Closed | WanError::Reset => format!("handshake with peer {peer} failed: peer closed the connection during the handshake: it does not accept this gateway (check both gateways' peer.public_key, the psk and the protocol version) or it is overloaded"),
                     e => format!("handshake with peer {peer} failed: {e}"),
                 };
-                let backoff = std::time::Duration::from_micros(backoff);
                 warn!("{what} (peer {peer}); retrying in {backoff:?}");
             }
             // The accepting side's view of a connection that never said what it was.
@@ -861,7 +850,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                     self.config.grace_period
                 );
                 if let Some(d) = &mut self.dialer {
-                    d.next_control_at = now;
+                    d.control.due_now(now);
                 }
             }
             (_, Some(Role::Data(k))) => {
@@ -878,9 +867,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                     t.peer
                 );
                 if let Some(d) = &mut self.dialer {
-                    let (at, backoff) = &mut d.flow_retry[k];
-                    *at = now + *backoff;
-                    *backoff = (*backoff * 2).min(BACKOFF_MAX_US);
+                    d.flows[k].failed(now);
                 }
             }
             (true, None) => {}

@@ -43,6 +43,7 @@ use crate::admin::signals::{Request, Signals};
 use crate::admin::{Allowlist, Config, Stats, StatusSource, TunnelEnd};
 use crate::admission::Throttle;
 use crate::crypto::RekeyPolicy;
+use crate::link::Backoff;
 use crate::protocol::{Message, ResetReason, TunnelId, MAX_DATA_FLOWS};
 use crate::session::Side;
 use crate::transform::{Adaptive, Compression, PackPolicy};
@@ -58,8 +59,6 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes in progress at once; more connections are dropped at once,
 /// so a flood of half-open connections cannot exhaust the gateway.
 const MAX_PENDING_HANDSHAKES: usize = 64;
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Process-wide state shared by all tasks.
 pub struct Gateway {
@@ -113,6 +112,11 @@ impl Gateway {
     }
 
     /// Wraps an authenticated stream in a record reader and writer.
+    /// The gateway's clock for the sans-IO layers: µs since it started.
+    fn now_us(&self) -> u64 {
+        self.started.elapsed().as_micros() as u64
+    }
+
     /// Our keys and what we expect of the peer, for a connection's handshake (the kernel
     /// datapath is one shard).
     fn identity(&self) -> crate::link::Identity<'_> {
@@ -204,7 +208,7 @@ async fn adapt_packing(gateway: Arc<Gateway>) {
             _ = tokio::time::sleep(ADAPT_EVERY) => {}
             _ = gateway.stopping.cancelled() => return,
         }
-        let now = gateway.started.elapsed().as_micros() as u64;
+        let now = gateway.now_us();
         if let Some(choice) = adaptive.observe(now, &gateway.packing, workers) {
             debug!("compression: now {choice}");
         }
@@ -306,7 +310,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
 async fn dial_loop(gateway: Arc<Gateway>, addr: SocketAddr) {
     let label = peer_label(&gateway.config.peer_name, &addr);
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = Backoff::default();
     // A tunnel whose control connection died, held for its grace period.
     let mut held: Option<Arc<Tunnel>> = None;
     loop {
@@ -336,20 +340,19 @@ async fn dial_loop(gateway: Arc<Gateway>, addr: SocketAddr) {
                 }
             },
             Err(e) => {
-                warn!("{e:#} (peer {label}); retrying in {backoff:?}");
+                warn!("{e:#} (peer {label}); retrying in {:?}", backoff.delay());
                 None
             }
         };
         if let Some(tunnel) = tunnel {
-            backoff = BACKOFF_MIN;
+            backoff.succeeded();
             let mut up = tunnel.control_up.subscribe();
             tokio::select! {
                 _ = up.wait_for(|up| !*up) => held = Some(tunnel),
                 _ = tunnel.closed.cancelled() => warn!("tunnel to peer {label} down; reconnecting"),
             }
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        tokio::time::sleep(backoff.failed(gateway.now_us())).await;
     }
 }
 
@@ -505,7 +508,7 @@ async fn flow_supervisor(
     attached: Arc<(AtomicUsize, Notify)>,
 ) {
     let mut first = true;
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = Backoff::default();
     while !tunnel.closed.is_cancelled() {
         let attempt = async {
             let (reader, mut writer) = dial(&gateway, addr, true).await?;
@@ -529,7 +532,7 @@ async fn flow_supervisor(
                 } else {
                     info!("peer {}: data flow {idx} re-attached", tunnel.peer);
                 }
-                backoff = BACKOFF_MIN;
+                backoff.succeeded();
                 if let Err(e) = tunnel.clone().run_flow(idx, reader, writer).await {
                     warn!(
                         "peer {}: data flow {idx} lost: {e}; its frames go out on the other flows",
@@ -538,15 +541,15 @@ async fn flow_supervisor(
                 }
             }
             Err(e) => warn!(
-                "peer {}: data flow {idx}: {e}; retrying in {backoff:?}",
-                tunnel.peer
+                "peer {}: data flow {idx}: {e}; retrying in {:?}",
+                tunnel.peer,
+                backoff.delay()
             ),
         }
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(backoff.failed(gateway.now_us())) => {}
             _ = tunnel.closed.cancelled() => return,
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
 
@@ -562,7 +565,7 @@ async fn accept_loop(gateway: Arc<Gateway>, listener: TcpListener) {
                 continue;
             }
         };
-        let now = gateway.started.elapsed().as_micros() as u64;
+        let now = gateway.now_us();
         let pending = &gateway.handshakes;
         if !pending.allows(addr.ip()) {
             // Closed at once: no handshake, no task, no slot.

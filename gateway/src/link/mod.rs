@@ -3,7 +3,10 @@
 //! and carry out what it says; it reads no clock and touches no socket.
 //!
 //! - [`handshake`]: one connection's handshake, fed raw bytes.
+//! - [`backoff`]: when to dial again after a failure.
 
+pub mod backoff;
 pub mod handshake;
 
+pub use backoff::Backoff;
 pub use handshake::{ConnHandshake, Done, Identity, LinkHandshakeError};
