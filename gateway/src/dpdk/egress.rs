@@ -18,6 +18,7 @@ use super::engine::Engine;
 use super::lan::{Endpoint, State};
 use super::phy::FramePort;
 use crate::admin::Stats;
+use crate::link::{check_egress, EgressCheck};
 use crate::protocol::{RefuseReason, SessionId};
 
 impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
@@ -28,21 +29,15 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
             .as_ref()
             .map(|t| t.peer.clone())
             .unwrap_or_default();
-        if !self.egress.allows(&target) {
-            // Checked before any connect attempt: never an open relay.
-            warn!("session {id}: refusing target {target}: not in egress allowlist (peer {peer})");
-            return self.refuse_egress(id, RefuseReason::NotAllowed, "");
-        }
-        if self.stopping {
-            return self.refuse_egress(id, RefuseReason::ShuttingDown, "");
-        }
-        if !target.is_ipv4() {
-            warn!("session {id}: refusing target {target}: the DPDK datapath is IPv4-only");
-            return self.refuse_egress(
-                id,
-                RefuseReason::ConnectFailed,
-                "IPv6 target on an IPv4-only gateway",
-            );
+        let check = EgressCheck {
+            allowed: self.egress.allows(&target),
+            stopping: self.stopping,
+            ipv4_only: true,
+        };
+        // Before any connect attempt: never an open relay.
+        if let Err(refusal) = check_egress(&target, check) {
+            warn!("session {id}: refusing target {target}: {refusal} (peer {peer})");
+            return self.refuse_egress(id, refusal.reason(), refusal.detail());
         }
         let queue = self.egress_queues.entry(target).or_default();
         queue.push_back(id);

@@ -19,6 +19,7 @@ use tokio::sync::oneshot;
 use super::endpoint::drive;
 use super::tunnel::Tunnel;
 use crate::admin::Stats;
+use crate::link::{check_egress, EgressCheck};
 use crate::protocol::{RefuseReason, SessionId};
 
 /// `after` resolves once the previous connect to `target` has finished; dropping
@@ -54,23 +55,19 @@ async fn connect_allowed(
 ) -> Option<TcpStream> {
     let gateway = tunnel.gateway();
     let config = &gateway.config;
-    if gateway.stopping.is_cancelled() {
+    let check = EgressCheck {
+        allowed: gateway.allows(&target),
+        stopping: gateway.stopping.is_cancelled(),
+        ipv4_only: false,
+    };
+    // Before any connect attempt: never an open relay.
+    if let Err(refusal) = check_egress(&target, check) {
         warn!(
-            "session {id}: refusing target {target}: gateway shutting down (peer {})",
+            "session {id}: refusing target {target}: {refusal} (peer {})",
             tunnel.peer
         );
         Stats::inc(&gateway.stats.sessions_refused);
-        tunnel.with_core(|c| c.refuse(id, RefuseReason::ShuttingDown, ""));
-        return None;
-    }
-    if !gateway.allows(&target) {
-        // Checked before any connect attempt: never an open relay.
-        warn!(
-            "session {id}: refusing target {target}: not in egress allowlist (peer {})",
-            tunnel.peer
-        );
-        Stats::inc(&gateway.stats.sessions_refused);
-        tunnel.with_core(|c| c.refuse(id, RefuseReason::NotAllowed, ""));
+        tunnel.with_core(|c| c.refuse(id, refusal.reason(), refusal.detail()));
         return None;
     }
     let timeout = Duration::from_millis(config.connect_timeout_ms);

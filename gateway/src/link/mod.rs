@@ -4,9 +4,12 @@
 //!
 //! - [`handshake`]: one connection's handshake, fed raw bytes.
 //! - [`backoff`]: when to dial again after a failure.
+//! - [`egress`]: whether a session's target is taken, checked before any connect.
 
 pub mod backoff;
+pub mod egress;
 pub mod handshake;
 
 pub use backoff::Backoff;
+pub use egress::{check_egress, EgressCheck, EgressRefusal};
 pub use handshake::{ConnHandshake, Done, Identity, LinkHandshakeError};
