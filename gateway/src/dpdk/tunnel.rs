@@ -26,7 +26,7 @@ use super::wan::{Identity, Role, WanConn, WanError};
 use crate::admin::{Config, Stats, TunnelEnd};
 use crate::admission::{self, Decision, Pending, Throttle};
 use crate::crypto::{RekeyPolicy, MAX_RECORD_LEN};
-use crate::link::Backoff;
+use crate::link::{peer_label, Backoff};
 use crate::protocol::handshake::Shard;
 use crate::protocol::{Message, ResetReason, TunnelId, MAX_DATA_FLOWS};
 use crate::session::{Side, TunnelCore};
@@ -82,13 +82,6 @@ impl Dialer {
             // IPv6 is refused by config validation for this datapath.
             _ => None,
         }
-    }
-}
-
-fn label(name: &str, addr: Option<SocketAddr>) -> String {
-    match addr {
-        Some(a) => format!("{name} ({a})"),
-        None => name.to_string(),
     }
 }
 
@@ -508,7 +501,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                 data_flows,
                 resume,
             } => {
-                let peer = label(&self.config.peer_name, remote);
+                let peer = peer_label(&self.config.peer_name, remote);
                 if name != self.config.peer_name {
                     warn!("peer {peer} calls itself {name:?}");
                 }
@@ -606,7 +599,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
             );
         };
         let remote = self.conns.get(&id).and_then(|c| c.remote);
-        let peer = label(&self.config.peer_name, remote);
+        let peer = peer_label(&self.config.peer_name, remote);
         if name != self.config.peer_name {
             warn!("peer {peer} calls itself {name:?}");
         }
@@ -816,7 +809,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                 d.awaiting_welcome = None;
                 let backoff = d.control.failed(now);
                 // The kernel datapath's wording, so one troubleshooting entry fits both.
-                let peer = label(&peer_name, Some(SocketAddr::V4(d.addr)));
+                let peer = peer_label(&peer_name, Some(SocketAddr::V4(d.addr)));
                 let what = match e {
                     WanError::ConnectFailed => "cannot connect: refused or unreachable".to_string(),
                     WanError::Closed | WanError::Reset => format!("handshake with peer {peer} failed: peer closed the connection during the handshake: it does not accept this gateway (check both gateways' peer.public_key, the psk and the protocol version) or it is overloaded"),

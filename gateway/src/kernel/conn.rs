@@ -422,8 +422,3 @@ impl<W: AsyncWrite + Unpin> RecordWriter<W> {
         &self.inner
     }
 }
-
-/// Formats a peer for logs: `NAME (ADDR)`.
-pub fn peer_label(name: &str, addr: &SocketAddr) -> String {
-    format!("{name} ({addr})")
-}

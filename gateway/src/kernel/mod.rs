@@ -43,13 +43,12 @@ use crate::admin::signals::{Request, Signals};
 use crate::admin::{Allowlist, Config, Stats, StatusSource, TunnelEnd};
 use crate::admission::Throttle;
 use crate::crypto::RekeyPolicy;
-use crate::link::Backoff;
+use crate::link::{peer_label, Backoff};
 use crate::protocol::{Message, ResetReason, TunnelId, MAX_DATA_FLOWS};
 use crate::session::Side;
 use crate::transform::{Adaptive, Compression, PackPolicy};
 use conn::{
-    handshake_acceptor, handshake_initiator, peer_label, ConnError, ConnInfo, RecordReader,
-    RecordWriter,
+    handshake_acceptor, handshake_initiator, ConnError, ConnInfo, RecordReader, RecordWriter,
 };
 use sockopt::{tune_wan, WanTuning};
 use tunnel::{log_up, Tunnel};
@@ -309,7 +308,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 // ---- dialling side ---------------------------------------------------------
 
 async fn dial_loop(gateway: Arc<Gateway>, addr: SocketAddr) {
-    let label = peer_label(&gateway.config.peer_name, &addr);
+    let label = peer_label(&gateway.config.peer_name, Some(addr));
     let mut backoff = Backoff::default();
     // A tunnel whose control connection died, held for its grace period.
     let mut held: Option<Arc<Tunnel>> = None;
@@ -663,7 +662,7 @@ impl Accepted {
                 data_flows,
                 resume,
             } => {
-                let label = peer_label(&gateway.config.peer_name, &addr);
+                let label = peer_label(&gateway.config.peer_name, Some(addr));
                 if name != gateway.config.peer_name {
                     warn!("peer {label} calls itself {name:?}");
                 }

@@ -13,3 +13,11 @@ pub mod handshake;
 pub use backoff::Backoff;
 pub use egress::{check_egress, EgressCheck, EgressRefusal};
 pub use handshake::{ConnHandshake, Done, Identity, LinkHandshakeError};
+
+/// How logs and status name the peer: `name (address)` when the address is known.
+pub fn peer_label(name: &str, addr: Option<std::net::SocketAddr>) -> String {
+    match addr {
+        Some(a) => format!("{name} ({a})"),
+        None => name.to_string(),
+    }
+}
