@@ -24,24 +24,25 @@ use log::{info, warn};
 
 use super::crypto::{run_worker, CryptoPipe, CryptoQueues, InlineCrypto, WorkerRings};
 use super::engine::{Engine, Ports};
+use super::phy::FramePort;
 use super::port::{open_port, run_io, IoPort, PortCounters, RingPort, RoleCounters};
 use super::Idle;
 use crate::admin::dpdk::DpdkConfig;
 use crate::admin::signals::{Request, Signals};
 use crate::admin::{Allowlist, Config, Datapath, Stats, Status, StatusSource};
+use crate::link::{Drain, DrainStep, ResetCause};
 use crate::protocol::handshake::Shard;
 use crate::transform::{Adaptive, PackPolicy};
 
 /// How often `auto` compression looks at its measurements.
 const ADAPT_EVERY_US: u64 = 200_000;
-/// After the drain, how long the resets may take to reach the peer.
-const NOTICE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// What the main lcore asks of the TCP lcore.
 enum Command {
     Status(SyncSender<Status>),
     Egress(Allowlist),
-    Drain(Duration),
+    /// Drain for at most this long; the stop signal that asked for it.
+    Drain(Duration, &'static str),
     StopNow(&'static str),
 }
 
@@ -286,7 +287,7 @@ async fn main_lcore(
         config.ingress.len(),
         config.peer_name
     );
-    tell(&|| Command::Drain(config.drain_timeout));
+    tell(&|| Command::Drain(config.drain_timeout, signal));
     while !all_done() {
         tokio::select! {
             request = signals.next() => {
@@ -300,17 +301,20 @@ async fn main_lcore(
     Ok(())
 }
 
-/// Where the TCP lcore is in its life.
-enum Phase {
-    Running,
-    Draining {
-        deadline: u64,
-        started: u64,
-    },
-    /// Resets sent; waiting for them to reach the peer.
-    Closing {
-        deadline: u64,
-    },
+/// Carries out a step of the shutdown on the engine, and logs it.
+fn take_step<P: FramePort, C: CryptoPipe>(engine: &mut Engine<P, C>, step: DrainStep, now: u64) {
+    match step {
+        DrainStep::Draining { .. } => info!("{step}"),
+        DrainStep::NothingToDrain | DrainStep::Finished { .. } => {
+            info!("{step}");
+            engine.shut_down(now);
+        }
+        DrainStep::Reset { .. } => {
+            warn!("{step}, telling peer {}", engine.peer_label());
+            engine.shut_down(now);
+        }
+        DrainStep::Stopped => {}
+    }
 }
 
 /// One TCP lcore: what it shares with the rest of the gateway.
@@ -354,7 +358,8 @@ impl TcpLcore<'_> {
         let mut engine = Engine::for_shard(config, stats, ports, crypto, shard, clock());
         // One controller for the one packing policy, on shard 0.
         let adapts = shard.index == 0;
-        let mut phase = Phase::Running;
+        let mut drain = Drain::default();
+        let mut drain_timeout = Duration::ZERO;
         let mut idle_polls = 0;
         loop {
             let started = Instant::now();
@@ -373,70 +378,38 @@ impl TcpLcore<'_> {
                         let _ = reply.try_send(engine.status(now));
                     }
                     Command::Egress(allow) => engine.set_egress(allow),
-                    Command::Drain(timeout) => {
-                        if matches!(phase, Phase::Running) {
+                    Command::Drain(timeout, signal) => {
+                        if !drain.stopping() {
                             engine.begin_drain(now);
-                            let n = engine.session_count();
-                            phase = if n == 0 {
-                                info!("no sessions to drain");
-                                engine.shut_down(now);
-                                Phase::Closing {
-                                    deadline: now + NOTICE_TIMEOUT.as_micros() as u64,
-                                }
-                            } else {
-                                info!("draining {n} session(s) for up to {timeout:?} (SIGTERM again to stop at once)");
-                                Phase::Draining {
-                                    deadline: now + timeout.as_micros() as u64,
-                                    started: now,
-                                }
-                            };
+                        }
+                        drain_timeout = timeout;
+                        let n = engine.session_count();
+                        if let Some(step) = drain.begin(now, n, timeout, signal) {
+                            take_step(&mut engine, step, now);
                         }
                     }
                     Command::StopNow(signal) => {
-                        if !matches!(phase, Phase::Closing { .. }) {
-                            warn!(
-                                "second {signal}: resetting {} session(s), telling the peer",
-                                engine.session_count()
-                            );
-                            engine.shut_down(now);
-                            phase = Phase::Closing {
-                                deadline: now + NOTICE_TIMEOUT.as_micros() as u64,
-                            };
+                        let n = engine.session_count();
+                        let cause = ResetCause::Again(signal);
+                        if let Some(step) = drain.reset_now(now, n, cause) {
+                            take_step(&mut engine, step, now);
                         }
                     }
                 }
             }
             // The main lcore gave up (an admin endpoint failed, or a panic): reset and go.
-            if shared.stop.load(Ordering::Relaxed) && !matches!(phase, Phase::Closing { .. }) {
-                engine.shut_down(now);
-                phase = Phase::Closing {
-                    deadline: now + NOTICE_TIMEOUT.as_micros() as u64,
-                };
+            if shared.stop.load(Ordering::Relaxed) {
+                let n = engine.session_count();
+                if let Some(step) = drain.reset_now(now, n, ResetCause::Stopping) {
+                    take_step(&mut engine, step, now);
+                }
             }
-            match phase {
-                Phase::Running => {}
-                Phase::Draining { deadline, started } => {
-                    let n = engine.session_count();
-                    if n == 0 || now >= deadline {
-                        if n == 0 {
-                            info!(
-                                "all sessions finished after {:.1}s",
-                                (now - started) as f64 / 1e6
-                            );
-                        } else {
-                            warn!("drain deadline reached: resetting {n} session(s), telling the peer");
-                        }
-                        engine.shut_down(now);
-                        phase = Phase::Closing {
-                            deadline: now + NOTICE_TIMEOUT.as_micros() as u64,
-                        };
-                    }
-                }
-                Phase::Closing { deadline } => {
-                    if engine.quiesced() || now >= deadline {
-                        break;
-                    }
-                }
+            let n = engine.session_count();
+            if let Some(step) = drain.poll(now, n, drain_timeout, || engine.quiesced()) {
+                take_step(&mut engine, step, now);
+            }
+            if drain.done() {
+                break;
             }
             if busy {
                 idle_polls = 0;

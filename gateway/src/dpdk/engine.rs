@@ -144,6 +144,13 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         engine
     }
 
+    /// How logs name the peer: the tunnel's label (name and address) once there is one.
+    pub fn peer_label(&self) -> String {
+        self.tunnel
+            .as_ref()
+            .map_or_else(|| self.config.peer_name.clone(), |t| t.peer.clone())
+    }
+
     /// One turn of the TCP lcore. True if anything happened (the caller
     /// backs off only after turns that did nothing).
     pub fn poll(&mut self, now: u64) -> bool {

@@ -15,24 +15,23 @@
 //! the control connection resumed), so a WAN hiccup does not cut it short.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use log::{info, warn};
 use tokio::task::JoinHandle;
 
 use super::Gateway;
 use crate::admin::signals::{Request, Signals};
+use crate::link::drain::NOTICE_TIMEOUT;
+use crate::link::{Drain, DrainStep, ResetCause};
 use crate::protocol::ResetReason;
-
-/// How long to wait for the peer's kernel to acknowledge the resets.
-const NOTICE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Runs the shutdown started by `signal` (e.g. "SIGTERM"); `ingress` are the
 /// tasks serving the ingress listeners (they close them when `stopping` is
 /// cancelled).
 pub async fn shutdown(
     gateway: &Arc<Gateway>,
-    signal: &str,
+    signal: &'static str,
     ingress: Vec<JoinHandle<()>>,
     signals: &mut Signals,
 ) {
@@ -46,29 +45,36 @@ pub async fn shutdown(
     info!(
         "{signal}: shutting down: stopped accepting on {n} ingress listener(s); new sessions from peer {peer} are refused"
     );
-    let deadline = gateway.config.drain_timeout;
-    let n = session_count(gateway);
-    if n == 0 {
-        info!("no sessions to drain");
-    } else {
-        info!("draining {n} session(s) for up to {deadline:?} ({signal} again to stop at once)");
-        let start = Instant::now();
-        tokio::select! {
-            () = drained(gateway) => info!(
-                "all sessions finished after {:.1}s",
-                start.elapsed().as_secs_f64()
-            ),
-            _ = tokio::time::sleep(deadline) => {
-                reset_remaining(gateway, &format!("drain deadline ({deadline:?}) reached")).await
-            }
-            again = next_stop(signals) => {
-                reset_remaining(gateway, &format!("second {again}")).await
+    // The steps and their log lines are the DPDK datapath's too (link::Drain); the resets'
+    // notice is awaited in reset_remaining, so this loop ends at the first step after the drain.
+    let timeout = gateway.config.drain_timeout;
+    let mut drain = Drain::default();
+    let mut step = drain.begin(gateway.now_us(), session_count(gateway), timeout, signal);
+    if let Some(draining @ DrainStep::Draining { .. }) = step {
+        info!("{draining}");
+        step = None;
+        // Polled: shutdown happens once per process, and a tenth of a second is invisible
+        // next to a drain.
+        while step.is_none() {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                    step = drain.poll(gateway.now_us(), session_count(gateway), timeout, || true);
+                }
+                again = next_stop(signals) => {
+                    let n = session_count(gateway);
+                    step = drain.reset_now(gateway.now_us(), n, ResetCause::Again(again));
+                }
             }
         }
     }
+    match step {
+        Some(DrainStep::Reset { cause, .. }) => reset_remaining(gateway, cause).await,
+        Some(done) => info!("{done}"),
+        None => {}
+    }
     // A session opened while we were deciding (ingress raced the stop).
     if session_count(gateway) > 0 {
-        reset_remaining(gateway, "stopping").await;
+        reset_remaining(gateway, ResetCause::Stopping).await;
     }
     gateway.install(None);
     info!("gateway {} stopped", gateway.config.name);
@@ -76,14 +82,6 @@ pub async fn shutdown(
 
 fn session_count(gateway: &Gateway) -> usize {
     gateway.tunnel().map_or(0, |t| t.session_count())
-}
-
-/// Returns once no session is left. Polls: shutdown happens once per
-/// process, and a tenth of a second is invisible next to a drain.
-async fn drained(gateway: &Gateway) {
-    while session_count(gateway) > 0 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// The next stop request; reloads during shutdown are ignored.
@@ -97,7 +95,7 @@ async fn next_stop(signals: &mut Signals) -> &'static str {
 }
 
 /// Resets every remaining session, telling the peer.
-async fn reset_remaining(gateway: &Gateway, why: &str) {
+async fn reset_remaining(gateway: &Gateway, why: ResetCause) {
     let Some(tunnel) = gateway.tunnel() else {
         return;
     };

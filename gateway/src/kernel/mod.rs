@@ -110,7 +110,6 @@ impl Gateway {
         up.then_some(tunnel)
     }
 
-    /// Wraps an authenticated stream in a record reader and writer.
     /// The gateway's clock for the sans-IO layers: µs since it started.
     fn now_us(&self) -> u64 {
         self.started.elapsed().as_micros() as u64
@@ -127,6 +126,7 @@ impl Gateway {
         }
     }
 
+    /// Wraps an authenticated stream in a record reader and writer.
     fn secure(
         &self,
         stream: TcpStream,

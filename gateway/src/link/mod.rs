@@ -5,12 +5,15 @@
 //! - [`handshake`]: one connection's handshake, fed raw bytes.
 //! - [`backoff`]: when to dial again after a failure.
 //! - [`egress`]: whether a session's target is taken, checked before any connect.
+//! - [`drain`]: the shutdown: drain, deadline, resets, notice.
 
 pub mod backoff;
+pub mod drain;
 pub mod egress;
 pub mod handshake;
 
 pub use backoff::Backoff;
+pub use drain::{Drain, DrainStep, ResetCause};
 pub use egress::{check_egress, EgressCheck, EgressRefusal};
 pub use handshake::{ConnHandshake, Done, Identity, LinkHandshakeError};
 
