@@ -1,5 +1,5 @@
-//! The link layer: what both datapaths do with a WAN connection, written once and sans-IO
-//! (issue 14 moves the tunnel's lifecycle here piece by piece). The datapaths feed it bytes
+//! The link layer: what both datapaths do the same way, written once and sans-IO
+//! (issue 14 moves the tunnel's lifecycle here piece by piece). The datapaths feed it events
 //! and carry out what it says; it reads no clock and touches no socket.
 //!
 //! - [`handshake`]: one connection's handshake, fed raw bytes.
