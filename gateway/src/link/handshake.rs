@@ -222,6 +222,38 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Whatever a stranger sends, in whatever pieces, the acceptor wants more, fails, or
+        /// (never, without the dialler's key) finishes; it never panics and never asks for
+        /// more than the handshake's own bytes.
+        #[test]
+        fn any_bytes_in_any_pieces_leave_the_acceptor_sound(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..1200),
+            cut in 1usize..64,
+            prelude_ok in proptest::prelude::any::<bool>(),
+        ) {
+            let p = pair();
+            let acceptor = one(&p.b, &p.a.public);
+            let mut wire = bytes;
+            if prelude_ok {
+                // Past the prelude checks, into the length and Noise parsing.
+                wire.splice(0..wire.len().min(6), *b"LMAS\x01\x00");
+            }
+            let mut hs = ConnHandshake::accept();
+            let mut at = 0;
+            while at < wire.len() {
+                let want = hs.wanted();
+                proptest::prop_assert!(want <= 2 + crate::protocol::handshake::MAX_NOISE_MESSAGE);
+                let n = want.min(cut).min(wire.len() - at);
+                match hs.take(&acceptor, &wire[at..at + n]) {
+                    Ok(None) => at += n,
+                    Ok(Some(_)) => proptest::prop_assert!(false, "a stranger finished a handshake"),
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+
     #[test]
     fn strangers_and_garbage_are_refused_by_name() {
         let p = pair();
