@@ -15,7 +15,8 @@ use lmas_tests::dpdk_lab::{dpdk_available, Kind, Topology, DST};
 use lmas_tests::netns::skip_unless_available;
 use lmas_tests::{
     connect, duplex, expected_sha256, paced_send, packing_adds_up, packing_figure as figure, send,
-    send_payload, set_timeouts, wait_progress, write_payload, HoldingTarget, Payload, Sink,
+    send_payload, set_timeouts, wait_progress, write_payload, Gateway, HoldingTarget, Payload,
+    Sink,
 };
 
 /// DPDK gateways poll; one case at a time keeps a small machine responsive.
@@ -106,18 +107,26 @@ fn transfers(t: &Topology) {
     );
 }
 
-fn pair(test: &str, a: Kind, b: Kind) {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let t = Topology::new(test, a, b).expect("topology");
+/// The topology for `tag`, its gateways started with `flows` data flows each and the tunnel up
+/// on both.
+fn tunnel_up(tag: &str, a: Kind, b: Kind, flows: u32) -> (Topology, Gateway, Gateway) {
+    let t = Topology::new(tag, a, b).expect("topology");
     let (ca, cb) = (
-        t.config_a(&t.key_b.public, 4),
-        t.config_b(&t.key_a.public, 4),
+        t.config_a(&t.key_b.public, flows),
+        t.config_b(&t.key_a.public, flows),
     );
     let (mut ga, mut gb) = t.start(&ca, &cb);
+    let up = format!("{flows} data flows");
     for g in [&mut ga, &mut gb] {
-        g.wait_for_line(&["tunnel up", "4 data flows"], WAIT)
+        g.wait_for_line(&["tunnel up", &up], WAIT)
             .unwrap_or_else(|e| panic!("{e}"));
     }
+    (t, ga, gb)
+}
+
+fn pair(test: &str, a: Kind, b: Kind) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (t, mut ga, mut gb) = tunnel_up(test, a, b, 4);
     transfers(&t);
     // Both gateways saw every session (status works on either datapath).
     assert_eq!(ga.counter("sessions_opened").unwrap(), SESSIONS + 2);
@@ -178,16 +187,7 @@ fn dpdk_sessions_show_their_own_compression_figures() {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let t = Topology::new("d2dc", Kind::Dpdk, Kind::Dpdk).expect("topology");
-    let (ca, cb) = (
-        t.config_a(&t.key_b.public, 2),
-        t.config_b(&t.key_a.public, 2),
-    );
-    let (mut ga, mut gb) = t.start(&ca, &cb);
-    for g in [&mut ga, &mut gb] {
-        g.wait_for_line(&["tunnel up", "2 data flows"], WAIT)
-            .unwrap_or_else(|e| panic!("{e}"));
-    }
+    let (t, mut ga, mut gb) = tunnel_up("d2dc", Kind::Dpdk, Kind::Dpdk, 2);
     // Text to dst:5000, random to dst:5001; targets and clients keep their connections.
     let mut held = Vec::new();
     for (port, kind) in [(5000, Payload::Text), (5001, Payload::Random)] {
@@ -433,16 +433,7 @@ fn dpdk_sigterm_drains_a_running_session_to_completion() {
         return;
     }
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let t = Topology::new("d2dd", Kind::Dpdk, Kind::Dpdk).expect("topology");
-    let (ca, cb) = (
-        t.config_a(&t.key_b.public, 2),
-        t.config_b(&t.key_a.public, 2),
-    );
-    let (mut ga, mut gb) = t.start(&ca, &cb);
-    for g in [&mut ga, &mut gb] {
-        g.wait_for_line(&["tunnel up", "2 data flows"], WAIT)
-            .unwrap_or_else(|e| panic!("{e}"));
-    }
+    let (t, mut ga, _gb) = tunnel_up("d2dd", Kind::Dpdk, Kind::Dpdk, 2);
     let sink_addr = SocketAddr::V4(SocketAddrV4::new(DST, 5000));
     let sink = t
         .dst
