@@ -26,9 +26,9 @@ use super::wan::{Identity, Role, WanConn, WanError};
 use crate::admin::{Config, Stats, TunnelEnd};
 use crate::admission::{self, Decision, Pending, Throttle};
 use crate::crypto::{RekeyPolicy, MAX_RECORD_LEN};
-use crate::link::{peer_label, Backoff};
+use crate::link::{first_message, peer_label, Backoff, Current, FirstStep};
 use crate::protocol::handshake::Shard;
-use crate::protocol::{Message, ResetReason, TunnelId, MAX_DATA_FLOWS};
+use crate::protocol::{Message, ResetReason, TunnelId};
 use crate::session::{Side, TunnelCore};
 
 /// A handshake (and its first record) must complete within this time.
@@ -83,6 +83,14 @@ impl Dialer {
             _ => None,
         }
     }
+}
+
+/// Connection `c`'s remote address for logs (`?` while unknown).
+fn remote_of(conns: &rustc_hash::FxHashMap<ConnId, WanConn>, c: ConnId) -> String {
+    conns
+        .get(&c)
+        .and_then(|c| c.remote)
+        .map_or("?".to_string(), |a| a.to_string())
 }
 
 impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
@@ -495,95 +503,69 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
     /// Accepting gateway: the first record says hello (control) or attach (data).
     fn on_first_message(&mut self, id: ConnId, msg: Message, now: u64) {
         let remote = self.conns.get(&id).and_then(|c| c.remote);
-        match msg {
-            Message::Hello {
-                name,
-                data_flows,
-                resume,
-            } => {
-                let peer = peer_label(&self.config.peer_name, remote);
-                if name != self.config.peer_name {
-                    warn!("peer {peer} calls itself {name:?}");
-                }
-                let resumes = self.tunnel.as_ref().is_some_and(|t| Some(t.id) == resume);
-                if !resumes {
-                    if !(1..=MAX_DATA_FLOWS).contains(&data_flows) {
-                        warn!("peer {peer}: hello asks for {data_flows} data flows; refusing");
-                        return self.close_conn(id);
-                    }
-                    let Some(tid) = TunnelId::random(&ring::rand::SystemRandom::new()) else {
-                        warn!("peer {peer}: no randomness for a tunnel id");
-                        return self.close_conn(id);
-                    };
-                    self.shut_tunnel(ResetReason::TunnelLost, now);
-                    self.tunnel = Some(Tunnel::new(
-                        &self.config,
-                        Side::Acceptor,
-                        tid,
-                        peer,
-                        data_flows as usize,
-                        self.shard,
-                    ));
-                }
-                let welcome = Message::Welcome {
-                    tunnel_id: self.tunnel.as_ref().expect("set above").id,
-                    name: self.config.name.clone(),
-                };
-                if let Some(c) = self.conns.get_mut(&id) {
-                    c.role = Some(Role::Control);
-                    c.seal(welcome, &mut self.crypto);
-                }
-                self.attach_control(id, resumes);
-            }
-            Message::Attach { tunnel_id, flow } => {
-                let Some(t) = self.tunnel.as_mut().filter(|t| t.id == tunnel_id) else {
-                    warn!(
-                        "data flow from {} names an unknown tunnel; closing it",
-                        remote.map_or("?".into(), |a| a.to_string())
-                    );
-                    return self.close_conn(id);
-                };
-                let k = flow as usize;
-                if k >= t.flows.len() {
-                    warn!(
-                        "peer {}: data flow index {k} out of range; closing it",
-                        t.peer
-                    );
-                    return self.close_conn(id);
-                }
-                // The peer re-attaches a flow only after giving its old connection up (its
-                // RST may have been lost on the way): close what is left of it here.
-                if let Some(old) = t.flows[k].replace(id) {
-                    t.core.flow_lost(k);
-                    Stats::inc(&self.stats.flows_lost);
-                    let addr = |c: ConnId| {
-                        self.conns
-                            .get(&c)
-                            .and_then(|c| c.remote)
-                            .map_or("?".to_string(), |a| a.to_string())
-                    };
-                    warn!(
-                        "peer {}: data flow {k} from {} replaced by a new connection from {} (the peer gave the old one up); closing the old one, its frames go out again",
-                        t.peer,
-                        addr(old),
-                        addr(id)
-                    );
-                    self.close_conn(old);
-                }
-                if let Some(c) = self.conns.get_mut(&id) {
-                    c.role = Some(Role::Data(flow));
-                }
-                self.note_flow_attached();
-            }
-            other => {
-                warn!(
-                    "connection from {}: expected hello or attach, got {}",
-                    remote.map_or("?".into(), |a| a.to_string()),
-                    other.name()
-                );
-                self.close_conn(id);
+        let peer = peer_label(&self.config.peer_name, remote);
+        if let Message::Hello { name, .. } = &msg {
+            if *name != self.config.peer_name {
+                warn!("peer {peer} calls itself {name:?}");
             }
         }
+        let current = self.tunnel.as_ref().map(|t| Current {
+            id: t.id,
+            flows: t.flows.len(),
+        });
+        let new_id = || TunnelId::random(&ring::rand::SystemRandom::new());
+        let step = match first_message(current, &msg, new_id) {
+            Ok(step) => step,
+            Err(refusal) => {
+                warn!("peer {peer}: {refusal}; closing the connection");
+                return self.close_conn(id);
+            }
+        };
+        let resumes = match step {
+            FirstStep::Attach { index } => return self.attach_flow(id, index),
+            FirstStep::Resume => true,
+            FirstStep::NewTunnel { id: tid, flows } => {
+                self.shut_tunnel(ResetReason::TunnelLost, now);
+                let side = Side::Acceptor;
+                let t = Tunnel::new(&self.config, side, tid, peer, flows, self.shard);
+                self.tunnel = Some(t);
+                false
+            }
+        };
+        let welcome = Message::Welcome {
+            tunnel_id: self.tunnel.as_ref().expect("resumed or set above").id,
+            name: self.config.name.clone(),
+        };
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.role = Some(Role::Control);
+            c.seal(welcome, &mut self.crypto);
+        }
+        self.attach_control(id, resumes);
+    }
+
+    /// Accepting gateway: connection `id` is data flow `k` of the tunnel.
+    fn attach_flow(&mut self, id: ConnId, k: usize) {
+        let Some(t) = self.tunnel.as_mut() else {
+            return;
+        };
+        // The peer re-attaches a flow only after giving its old connection up (its
+        // RST may have been lost on the way): close what is left of it here.
+        if let Some(old) = t.flows[k].replace(id) {
+            t.core.flow_lost(k);
+            Stats::inc(&self.stats.flows_lost);
+            let addr = |c: ConnId| remote_of(&self.conns, c);
+            warn!(
+                "peer {}: data flow {k} from {} replaced by a new connection from {} (the peer gave the old one up); closing the old one, its frames go out again",
+                t.peer,
+                addr(old),
+                addr(id)
+            );
+            self.close_conn(old);
+        }
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.role = Some(Role::Data(k as u16));
+        }
+        self.note_flow_attached();
     }
 
     /// Dialling gateway: the welcome to our hello.
@@ -636,12 +618,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         // The peer dials a new control connection only after giving the old one up (its
         // RST may have been lost on the way): close what is left of it here.
         if let Some(old) = t.control.replace(id).filter(|&old| old != id) {
-            let addr = |c: ConnId| {
-                self.conns
-                    .get(&c)
-                    .and_then(|c| c.remote)
-                    .map_or("?".to_string(), |a| a.to_string())
-            };
+            let addr = |c: ConnId| remote_of(&self.conns, c);
             warn!(
                 "tunnel to peer {}: control connection from {} replaced by a new one from {} (the peer gave the old one up); closing the old one",
                 t.peer,

@@ -43,8 +43,8 @@ use crate::admin::signals::{Request, Signals};
 use crate::admin::{Allowlist, Config, Stats, StatusSource, TunnelEnd};
 use crate::admission::Throttle;
 use crate::crypto::RekeyPolicy;
-use crate::link::{peer_label, Backoff};
-use crate::protocol::{Message, ResetReason, TunnelId, MAX_DATA_FLOWS};
+use crate::link::{first_message, peer_label, Backoff, Current, FirstStep};
+use crate::protocol::{Message, ResetReason, TunnelId};
 use crate::session::Side;
 use crate::transform::{Adaptive, Compression, PackPolicy};
 use conn::{
@@ -656,78 +656,57 @@ impl Accepted {
             mut writer,
             first,
         } = self;
-        match first {
-            Message::Hello {
-                name,
-                data_flows,
-                resume,
-            } => {
-                let label = peer_label(&gateway.config.peer_name, Some(addr));
-                if name != gateway.config.peer_name {
-                    warn!("peer {label} calls itself {name:?}");
-                }
-                // Resume the held tunnel if the peer names it; anything else
-                // starts a new tunnel, which replaces (and resets) the old one.
-                let current = gateway.current.borrow().clone();
-                let held = current.filter(|t| Some(t.id) == resume && !t.closed.is_cancelled());
-                let (tunnel, fresh) = match held {
-                    Some(t) => (t, false),
-                    None => {
-                        if !(1..=MAX_DATA_FLOWS).contains(&data_flows) {
-                            return warn!(
-                                "peer {label}: hello asks for {data_flows} data flows; refusing"
-                            );
-                        }
-                        let Some(id) = TunnelId::random(&SystemRandom::new()) else {
-                            return warn!("peer {label}: no randomness for a tunnel id");
-                        };
-                        let t = Tunnel::new(
-                            gateway.clone(),
-                            Side::Acceptor,
-                            id,
-                            label.clone(),
-                            data_flows as usize,
-                        );
-                        (t, true)
-                    }
-                };
-                let welcome = Message::Welcome {
-                    tunnel_id: tunnel.id,
-                    name: gateway.config.name.clone(),
-                };
-                if let Err(e) = writer.send(&welcome).await {
-                    return warn!("peer {label}: sending welcome: {e}");
-                }
-                if fresh {
-                    gateway.install(Some(tunnel.clone()));
-                }
-                tunnel.attach_control(reader, writer);
+        let label = peer_label(&gateway.config.peer_name, Some(addr));
+        if let Message::Hello { name, .. } = &first {
+            if *name != gateway.config.peer_name {
+                warn!("peer {label} calls itself {name:?}");
             }
-            Message::Attach { tunnel_id, flow } => {
-                let current = gateway.current.borrow().clone();
-                let Some(tunnel) =
-                    current.filter(|t| t.id == tunnel_id && !t.closed.is_cancelled())
-                else {
-                    return warn!("data flow from {addr} names an unknown tunnel; closing it");
-                };
-                let idx = flow as usize;
-                if idx >= tunnel.flow_count() {
-                    return warn!(
-                        "peer {}: data flow index {idx} out of range; closing it",
-                        tunnel.peer
-                    );
-                }
-                if tunnel.attach_counted(idx) {
+        }
+        let current = gateway
+            .current
+            .borrow()
+            .clone()
+            .filter(|t| !t.closed.is_cancelled());
+        let held = current.as_ref().map(|t| Current {
+            id: t.id,
+            flows: t.flow_count(),
+        });
+        let new_id = || TunnelId::random(&SystemRandom::new());
+        let step = match first_message(held, &first, new_id) {
+            Ok(step) => step,
+            Err(refusal) => return warn!("peer {label}: {refusal}; closing the connection"),
+        };
+        let (tunnel, fresh) = match (step, current) {
+            (FirstStep::Attach { index }, Some(tunnel)) => {
+                if tunnel.attach_counted(index) {
                     log_up(&tunnel.peer, tunnel.flow_count());
                 }
-                if let Err(e) = tunnel.clone().run_flow(idx, reader, writer).await {
-                    warn!("peer {}: data flow {idx} lost: {e}", tunnel.peer);
+                if let Err(e) = tunnel.clone().run_flow(index, reader, writer).await {
+                    warn!("peer {}: data flow {index} lost: {e}", tunnel.peer);
                 }
+                return;
             }
-            other => warn!(
-                "connection from {addr}: expected hello or attach, got {}",
-                other.name()
-            ),
+            (FirstStep::Resume, Some(tunnel)) => (tunnel, false),
+            (FirstStep::NewTunnel { id, flows }, _) => {
+                let side = Side::Acceptor;
+                (
+                    Tunnel::new(gateway.clone(), side, id, label.clone(), flows),
+                    true,
+                )
+            }
+            // Resume and attach name the current tunnel: it exists.
+            (_, None) => return,
+        };
+        let welcome = Message::Welcome {
+            tunnel_id: tunnel.id,
+            name: gateway.config.name.clone(),
+        };
+        if let Err(e) = writer.send(&welcome).await {
+            return warn!("peer {label}: sending welcome: {e}");
         }
+        if fresh {
+            gateway.install(Some(tunnel.clone()));
+        }
+        tunnel.attach_control(reader, writer);
     }
 }

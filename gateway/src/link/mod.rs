@@ -6,12 +6,15 @@
 //! - [`backoff`]: when to dial again after a failure.
 //! - [`egress`]: whether a session's target is taken, checked before any connect.
 //! - [`drain`]: the shutdown: drain, deadline, resets, notice.
+//! - [`accept`]: what an accepted connection's first message makes of it.
 
+pub mod accept;
 pub mod backoff;
 pub mod drain;
 pub mod egress;
 pub mod handshake;
 
+pub use accept::{first_message, Current, FirstRefusal, FirstStep};
 pub use backoff::Backoff;
 pub use drain::{Drain, DrainStep, ResetCause};
 pub use egress::{check_egress, EgressCheck, EgressRefusal};
