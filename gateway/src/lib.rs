@@ -21,8 +21,8 @@
 //!   - [`admission`]: which unauthenticated connections on the tunnel port
 //!     keep a handshake slot.
 //!   - [`link`]: what both datapaths do the same way, written once: a WAN
-//!     connection's handshake fed raw bytes, dial backoff, the egress check,
-//!     the shutdown's drain.
+//!     connection's handshake fed raw bytes, an accepted connection's first
+//!     message, dial backoff, the egress check, the shutdown's drain.
 //! - Two datapaths drive that core and speak the same protocol:
 //!   - [`kernel`]: kernel sockets and tokio tasks (portable);
 //!   - [`dpdk`]: the appliance: poll-mode lcores, smoltcp over mbufs, crypto
