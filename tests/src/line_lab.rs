@@ -63,6 +63,9 @@ pub struct LineSpec {
     pub ingress: Vec<Vec<String>>,
     /// The targets B may connect to.
     pub allow: Vec<SocketAddrV4>,
+    /// A expects another key of B (a stranger's): the tunnel never comes up, and
+    /// [`Line::start`] waits only until both gateways run.
+    pub wrong_peer_key: bool,
 }
 
 impl LineSpec {
@@ -78,6 +81,7 @@ impl LineSpec {
             b_egress: Vec::new(),
             ingress: vec![ingress_lines(6000, 5000, &[])],
             allow: vec![SocketAddrV4::new(DST, 5000)],
+            wrong_peer_key: false,
         }
     }
 }
@@ -291,6 +295,10 @@ impl Line {
         };
         let key_a = keygen(&dir.join("a.key"));
         let key_b = keygen(&dir.join("b.key"));
+        let b_as_a_knows_it = match spec.wrong_peer_key {
+            true => keygen(&dir.join("stranger.key")).public,
+            false => key_b.public.clone(),
+        };
         let datapath = match spec.kind {
             Kind::Kernel => "",
             Kind::Dpdk => "datapath = \"dpdk\"\n",
@@ -307,7 +315,7 @@ impl Line {
             "[gateway]\nname = \"gw-a\"\nprivate_key_file = \"a.key\"\n{datapath}\
              [peer]\nname = \"gw-b\"\npublic_key = \"{}\"\nconnect = \"{B_WAN}:{TUNNEL_PORT}\"\n\
              {wan}[admin]\nsocket = \"{}\"\n",
-            key_b.public,
+            b_as_a_knows_it,
             dir.join("a.sock").display()
         );
         for ing in &spec.ingress {
@@ -356,6 +364,9 @@ impl Line {
             },
             _tmp: tmp,
         };
+        if spec.wrong_peer_key {
+            return Ok(line);
+        }
         let flows = format!("{} data flows", spec.data_flows);
         let up = ["tunnel up", flows.as_str()];
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -7,16 +7,14 @@
 //! otherwise.
 
 use std::net::{SocketAddr, SocketAddrV4, TcpListener};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use lmas_tests::dpdk_lab::{dpdk_available, Kind, Topology, DST};
 use lmas_tests::netns::skip_unless_available;
 use lmas_tests::{
-    connect, duplex, expected_sha256, paced_send, packing_adds_up, packing_figure as figure, send,
-    send_payload, set_timeouts, wait_progress, write_payload, Gateway, HoldingTarget, Payload,
-    Sink,
+    connect, duplex, expected_sha256, packing_adds_up, packing_figure as figure, send,
+    send_payload, set_timeouts, write_payload, Gateway, HoldingTarget, Payload, Sink,
 };
 
 /// DPDK gateways poll; one case at a time keeps a small machine responsive.
@@ -422,47 +420,4 @@ fn two_tcp_lcores_carry_32_sessions_over_memif() {
             .collect();
         assert!(counts.len() == 2 && counts.iter().all(|&c| c > 0), "{line}");
     }
-}
-
-/// SIGTERM on a DPDK gateway: it stops taking sessions, lets the running one finish byte-exact,
-/// and exits 0, saying so in the same lines as the kernel datapath (one `link::Drain`).
-#[test]
-fn dpdk_sigterm_drains_a_running_session_to_completion() {
-    const LEN: u64 = 16 << 20;
-    if skip("dpdk_sigterm_drains_a_running_session_to_completion") {
-        return;
-    }
-    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let (t, mut ga, _gb) = tunnel_up("d2dd", Kind::Dpdk, Kind::Dpdk, 2);
-    let sink_addr = SocketAddr::V4(SocketAddrV4::new(DST, 5000));
-    let sink = t
-        .dst
-        .run(move || Sink::bind(sink_addr))
-        .expect("sink in dst");
-    let progress = Arc::new(AtomicU64::new(0));
-    let to_sink = SocketAddr::V4(t.ingress_for(5000));
-    let source = paced_send(Some(&t.src), to_sink, LEN, 5, 4e6, progress.clone());
-    wait_progress(&progress, 2 << 20, WAIT).expect("the source started");
-
-    ga.signal(libc::SIGTERM).unwrap_or_else(|e| panic!("{e}"));
-    ga.wait_for_log(
-        "draining 1 session(s) for up to 30s (SIGTERM again to stop at once)",
-        WAIT,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        progress.load(Ordering::Relaxed) < LEN,
-        "the session ended before SIGTERM: the test proves nothing"
-    );
-    let (sent, _) = source.join().expect("source thread");
-    let sent = sent.unwrap_or_else(|e| panic!("the draining session failed: {e}"));
-    let got = sink.recv(WAIT);
-    assert_eq!(got.bytes, LEN);
-    assert_eq!(got.sha256, sent.sha256, "SHA-256 of the drained session");
-    let st = ga
-        .wait_exit(Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("gw-a after the drain: {e}"));
-    assert!(st.success(), "gw-a exited with {st}");
-    assert!(ga.find_line(&["all sessions finished after"]).is_some());
-    assert!(ga.find_line(&["reset"]).is_none(), "{}", ga.log_tail(20));
 }

@@ -1,0 +1,473 @@
+//! The lifecycle conformance table (issue 14): each scenario is written once and runs against
+//! both drivers, the kernel datapath and the DPDK datapath (af_packet on veth), with the real
+//! `lmas` binaries in [`line_lab`]'s five namespaces (src, A, router, B, dst). A behaviour
+//! difference between the datapaths is a failing row, not a surprise.
+//!
+//! | row | what must hold | where |
+//! |---|---|---|
+//! | resume | every tunnel connection killed mid-transfer: the dialler re-dials, both ends resume the tunnel, the session arrives byte-exact | here |
+//! | grace expiry | a WAN blackout longer than flow timeout + grace period: both ends give up and reset both ends of the session; once the WAN is back a new tunnel carries a new session | here |
+//! | wrong key | the dialler expects another key: refused at the handshake by name, no tunnel, a client is closed, the target never contacted | here |
+//! | drain | SIGTERM on the dialler: the running session finishes byte-exact, a new one is refused, exit 0 | here |
+//! | allowlist refusal | a target outside B's allowlist: the client is closed, both ends log it by address, an allowed session still works | here |
+//! | connect order | sessions to one target reach it in the order the source opened them | here |
+//! | one-sided loss, re-attach | one end of the control connection or of a data flow dies unheard by the other | `one_sided.rs` (16 cases) |
+//! | flood | spoofed SYNs and a slowloris on the tunnel port while the tunnel is killed and must come back | `admission.rs` |
+//!
+//! Each row is one function, instantiated per datapath by `rows!` (names end in the datapath;
+//! the DPDK cases take turns, their polling lcores fill this machine's 2 CPUs). Needs root,
+//! `ip`, `iptables` and `ethtool`; the DPDK rows also the system DPDK with its af_packet PMD.
+//! Skips with `SKIP: …` otherwise. Needs the release binary (`cargo build --release -p lmas`).
+
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use lmas_tests::dpdk_lab::Kind;
+use lmas_tests::line_lab::{ingress_lines, skip, Line, LineSpec, A_WAN, B_WAN, DST};
+use lmas_tests::{connect, paced_send, send, wait_progress, Sink};
+
+const MIB: u64 = 1 << 20;
+const WAIT: Duration = Duration::from_secs(30);
+/// The allowed target, and one B's allowlist does not name.
+const TARGET: u16 = 5000;
+const FORBIDDEN: u16 = 5001;
+/// A's ingress ports for them.
+const TO_TARGET: u16 = 6000;
+const TO_FORBIDDEN: u16 = 6001;
+
+static DPDK_SERIAL: Mutex<()> = Mutex::new(());
+
+/// A started line for `test` (skipped: `None`), holding the DPDK turn while it lives.
+struct Case {
+    test: String,
+    line: Line,
+    _turn: Option<std::sync::MutexGuard<'static, ()>>,
+    began: Instant,
+}
+
+impl Case {
+    fn start(test: &str, kind: Kind, shape: impl FnOnce(&mut LineSpec)) -> Option<Case> {
+        // Namespace and EAL tag: the row's initials and the datapath (grace_expiry_dpdk → ged).
+        let tag: String = test.split('_').filter_map(|w| w.chars().next()).collect();
+        let mut spec = LineSpec::new(&format!("cf{tag}"), kind);
+        shape(&mut spec);
+        if skip(test, &spec) {
+            return None;
+        }
+        let turn =
+            (kind == Kind::Dpdk).then(|| DPDK_SERIAL.lock().unwrap_or_else(|e| e.into_inner()));
+        let began = Instant::now();
+        let line = Line::start(&spec).unwrap_or_else(|e| panic!("{test}: setting up: {e}"));
+        Some(Case {
+            test: test.to_string(),
+            line,
+            _turn: turn,
+            began,
+        })
+    }
+
+    fn sink(&self, port: u16) -> Sink {
+        let addr = SocketAddr::V4(SocketAddrV4::new(DST, port));
+        self.line
+            .dst
+            .run(move || Sink::bind(addr))
+            .unwrap_or_else(|e| panic!("{}: sink in dst: {e}", self.test))
+    }
+
+    fn fail(&self, what: impl std::fmt::Display) -> ! {
+        panic!("{}: {what}\n{}", self.test, self.line.logs())
+    }
+
+    fn assert_never(&self, bad: &[&str]) {
+        for g in [&self.line.a, &self.line.b] {
+            for b in bad {
+                if let Some(l) = g.find_line(&[b]) {
+                    self.fail(format!("{} logged {b:?}: {l}", g.name));
+                }
+            }
+        }
+    }
+
+    /// Both gateways exit 0 on SIGTERM.
+    fn finish(mut self) {
+        for g in [&mut self.line.a, &mut self.line.b] {
+            let st = g
+                .terminate(Duration::from_secs(15))
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert!(st.success(), "{}: {} exited with {st}", self.test, g.name);
+        }
+        eprintln!(
+            "{}: passed in {:.1} s",
+            self.test,
+            self.began.elapsed().as_secs_f64()
+        );
+    }
+}
+
+/// A session from src through A's ingress `port` that got no tunnel: refused, reset or closed,
+/// without a byte back, within `within`.
+fn expect_no_session(case: &Case, port: u16, within: Duration) -> String {
+    let to = Line::ingress(port);
+    let got = case.line.src.run(move || -> Result<String, String> {
+        let start = Instant::now();
+        let mut s = match TcpStream::connect_timeout(&to, within) {
+            Ok(s) => s,
+            Err(e) => return Ok(format!("connect: {e}")),
+        };
+        if let Err(e) = s.write_all(&[0x5a; 4096]) {
+            return Ok(format!("write: {e}"));
+        }
+        let mut buf = [0u8; 512];
+        loop {
+            let left = within.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                return Err(format!("still open after {within:?}"));
+            }
+            s.set_read_timeout(Some(left)).map_err(|e| e.to_string())?;
+            match s.read(&mut buf) {
+                Ok(0) => return Ok(format!("EOF after {:?}", start.elapsed())),
+                Ok(n) => return Err(format!("{n} bytes came back")),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Ok(format!("{e} after {:?}", start.elapsed())),
+            }
+        }
+    });
+    got.unwrap_or_else(|e| case.fail(format!("a session through :{port}: {e}")))
+}
+
+// ---- the rows -----------------------------------------------------------------------------------
+
+/// Every tunnel connection is reset mid-transfer (the router forges RSTs both ways): the
+/// dialler re-dials and both ends resume the tunnel with the session in it.
+fn resume(test: &str, kind: Kind) {
+    let Some(mut case) = Case::start(test, kind, |s| {
+        s.wan = vec![
+            "flow_timeout_secs = 3".into(),
+            "grace_period_secs = 30".into(),
+        ];
+    }) else {
+        return;
+    };
+    let sink = case.sink(TARGET);
+    let progress = Arc::new(AtomicU64::new(0));
+    let len = 24 * MIB;
+    let sender = paced_send(
+        Some(&case.line.src),
+        Line::ingress(TO_TARGET),
+        len,
+        41,
+        4.0 * MIB as f64,
+        progress.clone(),
+    );
+    wait_progress(&progress, 4 * MIB, WAIT).unwrap_or_else(|e| case.fail(e));
+    case.line.kill_tunnel_connections();
+    if case.line.wait_whole(2, WAIT).is_none() {
+        case.fail("the tunnel was not whole again within 30 s of the RSTs");
+    }
+    let (sent, _) = sender.join().expect("sender thread");
+    let sent = sent.unwrap_or_else(|e| case.fail(format!("the source's session broke: {e}")));
+    let got = sink.recv(WAIT);
+    assert_eq!((got.bytes, &got.sha256), (len, &sent.sha256), "{test}");
+    for g in [&mut case.line.a, &mut case.line.b] {
+        g.wait_for_line(&["resumed with"], Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("{test}: {e}"));
+    }
+    case.assert_never(&["giving up", "resetting"]);
+    case.finish();
+}
+
+/// The WAN goes dark for longer than flow timeout (3 s) + grace period (4 s): both ends give
+/// up the tunnel and reset both ends of the session; once the WAN is back the dialler sets up
+/// a new tunnel, and a new session works.
+fn grace_expiry(test: &str, kind: Kind) {
+    let Some(mut case) = Case::start(test, kind, |s| {
+        s.wan = vec![
+            "flow_timeout_secs = 3".into(),
+            "grace_period_secs = 4".into(),
+        ];
+    }) else {
+        return;
+    };
+    let sink = case.sink(TARGET);
+    let progress = Arc::new(AtomicU64::new(0));
+    let sender = paced_send(
+        Some(&case.line.src),
+        Line::ingress(TO_TARGET),
+        256 * MIB,
+        42,
+        4.0 * MIB as f64,
+        progress.clone(),
+    );
+    wait_progress(&progress, 2 * MIB, WAIT).unwrap_or_else(|e| case.fail(e));
+    let (a, b) = (A_WAN.to_string(), B_WAN.to_string());
+    let dark = [
+        case.line.forward_rule(&["-s", &a, "-d", &b, "-j", "DROP"]),
+        case.line.forward_rule(&["-s", &b, "-d", &a, "-j", "DROP"]),
+    ];
+    let cut = Instant::now();
+    let outage = Duration::from_secs(12);
+    for g in [&mut case.line.a, &mut case.line.b] {
+        g.wait_for_line(&["grace period", "giving up"], outage)
+            .unwrap_or_else(|e| panic!("{test}: during the outage: {e}"));
+    }
+    // Both ends of the session are ended by their gateway, not left hanging.
+    let target_end = sink.try_recv(outage.saturating_sub(cut.elapsed()) + Duration::from_secs(3));
+    match target_end {
+        Some(Err(_)) => {}
+        Some(Ok(r)) if r.bytes < 256 * MIB => {}
+        other => case.fail(format!(
+            "the target's connection was not ended {:?} after the cut: {other:?}",
+            cut.elapsed()
+        )),
+    }
+    let (sent, _) = sender.join().expect("sender thread");
+    if let Ok(s) = sent {
+        case.fail(format!(
+            "the source's session completed ({} bytes) through a WAN that was dark",
+            s.bytes
+        ));
+    }
+    thread::sleep(outage.saturating_sub(cut.elapsed()));
+    for rule in &dark {
+        case.line.delete_rule(rule);
+    }
+    case.line
+        .a
+        .wait_for_count("tunnel up", 2, WAIT)
+        .unwrap_or_else(|e| case.fail(format!("after the WAN came back: {e}")));
+    if case.line.wait_whole(2, WAIT).is_none() {
+        case.fail("the new tunnel was not whole within 30 s");
+    }
+    let to = Line::ingress(TO_TARGET);
+    let sent = case
+        .line
+        .src
+        .run(move || send(to, 4 * MIB, 43))
+        .unwrap_or_else(|e| case.fail(format!("a new session after the outage: {e}")));
+    let got = sink.recv(WAIT);
+    assert_eq!((got.bytes, &got.sha256), (4 * MIB, &sent.sha256), "{test}");
+    case.finish();
+}
+
+/// A expects another key of B: the handshake fails at both ends, named; no tunnel; a client of
+/// A is closed without a byte; B never connects to the target.
+fn wrong_key(test: &str, kind: Kind) {
+    let Some(mut case) = Case::start(test, kind, |s| s.wrong_peer_key = true) else {
+        return;
+    };
+    let target = case
+        .line
+        .dst
+        .run(|| TcpListener::bind((DST, TARGET)))
+        .unwrap_or_else(|e| case.fail(format!("listen in dst: {e}")));
+    target.set_nonblocking(true).expect("nonblocking");
+    let a_says = case
+        .line
+        .a
+        .wait_for_line(&["handshake with peer gw-b", "failed"], WAIT)
+        .unwrap_or_else(|e| case.fail(e));
+    let b_says = case
+        .line
+        .b
+        .wait_for_line(&[&format!("handshake with {A_WAN}:"), "failed"], WAIT)
+        .unwrap_or_else(|e| case.fail(e));
+    eprintln!("{test}: gw-a: {a_says}\n{test}: gw-b: {b_says}");
+    let how = expect_no_session(&case, TO_TARGET, Duration::from_secs(20));
+    eprintln!("{test}: a client of gw-a: {how}");
+    thread::sleep(Duration::from_millis(300));
+    match target.accept() {
+        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+        other => case.fail(format!("the target was contacted: {other:?}")),
+    }
+    let failures = case.line.b.counter("handshake_failures").unwrap_or(0);
+    assert!(failures >= 1, "{test}: gw-b counted no handshake failure");
+    case.assert_never(&["tunnel up"]);
+    case.finish();
+}
+
+/// SIGTERM on A with a session running: it drains (the session finishes byte-exact), refuses a
+/// new session meanwhile, and exits 0.
+fn drain(test: &str, kind: Kind) {
+    let Some(mut case) = Case::start(test, kind, |_| {}) else {
+        return;
+    };
+    let sink = case.sink(TARGET);
+    let progress = Arc::new(AtomicU64::new(0));
+    let len = 24 * MIB;
+    let sender = paced_send(
+        Some(&case.line.src),
+        Line::ingress(TO_TARGET),
+        len,
+        44,
+        4.0 * MIB as f64,
+        progress.clone(),
+    );
+    wait_progress(&progress, 2 * MIB, WAIT).unwrap_or_else(|e| case.fail(e));
+    case.line
+        .a
+        .signal(libc::SIGTERM)
+        .unwrap_or_else(|e| case.fail(e));
+    case.line
+        .a
+        .wait_for_log(
+            "draining 1 session(s) for up to 30s (SIGTERM again to stop at once)",
+            WAIT,
+        )
+        .unwrap_or_else(|e| case.fail(e));
+    assert!(
+        progress.load(Ordering::Relaxed) < len,
+        "{test}: the session ended before SIGTERM: the row proves nothing"
+    );
+    let how = expect_no_session(&case, TO_TARGET, Duration::from_secs(10));
+    eprintln!("{test}: a new session while draining: {how}");
+    let (sent, _) = sender.join().expect("sender thread");
+    let sent = sent.unwrap_or_else(|e| case.fail(format!("the draining session failed: {e}")));
+    let got = sink.recv(WAIT);
+    assert_eq!((got.bytes, &got.sha256), (len, &sent.sha256), "{test}");
+    let st = case
+        .line
+        .a
+        .wait_exit(Duration::from_secs(15))
+        .unwrap_or_else(|e| case.fail(format!("gw-a after the drain: {e}")));
+    assert!(st.success(), "{test}: gw-a exited with {st}");
+    if case
+        .line
+        .a
+        .find_line(&["all sessions finished after"])
+        .is_none()
+    {
+        case.fail("gw-a did not say the drain finished");
+    }
+    case.assert_never(&["reset 1 session"]);
+    case.finish();
+}
+
+/// A session to a target outside B's allowlist: the client is closed with no byte, B logs the
+/// refusal naming the target, A the peer's refusal; B never connects; an allowed session works.
+fn allowlist_refusal(test: &str, kind: Kind) {
+    let Some(mut case) = Case::start(test, kind, |s| {
+        s.ingress.push(ingress_lines(TO_FORBIDDEN, FORBIDDEN, &[]));
+    }) else {
+        return;
+    };
+    let forbidden = case
+        .line
+        .dst
+        .run(|| TcpListener::bind((DST, FORBIDDEN)))
+        .unwrap_or_else(|e| case.fail(format!("listen in dst: {e}")));
+    forbidden.set_nonblocking(true).expect("nonblocking");
+    let sink = case.sink(TARGET);
+    let how = expect_no_session(&case, TO_FORBIDDEN, Duration::from_secs(10));
+    eprintln!("{test}: the refused client: {how}");
+    let f = SocketAddrV4::new(DST, FORBIDDEN);
+    case.line
+        .b
+        .wait_for_log(
+            &format!("refusing target {f}: not in egress allowlist"),
+            WAIT,
+        )
+        .unwrap_or_else(|e| case.fail(e));
+    case.line
+        .a
+        .wait_for_log(&format!("peer refused target {f}"), WAIT)
+        .unwrap_or_else(|e| case.fail(e));
+    thread::sleep(Duration::from_millis(300));
+    match forbidden.accept() {
+        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+        other => case.fail(format!("gw-b connected to {f}: {other:?}")),
+    }
+    let to = Line::ingress(TO_TARGET);
+    let sent = case
+        .line
+        .src
+        .run(move || send(to, 4 * MIB, 45))
+        .unwrap_or_else(|e| case.fail(format!("the allowed session: {e}")));
+    let got = sink.recv(WAIT);
+    assert_eq!((got.bytes, &got.sha256), (4 * MIB, &sent.sha256), "{test}");
+    case.finish();
+}
+
+/// Sessions to one target, opened one after another without waiting, reach it in that order
+/// (QEMU before 8.0 tells its channels apart by accept order).
+fn connect_order(test: &str, kind: Kind) {
+    const N: u8 = 8;
+    let Some(case) = Case::start(test, kind, |_| {}) else {
+        return;
+    };
+    let target = case
+        .line
+        .dst
+        .run(|| TcpListener::bind((DST, TARGET)))
+        .unwrap_or_else(|e| case.fail(format!("listen in dst: {e}")));
+    let accepted = thread::spawn(move || -> io::Result<Vec<u8>> {
+        let mut order = Vec::new();
+        let mut conns = Vec::new();
+        for _ in 0..N {
+            let (mut s, _) = target.accept()?;
+            s.set_read_timeout(Some(WAIT))?;
+            let mut tag = [0u8; 1];
+            s.read_exact(&mut tag)?;
+            order.push(tag[0]);
+            conns.push(s);
+        }
+        Ok(order)
+    });
+    let to = Line::ingress(TO_TARGET);
+    let clients = case
+        .line
+        .src
+        .run(move || -> io::Result<Vec<TcpStream>> {
+            (0..N)
+                .map(|i| {
+                    let mut s = connect(to)?;
+                    s.write_all(&[i])?;
+                    Ok(s)
+                })
+                .collect()
+        })
+        .unwrap_or_else(|e| case.fail(format!("opening the sessions: {e}")));
+    let order = accepted
+        .join()
+        .expect("accept thread")
+        .unwrap_or_else(|e| case.fail(format!("accepting at the target: {e}")));
+    drop(clients);
+    assert_eq!(
+        order,
+        (0..N).collect::<Vec<_>>(),
+        "{test}: the target accepted the sessions out of order\n{}",
+        case.line.logs()
+    );
+    case.finish();
+}
+
+// ---- the table ----------------------------------------------------------------------------------
+
+/// One test per row and datapath.
+macro_rules! rows {
+    ($($row:ident: $dpdk:ident, $kernel:ident;)*) => {
+        $(
+            #[test]
+            fn $dpdk() {
+                $row(stringify!($dpdk), Kind::Dpdk);
+            }
+            #[test]
+            fn $kernel() {
+                $row(stringify!($kernel), Kind::Kernel);
+            }
+        )*
+    };
+}
+
+rows! {
+    resume: resume_dpdk, resume_kernel;
+    grace_expiry: grace_expiry_dpdk, grace_expiry_kernel;
+    wrong_key: wrong_key_dpdk, wrong_key_kernel;
+    drain: drain_dpdk, drain_kernel;
+    allowlist_refusal: allowlist_refusal_dpdk, allowlist_refusal_kernel;
+    connect_order: connect_order_dpdk, connect_order_kernel;
+}
