@@ -11,14 +11,11 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 
-use bytes::BytesMut;
 use smoltcp::socket::tcp;
 
 use super::crypto::{ConnId, CryptoError, CryptoJob, CryptoPipe, CryptoStage};
-use crate::crypto::{
-    HandshakeError, RecordError, RecordOpener, RekeyPolicy, TrafficKeys, RECORD_HEADER_LEN,
-};
-use crate::link::{self, ConnHandshake, LinkHandshakeError};
+use crate::crypto::{HandshakeError, RecordError, RekeyPolicy, TrafficKeys};
+use crate::link::{self, ConnHandshake, LinkHandshakeError, Record, RecordSplitter};
 use crate::protocol::handshake::MAX_NOISE_MESSAGE;
 use crate::protocol::{DecodeError, Message};
 
@@ -81,13 +78,6 @@ impl From<LinkHandshakeError> for WanError {
     }
 }
 
-/// A record being read: its header, then its body.
-struct Incoming {
-    header: [u8; RECORD_HEADER_LEN],
-    header_len: usize,
-    body: Option<(BytesMut, usize)>,
-}
-
 pub struct WanConn {
     pub id: ConnId,
     pub handle: smoltcp::iface::SocketHandle,
@@ -99,7 +89,7 @@ pub struct WanConn {
     pub created: u64,
     pub remote: Option<SocketAddr>,
     pub local: Option<SocketAddr>,
-    incoming: Incoming,
+    incoming: RecordSplitter,
     /// Body lengths of records in the crypto stage, oldest first.
     opening: VecDeque<usize>,
     open_bytes: usize,
@@ -131,11 +121,7 @@ impl WanConn {
             created: now,
             remote: None,
             local: None,
-            incoming: Incoming {
-                header: [0; RECORD_HEADER_LEN],
-                header_len: 0,
-                body: None,
-            },
+            incoming: RecordSplitter::default(),
             opening: VecDeque::new(),
             open_bytes: 0,
             sealing: 0,
@@ -259,35 +245,18 @@ impl WanConn {
     ) -> Result<(), WanError> {
         debug_assert!(self.is_keyed());
         while self.open_bytes < OPEN_BACKLOG && sock.can_recv() {
-            let inc = &mut self.incoming;
-            if inc.body.is_none() {
-                let n = sock
-                    .recv_slice(&mut inc.header[inc.header_len..])
-                    .map_err(|_| WanError::Closed)?;
-                self.bytes_received += n as u64;
-                inc.header_len += n;
-                if inc.header_len < RECORD_HEADER_LEN {
-                    break;
-                }
-                let len = RecordOpener::body_len(inc.header)?;
-                inc.body = Some((BytesMut::zeroed(len), 0));
-            }
-            let (body, filled) = inc.body.as_mut().expect("set above");
             let n = sock
-                .recv_slice(&mut body[*filled..])
+                .recv_slice(self.incoming.space())
                 .map_err(|_| WanError::Closed)?;
             self.bytes_received += n as u64;
-            *filled += n;
-            if *filled < body.len() {
-                break;
-            }
-            let (body, _) = inc.body.take().expect("complete");
-            inc.header_len = 0;
+            let Some(Record { header, body }) = self.incoming.filled(n)? else {
+                continue;
+            };
             self.opening.push_back(body.len());
             self.open_bytes += body.len();
             crypto.submit(CryptoJob::Open {
                 conn: self.id,
-                header: inc.header,
+                header,
                 body,
             });
         }

@@ -8,14 +8,13 @@ use std::sync::Arc;
 
 use crate::admin::Stats;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::crypto::{
-    HandshakeError, OpenError, Opening, RecordError, RecordOpener, RekeyPolicy, Sealed, Sealing,
-    TrafficKeys, RECORD_HEADER_LEN,
+    HandshakeError, OpenError, Opening, RecordError, RekeyPolicy, Sealed, Sealing, TrafficKeys,
 };
-use crate::link::{ConnHandshake, Done, Identity, LinkHandshakeError};
+use crate::link::{ConnHandshake, Done, Identity, LinkHandshakeError, Record, RecordSplitter};
 use crate::protocol::handshake::MAX_NOISE_MESSAGE;
 use crate::protocol::packed::CodecSet;
 use crate::protocol::{DecodeError, Message};
@@ -150,13 +149,15 @@ impl ConnInfo {
 /// Reads and opens records from one connection.
 ///
 /// A record held for long (a data payload waiting for its endpoint) must not
-/// pin memory beyond its own size. So a large record's body is read into an
-/// allocation of exactly its length and decrypted in place there (no copy
-/// of the bulk); small records come through a small read-ahead buffer, and a
-/// small data payload is copied out of it.
+/// pin memory beyond its own size, so every body gets an allocation of exactly
+/// its length ([`RecordSplitter`]) and is decrypted in place there. Small
+/// records come through a small read-ahead buffer (many per read); the rest
+/// of a large body is read straight into its allocation.
 pub struct RecordReader<R> {
     inner: R,
     opening: Opening,
+    splitter: RecordSplitter,
+    /// Bytes read past the current record.
     buf: BytesMut,
     info: Arc<ConnInfo>,
     /// What unpacking the last message cost, until [`RecordReader::take_unpacked`].
@@ -165,14 +166,15 @@ pub struct RecordReader<R> {
 
 /// Read-ahead for record headers and small records.
 const READ_AHEAD: usize = 16 * 1024;
-/// Records at least this long get an allocation of their own.
-const OWN_ALLOCATION: usize = 8 * 1024;
+/// The rest of a body at least this long is read straight into it.
+const READ_DIRECT: usize = 8 * 1024;
 
 impl<R: AsyncRead + Unpin> RecordReader<R> {
     pub fn new(inner: R, keys: &TrafficKeys, info: Arc<ConnInfo>) -> Self {
         RecordReader {
             inner,
             opening: Opening::new(&keys.recv),
+            splitter: RecordSplitter::default(),
             buf: BytesMut::new(),
             info,
             unpacked: None,
@@ -195,64 +197,44 @@ impl<R: AsyncRead + Unpin> RecordReader<R> {
         self
     }
 
-    /// Reads until the read-ahead holds at least `n` bytes.
-    async fn fill(&mut self, n: usize) -> Result<(), ConnError> {
-        while self.buf.len() < n {
-            let want = n.max(READ_AHEAD);
-            if self.buf.capacity() < want {
-                self.buf.reserve(want - self.buf.len());
+    /// The next whole record off the stream.
+    async fn next_record(&mut self) -> Result<Record, ConnError> {
+        loop {
+            if !self.buf.is_empty() {
+                let (used, record) = self.splitter.feed(&self.buf)?;
+                let _ = self.buf.split_to(used);
+                match record {
+                    Some(record) => return Ok(record),
+                    None => continue,
+                }
             }
-            let n = self.inner.read_buf(&mut self.buf).await?;
+            let direct = self.splitter.body_left().is_some_and(|n| n >= READ_DIRECT);
+            let n = if direct {
+                self.inner.read(self.splitter.space()).await?
+            } else {
+                self.buf.reserve(READ_AHEAD);
+                self.inner.read_buf(&mut self.buf).await?
+            };
             if n == 0 {
                 return Err(ConnError::Closed);
             }
             self.info.received.fetch_add(n as u64, Ordering::Relaxed);
-        }
-        Ok(())
-    }
-
-    /// A body of `len` bytes in an allocation of its own: what the
-    /// read-ahead already holds, then the rest read straight into it.
-    async fn own_body(&mut self, len: usize) -> Result<BytesMut, ConnError> {
-        let mut body = BytesMut::with_capacity(len);
-        let have = self.buf.len().min(len);
-        body.extend_from_slice(&self.buf.split_to(have));
-        while body.len() < len {
-            let left = (len - body.len()) as u64;
-            let n = (&mut self.inner).take(left).read_buf(&mut body).await?;
-            if n == 0 {
-                return Err(ConnError::Closed);
+            if direct {
+                if let Some(record) = self.splitter.filled(n)? {
+                    return Ok(record);
+                }
             }
-            self.info.received.fetch_add(n as u64, Ordering::Relaxed);
         }
-        Ok(body)
     }
 
     /// The next message; key updates from the peer are applied here.
     pub async fn read_message(&mut self) -> Result<Message, ConnError> {
         loop {
-            self.fill(RECORD_HEADER_LEN).await?;
-            let header: [u8; RECORD_HEADER_LEN] =
-                self.buf[..RECORD_HEADER_LEN].try_into().expect("4 bytes");
-            let len = RecordOpener::body_len(header)?;
-            let body = if len >= OWN_ALLOCATION {
-                let _ = self.buf.split_to(RECORD_HEADER_LEN);
-                self.own_body(len).await?
-            } else {
-                self.fill(RECORD_HEADER_LEN + len).await?;
-                let _ = self.buf.split_to(RECORD_HEADER_LEN);
-                self.buf.split_to(len)
-            };
+            let Record { header, body } = self.next_record().await?;
             let opened = self.opening.open(header, body)?;
             self.unpacked = opened.unpacked;
-            match opened.msg {
-                Some(Message::Data(mut frame)) if len < OWN_ALLOCATION => {
-                    // Off the shared read-ahead, which it would keep alive.
-                    frame.payload = Bytes::copy_from_slice(&frame.payload);
-                    return Ok(Message::Data(frame));
-                }
-                Some(msg) => return Ok(msg),
-                None => {}
+            if let Some(msg) = opened.msg {
+                return Ok(msg);
             }
         }
     }

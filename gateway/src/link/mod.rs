@@ -7,18 +7,21 @@
 //! - [`egress`]: whether a session's target is taken, checked before any connect.
 //! - [`drain`]: the shutdown: drain, deadline, resets, notice.
 //! - [`accept`]: what an accepted connection's first message makes of it.
+//! - [`records`]: records split off a connection's byte stream.
 
 pub mod accept;
 pub mod backoff;
 pub mod drain;
 pub mod egress;
 pub mod handshake;
+pub mod records;
 
 pub use accept::{first_message, Current, FirstRefusal, FirstStep};
 pub use backoff::Backoff;
 pub use drain::{Drain, DrainStep, ResetCause};
 pub use egress::{check_egress, EgressCheck, EgressRefusal};
 pub use handshake::{ConnHandshake, Done, Identity, LinkHandshakeError};
+pub use records::{Record, RecordSplitter};
 
 /// How logs and status name the peer: `name (address)` when the address is known.
 pub fn peer_label(name: &str, addr: Option<std::net::SocketAddr>) -> String {
