@@ -9,6 +9,7 @@
 //! | grace expiry | a WAN blackout longer than flow timeout + grace period: both ends give up and reset both ends of the session; once the WAN is back a new tunnel carries a new session | here |
 //! | wrong key | the dialler expects another key: refused at the handshake by name, no tunnel, a client is closed, the target never contacted | here |
 //! | drain | SIGTERM on the dialler: the running session finishes byte-exact, a new one is refused, exit 0 | here |
+//! | drain through a lost tunnel | SIGTERM on the dialler, then every tunnel connection reset: the draining gateway holds and resumes the tunnel, the session finishes byte-exact | here |
 //! | allowlist refusal | a target outside B's allowlist: the client is closed, both ends log it by address, an allowed session still works | here |
 //! | connect order | sessions to one target reach it in the order the source opened them | here |
 //! | one-sided loss, re-attach | one end of the control connection or of a data flow dies unheard by the other | `one_sided.rs` (16 cases) |
@@ -347,6 +348,64 @@ fn drain(test: &str, kind: Kind) {
     case.finish();
 }
 
+/// SIGTERM on A, then every tunnel connection is reset (RSTs forged by `r` both ways) while A
+/// drains: the draining gateway holds the tunnel for the grace period like any other, the
+/// dialler re-dials, and the session still finishes byte-exact before A exits 0. (The DPDK
+/// datapath used to give the tunnel up at once when its control connection died during a
+/// drain, resetting the sessions it was draining.)
+fn drain_through_a_lost_tunnel(test: &str, kind: Kind) {
+    let Some(mut case) = Case::start(test, kind, |s| {
+        s.wan = vec![
+            "flow_timeout_secs = 3".into(),
+            "grace_period_secs = 30".into(),
+        ];
+    }) else {
+        return;
+    };
+    let sink = case.sink(TARGET);
+    let progress = Arc::new(AtomicU64::new(0));
+    let len = 32 * MIB;
+    let sender = paced_send(
+        Some(&case.line.src),
+        Line::ingress(TO_TARGET),
+        len,
+        46,
+        4.0 * MIB as f64,
+        progress.clone(),
+    );
+    wait_progress(&progress, 2 * MIB, WAIT).unwrap_or_else(|e| case.fail(e));
+    case.line
+        .a
+        .signal(libc::SIGTERM)
+        .unwrap_or_else(|e| case.fail(e));
+    case.line
+        .a
+        .wait_for_log("draining 1 session(s)", WAIT)
+        .unwrap_or_else(|e| case.fail(e));
+    case.line.kill_tunnel_connections();
+    assert!(
+        progress.load(Ordering::Relaxed) < len,
+        "{test}: the session ended before the tunnel was lost: the row proves nothing"
+    );
+    let (sent, _) = sender.join().expect("sender thread");
+    let sent = sent.unwrap_or_else(|e| case.fail(format!("the draining session failed: {e}")));
+    let got = sink.recv(WAIT);
+    assert_eq!((got.bytes, &got.sha256), (len, &sent.sha256), "{test}");
+    let st = case
+        .line
+        .a
+        .wait_exit(Duration::from_secs(40))
+        .unwrap_or_else(|e| case.fail(format!("gw-a after the drain: {e}")));
+    assert!(st.success(), "{test}: gw-a exited with {st}");
+    for g in [&case.line.a, &case.line.b] {
+        if g.find_line(&["resumed with"]).is_none() {
+            case.fail(format!("{} did not resume the tunnel", g.name));
+        }
+    }
+    case.assert_never(&["giving up", "resetting"]);
+    case.finish();
+}
+
 /// A session to a target outside B's allowlist: the client is closed with no byte, B logs the
 /// refusal naming the target, A the peer's refusal; B never connects; an allowed session works.
 fn allowlist_refusal(test: &str, kind: Kind) {
@@ -468,6 +527,7 @@ rows! {
     grace_expiry: grace_expiry_dpdk, grace_expiry_kernel;
     wrong_key: wrong_key_dpdk, wrong_key_kernel;
     drain: drain_dpdk, drain_kernel;
+    drain_through_a_lost_tunnel: drain_through_a_lost_tunnel_dpdk, drain_through_a_lost_tunnel_kernel;
     allowlist_refusal: allowlist_refusal_dpdk, allowlist_refusal_kernel;
     connect_order: connect_order_dpdk, connect_order_kernel;
 }

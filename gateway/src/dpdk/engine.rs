@@ -318,12 +318,9 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                     )
                 })
                 .collect();
-            let flows = t.flows.iter().enumerate();
             let connections = t
-                .control
-                .iter()
-                .map(|c| (None, *c))
-                .chain(flows.filter_map(|(k, c)| c.map(|c| (Some(k as u16), c))))
+                .table
+                .connections()
                 .filter_map(|(flow, id)| {
                     let c = self.conns.get(&id).filter(|c| c.is_keyed())?;
                     let sock = self
@@ -342,7 +339,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                     })
                 })
                 .collect();
-            let up = t.held_since.is_none();
+            let up = t.table.is_up();
             TunnelStatus::from_core(t.id, up, t.peer.clone(), &t.core, connections, sessions)
         });
         let mut counters = self.stats.snapshot();
@@ -404,7 +401,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         let Some(t) = &mut self.tunnel else {
             return true;
         };
-        let Some(c) = t.control.and_then(|c| self.conns.get(&c)) else {
+        let Some(c) = t.table.control().and_then(|c| self.conns.get(&c)) else {
             return true;
         };
         let queued = self.wan.socket(c.handle).send_queue();

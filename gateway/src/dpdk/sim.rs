@@ -463,8 +463,10 @@ impl Sim {
         let up = |e: &SimEngine| {
             e.tunnel.as_ref().is_some_and(|t| {
                 t.is_up(&e.conns)
-                    && t.flows.iter().all(|f| {
-                        f.and_then(|c| e.conns.get(&c))
+                    && (0..t.table.flow_count()).all(|k| {
+                        t.table
+                            .flow(k)
+                            .and_then(|c| e.conns.get(&c))
                             .is_some_and(|c| c.is_keyed())
                     })
             })

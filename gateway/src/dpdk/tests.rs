@@ -199,7 +199,7 @@ fn a_wan_outage_longer_than_the_flow_timeout_is_survived() {
         sim.a
             .tunnel
             .as_ref()
-            .is_some_and(|t| t.held_since.is_some()),
+            .is_some_and(|t| t.table.poll_timeout().is_some()),
         "gw-a holds the tunnel"
     );
     sim.wan.cut = false;
@@ -233,7 +233,11 @@ fn a_killed_data_flow_is_redialled_and_its_frames_resent() {
         let progress = dst_apps.first().map_or(0, |d| d.got.len());
         // (The second time once the first re-dial is back.)
         let t = s.a.tunnel.as_ref().unwrap();
-        let flow1 = t.flows[1].and_then(|c| s.a.conns.get(&c)).map(|c| c.handle);
+        let flow1 = t
+            .table
+            .flow(1)
+            .and_then(|c| s.a.conns.get(&c))
+            .map(|c| c.handle);
         if let Some(h) = flow1.filter(|_| {
             (killed == 0 && progress > 512 << 10) || (killed == 1 && progress > 2 << 20)
         }) {

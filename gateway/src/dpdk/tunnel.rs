@@ -26,7 +26,7 @@ use super::wan::{Identity, Role, WanConn, WanError};
 use crate::admin::{Config, Stats, TunnelEnd};
 use crate::admission::{self, Decision, Pending, Throttle};
 use crate::crypto::{RekeyPolicy, MAX_RECORD_LEN};
-use crate::link::{first_message, peer_label, Backoff, Current, FirstStep};
+use crate::link::{first_message, peer_label, Backoff, ConnTable, Current, FirstStep, Lost};
 use crate::protocol::handshake::Shard;
 use crate::protocol::{Message, ResetReason, TunnelId};
 use crate::session::{Side, TunnelCore};
@@ -50,14 +50,10 @@ const MAX_HALF_OPEN: usize = 64;
 pub struct Tunnel {
     pub id: TunnelId,
     pub core: TunnelCore,
-    pub control: Option<ConnId>,
-    pub flows: Vec<Option<ConnId>>,
-    /// Since when the tunnel has had no control connection (an outage).
-    pub held_since: Option<u64>,
+    /// Which connection serves the control role and each data flow; the grace period.
+    pub table: ConnTable,
     /// `NAME (ADDR)` of the peer, for logs.
     pub peer: String,
-    /// Whether every flow has attached once (logged once).
-    all_attached: bool,
 }
 
 /// The dialling gateway's reconnect state.
@@ -68,6 +64,8 @@ pub struct Dialer {
     control: Backoff,
     /// Per data flow.
     flows: Vec<Backoff>,
+    /// Per data flow, a connection dialled and not attached yet.
+    flow_dials: Vec<Option<ConnId>>,
 }
 
 impl Dialer {
@@ -78,6 +76,7 @@ impl Dialer {
                 awaiting_welcome: None,
                 control: Backoff::default(),
                 flows: vec![Backoff::default(); config.data_flows as usize],
+                flow_dials: vec![None; config.data_flows as usize],
             }),
             // IPv6 is refused by config validation for this datapath.
             _ => None,
@@ -362,7 +361,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
             return Ok(());
         };
         let sock = self.wan.sockets.get_mut::<tcp::Socket>(conn.handle);
-        let mut attached = false;
+        let mut attached = None;
         if conn.handshake(sock, &me, &mut self.crypto)? {
             Stats::inc(&self.stats.handshakes_ok);
             if !conn.dialed {
@@ -394,14 +393,15 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                     conn.seal(Message::Attach { tunnel_id, flow: k }, &mut self.crypto);
                     if let Some(d) = &mut self.dialer {
                         d.flows[k as usize].succeeded();
+                        d.flow_dials[k as usize] = None;
                     }
-                    attached = true;
+                    attached = Some(k as usize);
                 }
                 _ => {}
             }
         }
-        if attached {
-            self.note_flow_attached();
+        if let Some(k) = attached {
+            self.attach_flow(id, k);
         }
         let conn = self.conns.get_mut(&id).expect("still there");
         let awaiting = conn.role.is_none()
@@ -436,7 +436,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
     /// Control messages from the core onto the control connection.
     fn send_control(&mut self) {
         let Some(t) = &mut self.tunnel else { return };
-        let Some(conn) = t.control.and_then(|c| self.conns.get_mut(&c)) else {
+        let Some(conn) = t.table.control().and_then(|c| self.conns.get_mut(&c)) else {
             return;
         };
         if !conn.is_keyed() {
@@ -452,8 +452,8 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
     fn fill_flows(&mut self) {
         let Some(t) = &mut self.tunnel else { return };
         let max_record = (self.config.limits.frame_len + 64).min(MAX_RECORD_LEN);
-        for (k, slot) in t.flows.iter().enumerate() {
-            let Some(conn) = slot.and_then(|c| self.conns.get_mut(&c)) else {
+        for k in 0..t.table.flow_count() {
+            let Some(conn) = t.table.flow(k).and_then(|c| self.conns.get_mut(&c)) else {
                 continue;
             };
             let sock = self.wan.sockets.get::<tcp::Socket>(conn.handle);
@@ -511,7 +511,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         }
         let current = self.tunnel.as_ref().map(|t| Current {
             id: t.id,
-            flows: t.flows.len(),
+            flows: t.table.flow_count(),
         });
         let new_id = || TunnelId::random(&ring::rand::SystemRandom::new());
         let step = match first_message(current, &msg, new_id) {
@@ -521,17 +521,16 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                 return self.close_conn(id);
             }
         };
-        let resumes = match step {
+        match step {
             FirstStep::Attach { index } => return self.attach_flow(id, index),
-            FirstStep::Resume => true,
+            FirstStep::Resume => {}
             FirstStep::NewTunnel { id: tid, flows } => {
                 self.shut_tunnel(ResetReason::TunnelLost, now);
                 let side = Side::Acceptor;
                 let t = Tunnel::new(&self.config, side, tid, peer, flows, self.shard);
                 self.tunnel = Some(t);
-                false
             }
-        };
+        }
         let welcome = Message::Welcome {
             tunnel_id: self.tunnel.as_ref().expect("resumed or set above").id,
             name: self.config.name.clone(),
@@ -540,17 +539,21 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
             c.role = Some(Role::Control);
             c.seal(welcome, &mut self.crypto);
         }
-        self.attach_control(id, resumes);
+        self.attach_control(id);
     }
 
-    /// Accepting gateway: connection `id` is data flow `k` of the tunnel.
+    /// Connection `id` is data flow `k` of the tunnel (accepted with attach, or dialled and
+    /// keyed).
     fn attach_flow(&mut self, id: ConnId, k: usize) {
         let Some(t) = self.tunnel.as_mut() else {
             return;
         };
+        let Some(attached) = t.table.attach_flow(k, id) else {
+            return; // first_message checked k against the flow count
+        };
         // The peer re-attaches a flow only after giving its old connection up (its
         // RST may have been lost on the way): close what is left of it here.
-        if let Some(old) = t.flows[k].replace(id) {
+        if let Some(old) = attached.replaced {
             t.core.flow_lost(k);
             Stats::inc(&self.stats.flows_lost);
             let addr = |c: ConnId| remote_of(&self.conns, c);
@@ -565,7 +568,9 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         if let Some(c) = self.conns.get_mut(&id) {
             c.role = Some(Role::Data(k as u16));
         }
-        self.note_flow_attached();
+        if attached.first_whole {
+            self.log_up();
+        }
     }
 
     /// Dialling gateway: the welcome to our hello.
@@ -608,16 +613,17 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                 d.flows.fill(Backoff::default());
             }
         }
-        self.attach_control(id, resumes);
+        self.attach_control(id);
     }
 
     /// Makes `id` the tunnel's control connection; after an outage both
     /// ends restate their sessions (resync).
-    fn attach_control(&mut self, id: ConnId, resumed: bool) {
+    fn attach_control(&mut self, id: ConnId) {
         let Some(t) = &mut self.tunnel else { return };
+        let attached = t.table.attach_control(id);
         // The peer dials a new control connection only after giving the old one up (its
         // RST may have been lost on the way): close what is left of it here.
-        if let Some(old) = t.control.replace(id).filter(|&old| old != id) {
+        if let Some(old) = attached.replaced {
             let addr = |c: ConnId| remote_of(&self.conns, c);
             warn!(
                 "tunnel to peer {}: control connection from {} replaced by a new one from {} (the peer gave the old one up); closing the old one",
@@ -628,8 +634,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
             self.close_conn(old);
         }
         let t = self.tunnel.as_mut().expect("checked above");
-        t.held_since = None;
-        if resumed {
+        if attached.resumed {
             t.core.resync();
             Stats::inc(&self.stats.tunnel_resumes);
             info!(
@@ -640,61 +645,48 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         }
     }
 
-    /// Logs the tunnel up once every data flow has attached.
-    fn note_flow_attached(&mut self) {
-        let Some(t) = &mut self.tunnel else { return };
-        if t.all_attached {
-            return;
-        }
-        let keyed = t.flows.iter().all(|f| {
-            f.and_then(|c| self.conns.get(&c))
-                .is_some_and(|c| c.is_keyed())
-        });
-        if keyed {
-            t.all_attached = true;
-            // Each shard of a sharded gateway has its own sub-tunnel: say which.
-            let shard = if self.shard == Shard::ONE {
-                String::new()
-            } else {
-                format!(" ({})", self.shard)
-            };
-            info!(
-                "tunnel up: peer {}, {} data flows{shard}",
-                t.peer,
-                t.flows.len()
-            );
-        }
+    /// Every data flow has attached for the first time: the tunnel is up.
+    fn log_up(&self) {
+        let Some(t) = &self.tunnel else { return };
+        // Each shard of a sharded gateway has its own sub-tunnel: say which.
+        let shard = if self.shard == Shard::ONE {
+            String::new()
+        } else {
+            format!(" ({})", self.shard)
+        };
+        info!(
+            "tunnel up: peer {}, {} data flows{shard}",
+            t.peer,
+            t.table.flow_count()
+        );
     }
 
     /// Dialling gateway: (re)connect the control connection and data flows.
     fn dial(&mut self, now: u64) {
         let Some(d) = &self.dialer else { return };
         let addr = d.addr;
-        let control_needed = d.awaiting_welcome.is_none()
-            && self.tunnel.as_ref().is_none_or(|t| t.control.is_none());
+        let control_needed =
+            d.awaiting_welcome.is_none() && self.tunnel.as_ref().is_none_or(|t| !t.table.is_up());
         if control_needed && d.control.due(now) {
             if let Some(id) = self.dial_one(addr, Role::Control, now) {
                 let d = self.dialer.as_mut().expect("checked above");
                 d.awaiting_welcome = Some(id);
             }
         }
-        let Some(t) = &self.tunnel else { return };
-        if t.control.is_none() {
+        let (Some(t), Some(d)) = (&self.tunnel, &self.dialer) else {
+            return;
+        };
+        if !t.table.is_up() {
             return; // flows attach to a tunnel the peer knows: after the welcome
         }
         let missing: Vec<usize> = t
-            .flows
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| f.is_none())
-            .map(|(k, _)| k)
+            .table
+            .missing_flows()
+            .filter(|&k| d.flow_dials[k].is_none() && d.flows[k].due(now))
             .collect();
         for k in missing {
-            let due = self.dialer.as_ref().is_some_and(|d| d.flows[k].due(now));
-            if due {
-                if let Some(id) = self.dial_one(addr, Role::Data(k as u16), now) {
-                    self.tunnel.as_mut().expect("checked above").flows[k] = Some(id);
-                }
+            if let Some(id) = self.dial_one(addr, Role::Data(k as u16), now) {
+                self.dialer.as_mut().expect("checked above").flow_dials[k] = Some(id);
             }
         }
     }
@@ -716,11 +708,8 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
 
     /// A held tunnel whose grace period ran out is given up.
     fn expire_grace(&mut self, now: u64) {
-        let grace = self.config.grace_period.as_micros() as u64;
-        let Some(t) = &self.tunnel else { return };
-        if t.held_since
-            .is_some_and(|since| now.saturating_sub(since) >= grace)
-        {
+        let Some(t) = &mut self.tunnel else { return };
+        if t.table.handle_timeout(now) {
             warn!(
                 "tunnel to peer {}: no connection for {:?} (grace period); giving up",
                 t.peer, self.config.grace_period
@@ -742,7 +731,13 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         t.core.reset_all(reason);
         self.dispatch_events(now);
         let t = self.tunnel.take().expect("checked above");
-        for id in t.control.into_iter().chain(t.flows.into_iter().flatten()) {
+        let dials = self.dialer.iter_mut().flat_map(|d| d.flow_dials.iter_mut());
+        let dials: Vec<ConnId> = dials.filter_map(Option::take).collect();
+        for (_, id) in t
+            .table
+            .connections()
+            .chain(dials.into_iter().map(|c| (None, c)))
+        {
             self.close_conn(id);
         }
     }
@@ -804,15 +799,13 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
             }
             (_, Some(Role::Control)) => {
                 let Some(t) = &mut self.tunnel else { return };
-                if t.control != Some(id) {
+                let Lost::Control { hold_until } = t.table.lost(id, now) else {
                     return;
-                }
-                t.control = None;
+                };
                 warn!("tunnel to peer {}: control connection lost: {e}", t.peer);
-                if self.config.grace_period.is_zero() || self.stopping {
+                if hold_until.is_none() {
                     return self.shut_tunnel(ResetReason::TunnelLost, now);
                 }
-                t.held_since = Some(now);
                 warn!(
                     "tunnel to peer {}: holding {} sessions for up to {:?} until the connection is back",
                     t.peer,
@@ -825,11 +818,24 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
             }
             (_, Some(Role::Data(k))) => {
                 let k = k as usize;
+                if let Some(d) = self
+                    .dialer
+                    .as_mut()
+                    .filter(|d| d.flow_dials.get(k) == Some(&Some(id)))
+                {
+                    // Dialled, never attached: nothing of the tunnel's was on it.
+                    d.flow_dials[k] = None;
+                    let backoff = d.flows[k].failed(now);
+                    let peer = self
+                        .tunnel
+                        .as_ref()
+                        .map_or(peer_name.as_str(), |t| t.peer.as_str());
+                    return warn!("peer {peer}: data flow {k}: {e}; retrying in {backoff:?}");
+                }
                 let Some(t) = &mut self.tunnel else { return };
-                if t.flows.get(k) != Some(&Some(id)) {
+                if t.table.lost(id, now) != Lost::Flow(k) {
                     return;
                 }
-                t.flows[k] = None;
                 t.core.flow_lost(k);
                 Stats::inc(&self.stats.flows_lost);
                 warn!(
@@ -857,17 +863,15 @@ impl Tunnel {
         Tunnel {
             id,
             core: TunnelCore::new(side, config.limits.clone(), flows).for_shard(shard),
-            control: None,
-            flows: vec![None; flows],
-            held_since: None,
+            table: ConnTable::new(flows, config.grace_period),
             peer,
-            all_attached: false,
         }
     }
 
     /// Whether new sessions can be opened now.
     pub fn is_up(&self, conns: &rustc_hash::FxHashMap<ConnId, WanConn>) -> bool {
-        self.control
+        self.table
+            .control()
             .and_then(|c| conns.get(&c))
             .is_some_and(|c| c.is_keyed())
     }

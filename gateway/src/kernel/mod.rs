@@ -51,7 +51,7 @@ use conn::{
     handshake_acceptor, handshake_initiator, ConnError, ConnInfo, RecordReader, RecordWriter,
 };
 use sockopt::{tune_wan, WanTuning};
-use tunnel::{log_up, Tunnel};
+use tunnel::Tunnel;
 
 /// A handshake (and its first record) must complete within this time.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -494,7 +494,6 @@ async fn start_tunnel(
             return Err(SetupError::FlowsNotAttached(HANDSHAKE_TIMEOUT * 2));
         }
     }
-    log_up(label, flows);
     Ok(tunnel)
 }
 
@@ -678,9 +677,6 @@ impl Accepted {
         };
         let (tunnel, fresh) = match (step, current) {
             (FirstStep::Attach { index }, Some(tunnel)) => {
-                if tunnel.attach_counted(index) {
-                    log_up(&tunnel.peer, tunnel.flow_count());
-                }
                 if let Err(e) = tunnel.clone().run_flow(index, reader, writer).await {
                     warn!("peer {}: data flow {index} lost: {e}", tunnel.peer);
                 }

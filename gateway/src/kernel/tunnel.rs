@@ -23,6 +23,7 @@ use super::conn::{ConnError, ConnInfo, RecordReader, RecordWriter};
 use super::Gateway;
 use crate::admin::status::{ConnectionStatus, SessionStatus, TunnelStatus};
 use crate::admin::Stats;
+use crate::link::{ConnRef, ConnTable, Lost};
 use crate::protocol::{Message, RefuseReason, ResetReason, SessionId, TunnelId};
 use crate::session::{Event, PeerError, SessionError, Side, TunnelCore};
 use crate::transform::PackNote;
@@ -77,10 +78,8 @@ impl SessionSignals {
     }
 }
 
-/// The connection serving one role (the control connection, or data flow k) right now.
-struct Attached {
-    /// Which connection: a control generation, or a data flow connection's serial number.
-    id: u64,
+/// A connection in the tunnel's table.
+struct Live {
     /// Cancelled to retire the connection when a new one takes its role.
     retire: CancellationToken,
     info: Arc<ConnInfo>,
@@ -88,17 +87,13 @@ struct Attached {
 
 struct Inner {
     core: TunnelCore,
-    /// The live WAN connections (control: `None`, data flow: its index).
-    connections: Vec<(Option<u16>, Arc<ConnInfo>)>,
-    /// The control connection in place, if any. Only it may take control
-    /// messages off the core or declare the control connection lost.
-    control: Option<Attached>,
-    /// Per data flow index, the connection in place. Only it may take that
-    /// flow's frames or declare the flow lost.
-    flows: Vec<Option<Attached>>,
+    /// Which connection serves the control role and each data flow. Only the control
+    /// connection in place may take control messages off the core, only flow k's may take its
+    /// frames, and only the one in place may declare its role lost.
+    table: ConnTable,
+    /// The connections in `table`: how to retire each, and its figures for status.
+    live: HashMap<ConnRef, Live>,
     signals: HashMap<SessionId, Arc<SessionSignals>>,
-    /// Which data flows attached at least once (accepting side).
-    attached: Vec<bool>,
     /// Per target, the egress connect that must finish before the next one to that target
     /// starts (dropped when it has): see [`super::egress::connect`].
     connect_order: HashMap<SocketAddr, oneshot::Receiver<()>>,
@@ -125,12 +120,8 @@ pub struct Tunnel {
     /// Whether a control connection is attached. When it dies the tunnel is
     /// held for the grace period, waiting for a new control connection.
     pub control_up: tokio::sync::watch::Sender<bool>,
-    /// Bumped each time a control connection attaches (under the `inner`
-    /// lock): the connection's generation. A grace timer knows from it whether
-    /// the tunnel was resumed meanwhile.
-    control_generation: std::sync::atomic::AtomicU64,
-    /// Serial numbers of data flow connections.
-    next_flow_id: std::sync::atomic::AtomicU64,
+    /// The next connection's number in `table`.
+    next_conn: std::sync::atomic::AtomicU64,
     epoch: std::time::Instant,
     gateway: Arc<Gateway>,
     /// Ingress sessions with an idle timeout ([`super::idle`]).
@@ -150,10 +141,8 @@ impl Tunnel {
             inner: Mutex::new(Inner {
                 core,
                 signals: HashMap::new(),
-                attached: Vec::new(),
-                connections: Vec::new(),
-                control: None,
-                flows: (0..flows).map(|_| None).collect(),
+                table: ConnTable::new(flows, gateway.config.grace_period),
+                live: HashMap::new(),
                 connect_order: HashMap::new(),
             }),
             frames_ready: Notify::new(),
@@ -167,8 +156,7 @@ impl Tunnel {
             peer,
             closed: CancellationToken::new(),
             control_up: tokio::sync::watch::channel(false).0,
-            control_generation: std::sync::atomic::AtomicU64::new(0),
-            next_flow_id: std::sync::atomic::AtomicU64::new(1),
+            next_conn: std::sync::atomic::AtomicU64::new(1),
             epoch: std::time::Instant::now(),
             gateway,
             idle: Default::default(),
@@ -184,19 +172,6 @@ impl Tunnel {
 
     pub fn frame_len(&self) -> usize {
         self.gateway.config.limits.frame_len
-    }
-
-    /// Counts a data flow's first attach; true when the last one arrived.
-    pub fn attach_counted(&self, idx: usize) -> bool {
-        let mut inner = self.inner.lock().expect("not poisoned");
-        if inner.attached.len() <= idx {
-            inner.attached.resize(idx + 1, false);
-        }
-        if inner.attached[idx] {
-            return false;
-        }
-        inner.attached[idx] = true;
-        inner.attached.iter().filter(|a| **a).count() == inner.core.flow_count()
     }
 
     pub fn flow_count(&self) -> usize {
@@ -237,11 +212,10 @@ impl Tunnel {
         loop {
             let control = {
                 let inner = self.inner.lock().expect("not poisoned");
-                inner
-                    .connections
-                    .iter()
-                    .find(|(flow, _)| flow.is_none())
-                    .map(|(_, c)| c.clone())
+                let control = inner.table.control();
+                control
+                    .and_then(|c| inner.live.get(&c))
+                    .map(|l| l.info.clone())
             };
             if control.is_some_and(|c| c.send_queue_empty()) {
                 return;
@@ -420,29 +394,27 @@ impl Tunnel {
     ) {
         let info = reader.info().clone();
         let retire = CancellationToken::new();
-        let (generation, resumed, old) = {
+        let conn = self.next_conn.fetch_add(1, Ordering::SeqCst);
+        let (resumed, old) = {
             let mut inner = self.inner.lock().expect("not poisoned");
-            let generation = self.control_generation.fetch_add(1, Ordering::SeqCst) + 1;
-            let old = inner.control.replace(Attached {
-                id: generation,
-                retire: retire.clone(),
-                info: info.clone(),
-            });
+            let attached = inner.table.attach_control(conn);
+            let old = attached.replaced.and_then(|old| inner.live.remove(&old));
             if let Some(old) = &old {
                 old.retire.cancel();
-                inner
-                    .connections
-                    .retain(|(_, c)| !Arc::ptr_eq(c, &old.info));
             }
-            inner.connections.push((None, info.clone()));
+            let live = Live {
+                retire: retire.clone(),
+                info: info.clone(),
+            };
+            inner.live.insert(conn, live);
             // The old writer may have died (or been retired) mid-flush.
             self.control_busy.store(false, Ordering::SeqCst);
-            let resumed = (generation > 1).then(|| {
+            let resumed = attached.resumed.then(|| {
                 inner.core.resync();
                 inner.core.session_count()
             });
             self.dispatch(&mut inner);
-            (generation, resumed, old)
+            (resumed, old)
         };
         if let Some(old) = old {
             warn!(
@@ -455,27 +427,25 @@ impl Tunnel {
             info!("tunnel to peer {} resumed with {n} sessions", self.peer);
         }
         self.control_up.send_replace(true);
-        tokio::spawn(
-            self.clone()
-                .run_control(generation, retire, info, reader, writer),
-        );
+        tokio::spawn(self.clone().run_control(conn, retire, info, reader, writer));
     }
 
-    /// Control connection `generation` died: if it is still the one in
-    /// place, hold every session for the grace period, then give up and
-    /// reset them. A connection that was replaced already changes nothing.
-    fn control_lost(self: &Arc<Self>, generation: u64) {
-        {
+    /// Control connection `conn` died: if it is still the one in place, hold every session for
+    /// the grace period, then give up and reset them. A connection that was replaced already
+    /// changes nothing.
+    fn control_lost(self: &Arc<Self>, conn: ConnRef) {
+        let lost = {
             let mut inner = self.inner.lock().expect("not poisoned");
-            if inner.control.as_ref().map(|c| c.id) != Some(generation) {
-                return;
-            }
-            inner.control = None;
-        }
+            inner.live.remove(&conn);
+            inner.table.lost(conn, self.now())
+        };
+        let Lost::Control { hold_until } = lost else {
+            return;
+        };
         let grace = self.gateway.config.grace_period;
-        if grace.is_zero() || self.closed.is_cancelled() {
+        let Some(until) = hold_until.filter(|_| !self.closed.is_cancelled()) else {
             return self.shutdown(ResetReason::TunnelLost);
-        }
+        };
         let sessions = self.with_core(|c| c.session_count());
         warn!(
             "tunnel to peer {}: holding {sessions} sessions for up to {grace:?} until the connection is back",
@@ -484,11 +454,17 @@ impl Tunnel {
         self.control_up.send_replace(false);
         let tunnel = self.clone();
         tokio::spawn(async move {
+            let left = Duration::from_micros(until.saturating_sub(tunnel.now()));
             tokio::select! {
-                _ = tokio::time::sleep(grace) => {}
+                _ = tokio::time::sleep(left) => {}
                 _ = tunnel.closed.cancelled() => return,
             }
-            if tunnel.control_generation.load(Ordering::SeqCst) == generation {
+            // Resumed meanwhile (and perhaps held again since): not this hold's end.
+            let expired = {
+                let mut inner = tunnel.inner.lock().expect("not poisoned");
+                inner.table.handle_timeout(tunnel.now())
+            };
+            if expired {
                 warn!(
                     "tunnel to peer {}: no connection for {grace:?} (grace period); giving up",
                     tunnel.peer
@@ -498,15 +474,15 @@ impl Tunnel {
         });
     }
 
-    /// Whether control connection `generation` is the one in place.
-    fn is_control(inner: &Inner, generation: u64) -> bool {
-        inner.control.as_ref().is_some_and(|c| c.id == generation)
+    /// Whether `conn` is the control connection in place.
+    fn is_control(inner: &Inner, conn: ConnRef) -> bool {
+        inner.table.control() == Some(conn)
     }
 
-    /// Runs control connection `generation` until it fails or is retired.
+    /// Runs control connection `conn` until it fails or is retired.
     async fn run_control(
         self: Arc<Self>,
-        generation: u64,
+        conn: ConnRef,
         retire: CancellationToken,
         info: Arc<ConnInfo>,
         mut reader: RecordReader<OwnedReadHalf>,
@@ -536,7 +512,7 @@ impl Tunnel {
             // one in place: a retired writer must not take (and lose) any.
             let take = || {
                 let mut inner = self.inner.lock().expect("not poisoned");
-                if !Self::is_control(&inner, generation) {
+                if !Self::is_control(&inner, conn) {
                     return None;
                 }
                 let msg = inner.core.poll_control();
@@ -557,7 +533,7 @@ impl Tunnel {
                 }
                 writer.flush().await?;
                 let inner = self.inner.lock().expect("not poisoned");
-                if Self::is_control(&inner, generation) {
+                if Self::is_control(&inner, conn) {
                     self.control_busy.store(false, Ordering::SeqCst);
                     self.control_idle.notify_waiters();
                 }
@@ -566,17 +542,16 @@ impl Tunnel {
         let result: Result<(), ConnError> = tokio::select! {
             _ = self.closed.cancelled() => Ok(()),
             // Replaced by a newer connection, which has taken over.
-            _ = retire.cancelled() => return self.unregister(&info),
+            _ = retire.cancelled() => return,
             r = read => r,
             r = write => r,
         };
-        self.unregister(&info);
         if self.closed.is_cancelled() {
             return;
         }
         if let Err(e) = result {
             self.count_failure(&e);
-            let in_place = Self::is_control(&self.inner.lock().expect("not poisoned"), generation);
+            let in_place = Self::is_control(&self.inner.lock().expect("not poisoned"), conn);
             if in_place {
                 warn!("tunnel to peer {}: control connection lost: {e}", self.peer);
             } else {
@@ -586,7 +561,7 @@ impl Tunnel {
                 );
             }
         }
-        self.control_lost(generation);
+        self.control_lost(conn);
     }
 
     /// Runs data flow `idx` until it fails or is retired. Whatever it
@@ -608,29 +583,26 @@ impl Tunnel {
         W: AsyncWrite + Unpin + AsRef<tokio::net::TcpStream>,
     {
         let info = reader.info().clone();
-        let id = self.next_flow_id.fetch_add(1, Ordering::SeqCst);
+        let id = self.next_conn.fetch_add(1, Ordering::SeqCst);
         let retire = CancellationToken::new();
-        let old = {
+        let (old, first_whole) = {
             let mut inner = self.inner.lock().expect("not poisoned");
-            let Some(slot) = inner.flows.get_mut(idx) else {
+            let Some(attached) = inner.table.attach_flow(idx, id) else {
                 // Callers check the index against the flow count.
                 return Ok(());
             };
-            let old = slot.replace(Attached {
-                id,
-                retire: retire.clone(),
-                info: info.clone(),
-            });
+            let old = attached.replaced.and_then(|old| inner.live.remove(&old));
             if let Some(old) = &old {
                 old.retire.cancel();
-                inner
-                    .connections
-                    .retain(|(_, c)| !Arc::ptr_eq(c, &old.info));
                 inner.core.flow_lost(idx);
                 self.dispatch(&mut inner);
             }
-            inner.connections.push((Some(idx as u16), info.clone()));
-            old
+            let live = Live {
+                retire: retire.clone(),
+                info: info.clone(),
+            };
+            inner.live.insert(id, live);
+            (old, attached.first_whole)
         };
         if let Some(old) = old {
             Stats::inc(&self.gateway.stats.flows_lost);
@@ -639,26 +611,21 @@ impl Tunnel {
                 self.peer, old.info.remote, info.remote
             );
         }
+        if first_whole {
+            log_up(&self.peer, self.flow_count());
+        }
         let result = tokio::select! {
             _ = self.closed.cancelled() => Ok(()),
             // Replaced by a newer connection, which has taken over.
-            _ = retire.cancelled() => {
-                self.unregister(&info);
-                return Ok(());
-            }
+            _ = retire.cancelled() => return Ok(()),
             r = self.flow_reader(reader) => r,
             r = self.flow_writer(idx, id, writer) => r,
         };
-        self.unregister(&info);
         let in_place = {
             let mut inner = self.inner.lock().expect("not poisoned");
-            let in_place = inner
-                .flows
-                .get(idx)
-                .and_then(|s| s.as_ref())
-                .is_some_and(|s| s.id == id);
+            inner.live.remove(&id);
+            let in_place = inner.table.lost(id, self.now()) == Lost::Flow(idx);
             if in_place {
-                inner.flows[idx] = None;
                 inner.core.flow_lost(idx);
                 self.dispatch(&mut inner);
             }
@@ -698,7 +665,7 @@ impl Tunnel {
     async fn flow_writer<W>(
         self: &Arc<Self>,
         idx: usize,
-        id: u64,
+        id: ConnRef,
         mut writer: RecordWriter<W>,
     ) -> Result<(), ConnError>
     where
@@ -709,11 +676,7 @@ impl Tunnel {
         // one's ledger, sent nowhere.
         let take = || {
             let mut inner = self.inner.lock().expect("not poisoned");
-            let in_place = inner
-                .flows
-                .get(idx)
-                .and_then(|s| s.as_ref())
-                .is_some_and(|s| s.id == id);
+            let in_place = inner.table.flow(idx) == Some(id);
             let frame = in_place.then(|| inner.core.poll_frame(idx)).flatten();
             self.dispatch(&mut inner);
             frame
@@ -792,14 +755,6 @@ impl Tunnel {
         }
     }
 
-    fn unregister(&self, info: &Arc<ConnInfo>) {
-        self.inner
-            .lock()
-            .expect("not poisoned")
-            .connections
-            .retain(|(_, c)| !Arc::ptr_eq(c, info));
-    }
-
     /// The tunnel as `lmas status` shows it.
     pub fn status(&self) -> TunnelStatus {
         let inner = self.inner.lock().expect("not poisoned");
@@ -817,11 +772,12 @@ impl Tunnel {
             })
             .collect();
         let connections = inner
-            .connections
-            .iter()
+            .table
+            .connections()
+            .filter_map(|(flow, c)| Some((flow, &inner.live.get(&c)?.info)))
             .map(|(flow, c)| ConnectionStatus {
                 kind: if flow.is_some() { "data" } else { "control" }.to_string(),
-                flow: *flow,
+                flow,
                 local: c.local.to_string(),
                 remote: c.remote.to_string(),
                 age_secs: c.since.elapsed().as_secs_f64(),

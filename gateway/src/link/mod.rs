@@ -8,9 +8,11 @@
 //! - [`drain`]: the shutdown: drain, deadline, resets, notice.
 //! - [`accept`]: what an accepted connection's first message makes of it.
 //! - [`records`]: records split off a connection's byte stream.
+//! - [`conn_table`]: which connection serves each role; replacement, loss, the grace period.
 
 pub mod accept;
 pub mod backoff;
+pub mod conn_table;
 pub mod drain;
 pub mod egress;
 pub mod handshake;
@@ -18,6 +20,7 @@ pub mod records;
 
 pub use accept::{first_message, Current, FirstRefusal, FirstStep};
 pub use backoff::Backoff;
+pub use conn_table::{ConnRef, ConnTable, ControlAttached, FlowAttached, Lost, Role};
 pub use drain::{Drain, DrainStep, ResetCause};
 pub use egress::{check_egress, EgressCheck, EgressRefusal};
 pub use handshake::{ConnHandshake, Done, Identity, LinkHandshakeError};
