@@ -18,11 +18,11 @@
 //!     session core and the records.
 //!   - [`session`]: `TunnelCore`: segmenter, scheduler across flows,
 //!     reassembler, credits.
-//!   - [`admission`]: which unauthenticated connections on the tunnel port
-//!     keep a handshake slot.
 //!   - [`link`]: what both datapaths do the same way, written once: a WAN
-//!     connection's handshake fed raw bytes, an accepted connection's first
-//!     message, dial backoff, the egress check, the shutdown's drain.
+//!     connection's handshake fed raw bytes and its records, which
+//!     unauthenticated connections keep a handshake slot, an accepted
+//!     connection's first message, the connection table and grace period,
+//!     dial backoff, the egress check, the shutdown's drain.
 //! - Two datapaths drive that core and speak the same protocol:
 //!   - [`kernel`]: kernel sockets and tokio tasks (portable);
 //!   - [`dpdk`]: the appliance: poll-mode lcores, smoltcp over mbufs, crypto
@@ -34,7 +34,6 @@
 #![deny(unsafe_code)]
 
 pub mod admin;
-pub mod admission;
 pub mod crypto;
 pub mod dpdk;
 pub mod kernel;

@@ -30,7 +30,7 @@ use super::engine::Engine;
 use super::net::{endpoint_addr, is_connected, Retire};
 use super::phy::FramePort;
 use crate::admin::{Ingress, IngressMode, Stats};
-use crate::admission::Throttle;
+use crate::link::admission::Throttle;
 use crate::protocol::{RefuseReason, ResetReason, SessionId};
 use crate::session::ReadOutcome;
 

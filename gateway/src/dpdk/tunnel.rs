@@ -5,7 +5,7 @@
 //! (their frames go out again on the others), fair admission of
 //! unauthenticated connections, handshake timeouts.
 //!
-//! Admission on the tunnel port ([`crate::admission`]) happens in two
+//! Admission on the tunnel port ([`crate::link::admission`]) happens in two
 //! steps. A SYN passes the WAN port's gate (`net::TunnelGate`: `peer.source`,
 //! and a budget of listening sockets for sources that never authenticated,
 //! so the peer's reserve is never taken) and becomes a half-open
@@ -24,17 +24,15 @@ use super::net::{endpoint_addr, is_connected, Embryo, Retire, TunnelGate};
 use super::phy::FramePort;
 use super::wan::{Identity, Role, WanConn, WanError};
 use crate::admin::{Config, Stats, TunnelEnd};
-use crate::admission::{self, Decision, Pending, Throttle};
 use crate::crypto::{RekeyPolicy, MAX_RECORD_LEN};
-use crate::link::{first_message, peer_label, Backoff, ConnTable, Current, FirstStep, Lost};
+use crate::link::admission::{self, Admission, Throttle, MAX_PENDING_HANDSHAKES};
+use crate::link::{
+    first_message, peer_label, Backoff, ConnTable, Current, FirstStep, Lost, HANDSHAKE_TIMEOUT,
+};
 use crate::protocol::handshake::Shard;
 use crate::protocol::{Message, ResetReason, TunnelId};
 use crate::session::{Side, TunnelCore};
 
-/// A handshake (and its first record) must complete within this time.
-const HANDSHAKE_TIMEOUT_US: u64 = 10_000_000;
-/// Handshakes in progress at once on the tunnel port.
-const MAX_PENDING_HANDSHAKES: usize = 64;
 /// Listening sockets on the tunnel port that sources which never
 /// authenticated as the peer may take between two turns; the others are the
 /// peer's reserve (its control connection and N flows re-dial in a burst).
@@ -134,8 +132,13 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                 );
             }
             let sources = self.config.peer_source.clone();
-            self.wan
-                .set_gate(TunnelGate::new(addr.port(), sources, self.stats.clone()));
+            let gate = TunnelGate::new(
+                addr.port(),
+                sources,
+                MAX_PENDING_HANDSHAKES,
+                self.stats.clone(),
+            );
+            self.wan.set_gate(gate);
         }
         self.refill_wan_listeners();
     }
@@ -219,7 +222,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
             match (sock.state(), remote) {
                 (tcp::State::SynReceived, Some(IpAddr::V4(ip))) => {
                     if let Some(g) = self.wan.gate_mut() {
-                        let trusted = g.trust.is_trusted(IpAddr::V4(ip));
+                        let trusted = g.handshakes.trust.is_trusted(IpAddr::V4(ip));
                         g.embryos.push(Embryo {
                             handle: h,
                             ip,
@@ -281,62 +284,27 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
     }
 
     /// A connection whose TCP handshake completed: it takes a slot in the
-    /// handshake table.
+    /// handshake table, fairly (see [`crate::link::admission`]), or is dropped.
     fn accept_wan(&mut self, h: smoltcp::iface::SocketHandle, now: u64) {
         let id = self.new_conn_id();
+        let sock = self.wan.sockets.get::<tcp::Socket>(h);
+        let addr = sock.remote_endpoint().map(endpoint_addr);
         self.conns.insert(id, WanConn::accepted(id, h, now));
-        self.admit_handshake(id);
-    }
-
-    /// Bounds pending handshakes fairly (see [`crate::admission`]).
-    fn admit_handshake(&mut self, newest: ConnId) {
-        let ips: Vec<(ConnId, IpAddr)> = self
-            .conns
-            .values()
-            .filter(|c| !c.dialed && c.role.is_none())
-            .map(|c| {
-                let ip = c
-                    .remote
-                    .map(|a| a.ip())
-                    .or_else(|| {
-                        self.wan
-                            .sockets
-                            .get::<tcp::Socket>(c.handle)
-                            .remote_endpoint()
-                            .map(|e| endpoint_addr(e).ip())
-                    })
-                    .unwrap_or(IpAddr::from([0, 0, 0, 0]));
-                (c.id, ip)
-            })
-            .collect();
         let Some(g) = self.wan.gate_mut() else { return };
-        let trusted = |ip| g.trust.is_trusted(ip);
-        let newest_trusted = ips
-            .iter()
-            .find(|(id, _)| *id == newest)
-            .is_some_and(|&(_, ip)| trusted(ip));
-        let pending: Vec<Pending<ConnId>> = ips
-            .iter()
-            .filter(|(id, _)| *id != newest)
-            .map(|&(id, ip)| Pending {
-                key: id,
-                ip,
-                seq: id,
-                trusted: trusted(ip),
-            })
-            .collect();
-        let (drop, why) = match admission::admit(&pending, newest_trusted, MAX_PENDING_HANDSHAKES) {
-            Decision::Admit => return,
-            Decision::Evict(v) => (v, format!("{MAX_PENDING_HANDSHAKES} handshakes pending, evicting the oldest from the busiest source prefix")),
-            Decision::Refuse => (newest, format!("every handshake slot it may take is held by sources that authenticated as peer {} before", self.config.peer_name)),
+        let addr = addr.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+        let admission = g.handshakes.admit(id, addr);
+        let (drop, who) = match admission {
+            Admission::Admitted { evicted: None } => return,
+            Admission::Admitted {
+                evicted: Some(victim),
+            } => victim,
+            Admission::Refused => (id, addr),
         };
+        let why = g.handshakes.why(&admission, &self.config.peer_name);
         Stats::inc(&self.stats.handshakes_busy);
-        let log = g.log_now();
-        let who = ips.iter().find(|(id, _)| *id == drop).map(|&(_, ip)| ip);
-        if let Some(more) = log {
+        if let Some(more) = g.log_now() {
             warn!(
-                "handshake with {} dropped: {why}{}",
-                who.map_or("?".to_string(), |a| a.to_string()),
+                "handshake with {who} dropped: {why}{}",
                 Throttle::more(more)
             );
         }
@@ -368,7 +336,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                 // It holds the peer's key: favoured when it re-dials under a flood.
                 let ip = conn.remote.map(|a| a.ip());
                 if let (Some(ip), Some(g)) = (ip, self.wan.gate_mut()) {
-                    g.trust.authenticated(ip);
+                    g.handshakes.trust.authenticated(ip);
                 }
             }
             // The dialler's first record says what this connection is for.
@@ -407,11 +375,9 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         let awaiting = conn.role.is_none()
             || self.dialer.as_ref().and_then(|d| d.awaiting_welcome) == Some(id)
             || !conn.is_keyed();
-        if awaiting && now.saturating_sub(conn.created) > HANDSHAKE_TIMEOUT_US {
+        if awaiting && now.saturating_sub(conn.created) > HANDSHAKE_TIMEOUT.as_micros() as u64 {
             return Err(WanError::Handshake(
-                crate::crypto::HandshakeError::TimedOut(std::time::Duration::from_micros(
-                    HANDSHAKE_TIMEOUT_US,
-                )),
+                crate::crypto::HandshakeError::TimedOut(HANDSHAKE_TIMEOUT),
             ));
         }
         if conn.is_keyed() {
@@ -502,6 +468,10 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
 
     /// Accepting gateway: the first record says hello (control) or attach (data).
     fn on_first_message(&mut self, id: ConnId, msg: Message, now: u64) {
+        // Its handshake is over, whatever the message makes of it.
+        if let Some(g) = self.wan.gate_mut() {
+            g.handshakes.done(id);
+        }
         let remote = self.conns.get(&id).and_then(|c| c.remote);
         let peer = peer_label(&self.config.peer_name, remote);
         if let Message::Hello { name, .. } = &msg {
@@ -748,6 +718,9 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
     }
 
     fn retire_conn(&mut self, id: ConnId, how: Retire) {
+        if let Some(g) = self.wan.gate_mut() {
+            g.handshakes.done(id);
+        }
         if let Some(c) = self.conns.remove(&id) {
             self.wan.retire(c.handle, how, self.now);
             self.crypto.submit(CryptoJob::Remove { conn: id });

@@ -37,7 +37,7 @@ use super::sockopt::{listener, reset_on_close};
 use super::tunnel::{OpenOutcome, SessionSignals, Tunnel};
 use super::Gateway;
 use crate::admin::{Ingress, IngressMode, Stats};
-use crate::admission::Throttle;
+use crate::link::admission::Throttle;
 use crate::protocol::{ResetReason, SessionId};
 
 /// Binds a listener now (so bind errors surface at startup).

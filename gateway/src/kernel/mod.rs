@@ -41,9 +41,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::signals::{Request, Signals};
 use crate::admin::{Allowlist, Config, Stats, StatusSource, TunnelEnd};
-use crate::admission::Throttle;
 use crate::crypto::RekeyPolicy;
-use crate::link::{first_message, peer_label, Backoff, Current, FirstStep};
+use crate::link::admission::Throttle;
+use crate::link::admission::MAX_PENDING_HANDSHAKES;
+use crate::link::{first_message, peer_label, Backoff, Current, FirstStep, HANDSHAKE_TIMEOUT};
 use crate::protocol::{Message, ResetReason, TunnelId};
 use crate::session::Side;
 use crate::transform::{Adaptive, Compression, PackPolicy};
@@ -52,12 +53,6 @@ use conn::{
 };
 use sockopt::{tune_wan, WanTuning};
 use tunnel::Tunnel;
-
-/// A handshake (and its first record) must complete within this time.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in progress at once; more connections are dropped at once,
-/// so a flood of half-open connections cannot exhaust the gateway.
-const MAX_PENDING_HANDSHAKES: usize = 64;
 
 /// Process-wide state shared by all tasks.
 pub struct Gateway {
@@ -278,7 +273,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             info!(
                 "waiting for peer {} on {addr}{}",
                 gateway.config.peer_name,
-                crate::admission::only_from(gateway.config.peer_source.as_ref())
+                crate::link::admission::only_from(gateway.config.peer_source.as_ref())
             );
             tokio::spawn(accept_loop(gateway.clone(), l));
         }
@@ -577,21 +572,27 @@ async fn accept_loop(gateway: Arc<Gateway>, listener: TcpListener) {
             }
             continue;
         }
-        let slot = match pending.admit(addr) {
+        let slot = match pending.admit(addr, &gateway.config.peer_name) {
             pending::Admitted::Slot(slot, evicted) => {
-                if let Some(old) = evicted {
+                if let Some((old, why)) = evicted {
                     Stats::inc(&gateway.stats.handshakes_busy);
                     if let Some(more) = pending.log_now(now) {
-                        warn!("handshake with {old} dropped: {MAX_PENDING_HANDSHAKES} handshakes pending, evicting the oldest from the busiest source prefix{}", Throttle::more(more));
+                        warn!(
+                            "handshake with {old} dropped: {why}{}",
+                            Throttle::more(more)
+                        );
                     }
                 }
                 slot
             }
-            pending::Admitted::Refused => {
+            pending::Admitted::Refused(why) => {
                 Stats::inc(&gateway.stats.handshakes_busy);
                 sockopt::reset_on_close(&SockRef::from(&stream));
                 if let Some(more) = pending.log_now(now) {
-                    warn!("connection from {addr} dropped: every handshake slot it may take is held by sources that authenticated as peer {} before{}", gateway.config.peer_name, Throttle::more(more));
+                    warn!(
+                        "handshake with {addr} dropped: {why}{}",
+                        Throttle::more(more)
+                    );
                 }
                 continue;
             }

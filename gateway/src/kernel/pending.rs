@@ -1,6 +1,6 @@
-//! Bounds the handshakes in progress on the tunnel port, fairly (the
-//! policy is [`crate::admission`]); a slot is held for the life of a
-//! handshake task and cancelled if a newer connection evicts it.
+//! The tunnel port's pending-handshake table ([`crate::link::admission::HandshakeTable`]: the
+//! policy both datapaths share) behind a mutex, for the kernel's handshake tasks: a slot is held
+//! for the life of a task, freed on drop, and cancelled if a newer connection evicts it.
 //!
 //! The kernel completes TCP handshakes itself (with SYN cookies when its
 //! queue overflows), so only connections that did reach `accept` count.
@@ -11,28 +11,19 @@ use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::admission::{self, Decision, Pending, Throttle, Trust};
+use crate::link::admission::{Admission, Dropped, HandshakeTable};
 use crate::sources::SourceList;
 
-struct Entry {
-    addr: SocketAddr,
-    trusted: bool,
-    evicted: CancellationToken,
-}
-
-#[derive(Default)]
-struct Table {
+struct State {
+    table: HandshakeTable<u64>,
+    /// Per slot, cancelled when a newer connection evicts it.
+    evicted: HashMap<u64, CancellationToken>,
     next: u64,
-    entries: HashMap<u64, Entry>,
-    trust: Trust,
-    /// Paces the log lines about refused and evicted connections.
-    throttle: Throttle,
 }
 
 /// The pending-handshake table.
 pub struct PendingHandshakes {
-    limit: usize,
-    table: Mutex<Table>,
+    state: Mutex<State>,
 }
 
 /// A slot in the table; frees itself on drop. `evicted` fires if a newer
@@ -45,102 +36,79 @@ pub struct Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.owner
-            .table
-            .lock()
-            .expect("not poisoned")
-            .entries
-            .remove(&self.id);
+        let mut s = self.owner.state.lock().expect("not poisoned");
+        s.table.done(self.id);
+        s.evicted.remove(&self.id);
     }
 }
 
 /// How [`PendingHandshakes::admit`] went.
 pub enum Admitted {
-    /// A slot, and the address of the handshake evicted for it, if any.
-    Slot(Slot, Option<SocketAddr>),
-    /// Every slot this source may take is held by sources that
-    /// authenticated as the peer before.
-    Refused,
+    /// A slot, and the handshake evicted for it (its address, and why), if any.
+    Slot(Slot, Option<(SocketAddr, Dropped)>),
+    /// No slot: why.
+    Refused(Dropped),
 }
 
 impl PendingHandshakes {
     /// A table of `limit` slots; `peer_source` is `peer.source`.
     pub fn new(limit: usize, peer_source: Option<SourceList>) -> Arc<Self> {
         Arc::new(PendingHandshakes {
-            limit,
-            table: Mutex::new(Table {
-                trust: Trust::new(peer_source),
-                ..Table::default()
+            state: Mutex::new(State {
+                table: HandshakeTable::new(limit, peer_source),
+                evicted: HashMap::new(),
+                next: 0,
             }),
         })
     }
 
     /// Whether `peer.source` lets `ip` connect at all.
     pub fn allows(&self, ip: IpAddr) -> bool {
-        self.table.lock().expect("not poisoned").trust.allows(ip)
+        self.state
+            .lock()
+            .expect("not poisoned")
+            .table
+            .trust
+            .allows(ip)
     }
 
     /// `ip` completed a handshake as the peer: it is favoured from now on.
     pub fn authenticated(&self, ip: IpAddr) {
-        self.table
-            .lock()
-            .expect("not poisoned")
-            .trust
-            .authenticated(ip);
+        let mut s = self.state.lock().expect("not poisoned");
+        s.table.trust.authenticated(ip);
     }
 
-    /// Whether to log a refusal or eviction now (see [`Throttle`]); `now` in µs.
+    /// Whether to log a refusal or eviction now (see [`crate::link::admission::Throttle`]);
+    /// `now` in µs.
     pub fn log_now(&self, now: u64) -> Option<u64> {
-        self.table.lock().expect("not poisoned").throttle.allow(now)
+        self.state.lock().expect("not poisoned").table.log_now(now)
     }
 
-    /// Takes a slot for `addr`, evicting another handshake if the policy
-    /// says so.
-    pub fn admit(self: &Arc<Self>, addr: SocketAddr) -> Admitted {
-        let mut t = self.table.lock().expect("not poisoned");
-        let trusted = t.trust.is_trusted(addr.ip());
-        let pending: Vec<Pending<u64>> = t
-            .entries
-            .iter()
-            .map(|(&id, e)| Pending {
-                key: id,
-                ip: e.addr.ip(),
-                seq: id,
-                trusted: e.trusted,
-            })
-            .collect();
-        let evicted = match admission::admit(&pending, trusted, self.limit) {
-            Decision::Refuse => return Admitted::Refused,
-            Decision::Admit => None,
-            Decision::Evict(id) => t.entries.remove(&id).map(|e| {
-                e.evicted.cancel();
-                e.addr
+    /// Takes a slot for a connection from `addr`, evicting another handshake if the policy
+    /// says so; `peer` names the peer in a refusal.
+    pub fn admit(self: &Arc<Self>, addr: SocketAddr, peer: &str) -> Admitted {
+        let mut s = self.state.lock().expect("not poisoned");
+        let id = s.next;
+        s.next += 1;
+        let admission = s.table.admit(id, addr);
+        let why = s.table.why(&admission, peer);
+        let evicted = match admission {
+            Admission::Refused => return Admitted::Refused(why),
+            Admission::Admitted { evicted } => evicted.map(|(old, old_addr)| {
+                if let Some(token) = s.evicted.remove(&old) {
+                    token.cancel();
+                }
+                (old_addr, why)
             }),
         };
-        let id = t.next;
-        t.next += 1;
         let token = CancellationToken::new();
-        t.entries.insert(
+        s.evicted.insert(id, token.clone());
+        let slot = Slot {
+            owner: self.clone(),
             id,
-            Entry {
-                addr,
-                trusted,
-                evicted: token.clone(),
-            },
-        );
-        Admitted::Slot(
-            Slot {
-                owner: self.clone(),
-                id,
-                evicted: token,
-            },
-            evicted,
-        )
-    }
-
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.table.lock().expect("not poisoned").entries.len()
+            evicted: token,
+        };
+        Admitted::Slot(slot, evicted)
     }
 }
 
@@ -148,61 +116,29 @@ impl PendingHandshakes {
 mod tests {
     use super::*;
 
-    fn addr(ip: &str, port: u16) -> SocketAddr {
-        SocketAddr::new(ip.parse().unwrap(), port)
-    }
-
-    fn slot(p: &Arc<PendingHandshakes>, a: SocketAddr) -> (Slot, Option<SocketAddr>) {
-        match p.admit(a) {
-            Admitted::Slot(s, e) => (s, e),
-            Admitted::Refused => panic!("{a} refused"),
-        }
-    }
-
     #[test]
-    fn a_flood_from_one_prefix_evicts_itself_not_the_peer() {
+    fn an_evicted_slot_is_cancelled_and_a_dropped_one_frees_its_place() {
         let p = PendingHandshakes::new(4, None);
-        // Four addresses of one /24: they count as one source.
-        let flood: Vec<Slot> = (0..4)
-            .map(|i| slot(&p, addr(&format!("10.0.0.{}", 10 + i), 1000)).0)
+        let ip = |i: u8| SocketAddr::from(([10, 0, 0, i], 1000));
+        let slots: Vec<Slot> = (0..4)
+            .map(|i| match p.admit(ip(i), "gw-a") {
+                Admitted::Slot(s, _) => s,
+                Admitted::Refused(why) => panic!("{why}"),
+            })
             .collect();
-        assert!(
-            flood[0].evicted.is_cancelled(),
-            "the oldest of the busiest prefix"
-        );
-        let (peer, evicted) = slot(&p, addr("10.0.1.1", 5000));
-        assert_eq!(evicted, Some(addr("10.0.0.11", 1000)), "the oldest left");
-        // More flood keeps evicting the flood, never the peer.
-        let mut more = Vec::new();
-        for i in 0..10 {
-            let (s, ev) = slot(&p, addr(&format!("10.0.0.{}", 100 + i), 2000));
-            assert!(matches!(ev.map(|a| a.ip()), Some(IpAddr::V4(a)) if a.octets()[2] == 0));
-            more.push(s);
-        }
-        assert!(!peer.evicted.is_cancelled());
-        assert!(p.len() <= 4);
-        drop(peer);
-        drop(flood);
-        assert!(p.len() <= 4);
-    }
-
-    #[test]
-    fn a_peer_that_authenticated_before_keeps_its_slot_against_any_flood() {
-        let p = PendingHandshakes::new(16, None);
-        let peer_addr = addr("192.0.2.1", 4000);
-        p.authenticated(peer_addr.ip());
-        let mut flood = Vec::new();
-        // Every flooding connection from its own /24.
-        for i in 0..8u8 {
-            flood.push(slot(&p, addr(&format!("10.{i}.0.1"), 1000)).0);
-        }
-        let (peer, _) = slot(&p, peer_addr);
-        for i in 0..200u32 {
-            let a = addr(&format!("10.{}.{}.1", 8 + i / 256, i % 256), 1000);
-            flood.push(slot(&p, a).0);
-        }
-        assert!(!peer.evicted.is_cancelled());
-        assert!(p.len() <= 16);
+        // Three of four slots for untrusted sources: the fourth evicted the oldest, a fifth
+        // from the same /24 evicts the oldest left.
+        assert!(slots[0].evicted.is_cancelled() && !slots[1].evicted.is_cancelled());
+        let Admitted::Slot(fifth, Some((old, why))) = p.admit(ip(9), "gw-a") else {
+            panic!("no eviction");
+        };
+        assert_eq!(old, ip(1));
+        assert_eq!(why, Dropped::Evicted { limit: 4 });
+        assert!(slots[1].evicted.is_cancelled() && !slots[2].evicted.is_cancelled());
+        drop(slots);
+        drop(fifth);
+        assert!(p.state.lock().unwrap().table.is_empty());
+        assert!(p.state.lock().unwrap().evicted.is_empty());
     }
 
     #[test]

@@ -12,6 +12,10 @@ use crate::crypto::{StaticKeypair, TrafficKeys};
 use crate::protocol::handshake::{check_noise_len, frame_noise, Prelude, Shard, PRELUDE_LEN};
 use crate::protocol::DecodeError;
 
+/// A connection's handshake (and its first record, or the welcome) must complete within this
+/// time, on both datapaths.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// This gateway's keys and what it expects of the peer.
 pub struct Identity<'a> {
     pub local: &'a StaticKeypair,

@@ -6,11 +6,13 @@
 //! - [`backoff`]: when to dial again after a failure.
 //! - [`egress`]: whether a session's target is taken, checked before any connect.
 //! - [`drain`]: the shutdown: drain, deadline, resets, notice.
+//! - [`admission`]: which unauthenticated connections on the tunnel port keep a handshake slot.
 //! - [`accept`]: what an accepted connection's first message makes of it.
 //! - [`records`]: records split off a connection's byte stream.
 //! - [`conn_table`]: which connection serves each role; replacement, loss, the grace period.
 
 pub mod accept;
+pub mod admission;
 pub mod backoff;
 pub mod conn_table;
 pub mod drain;
@@ -23,7 +25,7 @@ pub use backoff::Backoff;
 pub use conn_table::{ConnRef, ConnTable, ControlAttached, FlowAttached, Lost, Role};
 pub use drain::{Drain, DrainStep, ResetCause};
 pub use egress::{check_egress, EgressCheck, EgressRefusal};
-pub use handshake::{ConnHandshake, Done, Identity, LinkHandshakeError};
+pub use handshake::{ConnHandshake, Done, Identity, LinkHandshakeError, HANDSHAKE_TIMEOUT};
 pub use records::{Record, RecordSplitter};
 
 /// How logs and status name the peer: `name (address)` when the address is known.

@@ -1,5 +1,5 @@
 //! The tunnel port's gate: which SYNs reach the stack's listening sockets
-//! (the DPDK datapath's share of [`crate::admission`]).
+//! (the DPDK datapath's share of [`crate::link::admission`]).
 //!
 //! smoltcp has no SYN cookies: every SYN a listening socket takes becomes a
 //! half-open (embryonic) socket until the handshake completes or gives up.
@@ -11,8 +11,9 @@
 //!   listening sockets it can spare beyond the reserve), so a flood can never
 //!   take the socket the peer's re-dial needs.
 //!
-//! Half-open connections are held here, apart from the handshake table:
-//! only a completed TCP handshake becomes a connection that takes a slot.
+//! Half-open connections are held here, apart from the handshake table (also
+//! here, [`HandshakeTable`]): only a completed TCP handshake becomes a
+//! connection that takes a slot.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -20,8 +21,9 @@ use std::sync::Arc;
 use log::warn;
 use smoltcp::iface::SocketHandle;
 
+use super::super::crypto::ConnId;
 use crate::admin::Stats;
-use crate::admission::{Throttle, Trust};
+use crate::link::admission::{HandshakeTable, Throttle};
 use crate::sources::SourceList;
 
 /// A connection whose TCP handshake is under way.
@@ -36,12 +38,13 @@ pub struct Embryo {
 
 pub struct TunnelGate {
     port: u16,
-    pub trust: Trust,
+    /// Connections whose TCP handshake completed and whose gateway handshake has not; who is
+    /// trusted; the pace of log lines.
+    pub handshakes: HandshakeTable<ConnId>,
     /// SYNs from untrusted sources that may still reach a listener before
     /// the engine's next turn.
     budget: usize,
     stats: Arc<Stats>,
-    throttle: Throttle,
     /// The clock of the current poll (µs), for the log throttle.
     pub now: u64,
     /// Half-open connections, oldest first.
@@ -49,13 +52,18 @@ pub struct TunnelGate {
 }
 
 impl TunnelGate {
-    pub fn new(port: u16, peer_source: Option<SourceList>, stats: Arc<Stats>) -> TunnelGate {
+    /// `limit` handshakes pending at once (see [`HandshakeTable`]).
+    pub fn new(
+        port: u16,
+        peer_source: Option<SourceList>,
+        limit: usize,
+        stats: Arc<Stats>,
+    ) -> TunnelGate {
         TunnelGate {
             port,
-            trust: Trust::new(peer_source),
+            handshakes: HandshakeTable::new(limit, peer_source),
             budget: 0,
             stats,
-            throttle: Throttle::default(),
             now: 0,
             embryos: Vec::new(),
         }
@@ -72,9 +80,9 @@ impl TunnelGate {
             return true;
         };
         let ip = IpAddr::V4(src);
-        if !self.trust.allows(ip) {
+        if !self.handshakes.trust.allows(ip) {
             Stats::inc(&self.stats.tunnel_sources_refused);
-            if let Some(more) = self.throttle.allow(self.now) {
+            if let Some(more) = self.handshakes.log_now(self.now) {
                 warn!(
                     "SYN to the tunnel port from {src} dropped: not in peer.source{}",
                     Throttle::more(more)
@@ -82,7 +90,7 @@ impl TunnelGate {
             }
             return false;
         }
-        if self.trust.is_trusted(ip) {
+        if self.handshakes.trust.is_trusted(ip) {
             return true;
         }
         if self.budget == 0 {
@@ -95,13 +103,13 @@ impl TunnelGate {
 
     /// Whether to log an event about the tunnel port now (see [`Throttle`]).
     pub fn log_now(&mut self) -> Option<u64> {
-        self.throttle.allow(self.now)
+        self.handshakes.log_now(self.now)
     }
 
     /// Logs a dropped half-open connection (paced).
     pub fn note_dropped(&mut self, e: &Embryo, why: &str) {
         Stats::inc(&self.stats.tunnel_half_open_dropped);
-        if let Some(more) = self.throttle.allow(self.now) {
+        if let Some(more) = self.handshakes.log_now(self.now) {
             warn!(
                 "half-open connection to the tunnel port from {} dropped: {why}{}",
                 e.ip,
@@ -189,7 +197,7 @@ mod tests {
     fn peer_source_then_trust_then_budget() {
         let stats = Arc::new(Stats::default());
         let list = SourceList::parse(&["10.0.0.0/8"]).unwrap();
-        let mut g = TunnelGate::new(7700, Some(list), stats.clone());
+        let mut g = TunnelGate::new(7700, Some(list), 64, stats.clone());
         assert!(
             !g.admits(&tcp_frame([192, 0, 2, 1], 7700, 0x02)),
             "outside peer.source"
@@ -205,7 +213,8 @@ mod tests {
             !g.admits(&tcp_frame([10, 0, 0, 3], 7700, 0x02)),
             "budget spent"
         );
-        g.trust
+        g.handshakes
+            .trust
             .authenticated(IpAddr::V4(Ipv4Addr::new(10, 9, 9, 9)));
         assert!(
             g.admits(&tcp_frame([10, 9, 9, 9], 7700, 0x02)),

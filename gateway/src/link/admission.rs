@@ -19,10 +19,13 @@
 //!   oldest, so the choice is deterministic.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::sources::SourceList;
 
+/// Handshakes pending at once on the tunnel port; beyond, one is dropped (see [`admit`]), so a
+/// flood of half-open connections cannot exhaust a gateway.
+pub const MAX_PENDING_HANDSHAKES: usize = 64;
 /// Handshake slots only trusted sources may take (a quarter of a smaller table).
 pub const RESERVED: usize = 8;
 /// Addresses remembered as the peer's (a peer behind a NAT that moves may
@@ -178,6 +181,103 @@ fn victim<'a, K: Copy + 'a>(entries: impl Iterator<Item = &'a Pending<K>>) -> Op
         .map(|(_, _, k)| k)
 }
 
+/// Why a handshake was dropped to keep the table bounded (one wording for both datapaths).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Dropped {
+    #[error("{limit} handshakes pending, evicting the oldest from the busiest source prefix")]
+    Evicted { limit: usize },
+    #[error("every handshake slot it may take is held by sources that authenticated as peer {peer} before")]
+    Refused { peer: String },
+}
+
+/// How [`HandshakeTable::admit`] went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "an evicted handshake must be closed, a refused connection dropped"]
+pub enum Admission<K> {
+    /// The new connection has a slot; the handshake evicted for it (key and address), if any.
+    Admitted { evicted: Option<(K, SocketAddr)> },
+    /// Every slot it may take is held by sources that authenticated as the peer before.
+    Refused,
+}
+
+/// The handshakes pending on the tunnel port under [`admit`]'s policy, who is trusted, and
+/// the pace of the log lines about them. `K` is the driver's key for a connection.
+#[derive(Debug)]
+pub struct HandshakeTable<K> {
+    limit: usize,
+    /// Oldest first, with each connection's address.
+    pending: Vec<(Pending<K>, SocketAddr)>,
+    next_seq: u64,
+    pub trust: Trust,
+    throttle: Throttle,
+}
+
+impl<K: Copy + PartialEq> HandshakeTable<K> {
+    /// A table of `limit` slots; `peer_source` is `peer.source`.
+    pub fn new(limit: usize, peer_source: Option<SourceList>) -> Self {
+        HandshakeTable {
+            limit,
+            pending: Vec::new(),
+            next_seq: 0,
+            trust: Trust::new(peer_source),
+            throttle: Throttle::default(),
+        }
+    }
+
+    /// A connection from `addr` completed its TCP handshake: it takes a slot, evicting another
+    /// handshake if the policy says so, or is refused.
+    pub fn admit(&mut self, key: K, addr: SocketAddr) -> Admission<K> {
+        let trusted = self.trust.is_trusted(addr.ip());
+        let pending: Vec<Pending<K>> = self.pending.iter().map(|(p, _)| *p).collect();
+        let evicted = match admit(&pending, trusted, self.limit) {
+            Decision::Refuse => return Admission::Refused,
+            Decision::Admit => None,
+            Decision::Evict(victim) => {
+                let at = self.pending.iter().position(|(p, _)| p.key == victim);
+                at.map(|i| self.pending.remove(i)).map(|(p, a)| (p.key, a))
+            }
+        };
+        let entry = Pending {
+            key,
+            ip: addr.ip(),
+            seq: self.next_seq,
+            trusted,
+        };
+        self.pending.push((entry, addr));
+        self.next_seq += 1;
+        Admission::Admitted { evicted }
+    }
+
+    /// The handshake of `key` ended (done, failed, or its connection closed): its slot is free.
+    pub fn done(&mut self, key: K) {
+        self.pending.retain(|(p, _)| p.key != key);
+    }
+
+    /// Handshakes pending now.
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Why a handshake was dropped, for the log line.
+    pub fn why(&self, admission: &Admission<K>, peer: &str) -> Dropped {
+        match admission {
+            Admission::Refused => Dropped::Refused {
+                peer: peer.to_string(),
+            },
+            Admission::Admitted { .. } => Dropped::Evicted { limit: self.limit },
+        }
+    }
+
+    /// Whether to log an event about the tunnel port now (see [`Throttle`]); `now` in µs.
+    pub fn log_now(&mut self, now: u64) -> Option<u64> {
+        self.throttle.allow(now)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,5 +375,75 @@ mod tests {
         assert!(Trust::default().allows(ip("198.51.100.9")));
         assert_eq!(prefix(ip("10.1.2.3")), ip("10.1.2.0"));
         assert_eq!(prefix(ip("2001:db8::1:2")), ip("2001:db8::"));
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        SocketAddr::new(s.parse().unwrap(), 1000)
+    }
+
+    fn admitted(t: &mut HandshakeTable<u32>, key: u32, a: &str) -> Option<(u32, SocketAddr)> {
+        match t.admit(key, addr(a)) {
+            Admission::Admitted { evicted } => evicted,
+            Admission::Refused => panic!("{a} refused"),
+        }
+    }
+
+    #[test]
+    fn a_flood_from_one_prefix_evicts_itself_not_the_peer() {
+        let mut t = HandshakeTable::new(4, None);
+        // Addresses of one /24 count as one source; one of four slots is the peer's reserve.
+        for i in 0..3 {
+            assert_eq!(admitted(&mut t, i, &format!("10.0.0.{}", 10 + i)), None);
+        }
+        let evicted = admitted(&mut t, 3, "10.0.0.13");
+        assert_eq!(
+            evicted,
+            Some((0, addr("10.0.0.10"))),
+            "the oldest of the busiest prefix"
+        );
+        let evicted = admitted(&mut t, 100, "10.0.1.1");
+        assert_eq!(evicted, Some((1, addr("10.0.0.11"))), "the oldest left");
+        // More flood keeps evicting the flood, never the peer.
+        for i in 0..10 {
+            let (key, ip) = admitted(&mut t, 10 + i, &format!("10.0.0.{}", 100 + i)).unwrap();
+            assert_ne!(key, 100);
+            assert!(matches!(ip.ip(), IpAddr::V4(a) if a.octets()[2] == 0));
+        }
+        assert!(t.len() <= 4);
+        t.done(100);
+        assert!(t.pending.iter().all(|(p, _)| p.key != 100));
+    }
+
+    #[test]
+    fn a_peer_that_authenticated_before_keeps_its_slot_against_any_flood() {
+        let mut t = HandshakeTable::new(16, None);
+        t.trust.authenticated(addr("192.0.2.1").ip());
+        for i in 0..8u32 {
+            let _ = admitted(&mut t, i, &format!("10.{i}.0.1"));
+        }
+        let _ = admitted(&mut t, 1000, "192.0.2.1");
+        for i in 0..200u32 {
+            let a = format!("10.{}.{}.1", 8 + i / 256, i % 256);
+            if let Some((key, _)) = admitted(&mut t, 2000 + i, &a) {
+                assert_ne!(key, 1000, "the peer's handshake was evicted");
+            }
+        }
+        assert!(t.len() <= 16);
+        assert!(t.pending.iter().any(|(p, _)| p.key == 1000));
+    }
+
+    #[test]
+    fn an_untrusted_source_is_refused_when_the_peers_reserve_is_all_that_is_left() {
+        let mut t = HandshakeTable::new(4, None);
+        t.trust.authenticated(addr("192.0.2.1").ip());
+        for i in 0..4 {
+            let _ = admitted(&mut t, i, "192.0.2.1");
+        }
+        let a = t.admit(9, addr("10.0.0.1"));
+        assert_eq!(a, Admission::Refused);
+        assert_eq!(
+            t.why(&a, "gw-a").to_string(),
+            "every handshake slot it may take is held by sources that authenticated as peer gw-a before"
+        );
     }
 }
