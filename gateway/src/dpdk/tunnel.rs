@@ -27,7 +27,8 @@ use crate::admin::{Config, Stats, TunnelEnd};
 use crate::crypto::{RekeyPolicy, MAX_RECORD_LEN};
 use crate::link::admission::{self, Admission, Throttle, MAX_PENDING_HANDSHAKES};
 use crate::link::{
-    first_message, peer_label, Backoff, ConnTable, Current, FirstStep, Lost, HANDSHAKE_TIMEOUT,
+    first_message, name_mismatch, peer_label, welcome_step, Backoff, ConnTable, Current, FirstStep,
+    Lost, WelcomeStep, HANDSHAKE_TIMEOUT,
 };
 use crate::protocol::handshake::Shard;
 use crate::protocol::{Message, ResetReason, TunnelId};
@@ -475,8 +476,8 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         let remote = self.conns.get(&id).and_then(|c| c.remote);
         let peer = peer_label(&self.config.peer_name, remote);
         if let Message::Hello { name, .. } = &msg {
-            if *name != self.config.peer_name {
-                warn!("peer {peer} calls itself {name:?}");
+            if let Some(w) = name_mismatch(&self.config.peer_name, &peer, name) {
+                warn!("{w}");
             }
         }
         let current = self.tunnel.as_ref().map(|t| Current {
@@ -557,17 +558,17 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         };
         let remote = self.conns.get(&id).and_then(|c| c.remote);
         let peer = peer_label(&self.config.peer_name, remote);
-        if name != self.config.peer_name {
-            warn!("peer {peer} calls itself {name:?}");
+        if let Some(w) = name_mismatch(&self.config.peer_name, &peer, &name) {
+            warn!("{w}");
         }
         if let Some(d) = &mut self.dialer {
             d.awaiting_welcome = None;
             d.control.succeeded();
         }
-        let resumes = self.tunnel.as_ref().is_some_and(|t| t.id == tunnel_id);
-        if !resumes {
-            if self.tunnel.is_some() {
-                warn!("peer {peer} does not know our tunnel any more (restarted?); starting a new one");
+        let step = welcome_step(self.tunnel.as_ref().map(|t| t.id), tunnel_id);
+        if step != WelcomeStep::Resume {
+            if let Some(w) = step.warning(&peer) {
+                warn!("{w}");
             }
             self.shut_tunnel(ResetReason::TunnelLost, now);
             let flows = self.config.data_flows as usize;

@@ -44,7 +44,10 @@ use crate::admin::{Allowlist, Config, Stats, StatusSource, TunnelEnd};
 use crate::crypto::RekeyPolicy;
 use crate::link::admission::Throttle;
 use crate::link::admission::MAX_PENDING_HANDSHAKES;
-use crate::link::{first_message, peer_label, Backoff, Current, FirstStep, HANDSHAKE_TIMEOUT};
+use crate::link::{
+    first_message, name_mismatch, peer_label, welcome_step, Backoff, Current, FirstStep,
+    WelcomeStep, HANDSHAKE_TIMEOUT,
+};
 use crate::protocol::{Message, ResetReason, TunnelId};
 use crate::session::Side;
 use crate::transform::{Adaptive, Compression, PackPolicy};
@@ -311,14 +314,16 @@ async fn dial_loop(gateway: Arc<Gateway>, addr: SocketAddr) {
         held = held.filter(|t| !t.closed.is_cancelled());
         let resume = held.as_ref().map(|t| t.id);
         let tunnel = match connect_control(&gateway, addr, &label, resume).await {
-            Ok((reader, writer, id)) => match held.take() {
-                Some(t) if t.id == id => {
+            Ok((reader, writer, id)) => match (welcome_step(resume, id), held.take()) {
+                (WelcomeStep::Resume, Some(t)) => {
                     t.attach_control(reader, writer);
                     Some(t)
                 }
-                old => {
+                (step, old) => {
+                    if let Some(w) = step.warning(&label) {
+                        warn!("{w}");
+                    }
                     if let Some(old) = old {
-                        warn!("peer {label} does not know our tunnel any more (restarted?); starting a new one");
                         old.shutdown(ResetReason::TunnelLost);
                     }
                     match start_tunnel(&gateway, addr, &label, id, reader, writer).await {
@@ -450,8 +455,8 @@ async fn connect_control(
         }
         .into());
     };
-    if name != gateway.config.peer_name {
-        warn!("peer {label} calls itself {name:?}");
+    if let Some(w) = name_mismatch(&gateway.config.peer_name, label, &name) {
+        warn!("{w}");
     }
     Ok((reader, writer, tunnel_id))
 }
@@ -658,8 +663,8 @@ impl Accepted {
         } = self;
         let label = peer_label(&gateway.config.peer_name, Some(addr));
         if let Message::Hello { name, .. } = &first {
-            if *name != gateway.config.peer_name {
-                warn!("peer {label} calls itself {name:?}");
+            if let Some(w) = name_mismatch(&gateway.config.peer_name, &label, name) {
+                warn!("{w}");
             }
         }
         let current = gateway

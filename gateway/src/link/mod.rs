@@ -9,6 +9,7 @@
 //! - [`admission`]: which unauthenticated connections on the tunnel port keep a handshake slot.
 //! - [`accept`]: what an accepted connection's first message makes of it.
 //! - [`records`]: records split off a connection's byte stream.
+//! - [`welcome`]: what the welcome to the dialler's hello makes of the tunnel it held.
 //! - [`conn_table`]: which connection serves each role; replacement, loss, the grace period.
 
 pub mod accept;
@@ -19,6 +20,7 @@ pub mod drain;
 pub mod egress;
 pub mod handshake;
 pub mod records;
+pub mod welcome;
 
 pub use accept::{first_message, Current, FirstRefusal, FirstStep};
 pub use backoff::Backoff;
@@ -27,6 +29,7 @@ pub use drain::{Drain, DrainStep, ResetCause};
 pub use egress::{check_egress, EgressCheck, EgressRefusal};
 pub use handshake::{ConnHandshake, Done, Identity, LinkHandshakeError, HANDSHAKE_TIMEOUT};
 pub use records::{Record, RecordSplitter};
+pub use welcome::{name_mismatch, welcome_step, WelcomeStep};
 
 /// How logs and status name the peer: `name (address)` when the address is known.
 pub fn peer_label(name: &str, addr: Option<std::net::SocketAddr>) -> String {
