@@ -278,6 +278,12 @@ fn wrong_key(test: &str, kind: Kind) {
         .wait_for_line(&[&format!("handshake with {A_WAN}:"), "failed"], WAIT)
         .unwrap_or_else(|e| case.fail(e));
     eprintln!("{test}: gw-a: {a_says}\n{test}: gw-b: {b_says}");
+    // One line, the peer named once (it used to end in a second "(peer gw-b (ADDR))").
+    assert_eq!(
+        a_says.matches("gw-b (").count(),
+        1,
+        "{test}: gw-a names the peer more than once: {a_says}"
+    );
     let how = expect_no_session(&case, TO_TARGET, Duration::from_secs(20));
     eprintln!("{test}: a client of gw-a: {how}");
     thread::sleep(Duration::from_millis(300));

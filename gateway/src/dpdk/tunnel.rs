@@ -757,11 +757,11 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                 // The kernel datapath's wording, so one troubleshooting entry fits both.
                 let peer = peer_label(&peer_name, Some(SocketAddr::V4(d.addr)));
                 let what = match e {
-                    WanError::ConnectFailed => "cannot connect: refused or unreachable".to_string(),
+                    WanError::ConnectFailed => format!("cannot connect: refused or unreachable (peer {peer})"),
                     WanError::Closed | WanError::Reset => format!("handshake with peer {peer} failed: peer closed the connection during the handshake: it does not accept this gateway (check both gateways' peer.public_key, the psk and the protocol version) or it is overloaded"),
                     e => format!("handshake with peer {peer} failed: {e}"),
                 };
-                warn!("{what} (peer {peer}); retrying in {backoff:?}");
+                warn!("{what}; retrying in {backoff:?}");
             }
             // The accepting side's view of a connection that never said what it was.
             (false, None) => {

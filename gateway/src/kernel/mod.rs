@@ -339,7 +339,12 @@ async fn dial_loop(gateway: Arc<Gateway>, addr: SocketAddr) {
                 }
             },
             Err(e) => {
-                warn!("{e:#} (peer {label}); retrying in {:?}", backoff.delay());
+                // A failed handshake names the peer already.
+                let peer = match e {
+                    SetupError::Handshake { .. } => String::new(),
+                    _ => format!(" (peer {label})"),
+                };
+                warn!("{e:#}{peer}; retrying in {:?}", backoff.delay());
                 None
             }
         };
