@@ -23,7 +23,7 @@ use super::crypto::{ConnId, CryptoDone, CryptoPipe, CryptoStage};
 use super::lan::{Endpoint, IngressListener, Waiting};
 use super::net::Net;
 use super::phy::FramePort;
-use super::tunnel::{Dialer, Tunnel};
+use super::tunnel::{Dialling, Tunnel};
 use super::wan::WanConn;
 use crate::admin::dpdk::DpdkConfig;
 use crate::admin::status::{ConnectionStatus, SessionStatus, TunnelStatus};
@@ -53,7 +53,7 @@ pub struct Engine<P: FramePort, C: CryptoPipe> {
     pub(super) next_conn: ConnId,
     pub(super) tunnel: Option<Tunnel>,
     /// Set on the dialling gateway.
-    pub(super) dialer: Option<Dialer>,
+    pub(super) dialer: Option<Dialling>,
     /// Listening sockets on the tunnel port (accepting gateway).
     pub(super) wan_listeners: Vec<smoltcp::iface::SocketHandle>,
     // ---- LAN side (lan.rs)
@@ -117,7 +117,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         );
         wan.shard = shard;
         let mut engine = Engine {
-            dialer: Dialer::for_config(&config),
+            dialer: Dialling::for_config(&config),
             egress: config.egress.clone(),
             scratch_conns: Vec::new(),
             scratch_sessions: Vec::new(),

@@ -256,6 +256,41 @@ fn a_killed_data_flow_is_redialled_and_its_frames_resent() {
     );
 }
 
+/// A path that passes the control connection but not the data flows (a firewall with one
+/// port open, a middlebox dropping every new connection): the dialler gives the new tunnel up
+/// once its flows have not attached within `FLOWS_ATTACH_TIMEOUT`, and dials anew, as the
+/// kernel datapath does, instead of keeping a tunnel that opens sessions and carries nothing.
+#[test]
+fn a_new_tunnel_whose_flows_never_attach_is_given_up_and_dialled_anew() {
+    let k = keys("noflows");
+    let (a, b) = configs(&k, LISTEN_INGRESS, "a.key.pub", ALLOW_DST);
+    let mut sim = Sim::new(a, b, 1_000);
+    // Every connection gw-a dials besides the control connection is cut at once.
+    let block_flows = |s: &mut Sim| {
+        let t = s.a.tunnel.as_ref()?;
+        let control = t.table.control()?;
+        let flows: Vec<SocketHandle> = s
+            .a
+            .conns
+            .iter()
+            .filter(|(&id, c)| c.dialed && id != control)
+            .map(|(_, c)| c.handle)
+            .collect();
+        for h in flows {
+            s.a.wan.socket(h).abort();
+        }
+        Some(t.id)
+    };
+    let mut first = None;
+    let given_up = sim.run_until(40, |s| {
+        let id = block_flows(s);
+        first = first.or(id);
+        id.is_some() && id != first
+    });
+    assert!(first.is_some(), "no tunnel at all");
+    assert!(given_up, "the tunnel whose flows never attached was kept");
+}
+
 #[test]
 fn an_outage_longer_than_the_grace_period_resets_both_ends() {
     let k = keys("grace");

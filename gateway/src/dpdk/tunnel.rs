@@ -22,13 +22,13 @@ use super::crypto::{ConnId, CryptoJob, CryptoPipe};
 use super::engine::Engine;
 use super::net::{endpoint_addr, is_connected, Embryo, Retire, TunnelGate};
 use super::phy::FramePort;
-use super::wan::{Identity, Role, WanConn, WanError};
+use super::wan::{Identity, WanConn, WanError};
 use crate::admin::{Config, Stats, TunnelEnd};
 use crate::crypto::{RekeyPolicy, MAX_RECORD_LEN};
 use crate::link::admission::{self, Admission, Throttle, MAX_PENDING_HANDSHAKES};
 use crate::link::{
-    first_message, name_mismatch, peer_label, welcome_step, Backoff, ConnTable, Current, FirstStep,
-    Lost, WelcomeStep, HANDSHAKE_TIMEOUT,
+    first_message, name_mismatch, peer_label, welcome_step, ConnTable, Current, DialFailed, Dialer,
+    FirstStep, Lost, Role, WelcomeStep, FLOWS_ATTACH_TIMEOUT, HANDSHAKE_TIMEOUT,
 };
 use crate::protocol::handshake::Shard;
 use crate::protocol::{Message, ResetReason, TunnelId};
@@ -55,31 +55,26 @@ pub struct Tunnel {
     pub peer: String,
 }
 
-/// The dialling gateway's reconnect state.
-pub struct Dialer {
+/// The dialling gateway: where the peer is, and when to dial it ([`crate::link::dialer`]).
+pub struct Dialling {
     addr: SocketAddrV4,
-    /// A control connection dialled and waiting for its welcome.
-    pub awaiting_welcome: Option<ConnId>,
-    control: Backoff,
-    /// Per data flow.
-    flows: Vec<Backoff>,
-    /// Per data flow, a connection dialled and not attached yet.
-    flow_dials: Vec<Option<ConnId>>,
+    pub dialer: Dialer,
 }
 
-impl Dialer {
-    pub fn for_config(config: &Config) -> Option<Dialer> {
+impl Dialling {
+    pub fn for_config(config: &Config) -> Option<Dialling> {
         match config.tunnel {
-            TunnelEnd::Dial(SocketAddr::V4(addr)) => Some(Dialer {
+            TunnelEnd::Dial(SocketAddr::V4(addr)) => Some(Dialling {
                 addr,
-                awaiting_welcome: None,
-                control: Backoff::default(),
-                flows: vec![Backoff::default(); config.data_flows as usize],
-                flow_dials: vec![None; config.data_flows as usize],
+                dialer: Dialer::new(config.data_flows as usize),
             }),
             // IPv6 is refused by config validation for this datapath.
             _ => None,
         }
+    }
+
+    fn awaiting_welcome(d: &Option<Dialling>, conn: ConnId) -> bool {
+        d.as_ref().and_then(|d| d.dialer.awaiting_welcome()) == Some(conn)
     }
 }
 
@@ -350,7 +345,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                     };
                     conn.seal(hello, &mut self.crypto);
                 }
-                (true, Some(Role::Data(k))) => {
+                (true, Some(Role::Flow(k))) => {
                     // Flows are dialled for a tunnel and closed with it, so this
                     // cannot miss; if it did, the flow closes (quietly: no tunnel).
                     let Some(tunnel_id) = self.tunnel.as_ref().map(|t| t.id) else {
@@ -359,12 +354,16 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                             expected: "a tunnel to attach to",
                         });
                     };
-                    conn.seal(Message::Attach { tunnel_id, flow: k }, &mut self.crypto);
-                    if let Some(d) = &mut self.dialer {
-                        d.flows[k as usize].succeeded();
-                        d.flow_dials[k as usize] = None;
+                    let flow = u16::try_from(k).expect("at most MAX_DATA_FLOWS");
+                    conn.seal(Message::Attach { tunnel_id, flow }, &mut self.crypto);
+                    let again = self
+                        .dialer
+                        .as_mut()
+                        .is_some_and(|d| d.dialer.flow_attached(k));
+                    if let (true, Some(t)) = (again, &self.tunnel) {
+                        info!("peer {}: data flow {k} re-attached", t.peer);
                     }
-                    attached = Some(k as usize);
+                    attached = Some(k);
                 }
                 _ => {}
             }
@@ -373,9 +372,8 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
             self.attach_flow(id, k);
         }
         let conn = self.conns.get_mut(&id).expect("still there");
-        let awaiting = conn.role.is_none()
-            || self.dialer.as_ref().and_then(|d| d.awaiting_welcome) == Some(id)
-            || !conn.is_keyed();
+        let awaiting =
+            conn.role.is_none() || Dialling::awaiting_welcome(&self.dialer, id) || !conn.is_keyed();
         if awaiting && now.saturating_sub(conn.created) > HANDSHAKE_TIMEOUT.as_micros() as u64 {
             return Err(WanError::Handshake(
                 crate::crypto::HandshakeError::TimedOut(HANDSHAKE_TIMEOUT),
@@ -388,7 +386,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
             let core = self.tunnel.as_ref().map(|t| &t.core);
             let held = match conn.role {
                 Some(Role::Control) => core.is_some_and(|c| c.control_backlogged()),
-                Some(Role::Data(_)) => core.is_some_and(|c| c.receive_paused()),
+                Some(Role::Flow(_)) => core.is_some_and(|c| c.receive_paused()),
                 None => false,
             };
             let sock = self.wan.sockets.get_mut::<tcp::Socket>(conn.handle);
@@ -438,7 +436,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         let Some(conn) = self.conns.get(&id) else {
             return;
         };
-        let awaiting_welcome = self.dialer.as_ref().and_then(|d| d.awaiting_welcome) == Some(id);
+        let awaiting_welcome = Dialling::awaiting_welcome(&self.dialer, id);
         match conn.role {
             None => self.on_first_message(id, msg, now),
             Some(Role::Control) if awaiting_welcome => self.on_welcome(id, msg, now),
@@ -453,7 +451,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                 ),
                 msg => self.apply(msg),
             },
-            Some(Role::Data(_)) => match msg {
+            Some(Role::Flow(_)) => match msg {
                 msg @ Message::Data(_) => self.apply(msg),
                 msg => self.fail_conn(
                     id,
@@ -537,7 +535,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
             self.close_conn(old);
         }
         if let Some(c) = self.conns.get_mut(&id) {
-            c.role = Some(Role::Data(k as u16));
+            c.role = Some(Role::Flow(k));
         }
         if attached.first_whole {
             self.log_up();
@@ -561,11 +559,10 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         if let Some(w) = name_mismatch(&self.config.peer_name, &peer, &name) {
             warn!("{w}");
         }
-        if let Some(d) = &mut self.dialer {
-            d.awaiting_welcome = None;
-            d.control.succeeded();
-        }
         let step = welcome_step(self.tunnel.as_ref().map(|t| t.id), tunnel_id);
+        if let Some(d) = &mut self.dialer {
+            d.dialer.welcomed(now, step != WelcomeStep::Resume);
+        }
         if step != WelcomeStep::Resume {
             if let Some(w) = step.warning(&peer) {
                 warn!("{w}");
@@ -580,9 +577,6 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                 flows,
                 self.shard,
             ));
-            if let Some(d) = &mut self.dialer {
-                d.flows.fill(Backoff::default());
-            }
         }
         self.attach_control(id);
     }
@@ -634,30 +628,25 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
 
     /// Dialling gateway: (re)connect the control connection and data flows.
     fn dial(&mut self, now: u64) {
-        let Some(d) = &self.dialer else { return };
-        let addr = d.addr;
-        let control_needed =
-            d.awaiting_welcome.is_none() && self.tunnel.as_ref().is_none_or(|t| !t.table.is_up());
-        if control_needed && d.control.due(now) {
-            if let Some(id) = self.dial_one(addr, Role::Control, now) {
-                let d = self.dialer.as_mut().expect("checked above");
-                d.awaiting_welcome = Some(id);
-            }
-        }
-        let (Some(t), Some(d)) = (&self.tunnel, &self.dialer) else {
+        let Some(addr) = self.dialer.as_ref().map(|d| d.addr) else {
             return;
         };
-        if !t.table.is_up() {
-            return; // flows attach to a tunnel the peer knows: after the welcome
-        }
-        let missing: Vec<usize> = t
-            .table
-            .missing_flows()
-            .filter(|&k| d.flow_dials[k].is_none() && d.flows[k].due(now))
-            .collect();
-        for k in missing {
-            if let Some(id) = self.dial_one(addr, Role::Data(k as u16), now) {
-                self.dialer.as_mut().expect("checked above").flow_dials[k] = Some(id);
+        loop {
+            let table = self.tunnel.as_ref().map(|t| &t.table);
+            let Some(role) = self
+                .dialer
+                .as_ref()
+                .and_then(|d| d.dialer.poll_dial(now, table))
+            else {
+                return;
+            };
+            let dialled = self.dial_one(addr, role, now);
+            let d = &mut self.dialer.as_mut().expect("checked above").dialer;
+            match dialled {
+                Some(id) => d.dialling(role, id),
+                None => {
+                    let _ = d.not_dialled(role, now);
+                }
             }
         }
     }
@@ -677,16 +666,24 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         Some(id)
     }
 
-    /// A held tunnel whose grace period ran out is given up.
+    /// A held tunnel whose grace period ran out, or a new one whose flows did not attach in
+    /// time, is given up.
     fn expire_grace(&mut self, now: u64) {
         let Some(t) = &mut self.tunnel else { return };
-        if t.table.handle_timeout(now) {
-            warn!(
-                "tunnel to peer {}: no connection for {:?} (grace period); giving up",
-                t.peer, self.config.grace_period
-            );
-            self.shut_tunnel(ResetReason::TunnelLost, now);
-        }
+        let grace = self.config.grace_period;
+        let why = if t.table.handle_timeout(now) {
+            format!("no connection for {grace:?} (grace period)")
+        } else if self
+            .dialer
+            .as_mut()
+            .is_some_and(|d| d.dialer.handle_timeout(now, Some(&t.table)))
+        {
+            format!("data flows did not attach within {FLOWS_ATTACH_TIMEOUT:?}")
+        } else {
+            return;
+        };
+        warn!("tunnel to peer {}: {why}; giving up", t.peer);
+        self.shut_tunnel(ResetReason::TunnelLost, now);
     }
 
     /// Takes the tunnel down: every session reset, every connection closed.
@@ -702,8 +699,8 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         t.core.reset_all(reason);
         self.dispatch_events(now);
         let t = self.tunnel.take().expect("checked above");
-        let dials = self.dialer.iter_mut().flat_map(|d| d.flow_dials.iter_mut());
-        let dials: Vec<ConnId> = dials.filter_map(Option::take).collect();
+        let dials = self.dialer.as_mut().map(|d| d.dialer.tunnel_gone());
+        let dials = dials.unwrap_or_default();
         for (_, id) in t
             .table
             .connections()
@@ -746,32 +743,38 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         } else {
             self.close_conn(id);
         }
-        let peer_name = self.config.peer_name.clone();
-        let awaiting = self.dialer.as_ref().and_then(|d| d.awaiting_welcome) == Some(id);
-        match (dialed, role) {
+        let dialling = self.dialer.as_mut().filter(|_| dialed);
+        let addr = dialling.as_ref().map(|d| SocketAddr::V4(d.addr));
+        match dialling.map_or(DialFailed::NotADial, |d| d.dialer.failed(id, now)) {
             // A dialled control connection that never got its welcome.
-            (true, Some(Role::Control)) if awaiting => {
-                let d = self.dialer.as_mut().expect("awaiting implies a dialer");
-                d.awaiting_welcome = None;
-                let backoff = d.control.failed(now);
+            DialFailed::Control { retry_in } => {
                 // The kernel datapath's wording, so one troubleshooting entry fits both.
-                let peer = peer_label(&peer_name, Some(SocketAddr::V4(d.addr)));
+                let peer = peer_label(&self.config.peer_name, addr);
                 let what = match e {
                     WanError::ConnectFailed => format!("cannot connect: refused or unreachable (peer {peer})"),
                     WanError::Closed | WanError::Reset => format!("handshake with peer {peer} failed: peer closed the connection during the handshake: it does not accept this gateway (check both gateways' peer.public_key, the psk and the protocol version) or it is overloaded"),
                     e => format!("handshake with peer {peer} failed: {e}"),
                 };
-                warn!("{what}; retrying in {backoff:?}");
+                return warn!("{what}; retrying in {retry_in:?}");
             }
+            // Dialled, never attached: nothing of the tunnel's was on it.
+            DialFailed::Flow { k, retry_in } => {
+                let peer = self.peer_label();
+                return warn!("peer {peer}: data flow {k}: {e}; retrying in {retry_in:?}");
+            }
+            DialFailed::NotADial => {}
+        }
+        match role {
             // The accepting side's view of a connection that never said what it was.
-            (false, None) => {
+            None if !dialed => {
                 Stats::inc(&self.stats.handshake_failures);
                 warn!(
                     "handshake with {} failed: {e}",
                     remote.map_or("?".into(), |a| a.to_string())
                 );
             }
-            (_, Some(Role::Control)) => {
+            None => {}
+            Some(Role::Control) => {
                 let Some(t) = &mut self.tunnel else { return };
                 let Lost::Control { hold_until } = t.table.lost(id, now) else {
                     return;
@@ -787,25 +790,10 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                     self.config.grace_period
                 );
                 if let Some(d) = &mut self.dialer {
-                    d.control.due_now(now);
+                    d.dialer.control_lost(now);
                 }
             }
-            (_, Some(Role::Data(k))) => {
-                let k = k as usize;
-                if let Some(d) = self
-                    .dialer
-                    .as_mut()
-                    .filter(|d| d.flow_dials.get(k) == Some(&Some(id)))
-                {
-                    // Dialled, never attached: nothing of the tunnel's was on it.
-                    d.flow_dials[k] = None;
-                    let backoff = d.flows[k].failed(now);
-                    let peer = self
-                        .tunnel
-                        .as_ref()
-                        .map_or(peer_name.as_str(), |t| t.peer.as_str());
-                    return warn!("peer {peer}: data flow {k}: {e}; retrying in {backoff:?}");
-                }
+            Some(Role::Flow(k)) => {
                 let Some(t) = &mut self.tunnel else { return };
                 if t.table.lost(id, now) != Lost::Flow(k) {
                     return;
@@ -817,10 +805,9 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                     t.peer
                 );
                 if let Some(d) = &mut self.dialer {
-                    d.flows[k].failed(now);
+                    d.dialer.flow_lost(k, now);
                 }
             }
-            (true, None) => {}
         }
     }
 }

@@ -15,7 +15,7 @@ use smoltcp::socket::tcp;
 
 use super::crypto::{ConnId, CryptoError, CryptoJob, CryptoPipe, CryptoStage};
 use crate::crypto::{HandshakeError, RecordError, RekeyPolicy, TrafficKeys};
-use crate::link::{self, ConnHandshake, LinkHandshakeError, Record, RecordSplitter};
+use crate::link::{self, ConnHandshake, LinkHandshakeError, Record, RecordSplitter, Role};
 use crate::protocol::handshake::MAX_NOISE_MESSAGE;
 use crate::protocol::{DecodeError, Message};
 
@@ -23,13 +23,6 @@ use crate::protocol::{DecodeError, Message};
 pub const OPEN_BACKLOG: usize = 1 << 20;
 /// Seal jobs of one data flow in the crypto stage at once.
 const SEAL_BACKLOG: usize = 4;
-
-/// What a connection carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Control,
-    Data(u16),
-}
 
 /// This gateway's keys and what it expects of the peer, and when records rekey.
 pub struct Identity<'a> {
@@ -173,7 +166,7 @@ impl WanConn {
                     tcp::State::Established => {}
                     _ => return Err(WanError::ConnectFailed),
                 }
-                let data = matches!(self.role, Some(Role::Data(_)));
+                let data = matches!(self.role, Some(Role::Flow(_)));
                 let (hs, m1) = ConnHandshake::dial(&me.link, data)?;
                 self.write_now(sock, &m1)?;
                 self.phase = Phase::Handshaking(Box::new(hs));

@@ -27,7 +27,6 @@ pub mod sockopt;
 mod tunnel;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -36,7 +35,7 @@ use log::{debug, info, warn};
 use ring::rand::SystemRandom;
 use socket2::SockRef;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::signals::{Request, Signals};
@@ -45,8 +44,8 @@ use crate::crypto::RekeyPolicy;
 use crate::link::admission::Throttle;
 use crate::link::admission::MAX_PENDING_HANDSHAKES;
 use crate::link::{
-    first_message, name_mismatch, peer_label, welcome_step, Backoff, Current, FirstStep,
-    WelcomeStep, HANDSHAKE_TIMEOUT,
+    first_message, name_mismatch, peer_label, welcome_step, ConnRef, ConnTable, Current,
+    DialFailed, Dialer, FirstStep, Role, WelcomeStep, FLOWS_ATTACH_TIMEOUT, HANDSHAKE_TIMEOUT,
 };
 use crate::protocol::{Message, ResetReason, TunnelId};
 use crate::session::Side;
@@ -305,58 +304,173 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
 // ---- dialling side ---------------------------------------------------------
 
+/// What a dial task tells the dial loop.
+enum Dialled {
+    /// The control connection's dial ended: the welcome (and the tunnel id the peer chose), or
+    /// why not.
+    Control(ConnRef, Result<(Reader, Writer, TunnelId), SetupError>),
+    /// Data flow `k`'s dial for `tunnel` ended: keyed with its attach sent, or why not.
+    Flow {
+        dial: ConnRef,
+        k: usize,
+        tunnel: Arc<Tunnel>,
+        result: Result<(Reader, Writer), DialError>,
+    },
+    /// Data flow `k` of `tunnel` ended after it had attached.
+    FlowEnded { k: usize, tunnel: Arc<Tunnel> },
+}
+
+/// The dialling gateway keeps the tunnel up: it dials what its [`Dialer`] says is due (the
+/// rules are the DPDK datapath's too) and hands what each dial became to the tunnel.
 async fn dial_loop(gateway: Arc<Gateway>, addr: SocketAddr) {
     let label = peer_label(&gateway.config.peer_name, Some(addr));
-    let mut backoff = Backoff::default();
-    // A tunnel whose control connection died, held for its grace period.
-    let mut held: Option<Arc<Tunnel>> = None;
+    let flows = gateway.config.data_flows as usize;
+    let mut dialer = Dialer::new(flows);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    // The tunnel, also while it is held after its control connection died.
+    let mut tunnel: Option<Arc<Tunnel>> = None;
+    let mut control_up: Option<watch::Receiver<bool>> = None;
+    let mut next_dial: ConnRef = 1;
     loop {
-        held = held.filter(|t| !t.closed.is_cancelled());
-        let resume = held.as_ref().map(|t| t.id);
-        let tunnel = match connect_control(&gateway, addr, &label, resume).await {
-            Ok((reader, writer, id)) => match (welcome_step(resume, id), held.take()) {
-                (WelcomeStep::Resume, Some(t)) => {
-                    t.attach_control(reader, writer);
-                    Some(t)
+        let now = gateway.now_us();
+        if tunnel.as_ref().is_some_and(|t| t.closed.is_cancelled()) {
+            warn!("tunnel to peer {label} down; reconnecting");
+            (tunnel, control_up) = (None, None);
+            // Their tasks see the tunnel closed and stop.
+            let _ = dialer.tunnel_gone();
+        }
+        if let Some(t) = &tunnel {
+            if t.with_table(|table| dialer.handle_timeout(now, Some(table))) {
+                warn!("tunnel to peer {label}: data flows did not attach within {FLOWS_ATTACH_TIMEOUT:?}; giving up");
+                t.shutdown(ResetReason::TunnelLost);
+                continue;
+            }
+        }
+        while let Some(role) = with_table(&tunnel, |table| dialer.poll_dial(now, table)) {
+            let dial = next_dial;
+            next_dial += 1;
+            dialer.dialling(role, dial);
+            let (gateway, tx) = (gateway.clone(), tx.clone());
+            match role {
+                Role::Control => {
+                    let (resume, label) = (tunnel.as_ref().map(|t| t.id), label.clone());
+                    tokio::spawn(async move {
+                        let result = connect_control(&gateway, addr, &label, resume).await;
+                        let _ = tx.send(Dialled::Control(dial, result));
+                    });
                 }
-                (step, old) => {
-                    if let Some(w) = step.warning(&label) {
-                        warn!("{w}");
+                Role::Flow(k) => {
+                    let Some(tunnel) = tunnel.clone() else { break };
+                    tokio::spawn(async move {
+                        let result = tokio::select! {
+                            r = dial_flow(&gateway, addr, &tunnel, k) => r,
+                            _ = tunnel.closed.cancelled() => return,
+                        };
+                        let _ = tx.send(Dialled::Flow {
+                            dial,
+                            k,
+                            tunnel,
+                            result,
+                        });
+                    });
+                }
+            }
+        }
+        let wake = with_table(&tunnel, |table| dialer.poll_timeout(table));
+        let wake = wake.map(|at| gateway.started + Duration::from_micros(at));
+        let event = tokio::select! {
+            e = rx.recv() => e,
+            _ = async { tokio::time::sleep_until(wake?.into()).await; Some(()) }, if wake.is_some() => None,
+            Some(()) = async { control_up.as_mut()?.changed().await.ok() } => {
+                if !control_up.as_ref().is_some_and(|u| *u.borrow()) {
+                    dialer.control_lost(gateway.now_us());
+                }
+                None
+            }
+            _ = async { tunnel.as_ref()?.closed.cancelled().await; Some(()) }, if tunnel.is_some() => None,
+        };
+        let now = gateway.now_us();
+        let current = |of: &Arc<Tunnel>| tunnel.as_ref().is_some_and(|t| Arc::ptr_eq(t, of));
+        match event {
+            Some(Dialled::Control(dial, Err(e))) => {
+                if let DialFailed::Control { retry_in } = dialer.failed(dial, now) {
+                    // A failed handshake names the peer already.
+                    let peer = match e {
+                        SetupError::Handshake { .. } => String::new(),
+                        _ => format!(" (peer {label})"),
+                    };
+                    warn!("{e:#}{peer}; retrying in {retry_in:?}");
+                }
+            }
+            Some(Dialled::Control(_, Ok((reader, writer, id)))) => {
+                let held = tunnel.as_ref().map(|t| t.id);
+                match (welcome_step(held, id), &tunnel) {
+                    (WelcomeStep::Resume, Some(t)) => {
+                        dialer.welcomed(now, false);
+                        t.attach_control(reader, writer);
                     }
-                    if let Some(old) = old {
-                        old.shutdown(ResetReason::TunnelLost);
+                    (step, _) => {
+                        if let Some(w) = step.warning(&label) {
+                            warn!("{w}");
+                        }
+                        if let Some(old) = tunnel.take() {
+                            old.shutdown(ResetReason::TunnelLost);
+                        }
+                        let _ = dialer.tunnel_gone();
+                        dialer.welcomed(now, true);
+                        let t =
+                            Tunnel::new(gateway.clone(), Side::Dialer, id, label.clone(), flows);
+                        t.attach_control(reader, writer);
+                        gateway.install(Some(t.clone()));
+                        control_up = Some(t.control_up.subscribe());
+                        tunnel = Some(t);
                     }
-                    match start_tunnel(&gateway, addr, &label, id, reader, writer).await {
-                        Ok(t) => {
-                            gateway.install(Some(t.clone()));
-                            Some(t)
+                }
+            }
+            Some(Dialled::Flow {
+                dial,
+                k,
+                tunnel: of,
+                result,
+            }) if current(&of) => match result {
+                Ok((reader, writer)) => {
+                    if dialer.flow_attached(k) {
+                        info!("peer {}: data flow {k} re-attached", of.peer);
+                    }
+                    // In the table now, before the next dial is decided.
+                    let run = of.clone().run_flow(k, reader, writer);
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = run.await {
+                            warn!(
+                                "peer {}: data flow {k} lost: {e}; its frames go out on the other flows",
+                                of.peer
+                            );
                         }
-                        Err(e) => {
-                            warn!("{e:#} (peer {label})");
-                            None
-                        }
+                        let _ = tx.send(Dialled::FlowEnded { k, tunnel: of });
+                    });
+                }
+                Err(e) => {
+                    if let DialFailed::Flow { retry_in, .. } = dialer.failed(dial, now) {
+                        warn!(
+                            "peer {}: data flow {k}: {e}; retrying in {retry_in:?}",
+                            of.peer
+                        );
                     }
                 }
             },
-            Err(e) => {
-                // A failed handshake names the peer already.
-                let peer = match e {
-                    SetupError::Handshake { .. } => String::new(),
-                    _ => format!(" (peer {label})"),
-                };
-                warn!("{e:#}{peer}; retrying in {:?}", backoff.delay());
-                None
-            }
-        };
-        if let Some(tunnel) = tunnel {
-            backoff.succeeded();
-            let mut up = tunnel.control_up.subscribe();
-            tokio::select! {
-                _ = up.wait_for(|up| !*up) => held = Some(tunnel),
-                _ = tunnel.closed.cancelled() => warn!("tunnel to peer {label} down; reconnecting"),
-            }
+            Some(Dialled::FlowEnded { k, tunnel: of }) if current(&of) => dialer.flow_lost(k, now),
+            // Of a tunnel given up since, or a wakeup.
+            Some(_) | None => {}
         }
-        tokio::time::sleep(backoff.failed(gateway.now_us())).await;
+    }
+}
+
+/// Runs `f` on the tunnel's connection table, if there is a tunnel.
+fn with_table<T>(tunnel: &Option<Arc<Tunnel>>, f: impl FnOnce(Option<&ConnTable>) -> T) -> T {
+    match tunnel {
+        Some(t) => t.with_table(|table| f(Some(table))),
+        None => f(None),
     }
 }
 
@@ -422,10 +536,6 @@ enum SetupError {
     Control(#[from] ConnError),
     #[error("no welcome within {0:?}")]
     WelcomeTimeout(Duration),
-    #[error("tunnel closed while attaching data flows")]
-    ClosedWhileAttaching,
-    #[error("data flows did not attach within {0:?}")]
-    FlowsNotAttached(Duration),
 }
 
 /// Dials the control connection and exchanges hello/welcome; returns the
@@ -466,94 +576,21 @@ async fn connect_control(
     Ok((reader, writer, tunnel_id))
 }
 
-/// Sets up a new tunnel on a fresh control connection and attaches its data flows.
-async fn start_tunnel(
-    gateway: &Arc<Gateway>,
+/// Dials data flow `k` of `tunnel` and sends its attach.
+async fn dial_flow(
+    gateway: &Gateway,
     addr: SocketAddr,
-    label: &str,
-    id: TunnelId,
-    reader: Reader,
-    writer: Writer,
-) -> Result<Arc<Tunnel>, SetupError> {
-    let flows = gateway.config.data_flows as usize;
-    let tunnel = Tunnel::new(gateway.clone(), Side::Dialer, id, label.to_string(), flows);
-    tunnel.attach_control(reader, writer);
-    let attached = Arc::new((AtomicUsize::new(0), Notify::new()));
-    for idx in 0..flows {
-        tokio::spawn(flow_supervisor(
-            gateway.clone(),
-            tunnel.clone(),
-            addr,
-            idx,
-            attached.clone(),
-        ));
-    }
-    let all = tunnel::wait_until(&attached.1, || {
-        (attached.0.load(Ordering::SeqCst) >= flows).then_some(())
-    });
-    tokio::select! {
-        () = all => {}
-        _ = tunnel.closed.cancelled() => return Err(SetupError::ClosedWhileAttaching),
-        _ = tokio::time::sleep(HANDSHAKE_TIMEOUT * 2) => {
-            tunnel.shutdown(ResetReason::TunnelLost);
-            return Err(SetupError::FlowsNotAttached(HANDSHAKE_TIMEOUT * 2));
-        }
-    }
-    Ok(tunnel)
-}
-
-/// Keeps data flow `idx` attached for as long as the tunnel lives.
-async fn flow_supervisor(
-    gateway: Arc<Gateway>,
-    tunnel: Arc<Tunnel>,
-    addr: SocketAddr,
-    idx: usize,
-    attached: Arc<(AtomicUsize, Notify)>,
-) {
-    let mut first = true;
-    let mut backoff = Backoff::default();
-    while !tunnel.closed.is_cancelled() {
-        let attempt = async {
-            let (reader, mut writer) = dial(&gateway, addr, true).await?;
-            let attach = Message::Attach {
-                tunnel_id: tunnel.id,
-                flow: idx as u16,
-            };
-            writer.send(&attach).await.map_err(DialError::Handshake)?;
-            Ok::<_, DialError>((reader, writer))
-        };
-        let result = tokio::select! {
-            r = attempt => r,
-            _ = tunnel.closed.cancelled() => return,
-        };
-        match result {
-            Ok((reader, writer)) => {
-                if first {
-                    first = false;
-                    attached.0.fetch_add(1, Ordering::SeqCst);
-                    attached.1.notify_waiters();
-                } else {
-                    info!("peer {}: data flow {idx} re-attached", tunnel.peer);
-                }
-                backoff.succeeded();
-                if let Err(e) = tunnel.clone().run_flow(idx, reader, writer).await {
-                    warn!(
-                        "peer {}: data flow {idx} lost: {e}; its frames go out on the other flows",
-                        tunnel.peer
-                    );
-                }
-            }
-            Err(e) => warn!(
-                "peer {}: data flow {idx}: {e}; retrying in {:?}",
-                tunnel.peer,
-                backoff.delay()
-            ),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff.failed(gateway.now_us())) => {}
-            _ = tunnel.closed.cancelled() => return,
-        }
-    }
+    tunnel: &Tunnel,
+    k: usize,
+) -> Result<(Reader, Writer), DialError> {
+    let (reader, mut writer) = dial(gateway, addr, true).await?;
+    let flow = u16::try_from(k).expect("at most MAX_DATA_FLOWS");
+    let attach = Message::Attach {
+        tunnel_id: tunnel.id,
+        flow,
+    };
+    writer.send(&attach).await.map_err(DialError::Handshake)?;
+    Ok((reader, writer))
 }
 
 // ---- accepting side --------------------------------------------------------

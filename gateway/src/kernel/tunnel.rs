@@ -474,6 +474,11 @@ impl Tunnel {
         });
     }
 
+    /// Runs `f` on the tunnel's connection table (the dialler decides what to dial from it).
+    pub fn with_table<T>(&self, f: impl FnOnce(&ConnTable) -> T) -> T {
+        f(&self.inner.lock().expect("not poisoned").table)
+    }
+
     /// Whether `conn` is the control connection in place.
     fn is_control(inner: &Inner, conn: ConnRef) -> bool {
         inner.table.control() == Some(conn)
@@ -572,12 +577,14 @@ impl Tunnel {
     /// so that one is dead even if this end has not noticed (its RST lost,
     /// its timeout not yet due). Its frames go out again at once, and its
     /// eventual end does not touch the new connection's frames.
-    pub async fn run_flow<R, W>(
+    ///
+    /// The connection is in the table when this returns; the future runs it.
+    pub fn run_flow<R, W>(
         self: Arc<Self>,
         idx: usize,
         reader: RecordReader<R>,
         writer: RecordWriter<W>,
-    ) -> Result<(), ConnError>
+    ) -> impl std::future::Future<Output = Result<(), ConnError>>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin + AsRef<tokio::net::TcpStream>,
@@ -585,59 +592,63 @@ impl Tunnel {
         let info = reader.info().clone();
         let id = self.next_conn.fetch_add(1, Ordering::SeqCst);
         let retire = CancellationToken::new();
-        let (old, first_whole) = {
+        let attached = {
             let mut inner = self.inner.lock().expect("not poisoned");
-            let Some(attached) = inner.table.attach_flow(idx, id) else {
-                // Callers check the index against the flow count.
+            // Callers check the index against the flow count.
+            inner.table.attach_flow(idx, id).map(|attached| {
+                let old = attached.replaced.and_then(|old| inner.live.remove(&old));
+                if let Some(old) = &old {
+                    old.retire.cancel();
+                    inner.core.flow_lost(idx);
+                    self.dispatch(&mut inner);
+                }
+                let live = Live {
+                    retire: retire.clone(),
+                    info: info.clone(),
+                };
+                inner.live.insert(id, live);
+                (old, attached.first_whole)
+            })
+        };
+        async move {
+            let Some((old, first_whole)) = attached else {
                 return Ok(());
             };
-            let old = attached.replaced.and_then(|old| inner.live.remove(&old));
-            if let Some(old) = &old {
-                old.retire.cancel();
-                inner.core.flow_lost(idx);
-                self.dispatch(&mut inner);
-            }
-            let live = Live {
-                retire: retire.clone(),
-                info: info.clone(),
-            };
-            inner.live.insert(id, live);
-            (old, attached.first_whole)
-        };
-        if let Some(old) = old {
-            Stats::inc(&self.gateway.stats.flows_lost);
-            warn!(
-                "peer {}: data flow {idx} from {} replaced by a new connection from {} (the peer gave the old one up); closing the old one, its frames go out again",
-                self.peer, old.info.remote, info.remote
-            );
-        }
-        if first_whole {
-            log_up(&self.peer, self.flow_count());
-        }
-        let result = tokio::select! {
-            _ = self.closed.cancelled() => Ok(()),
-            // Replaced by a newer connection, which has taken over.
-            _ = retire.cancelled() => return Ok(()),
-            r = self.flow_reader(reader) => r,
-            r = self.flow_writer(idx, id, writer) => r,
-        };
-        let in_place = {
-            let mut inner = self.inner.lock().expect("not poisoned");
-            inner.live.remove(&id);
-            let in_place = inner.table.lost(id, self.now()) == Lost::Flow(idx);
-            if in_place {
-                inner.core.flow_lost(idx);
-                self.dispatch(&mut inner);
-            }
-            in_place
-        };
-        if let Err(e) = &result {
-            self.count_failure(e);
-            if in_place {
+            if let Some(old) = old {
                 Stats::inc(&self.gateway.stats.flows_lost);
+                warn!(
+                    "peer {}: data flow {idx} from {} replaced by a new connection from {} (the peer gave the old one up); closing the old one, its frames go out again",
+                    self.peer, old.info.remote, info.remote
+                );
             }
+            if first_whole {
+                log_up(&self.peer, self.flow_count());
+            }
+            let result = tokio::select! {
+                _ = self.closed.cancelled() => Ok(()),
+                // Replaced by a newer connection, which has taken over.
+                _ = retire.cancelled() => return Ok(()),
+                r = self.flow_reader(reader) => r,
+                r = self.flow_writer(idx, id, writer) => r,
+            };
+            let in_place = {
+                let mut inner = self.inner.lock().expect("not poisoned");
+                inner.live.remove(&id);
+                let in_place = inner.table.lost(id, self.now()) == Lost::Flow(idx);
+                if in_place {
+                    inner.core.flow_lost(idx);
+                    self.dispatch(&mut inner);
+                }
+                in_place
+            };
+            if let Err(e) = &result {
+                self.count_failure(e);
+                if in_place {
+                    Stats::inc(&self.gateway.stats.flows_lost);
+                }
+            }
+            result
         }
-        result
     }
 
     async fn flow_reader<R: AsyncRead + Unpin>(

@@ -30,6 +30,11 @@ impl Backoff {
         now >= self.not_before
     }
 
+    /// When a dial may start again.
+    pub fn not_before(&self) -> u64 {
+        self.not_before
+    }
+
     /// How long the next failure makes the caller wait.
     pub fn delay(&self) -> Duration {
         self.delay

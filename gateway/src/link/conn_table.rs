@@ -156,6 +156,14 @@ impl ConnTable {
             .map(Role::Flow)
     }
 
+    /// The connection in place for `role`.
+    pub fn holder(&self, role: Role) -> Option<ConnRef> {
+        match role {
+            Role::Control => self.control,
+            Role::Flow(k) => self.flow(k),
+        }
+    }
+
     pub fn control(&self) -> Option<ConnRef> {
         self.control
     }

@@ -11,11 +11,13 @@
 //! - [`records`]: records split off a connection's byte stream.
 //! - [`welcome`]: what the welcome to the dialler's hello makes of the tunnel it held.
 //! - [`conn_table`]: which connection serves each role; replacement, loss, the grace period.
+//! - [`dialer`]: when the dialling gateway dials the control connection and each data flow.
 
 pub mod accept;
 pub mod admission;
 pub mod backoff;
 pub mod conn_table;
+pub mod dialer;
 pub mod drain;
 pub mod egress;
 pub mod handshake;
@@ -25,6 +27,7 @@ pub mod welcome;
 pub use accept::{first_message, Current, FirstRefusal, FirstStep};
 pub use backoff::Backoff;
 pub use conn_table::{ConnRef, ConnTable, ControlAttached, FlowAttached, Lost, Role};
+pub use dialer::{DialFailed, Dialer, FLOWS_ATTACH_TIMEOUT};
 pub use drain::{Drain, DrainStep, ResetCause};
 pub use egress::{check_egress, EgressCheck, EgressRefusal};
 pub use handshake::{ConnHandshake, Done, Identity, LinkHandshakeError, HANDSHAKE_TIMEOUT};
