@@ -17,20 +17,21 @@
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
-use log::{debug, info, warn};
+use log::info;
 
 use super::crypto::{ConnId, CryptoDone, CryptoPipe, CryptoStage};
 use super::lan::{Endpoint, IngressListener, Waiting};
 use super::net::Net;
 use super::phy::FramePort;
-use super::tunnel::{Dialling, Tunnel};
+use super::tunnel::Dialling;
 use super::wan::WanConn;
 use crate::admin::dpdk::DpdkConfig;
 use crate::admin::status::{ConnectionStatus, SessionStatus, TunnelStatus};
 use crate::admin::{Config, Stats, Status};
+use crate::link::Applied;
 use crate::protocol::handshake::Shard;
 use crate::protocol::SessionId;
-use crate::session::{Event, PeerError};
+use crate::session::Event;
 use crate::transform::PackNote;
 
 /// The ports the engine runs on.
@@ -51,7 +52,7 @@ pub struct Engine<P: FramePort, C: CryptoPipe> {
     // ---- WAN side (tunnel.rs)
     pub(super) conns: FxHashMap<ConnId, WanConn>,
     pub(super) next_conn: ConnId,
-    pub(super) tunnel: Option<Tunnel>,
+    pub(super) tunnel: Option<crate::link::TunnelState>,
     /// Set on the dialling gateway.
     pub(super) dialer: Option<Dialling>,
     /// Listening sockets on the tunnel port (accepting gateway).
@@ -242,17 +243,19 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
     /// counted and logged, as the kernel datapath does.
     pub(super) fn apply(&mut self, msg: crate::protocol::Message) {
         let Some(t) = &mut self.tunnel else { return };
-        match t.core.handle_message(msg) {
-            Ok(()) => {}
-            Err(e @ PeerError::UnknownSession(_)) => {
-                Stats::inc(&self.stats.unknown_session_messages);
-                debug!("peer {}: {e}", t.peer)
-            }
-            Err(e) => {
-                Stats::inc(&self.stats.protocol_errors);
-                warn!("peer {}: {e}", t.peer)
-            }
+        match t.apply(msg) {
+            Applied::Ok => {}
+            Applied::UnknownSession => Stats::inc(&self.stats.unknown_session_messages),
+            Applied::ProtocolError => Stats::inc(&self.stats.protocol_errors),
         }
+    }
+
+    /// Whether new sessions can be opened now: the tunnel's control connection is keyed.
+    pub fn tunnel_is_up(&self) -> bool {
+        let control = self.tunnel.as_ref().and_then(|t| t.table.control());
+        control
+            .and_then(|c| self.conns.get(&c))
+            .is_some_and(|c| c.is_keyed())
     }
 
     /// Acts on what the session core reported.

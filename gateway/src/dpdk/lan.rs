@@ -408,7 +408,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         if self.waiting.is_empty() {
             return;
         }
-        let up = self.tunnel.as_ref().is_some_and(|t| t.is_up(&self.conns));
+        let up = self.tunnel_is_up();
         for w in std::mem::take(&mut self.waiting) {
             let state = self.lan.sockets.get::<tcp::Socket>(w.handle).state();
             if state == tcp::State::Closed {

@@ -462,7 +462,7 @@ impl Sim {
     pub fn tunnel_up(&mut self) -> bool {
         let up = |e: &SimEngine| {
             e.tunnel.as_ref().is_some_and(|t| {
-                t.is_up(&e.conns)
+                e.tunnel_is_up()
                     && (0..t.table.flow_count()).all(|k| {
                         t.table
                             .flow(k)
@@ -621,10 +621,7 @@ impl ShardedSim {
 
     /// Every shard of both gateways has its sub-tunnel up.
     pub fn tunnels_up(&self) -> bool {
-        self.a
-            .iter()
-            .chain(&self.b)
-            .all(|e| e.tunnel.as_ref().is_some_and(|t| t.is_up(&e.conns)))
+        self.a.iter().chain(&self.b).all(|e| e.tunnel_is_up())
     }
 }
 

@@ -269,13 +269,12 @@ fn a_new_tunnel_whose_flows_never_attach_is_given_up_and_dialled_anew() {
     let block_flows = |s: &mut Sim| {
         let t = s.a.tunnel.as_ref()?;
         let control = t.table.control()?;
-        let flows: Vec<SocketHandle> = s
-            .a
-            .conns
-            .iter()
-            .filter(|(&id, c)| c.dialed && id != control)
-            .map(|(_, c)| c.handle)
-            .collect();
+        let flows: Vec<SocketHandle> =
+            s.a.conns
+                .iter()
+                .filter(|(&id, c)| c.dialed && id != control)
+                .map(|(_, c)| c.handle)
+                .collect();
         for h in flows {
             s.a.wan.socket(h).abort();
         }

@@ -27,12 +27,11 @@ use crate::admin::{Config, Stats, TunnelEnd};
 use crate::crypto::{RekeyPolicy, MAX_RECORD_LEN};
 use crate::link::admission::{self, Admission, Throttle, MAX_PENDING_HANDSHAKES};
 use crate::link::{
-    first_message, name_mismatch, peer_label, welcome_step, ConnTable, Current, DialFailed, Dialer,
-    FirstStep, Lost, Role, WelcomeStep, FLOWS_ATTACH_TIMEOUT, HANDSHAKE_TIMEOUT,
+    first_message, name_mismatch, peer_label, welcome_step, Current, DialFailed, Dialer, FirstStep,
+    Lost, Role, TunnelSetup, TunnelState, WelcomeStep, FLOWS_ATTACH_TIMEOUT, HANDSHAKE_TIMEOUT,
 };
-use crate::protocol::handshake::Shard;
 use crate::protocol::{Message, ResetReason, TunnelId};
-use crate::session::{Side, TunnelCore};
+use crate::session::Side;
 
 /// Listening sockets on the tunnel port that sources which never
 /// authenticated as the peer may take between two turns; the others are the
@@ -44,16 +43,6 @@ const HALF_OPEN_TIMEOUT_US: u64 = 3_000_000;
 /// Half-open connections from untrusted sources kept at once; beyond, the
 /// oldest are dropped (a spoofed flood displaces only itself).
 const MAX_HALF_OPEN: usize = 64;
-
-/// The tunnel to the peer gateway: the session core and its connections.
-pub struct Tunnel {
-    pub id: TunnelId,
-    pub core: TunnelCore,
-    /// Which connection serves the control role and each data flow; the grace period.
-    pub table: ConnTable,
-    /// `NAME (ADDR)` of the peer, for logs.
-    pub peer: String,
-}
 
 /// The dialling gateway: where the peer is, and when to dial it ([`crate::link::dialer`]).
 pub struct Dialling {
@@ -495,9 +484,8 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
             FirstStep::Resume => {}
             FirstStep::NewTunnel { id: tid, flows } => {
                 self.shut_tunnel(ResetReason::TunnelLost, now);
-                let side = Side::Acceptor;
-                let t = Tunnel::new(&self.config, side, tid, peer, flows, self.shard);
-                self.tunnel = Some(t);
+                let setup = self.tunnel_setup(Side::Acceptor, flows);
+                self.tunnel = Some(TunnelState::new(setup, tid, peer));
             }
         }
         let welcome = Message::Welcome {
@@ -517,28 +505,17 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         let Some(t) = self.tunnel.as_mut() else {
             return;
         };
-        let Some(attached) = t.table.attach_flow(k, id) else {
-            return; // first_message checked k against the flow count
+        let names = |c: ConnId| remote_of(&self.conns, c);
+        // first_message checked k against the flow count.
+        let Some(attached) = t.attach_flow(k, id, &names) else {
+            return;
         };
-        // The peer re-attaches a flow only after giving its old connection up (its
-        // RST may have been lost on the way): close what is left of it here.
         if let Some(old) = attached.replaced {
-            t.core.flow_lost(k);
             Stats::inc(&self.stats.flows_lost);
-            let addr = |c: ConnId| remote_of(&self.conns, c);
-            warn!(
-                "peer {}: data flow {k} from {} replaced by a new connection from {} (the peer gave the old one up); closing the old one, its frames go out again",
-                t.peer,
-                addr(old),
-                addr(id)
-            );
             self.close_conn(old);
         }
         if let Some(c) = self.conns.get_mut(&id) {
             c.role = Some(Role::Flow(k));
-        }
-        if attached.first_whole {
-            self.log_up();
         }
     }
 
@@ -560,23 +537,17 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
             warn!("{w}");
         }
         let step = welcome_step(self.tunnel.as_ref().map(|t| t.id), tunnel_id);
-        if let Some(d) = &mut self.dialer {
-            d.dialer.welcomed(now, step != WelcomeStep::Resume);
-        }
         if step != WelcomeStep::Resume {
             if let Some(w) = step.warning(&peer) {
                 warn!("{w}");
             }
             self.shut_tunnel(ResetReason::TunnelLost, now);
-            let flows = self.config.data_flows as usize;
-            self.tunnel = Some(Tunnel::new(
-                &self.config,
-                Side::Dialer,
-                tunnel_id,
-                peer,
-                flows,
-                self.shard,
-            ));
+            let setup = self.tunnel_setup(Side::Dialer, self.config.data_flows as usize);
+            self.tunnel = Some(TunnelState::new(setup, tunnel_id, peer));
+        }
+        // After the old tunnel is gone: the new one's flows have their deadline.
+        if let Some(d) = &mut self.dialer {
+            d.dialer.welcomed(now, step != WelcomeStep::Resume);
         }
         self.attach_control(id);
     }
@@ -585,45 +556,25 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
     /// ends restate their sessions (resync).
     fn attach_control(&mut self, id: ConnId) {
         let Some(t) = &mut self.tunnel else { return };
-        let attached = t.table.attach_control(id);
-        // The peer dials a new control connection only after giving the old one up (its
-        // RST may have been lost on the way): close what is left of it here.
-        if let Some(old) = attached.replaced {
-            let addr = |c: ConnId| remote_of(&self.conns, c);
-            warn!(
-                "tunnel to peer {}: control connection from {} replaced by a new one from {} (the peer gave the old one up); closing the old one",
-                t.peer,
-                addr(old),
-                addr(id)
-            );
-            self.close_conn(old);
-        }
-        let t = self.tunnel.as_mut().expect("checked above");
+        let names = |c: ConnId| remote_of(&self.conns, c);
+        let attached = t.attach_control(id, &names);
         if attached.resumed {
-            t.core.resync();
             Stats::inc(&self.stats.tunnel_resumes);
-            info!(
-                "tunnel to peer {} resumed with {} sessions",
-                t.peer,
-                t.core.session_count()
-            );
+        }
+        if let Some(old) = attached.replaced {
+            self.close_conn(old);
         }
     }
 
-    /// Every data flow has attached for the first time: the tunnel is up.
-    fn log_up(&self) {
-        let Some(t) = &self.tunnel else { return };
-        // Each shard of a sharded gateway has its own sub-tunnel: say which.
-        let shard = if self.shard == Shard::ONE {
-            String::new()
-        } else {
-            format!(" ({})", self.shard)
-        };
-        info!(
-            "tunnel up: peer {}, {} data flows{shard}",
-            t.peer,
-            t.table.flow_count()
-        );
+    /// The core and connection table of a new tunnel on this shard.
+    fn tunnel_setup(&self, side: Side, flows: usize) -> TunnelSetup {
+        TunnelSetup {
+            side,
+            limits: self.config.limits.clone(),
+            flows,
+            grace: self.config.grace_period,
+            shard: self.shard,
+        }
     }
 
     /// Dialling gateway: (re)connect the control connection and data flows.
@@ -670,33 +621,24 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
     /// time, is given up.
     fn expire_grace(&mut self, now: u64) {
         let Some(t) = &mut self.tunnel else { return };
-        let grace = self.config.grace_period;
-        let why = if t.table.handle_timeout(now) {
-            format!("no connection for {grace:?} (grace period)")
-        } else if self
-            .dialer
-            .as_mut()
-            .is_some_and(|d| d.dialer.handle_timeout(now, Some(&t.table)))
-        {
-            format!("data flows did not attach within {FLOWS_ATTACH_TIMEOUT:?}")
-        } else {
+        // The grace period's end says why itself.
+        let expired = t.handle_timeout(now);
+        let late = |d: &mut Dialling| d.dialer.handle_timeout(now, Some(&t.table));
+        if !expired && self.dialer.as_mut().is_some_and(late) {
+            warn!(
+                "tunnel to peer {}: data flows did not attach within {FLOWS_ATTACH_TIMEOUT:?}; giving up",
+                t.peer
+            );
+        } else if !expired {
             return;
-        };
-        warn!("tunnel to peer {}: {why}; giving up", t.peer);
+        }
         self.shut_tunnel(ResetReason::TunnelLost, now);
     }
 
     /// Takes the tunnel down: every session reset, every connection closed.
     pub(super) fn shut_tunnel(&mut self, reason: ResetReason, now: u64) {
         let Some(t) = &mut self.tunnel else { return };
-        let n = t.core.session_count();
-        if n > 0 {
-            warn!(
-                "tunnel to peer {}: resetting {n} sessions: {reason}",
-                t.peer
-            );
-        }
-        t.core.reset_all(reason);
+        let _ = t.reset_all(reason);
         self.dispatch_events(now);
         let t = self.tunnel.take().expect("checked above");
         let dials = self.dialer.as_mut().map(|d| d.dialer.tunnel_gone());
@@ -774,66 +716,26 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                 );
             }
             None => {}
-            Some(Role::Control) => {
+            Some(_) => {
                 let Some(t) = &mut self.tunnel else { return };
-                let Lost::Control { hold_until } = t.table.lost(id, now) else {
-                    return;
-                };
-                warn!("tunnel to peer {}: control connection lost: {e}", t.peer);
-                if hold_until.is_none() {
-                    return self.shut_tunnel(ResetReason::TunnelLost, now);
-                }
-                warn!(
-                    "tunnel to peer {}: holding {} sessions for up to {:?} until the connection is back",
-                    t.peer,
-                    t.core.session_count(),
-                    self.config.grace_period
-                );
-                if let Some(d) = &mut self.dialer {
-                    d.dialer.control_lost(now);
-                }
-            }
-            Some(Role::Flow(k)) => {
-                let Some(t) = &mut self.tunnel else { return };
-                if t.table.lost(id, now) != Lost::Flow(k) {
-                    return;
-                }
-                t.core.flow_lost(k);
-                Stats::inc(&self.stats.flows_lost);
-                warn!(
-                    "peer {}: data flow {k} lost: {e}; its frames go out on the other flows",
-                    t.peer
-                );
-                if let Some(d) = &mut self.dialer {
-                    d.dialer.flow_lost(k, now);
+                match t.lost(id, now, &e) {
+                    Lost::Control { hold_until: None } => {
+                        self.shut_tunnel(ResetReason::TunnelLost, now)
+                    }
+                    Lost::Control { .. } => {
+                        if let Some(d) = &mut self.dialer {
+                            d.dialer.control_lost(now);
+                        }
+                    }
+                    Lost::Flow(k) => {
+                        Stats::inc(&self.stats.flows_lost);
+                        if let Some(d) = &mut self.dialer {
+                            d.dialer.flow_lost(k, now);
+                        }
+                    }
+                    Lost::NotInPlace => {}
                 }
             }
         }
-    }
-}
-
-impl Tunnel {
-    fn new(
-        config: &Config,
-        side: Side,
-        id: TunnelId,
-        peer: String,
-        flows: usize,
-        shard: Shard,
-    ) -> Tunnel {
-        Tunnel {
-            id,
-            core: TunnelCore::new(side, config.limits.clone(), flows).for_shard(shard),
-            table: ConnTable::new(flows, config.grace_period),
-            peer,
-        }
-    }
-
-    /// Whether new sessions can be opened now.
-    pub fn is_up(&self, conns: &rustc_hash::FxHashMap<ConnId, WanConn>) -> bool {
-        self.table
-            .control()
-            .and_then(|c| conns.get(&c))
-            .is_some_and(|c| c.is_keyed())
     }
 }

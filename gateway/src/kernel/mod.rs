@@ -441,12 +441,7 @@ async fn dial_loop(gateway: Arc<Gateway>, addr: SocketAddr) {
                     let run = of.clone().run_flow(k, reader, writer);
                     let tx = tx.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = run.await {
-                            warn!(
-                                "peer {}: data flow {k} lost: {e}; its frames go out on the other flows",
-                                of.peer
-                            );
-                        }
+                        run.await;
                         let _ = tx.send(Dialled::FlowEnded { k, tunnel: of });
                     });
                 }
@@ -725,10 +720,7 @@ impl Accepted {
         };
         let (tunnel, fresh) = match (step, current) {
             (FirstStep::Attach { index }, Some(tunnel)) => {
-                if let Err(e) = tunnel.clone().run_flow(index, reader, writer).await {
-                    warn!("peer {}: data flow {index} lost: {e}", tunnel.peer);
-                }
-                return;
+                return tunnel.run_flow(index, reader, writer).await
             }
             (FirstStep::Resume, Some(tunnel)) => (tunnel, false),
             (FirstStep::NewTunnel { id, flows }, _) => {

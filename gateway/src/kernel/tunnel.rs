@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use log::{debug, info, warn};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{oneshot, Notify};
@@ -23,9 +22,10 @@ use super::conn::{ConnError, ConnInfo, RecordReader, RecordWriter};
 use super::Gateway;
 use crate::admin::status::{ConnectionStatus, SessionStatus, TunnelStatus};
 use crate::admin::Stats;
-use crate::link::{ConnRef, ConnTable, Lost};
+use crate::link::{Applied, ConnRef, ConnTable, Lost, TunnelSetup, TunnelState};
+use crate::protocol::handshake::Shard;
 use crate::protocol::{Message, RefuseReason, ResetReason, SessionId, TunnelId};
-use crate::session::{Event, PeerError, SessionError, Side, TunnelCore};
+use crate::session::{Event, SessionError, Side, TunnelCore};
 use crate::transform::PackNote;
 
 /// Bytes of sealed records a writer gathers before one write call.
@@ -86,12 +86,11 @@ struct Live {
 }
 
 struct Inner {
-    core: TunnelCore,
-    /// Which connection serves the control role and each data flow. Only the control
-    /// connection in place may take control messages off the core, only flow k's may take its
-    /// frames, and only the one in place may declare its role lost.
-    table: ConnTable,
-    /// The connections in `table`: how to retire each, and its figures for status.
+    /// The session core, and which connection serves the control role and each data flow. Only
+    /// the control connection in place may take control messages off the core, only flow k's
+    /// may take its frames, and only the one in place may declare its role lost.
+    link: TunnelState,
+    /// The connections in `link.table`: how to retire each, and its figures for status.
     live: HashMap<ConnRef, Live>,
     signals: HashMap<SessionId, Arc<SessionSignals>>,
     /// Per target, the egress connect that must finish before the next one to that target
@@ -136,12 +135,17 @@ impl Tunnel {
         peer: String,
         flows: usize,
     ) -> Arc<Tunnel> {
-        let core = TunnelCore::new(side, gateway.config.limits.clone(), flows);
+        let setup = TunnelSetup {
+            side,
+            limits: gateway.config.limits.clone(),
+            flows,
+            grace: gateway.config.grace_period,
+            shard: Shard::ONE,
+        };
         let tunnel = Arc::new(Tunnel {
             inner: Mutex::new(Inner {
-                core,
+                link: TunnelState::new(setup, id, peer.clone()),
                 signals: HashMap::new(),
-                table: ConnTable::new(flows, gateway.config.grace_period),
                 live: HashMap::new(),
                 connect_order: HashMap::new(),
             }),
@@ -175,13 +179,19 @@ impl Tunnel {
     }
 
     pub fn flow_count(&self) -> usize {
-        self.inner.lock().expect("not poisoned").core.flow_count()
+        self.inner
+            .lock()
+            .expect("not poisoned")
+            .link
+            .core
+            .flow_count()
     }
 
     pub fn session_count(&self) -> usize {
         self.inner
             .lock()
             .expect("not poisoned")
+            .link
             .core
             .session_count()
     }
@@ -212,7 +222,7 @@ impl Tunnel {
         loop {
             let control = {
                 let inner = self.inner.lock().expect("not poisoned");
-                let control = inner.table.control();
+                let control = inner.link.table.control();
                 control
                     .and_then(|c| inner.live.get(&c))
                     .map(|l| l.info.clone())
@@ -232,13 +242,13 @@ impl Tunnel {
     /// Runs `f` on the core, then dispatches the events it produced.
     pub fn with_core<T>(self: &Arc<Self>, f: impl FnOnce(&mut TunnelCore) -> T) -> T {
         let mut inner = self.inner.lock().expect("not poisoned");
-        let out = f(&mut inner.core);
+        let out = f(&mut inner.link.core);
         self.dispatch(&mut inner);
         out
     }
 
     fn dispatch(self: &Arc<Self>, inner: &mut Inner) {
-        while let Some(event) = inner.core.poll_event() {
+        while let Some(event) = inner.link.core.poll_event() {
             match event {
                 Event::FramesReady => self.frames_ready.notify_waiters(),
                 // Every waiter: a control writer being retired may still be
@@ -320,7 +330,7 @@ impl Tunnel {
         let (tx, rx) = oneshot::channel();
         let signals = Arc::new(SessionSignals::new(Some(source), Some(tx)));
         let mut inner = self.inner.lock().expect("not poisoned");
-        let id = inner.core.open(target)?;
+        let id = inner.link.core.open(target)?;
         inner.signals.insert(id, signals.clone());
         self.dispatch(&mut inner);
         Ok((id, signals, rx))
@@ -333,7 +343,7 @@ impl Tunnel {
     ) -> Result<Arc<SessionSignals>, SessionError> {
         let signals = Arc::new(SessionSignals::new(None, None));
         let mut inner = self.inner.lock().expect("not poisoned");
-        inner.core.accept(id)?;
+        inner.link.core.accept(id)?;
         inner.signals.insert(id, signals.clone());
         self.dispatch(&mut inner);
         Ok(signals)
@@ -349,16 +359,10 @@ impl Tunnel {
         if self.closed.is_cancelled() {
             return;
         }
-        let n = self.with_core(|core| {
-            let n = core.session_count();
-            core.reset_all(reason);
-            n
-        });
-        if n > 0 {
-            warn!(
-                "tunnel to peer {}: resetting {n} sessions: {reason}",
-                self.peer
-            );
+        {
+            let mut inner = self.inner.lock().expect("not poisoned");
+            let _ = inner.link.reset_all(reason);
+            self.dispatch(&mut inner);
         }
         self.closed.cancel();
     }
@@ -396,8 +400,11 @@ impl Tunnel {
         let retire = CancellationToken::new();
         let conn = self.next_conn.fetch_add(1, Ordering::SeqCst);
         let (resumed, old) = {
-            let mut inner = self.inner.lock().expect("not poisoned");
-            let attached = inner.table.attach_control(conn);
+            let mut guard = self.inner.lock().expect("not poisoned");
+            let inner = &mut *guard;
+            let live = &inner.live;
+            let names = |c: ConnRef| remote_of(live, c, conn, &info);
+            let attached = inner.link.attach_control(conn, &names);
             let old = attached.replaced.and_then(|old| inner.live.remove(&old));
             if let Some(old) = &old {
                 old.retire.cancel();
@@ -409,48 +416,33 @@ impl Tunnel {
             inner.live.insert(conn, live);
             // The old writer may have died (or been retired) mid-flush.
             self.control_busy.store(false, Ordering::SeqCst);
-            let resumed = attached.resumed.then(|| {
-                inner.core.resync();
-                inner.core.session_count()
-            });
-            self.dispatch(&mut inner);
-            (resumed, old)
+            self.dispatch(inner);
+            (attached.resumed, old)
         };
-        if let Some(old) = old {
-            warn!(
-                "tunnel to peer {}: control connection from {} replaced by a new one from {} (the peer gave the old one up); closing the old one",
-                self.peer, old.info.remote, info.remote
-            );
-        }
-        if let Some(n) = resumed {
+        drop(old);
+        if resumed {
             Stats::inc(&self.gateway.stats.tunnel_resumes);
-            info!("tunnel to peer {} resumed with {n} sessions", self.peer);
         }
         self.control_up.send_replace(true);
-        tokio::spawn(self.clone().run_control(conn, retire, info, reader, writer));
+        tokio::spawn(self.clone().run_control(conn, retire, reader, writer));
     }
 
-    /// Control connection `conn` died: if it is still the one in place, hold every session for
-    /// the grace period, then give up and reset them. A connection that was replaced already
-    /// changes nothing.
-    fn control_lost(self: &Arc<Self>, conn: ConnRef) {
+    /// Control connection `conn` died (`why`): if it is still the one in place, hold every
+    /// session for the grace period, then give up and reset them. A connection that was
+    /// replaced already changes nothing.
+    fn control_lost(self: &Arc<Self>, conn: ConnRef, why: &dyn std::fmt::Display) {
         let lost = {
             let mut inner = self.inner.lock().expect("not poisoned");
             inner.live.remove(&conn);
-            inner.table.lost(conn, self.now())
+            let now = self.now();
+            inner.link.lost(conn, now, why)
         };
         let Lost::Control { hold_until } = lost else {
             return;
         };
-        let grace = self.gateway.config.grace_period;
         let Some(until) = hold_until.filter(|_| !self.closed.is_cancelled()) else {
             return self.shutdown(ResetReason::TunnelLost);
         };
-        let sessions = self.with_core(|c| c.session_count());
-        warn!(
-            "tunnel to peer {}: holding {sessions} sessions for up to {grace:?} until the connection is back",
-            self.peer
-        );
         self.control_up.send_replace(false);
         let tunnel = self.clone();
         tokio::spawn(async move {
@@ -462,13 +454,10 @@ impl Tunnel {
             // Resumed meanwhile (and perhaps held again since): not this hold's end.
             let expired = {
                 let mut inner = tunnel.inner.lock().expect("not poisoned");
-                inner.table.handle_timeout(tunnel.now())
+                let now = tunnel.now();
+                inner.link.handle_timeout(now)
             };
             if expired {
-                warn!(
-                    "tunnel to peer {}: no connection for {grace:?} (grace period); giving up",
-                    tunnel.peer
-                );
                 tunnel.shutdown(ResetReason::TunnelLost);
             }
         });
@@ -476,12 +465,12 @@ impl Tunnel {
 
     /// Runs `f` on the tunnel's connection table (the dialler decides what to dial from it).
     pub fn with_table<T>(&self, f: impl FnOnce(&ConnTable) -> T) -> T {
-        f(&self.inner.lock().expect("not poisoned").table)
+        f(&self.inner.lock().expect("not poisoned").link.table)
     }
 
     /// Whether `conn` is the control connection in place.
     fn is_control(inner: &Inner, conn: ConnRef) -> bool {
-        inner.table.control() == Some(conn)
+        inner.link.table.control() == Some(conn)
     }
 
     /// Runs control connection `conn` until it fails or is retired.
@@ -489,7 +478,6 @@ impl Tunnel {
         self: Arc<Self>,
         conn: ConnRef,
         retire: CancellationToken,
-        info: Arc<ConnInfo>,
         mut reader: RecordReader<OwnedReadHalf>,
         mut writer: RecordWriter<OwnedWriteHalf>,
     ) {
@@ -520,7 +508,7 @@ impl Tunnel {
                 if !Self::is_control(&inner, conn) {
                     return None;
                 }
-                let msg = inner.core.poll_control();
+                let msg = inner.link.core.poll_control();
                 if msg.is_some() {
                     self.control_busy.store(true, Ordering::SeqCst);
                 }
@@ -554,19 +542,10 @@ impl Tunnel {
         if self.closed.is_cancelled() {
             return;
         }
-        if let Err(e) = result {
-            self.count_failure(&e);
-            let in_place = Self::is_control(&self.inner.lock().expect("not poisoned"), conn);
-            if in_place {
-                warn!("tunnel to peer {}: control connection lost: {e}", self.peer);
-            } else {
-                info!(
-                    "tunnel to peer {}: replaced control connection from {} ended: {e}",
-                    self.peer, info.remote
-                );
-            }
-        }
-        self.control_lost(conn);
+        // The loops end only with an error.
+        let why = result.err().unwrap_or(ConnError::Closed);
+        self.count_failure(&why);
+        self.control_lost(conn, &why);
     }
 
     /// Runs data flow `idx` until it fails or is retired. Whatever it
@@ -584,7 +563,7 @@ impl Tunnel {
         idx: usize,
         reader: RecordReader<R>,
         writer: RecordWriter<W>,
-    ) -> impl std::future::Future<Output = Result<(), ConnError>>
+    ) -> impl std::future::Future<Output = ()>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin + AsRef<tokio::net::TcpStream>,
@@ -593,53 +572,50 @@ impl Tunnel {
         let id = self.next_conn.fetch_add(1, Ordering::SeqCst);
         let retire = CancellationToken::new();
         let attached = {
-            let mut inner = self.inner.lock().expect("not poisoned");
+            let mut guard = self.inner.lock().expect("not poisoned");
+            let inner = &mut *guard;
+            let live = &inner.live;
+            let names = |c: ConnRef| remote_of(live, c, id, &info);
             // Callers check the index against the flow count.
-            inner.table.attach_flow(idx, id).map(|attached| {
+            inner.link.attach_flow(idx, id, &names).map(|attached| {
                 let old = attached.replaced.and_then(|old| inner.live.remove(&old));
                 if let Some(old) = &old {
                     old.retire.cancel();
-                    inner.core.flow_lost(idx);
-                    self.dispatch(&mut inner);
+                    self.dispatch(inner);
                 }
                 let live = Live {
                     retire: retire.clone(),
                     info: info.clone(),
                 };
                 inner.live.insert(id, live);
-                (old, attached.first_whole)
+                old.is_some()
             })
         };
         async move {
-            let Some((old, first_whole)) = attached else {
-                return Ok(());
+            let Some(replaced) = attached else {
+                return;
             };
-            if let Some(old) = old {
+            if replaced {
                 Stats::inc(&self.gateway.stats.flows_lost);
-                warn!(
-                    "peer {}: data flow {idx} from {} replaced by a new connection from {} (the peer gave the old one up); closing the old one, its frames go out again",
-                    self.peer, old.info.remote, info.remote
-                );
-            }
-            if first_whole {
-                log_up(&self.peer, self.flow_count());
             }
             let result = tokio::select! {
                 _ = self.closed.cancelled() => Ok(()),
                 // Replaced by a newer connection, which has taken over.
-                _ = retire.cancelled() => return Ok(()),
+                _ = retire.cancelled() => return,
                 r = self.flow_reader(reader) => r,
                 r = self.flow_writer(idx, id, writer) => r,
             };
             let in_place = {
                 let mut inner = self.inner.lock().expect("not poisoned");
                 inner.live.remove(&id);
-                let in_place = inner.table.lost(id, self.now()) == Lost::Flow(idx);
-                if in_place {
-                    inner.core.flow_lost(idx);
-                    self.dispatch(&mut inner);
-                }
-                in_place
+                let now = self.now();
+                let lost = match &result {
+                    Err(e) => inner.link.lost(id, now, e),
+                    // The tunnel closed: nothing to say.
+                    Ok(()) => inner.link.table.lost(id, now),
+                };
+                self.dispatch(&mut inner);
+                lost == Lost::Flow(idx)
             };
             if let Err(e) = &result {
                 self.count_failure(e);
@@ -647,7 +623,6 @@ impl Tunnel {
                     Stats::inc(&self.gateway.stats.flows_lost);
                 }
             }
-            result
         }
     }
 
@@ -687,8 +662,8 @@ impl Tunnel {
         // one's ledger, sent nowhere.
         let take = || {
             let mut inner = self.inner.lock().expect("not poisoned");
-            let in_place = inner.table.flow(idx) == Some(id);
-            let frame = in_place.then(|| inner.core.poll_frame(idx)).flatten();
+            let in_place = inner.link.table.flow(idx) == Some(id);
+            let frame = in_place.then(|| inner.link.core.poll_frame(idx)).flatten();
             self.dispatch(&mut inner);
             frame
         };
@@ -724,33 +699,21 @@ impl Tunnel {
 
     /// Applies one message from the peer, with what unpacking it cost (a packed data frame).
     fn apply(self: &Arc<Self>, msg: Message, unpacked: Option<PackNote>) {
-        let stats = &self.gateway.stats;
-        let reset = match &msg {
-            Message::Reset { session, reason } => Some((*session, *reason)),
-            _ => None,
-        };
-        let handled = self.with_core(|c| {
+        let applied = {
+            let mut inner = self.inner.lock().expect("not poisoned");
             // Credited first: the frame may be the session's last.
             if let Some(n) = unpacked {
-                c.note_packing(n);
+                inner.link.core.note_packing(n);
             }
-            c.handle_message(msg)
-        });
-        match handled {
-            Ok(()) => {
-                if let Some((id, reason)) = reset {
-                    info!("session {id}: reset by peer {}: {reason}", self.peer);
-                }
-            }
-            // Frames and acks still in flight for a session that just ended.
-            Err(e @ PeerError::UnknownSession(_)) => {
-                Stats::inc(&stats.unknown_session_messages);
-                debug!("peer {}: {e}", self.peer)
-            }
-            Err(e) => {
-                Stats::inc(&stats.protocol_errors);
-                warn!("peer {}: {e}", self.peer)
-            }
+            let applied = inner.link.apply(msg);
+            self.dispatch(&mut inner);
+            applied
+        };
+        let stats = &self.gateway.stats;
+        match applied {
+            Applied::Ok => {}
+            Applied::UnknownSession => Stats::inc(&stats.unknown_session_messages),
+            Applied::ProtocolError => Stats::inc(&stats.protocol_errors),
         }
     }
 
@@ -770,6 +733,7 @@ impl Tunnel {
     pub fn status(&self) -> TunnelStatus {
         let inner = self.inner.lock().expect("not poisoned");
         let sessions = inner
+            .link
             .core
             .snapshot()
             .iter()
@@ -783,6 +747,7 @@ impl Tunnel {
             })
             .collect();
         let connections = inner
+            .link
             .table
             .connections()
             .filter_map(|(flow, c)| Some((flow, &inner.live.get(&c)?.info)))
@@ -801,11 +766,21 @@ impl Tunnel {
             self.id,
             *self.control_up.borrow(),
             self.peer.clone(),
-            &inner.core,
+            &inner.link.core,
             connections,
             sessions,
         )
     }
+}
+
+/// How the tunnel's lines name connection `c`: its remote address (`new`, not yet in `live`,
+/// is `info`'s).
+fn remote_of(live: &HashMap<ConnRef, Live>, c: ConnRef, new: ConnRef, info: &ConnInfo) -> String {
+    if c == new {
+        return info.remote.to_string();
+    }
+    live.get(&c)
+        .map_or_else(|| "?".to_string(), |l| l.info.remote.to_string())
 }
 
 /// Waits until `poll` yields a value, sleeping on `notify` in between. The
@@ -821,9 +796,4 @@ pub async fn wait_until<T>(notify: &Notify, mut poll: impl FnMut() -> Option<T>)
         }
         notified.await;
     }
-}
-
-/// Logs a tunnel-level milestone once.
-pub fn log_up(peer: &str, flows: usize) {
-    info!("tunnel up: peer {peer}, {flows} data flows");
 }

@@ -165,9 +165,9 @@ impl Dialer {
     }
 
     /// The tunnel was given up: the flow dials still under way are for nothing. Returns them,
-    /// for the driver to close.
+    /// for the driver to close. (The attach deadline is left alone: it only counts while there
+    /// is a tunnel, and the next welcome sets it anew, whichever the driver tells first.)
     pub fn tunnel_gone(&mut self) -> Vec<ConnRef> {
-        self.attach_by = None;
         self.flows
             .iter_mut()
             .filter_map(|f| f.dialling.take())
@@ -306,6 +306,26 @@ mod tests {
         assert!(d.handle_timeout(by, Some(&t)));
         assert!(!d.handle_timeout(by + 1, Some(&t)), "once");
         assert_eq!(d.tunnel_gone(), vec![3], "flow 1's dial is closed");
+    }
+
+    #[test]
+    fn the_attach_deadline_holds_whether_the_old_tunnel_goes_before_or_after_the_welcome() {
+        for gone_first in [true, false] {
+            let mut d = Dialer::new(1);
+            d.dialling(Role::Control, 1);
+            if gone_first {
+                let _ = d.tunnel_gone();
+            }
+            d.welcomed(0, true);
+            if !gone_first {
+                let _ = d.tunnel_gone();
+            }
+            let mut t = ConnTable::new(1, GRACE);
+            let _ = t.attach_control(1);
+            let by = FLOWS_ATTACH_TIMEOUT.as_micros() as u64;
+            assert_eq!(d.poll_timeout(Some(&t)), Some(0), "flow 0 is due now");
+            assert!(d.handle_timeout(by, Some(&t)), "gone first: {gone_first}");
+        }
     }
 
     #[test]

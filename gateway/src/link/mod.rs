@@ -11,6 +11,8 @@
 //! - [`records`]: records split off a connection's byte stream.
 //! - [`welcome`]: what the welcome to the dialler's hello makes of the tunnel it held.
 //! - [`conn_table`]: which connection serves each role; replacement, loss, the grace period.
+//! - [`tunnel`]: one tunnel's core and table, and what follows when a connection attaches or
+//!   dies, a peer message arrives or the grace period runs out.
 //! - [`dialer`]: when the dialling gateway dials the control connection and each data flow.
 
 pub mod accept;
@@ -22,6 +24,7 @@ pub mod drain;
 pub mod egress;
 pub mod handshake;
 pub mod records;
+pub mod tunnel;
 pub mod welcome;
 
 pub use accept::{first_message, Current, FirstRefusal, FirstStep};
@@ -32,6 +35,7 @@ pub use drain::{Drain, DrainStep, ResetCause};
 pub use egress::{check_egress, EgressCheck, EgressRefusal};
 pub use handshake::{ConnHandshake, Done, Identity, LinkHandshakeError, HANDSHAKE_TIMEOUT};
 pub use records::{Record, RecordSplitter};
+pub use tunnel::{Applied, ConnNames, TunnelSetup, TunnelState};
 pub use welcome::{name_mismatch, welcome_step, WelcomeStep};
 
 /// How logs and status name the peer: `name (address)` when the address is known.
