@@ -53,7 +53,7 @@ pub struct TunnelStatus {
 }
 
 /// One WAN TCP connection: the control connection or a data flow.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ConnectionStatus {
     /// "control" or "data".
     pub kind: String,
@@ -163,6 +163,37 @@ impl SessionStatus {
 }
 
 impl TunnelStatus {
+    /// A tunnel as both datapaths show it: its sessions with what the datapath knows of each
+    /// one's endpoint (`endpoint`: the client address for our ingress sessions, the age), and
+    /// the connections in place with the datapath's figures for each (`connection`; kind and
+    /// flow are filled in here). `up`: a control connection is in place.
+    pub fn of(
+        t: &crate::link::TunnelState,
+        up: bool,
+        endpoint: impl Fn(crate::protocol::SessionId) -> (Option<std::net::SocketAddr>, f64),
+        connection: impl Fn(crate::link::ConnRef) -> Option<ConnectionStatus>,
+    ) -> TunnelStatus {
+        let sessions = t
+            .core
+            .snapshot()
+            .iter()
+            .map(|s| {
+                let (source, age) = endpoint(s.id);
+                SessionStatus::from_core(s, source, age)
+            })
+            .collect();
+        let connections = t.table.connections().filter_map(|(flow, c)| {
+            let kind = if flow.is_some() { "data" } else { "control" };
+            Some(ConnectionStatus {
+                kind: kind.to_string(),
+                flow,
+                ..connection(c)?
+            })
+        });
+        let connections = connections.collect();
+        TunnelStatus::from_core(t.id, up, t.peer.clone(), &t.core, connections, sessions)
+    }
+
     /// A tunnel: the core's figures plus the datapath's view of its
     /// connections (sorted: control first, then data flows by index).
     pub fn from_core(

@@ -26,13 +26,14 @@ use super::phy::FramePort;
 use super::tunnel::Dialling;
 use super::wan::WanConn;
 use crate::admin::dpdk::DpdkConfig;
-use crate::admin::status::{ConnectionStatus, SessionStatus, TunnelStatus};
+use crate::admin::status::{ConnectionStatus, TunnelStatus};
 use crate::admin::{Config, Stats, Status};
 use crate::link::Applied;
 use crate::protocol::handshake::Shard;
 use crate::protocol::SessionId;
 use crate::session::Event;
 use crate::transform::PackNote;
+use smoltcp::socket::tcp;
 
 /// The ports the engine runs on.
 pub struct Ports<P> {
@@ -308,42 +309,27 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
     pub fn status(&self, now: u64) -> Status {
         let secs = |us: u64| now.saturating_sub(us) as f64 / 1e6;
         let tunnel = self.tunnel.as_ref().map(|t| {
-            let sessions = t
-                .core
-                .snapshot()
-                .iter()
-                .map(|s| {
-                    let ep = self.endpoints.get(&s.id);
-                    SessionStatus::from_core(
-                        s,
-                        ep.and_then(|e| e.source),
-                        ep.map_or(0.0, |e| secs(e.started)),
-                    )
+            let endpoint = |id| {
+                let ep = self.endpoints.get(&id);
+                (
+                    ep.and_then(|e| e.source),
+                    ep.map_or(0.0, |e| secs(e.started)),
+                )
+            };
+            let connection = |id| {
+                let c = self.conns.get(&id).filter(|c| c.is_keyed())?;
+                let sock = self.wan.sockets.get::<tcp::Socket>(c.handle);
+                Some(ConnectionStatus {
+                    local: c.local.map(|a| a.to_string()).unwrap_or_default(),
+                    remote: c.remote.map(|a| a.to_string()).unwrap_or_default(),
+                    age_secs: secs(c.created),
+                    bytes_sent: c.bytes_sent,
+                    bytes_received: c.bytes_received,
+                    tcp: Some(super::wan::tcp_stats(sock)),
+                    ..Default::default()
                 })
-                .collect();
-            let connections = t
-                .table
-                .connections()
-                .filter_map(|(flow, id)| {
-                    let c = self.conns.get(&id).filter(|c| c.is_keyed())?;
-                    let sock = self
-                        .wan
-                        .sockets
-                        .get::<smoltcp::socket::tcp::Socket>(c.handle);
-                    Some(ConnectionStatus {
-                        kind: if flow.is_some() { "data" } else { "control" }.to_string(),
-                        flow,
-                        local: c.local.map(|a| a.to_string()).unwrap_or_default(),
-                        remote: c.remote.map(|a| a.to_string()).unwrap_or_default(),
-                        age_secs: secs(c.created),
-                        bytes_sent: c.bytes_sent,
-                        bytes_received: c.bytes_received,
-                        tcp: Some(super::wan::tcp_stats(sock)),
-                    })
-                })
-                .collect();
-            let up = t.table.is_up();
-            TunnelStatus::from_core(t.id, up, t.peer.clone(), &t.core, connections, sessions)
+            };
+            TunnelStatus::of(t, t.table.is_up(), endpoint, connection)
         });
         let mut counters = self.stats.snapshot();
         counters.insert("dpdk_lan_filtered_frames".into(), self.lan.filtered);

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::conn::{ConnError, ConnInfo, RecordReader, RecordWriter};
 use super::Gateway;
-use crate::admin::status::{ConnectionStatus, SessionStatus, TunnelStatus};
+use crate::admin::status::{ConnectionStatus, TunnelStatus};
 use crate::admin::Stats;
 use crate::link::{Applied, ConnRef, ConnTable, Lost, TunnelSetup, TunnelState};
 use crate::protocol::handshake::Shard;
@@ -732,44 +732,24 @@ impl Tunnel {
     /// The tunnel as `lmas status` shows it.
     pub fn status(&self) -> TunnelStatus {
         let inner = self.inner.lock().expect("not poisoned");
-        let sessions = inner
-            .link
-            .core
-            .snapshot()
-            .iter()
-            .map(|s| {
-                let signals = inner.signals.get(&s.id);
-                SessionStatus::from_core(
-                    s,
-                    signals.and_then(|g| g.source),
-                    signals.map_or(0.0, |g| g.started.elapsed().as_secs_f64()),
-                )
-            })
-            .collect();
-        let connections = inner
-            .link
-            .table
-            .connections()
-            .filter_map(|(flow, c)| Some((flow, &inner.live.get(&c)?.info)))
-            .map(|(flow, c)| ConnectionStatus {
-                kind: if flow.is_some() { "data" } else { "control" }.to_string(),
-                flow,
+        let endpoint = |id| {
+            let signals = inner.signals.get(&id);
+            let age = signals.map_or(0.0, |g| g.started.elapsed().as_secs_f64());
+            (signals.and_then(|g| g.source), age)
+        };
+        let connection = |id| {
+            let c = &inner.live.get(&id)?.info;
+            Some(ConnectionStatus {
                 local: c.local.to_string(),
                 remote: c.remote.to_string(),
                 age_secs: c.since.elapsed().as_secs_f64(),
                 bytes_sent: c.sent.load(Ordering::Relaxed),
                 bytes_received: c.received.load(Ordering::Relaxed),
                 tcp: c.tcp_stats(),
+                ..Default::default()
             })
-            .collect();
-        TunnelStatus::from_core(
-            self.id,
-            *self.control_up.borrow(),
-            self.peer.clone(),
-            &inner.link.core,
-            connections,
-            sessions,
-        )
+        };
+        TunnelStatus::of(&inner.link, *self.control_up.borrow(), endpoint, connection)
     }
 }
 
