@@ -500,6 +500,26 @@ pub fn connect(addr: impl ToSocketAddrs) -> io::Result<TcpStream> {
     Err(last)
 }
 
+/// Closes `s` with a reset (RST), as a client that gives up does, instead of a FIN.
+pub fn abort(s: TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket and a `linger` of the size given.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+    drop(s);
+}
+
 /// The source: connects to `addr`, sends `len` bytes of the stream for `seed`, shuts down its
 /// write side and waits for the peer to close (so `secs` covers delivery, not just buffering).
 /// Bytes the peer sends back are an error.

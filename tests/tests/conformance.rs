@@ -12,6 +12,7 @@
 //! | drain through a lost tunnel | SIGTERM on the dialler, then every tunnel connection reset: the draining gateway holds and resumes the tunnel, the session finishes byte-exact | here |
 //! | allowlist refusal | a target outside B's allowlist: the client is closed, both ends log it by address, an allowed session still works | here |
 //! | connect order | sessions to one target reach it in the order the source opened them | here |
+//! | reset while waiting to connect | a session given up while it waits for the connect before it to the same target is never connected | here |
 //! | one-sided loss, re-attach | one end of the control connection or of a data flow dies unheard by the other | `one_sided.rs` (16 cases) |
 //! | flood | spoofed SYNs and a slowloris on the tunnel port while the tunnel is killed and must come back | `admission.rs` |
 //!
@@ -29,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use lmas_tests::dpdk_lab::Kind;
 use lmas_tests::line_lab::{ingress_lines, skip, Line, LineSpec, A_WAN, B_WAN, DST};
-use lmas_tests::{connect, paced_send, send, wait_progress, Sink};
+use lmas_tests::{abort, connect, paced_send, send, wait_progress, Sink};
 
 const MIB: u64 = 1 << 20;
 const WAIT: Duration = Duration::from_secs(30);
@@ -510,6 +511,87 @@ fn connect_order(test: &str, kind: Kind) {
     case.finish();
 }
 
+/// A session the source gives up while it waits for the connect before it to the same target:
+/// it leaves the line, and the target never sees a connection for it (QEMU before 8.0 counts
+/// the connections it accepts: a stray one would be taken for a migration channel). The kernel
+/// datapath used to connect it anyway once its turn came, then drop it.
+fn reset_while_waiting_to_connect(test: &str, kind: Kind) {
+    let Some(mut case) = Case::start(test, kind, |_| {}) else {
+        return;
+    };
+    let addr = SocketAddr::V4(SocketAddrV4::new(DST, TARGET));
+    // A target whose accept queue holds one connection, filled by a direct one: the kernel
+    // drops SYNs to it (the connect waits, retrying) until that one is accepted.
+    let (target, filler) = case
+        .line
+        .dst
+        .run(move || -> io::Result<(TcpListener, TcpStream)> {
+            let l = TcpListener::bind(addr)?;
+            // SAFETY: a listening socket; listen() again only changes its backlog.
+            if unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&l), 0) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let filler = TcpStream::connect(addr)?;
+            Ok((l, filler))
+        })
+        .unwrap_or_else(|e| case.fail(format!("target in dst: {e}")));
+    let to = Line::ingress(TO_TARGET);
+    let open = |tag: u8| {
+        case.line.src.run(move || -> io::Result<TcpStream> {
+            let mut s = connect(to)?;
+            s.write_all(&[tag])?;
+            Ok(s)
+        })
+    };
+    let first = open(1).unwrap_or_else(|e| case.fail(format!("session 1: {e}")));
+    let second = open(2).unwrap_or_else(|e| case.fail(format!("session 2: {e}")));
+    // Both sessions reach B: the first connecting, the second waiting for it.
+    thread::sleep(Duration::from_millis(1500));
+    abort(second);
+    if let Err(e) = case.line.b.wait_for_line(&["reset by peer"], WAIT) {
+        case.fail(format!("B never heard of the second session's reset: {e}"));
+    }
+    // The target takes the direct connection: the first session's SYN gets in next.
+    target.set_nonblocking(true).expect("nonblocking");
+    let mut accepted = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut quiet_until = None;
+    while Instant::now() < quiet_until.unwrap_or(deadline) {
+        match target.accept() {
+            Ok((s, from)) => {
+                // After the first session, 3 s more for a stray connection to show.
+                if accepted.len() == 1 {
+                    quiet_until = Some(Instant::now() + Duration::from_secs(3));
+                }
+                accepted.push((s, from));
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => thread::sleep(Duration::from_millis(20)),
+            Err(e) => case.fail(format!("accepting at the target: {e}")),
+        }
+    }
+    drop(filler);
+    let through: Vec<SocketAddr> = accepted.iter().skip(1).map(|(_, a)| *a).collect();
+    if through.len() != 1 {
+        case.fail(format!(
+            "the target accepted {} connections through the gateways ({through:?}), not 1: the session reset while it waited was connected too",
+            through.len()
+        ));
+    }
+    let (mut s, _) = accepted.pop().expect("one");
+    s.set_nonblocking(false).expect("blocking");
+    s.set_read_timeout(Some(WAIT)).expect("timeout");
+    let mut tag = [0u8; 1];
+    s.read_exact(&mut tag)
+        .unwrap_or_else(|e| case.fail(format!("reading the first session's tag: {e}")));
+    assert_eq!(
+        tag[0], 1,
+        "{test}: the connection that got through is not session 1's"
+    );
+    // Both ends close: nothing left to drain.
+    drop((first, s, accepted));
+    case.finish();
+}
+
 // ---- the table ----------------------------------------------------------------------------------
 
 /// One test per row and datapath.
@@ -536,4 +618,5 @@ rows! {
     drain_through_a_lost_tunnel: drain_through_a_lost_tunnel_dpdk, drain_through_a_lost_tunnel_kernel;
     allowlist_refusal: allowlist_refusal_dpdk, allowlist_refusal_kernel;
     connect_order: connect_order_dpdk, connect_order_kernel;
+    reset_while_waiting_to_connect: reset_while_waiting_to_connect_dpdk, reset_while_waiting_to_connect_kernel;
 }

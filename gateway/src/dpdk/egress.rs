@@ -1,13 +1,9 @@
 //! The remote end of a session on the DPDK datapath: connect to the target
-//! the peer asked for, if and only if the allowlist permits it, and to one
-//! target one connect at a time, in the order the peer opened the sessions.
-//!
-//! The order matters to some hypervisors: QEMU before 8.0 tells its
-//! migration channels apart by the order the destination accepts them (the
-//! main stream first, then the multifd channels). The local gateway opens
-//! sessions in the order the source's SYNs arrived (see `Net::watch`), the
-//! control connection keeps that order, and here each connect to a target
-//! waits until the one before it to the same target has finished.
+//! the peer asked for, if and only if the allowlist permits it
+//! ([`crate::link::egress`]), and to one target one connect at a time, in the
+//! order the peer opened the sessions ([`crate::link::connect_order`]). The
+//! local gateway opens sessions in the order the source's SYNs arrived (see
+//! `Net::watch`), and the control connection keeps that order.
 
 use std::net::SocketAddr;
 
@@ -39,9 +35,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
             warn!("session {id}: refusing target {target}: {refusal} (peer {peer})");
             return self.refuse_egress(id, refusal.reason(), refusal.detail());
         }
-        let queue = self.egress_queues.entry(target).or_default();
-        queue.push_back(id);
-        let first = queue.len() == 1;
+        let first = self.connect_order.queue(target, id);
         let handle = self.lan_socket();
         self.endpoints.insert(
             id,
@@ -93,30 +87,20 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                 self.refuse_egress(id, RefuseReason::ConnectFailed, &e.to_string());
                 self.endpoints.remove(&id);
                 self.close_lan(h, now);
-                self.egress_done(id, target, now);
+                self.egress_done(id, now);
             }
         }
     }
 
-    /// Session `id`'s connect to `target` is over (connected, failed, or the
-    /// session ended): the next one to that target may go.
-    pub(super) fn egress_done(&mut self, id: SessionId, target: SocketAddr, now: u64) {
-        let Some(queue) = self.egress_queues.get_mut(&target) else {
+    /// Session `id`'s connect is over (connected, failed, or the session
+    /// ended): the next one to its target may go.
+    pub(super) fn egress_done(&mut self, id: SessionId, now: u64) {
+        let Some(next) = self.connect_order.done(id) else {
             return;
         };
-        queue.retain(|&q| q != id);
-        let next = queue.front().copied();
-        if queue.is_empty() {
-            self.egress_queues.remove(&target);
-        }
-        if let Some(next) = next {
-            if self
-                .endpoints
-                .get(&next)
-                .is_some_and(|e| e.state == State::Queued)
-            {
-                self.start_connect(next, now);
-            }
+        let queued = self.endpoints.get(&next);
+        if queued.is_some_and(|e| e.state == State::Queued) {
+            self.start_connect(next, now);
         }
     }
 }

@@ -77,8 +77,7 @@ pub struct Engine<P: FramePort, C: CryptoPipe> {
     pub(super) scratch_sessions: Vec<SessionId>,
     /// Per target, the peer's sessions connecting or waiting to, in open
     /// order (egress.rs).
-    pub(super) egress_queues:
-        FxHashMap<std::net::SocketAddr, std::collections::VecDeque<SessionId>>,
+    pub(super) connect_order: crate::link::ConnectOrder,
 }
 
 impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
@@ -123,7 +122,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
             egress: config.egress.clone(),
             scratch_conns: Vec::new(),
             scratch_sessions: Vec::new(),
-            egress_queues: FxHashMap::default(),
+            connect_order: Default::default(),
             config,
             dpdk,
             stats,

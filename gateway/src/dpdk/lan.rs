@@ -501,8 +501,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                             Stats::inc(&self.stats.sessions_accepted);
                             info!("session {id}: peer {} -> {} connected", t.peer, ep.target);
                         }
-                        let target = ep.target;
-                        return self.egress_done(id, target, now);
+                        return self.egress_done(id, now);
                     }
                     tcp::State::SynSent if now < deadline => return,
                     tcp::State::SynSent => "timed out",
@@ -514,10 +513,10 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                     ep.target
                 );
                 t.core.refuse(id, RefuseReason::ConnectFailed, why);
-                let (h, target) = (ep.handle, ep.target);
+                let h = ep.handle;
                 self.endpoints.remove(&id);
                 self.close_lan(h, now);
-                self.egress_done(id, target, now);
+                self.egress_done(id, now);
             }
             State::Opening | State::Open => {
                 ep.fin_seen |= fin_received(sock);
@@ -658,7 +657,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                     "session {id}: reset by peer {peer} before {} was connected: {reason}; connect abandoned",
                     ep.target
                 );
-                self.egress_done(id, ep.target, now);
+                self.egress_done(id, now);
             } else {
                 debug!("session {id}: reset: {reason}");
             }

@@ -1,12 +1,8 @@
 //! The remote end of a session: connect to the target the peer asked for,
 //! if and only if the allowlist in force permits it (a reload may have
-//! changed it) and the gateway is not shutting down.
-//!
-//! Connects to the same target are made one after the other, in the order the
-//! peer opened the sessions, so the target accepts them in the order the source
-//! connected. Some protocols depend on it: QEMU before 8.0 tells its migration
-//! channels apart by accept order (the first is the main stream, then the multifd
-//! channels); connecting them concurrently could swap them and fail the migration.
+//! changed it) and the gateway is not shutting down ([`crate::link::egress`]).
+//! Connects to one target go one at a time, in the order the peer opened the
+//! sessions ([`crate::link::connect_order`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,7 +10,6 @@ use std::time::Duration;
 
 use log::{info, warn};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
 
 use super::endpoint::drive;
 use super::tunnel::Tunnel;
@@ -22,22 +17,16 @@ use crate::admin::Stats;
 use crate::link::{check_egress, EgressCheck};
 use crate::protocol::{RefuseReason, SessionId};
 
-/// `after` resolves once the previous connect to `target` has finished; dropping
-/// `turn_done` (when this connect has finished, either way) lets the next one go.
-pub async fn connect(
-    tunnel: Arc<Tunnel>,
-    id: SessionId,
-    target: SocketAddr,
-    after: Option<oneshot::Receiver<()>>,
-    turn_done: oneshot::Sender<()>,
-) {
-    if let Some(previous) = after {
-        let _ = previous.await;
+/// Connects session `id` to `target` once its turn comes, and runs it.
+pub async fn connect(tunnel: Arc<Tunnel>, id: SessionId, target: SocketAddr) {
+    if !tunnel.wait_connect_turn(id).await {
+        return; // reset while it waited: the target never sees it
     }
-    let Some(stream) = connect_allowed(&tunnel, id, target).await else {
+    let stream = connect_allowed(&tunnel, id, target).await;
+    tunnel.connect_done(id);
+    let Some(stream) = stream else {
         return;
     };
-    drop(turn_done);
     let Ok(signals) = tunnel.accept_session(id) else {
         return; // reset while we were connecting
     };

@@ -26,8 +26,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use log::{error, info, warn};
+use log::{debug, error, info, warn};
 use socket2::SockRef;
+use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -276,7 +277,17 @@ async fn run(session: Opened, stream: TcpStream, target: SocketAddr, ctx: Ctx) {
         outcome,
     } = session;
     let gateway = tunnel.gateway().clone();
-    let Ok(outcome) = tokio::time::timeout_at(ctx.deadline, outcome).await else {
+    let answer = tokio::select! {
+        a = tokio::time::timeout_at(ctx.deadline, outcome) => a,
+        // The client gave up (RST) before the peer answered: the peer is told and gives up
+        // its connect, or leaves the target's line without connecting (as on DPDK).
+        _ = stream.ready(Interest::ERROR) => {
+            debug!("session {id}: {client} -> {target}: the client reset before the session opened");
+            tunnel.with_core(|c| c.reset(id, ResetReason::ConnectionReset));
+            return abort(&stream);
+        }
+    };
+    let Ok(outcome) = answer else {
         // The peer is told (reset, reason timeout) and gives up its connect.
         ctx.timed_out(&gateway, &format!("session {id}: {client} -> {target}"));
         tunnel.with_core(|c| c.reset(id, ResetReason::Timeout));

@@ -22,7 +22,7 @@ use super::conn::{ConnError, ConnInfo, RecordReader, RecordWriter};
 use super::Gateway;
 use crate::admin::status::{ConnectionStatus, TunnelStatus};
 use crate::admin::Stats;
-use crate::link::{Applied, ConnRef, ConnTable, Lost, TunnelSetup, TunnelState};
+use crate::link::{Applied, ConnRef, ConnTable, ConnectOrder, Lost, TunnelSetup, TunnelState};
 use crate::protocol::handshake::Shard;
 use crate::protocol::{Message, RefuseReason, ResetReason, SessionId, TunnelId};
 use crate::session::{Event, SessionError, Side, TunnelCore};
@@ -93,9 +93,9 @@ struct Inner {
     /// The connections in `link.table`: how to retire each, and its figures for status.
     live: HashMap<ConnRef, Live>,
     signals: HashMap<SessionId, Arc<SessionSignals>>,
-    /// Per target, the egress connect that must finish before the next one to that target
-    /// starts (dropped when it has): see [`super::egress::connect`].
-    connect_order: HashMap<SocketAddr, oneshot::Receiver<()>>,
+    /// Per target, the peer's sessions connecting or waiting to, in open order (see
+    /// [`super::egress::connect`]).
+    connect_order: ConnectOrder,
 }
 
 pub struct Tunnel {
@@ -110,6 +110,8 @@ pub struct Tunnel {
     control_room: Notify,
     /// Bytes waiting for endpoints fell below the receive budget (flow readers wait on it).
     receive_room: Notify,
+    /// A connect to a target finished, or a session waiting for its turn ended.
+    connect_turn: Notify,
     timer: Notify,
     pub id: TunnelId,
     /// `NAME (ADDR)` of the peer gateway, for logs.
@@ -147,7 +149,7 @@ impl Tunnel {
                 link: TunnelState::new(setup, id, peer.clone()),
                 signals: HashMap::new(),
                 live: HashMap::new(),
-                connect_order: HashMap::new(),
+                connect_order: ConnectOrder::default(),
             }),
             frames_ready: Notify::new(),
             control_ready: Notify::new(),
@@ -155,6 +157,7 @@ impl Tunnel {
             control_idle: Notify::new(),
             control_room: Notify::new(),
             receive_room: Notify::new(),
+            connect_turn: Notify::new(),
             timer: Notify::new(),
             id,
             peer,
@@ -284,6 +287,11 @@ impl Tunnel {
                 }
                 Event::Reset { session, reason } => {
                     Stats::inc(&self.gateway.stats.sessions_reset);
+                    // Reset while it waited to connect: it leaves the line unconnected.
+                    if inner.connect_order.turn(session).is_some() {
+                        let _ = inner.connect_order.done(session);
+                        self.connect_turn.notify_waiters();
+                    }
                     if let Some(s) = inner.signals.remove(&session) {
                         *s.reset_reason.lock().expect("not poisoned") = Some(reason);
                         s.reset.cancel();
@@ -295,23 +303,38 @@ impl Tunnel {
                     inner.signals.remove(&id);
                 }
                 Event::ConnectRequested { session, target } => {
-                    // Connects to one target happen in the order the sessions were opened:
-                    // chain each behind the previous one (forget finished links first).
-                    inner.connect_order.retain(|_, done| {
-                        matches!(done.try_recv(), Err(oneshot::error::TryRecvError::Empty))
-                    });
-                    let (turn_done, next) = oneshot::channel();
-                    let after = inner.connect_order.insert(target, next);
-                    tokio::spawn(super::egress::connect(
-                        self.clone(),
-                        session,
-                        target,
-                        after,
-                        turn_done,
-                    ));
+                    let _ = inner.connect_order.queue(target, session);
+                    tokio::spawn(super::egress::connect(self.clone(), session, target));
                 }
             }
         }
+    }
+
+    /// Whether session `id` may connect to its target now (`Some(true)`), must wait for the
+    /// connects before it (`Some(false)`), or ended while it waited (`None`).
+    pub fn connect_turn(&self, id: SessionId) -> Option<bool> {
+        let inner = self.inner.lock().expect("not poisoned");
+        inner.connect_order.turn(id)
+    }
+
+    /// Session `id`'s connect is over, either way: the next one to its target may go.
+    pub fn connect_done(&self, id: SessionId) {
+        let _ = self
+            .inner
+            .lock()
+            .expect("not poisoned")
+            .connect_order
+            .done(id);
+        self.connect_turn.notify_waiters();
+    }
+
+    /// Waits until session `id` may connect (true), or ended while it waited (false).
+    pub async fn wait_connect_turn(&self, id: SessionId) -> bool {
+        wait_until(&self.connect_turn, || match self.connect_turn(id) {
+            Some(false) => None,
+            turn => Some(turn.is_some()),
+        })
+        .await
     }
 
     /// Opens a session towards `target` through the peer.

@@ -5,6 +5,7 @@
 //! - [`handshake`]: one connection's handshake, fed raw bytes.
 //! - [`backoff`]: when to dial again after a failure.
 //! - [`egress`]: whether a session's target is taken, checked before any connect.
+//! - [`connect_order`]: connects to one target one at a time, in the order sessions opened.
 //! - [`drain`]: the shutdown: drain, deadline, resets, notice.
 //! - [`admission`]: which unauthenticated connections on the tunnel port keep a handshake slot.
 //! - [`accept`]: what an accepted connection's first message makes of it.
@@ -19,6 +20,7 @@ pub mod accept;
 pub mod admission;
 pub mod backoff;
 pub mod conn_table;
+pub mod connect_order;
 pub mod dialer;
 pub mod drain;
 pub mod egress;
@@ -30,6 +32,7 @@ pub mod welcome;
 pub use accept::{first_message, Current, FirstRefusal, FirstStep};
 pub use backoff::Backoff;
 pub use conn_table::{ConnRef, ConnTable, ControlAttached, FlowAttached, Lost, Role};
+pub use connect_order::ConnectOrder;
 pub use dialer::{DialFailed, Dialer, FLOWS_ATTACH_TIMEOUT};
 pub use drain::{Drain, DrainStep, ResetCause};
 pub use egress::{check_egress, EgressCheck, EgressRefusal};
