@@ -64,8 +64,8 @@ fn main() -> ExitCode {
             Config::load(&config)
                 .map_err(anyhow::Error::from)
                 .and_then(|c| match c.datapath {
-                    lmas::admin::Datapath::Kernel => lmas::kernel::run(c),
-                    lmas::admin::Datapath::Dpdk(_) => lmas::dpdk::run(c),
+                    lmas::admin::Datapath::Kernel => lmas::kernel::run(c).map_err(Into::into),
+                    lmas::admin::Datapath::Dpdk(_) => lmas::dpdk::run(c).map_err(Into::into),
                 })
         }
         Command::Keygen { out } => StaticKeypair::generate()

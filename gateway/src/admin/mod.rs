@@ -13,6 +13,7 @@ pub mod host;
 pub mod http;
 pub mod metrics;
 pub mod reload;
+pub mod run_error;
 pub mod signals;
 pub mod socket;
 pub mod stats;
@@ -22,6 +23,7 @@ use std::sync::Arc;
 
 pub use allowlist::Allowlist;
 pub use config::{Config, ConfigError, Datapath, Ingress, IngressMode, TunnelEnd};
+pub use run_error::RunError;
 pub use stats::Stats;
 pub use status::{Status, StatusSource};
 

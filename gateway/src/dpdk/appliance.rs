@@ -18,7 +18,6 @@ use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
 use lmas_dpdk::{Eal, Mempool, Port};
 use log::{info, warn};
 
@@ -29,7 +28,7 @@ use super::port::{open_port, run_io, IoPort, PortCounters, RingPort, RoleCounter
 use super::Idle;
 use crate::admin::dpdk::DpdkConfig;
 use crate::admin::signals::{Request, Signals};
-use crate::admin::{Allowlist, Config, Datapath, Stats, Status, StatusSource};
+use crate::admin::{Allowlist, Config, Datapath, RunError, Stats, Status, StatusSource};
 use crate::link::{Drain, DrainStep, ResetCause};
 use crate::protocol::handshake::Shard;
 use crate::transform::{Adaptive, PackPolicy};
@@ -63,38 +62,38 @@ struct Shared {
 }
 
 /// Runs an appliance gateway until SIGTERM/SIGINT (then drains).
-pub fn run(config: Config) -> anyhow::Result<()> {
+pub fn run(config: Config) -> Result<(), RunError> {
     let Datapath::Dpdk(dpdk) = &config.datapath else {
-        bail!(
-            "{}: gateway.datapath is not \"dpdk\"",
-            config.file.display()
-        );
+        let why = "is not \"dpdk\"";
+        return Err(RunError::field(&config.file, "gateway.datapath", why));
     };
     let dpdk = (**dpdk).clone();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("starting the main lcore's runtime")?;
+        .map_err(RunError::host("starting the main lcore's runtime"))?;
     // First, so that an early SIGHUP cannot kill the process.
     let mut signals = runtime
         .block_on(async { Signals::install() })
-        .context("installing signal handlers")?;
-    let file = config.file.display().to_string();
+        .map_err(RunError::host("installing signal handlers"))?;
+    let file = config.file.clone();
+    let field = |field: &str, why: &dyn std::fmt::Display| RunError::field(&file, field, why);
 
     let args = eal_args(&dpdk, &config.name);
     info!("starting the DPDK EAL: {}", args.join(" "));
     let eal = Eal::init(&args)
-        .with_context(|| format!("{file}: dpdk.eal_args: the EAL did not start"))?;
+        .map_err(|e| field("dpdk.eal_args", &format!("the EAL did not start: {e}")))?;
     let workers = eal.worker_lcores();
-    check_lcores(&dpdk, &workers)
-        .map_err(|(field, why)| anyhow::anyhow!("{file}: {field}: {why}"))?;
+    check_lcores(&dpdk, &workers).map_err(|(f, why)| field(&f, &why))?;
 
     let stats = Arc::new(Stats::default());
     // No I/O lcores: the TCP lcore polls the ports itself (run to completion).
     let via_io = !dpdk.io_lcores.is_empty();
     let shards = dpdk.tcp_lcores.len();
-    let lan = open_port("lan", &dpdk.lan, dpdk.mbufs, via_io, shards, &file)?;
-    let wan = open_port("wan", &dpdk.wan, dpdk.mbufs, via_io, shards, &file)?;
+    let lan = open_port("lan", &dpdk.lan, dpdk.mbufs, via_io, shards)
+        .map_err(|(f, why)| field(&f, &why))?;
+    let wan = open_port("wan", &dpdk.wan, dpdk.mbufs, via_io, shards)
+        .map_err(|(f, why)| field(&f, &why))?;
     let idle = Arc::new(Idle {
         sleep_us: dpdk.idle_sleep_us,
     });
@@ -144,7 +143,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         eal.launch(lcore, move || {
             run_worker(&worker, &shared.stop, &idle, Some(packing));
             0
-        })?;
+        })
+        .map_err(|e| field("dpdk.crypto_lcores", &format!("lcore {lcore}: {e}")))?;
     }
 
     // I/O lcores: ports spread over them.
@@ -168,7 +168,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         eal.launch(lcore, move || {
             run_io(ports, &shared.stop, &idle, &shared.io[k]);
             0
-        })?;
+        })
+        .map_err(|e| field("dpdk.io_lcores", &format!("lcore {lcore}: {e}")))?;
     }
 
     // The TCP lcores, one shard each.
@@ -201,7 +202,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 }
             }
             0
-        })?;
+        })
+        .map_err(|e| field("dpdk.tcp_lcores", &format!("lcore {lcore}: {e}")))?;
     }
     info!(
         "gateway {} running on DPDK: io lcores {:?}, tcp lcores {:?}, crypto lcores {:?}",
@@ -251,7 +253,7 @@ async fn main_lcore(
     commands: Vec<Sender<Command>>,
     shared: &Shared,
     signals: &mut Signals,
-) -> anyhow::Result<()> {
+) -> Result<(), RunError> {
     crate::admin::serve(config, source).await?;
     let tell = |cmd: &dyn Fn() -> Command| {
         for c in &commands {
@@ -280,7 +282,7 @@ async fn main_lcore(
         }
     };
     let Some(signal) = first else {
-        bail!("the TCP lcore stopped unexpectedly");
+        return Err(RunError::LcoreStopped);
     };
     info!(
         "{signal}: shutting down: stopped accepting on {} ingress listener(s); new sessions from peer {} are refused",

@@ -44,11 +44,12 @@ pub use appliance::run;
 
 /// Without the `dpdk` feature the appliance datapath is not built in.
 #[cfg(not(feature = "dpdk"))]
-pub fn run(config: crate::admin::Config) -> anyhow::Result<()> {
-    anyhow::bail!(
-        "{}: gateway.datapath = \"dpdk\" but this lmas was built without the DPDK datapath (rebuild with the default features; it needs libdpdk-dev)",
-        config.file.display()
-    )
+pub fn run(config: crate::admin::Config) -> Result<(), crate::admin::RunError> {
+    Err(crate::admin::RunError::field(
+        &config.file,
+        "gateway.datapath",
+        "\"dpdk\", but this lmas was built without the DPDK datapath (rebuild with the default features; it needs libdpdk-dev)",
+    ))
 }
 
 /// How an idle poll loop waits: spin, then (if configured) sleep.

@@ -22,7 +22,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::Context;
 use lmas_dpdk::{
     mbuf_ring, Mbuf, MbufBatch, Mempool, Port, PortConfig, RingConsumer, RingProducer, RxQueue,
     TxQueue,
@@ -297,29 +296,36 @@ pub struct OpenPort {
 
 /// Finds, configures and starts one port; `via_io_lcore`: an I/O lcore
 /// polls it and passes frames through rings to `shards` TCP lcores, else the
-/// (one) TCP lcore polls it.
+/// (one) TCP lcore polls it. An error names the config field to change, and why.
 pub fn open_port(
     role: &'static str,
     spec: &PortSpec,
     mbufs: u32,
     via_io_lcore: bool,
     shards: usize,
-    file: &str,
-) -> anyhow::Result<OpenPort> {
+) -> Result<OpenPort, (String, String)> {
     let port = Port::by_name(&spec.device).map_err(|e| {
-        anyhow::anyhow!(
-            "{file}: dpdk.{role}.device: no DPDK port named {:?} ({e}; {} port(s) probed: for a virtual device add --vdev={},... to dpdk.eal_args, for a NIC bind it with scripts/dpdk-bind.sh and give its PCI address)",
+        let why = format!(
+            "no DPDK port named {:?} ({e}; {} port(s) probed: for a virtual device add --vdev={},... to dpdk.eal_args, for a NIC bind it with scripts/dpdk-bind.sh and give its PCI address)",
             spec.device,
             Port::count(),
             spec.device
-        )
+        );
+        (format!("dpdk.{role}.device"), why)
     })?;
     let data_room = (spec.mtu as u32 + 64).max(2048).min(u16::MAX as u32) as u16;
     let pool = Mempool::new(&format!("lmas_{role}"), mbufs, 256, data_room, port.socket())
-        .with_context(|| format!("{file}: dpdk.mbufs: cannot allocate {mbufs} packet buffers for the {role} port (raise -m or hugepages)"))?;
+        .map_err(|e| {
+            let why = format!("cannot allocate {mbufs} packet buffers for the {role} port (raise -m or hugepages): {e}");
+            ("dpdk.mbufs".to_string(), why)
+        })?;
     let mtu = match port.mtu() {
         Ok(m) if m == spec.mtu => None,
         _ => Some(spec.mtu),
+    };
+    let port_error = |what: &str, e: lmas_dpdk::Error| {
+        let why = format!("{what} port {}: {e}", spec.device);
+        (format!("dpdk.{role}"), why)
     };
     let (rxq, txq) = port
         .start(
@@ -329,8 +335,10 @@ pub fn open_port(
             },
             pool,
         )
-        .with_context(|| format!("{file}: dpdk.{role}: starting port {}", spec.device))?;
-    let mac = port.mac()?;
+        .map_err(|e| port_error("starting", e))?;
+    let mac = port
+        .mac()
+        .map_err(|e| port_error("reading the MAC address of", e))?;
     let link = port.link();
     if !link.up {
         warn!("{role} port {} reports link down", spec.device);
@@ -355,8 +363,12 @@ pub fn open_port(
         };
         let mut rings = Vec::new();
         for k in 0..shards {
-            let (to_tcp, from_io) = mbuf_ring(&format!("lmas_{role}_rx{k}"), RING_SLOTS, socket)?;
-            let (to_io, from_tcp) = mbuf_ring(&format!("lmas_{role}_tx{k}"), RING_SLOTS, socket)?;
+            let ring = |dir: &str| {
+                mbuf_ring(&format!("lmas_{role}_{dir}{k}"), RING_SLOTS, socket)
+                    .map_err(|e| port_error("creating the rings of", e))
+            };
+            let (to_tcp, from_io) = ring("rx")?;
+            let (to_io, from_tcp) = ring("tx")?;
             io.to_tcp.push(to_tcp);
             io.from_tcp.push(from_tcp);
             rings.push(RingPort::new(

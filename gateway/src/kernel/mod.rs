@@ -30,7 +30,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use anyhow::Context;
 use log::{debug, info, warn};
 use ring::rand::SystemRandom;
 use socket2::SockRef;
@@ -39,7 +38,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::signals::{Request, Signals};
-use crate::admin::{Allowlist, Config, Stats, StatusSource, TunnelEnd};
+use crate::admin::{Allowlist, Config, RunError, Stats, StatusSource, TunnelEnd};
 use crate::crypto::RekeyPolicy;
 use crate::link::admission::Throttle;
 use crate::link::admission::MAX_PENDING_HANDSHAKES;
@@ -212,18 +211,18 @@ async fn adapt_packing(gateway: Arc<Gateway>) {
 }
 
 /// Runs a gateway until SIGINT or SIGTERM (then drains, see [`drain`]).
-pub fn run(config: Config) -> anyhow::Result<()> {
+pub fn run(config: Config) -> Result<(), RunError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("lmas")
         .build()
-        .context("starting the tokio runtime")?;
+        .map_err(RunError::host("starting the tokio runtime"))?;
     runtime.block_on(serve(config))
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config) -> Result<(), RunError> {
     // First, so that an early SIGHUP cannot kill the process.
-    let mut signals = Signals::install().context("installing signal handlers")?;
+    let mut signals = Signals::install().map_err(RunError::host("installing signal handlers"))?;
     let tuning = WanTuning {
         congestion: config
             .congestion
@@ -254,13 +253,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     tokio::spawn(adapt_packing(gateway.clone()));
     // Bind everything first so a bad address fails the start, not later.
     let mut listeners = Vec::new();
-    let file = gateway.config.file.display();
+    let file = &gateway.config.file;
     for (i, ingress) in gateway.config.ingress.iter().enumerate() {
-        let l = ingress::bind(ingress).with_context(|| {
-            format!(
-                "{file}: ingress[{i}].bind: cannot listen on {}",
-                ingress.bind
-            )
+        let l = ingress::bind(ingress).map_err(|e| {
+            let why = format!("cannot listen on {}: {e}", ingress.bind);
+            RunError::field(file, format!("ingress[{i}].bind"), why)
         })?;
         listeners.push((i, ingress.clone(), l));
     }
@@ -269,8 +266,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             tokio::spawn(dial_loop(gateway.clone(), addr));
         }
         TunnelEnd::Listen(addr) => {
-            let l = TcpListener::bind(addr).await.with_context(|| {
-                format!("{file}: gateway.tunnel_listen: cannot listen on {addr}")
+            let l = TcpListener::bind(addr).await.map_err(|e| {
+                let why = format!("cannot listen on {addr}: {e}");
+                RunError::field(file, "gateway.tunnel_listen", why)
             })?;
             info!(
                 "waiting for peer {} on {addr}{}",

@@ -164,8 +164,8 @@ fn run(o: Options) -> Result<(), String> {
         .worker_lcores()
         .first()
         .ok_or("the EAL needs a worker lcore for the port (e.g. -l 0-1)")?;
-    let mut port =
-        open_port("lan", &o.spec, 8191, true, 1, "lmas-load-dpdk").map_err(|e| format!("{e:#}"))?;
+    let mut port = open_port("lan", &o.spec, 8191, true, 1)
+        .map_err(|(field, why)| format!("{field}: {why}"))?;
     let stop = Arc::new(AtomicBool::new(false));
     let io_stop = stop.clone();
     let io = port
