@@ -31,6 +31,7 @@ use super::net::{endpoint_addr, is_connected, Retire};
 use super::phy::FramePort;
 use crate::admin::{Ingress, IngressMode, Stats};
 use crate::link::admission::Throttle;
+use crate::link::{check_ingress, IngressCheck, IngressRefusal};
 use crate::protocol::{RefuseReason, ResetReason, SessionId};
 use crate::session::ReadOutcome;
 
@@ -326,46 +327,38 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         self.refill_ingress();
     }
 
-    /// Why a client's SYN is refused, if it is: shutting down, not in the
-    /// ingress's `sources`, over its per-source cap or the session limit.
-    fn refusal(&mut self, i: usize, source: SocketAddr) -> Option<String> {
-        let (index, ingress) = (self.ingress[i].index, &self.ingress[i].ingress);
+    /// Why a client's SYN is refused, if it is ([`crate::link::ingress`]): the session limit
+    /// counts connections on their way to being sessions too.
+    fn refusal(&mut self, i: usize, source: SocketAddr) -> Option<IngressRefusal> {
         let ip = source.ip();
-        if self.stopping {
-            return Some("shutting down".into());
-        }
-        if ingress.sources.as_ref().is_some_and(|s| !s.contains(ip)) {
-            Stats::inc(&self.stats.ingress_refused);
-            return Some(format!("{ip} is not in ingress[{index}].sources"));
-        }
-        if let Some(cap) = ingress.max_per_source {
-            let from = |s: Option<SocketAddr>| s.is_some_and(|s| s.ip() == ip);
-            let held = self
-                .endpoints
-                .values()
-                .filter(|e| e.ingress == Some(i) && from(e.source))
+        let from = |s: Option<SocketAddr>| s.is_some_and(|s| s.ip() == ip);
+        let l = &self.ingress[i];
+        let held_by_source = self
+            .endpoints
+            .values()
+            .filter(|e| e.ingress == Some(i) && from(e.source))
+            .count()
+            + self
+                .waiting
+                .iter()
+                .filter(|w| w.ingress == i && from(Some(w.source)))
                 .count()
-                + self
-                    .waiting
-                    .iter()
-                    .filter(|w| w.ingress == i && from(Some(w.source)))
-                    .count()
-                + self.ingress[i]
-                    .half_open
-                    .iter()
-                    .filter(|o| from(Some(o.source)))
-                    .count();
-            if held >= cap {
-                Stats::inc(&self.stats.ingress_refused);
-                return Some(format!(
-                    "{ip} already has {cap} sessions (ingress[{index}].max_sessions_per_source = {cap})"
-                ));
-            }
-        }
+            + l.half_open.iter().filter(|o| from(Some(o.source))).count();
         let half_open: usize = self.ingress.iter().map(|l| l.half_open.len()).sum();
-        let limit = self.config.limits.max_sessions;
-        (self.endpoints.len() + self.waiting.len() + half_open >= limit)
-            .then(|| format!("too many sessions (limit {limit})"))
+        let held = self.endpoints.len() + self.waiting.len() + half_open;
+        let check = IngressCheck {
+            index: l.index,
+            sources: l.ingress.sources.as_ref(),
+            max_per_source: l.ingress.max_per_source,
+            held_by_source,
+            limit: Some((self.config.limits.max_sessions, held)),
+            stopping: self.stopping,
+        };
+        let refusal = check_ingress(ip, check).err()?;
+        if refusal.by_rule() {
+            Stats::inc(&self.stats.ingress_refused);
+        }
+        Some(refusal)
     }
 
     /// Half-open connections that gave up, or whose connect timeout ran out.

@@ -39,6 +39,7 @@ use super::tunnel::{OpenOutcome, SessionSignals, Tunnel};
 use super::Gateway;
 use crate::admin::{Ingress, IngressMode, Stats};
 use crate::link::admission::Throttle;
+use crate::link::{check_ingress, IngressCheck};
 use crate::protocol::{ResetReason, SessionId};
 
 /// Binds a listener now (so bind errors surface at startup).
@@ -58,18 +59,19 @@ struct SourceSlot {
 }
 
 impl SourceCounts {
-    /// Counts a session for `ip`, unless it already holds `cap`: then `Err(cap)`.
-    fn take(self: &Arc<Self>, ip: IpAddr, cap: Option<usize>) -> Result<SourceSlot, usize> {
-        let mut m = self.0.lock().expect("not poisoned");
-        let n = m.entry(ip).or_default();
-        if let Some(cap) = cap.filter(|&c| *n >= c) {
-            return Err(cap);
-        }
-        *n += 1;
-        Ok(SourceSlot {
+    /// Sessions `ip` holds.
+    fn held(&self, ip: IpAddr) -> usize {
+        let m = self.0.lock().expect("not poisoned");
+        m.get(&ip).copied().unwrap_or(0)
+    }
+
+    /// Counts a session for `ip` until the slot is dropped.
+    fn take(self: &Arc<Self>, ip: IpAddr) -> SourceSlot {
+        *self.0.lock().expect("not poisoned").entry(ip).or_default() += 1;
+        SourceSlot {
             counts: self.clone(),
             ip,
-        })
+        }
     }
 }
 
@@ -136,18 +138,21 @@ pub async fn serve(gateway: Arc<Gateway>, index: usize, ingress: Ingress, listen
             }
         };
         let ip = client.ip().to_canonical();
-        let refused = match &ingress.sources {
-            Some(s) if !s.contains(ip) => {
-                Err(format!("{ip} is not in ingress[{index}].sources"))
-            }
-            _ => counts.take(ip, ingress.max_per_source).map_err(|cap| {
-                format!("{ip} already has {cap} sessions (ingress[{index}].max_sessions_per_source = {cap})")
-            }),
+        let check = IngressCheck {
+            index,
+            sources: ingress.sources.as_ref(),
+            max_per_source: ingress.max_per_source,
+            held_by_source: counts.held(ip),
+            // The session core counts sessions against the limit.
+            limit: None,
+            stopping: gateway.stopping.is_cancelled(),
         };
-        let slot = match refused {
-            Ok(slot) => slot,
+        let slot = match check_ingress(ip, check) {
+            Ok(()) => counts.take(ip),
             Err(why) => {
-                Stats::inc(&gateway.stats.ingress_refused);
+                if why.by_rule() {
+                    Stats::inc(&gateway.stats.ingress_refused);
+                }
                 abort(&stream);
                 let now = started.elapsed().as_micros() as u64;
                 if let Some(more) = throttle.allow(now) {
@@ -331,18 +336,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_source_holds_at_most_its_cap_and_gets_slots_back() {
+    fn a_source_holds_its_slots_until_they_are_dropped() {
         let counts = Arc::new(SourceCounts::default());
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
-        let s1 = counts.take(a, Some(2)).unwrap();
-        let _s2 = counts.take(a, Some(2)).unwrap();
-        assert_eq!(counts.take(a, Some(2)).err(), Some(2));
-        let _other = counts.take(b, Some(2)).unwrap();
+        let s1 = counts.take(a);
+        let _s2 = counts.take(a);
+        assert_eq!(counts.held(a), 2);
+        let _other = counts.take(b);
         drop(s1);
-        let _s3 = counts.take(a, Some(2)).unwrap();
-        let many: Vec<_> = (0..100).map(|_| counts.take(b, None).unwrap()).collect();
+        assert_eq!(counts.held(a), 1);
+        let many: Vec<_> = (0..100).map(|_| counts.take(b)).collect();
         drop(many);
-        assert_eq!(counts.0.lock().unwrap().get(&b), Some(&1));
+        assert_eq!(counts.held(b), 1);
+        drop(_other);
+        assert_eq!(counts.0.lock().unwrap().get(&b), None, "forgotten at zero");
     }
 }

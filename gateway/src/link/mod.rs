@@ -1,9 +1,10 @@
-//! The link layer: what both datapaths do the same way, written once and sans-IO
-//! (issue 14 moves the tunnel's lifecycle here piece by piece). The datapaths feed it events
-//! and carry out what it says; it reads no clock and touches no socket.
+//! The link layer: the tunnel's lifecycle, what both datapaths do the same way, written once
+//! and sans-IO. The datapaths feed it events and carry out what it says; it reads no clock and
+//! touches no socket (`now` is passed in, in µs of the driver's clock).
 //!
 //! - [`handshake`]: one connection's handshake, fed raw bytes.
 //! - [`backoff`]: when to dial again after a failure.
+//! - [`ingress`]: whether an ingress takes a client's connection.
 //! - [`egress`]: whether a session's target is taken, checked before any connect.
 //! - [`connect_order`]: connects to one target one at a time, in the order sessions opened.
 //! - [`drain`]: the shutdown: drain, deadline, resets, notice.
@@ -25,6 +26,7 @@ pub mod dialer;
 pub mod drain;
 pub mod egress;
 pub mod handshake;
+pub mod ingress;
 pub mod records;
 pub mod tunnel;
 pub mod welcome;
@@ -37,6 +39,7 @@ pub use dialer::{DialFailed, Dialer, FLOWS_ATTACH_TIMEOUT};
 pub use drain::{Drain, DrainStep, ResetCause};
 pub use egress::{check_egress, EgressCheck, EgressRefusal};
 pub use handshake::{ConnHandshake, Done, Identity, LinkHandshakeError, HANDSHAKE_TIMEOUT};
+pub use ingress::{check_ingress, IngressCheck, IngressRefusal};
 pub use records::{Record, RecordSplitter};
 pub use tunnel::{Applied, ConnNames, TunnelSetup, TunnelState};
 pub use welcome::{name_mismatch, welcome_step, WelcomeStep};

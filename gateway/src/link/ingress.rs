@@ -1,0 +1,126 @@
+//! Whether an ingress takes a client's connection: the checks both datapaths make when a
+//! client connects, in one order, with one wording for the log line that names the client.
+
+use std::net::IpAddr;
+
+use crate::sources::SourceList;
+
+/// What the datapath knows of the client and of itself when a client connects to ingress
+/// `index`.
+#[derive(Debug, Clone, Copy)]
+pub struct IngressCheck<'a> {
+    /// Which `[[ingress]]`.
+    pub index: usize,
+    /// Its `sources`, if it has one.
+    pub sources: Option<&'a SourceList>,
+    /// Its `max_sessions_per_source`, and the sessions (and connections on their way to being
+    /// ones) the client's address holds on it now.
+    pub max_per_source: Option<usize>,
+    pub held_by_source: usize,
+    /// The gateway's session limit, and the sessions it holds now (where the datapath counts
+    /// them at the door; the session core enforces it in any case).
+    pub limit: Option<(usize, usize)>,
+    /// The gateway is draining or stopping.
+    pub stopping: bool,
+}
+
+/// Why a client is refused (reset at once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum IngressRefusal {
+    #[error("shutting down")]
+    ShuttingDown,
+    #[error("{ip} is not in ingress[{index}].sources")]
+    NotInSources { ip: IpAddr, index: usize },
+    #[error("{ip} already has {cap} sessions (ingress[{index}].max_sessions_per_source = {cap})")]
+    PerSourceCap {
+        ip: IpAddr,
+        index: usize,
+        cap: usize,
+    },
+    #[error("too many sessions (limit {limit})")]
+    Limit { limit: usize },
+}
+
+impl IngressRefusal {
+    /// Whether it counts as an ingress refusal (`ingress_refused`): a client the rules keep
+    /// out, not a gateway that is full or stopping.
+    pub fn by_rule(self) -> bool {
+        matches!(
+            self,
+            IngressRefusal::NotInSources { .. } | IngressRefusal::PerSourceCap { .. }
+        )
+    }
+}
+
+/// The checks, shutdown first, then who the client is, then how much it and everyone hold.
+pub fn check_ingress(ip: IpAddr, c: IngressCheck<'_>) -> Result<(), IngressRefusal> {
+    let ip = ip.to_canonical();
+    let index = c.index;
+    if c.stopping {
+        return Err(IngressRefusal::ShuttingDown);
+    }
+    if c.sources.is_some_and(|s| !s.contains(ip)) {
+        return Err(IngressRefusal::NotInSources { ip, index });
+    }
+    if let Some(cap) = c.max_per_source.filter(|&cap| c.held_by_source >= cap) {
+        return Err(IngressRefusal::PerSourceCap { ip, index, cap });
+    }
+    match c.limit {
+        Some((limit, held)) if held >= limit => Err(IngressRefusal::Limit { limit }),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(sources: Option<&SourceList>) -> IngressCheck<'_> {
+        IngressCheck {
+            index: 2,
+            sources,
+            max_per_source: Some(2),
+            held_by_source: 0,
+            limit: Some((10, 0)),
+            stopping: false,
+        }
+    }
+
+    #[test]
+    fn each_rule_refuses_in_order_with_its_line() {
+        let only = SourceList::parse(&["10.0.0.0/24"]).unwrap();
+        let inside: IpAddr = "10.0.0.7".parse().unwrap();
+        let outside: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(check_ingress(inside, check(Some(&only))), Ok(()));
+        let e = check_ingress(outside, check(Some(&only))).unwrap_err();
+        assert_eq!(e.to_string(), "192.0.2.1 is not in ingress[2].sources");
+        assert!(e.by_rule());
+        let full = IngressCheck {
+            held_by_source: 2,
+            ..check(None)
+        };
+        assert_eq!(
+            check_ingress(inside, full).unwrap_err().to_string(),
+            "10.0.0.7 already has 2 sessions (ingress[2].max_sessions_per_source = 2)"
+        );
+        let busy = IngressCheck {
+            limit: Some((10, 10)),
+            ..check(None)
+        };
+        let e = check_ingress(inside, busy).unwrap_err();
+        assert_eq!(e.to_string(), "too many sessions (limit 10)");
+        assert!(!e.by_rule());
+        let stopping = IngressCheck {
+            stopping: true,
+            ..check(Some(&only))
+        };
+        assert_eq!(
+            check_ingress(outside, stopping),
+            Err(IngressRefusal::ShuttingDown),
+            "shutdown first"
+        );
+        // An IPv4 client on a dual-stack listener is checked as IPv4.
+        let mapped: IpAddr = "::ffff:10.0.0.7".parse().unwrap();
+        assert_eq!(check_ingress(mapped, check(Some(&only))), Ok(()));
+    }
+}
