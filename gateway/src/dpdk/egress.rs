@@ -51,7 +51,6 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                 down_done: false,
                 ingress: None,
                 open_by: u64::MAX,
-                active: now,
             },
         );
         if first {

@@ -62,6 +62,8 @@ pub struct Engine<P: FramePort, C: CryptoPipe> {
     pub(super) endpoints: FxHashMap<SessionId, Endpoint>,
     pub(super) ingress: Vec<IngressListener>,
     pub(super) waiting: Vec<Waiting>,
+    /// Ingress sessions with an idle timeout.
+    pub(super) idle: crate::link::IdleTimeouts,
     pub(super) started: u64,
     /// The clock at the start of the current turn (µs).
     pub(super) now: u64,
@@ -136,6 +138,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
             endpoints: FxHashMap::default(),
             ingress: Vec::new(),
             waiting: Vec::new(),
+            idle: Default::default(),
             started: now,
             now,
             shard,
@@ -175,7 +178,8 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
     /// own timers), for a caller that sleeps when idle.
     pub fn next_deadline(&mut self, now: u64) -> Option<u64> {
         let core = self.tunnel.as_ref().and_then(|t| t.core.poll_timeout());
-        [self.lan.poll_at(now), self.wan.poll_at(now), core]
+        let idle = self.idle.poll_timeout();
+        [self.lan.poll_at(now), self.wan.poll_at(now), core, idle]
             .into_iter()
             .flatten()
             .min()

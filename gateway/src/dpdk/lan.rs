@@ -14,7 +14,7 @@
 //! target, nor takes the first-connection slot QEMU before 8.0 relies on.
 //! A connection whose session is not open within the ingress's
 //! `connect_timeout_secs` of its SYN, or that moves nothing for its
-//! `idle_timeout_secs`, is reset at both ends (reason "timeout"). Each
+//! `idle_timeout_secs` ([`crate::link::idle`]), is reset at both ends (reason "timeout"). Each
 //! refusal and timeout gets one log line naming the client, and a counter.
 
 use std::net::SocketAddr;
@@ -77,8 +77,6 @@ pub struct Endpoint {
     pub(super) ingress: Option<usize>,
     /// Until when the peer may take to accept (µs): the ingress's connect timeout.
     pub(super) open_by: u64,
-    /// When a byte last moved either way (µs), for the idle timeout.
-    pub(super) active: u64,
 }
 
 /// A client connection whose handshake is under way.
@@ -232,6 +230,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
             self.pump(id, now);
         }
         self.scratch_sessions = ids;
+        self.reset_idle(now);
     }
 
     fn take_lan_connections(&mut self, now: u64) {
@@ -452,7 +451,6 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                             down_done: false,
                             ingress: Some(w.ingress),
                             open_by: w.open_by,
-                            active: now,
                         },
                     );
                 }
@@ -531,7 +529,6 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                 if ep.state == State::Opening || !(is_connected(sock) || sock.can_recv()) {
                     return;
                 }
-                let mut moved = false;
                 sock.set_timeout(None);
                 if !ep.up_done {
                     let frame_len = self.config.limits.frame_len;
@@ -555,7 +552,6 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                         if chunk.is_empty() || t.core.write(id, chunk).is_err() {
                             break;
                         }
-                        moved = true;
                     }
                     if ep.fin_seen && !sock.can_recv() {
                         log::debug!(
@@ -570,7 +566,6 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                 while !ep.down_done {
                     if let Some(b) = &mut ep.down {
                         let n = sock.send_slice(b).unwrap_or(0);
-                        moved |= n > 0;
                         b.advance(n);
                         if !b.is_empty() {
                             break;
@@ -587,33 +582,39 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                         Ok(ReadOutcome::Blocked) | Err(_) => break,
                     }
                 }
-                if moved {
-                    ep.active = now;
-                    return;
-                }
-                let Some(i) = ep.ingress else { return };
-                let Some(idle) = self.config.ingress[i].idle_timeout else {
-                    return;
-                };
-                if now.saturating_sub(ep.active) >= idle.as_micros() as u64 {
-                    Stats::inc(&self.stats.ingress_idle_timeouts);
-                    warn!(
-                        "session {id}: {} -> {}: no bytes either way for {}s (ingress[{i}].idle_timeout_secs); resetting",
-                        fmt_source(ep.source),
-                        ep.target,
-                        idle.as_secs()
-                    );
-                    t.core.reset(id, ResetReason::Timeout);
-                }
             }
         }
     }
 
     pub(super) fn endpoint_accepted(&mut self, id: SessionId) {
-        if let Some(ep) = self.endpoints.get_mut(&id) {
-            ep.state = State::Open;
-            // The idle clock starts when the session is open.
-            ep.active = self.now;
+        let Some(ep) = self.endpoints.get_mut(&id) else {
+            return;
+        };
+        ep.state = State::Open;
+        // The idle clock starts when the session is open.
+        let Some(i) = ep.ingress else { return };
+        if let Some(limit) = self.config.ingress[i].idle_timeout {
+            let label = format!("{} -> {}", fmt_source(ep.source), ep.target);
+            self.idle.watch(id, limit, label, i, self.now);
+        }
+    }
+
+    /// Resets the ingress sessions that moved nothing for their idle timeout.
+    fn reset_idle(&mut self, now: u64) {
+        let Some(t) = &mut self.tunnel else { return };
+        if self.idle.poll_timeout().is_none_or(|at| now < at) {
+            return;
+        }
+        let moved: rustc_hash::FxHashMap<SessionId, u64> = t
+            .core
+            .snapshot()
+            .into_iter()
+            .map(|s| (s.id, s.written + s.delivered))
+            .collect();
+        for idle in self.idle.handle_timeout(now, |id| moved.get(&id).copied()) {
+            Stats::inc(&self.stats.ingress_idle_timeouts);
+            warn!("{}", idle.line());
+            t.core.reset(idle.id, ResetReason::Timeout);
         }
     }
 

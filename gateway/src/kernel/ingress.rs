@@ -302,7 +302,7 @@ async fn run(session: Opened, stream: TcpStream, target: SocketAddr, ctx: Ctx) {
         Ok(OpenOutcome::Accepted) => {
             if let Some(limit) = ctx.ingress.idle_timeout {
                 let label = format!("{client} -> {target}");
-                tunnel.idle.watch(id, limit, label, ctx.index);
+                tunnel.idle.watch(tunnel.now(), id, limit, label, ctx.index);
             }
             drive(tunnel, id, signals, stream).await
         }

@@ -5,6 +5,7 @@
 //! - [`handshake`]: one connection's handshake, fed raw bytes.
 //! - [`backoff`]: when to dial again after a failure.
 //! - [`ingress`]: whether an ingress takes a client's connection.
+//! - [`idle`]: which ingress sessions moved nothing for their idle timeout.
 //! - [`egress`]: whether a session's target is taken, checked before any connect.
 //! - [`connect_order`]: connects to one target one at a time, in the order sessions opened.
 //! - [`drain`]: the shutdown: drain, deadline, resets, notice.
@@ -26,6 +27,7 @@ pub mod dialer;
 pub mod drain;
 pub mod egress;
 pub mod handshake;
+pub mod idle;
 pub mod ingress;
 pub mod records;
 pub mod tunnel;
@@ -39,6 +41,7 @@ pub use dialer::{DialFailed, Dialer, FLOWS_ATTACH_TIMEOUT};
 pub use drain::{Drain, DrainStep, ResetCause};
 pub use egress::{check_egress, EgressCheck, EgressRefusal};
 pub use handshake::{ConnHandshake, Done, Identity, LinkHandshakeError, HANDSHAKE_TIMEOUT};
+pub use idle::{Idle, IdleTimeouts};
 pub use ingress::{check_ingress, IngressCheck, IngressRefusal};
 pub use records::{Record, RecordSplitter};
 pub use tunnel::{Applied, ConnNames, TunnelSetup, TunnelState};
