@@ -332,17 +332,15 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         let ip = source.ip();
         let from = |s: Option<SocketAddr>| s.is_some_and(|s| s.ip() == ip);
         let l = &self.ingress[i];
-        let held_by_source = self
-            .endpoints
-            .values()
-            .filter(|e| e.ingress == Some(i) && from(e.source))
-            .count()
-            + self
-                .waiting
-                .iter()
-                .filter(|w| w.ingress == i && from(Some(w.source)))
-                .count()
-            + l.half_open.iter().filter(|o| from(Some(o.source))).count();
+        // Counted (a walk over every session) only where there is a cap to count against.
+        let held_by_source = l.ingress.max_per_source.map_or(0, |_| {
+            let sessions = self.endpoints.values();
+            let sessions = sessions.filter(|e| e.ingress == Some(i) && from(e.source));
+            let waiting = self.waiting.iter();
+            let waiting = waiting.filter(|w| w.ingress == i && from(Some(w.source)));
+            let half_open = l.half_open.iter().filter(|o| from(Some(o.source)));
+            sessions.count() + waiting.count() + half_open.count()
+        });
         let half_open: usize = self.ingress.iter().map(|l| l.half_open.len()).sum();
         let held = self.endpoints.len() + self.waiting.len() + half_open;
         let check = IngressCheck {

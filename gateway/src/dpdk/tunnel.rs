@@ -622,15 +622,15 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
     fn expire_grace(&mut self, now: u64) {
         let Some(t) = &mut self.tunnel else { return };
         // The grace period's end says why itself.
-        let expired = t.handle_timeout(now);
-        let late = |d: &mut Dialling| d.dialer.handle_timeout(now, Some(&t.table));
-        if !expired && self.dialer.as_mut().is_some_and(late) {
+        if !t.handle_timeout(now) {
+            let late = |d: &mut Dialling| d.dialer.handle_timeout(now, Some(&t.table));
+            if !self.dialer.as_mut().is_some_and(late) {
+                return;
+            }
             warn!(
                 "tunnel to peer {}: data flows did not attach within {FLOWS_ATTACH_TIMEOUT:?}; giving up",
                 t.peer
             );
-        } else if !expired {
-            return;
         }
         self.shut_tunnel(ResetReason::TunnelLost, now);
     }

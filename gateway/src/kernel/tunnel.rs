@@ -287,8 +287,9 @@ impl Tunnel {
                 }
                 Event::Reset { session, reason } => {
                     Stats::inc(&self.gateway.stats.sessions_reset);
-                    // Reset while it waited to connect: it leaves the line unconnected.
-                    if inner.connect_order.turn(session).is_some() {
+                    // Reset while it waited to connect: it leaves the line unconnected (its
+                    // task wakes to see that).
+                    if !inner.connect_order.is_empty() {
                         let _ = inner.connect_order.done(session);
                         self.connect_turn.notify_waiters();
                     }

@@ -213,6 +213,16 @@ mod tests {
     const GRACE: Duration = Duration::from_secs(4);
     const SEC: u64 = 1_000_000;
 
+    /// A dialer welcomed at 0 to a new tunnel of `flows` flows, control connection 1 in place.
+    fn welcomed(flows: usize) -> (Dialer, ConnTable) {
+        let mut d = Dialer::new(flows);
+        d.dialling(Role::Control, 1);
+        d.welcomed(0, true);
+        let mut t = ConnTable::new(flows, GRACE);
+        let _ = t.attach_control(1);
+        (d, t)
+    }
+
     #[test]
     fn dials_control_first_then_every_flow_once_it_is_welcomed() {
         let mut d = Dialer::new(2);
@@ -260,11 +270,7 @@ mod tests {
 
     #[test]
     fn flows_are_not_dialled_while_the_tunnel_is_held() {
-        let mut d = Dialer::new(1);
-        d.dialling(Role::Control, 1);
-        d.welcomed(0, true);
-        let mut t = ConnTable::new(1, GRACE);
-        let _ = t.attach_control(1);
+        let (mut d, mut t) = welcomed(1);
         let _ = t.lost(1, 0);
         d.control_lost(0);
         assert_eq!(d.poll_dial(0, Some(&t)), Some(Role::Control));
@@ -274,10 +280,7 @@ mod tests {
 
     #[test]
     fn a_re_attach_is_told_apart_and_a_lost_flow_waits_its_backoff() {
-        let mut d = Dialer::new(1);
-        d.welcomed(0, true);
-        let mut t = ConnTable::new(1, GRACE);
-        let _ = t.attach_control(1);
+        let (mut d, mut t) = welcomed(1);
         d.dialling(Role::Flow(0), 2);
         assert!(!d.flow_attached(0));
         let _ = t.attach_flow(0, 2);
@@ -330,10 +333,7 @@ mod tests {
 
     #[test]
     fn a_resumed_tunnel_keeps_its_flows_and_has_no_attach_deadline() {
-        let mut d = Dialer::new(1);
-        d.welcomed(0, true);
-        let mut t = ConnTable::new(1, GRACE);
-        let _ = t.attach_control(1);
+        let (mut d, mut t) = welcomed(1);
         d.dialling(Role::Flow(0), 2);
         let _ = d.flow_attached(0);
         let _ = t.attach_flow(0, 2);
@@ -375,6 +375,24 @@ mod tests {
         ]
     }
 
+    /// Dial `conn` for `role` succeeded: the welcome came (a tunnel the first time), or the
+    /// flow's attach went out.
+    fn succeed(d: &mut Dialer, table: &mut Option<ConnTable>, now: u64, conn: ConnRef, role: Role) {
+        match role {
+            Role::Control => {
+                let flows = d.flows.len();
+                let t = table.get_or_insert_with(|| ConnTable::new(flows, GRACE));
+                d.welcomed(now, false);
+                let _ = t.attach_control(conn);
+            }
+            Role::Flow(k) => {
+                let t = table.as_mut().expect("flows dial only with a tunnel");
+                let _ = d.flow_attached(k);
+                let _ = t.attach_flow(k, conn);
+            }
+        }
+    }
+
     proptest! {
         /// Under any sequence of dial failures, successes, losses and waits: at most one dial
         /// per role at a time, never a dial for a role that is in place, never a flow dial
@@ -411,18 +429,7 @@ mod tests {
                     }
                     Step::Succeed(n) if n < dials.len() => {
                         let (conn, role) = dials.remove(n);
-                        match role {
-                            Role::Control => {
-                                let t = table.get_or_insert_with(|| ConnTable::new(flows, GRACE));
-                                d.welcomed(now, false);
-                                let _ = t.attach_control(conn);
-                            }
-                            Role::Flow(k) => {
-                                let t = table.as_mut().expect("flows dial only with a tunnel");
-                                let _ = d.flow_attached(k);
-                                let _ = t.attach_flow(k, conn);
-                            }
-                        }
+                        succeed(&mut d, &mut table, now, conn, role);
                     }
                     Step::Lose(n) => {
                         let Some(t) = table.as_mut() else { continue };
@@ -441,17 +448,7 @@ mod tests {
             // Repair: every dial that is due succeeds, however long backoffs take.
             for _ in 0..(2 * (flows + 1) + 2) {
                 for (conn, role) in std::mem::take(&mut dials) {
-                    match role {
-                        Role::Control => {
-                            let t = table.get_or_insert_with(|| ConnTable::new(flows, GRACE));
-                            d.welcomed(now, false);
-                            let _ = t.attach_control(conn);
-                        }
-                        Role::Flow(k) => {
-                            let _ = d.flow_attached(k);
-                            let _ = table.as_mut().expect("tunnel").attach_flow(k, conn);
-                        }
-                    }
+                    succeed(&mut d, &mut table, now, conn, role);
                 }
                 now += 10 * SEC;
                 while let Some(role) = d.poll_dial(now, table.as_ref()) {

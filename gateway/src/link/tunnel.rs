@@ -38,16 +38,8 @@ pub enum Applied {
     ProtocolError,
 }
 
-/// How the tunnel's connections are named in its lines: a connection's remote address.
-pub trait ConnNames {
-    fn remote(&self, conn: ConnRef) -> String;
-}
-
-impl<F: Fn(ConnRef) -> String> ConnNames for F {
-    fn remote(&self, conn: ConnRef) -> String {
-        self(conn)
-    }
-}
+/// How the tunnel's lines name a connection: its remote address, as the driver knows it.
+pub type ConnNames<'a> = &'a dyn Fn(ConnRef) -> String;
 
 /// A tunnel's session core and connection table for `flows` data flows.
 pub struct TunnelSetup {
@@ -80,14 +72,14 @@ impl TunnelState {
     /// `conn` becomes the control connection. The one it replaced (returned) is to be closed:
     /// the peer dials anew only after it gave the old one up, whose RST may have been lost on
     /// the way. A resumed tunnel resyncs: both ends restate their sessions.
-    pub fn attach_control(&mut self, conn: ConnRef, names: &dyn ConnNames) -> ControlAttached {
+    pub fn attach_control(&mut self, conn: ConnRef, names: ConnNames<'_>) -> ControlAttached {
         let attached = self.table.attach_control(conn);
         if let Some(old) = attached.replaced {
             warn!(
                 "tunnel to peer {}: control connection from {} replaced by a new one from {} (the peer gave the old one up); closing the old one",
                 self.peer,
-                names.remote(old),
-                names.remote(conn)
+                names(old),
+                names(conn)
             );
         }
         if attached.resumed {
@@ -108,7 +100,7 @@ impl TunnelState {
         &mut self,
         k: usize,
         conn: ConnRef,
-        names: &dyn ConnNames,
+        names: ConnNames<'_>,
     ) -> Option<FlowAttached> {
         let attached = self.table.attach_flow(k, conn)?;
         if let Some(old) = attached.replaced {
@@ -116,8 +108,8 @@ impl TunnelState {
             warn!(
                 "peer {}: data flow {k} from {} replaced by a new connection from {} (the peer gave the old one up); closing the old one, its frames go out again",
                 self.peer,
-                names.remote(old),
-                names.remote(conn)
+                names(old),
+                names(conn)
             );
         }
         if attached.first_whole {
