@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
         rest = tail;
         match rec.first() {
             None => {
-                if let Ok(id) = core.open(target) {
+                if let Ok(id) = core.open(target, lmas::session::Origin::default()) {
                     let _ = core.write(id, bytes::Bytes::from_static(&[1u8; 3000]));
                 }
             }
@@ -46,7 +46,7 @@ fuzz_target!(|data: &[u8]| {
         now += 500;
         core.handle_timeout(now);
         for flow in 0..2 {
-            while core.poll_frame(flow).is_some() {}
+            while core.poll_frame(now, flow).is_some() {}
         }
         while core.poll_control().is_some() {}
         let ids: Vec<_> = core.snapshot().into_iter().map(|s| s.id).collect();

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use super::allowlist::Allowlist;
 use crate::crypto::{PresharedKey, PublicKey, StaticKeypair};
 use crate::protocol::MAX_DATA_FLOWS;
-use crate::session::Limits;
+use crate::session::{Limits, SharePolicy};
 use crate::sources::SourceList;
 
 #[derive(Debug)]
@@ -114,6 +114,7 @@ struct IngressSection {
     max_sessions_per_source: Option<i64>,
     connect_timeout_secs: Option<i64>,
     idle_timeout_secs: Option<i64>,
+    weight: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -133,6 +134,8 @@ struct LimitsSection {
     receive_budget_bytes: Option<i64>,
     frame_bytes: Option<i64>,
     max_sessions: Option<i64>,
+    migration_rate_mbit: Option<i64>,
+    link_rate_mbit: Option<i64>,
 }
 
 // ---- the validated config --------------------------------------------------
@@ -169,9 +172,19 @@ pub struct Ingress {
     pub connect_timeout: std::time::Duration,
     /// A session that moves no byte either way for this long is reset; `None`: never.
     pub idle_timeout: Option<std::time::Duration>,
+    /// Its migrations' share of the tunnel against other ingresses' (`weight`, default 1;
+    /// changeable by reload).
+    pub weight: u32,
 }
 
 impl Ingress {
+    /// Whether `other` differs in more than its weight (which a reload changes live).
+    pub fn differs_beyond_weight(&self, other: &Ingress) -> bool {
+        let mut other = other.clone();
+        other.weight = self.weight;
+        *self != other
+    }
+
     /// The warning logged at start for an ingress any host may use: no `sources` on an
     /// address other hosts can reach.
     pub fn open_to_any(&self, index: usize) -> Option<String> {
@@ -227,6 +240,9 @@ pub struct Config {
     pub egress: Allowlist,
     pub connect_timeout_ms: u64,
     pub limits: Limits,
+    /// Caps and weights in force at start (`limits.*_rate_mbit`, `ingress[].weight`);
+    /// changeable by reload.
+    pub shares: SharePolicy,
     /// Unix socket for `lmas status` (default `/run/lmas/NAME.sock`).
     pub admin_socket: PathBuf,
     pub datapath: Datapath,
@@ -247,6 +263,10 @@ const DEFAULT_SOCKET_BUFFER: i64 = 32 << 20;
 /// Long enough for a migration's final round (stop-and-copy) to finish; the
 /// systemd unit's TimeoutStopSec must stay above it.
 const DEFAULT_DRAIN_TIMEOUT_SECS: i64 = 30;
+/// `ingress[].weight`: shares of 1 to 100 (a weight's turn is that many frames).
+const MAX_WEIGHT: i64 = 100;
+/// `limits.*_rate_mbit`: up to 400 Gbit/s.
+const MAX_RATE_MBIT: i64 = 400_000;
 /// Waiting for the tunnel and the far gateway's connect to the target both fit in it (each
 /// bounded by `egress.connect_timeout_ms`, 10 s by default).
 const DEFAULT_INGRESS_CONNECT_TIMEOUT_SECS: i64 = 30;
@@ -534,6 +554,8 @@ impl Config {
             .map_err(|w| err(&field("connect_timeout_secs"), w))?;
             let idle_timeout = in_range(section.idle_timeout_secs.unwrap_or(0), 0, 7 * 86400)
                 .map_err(|w| err(&field("idle_timeout_secs"), format!("{w}; 0 turns it off")))?;
+            let weight = in_range(section.weight.unwrap_or(1), 1, MAX_WEIGHT)
+                .map_err(|w| err(&field("weight"), w))? as u32;
             ingress.push(Ingress {
                 bind,
                 mode,
@@ -542,6 +564,7 @@ impl Config {
                 connect_timeout: std::time::Duration::from_secs(connect_timeout as u64),
                 idle_timeout: (idle_timeout > 0)
                     .then(|| std::time::Duration::from_secs(idle_timeout as u64)),
+                weight,
             });
         }
 
@@ -637,6 +660,16 @@ impl Config {
             ack_every: defaults.ack_every.min(session_window / 4),
             ack_delay_us: defaults.ack_delay_us,
         };
+        let rate = |field: &str, mbit: Option<i64>| {
+            mbit.map(|m| in_range(m, 1, MAX_RATE_MBIT).map(|m| m as u64 * 1_000_000 / 8))
+                .transpose()
+                .map_err(|w| err(field, format!("{w} (Mbit/s)")))
+        };
+        let shares = SharePolicy {
+            migration_rate: rate("limits.migration_rate_mbit", l.migration_rate_mbit)?,
+            link_rate: rate("limits.link_rate_mbit", l.link_rate_mbit)?,
+            weights: ingress.iter().map(|i| i.weight).collect(),
+        };
 
         let datapath = match (is_dpdk, &file.dpdk) {
             (false, _) => Datapath::Kernel,
@@ -676,6 +709,7 @@ impl Config {
             egress,
             connect_timeout_ms,
             limits,
+            shares,
             admin_socket,
             metrics_bind,
             drain_timeout: std::time::Duration::from_secs(drain_timeout),

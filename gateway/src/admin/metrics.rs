@@ -19,7 +19,9 @@
 //! - per session (`session` = id, `target`): bytes each way, acked, in
 //!   flight, age, and the same `session_compression_*` figures — for at most
 //!   [`MAX_SESSION_SERIES`] sessions (the oldest by id);
-//!   `session_series_omitted` says how many more there are.
+//!   `session_series_omitted` says how many more there are;
+//! - per migration group (`source`, `target`): sessions, weight, cap, bytes
+//!   sent, rate and share over the last second; `link_cap_bytes_per_second`.
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
@@ -27,7 +29,7 @@ use prometheus_client::metrics::exemplar::Exemplar;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
-use super::status::{ConnectionStatus, PackingStatus, SessionStatus, TcpStats};
+use super::status::{ConnectionStatus, GroupStatus, PackingStatus, SessionStatus, TcpStats};
 use super::{Stats, Status};
 use MetricType::{Counter, Gauge};
 use Num::{Float, Int};
@@ -175,8 +177,82 @@ impl Collector for Snapshot {
             },
         )?;
         connections(e, &t.connections)?;
+        groups(e, &t.groups)?;
+        if let Some(cap) = t.link_cap_bytes_per_sec {
+            single(
+                e,
+                (
+                    "lmas_link_cap_bytes_per_second",
+                    "The cap on the whole tunnel (limits.link_rate_mbit).",
+                    None,
+                    Gauge,
+                ),
+                Int(cap),
+            )?;
+        }
         sessions(e, &t.sessions)
     }
+}
+
+/// One group family: name, help, type, and its value in a [`GroupStatus`] (none: no sample).
+type GroupFamily = (
+    &'static str,
+    &'static str,
+    MetricType,
+    fn(&GroupStatus) -> Option<Num>,
+);
+
+/// The migration groups: how they share the tunnel.
+fn groups(e: &mut DescriptorEncoder<'_>, all: &[GroupStatus]) -> std::fmt::Result {
+    let rows: Vec<(&GroupStatus, Labels)> = all
+        .iter()
+        .map(|g| {
+            let source = g.source.as_deref().unwrap_or("peer");
+            (g, vec![("source", source), ("target", g.target.as_str())])
+        })
+        .collect();
+    let families: [GroupFamily; 6] = [
+        (
+            "lmas_group_sessions",
+            "Sessions of a migration group (one source host to one target).",
+            Gauge,
+            |g| Some(Int(g.sessions as u64)),
+        ),
+        (
+            "lmas_group_weight",
+            "A migration group's weight (its ingress's weight).",
+            Gauge,
+            |g| Some(Int(g.weight as u64)),
+        ),
+        (
+            "lmas_group_cap_bytes_per_second",
+            "A migration group's cap (limits.migration_rate_mbit).",
+            Gauge,
+            |g| g.cap_bytes_per_sec.map(Int),
+        ),
+        (
+            "lmas_group_sent_bytes",
+            "Payload bytes a migration group sent towards the peer, resends included.",
+            Counter,
+            |g| Some(Int(g.sent_bytes)),
+        ),
+        (
+            "lmas_group_rate_bytes_per_second",
+            "What a migration group sent over the last second.",
+            Gauge,
+            |g| Some(Int(g.rate_bytes_per_sec)),
+        ),
+        (
+            "lmas_group_share",
+            "A migration group's part of what all groups sent over the last second (0 to 1).",
+            Gauge,
+            |g| Some(Float(g.share)),
+        ),
+    ];
+    for (name, help, kind, value) in families {
+        family(e, (name, help, None, kind), &rows, |g| value(g))?;
+    }
+    Ok(())
 }
 
 fn connections(e: &mut DescriptorEncoder<'_>, conns: &[ConnectionStatus]) -> std::fmt::Result {
@@ -481,6 +557,17 @@ mod tests {
                         }),
                     },
                 ],
+                groups: vec![GroupStatus {
+                    source: None,
+                    target: "10.9.0.1:4444".into(),
+                    sessions: 1,
+                    weight: 1,
+                    cap_bytes_per_sec: None,
+                    sent_bytes: 5,
+                    rate_bytes_per_sec: 5,
+                    share: 1.0,
+                }],
+                link_cap_bytes_per_sec: Some(125_000_000),
                 sessions: (0..sessions as u64)
                     .map(|i| SessionStatus {
                         id: i * 2,
@@ -548,6 +635,9 @@ mod tests {
             "lmas_session_compression_frames_packed_total{session=\"2\",target=\"[::1]:5000\"} 2",
             "lmas_session_compression_pack_seconds_total{session=\"0\",target=\"[::1]:5000\"} 0.0015",
             "lmas_gateway_info{gateway=\"gw-a\",peer=\"gw \\\"b\\\"\\n\"} 1",
+            "lmas_group_sent_bytes_total{source=\"peer\",target=\"10.9.0.1:4444\"} 5",
+            "lmas_group_share{source=\"peer\",target=\"10.9.0.1:4444\"} 1.0",
+            "lmas_link_cap_bytes_per_second 125000000",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
@@ -556,6 +646,8 @@ mod tests {
         }
         // A connection without TCP_INFO has no RTT sample, rather than a zero.
         assert!(!text.contains("lmas_connection_rtt_seconds{kind=\"control\""));
+        // No cap, no sample.
+        assert!(!text.contains("lmas_group_cap_bytes_per_second{"));
     }
 
     #[test]

@@ -50,6 +50,83 @@ pub struct TunnelStatus {
     /// gateways' output).
     #[serde(default)]
     pub compression: PackingStatus,
+    /// Its migration groups and how they share it (absent from older gateways' output).
+    #[serde(default)]
+    pub groups: Vec<GroupStatus>,
+    /// The cap on the whole tunnel (`limits.link_rate_mbit`), bytes per second.
+    #[serde(default)]
+    pub link_cap_bytes_per_sec: Option<u64>,
+}
+
+/// One migration: the sessions from one source host to one target, sharing
+/// the tunnel with the others by weight, under its cap.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupStatus {
+    /// Client host for our ingress's groups; none for peer-opened ones.
+    pub source: Option<String>,
+    pub target: String,
+    pub sessions: usize,
+    pub weight: u32,
+    /// `limits.migration_rate_mbit`, bytes per second.
+    pub cap_bytes_per_sec: Option<u64>,
+    /// Payload bytes it sent towards the peer, resends included.
+    pub sent_bytes: u64,
+    /// Over the last second.
+    pub rate_bytes_per_sec: u64,
+    /// Its part of what all groups sent over the last second (0 to 1).
+    pub share: f64,
+}
+
+impl GroupStatus {
+    fn of(g: &crate::session::GroupSnapshot) -> GroupStatus {
+        GroupStatus {
+            source: g.key.source.map(|ip| ip.to_string()),
+            target: g.key.target.to_string(),
+            sessions: g.sessions,
+            weight: g.weight,
+            cap_bytes_per_sec: g.cap,
+            sent_bytes: g.sent,
+            rate_bytes_per_sec: g.rate,
+            share: 0.0,
+        }
+    }
+
+    /// Each group's share of the total rate.
+    fn reshare(groups: &mut [GroupStatus]) {
+        let total: u64 = groups.iter().map(|g| g.rate_bytes_per_sec).sum();
+        for g in groups {
+            g.share = if total == 0 {
+                0.0
+            } else {
+                g.rate_bytes_per_sec as f64 / total as f64
+            };
+        }
+    }
+
+    /// One group from the parts each shard carries: figures and caps summed.
+    fn merge(all: Vec<GroupStatus>) -> Vec<GroupStatus> {
+        let mut merged: BTreeMap<(Option<String>, String), GroupStatus> = BTreeMap::new();
+        for g in all {
+            match merged.entry((g.source.clone(), g.target.clone())) {
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    v.insert(g);
+                }
+                std::collections::btree_map::Entry::Occupied(mut o) => {
+                    let m = o.get_mut();
+                    m.sessions += g.sessions;
+                    m.sent_bytes += g.sent_bytes;
+                    m.rate_bytes_per_sec += g.rate_bytes_per_sec;
+                    m.cap_bytes_per_sec = match (m.cap_bytes_per_sec, g.cap_bytes_per_sec) {
+                        (Some(a), Some(b)) => Some(a + b),
+                        (a, b) => a.or(b),
+                    };
+                }
+            }
+        }
+        let mut out: Vec<GroupStatus> = merged.into_values().collect();
+        GroupStatus::reshare(&mut out);
+        out
+    }
 }
 
 /// One WAN TCP connection: the control connection or a data flow.
@@ -170,6 +247,7 @@ impl TunnelStatus {
     pub fn of(
         t: &crate::link::TunnelState,
         up: bool,
+        now: crate::session::Instant,
         endpoint: impl Fn(crate::protocol::SessionId) -> (Option<std::net::SocketAddr>, f64),
         connection: impl Fn(crate::link::ConnRef) -> Option<ConnectionStatus>,
     ) -> TunnelStatus {
@@ -191,7 +269,12 @@ impl TunnelStatus {
             })
         });
         let connections = connections.collect();
-        TunnelStatus::from_core(t.id, up, t.peer.clone(), &t.core, connections, sessions)
+        let mut status =
+            TunnelStatus::from_core(t.id, up, t.peer.clone(), &t.core, connections, sessions);
+        status.groups = t.core.groups(now).iter().map(GroupStatus::of).collect();
+        GroupStatus::reshare(&mut status.groups);
+        status.link_cap_bytes_per_sec = t.core.shares().link_rate;
+        status
     }
 
     /// A tunnel: the core's figures plus the datapath's view of its
@@ -214,6 +297,8 @@ impl TunnelStatus {
             sessions,
             counters: core.counters().snapshot(),
             compression: core.packing().into(),
+            groups: Vec::new(),
+            link_cap_bytes_per_sec: None,
         }
     }
 }
@@ -249,6 +334,13 @@ impl TunnelStatus {
             *self.counters.entry(k).or_default() += v;
         }
         self.compression = self.compression.add(&other.compression);
+        self.groups.extend(other.groups);
+        self.groups = GroupStatus::merge(std::mem::take(&mut self.groups));
+        self.link_cap_bytes_per_sec =
+            match (self.link_cap_bytes_per_sec, other.link_cap_bytes_per_sec) {
+                (Some(a), Some(b)) => Some(a + b),
+                (a, b) => a.or(b),
+            };
         self
     }
 }
@@ -345,6 +437,36 @@ impl Status {
                         retr
                     );
                 }
+                if !t.groups.is_empty() {
+                    let _ = writeln!(
+                        out,
+                        "\n  {:<44} {:>8} {:>6} {:>12} {:>12} {:>6}   link cap {}",
+                        "migration (source -> target)",
+                        "sessions",
+                        "weight",
+                        "cap",
+                        "rate",
+                        "share",
+                        mbit(t.link_cap_bytes_per_sec)
+                    );
+                }
+                for g in &t.groups {
+                    let route = format!(
+                        "{} -> {}",
+                        g.source.as_deref().unwrap_or("(peer)"),
+                        g.target
+                    );
+                    let _ = writeln!(
+                        out,
+                        "  {:<44} {:>8} {:>6} {:>12} {:>12} {:>5.0}%",
+                        route,
+                        g.sessions,
+                        g.weight,
+                        mbit(g.cap_bytes_per_sec),
+                        mbit(Some(g.rate_bytes_per_sec)),
+                        g.share * 100.0
+                    );
+                }
                 let _ = writeln!(
                     out,
                     "\n  {:<6} {:<10} {:<44} {:>10} {:>10} {:>10} {:>7} {:>6} {:>11}",
@@ -395,6 +517,13 @@ impl Status {
         }
         out
     }
+}
+
+/// A rate in bytes per second as Mbit/s; "none" for no cap.
+fn mbit(rate: Option<u64>) -> String {
+    rate.map_or("none".into(), |r| {
+        format!("{:.0} Mbit/s", r as f64 * 8.0 / 1e6)
+    })
 }
 
 /// `name=value` for every counter that is not zero.
@@ -467,6 +596,17 @@ mod tests {
                 sessions: vec![session(0, text.clone()), session(2, Default::default())],
                 counters: BTreeMap::new(),
                 compression: text,
+                groups: vec![GroupStatus {
+                    source: Some("10.0.0.1".into()),
+                    target: "10.9.0.1:4444".into(),
+                    sessions: 2,
+                    weight: 3,
+                    cap_bytes_per_sec: Some(37_500_000),
+                    sent_bytes: 1 << 30,
+                    rate_bytes_per_sec: 37_000_000,
+                    share: 1.0,
+                }],
+                link_cap_bytes_per_sec: None,
             }),
             counters: BTreeMap::new(),
             gauges: BTreeMap::new(),
@@ -494,6 +634,12 @@ mod tests {
         assert_eq!(t.sessions.len(), 4);
         assert_eq!(t.counters["frames"], 7);
         assert_eq!(t.compression.bytes_in, 2 << 20);
+        // One migration carried by both shards: one group, figures and caps summed.
+        assert_eq!(t.groups.len(), 1);
+        let g = &t.groups[0];
+        assert_eq!((g.sessions, g.sent_bytes), (4, 2 << 30));
+        assert_eq!(g.cap_bytes_per_sec, Some(75_000_000));
+        assert_eq!((g.rate_bytes_per_sec, g.share), (74_000_000, 1.0));
         assert!((t.compression.ratio.unwrap() - 0.48).abs() < 0.01);
 
         let mut none = status();
@@ -513,8 +659,21 @@ mod tests {
     fn render_shows_each_sessions_ratio_and_the_tunnels_figures() {
         let text = status().render(&BTreeMap::new());
         let lines: Vec<&str> = text.lines().collect();
-        let header = lines.iter().find(|l| l.contains("session")).unwrap();
+        let header = lines
+            .iter()
+            .find(|l| l.trim_start().starts_with("session "))
+            .unwrap();
         assert!(header.contains("packed"), "{text}");
+        let group = lines
+            .iter()
+            .find(|l| l.contains("10.0.0.1 -> 10.9.0.1:4444"))
+            .unwrap_or_else(|| panic!("no group row:\n{text}"));
+        let cells: Vec<&str> = group.split_whitespace().collect();
+        assert_eq!(
+            cells[3..],
+            ["2", "3", "300", "Mbit/s", "296", "Mbit/s", "100%"],
+            "{text}"
+        );
         let row = |id: &str| {
             lines
                 .iter()

@@ -27,8 +27,9 @@ use super::phy::FramePort;
 use super::port::{open_port, run_io, IoPort, PortCounters, RingPort, RoleCounters};
 use super::Idle;
 use crate::admin::dpdk::DpdkConfig;
+use crate::admin::reload::Live;
 use crate::admin::signals::{Request, Signals};
-use crate::admin::{Allowlist, Config, Datapath, RunError, Stats, Status, StatusSource};
+use crate::admin::{Config, Datapath, RunError, Stats, Status, StatusSource};
 use crate::link::{Drain, DrainStep, ResetCause};
 use crate::protocol::handshake::Shard;
 use crate::transform::{Adaptive, PackPolicy};
@@ -39,7 +40,7 @@ const ADAPT_EVERY_US: u64 = 200_000;
 /// What the main lcore asks of the TCP lcore.
 enum Command {
     Status(SyncSender<Status>),
-    Egress(Allowlist),
+    Live(Live),
     /// Drain for at most this long; the stop signal that asked for it.
     Drain(Duration, &'static str),
     StopNow(&'static str),
@@ -261,14 +262,14 @@ async fn main_lcore(
         }
     };
     let all_done = || shared.tcp_done.load(Ordering::SeqCst) == commands.len();
-    let mut egress = config.egress.clone();
+    let mut live = Live::of(config);
     let first = loop {
         tokio::select! {
             request = signals.next() => match request {
                 Request::Reload => {
-                    if let Some(new) = crate::admin::reload::reread(config, &egress, stats) {
-                        egress = new;
-                        tell(&|| Command::Egress(egress.clone()));
+                    if let Some(new) = crate::admin::reload::reread(config, &live, stats) {
+                        live = new;
+                        tell(&|| Command::Live(live.clone()));
                     }
                 }
                 Request::Stop(signal) => break Some(signal),
@@ -379,7 +380,7 @@ impl TcpLcore<'_> {
                     Command::Status(reply) => {
                         let _ = reply.try_send(engine.status(now));
                     }
-                    Command::Egress(allow) => engine.set_egress(allow),
+                    Command::Live(live) => engine.set_live(live),
                     Command::Drain(timeout, signal) => {
                         if !drain.stopping() {
                             engine.begin_drain(now);

@@ -73,6 +73,8 @@ pub struct Engine<P: FramePort, C: CryptoPipe> {
     pub(super) stopping: bool,
     /// The egress allowlist in force (swapped on reload).
     pub(super) egress: crate::admin::Allowlist,
+    /// The caps and weights in force (swapped on reload), for new tunnels.
+    pub(super) shares: crate::session::SharePolicy,
     /// Reused id lists for walking the maps while changing them (no
     /// allocation per turn).
     pub(super) scratch_conns: Vec<ConnId>,
@@ -122,6 +124,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         let mut engine = Engine {
             dialer: Dialling::for_config(&config),
             egress: config.egress.clone(),
+            shares: config.shares.clone(),
             scratch_conns: Vec::new(),
             scratch_sessions: Vec::new(),
             connect_order: Default::default(),
@@ -332,7 +335,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                     ..Default::default()
                 })
             };
-            TunnelStatus::of(t, t.table.is_up(), endpoint, connection)
+            TunnelStatus::of(t, t.table.is_up(), self.now, endpoint, connection)
         });
         let mut counters = self.stats.snapshot();
         counters.insert("dpdk_lan_filtered_frames".into(), self.lan.filtered);
@@ -367,10 +370,15 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         self.tunnel.as_ref().map_or(0, |t| t.core.session_count()) + self.waiting.len()
     }
 
-    /// Swaps in a new egress allowlist (config reload); running sessions
-    /// are not affected, new ones are checked against it.
-    pub fn set_egress(&mut self, egress: crate::admin::Allowlist) {
-        self.egress = egress;
+    /// Swaps in a new egress allowlist, caps and weights (config reload);
+    /// running sessions carry on: new ones are checked against the
+    /// allowlist, and every frame from now on is scheduled by the new shares.
+    pub fn set_live(&mut self, live: crate::admin::reload::Live) {
+        self.egress = live.egress;
+        if let Some(t) = &mut self.tunnel {
+            t.set_shares(live.shares.clone());
+        }
+        self.shares = live.shares;
     }
 
     /// Resets every running session telling the peer ("shutting down"), so

@@ -33,7 +33,7 @@ use crate::admin::{Ingress, IngressMode, Stats};
 use crate::link::admission::Throttle;
 use crate::link::{check_ingress, IngressCheck, IngressRefusal};
 use crate::protocol::{RefuseReason, ResetReason, SessionId};
-use crate::session::ReadOutcome;
+use crate::session::{Origin, ReadOutcome};
 
 /// A socket that is closing is forced shut after this long.
 const CLOSE_LINGER_US: u64 = 60_000_000;
@@ -428,7 +428,11 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                 continue;
             }
             let t = self.tunnel.as_mut().expect("up");
-            match t.core.open(w.target) {
+            let origin = Origin {
+                source: Some(w.source.ip().to_canonical()),
+                ingress: u16::try_from(w.ingress).ok(),
+            };
+            match t.core.open(w.target, origin) {
                 Ok(id) => {
                     Stats::inc(&self.stats.sessions_opened);
                     info!(

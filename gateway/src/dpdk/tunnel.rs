@@ -177,7 +177,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         }
         self.scratch_conns = ids;
         self.send_control();
-        self.fill_flows();
+        self.fill_flows(now);
         for c in self.conns.values_mut() {
             if c.is_keyed() {
                 let sock = self.wan.socket(c.handle);
@@ -403,7 +403,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
 
     /// Frames from the core onto every data flow that has room: the flow
     /// that can send soonest takes the next frame.
-    fn fill_flows(&mut self) {
+    fn fill_flows(&mut self, now: u64) {
         let Some(t) = &mut self.tunnel else { return };
         let max_record = (self.config.limits.frame_len + 64).min(MAX_RECORD_LEN);
         for k in 0..t.table.flow_count() {
@@ -412,7 +412,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
             };
             let sock = self.wan.sockets.get::<tcp::Socket>(conn.handle);
             while conn.room_for_record(sock, max_record) {
-                let Some(frame) = t.core.poll_frame(k) else {
+                let Some(frame) = t.core.poll_frame(now, k) else {
                     break;
                 };
                 conn.seal(Message::Data(frame), &mut self.crypto);
@@ -574,6 +574,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
             flows,
             grace: self.config.grace_period,
             shard: self.shard,
+            shares: self.shares.clone(),
         }
     }
 

@@ -41,6 +41,7 @@ use crate::admin::{Ingress, IngressMode, Stats};
 use crate::link::admission::Throttle;
 use crate::link::{check_ingress, IngressCheck};
 use crate::protocol::{ResetReason, SessionId};
+use crate::session::Origin;
 
 /// Binds a listener now (so bind errors surface at startup).
 pub fn bind(ingress: &Ingress) -> std::io::Result<TcpListener> {
@@ -174,7 +175,7 @@ pub async fn serve(gateway: Arc<Gateway>, index: usize, ingress: Ingress, listen
         match gateway.ready_tunnel() {
             Some(tunnel) => {
                 if let Some(target) = original_target(&ingress, &stream, client) {
-                    if let Some(session) = open(&gateway, tunnel, &stream, client, target) {
+                    if let Some(session) = open(&gateway, tunnel, &stream, client, target, index) {
                         tokio::spawn(run(session, stream, target, ctx));
                     }
                 }
@@ -220,8 +221,13 @@ fn open(
     stream: &TcpStream,
     client: SocketAddr,
     target: SocketAddr,
+    index: usize,
 ) -> Option<Opened> {
-    let (id, signals, outcome) = match tunnel.open_session(client, target) {
+    let origin = Origin {
+        source: Some(client.ip().to_canonical()),
+        ingress: u16::try_from(index).ok(),
+    };
+    let (id, signals, outcome) = match tunnel.open_session(client, target, origin) {
         Ok(x) => x,
         Err(e) => {
             warn!("{client} -> {target}: {e}; resetting");
@@ -266,7 +272,7 @@ async fn handle(gateway: Arc<Gateway>, stream: TcpStream, client: SocketAddr, ct
         warn!("{client} -> {target}: gateway shutting down; resetting");
         return abort(&stream);
     }
-    if let Some(session) = open(&gateway, tunnel, &stream, client, target) {
+    if let Some(session) = open(&gateway, tunnel, &stream, client, target, ctx.index) {
         run(session, stream, target, ctx).await;
     }
 }

@@ -37,8 +37,9 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::reload::Live;
 use crate::admin::signals::{Request, Signals};
-use crate::admin::{Allowlist, Config, RunError, Stats, StatusSource, TunnelEnd};
+use crate::admin::{Config, RunError, Stats, StatusSource, TunnelEnd};
 use crate::crypto::RekeyPolicy;
 use crate::link::admission::Throttle;
 use crate::link::admission::MAX_PENDING_HANDSHAKES;
@@ -47,7 +48,7 @@ use crate::link::{
     DialFailed, Dialer, FirstStep, Role, WelcomeStep, FLOWS_ATTACH_TIMEOUT, HANDSHAKE_TIMEOUT,
 };
 use crate::protocol::{Message, ResetReason, TunnelId};
-use crate::session::Side;
+use crate::session::{SharePolicy, Side};
 use crate::transform::{Adaptive, Compression, PackPolicy};
 use conn::{
     handshake_acceptor, handshake_initiator, ConnError, ConnInfo, RecordReader, RecordWriter,
@@ -60,8 +61,8 @@ pub struct Gateway {
     /// As read at startup; the egress allowlist in force is [`Gateway::allows`].
     pub config: Config,
     pub stats: Arc<Stats>,
-    /// The egress allowlist in force (replaced by a reload).
-    egress: RwLock<Allowlist>,
+    /// The egress allowlist, caps and weights in force (replaced by a reload).
+    live: RwLock<Live>,
     /// Cancelled when shutdown starts: ingress stops accepting and the
     /// peer's new sessions are refused (reason "shutting down").
     pub stopping: CancellationToken,
@@ -155,10 +156,23 @@ impl Gateway {
 
     /// Whether the egress allowlist in force allows `target`.
     pub fn allows(&self, target: &SocketAddr) -> bool {
-        self.egress.read().expect("not poisoned").allows(target)
+        self.live
+            .read()
+            .expect("not poisoned")
+            .egress
+            .allows(target)
+    }
+
+    /// The caps and weights in force.
+    pub fn shares(&self) -> SharePolicy {
+        self.live.read().expect("not poisoned").shares.clone()
     }
 
     pub(crate) fn install(&self, tunnel: Option<Arc<Tunnel>>) {
+        // A reload between this tunnel's making and now reached only the old one.
+        if let Some(t) = &tunnel {
+            t.set_shares(self.shares());
+        }
         let old = self.current.send_replace(tunnel);
         if let Some(old) = old {
             old.shutdown(ResetReason::TunnelLost);
@@ -239,7 +253,7 @@ async fn serve(config: Config) -> Result<(), RunError> {
     let handshakes =
         pending::PendingHandshakes::new(MAX_PENDING_HANDSHAKES, config.peer_source.clone());
     let gateway = Arc::new(Gateway {
-        egress: RwLock::new(config.egress.clone()),
+        live: RwLock::new(Live::of(&config)),
         config,
         stats: Arc::new(Stats::default()),
         stopping: CancellationToken::new(),
@@ -286,11 +300,14 @@ async fn serve(config: Config) -> Result<(), RunError> {
     let stop = loop {
         match signals.next().await {
             Request::Reload => {
-                let egress = gateway.egress.read().expect("not poisoned").clone();
+                let live = gateway.live.read().expect("not poisoned").clone();
                 if let Some(new) =
-                    crate::admin::reload::reread(&gateway.config, &egress, &gateway.stats)
+                    crate::admin::reload::reread(&gateway.config, &live, &gateway.stats)
                 {
-                    *gateway.egress.write().expect("not poisoned") = new;
+                    if let Some(t) = gateway.tunnel() {
+                        t.set_shares(new.shares.clone());
+                    }
+                    *gateway.live.write().expect("not poisoned") = new;
                 }
             }
             Request::Stop(signal) => break signal,

@@ -25,7 +25,7 @@ use crate::admin::Stats;
 use crate::link::{Applied, ConnRef, ConnTable, ConnectOrder, Lost, TunnelSetup, TunnelState};
 use crate::protocol::handshake::Shard;
 use crate::protocol::{Message, RefuseReason, ResetReason, SessionId, TunnelId};
-use crate::session::{Event, SessionError, Side, TunnelCore};
+use crate::session::{Event, Origin, SessionError, SharePolicy, Side, TunnelCore};
 use crate::transform::PackNote;
 
 /// Bytes of sealed records a writer gathers before one write call.
@@ -143,6 +143,7 @@ impl Tunnel {
             flows,
             grace: gateway.config.grace_period,
             shard: Shard::ONE,
+            shares: gateway.shares(),
         };
         let tunnel = Arc::new(Tunnel {
             inner: Mutex::new(Inner {
@@ -343,6 +344,7 @@ impl Tunnel {
         self: &Arc<Self>,
         source: SocketAddr,
         target: SocketAddr,
+        origin: Origin,
     ) -> Result<
         (
             SessionId,
@@ -354,7 +356,7 @@ impl Tunnel {
         let (tx, rx) = oneshot::channel();
         let signals = Arc::new(SessionSignals::new(Some(source), Some(tx)));
         let mut inner = self.inner.lock().expect("not poisoned");
-        let id = inner.link.core.open(target)?;
+        let id = inner.link.core.open(target, origin)?;
         inner.signals.insert(id, signals.clone());
         self.dispatch(&mut inner);
         Ok((id, signals, rx))
@@ -371,6 +373,13 @@ impl Tunnel {
         inner.signals.insert(id, signals.clone());
         self.dispatch(&mut inner);
         Ok(signals)
+    }
+
+    /// New caps and weights (a reload): running sessions carry on.
+    pub fn set_shares(self: &Arc<Self>, shares: SharePolicy) {
+        let mut inner = self.inner.lock().expect("not poisoned");
+        inner.link.set_shares(shares);
+        self.dispatch(&mut inner);
     }
 
     /// The downlink read something: a delayed ack may now be due.
@@ -687,7 +696,10 @@ impl Tunnel {
         let take = || {
             let mut inner = self.inner.lock().expect("not poisoned");
             let in_place = inner.link.table.flow(idx) == Some(id);
-            let frame = in_place.then(|| inner.link.core.poll_frame(idx)).flatten();
+            let now = self.now();
+            let frame = in_place
+                .then(|| inner.link.core.poll_frame(now, idx))
+                .flatten();
             self.dispatch(&mut inner);
             frame
         };
@@ -773,7 +785,13 @@ impl Tunnel {
                 ..Default::default()
             })
         };
-        TunnelStatus::of(&inner.link, *self.control_up.borrow(), endpoint, connection)
+        TunnelStatus::of(
+            &inner.link,
+            *self.control_up.borrow(),
+            self.now(),
+            endpoint,
+            connection,
+        )
     }
 }
 

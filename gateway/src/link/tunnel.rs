@@ -12,7 +12,7 @@ use log::{debug, info, warn};
 use super::conn_table::{ConnRef, ConnTable, ControlAttached, FlowAttached, Lost};
 use crate::protocol::handshake::Shard;
 use crate::protocol::{Message, ResetReason, TunnelId};
-use crate::session::{Limits, PeerError, Side, TunnelCore};
+use crate::session::{Limits, PeerError, SharePolicy, Side, TunnelCore};
 
 /// A tunnel: its id, its session core, which connection serves each role, and how logs name
 /// the peer.
@@ -48,6 +48,8 @@ pub struct TunnelSetup {
     pub flows: usize,
     pub grace: Duration,
     pub shard: Shard,
+    /// Caps and weights of the whole gateway; a shard enforces its part.
+    pub shares: SharePolicy,
 }
 
 impl TunnelState {
@@ -58,15 +60,24 @@ impl TunnelState {
             flows,
             grace,
             shard,
+            shares,
         } = setup;
+        let mut core = TunnelCore::new(side, limits, flows).for_shard(shard);
+        core.set_shares(shares.for_shard(shard.count as usize));
         TunnelState {
             id,
-            core: TunnelCore::new(side, limits, flows).for_shard(shard),
+            core,
             table: ConnTable::new(flows, grace),
             peer,
             shard,
             grace,
         }
+    }
+
+    /// New caps and weights for the whole gateway (a reload); this shard enforces its part.
+    pub fn set_shares(&mut self, shares: SharePolicy) {
+        self.core
+            .set_shares(shares.for_shard(self.shard.count as usize));
     }
 
     /// `conn` becomes the control connection. The one it replaced (returned) is to be closed:
@@ -228,6 +239,7 @@ mod tests {
             flows,
             grace: Duration::from_secs(2),
             shard: Shard::ONE,
+            shares: SharePolicy::default(),
         };
         let id = TunnelId::random(&ring::rand::SystemRandom::new()).expect("random");
         TunnelState::new(setup, id, "gw-a (192.0.2.1:1)".into())

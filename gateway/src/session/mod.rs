@@ -3,7 +3,8 @@
 //! ```text
 //!  endpoint bytes ─► SendStream ─► Scheduler ─► poll_frame(flow k) ─► data flow k
 //!  (one session)     (segmenter,    (resends first,                   (any of N)
-//!                     send buffer)   then round robin)
+//!                     send buffer)   then migration groups
+//!                                    by weight, within caps)
 //!
 //!  data flow j ─► handle_message(Data) ─► Reassembler ─► read() ─► endpoint
 //!                                          (in order,      │
@@ -20,9 +21,11 @@
 pub mod recv;
 pub mod scheduler;
 pub mod send;
+pub mod shares;
 pub mod tunnel;
 
 pub use recv::{ReadOutcome, Reassembler, ReassemblyError};
+pub use shares::{GroupKey, GroupSnapshot, Origin, SharePolicy};
 pub use tunnel::{Event, PeerError, SessionError, SessionSnapshot, Side, TunnelCore, Violation};
 
 /// Microseconds on the caller's monotonic clock.

@@ -134,7 +134,7 @@ fn run(streams: &[Vec<u8>], ops: &[Op]) -> (End, End, Vec<SessionId>) {
     let mut ids = Vec::new();
     let mut pending: Vec<(SessionId, Bytes, bool)> = Vec::new();
     for data in streams {
-        let id = a.core.open(target).unwrap();
+        let id = a.core.open(target, Origin::default()).unwrap();
         ids.push(id);
         a.received.insert(id, Vec::new());
         b.received.insert(id, Vec::new());
@@ -159,7 +159,7 @@ fn run(streams: &[Vec<u8>], ops: &[Op]) -> (End, End, Vec<SessionId>) {
     let step = |op: &Op, a: &mut End, b: &mut End, now: &mut Instant| match *op {
         Op::Pull { from_a, flow } => {
             let end = if from_a { &mut *a } else { &mut *b };
-            if let Some(f) = end.core.poll_frame(flow) {
+            if let Some(f) = end.core.poll_frame(*now, flow) {
                 end.flows[flow].push_back(Message::Data(f));
             }
             end.drain_events();
@@ -256,7 +256,9 @@ proptest! {
 fn sender_never_buffers_beyond_limits() {
     let target: SocketAddr = "192.0.2.1:5000".parse().unwrap();
     let mut a = End::new(Side::Dialer, limits());
-    let ids: Vec<_> = (0..3).map(|_| a.core.open(target).unwrap()).collect();
+    let ids: Vec<_> = (0..3)
+        .map(|_| a.core.open(target, Origin::default()).unwrap())
+        .collect();
     for id in &ids {
         // nobody acks: capacity shrinks to zero and stays there
         while let Ok(cap) = a.core.send_capacity(*id) {
@@ -276,7 +278,7 @@ fn refused_open_is_reported_and_forgotten() {
     let target: SocketAddr = "192.0.2.1:5000".parse().unwrap();
     let mut a = End::new(Side::Dialer, limits());
     let mut b = End::new(Side::Acceptor, limits());
-    let id = a.core.open(target).unwrap();
+    let id = a.core.open(target, Origin::default()).unwrap();
     a.drain_events();
     let open = a.control.pop_front().unwrap();
     b.core.handle_message(open).unwrap();
@@ -305,7 +307,9 @@ fn shards_number_their_sessions_apart() {
         for index in 0..3 {
             let shard = Shard::new(index, 3).unwrap();
             let mut core = TunnelCore::new(side, limits(), FLOWS).for_shard(shard);
-            let ids: Vec<u64> = (0..4).map(|_| core.open(target).unwrap().0).collect();
+            let ids: Vec<u64> = (0..4)
+                .map(|_| core.open(target, Origin::default()).unwrap().0)
+                .collect();
             assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
             for id in ids {
                 assert_eq!(id % 2 == 0, side == Side::Dialer, "{id}: parity");
@@ -318,7 +322,7 @@ fn shards_number_their_sessions_apart() {
     a.core = TunnelCore::new(Side::Dialer, limits(), FLOWS).for_shard(Shard::new(2, 3).unwrap());
     let mut b = End::new(Side::Acceptor, limits());
     for want in [4, 10] {
-        assert_eq!(a.core.open(target).unwrap().0, want);
+        assert_eq!(a.core.open(target, Origin::default()).unwrap().0, want);
         a.drain_events();
         b.core
             .handle_message(a.control.pop_front().unwrap())
@@ -399,7 +403,7 @@ fn unsent_room_bounds_reads_and_frees_as_frames_go_out() {
         End::new(Side::Dialer, limits()),
         End::new(Side::Acceptor, limits()),
     );
-    let id = a.core.open(target).unwrap();
+    let id = a.core.open(target, Origin::default()).unwrap();
     a.drain_events();
     deliver(&mut b, a.control.pop_front().unwrap());
     b.drain_events();
@@ -423,7 +427,7 @@ fn unsent_room_bounds_reads_and_frees_as_frames_go_out() {
         "stopped at the unsent room, not the window"
     );
     a.events.clear();
-    let frame = a.core.poll_frame(0).expect("a frame");
+    let frame = a.core.poll_frame(0, 0).expect("a frame");
     a.drain_events();
     assert!(a.events.contains(&Event::Writable(id)), "{:?}", a.events);
     assert_eq!(
@@ -440,7 +444,7 @@ fn unsent_room_bounds_reads_and_frees_as_frames_go_out() {
                 .write(id, Bytes::from(vec![7u8; cap as usize]))
                 .unwrap();
         }
-        match a.core.poll_frame(0) {
+        match a.core.poll_frame(0, 0) {
             Some(f) => in_flight += f.payload.len() as u64,
             None => break,
         }
@@ -451,7 +455,10 @@ fn unsent_room_bounds_reads_and_frees_as_frames_go_out() {
 
 /// Opens session `id` from `a` to `b` (control messages delivered both ways).
 fn open_pair(a: &mut End, b: &mut End) -> SessionId {
-    let id = a.core.open("192.0.2.1:5000".parse().unwrap()).unwrap();
+    let id = a
+        .core
+        .open("192.0.2.1:5000".parse().unwrap(), Origin::default())
+        .unwrap();
     a.drain_events();
     deliver(b, a.control.pop_front().unwrap());
     b.drain_events();
@@ -467,7 +474,10 @@ fn tiny_writes_are_charged_for_their_pieces() {
     // A client writing one byte at a time must meet the global buffer as
     // soon as its bookkeeping would fill it, not after global_buffer bytes.
     let mut a = End::new(Side::Dialer, limits());
-    let id = a.core.open("192.0.2.1:5000".parse().unwrap()).unwrap();
+    let id = a
+        .core
+        .open("192.0.2.1:5000".parse().unwrap(), Origin::default())
+        .unwrap();
     let mut written = 0u64;
     while a.core.send_capacity(id).unwrap() > 0 {
         a.core.write(id, Bytes::from_static(b"x")).unwrap();
@@ -560,7 +570,7 @@ fn a_session_waiting_on_the_global_buffer_is_woken_when_another_is_acked() {
     );
     assert_eq!(a.core.send_capacity(second).unwrap(), 0, "the other waits");
     let mut sent = 0;
-    while let Some(f) = a.core.poll_frame(0) {
+    while let Some(f) = a.core.poll_frame(0, 0) {
         sent = sent.max(f.offset + f.payload.len() as u64);
     }
     while a.core.poll_event().is_some() {}
@@ -712,4 +722,70 @@ fn a_violation_is_typed_and_resets_only_its_session() {
     assert_eq!(a.core.counters().protocol_errors, 1);
     assert_eq!(a.core.session_count(), 1);
     assert!(a.core.send_capacity(other).is_ok());
+}
+
+#[test]
+fn a_capped_tunnel_waits_for_its_tokens_and_says_when() {
+    // The driver pulls, finds only capped work, arms `poll_timeout`, and at
+    // that time is told (FramesReady) to pull again; the cap holds.
+    let target: SocketAddr = "192.0.2.1:5000".parse().unwrap();
+    let (mut a, mut b) = (
+        End::new(Side::Dialer, limits()),
+        End::new(Side::Acceptor, limits()),
+    );
+    let rate = 10 * limits().frame_len as u64; // ten frames a second
+    a.core.set_shares(SharePolicy {
+        link_rate: Some(rate),
+        ..Default::default()
+    });
+    let origin = Origin {
+        source: Some([10, 0, 0, 1].into()),
+        ingress: Some(0),
+    };
+    let id = a.core.open(target, origin).unwrap();
+    a.drain_events();
+    deliver(&mut b, a.control.pop_front().unwrap());
+    b.drain_events();
+    a.core
+        .handle_message(b.control.pop_front().unwrap())
+        .unwrap();
+    let mut now = 1;
+    let mut sent = 0u64;
+    while now < 2_000_000 {
+        let room = a.core.send_capacity(id).unwrap() as usize;
+        a.core.write(id, Bytes::from(vec![1u8; room])).unwrap();
+        a.drain_events();
+        match a.core.poll_frame(now, 0) {
+            Some(f) => {
+                sent += f.payload.len() as u64;
+                // The peer got it at once: only the cap holds the sender.
+                let ack = Message::Ack {
+                    session: id,
+                    offset: f.offset + f.payload.len() as u64,
+                };
+                a.core.handle_message(ack).unwrap();
+            }
+            None => {
+                let at = a
+                    .core
+                    .poll_timeout()
+                    .expect("a wake-up for the capped work");
+                assert!(at > now);
+                now = at;
+                a.events.clear();
+                a.core.handle_timeout(now);
+                a.drain_events();
+                assert!(a.events.contains(&Event::FramesReady), "{:?}", a.events);
+            }
+        }
+    }
+    let burst = (rate * 4 / 1000).max(limits().frame_len as u64);
+    let frame = limits().frame_len as u64;
+    assert!(sent <= 2 * rate + burst + frame, "sent {sent} in 2 s");
+    assert!(sent >= 2 * rate - frame, "sent {sent} in 2 s");
+    let groups = a.core.groups(now);
+    assert_eq!(groups.len(), 1);
+    assert_eq!(groups[0].key.source, origin.source);
+    assert_eq!(groups[0].sent, sent);
+    assert!(groups[0].rate > 0 && groups[0].rate <= rate + frame);
 }

@@ -23,6 +23,7 @@ use bytes::Bytes;
 use super::recv::{ReadOutcome, Reassembler, ReassemblyError};
 use super::scheduler::{Carried, Scheduler};
 use super::send::SendStream;
+use super::shares::{GroupKey, GroupSnapshot, Origin, SharePolicy};
 use super::{Counters, Instant, Limits};
 use crate::protocol::{DataFrame, Message, RefuseReason, ResetReason, SessionId};
 use crate::transform::{PackFigures, PackNote};
@@ -88,6 +89,8 @@ struct Session {
     state: State,
     /// Where the far side connects (kept to repeat `Open` after a resync).
     target: SocketAddr,
+    /// The migration it belongs to, for sharing the tunnel.
+    group: GroupKey,
     send: SendStream,
     recv: Reassembler,
     /// Whether the session sits in the scheduler's ready queue.
@@ -170,9 +173,9 @@ impl TunnelCore {
                 Side::Acceptor => 1,
             },
             id_step: 2,
+            scheduler: Scheduler::new(flows, limits.frame_len),
             limits,
             sessions: FxHashMap::default(),
-            scheduler: Scheduler::new(flows),
             control: VecDeque::new(),
             events: VecDeque::new(),
             buffered: 0,
@@ -276,15 +279,16 @@ impl TunnelCore {
 
     // ---- endpoint side -------------------------------------------------
 
-    /// Starts a session towards `target` on the far side.
-    pub fn open(&mut self, target: SocketAddr) -> Result<SessionId, SessionError> {
+    /// Starts a session towards `target` on the far side, for a client
+    /// from `origin` (which decides its group and weight).
+    pub fn open(&mut self, target: SocketAddr, origin: Origin) -> Result<SessionId, SessionError> {
         if self.sessions.len() >= self.limits.max_sessions {
             return Err(SessionError::TooMany(self.limits.max_sessions));
         }
         let id = SessionId(self.next_id);
         self.next_id += self.id_step;
-        self.sessions
-            .insert(id, self.new_session(State::Opening, target));
+        let s = self.new_session(id, State::Opening, target, origin);
+        self.sessions.insert(id, s);
         self.push_control(Message::Open {
             session: id,
             target,
@@ -469,7 +473,7 @@ impl TunnelCore {
                     });
                     return Ok(());
                 }
-                let mut s = self.new_session(State::Connecting, target);
+                let mut s = self.new_session(session, State::Connecting, target, Origin::default());
                 s.send.set_peer_window(window as u64);
                 self.sessions.insert(session, s);
                 self.events
@@ -577,25 +581,29 @@ impl TunnelCore {
         }
     }
 
-    /// Hands the next frame to data flow `flow`, which can send now.
+    /// Hands the next frame to data flow `flow`, which can send now. `None`
+    /// while caps hold the work back: [`TunnelCore::poll_timeout`] says when
+    /// to pull again ([`Event::FramesReady`] comes then).
     #[must_use = "the frame is taken off the schedule: dropped, it is only sent again if the flow is lost"]
-    pub fn poll_frame(&mut self, flow: usize) -> Option<DataFrame> {
+    pub fn poll_frame(&mut self, now: Instant, flow: usize) -> Option<DataFrame> {
         let sessions = &self.sessions;
         self.scheduler.prune(flow, |c| {
             sessions
                 .get(&c.session)
                 .is_none_or(|s| s.send.acked() >= c.end)
         });
-        while let Some(c) = self.scheduler.next_resend() {
+        while let Some(c) = self.scheduler.next_resend(now) {
             let Some(s) = self.sessions.get(&c.session) else {
                 continue;
             };
             if let Some((offset, payload)) = s.send.resend(c.start, c.end) {
-                self.counters.resent_bytes += payload.len() as u64;
+                let len = payload.len() as u64;
+                self.counters.resent_bytes += len;
+                self.scheduler.charge_caps(s.group, len, now);
                 return Some(self.carry(flow, c.session, offset, payload));
             }
         }
-        while let Some(id) = self.scheduler.next_ready() {
+        while let Some((group, id)) = self.scheduler.next_ready(now) {
             let frame_len = self.limits.frame_len;
             let Some(s) = self.sessions.get_mut(&id) else {
                 continue;
@@ -612,16 +620,33 @@ impl TunnelCore {
             self.buffered += s.send.charged() - before;
             if s.send.has_sendable() {
                 s.queued = true;
-                self.scheduler.mark_ready(id);
+                self.scheduler.mark_ready(id, group);
             }
             // The endpoint may have stopped reading for want of unsent room.
             let limit = self.limits.unsent_buffer;
             if s.send.unsent() < limit && s.send.unsent() + payload.len() as u64 >= limit {
                 self.events.push_back(Event::Writable(id));
             }
+            self.scheduler.charge(group, payload.len() as u64, now);
             return Some(self.carry(flow, id, offset, payload));
         }
         None
+    }
+
+    /// New caps and weights (a config reload): running sessions keep their
+    /// data and groups; the flows pull again under the new rules.
+    pub fn set_shares(&mut self, policy: SharePolicy) {
+        self.scheduler.set_policy(policy);
+        self.events.push_back(Event::FramesReady);
+    }
+
+    pub fn shares(&self) -> &SharePolicy {
+        self.scheduler.policy()
+    }
+
+    /// Every migration group's figures, for status output.
+    pub fn groups(&self, now: Instant) -> Vec<GroupSnapshot> {
+        self.scheduler.groups(now)
     }
 
     fn carry(&mut self, flow: usize, session: SessionId, offset: u64, payload: Bytes) -> DataFrame {
@@ -737,16 +762,27 @@ impl TunnelCore {
     // ---- time -----------------------------------------------------------
 
     /// When `handle_timeout` next has work (a delayed ack), if ever.
+    /// When [`TunnelCore::handle_timeout`] is due: a delayed ack, or capped
+    /// work whose tokens return.
     #[must_use = "a driver that does not arm this timer sends no delayed ack"]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.sessions
+        let ack = self
+            .sessions
             .values()
             .filter_map(|s| s.ack_pending_since)
             .min()
-            .map(|t| t + self.limits.ack_delay_us)
+            .map(|t| t + self.limits.ack_delay_us);
+        [ack, self.scheduler.blocked_until()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.scheduler.blocked_until().is_some_and(|t| t <= now) {
+            self.scheduler.unblock();
+            self.events.push_back(Event::FramesReady);
+        }
         let delay = self.limits.ack_delay_us;
         let due: Vec<SessionId> = self
             .sessions
@@ -761,10 +797,22 @@ impl TunnelCore {
 
     // ---- internals ------------------------------------------------------
 
-    fn new_session(&self, state: State, target: SocketAddr) -> Session {
+    fn new_session(
+        &mut self,
+        id: SessionId,
+        state: State,
+        target: SocketAddr,
+        origin: Origin,
+    ) -> Session {
+        let group = GroupKey {
+            source: origin.source,
+            target,
+        };
+        self.scheduler.join(id, group, origin);
         Session {
             state,
             target,
+            group,
             send: SendStream::new(0),
             recv: Reassembler::new(self.limits.session_window),
             queued: false,
@@ -845,7 +893,7 @@ impl TunnelCore {
         if let Some(s) = self.sessions.get_mut(&id) {
             if !s.queued && s.state == State::Open && s.send.has_sendable() {
                 s.queued = true;
-                self.scheduler.mark_ready(id);
+                self.scheduler.mark_ready(id, s.group);
                 self.events.push_back(Event::FramesReady);
             }
         }
@@ -859,7 +907,7 @@ impl TunnelCore {
         if was_full && !self.global_full() {
             self.events.push_back(Event::CreditFreed);
         }
-        self.scheduler.forget(id);
+        self.scheduler.forget(id, s.group);
         Some(s)
     }
 

@@ -245,7 +245,9 @@ impl Link {
             ack_delay_us: 100,
         };
         let mut a = TunnelCore::new(Side::Dialer, limits.clone(), FLOWS);
-        let id = a.open("192.0.2.1:5000".parse().unwrap()).unwrap();
+        let id = a
+            .open("192.0.2.1:5000".parse().unwrap(), Origin::default())
+            .unwrap();
         Link {
             a,
             b: TunnelCore::new(Side::Acceptor, limits, FLOWS),
@@ -288,7 +290,7 @@ impl Link {
         self.drain_events();
         match *op {
             Op::Pull(k) => {
-                if let Some(f) = self.a.poll_frame(k) {
+                if let Some(f) = self.a.poll_frame(self.now, k) {
                     self.sent.push(f.clone());
                     self.flows[k].seal(f);
                     self.frames_sealed += 1;
