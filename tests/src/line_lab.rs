@@ -66,6 +66,8 @@ pub struct LineSpec {
     /// A expects another key of B (a stranger's): the tunnel never comes up, and
     /// [`Line::start`] waits only until both gateways run.
     pub wrong_peer_key: bool,
+    /// Lines of A's `[limits]` table (e.g. caps).
+    pub a_limits: Vec<String>,
 }
 
 impl LineSpec {
@@ -82,6 +84,7 @@ impl LineSpec {
             ingress: vec![ingress_lines(6000, 5000, &[])],
             allow: vec![SocketAddrV4::new(DST, 5000)],
             wrong_peer_key: false,
+            a_limits: Vec::new(),
         }
     }
 }
@@ -324,6 +327,9 @@ impl Line {
                 ta += l;
                 ta.push('\n');
             }
+        }
+        if !spec.a_limits.is_empty() {
+            ta += &format!("[limits]\n{}\n", spec.a_limits.join("\n"));
         }
         let allow: Vec<String> = spec.allow.iter().map(|a| format!("\"{a}\"")).collect();
         let mut tb = format!(

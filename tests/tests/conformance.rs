@@ -13,6 +13,8 @@
 //! | allowlist refusal | a target outside B's allowlist: the client is closed, both ends log it by address, an allowed session still works | here |
 //! | connect order | sessions to one target reach it in the order the source opened them | here |
 //! | reset while waiting to connect | a session given up while it waits for the connect before it to the same target is never connected | here |
+//! | weighted shares | two migrations (ingress weights 1 and 3) through a tunnel capped at 160 Mbit/s: about 1/4 and 3/4 of it while both are backlogged, the cap held, both byte-exact | here |
+//! | cap changed by SIGHUP | a running migration held at its 80 Mbit/s cap speeds up when a reload raises the cap; the session carries on byte-exact | here |
 //! | one-sided loss, re-attach | one end of the control connection or of a data flow dies unheard by the other | `one_sided.rs` (16 cases) |
 //! | flood | spoofed SYNs and a slowloris on the tunnel port while the tunnel is killed and must come back | `admission.rs` |
 //!
@@ -37,6 +39,9 @@ const WAIT: Duration = Duration::from_secs(30);
 /// The allowed target, and one B's allowlist does not name.
 const TARGET: u16 = 5000;
 const FORBIDDEN: u16 = 5001;
+/// A second allowed target (the shares rows), and A's ingress port for it.
+const SECOND: u16 = 5002;
+const TO_SECOND: u16 = 6002;
 /// A's ingress ports for them.
 const TO_TARGET: u16 = 6000;
 const TO_FORBIDDEN: u16 = 6001;
@@ -592,6 +597,185 @@ fn reset_while_waiting_to_connect(test: &str, kind: Kind) {
     case.finish();
 }
 
+/// What A's migration groups sent so far, by target port (`lmas status`).
+fn sent_by_target(case: &Case) -> std::collections::BTreeMap<u16, u64> {
+    let status = case.line.a.status().unwrap_or_else(|e| case.fail(e));
+    let groups = status["tunnel"]["groups"].as_array().cloned();
+    let groups = groups.unwrap_or_else(|| case.fail(format!("no groups in {status:#}")));
+    groups
+        .iter()
+        .filter_map(|g| {
+            let target: SocketAddr = g["target"].as_str()?.parse().ok()?;
+            Some((target.port(), g["sent_bytes"].as_u64()?))
+        })
+        .collect()
+}
+
+/// Bytes per second each target's group sent over `secs` seconds from now.
+fn rates_over(case: &Case, secs: f64) -> std::collections::BTreeMap<u16, f64> {
+    let before = sent_by_target(case);
+    let t0 = Instant::now();
+    thread::sleep(Duration::from_secs_f64(secs));
+    let after = sent_by_target(case);
+    let took = t0.elapsed().as_secs_f64();
+    after
+        .iter()
+        .map(|(port, n)| {
+            let was = before.get(port).copied().unwrap_or(0);
+            (*port, n.saturating_sub(was) as f64 / took)
+        })
+        .collect()
+}
+
+/// A source in src sending `len` bytes through A's ingress `port` as fast as it can.
+fn unpaced(
+    case: &Case,
+    port: u16,
+    len: u64,
+    seed: u64,
+) -> (
+    thread::JoinHandle<(io::Result<lmas_tests::Sent>, Instant)>,
+    Arc<AtomicU64>,
+) {
+    let progress = Arc::new(AtomicU64::new(0));
+    let sender = paced_send(
+        Some(&case.line.src),
+        Line::ingress(port),
+        len,
+        seed,
+        f64::INFINITY,
+        progress.clone(),
+    );
+    (sender, progress)
+}
+
+/// The source's session ended well and the sink got the same bytes.
+fn arrived(
+    case: &Case,
+    sender: thread::JoinHandle<(io::Result<lmas_tests::Sent>, Instant)>,
+    sink: &Sink,
+    len: u64,
+) {
+    let (sent, _) = sender.join().expect("sender thread");
+    let sent = sent.unwrap_or_else(|e| case.fail(format!("a source's session broke: {e}")));
+    let got = sink.recv(Duration::from_secs(90));
+    assert_eq!(
+        (got.bytes, &got.sha256),
+        (len, &sent.sha256),
+        "{}",
+        case.test
+    );
+}
+
+/// Two migrations, one per ingress (weights 1 and 3), through a tunnel capped at 160 Mbit/s:
+/// while both are backlogged the heavier gets about 3/4 of what the tunnel sends (deficit
+/// round robin, weight × frame per turn), the total stays within the cap, and both arrive
+/// byte-exact.
+fn weighted_shares(test: &str, kind: Kind) {
+    const CAP: f64 = 160e6 / 8.0;
+    let Some(case) = Case::start(test, kind, |s| {
+        s.ingress = vec![
+            ingress_lines(TO_TARGET, TARGET, &["weight = 1"]),
+            ingress_lines(TO_SECOND, SECOND, &["weight = 3"]),
+        ];
+        s.allow = vec![
+            SocketAddrV4::new(DST, TARGET),
+            SocketAddrV4::new(DST, SECOND),
+        ];
+        s.a_limits = vec!["link_rate_mbit = 160".into()];
+    }) else {
+        return;
+    };
+    let (light_sink, heavy_sink) = (case.sink(TARGET), case.sink(SECOND));
+    let len = 64 * MIB;
+    let (light, light_progress) = unpaced(&case, TO_TARGET, len, 51);
+    let (heavy, heavy_progress) = unpaced(&case, TO_SECOND, len, 52);
+    for p in [&light_progress, &heavy_progress] {
+        wait_progress(p, 2 * MIB, WAIT).unwrap_or_else(|e| case.fail(e));
+    }
+    let rates = rates_over(&case, 2.0);
+    let (l, h) = (rates[&TARGET], rates[&SECOND]);
+    let share = h / (l + h);
+    eprintln!(
+        "{test}: weight 1 {:.0} Mbit/s, weight 3 {:.0} Mbit/s (share {share:.2}), cap 160",
+        l * 8e-6,
+        h * 8e-6
+    );
+    if !(0.65..=0.85).contains(&share) {
+        case.fail(format!(
+            "the weight-3 migration had {share:.2} of the tunnel, not about 0.75"
+        ));
+    }
+    if l + h > 1.3 * CAP {
+        case.fail(format!(
+            "{:.0} Mbit/s through a 160 Mbit/s cap",
+            (l + h) * 8e-6
+        ));
+    }
+    arrived(&case, light, &light_sink, len);
+    arrived(&case, heavy, &heavy_sink, len);
+    case.assert_never(&["resetting"]);
+    case.finish();
+}
+
+/// A running migration held at its cap (80 Mbit/s) speeds up when a reload (SIGHUP) raises the
+/// cap to 400 Mbit/s; the session carries on and arrives byte-exact.
+fn cap_changed_by_sighup(test: &str, kind: Kind) {
+    const CAP: f64 = 80e6 / 8.0;
+    let Some(mut case) = Case::start(test, kind, |s| {
+        s.a_limits = vec!["migration_rate_mbit = 80".into()];
+    }) else {
+        return;
+    };
+    let sink = case.sink(TARGET);
+    let len = 160 * MIB;
+    let (sender, progress) = unpaced(&case, TO_TARGET, len, 53);
+    wait_progress(&progress, 4 * MIB, WAIT).unwrap_or_else(|e| case.fail(e));
+    let capped = rates_over(&case, 1.5)[&TARGET];
+    eprintln!(
+        "{test}: {:.0} Mbit/s under the 80 Mbit/s cap",
+        capped * 8e-6
+    );
+    if capped > 1.3 * CAP {
+        case.fail(format!(
+            "{:.0} Mbit/s through an 80 Mbit/s cap",
+            capped * 8e-6
+        ));
+    }
+    let file = case.line.dir.join("a.toml");
+    let text = std::fs::read_to_string(&file).expect("a.toml");
+    let raised = text.replace("migration_rate_mbit = 80", "migration_rate_mbit = 400");
+    std::fs::write(&file, raised).expect("rewrite a.toml");
+    case.line
+        .a
+        .signal(libc::SIGHUP)
+        .unwrap_or_else(|e| case.fail(e));
+    case.line
+        .a
+        .wait_for_line(
+            &["reload: shares are now", "limits.migration_rate_mbit 400"],
+            WAIT,
+        )
+        .unwrap_or_else(|e| case.fail(e));
+    let raised = rates_over(&case, 1.0)[&TARGET];
+    eprintln!(
+        "{test}: {:.0} Mbit/s once the cap is 400 Mbit/s",
+        raised * 8e-6
+    );
+    if raised < 1.5 * CAP {
+        case.fail(format!(
+            "{:.0} Mbit/s after the cap was raised from 80 to 400 Mbit/s",
+            raised * 8e-6
+        ));
+    }
+    let status = case.line.a.status().unwrap_or_else(|e| case.fail(e));
+    let cap = &status["tunnel"]["groups"][0]["cap_bytes_per_sec"];
+    assert_eq!(cap.as_u64(), Some(50_000_000), "{test}: {status:#}");
+    arrived(&case, sender, &sink, len);
+    case.assert_never(&["resetting"]);
+    case.finish();
+}
+
 // ---- the table ----------------------------------------------------------------------------------
 
 /// One test per row and datapath.
@@ -619,4 +803,6 @@ rows! {
     allowlist_refusal: allowlist_refusal_dpdk, allowlist_refusal_kernel;
     connect_order: connect_order_dpdk, connect_order_kernel;
     reset_while_waiting_to_connect: reset_while_waiting_to_connect_dpdk, reset_while_waiting_to_connect_kernel;
+    weighted_shares: weighted_shares_dpdk, weighted_shares_kernel;
+    cap_changed_by_sighup: cap_changed_by_sighup_dpdk, cap_changed_by_sighup_kernel;
 }

@@ -700,6 +700,10 @@ impl Tunnel {
             let frame = in_place
                 .then(|| inner.link.core.poll_frame(now, idx))
                 .flatten();
+            if frame.is_none() && inner.link.core.throttled() {
+                // Capped: the timer task wakes the flows when the tokens return.
+                self.timer.notify_one();
+            }
             self.dispatch(&mut inner);
             frame
         };

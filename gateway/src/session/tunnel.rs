@@ -633,6 +633,12 @@ impl TunnelCore {
         None
     }
 
+    /// Whether the last pull found only capped work: the driver arms
+    /// [`TunnelCore::poll_timeout`] for when its tokens return.
+    pub fn throttled(&self) -> bool {
+        self.scheduler.blocked_until().is_some()
+    }
+
     /// New caps and weights (a config reload): running sessions keep their
     /// data and groups; the flows pull again under the new rules.
     pub fn set_shares(&mut self, policy: SharePolicy) {
