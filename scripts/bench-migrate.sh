@@ -37,6 +37,7 @@ Options:
                      dpdk, dpdk-mfN (through a DPDK gateway pair);
                      lmas modes may end in -wNm: the gateways' session window, N MiB,
                      and -uNm: their per-session unsent room, N MiB,
+                     and -lN: their link cap (limits.link_rate_mbit), N Mbit/s,
                      and -cMODE: their compression (auto, off, lz4, zstd, zstd:L)
                                                                     [$MODES]
   --runs N                                                          [$RUNS]
@@ -118,17 +119,18 @@ for link in "${links[@]}"; do
         for ((run = 1; run <= RUNS; run++)); do
             for mode in "${modes[@]}"; do
                 n=$((n + 1))
-                path=${mode%%-*} mf=0 window=() unsent=() compression=()
+                path=${mode%%-*} mf=0 window=() unsent=() linkcap=() compression=()
                 [[ $mode =~ -mf([0-9]+) ]] && mf=${BASH_REMATCH[1]}
                 [[ $mode =~ -w([0-9]+)m ]] && window=(--window $((BASH_REMATCH[1] * 1024 * 1024)))
                 [[ $mode =~ -u([0-9]+)m ]] && unsent=(--unsent $((BASH_REMATCH[1] * 1024 * 1024)))
+                [[ $mode =~ -l([0-9]+)($|-) ]] && linkcap=(--link-cap "${BASH_REMATCH[1]}")
                 [[ $mode =~ -c(auto|off|lz4|zstd(:-?[0-9]+)?) ]] && compression=(--compression "${BASH_REMATCH[1]}")
                 progress msg "rtt=${rtt}ms loss=${loss}% $guest $mode run $run/$RUNS"
                 echo "# rtt=$rtt loss=$loss guest=$guest mode=$mode run=$run" >>"$LOG"
                 rc=0
                 line=$("$REPO/scripts/migrate.sh" --mode "$path" --multifd "$mf" --guest "$guest" \
                     --ram-mib "$ram" --ws-mib "$WS_MIB" --dirty-rate "$DIRTY_RATE" \
-                    --rtt "$rtt" --loss "$loss" --rate "$RATE" --timeout "$timeout" --dst-prealloc "$PREALLOC" "${window[@]}" "${unsent[@]}" "${compression[@]}" 2>>"$LOG") || rc=$?
+                    --rtt "$rtt" --loss "$loss" --rate "$RATE" --timeout "$timeout" --dst-prealloc "$PREALLOC" "${window[@]}" "${unsent[@]}" "${linkcap[@]}" "${compression[@]}" 2>>"$LOG") || rc=$?
                 echo "$line" >>"$LOG"
                 if [[ $line != migrate:* ]]; then
                     line="migrate: mode=$path multifd=$mf guest=$guest rtt_ms=$rtt loss_pct=$loss status=error converged=0 verified=na"

@@ -21,6 +21,7 @@ DIRTY_RATE=32
 FLOWS=8
 WINDOW=""
 UNSENT=""
+LINK_CAP=""
 COMPRESSION=""
 INGRESS=listen
 TIMEOUT=300
@@ -65,6 +66,7 @@ Options:
   --flows N              lmas: the gateways' data flows (restarted if different)     [$FLOWS]
   --window BYTES         lmas: the gateways' session window (default: theirs, 256 MiB)
   --unsent BYTES         lmas: the gateways' per-session unsent room (default: theirs, 4 MiB)
+  --link-cap MBIT        lmas: the gateways' limits.link_rate_mbit (default: none)
   --compression MODE     lmas: the gateways' [wan] compression, auto|off|lz4|zstd[:L]
                          (default: theirs, auto)
   --ingress listen|tproxy  lmas: QEMU dials gw-a's listener, or the destination itself
@@ -106,6 +108,7 @@ while (($#)); do
         --flows) FLOWS=$2; shift 2 ;;
         --window) WINDOW=$2; shift 2 ;;
         --unsent) UNSENT=$2; shift 2 ;;
+        --link-cap) LINK_CAP=$2; shift 2 ;;
         --compression) COMPRESSION=$2; shift 2 ;;
         --ingress) INGRESS=$2; shift 2 ;;
         --rtt | --loss | --rate) LINK_ARGS+=("$1" "$2"); shift 2 ;;
@@ -125,6 +128,7 @@ DATAPATH=kernel
 [[ $INGRESS == listen || $INGRESS == tproxy ]] || die "--ingress is listen or tproxy, not $INGRESS"
 [[ -z $WINDOW || $WINDOW =~ ^[0-9]+$ ]] || die "--window takes a number of bytes, got $WINDOW"
 [[ -z $UNSENT || $UNSENT =~ ^[0-9]+$ ]] || die "--unsent takes a number of bytes, got $UNSENT"
+[[ -z $LINK_CAP || $LINK_CAP =~ ^[0-9]+$ ]] || die "--link-cap takes Mbit/s, got $LINK_CAP"
 [[ -z $COMPRESSION || $COMPRESSION =~ ^(auto|off|lz4|zstd(:-?[0-9]+)?)$ ]] ||
     die "--compression is auto, off, lz4, zstd or zstd:LEVEL, not $COMPRESSION"
 for v in MULTIFD RAM_MIB WS_MIB DIRTY_RATE FLOWS TIMEOUT SEED; do
@@ -204,9 +208,9 @@ loss=$(field loss_pct "$link")
 INCOMING=tcp:$DST_IP:$TARGET_PORT
 gw_state=$(cat "$LAB_RUN_DIR/gateways" 2>/dev/null || true)
 if [[ $MODE != direct ]]; then
-    if [[ $gw_state != "datapath=$DATAPATH ingress=$INGRESS flows=$FLOWS congestion=default window=${WINDOW:-default} unsent=${UNSENT:-default} compression=${COMPRESSION:-default}" ]]; then
+    if [[ $gw_state != "datapath=$DATAPATH ingress=$INGRESS flows=$FLOWS congestion=default window=${WINDOW:-default} unsent=${UNSENT:-default} linkcap=${LINK_CAP:-none} compression=${COMPRESSION:-default}" ]]; then
         "$LAB" gateways up --datapath "${DATAPATH%/*}" --flows "$FLOWS" --ingress "$INGRESS" ${WINDOW:+--window "$WINDOW"} \
-            ${UNSENT:+--unsent "$UNSENT"} ${COMPRESSION:+--compression "$COMPRESSION"} >&2 ||
+            ${UNSENT:+--unsent "$UNSENT"} ${LINK_CAP:+--link-cap "$LINK_CAP"} ${COMPRESSION:+--compression "$COMPRESSION"} >&2 ||
             die "the gateways did not come up"
     fi
     URI=tcp:$("$LAB" gateways address)
