@@ -96,8 +96,8 @@ read -r -a links <<<"$LINKS"
 read -r -a guests <<<"$GUESTS"
 read -r -a modes <<<"$MODES"
 for m in "${modes[@]}"; do
-    [[ $m =~ ^(direct(-mf[0-9]+)?|(lmas|dpdk)(-mf[0-9]+)?(-w[0-9]+m)?(-u[0-9]+m)?(-c(auto|off|lz4|zstd(:-?[0-9]+)?))?)$ ]] ||
-        die "bad mode $m (direct, direct-mfN, lmas, lmas-mfN, lmas[-mfN][-wNm][-uNm][-cMODE], dpdk[...] likewise)"
+    [[ $m =~ ^(direct(-mf[0-9]+)?|(lmas|dpdk)(-mf[0-9]+)?(-w[0-9]+m)?(-u[0-9]+m)?(-l[0-9]+)?(-c(auto|off|lz4|zstd(:-?[0-9]+)?))?)$ ]] ||
+        die "bad mode $m (direct, direct-mfN, lmas, lmas-mfN, lmas[-mfN][-wNm][-uNm][-lN][-cMODE], dpdk[...] likewise)"
 done
 total=$((${#links[@]} * ${#guests[@]} * ${#modes[@]} * RUNS))
 RUNS_CSV=$OUT/runs.csv

@@ -139,6 +139,12 @@ impl TokenBucket {
             .saturating_sub(bytes.min(i64::MAX as u64) as i64);
     }
 
+    /// Takes back `bytes` charged too much (the frame went out smaller).
+    pub fn refund(&mut self, bytes: u64) {
+        let bytes = bytes.min(i64::MAX as u64 / 2) as i64;
+        self.tokens = self.tokens.saturating_add(bytes).min(self.burst);
+    }
+
     /// When the balance is positive again (`now` if it is).
     pub fn ready_at(&self, now: Instant) -> Instant {
         if self.tokens > 0 || self.rate == 0 {
@@ -175,6 +181,11 @@ impl RateMeter {
         self.window_bytes += bytes;
     }
 
+    /// Takes back bytes counted too many in the current window.
+    pub fn remove(&mut self, bytes: u64) {
+        self.window_bytes = self.window_bytes.saturating_sub(bytes);
+    }
+
     /// Bytes per second over the last complete window (0 once a whole
     /// window passed with nothing sent).
     pub fn rate(&self, now: Instant) -> u64 {
@@ -193,7 +204,7 @@ pub struct GroupSnapshot {
     pub weight: u32,
     /// Its cap, bytes per second, if any.
     pub cap: Option<u64>,
-    /// Payload bytes it sent in all.
+    /// Payload bytes it sent in all, as they went on the wire (compressed).
     pub sent: u64,
     /// Bytes per second over the last second.
     pub rate: u64,

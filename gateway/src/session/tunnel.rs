@@ -211,8 +211,15 @@ impl TunnelCore {
     /// tunnel only: figures live in the session, so they go when it goes.
     pub fn note_packing(&mut self, note: PackNote) {
         self.packing.add(&note.figures);
-        if let Some(s) = self.sessions.get_mut(&note.session) {
+        let session = self.sessions.get_mut(&note.session);
+        let group = session.as_ref().map(|s| s.group);
+        if let Some(s) = session {
             s.packing.add(&note.figures);
+        }
+        // Caps count bytes on the wire: the frame was charged before it was packed.
+        let saved = note.figures.bytes_in.saturating_sub(note.figures.bytes_out);
+        if saved > 0 {
+            self.scheduler.refund(group, saved);
         }
     }
 
