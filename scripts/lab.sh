@@ -41,7 +41,7 @@ Commands:
   exec NS CMD...      run CMD in namespace NS (shorthand for ip netns exec)
   linkemu-path        print the linkemu binary used (building it if needed)
   gateways up [--datapath kernel|dpdk] [--pmd af_packet|af_xdp] [--flows N] [--congestion CC]
-              [--ingress listen|tproxy] [--window BYTES] [--unsent BYTES] [--link-cap MBIT] [--buffer BYTES]
+              [--ingress listen|tproxy] [--window BYTES] [--unsent BYTES] [--link-cap MBIT] [--migration-cap MBIT] [--buffer BYTES]
               [--compression auto|off|lz4|zstd[:L]]
                       (re)start the LMAS pair, N data flows (default 8) with WAN congestion
                       control CC (default: the gateway's, bbr) and a session window of BYTES
@@ -506,7 +506,7 @@ ingress_addr() {
 
 cmd_gateways() {
     # empty: the gateway's defaults
-    local sub=${1:-} flows=8 cc="" ingress=listen window="" unsent="" linkcap="" datapath=kernel pmd=af_packet buffer="" compression=""
+    local sub=${1:-} flows=8 cc="" ingress=listen window="" unsent="" linkcap="" migcap="" datapath=kernel pmd=af_packet buffer="" compression=""
     [[ $# -gt 0 ]] && shift
     while (($#)); do
         case $1 in
@@ -519,6 +519,7 @@ cmd_gateways() {
             --window) window=$2; shift 2 ;;
             --unsent) unsent=$2; shift 2 ;;
             --link-cap) linkcap=$2; shift 2 ;;
+            --migration-cap) migcap=$2; shift 2 ;;
             --compression) compression=$2; shift 2 ;;
             *) die "gateways: unknown option $1" ;;
         esac
@@ -528,7 +529,7 @@ cmd_gateways() {
         down) gw_stop; gw_ports kernel; echo "lab.sh: gateways stopped"; return ;;
         address) ingress_addr || die "gateways are not up"; return ;;
         up) ;;
-        *) die "gateways up [--datapath kernel|dpdk] [--pmd af_packet|af_xdp] [--flows N] [--congestion CC] [--ingress listen|tproxy] [--window BYTES] [--unsent BYTES] [--link-cap MBIT] [--buffer BYTES] [--compression MODE] | gateways down | gateways address" ;;
+        *) die "gateways up [--datapath kernel|dpdk] [--pmd af_packet|af_xdp] [--flows N] [--congestion CC] [--ingress listen|tproxy] [--window BYTES] [--unsent BYTES] [--link-cap MBIT] [--migration-cap MBIT] [--buffer BYTES] [--compression MODE] | gateways down | gateways address" ;;
     esac
     [[ $ingress == listen || $ingress == tproxy ]] || die "gateways: --ingress is listen or tproxy, not $ingress"
     [[ $datapath == kernel || $datapath == dpdk ]] || die "gateways: --datapath is kernel or dpdk, not $datapath"
@@ -537,6 +538,7 @@ cmd_gateways() {
     [[ -z $window || $window =~ ^[0-9]+$ ]] || die "gateways: --window takes a number of bytes, got $window"
     [[ -z $unsent || $unsent =~ ^[0-9]+$ ]] || die "gateways: --unsent takes a number of bytes, got $unsent"
     [[ -z $linkcap || $linkcap =~ ^[0-9]+$ ]] || die "gateways: --link-cap takes Mbit/s, got $linkcap"
+    [[ -z $migcap || $migcap =~ ^[0-9]+$ ]] || die "gateways: --migration-cap takes Mbit/s, got $migcap"
     lab_exists || die "testbed is not up (scripts/lab.sh up)"
     local lmas dir=$RUN_DIR/gw
     lmas=$(bin_path lmas LMAS lmas)
@@ -572,11 +574,12 @@ cmd_gateways() {
     # show that one.
     printf '\n[admin]\nsocket = "%s"\n' "$dir/gw-a.sock" >>"$dir/gw-a.toml"
     printf '\n[admin]\nsocket = "%s"\n' "$dir/gw-b.sock" >>"$dir/gw-b.toml"
-    if [[ -n $window || -n $unsent || -n $linkcap ]]; then
+    if [[ -n $window || -n $unsent || -n $linkcap || -n $migcap ]]; then
         local limits=$'\n[limits]\n'
         [[ -z $window ]] || limits+="session_window_bytes = $window"$'\n'
         [[ -z $unsent ]] || limits+="unsent_bytes = $unsent"$'\n'
         [[ -z $linkcap ]] || limits+="link_rate_mbit = $linkcap"$'\n'
+        [[ -z $migcap ]] || limits+="migration_rate_mbit = $migcap"$'\n'
         printf '%s' "$limits" | tee -a "$dir/gw-a.toml" >>"$dir/gw-b.toml"
     fi
     # The WAN flows are long-lived: keep their congestion window across idle gaps between
@@ -601,7 +604,7 @@ cmd_gateways() {
             # What runs, for scripts that reuse a running pair (migrate.sh).
             local ports=$datapath
             [[ $datapath == kernel ]] || ports+="/$pmd"
-            echo "datapath=$ports ingress=$ingress flows=$flows congestion=${cc:-default} window=${window:-default} unsent=${unsent:-default} linkcap=${linkcap:-none} compression=${compression:-default}" >"$RUN_DIR/gateways"
+            echo "datapath=$ports ingress=$ingress flows=$flows congestion=${cc:-default} window=${window:-default} unsent=${unsent:-default} linkcap=${linkcap:-none} migcap=${migcap:-none} compression=${compression:-default}" >"$RUN_DIR/gateways"
             local via
             via="src-host connects to $(ingress_addr)"
             [[ $ingress == tproxy ]] && via="src-host connects to $DST_IP:$TARGET_PORT, intercepted in gw-a"

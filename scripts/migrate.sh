@@ -208,7 +208,7 @@ loss=$(field loss_pct "$link")
 INCOMING=tcp:$DST_IP:$TARGET_PORT
 gw_state=$(cat "$LAB_RUN_DIR/gateways" 2>/dev/null || true)
 if [[ $MODE != direct ]]; then
-    if [[ $gw_state != "datapath=$DATAPATH ingress=$INGRESS flows=$FLOWS congestion=default window=${WINDOW:-default} unsent=${UNSENT:-default} linkcap=${LINK_CAP:-none} compression=${COMPRESSION:-default}" ]]; then
+    if [[ $gw_state != "datapath=$DATAPATH ingress=$INGRESS flows=$FLOWS congestion=default window=${WINDOW:-default} unsent=${UNSENT:-default} linkcap=${LINK_CAP:-none} migcap=none compression=${COMPRESSION:-default}" ]]; then
         "$LAB" gateways up --datapath "${DATAPATH%/*}" --flows "$FLOWS" --ingress "$INGRESS" ${WINDOW:+--window "$WINDOW"} \
             ${UNSENT:+--unsent "$UNSENT"} ${LINK_CAP:+--link-cap "$LINK_CAP"} ${COMPRESSION:+--compression "$COMPRESSION"} >&2 ||
             die "the gateways did not come up"
