@@ -242,7 +242,7 @@ fn each_session_shows_its_own_compression_figures() {
     let ratio_of = |target: &str| -> f64 {
         let row = human
             .lines()
-            .find(|l| l.contains(&format!("-> {target}")))
+            .find(|l| l.contains(&format!("-> {target}")) && l.contains(" open "))
             .unwrap_or_else(|| panic!("no session to {target}:\n{human}"));
         let cols: Vec<&str> = row.split_whitespace().collect();
         cols[cols.len() - 2]

@@ -190,7 +190,13 @@ impl RateMeter {
     /// window passed with nothing sent).
     pub fn rate(&self, now: Instant) -> u64 {
         match self.window_start {
-            Some(start) if now.saturating_sub(start) < 2 * RATE_WINDOW_US => self.last,
+            Some(start) if now.saturating_sub(start) < 2 * RATE_WINDOW_US => {
+                if self.last == 0 && now > start + RATE_WINDOW_US / 5 {
+                    // No whole window yet (a short transfer): the first part of one.
+                    return (self.window_bytes as u128 * 1_000_000 / (now - start) as u128) as u64;
+                }
+                self.last
+            }
             _ => 0,
         }
     }
@@ -271,6 +277,11 @@ mod tests {
         for i in 0..10 {
             m.add(i * SEC / 10, 100);
         }
+        assert_eq!(
+            m.rate(SEC * 9 / 10),
+            1111,
+            "no whole window yet: the part so far"
+        );
         m.add(SEC, 0);
         assert_eq!(m.rate(SEC), 1000);
         assert_eq!(m.rate(3 * SEC + 1), 0, "idle for two windows");
