@@ -14,7 +14,7 @@
 //! | connect order | sessions to one target reach it in the order the source opened them | here |
 //! | reset while waiting to connect | a session given up while it waits for the connect before it to the same target is never connected | here |
 //! | weighted shares | two migrations (ingress weights 1 and 3) through a tunnel capped at 160 Mbit/s: about 1/4 and 3/4 of it while both are backlogged, the cap held, both byte-exact | here |
-//! | main channel first | two connections of one migration under an 80 Mbit/s cap: 1 MiB written on the first (QEMU's main channel) overtakes the second's backlog (less than 384 KiB of it passes meanwhile; taking turns, 547–1642 KiB did) | here |
+//! | main channel first | two connections of one migration under an 8 Mbit/s cap: 1 MiB written on the first (QEMU's main channel) overtakes the second's backlog (less than 384 KiB of it passes meanwhile: 62–114 KiB; taking turns, 1051–1464 KiB did) | here |
 //! | cap changed by SIGHUP | a running migration held at its 80 Mbit/s cap speeds up when a reload raises the cap; the session carries on byte-exact | here |
 //! | one-sided loss, re-attach | one end of the control connection or of a data flow dies unheard by the other | `one_sided.rs` (16 cases) |
 //! | flood | spoofed SYNs and a slowloris on the tunnel port while the tunnel is killed and must come back | `admission.rs` |
@@ -719,15 +719,19 @@ fn weighted_shares(test: &str, kind: Kind) {
     case.finish();
 }
 
-/// Two connections of one migration (one source host, one target) through an 80 Mbit/s cap:
+/// Two connections of one migration (one source host, one target) through an 8 Mbit/s cap:
 /// the second (bulk) keeps a backlog at the gateway; 1 MiB written on the first (QEMU's main
 /// channel, which carries the device state at switchover) goes ahead of that backlog: less
-/// than 384 KiB of bulk bytes reach the target meanwhile (100–128 KiB measured; with the two
-/// taking turns instead, 547 KiB on the kernel datapath and 1642 KiB on DPDK).
+/// than 384 KiB of bulk bytes reach the target meanwhile (62–114 KiB measured; taking turns,
+/// 1051–1464 KiB did).
+/// The cap is low so that the gateway takes the main channel's megabyte from the LAN far
+/// faster than the cap lets frames out, even on a loaded host: at 80 Mbit/s a DPDK gateway
+/// sharing its 2 CPUs with the other tests took it in slower than that, and the bulk filled
+/// the gaps (2371 KiB passed).
 fn main_channel_first(test: &str, kind: Kind) {
     const MAIN: usize = 1 << 20;
     let Some(case) = Case::start(test, kind, |s| {
-        s.a_limits = vec!["migration_rate_mbit = 80".into()];
+        s.a_limits = vec!["migration_rate_mbit = 8".into()];
     }) else {
         return;
     };
@@ -744,7 +748,7 @@ fn main_channel_first(test: &str, kind: Kind) {
         .unwrap_or_else(|e| case.fail(format!("main channel: {e}")));
     let (mut main_in, _) = target.accept().unwrap_or_else(|e| case.fail(e));
     // The bulk channel opens second, and its bytes pile up behind the cap.
-    let bulk_len = 24 * MIB;
+    let bulk_len = 6 * MIB;
     let (bulk, progress) = unpaced(&case, TO_TARGET, bulk_len, 54);
     let (mut bulk_in, _) = target.accept().unwrap_or_else(|e| case.fail(e));
     let bulk_got = Arc::new(AtomicU64::new(0));
@@ -758,7 +762,7 @@ fn main_channel_first(test: &str, kind: Kind) {
             counter.fetch_add(n as u64, Ordering::SeqCst);
         }
     });
-    wait_progress(&progress, 8 * MIB, WAIT).unwrap_or_else(|e| case.fail(e));
+    wait_progress(&progress, 2 * MIB, WAIT).unwrap_or_else(|e| case.fail(e));
     let before = bulk_got.load(Ordering::SeqCst);
     main.write_all(&[0x4d; MAIN])
         .unwrap_or_else(|e| case.fail(e));
