@@ -86,6 +86,14 @@ impl Case {
             .unwrap_or_else(|e| panic!("{}: sink in dst: {e}", self.test))
     }
 
+    /// A listener in dst on `port`, for rows that watch the target's side themselves.
+    fn listen(&self, port: u16) -> TcpListener {
+        self.line
+            .dst
+            .run(move || TcpListener::bind((DST, port)))
+            .unwrap_or_else(|e| self.fail(format!("listen in dst: {e}")))
+    }
+
     fn fail(&self, what: impl std::fmt::Display) -> ! {
         panic!("{}: {what}\n{}", self.test, self.line.logs())
     }
@@ -268,11 +276,7 @@ fn wrong_key(test: &str, kind: Kind) {
     let Some(mut case) = Case::start(test, kind, |s| s.wrong_peer_key = true) else {
         return;
     };
-    let target = case
-        .line
-        .dst
-        .run(|| TcpListener::bind((DST, TARGET)))
-        .unwrap_or_else(|e| case.fail(format!("listen in dst: {e}")));
+    let target = case.listen(TARGET);
     target.set_nonblocking(true).expect("nonblocking");
     let a_says = case
         .line
@@ -427,11 +431,7 @@ fn allowlist_refusal(test: &str, kind: Kind) {
     }) else {
         return;
     };
-    let forbidden = case
-        .line
-        .dst
-        .run(|| TcpListener::bind((DST, FORBIDDEN)))
-        .unwrap_or_else(|e| case.fail(format!("listen in dst: {e}")));
+    let forbidden = case.listen(FORBIDDEN);
     forbidden.set_nonblocking(true).expect("nonblocking");
     let sink = case.sink(TARGET);
     let how = expect_no_session(&case, TO_FORBIDDEN, Duration::from_secs(10));
@@ -471,11 +471,7 @@ fn connect_order(test: &str, kind: Kind) {
     let Some(case) = Case::start(test, kind, |_| {}) else {
         return;
     };
-    let target = case
-        .line
-        .dst
-        .run(|| TcpListener::bind((DST, TARGET)))
-        .unwrap_or_else(|e| case.fail(format!("listen in dst: {e}")));
+    let target = case.listen(TARGET);
     let accepted = thread::spawn(move || -> io::Result<Vec<u8>> {
         let mut order = Vec::new();
         let mut conns = Vec::new();
@@ -735,11 +731,7 @@ fn main_channel_first(test: &str, kind: Kind) {
     }) else {
         return;
     };
-    let target = case
-        .line
-        .dst
-        .run(|| TcpListener::bind((DST, TARGET)))
-        .unwrap_or_else(|e| case.fail(format!("listen in dst: {e}")));
+    let target = case.listen(TARGET);
     let to = Line::ingress(TO_TARGET);
     let mut main = case
         .line

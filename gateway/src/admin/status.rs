@@ -116,16 +116,21 @@ impl GroupStatus {
                     m.sessions += g.sessions;
                     m.sent_bytes += g.sent_bytes;
                     m.rate_bytes_per_sec += g.rate_bytes_per_sec;
-                    m.cap_bytes_per_sec = match (m.cap_bytes_per_sec, g.cap_bytes_per_sec) {
-                        (Some(a), Some(b)) => Some(a + b),
-                        (a, b) => a.or(b),
-                    };
+                    m.cap_bytes_per_sec = sum_caps(m.cap_bytes_per_sec, g.cap_bytes_per_sec);
                 }
             }
         }
         let mut out: Vec<GroupStatus> = merged.into_values().collect();
         GroupStatus::reshare(&mut out);
         out
+    }
+}
+
+/// Two shards' parts of one cap: their sum (a shard without one adds nothing).
+fn sum_caps(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a + b),
+        (a, b) => a.or(b),
     }
 }
 
@@ -337,10 +342,7 @@ impl TunnelStatus {
         self.groups.extend(other.groups);
         self.groups = GroupStatus::merge(std::mem::take(&mut self.groups));
         self.link_cap_bytes_per_sec =
-            match (self.link_cap_bytes_per_sec, other.link_cap_bytes_per_sec) {
-                (Some(a), Some(b)) => Some(a + b),
-                (a, b) => a.or(b),
-            };
+            sum_caps(self.link_cap_bytes_per_sec, other.link_cap_bytes_per_sec);
         self
     }
 }

@@ -184,8 +184,7 @@ impl Scheduler {
 
     /// `bytes` of new data of group `key` went out.
     pub fn charge(&mut self, key: GroupKey, bytes: u64, now: Instant) {
-        self.charge_caps(key, bytes, now);
-        let Some(g) = self.groups.get_mut(&key) else {
+        let Some(g) = self.count_sent(key, bytes, now) else {
             return;
         };
         if g.in_turn {
@@ -202,16 +201,22 @@ impl Scheduler {
     /// `bytes` of group `key` went out: counted against the caps and in
     /// the group's figures (resends too: they cross the link like the rest).
     pub fn charge_caps(&mut self, key: GroupKey, bytes: u64, now: Instant) {
+        self.count_sent(key, bytes, now);
+    }
+
+    /// Counts `bytes` sent against the link's cap and group `key`'s cap and
+    /// figures; returns the group for the caller's own bookkeeping.
+    fn count_sent(&mut self, key: GroupKey, bytes: u64, now: Instant) -> Option<&mut Group> {
         if let Some(link) = &mut self.link {
             link.charge(bytes);
         }
-        if let Some(g) = self.groups.get_mut(&key) {
-            g.sent += bytes;
-            g.meter.add(now, bytes);
-            if let Some(cap) = &mut g.cap {
-                cap.charge(bytes);
-            }
+        let g = self.groups.get_mut(&key)?;
+        g.sent += bytes;
+        g.meter.add(now, bytes);
+        if let Some(cap) = &mut g.cap {
+            cap.charge(bytes);
         }
+        Some(g)
     }
 
     /// A frame of group `key` (`None`: its session ended) went on the wire

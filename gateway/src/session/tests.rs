@@ -455,9 +455,14 @@ fn unsent_room_bounds_reads_and_frees_as_frames_go_out() {
 
 /// Opens session `id` from `a` to `b` (control messages delivered both ways).
 fn open_pair(a: &mut End, b: &mut End) -> SessionId {
+    open_pair_from(a, b, Origin::default())
+}
+
+/// [`open_pair`] for a client from `origin`.
+fn open_pair_from(a: &mut End, b: &mut End, origin: Origin) -> SessionId {
     let id = a
         .core
-        .open("192.0.2.1:5000".parse().unwrap(), Origin::default())
+        .open("192.0.2.1:5000".parse().unwrap(), origin)
         .unwrap();
     a.drain_events();
     deliver(b, a.control.pop_front().unwrap());
@@ -728,7 +733,6 @@ fn a_violation_is_typed_and_resets_only_its_session() {
 fn a_capped_tunnel_waits_for_its_tokens_and_says_when() {
     // The driver pulls, finds only capped work, arms `poll_timeout`, and at
     // that time is told (FramesReady) to pull again; the cap holds.
-    let target: SocketAddr = "192.0.2.1:5000".parse().unwrap();
     let (mut a, mut b) = (
         End::new(Side::Dialer, limits()),
         End::new(Side::Acceptor, limits()),
@@ -742,13 +746,7 @@ fn a_capped_tunnel_waits_for_its_tokens_and_says_when() {
         source: Some([10, 0, 0, 1].into()),
         ingress: Some(0),
     };
-    let id = a.core.open(target, origin).unwrap();
-    a.drain_events();
-    deliver(&mut b, a.control.pop_front().unwrap());
-    b.drain_events();
-    a.core
-        .handle_message(b.control.pop_front().unwrap())
-        .unwrap();
+    let id = open_pair_from(&mut a, &mut b, origin);
     let mut now = 1;
     let mut sent = 0u64;
     while now < 2_000_000 {
