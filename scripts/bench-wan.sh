@@ -47,6 +47,11 @@ Options:
   --no-plot           skip the PNG
   -h, --help
 
+Through the pair, gw-a's data flows are sampled every 0.5 s during each run (after its first
+2 s; scripts/lib/wan-queue.py): runs.csv and summary.csv get inflight_bdp (median bytes in
+flight on the flows ÷ link rate × RTT), rtt_ratio (median flow RTT ÷ link RTT) and
+retrans_pct (segments sent again × MSS ÷ bytes sent, in %): what the transfer costs the path.
+
 Modes (each is a function mode_NAME in this script that runs one transfer and prints the
 goodput in Mbit/s on stdout):
   direct              iperf3, one TCP stream, src-host → dst-host (hosts: CUBIC, stock buffers)
@@ -210,9 +215,10 @@ cleanup() {
         wait "$IPERF_PID" 2>/dev/null
     fi
     IPERF_PID=""
+    if [[ -n $QUEUE_PID ]]; then kill "$QUEUE_PID" 2>/dev/null; fi
     if [[ -n $LMAS_CUR ]]; then mode_cleanup_lmas; fi
     progress_end
-    rm -f "$OUT/.mode.out"
+    rm -f "$OUT/.mode.out" "$OUT/.queue.jsonl"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -235,7 +241,7 @@ n=0
 t0=$(date +%s)
 progress_start "$LOAD" "$total" "bench-wan"
 RUNS_CSV=$OUT/runs.csv
-echo "mode,rtt_ms,loss_pct,rate_mbit,run,goodput_mbit,lost_pkts,gwa_cpu_pct,gwb_cpu_pct" >"$RUNS_CSV"
+echo "mode,rtt_ms,loss_pct,rate_mbit,run,goodput_mbit,lost_pkts,gwa_cpu_pct,gwb_cpu_pct,inflight_bdp,rtt_ratio,retrans_pct" >"$RUNS_CSV"
 {
     echo "# bench-wan.sh $(date -u +%FT%TZ) on $(uname -r), $(nproc) cpus"
     echo "# rtts=$RTTS losses=$LOSSES rate=$RATE runs=$RUNS duration=$DURATION modes=$MODES"
@@ -257,6 +263,24 @@ cpu_pct() { # TICKS_BEFORE TICKS_AFTER SECONDS
 
 lost_pkts() { link_lost_pkts "$LINKEMU_BIN" "$LINK_NAME" 2>/dev/null; }
 
+# What a run through the pair costs the path (scripts/lib/wan-queue.py): gw-a's data flows
+# sampled every 0.5 s while it runs.
+LMAS_BIN=${LMAS:-${CARGO_TARGET_DIR:-$REPO/target}/release/lmas}
+QUEUE_PID=""
+queue_start() {
+    rm -f "$OUT/.queue.jsonl"
+    $PY "$REPO/scripts/lib/wan-queue.py" sample "$LMAS_BIN" "$LAB_RUN_DIR/gw/gw-a.sock" \
+        "$OUT/.queue.jsonl" 0.5 2>>"$LOG" &
+    QUEUE_PID=$!
+}
+queue_stop() { # RTT_MS → "inflight_bdp,rtt_ratio,retrans_pct" (empty fields: not measured)
+    [[ -n $QUEUE_PID ]] || { echo ",,"; return; }
+    kill "$QUEUE_PID" 2>/dev/null
+    wait "$QUEUE_PID" 2>/dev/null
+    QUEUE_PID=""
+    $PY "$REPO/scripts/lib/wan-queue.py" summary "$OUT/.queue.jsonl" "$1" "$RATE" 2>>"$LOG" || echo ",,"
+}
+
 for rtt in "${rtts[@]}"; do
     for loss in "${losses[@]}"; do
         "$LAB" set --rtt "$rtt" --loss "$loss" --rate "$RATE" >>"$LOG" 2>&1 || die "lab.sh set failed (see $LOG)"
@@ -269,9 +293,11 @@ for rtt in "${rtts[@]}"; do
                 ca0=$(gw_ticks gw-a) cb0=$(gw_ticks gw-b) w0=$(date +%s.%N)
                 pids0=$(cat "$LAB_RUN_DIR"/gw-{a,b}.pid 2>/dev/null || true)
                 echo "# run rtt=$rtt loss=$loss mode=$mode run=$run" >>"$LOG"
+                [[ $mode == direct* ]] || queue_start
                 # Not in a $(...) subshell: modes keep state (servers, gateways) across runs.
                 run_mode "$mode" >"$OUT/.mode.out"
                 mbps=$(tail -1 "$OUT/.mode.out")
+                queue=$(queue_stop "$rtt")
                 after=$(lost_pkts)
                 w1=$(date +%s.%N)
                 secs=$(awk -v a="$w0" -v b="$w1" 'BEGIN { print b - a }')
@@ -286,7 +312,7 @@ for rtt in "${rtts[@]}"; do
                 progress println "$(printf '[%3d/%d] rtt=%sms loss=%s%% %-13s run %d/%d: %s Mbit/s' \
                     "$n" "$total" "$rtt" "$loss" "$mode" "$run" "$RUNS" "$mbps")"
                 progress step
-                echo "$mode,$rtt,$loss,$RATE,$run,$mbps,$((after - before)),$cpua,$cpub" >>"$RUNS_CSV"
+                echo "$mode,$rtt,$loss,$RATE,$run,$mbps,$((after - before)),$cpua,$cpub,$queue" >>"$RUNS_CSV"
             done
         done
     done
@@ -301,11 +327,12 @@ import csv, math, statistics, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
 groups = {}
 cpu = {}
+EXTRA = ("gwa_cpu_pct", "gwb_cpu_pct", "inflight_bdp", "rtt_ratio", "retrans_pct")
 for r in rows:
     key = (r["mode"], float(r["rtt_ms"]), float(r["loss_pct"]), float(r["rate_mbit"]))
     v = float(r["goodput_mbit"])
     groups.setdefault(key, []).append(v)
-    for side in ("gwa_cpu_pct", "gwb_cpu_pct"):
+    for side in EXTRA:
         if r.get(side):
             cpu.setdefault(key + (side,), []).append(float(r[side]))
 med = {}
@@ -316,16 +343,15 @@ for k, vs in groups.items():
 with open(sys.argv[2], "w", newline="") as f:
     w = csv.writer(f)
     w.writerow(["mode", "rtt_ms", "loss_pct", "rate_mbit", "runs_ok", "runs", "median_mbit",
-                "min_mbit", "max_mbit", "ratio_to_link", "ratio_to_direct", "gwa_cpu_pct",
-                "gwb_cpu_pct"])
+                "min_mbit", "max_mbit", "ratio_to_link", "ratio_to_direct"] + list(EXTRA))
     for k in sorted(med, key=lambda k: (k[0], k[2], k[1])):
         m, lo, hi, nok, n = med[k]
         d = med.get(("direct",) + k[1:], (float("nan"),))[0]
         link = m / k[3] if k[3] > 0 else float("nan")
         w.writerow([k[0], f"{k[1]:g}", f"{k[2]:g}", f"{k[3]:g}", nok, n, f"{m:.1f}",
                     f"{lo:.1f}", f"{hi:.1f}", f"{link:.3f}", f"{m / d:.2f}" if d and not math.isnan(d) else "nan"]
-                   + ["%.0f" % statistics.median(cpu[k + (side,)]) if k + (side,) in cpu else ""
-                      for side in ("gwa_cpu_pct", "gwb_cpu_pct")])
+                   + [("%.0f" if side.endswith("cpu_pct") else "%.2f") % statistics.median(cpu[k + (side,)])
+                      if k + (side,) in cpu else "" for side in EXTRA])
 # Console table: one line per mode × loss, RTTs across.
 rtts = sorted({k[1] for k in med})
 print("\nmedian goodput, Mbit/s (link %g Mbit/s)" % float(rows[0]["rate_mbit"]))
@@ -334,6 +360,18 @@ for mode in dict.fromkeys(k[0] for k in sorted(med, key=lambda k: k[0])):
     for loss in sorted({k[2] for k in med}):
         cells = [med.get((mode, r, loss, float(rows[0]["rate_mbit"])), (float("nan"),))[0] for r in rtts]
         print("%-14s %7g " % (mode, loss) + " ".join("%8.1f" % c for c in cells))
+# The path's cost, where measured: in flight / BDP, RTT / base RTT, retransmitted %.
+if any(k[-1] == "inflight_bdp" for k in cpu):
+    print("\nthrough the pair: in flight / BDP, flow RTT / link RTT, retransmitted % of sent")
+    print("%-14s %7s " % ("mode", "loss%") + " ".join("%17s" % ("%gms" % r) for r in rtts))
+    rate = float(rows[0]["rate_mbit"])
+    for mode in dict.fromkeys(k[0] for k in sorted(med, key=lambda k: k[0])):
+        for loss in sorted({k[2] for k in med}):
+            def cell(r):
+                vs = [cpu.get((mode, r, loss, rate, f)) for f in ("inflight_bdp", "rtt_ratio", "retrans_pct")]
+                return "-" if None in vs else "%.1f/%.2f/%.1f" % tuple(statistics.median(v) for v in vs)
+            if any(cell(r) != "-" for r in rtts):
+                print("%-14s %7g " % (mode, loss) + " ".join("%17s" % cell(r) for r in rtts))
 EOF
 
 if ((PLOT)); then
