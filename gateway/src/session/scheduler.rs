@@ -70,6 +70,10 @@ pub struct Scheduler {
     frame_len: usize,
     /// Set when the last pull found only capped work: when tokens return.
     blocked_until: Option<Instant>,
+    /// When to wake the flows that found only capped work, until they are
+    /// woken ([`Scheduler::unblock`]): a pull by another flow in between
+    /// does not cancel it, as `blocked_until` is.
+    wake_at: Option<Instant>,
 }
 
 impl Scheduler {
@@ -83,6 +87,7 @@ impl Scheduler {
             link: None,
             frame_len,
             blocked_until: None,
+            wake_at: None,
         }
     }
 
@@ -178,7 +183,7 @@ impl Scheduler {
             let id = g.ready.pop_front().expect("not empty");
             return Some((key, id));
         }
-        self.blocked_until = capped;
+        self.block(capped);
         None
     }
 
@@ -243,8 +248,22 @@ impl Scheduler {
         if link.allows(now) {
             return true;
         }
-        self.blocked_until = Some(link.ready_at(now));
+        let at = link.ready_at(now);
+        self.block(Some(at));
         false
+    }
+
+    /// This pull found only capped work, which may go at `at`.
+    fn block(&mut self, at: Option<Instant>) {
+        self.blocked_until = at;
+        if let Some(at) = at {
+            self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
+        }
+    }
+
+    /// When flows that found only capped work are to be woken, if any wait.
+    pub fn wake_at(&self) -> Option<Instant> {
+        self.wake_at
     }
 
     /// When the work that the last pull found capped may go.
@@ -252,9 +271,10 @@ impl Scheduler {
         self.blocked_until
     }
 
-    /// Forgets that a pull was blocked (the driver was told to pull again).
+    /// Forgets that pulls were blocked (the driver was told to pull again).
     pub fn unblock(&mut self) {
         self.blocked_until = None;
+        self.wake_at = None;
     }
 
     /// The next range to send again, if the link cap lets it go now.
@@ -283,7 +303,7 @@ impl Scheduler {
             g.cap = bucket(g.cap.take(), policy.migration_rate);
         }
         self.policy = policy;
-        self.blocked_until = None;
+        self.unblock();
     }
 
     pub fn policy(&self) -> &SharePolicy {

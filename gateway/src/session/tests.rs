@@ -787,3 +787,42 @@ fn a_capped_tunnel_waits_for_its_tokens_and_says_when() {
     assert_eq!(groups[0].sent, sent);
     assert!(groups[0].rate > 0 && groups[0].rate <= rate + frame);
 }
+
+#[test]
+fn a_flow_left_waiting_for_tokens_is_woken_after_another_flow_pulled() {
+    // Flow 0 pulls, finds the cap empty and waits for FramesReady; before
+    // the driver's timer fires, flow 1 (just writable again) pulls once and
+    // gets a frame. Flow 0 must still be woken: a driver whose flows wait
+    // for FramesReady would otherwise leave it idle until flow 1 pulls
+    // again (seen with a tight pacing bucket: the kernel datapath's source
+    // reader waited 20-435 ms for flows to take frames).
+    let (mut a, mut b) = (
+        End::new(Side::Dialer, limits()),
+        End::new(Side::Acceptor, limits()),
+    );
+    let frame = limits().frame_len as u64;
+    let rate = 10 * frame; // ten frames a second
+    a.core.set_shares(SharePolicy {
+        link_rate: Some(rate),
+        ..Default::default()
+    });
+    let id = open_pair(&mut a, &mut b);
+    let room = a.core.send_capacity(id).unwrap() as usize;
+    a.core.write(id, Bytes::from(vec![1u8; room])).unwrap();
+    let mut now = 1;
+    while a.core.poll_frame(now, 0).is_some() {}
+    assert!(a.core.throttled());
+    let wake = a.core.poll_timeout().expect("flow 0 waits for a wake-up");
+    // Flow 1 pulls once its tokens are back, before the timer has fired.
+    now = wake;
+    assert!(a.core.poll_frame(now, 1).is_some(), "tokens are back");
+    a.drain_events();
+    a.events.clear();
+    let wake = a
+        .core
+        .poll_timeout()
+        .expect("flow 0 still waits: it needs a wake-up");
+    a.core.handle_timeout(wake.max(now));
+    a.drain_events();
+    assert!(a.events.contains(&Event::FramesReady), "{:?}", a.events);
+}

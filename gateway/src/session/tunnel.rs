@@ -785,14 +785,11 @@ impl TunnelCore {
             .filter_map(|s| s.ack_pending_since)
             .min()
             .map(|t| t + self.limits.ack_delay_us);
-        [ack, self.scheduler.blocked_until()]
-            .into_iter()
-            .flatten()
-            .min()
+        [ack, self.scheduler.wake_at()].into_iter().flatten().min()
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
-        if self.scheduler.blocked_until().is_some_and(|t| t <= now) {
+        if self.scheduler.wake_at().is_some_and(|t| t <= now) {
             self.scheduler.unblock();
             self.events.push_back(Event::FramesReady);
         }
