@@ -523,6 +523,9 @@ pub struct SenderInfo {
     pub pacing_rate: Option<u64>,
     /// Recovery counters, with `Rack`.
     pub recovery: Option<RecoveryStats>,
+    /// Bytes the peer has received so far, selectively acknowledged ones
+    /// included (the delivery-rate estimator's count; 0 without `Rack`).
+    pub delivered: u64,
 }
 
 /// A Transmission Control Protocol socket.
@@ -855,6 +858,7 @@ impl<'a> Socket<'a> {
             mss: self.remote_mss,
             pacing_rate: cc.pacing_rate(),
             recovery: self.scoreboard.as_ref().map(|s| s.stats()),
+            delivered: self.scoreboard.as_ref().map_or(0, |s| s.delivered()),
         }
     }
 

@@ -219,6 +219,11 @@ impl Scoreboard {
         self.stats
     }
 
+    /// Bytes delivered so far, selectively acknowledged ones included.
+    pub fn delivered(&self) -> u64 {
+        self.delivered
+    }
+
     pub fn min_rtt(&self) -> Option<Duration> {
         self.min_rtt
     }
