@@ -62,7 +62,9 @@ goodput in Mbit/s on stdout):
                       carried it; a -uNm suffix sets the gateways' per-session unsent room
                       to N MiB (limits.unsent_bytes), e.g. lmas-8-u256m; a last -cMODE
                       suffix sets the gateways' [wan] compression (auto, off, lz4, zstd,
-                      zstd:L), e.g. lmas-8-coff (lmas-load's stream is random: incompressible)
+                      zstd:L), e.g. lmas-8-coff (lmas-load's stream is random: incompressible);
+                      a -pPACING suffix after that sets [wan] pacing (tunnel, flows), e.g.
+                      lmas-8-pflows (each flow its own congestion control, no tunnel pacer)
   dpdk-N[-CC]         the same through a DPDK gateway pair (scripts/lab.sh gateways up
                       --datapath dpdk: af_packet PMD on the gateways' veths), e.g. dpdk-8,
                       dpdk-16-reno; xdp-N[-CC] with the af_xdp PMD. A -bNm suffix sets the WAN
@@ -153,15 +155,16 @@ mode_direct_p8() { iperf_server; iperf3_run -P 8; }
 # data flows, then one sized, hashed transfer with lmas-load.
 LMAS_CUR=""
 WARM_FOR=""   # the "mode link-setting" the tunnel was last warmed for
-# lmas_mode DATAPATH PMD FLOWS CC UNSENT BUFFER COMPRESSION (empty: the gateway's default)
+# lmas_mode DATAPATH PMD FLOWS CC UNSENT BUFFER COMPRESSION PACING (empty: the gateway's default)
 lmas_mode() {
-    local datapath=$1 pmd=$2 flows=$3 cc=$4 unsent=$5 buffer=$6 compression=$7 limit=() key
-    key="$datapath-$pmd-$flows-$cc-$unsent-$buffer-$compression"
+    local datapath=$1 pmd=$2 flows=$3 cc=$4 unsent=$5 buffer=$6 compression=$7 pacing=$8 limit=() key
+    key="$datapath-$pmd-$flows-$cc-$unsent-$buffer-$compression-$pacing"
     ((LMAS_MAX_SECS > 0)) && limit=(--max-secs "$LMAS_MAX_SECS")
     if [[ $LMAS_CUR != "$key" ]]; then
         "$LAB" gateways up --datapath "$datapath" --pmd "$pmd" --flows "$flows" ${cc:+--congestion "$cc"} \
             ${unsent:+--unsent "$unsent"} ${buffer:+--buffer "$buffer"} \
-            ${compression:+--compression "$compression"} >>"$LOG" 2>&1 || { echo nan; return; }
+            ${compression:+--compression "$compression"} ${pacing:+--pacing "$pacing"} >>"$LOG" 2>&1 ||
+            { echo nan; return; }
         LMAS_CUR=$key
     fi
     if ((WARMUP_BYTES > 0)) && [[ $WARM_FOR != "$key $POINT" ]]; then
@@ -182,11 +185,14 @@ run_mode() {
             if [[ $mode == direct ]]; then mode_direct; else mode_direct_p8; fi
             ;;
         lmas-* | dpdk-* | xdp-*)
-            local rest=${mode#*-} flows cc unsent="" buffer="" compression="" datapath=dpdk pmd=af_packet
+            local rest=${mode#*-} flows cc unsent="" buffer="" compression="" pacing="" datapath=dpdk pmd=af_packet
             case $mode in
                 lmas-*) datapath=kernel ;;
                 xdp-*) pmd=af_xdp ;;
             esac
+            if [[ $rest =~ ^(.*)-p(tunnel|flows)$ ]]; then
+                rest=${BASH_REMATCH[1]} pacing=${BASH_REMATCH[2]}
+            fi
             if [[ $rest =~ ^(.*)-c(auto|off|lz4|zstd(:-?[0-9]+)?)$ ]]; then
                 rest=${BASH_REMATCH[1]} compression=${BASH_REMATCH[2]}
             fi
@@ -201,8 +207,8 @@ run_mode() {
             flows=${rest%%-*}
             cc=""
             [[ $rest == *-* ]] && cc=${rest#*-}
-            [[ $flows =~ ^[0-9]+$ ]] || die "bad mode $mode (lmas-N, lmas-N-CC, dpdk-N..., xdp-N..., ending in -uNm or -bNm, then -cMODE)"
-            lmas_mode "$datapath" "$pmd" "$flows" "$cc" "$unsent" "$buffer" "$compression"
+            [[ $flows =~ ^[0-9]+$ ]] || die "bad mode $mode (lmas-N, lmas-N-CC, dpdk-N..., xdp-N..., ending in -uNm or -bNm, then -cMODE, then -pPACING)"
+            lmas_mode "$datapath" "$pmd" "$flows" "$cc" "$unsent" "$buffer" "$compression" "$pacing"
             ;;
         *) die "unknown mode: $mode (see --help)" ;;
     esac

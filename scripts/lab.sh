@@ -42,7 +42,7 @@ Commands:
   linkemu-path        print the linkemu binary used (building it if needed)
   gateways up [--datapath kernel|dpdk] [--pmd af_packet|af_xdp] [--flows N] [--congestion CC]
               [--ingress listen|tproxy] [--window BYTES] [--unsent BYTES] [--link-cap MBIT] [--migration-cap MBIT] [--buffer BYTES]
-              [--compression auto|off|lz4|zstd[:L]]
+              [--compression auto|off|lz4|zstd[:L]] [--pacing tunnel|flows]
                       (re)start the LMAS pair, N data flows (default 8) with WAN congestion
                       control CC (default: the gateway's, bbr) and a session window of BYTES
                       (limits.session_window_bytes; default: the gateway's, 256 MiB). Ingress 'listen' (default):
@@ -506,7 +506,7 @@ ingress_addr() {
 
 cmd_gateways() {
     # empty: the gateway's defaults
-    local sub=${1:-} flows=8 cc="" ingress=listen window="" unsent="" linkcap="" migcap="" datapath=kernel pmd=af_packet buffer="" compression=""
+    local sub=${1:-} flows=8 cc="" ingress=listen window="" unsent="" linkcap="" migcap="" datapath=kernel pmd=af_packet buffer="" compression="" pacing=""
     [[ $# -gt 0 ]] && shift
     while (($#)); do
         case $1 in
@@ -521,6 +521,7 @@ cmd_gateways() {
             --link-cap) linkcap=$2; shift 2 ;;
             --migration-cap) migcap=$2; shift 2 ;;
             --compression) compression=$2; shift 2 ;;
+            --pacing) pacing=$2; shift 2 ;;
             *) die "gateways: unknown option $1" ;;
         esac
     done
@@ -529,7 +530,7 @@ cmd_gateways() {
         down) gw_stop; gw_ports kernel; echo "lab.sh: gateways stopped"; return ;;
         address) ingress_addr || die "gateways are not up"; return ;;
         up) ;;
-        *) die "gateways up [--datapath kernel|dpdk] [--pmd af_packet|af_xdp] [--flows N] [--congestion CC] [--ingress listen|tproxy] [--window BYTES] [--unsent BYTES] [--link-cap MBIT] [--migration-cap MBIT] [--buffer BYTES] [--compression MODE] | gateways down | gateways address" ;;
+        *) die "gateways up [--datapath kernel|dpdk] [--pmd af_packet|af_xdp] [--flows N] [--congestion CC] [--ingress listen|tproxy] [--window BYTES] [--unsent BYTES] [--link-cap MBIT] [--migration-cap MBIT] [--buffer BYTES] [--compression MODE] [--pacing tunnel|flows] | gateways down | gateways address" ;;
     esac
     [[ $ingress == listen || $ingress == tproxy ]] || die "gateways: --ingress is listen or tproxy, not $ingress"
     [[ $datapath == kernel || $datapath == dpdk ]] || die "gateways: --datapath is kernel or dpdk, not $datapath"
@@ -549,6 +550,7 @@ cmd_gateways() {
     local wan_lines=${cc:+congestion = \"$cc\"}
     [[ -z $buffer ]] || wan_lines+=${wan_lines:+$'\n'}"socket_buffer_bytes = $buffer"
     [[ -z $compression ]] || wan_lines+=${wan_lines:+$'\n'}"compression = \"$compression\""
+    [[ -z $pacing ]] || wan_lines+=${wan_lines:+$'\n'}"pacing = \"$pacing\""
     write_pair_configs "$dir" gw-a.key gw-b.key "$GWB_WAN_IP:$GW_PORT" "$GWA_LAN_IP:$INGRESS_PORT" \
         "$DST_IP:$TARGET_PORT" "$flows" "# written by scripts/lab.sh gateways up" \
         "# written by scripts/lab.sh gateways up" "$wan_lines"
@@ -604,7 +606,7 @@ cmd_gateways() {
             # What runs, for scripts that reuse a running pair (migrate.sh).
             local ports=$datapath
             [[ $datapath == kernel ]] || ports+="/$pmd"
-            echo "datapath=$ports ingress=$ingress flows=$flows congestion=${cc:-default} window=${window:-default} unsent=${unsent:-default} linkcap=${linkcap:-none} migcap=${migcap:-none} compression=${compression:-default}" >"$RUN_DIR/gateways"
+            echo "datapath=$ports ingress=$ingress flows=$flows congestion=${cc:-default} window=${window:-default} unsent=${unsent:-default} linkcap=${linkcap:-none} migcap=${migcap:-none} compression=${compression:-default} pacing=${pacing:-default}" >"$RUN_DIR/gateways"
             local via
             via="src-host connects to $(ingress_addr)"
             [[ $ingress == tproxy ]] && via="src-host connects to $DST_IP:$TARGET_PORT, intercepted in gw-a"

@@ -6,7 +6,8 @@ data flows, their RTT, and the share of bytes sent again (issue 17's queue goals
                                                  one JSON line per sample in OUT
   wan-queue.py summary OUT RTT_MS RATE_MBIT [SKIP_SECS]
                                                  print "inflight_bdp,rtt_ratio,retrans_pct":
-      median bytes in flight (the flows' unacked segments x MSS) / (rate x RTT), median of
+      median bytes in flight (the flows' segments on the wire x MSS: sent, not acked,
+      not selectively acked, not marked lost) / (rate x RTT), median of
       the flows' mean smoothed RTT / RTT, and segments retransmitted x MSS / bytes sent,
       over the samples after SKIP_SECS (default 2: the flows' startup) while data moved.
 """
@@ -37,7 +38,9 @@ def sample(lmas, socket, out, interval):
             if flows:
                 f.write(json.dumps({
                     "t": time.monotonic() - t0,
-                    "inflight": sum(tcp(c, "unacked_segments") * tcp(c, "mss") for c in flows),
+                    # On the wire where the gateway says (not SACKed, not lost), else unacked.
+                    "inflight": sum((tcp(c, "in_flight_segments") or tcp(c, "unacked_segments"))
+                                    * tcp(c, "mss") for c in flows),
                     "rtt_us": statistics.mean(tcp(c, "rtt_us") for c in flows),
                     "retrans_bytes": sum(tcp(c, "total_retransmits") * tcp(c, "mss")
                                          for c in flows),

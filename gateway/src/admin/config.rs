@@ -102,6 +102,7 @@ struct WanSection {
     rekey_after_bytes: Option<i64>,
     rekey_interval_secs: Option<i64>,
     compression: Option<String>,
+    pacing: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -254,6 +255,9 @@ pub struct Config {
 }
 
 /// Congestion controls of the DPDK datapath's userspace TCP (smoltcp).
+/// `wan.pacing`: whether the tunnel paces its flows as one (see `session::pacer`).
+pub const DEFAULT_PACING: &str = "tunnel";
+
 pub const DPDK_CONGESTION: [&str; 4] = ["bbr", "cubic", "reno", "none"];
 const DEFAULT_DATA_FLOWS: i64 = 8;
 /// Per WAN flow; forced past net.core.{w,r}mem_max where we may. A data flow
@@ -669,6 +673,16 @@ impl Config {
             migration_rate: rate("limits.migration_rate_mbit", l.migration_rate_mbit)?,
             link_rate: rate("limits.link_rate_mbit", l.link_rate_mbit)?,
             weights: ingress.iter().map(|i| i.weight).collect(),
+            pace_tunnel: match file.wan.pacing.as_deref().unwrap_or(DEFAULT_PACING) {
+                "tunnel" => true,
+                "flows" => false,
+                other => {
+                    return Err(err(
+                        "wan.pacing",
+                        format!("{other:?} is not \"tunnel\" or \"flows\""),
+                    ))
+                }
+            },
         };
 
         let datapath = match (is_dpdk, &file.dpdk) {
@@ -834,6 +848,7 @@ mod tests {
             ),
             ("[wan]\ncongestion = \"a b\"\n", "wan.congestion"),
             ("[wan]\ncompression = \"gzip\"\n", "wan.compression"),
+            ("[wan]\npacing = \"bbr\"\n", "wan.pacing"),
             ("[wan]\ncompression = \"zstd:40\"\n", "wan.compression"),
             ("[limits]\nunsent_bytes = 1\n", "limits.unsent_bytes"),
             ("[wan]\ncongestion = \"nosuchcc\"\n", "wan.congestion"),

@@ -21,7 +21,9 @@
 //!   [`MAX_SESSION_SERIES`] sessions (the oldest by id);
 //!   `session_series_omitted` says how many more there are;
 //! - per migration group (`source`, `target`): sessions, weight, cap, bytes
-//!   sent, rate and share over the last second; `link_cap_bytes_per_second`.
+//!   sent, rate and share over the last second; `link_cap_bytes_per_second`;
+//! - the tunnel pacer: `pacing_bottleneck_bytes_per_second`, and
+//!   `pacing_rate_bytes_per_second` while it paces.
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
@@ -189,6 +191,30 @@ impl Collector for Snapshot {
                 ),
                 Int(cap),
             )?;
+        }
+        if let Some(p) = &t.pacing {
+            single(
+                e,
+                (
+                    "lmas_pacing_bottleneck_bytes_per_second",
+                    "The WAN path's rate as the tunnel pacer measures it (wan.pacing).",
+                    None,
+                    Gauge,
+                ),
+                Int(p.bottleneck_bytes_per_sec),
+            )?;
+            if let Some(rate) = p.rate_bytes_per_sec {
+                single(
+                    e,
+                    (
+                        "lmas_pacing_rate_bytes_per_second",
+                        "What the tunnel pacer lets the data flows take now.",
+                        None,
+                        Gauge,
+                    ),
+                    Int(rate),
+                )?;
+            }
         }
         sessions(e, &t.sessions)
     }
@@ -512,7 +538,7 @@ fn compression(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admin::status::TunnelStatus;
+    use crate::admin::status::{PacingStatus, TunnelStatus};
 
     fn status(sessions: usize) -> Status {
         Status {
@@ -554,6 +580,7 @@ mod tests {
                             mss: 1448,
                             total_retransmits: 2,
                             unacked_segments: 1,
+                            in_flight_segments: 1,
                         }),
                     },
                 ],
@@ -568,6 +595,12 @@ mod tests {
                     share: 1.0,
                 }],
                 link_cap_bytes_per_sec: Some(125_000_000),
+                pacing: Some(PacingStatus {
+                    mode: "probing".into(),
+                    bottleneck_bytes_per_sec: 118_000_000,
+                    min_rtt_us: Some(100_000),
+                    rate_bytes_per_sec: Some(147_500_000),
+                }),
                 sessions: (0..sessions as u64)
                     .map(|i| SessionStatus {
                         id: i * 2,
@@ -638,6 +671,8 @@ mod tests {
             "lmas_group_sent_bytes_total{source=\"peer\",target=\"10.9.0.1:4444\"} 5",
             "lmas_group_share{source=\"peer\",target=\"10.9.0.1:4444\"} 1.0",
             "lmas_link_cap_bytes_per_second 125000000",
+            "lmas_pacing_bottleneck_bytes_per_second 118000000",
+            "lmas_pacing_rate_bytes_per_second 147500000",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

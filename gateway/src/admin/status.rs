@@ -56,6 +56,60 @@ pub struct TunnelStatus {
     /// The cap on the whole tunnel (`limits.link_rate_mbit`), bytes per second.
     #[serde(default)]
     pub link_cap_bytes_per_sec: Option<u64>,
+    /// The tunnel pacer (`wan.pacing`; absent from older gateways' output).
+    #[serde(default)]
+    pub pacing: Option<PacingStatus>,
+}
+
+/// What the tunnel pacer (`session::pacer`) has learned of the WAN path.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PacingStatus {
+    /// "off" (`wan.pacing = "flows"`), "startup" (unpaced, learning), "draining" (what
+    /// startup queued) or "probing".
+    pub mode: String,
+    /// Payload bytes per second the peer received, at best, over the last rounds.
+    pub bottleneck_bytes_per_sec: u64,
+    /// The lowest frame-to-ack time lately (ack delay included).
+    pub min_rtt_us: Option<u64>,
+    /// What frames are paced at now; none while unpaced.
+    pub rate_bytes_per_sec: Option<u64>,
+}
+
+impl PacingStatus {
+    fn of(core: &crate::session::TunnelCore) -> PacingStatus {
+        let p = core.pacing();
+        let on = core.shares().pace_tunnel;
+        PacingStatus {
+            mode: match (on, p.mode) {
+                (false, _) => "off",
+                (true, crate::session::pacer::PaceMode::Startup) => "startup",
+                (true, crate::session::pacer::PaceMode::Drain) => "draining",
+                (true, crate::session::pacer::PaceMode::Probing) => "probing",
+            }
+            .to_string(),
+            bottleneck_bytes_per_sec: p.bottleneck,
+            min_rtt_us: p.min_rtt_us,
+            rate_bytes_per_sec: p.rate.filter(|_| on),
+        }
+    }
+
+    /// Shards pace apart: their rates add up.
+    fn merge(self, other: PacingStatus) -> PacingStatus {
+        PacingStatus {
+            mode: if self.mode == other.mode {
+                self.mode
+            } else {
+                format!("{}/{}", self.mode, other.mode)
+            },
+            bottleneck_bytes_per_sec: self.bottleneck_bytes_per_sec
+                + other.bottleneck_bytes_per_sec,
+            min_rtt_us: [self.min_rtt_us, other.min_rtt_us]
+                .into_iter()
+                .flatten()
+                .min(),
+            rate_bytes_per_sec: sum_caps(self.rate_bytes_per_sec, other.rate_bytes_per_sec),
+        }
+    }
 }
 
 /// One migration: the sessions from one source host to one target, sharing
@@ -157,7 +211,12 @@ pub struct TcpStats {
     pub cwnd_segments: u32,
     pub mss: u32,
     pub total_retransmits: u32,
+    /// Sent and not cumulatively acked, selectively acked ones included.
     pub unacked_segments: u32,
+    /// Of those, on the wire: not selectively acked, not known lost (absent
+    /// from older gateways' output).
+    #[serde(default)]
+    pub in_flight_segments: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -279,6 +338,7 @@ impl TunnelStatus {
         status.groups = t.core.groups(now).iter().map(GroupStatus::of).collect();
         GroupStatus::reshare(&mut status.groups);
         status.link_cap_bytes_per_sec = t.core.shares().link_rate;
+        status.pacing = Some(PacingStatus::of(&t.core));
         status
     }
 
@@ -304,6 +364,7 @@ impl TunnelStatus {
             compression: core.packing().into(),
             groups: Vec::new(),
             link_cap_bytes_per_sec: None,
+            pacing: None,
         }
     }
 }
@@ -343,6 +404,10 @@ impl TunnelStatus {
         self.groups = GroupStatus::merge(std::mem::take(&mut self.groups));
         self.link_cap_bytes_per_sec =
             sum_caps(self.link_cap_bytes_per_sec, other.link_cap_bytes_per_sec);
+        self.pacing = match (self.pacing.take(), other.pacing) {
+            (Some(a), Some(b)) => Some(a.merge(b)),
+            (a, b) => a.or(b),
+        };
         self
     }
 }
@@ -407,6 +472,18 @@ impl Status {
                         c.frames_skipped,
                         c.pack_ns as f64 / 1e9,
                         c.unpack_ns as f64 / 1e9,
+                    );
+                }
+                if let Some(p) = t.pacing.as_ref().filter(|p| p.bottleneck_bytes_per_sec > 0) {
+                    let _ = writeln!(
+                        out,
+                        "  pacing: {}, at {} (bottleneck {}, min RTT {})",
+                        p.mode,
+                        p.rate_bytes_per_sec
+                            .map_or("no pace".into(), |r| mbit(Some(r))),
+                        mbit(Some(p.bottleneck_bytes_per_sec)),
+                        p.min_rtt_us
+                            .map_or("-".into(), |us| format!("{:.1} ms", us as f64 / 1e3)),
                     );
                 }
                 let _ = writeln!(
@@ -609,6 +686,7 @@ mod tests {
                     share: 1.0,
                 }],
                 link_cap_bytes_per_sec: None,
+                pacing: None,
             }),
             counters: BTreeMap::new(),
             gauges: BTreeMap::new(),

@@ -331,6 +331,17 @@ pub fn tcp_stats(sock: &tcp::Socket) -> crate::admin::status::TcpStats {
             u32::try_from(r.retransmitted_segments).unwrap_or(u32::MAX)
         }),
         unacked_segments: clamp(info.in_flight.div_ceil(mss)),
+        in_flight_segments: clamp(info.in_flight.div_ceil(mss)),
+    }
+}
+
+/// What a data flow delivered, for the tunnel pacer (`session::pacer`).
+pub fn flow_progress(sock: &tcp::Socket) -> crate::session::pacer::FlowProgress {
+    let info = sock.sender_info();
+    crate::session::pacer::FlowProgress {
+        delivered: info.delivered,
+        outstanding: (info.in_flight + info.unsent) as u64,
+        min_rtt_us: info.min_rtt.map(|d| d.total_micros()),
     }
 }
 

@@ -135,6 +135,11 @@ impl ConnInfo {
         }))
     }
 
+    /// What the connection delivered, for the tunnel pacer.
+    pub fn flow_progress(&self) -> Option<crate::session::pacer::FlowProgress> {
+        super::sockopt::flow_progress(&socket2::SockRef::from(&self.socket))
+    }
+
     pub fn tcp_stats(&self) -> Option<crate::admin::status::TcpStats> {
         super::sockopt::tcp_stats(&socket2::SockRef::from(&self.socket))
     }

@@ -127,6 +127,27 @@ pub fn send_queue_empty(sock: &SockRef<'_>) -> bool {
     tcp_info(sock).is_some_and(|i| i.tcpi_notsent_bytes == 0 && i.tcpi_unacked == 0)
 }
 
+/// Segments on the wire: Linux's `tcp_packets_in_flight` (sent, not
+/// cumulatively or selectively acked, not marked lost, retransmissions counted).
+fn in_flight_segments(info: &libc::tcp_info) -> u32 {
+    (info.tcpi_unacked + info.tcpi_retrans).saturating_sub(info.tcpi_sacked + info.tcpi_lost)
+}
+
+/// What a data flow delivered, for the tunnel pacer (`session::pacer`): the
+/// kernel's own delivered count (BBR's), selectively acked segments
+/// included, so a hole being repaired holds nothing back; it never goes
+/// down, unlike cumulatively acked bytes plus SACKed segments (a timeout
+/// clears the SACK scoreboard). Segments × MSS: our writes fill them.
+pub fn flow_progress(sock: &SockRef<'_>) -> Option<crate::session::pacer::FlowProgress> {
+    let info = tcp_info(sock)?;
+    Some(crate::session::pacer::FlowProgress {
+        delivered: u64::from(info.tcpi_delivered) * u64::from(info.tcpi_snd_mss),
+        outstanding: u64::from(in_flight_segments(&info)) * u64::from(info.tcpi_snd_mss)
+            + u64::from(info.tcpi_notsent_bytes),
+        min_rtt_us: (info.tcpi_min_rtt > 0).then_some(u64::from(info.tcpi_min_rtt)),
+    })
+}
+
 /// The kernel's view of a TCP connection (TCP_INFO), for status output.
 pub fn tcp_stats(sock: &SockRef<'_>) -> Option<crate::admin::status::TcpStats> {
     let info = tcp_info(sock)?;
@@ -137,6 +158,7 @@ pub fn tcp_stats(sock: &SockRef<'_>) -> Option<crate::admin::status::TcpStats> {
         mss: info.tcpi_snd_mss,
         total_retransmits: info.tcpi_total_retrans,
         unacked_segments: info.tcpi_unacked,
+        in_flight_segments: in_flight_segments(&info),
     })
 }
 

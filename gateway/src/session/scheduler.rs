@@ -67,6 +67,8 @@ pub struct Scheduler {
     active: VecDeque<GroupKey>,
     policy: SharePolicy,
     link: Option<TokenBucket>,
+    /// The tunnel pacer's rate (see [`super::pacer`]), beside the link cap.
+    pace: Option<TokenBucket>,
     frame_len: usize,
     /// Set when the last pull found only capped work: when tokens return.
     blocked_until: Option<Instant>,
@@ -75,6 +77,14 @@ pub struct Scheduler {
     /// does not cancel it, as `blocked_until` is.
     wake_at: Option<Instant>,
 }
+
+/// The tunnel pacer's bursts: longer than a cap's, as its rate is the
+/// path's own and a driver woken late (a busy host) must not lose the time.
+/// At 1 Gbit/s this is 1.2 MB, a tenth of a 100 ms path's BDP.
+const PACE_BURST_US: u64 = 10_000;
+/// Flows held back by the pacer go again once this much time's worth of
+/// tokens is back: a wake-up per 2 ms, not per frame.
+const PACE_WAKE_US: u64 = 2_000;
 
 impl Scheduler {
     pub fn new(flows: usize, frame_len: usize) -> Self {
@@ -85,6 +95,7 @@ impl Scheduler {
             active: VecDeque::new(),
             policy: SharePolicy::default(),
             link: None,
+            pace: None,
             frame_len,
             blocked_until: None,
             wake_at: None,
@@ -212,7 +223,7 @@ impl Scheduler {
     /// Counts `bytes` sent against the link's cap and group `key`'s cap and
     /// figures; returns the group for the caller's own bookkeeping.
     fn count_sent(&mut self, key: GroupKey, bytes: u64, now: Instant) -> Option<&mut Group> {
-        if let Some(link) = &mut self.link {
+        for link in self.link.iter_mut().chain(self.pace.iter_mut()) {
             link.charge(bytes);
         }
         let g = self.groups.get_mut(&key)?;
@@ -228,7 +239,7 @@ impl Scheduler {
     /// `bytes` smaller than charged (compression): caps and figures count
     /// what crossed the link.
     pub fn refund(&mut self, key: Option<GroupKey>, bytes: u64) {
-        if let Some(link) = &mut self.link {
+        for link in self.link.iter_mut().chain(self.pace.iter_mut()) {
             link.refund(bytes);
         }
         if let Some(g) = key.and_then(|k| self.groups.get_mut(&k)) {
@@ -240,17 +251,40 @@ impl Scheduler {
         }
     }
 
-    /// Whether the link cap lets a frame go now (if not, notes when it will).
+    /// Whether the link cap and the pacer let a frame go now (if not, notes
+    /// when they will).
     fn link_allows(&mut self, now: Instant) -> bool {
-        let Some(link) = &mut self.link else {
-            return true;
-        };
-        if link.allows(now) {
-            return true;
+        let mut until: Option<Instant> = None;
+        for link in self.link.iter_mut().chain(self.pace.iter_mut()) {
+            if !link.allows(now) {
+                let at = link.ready_at(now);
+                until = Some(until.map_or(at, |u| u.max(at)));
+            }
         }
-        let at = link.ready_at(now);
-        self.block(Some(at));
-        false
+        match until {
+            Some(at) => {
+                self.block(Some(at));
+                false
+            }
+            None => true,
+        }
+    }
+
+    /// The tunnel pacer's rate now (`None`: unpaced).
+    pub fn set_pacing(&mut self, rate: Option<u64>) {
+        let frame_len = self.frame_len;
+        self.pace = match (self.pace.take(), rate) {
+            (_, None) => None,
+            (Some(mut b), Some(r)) => {
+                if b.rate() != r {
+                    b.set_rate(r, frame_len);
+                }
+                Some(b)
+            }
+            (None, Some(r)) => Some(
+                TokenBucket::with_burst(r, frame_len, PACE_BURST_US).waking_after(PACE_WAKE_US),
+            ),
+        };
     }
 
     /// This pull found only capped work, which may go at `at`.
@@ -526,6 +560,7 @@ mod tests {
             link_rate: Some(10 * F),
             migration_rate: Some(10 * F),
             weights: vec![],
+            pace_tunnel: false,
         });
         m.join(2, 0);
         m.arrive(2, 100 * F);
@@ -655,6 +690,7 @@ mod tests {
                 migration_rate: Some(group_rate),
                 link_rate: Some(link_rate),
                 weights: vec![],
+                pace_tunnel: false,
             });
             let mut now = 0;
             let mut sends: Vec<(Instant, u8, u64)> = Vec::new();

@@ -39,6 +39,9 @@ pub struct SharePolicy {
     pub link_rate: Option<u64>,
     /// Weight of each `[[ingress]]`, by position; missing entries weigh 1.
     pub weights: Vec<u32>,
+    /// Pace the tunnel as a whole at the bottleneck its acks show
+    /// ([`super::pacer`]), under `link_rate` if that is set too.
+    pub pace_tunnel: bool,
 }
 
 impl SharePolicy {
@@ -58,6 +61,7 @@ impl SharePolicy {
             migration_rate: self.migration_rate.map(part),
             link_rate: self.link_rate.map(part),
             weights: self.weights.clone(),
+            pace_tunnel: self.pace_tunnel,
         }
     }
 }
@@ -68,7 +72,14 @@ impl SharePolicy {
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
     rate: u64,
+    /// How long a burst may last at the rate.
+    burst_us: u64,
     burst: i64,
+    /// A sender waiting for tokens goes again once it has this many: 1 for
+    /// a cap; `wake_us` at the rate for the pacer, so a waiting flow wakes
+    /// once per batch, not once per frame.
+    min_tokens: i64,
+    wake_us: u64,
     tokens: i64,
     /// Sub-byte remainder of the last refill, in byte-microseconds, so slow
     /// rates refilled often lose nothing to rounding.
@@ -83,18 +94,26 @@ const BURST_US: u64 = 4_000;
 
 impl TokenBucket {
     pub fn new(rate: u64, frame_len: usize) -> Self {
-        let burst = Self::burst_for(rate, frame_len);
+        Self::with_burst(rate, frame_len, BURST_US)
+    }
+
+    /// A bucket whose bursts may last `burst_us` at the rate.
+    pub fn with_burst(rate: u64, frame_len: usize, burst_us: u64) -> Self {
+        let burst = Self::burst_for(rate, frame_len, burst_us);
         TokenBucket {
             rate,
+            burst_us,
             burst,
+            min_tokens: 1,
+            wake_us: 0,
             tokens: burst,
             carry: 0,
             last: None,
         }
     }
 
-    fn burst_for(rate: u64, frame_len: usize) -> i64 {
-        let at_rate = rate.saturating_mul(BURST_US) / 1_000_000;
+    fn burst_for(rate: u64, frame_len: usize, burst_us: u64) -> i64 {
+        let at_rate = rate.saturating_mul(burst_us) / 1_000_000;
         at_rate.max(frame_len as u64).min(i64::MAX as u64 / 2) as i64
     }
 
@@ -102,10 +121,24 @@ impl TokenBucket {
         self.rate
     }
 
+    /// Senders that ran out wait until `wake_us` of tokens have come back
+    /// (at most half the burst), then go together.
+    pub fn waking_after(mut self, wake_us: u64) -> Self {
+        self.wake_us = wake_us;
+        self.min_tokens = self.min_tokens_for();
+        self
+    }
+
+    fn min_tokens_for(&self) -> i64 {
+        let at_rate = (self.rate.saturating_mul(self.wake_us) / 1_000_000).min(i64::MAX as u64);
+        (at_rate as i64).clamp(1, (self.burst / 2).max(1))
+    }
+
     /// A new rate; the balance is kept (clipped to the new burst).
     pub fn set_rate(&mut self, rate: u64, frame_len: usize) {
         self.rate = rate;
-        self.burst = Self::burst_for(rate, frame_len);
+        self.burst = Self::burst_for(rate, frame_len, self.burst_us);
+        self.min_tokens = self.min_tokens_for();
         self.tokens = self.tokens.min(self.burst);
     }
 
@@ -129,7 +162,7 @@ impl TokenBucket {
     /// Whether a frame may go at `now`.
     pub fn allows(&mut self, now: Instant) -> bool {
         self.refill(now);
-        self.tokens > 0
+        self.tokens >= self.min_tokens
     }
 
     /// Pays for `bytes` sent.
@@ -147,10 +180,10 @@ impl TokenBucket {
 
     /// When the balance is positive again (`now` if it is).
     pub fn ready_at(&self, now: Instant) -> Instant {
-        if self.tokens > 0 || self.rate == 0 {
+        if self.tokens >= self.min_tokens || self.rate == 0 {
             return now;
         }
-        let owed = (1 - self.tokens) as u128 * 1_000_000;
+        let owed = (self.min_tokens - self.tokens) as u128 * 1_000_000;
         let owed = owed.saturating_sub(self.carry as u128);
         let us = owed.div_ceil(self.rate as u128).min(u64::MAX as u128) as u64;
         self.last.unwrap_or(now).max(now).saturating_add(us.max(1))
@@ -258,6 +291,7 @@ mod tests {
             migration_rate: Some(300),
             link_rate: Some(1000),
             weights: vec![2],
+            pace_tunnel: true,
         };
         let s = p.for_shard(2);
         assert_eq!((s.migration_rate, s.link_rate), (Some(150), Some(500)));

@@ -20,6 +20,7 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 
+use super::pacer::{FlowProgress, PaceSnapshot, TunnelPacer};
 use super::recv::{ReadOutcome, Reassembler, ReassemblyError};
 use super::scheduler::{Carried, Scheduler};
 use super::send::SendStream;
@@ -153,6 +154,8 @@ pub struct TunnelCore {
     peer_next_id: u64,
     /// What packing and unpacking did for the tunnel, ended sessions included.
     packing: PackFigures,
+    /// Paces the tunnel at the bottleneck its flows show (when the policy says so).
+    pacer: TunnelPacer,
 }
 
 /// What a reassembler's bytes waiting for the endpoint cost in memory.
@@ -174,6 +177,7 @@ impl TunnelCore {
             },
             id_step: 2,
             scheduler: Scheduler::new(flows, limits.frame_len),
+            pacer: TunnelPacer::new(flows),
             limits,
             sessions: FxHashMap::default(),
             control: VecDeque::new(),
@@ -593,6 +597,41 @@ impl TunnelCore {
     /// to pull again ([`Event::FramesReady`] comes then).
     #[must_use = "the frame is taken off the schedule: dropped, it is only sent again if the flow is lost"]
     pub fn poll_frame(&mut self, now: Instant, flow: usize) -> Option<DataFrame> {
+        let rate = if self.scheduler.policy().pace_tunnel {
+            self.pacer.rate(now)
+        } else {
+            None
+        };
+        self.scheduler.set_pacing(rate);
+        let frame = self.next_frame(now, flow);
+        if frame.is_none() && !self.throttled() {
+            self.pacer.on_idle();
+        }
+        frame
+    }
+
+    /// Whether the tunnel pacer wants every flow's progress now
+    /// ([`TunnelCore::note_flow_progress`]); cheap, ask before each pull.
+    pub fn flow_progress_due(&self, now: Instant) -> bool {
+        self.scheduler.policy().pace_tunnel && self.pacer.progress_due(now)
+    }
+
+    /// What each flow's transport delivered so far, all read at `now`: the
+    /// tunnel pacer's measure of the path.
+    pub fn note_flow_progress(
+        &mut self,
+        now: Instant,
+        flows: impl IntoIterator<Item = (usize, FlowProgress)>,
+    ) {
+        self.pacer.on_progress(now, flows);
+    }
+
+    /// What the tunnel pacer knows (also while the policy leaves it off).
+    pub fn pacing(&self) -> PaceSnapshot {
+        self.pacer.snapshot()
+    }
+
+    fn next_frame(&mut self, now: Instant, flow: usize) -> Option<DataFrame> {
         let sessions = &self.sessions;
         self.scheduler.prune(flow, |c| {
             sessions
@@ -683,6 +722,7 @@ impl TunnelCore {
 
     /// A data flow died: what it carried goes out again on the others.
     pub fn flow_lost(&mut self, flow: usize) {
+        self.pacer.on_flow_lost(flow);
         if self.scheduler.flow_lost(flow) > 0 {
             self.counters.flows_lost += 1;
             self.events.push_back(Event::FramesReady);

@@ -1,0 +1,502 @@
+//! Pacing the tunnel as a whole at the WAN's bottleneck rate (BBR's model,
+//! applied to the sum of the data flows).
+//!
+//! Each data flow runs its own congestion control, and eight BBR flows on one
+//! path overestimate it together: on the lab's 100 ms, 1 Gbit/s link with a
+//! one-BDP queue they held 3-6 BDPs in flight, doubled the RTT and sent 7-18 %
+//! of their bytes twice (`scripts/bench-wan.sh`, docs/BENCHMARKS.md). The
+//! tunnel sees what no single flow does: how fast the path delivers all of
+//! them together. Paced at that rate, the flows carry the tunnel's data as it
+//! comes and build no queue of their own.
+//!
+//! - **Delivered bytes** come from the flows' transports (the kernel's
+//!   `tcpi_delivered`, the DPDK stack's scoreboard): segments that reached
+//!   the peer, selectively acked ones included. The peer gateway's own acks
+//!   would not do: it acks what it handed on in order, so a segment lost on
+//!   one flow holds back everything behind it on the others and then releases
+//!   it at once, which reads as a burst of speed (measured: estimates 10-15 %
+//!   above the link).
+//! - **Bottleneck rate**: the max of per-round rates (a round lasts one min
+//!   RTT) over the last 10 rounds with data waiting. A round in which the
+//!   flows found nothing to send (the sources were slower than the WAN) may
+//!   raise the estimate, never lower it, and ages nothing.
+//! - **Min RTT**: the lowest the flows report.
+//! - **Startup**: unpaced (the flows' own congestion control finds the
+//!   rate) until three rounds with data waiting bring no 25 % growth.
+//! - **Drain**: then paced at a third of the estimate until the flows hold
+//!   no more than one BDP (they report what they hold).
+//! - **Probing**: then paced at the estimate × 1.25 for one round (to find
+//!   more room), × 0.75 until what that queued is gone (at most two rounds),
+//!   × 1 for six.
+
+use std::collections::VecDeque;
+
+use super::Instant;
+
+/// Rounds the bottleneck estimate remembers a sample for.
+const BW_ROUNDS: u64 = 10;
+/// Startup ends after this many backlogged rounds without growth...
+const FULL_ROUNDS: u32 = 3;
+/// ...of at least this much (×4: 1.25).
+const GROWTH_QUARTERS: u64 = 5;
+/// Pacing gains of one probing cycle, in quarters, one round each; the
+/// draining phase lasts until the flows hold no more than one BDP (at most
+/// [`MAX_PHASE_DRAIN_ROUNDS`]).
+const CYCLE_QUARTERS: [u64; 8] = [5, 3, 4, 4, 4, 4, 4, 4];
+const DRAIN_PHASE: usize = 1;
+const MAX_PHASE_DRAIN_ROUNDS: u64 = 2;
+/// After startup: paced at a third of the estimate until the queue startup
+/// built is gone (BBR's 1/2.89), for at most this many rounds (a flow's
+/// figures could be off; the cycle's own draining takes over then).
+const MAX_DRAIN_ROUNDS: u64 = 16;
+/// A round (and a probing phase) lasts one min RTT, but at least this long:
+/// on a LAN the flows' reports and the token bucket's burst are coarser.
+const MIN_PHASE_US: u64 = 10_000;
+
+/// Where the pacer is in its cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaceMode {
+    /// Unpaced, learning the rate.
+    Startup,
+    /// Paced below the rate until the queue startup left is gone.
+    Drain,
+    /// Paced at the estimate, probing for more once per cycle.
+    Probing,
+}
+
+/// What the pacer knows, for status output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PaceSnapshot {
+    pub mode: PaceMode,
+    /// The bottleneck estimate, bytes per second (0: no sample yet).
+    pub bottleneck: u64,
+    pub min_rtt_us: Option<u64>,
+    /// The rate frames are paced at now; `None` while unpaced.
+    pub rate: Option<u64>,
+}
+
+/// What a data flow's transport says it delivered, for [`TunnelPacer`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlowProgress {
+    /// Bytes the peer received on this connection so far (selectively acked
+    /// ones included); starts again from zero on a new connection.
+    pub delivered: u64,
+    /// The lowest round trip the connection has seen.
+    pub min_rtt_us: Option<u64>,
+    /// Bytes it holds that the peer has not received: on the wire (not
+    /// selectively acked, not known lost) and not yet sent.
+    pub outstanding: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct TunnelPacer {
+    mode: PaceMode,
+    phase: usize,
+    phase_start: Instant,
+    /// The rate of each recent round as (round, bytes per second).
+    samples: VecDeque<(u64, u64)>,
+    /// Rounds completed with data waiting throughout (idle ones age nothing).
+    round: u64,
+    /// The round under way: since when, the delivered count then, and
+    /// whether a flow found nothing to send during it.
+    round_start: Option<Instant>,
+    round_delivered: u64,
+    round_app_limited: bool,
+    /// Per flow: its last report.
+    flows: Vec<FlowProgress>,
+    delivered: u64,
+    /// Startup: the estimate when it last grew 25 %, and rounds since.
+    full_bw: u64,
+    rounds_without_growth: u32,
+}
+
+impl TunnelPacer {
+    pub fn new(flows: usize) -> Self {
+        TunnelPacer {
+            mode: PaceMode::Startup,
+            phase: 0,
+            phase_start: 0,
+            samples: VecDeque::new(),
+            round: 0,
+            round_start: None,
+            round_delivered: 0,
+            round_app_limited: false,
+            flows: vec![FlowProgress::default(); flows],
+            delivered: 0,
+            full_bw: 0,
+            rounds_without_growth: 0,
+        }
+    }
+
+    /// Whether a round is due to end: the driver then reads every flow's
+    /// progress at once ([`TunnelPacer::on_progress`]). One flow's report
+    /// alone would not do: a flow reports when it can write, and one stalled
+    /// for a while would bring a second's deliveries into a 100 ms round.
+    pub fn progress_due(&self, now: Instant) -> bool {
+        self.round_start
+            .is_none_or(|start| now.saturating_sub(start) >= self.round_len())
+    }
+
+    /// Every flow's transport reports its progress, read at `now`.
+    pub fn on_progress(
+        &mut self,
+        now: Instant,
+        flows: impl IntoIterator<Item = (usize, FlowProgress)>,
+    ) {
+        for (flow, progress) in flows {
+            let Some(last) = self.flows.get_mut(flow) else {
+                continue;
+            };
+            // A smaller count (a new connection the driver did not report)
+            // adds nothing; the next grows from it.
+            self.delivered += progress.delivered.saturating_sub(last.delivered);
+            *last = progress;
+        }
+        let Some(start) = self.round_start else {
+            // The first report starts the first round: what it counts came before.
+            self.round_start = Some(now);
+            self.round_delivered = self.delivered;
+            return;
+        };
+        if now.saturating_sub(start) >= self.round_len() {
+            self.end_round(now, start);
+        }
+    }
+
+    /// A flow asked for data and there was none (not held back by a cap or
+    /// the pacer): the sources, not the WAN, set this round's pace.
+    pub fn on_idle(&mut self) {
+        self.round_app_limited = true;
+    }
+
+    /// The flow's connection is gone; the next one counts from zero.
+    pub fn on_flow_lost(&mut self, flow: usize) {
+        if let Some(f) = self.flows.get_mut(flow) {
+            *f = FlowProgress::default();
+        }
+    }
+
+    fn round_len(&self) -> u64 {
+        self.min_rtt().unwrap_or(0).max(MIN_PHASE_US)
+    }
+
+    fn min_rtt(&self) -> Option<u64> {
+        self.flows.iter().filter_map(|f| f.min_rtt_us).min()
+    }
+
+    fn end_round(&mut self, now: Instant, start: Instant) {
+        let rate = ((self.delivered - self.round_delivered) as u128 * 1_000_000
+            / now.saturating_sub(start).max(1) as u128)
+            .min(u64::MAX as u128) as u64;
+        let app_limited = self.round_app_limited;
+        self.round_start = Some(now);
+        self.round_delivered = self.delivered;
+        self.round_app_limited = false;
+        if app_limited && rate < self.bottleneck() {
+            return;
+        }
+        if !app_limited {
+            self.round += 1;
+        }
+        match self.samples.back_mut() {
+            Some((r, best)) if *r == self.round => *best = (*best).max(rate),
+            _ => self.samples.push_back((self.round, rate)),
+        }
+        // Old rounds go, but the newest stays whatever its age.
+        while self.samples.len() > 1
+            && self
+                .samples
+                .front()
+                .is_some_and(|&(r, _)| r + BW_ROUNDS <= self.round)
+        {
+            self.samples.pop_front();
+        }
+        if !app_limited && self.mode == PaceMode::Startup {
+            self.check_full_pipe(now);
+        }
+    }
+
+    /// The rate to pace at now (`None`: unpaced); moves the probing cycle on.
+    pub fn rate(&mut self, now: Instant) -> Option<u64> {
+        let elapsed = now.saturating_sub(self.phase_start);
+        let drained = |max_rounds: u64| {
+            self.outstanding() <= self.bdp() || elapsed >= max_rounds * self.round_len()
+        };
+        match self.mode {
+            PaceMode::Startup => return None,
+            PaceMode::Drain if drained(MAX_DRAIN_ROUNDS) => {
+                self.mode = PaceMode::Probing;
+                self.phase = DRAIN_PHASE + 1;
+                self.phase_start = now;
+            }
+            PaceMode::Drain => return Some((self.bottleneck() / 3).max(1)),
+            PaceMode::Probing => {
+                if elapsed >= self.round_len()
+                    && (self.phase != DRAIN_PHASE || drained(MAX_PHASE_DRAIN_ROUNDS))
+                {
+                    self.phase = (self.phase + 1) % CYCLE_QUARTERS.len();
+                    self.phase_start = now;
+                }
+            }
+        }
+        Some(self.cycle_rate())
+    }
+
+    pub fn snapshot(&self) -> PaceSnapshot {
+        PaceSnapshot {
+            mode: self.mode,
+            bottleneck: self.bottleneck(),
+            min_rtt_us: self.min_rtt(),
+            rate: match self.mode {
+                PaceMode::Startup => None,
+                PaceMode::Drain => Some(self.bottleneck() / 3),
+                PaceMode::Probing => Some(self.cycle_rate()),
+            },
+        }
+    }
+
+    fn cycle_rate(&self) -> u64 {
+        (self.bottleneck().saturating_mul(CYCLE_QUARTERS[self.phase]) / 4).max(1)
+    }
+
+    /// What the flows hold that the peer has not received, at the last report.
+    fn outstanding(&self) -> u64 {
+        self.flows.iter().map(|f| f.outstanding).sum()
+    }
+
+    /// The bottleneck rate × the min RTT: what the path holds without a queue.
+    fn bdp(&self) -> u64 {
+        let rtt = self.min_rtt().unwrap_or(0);
+        (self.bottleneck() as u128 * rtt as u128 / 1_000_000).min(u64::MAX as u128) as u64
+    }
+
+    fn bottleneck(&self) -> u64 {
+        self.samples.iter().map(|&(_, r)| r).max().unwrap_or(0)
+    }
+
+    fn check_full_pipe(&mut self, now: Instant) {
+        let bw = self.bottleneck();
+        if bw.saturating_mul(4) >= self.full_bw.saturating_mul(GROWTH_QUARTERS) {
+            self.full_bw = bw;
+            self.rounds_without_growth = 0;
+            return;
+        }
+        self.rounds_without_growth += 1;
+        if self.rounds_without_growth >= FULL_ROUNDS {
+            // Startup left a queue behind.
+            self.mode = PaceMode::Drain;
+            self.phase_start = now;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1000;
+    const RTT: u64 = 100 * MS;
+
+    /// `n` rounds in which `flows` flows together deliver `rate` bytes per
+    /// second, each reporting every 10 ms; returns the time after them.
+    fn run(
+        p: &mut TunnelPacer,
+        from: Instant,
+        n: u64,
+        flows: usize,
+        rate: u64,
+        idle: bool,
+    ) -> Instant {
+        let mut t = from;
+        let per_report = rate / 100 / flows as u64;
+        for _ in 0..n * RTT / (10 * MS) {
+            t += 10 * MS;
+            let now: Vec<_> = (0..flows)
+                .map(|f| {
+                    let delivered = p.flows[f].delivered + per_report;
+                    (
+                        f,
+                        FlowProgress {
+                            delivered,
+                            min_rtt_us: Some(RTT),
+                            outstanding: 0,
+                        },
+                    )
+                })
+                .collect();
+            p.on_progress(t, now);
+            if idle {
+                p.on_idle();
+            }
+        }
+        t
+    }
+
+    fn near(value: u64, want: u64) -> bool {
+        value.abs_diff(want) * 50 <= want // within 2 %
+    }
+
+    #[test]
+    fn startup_is_unpaced_until_the_rate_stops_growing() {
+        let mut p = TunnelPacer::new(8);
+        let mut t = 0;
+        for rate in [10_000_000, 20_000_000, 40_000_000, 80_000_000] {
+            t = run(&mut p, t, 1, 8, rate, false);
+            assert_eq!(p.rate(t), None, "still growing: unpaced");
+        }
+        t = run(&mut p, t, 4, 8, 100_000_000, false);
+        assert_eq!(p.snapshot().mode, PaceMode::Drain);
+        assert!(
+            near(p.snapshot().bottleneck, 100_000_000),
+            "{:?}",
+            p.snapshot()
+        );
+        assert_eq!(p.snapshot().min_rtt_us, Some(RTT));
+        // The flows hold nothing: no queue to drain, on to probing.
+        assert_eq!(p.rate(t), Some(p.snapshot().bottleneck));
+        assert_eq!(p.snapshot().mode, PaceMode::Probing);
+    }
+
+    #[test]
+    fn probing_cycles_its_gain_one_round_at_a_time() {
+        let mut p = TunnelPacer::new(2);
+        let t = run(&mut p, 0, 6, 2, 100_000_000, false);
+        p.rate(t);
+        assert_eq!(p.snapshot().mode, PaceMode::Probing);
+        let bw = p.snapshot().bottleneck;
+        let mut seen: Vec<u64> = (0..8)
+            .map(|i| p.rate(t + (i + 1) * RTT).unwrap() * 4 / bw)
+            .collect();
+        seen.sort();
+        assert_eq!(seen, [3, 4, 4, 4, 4, 4, 4, 5]);
+    }
+
+    #[test]
+    fn an_idle_spell_does_not_lower_the_estimate_but_a_busy_slower_path_does_in_time() {
+        let mut p = TunnelPacer::new(4);
+        let mut t = run(&mut p, 0, 6, 4, 100_000_000, false);
+        let bw = p.snapshot().bottleneck;
+        assert!(near(bw, 100_000_000), "{bw}");
+        t = run(&mut p, t, 20, 4, 10_000_000, true);
+        assert_eq!(
+            p.snapshot().bottleneck,
+            bw,
+            "rounds with nothing to send ignored"
+        );
+        // A neighbour took half the path; the tunnel has data waiting.
+        t = run(&mut p, t, BW_ROUNDS - 2, 4, 50_000_000, false);
+        let held = p.snapshot().bottleneck;
+        assert!(
+            near(held, 100_000_000),
+            "the max holds for its window: {held}"
+        );
+        run(&mut p, t, 3, 4, 50_000_000, false);
+        assert!(
+            near(p.snapshot().bottleneck, 50_000_000),
+            "{:?}",
+            p.snapshot()
+        );
+    }
+
+    #[test]
+    fn what_startup_queued_is_drained_before_probing() {
+        let mut p = TunnelPacer::new(1);
+        let mut t = run(&mut p, 0, 6, 1, 100_000_000, false);
+        assert_eq!(p.snapshot().mode, PaceMode::Drain);
+        let bw = p.snapshot().bottleneck;
+        // Startup left 3 BDPs in the flows (10 MB is one at 100 MB/s, 100 ms).
+        let report = |delivered, outstanding| FlowProgress {
+            delivered,
+            min_rtt_us: Some(RTT),
+            outstanding,
+        };
+        let d = p.flows[0].delivered;
+        p.on_progress(t, [(0, report(d, 30_000_000))]);
+        for _ in 0..3 {
+            t += RTT;
+            assert_eq!(p.rate(t), Some(bw / 3), "still draining");
+        }
+        p.on_progress(t, [(0, report(d, 9_000_000))]);
+        assert_eq!(p.rate(t), Some(bw), "drained: probing, at the estimate");
+        // However stale the figure, the drain ends after MAX_DRAIN_ROUNDS.
+        let mut q = TunnelPacer::new(1);
+        let t = run(&mut q, 0, 6, 1, 100_000_000, false);
+        let d = q.flows[0].delivered;
+        q.on_progress(t, [(0, report(d, 30_000_000))]);
+        assert_eq!(q.rate(t), Some(q.snapshot().bottleneck / 3));
+        assert_eq!(
+            q.rate(t + MAX_DRAIN_ROUNDS * RTT),
+            Some(q.snapshot().bottleneck)
+        );
+    }
+
+    #[test]
+    fn the_cycles_draining_phase_ends_when_the_probe_s_queue_is_gone() {
+        let mut p = TunnelPacer::new(1);
+        let mut t = run(&mut p, 0, 6, 1, 100_000_000, false);
+        let bw = p.snapshot().bottleneck;
+        let report = |outstanding| FlowProgress {
+            delivered: 0,
+            min_rtt_us: Some(RTT),
+            outstanding,
+        };
+        p.rate(t);
+        // Walk the cycle to its probing phase, then into the draining one.
+        while p.rate(t) != Some(bw * 5 / 4) {
+            t += RTT;
+        }
+        p.on_progress(t, [(0, report(12_500_000))]); // the probe queued a quarter BDP
+        t += RTT;
+        assert_eq!(p.rate(t), Some(bw * 3 / 4));
+        t += RTT;
+        assert_eq!(
+            p.rate(t),
+            Some(bw * 3 / 4),
+            "not drained after one round: on"
+        );
+        p.on_progress(t, [(0, report(10_000_000))]);
+        assert_eq!(p.rate(t), Some(bw), "drained: cruise");
+        // Undrained, the phase still ends after MAX_PHASE_DRAIN_ROUNDS.
+        while p.rate(t) != Some(bw * 3 / 4) {
+            t += RTT;
+        }
+        p.on_progress(t, [(0, report(50_000_000))]);
+        assert_eq!(p.rate(t + MAX_PHASE_DRAIN_ROUNDS * RTT), Some(bw));
+    }
+
+    #[test]
+    fn a_new_connection_counts_from_zero() {
+        let mut p = TunnelPacer::new(2);
+        let t = run(&mut p, 0, 6, 2, 100_000_000, false);
+        let before = p.delivered;
+        let report = |delivered| FlowProgress {
+            delivered,
+            min_rtt_us: None,
+            outstanding: 0,
+        };
+        p.on_flow_lost(1);
+        p.on_progress(t + MS, [(1, report(1000))]);
+        assert_eq!(p.delivered, before + 1000);
+        // A replaced connection the driver did not report lost: its first
+        // count adds nothing, the next ones add what they grew.
+        p.on_progress(t + 2 * MS, [(0, report(500))]);
+        assert_eq!(p.delivered, before + 1000);
+        p.on_progress(t + 3 * MS, [(0, report(800)), (7, report(5))]);
+        assert_eq!(p.delivered, before + 1300, "no flow 7: ignored");
+    }
+
+    #[test]
+    fn the_round_follows_the_lowest_rtt_any_flow_reports() {
+        let mut p = TunnelPacer::new(2);
+        let rtt = |ms| FlowProgress {
+            delivered: 0,
+            min_rtt_us: Some(ms * MS),
+            outstanding: 0,
+        };
+        p.on_progress(0, [(0, rtt(80)), (1, rtt(120))]);
+        assert_eq!(p.snapshot().min_rtt_us, Some(80 * MS));
+        assert!(!p.progress_due(79 * MS) && p.progress_due(80 * MS));
+        p.on_progress(0, [(0, rtt(1))]);
+        assert_eq!(p.round_len(), MIN_PHASE_US, "never shorter than the floor");
+    }
+}
