@@ -826,3 +826,86 @@ fn a_flow_left_waiting_for_tokens_is_woken_after_another_flow_pulled() {
     a.drain_events();
     assert!(a.events.contains(&Event::FramesReady), "{:?}", a.events);
 }
+
+/// One second of a tunnel whose single flow takes frames while it holds
+/// less than `room` and whose path delivers `rate` bytes per second with a
+/// 20 ms round trip; returns the most the flow held and what the path
+/// delivered over the last of three seconds.
+fn paced_path(pace: bool, rate: u64, room: u64) -> (u64, u64) {
+    use crate::session::pacer::FlowProgress;
+    let (mut a, mut b) = (
+        End::new(Side::Dialer, Limits::default()),
+        End::new(Side::Acceptor, Limits::default()),
+    );
+    a.core.set_shares(SharePolicy {
+        pace_tunnel: pace,
+        ..Default::default()
+    });
+    let id = open_pair(&mut a, &mut b);
+    let (mut sent, mut delivered) = (0u64, 0u64);
+    let (mut most_held, mut delivered_at_2s) = (0u64, 0u64);
+    for ms in 1..=3000u64 {
+        let now = ms * 1000;
+        let room_now = a.core.send_capacity(id).unwrap() as usize;
+        if room_now > 0 {
+            a.core.write(id, Bytes::from(vec![7u8; room_now])).unwrap();
+        }
+        if a.core.poll_timeout().is_some_and(|t| t <= now) {
+            a.core.handle_timeout(now);
+        }
+        while sent - delivered < room {
+            let Some(f) = a.core.poll_frame(now, 0) else {
+                break;
+            };
+            sent += f.payload.len() as u64;
+            let end = f.offset + f.payload.len() as u64;
+            // The far gateway's ack: the session's window never binds here.
+            a.core
+                .handle_message(Message::Ack {
+                    session: id,
+                    offset: end,
+                })
+                .unwrap();
+        }
+        delivered = sent.min(delivered + rate / 1000);
+        if a.core.flow_progress_due(now) {
+            let progress = FlowProgress {
+                delivered,
+                min_rtt_us: Some(20_000),
+                outstanding: sent - delivered,
+            };
+            a.core.note_flow_progress(now, [(0, progress)]);
+        }
+        a.drain_events();
+        a.events.clear();
+        if ms == 2000 {
+            delivered_at_2s = delivered;
+        }
+        if ms > 2000 {
+            most_held = most_held.max(sent - delivered);
+        }
+    }
+    (most_held, delivered - delivered_at_2s)
+}
+
+#[test]
+fn a_paced_tunnel_holds_about_one_bdp_and_keeps_the_path_full() {
+    let rate = 50_000_000; // 400 Mbit/s
+    let bdp = rate / 50; // 20 ms: 1 MB
+    let room = 8 * bdp; // what the flows' own congestion control would take
+    let (held, moved) = paced_path(false, rate, room);
+    assert!(
+        held >= room - bdp,
+        "unpaced, the flow fills its room: {held}"
+    );
+    assert!(moved >= rate * 99 / 100, "{moved}");
+    let (held, moved) = paced_path(true, rate, room);
+    assert!(
+        held <= bdp * 3 / 2,
+        "paced: at most 1.5 BDP held, got {held}"
+    );
+    assert!(
+        moved >= rate * 9 / 10,
+        "paced, the path stays full: {moved}"
+    );
+}
