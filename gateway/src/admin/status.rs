@@ -67,9 +67,10 @@ pub struct PacingStatus {
     /// "off" (`wan.pacing = "flows"`), "startup" (unpaced, learning), "draining" (what
     /// startup queued) or "probing".
     pub mode: String,
-    /// Payload bytes per second the peer received, at best, over the last rounds.
+    /// Bytes per second the data flows delivered together, at best, over the last
+    /// ten busy round trips (what their transports count: records, headers included).
     pub bottleneck_bytes_per_sec: u64,
-    /// The lowest frame-to-ack time lately (ack delay included).
+    /// The lowest round trip any data flow's transport has seen.
     pub min_rtt_us: Option<u64>,
     /// What frames are paced at now; none while unpaced.
     pub rate_bytes_per_sec: Option<u64>,
@@ -182,8 +183,13 @@ impl GroupStatus {
 
 /// Two shards' parts of one cap: their sum (a shard without one adds nothing).
 fn sum_caps(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    either_or_both(a, b, |a, b| a + b)
+}
+
+/// `a` and `b` joined by `join` if both are there, else whichever is.
+fn either_or_both<T>(a: Option<T>, b: Option<T>, join: impl FnOnce(T, T) -> T) -> Option<T> {
     match (a, b) {
-        (Some(a), Some(b)) => Some(a + b),
+        (Some(a), Some(b)) => Some(join(a, b)),
         (a, b) => a.or(b),
     }
 }
@@ -404,10 +410,7 @@ impl TunnelStatus {
         self.groups = GroupStatus::merge(std::mem::take(&mut self.groups));
         self.link_cap_bytes_per_sec =
             sum_caps(self.link_cap_bytes_per_sec, other.link_cap_bytes_per_sec);
-        self.pacing = match (self.pacing.take(), other.pacing) {
-            (Some(a), Some(b)) => Some(a.merge(b)),
-            (a, b) => a.or(b),
-        };
+        self.pacing = either_or_both(self.pacing.take(), other.pacing, PacingStatus::merge);
         self
     }
 }

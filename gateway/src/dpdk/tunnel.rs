@@ -406,16 +406,11 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
     fn fill_flows(&mut self, now: u64) {
         let Some(t) = &mut self.tunnel else { return };
         let max_record = (self.config.limits.frame_len + 64).min(MAX_RECORD_LEN);
-        if t.core.flow_progress_due(now) {
-            let (table, conns, wan) = (&t.table, &self.conns, &self.wan);
-            let flows = (0..table.flow_count()).filter_map(|k| {
-                let conn = conns.get(&table.flow(k)?)?;
-                let sock = wan.sockets.get::<tcp::Socket>(conn.handle);
-                Some((k, super::wan::flow_progress(sock)))
-            });
-            let flows: Vec<_> = flows.collect();
-            t.core.note_flow_progress(now, flows);
-        }
+        let (conns, wan) = (&self.conns, &self.wan);
+        t.sample_flows(now, |c| {
+            let sock = wan.sockets.get::<tcp::Socket>(conns.get(&c)?.handle);
+            Some(super::wan::flow_progress(sock))
+        });
         for k in 0..t.table.flow_count() {
             let Some(conn) = t.table.flow(k).and_then(|c| self.conns.get_mut(&c)) else {
                 continue;

@@ -697,17 +697,8 @@ impl Tunnel {
             let mut inner = self.inner.lock().expect("not poisoned");
             let in_place = inner.link.table.flow(idx) == Some(id);
             let now = self.now();
-            if inner.link.core.flow_progress_due(now) {
-                let inner = &mut *inner;
-                let live = &inner.live;
-                let table = &inner.link.table;
-                let flows = (0..table.flow_count()).filter_map(|k| {
-                    let info = &live.get(&table.flow(k)?)?.info;
-                    Some((k, info.flow_progress()?))
-                });
-                let flows: Vec<_> = flows.collect();
-                inner.link.core.note_flow_progress(now, flows);
-            }
+            let Inner { link, live, .. } = &mut *inner;
+            link.sample_flows(now, |c| live.get(&c)?.info.flow_progress());
             let frame = in_place
                 .then(|| inner.link.core.poll_frame(now, idx))
                 .flatten();

@@ -12,7 +12,8 @@ use log::{debug, info, warn};
 use super::conn_table::{ConnRef, ConnTable, ControlAttached, FlowAttached, Lost};
 use crate::protocol::handshake::Shard;
 use crate::protocol::{Message, ResetReason, TunnelId};
-use crate::session::{Limits, PeerError, SharePolicy, Side, TunnelCore};
+use crate::session::pacer::FlowProgress;
+use crate::session::{Instant, Limits, PeerError, SharePolicy, Side, TunnelCore};
 
 /// A tunnel: its id, its session core, which connection serves each role, and how logs name
 /// the peer.
@@ -168,6 +169,23 @@ impl TunnelState {
             }
         }
         lost
+    }
+
+    /// Every data flow's transport progress, read together when the tunnel
+    /// pacer wants it (once a round trip); `progress` reads one connection's.
+    pub fn sample_flows(
+        &mut self,
+        now: Instant,
+        mut progress: impl FnMut(ConnRef) -> Option<FlowProgress>,
+    ) {
+        if !self.core.flow_progress_due(now) {
+            return;
+        }
+        let table = &self.table;
+        let flows: Vec<_> = (0..table.flow_count())
+            .filter_map(|k| Some((k, progress(table.flow(k)?)?)))
+            .collect();
+        self.core.note_flow_progress(now, flows);
     }
 
     /// Applies one message from the peer to the session core.

@@ -86,6 +86,24 @@ const PACE_BURST_US: u64 = 10_000;
 /// tokens is back: a wake-up per 2 ms, not per frame.
 const PACE_WAKE_US: u64 = 2_000;
 
+/// A bucket at `rate` (none: no cap): the old one keeps its balance, else a
+/// `fresh` one.
+fn retuned(
+    old: Option<TokenBucket>,
+    rate: Option<u64>,
+    frame_len: usize,
+    fresh: impl FnOnce(u64) -> TokenBucket,
+) -> Option<TokenBucket> {
+    match (old, rate) {
+        (_, None) => None,
+        (Some(mut b), Some(r)) => {
+            b.set_rate(r, frame_len);
+            Some(b)
+        }
+        (None, Some(r)) => Some(fresh(r)),
+    }
+}
+
 impl Scheduler {
     pub fn new(flows: usize, frame_len: usize) -> Self {
         Scheduler {
@@ -273,18 +291,9 @@ impl Scheduler {
     /// The tunnel pacer's rate now (`None`: unpaced).
     pub fn set_pacing(&mut self, rate: Option<u64>) {
         let frame_len = self.frame_len;
-        self.pace = match (self.pace.take(), rate) {
-            (_, None) => None,
-            (Some(mut b), Some(r)) => {
-                if b.rate() != r {
-                    b.set_rate(r, frame_len);
-                }
-                Some(b)
-            }
-            (None, Some(r)) => Some(
-                TokenBucket::with_burst(r, frame_len, PACE_BURST_US).waking_after(PACE_WAKE_US),
-            ),
-        };
+        self.pace = retuned(self.pace.take(), rate, frame_len, |r| {
+            TokenBucket::with_burst(r, frame_len, PACE_BURST_US).waking_after(PACE_WAKE_US)
+        });
     }
 
     /// This pull found only capped work, which may go at `at`.
@@ -323,14 +332,7 @@ impl Scheduler {
     /// keep their groups and data.
     pub fn set_policy(&mut self, policy: SharePolicy) {
         let frame_len = self.frame_len;
-        let bucket = |old: Option<TokenBucket>, rate: Option<u64>| match (old, rate) {
-            (_, None) => None,
-            (Some(mut b), Some(r)) => {
-                b.set_rate(r, frame_len);
-                Some(b)
-            }
-            (None, Some(r)) => Some(TokenBucket::new(r, frame_len)),
-        };
+        let bucket = |old, rate| retuned(old, rate, frame_len, |r| TokenBucket::new(r, frame_len));
         self.link = bucket(self.link.take(), policy.link_rate);
         for g in self.groups.values_mut() {
             g.weight = policy.weight(g.origin);

@@ -39,7 +39,7 @@ pub struct SharePolicy {
     pub link_rate: Option<u64>,
     /// Weight of each `[[ingress]]`, by position; missing entries weigh 1.
     pub weights: Vec<u32>,
-    /// Pace the tunnel as a whole at the bottleneck its acks show
+    /// Pace the tunnel as a whole at the rate its flows' transports deliver
     /// ([`super::pacer`]), under `link_rate` if that is set too.
     pub pace_tunnel: bool,
 }
@@ -75,10 +75,10 @@ pub struct TokenBucket {
     /// How long a burst may last at the rate.
     burst_us: u64,
     burst: i64,
-    /// A sender waiting for tokens goes again once it has this many: 1 for
-    /// a cap; `wake_us` at the rate for the pacer, so a waiting flow wakes
-    /// once per batch, not once per frame.
-    min_tokens: i64,
+    /// A sender waiting for tokens goes again once this long's worth has
+    /// come back ([`TokenBucket::min_tokens`]): 0 (one token) for a cap; a
+    /// few ms for the pacer, so a waiting flow wakes once per batch, not
+    /// once per frame.
     wake_us: u64,
     tokens: i64,
     /// Sub-byte remainder of the last refill, in byte-microseconds, so slow
@@ -104,7 +104,6 @@ impl TokenBucket {
             rate,
             burst_us,
             burst,
-            min_tokens: 1,
             wake_us: 0,
             tokens: burst,
             carry: 0,
@@ -125,11 +124,12 @@ impl TokenBucket {
     /// (at most half the burst), then go together.
     pub fn waking_after(mut self, wake_us: u64) -> Self {
         self.wake_us = wake_us;
-        self.min_tokens = self.min_tokens_for();
         self
     }
 
-    fn min_tokens_for(&self) -> i64 {
+    /// The tokens a sender needs to go: `wake_us` at the rate, at least one,
+    /// at most half the burst.
+    fn min_tokens(&self) -> i64 {
         let at_rate = (self.rate.saturating_mul(self.wake_us) / 1_000_000).min(i64::MAX as u64);
         (at_rate as i64).clamp(1, (self.burst / 2).max(1))
     }
@@ -138,7 +138,6 @@ impl TokenBucket {
     pub fn set_rate(&mut self, rate: u64, frame_len: usize) {
         self.rate = rate;
         self.burst = Self::burst_for(rate, frame_len, self.burst_us);
-        self.min_tokens = self.min_tokens_for();
         self.tokens = self.tokens.min(self.burst);
     }
 
@@ -162,7 +161,7 @@ impl TokenBucket {
     /// Whether a frame may go at `now`.
     pub fn allows(&mut self, now: Instant) -> bool {
         self.refill(now);
-        self.tokens >= self.min_tokens
+        self.tokens >= self.min_tokens()
     }
 
     /// Pays for `bytes` sent.
@@ -178,12 +177,13 @@ impl TokenBucket {
         self.tokens = self.tokens.saturating_add(bytes).min(self.burst);
     }
 
-    /// When the balance is positive again (`now` if it is).
+    /// When a sender may go again (`now` if it may).
     pub fn ready_at(&self, now: Instant) -> Instant {
-        if self.tokens >= self.min_tokens || self.rate == 0 {
+        let need = self.min_tokens();
+        if self.tokens >= need || self.rate == 0 {
             return now;
         }
-        let owed = (self.min_tokens - self.tokens) as u128 * 1_000_000;
+        let owed = (need - self.tokens) as u128 * 1_000_000;
         let owed = owed.saturating_sub(self.carry as u128);
         let us = owed.div_ceil(self.rate as u128).min(u64::MAX as u128) as u64;
         self.last.unwrap_or(now).max(now).saturating_add(us.max(1))
