@@ -42,19 +42,21 @@ Commands:
   linkemu-path        print the linkemu binary used (building it if needed)
   gateways up [--datapath kernel|dpdk] [--pmd af_packet|af_xdp] [--flows N] [--congestion CC]
               [--ingress listen|tproxy] [--window BYTES] [--unsent BYTES] [--link-cap MBIT] [--migration-cap MBIT] [--buffer BYTES]
-              [--compression auto|off|lz4|zstd[:L]] [--pacing tunnel|flows]
+              [--compression auto|off|lz4|zstd[:L]] [--pacing tunnel|flows] [--reuse]
                       (re)start the LMAS pair, N data flows (default 8) with WAN congestion
                       control CC (default: the gateway's, bbr) and a session window of BYTES
                       (limits.session_window_bytes; default: the gateway's, 256 MiB). Ingress 'listen' (default):
                       gw-a listens on $GWA_LAN_IP:$INGRESS_PORT and forwards to $DST_IP:$TARGET_PORT
-                      through gw-b. Ingress 'tproxy': src-host connects to $DST_IP:$TARGET_PORT
+                      through gw-b, and on $GWA_LAN_IP:$INGRESS2_PORT to $DST_IP:$TARGET2_PORT (a second
+                      migration, migrate.sh --slot 1). Ingress 'tproxy': src-host connects to $DST_IP:$TARGET_PORT
                       itself; TPROXY rules in gw-a hand the connection to a transparent listener
                       (:$TPROXY_PORT) and the session carries the original destination to gw-b.
                       Datapath 'kernel' (default): the gateways on kernel sockets. 'dpdk': DPDK
                       gateways whose userspace stacks own gw-a's and gw-b's veths through the
                       --pmd (default af_packet); the veths lose their kernel addresses until
                       the next kernel pair or 'gateways down'. --buffer: the WAN flows' socket
-                      buffer (wan.socket_buffer_bytes). Keys/configs in \$LAB_RUN_DIR/gw, logs
+                      buffer (wan.socket_buffer_bytes). --reuse: keep a running pair that has
+                      exactly these options. Keys/configs in \$LAB_RUN_DIR/gw, logs
                       in \$LAB_RUN_DIR/gw-*.log.
   gateways down       stop the LMAS pair and remove the TPROXY rules
   gateways address    print the address src-host connects to for the running pair
@@ -413,6 +415,14 @@ bin_path() { # NAME ENVVAR PACKAGE
     echo "$target/release/$name"
 }
 
+# gw_running: both gateways of the lab's pair are alive.
+gw_running() {
+    local gw
+    for gw in gw-a gw-b; do
+        [[ -f $RUN_DIR/$gw.pid ]] && kill -0 "$(cat "$RUN_DIR/$gw.pid")" 2>/dev/null || return 1
+    done
+}
+
 gw_stop() {
     local gw
     for gw in gw-a gw-b; do
@@ -506,7 +516,7 @@ ingress_addr() {
 
 cmd_gateways() {
     # empty: the gateway's defaults
-    local sub=${1:-} flows=8 cc="" ingress=listen window="" unsent="" linkcap="" migcap="" datapath=kernel pmd=af_packet buffer="" compression="" pacing=""
+    local sub=${1:-} flows=8 cc="" ingress=listen window="" unsent="" linkcap="" migcap="" datapath=kernel pmd=af_packet buffer="" compression="" pacing="" reuse=0
     [[ $# -gt 0 ]] && shift
     while (($#)); do
         case $1 in
@@ -522,6 +532,7 @@ cmd_gateways() {
             --migration-cap) migcap=$2; shift 2 ;;
             --compression) compression=$2; shift 2 ;;
             --pacing) pacing=$2; shift 2 ;;
+            --reuse) reuse=1; shift ;;
             *) die "gateways: unknown option $1" ;;
         esac
     done
@@ -530,7 +541,7 @@ cmd_gateways() {
         down) gw_stop; gw_ports kernel; echo "lab.sh: gateways stopped"; return ;;
         address) ingress_addr || die "gateways are not up"; return ;;
         up) ;;
-        *) die "gateways up [--datapath kernel|dpdk] [--pmd af_packet|af_xdp] [--flows N] [--congestion CC] [--ingress listen|tproxy] [--window BYTES] [--unsent BYTES] [--link-cap MBIT] [--migration-cap MBIT] [--buffer BYTES] [--compression MODE] [--pacing tunnel|flows] | gateways down | gateways address" ;;
+        *) die "gateways up [--datapath kernel|dpdk] [--pmd af_packet|af_xdp] [--flows N] [--congestion CC] [--ingress listen|tproxy] [--window BYTES] [--unsent BYTES] [--link-cap MBIT] [--migration-cap MBIT] [--buffer BYTES] [--compression MODE] [--pacing tunnel|flows] [--reuse] | gateways down | gateways address" ;;
     esac
     [[ $ingress == listen || $ingress == tproxy ]] || die "gateways: --ingress is listen or tproxy, not $ingress"
     [[ $datapath == kernel || $datapath == dpdk ]] || die "gateways: --datapath is kernel or dpdk, not $datapath"
@@ -541,6 +552,14 @@ cmd_gateways() {
     [[ -z $linkcap || $linkcap =~ ^[0-9]+$ ]] || die "gateways: --link-cap takes Mbit/s, got $linkcap"
     [[ -z $migcap || $migcap =~ ^[0-9]+$ ]] || die "gateways: --migration-cap takes Mbit/s, got $migcap"
     lab_exists || die "testbed is not up (scripts/lab.sh up)"
+    # What runs, for scripts that reuse a running pair (--reuse).
+    local ports=$datapath state
+    [[ $datapath == kernel ]] || ports+="/$pmd"
+    state="datapath=$ports ingress=$ingress flows=$flows congestion=${cc:-default} window=${window:-default} unsent=${unsent:-default} linkcap=${linkcap:-none} migcap=${migcap:-none} compression=${compression:-default} pacing=${pacing:-default} buffer=${buffer:-default}"
+    if ((reuse)) && [[ $(cat "$RUN_DIR/gateways" 2>/dev/null) == "$state" ]] && gw_running; then
+        log "gateways up: kept the running pair ($state)"
+        return
+    fi
     local lmas dir=$RUN_DIR/gw
     lmas=$(bin_path lmas LMAS lmas)
     gw_stop
@@ -554,6 +573,10 @@ cmd_gateways() {
     write_pair_configs "$dir" gw-a.key gw-b.key "$GWB_WAN_IP:$GW_PORT" "$GWA_LAN_IP:$INGRESS_PORT" \
         "$DST_IP:$TARGET_PORT" "$flows" "# written by scripts/lab.sh gateways up" \
         "# written by scripts/lab.sh gateways up" "$wan_lines"
+    # The second migration's way in (migrate.sh --slot 1), and gw-b's leave to reach it.
+    printf '\n[[ingress]]\nmode = "listen"\nbind = "%s"\ntarget = "%s"\n' \
+        "$GWA_LAN_IP:$INGRESS2_PORT" "$DST_IP:$TARGET2_PORT" >>"$dir/gw-a.toml"
+    sed -i "s|^allow = \[\"$DST_IP:$TARGET_PORT\"\]|allow = [\"$DST_IP:$TARGET_PORT\", \"$DST_IP:$TARGET2_PORT\"]|" "$dir/gw-b.toml"
     # A kernel gateway's transparent listener gets the connection from the TPROXY rule; a DPDK
     # one terminates the destination's address itself (any-IP on its LAN port), on the
     # destination's own port.
@@ -603,10 +626,7 @@ cmd_gateways() {
     for _ in $(seq 200); do
         if all_logged "tunnel up" "$RUN_DIR/gw-a.log" "$RUN_DIR/gw-b.log" && all_logged "$ready" "$RUN_DIR/gw-a.log"; then
             echo "$ingress" >"$RUN_DIR/ingress"
-            # What runs, for scripts that reuse a running pair (migrate.sh).
-            local ports=$datapath
-            [[ $datapath == kernel ]] || ports+="/$pmd"
-            echo "datapath=$ports ingress=$ingress flows=$flows congestion=${cc:-default} window=${window:-default} unsent=${unsent:-default} linkcap=${linkcap:-none} migcap=${migcap:-none} compression=${compression:-default} pacing=${pacing:-default}" >"$RUN_DIR/gateways"
+            echo "$state" >"$RUN_DIR/gateways"
             local via
             via="src-host connects to $(ingress_addr)"
             [[ $ingress == tproxy ]] && via="src-host connects to $DST_IP:$TARGET_PORT, intercepted in gw-a"

@@ -27,6 +27,7 @@ INGRESS=listen
 TIMEOUT=300
 LINK_ARGS=()
 KEEP=0
+SLOT=0
 SEED=1
 FILES_DIR=${LMAS_GUEST_FILES:-/usr}
 PREALLOC=on
@@ -72,6 +73,9 @@ Options:
   --ingress listen|tproxy  lmas: QEMU dials gw-a's listener, or the destination itself
                          (intercepted by TPROXY in gw-a)                             [$INGRESS]
   --rtt MS, --loss PCT, --rate MBIT   set the emulated link first (else as it is)
+  --slot 0|1             which of the lab's two ways to the destination: 1 listens on
+                         port $TARGET2_PORT (lmas: through gw-a's second ingress), so a second
+                         migration can run beside one on slot 0 (listen ingress only)  [$SLOT]
   --timeout S            cancel the migration if not done after S s: "did not converge" [$TIMEOUT]
   --seed S               paused guest image seed                                     [$SEED]
   --dst-prealloc on|off  the destination QEMU allocates its RAM before the migration
@@ -114,6 +118,7 @@ while (($#)); do
         --rtt | --loss | --rate) LINK_ARGS+=("$1" "$2"); shift 2 ;;
         --timeout) TIMEOUT=$2; shift 2 ;;
         --seed) SEED=$2; shift 2 ;;
+        --slot) SLOT=$2; shift 2 ;;
         --dst-prealloc) PREALLOC=$2; shift 2 ;;
         --keep) KEEP=1; shift ;;
         -h | --help) usage; exit 0 ;;
@@ -126,6 +131,8 @@ DATAPATH=kernel
 [[ $GUEST == paused || $GUEST == files || $GUEST == running ]] || die "--guest is paused, files or running, not $GUEST"
 [[ $PREALLOC == on || $PREALLOC == off ]] || die "--dst-prealloc is on or off, not $PREALLOC"
 [[ $INGRESS == listen || $INGRESS == tproxy ]] || die "--ingress is listen or tproxy, not $INGRESS"
+[[ $SLOT == 0 || $SLOT == 1 ]] || die "--slot is 0 or 1, not $SLOT"
+[[ $SLOT == 0 || $INGRESS == listen ]] || die "--slot 1 needs --ingress listen (TPROXY intercepts port $TARGET_PORT only)"
 [[ -z $WINDOW || $WINDOW =~ ^[0-9]+$ ]] || die "--window takes a number of bytes, got $WINDOW"
 [[ -z $UNSENT || $UNSENT =~ ^[0-9]+$ ]] || die "--unsent takes a number of bytes, got $UNSENT"
 [[ -z $LINK_CAP || $LINK_CAP =~ ^[0-9]+$ ]] || die "--link-cap takes Mbit/s, got $LINK_CAP"
@@ -205,16 +212,19 @@ link=$("$("$LAB" linkemu-path)" stats --name "$LINK_NAME" | sed -n 2p)
 rtt=$(awk -v d="$(field delay_ms "$link")" 'BEGIN { print d * 2 }')
 loss=$(field loss_pct "$link")
 
-INCOMING=tcp:$DST_IP:$TARGET_PORT
+port=$TARGET_PORT
+((SLOT == 0)) || port=$TARGET2_PORT
+INCOMING=tcp:$DST_IP:$port
 gw_state=$(cat "$LAB_RUN_DIR/gateways" 2>/dev/null || true)
 if [[ $MODE != direct ]]; then
-    if [[ $gw_state != "datapath=$DATAPATH ingress=$INGRESS flows=$FLOWS congestion=default window=${WINDOW:-default} unsent=${UNSENT:-default} linkcap=${LINK_CAP:-none} migcap=none compression=${COMPRESSION:-default}" ]]; then
-        "$LAB" gateways up --datapath "${DATAPATH%/*}" --flows "$FLOWS" --ingress "$INGRESS" ${WINDOW:+--window "$WINDOW"} \
-            ${UNSENT:+--unsent "$UNSENT"} ${LINK_CAP:+--link-cap "$LINK_CAP"} ${COMPRESSION:+--compression "$COMPRESSION"} >&2 ||
-            die "the gateways did not come up"
-    fi
+    # --reuse: a pair already up with these options keeps running (and carries a concurrent
+    # migration on the other slot undisturbed).
+    "$LAB" gateways up --reuse --datapath "${DATAPATH%/*}" --flows "$FLOWS" --ingress "$INGRESS" ${WINDOW:+--window "$WINDOW"} \
+        ${UNSENT:+--unsent "$UNSENT"} ${LINK_CAP:+--link-cap "$LINK_CAP"} ${COMPRESSION:+--compression "$COMPRESSION"} >&2 ||
+        die "the gateways did not come up"
     URI=tcp:$("$LAB" gateways address)
-    sessions0=$(grep -c -- "-> $DST_IP:$TARGET_PORT via" "$LAB_RUN_DIR/gw-a.log" || true)
+    ((SLOT == 0)) || URI=tcp:$GWA_LAN_IP:$INGRESS2_PORT
+    sessions0=$(grep -c -- "-> $DST_IP:$port via" "$LAB_RUN_DIR/gw-a.log" || true)
 else
     # TPROXY would intercept the direct path, and DPDK gateways own the gateways' ports: take
     # the gateways down then (a kernel pair with listen ingress idles).
@@ -262,7 +272,7 @@ verified=na
 why=""
 if [[ $MODE != direct ]]; then
     # The migration (and each multifd channel) must have gone through the gateways.
-    sessions=$(($(grep -c -- "-> $DST_IP:$TARGET_PORT via" "$LAB_RUN_DIR/gw-a.log" || true) - sessions0))
+    sessions=$(($(grep -c -- "-> $DST_IP:$port via" "$LAB_RUN_DIR/gw-a.log" || true) - sessions0))
     ((sessions >= 1 + MULTIFD)) || { verified=0; why="gw-a carried $sessions sessions, expected $((1 + MULTIFD))"; }
 fi
 if [[ $status == completed && -z $why ]]; then

@@ -26,9 +26,13 @@
     DST_IP=10.0.3.2
 
     # The gateways' ports: tunnel on gw-b, listen ingress on gw-a, TPROXY listener on gw-a;
-    # the destination port that lab transfers (and migrations) use on dst-host.
+    # the destination port that lab transfers (and migrations) use on dst-host. A second listen
+    # ingress (INGRESS2_PORT -> TARGET2_PORT) carries a second, concurrent migration
+    # (migrate.sh --slot 1): another migration group in the gateways.
     GW_PORT=7700
     INGRESS_PORT=6000
     TPROXY_PORT=6001
     TARGET_PORT=5000
+    INGRESS2_PORT=6002
+    TARGET2_PORT=5001
 }
