@@ -21,7 +21,8 @@
 //!   [`MAX_SESSION_SERIES`] sessions (the oldest by id);
 //!   `session_series_omitted` says how many more there are;
 //! - per migration group (`source`, `target`): sessions, weight, cap, bytes
-//!   sent, rate and share over the last second; `link_cap_bytes_per_second`;
+//!   sent, rate and share over the last second, bytes unsent and their
+//!   budget; `link_cap_bytes_per_second`;
 //! - the tunnel pacer: `pacing_bottleneck_bytes_per_second`, and
 //!   `pacing_rate_bytes_per_second` while it paces.
 
@@ -237,7 +238,7 @@ fn groups(e: &mut DescriptorEncoder<'_>, all: &[GroupStatus]) -> std::fmt::Resul
             (g, vec![("source", source), ("target", g.target.as_str())])
         })
         .collect();
-    let families: [GroupFamily; 6] = [
+    let families: [GroupFamily; 8] = [
         (
             "lmas_group_sessions",
             "Sessions of a migration group (one source host to one target).",
@@ -273,6 +274,18 @@ fn groups(e: &mut DescriptorEncoder<'_>, all: &[GroupStatus]) -> std::fmt::Resul
             "A migration group's part of what all groups sent over the last second (0 to 1).",
             Gauge,
             |g| Some(Float(g.share)),
+        ),
+        (
+            "lmas_group_unsent_bytes",
+            "Bytes a migration group took from the hypervisor that no data flow has yet.",
+            Gauge,
+            |g| Some(Int(g.unsent_bytes)),
+        ),
+        (
+            "lmas_group_unsent_budget_bytes",
+            "What a migration group may hold unsent: the tunnel's rate times 10 ms.",
+            Gauge,
+            |g| g.unsent_budget_bytes.map(Int),
         ),
     ];
     for (name, help, kind, value) in families {
@@ -593,6 +606,8 @@ mod tests {
                     sent_bytes: 5,
                     rate_bytes_per_sec: 5,
                     share: 1.0,
+                    unsent_bytes: 7,
+                    unsent_budget_bytes: Some(1_250_000),
                 }],
                 link_cap_bytes_per_sec: Some(125_000_000),
                 pacing: Some(PacingStatus {
@@ -670,6 +685,8 @@ mod tests {
             "lmas_gateway_info{gateway=\"gw-a\",peer=\"gw \\\"b\\\"\\n\"} 1",
             "lmas_group_sent_bytes_total{source=\"peer\",target=\"10.9.0.1:4444\"} 5",
             "lmas_group_share{source=\"peer\",target=\"10.9.0.1:4444\"} 1.0",
+            "lmas_group_unsent_bytes{source=\"peer\",target=\"10.9.0.1:4444\"} 7",
+            "lmas_group_unsent_budget_bytes{source=\"peer\",target=\"10.9.0.1:4444\"} 1250000",
             "lmas_link_cap_bytes_per_second 125000000",
             "lmas_pacing_bottleneck_bytes_per_second 118000000",
             "lmas_pacing_rate_bytes_per_second 147500000",

@@ -24,6 +24,7 @@ pub mod scheduler;
 pub mod send;
 pub mod shares;
 pub mod tunnel;
+pub mod unsent;
 
 pub use recv::{ReadOutcome, Reassembler, ReassemblyError};
 pub use shares::{GroupKey, GroupSnapshot, Origin, SharePolicy};

@@ -270,7 +270,8 @@ impl TunnelPacer {
         (self.bottleneck() as u128 * rtt as u128 / 1_000_000).min(u64::MAX as u128) as u64
     }
 
-    fn bottleneck(&self) -> u64 {
+    /// The bottleneck estimate, bytes per second (0: no sample yet).
+    pub fn bottleneck(&self) -> u64 {
         self.samples.iter().map(|&(_, r)| r).max().unwrap_or(0)
     }
 

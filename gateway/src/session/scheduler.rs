@@ -358,6 +358,8 @@ impl Scheduler {
                 cap: g.cap.as_ref().map(TokenBucket::rate),
                 sent: g.sent,
                 rate: g.meter.rate(now),
+                unsent: 0,
+                unsent_budget: None,
             })
             .collect();
         out.sort_by_key(|g| g.key);
@@ -404,6 +406,13 @@ impl Scheduler {
                 self.groups.remove(&key);
                 self.active.retain(|k| *k != key);
             }
+        }
+    }
+
+    /// Calls `f` with each session of group `key`.
+    pub fn for_each_member(&self, key: GroupKey, f: impl FnMut(SessionId)) {
+        if let Some(g) = self.groups.get(&key) {
+            g.members.iter().copied().for_each(f);
         }
     }
 

@@ -247,6 +247,11 @@ pub struct GroupSnapshot {
     pub sent: u64,
     /// Bytes per second over the last second.
     pub rate: u64,
+    /// Bytes its sessions took from their endpoints and no flow has yet
+    /// ([`super::unsent`]), and how many they may; `None`: no group budget
+    /// (no measured rate), each session has its own room.
+    pub unsent: u64,
+    pub unsent_budget: Option<u64>,
 }
 
 #[cfg(test)]

@@ -453,6 +453,82 @@ fn unsent_room_bounds_reads_and_frees_as_frames_go_out() {
     assert_eq!(a.core.send_capacity(id).unwrap(), 0);
 }
 
+#[test]
+fn a_migrations_sessions_share_one_unsent_budget_sized_from_the_tunnels_rate() {
+    // QEMU's multifd opens five connections for one migration; what the
+    // gateway takes from them ahead of the flows is downtime once the guest
+    // stops, so they share one budget: the tunnel's rate times 10 ms.
+    let limits = Limits::default();
+    let (mut a, mut b) = (
+        End::new(Side::Dialer, limits.clone()),
+        End::new(Side::Acceptor, limits.clone()),
+    );
+    let rate = 125_000_000; // a link cap of 1 Gbit/s: 1.25 MB in 10 ms
+    a.core.set_shares(SharePolicy {
+        link_rate: Some(rate),
+        ..Default::default()
+    });
+    let budget = rate / 100;
+    let host = |last: u8| Origin {
+        source: Some(std::net::IpAddr::from([10, 0, 0, last])),
+        ingress: None,
+    };
+    let migration: Vec<SessionId> = (0..5)
+        .map(|_| open_pair_from(&mut a, &mut b, host(1)))
+        .collect();
+    let other = open_pair_from(&mut a, &mut b, host(2));
+    let fill = |a: &mut End, id: SessionId| {
+        let mut written = 0;
+        loop {
+            let cap = a.core.send_capacity(id).unwrap();
+            if cap == 0 {
+                return written;
+            }
+            a.core
+                .write(id, Bytes::from(vec![7u8; cap as usize]))
+                .unwrap();
+            written += cap;
+        }
+    };
+    let taken: Vec<u64> = migration.iter().map(|&id| fill(&mut a, id)).collect();
+    let frame = limits.frame_len as u64;
+    assert_eq!(taken[0], budget, "the first takes the migration's budget");
+    assert!(
+        taken[1..].iter().all(|&t| t == frame),
+        "the others keep one frame each: {taken:?}"
+    );
+    assert_eq!(fill(&mut a, other), budget, "another migration has its own");
+
+    // Frames going out free the budget, and every session of the migration
+    // hears it (any of them may be the one waiting).
+    a.drain_events();
+    a.events.clear();
+    let mut now = 0;
+    let mut pulled = 0;
+    let over = taken.iter().sum::<u64>() - budget;
+    while pulled <= over {
+        match a.core.poll_frame(now, 0) {
+            Some(f) if migration.contains(&f.session) => pulled += f.payload.len() as u64,
+            Some(_) => {}
+            None => now += 1_000,
+        }
+    }
+    a.drain_events();
+    for id in &migration {
+        assert!(
+            a.events.contains(&Event::Writable(*id)),
+            "{id} not woken: {:?}",
+            a.events
+        );
+    }
+    let room: u64 = migration
+        .iter()
+        .map(|&id| a.core.send_capacity(id).unwrap())
+        .max()
+        .unwrap();
+    assert!(room > 0 && room <= frame, "room {room}");
+}
+
 /// Opens session `id` from `a` to `b` (control messages delivered both ways).
 fn open_pair(a: &mut End, b: &mut End) -> SessionId {
     open_pair_from(a, b, Origin::default())

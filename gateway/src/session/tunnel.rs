@@ -25,6 +25,7 @@ use super::recv::{ReadOutcome, Reassembler, ReassemblyError};
 use super::scheduler::{Carried, Scheduler};
 use super::send::SendStream;
 use super::shares::{GroupKey, GroupSnapshot, Origin, SharePolicy};
+use super::unsent::UnsentPools;
 use super::{Counters, Instant, Limits};
 use crate::protocol::{DataFrame, Message, RefuseReason, ResetReason, SessionId};
 use crate::transform::{PackFigures, PackNote};
@@ -156,6 +157,8 @@ pub struct TunnelCore {
     packing: PackFigures,
     /// Paces the tunnel at the bottleneck its flows show (when the policy says so).
     pacer: TunnelPacer,
+    /// What each migration may take from its endpoints ahead of the flows.
+    unsent: UnsentPools,
 }
 
 /// What a reassembler's bytes waiting for the endpoint cost in memory.
@@ -178,6 +181,7 @@ impl TunnelCore {
             id_step: 2,
             scheduler: Scheduler::new(flows, limits.frame_len),
             pacer: TunnelPacer::new(flows),
+            unsent: UnsentPools::new(limits.unsent_buffer, limits.frame_len as u64),
             limits,
             sessions: FxHashMap::default(),
             control: VecDeque::new(),
@@ -335,8 +339,9 @@ impl TunnelCore {
     }
 
     /// How many bytes the endpoint may `write` now: within the session's
-    /// window, the tunnel's global buffer and the session's unsent room
-    /// (0 = wait for `Writable` or `CreditFreed`).
+    /// window, the tunnel's global buffer and the unsent room of the session
+    /// and its migration ([`super::unsent`]) (0 = wait for `Writable` or
+    /// `CreditFreed`).
     pub fn send_capacity(&self, id: SessionId) -> Result<u64, SessionError> {
         let s = self.session(id)?;
         let own = self.limits.session_window.saturating_sub(s.send.buffered());
@@ -345,7 +350,7 @@ impl TunnelCore {
             .limits
             .global_buffer
             .saturating_sub(self.buffered + super::send::ENTRY_OVERHEAD);
-        let unsent = self.limits.unsent_buffer.saturating_sub(s.send.unsent());
+        let unsent = self.unsent.room(s.group, s.send.unsent());
         Ok(own.min(global).min(unsent))
     }
 
@@ -357,8 +362,11 @@ impl TunnelCore {
             return Ok(()); // endpoint wrote after its own half-close: impossible on TCP
         }
         let before = s.send.charged();
+        let len = data.len() as u64;
         s.send.push(data);
-        self.buffered += s.send.charged() - before;
+        let (charged, group) = (s.send.charged() - before, s.group);
+        self.buffered += charged;
+        self.unsent.added(group, len);
         self.schedule(id);
         Ok(())
     }
@@ -603,6 +611,7 @@ impl TunnelCore {
             None
         };
         self.scheduler.set_pacing(rate);
+        self.size_unsent_budgets();
         let frame = self.next_frame(now, flow);
         if frame.is_none() && !self.throttled() {
             self.pacer.on_idle();
@@ -668,10 +677,16 @@ impl TunnelCore {
                 s.queued = true;
                 self.scheduler.mark_ready(id, group);
             }
-            // The endpoint may have stopped reading for want of unsent room.
-            let limit = self.limits.unsent_buffer;
-            if s.send.unsent() < limit && s.send.unsent() + payload.len() as u64 >= limit {
+            // The endpoint may have stopped reading for want of unsent room:
+            // its own, or its migration's.
+            let (own, taken) = (s.send.unsent(), payload.len() as u64);
+            if self.unsent.under_ceiling_again(own, taken)
+                || self.unsent.under_floor_again(own, taken)
+            {
                 self.events.push_back(Event::Writable(id));
+            }
+            if self.unsent.taken(group, taken) {
+                self.wake_group(group);
             }
             self.scheduler.charge(group, payload.len() as u64, now);
             return Some(self.carry(flow, id, offset, payload));
@@ -689,6 +704,7 @@ impl TunnelCore {
     /// data and groups; the flows pull again under the new rules.
     pub fn set_shares(&mut self, policy: SharePolicy) {
         self.scheduler.set_policy(policy);
+        self.size_unsent_budgets();
         self.events.push_back(Event::FramesReady);
     }
 
@@ -698,7 +714,12 @@ impl TunnelCore {
 
     /// Every migration group's figures, for status output.
     pub fn groups(&self, now: Instant) -> Vec<GroupSnapshot> {
-        self.scheduler.groups(now)
+        let mut groups = self.scheduler.groups(now);
+        for g in &mut groups {
+            g.unsent = self.unsent.unsent(g.key);
+            g.unsent_budget = self.unsent.budget();
+        }
+        groups
     }
 
     fn carry(&mut self, flow: usize, session: SessionId, offset: u64, payload: Bytes) -> DataFrame {
@@ -958,7 +979,34 @@ impl TunnelCore {
             self.events.push_back(Event::CreditFreed);
         }
         self.scheduler.forget(id, s.group);
+        if self.unsent.taken(s.group, s.send.unsent()) {
+            self.wake_group(s.group);
+        }
         Some(s)
+    }
+
+    /// The sessions of `group` may read from their endpoints again.
+    fn wake_group(&mut self, group: GroupKey) {
+        let events = &mut self.events;
+        self.scheduler
+            .for_each_member(group, |id| events.push_back(Event::Writable(id)));
+    }
+
+    /// Each migration's unsent budget follows the rate the tunnel goes at:
+    /// the pacer's measure of the path (when it paces), under the link cap.
+    fn size_unsent_budgets(&mut self) {
+        let policy = self.scheduler.policy();
+        let measured = policy
+            .pace_tunnel
+            .then(|| self.pacer.bottleneck())
+            .filter(|b| *b > 0);
+        let rate = match (measured, policy.link_rate) {
+            (Some(m), Some(cap)) => Some(m.min(cap)),
+            (m, cap) => m.or(cap),
+        };
+        for group in self.unsent.set_rate(rate) {
+            self.wake_group(group);
+        }
     }
 
     /// Removes a session whose two directions are both complete.

@@ -1,0 +1,227 @@
+//! One unsent budget per migration: how much a group's sessions may take
+//! from their endpoints ahead of the data flows.
+//!
+//! A hypervisor decides when to stop the guest from how fast its sockets
+//! drain, and every byte the gateway took but has not sent yet when it stops
+//! must still cross the WAN during the downtime. QEMU's multifd opens five
+//! connections for one migration; a room of its own for each would let the
+//! migration queue five times as much. So a group's sessions share one
+//! budget, sized from the rate the tunnel goes at (the pacer's measure of
+//! the path, or a link cap) times [`UNSENT_TIME_US`]: the WAN takes it in a
+//! few ms, and the LAN refills it as fast. Each session may still hold
+//! [`Limits::unsent_buffer`] at most, and one frame (the `floor`) at least,
+//! so the main channel always has its turn. Without a measured rate (the
+//! pacer's first round trip, or pacing off and no cap) there is no group
+//! budget, only the per-session room.
+//!
+//! [`Limits::unsent_buffer`]: super::Limits::unsent_buffer
+
+use rustc_hash::FxHashMap;
+
+use super::shares::GroupKey;
+
+/// How long the WAN takes to send a full group budget at the tunnel's rate.
+pub const UNSENT_TIME_US: u64 = 10_000;
+/// The smallest group budget: a slow path still gets a few frames ahead.
+pub const MIN_GROUP_UNSENT: u64 = 512 << 10;
+
+#[derive(Debug, Default)]
+struct Pool {
+    unsent: u64,
+    /// Some member may have found no room: wake them all when there is.
+    full: bool,
+}
+
+#[derive(Debug)]
+pub struct UnsentPools {
+    pools: FxHashMap<GroupKey, Pool>,
+    /// The group budget; `None` without a measured rate.
+    budget: Option<u64>,
+    /// A session's own ceiling (`Limits::unsent_buffer`).
+    ceiling: u64,
+    /// What a session may always hold.
+    floor: u64,
+}
+
+impl UnsentPools {
+    pub fn new(ceiling: u64, floor: u64) -> Self {
+        UnsentPools {
+            pools: FxHashMap::default(),
+            budget: None,
+            ceiling,
+            floor: floor.min(ceiling),
+        }
+    }
+
+    /// The budget for a tunnel going at `rate` bytes per second (`None`:
+    /// not known). Returns the groups that had no room and now have some.
+    pub fn set_rate(&mut self, rate: Option<u64>) -> Vec<GroupKey> {
+        let budget = rate.filter(|r| *r > 0).map(|r| {
+            (r.saturating_mul(UNSENT_TIME_US) / 1_000_000)
+                .clamp(MIN_GROUP_UNSENT.min(self.ceiling), self.ceiling)
+        });
+        if budget == self.budget {
+            return Vec::new();
+        }
+        self.budget = budget;
+        let mut freed = Vec::new();
+        for (key, pool) in &mut self.pools {
+            match budget {
+                Some(b) if pool.unsent >= b => pool.full = true,
+                _ if pool.full => {
+                    pool.full = false;
+                    freed.push(*key);
+                }
+                _ => {}
+            }
+        }
+        freed
+    }
+
+    pub fn budget(&self) -> Option<u64> {
+        self.budget
+    }
+
+    /// What the sessions of `key` hold unsent.
+    pub fn unsent(&self, key: GroupKey) -> u64 {
+        self.pools.get(&key).map_or(0, |p| p.unsent)
+    }
+
+    /// Room for a session of `key` that holds `own` unsent bytes.
+    pub fn room(&self, key: GroupKey, own: u64) -> u64 {
+        let own_room = self.ceiling.saturating_sub(own);
+        let Some(budget) = self.budget else {
+            return own_room;
+        };
+        let group = self.pools.get(&key).map_or(0, |p| p.unsent);
+        let shared = budget.saturating_sub(group);
+        own_room.min(shared.max(self.floor.saturating_sub(own)))
+    }
+
+    /// A session of `key` took `bytes` from its endpoint.
+    pub fn added(&mut self, key: GroupKey, bytes: u64) {
+        let pool = self.pools.entry(key).or_default();
+        pool.unsent += bytes;
+        if self.budget.is_some_and(|b| pool.unsent >= b) {
+            pool.full = true;
+        }
+    }
+
+    /// `bytes` of a session of `key` went to a flow, or were dropped with it:
+    /// whether the group has room again after some member found none.
+    #[must_use = "the group's sessions are to be told they may read again"]
+    pub fn taken(&mut self, key: GroupKey, bytes: u64) -> bool {
+        let Some(pool) = self.pools.get_mut(&key) else {
+            return false;
+        };
+        pool.unsent = pool.unsent.saturating_sub(bytes);
+        let freed = pool.full && self.budget.is_none_or(|b| pool.unsent < b);
+        if freed {
+            pool.full = false;
+        }
+        if pool.unsent == 0 && !pool.full {
+            self.pools.remove(&key);
+        }
+        freed
+    }
+
+    /// Whether a session holding `own` after giving up `taken` bytes just
+    /// fell below its floor: it may read again whatever its group holds.
+    pub fn under_floor_again(&self, own: u64, taken: u64) -> bool {
+        own < self.floor && own + taken >= self.floor
+    }
+
+    /// Whether a session holding `own` after giving up `taken` bytes just
+    /// fell below its own ceiling.
+    pub fn under_ceiling_again(&self, own: u64, taken: u64) -> bool {
+        own < self.ceiling && own + taken >= self.ceiling
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+
+    fn key(port: u16) -> GroupKey {
+        GroupKey {
+            source: None,
+            target: SocketAddr::from(([10, 0, 0, 1], port)),
+        }
+    }
+
+    const MB: u64 = 1 << 20;
+
+    #[test]
+    fn without_a_rate_each_session_has_its_own_room() {
+        let mut p = UnsentPools::new(4 * MB, 64 << 10);
+        p.added(key(1), 3 * MB);
+        assert_eq!(p.room(key(1), 0), 4 * MB, "a sibling is not held back");
+        assert_eq!(p.room(key(1), 3 * MB), MB);
+    }
+
+    #[test]
+    fn a_group_shares_rate_times_ten_ms_and_each_member_keeps_a_frame() {
+        let mut p = UnsentPools::new(4 * MB, 64 << 10);
+        // 1 Gbit/s: 1.25 MB in 10 ms.
+        assert!(p.set_rate(Some(125_000_000)).is_empty());
+        assert_eq!(p.budget(), Some(1_250_000));
+        p.added(key(1), 1_250_000);
+        assert_eq!(p.room(key(1), 1_250_000), 0, "the group is full");
+        assert_eq!(
+            p.room(key(1), 0),
+            64 << 10,
+            "a member holding nothing may take a frame"
+        );
+        assert_eq!(
+            p.room(key(2), 0),
+            1_250_000,
+            "another migration is not held back"
+        );
+    }
+
+    #[test]
+    fn the_budget_stays_between_its_floor_and_a_sessions_ceiling() {
+        let mut p = UnsentPools::new(4 * MB, 64 << 10);
+        let _ = p.set_rate(Some(1_000));
+        assert_eq!(p.budget(), Some(MIN_GROUP_UNSENT));
+        let _ = p.set_rate(Some(100_000_000_000));
+        assert_eq!(p.budget(), Some(4 * MB));
+    }
+
+    #[test]
+    fn a_full_group_is_freed_by_a_pull_or_by_a_faster_path() {
+        let mut p = UnsentPools::new(4 * MB, 64 << 10);
+        let _ = p.set_rate(Some(125_000_000));
+        p.added(key(1), 1_300_000);
+        assert!(!p.taken(key(1), 10_000), "still at or over the budget");
+        assert!(p.taken(key(1), 100_000), "room again: wake the members");
+        assert!(!p.taken(key(1), 100_000), "woken once");
+        p.added(key(1), 500_000);
+        assert_eq!(
+            p.set_rate(Some(250_000_000)),
+            vec![key(1)],
+            "a larger budget wakes a full group"
+        );
+        assert!(p.set_rate(Some(250_000_000)).is_empty());
+    }
+
+    #[test]
+    fn a_smaller_budget_marks_groups_over_it_full() {
+        let mut p = UnsentPools::new(4 * MB, 64 << 10);
+        let _ = p.set_rate(Some(250_000_000));
+        p.added(key(1), 2 * MB);
+        assert!(!p.taken(key(1), 1), "room left under 2.5 MB");
+        let _ = p.set_rate(Some(125_000_000));
+        assert!(p.taken(key(1), MB), "under the new budget: wake");
+    }
+
+    #[test]
+    fn losing_the_rate_frees_full_groups() {
+        let mut p = UnsentPools::new(4 * MB, 64 << 10);
+        let _ = p.set_rate(Some(125_000_000));
+        p.added(key(1), 2 * MB);
+        assert_eq!(p.set_rate(None), vec![key(1)]);
+        assert_eq!(p.room(key(1), MB), 3 * MB);
+    }
+}
