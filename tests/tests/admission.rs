@@ -40,8 +40,10 @@ const RECOVER: Duration = Duration::from_secs(10);
 const SYN_RATE: u32 = 3000;
 const SILENT_CONNECTIONS: usize = 128;
 const MIB: u64 = 1 << 20;
-/// The transfer: long enough to run through the flood, the kill and the recovery.
-const LEN: u64 = 40 * MIB;
+/// The transfer: long enough to run through the flood, the kill and the recovery (12 s at
+/// RATE; the sender is held back while the tunnel is down, so it always outlasts the
+/// recovery, and goes on a few seconds under the flood after it).
+const LEN: u64 = 24 * MIB;
 const RATE: f64 = 2.0 * MIB as f64;
 
 /// One flood case at a time on this machine.
