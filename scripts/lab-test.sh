@@ -56,4 +56,14 @@ for pair in "${pairs[@]}"; do
     lost=$(($(link_lost_pkts "$LINKEMU" "$LINK_NAME") - lost0))
     echo "PASS: lab test: $BYTES bytes through LMAS ($datapath datapath, $FLOWS flows, $ingress ingress) over RTT 50 ms /" \
         "0.5 % loss, SHA-256 equal, $mbps Mbit/s, $(($(date +%s) - t0)) s, link dropped $lost packets"
+    if [[ $pair == "kernel listen" ]]; then
+        # migrate.sh and bench-concurrent.sh ask for the pair with --reuse: a running pair with
+        # the same options must be kept (a second migration may be crossing it).
+        pid=$(cat "$LAB_RUN_DIR/gw-a.pid")
+        "$LAB" gateways up --reuse --datapath "$datapath" --flows "$FLOWS" --ingress "$ingress" >/dev/null ||
+            fail "gateways up --reuse failed"
+        [[ $(cat "$LAB_RUN_DIR/gw-a.pid") == "$pid" ]] ||
+            fail "gateways up --reuse restarted a pair that already had these options"
+        echo "PASS: lab test: gateways up --reuse kept the running pair"
+    fi
 done
