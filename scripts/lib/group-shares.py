@@ -12,26 +12,18 @@ concurrent migrations within +-10 % of equal shares).
       largest distance of a share from an equal one, in % of the equal share.
 """
 import json
-import subprocess
 import sys
-import time
+
+from status_poll import poll
 
 
 def sample(lmas, socket, out, interval):
-    t0 = time.monotonic()
-    with open(out, "a") as f:
-        while True:
-            try:
-                st = json.loads(subprocess.run(
-                    [lmas, "status", "--json", "--socket", socket],
-                    capture_output=True, timeout=5, check=True).stdout)
-                groups = {g["target"]: g["sent_bytes"] for g in st["tunnel"]["groups"]
-                          if g.get("source")}
-            except (subprocess.SubprocessError, ValueError, KeyError, TypeError):
-                groups = {}
-            f.write(json.dumps({"t": time.monotonic() - t0, "groups": groups}) + "\n")
-            f.flush()
-            time.sleep(interval)
+    def row(st):
+        if st is None:
+            return {"groups": {}}
+        return {"groups": {g["target"]: g["sent_bytes"] for g in st["tunnel"]["groups"]
+                           if g.get("source")}}
+    poll(lmas, socket, out, interval, row)
 
 
 def summary(out, skip):

@@ -13,9 +13,9 @@ data flows, their RTT, and the share of bytes sent again (issue 17's queue goals
 """
 import json
 import statistics
-import subprocess
 import sys
-import time
+
+from status_poll import poll
 
 
 def tcp(conn, field):
@@ -24,30 +24,20 @@ def tcp(conn, field):
 
 
 def sample(lmas, socket, out, interval):
-    t0 = time.monotonic()
-    with open(out, "a") as f:
-        while True:
-            try:
-                st = json.loads(subprocess.run(
-                    [lmas, "status", "--json", "--socket", socket],
-                    capture_output=True, timeout=5, check=True).stdout)
-                flows = [c for c in st["tunnel"]["connections"]
-                         if c["kind"] == "data" and c.get("tcp")]
-            except (subprocess.SubprocessError, ValueError, KeyError, TypeError):
-                flows = []
-            if flows:
-                f.write(json.dumps({
-                    "t": time.monotonic() - t0,
-                    # On the wire where the gateway says (not SACKed, not lost), else unacked.
-                    "inflight": sum((tcp(c, "in_flight_segments") or tcp(c, "unacked_segments"))
-                                    * tcp(c, "mss") for c in flows),
-                    "rtt_us": statistics.mean(tcp(c, "rtt_us") for c in flows),
-                    "retrans_bytes": sum(tcp(c, "total_retransmits") * tcp(c, "mss")
-                                         for c in flows),
-                    "sent": sum(c.get("bytes_sent") or 0 for c in flows),
-                }) + "\n")
-                f.flush()
-            time.sleep(interval)
+    def row(st):
+        flows = [] if st is None else [c for c in st["tunnel"]["connections"]
+                                       if c["kind"] == "data" and c.get("tcp")]
+        if not flows:
+            return None
+        return {
+            # On the wire where the gateway says (not SACKed, not lost), else unacked.
+            "inflight": sum((tcp(c, "in_flight_segments") or tcp(c, "unacked_segments"))
+                            * tcp(c, "mss") for c in flows),
+            "rtt_us": statistics.mean(tcp(c, "rtt_us") for c in flows),
+            "retrans_bytes": sum(tcp(c, "total_retransmits") * tcp(c, "mss") for c in flows),
+            "sent": sum(c.get("bytes_sent") or 0 for c in flows),
+        }
+    poll(lmas, socket, out, interval, row)
 
 
 def summary(out, rtt_ms, rate_mbit, skip):

@@ -611,7 +611,6 @@ impl TunnelCore {
             None
         };
         self.scheduler.set_pacing(rate);
-        self.size_unsent_budgets();
         let frame = self.next_frame(now, flow);
         if frame.is_none() && !self.throttled() {
             self.pacer.on_idle();
@@ -633,6 +632,7 @@ impl TunnelCore {
         flows: impl IntoIterator<Item = (usize, FlowProgress)>,
     ) {
         self.pacer.on_progress(now, flows);
+        self.size_unsent_budgets();
     }
 
     /// What the tunnel pacer knows (also while the policy leaves it off).
@@ -680,9 +680,7 @@ impl TunnelCore {
             // The endpoint may have stopped reading for want of unsent room:
             // its own, or its migration's.
             let (own, taken) = (s.send.unsent(), payload.len() as u64);
-            if self.unsent.under_ceiling_again(own, taken)
-                || self.unsent.under_floor_again(own, taken)
-            {
+            if self.unsent.own_room_returned(own, taken) {
                 self.events.push_back(Event::Writable(id));
             }
             if self.unsent.taken(group, taken) {
@@ -994,6 +992,7 @@ impl TunnelCore {
 
     /// Each migration's unsent budget follows the rate the tunnel goes at:
     /// the pacer's measure of the path (when it paces), under the link cap.
+    /// Both change only with a new policy or the flows' progress.
     fn size_unsent_budgets(&mut self) {
         let policy = self.scheduler.policy();
         let measured = policy

@@ -10,10 +10,9 @@
 //! the path, or a link cap) times [`UNSENT_TIME_US`] (40 ms), and at most
 //! [`Limits::unsent_buffer`] (4 MiB: at 1 Gbit/s the five share what one
 //! had). Each session may hold `unsent_buffer` at most, and one frame (the
-//! `floor`) at least,
-//! so the main channel always has its turn. Without a measured rate (the
-//! pacer's first round trip, or pacing off and no cap) there is no group
-//! budget, only the per-session room.
+//! `floor`) at least, so the main channel always has its turn. Without a
+//! measured rate (the pacer's first round trip, or pacing off and no cap)
+//! there is no group budget, only the per-session room.
 //!
 //! [`Limits::unsent_buffer`]: super::Limits::unsent_buffer
 
@@ -129,15 +128,12 @@ impl UnsentPools {
     }
 
     /// Whether a session holding `own` after giving up `taken` bytes just
-    /// fell below its floor: it may read again whatever its group holds.
-    pub fn under_floor_again(&self, own: u64, taken: u64) -> bool {
-        own < self.floor && own + taken >= self.floor
-    }
-
-    /// Whether a session holding `own` after giving up `taken` bytes just
-    /// fell below its own ceiling.
-    pub fn under_ceiling_again(&self, own: u64, taken: u64) -> bool {
-        own < self.ceiling && own + taken >= self.ceiling
+    /// fell below its own ceiling, or below its floor (from where it may
+    /// read again whatever its group holds).
+    pub fn own_room_returned(&self, own: u64, taken: u64) -> bool {
+        [self.ceiling, self.floor]
+            .into_iter()
+            .any(|mark| own < mark && own + taken >= mark)
     }
 }
 
