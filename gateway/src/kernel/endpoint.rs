@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 use super::sockopt::{close_gracefully, reset_on_close};
 use super::tunnel::{wait_until, SessionSignals, Tunnel};
 use crate::protocol::{ResetReason, SessionId};
+use crate::session::lan_window::MIGRATION_RECEIVE_BUFFER;
 use crate::session::{ReadOutcome, SessionError};
 
 /// Runs a session until both directions are done or it is reset. A reset
@@ -57,15 +58,27 @@ const COALESCE: Duration = Duration::from_millis(1);
 /// Local socket -> tunnel.
 async fn uplink(tunnel: &Arc<Tunnel>, id: SessionId, signals: &SessionSignals, r: ReadHalf<'_>) {
     let frame_len = tunnel.frame_len();
+    // Ingress listeners give each socket a whole migration's window.
+    let mut receive_buffer = Some(MIGRATION_RECEIVE_BUFFER);
     loop {
-        let capacity = wait_until(&signals.writable, || {
-            match tunnel.with_core(|c| c.send_capacity(id)) {
-                Ok(0) => None,
+        let room = wait_until(&signals.writable, || {
+            let room = tunnel.with_core(|c| {
+                Ok::<_, SessionError>((c.send_capacity(id)?, c.endpoint_receive_buffer(id)?))
+            });
+            match room {
+                Ok((0, _)) => None,
                 other => Some(other),
             }
         })
         .await;
-        let Ok(capacity) = capacity else { return };
+        let Ok((capacity, share)) = room else { return };
+        if let Some(bytes) = share.filter(|&b| Some(b) != receive_buffer) {
+            // The migration gained or lost a connection: its window is split anew.
+            receive_buffer = share;
+            if let Err(e) = SockRef::from(r.as_ref()).set_recv_buffer_size(bytes as usize) {
+                debug!("session {id}: SO_RCVBUF {bytes}: {e}");
+            }
+        }
         match read_coalesced(&r, (capacity as usize).min(frame_len)).await {
             Ok(None) => {
                 let _ = tunnel.with_core(|c| c.finish(id));

@@ -12,6 +12,8 @@ use std::os::fd::AsRawFd;
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
+use crate::session::lan_window::MIGRATION_RECEIVE_BUFFER;
+
 /// Unsent bytes a data flow may hold in its kernel send queue before it
 /// stops pulling frames. Small enough that a frame handed to a flow leaves
 /// soon (so a slow flow cannot hold the stream hostage), large enough to keep
@@ -173,24 +175,16 @@ pub fn tcp_socket(addr: &SocketAddr) -> io::Result<Socket> {
     Ok(s)
 }
 
-/// The receive buffer of an ingress connection (the kernel doubles it for
-/// its bookkeeping). Small on purpose: a hypervisor judges the migration's
-/// bandwidth by how fast its socket drains, and what an autotuned buffer
-/// (up to `tcp_rmem`'s max, 32 MiB on a host tuned for the WAN) takes in at
-/// LAN speed must still cross the WAN after the VM is paused (measured: the
-/// running guest's downtime through the pair, docs/BENCHMARKS.md). 512 KiB
-/// still carries 10 Gbit/s over a LAN round trip of 0.4 ms.
-pub const INGRESS_RECEIVE_BUFFER: usize = 512 << 10;
-
 /// An ingress listening socket; `transparent` sets IP_TRANSPARENT for TPROXY
 /// (needs CAP_NET_ADMIN), so connections to any address routed here are
 /// accepted with their original destination as the local address. Accepted
-/// connections inherit [`INGRESS_RECEIVE_BUFFER`] (set before `listen`, so
-/// their window scale follows it).
+/// connections inherit a whole migration's receive buffer
+/// ([`MIGRATION_RECEIVE_BUFFER`], set before `listen`, so their window scale
+/// follows it); a migration of several connections splits it later.
 pub fn listener(addr: &SocketAddr, transparent: bool) -> io::Result<std::net::TcpListener> {
     let s = tcp_socket(addr)?;
     s.set_reuse_address(true)?;
-    s.set_recv_buffer_size(INGRESS_RECEIVE_BUFFER)?;
+    s.set_recv_buffer_size(MIGRATION_RECEIVE_BUFFER as usize)?;
     if transparent {
         s.set_ip_transparent(true).map_err(|e| {
             io::Error::new(

@@ -18,6 +18,7 @@
 //! hypervisor. No sockets, threads or clocks here: the DPDK datapath reuses
 //! this module unchanged.
 
+pub mod lan_window;
 pub mod pacer;
 pub mod recv;
 pub mod scheduler;

@@ -409,6 +409,11 @@ impl Scheduler {
         }
     }
 
+    /// How many sessions group `key` has.
+    pub fn member_count(&self, key: GroupKey) -> usize {
+        self.groups.get(&key).map_or(0, |g| g.members.len())
+    }
+
     /// Calls `f` with each session of group `key`.
     pub fn for_each_member(&self, key: GroupKey, f: impl FnMut(SessionId)) {
         if let Some(g) = self.groups.get(&key) {

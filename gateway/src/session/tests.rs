@@ -529,6 +529,44 @@ fn a_migrations_sessions_share_one_unsent_budget_sized_from_the_tunnels_rate() {
     assert!(room > 0 && room <= frame, "room {room}");
 }
 
+#[test]
+fn a_migrations_ingress_sockets_share_one_receive_window() {
+    // Every byte of receive window an ingress socket offers lets the
+    // hypervisor queue more in its own send buffer, and all of it crosses
+    // the WAN during the pause: a multifd migration's five sockets split
+    // one window instead of offering one each.
+    use crate::protocol::ResetReason;
+    use crate::session::lan_window::{session_share, MIGRATION_RECEIVE_BUFFER};
+    let (mut a, mut b) = (
+        End::new(Side::Dialer, limits()),
+        End::new(Side::Acceptor, limits()),
+    );
+    let host = |last: u8| Origin {
+        source: Some(std::net::IpAddr::from([10, 0, 0, last])),
+        ingress: None,
+    };
+    let main = open_pair_from(&mut a, &mut b, host(1));
+    let window = |a: &End, id| a.core.endpoint_receive_buffer(id).unwrap();
+    assert_eq!(window(&a, main), Some(MIGRATION_RECEIVE_BUFFER));
+    let channels: Vec<SessionId> = (0..4)
+        .map(|_| open_pair_from(&mut a, &mut b, host(1)))
+        .collect();
+    let other = open_pair_from(&mut a, &mut b, host(2));
+    for &id in channels.iter().chain([&main]) {
+        assert_eq!(window(&a, id), Some(session_share(5)), "{id}");
+    }
+    assert_eq!(
+        window(&a, other),
+        Some(MIGRATION_RECEIVE_BUFFER),
+        "another migration"
+    );
+    // The far end's sockets are the host's business.
+    assert_eq!(window(&b, main), None);
+    // A channel that ends gives its part back.
+    a.core.reset(channels[0], ResetReason::ConnectionReset);
+    assert_eq!(window(&a, main), Some(session_share(4)));
+}
+
 /// Opens session `id` from `a` to `b` (control messages delivered both ways).
 fn open_pair(a: &mut End, b: &mut End) -> SessionId {
     open_pair_from(a, b, Origin::default())

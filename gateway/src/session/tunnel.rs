@@ -354,6 +354,16 @@ impl TunnelCore {
         Ok(own.min(global).min(unsent))
     }
 
+    /// The receive buffer session `id`'s endpoint socket should have: its
+    /// migration's share of one LAN window ([`super::lan_window`]). `None`
+    /// for sessions the peer opened: their socket's buffer is the host's.
+    pub fn endpoint_receive_buffer(&self, id: SessionId) -> Result<Option<u64>, SessionError> {
+        let s = self.session(id)?;
+        Ok(self
+            .is_own_id(id)
+            .then(|| super::lan_window::session_share(self.scheduler.member_count(s.group))))
+    }
+
     /// Queues endpoint bytes for the peer. May exceed `send_capacity` by at
     /// most one read's worth; the caller checks capacity before reading.
     pub fn write(&mut self, id: SessionId, data: Bytes) -> Result<(), SessionError> {
