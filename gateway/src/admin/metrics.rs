@@ -283,7 +283,7 @@ fn groups(e: &mut DescriptorEncoder<'_>, all: &[GroupStatus]) -> std::fmt::Resul
         ),
         (
             "lmas_group_unsent_budget_bytes",
-            "What a migration group may hold unsent: the tunnel's rate times 40 ms, at most unsent_bytes.",
+            "What a migration group may hold unsent: the tunnel's rate times 20 ms, at most unsent_bytes.",
             Gauge,
             |g| g.unsent_budget_bytes.map(Int),
         ),

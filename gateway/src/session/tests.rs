@@ -457,18 +457,18 @@ fn unsent_room_bounds_reads_and_frees_as_frames_go_out() {
 fn a_migrations_sessions_share_one_unsent_budget_sized_from_the_tunnels_rate() {
     // QEMU's multifd opens five connections for one migration; what the
     // gateway takes from them ahead of the flows is downtime once the guest
-    // stops, so they share one budget: the tunnel's rate times 40 ms.
+    // stops, so they share one budget: the tunnel's rate times 20 ms.
     let limits = Limits::default();
     let (mut a, mut b) = (
         End::new(Side::Dialer, limits.clone()),
         End::new(Side::Acceptor, limits.clone()),
     );
-    let rate = 31_250_000; // a link cap of 250 Mbit/s: 1.25 MB in 40 ms
+    let rate = 62_500_000; // a link cap of 500 Mbit/s: 1.25 MB in 20 ms
     a.core.set_shares(SharePolicy {
         link_rate: Some(rate),
         ..Default::default()
     });
-    let budget = rate / 25;
+    let budget = rate * crate::session::unsent::UNSENT_TIME_US / 1_000_000;
     let host = |last: u8| Origin {
         source: Some(std::net::IpAddr::from([10, 0, 0, last])),
         ingress: None,
