@@ -152,7 +152,6 @@ async fn downlink(
             }
         })
         .await;
-        tunnel.poke_timer();
         match out {
             Ok(ReadOutcome::Data(data)) => {
                 if let Err(e) = w.write_all(&data).await {

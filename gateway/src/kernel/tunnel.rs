@@ -96,6 +96,8 @@ struct Inner {
     /// Per target, the peer's sessions connecting or waiting to, in open order (see
     /// [`super::egress::connect`]).
     connect_order: ConnectOrder,
+    /// The core deadline the timer task sleeps toward (see [`Tunnel::dispatch`]).
+    timer_at: Option<u64>,
 }
 
 pub struct Tunnel {
@@ -151,6 +153,7 @@ impl Tunnel {
                 signals: HashMap::new(),
                 live: HashMap::new(),
                 connect_order: ConnectOrder::default(),
+                timer_at: None,
             }),
             frames_ready: Notify::new(),
             control_ready: Notify::new(),
@@ -252,6 +255,14 @@ impl Tunnel {
     }
 
     fn dispatch(self: &Arc<Self>, inner: &mut Inner) {
+        // Whatever the core just did may have brought its deadline forward
+        // (a delayed ack, tokens returning, a session's probe).
+        if let Some(due) = inner.link.core.poll_timeout() {
+            if inner.timer_at.is_none_or(|at| due < at) {
+                inner.timer_at = Some(due);
+                self.timer.notify_one();
+            }
+        }
         while let Some(event) = inner.link.core.poll_event() {
             match event {
                 Event::FramesReady => self.frames_ready.notify_waiters(),
@@ -382,11 +393,6 @@ impl Tunnel {
         self.dispatch(&mut inner);
     }
 
-    /// The downlink read something: a delayed ack may now be due.
-    pub fn poke_timer(&self) {
-        self.timer.notify_one();
-    }
-
     /// Takes the tunnel down: every session is reset, every task stops.
     pub fn shutdown(self: &Arc<Self>, reason: ResetReason) {
         if self.closed.is_cancelled() {
@@ -401,15 +407,16 @@ impl Tunnel {
     }
 
     async fn run_timer(self: Arc<Self>) {
-        let run = async {
-            loop {
-                let due = wait_until(&self.timer, || self.with_core(|c| c.poll_timeout())).await;
-                let at = self.epoch + Duration::from_micros(due);
-                tokio::time::sleep_until(at.into()).await;
-                let now = self.now();
-                self.with_core(|c| c.handle_timeout(now));
-            }
-        };
+        let run = serve_deadlines(
+            &self.timer,
+            self.epoch.into(),
+            || {
+                let mut inner = self.inner.lock().expect("not poisoned");
+                inner.timer_at = inner.link.core.poll_timeout();
+                inner.timer_at
+            },
+            |now| self.with_core(|c| c.handle_timeout(now)),
+        );
         tokio::select! {
             _ = self.closed.cancelled() => {}
             () = run => {}
@@ -702,10 +709,6 @@ impl Tunnel {
             let frame = in_place
                 .then(|| inner.link.core.poll_frame(now, idx))
                 .flatten();
-            if frame.is_none() && inner.link.core.throttled() {
-                // Capped: the timer task wakes the flows when the tokens return.
-                self.timer.notify_one();
-            }
             self.dispatch(&mut inner);
             frame
         };
@@ -823,5 +826,69 @@ pub async fn wait_until<T>(notify: &Notify, mut poll: impl FnMut() -> Option<T>)
             return v;
         }
         notified.await;
+    }
+}
+
+/// Calls `handle(now)` each time the deadline `poll` gives (µs since
+/// `epoch`) comes due, forever. A poke of `notify` while it sleeps reads the
+/// deadline again: one that moved earlier (tokens return sooner than a
+/// backed-off probe is due) must not be slept through.
+pub async fn serve_deadlines(
+    notify: &Notify,
+    epoch: tokio::time::Instant,
+    mut poll: impl FnMut() -> Option<u64>,
+    mut handle: impl FnMut(u64),
+) {
+    let since_epoch = || {
+        tokio::time::Instant::now()
+            .duration_since(epoch)
+            .as_micros() as u64
+    };
+    loop {
+        let due = wait_until(notify, &mut poll).await;
+        tokio::select! {
+            () = tokio::time::sleep_until(epoch + Duration::from_micros(due)) => handle(since_epoch()),
+            () = notify.notified() => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_that_moves_earlier_is_not_slept_through() {
+        // The core's next deadline was far off (a probe backed off); then the
+        // pacer wants the flows woken sooner and pokes the timer.
+        const MS: u64 = 1_000;
+        let epoch = tokio::time::Instant::now();
+        let (notify, due, fired) = (
+            Notify::new(),
+            RefCell::new(Some(2_000 * MS)),
+            RefCell::new(vec![]),
+        );
+        let serve = serve_deadlines(
+            &notify,
+            epoch,
+            || *due.borrow(),
+            |now| {
+                fired.borrow_mut().push(now);
+                due.borrow_mut().take();
+            },
+        );
+        let test = async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            *due.borrow_mut() = Some(100 * MS);
+            notify.notify_one();
+            tokio::time::sleep(Duration::from_millis(140)).await;
+        };
+        tokio::select! {
+            () = serve => unreachable!("serves forever"),
+            () = test => {}
+        }
+        assert_eq!(*fired.borrow(), [100 * MS], "woken at the new deadline");
     }
 }
