@@ -152,6 +152,7 @@ pub fn flow_progress(sock: &SockRef<'_>) -> Option<crate::session::pacer::FlowPr
         outstanding: u64::from(in_flight_segments(&info)) * u64::from(info.tcpi_snd_mss)
             + u64::from(info.tcpi_notsent_bytes),
         min_rtt_us: (info.tcpi_min_rtt > 0).then_some(u64::from(info.tcpi_min_rtt)),
+        srtt_us: (info.tcpi_rtt > 0).then_some(u64::from(info.tcpi_rtt)),
     })
 }
 

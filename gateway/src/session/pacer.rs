@@ -20,7 +20,12 @@
 //!   RTT) over the last 10 rounds with data waiting. A round in which the
 //!   flows found nothing to send (the sources were slower than the WAN) may
 //!   raise the estimate, never lower it, and ages nothing.
-//! - **Min RTT**: the lowest the flows report.
+//! - **Min RTT**: the lowest round trip the flows saw in the last 10 s
+//!   (BBR's window), from their smoothed RTT at each report. Not the
+//!   transport's own minimum alone: the kernel keeps that for five minutes,
+//!   so after the path grew longer (a reroute; the lab's link reset to
+//!   200 ms) the pacer would go on timing rounds and the BDP by the old one
+//!   (measured: 100 ms held 15 s after the link went to 200 ms).
 //! - **Startup**: unpaced (the flows' own congestion control finds the
 //!   rate) until three rounds with data waiting bring no 25 % growth.
 //! - **Drain**: then paced at a third of the estimate until the flows hold
@@ -33,6 +38,8 @@ use std::collections::VecDeque;
 
 use super::Instant;
 
+/// How long a min RTT sample counts before a higher one replaces it.
+const MIN_RTT_WINDOW_US: u64 = 10_000_000;
 /// Rounds the bottleneck estimate remembers a sample for.
 const BW_ROUNDS: u64 = 10;
 /// Startup ends after this many backlogged rounds without growth...
@@ -81,8 +88,10 @@ pub struct FlowProgress {
     /// Bytes the peer received on this connection so far (selectively acked
     /// ones included); starts again from zero on a new connection.
     pub delivered: u64,
-    /// The lowest round trip the connection has seen.
+    /// The lowest round trip the connection has seen (however long ago).
     pub min_rtt_us: Option<u64>,
+    /// Its smoothed round trip now, queueing included.
+    pub srtt_us: Option<u64>,
     /// Bytes it holds that the peer has not received: on the wire (not
     /// selectively acked, not known lost) and not yet sent.
     pub outstanding: u64,
@@ -105,6 +114,8 @@ pub struct TunnelPacer {
     /// Per flow: its last report.
     flows: Vec<FlowProgress>,
     delivered: u64,
+    /// The lowest round trip in the window, and when it was seen.
+    min_rtt: Option<(u64, Instant)>,
     /// Startup: the estimate when it last grew 25 %, and rounds since.
     full_bw: u64,
     rounds_without_growth: u32,
@@ -123,6 +134,7 @@ impl TunnelPacer {
             round_app_limited: false,
             flows: vec![FlowProgress::default(); flows],
             delivered: 0,
+            min_rtt: None,
             full_bw: 0,
             rounds_without_growth: 0,
         }
@@ -152,6 +164,7 @@ impl TunnelPacer {
             self.delivered += progress.delivered.saturating_sub(last.delivered);
             *last = progress;
         }
+        self.sample_min_rtt(now);
         let Some(start) = self.round_start else {
             // The first report starts the first round: what it counts came before.
             self.round_start = Some(now);
@@ -181,7 +194,27 @@ impl TunnelPacer {
     }
 
     fn min_rtt(&self) -> Option<u64> {
-        self.flows.iter().filter_map(|f| f.min_rtt_us).min()
+        self.min_rtt.map(|(rtt, _)| rtt)
+    }
+
+    /// Takes the flows' round trips now: a lower one at once, a higher one
+    /// when the one held is older than the window. A flow that gives no
+    /// smoothed RTT counts with its own minimum.
+    fn sample_min_rtt(&mut self, now: Instant) {
+        let Some(sample) = self
+            .flows
+            .iter()
+            .filter_map(|f| f.srtt_us.or(f.min_rtt_us))
+            .min()
+        else {
+            return;
+        };
+        let expired = |&(rtt, at): &(u64, Instant)| {
+            sample <= rtt || now.saturating_sub(at) >= MIN_RTT_WINDOW_US
+        };
+        if self.min_rtt.is_none_or(|held| expired(&held)) {
+            self.min_rtt = Some((sample, now));
+        }
     }
 
     fn end_round(&mut self, now: Instant, start: Instant) {
@@ -320,6 +353,7 @@ mod tests {
                         FlowProgress {
                             delivered,
                             min_rtt_us: Some(RTT),
+                            srtt_us: None,
                             outstanding: 0,
                         },
                     )
@@ -409,6 +443,7 @@ mod tests {
         let report = |delivered, outstanding| FlowProgress {
             delivered,
             min_rtt_us: Some(RTT),
+            srtt_us: None,
             outstanding,
         };
         let d = p.flows[0].delivered;
@@ -439,6 +474,7 @@ mod tests {
         let report = |outstanding| FlowProgress {
             delivered: 0,
             min_rtt_us: Some(RTT),
+            srtt_us: None,
             outstanding,
         };
         p.rate(t);
@@ -473,6 +509,7 @@ mod tests {
         let report = |delivered| FlowProgress {
             delivered,
             min_rtt_us: None,
+            srtt_us: None,
             outstanding: 0,
         };
         p.on_flow_lost(1);
@@ -490,14 +527,51 @@ mod tests {
     fn the_round_follows_the_lowest_rtt_any_flow_reports() {
         let mut p = TunnelPacer::new(2);
         let rtt = |ms| FlowProgress {
-            delivered: 0,
             min_rtt_us: Some(ms * MS),
-            outstanding: 0,
+            ..FlowProgress::default()
         };
         p.on_progress(0, [(0, rtt(80)), (1, rtt(120))]);
         assert_eq!(p.snapshot().min_rtt_us, Some(80 * MS));
         assert!(!p.progress_due(79 * MS) && p.progress_due(80 * MS));
         p.on_progress(0, [(0, rtt(1))]);
         assert_eq!(p.round_len(), MIN_PHASE_US, "never shorter than the floor");
+    }
+
+    #[test]
+    fn a_path_that_grew_longer_is_timed_by_its_new_round_trip_within_the_window() {
+        // The transport still reports the 100 ms it saw before the path
+        // changed; its smoothed RTT says 200 (plus a little queue).
+        let mut p = TunnelPacer::new(2);
+        let report = |min_ms, srtt_ms| FlowProgress {
+            min_rtt_us: Some(min_ms * MS),
+            srtt_us: Some(srtt_ms * MS),
+            ..FlowProgress::default()
+        };
+        p.on_progress(0, [(0, report(100, 104)), (1, report(100, 101))]);
+        assert_eq!(p.snapshot().min_rtt_us, Some(101 * MS));
+        let mut t = 0;
+        while t < MIN_RTT_WINDOW_US {
+            t += 200 * MS;
+            p.on_progress(t, [(0, report(100, 230)), (1, report(100, 215))]);
+            if t < MIN_RTT_WINDOW_US {
+                assert_eq!(
+                    p.snapshot().min_rtt_us,
+                    Some(101 * MS),
+                    "held in the window"
+                );
+            }
+        }
+        assert_eq!(
+            p.snapshot().min_rtt_us,
+            Some(215 * MS),
+            "the window expired"
+        );
+        p.on_progress(t + 200 * MS, [(0, report(100, 203)), (1, report(100, 209))]);
+        assert_eq!(
+            p.snapshot().min_rtt_us,
+            Some(203 * MS),
+            "a lower one at once"
+        );
+        assert_eq!(p.round_len(), 203 * MS);
     }
 }

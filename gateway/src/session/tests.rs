@@ -986,6 +986,7 @@ fn paced_path(pace: bool, rate: u64, room: u64) -> (u64, u64) {
             let progress = FlowProgress {
                 delivered,
                 min_rtt_us: Some(20_000),
+                srtt_us: None,
                 outstanding: sent - delivered,
             };
             a.core.note_flow_progress(now, [(0, progress)]);
