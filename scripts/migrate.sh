@@ -23,6 +23,7 @@ WINDOW=""
 UNSENT=""
 LINK_CAP=""
 COMPRESSION=""
+CONGESTION=""
 INGRESS=listen
 TIMEOUT=300
 LINK_ARGS=()
@@ -70,6 +71,7 @@ Options:
   --link-cap MBIT        lmas: the gateways' limits.link_rate_mbit (default: none)
   --compression MODE     lmas: the gateways' [wan] compression, auto|off|lz4|zstd[:L]
                          (default: theirs, auto)
+  --congestion CC        lmas: the data flows' congestion control (default: theirs, bbr)
   --ingress listen|tproxy  lmas: QEMU dials gw-a's listener, or the destination itself
                          (intercepted by TPROXY in gw-a)                             [$INGRESS]
   --rtt MS, --loss PCT, --rate MBIT   set the emulated link first (else as it is)
@@ -114,6 +116,7 @@ while (($#)); do
         --unsent) UNSENT=$2; shift 2 ;;
         --link-cap) LINK_CAP=$2; shift 2 ;;
         --compression) COMPRESSION=$2; shift 2 ;;
+        --congestion) CONGESTION=$2; shift 2 ;;
         --ingress) INGRESS=$2; shift 2 ;;
         --rtt | --loss | --rate) LINK_ARGS+=("$1" "$2"); shift 2 ;;
         --timeout) TIMEOUT=$2; shift 2 ;;
@@ -220,7 +223,7 @@ if [[ $MODE != direct ]]; then
     # --reuse: a pair already up with these options keeps running (and carries a concurrent
     # migration on the other slot undisturbed).
     "$LAB" gateways up --reuse --datapath "${DATAPATH%/*}" --flows "$FLOWS" --ingress "$INGRESS" ${WINDOW:+--window "$WINDOW"} \
-        ${UNSENT:+--unsent "$UNSENT"} ${LINK_CAP:+--link-cap "$LINK_CAP"} ${COMPRESSION:+--compression "$COMPRESSION"} >&2 ||
+        ${UNSENT:+--unsent "$UNSENT"} ${LINK_CAP:+--link-cap "$LINK_CAP"} ${COMPRESSION:+--compression "$COMPRESSION"} ${CONGESTION:+--congestion "$CONGESTION"} >&2 ||
         die "the gateways did not come up"
     URI=tcp:$("$LAB" gateways address)
     ((SLOT == 0)) || URI=tcp:$GWA_LAN_IP:$INGRESS2_PORT
