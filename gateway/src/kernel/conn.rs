@@ -135,6 +135,11 @@ impl ConnInfo {
         }))
     }
 
+    /// Bytes unsent while its window is collapsed ([`super::stall`]).
+    pub fn send_stall(&self) -> Option<u64> {
+        super::sockopt::send_stall(&socket2::SockRef::from(&self.socket))
+    }
+
     /// What the connection delivered, for the tunnel pacer.
     pub fn flow_progress(&self) -> Option<crate::session::pacer::FlowProgress> {
         super::sockopt::flow_progress(&socket2::SockRef::from(&self.socket))
@@ -407,5 +412,9 @@ impl<W: AsyncWrite + Unpin> RecordWriter<W> {
 
     pub fn get_ref(&self) -> &W {
         &self.inner
+    }
+
+    pub fn info(&self) -> &ConnInfo {
+        &self.info
     }
 }

@@ -24,6 +24,7 @@ mod idle;
 mod ingress;
 mod pending;
 pub mod sockopt;
+mod stall;
 mod tunnel;
 
 use std::net::SocketAddr;

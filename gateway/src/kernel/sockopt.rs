@@ -134,6 +134,19 @@ pub fn send_queue_empty(sock: &SockRef<'_>) -> bool {
     tcp_info(sock).is_some_and(|i| i.tcpi_notsent_bytes == 0 && i.tcpi_unacked == 0)
 }
 
+/// A congestion window this small with bytes unsent: the connection has
+/// stopped sending for a while (BBR's PROBE_RTT holds 4 segments, a
+/// retransmission timeout drops to 1).
+const STALLED_CWND_SEGMENTS: u32 = 4;
+
+/// Bytes waiting unsent in `sock`'s send queue while its window is collapsed
+/// ([`super::stall`]); `None` while it sends.
+pub fn send_stall(sock: &SockRef<'_>) -> Option<u64> {
+    let info = tcp_info(sock)?;
+    (info.tcpi_snd_cwnd <= STALLED_CWND_SEGMENTS && info.tcpi_notsent_bytes > 0)
+        .then_some(u64::from(info.tcpi_notsent_bytes))
+}
+
 /// Segments on the wire: Linux's `tcp_packets_in_flight` (sent, not
 /// cumulatively or selectively acked, not marked lost, retransmissions counted).
 fn in_flight_segments(info: &libc::tcp_info) -> u32 {

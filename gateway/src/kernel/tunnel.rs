@@ -19,6 +19,7 @@ use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::conn::{ConnError, ConnInfo, RecordReader, RecordWriter};
+use super::stall::{self, SentBatches};
 use super::Gateway;
 use crate::admin::status::{ConnectionStatus, TunnelStatus};
 use crate::admin::Stats;
@@ -712,11 +713,27 @@ impl Tunnel {
             self.dispatch(&mut inner);
             frame
         };
+        let mut sent = SentBatches::default();
         loop {
+            // No new frames while the flow's window is collapsed: they would
+            // wait there, holding their sessions (see `stall`).
+            if self.flow_stalled(idx, id, writer.info(), &mut sent) {
+                tokio::time::sleep(stall::CHECK_EVERY).await;
+                continue;
+            }
             // Pull only when this flow can send now (TCP_NOTSENT_LOWAT): the
-            // flow that can send soonest gets the next frame.
-            writer.get_ref().as_ref().writable().await?;
-            let first = wait_until(&self.frames_ready, &take).await;
+            // flow that can send soonest gets the next frame. Either wait
+            // ends at the next check.
+            let first = tokio::select! {
+                r = writer.get_ref().as_ref().writable() => {
+                    r?;
+                    tokio::select! {
+                        f = wait_until(&self.frames_ready, &take) => f,
+                        () = tokio::time::sleep(stall::CHECK_EVERY) => continue,
+                    }
+                }
+                () = tokio::time::sleep(stall::CHECK_EVERY) => continue,
+            };
             let mut batch_len = first.payload.len();
             let mut batch = vec![Message::Data(first)];
             while batch_len < WRITE_BATCH {
@@ -728,10 +745,32 @@ impl Tunnel {
                     None => break,
                 }
             }
+            let frames = batch.len();
             writer.push_batch(batch).await?;
             self.note_packing(writer.take_packed());
             writer.flush().await?;
+            sent.wrote(writer.info().sent.load(Ordering::Relaxed), frames);
         }
+    }
+
+    /// Whether flow `idx`'s connection `id` is stalled with frames unsent;
+    /// the first time in a stall, the core sends them again on the others.
+    fn flow_stalled(
+        self: &Arc<Self>,
+        idx: usize,
+        id: ConnRef,
+        info: &ConnInfo,
+        sent: &mut SentBatches,
+    ) -> bool {
+        let unsent = info.send_stall();
+        if let Some(frames) = sent.check(info.sent.load(Ordering::Relaxed), unsent) {
+            let mut inner = self.inner.lock().expect("not poisoned");
+            if inner.link.table.flow(idx) == Some(id) {
+                inner.link.core.flow_stalled(idx, frames);
+                self.dispatch(&mut inner);
+            }
+        }
+        unsent.is_some()
     }
 
     /// Credits what packing a batch's frames did to their sessions: once per batch, so

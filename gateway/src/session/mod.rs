@@ -90,6 +90,8 @@ pub struct Counters {
     pub duplicate_bytes_in: u64,
     pub resent_bytes: u64,
     pub flows_lost: u64,
+    /// Times a flow stalled with frames unsent and they went on the others.
+    pub flow_stalls: u64,
     pub protocol_errors: u64,
     pub resyncs: u64,
 }
@@ -103,6 +105,7 @@ impl Counters {
             ("duplicate_bytes_in", self.duplicate_bytes_in),
             ("resent_bytes", self.resent_bytes),
             ("flows_lost", self.flows_lost),
+            ("flow_stalls", self.flow_stalls),
             ("protocol_errors", self.protocol_errors),
             ("resyncs", self.resyncs),
         ]

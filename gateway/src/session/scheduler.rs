@@ -392,6 +392,18 @@ impl Scheduler {
         n
     }
 
+    /// A flow stalled with its newest `frames` not yet on the wire: they
+    /// become resend work for the other flows (the flow keeps them in its
+    /// ledger, and the far end drops whichever copy comes second). Returns
+    /// how many ranges were queued.
+    pub fn flow_stalled(&mut self, flow: usize, frames: usize) -> usize {
+        let ledger = &self.ledgers[flow];
+        let stuck = ledger.iter().skip(ledger.len().saturating_sub(frames));
+        let before = self.resend.len();
+        self.resend.extend(stuck.copied());
+        self.resend.len() - before
+    }
+
     /// Forgets a session everywhere (it was reset or finished); its group
     /// goes with its last session.
     pub fn forget(&mut self, session: SessionId, key: GroupKey) {

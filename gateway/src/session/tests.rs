@@ -102,6 +102,12 @@ enum Op {
     Kill {
         flow: usize,
     },
+    /// Flow k's transport stalls with its newest `frames` unsent: they go
+    /// again on the others, and the originals still arrive later.
+    Stall {
+        flow: usize,
+        frames: usize,
+    },
     /// The control connection dies with whatever it carried; a new one
     /// replaces it and both ends resync.
     ControlLost,
@@ -115,6 +121,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (any::<bool>(), 0..FLOWS).prop_map(|(from_a, flow)| Op::Deliver { from_a, flow }),
         2 => Just(Op::Control),
         1 => (0..FLOWS).prop_map(|flow| Op::Kill { flow }),
+        1 => (0..FLOWS, 0..4usize).prop_map(|(flow, frames)| Op::Stall { flow, frames }),
         1 => Just(Op::ControlLost),
         2 => Just(Op::Read),
         1 => Just(Op::Tick),
@@ -187,6 +194,12 @@ fn run(streams: &[Vec<u8>], ops: &[Op]) -> (End, End, Vec<SessionId>) {
             b.flows[flow].clear();
             a.core.flow_lost(flow);
             b.core.flow_lost(flow);
+            a.drain_events();
+            b.drain_events();
+        }
+        Op::Stall { flow, frames } => {
+            a.core.flow_stalled(flow, frames);
+            b.core.flow_stalled(flow, frames);
             a.drain_events();
             b.drain_events();
         }
@@ -565,6 +578,52 @@ fn a_migrations_ingress_sockets_share_one_receive_window() {
     // A channel that ends gives its part back.
     a.core.reset(channels[0], ResetReason::ConnectionReset);
     assert_eq!(window(&a, main), Some(session_share(4)));
+}
+
+#[test]
+fn a_stalled_flows_unsent_frames_go_again_on_another_flow() {
+    // Flow 0's transport holds its two newest frames unsent (BBR's
+    // PROBE_RTT): the far end, delivering in order, would wait for them.
+    let (mut a, mut b) = (
+        End::new(Side::Dialer, limits()),
+        End::new(Side::Acceptor, limits()),
+    );
+    let id = open_pair(&mut a, &mut b);
+    let data: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+    a.core.write(id, Bytes::from(data.clone())).unwrap();
+    let on_flow_0: Vec<_> = (0..3)
+        .map(|_| a.core.poll_frame(0, 0).expect("a frame"))
+        .collect();
+    a.drain_events();
+    a.core.flow_stalled(0, 2);
+    a.drain_events();
+    assert!(a.events.contains(&Event::FramesReady), "{:?}", a.events);
+    assert_eq!(a.core.counters().flow_stalls, 1);
+    let mut on_flow_1: Vec<_> = std::iter::from_fn(|| a.core.poll_frame(0, 1)).collect();
+    let rest = on_flow_1.split_off(2);
+    let again = on_flow_1;
+    let offsets =
+        |fs: &[crate::protocol::DataFrame]| fs.iter().map(|f| f.offset).collect::<Vec<_>>();
+    assert_eq!(
+        offsets(&again),
+        offsets(&on_flow_0[1..]),
+        "the newest two, on flow 1"
+    );
+    // The far end gets the first from flow 0, then the copies and the
+    // rest on flow 1; the originals come last and are dropped.
+    let arrivals = std::iter::once(&on_flow_0[0]).chain(&again).chain(&rest);
+    for f in arrivals.chain(&on_flow_0[1..]) {
+        deliver(&mut b, Message::Data(f.clone()));
+    }
+    let mut got = Vec::new();
+    while let Ok(ReadOutcome::Data(d)) = b.core.read(0, id) {
+        got.extend_from_slice(&d);
+    }
+    assert_eq!(got, data, "the whole stream, once, in order");
+    assert!(b.core.counters().duplicate_bytes_in > 0);
+    // Nothing more to stall for: a stall with no frames queues nothing.
+    a.core.flow_stalled(1, 0);
+    assert_eq!(a.core.counters().flow_stalls, 1);
 }
 
 /// Opens session `id` from `a` to `b` (control messages delivered both ways).

@@ -758,6 +758,19 @@ impl TunnelCore {
         }
     }
 
+    /// A data flow's transport stopped sending while it still held the
+    /// newest `frames` it took (Linux BBR's PROBE_RTT cuts its window to 4
+    /// segments for 200 ms and a round trip; a retransmission timeout does
+    /// the same). Each would hold its whole session at the far end, which
+    /// delivers in order: they go again on the other flows. The driver
+    /// gives the stalled flow no new frames until it sends again.
+    pub fn flow_stalled(&mut self, flow: usize, frames: usize) {
+        if self.scheduler.flow_stalled(flow, frames) > 0 {
+            self.counters.flow_stalls += 1;
+            self.events.push_back(Event::FramesReady);
+        }
+    }
+
     /// Next control message for the peer.
     #[must_use = "the message is taken off the control queue: dropped, the peer never gets it"]
     pub fn poll_control(&mut self) -> Option<Message> {

@@ -1,0 +1,89 @@
+//! A data flow whose transport stopped sending while frames wait in its send
+//! queue (Linux BBR's PROBE_RTT: a window of 4 segments for 200 ms and a
+//! round trip, every ~10 s of steady sending; or a retransmission timeout).
+//! The far gateway delivers each session in order, so one frame stuck there
+//! holds its session: at a migration's switchover that was the difference
+//! between 350 and 900 ms of downtime (docs/BENCHMARKS.md, "Downtime
+//! outliers"). The flow writer watches for it, has the core send those
+//! frames again on the other flows once per stall, and takes no new frames
+//! until the flow sends again.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+/// How often a flow writer that waits looks at its connection.
+pub const CHECK_EVERY: Duration = Duration::from_millis(10);
+/// Batches remembered: more than a send queue of `DATA_FLOW_NOTSENT_LOWAT`
+/// holds (256 KiB batches; a small batch when the sources are slow).
+const REMEMBERED: usize = 256;
+
+/// Where each recent batch a flow wrote ends in its byte stream, and how
+/// many frames it held; and whether the current stall was dealt with.
+#[derive(Debug, Default)]
+pub struct SentBatches {
+    batches: VecDeque<(u64, usize)>,
+    rescued: bool,
+}
+
+impl SentBatches {
+    /// A batch of `frames` frames was written; the stream now ends at `end`.
+    pub fn wrote(&mut self, end: u64, frames: usize) {
+        if self.batches.len() == REMEMBERED {
+            self.batches.pop_front();
+        }
+        self.batches.push_back((end, frames));
+    }
+
+    /// Looks at the connection: `unsent` is `Some(bytes not yet sent)` while
+    /// its window is collapsed, `None` while it sends. Returns how many of
+    /// the newest frames to send elsewhere (once per stall; a batch partly
+    /// sent counts whole), or `None` when there is nothing to do now.
+    pub fn check(&mut self, written: u64, unsent: Option<u64>) -> Option<usize> {
+        let Some(unsent) = unsent else {
+            self.rescued = false;
+            return None;
+        };
+        if std::mem::replace(&mut self.rescued, true) {
+            return None;
+        }
+        let sent = written.saturating_sub(unsent);
+        let frames = self
+            .batches
+            .iter()
+            .rev()
+            .take_while(|&&(end, _)| end > sent)
+            .map(|&(_, n)| n)
+            .sum();
+        Some(frames)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_batches_not_yet_on_the_wire_are_rescued_once_per_stall() {
+        let mut s = SentBatches::default();
+        s.wrote(1_000, 4);
+        s.wrote(2_000, 3);
+        s.wrote(3_000, 2);
+        assert_eq!(s.check(3_000, None), None, "sending");
+        // 1,500 bytes unsent: the last batch and half the one before.
+        assert_eq!(s.check(3_000, Some(1_500)), Some(5));
+        assert_eq!(s.check(3_000, Some(1_400)), None, "the same stall");
+        assert_eq!(s.check(3_000, None), None, "sending again");
+        s.wrote(3_500, 1);
+        assert_eq!(s.check(3_500, Some(100)), Some(1), "a new stall");
+    }
+
+    #[test]
+    fn a_flow_remembers_a_bounded_number_of_batches() {
+        let mut s = SentBatches::default();
+        for i in 1..=10 * REMEMBERED as u64 {
+            s.wrote(i * 10, 1);
+        }
+        assert_eq!(s.batches.len(), REMEMBERED);
+        assert_eq!(s.check(u64::MAX, Some(u64::MAX)), Some(REMEMBERED));
+    }
+}
