@@ -139,12 +139,20 @@ pub fn send_queue_empty(sock: &SockRef<'_>) -> bool {
 /// retransmission timeout drops to 1).
 const STALLED_CWND_SEGMENTS: u32 = 4;
 
-/// Bytes waiting unsent in `sock`'s send queue while its window is collapsed
-/// ([`super::stall`]); `None` while it sends.
+/// Linux's `TCP_CA_Loss`: after a retransmission timeout everything in
+/// flight goes again, from a window of one segment.
+const TCP_CA_LOSS: u8 = 4;
+
+/// Bytes at the end of `sock`'s stream that wait while its window is
+/// collapsed ([`super::stall`]): those not yet sent, and after a timeout
+/// those in flight too; `None` while it sends.
 pub fn send_stall(sock: &SockRef<'_>) -> Option<u64> {
     let info = tcp_info(sock)?;
-    (info.tcpi_snd_cwnd <= STALLED_CWND_SEGMENTS && info.tcpi_notsent_bytes > 0)
-        .then_some(u64::from(info.tcpi_notsent_bytes))
+    let mut stuck = u64::from(info.tcpi_notsent_bytes);
+    if info.tcpi_ca_state == TCP_CA_LOSS {
+        stuck += u64::from(info.tcpi_unacked) * u64::from(info.tcpi_snd_mss);
+    }
+    (info.tcpi_snd_cwnd <= STALLED_CWND_SEGMENTS && stuck > 0).then_some(stuck)
 }
 
 /// Segments on the wire: Linux's `tcp_packets_in_flight` (sent, not

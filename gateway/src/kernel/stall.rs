@@ -1,6 +1,7 @@
 //! A data flow whose transport stopped sending while frames wait in its send
 //! queue (Linux BBR's PROBE_RTT: a window of 4 segments for 200 ms and a
-//! round trip, every ~10 s of steady sending; or a retransmission timeout).
+//! round trip, every ~10 s of steady sending; or a retransmission timeout,
+//! after which everything in flight goes again from a window of one).
 //! The far gateway delivers each session in order, so one frame stuck there
 //! holds its session: at a migration's switchover that was the difference
 //! between 350 and 900 ms of downtime (docs/BENCHMARKS.md, "Downtime
@@ -34,24 +35,25 @@ impl SentBatches {
         self.batches.push_back((end, frames));
     }
 
-    /// Looks at the connection: `unsent` is `Some(bytes not yet sent)` while
-    /// its window is collapsed, `None` while it sends. Returns how many of
-    /// the newest frames to send elsewhere (once per stall; a batch partly
-    /// sent counts whole), or `None` when there is nothing to do now.
-    pub fn check(&mut self, written: u64, unsent: Option<u64>) -> Option<usize> {
-        let Some(unsent) = unsent else {
+    /// Looks at the connection: `stuck` is `Some(bytes at the end of its
+    /// stream that wait)` while its window is collapsed, `None` while it
+    /// sends. Returns how many of the newest frames to send elsewhere (once
+    /// per stall; a batch partly through counts whole), or `None` when
+    /// there is nothing to do now.
+    pub fn check(&mut self, written: u64, stuck: Option<u64>) -> Option<usize> {
+        let Some(stuck) = stuck else {
             self.rescued = false;
             return None;
         };
         if std::mem::replace(&mut self.rescued, true) {
             return None;
         }
-        let sent = written.saturating_sub(unsent);
+        let through = written.saturating_sub(stuck);
         let frames = self
             .batches
             .iter()
             .rev()
-            .take_while(|&&(end, _)| end > sent)
+            .take_while(|&&(end, _)| end > through)
             .map(|&(_, n)| n)
             .sum();
         Some(frames)
@@ -69,7 +71,7 @@ mod tests {
         s.wrote(2_000, 3);
         s.wrote(3_000, 2);
         assert_eq!(s.check(3_000, None), None, "sending");
-        // 1,500 bytes unsent: the last batch and half the one before.
+        // 1,500 bytes stuck: the last batch and half the one before.
         assert_eq!(s.check(3_000, Some(1_500)), Some(5));
         assert_eq!(s.check(3_000, Some(1_400)), None, "the same stall");
         assert_eq!(s.check(3_000, None), None, "sending again");
