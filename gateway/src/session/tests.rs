@@ -412,10 +412,7 @@ fn unsent_room_bounds_reads_and_frees_as_frames_go_out() {
     // what the flows have taken is bounded by `unsent_buffer`, well below the
     // window that data in flight may use.
     let target: SocketAddr = "192.0.2.1:5000".parse().unwrap();
-    let (mut a, mut b) = (
-        End::new(Side::Dialer, limits()),
-        End::new(Side::Acceptor, limits()),
-    );
+    let (mut a, mut b) = ends();
     let id = a.core.open(target, Origin::default()).unwrap();
     a.drain_events();
     deliver(&mut b, a.control.pop_front().unwrap());
@@ -550,10 +547,7 @@ fn a_migrations_ingress_sockets_share_one_receive_window() {
     // one window instead of offering one each.
     use crate::protocol::ResetReason;
     use crate::session::lan_window::{session_share, MIGRATION_RECEIVE_BUFFER};
-    let (mut a, mut b) = (
-        End::new(Side::Dialer, limits()),
-        End::new(Side::Acceptor, limits()),
-    );
+    let (mut a, mut b) = ends();
     let host = |last: u8| Origin {
         source: Some(std::net::IpAddr::from([10, 0, 0, last])),
         ingress: None,
@@ -584,10 +578,7 @@ fn a_migrations_ingress_sockets_share_one_receive_window() {
 fn a_stalled_flows_unsent_frames_go_again_on_another_flow() {
     // Flow 0's transport holds its two newest frames unsent (BBR's
     // PROBE_RTT): the far end, delivering in order, would wait for them.
-    let (mut a, mut b) = (
-        End::new(Side::Dialer, limits()),
-        End::new(Side::Acceptor, limits()),
-    );
+    let (mut a, mut b) = ends();
     let id = open_pair(&mut a, &mut b);
     let data: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
     a.core.write(id, Bytes::from(data.clone())).unwrap();
@@ -624,6 +615,14 @@ fn a_stalled_flows_unsent_frames_go_again_on_another_flow() {
     // Nothing more to stall for: a stall with no frames queues nothing.
     a.core.flow_stalled(1, 0);
     assert_eq!(a.core.counters().flow_stalls, 1);
+}
+
+/// A dialling and an accepting end with the tests' limits.
+fn ends() -> (End, End) {
+    (
+        End::new(Side::Dialer, limits()),
+        End::new(Side::Acceptor, limits()),
+    )
 }
 
 /// Opens session `id` from `a` to `b` (control messages delivered both ways).
@@ -733,10 +732,7 @@ fn a_peer_that_pings_and_never_reads_meets_the_control_bound() {
 fn a_session_waiting_on_the_global_buffer_is_woken_when_another_is_acked() {
     // Capacity counts the next piece's bookkeeping, so the buffer can be "full" for a writer
     // while a little below global_buffer: the wakeup must follow the same rule.
-    let (mut a, mut b) = (
-        End::new(Side::Dialer, limits()),
-        End::new(Side::Acceptor, limits()),
-    );
+    let (mut a, mut b) = ends();
     let first = open_pair(&mut a, &mut b);
     let second = open_pair(&mut a, &mut b);
     while a.core.send_capacity(first).unwrap() > 0 {
@@ -856,10 +852,7 @@ fn packing_notes_are_credited_per_session_and_go_with_the_session() {
 /// caller can match on; the session is reset and counted, the tunnel goes on.
 #[test]
 fn a_violation_is_typed_and_resets_only_its_session() {
-    let (mut a, mut b) = (
-        End::new(Side::Dialer, limits()),
-        End::new(Side::Acceptor, limits()),
-    );
+    let (mut a, mut b) = ends();
     let id = open_pair(&mut a, &mut b);
     let other = open_pair(&mut a, &mut b);
     let err = a.core.handle_message(Message::Ack {
@@ -906,10 +899,7 @@ fn a_violation_is_typed_and_resets_only_its_session() {
 fn a_capped_tunnel_waits_for_its_tokens_and_says_when() {
     // The driver pulls, finds only capped work, arms `poll_timeout`, and at
     // that time is told (FramesReady) to pull again; the cap holds.
-    let (mut a, mut b) = (
-        End::new(Side::Dialer, limits()),
-        End::new(Side::Acceptor, limits()),
-    );
+    let (mut a, mut b) = ends();
     let rate = 10 * limits().frame_len as u64; // ten frames a second
     a.core.set_shares(SharePolicy {
         link_rate: Some(rate),
@@ -969,10 +959,7 @@ fn a_flow_left_waiting_for_tokens_is_woken_after_another_flow_pulled() {
     // for FramesReady would otherwise leave it idle until flow 1 pulls
     // again (seen with a tight pacing bucket: the kernel datapath's source
     // reader waited 20-435 ms for flows to take frames).
-    let (mut a, mut b) = (
-        End::new(Side::Dialer, limits()),
-        End::new(Side::Acceptor, limits()),
-    );
+    let (mut a, mut b) = ends();
     let frame = limits().frame_len as u64;
     let rate = 10 * frame; // ten frames a second
     a.core.set_shares(SharePolicy {
