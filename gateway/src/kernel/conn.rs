@@ -135,7 +135,7 @@ impl ConnInfo {
         }))
     }
 
-    /// Bytes stuck while its window is collapsed ([`super::stall`]).
+    /// Bytes stuck while its window is collapsed ([`crate::link::stall`]).
     pub fn send_stall(&self) -> Option<u64> {
         super::sockopt::send_stall(&socket2::SockRef::from(&self.socket))
     }

@@ -24,7 +24,6 @@ mod idle;
 mod ingress;
 mod pending;
 pub mod sockopt;
-mod stall;
 mod tunnel;
 
 use std::net::SocketAddr;

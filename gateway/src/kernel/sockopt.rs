@@ -144,7 +144,7 @@ const STALLED_CWND_SEGMENTS: u32 = 4;
 const TCP_CA_LOSS: u8 = 4;
 
 /// Bytes at the end of `sock`'s stream that wait while its window is
-/// collapsed ([`super::stall`]): those not yet sent, and after a timeout
+/// collapsed ([`crate::link::stall`]): those not yet sent, and after a timeout
 /// those in flight too; `None` while it sends.
 pub fn send_stall(sock: &SockRef<'_>) -> Option<u64> {
     let info = tcp_info(sock)?;

@@ -19,10 +19,10 @@ use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::conn::{ConnError, ConnInfo, RecordReader, RecordWriter};
-use super::stall::{self, SentBatches};
 use super::Gateway;
 use crate::admin::status::{ConnectionStatus, TunnelStatus};
 use crate::admin::Stats;
+use crate::link::stall::{self, SentBatches};
 use crate::link::{Applied, ConnRef, ConnTable, ConnectOrder, Lost, TunnelSetup, TunnelState};
 use crate::protocol::handshake::Shard;
 use crate::protocol::{Message, RefuseReason, ResetReason, SessionId, TunnelId};

@@ -12,6 +12,8 @@
 //! - [`admission`]: which unauthenticated connections on the tunnel port keep a handshake slot.
 //! - [`accept`]: what an accepted connection's first message makes of it.
 //! - [`records`]: records split off a connection's byte stream.
+//! - [`stall`]: which of a data flow's newest frames wait while its transport's window is
+//!   collapsed, to send again on the others.
 //! - [`welcome`]: what the welcome to the dialler's hello makes of the tunnel it held.
 //! - [`conn_table`]: which connection serves each role; replacement, loss, the grace period.
 //! - [`tunnel`]: one tunnel's core and table, and what follows when a connection attaches or
@@ -30,6 +32,7 @@ pub mod handshake;
 pub mod idle;
 pub mod ingress;
 pub mod records;
+pub mod stall;
 pub mod tunnel;
 pub mod welcome;
 

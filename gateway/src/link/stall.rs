@@ -5,7 +5,7 @@
 //! The far gateway delivers each session in order, so one frame stuck there
 //! holds its session: at a migration's switchover that was the difference
 //! between 350 and 900 ms of downtime (docs/BENCHMARKS.md, "Downtime
-//! outliers"). The flow writer watches for it, has the core send those
+//! outliers"). A datapath's flow writer watches for it, has the core send those
 //! frames again on the other flows once per stall, and takes no new frames
 //! until the flow sends again.
 
