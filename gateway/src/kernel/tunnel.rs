@@ -723,13 +723,15 @@ impl Tunnel {
             }
             // Pull only when this flow can send now (TCP_NOTSENT_LOWAT): the
             // flow that can send soonest gets the next frame. Either wait
-            // ends at the next check.
+            // ends at the next check, unless the socket holds nothing that
+            // could stall (an idle tunnel's writers sleep until there is work).
             let first = tokio::select! {
                 r = writer.get_ref().as_ref().writable() => {
                     r?;
+                    let check = (!writer.info().send_queue_empty()).then_some(stall::CHECK_EVERY);
                     tokio::select! {
                         f = wait_until(&self.frames_ready, &take) => f,
-                        () = tokio::time::sleep(stall::CHECK_EVERY) => continue,
+                        () = sleep_if(check) => continue,
                     }
                 }
                 () = tokio::time::sleep(stall::CHECK_EVERY) => continue,
@@ -753,8 +755,9 @@ impl Tunnel {
         }
     }
 
-    /// Whether flow `idx`'s connection `id` is stalled with frames unsent;
-    /// the first time in a stall, the core sends them again on the others.
+    /// Whether flow `idx`'s connection `id` is stalled with frames stuck
+    /// while most other flows send; the first time in a stall, the core
+    /// sends them again on the others.
     fn flow_stalled(
         self: &Arc<Self>,
         idx: usize,
@@ -762,15 +765,24 @@ impl Tunnel {
         info: &ConnInfo,
         sent: &mut SentBatches,
     ) -> bool {
-        let unsent = info.send_stall();
-        if let Some(frames) = sent.check(info.sent.load(Ordering::Relaxed), unsent) {
+        let stuck = info.send_stall().filter(|_| {
+            let inner = self.inner.lock().expect("not poisoned");
+            let table = &inner.link.table;
+            let others: Vec<u32> = (0..table.flow_count())
+                .filter(|&k| k != idx)
+                .filter_map(|k| inner.live.get(&table.flow(k)?)?.info.tcp_stats())
+                .map(|t| t.cwnd_segments)
+                .collect();
+            stall::others_send(&others)
+        });
+        if let Some(frames) = sent.check(info.sent.load(Ordering::Relaxed), stuck) {
             let mut inner = self.inner.lock().expect("not poisoned");
             if inner.link.table.flow(idx) == Some(id) {
                 inner.link.core.flow_stalled(idx, frames);
                 self.dispatch(&mut inner);
             }
         }
-        unsent.is_some()
+        stuck.is_some()
     }
 
     /// Credits what packing a batch's frames did to their sessions: once per batch, so
@@ -865,6 +877,14 @@ pub async fn wait_until<T>(notify: &Notify, mut poll: impl FnMut() -> Option<T>)
             return v;
         }
         notified.await;
+    }
+}
+
+/// Sleeps `d`, or forever when there is none.
+async fn sleep_if(d: Option<Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
     }
 }
 

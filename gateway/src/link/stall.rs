@@ -5,9 +5,10 @@
 //! The far gateway delivers each session in order, so one frame stuck there
 //! holds its session: at a migration's switchover that was the difference
 //! between 350 and 900 ms of downtime (docs/BENCHMARKS.md, "Downtime
-//! outliers"). A datapath's flow writer watches for it, has the core send those
-//! frames again on the other flows once per stall, and takes no new frames
-//! until the flow sends again.
+//! outliers"). A datapath's flow writer watches for it and, while most other
+//! flows send, has the core send those frames again on them once per stall
+//! and takes no new frames until the flow sends again. On a path where every
+//! flow's window is small nothing is done: copies would only load it more.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -17,6 +18,18 @@ pub const CHECK_EVERY: Duration = Duration::from_millis(10);
 /// Batches remembered: more than a send queue of `DATA_FLOW_NOTSENT_LOWAT`
 /// holds (256 KiB batches; a small batch when the sources are slow).
 const REMEMBERED: usize = 256;
+
+/// A window at least this large (segments) is a flow that sends.
+const SENDING_CWND: u32 = 16;
+
+/// Whether the tunnel's other flows are sending (`cwnds`: their congestion
+/// windows): most of them have a window of [`SENDING_CWND`] or more. A
+/// collapsed flow is only worth working around then; on a path where every
+/// flow's window is small, frames sent twice would only load it more.
+pub fn others_send(cwnds: &[u32]) -> bool {
+    let sending = cwnds.iter().filter(|&&c| c >= SENDING_CWND).count();
+    sending > 0 && sending * 2 >= cwnds.len()
+}
 
 /// Where each recent batch a flow wrote ends in its byte stream, and how
 /// many frames it held; and whether the current stall was dealt with.
@@ -77,6 +90,18 @@ mod tests {
         assert_eq!(s.check(3_000, None), None, "sending again");
         s.wrote(3_500, 1);
         assert_eq!(s.check(3_500, Some(100)), Some(1), "a new stall");
+    }
+
+    #[test]
+    fn a_collapsed_flow_is_worked_around_only_while_most_others_send() {
+        assert!(others_send(&[4_000, 3_000, 20, 2_500]));
+        assert!(others_send(&[4_000, 3, 3, 2_500]), "half of them");
+        assert!(
+            !others_send(&[4_000, 3, 3, 4]),
+            "a path where most are small"
+        );
+        assert!(!others_send(&[10, 8, 12]), "a slow path");
+        assert!(!others_send(&[]), "no other flow to send on");
     }
 
     #[test]
