@@ -209,10 +209,10 @@ impl TunnelPacer {
         else {
             return;
         };
-        let expired = |&(rtt, at): &(u64, Instant)| {
+        let replaces = |(rtt, at): (u64, Instant)| {
             sample <= rtt || now.saturating_sub(at) >= MIN_RTT_WINDOW_US
         };
-        if self.min_rtt.is_none_or(|held| expired(&held)) {
+        if self.min_rtt.is_none_or(replaces) {
             self.min_rtt = Some((sample, now));
         }
     }
