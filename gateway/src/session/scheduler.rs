@@ -104,6 +104,11 @@ fn retuned(
     }
 }
 
+/// The lowest id is the session opened first: the main channel.
+fn is_main(g: &Group, session: SessionId) -> bool {
+    g.members.first() == Some(&session)
+}
+
 impl Scheduler {
     pub fn new(flows: usize, frame_len: usize) -> Self {
         Scheduler {
@@ -150,7 +155,7 @@ impl Scheduler {
         let Some(g) = self.groups.get_mut(&key) else {
             return; // not joined: a caller bug, but nothing to send for it
         };
-        if g.members.first() == Some(&session) {
+        if is_main(g, session) {
             g.ready.push_front(session);
         } else {
             g.ready.push_back(session);
@@ -419,6 +424,11 @@ impl Scheduler {
                 self.active.retain(|k| *k != key);
             }
         }
+    }
+
+    /// Whether `session` is group `key`'s main channel (its first session).
+    pub fn is_main_channel(&self, session: SessionId, key: GroupKey) -> bool {
+        self.groups.get(&key).is_some_and(|g| is_main(g, session))
     }
 
     /// How many sessions group `key` has.

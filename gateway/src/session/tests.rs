@@ -531,12 +531,61 @@ fn a_migrations_sessions_share_one_unsent_budget_sized_from_the_tunnels_rate() {
             a.events
         );
     }
-    let room: u64 = migration
+    let room: u64 = migration[1..]
         .iter()
         .map(|&id| a.core.send_capacity(id).unwrap())
         .max()
         .unwrap();
     assert!(room > 0 && room <= frame, "room {room}");
+    assert!(
+        a.core.send_capacity(migration[0]).unwrap() > 0,
+        "the main channel's own room"
+    );
+}
+
+#[test]
+fn the_main_channel_is_not_held_back_by_its_migrations_bulk_backlog() {
+    // The main channel carries the device state at switchover and goes
+    // ahead of the multifd channels; a bulk channel that filled the
+    // migration's budget must not leave it one frame at a time (the
+    // scheduler then found no main frame ready as often as not, and bulk
+    // went between: conformance row main_channel_first).
+    let limits = Limits::default();
+    let (mut a, mut b) = (
+        End::new(Side::Dialer, limits.clone()),
+        End::new(Side::Acceptor, limits.clone()),
+    );
+    let rate = 62_500_000;
+    a.core.set_shares(SharePolicy {
+        link_rate: Some(rate),
+        ..Default::default()
+    });
+    let budget = rate * crate::session::unsent::UNSENT_TIME_US / 1_000_000;
+    let host = Origin {
+        source: Some(std::net::IpAddr::from([10, 0, 0, 1])),
+        ingress: None,
+    };
+    let main = open_pair_from(&mut a, &mut b, host);
+    let bulk = open_pair_from(&mut a, &mut b, host);
+    let cap = a.core.send_capacity(bulk).unwrap();
+    assert_eq!(cap, budget);
+    a.core
+        .write(bulk, Bytes::from(vec![1u8; cap as usize]))
+        .unwrap();
+    assert_eq!(
+        a.core.send_capacity(main).unwrap(),
+        budget,
+        "the main channel has the migration's budget of its own"
+    );
+    a.core
+        .write(main, Bytes::from(vec![2u8; budget as usize]))
+        .unwrap();
+    assert_eq!(a.core.send_capacity(main).unwrap(), 0, "and no more");
+    assert_eq!(
+        a.core.send_capacity(bulk).unwrap(),
+        0,
+        "the bulk waits for the group to drain"
+    );
 }
 
 #[test]

@@ -350,7 +350,8 @@ impl TunnelCore {
             .limits
             .global_buffer
             .saturating_sub(self.buffered + super::send::ENTRY_OVERHEAD);
-        let unsent = self.unsent.room(s.group, s.send.unsent());
+        let main = self.scheduler.is_main_channel(id, s.group);
+        let unsent = self.unsent.room(s.group, s.send.unsent(), main);
         Ok(own.min(global).min(unsent))
     }
 
@@ -690,7 +691,8 @@ impl TunnelCore {
             // The endpoint may have stopped reading for want of unsent room:
             // its own, or its migration's.
             let (own, taken) = (s.send.unsent(), payload.len() as u64);
-            if self.unsent.own_room_returned(own, taken) {
+            let main = self.scheduler.is_main_channel(id, group);
+            if self.unsent.own_room_returned(own, taken, main) {
                 self.events.push_back(Event::Writable(id));
             }
             if self.unsent.taken(group, taken) {

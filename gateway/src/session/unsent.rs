@@ -10,7 +10,11 @@
 //! the path, or a link cap) times [`UNSENT_TIME_US`] (20 ms), and at most
 //! [`Limits::unsent_buffer`] (4 MiB: at 1 Gbit/s the five share what one
 //! had). Each session may hold `unsent_buffer` at most, and one frame (the
-//! `floor`) at least, so the main channel always has its turn. Without a
+//! `floor`) at least. The main channel (the group's first session) is not
+//! held back by its siblings: it may hold the whole budget on its own, so
+//! the scheduler, which sends it first, always finds its next frame there
+//! (one frame at a time, the bulk went between whenever its reader was a
+//! moment late). The group then holds twice the budget at most. Without a
 //! measured rate (the pacer's first round trip, or pacing off and no cap)
 //! there is no group budget, only the per-session room.
 //!
@@ -92,12 +96,16 @@ impl UnsentPools {
         self.pools.get(&key).map_or(0, |p| p.unsent)
     }
 
-    /// Room for a session of `key` that holds `own` unsent bytes.
-    pub fn room(&self, key: GroupKey, own: u64) -> u64 {
+    /// Room for a session of `key` that holds `own` unsent bytes;
+    /// `main_channel`: it is its group's first session.
+    pub fn room(&self, key: GroupKey, own: u64, main_channel: bool) -> u64 {
         let own_room = self.ceiling.saturating_sub(own);
         let Some(budget) = self.budget else {
             return own_room;
         };
+        if main_channel {
+            return own_room.min(budget.saturating_sub(own));
+        }
         let group = self.pools.get(&key).map_or(0, |p| p.unsent);
         let shared = budget.saturating_sub(group);
         own_room.min(shared.max(self.floor.saturating_sub(own)))
@@ -132,10 +140,13 @@ impl UnsentPools {
 
     /// Whether a session holding `own` after giving up `taken` bytes just
     /// fell below its own ceiling, or below its floor (from where it may
-    /// read again whatever its group holds).
-    pub fn own_room_returned(&self, own: u64, taken: u64) -> bool {
-        [self.ceiling, self.floor]
+    /// read again whatever its group holds), or, the main channel, below
+    /// the group budget.
+    pub fn own_room_returned(&self, own: u64, taken: u64, main_channel: bool) -> bool {
+        let budget = self.budget.filter(|_| main_channel);
+        [Some(self.ceiling), Some(self.floor), budget]
             .into_iter()
+            .flatten()
             .any(|mark| own < mark && own + taken >= mark)
     }
 }
@@ -158,8 +169,12 @@ mod tests {
     fn without_a_rate_each_session_has_its_own_room() {
         let mut p = UnsentPools::new(4 * MB, 64 << 10);
         p.added(key(1), 3 * MB);
-        assert_eq!(p.room(key(1), 0), 4 * MB, "a sibling is not held back");
-        assert_eq!(p.room(key(1), 3 * MB), MB);
+        assert_eq!(
+            p.room(key(1), 0, false),
+            4 * MB,
+            "a sibling is not held back"
+        );
+        assert_eq!(p.room(key(1), 3 * MB, false), MB);
     }
 
     #[test]
@@ -169,17 +184,31 @@ mod tests {
         assert!(p.set_rate(Some(62_500_000)).is_empty());
         assert_eq!(p.budget(), Some(1_250_000));
         p.added(key(1), 1_250_000);
-        assert_eq!(p.room(key(1), 1_250_000), 0, "the group is full");
+        assert_eq!(p.room(key(1), 1_250_000, false), 0, "the group is full");
         assert_eq!(
-            p.room(key(1), 0),
+            p.room(key(1), 0, false),
             64 << 10,
             "a member holding nothing may take a frame"
         );
         assert_eq!(
-            p.room(key(2), 0),
+            p.room(key(2), 0, false),
             1_250_000,
             "another migration is not held back"
         );
+    }
+
+    #[test]
+    fn the_main_channel_has_the_budget_whatever_its_siblings_hold() {
+        let mut p = UnsentPools::new(4 * MB, 64 << 10);
+        let _ = p.set_rate(Some(62_500_000));
+        p.added(key(1), 1_250_000);
+        assert_eq!(p.room(key(1), 0, true), 1_250_000);
+        assert_eq!(p.room(key(1), 1_000_000, true), 250_000);
+        assert!(
+            p.own_room_returned(1_200_000, 100_000, true),
+            "below the budget again: it may read"
+        );
+        assert!(!p.own_room_returned(1_200_000, 100_000, false));
     }
 
     #[test]
@@ -224,6 +253,6 @@ mod tests {
         let _ = p.set_rate(Some(62_500_000));
         p.added(key(1), 2 * MB);
         assert_eq!(p.set_rate(None), vec![key(1)]);
-        assert_eq!(p.room(key(1), MB), 3 * MB);
+        assert_eq!(p.room(key(1), MB, false), 3 * MB);
     }
 }
