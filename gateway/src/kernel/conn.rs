@@ -135,9 +135,14 @@ impl ConnInfo {
         }))
     }
 
-    /// Bytes stuck while its window is collapsed ([`crate::link::stall`]).
-    pub fn send_stall(&self) -> Option<u64> {
-        super::sockopt::send_stall(&socket2::SockRef::from(&self.socket))
+    /// How it sends, for the stall check ([`crate::link::stall`]).
+    pub fn send_side(&self) -> Option<crate::link::stall::SendSide> {
+        super::sockopt::send_side(&socket2::SockRef::from(&self.socket))
+    }
+
+    /// Starts its congestion control (`name`) afresh.
+    pub fn restart_congestion_control(&self, name: &str) -> std::io::Result<()> {
+        super::sockopt::restart_congestion_control(&socket2::SockRef::from(&self.socket), name)
     }
 
     /// What the connection delivered, for the tunnel pacer.

@@ -67,7 +67,7 @@ pub struct Gateway {
     /// peer's new sessions are refused (reason "shutting down").
     pub stopping: CancellationToken,
     started: std::time::Instant,
-    tuning: WanTuning,
+    pub(super) tuning: WanTuning,
     current: watch::Sender<Option<Arc<Tunnel>>>,
     handshakes: Arc<pending::PendingHandshakes>,
     /// How data frames are packed (`wan.compression`), and the counters of it.

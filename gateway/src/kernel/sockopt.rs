@@ -134,25 +134,49 @@ pub fn send_queue_empty(sock: &SockRef<'_>) -> bool {
     tcp_info(sock).is_some_and(|i| i.tcpi_notsent_bytes == 0 && i.tcpi_unacked == 0)
 }
 
-/// A congestion window this small with bytes unsent: the connection has
-/// stopped sending for a while (BBR's PROBE_RTT holds 4 segments, a
-/// retransmission timeout drops to 1).
-const STALLED_CWND_SEGMENTS: u32 = 4;
-
 /// Linux's `TCP_CA_Loss`: after a retransmission timeout everything in
 /// flight goes again, from a window of one segment.
 const TCP_CA_LOSS: u8 = 4;
 
-/// Bytes at the end of `sock`'s stream that wait while its window is
-/// collapsed ([`crate::link::stall`]): those not yet sent, and after a timeout
-/// those in flight too; `None` while it sends.
-pub fn send_stall(sock: &SockRef<'_>) -> Option<u64> {
+/// How `sock` sends, for the stall check ([`crate::link::stall`]): its
+/// window, the bytes at the end of its stream that wait (those not yet
+/// sent, and after a timeout those in flight too) and its pacing rate.
+pub fn send_side(sock: &SockRef<'_>) -> Option<crate::link::stall::SendSide> {
     let info = tcp_info(sock)?;
     let mut stuck = u64::from(info.tcpi_notsent_bytes);
     if info.tcpi_ca_state == TCP_CA_LOSS {
         stuck += u64::from(info.tcpi_unacked) * u64::from(info.tcpi_snd_mss);
     }
-    (info.tcpi_snd_cwnd <= STALLED_CWND_SEGMENTS && stuck > 0).then_some(stuck)
+    let tail_lost = info.tcpi_unacked > 0
+        && info.tcpi_ca_state != TCP_CA_LOSS
+        && info.tcpi_rtt > 0
+        && u64::from(info.tcpi_last_data_sent) * 1_000 > tail_loss_wait_us(info.tcpi_rtt);
+    if tail_lost {
+        stuck += u64::from(info.tcpi_unacked) * u64::from(info.tcpi_snd_mss);
+    }
+    Some(crate::link::stall::SendSide {
+        cwnd: info.tcpi_snd_cwnd,
+        stuck,
+        // u64::MAX: no pacing (a congestion control that does not pace).
+        pacing_rate: info.tcpi_pacing_rate,
+        tail_lost,
+    })
+}
+
+/// How long after its last send a connection's bytes may stay unacked
+/// before its tail counts as lost: a quarter round trip more than the round
+/// trip (RACK's reordering window), and the receiver's delayed ACK (40 ms).
+fn tail_loss_wait_us(srtt_us: u32) -> u64 {
+    u64::from(srtt_us) * 5 / 4 + 40_000
+}
+
+/// Starts `sock`'s congestion control afresh (`name`: the one it runs):
+/// Linux initialises a congestion control when a socket switches to it, and
+/// only then, so it goes to Reno and back. What the old one had learnt
+/// (BBR's bandwidth and min RTT filters) is forgotten; the window stays.
+pub fn restart_congestion_control(sock: &SockRef<'_>, name: &str) -> io::Result<()> {
+    sock.set_tcp_congestion(b"reno")?;
+    sock.set_tcp_congestion(name.as_bytes())
 }
 
 /// Segments on the wire: Linux's `tcp_packets_in_flight` (sent, not

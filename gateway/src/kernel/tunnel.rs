@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use log::debug;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{oneshot, Notify};
@@ -22,7 +23,7 @@ use super::conn::{ConnError, ConnInfo, RecordReader, RecordWriter};
 use super::Gateway;
 use crate::admin::status::{ConnectionStatus, TunnelStatus};
 use crate::admin::Stats;
-use crate::link::stall::{self, SentBatches};
+use crate::link::stall::{self, SendSide, SentBatches, Stall};
 use crate::link::{Applied, ConnRef, ConnTable, ConnectOrder, Lost, TunnelSetup, TunnelState};
 use crate::protocol::handshake::Shard;
 use crate::protocol::{Message, RefuseReason, ResetReason, SessionId, TunnelId};
@@ -757,7 +758,8 @@ impl Tunnel {
 
     /// Whether flow `idx`'s connection `id` is stalled with frames stuck
     /// while most other flows send; the first time in a stall, the core
-    /// sends them again on the others.
+    /// sends them again on the others, and a flow whose rate collapsed
+    /// starts its congestion control afresh.
     fn flow_stalled(
         self: &Arc<Self>,
         idx: usize,
@@ -765,17 +767,30 @@ impl Tunnel {
         info: &ConnInfo,
         sent: &mut SentBatches,
     ) -> bool {
-        let stuck = info.send_stall().filter(|_| {
-            let inner = self.inner.lock().expect("not poisoned");
-            let table = &inner.link.table;
-            let others: Vec<u32> = (0..table.flow_count())
-                .filter(|&k| k != idx)
-                .filter_map(|k| inner.live.get(&table.flow(k)?)?.info.tcp_stats())
-                .map(|t| t.cwnd_segments)
-                .collect();
-            stall::others_send(&others)
-        });
+        let me = info.send_side().unwrap_or_default();
+        let stall = (me.stuck > 0)
+            .then(|| {
+                let inner = self.inner.lock().expect("not poisoned");
+                let table = &inner.link.table;
+                let others: Vec<SendSide> = (0..table.flow_count())
+                    .filter(|&k| k != idx)
+                    .filter_map(|k| inner.live.get(&table.flow(k)?)?.info.send_side())
+                    .collect();
+                stall::stalled(&me, &others)
+            })
+            .flatten();
+        let stuck = stall.map(|_| me.stuck);
         if let Some(frames) = sent.check(info.sent.load(Ordering::Relaxed), stuck) {
+            if stall == Some(Stall::Rate) {
+                let cc = &self.gateway.tuning.congestion;
+                match info.restart_congestion_control(cc) {
+                    Ok(()) => debug!(
+                        "peer {}: data flow {idx} paced at {} B/s with {} B waiting: {cc} restarted",
+                        self.peer, me.pacing_rate, me.stuck
+                    ),
+                    Err(e) => debug!("peer {}: data flow {idx}: restarting {cc}: {e}", self.peer),
+                }
+            }
             let mut inner = self.inner.lock().expect("not poisoned");
             if inner.link.table.flow(idx) == Some(id) {
                 inner.link.core.flow_stalled(idx, frames);

@@ -9,6 +9,14 @@
 //! flows send, has the core send those frames again on them once per stall
 //! and takes no new frames until the flow sends again. On a path where every
 //! flow's window is small nothing is done: copies would only load it more.
+//!
+//! A flow also stalls with an open window when its congestion control's
+//! estimate of the path collapsed: a Linux BBR flow was seen pacing at
+//! 1-2 Mbit/s for seconds with 0.4 MB unsent while its siblings on the same
+//! path paced at 800 (a 2.4 s migration downtime; docs/BENCHMARKS.md). BBR
+//! only probes 25 % higher every 8 round trips, and a flow that holds unsent
+//! bytes is never app-limited, so it does not recover by itself: the flow
+//! writer restarts its congestion control besides sending its frames again.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -26,9 +34,70 @@ const SENDING_CWND: u32 = 16;
 /// windows): most of them have a window of [`SENDING_CWND`] or more. A
 /// collapsed flow is only worth working around then; on a path where every
 /// flow's window is small, frames sent twice would only load it more.
-pub fn others_send(cwnds: &[u32]) -> bool {
+fn others_send(cwnds: &[u32]) -> bool {
     let sending = cwnds.iter().filter(|&&c| c >= SENDING_CWND).count();
     sending > 0 && sending * 2 >= cwnds.len()
+}
+
+/// A data flow's sending as its transport reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SendSide {
+    /// Congestion window, segments.
+    pub cwnd: u32,
+    /// Bytes at the end of its stream that wait: unsent, and after a
+    /// retransmission timeout those in flight too.
+    pub stuck: u64,
+    /// The rate its transport paces at, bytes per second (0: not known).
+    pub pacing_rate: u64,
+    /// Nothing was sent for a round trip and a margin, and bytes are still
+    /// unacknowledged (counted in `stuck`): the tail of what it sent was
+    /// lost, and its transport waits for a probe or retransmission timeout
+    /// (2 round trips or more) before it even starts to repair it.
+    pub tail_lost: bool,
+}
+
+/// Why a flow's waiting bytes will not leave soon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stall {
+    /// Its window is collapsed (see the module's first paragraph).
+    Window,
+    /// Its pacing rate collapsed far below its siblings' on the same path.
+    Rate,
+    /// The tail of what it sent was lost ([`SendSide::tail_lost`]).
+    Tail,
+}
+
+/// A congestion window this small with bytes unsent: the connection has
+/// stopped sending for a while (BBR's PROBE_RTT holds 4 segments, a
+/// retransmission timeout drops to 1).
+const STALLED_CWND: u32 = 4;
+/// Bytes waiting longer than this at a flow's own pacing rate are stuck.
+const SLOW_DRAIN_US: u64 = 100_000;
+/// A flow's rate counts as collapsed when most of its siblings pace at least
+/// this many times faster (BBR's gains alone differ by 2.89 / 0.75 < 4).
+const COLLAPSED_RATE_FACTOR: u64 = 8;
+
+/// Whether flow `me`'s waiting bytes are stuck while the tunnel's `others`
+/// send, and why.
+pub fn stalled(me: &SendSide, others: &[SendSide]) -> Option<Stall> {
+    if me.stuck == 0 {
+        return None;
+    }
+    let cwnds: Vec<u32> = others.iter().map(|o| o.cwnd).collect();
+    if me.cwnd <= STALLED_CWND && others_send(&cwnds) {
+        return Some(Stall::Window);
+    }
+    if me.tail_lost && others_send(&cwnds) {
+        return Some(Stall::Tail);
+    }
+    let drain_us = me
+        .stuck
+        .saturating_mul(1_000_000)
+        .checked_div(me.pacing_rate)
+        .unwrap_or(u64::MAX);
+    let floor = me.pacing_rate.saturating_mul(COLLAPSED_RATE_FACTOR).max(1);
+    let faster = others.iter().filter(|o| o.pacing_rate >= floor).count();
+    (drain_us > SLOW_DRAIN_US && faster > 0 && faster * 2 >= others.len()).then_some(Stall::Rate)
 }
 
 /// Where each recent batch a flow wrote ends in its byte stream, and how
@@ -102,6 +171,65 @@ mod tests {
         );
         assert!(!others_send(&[10, 8, 12]), "a slow path");
         assert!(!others_send(&[]), "no other flow to send on");
+    }
+
+    fn side(cwnd: u32, stuck: u64, mbit: u64) -> SendSide {
+        SendSide {
+            cwnd,
+            stuck,
+            pacing_rate: mbit * 125_000,
+            tail_lost: false,
+        }
+    }
+
+    #[test]
+    fn a_flow_whose_tail_was_lost_is_stalled_while_most_others_send() {
+        // Seen in the lab at RTT 200: 523 segments unacked for 400 ms after
+        // the flow's last send, then a timeout and a window of one.
+        let lost = SendSide {
+            tail_lost: true,
+            ..side(13_000, 757_000, 873)
+        };
+        let others = [side(10_000, 0, 594), side(9_000, 0, 508)];
+        assert_eq!(stalled(&lost, &others), Some(Stall::Tail));
+        assert_eq!(stalled(&lost, &[side(10, 0, 5), side(12, 0, 5)]), None);
+        assert_eq!(stalled(&side(13_000, 757_000, 873), &others), None);
+    }
+
+    #[test]
+    fn a_flow_whose_rate_collapsed_below_its_siblings_is_stalled() {
+        // Seen in the lab at RTT 200: a BBR flow at 1 Mbit/s holding 400 KB
+        // unsent, a 40-90 segment window, its siblings at 800-1,100.
+        let others = [
+            side(12_000, 0, 800),
+            side(15_000, 0, 1_100),
+            side(3_000, 0, 80),
+        ];
+        assert_eq!(stalled(&side(60, 400_000, 1), &others), Some(Stall::Rate));
+        assert_eq!(
+            stalled(&side(60, 0, 1), &others),
+            None,
+            "nothing waits on it"
+        );
+        assert_eq!(
+            stalled(&side(3_000, 500_000, 80), &others),
+            None,
+            "slower, but it sends what it holds within 100 ms"
+        );
+        let slow_path = [side(40, 0, 2), side(30, 0, 1), side(60, 0, 9)];
+        assert_eq!(
+            stalled(&side(60, 400_000, 1), &slow_path),
+            None,
+            "every flow is slow: the path is"
+        );
+    }
+
+    #[test]
+    fn a_collapsed_window_stalls_a_flow_while_most_others_send() {
+        let others = [side(4_000, 0, 800), side(3_000, 0, 800)];
+        assert_eq!(stalled(&side(4, 1, 800), &others), Some(Stall::Window));
+        assert_eq!(stalled(&side(4, 0, 800), &others), None);
+        assert_eq!(stalled(&side(4, 1, 800), &[side(3, 0, 1)]), None);
     }
 
     #[test]
