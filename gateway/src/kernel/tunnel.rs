@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use log::debug;
+use log::{info, warn};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{oneshot, Notify};
@@ -780,15 +780,24 @@ impl Tunnel {
             })
             .flatten();
         let stuck = stall.map(|_| me.stuck);
+        let now = self.now();
+        // A slow flow's frames go again only along with a restart: each
+        // time it took a batch it would be slow again, and sent twice.
+        let slow = stall == Some(Stall::Rate);
+        if slow && !sent.restart_due(now) {
+            return true;
+        }
         if let Some(frames) = sent.check(info.sent.load(Ordering::Relaxed), stuck) {
-            if stall == Some(Stall::Rate) {
+            if slow {
+                sent.restarted(now);
                 let cc = &self.gateway.tuning.congestion;
+                let peer = &self.peer;
                 match info.restart_congestion_control(cc) {
-                    Ok(()) => debug!(
-                        "peer {}: data flow {idx} paced at {} B/s with {} B waiting: {cc} restarted",
-                        self.peer, me.pacing_rate, me.stuck
+                    Ok(()) => info!(
+                        "peer {peer}: data flow {idx} paced at {} B/s with {} B waiting, far slower than the other flows: {cc} restarted",
+                        me.pacing_rate, me.stuck
                     ),
-                    Err(e) => debug!("peer {}: data flow {idx}: restarting {cc}: {e}", self.peer),
+                    Err(e) => warn!("peer {peer}: data flow {idx}: restarting {cc}: {e}"),
                 }
             }
             let mut inner = self.inner.lock().expect("not poisoned");

@@ -16,7 +16,9 @@
 //! path paced at 800 (a 2.4 s migration downtime; docs/BENCHMARKS.md). BBR
 //! only probes 25 % higher every 8 round trips, and a flow that holds unsent
 //! bytes is never app-limited, so it does not recover by itself: the flow
-//! writer restarts its congestion control besides sending its frames again.
+//! writer restarts its congestion control besides sending its frames again,
+//! at most every [`RESTART_EVERY_US`]; in between such a flow only takes no
+//! new frames while what it holds would take over 100 ms to leave.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -106,9 +108,28 @@ pub fn stalled(me: &SendSide, others: &[SendSide]) -> Option<Stall> {
 pub struct SentBatches {
     batches: VecDeque<(u64, usize)>,
     rescued: bool,
+    /// When its congestion control was last restarted (µs).
+    restarted_at: Option<u64>,
 }
 
+/// A flow's congestion control is restarted at most this often: BBR's
+/// startup from a small window takes a few round trips to catch up with its
+/// siblings, and a restart in between would only start it over (the lab
+/// saw one flow restarted ten times in a second before this).
+pub const RESTART_EVERY_US: u64 = 10_000_000;
+
 impl SentBatches {
+    /// Whether the flow's congestion control may be restarted at `now`.
+    pub fn restart_due(&self, now: u64) -> bool {
+        self.restarted_at
+            .is_none_or(|at| now.saturating_sub(at) >= RESTART_EVERY_US)
+    }
+
+    /// Its congestion control was restarted at `now`.
+    pub fn restarted(&mut self, now: u64) {
+        self.restarted_at = Some(now);
+    }
+
     /// A batch of `frames` frames was written; the stream now ends at `end`.
     pub fn wrote(&mut self, end: u64, frames: usize) {
         if self.batches.len() == REMEMBERED {
@@ -230,6 +251,15 @@ mod tests {
         assert_eq!(stalled(&side(4, 1, 800), &others), Some(Stall::Window));
         assert_eq!(stalled(&side(4, 0, 800), &others), None);
         assert_eq!(stalled(&side(4, 1, 800), &[side(3, 0, 1)]), None);
+    }
+
+    #[test]
+    fn a_flows_congestion_control_is_restarted_at_most_every_ten_seconds() {
+        let mut s = SentBatches::default();
+        assert!(s.restart_due(5));
+        s.restarted(5);
+        assert!(!s.restart_due(5 + RESTART_EVERY_US - 1));
+        assert!(s.restart_due(5 + RESTART_EVERY_US));
     }
 
     #[test]
