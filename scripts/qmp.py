@@ -26,7 +26,6 @@ Exit status: 0 when the migration completed, 3 when it did not converge within -
 
 import argparse
 import json
-import os
 import select
 import socket
 import sys
@@ -201,9 +200,6 @@ def migrate(a) -> int:
         "dirty_sync_count": ram.get("dirty-sync-count", "na"),
         "src_error": (info.get("error-desc") or "").replace(" ", "_") or "none",
     }
-    if os.environ.get("PROBE_EVENTS"):
-        with open(os.environ["PROBE_EVENTS"], "a") as f:
-            f.write(f"start={t_start} stop={src.event('STOP')} srcdone={src.event('MIGRATION', done)} dstdone={t_done} resume={dst.event('RESUME')}\n")
     print(" ".join(f"{k}={v}" for k, v in fields.items()))
     return {"completed": 0, "cancelled": 3}.get(status, 1)
 
