@@ -157,7 +157,6 @@ pub fn send_side(sock: &SockRef<'_>) -> Option<crate::link::stall::SendSide> {
     Some(crate::link::stall::SendSide {
         cwnd: info.tcpi_snd_cwnd,
         stuck,
-        // u64::MAX: no pacing (a congestion control that does not pace).
         pacing_rate: info.tcpi_pacing_rate,
         tail_lost,
     })

@@ -49,7 +49,8 @@ pub struct SendSide {
     /// Bytes at the end of its stream that wait: unsent, and after a
     /// retransmission timeout those in flight too.
     pub stuck: u64,
-    /// The rate its transport paces at, bytes per second (0: not known).
+    /// The rate its transport paces at, bytes per second (0: not known;
+    /// `u64::MAX`: it does not pace).
     pub pacing_rate: u64,
     /// Nothing was sent for a round trip and a margin, and bytes are still
     /// unacknowledged (counted in `stuck`): the tail of what it sent was

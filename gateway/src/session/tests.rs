@@ -463,22 +463,27 @@ fn unsent_room_bounds_reads_and_frees_as_frames_go_out() {
     assert_eq!(a.core.send_capacity(id).unwrap(), 0);
 }
 
+/// Two ends with default limits, the dialler's tunnel capped at 500 Mbit/s;
+/// and a migration's unsent budget at that rate (1.25 MB in 20 ms).
+fn ends_under_a_link_cap() -> (End, End, u64) {
+    let limits = Limits::default();
+    let mut a = End::new(Side::Dialer, limits.clone());
+    let rate = 62_500_000;
+    a.core.set_shares(SharePolicy {
+        link_rate: Some(rate),
+        ..Default::default()
+    });
+    let budget = rate * crate::session::unsent::UNSENT_TIME_US / 1_000_000;
+    (a, End::new(Side::Acceptor, limits), budget)
+}
+
 #[test]
 fn a_migrations_sessions_share_one_unsent_budget_sized_from_the_tunnels_rate() {
     // QEMU's multifd opens five connections for one migration; what the
     // gateway takes from them ahead of the flows is downtime once the guest
     // stops, so they share one budget: the tunnel's rate times 20 ms.
     let limits = Limits::default();
-    let (mut a, mut b) = (
-        End::new(Side::Dialer, limits.clone()),
-        End::new(Side::Acceptor, limits.clone()),
-    );
-    let rate = 62_500_000; // a link cap of 500 Mbit/s: 1.25 MB in 20 ms
-    a.core.set_shares(SharePolicy {
-        link_rate: Some(rate),
-        ..Default::default()
-    });
-    let budget = rate * crate::session::unsent::UNSENT_TIME_US / 1_000_000;
+    let (mut a, mut b, budget) = ends_under_a_link_cap();
     let host = |last: u8| Origin {
         source: Some(std::net::IpAddr::from([10, 0, 0, last])),
         ingress: None,
@@ -550,17 +555,7 @@ fn the_main_channel_is_not_held_back_by_its_migrations_bulk_backlog() {
     // migration's budget must not leave it one frame at a time (the
     // scheduler then found no main frame ready as often as not, and bulk
     // went between: conformance row main_channel_first).
-    let limits = Limits::default();
-    let (mut a, mut b) = (
-        End::new(Side::Dialer, limits.clone()),
-        End::new(Side::Acceptor, limits.clone()),
-    );
-    let rate = 62_500_000;
-    a.core.set_shares(SharePolicy {
-        link_rate: Some(rate),
-        ..Default::default()
-    });
-    let budget = rate * crate::session::unsent::UNSENT_TIME_US / 1_000_000;
+    let (mut a, mut b, budget) = ends_under_a_link_cap();
     let host = Origin {
         source: Some(std::net::IpAddr::from([10, 0, 0, 1])),
         ingress: None,
