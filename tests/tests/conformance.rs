@@ -718,7 +718,7 @@ fn weighted_shares(test: &str, kind: Kind) {
 /// Two connections of one migration (one source host, one target) through an 8 Mbit/s cap:
 /// the second (bulk) keeps a backlog at the gateway; 1 MiB written on the first (QEMU's main
 /// channel, which carries the device state at switchover) goes ahead of that backlog: less
-/// than 384 KiB of bulk bytes reach the target meanwhile (0–64 KiB measured on the kernel
+/// than 384 KiB of bulk bytes reach the target meanwhile (0–174 KiB measured on the kernel
 /// datapath, 0–192 on DPDK; taking turns, 1051–1464 KiB did; with the main channel held to one
 /// frame of unsent room while the bulk filled the migration's budget, 305–448 KiB did).
 /// The cap is low so that the gateway takes the main channel's megabyte from the LAN far
