@@ -38,7 +38,9 @@ Options:
                      lmas modes may end in -wNm: the gateways' session window, N MiB,
                      and -uNm: their per-session unsent room, N MiB,
                      and -lN: their link cap (limits.link_rate_mbit), N Mbit/s,
-                     and -cMODE: their compression (auto, off, lz4, zstd, zstd:L)
+                     and -cMODE: their compression (auto, off, lz4, zstd, zstd:L),
+                     and -dMODE: their dedup (issue 16): -dauto, -doff, or -dtunnel /
+                     -dmigration (dedup auto with that dedup_scope), e.g. lmas-coff-dtunnel
                                                                     [$MODES]
   --runs N                                                          [$RUNS]
   --rate MBIT        link rate                                      [$RATE]
@@ -96,8 +98,8 @@ read -r -a links <<<"$LINKS"
 read -r -a guests <<<"$GUESTS"
 read -r -a modes <<<"$MODES"
 for m in "${modes[@]}"; do
-    [[ $m =~ ^(direct(-mf[0-9]+)?|(lmas|dpdk)(-mf[0-9]+)?(-w[0-9]+m)?(-u[0-9]+m)?(-l[0-9]+)?(-c(auto|off|lz4|zstd(:-?[0-9]+)?))?)$ ]] ||
-        die "bad mode $m (direct, direct-mfN, lmas, lmas-mfN, lmas[-mfN][-wNm][-uNm][-lN][-cMODE], dpdk[...] likewise)"
+    [[ $m =~ ^(direct(-mf[0-9]+)?|(lmas|dpdk)(-mf[0-9]+)?(-w[0-9]+m)?(-u[0-9]+m)?(-l[0-9]+)?(-c(auto|off|lz4|zstd(:-?[0-9]+)?))?(-d(auto|off|tunnel|migration))?)$ ]] ||
+        die "bad mode $m (direct, direct-mfN, lmas, lmas-mfN, lmas[-mfN][-wNm][-uNm][-lN][-cMODE][-dMODE], dpdk[...] likewise)"
 done
 total=$((${#links[@]} * ${#guests[@]} * ${#modes[@]} * RUNS))
 RUNS_CSV=$OUT/runs.csv
@@ -119,18 +121,23 @@ for link in "${links[@]}"; do
         for ((run = 1; run <= RUNS; run++)); do
             for mode in "${modes[@]}"; do
                 n=$((n + 1))
-                path=${mode%%-*} mf=0 window=() unsent=() linkcap=() compression=()
+                path=${mode%%-*} mf=0 window=() unsent=() linkcap=() compression=() dedup=()
                 [[ $mode =~ -mf([0-9]+) ]] && mf=${BASH_REMATCH[1]}
                 [[ $mode =~ -w([0-9]+)m ]] && window=(--window $((BASH_REMATCH[1] * 1024 * 1024)))
                 [[ $mode =~ -u([0-9]+)m ]] && unsent=(--unsent $((BASH_REMATCH[1] * 1024 * 1024)))
                 [[ $mode =~ -l([0-9]+)($|-) ]] && linkcap=(--link-cap "${BASH_REMATCH[1]}")
                 [[ $mode =~ -c(auto|off|lz4|zstd(:-?[0-9]+)?) ]] && compression=(--compression "${BASH_REMATCH[1]}")
+                if [[ $mode =~ -d(auto|off)$ ]]; then
+                    dedup=(--dedup "${BASH_REMATCH[1]}")
+                elif [[ $mode =~ -d(tunnel|migration)$ ]]; then
+                    dedup=(--dedup auto --dedup-scope "${BASH_REMATCH[1]}")
+                fi
                 progress msg "rtt=${rtt}ms loss=${loss}% $guest $mode run $run/$RUNS"
                 echo "# rtt=$rtt loss=$loss guest=$guest mode=$mode run=$run" >>"$LOG"
                 rc=0
                 line=$("$REPO/scripts/migrate.sh" --mode "$path" --multifd "$mf" --guest "$guest" \
                     --ram-mib "$ram" --ws-mib "$WS_MIB" --dirty-rate "$DIRTY_RATE" \
-                    --rtt "$rtt" --loss "$loss" --rate "$RATE" --timeout "$timeout" --dst-prealloc "$PREALLOC" "${window[@]}" "${unsent[@]}" "${linkcap[@]}" "${compression[@]}" 2>>"$LOG") || rc=$?
+                    --rtt "$rtt" --loss "$loss" --rate "$RATE" --timeout "$timeout" --dst-prealloc "$PREALLOC" "${window[@]}" "${unsent[@]}" "${linkcap[@]}" "${compression[@]}" "${dedup[@]}" 2>>"$LOG") || rc=$?
                 echo "$line" >>"$LOG"
                 if [[ $line != migrate:* ]]; then
                     line="migrate: mode=$path multifd=$mf guest=$guest rtt_ms=$rtt loss_pct=$loss status=error converged=0 verified=na"
@@ -139,13 +146,13 @@ for link in "${links[@]}"; do
                 # One CSV row: the bench's own columns, then every key=value of the line.
                 kv="bench_mode=$mode run=$run exit=$rc ${line#migrate: }"
                 if ((!header)); then
-                    echo "bench_mode,run,exit,mode,multifd,guest,rtt_ms,loss_pct,status,converged,verified,e2e_total_ms,e2e_downtime_ms,e2e_goodput_mbit,src_total_ms,src_downtime_ms,transferred_bytes,ram_bytes,rate_mbit" >"$RUNS_CSV"
+                    echo "bench_mode,run,exit,mode,multifd,guest,rtt_ms,loss_pct,status,converged,verified,e2e_total_ms,e2e_downtime_ms,e2e_goodput_mbit,src_total_ms,src_downtime_ms,transferred_bytes,ram_bytes,rate_mbit,wan_ab_bytes" >"$RUNS_CSV"
                     header=1
                 fi
                 row=""
                 for col in bench_mode run exit mode multifd guest rtt_ms loss_pct status converged verified \
                     e2e_total_ms e2e_downtime_ms e2e_goodput_mbit src_total_ms src_downtime_ms \
-                    transferred_bytes ram_bytes rate_mbit; do
+                    transferred_bytes ram_bytes rate_mbit wan_ab_bytes; do
                     v=$(field "$col" "$kv")
                     row+="${row:+,}${v:-na}"
                 done

@@ -42,7 +42,8 @@ Commands:
   linkemu-path        print the linkemu binary used (building it if needed)
   gateways up [--datapath kernel|dpdk] [--pmd af_packet|af_xdp] [--flows N] [--congestion CC]
               [--ingress listen|tproxy] [--window BYTES] [--unsent BYTES] [--link-cap MBIT] [--migration-cap MBIT] [--buffer BYTES]
-              [--compression auto|off|lz4|zstd[:L]] [--pacing tunnel|flows] [--reuse]
+              [--compression auto|off|lz4|zstd[:L]] [--pacing tunnel|flows]
+              [--dedup auto|off] [--dedup-scope migration|tunnel] [--dedup-store BYTES] [--reuse]
                       (re)start the LMAS pair, N data flows (default 8) with WAN congestion
                       control CC (default: the gateway's, bbr) and a session window of BYTES
                       (limits.session_window_bytes; default: the gateway's, 256 MiB). Ingress 'listen' (default):
@@ -55,12 +56,15 @@ Commands:
                       gateways whose userspace stacks own gw-a's and gw-b's veths through the
                       --pmd (default af_packet); the veths lose their kernel addresses until
                       the next kernel pair or 'gateways down'. --buffer: the WAN flows' socket
-                      buffer (wan.socket_buffer_bytes). --reuse: keep a running pair that has
+                      buffer (wan.socket_buffer_bytes). --compression, --pacing, --dedup,
+                      --dedup-scope, --dedup-store: the [wan] keys compression, pacing, dedup,
+                      dedup_scope, dedup_store_bytes (unset: the gateway's default; the WAN
+                      dedup cache, issue 16). --reuse: keep a running pair that has
                       exactly these options. Keys/configs in \$LAB_RUN_DIR/gw, logs
                       in \$LAB_RUN_DIR/gw-*.log.
   gateways down       stop the LMAS pair and remove the TPROXY rules
   gateways address    print the address src-host connects to for the running pair
-  transfer [--bytes N] [--max-secs S] [--direct] [--timeout S] [--payload KIND]
+  transfer [--bytes N] [--max-secs S] [--direct] [--timeout S] [--payload KIND] [--seed S]
                       one lmas-load transfer src-host → dst-host (through the gateways in
                       their ingress mode, or direct), SHA-256 checked; with --max-secs the
                       source stops after S s and the hash covers what it sent. Through the
@@ -68,6 +72,9 @@ Commands:
                       (sink side: accept to EOF); a progress bar on a terminal. --payload:
                       random (default, incompressible), text, or guest (guest-memory-like
                       pages: zero, text, random); Mbit/s are of the original stream.
+                      --seed: the payload's seed (lmas-load's default: 1, the same stream
+                      every time; a WAN dedup cache would find it again: give each
+                      transfer its own seed to measure first-seen data).
 
 Link options (passed to linkemu):
   --rtt MS            round-trip time (half each way)           [up default: 0]
@@ -517,6 +524,7 @@ ingress_addr() {
 cmd_gateways() {
     # empty: the gateway's defaults
     local sub=${1:-} flows=8 cc="" ingress=listen window="" unsent="" linkcap="" migcap="" datapath=kernel pmd=af_packet buffer="" compression="" pacing="" reuse=0
+    local dedup="" dedup_scope="" dedup_store=""
     [[ $# -gt 0 ]] && shift
     while (($#)); do
         case $1 in
@@ -532,6 +540,9 @@ cmd_gateways() {
             --migration-cap) migcap=$2; shift 2 ;;
             --compression) compression=$2; shift 2 ;;
             --pacing) pacing=$2; shift 2 ;;
+            --dedup) dedup=$2; shift 2 ;;
+            --dedup-scope) dedup_scope=$2; shift 2 ;;
+            --dedup-store) dedup_store=$2; shift 2 ;;
             --reuse) reuse=1; shift ;;
             *) die "gateways: unknown option $1" ;;
         esac
@@ -541,7 +552,7 @@ cmd_gateways() {
         down) gw_stop; gw_ports kernel; echo "lab.sh: gateways stopped"; return ;;
         address) ingress_addr || die "gateways are not up"; return ;;
         up) ;;
-        *) die "gateways up [--datapath kernel|dpdk] [--pmd af_packet|af_xdp] [--flows N] [--congestion CC] [--ingress listen|tproxy] [--window BYTES] [--unsent BYTES] [--link-cap MBIT] [--migration-cap MBIT] [--buffer BYTES] [--compression MODE] [--pacing tunnel|flows] [--reuse] | gateways down | gateways address" ;;
+        *) die "gateways up [--datapath kernel|dpdk] [--pmd af_packet|af_xdp] [--flows N] [--congestion CC] [--ingress listen|tproxy] [--window BYTES] [--unsent BYTES] [--link-cap MBIT] [--migration-cap MBIT] [--buffer BYTES] [--compression MODE] [--pacing tunnel|flows] [--dedup auto|off] [--dedup-scope migration|tunnel] [--dedup-store BYTES] [--reuse] | gateways down | gateways address" ;;
     esac
     [[ $ingress == listen || $ingress == tproxy ]] || die "gateways: --ingress is listen or tproxy, not $ingress"
     [[ $datapath == kernel || $datapath == dpdk ]] || die "gateways: --datapath is kernel or dpdk, not $datapath"
@@ -551,11 +562,16 @@ cmd_gateways() {
     [[ -z $unsent || $unsent =~ ^[0-9]+$ ]] || die "gateways: --unsent takes a number of bytes, got $unsent"
     [[ -z $linkcap || $linkcap =~ ^[0-9]+$ ]] || die "gateways: --link-cap takes Mbit/s, got $linkcap"
     [[ -z $migcap || $migcap =~ ^[0-9]+$ ]] || die "gateways: --migration-cap takes Mbit/s, got $migcap"
+    [[ -z $dedup || $dedup == auto || $dedup == off ]] || die "gateways: --dedup is auto or off, not $dedup"
+    [[ -z $dedup_scope || $dedup_scope == migration || $dedup_scope == tunnel ]] ||
+        die "gateways: --dedup-scope is migration or tunnel, not $dedup_scope"
+    [[ -z $dedup_store || $dedup_store =~ ^[0-9]+$ ]] || die "gateways: --dedup-store takes a number of bytes, got $dedup_store"
     lab_exists || die "testbed is not up (scripts/lab.sh up)"
     # What runs, for scripts that reuse a running pair (--reuse).
     local ports=$datapath state
     [[ $datapath == kernel ]] || ports+="/$pmd"
     state="datapath=$ports ingress=$ingress flows=$flows congestion=${cc:-default} window=${window:-default} unsent=${unsent:-default} linkcap=${linkcap:-none} migcap=${migcap:-none} compression=${compression:-default} pacing=${pacing:-default} buffer=${buffer:-default}"
+    state+=" dedup=${dedup:-default} dedup_scope=${dedup_scope:-default} dedup_store=${dedup_store:-default}"
     if ((reuse)) && [[ $(cat "$RUN_DIR/gateways" 2>/dev/null) == "$state" ]] && gw_running; then
         log "gateways up: kept the running pair ($state)"
         return
@@ -570,6 +586,9 @@ cmd_gateways() {
     [[ -z $buffer ]] || wan_lines+=${wan_lines:+$'\n'}"socket_buffer_bytes = $buffer"
     [[ -z $compression ]] || wan_lines+=${wan_lines:+$'\n'}"compression = \"$compression\""
     [[ -z $pacing ]] || wan_lines+=${wan_lines:+$'\n'}"pacing = \"$pacing\""
+    [[ -z $dedup ]] || wan_lines+=${wan_lines:+$'\n'}"dedup = \"$dedup\""
+    [[ -z $dedup_scope ]] || wan_lines+=${wan_lines:+$'\n'}"dedup_scope = \"$dedup_scope\""
+    [[ -z $dedup_store ]] || wan_lines+=${wan_lines:+$'\n'}"dedup_store_bytes = $dedup_store"
     write_pair_configs "$dir" gw-a.key gw-b.key "$GWB_WAN_IP:$GW_PORT" "$GWA_LAN_IP:$INGRESS_PORT" \
         "$DST_IP:$TARGET_PORT" "$flows" "# written by scripts/lab.sh gateways up" \
         "# written by scripts/lab.sh gateways up" "$wan_lines"
@@ -651,10 +670,10 @@ sessions_seen() {
     grep -c -- "$SRC_IP:[0-9]* -> $DST_IP:$TARGET_PORT" "$RUN_DIR/gw-a.log" 2>/dev/null || true
 }
 
-# transfer [--bytes N] [--direct] [--payload KIND]: one sized transfer src-host → dst-host through the gateways
+# transfer [--bytes N] [--direct] [--payload KIND] [--seed S]: one sized transfer src-host → dst-host through the gateways
 # (or direct), SHA-256 compared at the receiver. Prints the goodput in Mbit/s on stdout.
 cmd_transfer() {
-    local bytes=$((64 * 1024 * 1024)) direct=0 timeout=600 max_secs="" payload=""
+    local bytes=$((64 * 1024 * 1024)) direct=0 timeout=600 max_secs="" payload="" seed=""
     while (($#)); do
         case $1 in
             --bytes) bytes=$2; shift 2 ;;
@@ -662,12 +681,14 @@ cmd_transfer() {
             --direct) direct=1; shift ;;
             --timeout) timeout=$2; shift 2 ;;
             --payload) payload=$2; shift 2 ;;
+            --seed) seed=$2; shift 2 ;;
             *) die "transfer: unknown option $1" ;;
         esac
     done
     is_size "$bytes" || die "transfer: --bytes takes a byte count such as 1073741824 or 1G, got $bytes"
     [[ -z $payload || $payload == random || $payload == text || $payload == guest ]] ||
         die "transfer: --payload is random, text or guest, not $payload"
+    [[ -z $seed || $seed =~ ^[0-9]+$ ]] || die "transfer: --seed takes a whole number, got $seed"
     need_lab_tools
     lab_exists || die "testbed is not up (scripts/lab.sh up)"
     local load to sink_out src_out sink_pid seen0=0
@@ -691,7 +712,7 @@ cmd_transfer() {
     local src_err=$src_out
     [[ -t 2 ]] && src_err=/dev/stderr
     ip netns exec "$NS_SRC" timeout "$timeout" "$load" source --connect "$to" --bytes "$bytes" \
-        ${payload:+--payload "$payload"} ${max_secs:+--max-secs "$max_secs"} >"$src_out" 2>>"$src_err" || rc=$?
+        ${payload:+--payload "$payload"} ${seed:+--seed "$seed"} ${max_secs:+--max-secs "$max_secs"} >"$src_out" 2>>"$src_err" || rc=$?
     if ((rc != 0)); then
         # The sink may never see a connection: do not wait for its timeout.
         sleep 1

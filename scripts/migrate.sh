@@ -23,6 +23,9 @@ WINDOW=""
 UNSENT=""
 LINK_CAP=""
 COMPRESSION=""
+DEDUP=""
+DEDUP_SCOPE=""
+DEDUP_STORE=""
 CONGESTION=""
 INGRESS=listen
 TIMEOUT=300
@@ -30,6 +33,8 @@ LINK_ARGS=()
 KEEP=0
 SLOT=0
 SEED=1
+TEMPLATE_SEED=""
+TEMPLATE_SHARE=0.6
 FILES_DIR=${LMAS_GUEST_FILES:-/usr}
 PREALLOC=on
 CACHE=${LMAS_GUEST_CACHE:-${CARGO_TARGET_DIR:-$REPO/target}/qemu-guest}
@@ -71,6 +76,9 @@ Options:
   --link-cap MBIT        lmas: the gateways' limits.link_rate_mbit (default: none)
   --compression MODE     lmas: the gateways' [wan] compression, auto|off|lz4|zstd[:L]
                          (default: theirs, auto)
+  --dedup auto|off       lmas: the gateways' [wan] dedup (default: theirs)
+  --dedup-scope migration|tunnel  lmas: their [wan] dedup_scope (default: theirs)
+  --dedup-store BYTES    lmas: their [wan] dedup_store_bytes (default: theirs)
   --congestion CC        lmas: the data flows' congestion control (default: theirs, bbr)
   --ingress listen|tproxy  lmas: QEMU dials gw-a's listener, or the destination itself
                          (intercepted by TPROXY in gw-a)                             [$INGRESS]
@@ -80,6 +88,11 @@ Options:
                          migration can run beside one on slot 0 (listen ingress only)  [$SLOT]
   --timeout S            cancel the migration if not done after S s: "did not converge" [$TIMEOUT]
   --seed S               paused guest image seed                                     [$SEED]
+  --template-seed T      paused guest: a clone of template T (guest-image.py
+                         --template-seed): each run of 1-64 pages is T's image at those
+                         pages with probability --template-share (the same runs for every
+                         clone of T: its OS and library pages), else this seed's own data
+  --template-share P     the template's share of the runs, 0 to 1                    [$TEMPLATE_SHARE]
   --dst-prealloc on|off  the destination QEMU allocates its RAM before the migration
                          (prealloc=on, as hugepage-backed production hosts do): else its
                          first-touch page faults, ~4 s per GiB in this nested VM, bound
@@ -90,12 +103,15 @@ Options:
 Output: one line on stdout,
   migrate: mode=… multifd=… guest=… ram_bytes=… rtt_ms=… loss_pct=… rate_mbit=… status=…
   converged=0|1 verified=1|0|na e2e_total_ms=… e2e_downtime_ms=… e2e_goodput_mbit=…
-  src_total_ms=… src_downtime_ms=… transferred_bytes=… …
+  src_total_ms=… src_downtime_ms=… transferred_bytes=… … wan_ab_bytes=… wan_ba_bytes=…
 On a terminal, stderr shows the migration's progress twice a second (the source's view: MiB
 sent and left, its rate, the pre-copy pass, then how long the destination still waits).
 e2e_total_ms runs from the 'migrate' command to the destination's MIGRATION completed event,
 e2e_downtime_ms from the source's STOP to the destination's RESUME (QMP event timestamps; both
 QEMUs share the host clock); src_* are the source's own figures (query-migrate).
+wan_ab_bytes and wan_ba_bytes: what the emulated link forwarded (L2 bytes, its tbf counters)
+from the gw-a side to the gw-b side and back between the 'migrate' command and the end
+(na with --rate 0: no tbf). A concurrent migration on the other slot is counted too.
 Exit status: 0 completed and verified; 3 did not converge within --timeout (cancelled; the
 guest still runs on the source and was checked there); 1 anything else, including a bad page.
 
@@ -116,6 +132,11 @@ while (($#)); do
         --unsent) UNSENT=$2; shift 2 ;;
         --link-cap) LINK_CAP=$2; shift 2 ;;
         --compression) COMPRESSION=$2; shift 2 ;;
+        --dedup) DEDUP=$2; shift 2 ;;
+        --dedup-scope) DEDUP_SCOPE=$2; shift 2 ;;
+        --dedup-store) DEDUP_STORE=$2; shift 2 ;;
+        --template-seed) TEMPLATE_SEED=$2; shift 2 ;;
+        --template-share) TEMPLATE_SHARE=$2; shift 2 ;;
         --congestion) CONGESTION=$2; shift 2 ;;
         --ingress) INGRESS=$2; shift 2 ;;
         --rtt | --loss | --rate) LINK_ARGS+=("$1" "$2"); shift 2 ;;
@@ -141,6 +162,13 @@ DATAPATH=kernel
 [[ -z $LINK_CAP || $LINK_CAP =~ ^[0-9]+$ ]] || die "--link-cap takes Mbit/s, got $LINK_CAP"
 [[ -z $COMPRESSION || $COMPRESSION =~ ^(auto|off|lz4|zstd(:-?[0-9]+)?)$ ]] ||
     die "--compression is auto, off, lz4, zstd or zstd:LEVEL, not $COMPRESSION"
+[[ -z $DEDUP || $DEDUP == auto || $DEDUP == off ]] || die "--dedup is auto or off, not $DEDUP"
+[[ -z $DEDUP_SCOPE || $DEDUP_SCOPE == migration || $DEDUP_SCOPE == tunnel ]] ||
+    die "--dedup-scope is migration or tunnel, not $DEDUP_SCOPE"
+[[ -z $DEDUP_STORE || $DEDUP_STORE =~ ^[0-9]+$ ]] || die "--dedup-store takes a number of bytes, got $DEDUP_STORE"
+[[ -z $TEMPLATE_SEED || $TEMPLATE_SEED =~ ^[0-9]+$ ]] || die "--template-seed takes a whole number, got $TEMPLATE_SEED"
+[[ $TEMPLATE_SHARE =~ ^(0(\.[0-9]*)?|\.[0-9]+|1(\.0*)?)$ ]] || die "--template-share takes a number from 0 to 1, got $TEMPLATE_SHARE"
+[[ -z $TEMPLATE_SEED || $GUEST == paused ]] || die "--template-seed is for the paused guest only"
 for v in MULTIFD RAM_MIB WS_MIB DIRTY_RATE FLOWS TIMEOUT SEED; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "--${v,,} takes a whole number, got ${!v}"
 done
@@ -175,6 +203,9 @@ if [[ $GUEST != running ]]; then
     IMAGE=$CACHE/ram-$RAM_BYTES-seed$SEED.img image_args=()
     if [[ $GUEST == files ]]; then
         IMAGE=$CACHE/ram-$RAM_BYTES-seed$SEED-files-$(echo "$FILES_DIR" | tr / _).img image_args=(--files "$FILES_DIR")
+    elif [[ -n $TEMPLATE_SEED ]]; then
+        IMAGE=$CACHE/ram-$RAM_BYTES-seed$SEED-template$TEMPLATE_SEED-share$TEMPLATE_SHARE.img
+        image_args=(--template-seed "$TEMPLATE_SEED" --template-share "$TEMPLATE_SHARE")
     fi
     if [[ ! -s $IMAGE || $REPO/scripts/guest-image.py -nt $IMAGE ]]; then
         log "writing the guest RAM image $IMAGE"
@@ -209,9 +240,10 @@ fi
 # ---- the lab and the path -------------------------------------------------------------------
 "$LAB" up >/dev/null 2>&1 || "$LAB" up >&2 || die "scripts/lab.sh up failed"
 if ((${#LINK_ARGS[@]})); then "$LAB" set "${LINK_ARGS[@]}" >/dev/null || die "scripts/lab.sh set failed"; fi
-link=$("$("$LAB" linkemu-path)" stats --name "$LINK_NAME" | head -1)
+LINKEMU_BIN=$("$LAB" linkemu-path)
+link=$("$LINKEMU_BIN" stats --name "$LINK_NAME" | head -1)
 rate=$(field rate_mbit "$link")
-link=$("$("$LAB" linkemu-path)" stats --name "$LINK_NAME" | sed -n 2p)
+link=$("$LINKEMU_BIN" stats --name "$LINK_NAME" | sed -n 2p)
 rtt=$(awk -v d="$(field delay_ms "$link")" 'BEGIN { print d * 2 }')
 loss=$(field loss_pct "$link")
 
@@ -223,7 +255,8 @@ if [[ $MODE != direct ]]; then
     # --reuse: a pair already up with these options keeps running (and carries a concurrent
     # migration on the other slot undisturbed).
     "$LAB" gateways up --reuse --datapath "${DATAPATH%/*}" --flows "$FLOWS" --ingress "$INGRESS" ${WINDOW:+--window "$WINDOW"} \
-        ${UNSENT:+--unsent "$UNSENT"} ${LINK_CAP:+--link-cap "$LINK_CAP"} ${COMPRESSION:+--compression "$COMPRESSION"} ${CONGESTION:+--congestion "$CONGESTION"} >&2 ||
+        ${UNSENT:+--unsent "$UNSENT"} ${LINK_CAP:+--link-cap "$LINK_CAP"} ${COMPRESSION:+--compression "$COMPRESSION"} ${CONGESTION:+--congestion "$CONGESTION"} \
+        ${DEDUP:+--dedup "$DEDUP"} ${DEDUP_SCOPE:+--dedup-scope "$DEDUP_SCOPE"} ${DEDUP_STORE:+--dedup-store "$DEDUP_STORE"} >&2 ||
         die "the gateways did not come up"
     URI=tcp:$("$LAB" gateways address)
     ((SLOT == 0)) || URI=tcp:$GWA_LAN_IP:$INGRESS2_PORT
@@ -261,6 +294,12 @@ if [[ $GUEST == running ]]; then
 fi
 
 # ---- migrate --------------------------------------------------------------------------------
+# wan_bytes DIR: what the link has forwarded in direction DIR (a->b, b->a) so far: its tbf's
+# sent bytes (L2), empty without a rate limit.
+wan_bytes() {
+    field tbf_sent_bytes "$("$LINKEMU_BIN" stats --name "$LINK_NAME" | grep -F "dir=$1 ")"
+}
+wan_ab0=$(wan_bytes 'a->b') wan_ba0=$(wan_bytes 'b->a')
 rc=0
 # A progress line on a terminal only: benchmark runs capture stderr and poll nothing extra.
 progress=()
@@ -269,6 +308,10 @@ result=$($QMP migrate --src "$WORK/src.qmp" --dst "$WORK/dst.qmp" --uri "$URI" -
     --multifd "$MULTIFD" --timeout "$TIMEOUT" "${progress[@]}") || rc=$?
 [[ -n $result ]] || die "the migration driver failed (exit $rc; QEMU logs: $(cat "$WORK"/*.log))"
 status=$(field status "$result")
+wan_ab=na wan_ba=na
+wan_ab1=$(wan_bytes 'a->b') wan_ba1=$(wan_bytes 'b->a')
+[[ -z $wan_ab0 || -z $wan_ab1 ]] || wan_ab=$((wan_ab1 - wan_ab0))
+[[ -z $wan_ba0 || -z $wan_ba1 ]] || wan_ba=$((wan_ba1 - wan_ba0))
 
 # ---- verify ---------------------------------------------------------------------------------
 verified=na
@@ -314,8 +357,10 @@ fi
 
 guest_info=""
 [[ $GUEST == running ]] && guest_info="ws_mib=$WS_MIB dirty_mib_s=$DIRTY_RATE "
+[[ $GUEST == running ]] || guest_info="seed=$SEED "
+[[ -z $TEMPLATE_SEED ]] || guest_info+="template_seed=$TEMPLATE_SEED template_share=$TEMPLATE_SHARE "
 echo "migrate: mode=$MODE multifd=$MULTIFD guest=$GUEST ram_bytes=$RAM_BYTES rtt_ms=$rtt" \
-    "loss_pct=$loss rate_mbit=$rate ${guest_info}verified=$verified $result"
+    "loss_pct=$loss rate_mbit=$rate ${guest_info}verified=$verified $result wan_ab_bytes=$wan_ab wan_ba_bytes=$wan_ba"
 if [[ -n $why ]]; then
     KEEP=1 # the evidence: QEMU logs, serial consoles
     cp "$LAB_RUN_DIR"/gw-*.log "$WORK/" 2>/dev/null || true
