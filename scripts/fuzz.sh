@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # fuzz.sh [SECONDS]: runs every cargo-fuzz target of the gateway for SECONDS each (default 30).
 #   Targets (gateway/fuzz/fuzz_targets): message (record plaintext decoder), packed (packed data
-#   frames through the record layer's bounded unpacker: lz4, zstd, zero runs), prelude (handshake
-#   prelude), handshake (Noise responder fed arbitrary message 1), config (config validation),
-#   tunnel_core (the session core driven by a hostile peer), dpdk_engine (the DPDK datapath's
-#   engine fed raw frames and junk on its tunnel port), link (the link layer's connection table
-#   and record splitter fed an arbitrary event stream).
+#   frames through the record layer's bounded unpacker: lz4, zstd, zero runs), dedup_items (a
+#   deduplicated frame's item list: bounded decoder, resolve against an evicting chunk store),
+#   prelude (handshake prelude), handshake (Noise responder fed arbitrary message 1), config
+#   (config validation), tunnel_core (the session core driven by a hostile peer), dpdk_engine
+#   (the DPDK datapath's engine fed raw frames and junk on its tunnel port), link (the link
+#   layer's connection table and record splitter fed an arbitrary event stream).
 # Needs a nightly toolchain and cargo-fuzz (installed here with `cargo install cargo-fuzz` when
 # missing); skips with a clear message when no nightly toolchain is available. FUZZ_SANITIZER=none
 # builds without AddressSanitizer (the CI smoke does; long runs keep the default, address).
 set -euo pipefail
 
 if [[ ${1:-} == -h || ${1:-} == --help ]]; then
-    sed -n '2,11p' "$0"
+    sed -n '2,12p' "$0"
     exit 0
 fi
 SECONDS_EACH=${1:-30}

@@ -16,6 +16,8 @@
 //!     and record protection with key updates.
 //!   - [`transform`]: per-frame packing (compression, zero runs) between the
 //!     session core and the records.
+//!   - [`dedup`]: WAN dedup: content-defined chunks, the sender's index and the
+//!     receiver's chunk store, chunks the peer holds sent as references.
 //!   - [`session`]: `TunnelCore`: segmenter, scheduler across flows,
 //!     reassembler, credits.
 //!   - [`link`]: what both datapaths do the same way, written once: a WAN
@@ -35,6 +37,7 @@
 
 pub mod admin;
 pub mod crypto;
+pub mod dedup;
 pub mod dpdk;
 pub mod kernel;
 pub mod link;

@@ -1,0 +1,198 @@
+//! The sending gateway's index of what the far [`Store`](super::Store) holds, as far as this
+//! side knows: fingerprint → length and the tag (e.g. a migration's id) of whoever sent it.
+//!
+//! It is charged and evicts exactly as the store does (`len + ENTRY_OVERHEAD` per entry,
+//! FIFO by first insertion, re-inserting refreshes no position), so with the same capacity
+//! and the same chunks it forgets a chunk no later than the store. That is not a guarantee
+//! (the store also takes the chunks of frames that were sent again, chunks arrive in
+//! another order than they are acknowledged, the peer may restart): a reference the store
+//! cannot resolve is reported missing and sent again as a literal, never guessed. A
+//! slightly smaller capacity than the peer's store makes such misses rarer.
+//!
+//! Its own memory is about 100-200 bytes per entry (map slot of 56 B, queue slot of 40 B,
+//! both at their fill), not the chunk's bytes, whatever it charges.
+
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap;
+
+use super::store::charge;
+use super::Fingerprint;
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    len: u32,
+    tag: u64,
+    /// Which FIFO slot is this entry's (an older slot of a removed and re-inserted key is
+    /// stale and skipped).
+    seq: u64,
+}
+
+/// What the far store holds, bounded by bytes charged like the store.
+#[derive(Debug, Default)]
+pub struct Index {
+    // FxHash: the keys are BLAKE3 outputs (see `Store`).
+    map: FxHashMap<Fingerprint, Entry>,
+    /// Insertion order, oldest first, with each slot's sequence number; may hold stale
+    /// slots of removed keys (compacted when they outnumber the live ones).
+    fifo: VecDeque<(Fingerprint, u64)>,
+    next_seq: u64,
+    capacity: u64,
+    bytes: u64,
+}
+
+impl Index {
+    /// An empty index that charges at most `capacity_bytes`.
+    pub fn new(capacity_bytes: u64) -> Self {
+        Index {
+            capacity: capacity_bytes,
+            ..Index::default()
+        }
+    }
+
+    /// The far store now holds the chunk `fp` of `len` bytes, sent under `tag`. If already
+    /// indexed, only the tag changes (to the latest sender's); its place in the eviction
+    /// order stays, as the store's does. Then evicts oldest-first to within the capacity.
+    pub fn insert(&mut self, fp: Fingerprint, len: u32, tag: u64) {
+        if let Some(e) = self.map.get_mut(&fp) {
+            e.tag = tag;
+            return;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.map.insert(fp, Entry { len, tag, seq });
+        self.fifo.push_back((fp, seq));
+        self.bytes += charge(len as usize);
+        while self.bytes > self.capacity {
+            let Some((old, seq)) = self.fifo.pop_front() else {
+                break;
+            };
+            if self.map.get(&old).is_some_and(|e| e.seq == seq) {
+                self.remove(&old);
+            }
+        }
+    }
+
+    /// Whether the far store holds `fp` with length `len`: any entry (`tag` `None`, tunnel
+    /// scope), or only one inserted with that tag (`Some`, migration scope: a migration
+    /// refers only to chunks its own frames sent).
+    pub fn holds(&self, fp: &Fingerprint, len: u32, tag: Option<u64>) -> bool {
+        self.map
+            .get(fp)
+            .is_some_and(|e| e.len == len && tag.is_none_or(|t| e.tag == t))
+    }
+
+    /// Forgets `fp` (e.g. the far store reported it missing).
+    pub fn remove(&mut self, fp: &Fingerprint) {
+        if let Some(e) = self.map.remove(fp) {
+            self.bytes -= charge(e.len as usize);
+        }
+        if self.fifo.len() > 2 * self.map.len() + 16 {
+            let map = &self.map;
+            self.fifo
+                .retain(|(fp, seq)| map.get(fp).is_some_and(|e| e.seq == *seq));
+        }
+    }
+
+    /// Forgets everything (the peer's store restarted).
+    pub fn clear(&mut self) {
+        self.map = FxHashMap::default();
+        self.fifo = VecDeque::new();
+        self.bytes = 0;
+    }
+
+    /// Bytes charged (each entry's chunk length plus the store's `ENTRY_OVERHEAD`).
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Chunks indexed.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether it indexes no chunk.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::store::{Store, ENTRY_OVERHEAD};
+    use super::*;
+    use proptest::prelude::*;
+
+    fn fp(i: u8) -> Fingerprint {
+        [i; 32]
+    }
+
+    #[test]
+    fn tags_scope_what_counts() {
+        let mut x = Index::new(1 << 20);
+        x.insert(fp(1), 100, 7);
+        assert!(x.holds(&fp(1), 100, None));
+        assert!(x.holds(&fp(1), 100, Some(7)));
+        assert!(!x.holds(&fp(1), 100, Some(8)));
+        assert!(!x.holds(&fp(1), 99, None), "the length must match");
+        assert!(!x.holds(&fp(2), 100, None));
+        // Re-inserted by another migration: the tag is the latest sender's.
+        x.insert(fp(1), 100, 8);
+        assert!(x.holds(&fp(1), 100, Some(8)) && !x.holds(&fp(1), 100, Some(7)));
+        assert_eq!((x.len(), x.bytes()), (1, 100 + ENTRY_OVERHEAD));
+        x.remove(&fp(1));
+        assert!(!x.holds(&fp(1), 100, None));
+        assert_eq!((x.len(), x.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn eviction_is_oldest_first_and_removal_leaves_no_stale_slot_behind() {
+        let per = charge(100);
+        let mut x = Index::new(3 * per);
+        for i in 0..3 {
+            x.insert(fp(i), 100, 0);
+        }
+        x.insert(fp(0), 100, 1); // no refresh
+        x.insert(fp(3), 100, 0);
+        assert!(!x.holds(&fp(0), 100, None) && x.holds(&fp(1), 100, None));
+        // Removed and re-inserted: its old slot must not evict the new entry.
+        x.remove(&fp(1));
+        x.insert(fp(1), 100, 0);
+        x.insert(fp(4), 100, 0);
+        assert!(!x.holds(&fp(2), 100, None), "the oldest live entry goes");
+        assert!(x.holds(&fp(1), 100, None) && x.holds(&fp(3), 100, None));
+        assert!(x.holds(&fp(4), 100, None));
+        assert_eq!(x.bytes(), 3 * per);
+        for _ in 0..1000 {
+            x.remove(&fp(1));
+            x.insert(fp(1), 100, 0);
+        }
+        assert!(x.fifo.len() <= 2 * x.len() + 17, "{}", x.fifo.len());
+        x.clear();
+        assert_eq!((x.len(), x.bytes()), (0, 0));
+    }
+
+    proptest! {
+        /// Fed the same chunks in the same order, the index forgets nothing the store
+        /// still holds and holds nothing the store forgot.
+        #[test]
+        fn with_the_same_capacity_it_forgets_as_the_store_does(
+            capacity in 0u64..30_000,
+            ops in proptest::collection::vec((0u8..30, 1usize..4000), 1..100),
+        ) {
+            let (mut s, mut x) = (Store::new(capacity), Index::new(capacity));
+            let mut seen = Vec::new();
+            for (seed, len) in ops {
+                let c = vec![seed; len];
+                let f = s.insert(&c);
+                x.insert(f, len as u32, 0);
+                seen.push((f, len as u32));
+                prop_assert!(x.bytes() <= capacity);
+                prop_assert_eq!(x.bytes(), s.bytes());
+                for (f, len) in &seen {
+                    prop_assert_eq!(x.holds(f, *len, None), s.get(f, *len).is_some());
+                }
+            }
+        }
+    }
+}
