@@ -85,6 +85,9 @@ pub struct Topology {
     pub dir: PathBuf,
     pub key_a: KeyPair,
     pub key_b: KeyPair,
+    /// Whether both gateways dedup (`dedup = "auto"`, tunnel scope); off by default, as in
+    /// the product.
+    pub dedup: bool,
 }
 
 impl Topology {
@@ -154,7 +157,17 @@ impl Topology {
             dir,
             key_a,
             key_b,
+            dedup: false,
         })
+    }
+
+    /// The `[wan]` lines for [`Topology::dedup`].
+    fn dedup_lines(&self) -> &'static str {
+        if self.dedup {
+            "dedup = \"auto\"\ndedup_scope = \"tunnel\"\n"
+        } else {
+            ""
+        }
     }
 
     /// Gateway A's config: dials B, ingress for [`ROUTES`]; `peer_key` is what it expects of B.
@@ -162,9 +175,10 @@ impl Topology {
         let mut t = format!(
             "[gateway]\nname = \"gw-a\"\nprivate_key_file = \"a.key\"\n{}\
              [peer]\nname = \"gw-b\"\npublic_key = \"{peer_key}\"\nconnect = \"{B_WAN}:{TUNNEL_PORT}\"\n\
-             [wan]\ndata_flows = {flows}\nflow_timeout_secs = 5\n\
+             [wan]\ndata_flows = {flows}\nflow_timeout_secs = 5\n{}\
              [admin]\nsocket = \"{}\"\n",
             datapath_line(self.kinds.0),
+            self.dedup_lines(),
             self.dir.join("a.sock").display()
         );
         for (from, to) in ROUTES {
@@ -185,10 +199,11 @@ impl Topology {
         let mut t = format!(
             "[gateway]\nname = \"gw-b\"\nprivate_key_file = \"b.key\"\ntunnel_listen = \"{B_WAN}:{TUNNEL_PORT}\"\n{}\
              [peer]\nname = \"gw-a\"\npublic_key = \"{peer_key}\"\n\
-             [wan]\ndata_flows = {flows}\nflow_timeout_secs = 5\n\
+             [wan]\ndata_flows = {flows}\nflow_timeout_secs = 5\n{}\
              [egress]\nallow = [{}]\n\
              [admin]\nsocket = \"{}\"\n",
             datapath_line(self.kinds.1),
+            self.dedup_lines(),
             allow.join(", "),
             self.dir.join("b.sock").display()
         );

@@ -38,7 +38,8 @@ fn skip(test: &str) -> bool {
 
 /// Three one-way sessions of random bytes, one of guest-like pages (zeros, text, random: the
 /// sending gateway packs them, the other unpacks) and one duplex session at once, src → dst
-/// through A and B.
+/// through A and B; then the same guest-like pages again, which cross as dedup references
+/// (the gateways' `dedup_scope` is `tunnel`).
 fn transfers(t: &Topology) {
     let sink_addr = SocketAddr::V4(SocketAddrV4::new(DST, 5000));
     let sink = t
@@ -103,12 +104,54 @@ fn transfers(t: &Topology) {
         expected_sha256(DOWN, 99),
         "duplex downstream altered"
     );
+    let again = t
+        .src
+        .spawn(move || send_payload(to_sink.into(), UP, 77, Payload::Mixed))
+        .join()
+        .expect("sender thread")
+        .expect("send the guest-like pages again");
+    assert_eq!(
+        again.sha256,
+        sink.recv(WAIT).sha256,
+        "the repeat arrived altered"
+    );
+}
+
+/// A's and B's tunnel `dedup` figures: the repeat went as references, B resolved them.
+fn assert_deduplicated(ga: &Gateway, gb: &Gateway) {
+    let (a, b) = (ga.status().unwrap(), gb.status().unwrap());
+    let (da, db) = (&a["tunnel"]["dedup"], &b["tunnel"]["dedup"]);
+    let ref_bytes = da["ref_bytes"].as_u64().unwrap_or(0);
+    assert!(
+        ref_bytes > UP / 2,
+        "{} referenced {ref_bytes} bytes: {da}",
+        ga.name
+    );
+    assert_eq!(
+        db["resolved_bytes"].as_u64(),
+        Some(ref_bytes),
+        "{} resolved: {db}",
+        gb.name
+    );
+    assert_eq!(db["misses"].as_u64(), Some(0), "{db}");
 }
 
 /// The topology for `tag`, its gateways started with `flows` data flows each and the tunnel up
 /// on both.
 fn tunnel_up(tag: &str, a: Kind, b: Kind, flows: u32) -> (Topology, Gateway, Gateway) {
-    let t = Topology::new(tag, a, b).expect("topology");
+    tunnel_up_with(tag, a, b, flows, false)
+}
+
+/// [`tunnel_up`], with both gateways deduplicating if `dedup`.
+fn tunnel_up_with(
+    tag: &str,
+    a: Kind,
+    b: Kind,
+    flows: u32,
+    dedup: bool,
+) -> (Topology, Gateway, Gateway) {
+    let mut t = Topology::new(tag, a, b).expect("topology");
+    t.dedup = dedup;
     let (ca, cb) = (
         t.config_a(&t.key_b.public, flows),
         t.config_b(&t.key_a.public, flows),
@@ -124,11 +167,12 @@ fn tunnel_up(tag: &str, a: Kind, b: Kind, flows: u32) -> (Topology, Gateway, Gat
 
 fn pair(test: &str, a: Kind, b: Kind) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let (t, mut ga, mut gb) = tunnel_up(test, a, b, 4);
+    let (t, mut ga, mut gb) = tunnel_up_with(test, a, b, 4, true);
     transfers(&t);
     // Both gateways saw every session (status works on either datapath).
-    assert_eq!(ga.counter("sessions_opened").unwrap(), SESSIONS + 2);
-    assert_eq!(gb.counter("sessions_accepted").unwrap(), SESSIONS + 2);
+    assert_eq!(ga.counter("sessions_opened").unwrap(), SESSIONS + 3);
+    assert_eq!(gb.counter("sessions_accepted").unwrap(), SESSIONS + 3);
+    assert_deduplicated(&ga, &gb);
     // The guest-like pages crossed packed (compression auto by default on both datapaths).
     assert!(
         ga.counter("compression_frames_packed").unwrap() > 0,

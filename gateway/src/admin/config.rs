@@ -103,6 +103,9 @@ struct WanSection {
     rekey_interval_secs: Option<i64>,
     compression: Option<String>,
     pacing: Option<String>,
+    dedup: Option<String>,
+    dedup_scope: Option<String>,
+    dedup_store_bytes: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -224,6 +227,9 @@ pub struct Config {
     /// `wan.compression`: how data frames this gateway sends are packed (the peer must unpack
     /// them: older peers get them plain).
     pub compression: crate::transform::Compression,
+    /// `wan.dedup`, `wan.dedup_scope`, `wan.dedup_store_bytes`: references instead of
+    /// chunks the peer holds, and the store this gateway keeps for the peer's.
+    pub dedup: crate::session::DedupConfig,
     /// `None`: leave kernel autotuning on.
     pub socket_buffer: Option<usize>,
     /// How long sessions are held while the tunnel has no control
@@ -437,6 +443,27 @@ impl Config {
         let compression =
             crate::transform::Compression::parse(file.wan.compression.as_deref().unwrap_or("auto"))
                 .map_err(|w| err("wan.compression", w))?;
+        let dedup = {
+            use crate::session::dedup_config::{MAX_STORE_BYTES, MIN_STORE_BYTES};
+            use crate::session::{DedupConfig, DedupMode, DedupScope};
+            let default = DedupConfig::default();
+            DedupConfig {
+                mode: match &file.wan.dedup {
+                    Some(m) => DedupMode::parse(m).map_err(|w| err("wan.dedup", w))?,
+                    None => default.mode,
+                },
+                scope: match &file.wan.dedup_scope {
+                    Some(s) => DedupScope::parse(s).map_err(|w| err("wan.dedup_scope", w))?,
+                    None => default.scope,
+                },
+                store_bytes: match file.wan.dedup_store_bytes {
+                    Some(b) => in_range(b, MIN_STORE_BYTES as i64, MAX_STORE_BYTES as i64)
+                        .map_err(|w| err("wan.dedup_store_bytes", w))?
+                        as u64,
+                    None => default.store_bytes,
+                },
+            }
+        };
         let congestion = match file.wan.congestion {
             Some(c)
                 if c.is_empty()
@@ -714,6 +741,7 @@ impl Config {
             data_flows,
             congestion,
             compression,
+            dedup,
             socket_buffer,
             grace_period: std::time::Duration::from_secs(grace_period),
             flow_timeout: std::time::Duration::from_secs(flow_timeout),
@@ -848,6 +876,9 @@ mod tests {
             ),
             ("[wan]\ncongestion = \"a b\"\n", "wan.congestion"),
             ("[wan]\ncompression = \"gzip\"\n", "wan.compression"),
+            ("[wan]\ndedup = \"on\"\n", "wan.dedup"),
+            ("[wan]\ndedup_scope = \"global\"\n", "wan.dedup_scope"),
+            ("[wan]\ndedup_store_bytes = 1024\n", "wan.dedup_store_bytes"),
             ("[wan]\npacing = \"bbr\"\n", "wan.pacing"),
             ("[wan]\ncompression = \"zstd:40\"\n", "wan.compression"),
             ("[limits]\nunsent_bytes = 1\n", "limits.unsent_bytes"),

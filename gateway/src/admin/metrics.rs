@@ -16,8 +16,11 @@
 //!   each way, RTT, RTT variance, cwnd, MSS, unacked segments, retransmits, age;
 //! - `tunnel_compression_*`: what packing did for the current tunnel (bytes in
 //!   and out, frames packed and skipped, CPU seconds packing and unpacking);
+//! - `tunnel_dedup_*`: what dedup did for the current tunnel (stream bytes in, item bytes
+//!   out, bytes sent as references, frames skipped, misses each way, bytes resolved) and
+//!   `tunnel_dedup_store_*`, `tunnel_dedup_index_*` (bytes, chunks; store evictions);
 //! - per session (`session` = id, `target`): bytes each way, acked, in
-//!   flight, age, and the same `session_compression_*` figures — for at most
+//!   flight, age, and the same `session_compression_*` and `session_dedup_*` figures — for at most
 //!   [`MAX_SESSION_SERIES`] sessions (the oldest by id);
 //!   `session_series_omitted` says how many more there are;
 //! - per migration group (`source`, `target`): sessions, weight, cap, bytes
@@ -32,7 +35,9 @@ use prometheus_client::metrics::exemplar::Exemplar;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
-use super::status::{ConnectionStatus, GroupStatus, PackingStatus, SessionStatus, TcpStats};
+use super::status::{
+    ConnectionStatus, DedupStatus, GroupStatus, PackingStatus, SessionStatus, TcpStats,
+};
 use super::{Stats, Status};
 use MetricType::{Counter, Gauge};
 use Num::{Float, Int};
@@ -163,6 +168,36 @@ impl Collector for Snapshot {
             "for the current tunnel (restarts at 0 with a new tunnel)",
             &[(&t.compression, Vec::new())],
         )?;
+        dedup(
+            e,
+            "lmas_tunnel",
+            "for the current tunnel (restarts at 0 with a new tunnel)",
+            &[(&t.dedup, Vec::new())],
+        )?;
+        let stores: [DedupFamily; 5] = [
+            ("store_bytes", "Bytes the dedup store holds (what the peer sent), per-chunk overhead included", Some(Unit::Bytes), |d| d.store_bytes),
+            ("store_chunks", "Chunks the dedup store holds", None, |d| d.store_chunks),
+            ("store_evictions", "Chunks the dedup store evicted (oldest first) to stay within wan.dedup_store_bytes", None, |d| d.store_evictions),
+            ("index_bytes", "Bytes of the peer's dedup store this gateway references, as far as it knows", Some(Unit::Bytes), |d| d.index_bytes),
+            ("index_chunks", "Chunks of the peer's dedup store this gateway references, as far as it knows", None, |d| d.index_chunks),
+        ];
+        for (name, help, unit, value) in stores {
+            let kind = if name == "store_evictions" {
+                Counter
+            } else {
+                Gauge
+            };
+            single(
+                e,
+                (
+                    &format!("lmas_tunnel_dedup_{name}"),
+                    &format!("{help}."),
+                    unit,
+                    kind,
+                ),
+                Int(value(&t.dedup)),
+            )?;
+        }
         let states = ["opening", "connecting", "open"].map(|st| (st, vec![("state", st)]));
         family(
             e,
@@ -480,6 +515,11 @@ fn sessions(e: &mut DescriptorEncoder<'_>, all: &[SessionStatus]) -> std::fmt::R
         .map(|(s, labels)| (&s.compression, labels.clone()))
         .collect();
     compression(e, "lmas_session", "of a session", &packing)?;
+    let dedups: Vec<(&DedupStatus, Labels)> = rows
+        .iter()
+        .map(|(s, labels)| (&s.dedup, labels.clone()))
+        .collect();
+    dedup(e, "lmas_session", "of a session", &dedups)?;
     single(
         e,
         (
@@ -544,6 +584,76 @@ fn compression(
         let metric = format!("{prefix}_compression_{name}");
         let help = format!("{help}, {whose}.");
         family(e, (&metric, &help, unit, Counter), rows, |c| Some(value(c)))?;
+    }
+    Ok(())
+}
+
+/// One dedup family: name suffix, help, unit, and its value in a [`DedupStatus`].
+type DedupFamily = (
+    &'static str,
+    &'static str,
+    Option<Unit>,
+    fn(&DedupStatus) -> u64,
+);
+
+/// The dedup families of one scope, `PREFIX_dedup_*`: the figures of [`DedupStatus`] (the
+/// hit rate is `ref / in`, left to the query).
+fn dedup(
+    e: &mut DescriptorEncoder<'_>,
+    prefix: &str,
+    whose: &str,
+    rows: &[(&DedupStatus, Labels<'_>)],
+) -> std::fmt::Result {
+    let figures: [DedupFamily; 7] = [
+        (
+            "in",
+            "Stream bytes sent through dedup (chunked and fingerprinted)",
+            Some(Unit::Bytes),
+            |d| d.bytes_in,
+        ),
+        (
+            "out",
+            "Bytes of the item lists those became, before packing",
+            Some(Unit::Bytes),
+            |d| d.bytes_out,
+        ),
+        (
+            "ref",
+            "Stream bytes sent as references to the peer's dedup store",
+            Some(Unit::Bytes),
+            |d| d.ref_bytes,
+        ),
+        (
+            "frames_skipped",
+            "Data frames sent as they are (nothing repeated lately, or all zeros)",
+            None,
+            |d| d.frames_skipped,
+        ),
+        (
+            "misses_answered",
+            "Data frames the peer could not resolve and got again as they are",
+            None,
+            |d| d.misses_answered,
+        ),
+        (
+            "resolved",
+            "Stream bytes received as references and taken from the dedup store",
+            Some(Unit::Bytes),
+            |d| d.resolved_bytes,
+        ),
+        (
+            "misses",
+            "Received data frames with a reference the dedup store did not hold (asked for again)",
+            None,
+            |d| d.misses,
+        ),
+    ];
+    for (name, help, unit, value) in figures {
+        let metric = format!("{prefix}_dedup_{name}");
+        let help = format!("{help}, {whose}.");
+        family(e, (&metric, &help, unit, Counter), rows, |d| {
+            Some(Int(value(d)))
+        })?;
     }
     Ok(())
 }
@@ -616,6 +726,13 @@ mod tests {
                     min_rtt_us: Some(100_000),
                     rate_bytes_per_sec: Some(147_500_000),
                 }),
+                dedup: DedupStatus {
+                    bytes_in: 4096,
+                    bytes_out: 100,
+                    ref_bytes: 4000,
+                    store_chunks: 3,
+                    ..Default::default()
+                },
                 sessions: (0..sessions as u64)
                     .map(|i| SessionStatus {
                         id: i * 2,
@@ -636,6 +753,7 @@ mod tests {
                             ratio: Some(0.48),
                             ..Default::default()
                         },
+                        dedup: Default::default(),
                     })
                     .collect(),
                 counters: [("resent_bytes".to_string(), 4)].into_iter().collect(),

@@ -50,6 +50,10 @@ pub struct TunnelStatus {
     /// gateways' output).
     #[serde(default)]
     pub compression: PackingStatus,
+    /// What dedup did for this tunnel, with its store and index (absent from older
+    /// gateways' output).
+    #[serde(default)]
+    pub dedup: DedupStatus,
     /// Its migration groups and how they share it (absent from older gateways' output).
     #[serde(default)]
     pub groups: Vec<GroupStatus>,
@@ -257,6 +261,95 @@ pub struct SessionStatus {
     /// (absent from older gateways' output).
     #[serde(default)]
     pub compression: PackingStatus,
+    /// What dedup did for its frames, both ways (absent from older gateways' output).
+    #[serde(default)]
+    pub dedup: DedupStatus,
+}
+
+/// What dedup did, for a session or a tunnel (docs/DEDUP.md); for a tunnel also its store
+/// (what the peer sent) and its index (what the peer's store holds, as far as we know).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DedupStatus {
+    /// Sent: stream bytes chunked and fingerprinted, the item lists they became, and the
+    /// stream bytes that crossed as references.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub ref_bytes: u64,
+    /// Sent: frames that went as they are (nothing repeated lately, or all zeros).
+    pub frames_skipped: u64,
+    /// Sent: frames the peer could not resolve and got again as they are.
+    pub misses_answered: u64,
+    /// Received: stream bytes taken from the store, and frames it could not resolve.
+    pub resolved_bytes: u64,
+    pub misses: u64,
+    /// `ref_bytes / bytes_in`; none while nothing went through dedup.
+    pub hit_rate: Option<f64>,
+    #[serde(default)]
+    pub store_bytes: u64,
+    #[serde(default)]
+    pub store_chunks: u64,
+    #[serde(default)]
+    pub store_evictions: u64,
+    #[serde(default)]
+    pub index_bytes: u64,
+    #[serde(default)]
+    pub index_chunks: u64,
+    /// The peer's store as it offered it (0: none; we send no references).
+    #[serde(default)]
+    pub peer_store_bytes: u64,
+}
+
+impl From<&crate::session::dedup::DedupFigures> for DedupStatus {
+    fn from(f: &crate::session::dedup::DedupFigures) -> Self {
+        DedupStatus {
+            bytes_in: f.bytes_in,
+            bytes_out: f.bytes_out,
+            ref_bytes: f.ref_bytes,
+            frames_skipped: f.frames_skipped,
+            misses_answered: f.misses_answered,
+            resolved_bytes: f.resolved_bytes,
+            misses: f.misses,
+            hit_rate: (f.bytes_in > 0).then(|| f.ref_bytes as f64 / f.bytes_in as f64),
+            ..Default::default()
+        }
+    }
+}
+
+impl DedupStatus {
+    fn of_core(core: &crate::session::TunnelCore) -> DedupStatus {
+        let s = core.dedup_stores();
+        DedupStatus {
+            store_bytes: s.store_bytes,
+            store_chunks: s.store_chunks,
+            store_evictions: s.store_evictions,
+            index_bytes: s.index_bytes,
+            index_chunks: s.index_chunks,
+            peer_store_bytes: s.peer_store,
+            ..core.dedup_figures().into()
+        }
+    }
+
+    /// The figures of both (a sharded gateway's sub-tunnels), the hit rate recomputed.
+    fn add(&self, o: &DedupStatus) -> DedupStatus {
+        let bytes_in = self.bytes_in + o.bytes_in;
+        let ref_bytes = self.ref_bytes + o.ref_bytes;
+        DedupStatus {
+            bytes_in,
+            bytes_out: self.bytes_out + o.bytes_out,
+            ref_bytes,
+            frames_skipped: self.frames_skipped + o.frames_skipped,
+            misses_answered: self.misses_answered + o.misses_answered,
+            resolved_bytes: self.resolved_bytes + o.resolved_bytes,
+            misses: self.misses + o.misses,
+            hit_rate: (bytes_in > 0).then(|| ref_bytes as f64 / bytes_in as f64),
+            store_bytes: self.store_bytes + o.store_bytes,
+            store_chunks: self.store_chunks + o.store_chunks,
+            store_evictions: self.store_evictions + o.store_evictions,
+            index_bytes: self.index_bytes + o.index_bytes,
+            index_chunks: self.index_chunks + o.index_chunks,
+            peer_store_bytes: self.peer_store_bytes + o.peer_store_bytes,
+        }
+    }
 }
 
 /// What packing did, for a session or a tunnel: the figures of docs/COMPRESSION.md
@@ -316,6 +409,7 @@ impl SessionStatus {
             bytes_down: s.delivered,
             in_flight: s.written - s.acked,
             compression: (&s.packing).into(),
+            dedup: (&s.dedup).into(),
         }
     }
 }
@@ -379,6 +473,7 @@ impl TunnelStatus {
             sessions,
             counters: core.counters().snapshot(),
             compression: core.packing().into(),
+            dedup: DedupStatus::of_core(core),
             groups: Vec::new(),
             link_cap_bytes_per_sec: None,
             pacing: None,
@@ -417,6 +512,7 @@ impl TunnelStatus {
             *self.counters.entry(k).or_default() += v;
         }
         self.compression = self.compression.add(&other.compression);
+        self.dedup = self.dedup.add(&other.dedup);
         self.groups.extend(other.groups);
         self.groups = GroupStatus::merge(std::mem::take(&mut self.groups));
         self.link_cap_bytes_per_sec =
@@ -486,6 +582,26 @@ impl Status {
                         c.frames_skipped,
                         c.pack_ns as f64 / 1e9,
                         c.unpack_ns as f64 / 1e9,
+                    );
+                }
+                let d = &t.dedup;
+                if d.bytes_in > 0 || d.store_chunks > 0 || d.frames_skipped > 0 {
+                    let _ = writeln!(
+                        out,
+                        "  dedup: {} -> {} ({} as references, hit rate {}), {} frames skipped, {} misses answered; store {} in {} chunks ({} evicted), {} resolved, {} misses; index {} of the peer's {}",
+                        bytes(d.bytes_in),
+                        bytes(d.bytes_out),
+                        bytes(d.ref_bytes),
+                        d.hit_rate.map_or("-".into(), |r| format!("{r:.2}")),
+                        d.frames_skipped,
+                        d.misses_answered,
+                        bytes(d.store_bytes),
+                        d.store_chunks,
+                        d.store_evictions,
+                        bytes(d.resolved_bytes),
+                        d.misses,
+                        bytes(d.index_bytes),
+                        bytes(d.peer_store_bytes),
                     );
                 }
                 if let Some(p) = t.pacing.as_ref().filter(|p| p.bottleneck_bytes_per_sec > 0) {
@@ -670,6 +786,7 @@ mod tests {
             bytes_down: 0,
             in_flight: 0,
             compression,
+            dedup: Default::default(),
         }
     }
 
@@ -695,6 +812,7 @@ mod tests {
                 sessions: vec![session(0, text.clone()), session(2, Default::default())],
                 counters: BTreeMap::new(),
                 compression: text,
+                dedup: Default::default(),
                 groups: vec![GroupStatus {
                     source: Some("10.0.0.1".into()),
                     target: "10.9.0.1:4444".into(),

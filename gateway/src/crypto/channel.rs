@@ -438,6 +438,7 @@ mod tests {
         let bomb = |codec: Codec, original_len: u32, payload: Vec<u8>| PackedFrame {
             session: SessionId(2),
             offset: 0,
+            flags: 0,
             codec,
             original_len,
             payload: Bytes::from(payload),

@@ -67,6 +67,26 @@ pub struct TrafficKeys {
     /// The frame codecs the peer unpacks, from its handshake payload (empty for a peer
     /// that sends none: an older gateway gets plain frames).
     pub peer_codecs: CodecSet,
+    /// The bytes of the dedup store the peer resolves references against (0: none, e.g.
+    /// an older gateway or one with `dedup = "off"`: it gets no dedup frames).
+    pub peer_dedup_store: u64,
+}
+
+/// What one end offers in its handshake besides its codecs: which shard it is, and the
+/// size of its dedup store (0: none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offer {
+    pub shard: Shard,
+    pub dedup_store: u64,
+}
+
+impl From<Shard> for Offer {
+    fn from(shard: Shard) -> Offer {
+        Offer {
+            shard,
+            dedup_store: 0,
+        }
+    }
 }
 
 /// The Noise payload of both handshake messages: type-length-value capabilities, which older
@@ -74,13 +94,29 @@ pub struct TrafficKeys {
 const CAP_CODECS: u8 = 0x01;
 /// `index u8 | count u8`: the sender's shard; sent only by gateways with more than one.
 const CAP_SHARD: u8 = 0x02;
+/// `store_bytes u64`: the sender resolves dedup references against a store of that many
+/// bytes; sent only by gateways with one.
+const CAP_DEDUP: u8 = 0x03;
 
-fn capabilities(shard: Shard) -> Vec<u8> {
+fn capabilities(offer: impl Into<Offer>) -> Vec<u8> {
+    let offer = offer.into();
     let mut caps = vec![CAP_CODECS, 1, CodecSet::SUPPORTED.0];
-    if shard != Shard::ONE {
-        caps.extend([CAP_SHARD, 2, shard.index, shard.count]);
+    if offer.shard != Shard::ONE {
+        caps.extend([CAP_SHARD, 2, offer.shard.index, offer.shard.count]);
+    }
+    if offer.dedup_store > 0 {
+        caps.extend([CAP_DEDUP, 8]);
+        caps.extend(offer.dedup_store.to_be_bytes());
     }
     caps
+}
+
+/// The peer's dedup store (0 when it offers none, or malformed: it then gets plain frames).
+fn peer_dedup_store(payload: &[u8]) -> u64 {
+    match capability(payload, CAP_DEDUP).map(<[u8; 8]>::try_from) {
+        Some(Ok(bytes)) => u64::from_be_bytes(bytes),
+        _ => 0,
+    }
 }
 
 /// The value of the first capability of type `kind` (none in a malformed list).
@@ -167,14 +203,16 @@ impl Initiator {
         Initiator::start_for(local, peer, psk, data_flow, Shard::ONE)
     }
 
-    /// [`Initiator::start`] for a connection of `shard` (a sharded DPDK gateway).
+    /// [`Initiator::start`] offering `offer`: its shard (a sharded DPDK gateway) and its
+    /// dedup store.
     pub fn start_for(
         local: &StaticKeypair,
         peer: &PublicKey,
         psk: Option<&PresharedKey>,
         data_flow: bool,
-        shard: Shard,
+        offer: impl Into<Offer>,
     ) -> Result<(Initiator, Prelude, Vec<u8>), HandshakeError> {
+        let offer = offer.into();
         let mut flags = 0;
         if psk.is_some() {
             flags |= FLAG_PSK;
@@ -194,9 +232,10 @@ impl Initiator {
             .map_err(HandshakeError::Noise)?;
         let mut buf = vec![0u8; NOISE_BUF];
         let n = hs
-            .write_message(&capabilities(shard), &mut buf)
+            .write_message(&capabilities(offer), &mut buf)
             .map_err(HandshakeError::Noise)?;
         buf.truncate(n);
+        let shard = offer.shard;
         Ok((Initiator { hs, shard }, prelude, buf))
     }
 
@@ -214,6 +253,7 @@ impl Initiator {
             send: i2r,
             recv: r2i,
             peer_codecs: peer_codecs(&payload[..n]),
+            peer_dedup_store: peer_dedup_store(&payload[..n]),
         })
     }
 }
@@ -223,7 +263,8 @@ pub struct Responder {
     hs: snow::HandshakeState,
     peer_codecs: CodecSet,
     peer_shard: Shard,
-    shard: Shard,
+    peer_dedup_store: u64,
+    offer: Offer,
 }
 
 impl Responder {
@@ -254,13 +295,15 @@ impl Responder {
             hs,
             peer_codecs: CodecSet::default(),
             peer_shard: Shard::ONE,
-            shard: Shard::ONE,
+            peer_dedup_store: 0,
+            offer: Shard::ONE.into(),
         })
     }
 
-    /// This end of the connection is `shard` (a sharded DPDK gateway; one of one by default).
-    pub fn for_shard(mut self, shard: Shard) -> Responder {
-        self.shard = shard;
+    /// What this end offers: its shard (a sharded DPDK gateway; one of one by default) and
+    /// its dedup store (none by default).
+    pub fn with_offer(mut self, offer: impl Into<Offer>) -> Responder {
+        self.offer = offer.into();
         self
     }
 
@@ -274,6 +317,7 @@ impl Responder {
             .map_err(auth_err)?;
         self.peer_codecs = peer_codecs(&payload[..n]);
         self.peer_shard = peer_shard(&payload[..n]);
+        self.peer_dedup_store = peer_dedup_store(&payload[..n]);
         let key = self
             .hs
             .get_remote_static()
@@ -285,11 +329,11 @@ impl Responder {
     /// Writes message 2 and yields the traffic keys; refuses (writes nothing) a connection
     /// the peer meant for another shard.
     pub fn accept(mut self) -> Result<(Vec<u8>, TrafficKeys), HandshakeError> {
-        check_shard(self.peer_shard, self.shard)?;
+        check_shard(self.peer_shard, self.offer.shard)?;
         let mut buf = vec![0u8; NOISE_BUF];
         let n = self
             .hs
-            .write_message(&capabilities(self.shard), &mut buf)
+            .write_message(&capabilities(self.offer), &mut buf)
             .map_err(HandshakeError::Noise)?;
         buf.truncate(n);
         let (i2r, r2i) = self.hs.dangerously_get_raw_split();
@@ -299,6 +343,7 @@ impl Responder {
                 send: r2i,
                 recv: i2r,
                 peer_codecs: self.peer_codecs,
+                peer_dedup_store: self.peer_dedup_store,
             },
         ))
     }
@@ -404,6 +449,35 @@ mod tests {
         );
     }
 
+    /// Each end learns the other's dedup store; an end that offers none (or a malformed
+    /// value) counts as none, so it gets plain frames.
+    #[test]
+    fn both_ends_learn_the_dedup_store_offered() {
+        let a = StaticKeypair::generate().unwrap();
+        let b = StaticKeypair::generate().unwrap();
+        let offer = |dedup_store| Offer {
+            shard: Shard::ONE,
+            dedup_store,
+        };
+        for (ours, theirs) in [(1 << 30, 0), (0, 512 << 20), (7, 9)] {
+            let (init, prelude, m1) =
+                Initiator::start_for(&a, &b.public, None, false, offer(ours)).unwrap();
+            let mut resp = Responder::new(&b, None, &prelude)
+                .unwrap()
+                .with_offer(offer(theirs));
+            resp.read_message1(&m1).unwrap();
+            let (m2, kb) = resp.accept().unwrap();
+            let ka = init.finish(&m2).unwrap();
+            assert_eq!((ka.peer_dedup_store, kb.peer_dedup_store), (theirs, ours));
+        }
+        assert_eq!(
+            peer_dedup_store(&[CAP_DEDUP, 4, 0, 0, 0, 1]),
+            0,
+            "wrong length"
+        );
+        assert_eq!(peer_dedup_store(&[CAP_DEDUP, 8, 0, 0]), 0, "truncated");
+    }
+
     /// Shards of equally sharded gateways meet; anything else is refused by name on the
     /// acceptor, before it answers (a kernel acceptor is one of one), and on the dialler when
     /// an acceptor that knows no shards answers for one.
@@ -416,7 +490,7 @@ mod tests {
                 Initiator::start_for(&a, &b.public, None, true, ours).unwrap();
             let mut resp = Responder::new(&b, None, &prelude)
                 .unwrap()
-                .for_shard(theirs);
+                .with_offer(theirs);
             resp.read_message1(&m1).unwrap();
             let (m2, _) = resp.accept()?;
             init.finish(&m2).map(|_| ())

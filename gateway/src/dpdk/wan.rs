@@ -94,6 +94,8 @@ pub struct WanConn {
     out_bytes: usize,
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// The dedup store the peer offered in this connection's handshake (0: none).
+    pub peer_dedup_store: u64,
 }
 
 impl WanConn {
@@ -123,6 +125,7 @@ impl WanConn {
             out_bytes: 0,
             bytes_sent: 0,
             bytes_received: 0,
+            peer_dedup_store: 0,
         }
     }
 
@@ -197,6 +200,7 @@ impl WanConn {
             self.write_now(sock, &done.reply)?;
         }
         self.phase = Phase::Keyed;
+        self.peer_dedup_store = done.keys.peer_dedup_store;
         self.install(done.keys, me.rekey, crypto);
         Ok(true)
     }

@@ -177,6 +177,8 @@ pub struct RecordReader<R> {
     info: Arc<ConnInfo>,
     /// What unpacking the last message cost, until [`RecordReader::take_unpacked`].
     unpacked: Option<PackNote>,
+    /// The dedup store the peer offered in the handshake (0: none).
+    peer_dedup_store: u64,
 }
 
 /// Read-ahead for record headers and small records.
@@ -193,7 +195,13 @@ impl<R: AsyncRead + Unpin> RecordReader<R> {
             buf: BytesMut::new(),
             info,
             unpacked: None,
+            peer_dedup_store: keys.peer_dedup_store,
         }
+    }
+
+    /// The dedup store the peer offered in this connection's handshake (0: none).
+    pub fn peer_dedup_store(&self) -> u64 {
+        self.peer_dedup_store
     }
 
     /// For the message [`RecordReader::read_message`] returned last, if it was a packed data

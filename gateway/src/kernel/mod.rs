@@ -120,6 +120,7 @@ impl Gateway {
             peer: &self.config.peer_key,
             psk: self.config.psk.as_ref(),
             shard: crate::protocol::handshake::Shard::ONE,
+            dedup_store: self.config.dedup.offered_store(),
         }
     }
 

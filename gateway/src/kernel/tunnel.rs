@@ -148,6 +148,7 @@ impl Tunnel {
             grace: gateway.config.grace_period,
             shard: Shard::ONE,
             shares: gateway.shares(),
+            dedup: gateway.config.dedup,
         };
         let tunnel = Arc::new(Tunnel {
             inner: Mutex::new(Inner {
@@ -446,7 +447,9 @@ impl Tunnel {
             let inner = &mut *guard;
             let live = &inner.live;
             let names = |c: ConnRef| remote_of(live, c, conn, &info);
-            let attached = inner.link.attach_control(conn, &names);
+            let attached = inner
+                .link
+                .attach_control(conn, &names, reader.peer_dedup_store());
             let old = attached.replaced.and_then(|old| inner.live.remove(&old));
             if let Some(old) = &old {
                 old.retire.cancel();

@@ -7,7 +7,7 @@
 //! acceptor:  accept();  take(prelude), take(len), take(message 1)      -> Done { reply }
 //! ```
 
-use crate::crypto::{HandshakeError, Initiator, PresharedKey, PublicKey, Responder};
+use crate::crypto::{HandshakeError, Initiator, Offer, PresharedKey, PublicKey, Responder};
 use crate::crypto::{StaticKeypair, TrafficKeys};
 use crate::protocol::handshake::{check_noise_len, frame_noise, Prelude, Shard, PRELUDE_LEN};
 use crate::protocol::DecodeError;
@@ -23,6 +23,17 @@ pub struct Identity<'a> {
     pub psk: Option<&'a PresharedKey>,
     /// Which of our TCP lcores the connection is for (both ends must agree).
     pub shard: Shard,
+    /// The bytes of our dedup store, offered to the peer (0: none).
+    pub dedup_store: u64,
+}
+
+impl Identity<'_> {
+    fn offer(&self) -> Offer {
+        Offer {
+            shard: self.shard,
+            dedup_store: self.dedup_store,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +80,7 @@ impl ConnHandshake {
         data_flow: bool,
     ) -> Result<(ConnHandshake, Vec<u8>), HandshakeError> {
         let (init, prelude, m1) =
-            Initiator::start_for(me.local, me.peer, me.psk, data_flow, me.shard)?;
+            Initiator::start_for(me.local, me.peer, me.psk, data_flow, me.offer())?;
         let hs = ConnHandshake {
             phase: Phase::Initiating(init, data_flow),
             buf: Vec::new(),
@@ -124,7 +135,7 @@ impl ConnHandshake {
         ) {
             (Phase::Prelude, _) => {
                 let prelude = Prelude::decode(piece[..].try_into().expect("PRELUDE_LEN bytes"))?;
-                let responder = Responder::new(me.local, me.psk, &prelude)?.for_shard(me.shard);
+                let responder = Responder::new(me.local, me.psk, &prelude)?.with_offer(me.offer());
                 self.phase = Phase::Responding(prelude, responder);
                 Ok(None)
             }
@@ -178,6 +189,7 @@ mod tests {
             peer,
             psk: None,
             shard: Shard::ONE,
+            dedup_store: 0,
         }
     }
 

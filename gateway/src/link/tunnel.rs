@@ -13,7 +13,7 @@ use super::conn_table::{ConnRef, ConnTable, ControlAttached, FlowAttached, Lost}
 use crate::protocol::handshake::Shard;
 use crate::protocol::{Message, ResetReason, TunnelId};
 use crate::session::pacer::FlowProgress;
-use crate::session::{Instant, Limits, PeerError, SharePolicy, Side, TunnelCore};
+use crate::session::{DedupConfig, Instant, Limits, PeerError, SharePolicy, Side, TunnelCore};
 
 /// A tunnel: its id, its session core, which connection serves each role, and how logs name
 /// the peer.
@@ -51,6 +51,8 @@ pub struct TunnelSetup {
     pub shard: Shard,
     /// Caps and weights of the whole gateway; a shard enforces its part.
     pub shares: SharePolicy,
+    /// `[wan] dedup*`.
+    pub dedup: DedupConfig,
 }
 
 impl TunnelState {
@@ -62,8 +64,11 @@ impl TunnelState {
             grace,
             shard,
             shares,
+            dedup,
         } = setup;
-        let mut core = TunnelCore::new(side, limits, flows).for_shard(shard);
+        let mut core = TunnelCore::new(side, limits, flows)
+            .for_shard(shard)
+            .with_dedup(dedup);
         core.set_shares(shares.for_shard(shard.count as usize));
         TunnelState {
             id,
@@ -84,7 +89,14 @@ impl TunnelState {
     /// `conn` becomes the control connection. The one it replaced (returned) is to be closed:
     /// the peer dials anew only after it gave the old one up, whose RST may have been lost on
     /// the way. A resumed tunnel resyncs: both ends restate their sessions.
-    pub fn attach_control(&mut self, conn: ConnRef, names: ConnNames<'_>) -> ControlAttached {
+    /// `peer_dedup_store` is the store the peer offered in that connection's handshake.
+    pub fn attach_control(
+        &mut self,
+        conn: ConnRef,
+        names: ConnNames<'_>,
+        peer_dedup_store: u64,
+    ) -> ControlAttached {
+        self.core.set_peer_dedup_store(peer_dedup_store);
         let attached = self.table.attach_control(conn);
         if let Some(old) = attached.replaced {
             warn!(
@@ -258,6 +270,7 @@ mod tests {
             grace: Duration::from_secs(2),
             shard: Shard::ONE,
             shares: SharePolicy::default(),
+            dedup: DedupConfig::default(),
         };
         let id = TunnelId::random(&ring::rand::SystemRandom::new()).expect("random");
         TunnelState::new(setup, id, "gw-a (192.0.2.1:1)".into())
@@ -270,9 +283,9 @@ mod tests {
     #[test]
     fn a_replaced_control_connection_is_closed_and_the_tunnel_resumes() {
         let mut t = tunnel(1);
-        let first = t.attach_control(1, &names);
+        let first = t.attach_control(1, &names, 0);
         assert_eq!((first.replaced, first.resumed), (None, false));
-        let second = t.attach_control(2, &names);
+        let second = t.attach_control(2, &names, 0);
         assert_eq!((second.replaced, second.resumed), (Some(1), true));
         assert_eq!(
             t.lost(1, 5, &"reset"),

@@ -130,6 +130,12 @@ pub struct DataFrame {
 /// Header bytes before a data frame's payload: type, session, offset, flags, length.
 pub const DATA_HEADER_LEN: usize = 1 + 8 + 8 + 1 + 4;
 
+/// Data flag: the payload is a dedup item list (`dedup::items`), not the stream bytes; only
+/// sent to a peer whose handshake offered a dedup store (docs/PROTOCOL.md, "Dedup").
+pub const DATA_FLAG_DEDUP: u8 = 0x01;
+/// Every data flag this build knows; a frame with any other bit set does not decode.
+pub const DATA_FLAGS_KNOWN: u8 = DATA_FLAG_DEDUP;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
     /// First record on the control connection, from the dialling gateway.
@@ -190,6 +196,14 @@ pub enum Message {
     Pong {
         id: u64,
     },
+    /// The sender of this message could not resolve a dedup reference in the data frame
+    /// `offset .. offset + len` of `session` (its store no longer holds the chunk): the peer
+    /// sends those bytes again as they are.
+    DedupMiss {
+        session: SessionId,
+        offset: u64,
+        len: u32,
+    },
     Data(DataFrame),
 }
 
@@ -206,6 +220,7 @@ mod kind {
     pub const RESET: u8 = 0x15;
     pub const PING: u8 = 0x16;
     pub const PONG: u8 = 0x17;
+    pub const DEDUP_MISS: u8 = 0x18;
     pub const DATA: u8 = 0x20;
 }
 
@@ -282,6 +297,16 @@ impl Message {
                 out.put_u8(kind::PONG);
                 out.put_u64(*id);
             }
+            Message::DedupMiss {
+                session,
+                offset,
+                len,
+            } => {
+                out.put_u8(kind::DEDUP_MISS);
+                out.put_u64(session.0);
+                out.put_u64(*offset);
+                out.put_u32(*len);
+            }
             Message::Data(frame) => {
                 frame.encode_header(out);
                 out.extend_from_slice(&frame.payload);
@@ -336,16 +361,21 @@ impl Message {
             },
             kind::PING => Message::Ping { id: r.u64()? },
             kind::PONG => Message::Pong { id: r.u64()? },
+            kind::DEDUP_MISS => Message::DedupMiss {
+                session: SessionId(r.u64()?),
+                offset: r.u64()?,
+                len: r.u32()?,
+            },
             kind::DATA => {
                 let session = SessionId(r.u64()?);
                 let offset = r.u64()?;
                 let flags = r.u8()?;
-                // Version 1 defines no flag: a set bit is a peer speaking something else,
-                // not something to carry along unread.
-                if flags != 0 {
+                // A bit this build does not know is a peer speaking something else, not
+                // something to carry along unread.
+                if flags & !DATA_FLAGS_KNOWN != 0 {
                     return Err(DecodeError::Invalid {
                         field: "data flags",
-                        why: "must be 0 in protocol version 1",
+                        why: "unknown flag (only 0x01, dedup, is defined)",
                     });
                 }
                 let len = r.u32()? as usize;
@@ -389,6 +419,7 @@ impl Message {
             Message::Reset { .. } => "reset",
             Message::Ping { .. } => "ping",
             Message::Pong { .. } => "pong",
+            Message::DedupMiss { .. } => "dedup-miss",
             Message::Data(_) => "data",
         }
     }
@@ -560,23 +591,31 @@ mod tests {
             any::<u64>().prop_map(|id| Message::Ping { id }),
             Just(Message::KeyUpdate),
             any::<u64>().prop_map(|id| Message::Pong { id }),
+            (sid.clone(), any::<u64>(), any::<u32>()).prop_map(|(session, offset, len)| {
+                Message::DedupMiss {
+                    session,
+                    offset,
+                    len,
+                }
+            }),
             (
                 sid,
                 0u64..u64::MAX / 2,
+                prop_oneof![Just(0u8), Just(DATA_FLAG_DEDUP)],
                 proptest::collection::vec(any::<u8>(), 0..300)
             )
-                .prop_map(|(session, offset, p)| Message::Data(DataFrame {
+                .prop_map(|(session, offset, flags, p)| Message::Data(DataFrame {
                     session,
                     offset,
-                    flags: 0,
+                    flags,
                     payload: Bytes::from(p)
                 })),
         ]
     }
 
     #[test]
-    fn a_data_frame_with_flags_set_is_refused_in_version_1() {
-        for flags in [1u8, 0x80, 0xff] {
+    fn a_data_frame_with_an_unknown_flag_is_refused() {
+        for flags in [2u8, 0x80, 0xff] {
             let mut buf = Vec::new();
             Message::Data(DataFrame {
                 session: SessionId(7),

@@ -9,11 +9,17 @@
 //!
 //! `offset` and `original_len` describe the plain bytes (the stream position and the length
 //! the payload unpacks to); `length` is the packed payload's, equal to the rest of the record.
+//! Bit 7 of `codec` is the data frame's dedup flag ([`DATA_FLAG_DEDUP`]): the payload unpacks
+//! to a dedup item list, and `original_len` is that list's length.
 
 use bytes::{BufMut, Bytes};
 
 use super::codec::{DecodeError, Reader};
+use super::message::DATA_FLAG_DEDUP;
 use super::SessionId;
+
+/// The bit of the codec byte that carries the data frame's dedup flag.
+const CODEC_DEDUP_BIT: u8 = 0x80;
 
 /// The message type of a packed data frame.
 pub const PACKED_DATA: u8 = 0x21;
@@ -72,6 +78,8 @@ impl CodecSet {
 pub struct PackedFrame {
     pub session: SessionId,
     pub offset: u64,
+    /// The data flags of the frame it stands for (only [`DATA_FLAG_DEDUP`] can be carried).
+    pub flags: u8,
     pub codec: Codec,
     pub original_len: u32,
     pub payload: Bytes,
@@ -84,6 +92,7 @@ impl PackedFrame {
             out,
             self.session,
             self.offset,
+            self.flags,
             self.codec,
             self.original_len,
             self.payload.len(),
@@ -103,10 +112,17 @@ impl PackedFrame {
         }
         let session = SessionId(r.u64()?);
         let offset = r.u64()?;
-        let codec = Codec::from_wire(r.u8()?).ok_or(DecodeError::Invalid {
-            field: "packed codec",
-            why: "unknown codec",
-        })?;
+        let codec_byte = r.u8()?;
+        let flags = if codec_byte & CODEC_DEDUP_BIT != 0 {
+            DATA_FLAG_DEDUP
+        } else {
+            0
+        };
+        let codec =
+            Codec::from_wire(codec_byte & !CODEC_DEDUP_BIT).ok_or(DecodeError::Invalid {
+                field: "packed codec",
+                why: "unknown codec",
+            })?;
         let original_len = r.u32()?;
         let len = r.u32()? as usize;
         if r.remaining() != len {
@@ -136,6 +152,7 @@ impl PackedFrame {
         Ok(PackedFrame {
             session,
             offset,
+            flags,
             codec,
             original_len,
             payload: buf.slice(PACKED_HEADER_LEN..),
@@ -143,19 +160,27 @@ impl PackedFrame {
     }
 }
 
-/// Writes a packed frame's header; the caller appends `payload_len` payload bytes.
+/// Writes a packed frame's header; the caller appends `payload_len` payload bytes. `flags`
+/// are the data frame's (a flag other than dedup has no place here: a caller bug).
 pub fn encode_header(
     out: &mut Vec<u8>,
     session: SessionId,
     offset: u64,
+    flags: u8,
     codec: Codec,
     original_len: u32,
     payload_len: usize,
 ) {
+    debug_assert_eq!(flags & !DATA_FLAG_DEDUP, 0, "only the dedup flag is packed");
+    let dedup = if flags & DATA_FLAG_DEDUP != 0 {
+        CODEC_DEDUP_BIT
+    } else {
+        0
+    };
     out.put_u8(PACKED_DATA);
     out.put_u64(session.0);
     out.put_u64(offset);
-    out.put_u8(codec as u8);
+    out.put_u8(codec as u8 | dedup);
     out.put_u32(original_len);
     out.put_u32(payload_len as u32);
 }
@@ -169,6 +194,7 @@ mod tests {
         PackedFrame {
             session: SessionId(4),
             offset: 1 << 20,
+            flags: 0,
             codec,
             original_len,
             payload: Bytes::from_static(payload),
@@ -188,6 +214,16 @@ mod tests {
             PackedFrame::decode(Bytes::from(b)).is_err()
         };
         assert!(bad(&|b| b[17] = 9), "unknown codec");
+        assert!(bad(&|b| b[17] = 0x40 | 1), "unknown codec bit");
+        let mut dedup = frame(Codec::Lz4, 5000, b"abc");
+        dedup.flags = DATA_FLAG_DEDUP;
+        let mut d = Vec::new();
+        dedup.encode(&mut d);
+        assert_eq!(
+            d[17], 0x81,
+            "the dedup flag rides in bit 7 of the codec byte"
+        );
+        assert_eq!(PackedFrame::decode(Bytes::from(d)).unwrap(), dedup);
         assert!(
             bad(&|b| b[18..22].copy_from_slice(&(1u32 << 20).to_be_bytes())),
             "zip bomb claim"

@@ -18,6 +18,8 @@
 //! hypervisor. No sockets, threads or clocks here: the DPDK datapath reuses
 //! this module unchanged.
 
+pub mod dedup;
+pub mod dedup_config;
 pub mod lan_window;
 pub mod pacer;
 pub mod recv;
@@ -27,6 +29,7 @@ pub mod shares;
 pub mod tunnel;
 pub mod unsent;
 
+pub use dedup_config::{DedupConfig, DedupMode, DedupScope};
 pub use recv::{ReadOutcome, Reassembler, ReassemblyError};
 pub use shares::{GroupKey, GroupSnapshot, Origin, SharePolicy};
 pub use tunnel::{Event, PeerError, SessionError, SessionSnapshot, Side, TunnelCore, Violation};

@@ -82,6 +82,11 @@ impl Reassembler {
         (self.in_order - self.delivered, self.in_order_segments)
     }
 
+    /// The end of the in-order run: every byte below it arrived.
+    pub fn in_order_end(&self) -> u64 {
+        self.in_order
+    }
+
     pub fn is_finished(&self) -> bool {
         self.fin == Some(self.delivered)
     }

@@ -42,6 +42,9 @@ struct Group {
     weight: u32,
     /// Its sessions; the lowest id is the one opened first, the main channel.
     members: BTreeSet<SessionId>,
+    /// The session that made it: names this migration for as long as the group lives (a
+    /// later migration with the same key is another group, with another founder).
+    founder: SessionId,
     /// Members that may have new data, the main channel always first.
     ready: VecDeque<SessionId>,
     /// Whether it is in the round (`Scheduler::active`).
@@ -136,6 +139,7 @@ impl Scheduler {
             origin,
             weight: policy.weight(origin),
             members: BTreeSet::new(),
+            founder: session,
             ready: VecDeque::new(),
             active: false,
             in_turn: false,
@@ -424,6 +428,22 @@ impl Scheduler {
                 self.active.retain(|k| *k != key);
             }
         }
+    }
+
+    /// The session that made group `key` (see `Group::founder`).
+    pub fn founder(&self, key: GroupKey) -> Option<SessionId> {
+        self.groups.get(&key).map(|g| g.founder)
+    }
+
+    /// `carried` goes out again (the peer asked for it), before new data.
+    pub fn resend_range(&mut self, carried: Carried) {
+        self.resend.push_back(carried);
+    }
+
+    /// The rest of a range whose start just went out again goes next: a range asked for
+    /// again may span several frames, and one frame carries one of them.
+    pub fn resend_rest(&mut self, rest: Carried) {
+        self.resend.push_front(rest);
     }
 
     /// Whether `session` is group `key`'s main channel (its first session).

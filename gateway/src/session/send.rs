@@ -121,6 +121,52 @@ impl SendStream {
         Some((offset, chunk))
     }
 
+    /// Where the next new frame of at most `max_len` bytes would start and end, within the
+    /// peer's window and what was written.
+    pub fn next_span(&self, max_len: usize) -> (u64, u64) {
+        let window_left = (self.acked + self.peer_window).saturating_sub(self.next_new);
+        let limit = (max_len as u64).min(window_left).min(self.unsent());
+        (self.next_new, self.next_new + limit)
+    }
+
+    /// [`SendStream::next_frame`], ending where `cut(start, end)` says (at most `end`, more
+    /// than `start`) and gathered across the endpoint's writes into one piece: the frame
+    /// boundaries of a deduplicated stream follow its content, not its writes.
+    pub fn next_frame_cut(
+        &mut self,
+        max_len: usize,
+        cut: impl FnOnce(u64, u64) -> u64,
+    ) -> Option<(u64, Bytes)> {
+        let (start, limit_end) = self.next_span(max_len);
+        if limit_end == start {
+            return None;
+        }
+        let end = cut(start, limit_end).clamp(start + 1, limit_end);
+        let len = (end - start) as usize;
+        let front = self.unsent.front_mut()?;
+        let frame = if front.len() >= len {
+            let piece = front.split_to(len);
+            if front.is_empty() {
+                self.unsent.pop_front();
+            }
+            piece
+        } else {
+            let mut gathered = bytes::BytesMut::with_capacity(len);
+            while gathered.len() < len {
+                let front = self.unsent.front_mut().expect("unsent holds `limit` bytes");
+                let take = front.len().min(len - gathered.len());
+                gathered.extend_from_slice(&front.split_to(take));
+                if front.is_empty() {
+                    self.unsent.pop_front();
+                }
+            }
+            gathered.freeze()
+        };
+        self.next_new = end;
+        self.in_flight.push_back((start, frame.clone()));
+        Some((start, frame))
+    }
+
     /// Applies a cumulative ack; returns how many bytes were released.
     /// Acks beyond what was sent are ignored (the caller counts them as a
     /// protocol violation via the return of `ack_is_valid`).
@@ -196,6 +242,38 @@ mod tests {
         assert!(!s.is_complete());
         s.on_ack(16);
         assert!(s.is_complete());
+    }
+
+    #[test]
+    fn cut_frames_gather_writes_and_end_where_told() {
+        let mut s = SendStream::new(100);
+        for w in [&b"abc"[..], b"defg", b"h", b"ijklmnop"] {
+            s.push(Bytes::copy_from_slice(w));
+        }
+        assert_eq!(
+            s.next_frame_cut(10, |start, end| {
+                assert_eq!((start, end), (0, 10));
+                6
+            }),
+            Some((0, Bytes::from_static(b"abcdef")))
+        );
+        assert_eq!(
+            s.next_frame_cut(100, |_, end| end),
+            Some((6, Bytes::from_static(b"ghijklmnop"))),
+            "the rest, gathered; the cut may not pass what was written"
+        );
+        assert_eq!(s.next_frame_cut(100, |_, end| end), None);
+        assert_eq!(s.resend(0, 6), Some((0, Bytes::from_static(b"abcdef"))));
+        s.on_ack(8);
+        assert_eq!(s.resend(6, 16), Some((8, Bytes::from_static(b"ijklmnop"))));
+        let before = s.charged();
+        s.push(Bytes::from_static(b"xyz"));
+        assert_eq!(
+            s.next_frame_cut(100, |start, _| start),
+            Some((16, Bytes::from_static(b"x"))),
+            "a cut at the start still sends a byte"
+        );
+        assert!(s.charged() > before);
     }
 
     #[test]

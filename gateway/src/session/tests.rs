@@ -11,6 +11,7 @@ use proptest::prelude::*;
 use super::*;
 use crate::protocol::{Message, SessionId};
 
+mod dedup;
 mod packed;
 
 const FLOWS: usize = 3;
@@ -23,6 +24,8 @@ struct End {
     received: HashMap<SessionId, Vec<u8>>,
     finished: HashMap<SessionId, bool>,
     events: Vec<Event>,
+    /// Payload bytes of the data frames this end pulled (what crossed its flows).
+    sent_bytes: u64,
 }
 
 impl End {
@@ -34,6 +37,7 @@ impl End {
             received: HashMap::new(),
             finished: HashMap::new(),
             events: Vec::new(),
+            sent_bytes: 0,
         }
     }
 
@@ -135,9 +139,14 @@ fn deliver(to: &mut End, msg: Message) {
 
 /// Runs `ops`, then lets everything settle with no more faults.
 fn run(streams: &[Vec<u8>], ops: &[Op]) -> (End, End, Vec<SessionId>) {
+    let a = End::new(Side::Dialer, limits());
+    let b = End::new(Side::Acceptor, limits());
+    run_ends(a, b, streams, ops)
+}
+
+/// [`run`] between two ends made by the caller (their limits, dedup, …).
+fn run_ends(mut a: End, mut b: End, streams: &[Vec<u8>], ops: &[Op]) -> (End, End, Vec<SessionId>) {
     let target: SocketAddr = "192.0.2.1:5000".parse().unwrap();
-    let mut a = End::new(Side::Dialer, limits());
-    let mut b = End::new(Side::Acceptor, limits());
     let mut ids = Vec::new();
     let mut pending: Vec<(SessionId, Bytes, bool)> = Vec::new();
     for data in streams {
@@ -167,6 +176,7 @@ fn run(streams: &[Vec<u8>], ops: &[Op]) -> (End, End, Vec<SessionId>) {
         Op::Pull { from_a, flow } => {
             let end = if from_a { &mut *a } else { &mut *b };
             if let Some(f) = end.core.poll_frame(*now, flow) {
+                end.sent_bytes += f.payload.len() as u64;
                 end.flows[flow].push_back(Message::Data(f));
             }
             end.drain_events();

@@ -20,13 +20,18 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 
+use super::dedup::{
+    DedupError, DedupFigures, DedupStores, Received, SessionDedup, TunnelDedup, TAIL_HOLD_US,
+};
 use super::pacer::{FlowProgress, PaceSnapshot, TunnelPacer};
 use super::recv::{ReadOutcome, Reassembler, ReassemblyError};
 use super::scheduler::{Carried, Scheduler};
 use super::send::SendStream;
 use super::shares::{GroupKey, GroupSnapshot, Origin, SharePolicy};
 use super::unsent::UnsentPools;
-use super::{Counters, Instant, Limits};
+use super::{Counters, DedupConfig, Instant, Limits};
+use crate::protocol::message::DATA_FLAG_DEDUP;
+use crate::protocol::packed::MAX_UNPACKED_LEN;
 use crate::protocol::{DataFrame, Message, RefuseReason, ResetReason, SessionId};
 use crate::transform::{PackFigures, PackNote};
 
@@ -102,6 +107,16 @@ struct Session {
     ack_pending_since: Option<Instant>,
     /// What packing its frames (ours) and unpacking the peer's did (see [`TunnelCore::note_packing`]).
     packing: PackFigures,
+    /// Its stream's chunks, while frames we send go through dedup.
+    dedup_send: Option<SessionDedup>,
+    /// Since when the start of a chunk waits for its end ([`super::dedup::TAIL_HOLD_US`]).
+    tail_held_since: Option<Instant>,
+    /// What dedup did for its frames, both ways.
+    dedup: DedupFigures,
+    /// The end of the furthest range of the peer's stream we asked for again
+    /// (`DedupMiss`): a resync asks again for whatever below it has not arrived, since the
+    /// request may have died with the control connection.
+    miss_end: u64,
 }
 
 /// One session's position in both directions (see [`TunnelCore::snapshot`]).
@@ -118,6 +133,8 @@ pub struct SessionSnapshot {
     pub delivered: u64,
     /// What packing its frames and unpacking the peer's did.
     pub packing: PackFigures,
+    /// What dedup did for its frames, both ways.
+    pub dedup: DedupFigures,
 }
 
 /// Why an endpoint-side call could not proceed.
@@ -159,6 +176,8 @@ pub struct TunnelCore {
     pacer: TunnelPacer,
     /// What each migration may take from its endpoints ahead of the flows.
     unsent: UnsentPools,
+    /// The index of the peer's dedup store, and ours.
+    dedup: TunnelDedup,
 }
 
 /// What a reassembler's bytes waiting for the endpoint cost in memory.
@@ -192,7 +211,35 @@ impl TunnelCore {
             tombstones: VecDeque::new(),
             peer_next_id: 0,
             packing: PackFigures::default(),
+            dedup: TunnelDedup::new(DedupConfig {
+                mode: super::DedupMode::Off,
+                ..DedupConfig::default()
+            }),
         }
+    }
+
+    /// Dedup as `config` says (`[wan] dedup`; off by default here): the store offered to the
+    /// peer, and references to what it holds once it offered one
+    /// ([`TunnelCore::set_peer_dedup_store`]).
+    pub fn with_dedup(mut self, config: DedupConfig) -> Self {
+        self.dedup = TunnelDedup::new(config);
+        self
+    }
+
+    /// The store the peer offered in its control connection's handshake (0: none). Sessions
+    /// opened from now on send references to what it holds.
+    pub fn set_peer_dedup_store(&mut self, bytes: u64) {
+        self.dedup.set_peer_store(bytes);
+    }
+
+    /// What dedup did for this tunnel, ended sessions included.
+    pub fn dedup_figures(&self) -> &DedupFigures {
+        self.dedup.figures()
+    }
+
+    /// The tunnel's dedup store and index.
+    pub fn dedup_stores(&self) -> DedupStores {
+        self.dedup.stores()
     }
 
     /// The core of shard `shard` of a sharded gateway's sub-tunnels: its session ids are
@@ -286,6 +333,7 @@ impl TunnelCore {
                 acked: s.send.acked(),
                 delivered: s.recv.delivered(),
                 packing: s.packing,
+                dedup: s.dedup,
             })
             .collect();
         out.sort_by_key(|s| s.id);
@@ -374,6 +422,11 @@ impl TunnelCore {
         }
         let before = s.send.charged();
         let len = data.len() as u64;
+        if let Some(d) = &mut s.dedup_send {
+            d.written(&data);
+            // A held chunk start waits on while the endpoint writes (see `TAIL_HOLD_US`).
+            s.tail_held_since = None;
+        }
         s.send.push(data);
         let (charged, group) = (s.send.charged() - before, s.group);
         self.buffered += charged;
@@ -389,6 +442,9 @@ impl TunnelCore {
             return Ok(());
         }
         let offset = s.send.finish();
+        if let Some(d) = &mut s.dedup_send {
+            d.finished();
+        }
         self.push_control(Message::Fin {
             session: id,
             offset,
@@ -551,6 +607,13 @@ impl TunnelCore {
                 let released = s.send.on_ack(offset);
                 let freed = before - s.send.charged();
                 let more = s.send.has_sendable();
+                if let Some(d) = self
+                    .sessions
+                    .get_mut(&session)
+                    .and_then(|s| s.dedup_send.as_mut())
+                {
+                    self.dedup.acked(d, offset);
+                }
                 if released > 0 {
                     let was_full = self.global_full();
                     self.buffered -= freed;
@@ -585,6 +648,32 @@ impl TunnelCore {
                 Ok(())
             }
             Message::Pong { .. } => Ok(()),
+            Message::DedupMiss {
+                session,
+                offset,
+                len,
+            } => {
+                let s = self.peer_session(session)?;
+                let end = offset.saturating_add(len as u64);
+                if end > s.send.sent() {
+                    let sent = s.send.sent();
+                    return self.violation(session, Violation::MissBeyondSent { end, sent });
+                }
+                if let Some(d) = &mut s.dedup_send {
+                    d.resent(offset, end);
+                }
+                let figures = self.dedup.miss_answered();
+                if let Some(s) = self.sessions.get_mut(&session) {
+                    s.dedup.add(&figures);
+                }
+                self.scheduler.resend_range(Carried {
+                    session,
+                    start: offset,
+                    end,
+                });
+                self.events.push_back(Event::FramesReady);
+                Ok(())
+            }
             other @ (Message::Hello { .. }
             | Message::Welcome { .. }
             | Message::Attach { .. }
@@ -592,8 +681,30 @@ impl TunnelCore {
         }
     }
 
-    fn handle_data(&mut self, frame: DataFrame) -> Result<(), PeerError> {
+    fn handle_data(&mut self, mut frame: DataFrame) -> Result<(), PeerError> {
         let id = frame.session;
+        if frame.flags & DATA_FLAG_DEDUP != 0 {
+            self.peer_session(id)?;
+            let items = std::mem::take(&mut frame.payload);
+            let (received, figures) = match self.dedup.receive(items, MAX_UNPACKED_LEN) {
+                Ok(r) => r,
+                Err(e) => return self.violation(id, e.into()),
+            };
+            let s = self.peer_session(id)?;
+            s.dedup.add(&figures);
+            match received {
+                Received::Data(data) => frame.payload = data,
+                Received::Missing { len } => {
+                    s.miss_end = s.miss_end.max(frame.offset + u64::from(len));
+                    self.push_control(Message::DedupMiss {
+                        session: id,
+                        offset: frame.offset,
+                        len,
+                    });
+                    return Ok(());
+                }
+            }
+        }
         let len = frame.payload.len() as u64;
         let s = self.peer_session(id)?;
         let before = charged_ready(&s.recv);
@@ -664,6 +775,22 @@ impl TunnelCore {
             };
             if let Some((offset, payload)) = s.send.resend(c.start, c.end) {
                 let len = payload.len() as u64;
+                if let Some(d) = self
+                    .sessions
+                    .get_mut(&c.session)
+                    .and_then(|s| s.dedup_send.as_mut())
+                {
+                    d.resent(offset, offset + len);
+                }
+                if offset + len < c.end {
+                    self.scheduler.resend_rest(Carried {
+                        start: offset + len,
+                        ..c
+                    });
+                }
+                let Some(s) = self.sessions.get(&c.session) else {
+                    continue;
+                };
                 self.counters.resent_bytes += len;
                 self.scheduler.charge_caps(s.group, len, now);
                 return Some(self.carry(flow, c.session, offset, payload));
@@ -678,12 +805,34 @@ impl TunnelCore {
             if s.state != State::Open {
                 continue;
             }
+            if let Some(d) = &s.dedup_send {
+                let (start, end) = s.send.next_span(frame_len);
+                if d.holds_tail(start, end) {
+                    let since = *s.tail_held_since.get_or_insert(now);
+                    if now < since + TAIL_HOLD_US {
+                        // `handle_timeout` or the endpoint's next write brings it back.
+                        continue;
+                    }
+                }
+            }
+            s.tail_held_since = None;
             let before = s.send.charged();
-            let Some((offset, payload)) = s.send.next_frame(frame_len) else {
+            let cut = match &s.dedup_send {
+                Some(d) => s
+                    .send
+                    .next_frame_cut(frame_len, |start, end| d.cut(start, end)),
+                None => s.send.next_frame(frame_len),
+            };
+            let Some((offset, payload)) = cut else {
                 continue;
             };
-            // Cutting a piece in two adds an entry.
-            self.buffered += s.send.charged() - before;
+            // Cutting a piece in two adds an entry; gathering pieces into one frame removes some.
+            let was_full = self.buffered + super::send::ENTRY_OVERHEAD >= self.limits.global_buffer;
+            self.buffered = self.buffered + s.send.charged() - before;
+            if was_full && !self.global_full() {
+                self.events.push_back(Event::CreditFreed);
+            }
+            let s = self.sessions.get_mut(&id).expect("looked up above");
             if s.send.has_sendable() {
                 s.queued = true;
                 self.scheduler.mark_ready(id, group);
@@ -699,7 +848,30 @@ impl TunnelCore {
                 self.wake_group(group);
             }
             self.scheduler.charge(group, payload.len() as u64, now);
-            return Some(self.carry(flow, id, offset, payload));
+            let encoded = match self
+                .sessions
+                .get_mut(&id)
+                .and_then(|s| s.dedup_send.as_mut())
+            {
+                Some(d) => {
+                    let (items, figures) = self.dedup.encode(d, offset, &payload);
+                    if let Some(s) = self.sessions.get_mut(&id) {
+                        s.dedup.add(&figures);
+                    }
+                    items
+                }
+                None => None,
+            };
+            let plain = payload.len() as u64;
+            let mut frame = self.carry(flow, id, offset, payload);
+            if let Some(items) = encoded {
+                // Caps count bytes on the wire: references cost a fraction of their chunks.
+                self.scheduler
+                    .refund(Some(group), plain.saturating_sub(items.len() as u64));
+                frame.flags = DATA_FLAG_DEDUP;
+                frame.payload = items;
+            }
+            return Some(frame);
         }
         None
     }
@@ -831,6 +1003,15 @@ impl TunnelCore {
                     offset: delivered,
                 });
             }
+            let arrived = s.recv.in_order_end();
+            if s.miss_end > arrived {
+                msgs.push(Message::DedupMiss {
+                    session,
+                    offset: arrived,
+                    // Within the receive window, which a u32 holds.
+                    len: u32::try_from(s.miss_end - arrived).unwrap_or(u32::MAX),
+                });
+            }
             if s.send.is_finished() {
                 msgs.push(Message::Fin {
                     session,
@@ -869,7 +1050,16 @@ impl TunnelCore {
             .filter_map(|s| s.ack_pending_since)
             .min()
             .map(|t| t + self.limits.ack_delay_us);
-        [ack, self.scheduler.wake_at()].into_iter().flatten().min()
+        let held = self
+            .sessions
+            .values()
+            .filter_map(|s| s.tail_held_since)
+            .min()
+            .map(|t| t + TAIL_HOLD_US);
+        [ack, held, self.scheduler.wake_at()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -887,6 +1077,15 @@ impl TunnelCore {
         for id in due {
             self.send_ack(id);
         }
+        let held: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.tail_held_since.is_some_and(|t| t + TAIL_HOLD_US <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in held {
+            self.schedule(id);
+        }
     }
 
     // ---- internals ------------------------------------------------------
@@ -903,6 +1102,9 @@ impl TunnelCore {
             target,
         };
         self.scheduler.join(id, group, origin);
+        let dedup_send = self
+            .dedup
+            .new_session(self.scheduler.founder(group).map_or(id.0, |f| f.0));
         Session {
             state,
             target,
@@ -913,6 +1115,10 @@ impl TunnelCore {
             ack_sent: 0,
             ack_pending_since: None,
             packing: PackFigures::default(),
+            dedup_send,
+            tail_held_since: None,
+            miss_end: 0,
+            dedup: DedupFigures::default(),
         }
     }
 
@@ -1073,6 +1279,10 @@ pub enum Violation {
     AckBeyondSent { offset: u64, sent: u64 },
     #[error(transparent)]
     Reassembly(#[from] ReassemblyError),
+    #[error("dedup miss for bytes up to {end} beyond the {sent} bytes sent")]
+    MissBeyondSent { end: u64, sent: u64 },
+    #[error(transparent)]
+    Dedup(#[from] DedupError),
 }
 
 /// A message from the peer that could not be applied.

@@ -84,6 +84,7 @@ impl Packer {
                 out,
                 frame.session,
                 frame.offset,
+                frame.flags,
                 Codec::Zero,
                 data.len() as u32,
                 0,
@@ -115,6 +116,7 @@ impl Packer {
             out,
             frame.session,
             frame.offset,
+            frame.flags,
             codec,
             data.len() as u32,
             0,
@@ -257,7 +259,7 @@ impl Unpacker {
         Ok(DataFrame {
             session: p.session,
             offset: p.offset,
-            flags: 0,
+            flags: p.flags,
             payload,
         })
     }
@@ -477,6 +479,7 @@ mod tests {
             let p = PackedFrame {
                 session: SessionId(1),
                 offset: 0,
+                flags: 0,
                 codec: Codec::ALL[codec],
                 original_len: claim,
                 payload: Bytes::from(payload),
