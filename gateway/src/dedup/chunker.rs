@@ -10,9 +10,9 @@
 //! confirms it is fed, so which are reported depends only on how far the stream was fed;
 //! [`Chunker::finish`] confirms the tail at the end of the stream.
 //!
-//! Cost: FastCDC's scan, about 0.4 ns per byte, plus a copy of each write; a chunk that spans
-//! writes is scanned again from its start at each write that extends it (at most `max` bytes
-//! each time), so feed what was read in one go rather than in pieces of a few bytes.
+//! Cost: FastCDC's scan, about 0.4 ns per byte, in place; only a chunk that spans writes is
+//! copied, and scanned again from its start at each write that extends it (at most `max`
+//! bytes each time), so feed what was read in one go rather than in pieces of a few bytes.
 //!
 //! Memory: the bytes since the last confirmed boundary (fewer than `max`), and the confirmed
 //! boundaries the caller has not forgotten yet: call [`Chunker::forget_up_to`] once frames
@@ -72,27 +72,48 @@ impl Chunker {
         }
     }
 
-    /// Appends the next bytes of the stream. Keeps a copy of the bytes after the last
-    /// confirmed boundary (fewer than `max`), and scans them again with each write: a cut is
-    /// confirmed once FastCDC finds it before the end of what was fed (its decision at a byte
-    /// depends only on the bytes up to it), or the chunk reached `max`. So the boundaries do
-    /// not depend on how the writes cut the stream; tiny writes cost a rescan of the open
-    /// chunk each.
+    /// Appends the next bytes of the stream. Chunks that start in `data` are scanned in
+    /// place; only the open chunk at its end is copied (fewer than `max` bytes), and scanned
+    /// again from its start with the next write: a cut is confirmed once FastCDC finds it
+    /// before the end of what was fed (its decision depends only on the bytes up to the pair
+    /// it reads), or the chunk reached `max`. So the boundaries do not depend on how the
+    /// writes cut the stream; tiny writes cost a rescan of the open chunk each.
     ///
     /// # Panics
     /// After [`Chunker::finish`]: a caller bug.
     pub fn feed(&mut self, data: &[u8]) {
         assert!(!self.finished, "Chunker::feed after finish");
-        self.pending.extend_from_slice(data);
+        // The stream offset of `data[0]`.
+        let data_at = self.fed;
         self.fed += data.len() as u64;
-        // The stream offset of `pending[0]`.
-        let base = self.fed - self.pending.len() as u64;
-        let mut start = 0;
-        while let Some(c) = self.cut(&self.pending[start..], false) {
-            start += c;
-            self.boundaries.push_back(base + start as u64);
+        // `data[pos..]` is neither in a confirmed chunk nor in `pending` yet.
+        let mut pos = 0;
+        // A chunk begun by earlier writes: extend it (to at most `max`) and look for its end.
+        while !self.pending.is_empty() {
+            let old = self.pending.len();
+            let take = (data.len() - pos).min(self.max - old);
+            self.pending.extend_from_slice(&data[pos..pos + take]);
+            let Some(c) = self.cut(&self.pending, false) else {
+                // No end yet, and all of `data` is in `pending` (else it would hold `max`).
+                return;
+            };
+            let pending_at = data_at + pos as u64 - old as u64;
+            self.boundaries.push_back(pending_at + c as u64);
+            if c >= old {
+                // The next chunk starts in `data`: scan it there, in place.
+                pos += c - old;
+                self.pending.clear();
+            } else {
+                // It starts in what earlier writes left: keep that, give back what was taken.
+                self.pending.truncate(old);
+                self.pending.drain(..c);
+            }
         }
-        self.pending.drain(..start);
+        while let Some(c) = self.cut(&data[pos..], false) {
+            pos += c;
+            self.boundaries.push_back(data_at + pos as u64);
+        }
+        self.pending.extend_from_slice(&data[pos..]);
     }
 
     /// End of the stream: the rest is cut as FastCDC cuts it, and its tail becomes the last

@@ -7,7 +7,7 @@
 pub enum DedupMode {
     /// Neither sends references nor offers a store: frames cross as they are.
     Off,
-    /// Sends references where the peer offers a store, and samples where nothing repeats.
+    /// Sends references where the peer offers a store, and offers a store of its own.
     Auto,
 }
 
