@@ -112,3 +112,43 @@ fn a_peer_with_dedup_off_gets_plain_frames() {
     assert_eq!(figure(dedup(&b), "store_chunks"), 0, "{b:#}");
     pair.assert_running();
 }
+
+/// The receiver's store stays within `dedup_store_bytes`, in its own count and in the
+/// process's memory: 72 MiB of first-seen data into a 16 MiB store evicts, and B's resident
+/// memory grows by no more than the store plus a constant (record buffers, allocator slack);
+/// after the first 24 MiB (the store full) the next 48 MiB add less than the store again
+/// (an unbounded store would add all 48).
+#[test]
+fn the_store_stays_within_its_bound_in_memory() {
+    const STORE: u64 = 16 * MIB;
+    let sink = Sink::start();
+    let spec = PairSpec {
+        wan_extra: vec![
+            "dedup = \"auto\"".into(),
+            format!("dedup_store_bytes = {STORE}"),
+        ],
+        ..PairSpec::to_target(4, sink.addr())
+    };
+    let mut pair = Pair::start(&spec);
+    let before = pair.b.rss_kib().expect("B's RSS") * 1024;
+    send(&pair, &sink, Payload::Random, 21);
+    let filled = pair.b.rss_kib().expect("B's RSS") * 1024;
+    send(&pair, &sink, Payload::Random, 22);
+    send(&pair, &sink, Payload::Random, 23);
+    let after = pair.b.rss_kib().expect("B's RSS") * 1024;
+    let b = pair.b.status().unwrap();
+    let d = dedup(&b);
+    println!("B: RSS {before} -> {filled} -> {after} bytes; dedup {d}");
+    assert!(figure(d, "store_bytes") <= STORE, "{d}");
+    assert!(figure(d, "store_evictions") > 0, "72 MiB evicted: {d}");
+    assert!(
+        after <= before + STORE + 32 * MIB,
+        "B's RSS grew by {} bytes, beyond the store's {STORE} plus 32 MiB",
+        after - before
+    );
+    assert!(
+        after <= filled + STORE,
+        "B's RSS kept growing with a full store: {filled} -> {after}"
+    );
+    pair.assert_running();
+}

@@ -275,7 +275,7 @@ pub struct DedupStatus {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub ref_bytes: u64,
-    /// Sent: frames that went as they are (nothing repeated lately, or all zeros).
+    /// Sent: frames that went as they are (all zeros: packing sends those as a length).
     pub frames_skipped: u64,
     /// Sent: frames the peer could not resolve and got again as they are.
     pub misses_answered: u64,

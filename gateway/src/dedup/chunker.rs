@@ -185,23 +185,16 @@ impl Chunker {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_data::{xorshift, SMALL};
     use super::*;
     use proptest::prelude::*;
 
-    const SMALL: ChunkSizes = ChunkSizes {
-        min: 64,
-        avg: 256,
-        max: 1024,
-    };
-
     /// Random bytes with zero runs (which only `max` cuts).
     fn data(seed: u64, len: usize) -> Vec<u8> {
-        let mut x = seed | 1;
+        let mut next = xorshift(seed);
         let mut out = Vec::with_capacity(len);
         while out.len() < len {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+            let x = next();
             if x.is_multiple_of(16) {
                 out.extend(std::iter::repeat_n(0, (x >> 8) as usize % 5000));
             } else {

@@ -128,28 +128,40 @@ pub fn encode_frame(
     out
 }
 
+/// What the module's tests share.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
+pub(crate) mod test_data {
+    use super::ChunkSizes;
 
     /// Small sizes so that short test streams have many chunks.
-    const SMALL: ChunkSizes = ChunkSizes {
+    pub const SMALL: ChunkSizes = ChunkSizes {
         min: 64,
         avg: 256,
         max: 1024,
     };
 
-    /// A stream of `len` bytes made of blocks from a small pool (xorshift from `seed`), so
-    /// that content repeats at arbitrary offsets.
-    fn stream(seed: u64, len: usize) -> Vec<u8> {
+    /// A xorshift64 sequence from `seed`: test data that is the same on every run.
+    pub fn xorshift(seed: u64) -> impl FnMut() -> u64 {
         let mut x = seed | 1;
-        let mut next = move || {
+        move || {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
             x
-        };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_data::{xorshift, SMALL};
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A stream of `len` bytes made of blocks from a small pool (xorshift from `seed`), so
+    /// that content repeats at arbitrary offsets.
+    fn stream(seed: u64, len: usize) -> Vec<u8> {
+        let mut next = xorshift(seed);
         let pool: Vec<Vec<u8>> = (0..6)
             .map(|_| {
                 let n = 200 + (next() % 1800) as usize;

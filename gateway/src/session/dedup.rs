@@ -178,7 +178,7 @@ impl TunnelDedup {
 
     /// Encodes a new frame `[start, start + payload.len())` of a session whose cut came from
     /// [`SessionDedup::cut`]: the item list to send (with the dedup flag), or `None` to send
-    /// it as it is (sampled out, all zeros, or the peer offers no store); and what it did.
+    /// it as it is (all zeros, or the peer offers no store); and what it did.
     pub fn encode(
         &mut self,
         s: &mut SessionDedup,
