@@ -114,10 +114,12 @@ fn a_peer_with_dedup_off_gets_plain_frames() {
 }
 
 /// The receiver's store stays within `dedup_store_bytes`, in its own count and in the
-/// process's memory: 72 MiB of first-seen data into a 16 MiB store evicts, and B's resident
-/// memory grows by no more than the store plus a constant (record buffers, allocator slack);
-/// after the first 24 MiB (the store full) the next 48 MiB add less than the store again
-/// (an unbounded store would add all 48).
+/// process's memory: 168 MiB of first-seen data into a 16 MiB store evicts, and B's resident
+/// memory grows by no more than the store plus a constant (record buffers, socket buffers,
+/// the allocator's fragmentation as chunks of 1-16 KiB come and go); after the first 24 MiB
+/// (the store full) the next 144 MiB add less than twice the store, where an unbounded store
+/// would add all of them. A 4 MiB session window keeps what B
+/// buffers for a slow sink small, so that the store is what the memory shows.
 #[test]
 fn the_store_stays_within_its_bound_in_memory() {
     const STORE: u64 = 16 * MIB;
@@ -127,27 +129,30 @@ fn the_store_stays_within_its_bound_in_memory() {
             "dedup = \"auto\"".into(),
             format!("dedup_store_bytes = {STORE}"),
         ],
+        session_window_bytes: Some(4 * MIB),
         ..PairSpec::to_target(4, sink.addr())
     };
     let mut pair = Pair::start(&spec);
-    let before = pair.b.rss_kib().expect("B's RSS") * 1024;
-    send(&pair, &sink, Payload::Random, 21);
-    let filled = pair.b.rss_kib().expect("B's RSS") * 1024;
-    send(&pair, &sink, Payload::Random, 22);
-    send(&pair, &sink, Payload::Random, 23);
-    let after = pair.b.rss_kib().expect("B's RSS") * 1024;
+    let rss = |pair: &Pair| pair.b.rss_kib().expect("B's RSS") * 1024;
+    let before = rss(&pair);
+    send(&pair, &sink, Payload::Random, 20);
+    let filled = rss(&pair);
+    for seed in 21..27 {
+        send(&pair, &sink, Payload::Random, seed);
+    }
+    let after = rss(&pair);
     let b = pair.b.status().unwrap();
     let d = dedup(&b);
     println!("B: RSS {before} -> {filled} -> {after} bytes; dedup {d}");
     assert!(figure(d, "store_bytes") <= STORE, "{d}");
-    assert!(figure(d, "store_evictions") > 0, "72 MiB evicted: {d}");
+    assert!(figure(d, "store_evictions") > 0, "168 MiB evicted: {d}");
     assert!(
-        after <= before + STORE + 32 * MIB,
-        "B's RSS grew by {} bytes, beyond the store's {STORE} plus 32 MiB",
+        after <= before + STORE + 48 * MIB,
+        "B's RSS grew by {} bytes, beyond the store's {STORE} plus 48 MiB",
         after - before
     );
     assert!(
-        after <= filled + STORE,
+        after <= filled + 2 * STORE,
         "B's RSS kept growing with a full store: {filled} -> {after}"
     );
     pair.assert_running();
