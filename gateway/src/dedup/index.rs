@@ -9,7 +9,7 @@
 //! cannot resolve is reported missing and sent again as a literal, never guessed. A
 //! slightly smaller capacity than the peer's store makes such misses rarer.
 //!
-//! Its own memory is about 100-200 bytes per entry (map slot of 56 B, queue slot of 40 B,
+//! Its own memory is about 100-200 bytes per entry (map slot of 48 B, queue slot of 32 B,
 //! both at their fill), not the chunk's bytes, whatever it charges.
 
 use std::collections::VecDeque;
@@ -23,9 +23,6 @@ use super::Fingerprint;
 struct Entry {
     len: u32,
     tag: u64,
-    /// Which FIFO slot is this entry's (an older slot of a removed and re-inserted key is
-    /// stale and skipped).
-    seq: u64,
 }
 
 /// What the far store holds, bounded by bytes charged like the store.
@@ -33,10 +30,8 @@ struct Entry {
 pub struct Index {
     // FxHash: the keys are BLAKE3 outputs (see `Store`).
     map: FxHashMap<Fingerprint, Entry>,
-    /// Insertion order, oldest first, with each slot's sequence number; may hold stale
-    /// slots of removed keys (compacted when they outnumber the live ones).
-    fifo: VecDeque<(Fingerprint, u64)>,
-    next_seq: u64,
+    /// Insertion order, oldest first: every key once, as entries leave only from its front.
+    fifo: VecDeque<Fingerprint>,
     capacity: u64,
     bytes: u64,
 }
@@ -58,17 +53,15 @@ impl Index {
             e.tag = tag;
             return;
         }
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.map.insert(fp, Entry { len, tag, seq });
-        self.fifo.push_back((fp, seq));
+        self.map.insert(fp, Entry { len, tag });
+        self.fifo.push_back(fp);
         self.bytes += charge(len as usize);
         while self.bytes > self.capacity {
-            let Some((old, seq)) = self.fifo.pop_front() else {
+            let Some(old) = self.fifo.pop_front() else {
                 break;
             };
-            if self.map.get(&old).is_some_and(|e| e.seq == seq) {
-                self.remove(&old);
+            if let Some(e) = self.map.remove(&old) {
+                self.bytes -= charge(e.len as usize);
             }
         }
     }
@@ -80,25 +73,6 @@ impl Index {
         self.map
             .get(fp)
             .is_some_and(|e| e.len == len && tag.is_none_or(|t| e.tag == t))
-    }
-
-    /// Forgets `fp` (e.g. the far store reported it missing).
-    pub fn remove(&mut self, fp: &Fingerprint) {
-        if let Some(e) = self.map.remove(fp) {
-            self.bytes -= charge(e.len as usize);
-        }
-        if self.fifo.len() > 2 * self.map.len() + 16 {
-            let map = &self.map;
-            self.fifo
-                .retain(|(fp, seq)| map.get(fp).is_some_and(|e| e.seq == *seq));
-        }
-    }
-
-    /// Forgets everything (the peer's store restarted).
-    pub fn clear(&mut self) {
-        self.map = FxHashMap::default();
-        self.fifo = VecDeque::new();
-        self.bytes = 0;
     }
 
     /// Bytes charged (each entry's chunk length plus the store's `ENTRY_OVERHEAD`).
@@ -140,13 +114,10 @@ mod tests {
         x.insert(fp(1), 100, 8);
         assert!(x.holds(&fp(1), 100, Some(8)) && !x.holds(&fp(1), 100, Some(7)));
         assert_eq!((x.len(), x.bytes()), (1, 100 + ENTRY_OVERHEAD));
-        x.remove(&fp(1));
-        assert!(!x.holds(&fp(1), 100, None));
-        assert_eq!((x.len(), x.bytes()), (0, 0));
     }
 
     #[test]
-    fn eviction_is_oldest_first_and_removal_leaves_no_stale_slot_behind() {
+    fn eviction_is_oldest_first_by_first_insertion() {
         let per = charge(100);
         let mut x = Index::new(3 * per);
         for i in 0..3 {
@@ -155,21 +126,12 @@ mod tests {
         x.insert(fp(0), 100, 1); // no refresh
         x.insert(fp(3), 100, 0);
         assert!(!x.holds(&fp(0), 100, None) && x.holds(&fp(1), 100, None));
-        // Removed and re-inserted: its old slot must not evict the new entry.
-        x.remove(&fp(1));
-        x.insert(fp(1), 100, 0);
         x.insert(fp(4), 100, 0);
-        assert!(!x.holds(&fp(2), 100, None), "the oldest live entry goes");
-        assert!(x.holds(&fp(1), 100, None) && x.holds(&fp(3), 100, None));
+        assert!(!x.holds(&fp(1), 100, None), "the oldest live entry goes");
+        assert!(x.holds(&fp(2), 100, None) && x.holds(&fp(3), 100, None));
         assert!(x.holds(&fp(4), 100, None));
         assert_eq!(x.bytes(), 3 * per);
-        for _ in 0..1000 {
-            x.remove(&fp(1));
-            x.insert(fp(1), 100, 0);
-        }
-        assert!(x.fifo.len() <= 2 * x.len() + 17, "{}", x.fifo.len());
-        x.clear();
-        assert_eq!((x.len(), x.bytes()), (0, 0));
+        assert_eq!(x.fifo.len(), x.len());
     }
 
     proptest! {

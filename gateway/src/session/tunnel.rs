@@ -827,8 +827,9 @@ impl TunnelCore {
                 continue;
             };
             // Cutting a piece in two adds an entry; gathering pieces into one frame removes some.
-            let was_full = self.buffered + super::send::ENTRY_OVERHEAD >= self.limits.global_buffer;
-            self.buffered = self.buffered + s.send.charged() - before;
+            let after = s.send.charged();
+            let was_full = self.global_full();
+            self.buffered = self.buffered + after - before;
             if was_full && !self.global_full() {
                 self.events.push_back(Event::CreditFreed);
             }
