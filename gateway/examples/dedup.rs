@@ -1,6 +1,6 @@
 //! What WAN dedup finds again in a file sent twice: feeds FILE_A through a `dedup::Chunker`
 //! and `dedup::encode_frame` as a session would (64 KiB writes, frames of at most 128 KiB cut
-//! at the last chunk boundary), with a sender `Index` and a receiver `Store` of 4 GiB each
+//! at the last chunk boundary), with a sender `Index` and a receiver `MemoryStore` of 4 GiB each
 //! (every chunk promoted at once, every frame resolved and checked against its bytes), then
 //! FILE_B the same way (FILE_A again when absent), and prints for that second pass, for each
 //! average chunk size (min avg/4, max avg*4): bytes in, bytes of encoded items out, the share
@@ -17,14 +17,14 @@
 //! `--framed both|second`: an 8-byte header (page address and flags, as QEMU's RAM stream
 //! has) before each 4 KiB page of both files, or of FILE_B only (the same memory shifted
 //! against the first pass). `--avg 1024,4096`: other average sizes. `--entry-overhead`:
-//! measures what a `Store` entry costs beyond its chunk's bytes (resident memory grown by
+//! measures what a `MemoryStore` entry costs beyond its chunk's bytes (resident memory grown by
 //! inserting chunks of 1-4 KiB, less their bytes, per entry), for `store::ENTRY_OVERHEAD`.
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use lmas::dedup::{
-    encode_frame, encoded_len, resolve, ChunkSizes, Chunker, Index, Item, Resolved, Store,
+    encode_frame, encoded_len, resolve, ChunkSizes, Chunker, Index, Item, MemoryStore, Resolved,
 };
 
 const WRITE: usize = 64 << 10;
@@ -46,7 +46,7 @@ struct Pass {
 }
 
 /// Sends `data` through the sender's chunker and encoder and the receiver's `resolve`.
-fn pass(data: &Bytes, sizes: ChunkSizes, index: &mut Index, store: &mut Store) -> Pass {
+fn pass(data: &Bytes, sizes: ChunkSizes, index: &mut Index, store: &mut MemoryStore) -> Pass {
     let mut p = Pass::default();
     let mut chunker = Chunker::new(sizes);
     let (mut next, mut on_boundary) = (0u64, true);
@@ -141,7 +141,7 @@ fn entry_overhead() {
         "{:>10} {:>14} {:>16}",
         "entries", "chunk bytes", "overhead/entry"
     );
-    let mut store = Store::new(u64::MAX);
+    let mut store = MemoryStore::new(u64::MAX);
     let before = rss();
     let (mut n, mut bytes) = (0u64, 0u64);
     for target in [
@@ -233,7 +233,7 @@ fn main() {
             avg,
             max: avg * 4,
         };
-        let (mut index, mut store) = (Index::new(CAPACITY), Store::new(CAPACITY));
+        let (mut index, mut store) = (Index::new(CAPACITY), MemoryStore::new(CAPACITY));
         let _ = pass(&a, sizes, &mut index, &mut store);
         let p = pass(&b, sizes, &mut index, &mut store);
         println!(

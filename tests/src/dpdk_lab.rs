@@ -85,8 +85,8 @@ pub struct Topology {
     pub dir: PathBuf,
     pub key_a: KeyPair,
     pub key_b: KeyPair,
-    /// Whether both gateways dedup (`dedup = "auto"`, tunnel scope); off by default, as in
-    /// the product.
+    /// Whether both gateways dedup (`dedup = "auto"`, tunnel scope), B keeping its store on
+    /// disk ([`Topology::b_store`]); off by default, as in the product.
     pub dedup: bool,
 }
 
@@ -161,12 +161,20 @@ impl Topology {
         })
     }
 
-    /// The `[wan]` lines for [`Topology::dedup`].
-    fn dedup_lines(&self) -> &'static str {
-        if self.dedup {
-            "dedup = \"auto\"\ndedup_scope = \"tunnel\"\n"
-        } else {
-            ""
+    /// Where B keeps its dedup store when [`Topology::dedup`] (`wan.dedup_dir`).
+    pub fn b_store(&self) -> PathBuf {
+        self.dir.join("b-store")
+    }
+
+    /// The `[wan]` lines for [`Topology::dedup`]; B's store is on disk.
+    fn dedup_lines(&self, b: bool) -> String {
+        match (self.dedup, b) {
+            (false, _) => String::new(),
+            (true, false) => "dedup = \"auto\"\ndedup_scope = \"tunnel\"\n".into(),
+            (true, true) => format!(
+                "dedup = \"auto\"\ndedup_scope = \"tunnel\"\ndedup_dir = {:?}\n",
+                self.b_store().display().to_string()
+            ),
         }
     }
 
@@ -178,7 +186,7 @@ impl Topology {
              [wan]\ndata_flows = {flows}\nflow_timeout_secs = 5\n{}\
              [admin]\nsocket = \"{}\"\n",
             datapath_line(self.kinds.0),
-            self.dedup_lines(),
+            self.dedup_lines(false),
             self.dir.join("a.sock").display()
         );
         for (from, to) in ROUTES {
@@ -203,7 +211,7 @@ impl Topology {
              [egress]\nallow = [{}]\n\
              [admin]\nsocket = \"{}\"\n",
             datapath_line(self.kinds.1),
-            self.dedup_lines(),
+            self.dedup_lines(true),
             allow.join(", "),
             self.dir.join("b.sock").display()
         );

@@ -157,3 +157,109 @@ fn the_store_stays_within_its_bound_in_memory() {
     );
     pair.assert_running();
 }
+
+/// `PairSpec` for dedup in the tunnel scope, B's store of `store` bytes in files under `dir`.
+fn with_store_on_disk(sink: &Sink, dir: &std::path::Path, store: u64) -> PairSpec {
+    PairSpec {
+        wan_extra: vec![
+            "dedup = \"auto\"".into(),
+            "dedup_scope = \"tunnel\"".into(),
+            format!("dedup_store_bytes = {store}"),
+        ],
+        b_wan_extra: vec![format!("dedup_dir = {:?}", dir.display().to_string())],
+        session_window_bytes: Some(4 * MIB),
+        ..PairSpec::to_target(4, sink.addr())
+    }
+}
+
+/// Waits until `cond` holds for A's tunnel dedup figures; panics with the logs after 20 s.
+fn wait_for_a(pair: &Pair, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = pair.a.status().unwrap_or(Value::Null);
+        if cond(dedup(&status)) {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A never saw {what}: {status:#}\n{}",
+            pair.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// B keeps its store in files (`dedup_dir`) and is killed (SIGKILL, no shutdown) and started
+/// again: it reopens the store, A's new tunnel learns what it holds (the inventory), and the
+/// same payload sent again crosses as references, byte for byte.
+#[test]
+fn a_store_on_disk_survives_a_restart_of_the_receiving_gateway() {
+    let sink = Sink::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store_dir = dir.path().join("store");
+    let mut pair = Pair::start(&with_store_on_disk(&sink, &store_dir, 256 * MIB));
+    send(&pair, &sink, Payload::Mixed, 31);
+    let wan1 = data_flow_bytes(&pair.a.status().unwrap());
+    let held = figure(dedup(&pair.b.status().unwrap()), "store_chunks");
+    assert!(held > 1000, "B stored {held} chunks");
+
+    pair.b.kill();
+    let restarted = pair.b.spawn_again(&pair.dir.join("gw-b-restarted.log"));
+    drop(std::mem::replace(&mut pair.b, restarted));
+    pair.b
+        .wait_for_log("tunnel up: peer gw-a", Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("restarted gw-b: {e}\n{}", pair.logs()));
+    let b = pair.b.status().unwrap();
+    assert_eq!(figure(dedup(&b), "store_chunks"), held, "reopened: {b:#}");
+    let before = wait_for_a(&pair, "the inventory", |d| {
+        d["index_chunks"].as_u64() == Some(held)
+    });
+
+    send(&pair, &sink, Payload::Mixed, 31);
+    let after = pair.a.status().unwrap();
+    let wan2 = data_flow_bytes(&after) - data_flow_bytes(&before);
+    println!("before the restart: {wan1} bytes on the data flows; after: {wan2}");
+    assert!(
+        wan2 * 10 < wan1,
+        "after the restart the same payload put {wan2} bytes on the data flows, before {wan1}"
+    );
+    let b = pair.b.status().unwrap();
+    assert_eq!(figure(dedup(&b), "misses"), 0, "{b:#}");
+    assert_eq!(figure(dedup(&b), "store_io_errors"), 0, "{b:#}");
+    pair.assert_running();
+}
+
+/// A store on disk keeps its files within `dedup_store_bytes` (96 MiB of first-seen data into
+/// 16 MiB), and B's memory holds only where each chunk is, not the chunks.
+#[test]
+fn the_store_stays_within_its_bound_on_disk() {
+    const STORE: u64 = 16 * MIB;
+    let sink = Sink::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store_dir = dir.path().join("store");
+    let mut pair = Pair::start(&with_store_on_disk(&sink, &store_dir, STORE));
+    let rss = |pair: &Pair| pair.b.rss_kib().expect("B's RSS") * 1024;
+    let before = rss(&pair);
+    let mut largest = 0;
+    for seed in 40..44 {
+        send(&pair, &sink, Payload::Random, seed);
+        let files: u64 = std::fs::read_dir(&store_dir)
+            .expect("the store's directory")
+            .map(|e| e.expect("entry").metadata().expect("metadata").len())
+            .sum();
+        largest = largest.max(files);
+    }
+    let after = rss(&pair);
+    let b = pair.b.status().unwrap();
+    let d = dedup(&b);
+    println!("B: files at most {largest} bytes; RSS {before} -> {after}; dedup {d}");
+    assert!(largest <= STORE, "the files took {largest} bytes");
+    assert!(figure(d, "store_bytes") <= STORE, "{d}");
+    assert!(figure(d, "store_evictions") > 0, "96 MiB evicted: {d}");
+    assert!(
+        after <= before + 32 * MIB,
+        "B's RSS grew by {} bytes: the chunks are on disk, not in memory",
+        after - before
+    );
+    pair.assert_running();
+}

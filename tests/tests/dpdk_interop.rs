@@ -165,14 +165,64 @@ fn tunnel_up_with(
     (t, ga, gb)
 }
 
+/// B, whose dedup store is on disk, is killed and started again: it reopens the store, A's
+/// new tunnel learns what it holds (the inventory), and the guest-like pages sent once more
+/// cross as references, byte for byte. Returns the restarted B.
+fn restart_with_store_on_disk(t: &Topology, ga: &Gateway, mut gb: Gateway) -> Gateway {
+    let held = gb.status().unwrap()["tunnel"]["dedup"]["store_chunks"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(held > 0, "{} stored nothing", gb.name);
+    gb.kill();
+    let mut gb = gb.spawn_again(&t.dir.join("b-restarted.log"));
+    gb.wait_for_line(&["tunnel up"], WAIT)
+        .unwrap_or_else(|e| panic!("restarted {}: {e}", gb.name));
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let a = ga.status().unwrap_or_default();
+        if a["tunnel"]["dedup"]["index_chunks"].as_u64() >= Some(held) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} never learnt the {held} chunks the restarted {} holds: {a:#}
+{}",
+            ga.name,
+            gb.name,
+            gb.log_tail(20)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let sink_addr = SocketAddr::V4(SocketAddrV4::new(DST, 5000));
+    let sink = t
+        .dst
+        .run(move || Sink::bind(sink_addr))
+        .expect("sink in dst");
+    let to_sink = t.ingress_for(5000);
+    let sent = t
+        .src
+        .spawn(move || send_payload(to_sink.into(), UP, 77, Payload::Mixed))
+        .join()
+        .expect("sender thread")
+        .expect("send the guest-like pages after the restart");
+    assert_eq!(
+        sent.sha256,
+        sink.recv(WAIT).sha256,
+        "altered after the restart"
+    );
+    assert_deduplicated(ga, &gb);
+    gb
+}
+
 fn pair(test: &str, a: Kind, b: Kind) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let (t, mut ga, mut gb) = tunnel_up_with(test, a, b, 4, true);
+    let (t, mut ga, gb) = tunnel_up_with(test, a, b, 4, true);
     transfers(&t);
     // Both gateways saw every session (status works on either datapath).
     assert_eq!(ga.counter("sessions_opened").unwrap(), SESSIONS + 3);
     assert_eq!(gb.counter("sessions_accepted").unwrap(), SESSIONS + 3);
     assert_deduplicated(&ga, &gb);
+    let mut gb = restart_with_store_on_disk(&t, &ga, gb);
     // The guest-like pages crossed packed (compression auto by default on both datapaths).
     assert!(
         ga.counter("compression_frames_packed").unwrap() > 0,

@@ -14,13 +14,13 @@
 #![no_main]
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use lmas::dedup::{decode, encode, fingerprint, resolve, Item, Resolved, Store};
+use lmas::dedup::{decode, encode, fingerprint, resolve, Item, Resolved, MemoryStore};
 
 const MAX_PLAIN: usize = 256 << 10;
 
 /// Resolves `items` and checks what the store made of them; `want`: the plain bytes, when
 /// they are known.
-fn check(items: Vec<Item>, store: &mut Store, want: Option<&[u8]>) {
+fn check(items: Vec<Item>, store: &mut MemoryStore, want: Option<&[u8]>) {
     let plain: usize = items.iter().map(Item::plain_len).sum();
     assert!(plain <= MAX_PLAIN);
     let kept = items.clone();
@@ -56,7 +56,7 @@ fuzz_target!(|data: &[u8]| {
     let [mode, cap, rest @ ..] = data else {
         return;
     };
-    let mut store = Store::new(u64::from(*cap) * 256);
+    let mut store = MemoryStore::new(u64::from(*cap) * 256);
     if mode & 1 == 0 {
         let buf = Bytes::copy_from_slice(rest);
         if let Ok(items) = decode(buf, MAX_PLAIN) {

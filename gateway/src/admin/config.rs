@@ -106,6 +106,7 @@ struct WanSection {
     dedup: Option<String>,
     dedup_scope: Option<String>,
     dedup_store_bytes: Option<i64>,
+    dedup_dir: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -230,6 +231,9 @@ pub struct Config {
     /// `wan.dedup`, `wan.dedup_scope`, `wan.dedup_store_bytes`: references instead of
     /// chunks the peer holds, and the store this gateway keeps for the peer's.
     pub dedup: crate::session::DedupConfig,
+    /// `wan.dedup_dir`: keep the dedup store in files there (surviving a restart) instead of
+    /// memory; `None`: memory.
+    pub dedup_dir: Option<PathBuf>,
     /// `None`: leave kernel autotuning on.
     pub socket_buffer: Option<usize>,
     /// How long sessions are held while the tunnel has no control
@@ -463,6 +467,23 @@ impl Config {
                     None => default.store_bytes,
                 },
             }
+        };
+        let dedup_dir = match file.wan.dedup_dir {
+            None => None,
+            Some(_) if dedup.offered_store() == 0 => {
+                return Err(err(
+                    "wan.dedup_dir",
+                    "is set, but wan.dedup is \"off\": set wan.dedup = \"auto\" or remove it"
+                        .into(),
+                ))
+            }
+            Some(d) if !Path::new(&d).is_absolute() => {
+                return Err(err(
+                    "wan.dedup_dir",
+                    format!("{d:?} is not an absolute path"),
+                ))
+            }
+            Some(d) => Some(PathBuf::from(d)),
         };
         let congestion = match file.wan.congestion {
             Some(c)
@@ -742,6 +763,7 @@ impl Config {
             congestion,
             compression,
             dedup,
+            dedup_dir,
             socket_buffer,
             grace_period: std::time::Duration::from_secs(grace_period),
             flow_timeout: std::time::Duration::from_secs(flow_timeout),
@@ -879,6 +901,11 @@ mod tests {
             ("[wan]\ndedup = \"on\"\n", "wan.dedup"),
             ("[wan]\ndedup_scope = \"global\"\n", "wan.dedup_scope"),
             ("[wan]\ndedup_store_bytes = 1024\n", "wan.dedup_store_bytes"),
+            ("[wan]\ndedup_dir = \"/var/lib/x\"\n", "wan.dedup_dir"),
+            (
+                "[wan]\ndedup = \"auto\"\ndedup_dir = \"rel/x\"\n",
+                "wan.dedup_dir",
+            ),
             ("[wan]\npacing = \"bbr\"\n", "wan.pacing"),
             ("[wan]\ncompression = \"zstd:40\"\n", "wan.compression"),
             ("[limits]\nunsent_bytes = 1\n", "limits.unsent_bytes"),

@@ -174,15 +174,16 @@ impl Collector for Snapshot {
             "for the current tunnel (restarts at 0 with a new tunnel)",
             &[(&t.dedup, Vec::new())],
         )?;
-        let stores: [DedupFamily; 5] = [
+        let stores: [DedupFamily; 6] = [
             ("store_bytes", "Bytes the dedup store holds (what the peer sent), per-chunk overhead included", Some(Unit::Bytes), |d| d.store_bytes),
             ("store_chunks", "Chunks the dedup store holds", None, |d| d.store_chunks),
             ("store_evictions", "Chunks the dedup store evicted (oldest first) to stay within wan.dedup_store_bytes", None, |d| d.store_evictions),
+            ("store_io_errors", "Chunks the dedup store on disk (wan.dedup_dir) could not write or read back intact", None, |d| d.store_io_errors),
             ("index_bytes", "Bytes of the peer's dedup store this gateway references, as far as it knows", Some(Unit::Bytes), |d| d.index_bytes),
             ("index_chunks", "Chunks of the peer's dedup store this gateway references, as far as it knows", None, |d| d.index_chunks),
         ];
         for (name, help, unit, value) in stores {
-            let kind = if name == "store_evictions" {
+            let kind = if matches!(name, "store_evictions" | "store_io_errors") {
                 Counter
             } else {
                 Gauge

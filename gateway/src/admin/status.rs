@@ -290,6 +290,9 @@ pub struct DedupStatus {
     pub store_chunks: u64,
     #[serde(default)]
     pub store_evictions: u64,
+    /// Chunks a store on disk (`wan.dedup_dir`) could not write, or read back intact.
+    #[serde(default)]
+    pub store_io_errors: u64,
     #[serde(default)]
     pub index_bytes: u64,
     #[serde(default)]
@@ -322,6 +325,7 @@ impl DedupStatus {
             store_bytes: s.store_bytes,
             store_chunks: s.store_chunks,
             store_evictions: s.store_evictions,
+            store_io_errors: s.store_io_errors,
             index_bytes: s.index_bytes,
             index_chunks: s.index_chunks,
             peer_store_bytes: s.peer_store,
@@ -345,6 +349,7 @@ impl DedupStatus {
             store_bytes: self.store_bytes + o.store_bytes,
             store_chunks: self.store_chunks + o.store_chunks,
             store_evictions: self.store_evictions + o.store_evictions,
+            store_io_errors: self.store_io_errors + o.store_io_errors,
             index_bytes: self.index_bytes + o.index_bytes,
             index_chunks: self.index_chunks + o.index_chunks,
             peer_store_bytes: self.peer_store_bytes + o.peer_store_bytes,
@@ -588,7 +593,7 @@ impl Status {
                 if d.bytes_in > 0 || d.store_chunks > 0 || d.frames_skipped > 0 {
                     let _ = writeln!(
                         out,
-                        "  dedup: {} -> {} ({} as references, hit rate {}), {} frames skipped, {} misses answered; store {} in {} chunks ({} evicted), {} resolved, {} misses; index {} of the peer's {}",
+                        "  dedup: {} -> {} ({} as references, hit rate {}), {} frames skipped, {} misses answered; store {} in {} chunks ({} evicted{}), {} resolved, {} misses; index {} of the peer's {}",
                         bytes(d.bytes_in),
                         bytes(d.bytes_out),
                         bytes(d.ref_bytes),
@@ -598,6 +603,10 @@ impl Status {
                         bytes(d.store_bytes),
                         d.store_chunks,
                         d.store_evictions,
+                        match d.store_io_errors {
+                            0 => String::new(),
+                            n => format!(", {n} I/O errors"),
+                        },
                         bytes(d.resolved_bytes),
                         d.misses,
                         bytes(d.index_bytes),

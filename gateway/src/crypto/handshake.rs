@@ -67,9 +67,10 @@ pub struct TrafficKeys {
     /// The frame codecs the peer unpacks, from its handshake payload (empty for a peer
     /// that sends none: an older gateway gets plain frames).
     pub peer_codecs: CodecSet,
-    /// The bytes of the dedup store the peer resolves references against (0: none, e.g.
-    /// an older gateway or one with `dedup = "off"`: it gets no dedup frames).
-    pub peer_dedup_store: u64,
+    /// The dedup store the peer resolves references against (store 0: none, e.g. an older
+    /// gateway or one with `dedup = "off"`: it gets no dedup frames), and whether it wants
+    /// our store's inventory.
+    pub peer_dedup: DedupOffer,
 }
 
 /// What one end offers in its handshake besides its codecs: which shard it is, and the
@@ -77,14 +78,24 @@ pub struct TrafficKeys {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Offer {
     pub shard: Shard,
-    pub dedup_store: u64,
+    pub dedup: DedupOffer,
+}
+
+/// What one end offers for dedup (docs/PROTOCOL.md, "Dedup").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DedupOffer {
+    /// The bytes of the store it resolves references against (0: none).
+    pub store: u64,
+    /// It wants the list of what our store holds when a tunnel begins (it may reference any
+    /// chunk the tunnel ever carried: `dedup_scope = "tunnel"`).
+    pub inventory: bool,
 }
 
 impl From<Shard> for Offer {
     fn from(shard: Shard) -> Offer {
         Offer {
             shard,
-            dedup_store: 0,
+            dedup: DedupOffer::default(),
         }
     }
 }
@@ -97,6 +108,9 @@ const CAP_SHARD: u8 = 0x02;
 /// `store_bytes u64`: the sender resolves dedup references against a store of that many
 /// bytes; sent only by gateways with one.
 const CAP_DEDUP: u8 = 0x03;
+/// Empty: the sender wants a dedup inventory (message 0x19) when a tunnel begins; sent only
+/// with `CAP_DEDUP`.
+const CAP_DEDUP_INVENTORY: u8 = 0x04;
 
 fn capabilities(offer: impl Into<Offer>) -> Vec<u8> {
     let offer = offer.into();
@@ -104,18 +118,26 @@ fn capabilities(offer: impl Into<Offer>) -> Vec<u8> {
     if offer.shard != Shard::ONE {
         caps.extend([CAP_SHARD, 2, offer.shard.index, offer.shard.count]);
     }
-    if offer.dedup_store > 0 {
+    if offer.dedup.store > 0 {
         caps.extend([CAP_DEDUP, 8]);
-        caps.extend(offer.dedup_store.to_be_bytes());
+        caps.extend(offer.dedup.store.to_be_bytes());
+        if offer.dedup.inventory {
+            caps.extend([CAP_DEDUP_INVENTORY, 0]);
+        }
     }
     caps
 }
 
-/// The peer's dedup store (0 when it offers none, or malformed: it then gets plain frames).
-fn peer_dedup_store(payload: &[u8]) -> u64 {
-    match capability(payload, CAP_DEDUP).map(<[u8; 8]>::try_from) {
+/// The peer's dedup offer (store 0 when it offers none, or malformed: it then gets plain
+/// frames, and no inventory).
+fn peer_dedup(payload: &[u8]) -> DedupOffer {
+    let store = match capability(payload, CAP_DEDUP).map(<[u8; 8]>::try_from) {
         Some(Ok(bytes)) => u64::from_be_bytes(bytes),
         _ => 0,
+    };
+    DedupOffer {
+        store,
+        inventory: store > 0 && capability(payload, CAP_DEDUP_INVENTORY).is_some(),
     }
 }
 
@@ -253,7 +275,7 @@ impl Initiator {
             send: i2r,
             recv: r2i,
             peer_codecs: peer_codecs(&payload[..n]),
-            peer_dedup_store: peer_dedup_store(&payload[..n]),
+            peer_dedup: peer_dedup(&payload[..n]),
         })
     }
 }
@@ -263,7 +285,7 @@ pub struct Responder {
     hs: snow::HandshakeState,
     peer_codecs: CodecSet,
     peer_shard: Shard,
-    peer_dedup_store: u64,
+    peer_dedup: DedupOffer,
     offer: Offer,
 }
 
@@ -295,7 +317,7 @@ impl Responder {
             hs,
             peer_codecs: CodecSet::default(),
             peer_shard: Shard::ONE,
-            peer_dedup_store: 0,
+            peer_dedup: DedupOffer::default(),
             offer: Shard::ONE.into(),
         })
     }
@@ -317,7 +339,7 @@ impl Responder {
             .map_err(auth_err)?;
         self.peer_codecs = peer_codecs(&payload[..n]);
         self.peer_shard = peer_shard(&payload[..n]);
-        self.peer_dedup_store = peer_dedup_store(&payload[..n]);
+        self.peer_dedup = peer_dedup(&payload[..n]);
         let key = self
             .hs
             .get_remote_static()
@@ -343,7 +365,7 @@ impl Responder {
                 send: r2i,
                 recv: i2r,
                 peer_codecs: self.peer_codecs,
-                peer_dedup_store: self.peer_dedup_store,
+                peer_dedup: self.peer_dedup,
             },
         ))
     }
@@ -455,27 +477,36 @@ mod tests {
     fn both_ends_learn_the_dedup_store_offered() {
         let a = StaticKeypair::generate().unwrap();
         let b = StaticKeypair::generate().unwrap();
-        let offer = |dedup_store| Offer {
+        let offer = |store, inventory| Offer {
             shard: Shard::ONE,
-            dedup_store,
+            dedup: DedupOffer { store, inventory },
         };
-        for (ours, theirs) in [(1 << 30, 0), (0, 512 << 20), (7, 9)] {
+        for (ours, theirs) in [
+            (offer(1 << 30, true), offer(0, false)),
+            (offer(0, false), offer(512 << 20, true)),
+            (offer(7, false), offer(9, true)),
+        ] {
             let (init, prelude, m1) =
-                Initiator::start_for(&a, &b.public, None, false, offer(ours)).unwrap();
+                Initiator::start_for(&a, &b.public, None, false, ours).unwrap();
             let mut resp = Responder::new(&b, None, &prelude)
                 .unwrap()
-                .with_offer(offer(theirs));
+                .with_offer(theirs);
             resp.read_message1(&m1).unwrap();
             let (m2, kb) = resp.accept().unwrap();
             let ka = init.finish(&m2).unwrap();
-            assert_eq!((ka.peer_dedup_store, kb.peer_dedup_store), (theirs, ours));
+            assert_eq!((ka.peer_dedup, kb.peer_dedup), (theirs.dedup, ours.dedup));
         }
         assert_eq!(
-            peer_dedup_store(&[CAP_DEDUP, 4, 0, 0, 0, 1]),
-            0,
+            peer_dedup(&[CAP_DEDUP, 4, 0, 0, 0, 1, CAP_DEDUP_INVENTORY, 0]),
+            DedupOffer::default(),
             "wrong length"
         );
-        assert_eq!(peer_dedup_store(&[CAP_DEDUP, 8, 0, 0]), 0, "truncated");
+        assert_eq!(peer_dedup(&[CAP_DEDUP, 8, 0, 0]).store, 0, "truncated");
+        assert_eq!(
+            peer_dedup(&[CAP_DEDUP_INVENTORY, 0]),
+            DedupOffer::default(),
+            "an inventory without a store"
+        );
     }
 
     /// Shards of equally sharded gateways meet; anything else is refused by name on the

@@ -16,7 +16,7 @@ pub mod keys;
 pub mod record;
 
 pub use channel::{KeyUpdated, OpenError, Opened, Opening, RekeyPolicy, Sealed, Sealing};
-pub use handshake::{HandshakeError, Initiator, Offer, Responder, TrafficKeys};
+pub use handshake::{DedupOffer, HandshakeError, Initiator, Offer, Responder, TrafficKeys};
 pub use keys::{check_trusted, KeyError, PresharedKey, PublicKey, StaticKeypair};
 pub use record::{
     RecordError, RecordOpener, RecordSealer, MAX_RECORD_LEN, RECORD_HEADER_LEN, TAG_LEN,

@@ -1,4 +1,4 @@
-//! The sending gateway's index of what the far [`Store`](super::Store) holds, as far as this
+//! The sending gateway's index of what the far [`MemoryStore`](super::MemoryStore) holds, as far as this
 //! side knows: fingerprint → length and the tag (e.g. a migration's id) of whoever sent it.
 //!
 //! It is charged and evicts exactly as the store does (`len + ENTRY_OVERHEAD` per entry,
@@ -28,7 +28,7 @@ struct Entry {
 /// What the far store holds, bounded by bytes charged like the store.
 #[derive(Debug, Default)]
 pub struct Index {
-    // FxHash: the keys are BLAKE3 outputs (see `Store`).
+    // FxHash: the keys are BLAKE3 outputs (see `MemoryStore`).
     map: FxHashMap<Fingerprint, Entry>,
     /// Insertion order, oldest first: every key once, as entries leave only from its front.
     fifo: VecDeque<Fingerprint>,
@@ -93,7 +93,7 @@ impl Index {
 
 #[cfg(test)]
 mod tests {
-    use super::super::store::{Store, ENTRY_OVERHEAD};
+    use super::super::store::{MemoryStore, ENTRY_OVERHEAD};
     use super::*;
     use proptest::prelude::*;
 
@@ -142,7 +142,7 @@ mod tests {
             capacity in 0u64..30_000,
             ops in proptest::collection::vec((0u8..30, 1usize..4000), 1..100),
         ) {
-            let (mut s, mut x) = (Store::new(capacity), Index::new(capacity));
+            let (mut s, mut x) = (MemoryStore::new(capacity), Index::new(capacity));
             let mut seen = Vec::new();
             for (seed, len) in ops {
                 let c = vec![seed; len];

@@ -5,7 +5,7 @@
 //! ```text
 //!  sender                                                      receiver
 //!  stream ─► Chunker (boundaries) ─► encode_frame ─► items ═══► decode ─► resolve ─► bytes
-//!                                      ▲ Index: what the far Store holds     │ Store (shared
+//!                                      ▲ Index: what the far MemoryStore holds     │ MemoryStore (shared
 //!                                      └── new_chunks, once acknowledged     ▼ by the tunnel)
 //! ```
 //!
@@ -13,12 +13,14 @@
 //!   the same however writes or frames cut the stream;
 //! - [`items`]: the payload of a deduplicated frame (pieces, chunks, refs), and its
 //!   bounded decoder;
-//! - [`store`]: the receiver's bounded chunk store, and [`resolve`] (items → bytes, never
-//!   wrong bytes: a ref is answered only by a chunk that hashes to it);
+//! - [`store`]: the receiver's bounded chunk store in memory, and [`resolve`] (items →
+//!   bytes, never wrong bytes: a ref is answered only by a chunk that hashes to it);
+//! - [`disk`]: the same store in files that survive a restart (`[wan] dedup_dir`);
 //! - [`index`]: the sender's view of the far store, scoped by tag (migration) or not;
 //! - [`encode_frame`] (here): one frame's payload as items.
 
 pub mod chunker;
+pub mod disk;
 pub mod index;
 pub mod items;
 pub mod store;
@@ -27,9 +29,12 @@ use bytes::Bytes;
 use rustc_hash::FxHashSet;
 
 pub use chunker::Chunker;
+pub use disk::{DiskStore, DiskStoreError};
 pub use index::Index;
 pub use items::{decode, encode, encoded_len, Item, ItemError, MAX_CHUNK_LEN};
-pub use store::{resolve, ResolveNote, Resolved, Store, ENTRY_OVERHEAD};
+pub use store::{
+    resolve, ChunkStore, MemoryStore, ResolveNote, Resolved, StoreUsage, ENTRY_OVERHEAD,
+};
 
 /// A chunk's fingerprint: its full BLAKE3 hash, never truncated (a guest controls its
 /// memory and could otherwise grind collisions).
@@ -255,7 +260,7 @@ mod tests {
             [Item::Chunk(_), Item::Ref { len: 700, .. }]
         ));
         assert_eq!(e.new_chunks.len(), 1);
-        let (r, _) = resolve(e.items, &mut Store::new(1 << 20));
+        let (r, _) = resolve(e.items, &mut MemoryStore::new(1 << 20));
         assert_eq!(r, Resolved::Data(twice));
     }
 
@@ -320,7 +325,7 @@ mod tests {
             prop_assert_eq!(cut.first().map(|f| f.0), Some(0));
             prop_assert_eq!(cut.last().map(|f| f.1), Some(len as u64));
             prop_assert!(cut.windows(2).all(|w| w[0].1 == w[1].0));
-            let (mut index, mut store) = (Index::new(capacity), Store::new(capacity));
+            let (mut index, mut store) = (Index::new(capacity), MemoryStore::new(capacity));
             // A first pass over the same stream's first half, promoted and stored.
             for &(s, e, on, ref b) in cut.iter().filter(|f| f.1 <= len as u64 / 2) {
                 let payload = Bytes::copy_from_slice(&data[s as usize..e as usize]);

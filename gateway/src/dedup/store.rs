@@ -1,8 +1,10 @@
 //! The receiving gateway's chunk store, shared by every session of a tunnel: fingerprint →
 //! chunk bytes, bounded in bytes, evicting oldest-first (FIFO by first insertion).
 //!
-//! Every stored chunk hashes to its key by construction: [`Store::insert`] computes the
-//! fingerprint itself. It copies the bytes into an allocation of their own, so a chunk never
+//! [`ChunkStore`] is what the session core asks of a store; [`MemoryStore`] (here) keeps the
+//! chunks in memory, [`DiskStore`](super::DiskStore) in files that outlive the process.
+//! Every stored chunk hashes to its key by construction: `insert` computes the fingerprint
+//! itself. [`MemoryStore`] copies the bytes into an allocation of their own, so a chunk never
 //! keeps a peer's record buffer alive. [`resolve`] turns a frame's items into its plain bytes.
 
 use std::collections::hash_map::Entry;
@@ -25,9 +27,45 @@ use super::{fingerprint, Fingerprint};
 /// worst fill measured.
 pub const ENTRY_OVERHEAD: u64 = 192;
 
-/// Chunks by fingerprint, bounded by bytes charged (`len + ENTRY_OVERHEAD` each).
+/// A receiver's bounded store of chunks by fingerprint, oldest evicted first.
+///
+/// Positions number the chunks in the order they were first stored (from 0 when the store
+/// was created or opened), so that [`ChunkStore::held_from`] can list what it holds, oldest
+/// first, a part at a time while chunks keep arriving.
+pub trait ChunkStore: Send {
+    /// Stores a copy of `chunk` under its fingerprint, which it returns; a chunk already held
+    /// keeps its place in the eviction order. Evicts oldest-first to stay within capacity.
+    fn insert(&mut self, chunk: &[u8]) -> Fingerprint;
+    /// Appends the chunk `fp` of `len` bytes to `out`, if held; `false` (and `out` as it
+    /// was) otherwise. Never bytes that do not hash to `fp`.
+    fn append_to(&mut self, fp: &Fingerprint, len: u32, out: &mut Vec<u8>) -> bool;
+    /// What it holds and has done, for status.
+    fn usage(&self) -> StoreUsage;
+    /// Appends up to `max` chunks it holds at positions `from..`, oldest first, as
+    /// (fingerprint, length), to `out`; returns the position after the last one listed
+    /// (`from` if none: an evicted position is skipped, not listed).
+    fn held_from(&self, from: u64, max: usize, out: &mut Vec<(Fingerprint, u32)>) -> u64;
+    /// The position the next chunk stored will take.
+    fn end(&self) -> u64;
+}
+
+/// A store's figures, for status and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreUsage {
+    /// Bytes charged against the capacity (in memory: chunks plus [`ENTRY_OVERHEAD`] each;
+    /// on disk: the files' length).
+    pub bytes: u64,
+    pub capacity: u64,
+    pub chunks: u64,
+    /// Chunks evicted for room since the store was created or opened.
+    pub evictions: u64,
+    /// Chunks a disk store could not write or read back intact (counted, then missing).
+    pub io_errors: u64,
+}
+
+/// Chunks in memory by fingerprint, bounded by bytes charged (`len + ENTRY_OVERHEAD` each).
 #[derive(Debug, Default)]
-pub struct Store {
+pub struct MemoryStore {
     // FxHash is enough here: the keys are BLAKE3 outputs, so a peer (or a guest shaping its
     // memory) can steer many into one bucket only by grinding ~2^(table bits + 7) BLAKE3
     // evaluations per colliding chunk; keyed SipHash would cost more per lookup and buy
@@ -38,6 +76,8 @@ pub struct Store {
     capacity: u64,
     bytes: u64,
     evictions: u64,
+    /// Chunks first stored since creation: the position after the newest.
+    stored: u64,
 }
 
 /// The charge of one entry of `len` bytes.
@@ -45,18 +85,18 @@ pub(crate) fn charge(len: usize) -> u64 {
     len as u64 + ENTRY_OVERHEAD
 }
 
-impl Store {
+impl MemoryStore {
     /// An empty store that charges at most `capacity_bytes`.
     pub fn new(capacity_bytes: u64) -> Self {
-        Store {
+        MemoryStore {
             capacity: capacity_bytes,
-            ..Store::default()
+            ..MemoryStore::default()
         }
     }
 
     /// Stores a copy of `chunk` under its fingerprint, which it returns. Idempotent: a chunk
     /// already held keeps its place in the eviction order. Then evicts oldest-first until
-    /// [`Store::bytes`] is within the capacity (a chunk whose charge alone exceeds the
+    /// [`MemoryStore::bytes`] is within the capacity (a chunk whose charge alone exceeds the
     /// capacity is evicted at once).
     pub fn insert(&mut self, chunk: &[u8]) -> Fingerprint {
         let fp = fingerprint(chunk);
@@ -64,6 +104,7 @@ impl Store {
             // Its own allocation of exactly `len` bytes, never a slice of the caller's.
             slot.insert(Bytes::copy_from_slice(chunk));
             self.fifo.push_back(fp);
+            self.stored += 1;
             self.bytes += charge(chunk.len());
             while self.bytes > self.capacity {
                 let Some(old) = self.fifo.pop_front() else {
@@ -109,6 +150,42 @@ impl Store {
     }
 }
 
+impl ChunkStore for MemoryStore {
+    fn insert(&mut self, chunk: &[u8]) -> Fingerprint {
+        MemoryStore::insert(self, chunk)
+    }
+
+    fn append_to(&mut self, fp: &Fingerprint, len: u32, out: &mut Vec<u8>) -> bool {
+        self.get(fp, len)
+            .map(|c| out.extend_from_slice(c))
+            .is_some()
+    }
+
+    fn usage(&self) -> StoreUsage {
+        StoreUsage {
+            bytes: self.bytes,
+            capacity: self.capacity,
+            chunks: self.map.len() as u64,
+            evictions: self.evictions,
+            io_errors: 0,
+        }
+    }
+
+    fn held_from(&self, from: u64, max: usize, out: &mut Vec<(Fingerprint, u32)>) -> u64 {
+        // The FIFO holds positions `stored - len ..` in order.
+        let first = self.stored - self.fifo.len() as u64;
+        let skip = from.saturating_sub(first) as usize;
+        let listed = self.fifo.iter().skip(skip).take(max);
+        let before = out.len();
+        out.extend(listed.filter_map(|fp| Some((*fp, self.map.get(fp)?.len() as u32))));
+        from.max(first) + (out.len() - before) as u64
+    }
+
+    fn end(&self) -> u64 {
+        self.stored
+    }
+}
+
 /// What [`resolve`] made of a frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use]
@@ -140,7 +217,7 @@ pub struct ResolveNote {
 ///
 /// A chunk literal can evict the oldest chunk while the frame's own references still need
 /// it (when the store is that full); the answer is then `Missing`, as for any eviction.
-pub fn resolve(items: Vec<Item>, store: &mut Store) -> (Resolved, ResolveNote) {
+pub fn resolve(items: Vec<Item>, store: &mut dyn ChunkStore) -> (Resolved, ResolveNote) {
     let mut note = ResolveNote::default();
     for item in &items {
         match item {
@@ -160,10 +237,11 @@ pub fn resolve(items: Vec<Item>, store: &mut Store) -> (Resolved, ResolveNote) {
     for item in &items {
         match item {
             Item::Piece(b) | Item::Chunk(b) => out.extend_from_slice(b),
-            Item::Ref { fp, len } => match store.get(fp, *len) {
-                Some(chunk) => out.extend_from_slice(chunk),
-                None => missing += 1,
-            },
+            Item::Ref { fp, len } => {
+                if !store.append_to(fp, *len, &mut out) {
+                    missing += 1;
+                }
+            }
         }
     }
     if missing > 0 {
@@ -183,7 +261,7 @@ mod tests {
 
     #[test]
     fn insert_get_and_idempotence() {
-        let mut s = Store::new(1 << 20);
+        let mut s = MemoryStore::new(1 << 20);
         let a = chunk(1, 1000);
         let fp = s.insert(&a);
         assert_eq!(fp, fingerprint(&a));
@@ -196,7 +274,7 @@ mod tests {
     #[test]
     fn eviction_is_oldest_first_by_first_insertion() {
         let per = charge(1000);
-        let mut s = Store::new(3 * per);
+        let mut s = MemoryStore::new(3 * per);
         let fps: Vec<_> = (0..3).map(|i| s.insert(&chunk(i, 1000))).collect();
         // Re-inserting the oldest does not refresh it.
         s.insert(&chunk(0, 1000));
@@ -220,7 +298,7 @@ mod tests {
     fn a_stored_chunk_does_not_keep_the_record_buffer_alive() {
         let record = Bytes::from(chunk(9, 4096));
         let items = vec![Item::Chunk(record.slice(100..1100))];
-        let mut s = Store::new(1 << 20);
+        let mut s = MemoryStore::new(1 << 20);
         let (r, note) = resolve(items, &mut s);
         assert_eq!(r, Resolved::Data(record.slice(100..1100)));
         assert_eq!(note.stored_chunks, 1);
@@ -232,7 +310,7 @@ mod tests {
 
     #[test]
     fn resolve_stores_literals_even_when_a_ref_is_missing() {
-        let mut s = Store::new(1 << 20);
+        let mut s = MemoryStore::new(1 << 20);
         let (a, b) = (chunk(1, 500), chunk(2, 600));
         let items = vec![
             Item::Piece(Bytes::from_static(b"head")),
@@ -277,7 +355,7 @@ mod tests {
             capacity in 0u64..40_000,
             ops in proptest::collection::vec((0u8..40, 1usize..5000), 1..80),
         ) {
-            let mut s = Store::new(capacity);
+            let mut s = MemoryStore::new(capacity);
             let mut held = std::collections::HashSet::new();
             for (seed, len) in ops {
                 let c = chunk(seed, len);

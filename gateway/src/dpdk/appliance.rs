@@ -185,6 +185,9 @@ pub fn run(config: Config) -> Result<(), RunError> {
         let (tx, inbox) = mpsc::channel();
         commands.push(tx);
         let shard = Shard::new(k as u8, shards as u8).expect("validated: 1..=255 TCP lcores");
+        let dedup_store =
+            crate::session::open_dir_store(&config.dedup, config.dedup_dir.as_deref(), shard)
+                .map_err(|e| field("wan.dedup_dir", &e))?;
         let (config, stats, shared, idle) =
             (config.clone(), stats.clone(), shared.clone(), idle.clone());
         eal.launch(lcore, move || {
@@ -194,6 +197,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
                 inbox,
                 shard,
                 sealers,
+                dedup_store,
             };
             match crypto {
                 Some(queues) => tcp.run(config, stats, ports, queues),
@@ -328,6 +332,8 @@ struct TcpLcore<'a> {
     shard: Shard,
     /// Threads sealing records: crypto lcores, and TCP lcores that have none.
     sealers: usize,
+    /// The shard's dedup store from `wan.dedup_dir`, if set.
+    dedup_store: Option<crate::session::SharedStore>,
 }
 
 impl TcpLcore<'_> {
@@ -345,6 +351,7 @@ impl TcpLcore<'_> {
             inbox,
             shard,
             sealers,
+            dedup_store,
         } = self;
         let epoch = Instant::now();
         let mut adaptive = Adaptive::default();
@@ -358,7 +365,8 @@ impl TcpLcore<'_> {
                 .map(|c| c.rx_frames.load(Ordering::Relaxed) + c.tx_frames.load(Ordering::Relaxed))
                 .sum::<u64>()
         };
-        let mut engine = Engine::for_shard(config, stats, ports, crypto, shard, clock());
+        let mut engine = Engine::for_shard(config, stats, ports, crypto, shard, clock())
+            .with_dedup_store(dedup_store);
         // One controller for the one packing policy, on shard 0.
         let adapts = shard.index == 0;
         let mut drain = Drain::default();

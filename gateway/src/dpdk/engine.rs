@@ -82,6 +82,9 @@ pub struct Engine<P: FramePort, C: CryptoPipe> {
     /// Per target, the peer's sessions connecting or waiting to, in open
     /// order (egress.rs).
     pub(super) connect_order: crate::link::ConnectOrder,
+    /// The dedup store kept across tunnels (`wan.dedup_dir`); `None`: each tunnel has one
+    /// in memory.
+    pub(super) dedup_store: Option<crate::session::SharedStore>,
 }
 
 impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
@@ -94,6 +97,13 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         now: u64,
     ) -> Self {
         Engine::for_shard(config, stats, ports, crypto, Shard::ONE, now)
+    }
+
+    /// Its tunnels keep their dedup store in `store` (opened by the caller from
+    /// `wan.dedup_dir`), not in memory of their own.
+    pub fn with_dedup_store(mut self, store: Option<crate::session::SharedStore>) -> Self {
+        self.dedup_store = store;
+        self
     }
 
     /// The engine of one TCP lcore among several: it owns the connections that steer to
@@ -128,6 +138,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
             scratch_conns: Vec::new(),
             scratch_sessions: Vec::new(),
             connect_order: Default::default(),
+            dedup_store: None,
             config,
             dpdk,
             stats,

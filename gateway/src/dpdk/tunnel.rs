@@ -304,7 +304,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                 peer: &self.config.peer_key,
                 psk: self.config.psk.as_ref(),
                 shard: self.shard,
-                dedup_store: self.config.dedup.offered_store(),
+                dedup: self.config.dedup.offer(),
             },
             rekey: RekeyPolicy {
                 after_bytes: self.config.rekey_after_bytes,
@@ -563,8 +563,8 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
     fn attach_control(&mut self, id: ConnId) {
         let Some(t) = &mut self.tunnel else { return };
         let names = |c: ConnId| remote_of(&self.conns, c);
-        let peer_store = self.conns.get(&id).map_or(0, |c| c.peer_dedup_store);
-        let attached = t.attach_control(id, &names, peer_store);
+        let peer_dedup = self.conns.get(&id).map(|c| c.peer_dedup);
+        let attached = t.attach_control(id, &names, peer_dedup.unwrap_or_default());
         if attached.resumed {
             Stats::inc(&self.stats.tunnel_resumes);
         }
@@ -583,6 +583,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
             shard: self.shard,
             shares: self.shares.clone(),
             dedup: self.config.dedup,
+            dedup_store: self.dedup_store.clone(),
         }
     }
 

@@ -95,7 +95,7 @@ pub struct WanConn {
     pub bytes_sent: u64,
     pub bytes_received: u64,
     /// The dedup store the peer offered in this connection's handshake (0: none).
-    pub peer_dedup_store: u64,
+    pub peer_dedup: crate::crypto::DedupOffer,
 }
 
 impl WanConn {
@@ -125,7 +125,7 @@ impl WanConn {
             out_bytes: 0,
             bytes_sent: 0,
             bytes_received: 0,
-            peer_dedup_store: 0,
+            peer_dedup: Default::default(),
         }
     }
 
@@ -200,7 +200,7 @@ impl WanConn {
             self.write_now(sock, &done.reply)?;
         }
         self.phase = Phase::Keyed;
-        self.peer_dedup_store = done.keys.peer_dedup_store;
+        self.peer_dedup = done.keys.peer_dedup;
         self.install(done.keys, me.rekey, crypto);
         Ok(true)
     }

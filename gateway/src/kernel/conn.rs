@@ -12,7 +12,8 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::crypto::{
-    HandshakeError, OpenError, Opening, RecordError, RekeyPolicy, Sealed, Sealing, TrafficKeys,
+    DedupOffer, HandshakeError, OpenError, Opening, RecordError, RekeyPolicy, Sealed, Sealing,
+    TrafficKeys,
 };
 use crate::link::{ConnHandshake, Done, Identity, LinkHandshakeError, Record, RecordSplitter};
 use crate::protocol::handshake::MAX_NOISE_MESSAGE;
@@ -177,8 +178,8 @@ pub struct RecordReader<R> {
     info: Arc<ConnInfo>,
     /// What unpacking the last message cost, until [`RecordReader::take_unpacked`].
     unpacked: Option<PackNote>,
-    /// The dedup store the peer offered in the handshake (0: none).
-    peer_dedup_store: u64,
+    /// The dedup store the peer offered in the handshake (store 0: none).
+    peer_dedup: DedupOffer,
 }
 
 /// Read-ahead for record headers and small records.
@@ -195,13 +196,13 @@ impl<R: AsyncRead + Unpin> RecordReader<R> {
             buf: BytesMut::new(),
             info,
             unpacked: None,
-            peer_dedup_store: keys.peer_dedup_store,
+            peer_dedup: keys.peer_dedup,
         }
     }
 
-    /// The dedup store the peer offered in this connection's handshake (0: none).
-    pub fn peer_dedup_store(&self) -> u64 {
-        self.peer_dedup_store
+    /// The dedup store the peer offered in this connection's handshake (store 0: none).
+    pub fn peer_dedup(&self) -> DedupOffer {
+        self.peer_dedup
     }
 
     /// For the message [`RecordReader::read_message`] returned last, if it was a packed data

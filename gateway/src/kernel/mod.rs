@@ -75,6 +75,9 @@ pub struct Gateway {
     /// Permits to compress on the blocking pool: half the cores, the rest for the reactor,
     /// AES and the host.
     sealers: Arc<tokio::sync::Semaphore>,
+    /// The dedup store kept across tunnels (`wan.dedup_dir`); `None`: each tunnel has one
+    /// in memory.
+    pub dedup_store: Option<crate::session::SharedStore>,
 }
 
 impl Gateway {
@@ -120,7 +123,7 @@ impl Gateway {
             peer: &self.config.peer_key,
             psk: self.config.psk.as_ref(),
             shard: crate::protocol::handshake::Shard::ONE,
-            dedup_store: self.config.dedup.offered_store(),
+            dedup: self.config.dedup.offer(),
         }
     }
 
@@ -253,7 +256,14 @@ async fn serve(config: Config) -> Result<(), RunError> {
     let config_compression = config.compression;
     let handshakes =
         pending::PendingHandshakes::new(MAX_PENDING_HANDSHAKES, config.peer_source.clone());
+    let dedup_store = crate::session::open_dir_store(
+        &config.dedup,
+        config.dedup_dir.as_deref(),
+        crate::protocol::handshake::Shard::ONE,
+    )
+    .map_err(|e| RunError::field(&config.file, "wan.dedup_dir", e))?;
     let gateway = Arc::new(Gateway {
+        dedup_store,
         live: RwLock::new(Live::of(&config)),
         config,
         stats: Arc::new(Stats::default()),

@@ -149,6 +149,7 @@ impl Tunnel {
             shard: Shard::ONE,
             shares: gateway.shares(),
             dedup: gateway.config.dedup,
+            dedup_store: gateway.dedup_store.clone(),
         };
         let tunnel = Arc::new(Tunnel {
             inner: Mutex::new(Inner {
@@ -447,9 +448,7 @@ impl Tunnel {
             let inner = &mut *guard;
             let live = &inner.live;
             let names = |c: ConnRef| remote_of(live, c, conn, &info);
-            let attached = inner
-                .link
-                .attach_control(conn, &names, reader.peer_dedup_store());
+            let attached = inner.link.attach_control(conn, &names, reader.peer_dedup());
             let old = attached.replaced.and_then(|old| inner.live.remove(&old));
             if let Some(old) = &old {
                 old.retire.cancel();

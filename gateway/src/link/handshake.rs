@@ -7,7 +7,9 @@
 //! acceptor:  accept();  take(prelude), take(len), take(message 1)      -> Done { reply }
 //! ```
 
-use crate::crypto::{HandshakeError, Initiator, Offer, PresharedKey, PublicKey, Responder};
+use crate::crypto::{
+    DedupOffer, HandshakeError, Initiator, Offer, PresharedKey, PublicKey, Responder,
+};
 use crate::crypto::{StaticKeypair, TrafficKeys};
 use crate::protocol::handshake::{check_noise_len, frame_noise, Prelude, Shard, PRELUDE_LEN};
 use crate::protocol::DecodeError;
@@ -23,15 +25,15 @@ pub struct Identity<'a> {
     pub psk: Option<&'a PresharedKey>,
     /// Which of our TCP lcores the connection is for (both ends must agree).
     pub shard: Shard,
-    /// The bytes of our dedup store, offered to the peer (0: none).
-    pub dedup_store: u64,
+    /// Our dedup store, offered to the peer (store 0: none).
+    pub dedup: DedupOffer,
 }
 
 impl Identity<'_> {
     fn offer(&self) -> Offer {
         Offer {
             shard: self.shard,
-            dedup_store: self.dedup_store,
+            dedup: self.dedup,
         }
     }
 }
@@ -189,7 +191,7 @@ mod tests {
             peer,
             psk: None,
             shard: Shard::ONE,
-            dedup_store: 0,
+            dedup: DedupOffer::default(),
         }
     }
 

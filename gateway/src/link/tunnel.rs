@@ -10,10 +10,13 @@ use std::time::Duration;
 use log::{debug, info, warn};
 
 use super::conn_table::{ConnRef, ConnTable, ControlAttached, FlowAttached, Lost};
+use crate::crypto::DedupOffer;
 use crate::protocol::handshake::Shard;
 use crate::protocol::{Message, ResetReason, TunnelId};
 use crate::session::pacer::FlowProgress;
-use crate::session::{DedupConfig, Instant, Limits, PeerError, SharePolicy, Side, TunnelCore};
+use crate::session::{
+    DedupConfig, Instant, Limits, PeerError, SharePolicy, SharedStore, Side, TunnelCore,
+};
 
 /// A tunnel: its id, its session core, which connection serves each role, and how logs name
 /// the peer.
@@ -53,6 +56,9 @@ pub struct TunnelSetup {
     pub shares: SharePolicy,
     /// `[wan] dedup*`.
     pub dedup: DedupConfig,
+    /// The store the gateway keeps across tunnels (`[wan] dedup_dir`); `None`: each tunnel
+    /// has its own, in memory.
+    pub dedup_store: Option<SharedStore>,
 }
 
 impl TunnelState {
@@ -65,10 +71,11 @@ impl TunnelState {
             shard,
             shares,
             dedup,
+            dedup_store,
         } = setup;
         let mut core = TunnelCore::new(side, limits, flows)
             .for_shard(shard)
-            .with_dedup(dedup);
+            .with_dedup(dedup, dedup_store);
         core.set_shares(shares.for_shard(shard.count as usize));
         TunnelState {
             id,
@@ -89,15 +96,15 @@ impl TunnelState {
     /// `conn` becomes the control connection. The one it replaced (returned) is to be closed:
     /// the peer dials anew only after it gave the old one up, whose RST may have been lost on
     /// the way. A resumed tunnel resyncs: both ends restate their sessions.
-    /// `peer_dedup_store` is the store the peer offered in that connection's handshake.
+    /// `peer_dedup` is what the peer offered for dedup in that connection's handshake.
     pub fn attach_control(
         &mut self,
         conn: ConnRef,
         names: ConnNames<'_>,
-        peer_dedup_store: u64,
+        peer_dedup: DedupOffer,
     ) -> ControlAttached {
-        self.core.set_peer_dedup_store(peer_dedup_store);
         let attached = self.table.attach_control(conn);
+        self.core.set_peer_dedup(peer_dedup, !attached.resumed);
         if let Some(old) = attached.replaced {
             warn!(
                 "tunnel to peer {}: control connection from {} replaced by a new one from {} (the peer gave the old one up); closing the old one",
@@ -271,6 +278,7 @@ mod tests {
             shard: Shard::ONE,
             shares: SharePolicy::default(),
             dedup: DedupConfig::default(),
+            dedup_store: None,
         };
         let id = TunnelId::random(&ring::rand::SystemRandom::new()).expect("random");
         TunnelState::new(setup, id, "gw-a (192.0.2.1:1)".into())
@@ -283,9 +291,9 @@ mod tests {
     #[test]
     fn a_replaced_control_connection_is_closed_and_the_tunnel_resumes() {
         let mut t = tunnel(1);
-        let first = t.attach_control(1, &names, 0);
+        let first = t.attach_control(1, &names, DedupOffer::default());
         assert_eq!((first.replaced, first.resumed), (None, false));
-        let second = t.attach_control(2, &names, 0);
+        let second = t.attach_control(2, &names, DedupOffer::default());
         assert_eq!((second.replaced, second.resumed), (Some(1), true));
         assert_eq!(
             t.lost(1, 5, &"reset"),

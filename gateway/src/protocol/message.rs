@@ -204,8 +204,16 @@ pub enum Message {
         offset: u64,
         len: u32,
     },
+    /// Chunks the sender's dedup store holds (fingerprint, length), oldest first: part of the
+    /// inventory it sends when a tunnel begins, to a peer whose handshake asked for one.
+    DedupInventory {
+        chunks: Vec<([u8; 32], u32)>,
+    },
     Data(DataFrame),
 }
+
+/// At most this many chunks in one inventory message (36 bytes each: 36 KiB).
+pub const MAX_INVENTORY_CHUNKS: usize = 1024;
 
 mod kind {
     pub const HELLO: u8 = 0x01;
@@ -221,6 +229,7 @@ mod kind {
     pub const PING: u8 = 0x16;
     pub const PONG: u8 = 0x17;
     pub const DEDUP_MISS: u8 = 0x18;
+    pub const DEDUP_INVENTORY: u8 = 0x19;
     pub const DATA: u8 = 0x20;
 }
 
@@ -307,6 +316,14 @@ impl Message {
                 out.put_u64(*offset);
                 out.put_u32(*len);
             }
+            Message::DedupInventory { chunks } => {
+                out.put_u8(kind::DEDUP_INVENTORY);
+                out.put_u16(chunks.len() as u16);
+                for (fp, len) in chunks {
+                    out.extend_from_slice(fp);
+                    out.put_u32(*len);
+                }
+            }
             Message::Data(frame) => {
                 frame.encode_header(out);
                 out.extend_from_slice(&frame.payload);
@@ -366,6 +383,28 @@ impl Message {
                 offset: r.u64()?,
                 len: r.u32()?,
             },
+            kind::DEDUP_INVENTORY => {
+                let count = r.u16()? as usize;
+                if count == 0 || count > MAX_INVENTORY_CHUNKS {
+                    return Err(DecodeError::Invalid {
+                        field: "inventory count",
+                        why: "not in 1..=1024",
+                    });
+                }
+                let mut chunks = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let fp = r.array()?;
+                    let len = r.u32()?;
+                    if len == 0 || len > crate::dedup::MAX_CHUNK_LEN {
+                        return Err(DecodeError::Invalid {
+                            field: "inventory chunk length",
+                            why: "not in 1..=65536",
+                        });
+                    }
+                    chunks.push((fp, len));
+                }
+                Message::DedupInventory { chunks }
+            }
             kind::DATA => {
                 let session = SessionId(r.u64()?);
                 let offset = r.u64()?;
@@ -420,6 +459,7 @@ impl Message {
             Message::Ping { .. } => "ping",
             Message::Pong { .. } => "pong",
             Message::DedupMiss { .. } => "dedup-miss",
+            Message::DedupInventory { .. } => "dedup-inventory",
             Message::Data(_) => "data",
         }
     }
@@ -598,6 +638,8 @@ mod tests {
                     len,
                 }
             }),
+            proptest::collection::vec((any::<[u8; 32]>(), 1u32..=65536), 1..40)
+                .prop_map(|chunks| Message::DedupInventory { chunks }),
             (
                 sid,
                 0u64..u64::MAX / 2,

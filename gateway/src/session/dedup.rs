@@ -20,11 +20,55 @@
 //! no longer than this for its last bytes.
 
 use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
 
 use super::dedup_config::{DedupConfig, DedupMode, DedupScope};
-use crate::dedup::{self, Chunker, Fingerprint, Index, Resolved, Store};
+use crate::crypto::DedupOffer;
+use crate::dedup::{self, ChunkStore, Chunker, DiskStore, DiskStoreError, Fingerprint, Index};
+use crate::dedup::{MemoryStore, Resolved};
+use crate::protocol::handshake::Shard;
+use crate::protocol::message::MAX_INVENTORY_CHUNKS;
+use crate::protocol::Message;
+
+/// A store that outlives a tunnel: the gateway opens it (`[wan] dedup_dir`) and hands it to
+/// each tunnel it creates in turn, so a tunnel after a restart of either end starts with
+/// what the store kept.
+pub type SharedStore = Arc<Mutex<dyn ChunkStore>>;
+
+/// The store `[wan] dedup_dir` asks for, for `shard` of the gateway (a directory of its
+/// own, `shard-N` under `dir`, when the gateway has more than one): `None` when no directory
+/// is set or this gateway offers no store. Opened once, when the gateway starts, so that a
+/// directory it cannot use stops the start, and kept for every tunnel after.
+pub fn open_dir_store(
+    config: &DedupConfig,
+    dir: Option<&Path>,
+    shard: Shard,
+) -> Result<Option<SharedStore>, DiskStoreError> {
+    let Some(dir) = dir.filter(|_| config.offered_store() > 0) else {
+        return Ok(None);
+    };
+    let dir = match shard.count {
+        0 | 1 => dir.to_owned(),
+        _ => dir.join(format!("shard-{}", shard.index)),
+    };
+    let store = DiskStore::open(&dir, config.store_bytes)?;
+    let usage = store.usage();
+    log::info!(
+        "dedup store {}: {} chunks, {} of {} bytes",
+        dir.display(),
+        usage.chunks,
+        usage.bytes,
+        usage.capacity
+    );
+    Ok(Some(Arc::new(Mutex::new(store))))
+}
+
+/// The tag of index entries learnt from the peer's inventory: chunks some earlier tunnel
+/// sent, which only the tunnel scope may reference.
+const INVENTORY_TAG: u64 = u64::MAX;
 
 /// How long the start of a chunk may wait for its end before it goes in pieces.
 pub const TAIL_HOLD_US: u64 = 2_000;
@@ -67,6 +111,8 @@ pub struct DedupStores {
     pub store_bytes: u64,
     pub store_chunks: u64,
     pub store_evictions: u64,
+    /// Chunks our store could not write or read back intact (a disk store).
+    pub store_io_errors: u64,
     /// What we believe the peer's store holds: bytes charged and chunks; 0 when the peer
     /// offered no store.
     pub index_bytes: u64,
@@ -83,7 +129,9 @@ pub struct TunnelDedup {
     /// Sending: what the peer's store holds as far as we know; `None` while we send plain.
     index: Option<Index>,
     /// Receiving: the chunks the peer sent; `None` when we offered no store.
-    store: Option<Store>,
+    store: Option<SharedStore>,
+    /// Our store's inventory still to send: the next position and the end.
+    inventory: Option<(u64, u64)>,
     figures: DedupFigures,
 }
 
@@ -113,20 +161,79 @@ pub enum DedupError {
 }
 
 impl TunnelDedup {
-    pub fn new(config: DedupConfig) -> TunnelDedup {
+    /// The tunnel's dedup state; its store is `shared` when the gateway keeps one across
+    /// tunnels, else a new one in memory (when `config` offers a store at all).
+    pub fn new(config: DedupConfig, shared: Option<SharedStore>) -> TunnelDedup {
+        let store = (config.offered_store() > 0).then(|| {
+            shared.unwrap_or_else(|| Arc::new(Mutex::new(MemoryStore::new(config.store_bytes))))
+        });
         TunnelDedup {
             config,
             peer_store: 0,
             index: None,
-            store: (config.offered_store() > 0).then(|| Store::new(config.store_bytes)),
+            store,
+            inventory: None,
             figures: DedupFigures::default(),
+        }
+    }
+
+    fn store(&self) -> Option<MutexGuard<'_, dyn ChunkStore + 'static>> {
+        // A panic elsewhere while it was held leaves a store that is still consistent
+        // (every operation completes its bookkeeping before it can fail).
+        let store = self.store.as_ref()?;
+        Some(store.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The peer's control connection attached with `offer`; `new_tunnel` when this is the
+    /// tunnel's first (not a resumption). A peer that asked for it gets our store's
+    /// inventory, so that what the store kept from earlier tunnels is referenced at once.
+    pub fn set_peer(&mut self, offer: DedupOffer, new_tunnel: bool) {
+        self.set_peer_store(offer.store);
+        if new_tunnel && offer.inventory {
+            let end = self.store().map_or(0, |s| s.end());
+            self.inventory = (end > 0).then_some((0, end));
+        }
+    }
+
+    /// Whether inventory messages wait for [`TunnelDedup::next_inventory`].
+    pub fn inventory_pending(&self) -> bool {
+        self.inventory.is_some()
+    }
+
+    /// The next part of our store's inventory, oldest chunks first.
+    pub fn next_inventory(&mut self) -> Option<Message> {
+        loop {
+            let (from, end) = self.inventory?;
+            let mut chunks = Vec::new();
+            let next = self.store().map_or(end, |s| {
+                let max = MAX_INVENTORY_CHUNKS.min((end - from) as usize);
+                s.held_from(from, max, &mut chunks)
+            });
+            self.inventory = (next < end && next > from).then_some((next, end));
+            // Evicted positions are skipped, so a part may come out empty: go on.
+            if !chunks.is_empty() {
+                return Some(Message::DedupInventory { chunks });
+            }
+        }
+    }
+
+    /// The peer's store holds `chunks` (its inventory): in the tunnel scope, they may be
+    /// referenced. Oldest first, as the peer's store will evict them.
+    pub fn inventory_received(&mut self, chunks: &[(Fingerprint, u32)]) {
+        if self.config.scope != DedupScope::Tunnel {
+            return;
+        }
+        if let Some(index) = &mut self.index {
+            for &(fp, len) in chunks {
+                index.insert(fp, len, INVENTORY_TAG);
+            }
         }
     }
 
     /// The peer offered a store of `bytes` (0: none) when its control connection attached.
     /// A changed offer (a peer restarted with another size keeps no chunks) starts the index
     /// afresh; the same offer on a resumed tunnel keeps it.
-    pub fn set_peer_store(&mut self, bytes: u64) {
+    fn set_peer_store(&mut self, bytes: u64) {
         if bytes == self.peer_store && (self.index.is_some() || bytes == 0) {
             return;
         }
@@ -145,18 +252,16 @@ impl TunnelDedup {
     }
 
     pub fn stores(&self) -> DedupStores {
-        let (store_bytes, store_chunks, store_evictions) = self
-            .store
-            .as_ref()
-            .map_or((0, 0, 0), |s| (s.bytes(), s.len() as u64, s.evictions()));
+        let usage = self.store().map(|s| s.usage()).unwrap_or_default();
         let (index_bytes, index_chunks) = self
             .index
             .as_ref()
             .map_or((0, 0), |i| (i.bytes(), i.len() as u64));
         DedupStores {
-            store_bytes,
-            store_chunks,
-            store_evictions,
+            store_bytes: usage.bytes,
+            store_chunks: usage.chunks,
+            store_evictions: usage.evictions,
+            store_io_errors: usage.io_errors,
             index_bytes,
             index_chunks,
             peer_store: self.peer_store,
@@ -249,12 +354,13 @@ impl TunnelDedup {
         items: Bytes,
         max_plain: usize,
     ) -> Result<(Received, DedupFigures), DedupError> {
-        let store = self.store.as_mut().ok_or(DedupError::NotOffered)?;
+        let mut store = self.store().ok_or(DedupError::NotOffered)?;
         let items = dedup::decode(items, max_plain)?;
         // Bounded by `max_plain` in decoding.
         let len = items.iter().map(|i| i.plain_len() as u32).sum();
         let mut figures = DedupFigures::default();
-        let (resolved, note) = dedup::resolve(items, store);
+        let (resolved, note) = dedup::resolve(items, &mut *store);
+        drop(store);
         let received = match resolved {
             Resolved::Data(data) => {
                 figures.resolved_bytes = note.ref_bytes;

@@ -60,6 +60,16 @@ impl DedupConfig {
             DedupMode::Auto => self.store_bytes,
         }
     }
+
+    /// What the handshake offers the peer: our store, and (tunnel scope) a wish for the
+    /// inventory of the peer's store when a tunnel begins, so that what it kept across a
+    /// restart (`dedup_dir`) is referenced at once.
+    pub fn offer(&self) -> crate::crypto::DedupOffer {
+        crate::crypto::DedupOffer {
+            store: self.offered_store(),
+            inventory: self.offered_store() > 0 && self.scope == DedupScope::Tunnel,
+        }
+    }
 }
 
 impl DedupMode {

@@ -21,7 +21,8 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 
 use super::dedup::{
-    DedupError, DedupFigures, DedupStores, Received, SessionDedup, TunnelDedup, TAIL_HOLD_US,
+    DedupError, DedupFigures, DedupStores, Received, SessionDedup, SharedStore, TunnelDedup,
+    TAIL_HOLD_US,
 };
 use super::pacer::{FlowProgress, PaceSnapshot, TunnelPacer};
 use super::recv::{ReadOutcome, Reassembler, ReassemblyError};
@@ -30,6 +31,7 @@ use super::send::SendStream;
 use super::shares::{GroupKey, GroupSnapshot, Origin, SharePolicy};
 use super::unsent::UnsentPools;
 use super::{Counters, DedupConfig, Instant, Limits};
+use crate::crypto::DedupOffer;
 use crate::protocol::message::DATA_FLAG_DEDUP;
 use crate::protocol::packed::MAX_UNPACKED_LEN;
 use crate::protocol::{DataFrame, Message, RefuseReason, ResetReason, SessionId};
@@ -211,25 +213,34 @@ impl TunnelCore {
             tombstones: VecDeque::new(),
             peer_next_id: 0,
             packing: PackFigures::default(),
-            dedup: TunnelDedup::new(DedupConfig {
-                mode: super::DedupMode::Off,
-                ..DedupConfig::default()
-            }),
+            dedup: TunnelDedup::new(
+                DedupConfig {
+                    mode: super::DedupMode::Off,
+                    ..DedupConfig::default()
+                },
+                None,
+            ),
         }
     }
 
     /// Dedup as `config` says (`[wan] dedup`; off by default here): the store offered to the
-    /// peer, and references to what it holds once it offered one
-    /// ([`TunnelCore::set_peer_dedup_store`]).
-    pub fn with_dedup(mut self, config: DedupConfig) -> Self {
-        self.dedup = TunnelDedup::new(config);
+    /// peer (`store`, one the gateway keeps across tunnels, or else a new one in memory), and
+    /// references to what the peer's holds once it offered one
+    /// ([`TunnelCore::set_peer_dedup`]).
+    pub fn with_dedup(mut self, config: DedupConfig, store: Option<SharedStore>) -> Self {
+        self.dedup = TunnelDedup::new(config, store);
         self
     }
 
-    /// The store the peer offered in its control connection's handshake (0: none). Sessions
-    /// opened from now on send references to what it holds.
-    pub fn set_peer_dedup_store(&mut self, bytes: u64) {
-        self.dedup.set_peer_store(bytes);
+    /// The peer's control connection attached, and its handshake offered `offer` (store 0:
+    /// none). Sessions opened from now on send references to what its store holds. On a new
+    /// tunnel (`new_tunnel`, not a resumption), a peer that asks for it gets the inventory of
+    /// our store on the control connection.
+    pub fn set_peer_dedup(&mut self, offer: DedupOffer, new_tunnel: bool) {
+        self.dedup.set_peer(offer, new_tunnel);
+        if self.dedup.inventory_pending() && self.control.is_empty() {
+            self.events.push_back(Event::ControlReady);
+        }
     }
 
     /// What dedup did for this tunnel, ended sessions included.
@@ -648,6 +659,10 @@ impl TunnelCore {
                 Ok(())
             }
             Message::Pong { .. } => Ok(()),
+            Message::DedupInventory { chunks } => {
+                self.dedup.inventory_received(&chunks);
+                Ok(())
+            }
             Message::DedupMiss {
                 session,
                 offset,
@@ -949,7 +964,10 @@ impl TunnelCore {
     /// Next control message for the peer.
     #[must_use = "the message is taken off the control queue: dropped, the peer never gets it"]
     pub fn poll_control(&mut self) -> Option<Message> {
-        let msg = self.control.pop_front()?;
+        // The inventory only when nothing else waits: it may be long, acks must not wait.
+        let Some(msg) = self.control.pop_front() else {
+            return self.dedup.next_inventory();
+        };
         if self.control.len() + 1 == self.control_bound() {
             self.events.push_back(Event::ControlRoom);
         }
@@ -958,7 +976,7 @@ impl TunnelCore {
 
     /// Whether control messages are waiting for `poll_control`.
     pub fn has_control(&self) -> bool {
-        !self.control.is_empty()
+        !self.control.is_empty() || self.dedup.inventory_pending()
     }
 
     #[must_use = "the event is taken off the queue: dropped, whoever waits on it is never woken"]

@@ -24,14 +24,22 @@ fn dedup_limits() -> Limits {
 
 /// An end whose core dedups with a store of `store_bytes`, and whose peer offered the same.
 fn dedup_end(side: Side, store_bytes: u64, scope: DedupScope) -> End {
-    let config = DedupConfig {
+    dedup_end_with(side, dedup_config(store_bytes, scope), None)
+}
+
+fn dedup_config(store_bytes: u64, scope: DedupScope) -> DedupConfig {
+    DedupConfig {
         mode: DedupMode::Auto,
         scope,
         store_bytes,
-    };
+    }
+}
+
+/// The same, its store `store` (one the gateway keeps across tunnels) when given.
+fn dedup_end_with(side: Side, config: DedupConfig, store: Option<SharedStore>) -> End {
     let mut e = End::new(side, dedup_limits());
-    e.core = TunnelCore::new(side, dedup_limits(), FLOWS).with_dedup(config);
-    e.core.set_peer_dedup_store(store_bytes);
+    e.core = TunnelCore::new(side, dedup_limits(), FLOWS).with_dedup(config, store);
+    e.core.set_peer_dedup(config.offer(), false);
     e
 }
 
@@ -202,4 +210,58 @@ fn a_miss_lost_with_the_control_connection_is_asked_again() {
         data.len(),
         got.iter().zip(&data).position(|(x, y)| x != y)
     );
+}
+
+/// Both gateways restarted (a new tunnel; the sender's index starts empty), and the receiver
+/// kept its store on disk (`dedup_dir`): the store's inventory tells the sender what it holds,
+/// so the same stream crosses as references at once, and arrives exactly. In the migration
+/// scope the sender asks for no inventory, and a new migration may not reference an old one.
+#[test]
+fn a_store_kept_across_restarts_is_referenced_at_once() {
+    use crate::protocol::handshake::Shard;
+    let data = repetitive(&blocks(13), &[0, 1, 2, 3, 4], 120 << 10);
+    for scope in [DedupScope::Tunnel, DedupScope::Migration] {
+        let dir = crate::dedup::disk::TempDir::new();
+        let config = dedup_config(64 << 20, scope);
+        let disk = || {
+            let store = crate::session::open_dir_store(&config, Some(&dir.0), Shard::ONE);
+            store.expect("opens").expect("a directory is set")
+        };
+        let a = dedup_end(Side::Dialer, 64 << 20, scope);
+        let b = dedup_end_with(Side::Acceptor, config, Some(disk()));
+        let (_, b, first) = transfer(a, b, &data);
+        let held = b.core.dedup_stores().store_chunks;
+        assert!(held > 10, "{held} chunks stored");
+        drop(b);
+
+        let mut a = dedup_end(Side::Dialer, 64 << 20, scope);
+        let mut b = dedup_end_with(Side::Acceptor, config, Some(disk()));
+        assert_eq!(b.core.dedup_stores().store_chunks, held, "reopened");
+        // The sender's control connection attaches to the new tunnel, with its offer.
+        b.core.set_peer_dedup(config.offer(), true);
+        let mut parts = 0;
+        while let Some(m) = b.core.poll_control() {
+            assert!(
+                matches!(m, crate::protocol::Message::DedupInventory { .. }),
+                "{m:?}"
+            );
+            a.core.handle_message(m).expect("an inventory is welcome");
+            parts += 1;
+        }
+        let (_, b, second) = transfer(a, b, &data);
+        assert_eq!(b.core.dedup_figures().misses, 0);
+        match scope {
+            DedupScope::Tunnel => {
+                assert_eq!(parts, 1, "{held} chunks fit one message");
+                assert!(
+                    second <= first / 20,
+                    "second copy {second} bytes, first {first}"
+                );
+            }
+            DedupScope::Migration => {
+                assert_eq!(parts, 0, "not asked for");
+                assert!(second >= data.len() as u64, "second copy {second} bytes");
+            }
+        }
+    }
 }
