@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # bench-dedup.sh: issue 16's table for the WAN dedup cache, with real QEMU migrations
 # (scripts/migrate.sh) and lmas-load transfers through the gateway pair on the lab's emulated
-# link: the same guest migrated twice, two clones of one template, the running guest, and a
-# random-only stream; each with dedup off and on. See --help and docs/LAB.md.
+# link: the same guest migrated twice, the same again across a crash of gw-b (its store on
+# disk), two clones of one template, the running guest, and a random-only stream; each with
+# dedup off and on. See --help and docs/LAB.md.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -54,6 +55,10 @@ earlier run). Cases:
             same pair (migrate.sh --reuse keeps it; its gw-a pid is checked), each time to a
             fresh destination QEMU. Goals (dedup): second ≤ 0.1 × first WAN bytes and
             ≤ 0.5 × its e2e time; first no slower than the first with dedup off.
+  restart   as again, but gw-b is killed (SIGKILL) and started again between the two
+            migrations (lab.sh gateways restart-b); with dedup, gw-b keeps its store in
+            files (--dedup-dir-b OUT/b-store) and the second migration waits (at most 20 s)
+            for gw-a to index gw-b's inventory. Same goals as again.
   template  two clones of one template (guest-image.py --template-seed, --template-share:
             the template's pages at the same addresses in both, own data elsewhere; seeds
             --clone-seeds), one after the other through one pair. Goal: WAN bytes of the
@@ -141,8 +146,8 @@ done
 read -r -a cases <<<"$CASES"
 ((${#cases[@]})) || die "--cases: none given"
 for c in "${cases[@]}"; do
-    [[ $c == again || $c == template || $c == running || $c == random ]] ||
-        die "--cases: again, template, running or random, not $c"
+    [[ $c == again || $c == restart || $c == template || $c == running || $c == random ]] ||
+        die "--cases: again, restart, template, running or random, not $c"
 done
 for v in RUNS RAM_MIB RUN_RAM_MIB WS_MIB DIRTY_RATE MULTIFD STORE SEED TEMPLATE_SEED RANDOM_BYTES RANDOM_SECS WARMUP_BYTES TIMEOUT RUN_TIMEOUT; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "${v,,}: takes a whole number, got ${!v}"
@@ -268,7 +273,7 @@ COLS=(case run side dedup step exit status converged verified e2e_total_ms e2e_d
 BAD=0 N=0 TOTAL=0
 for c in "${cases[@]}"; do
     case $c in
-        again | template) TOTAL=$((TOTAL + 4 * RUNS)) ;;
+        again | restart | template) TOTAL=$((TOTAL + 4 * RUNS)) ;;
         *) TOTAL=$((TOTAL + 2 * RUNS)) ;;
     esac
 done
@@ -353,6 +358,43 @@ case_again() { # RUN SIDE
     same_pair "by the first migration"
     migrate_one again "$1" "$2" second --guest paused --ram-mib "$RAM_MIB" --seed "$SEED" --timeout "$TIMEOUT"
     same_pair "by the second migration"
+}
+
+# wait_inventory: waits (at most 20 s) until gw-a indexes every chunk the restarted gw-b holds
+# (its inventory, sent when the new tunnel began), and logs how long that took.
+wait_inventory() {
+    local i counts
+    for i in $(seq 200); do
+        counts=$(dedup_snap | $PY -c 'import json, sys
+s = json.load(sys.stdin)
+print(int(s["a"].get("index_chunks", 0) or 0), int(s["b"].get("store_chunks", 0) or 0))')
+        read -r a b <<<"$counts"
+        if ((b > 0 && a >= b)); then
+            echo "# inventory: gw-a indexes $a chunks of gw-b's $b, $((i * 100)) ms after the restart" >>"$LOG"
+            return
+        fi
+        sleep 0.1
+    done
+    echo "# inventory: gw-a indexes ${a:-?} chunks of gw-b's ${b:-?} 20 s after the restart" >>"$LOG"
+}
+
+case_restart() { # RUN SIDE
+    local saved=("${SIDE_ARGS[@]}")
+    if [[ $2 == dedup && $DEDUP == auto ]]; then
+        local store
+        store=$(realpath -m "$OUT/b-store")
+        rm -rf "$store"
+        SIDE_ARGS+=(--dedup-dir-b "$store")
+    fi
+    if fresh_pair restart "$1" "$2"; then
+        migrate_one restart "$1" "$2" first --guest paused --ram-mib "$RAM_MIB" --seed "$SEED" --timeout "$TIMEOUT"
+        same_pair "by the first migration"
+        "$LAB" gateways restart-b >>"$LOG" 2>&1 || die "lab.sh gateways restart-b failed (see $LOG)"
+        [[ $2 != dedup || $DEDUP != auto ]] || wait_inventory
+        migrate_one restart "$1" "$2" second --guest paused --ram-mib "$RAM_MIB" --seed "$SEED" --timeout "$TIMEOUT"
+        same_pair "by the second migration"
+    fi
+    SIDE_ARGS=("${saved[@]}")
 }
 
 case_template() { # RUN SIDE
@@ -441,10 +483,11 @@ out.append(f"RTT {rtt} ms, loss {loss} %, {rate} Mbit/s; medians over the runs; 
 for case in cases:
     sides = [s for s in ("base", "dedup") if any(r["case"] == case and r["side"] == s for r in rows)]
     out.append("")
-    if case in ("again", "template"):
-        a, b = ("first", "second") if case == "again" else ("clone-a", "clone-b")
-        title = ("the same paused guest twice through one pair" if case == "again"
-                 else "two clones of one template through one pair")
+    if case in ("again", "restart", "template"):
+        a, b = ("clone-a", "clone-b") if case == "template" else ("first", "second")
+        title = {"again": "the same paused guest twice through one pair",
+                 "restart": "the same paused guest twice, gw-b killed and restarted in between",
+                 "template": "two clones of one template through one pair"}[case]
         out.append(f"### {case}: {title} ({runs[case]} runs)")
         out.append("")
         out.append(f"| dedup | {a}: WAN MiB | {b}: WAN MiB | {b}/{a} bytes | {a}: e2e s | {b}: e2e s | {b}/{a} e2e | verified |")

@@ -43,7 +43,8 @@ Commands:
   gateways up [--datapath kernel|dpdk] [--pmd af_packet|af_xdp] [--flows N] [--congestion CC]
               [--ingress listen|tproxy] [--window BYTES] [--unsent BYTES] [--link-cap MBIT] [--migration-cap MBIT] [--buffer BYTES]
               [--compression auto|off|lz4|zstd[:L]] [--pacing tunnel|flows]
-              [--dedup auto|off] [--dedup-scope migration|tunnel] [--dedup-store BYTES] [--reuse]
+              [--dedup auto|off] [--dedup-scope migration|tunnel] [--dedup-store BYTES]
+              [--dedup-dir-b DIR] [--reuse]
                       (re)start the LMAS pair, N data flows (default 8) with WAN congestion
                       control CC (default: the gateway's, bbr) and a session window of BYTES
                       (limits.session_window_bytes; default: the gateway's, 256 MiB). Ingress 'listen' (default):
@@ -59,9 +60,12 @@ Commands:
                       buffer (wan.socket_buffer_bytes). --compression, --pacing, --dedup,
                       --dedup-scope, --dedup-store: the [wan] keys compression, pacing, dedup,
                       dedup_scope, dedup_store_bytes (unset: the gateway's default; the WAN
-                      dedup cache, issue 16). --reuse: keep a running pair that has
+                      dedup cache, issue 16); --dedup-dir-b: gw-b keeps its store in files
+                      there (wan.dedup_dir, absolute). --reuse: keep a running pair that has
                       exactly these options. Keys/configs in \$LAB_RUN_DIR/gw, logs
                       in \$LAB_RUN_DIR/gw-*.log.
+  gateways restart-b  SIGKILL gw-b (a crash, no shutdown) and start it again with its config
+                      (its old log kept as gw-b.log.killed); waits for its new tunnel
   gateways down       stop the LMAS pair and remove the TPROXY rules
   gateways address    print the address src-host connects to for the running pair
   transfer [--bytes N] [--max-secs S] [--direct] [--timeout S] [--payload KIND] [--seed S]
@@ -430,6 +434,40 @@ gw_running() {
     done
 }
 
+# gw_start LMAS gw-a|gw-b: runs that gateway of the pair in its namespace with its config
+# ($RUN_DIR/gw/NAME.toml), logging to $RUN_DIR/NAME.log; its pid in $RUN_DIR/NAME.pid.
+gw_start() {
+    local ns=$NS_GWA
+    [[ $2 == gw-b ]] && ns=$NS_GWB
+    RUST_LOG=${RUST_LOG:-info} ip netns exec "$ns" "$1" run --config "$RUN_DIR/gw/$2.toml" \
+        >"$RUN_DIR/$2.log" 2>&1 </dev/null &
+    echo $! >"$RUN_DIR/$2.pid"
+}
+
+# gw_restart_b: SIGKILL gw-b (a crash: nothing flushed, no shutdown), start it again with its
+# config, and wait for its new tunnel to gw-a.
+gw_restart_b() {
+    gw_running || die "gateways restart-b: the pair is not running (gateways up)"
+    local lmas pid
+    lmas=$(bin_path lmas LMAS lmas)
+    pid=$(cat "$RUN_DIR/gw-b.pid")
+    kill -KILL "$pid" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+    kill -0 "$pid" 2>/dev/null && die "gateways restart-b: gw-b (pid $pid) did not die"
+    mv "$RUN_DIR/gw-b.log" "$RUN_DIR/gw-b.log.killed"
+    gw_start "$lmas" gw-b
+    for _ in $(seq 300); do
+        if all_logged "tunnel up" "$RUN_DIR/gw-b.log"; then
+            log "gateways restart-b: gw-b killed (pid $pid) and started again (pid $(cat "$RUN_DIR/gw-b.pid")); its tunnel is up"
+            return
+        fi
+        kill -0 "$(cat "$RUN_DIR/gw-b.pid")" 2>/dev/null || { tail -5 "$RUN_DIR/gw-b.log" >&2; die "restarted gw-b exited"; }
+        sleep 0.1
+    done
+    tail -5 "$RUN_DIR/gw-b.log" >&2
+    die "gateways restart-b: gw-b's tunnel not up within 30 s"
+}
+
 gw_stop() {
     local gw
     for gw in gw-a gw-b; do
@@ -524,7 +562,7 @@ ingress_addr() {
 cmd_gateways() {
     # empty: the gateway's defaults
     local sub=${1:-} flows=8 cc="" ingress=listen window="" unsent="" linkcap="" migcap="" datapath=kernel pmd=af_packet buffer="" compression="" pacing="" reuse=0
-    local dedup="" dedup_scope="" dedup_store=""
+    local dedup="" dedup_scope="" dedup_store="" dedup_dir_b=""
     [[ $# -gt 0 ]] && shift
     while (($#)); do
         case $1 in
@@ -543,6 +581,7 @@ cmd_gateways() {
             --dedup) dedup=$2; shift 2 ;;
             --dedup-scope) dedup_scope=$2; shift 2 ;;
             --dedup-store) dedup_store=$2; shift 2 ;;
+            --dedup-dir-b) dedup_dir_b=$2; shift 2 ;;
             --reuse) reuse=1; shift ;;
             *) die "gateways: unknown option $1" ;;
         esac
@@ -551,8 +590,9 @@ cmd_gateways() {
     case $sub in
         down) gw_stop; gw_ports kernel; echo "lab.sh: gateways stopped"; return ;;
         address) ingress_addr || die "gateways are not up"; return ;;
+        restart-b) gw_restart_b; return ;;
         up) ;;
-        *) die "gateways up [--datapath kernel|dpdk] [--pmd af_packet|af_xdp] [--flows N] [--congestion CC] [--ingress listen|tproxy] [--window BYTES] [--unsent BYTES] [--link-cap MBIT] [--migration-cap MBIT] [--buffer BYTES] [--compression MODE] [--pacing tunnel|flows] [--dedup auto|off] [--dedup-scope migration|tunnel] [--dedup-store BYTES] [--reuse] | gateways down | gateways address" ;;
+        *) die "gateways up [--datapath kernel|dpdk] [--pmd af_packet|af_xdp] [--flows N] [--congestion CC] [--ingress listen|tproxy] [--window BYTES] [--unsent BYTES] [--link-cap MBIT] [--migration-cap MBIT] [--buffer BYTES] [--compression MODE] [--pacing tunnel|flows] [--dedup auto|off] [--dedup-scope migration|tunnel] [--dedup-store BYTES] [--dedup-dir-b DIR] [--reuse] | gateways restart-b | gateways down | gateways address" ;;
     esac
     [[ $ingress == listen || $ingress == tproxy ]] || die "gateways: --ingress is listen or tproxy, not $ingress"
     [[ $datapath == kernel || $datapath == dpdk ]] || die "gateways: --datapath is kernel or dpdk, not $datapath"
@@ -566,12 +606,13 @@ cmd_gateways() {
     [[ -z $dedup_scope || $dedup_scope == migration || $dedup_scope == tunnel ]] ||
         die "gateways: --dedup-scope is migration or tunnel, not $dedup_scope"
     [[ -z $dedup_store || $dedup_store =~ ^[0-9]+$ ]] || die "gateways: --dedup-store takes a number of bytes, got $dedup_store"
+    [[ -z $dedup_dir_b || $dedup_dir_b == /* ]] || die "gateways: --dedup-dir-b takes an absolute path, got $dedup_dir_b"
     lab_exists || die "testbed is not up (scripts/lab.sh up)"
     # What runs, for scripts that reuse a running pair (--reuse).
     local ports=$datapath state
     [[ $datapath == kernel ]] || ports+="/$pmd"
     state="datapath=$ports ingress=$ingress flows=$flows congestion=${cc:-default} window=${window:-default} unsent=${unsent:-default} linkcap=${linkcap:-none} migcap=${migcap:-none} compression=${compression:-default} pacing=${pacing:-default} buffer=${buffer:-default}"
-    state+=" dedup=${dedup:-default} dedup_scope=${dedup_scope:-default} dedup_store=${dedup_store:-default}"
+    state+=" dedup=${dedup:-default} dedup_scope=${dedup_scope:-default} dedup_store=${dedup_store:-default} dedup_dir_b=${dedup_dir_b:-none}"
     if ((reuse)) && [[ $(cat "$RUN_DIR/gateways" 2>/dev/null) == "$state" ]] && gw_running; then
         log "gateways up: kept the running pair ($state)"
         return
@@ -592,6 +633,7 @@ cmd_gateways() {
     write_pair_configs "$dir" gw-a.key gw-b.key "$GWB_WAN_IP:$GW_PORT" "$GWA_LAN_IP:$INGRESS_PORT" \
         "$DST_IP:$TARGET_PORT" "$flows" "# written by scripts/lab.sh gateways up" \
         "# written by scripts/lab.sh gateways up" "$wan_lines"
+    [[ -z $dedup_dir_b ]] || sed -i "/^\[wan\]/a dedup_dir = \"$dedup_dir_b\"" "$dir/gw-b.toml"
     # The second migration's way in (migrate.sh --slot 1), and gw-b's leave to reach it.
     printf '\n[[ingress]]\nmode = "listen"\nbind = "%s"\ntarget = "%s"\n' \
         "$GWA_LAN_IP:$INGRESS2_PORT" "$DST_IP:$TARGET2_PORT" >>"$dir/gw-a.toml"
@@ -631,14 +673,10 @@ cmd_gateways() {
     # A gateway host setting, recommended in docs/DEPLOYMENT.md.
     nsx "$NS_GWA" sysctl -qw net.ipv4.tcp_slow_start_after_idle=0
     nsx "$NS_GWB" sysctl -qw net.ipv4.tcp_slow_start_after_idle=0
-    local gw ns
+    local gw
     for gw in gw-b gw-a; do
-        ns=$NS_GWA
-        [[ $gw == gw-b ]] && ns=$NS_GWB
         "$lmas" check-config "$dir/$gw.toml" >/dev/null || die "$gw config rejected (see $dir/$gw.toml)"
-        RUST_LOG=${RUST_LOG:-info} ip netns exec "$ns" "$lmas" run --config "$dir/$gw.toml" \
-            >"$RUN_DIR/$gw.log" 2>&1 </dev/null &
-        echo $! >"$RUN_DIR/$gw.pid"
+        gw_start "$lmas" "$gw"
     done
     local ready="listening on $GWA_LAN_IP:$INGRESS_PORT"
     [[ $ingress == tproxy ]] && ready="listening on 0.0.0.0:$tproxy_port"

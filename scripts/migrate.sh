@@ -26,6 +26,7 @@ COMPRESSION=""
 DEDUP=""
 DEDUP_SCOPE=""
 DEDUP_STORE=""
+DEDUP_DIR_B=""
 CONGESTION=""
 INGRESS=listen
 TIMEOUT=300
@@ -79,6 +80,7 @@ Options:
   --dedup auto|off       lmas: the gateways' [wan] dedup (default: theirs)
   --dedup-scope migration|tunnel  lmas: their [wan] dedup_scope (default: theirs)
   --dedup-store BYTES    lmas: their [wan] dedup_store_bytes (default: theirs)
+  --dedup-dir-b DIR      lmas: gw-b keeps its dedup store in files in DIR (wan.dedup_dir)
   --congestion CC        lmas: the data flows' congestion control (default: theirs, bbr)
   --ingress listen|tproxy  lmas: QEMU dials gw-a's listener, or the destination itself
                          (intercepted by TPROXY in gw-a)                             [$INGRESS]
@@ -135,6 +137,7 @@ while (($#)); do
         --dedup) DEDUP=$2; shift 2 ;;
         --dedup-scope) DEDUP_SCOPE=$2; shift 2 ;;
         --dedup-store) DEDUP_STORE=$2; shift 2 ;;
+        --dedup-dir-b) DEDUP_DIR_B=$2; shift 2 ;;
         --template-seed) TEMPLATE_SEED=$2; shift 2 ;;
         --template-share) TEMPLATE_SHARE=$2; shift 2 ;;
         --congestion) CONGESTION=$2; shift 2 ;;
@@ -256,7 +259,8 @@ if [[ $MODE != direct ]]; then
     # migration on the other slot undisturbed).
     "$LAB" gateways up --reuse --datapath "${DATAPATH%/*}" --flows "$FLOWS" --ingress "$INGRESS" ${WINDOW:+--window "$WINDOW"} \
         ${UNSENT:+--unsent "$UNSENT"} ${LINK_CAP:+--link-cap "$LINK_CAP"} ${COMPRESSION:+--compression "$COMPRESSION"} ${CONGESTION:+--congestion "$CONGESTION"} \
-        ${DEDUP:+--dedup "$DEDUP"} ${DEDUP_SCOPE:+--dedup-scope "$DEDUP_SCOPE"} ${DEDUP_STORE:+--dedup-store "$DEDUP_STORE"} >&2 ||
+        ${DEDUP:+--dedup "$DEDUP"} ${DEDUP_SCOPE:+--dedup-scope "$DEDUP_SCOPE"} ${DEDUP_STORE:+--dedup-store "$DEDUP_STORE"} \
+        ${DEDUP_DIR_B:+--dedup-dir-b "$DEDUP_DIR_B"} >&2 ||
         die "the gateways did not come up"
     URI=tcp:$("$LAB" gateways address)
     ((SLOT == 0)) || URI=tcp:$GWA_LAN_IP:$INGRESS2_PORT
