@@ -20,6 +20,7 @@
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read};
+use std::ops::Range;
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -381,8 +382,8 @@ impl ChunkStore for DiskStore {
         }
     }
 
-    fn held_from(&self, from: u64, max: usize, out: &mut Vec<(Fingerprint, u32)>) -> u64 {
-        let mut at = from;
+    fn held_in(&self, positions: Range<u64>, max: usize, out: &mut Vec<(Fingerprint, u32)>) -> u64 {
+        let mut at = positions.start;
         let mut listed = 0;
         for s in &self.segments {
             let end = s.first + s.records.len() as u64;
@@ -391,6 +392,9 @@ impl ChunkStore for DiskStore {
             }
             at = at.max(s.first);
             for &(fp, len) in &s.records[(at - s.first) as usize..] {
+                if at >= positions.end {
+                    return positions.end;
+                }
                 if listed == max {
                     return at;
                 }
@@ -407,7 +411,7 @@ impl ChunkStore for DiskStore {
                 at += 1;
             }
         }
-        at
+        positions.end
     }
 
     fn end(&self) -> u64 {
@@ -451,15 +455,8 @@ mod tests {
     use proptest::prelude::*;
 
     fn chunk(seed: u32, len: usize) -> Vec<u8> {
-        let mut x = seed.wrapping_mul(2_654_435_761) | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                x as u8
-            })
-            .collect()
+        // Odd seeds: `random_bytes` sets the lowest bit, so n and n + 1 would be one chunk.
+        crate::transform::random_bytes(len, 2 * u64::from(seed) + 1)
     }
 
     fn read(s: &mut DiskStore, c: &[u8]) -> Option<Vec<u8>> {
@@ -498,8 +495,8 @@ mod tests {
             assert_eq!(read(&mut s, c).as_deref(), Some(&c[..]));
         }
         let mut listed = Vec::new();
-        assert_eq!(s.held_from(0, 20, &mut listed), 20);
-        assert_eq!(s.held_from(20, 100, &mut listed), 50);
+        assert_eq!(s.held_in(0..50, 20, &mut listed), 20);
+        assert_eq!(s.held_in(20..50, 100, &mut listed), 50);
         let want: Vec<_> = chunks
             .iter()
             .map(|c| (fingerprint(c), c.len() as u32))
@@ -606,11 +603,10 @@ mod tests {
             let mut listed = Vec::new();
             let mut at = 0;
             loop {
-                let next = s.held_from(at, 7, &mut listed);
-                if next == at {
+                at = s.held_in(at..s.end(), 7, &mut listed);
+                if at == s.end() {
                     break;
                 }
-                at = next;
             }
             prop_assert_eq!(listed.len() as u64, s.usage().chunks);
             let unique: std::collections::HashSet<_> = listed.iter().collect();

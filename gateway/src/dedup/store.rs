@@ -9,6 +9,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::VecDeque;
+use std::ops::Range;
 
 use bytes::Bytes;
 use rustc_hash::FxHashMap;
@@ -41,10 +42,10 @@ pub trait ChunkStore: Send {
     fn append_to(&mut self, fp: &Fingerprint, len: u32, out: &mut Vec<u8>) -> bool;
     /// What it holds and has done, for status.
     fn usage(&self) -> StoreUsage;
-    /// Appends up to `max` chunks it holds at positions `from..`, oldest first, as
-    /// (fingerprint, length), to `out`; returns the position after the last one listed
-    /// (`from` if none: an evicted position is skipped, not listed).
-    fn held_from(&self, from: u64, max: usize, out: &mut Vec<(Fingerprint, u32)>) -> u64;
+    /// Appends up to `max` chunks it holds at `positions`, oldest first, as (fingerprint,
+    /// length), to `out` (an evicted position is skipped); returns where to go on: the
+    /// position after the last one looked at, `positions.end` once all were.
+    fn held_in(&self, positions: Range<u64>, max: usize, out: &mut Vec<(Fingerprint, u32)>) -> u64;
     /// The position the next chunk stored will take.
     fn end(&self) -> u64;
 }
@@ -171,14 +172,22 @@ impl ChunkStore for MemoryStore {
         }
     }
 
-    fn held_from(&self, from: u64, max: usize, out: &mut Vec<(Fingerprint, u32)>) -> u64 {
-        // The FIFO holds positions `stored - len ..` in order.
+    fn held_in(&self, positions: Range<u64>, max: usize, out: &mut Vec<(Fingerprint, u32)>) -> u64 {
+        // The FIFO holds positions `stored - len .. stored` in order, every one held.
         let first = self.stored - self.fifo.len() as u64;
-        let skip = from.saturating_sub(first) as usize;
-        let listed = self.fifo.iter().skip(skip).take(max);
-        let before = out.len();
+        let start = positions.start.max(first);
+        let end = positions.end.min(self.stored);
+        if start >= end {
+            return positions.end;
+        }
+        let n = max.min((end - start) as usize);
+        let listed = self.fifo.range((start - first) as usize..).take(n);
         out.extend(listed.filter_map(|fp| Some((*fp, self.map.get(fp)?.len() as u32))));
-        from.max(first) + (out.len() - before) as u64
+        if start + n as u64 == end {
+            positions.end
+        } else {
+            start + n as u64
+        }
     }
 
     fn end(&self) -> u64 {

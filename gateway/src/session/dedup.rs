@@ -26,11 +26,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use bytes::Bytes;
 
 use super::dedup_config::{DedupConfig, DedupMode, DedupScope};
+use super::dedup_inventory::InventorySender;
 use crate::crypto::DedupOffer;
 use crate::dedup::{self, ChunkStore, Chunker, DiskStore, DiskStoreError, Fingerprint, Index};
 use crate::dedup::{MemoryStore, Resolved};
 use crate::protocol::handshake::Shard;
-use crate::protocol::message::MAX_INVENTORY_CHUNKS;
 use crate::protocol::Message;
 
 /// A store that outlives a tunnel: the gateway opens it (`[wan] dedup_dir`) and hands it to
@@ -130,8 +130,8 @@ pub struct TunnelDedup {
     index: Option<Index>,
     /// Receiving: the chunks the peer sent; `None` when we offered no store.
     store: Option<SharedStore>,
-    /// Our store's inventory still to send: the next position and the end.
-    inventory: Option<(u64, u64)>,
+    /// Our store's inventory, while it is being sent.
+    inventory: Option<InventorySender>,
     figures: DedupFigures,
 }
 
@@ -191,30 +191,34 @@ impl TunnelDedup {
         self.set_peer_store(offer.store);
         if new_tunnel && offer.inventory {
             let end = self.store().map_or(0, |s| s.end());
-            self.inventory = (end > 0).then_some((0, end));
+            self.inventory = InventorySender::new(end);
         }
     }
 
-    /// Whether inventory messages wait for [`TunnelDedup::next_inventory`].
-    pub fn inventory_pending(&self) -> bool {
-        self.inventory.is_some()
+    /// Whether a part of our inventory may go now ([`TunnelDedup::next_inventory`]).
+    pub fn inventory_ready(&self) -> bool {
+        self.inventory.as_ref().is_some_and(InventorySender::ready)
     }
 
-    /// The next part of our store's inventory, oldest chunks first.
+    /// When the next part of our inventory may go, while one waits.
+    pub fn inventory_due(&self) -> Option<crate::session::Instant> {
+        self.inventory.as_ref().and_then(InventorySender::due)
+    }
+
+    /// The time is `now`: `true` when that lets the next part of our inventory go.
+    pub fn tick(&mut self, now: crate::session::Instant) -> bool {
+        self.inventory.as_mut().is_some_and(|i| i.tick(now))
+    }
+
+    /// The next part of our store's inventory, oldest chunks first, if one may go now.
     pub fn next_inventory(&mut self) -> Option<Message> {
-        loop {
-            let (from, end) = self.inventory?;
-            let mut chunks = Vec::new();
-            let next = self.store().map_or(end, |s| {
-                let max = MAX_INVENTORY_CHUNKS.min((end - from) as usize);
-                s.held_from(from, max, &mut chunks)
-            });
-            self.inventory = (next < end && next > from).then_some((next, end));
-            // Evicted positions are skipped, so a part may come out empty: go on.
-            if !chunks.is_empty() {
-                return Some(Message::DedupInventory { chunks });
-            }
+        let store = self.store.clone()?;
+        let inventory = self.inventory.as_mut()?;
+        let part = inventory.next_part(&*store.lock().unwrap_or_else(PoisonError::into_inner));
+        if inventory.done() {
+            self.inventory = None;
         }
+        part
     }
 
     /// The peer's store holds `chunks` (its inventory): in the tunnel scope, they may be

@@ -20,6 +20,7 @@
 
 pub mod dedup;
 pub mod dedup_config;
+pub mod dedup_inventory;
 pub mod lan_window;
 pub mod pacer;
 pub mod recv;

@@ -238,7 +238,7 @@ impl TunnelCore {
     /// our store on the control connection.
     pub fn set_peer_dedup(&mut self, offer: DedupOffer, new_tunnel: bool) {
         self.dedup.set_peer(offer, new_tunnel);
-        if self.dedup.inventory_pending() && self.control.is_empty() {
+        if self.dedup.inventory_ready() && self.control.is_empty() {
             self.events.push_back(Event::ControlReady);
         }
     }
@@ -976,7 +976,7 @@ impl TunnelCore {
 
     /// Whether control messages are waiting for `poll_control`.
     pub fn has_control(&self) -> bool {
-        !self.control.is_empty() || self.dedup.inventory_pending()
+        !self.control.is_empty() || self.dedup.inventory_ready()
     }
 
     #[must_use = "the event is taken off the queue: dropped, whoever waits on it is never woken"]
@@ -1075,13 +1075,21 @@ impl TunnelCore {
             .filter_map(|s| s.tail_held_since)
             .min()
             .map(|t| t + TAIL_HOLD_US);
-        [ack, held, self.scheduler.wake_at()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            ack,
+            held,
+            self.scheduler.wake_at(),
+            self.dedup.inventory_due(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.dedup.tick(now) && self.control.is_empty() {
+            self.events.push_back(Event::ControlReady);
+        }
         if self.scheduler.wake_at().is_some_and(|t| t <= now) {
             self.scheduler.unblock();
             self.events.push_back(Event::FramesReady);
