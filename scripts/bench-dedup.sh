@@ -360,22 +360,23 @@ case_again() { # RUN SIDE
     same_pair "by the second migration"
 }
 
-# wait_inventory: waits (at most 20 s) until gw-a indexes every chunk the restarted gw-b holds
+# wait_inventory: waits (at most 200 looks, 0.1 s apart) until gw-a indexes every chunk the restarted gw-b holds
 # (its inventory, sent when the new tunnel began), and logs how long that took.
 wait_inventory() {
-    local i counts
-    for i in $(seq 200); do
+    local counts t0
+    t0=$(date +%s%N)
+    for _ in $(seq 200); do
         counts=$(dedup_snap | $PY -c 'import json, sys
 s = json.load(sys.stdin)
 print(int(s["a"].get("index_chunks", 0) or 0), int(s["b"].get("store_chunks", 0) or 0))')
         read -r a b <<<"$counts"
         if ((b > 0 && a >= b)); then
-            echo "# inventory: gw-a indexes $a chunks of gw-b's $b, $((i * 100)) ms after the restart" >>"$LOG"
+            echo "# inventory: gw-a indexes $a chunks of gw-b's $b, $((($(date +%s%N) - t0) / 1000000)) ms after gw-b's tunnel was up" >>"$LOG"
             return
         fi
         sleep 0.1
     done
-    echo "# inventory: gw-a indexes ${a:-?} chunks of gw-b's ${b:-?} 20 s after the restart" >>"$LOG"
+    echo "# inventory: gw-a indexes ${a:-?} chunks of gw-b's ${b:-?} after 200 looks" >>"$LOG"
 }
 
 case_restart() { # RUN SIDE
