@@ -188,17 +188,6 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         busy
     }
 
-    /// The earliest time something is due (retransmit, delayed ack, our
-    /// own timers), for a caller that sleeps when idle.
-    pub fn next_deadline(&mut self, now: u64) -> Option<u64> {
-        let core = self.tunnel.as_ref().and_then(|t| t.core.poll_timeout());
-        let idle = self.idle.poll_timeout();
-        [self.lan.poll_at(now), self.wan.poll_at(now), core, idle]
-            .into_iter()
-            .flatten()
-            .min()
-    }
-
     /// Applies what the crypto stage finished.
     fn drain_crypto(&mut self, now: u64) -> bool {
         let mut any = false;

@@ -31,7 +31,7 @@ use super::net::{endpoint_addr, is_connected, Retire};
 use super::phy::FramePort;
 use crate::admin::{Ingress, IngressMode, Stats};
 use crate::link::admission::Throttle;
-use crate::link::{check_ingress, IngressCheck, IngressRefusal};
+use crate::link::{check_ingress, no_tunnel_line, IngressCheck, IngressRefusal};
 use crate::protocol::{RefuseReason, ResetReason, SessionId};
 use crate::session::{Origin, ReadOutcome};
 
@@ -417,10 +417,10 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
             if !up {
                 if now >= w.deadline {
                     Stats::inc(&self.stats.ingress_connect_timeouts);
-                    warn!(
-                        "{} -> {}: no tunnel to peer {} within {}ms; resetting",
-                        w.source, w.target, self.config.peer_name, self.config.connect_timeout_ms
-                    );
+                    let c = &self.config;
+                    let line =
+                        no_tunnel_line(w.source, w.target, &c.peer_name, c.connect_timeout_ms);
+                    warn!("{line}");
                     self.close_lan(w.handle, now);
                 } else {
                     self.waiting.push(w);
@@ -604,20 +604,8 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
     /// Resets the ingress sessions that moved nothing for their idle timeout.
     fn reset_idle(&mut self, now: u64) {
         let Some(t) = &mut self.tunnel else { return };
-        if self.idle.poll_timeout().is_none_or(|at| now < at) {
-            return;
-        }
-        let moved: rustc_hash::FxHashMap<SessionId, u64> = t
-            .core
-            .snapshot()
-            .into_iter()
-            .map(|s| (s.id, s.written + s.delivered))
-            .collect();
-        for idle in self.idle.handle_timeout(now, |id| moved.get(&id).copied()) {
-            Stats::inc(&self.stats.ingress_idle_timeouts);
-            warn!("{}", idle.line());
-            t.core.reset(idle.id, ResetReason::Timeout);
-        }
+        let n = self.idle.reset_idle(now, &mut t.core);
+        Stats::add(&self.stats.ingress_idle_timeouts, n);
     }
 
     pub(super) fn endpoint_refused(

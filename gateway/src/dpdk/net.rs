@@ -290,13 +290,6 @@ impl<P: FramePort> Net<P> {
         self.embryonic.retain(|&w| w != h);
     }
 
-    /// When the stack next has timed work (retransmits, delayed acks).
-    pub fn poll_at(&mut self, now: u64) -> Option<u64> {
-        self.iface
-            .poll_at(instant(now), &self.sockets)
-            .map(|t| t.total_micros().max(0) as u64)
-    }
-
     /// A new TCP socket with the given buffer sizes.
     pub fn add_socket(&mut self, rx: usize, tx: usize) -> SocketHandle {
         let s = tcp::Socket::new(
@@ -329,11 +322,6 @@ impl<P: FramePort> Net<P> {
             }
         };
         self.retired.push((h, by, self.polls));
-    }
-
-    /// Sockets being retired (for tests and status).
-    pub fn retiring(&self) -> usize {
-        self.retired.len()
     }
 
     fn reap(&mut self, now: u64) {

@@ -703,8 +703,13 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                 // The kernel datapath's wording, so one troubleshooting entry fits both.
                 let peer = peer_label(&self.config.peer_name, addr);
                 let what = match e {
-                    WanError::ConnectFailed => format!("cannot connect: refused or unreachable (peer {peer})"),
-                    WanError::Closed | WanError::Reset => format!("handshake with peer {peer} failed: peer closed the connection during the handshake: it does not accept this gateway (check both gateways' peer.public_key, the psk and the protocol version) or it is overloaded"),
+                    WanError::ConnectFailed => {
+                        format!("cannot connect: refused or unreachable (peer {peer})")
+                    }
+                    WanError::Closed | WanError::Reset => format!(
+                        "handshake with peer {peer} failed: {}",
+                        crate::link::PEER_CLOSED_IN_HANDSHAKE
+                    ),
                     e => format!("handshake with peer {peer} failed: {e}"),
                 };
                 return warn!("{what}; retrying in {retry_in:?}");

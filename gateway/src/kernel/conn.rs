@@ -406,10 +406,6 @@ impl<W: AsyncWrite + Unpin> RecordWriter<W> {
         }
     }
 
-    pub fn pending(&self) -> usize {
-        self.out.len()
-    }
-
     pub async fn flush(&mut self) -> Result<(), ConnError> {
         self.inner.write_all(&self.out).await?;
         self.info

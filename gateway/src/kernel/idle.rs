@@ -5,13 +5,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use log::warn;
 use tokio::sync::Notify;
 
 use super::tunnel::Tunnel;
 use crate::admin::Stats;
 use crate::link::IdleTimeouts;
-use crate::protocol::{ResetReason, SessionId};
+use crate::protocol::SessionId;
 
 /// The sessions of one tunnel with an idle timeout.
 #[derive(Default)]
@@ -52,19 +51,12 @@ pub async fn run(tunnel: Arc<Tunnel>) {
             () = wait => {}
             _ = tunnel.closed.cancelled() => return,
         }
-        let moved: std::collections::HashMap<_, _> = tunnel.with_core(|c| {
-            let sessions = c.snapshot().into_iter();
-            sessions.map(|s| (s.id, s.written + s.delivered)).collect()
-        });
         let now = tunnel.now();
-        let idle = {
+        // The core's lock, then the watch's (as `watch` is called).
+        let n = tunnel.with_core(|c| {
             let mut sessions = watch.sessions.lock().expect("not poisoned");
-            sessions.handle_timeout(now, |id| moved.get(&id).copied())
-        };
-        for i in idle {
-            Stats::inc(&tunnel.gateway().stats.ingress_idle_timeouts);
-            warn!("{}", i.line());
-            tunnel.with_core(|c| c.reset(i.id, ResetReason::Timeout));
-        }
+            sessions.reset_idle(now, c)
+        });
+        Stats::add(&tunnel.gateway().stats.ingress_idle_timeouts, n);
     }
 }

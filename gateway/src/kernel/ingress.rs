@@ -39,7 +39,7 @@ use super::tunnel::{OpenOutcome, SessionSignals, Tunnel};
 use super::Gateway;
 use crate::admin::{Ingress, IngressMode, Stats};
 use crate::link::admission::Throttle;
-use crate::link::{check_ingress, IngressCheck};
+use crate::link::{check_ingress, no_tunnel_line, IngressCheck};
 use crate::protocol::{ResetReason, SessionId};
 use crate::session::Origin;
 
@@ -261,10 +261,9 @@ async fn handle(gateway: Arc<Gateway>, stream: TcpStream, client: SocketAddr, ct
             ctx.timed_out(&gateway, &format!("{client} -> {target}"));
         } else {
             Stats::inc(&gateway.stats.ingress_connect_timeouts);
-            warn!(
-                "{client} -> {target}: no tunnel to peer {} within {wait:?}; resetting",
-                gateway.config.peer_name
-            );
+            let c = &gateway.config;
+            let line = no_tunnel_line(client, target, &c.peer_name, c.connect_timeout_ms);
+            warn!("{line}");
         }
         return abort(&stream);
     };

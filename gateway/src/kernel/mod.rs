@@ -536,11 +536,15 @@ async fn dial(
         // The responder just hangs up when it rejects us.
         Ok(Err(ConnError::Closed)) => {
             return Err(DialError::Handshake(ConnError::Io(std::io::Error::other(
-                "peer closed the connection during the handshake: it does not accept this gateway (check both gateways' peer.public_key, the psk and the protocol version) or it is overloaded",
+                crate::link::PEER_CLOSED_IN_HANDSHAKE,
             ))))
         }
         Ok(Err(e)) => return Err(DialError::Handshake(e)),
-        Err(_) => return Err(DialError::Handshake(ConnError::Io(std::io::ErrorKind::TimedOut.into()))),
+        Err(_) => {
+            return Err(DialError::Handshake(ConnError::Io(
+                std::io::ErrorKind::TimedOut.into(),
+            )))
+        }
     };
     gateway.secure(stream, &keys).map_err(DialError::Connect)
 }
@@ -730,11 +734,7 @@ impl Accepted {
                 warn!("{w}");
             }
         }
-        let current = gateway
-            .current
-            .borrow()
-            .clone()
-            .filter(|t| !t.closed.is_cancelled());
+        let current = gateway.tunnel();
         let held = current.as_ref().map(|t| Current {
             id: t.id,
             flows: t.flow_count(),

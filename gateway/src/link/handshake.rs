@@ -18,6 +18,10 @@ use crate::protocol::DecodeError;
 /// time, on both datapaths.
 pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Why a dialled connection's handshake ended with the peer hanging up, in the words of both
+/// datapaths' log line: a responder that rejects us just closes the connection.
+pub const PEER_CLOSED_IN_HANDSHAKE: &str = "peer closed the connection during the handshake: it does not accept this gateway (check both gateways' peer.public_key, the psk and the protocol version) or it is overloaded";
+
 /// This gateway's keys and what it expects of the peer.
 pub struct Identity<'a> {
     pub local: &'a StaticKeypair,

@@ -8,7 +8,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::protocol::SessionId;
+use crate::protocol::{ResetReason, SessionId};
+use crate::session::TunnelCore;
 
 /// Bounds of how often sessions are looked at: a quarter of the shortest timeout (so a reset
 /// comes at most that late), within these.
@@ -76,6 +77,25 @@ impl IdleTimeouts {
     /// When sessions are to be looked at next (`None`: none is watched).
     pub fn poll_timeout(&self) -> Option<u64> {
         self.next
+    }
+
+    /// Resets, in `core`, the watched sessions that moved nothing for their timeout (judged by
+    /// the core's byte counts), each with its log line; returns how many (for the counter).
+    pub fn reset_idle(&mut self, now: u64, core: &mut TunnelCore) -> u64 {
+        if self.next.is_none_or(|n| now < n) {
+            return 0;
+        }
+        let moved: HashMap<SessionId, u64> = core
+            .snapshot()
+            .into_iter()
+            .map(|s| (s.id, s.written + s.delivered))
+            .collect();
+        let idle = self.handle_timeout(now, |id| moved.get(&id).copied());
+        for i in &idle {
+            log::warn!("{}", i.line());
+            core.reset(i.id, ResetReason::Timeout);
+        }
+        idle.len() as u64
     }
 
     /// Looks at every watched session at `now`, given what each has moved either way so far

@@ -71,6 +71,19 @@ pub fn check_ingress(ip: IpAddr, c: IngressCheck<'_>) -> Result<(), IngressRefus
     }
 }
 
+/// The line for a client that waited `connect_timeout_ms` for a tunnel that never came up
+/// (its connection is then reset).
+pub fn no_tunnel_line(
+    client: impl std::fmt::Display,
+    target: impl std::fmt::Display,
+    peer: &str,
+    connect_timeout_ms: u64,
+) -> String {
+    format!(
+        "{client} -> {target}: no tunnel to peer {peer} within {connect_timeout_ms} ms; resetting"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -43,9 +43,11 @@ pub use connect_order::ConnectOrder;
 pub use dialer::{DialFailed, Dialer, FLOWS_ATTACH_TIMEOUT};
 pub use drain::{Drain, DrainStep, ResetCause};
 pub use egress::{check_egress, EgressCheck, EgressRefusal};
-pub use handshake::{ConnHandshake, Done, Identity, LinkHandshakeError, HANDSHAKE_TIMEOUT};
+pub use handshake::{
+    ConnHandshake, Done, Identity, LinkHandshakeError, HANDSHAKE_TIMEOUT, PEER_CLOSED_IN_HANDSHAKE,
+};
 pub use idle::{Idle, IdleTimeouts};
-pub use ingress::{check_ingress, IngressCheck, IngressRefusal};
+pub use ingress::{check_ingress, no_tunnel_line, IngressCheck, IngressRefusal};
 pub use records::{Record, RecordSplitter};
 pub use tunnel::{Applied, ConnNames, TunnelSetup, TunnelState};
 pub use welcome::{name_mismatch, welcome_step, WelcomeStep};
