@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::allowlist::Allowlist;
-use crate::crypto::{PresharedKey, PublicKey, StaticKeypair};
-use crate::protocol::MAX_DATA_FLOWS;
+use crate::crypto::{PresharedKey, PublicKey, RekeyPolicy, StaticKeypair};
+use crate::protocol::handshake::Shard;
+use crate::protocol::{Message, TunnelId, MAX_DATA_FLOWS};
 use crate::session::{Limits, SharePolicy};
 use crate::sources::SourceList;
 
@@ -284,6 +285,60 @@ const MAX_RATE_MBIT: i64 = 400_000;
 /// Waiting for the tunnel and the far gateway's connect to the target both fit in it (each
 /// bounded by `egress.connect_timeout_ms`, 10 s by default).
 const DEFAULT_INGRESS_CONNECT_TIMEOUT_SECS: i64 = 30;
+
+/// What both datapaths build from the config the same way.
+impl Config {
+    /// Our keys and what we expect of the peer, for a connection's handshake as `shard` of
+    /// this gateway.
+    pub fn identity(&self, shard: Shard) -> crate::link::Identity<'_> {
+        crate::link::Identity {
+            local: &self.keypair,
+            peer: &self.peer_key,
+            psk: self.psk.as_ref(),
+            shard,
+            dedup: self.dedup.offer(),
+        }
+    }
+
+    /// When a connection's records rekey (`wan.rekey_after_bytes`, `wan.rekey_interval_secs`).
+    pub fn rekey(&self) -> RekeyPolicy {
+        RekeyPolicy {
+            after_bytes: self.rekey_after_bytes,
+            after: self.rekey_interval,
+        }
+    }
+
+    /// A new tunnel's setup: this gateway's limits, grace period and dedup, as `shard`, with
+    /// the caps and weights in force and the dedup store it keeps (if any).
+    pub fn tunnel_setup(
+        &self,
+        side: crate::session::Side,
+        flows: usize,
+        shard: Shard,
+        shares: SharePolicy,
+        dedup_store: Option<crate::session::SharedStore>,
+    ) -> crate::link::TunnelSetup {
+        crate::link::TunnelSetup {
+            side,
+            limits: self.limits.clone(),
+            flows,
+            grace: self.grace_period,
+            shard,
+            shares,
+            dedup: self.dedup,
+            dedup_store,
+        }
+    }
+
+    /// The dialler's first message on a control connection, resuming `resume` if given.
+    pub fn hello(&self, resume: Option<TunnelId>) -> Message {
+        Message::Hello {
+            resume,
+            name: self.name.clone(),
+            data_flows: self.data_flows,
+        }
+    }
+}
 
 impl Config {
     /// Reads and validates a config file, including the key files it names.

@@ -86,6 +86,15 @@ impl Stats {
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
+
+    /// Counts a peer message that was for a session just ended, or broke the protocol.
+    pub fn applied(&self, applied: crate::link::Applied) {
+        match applied {
+            crate::link::Applied::Ok => {}
+            crate::link::Applied::UnknownSession => Stats::inc(&self.unknown_session_messages),
+            crate::link::Applied::ProtocolError => Stats::inc(&self.protocol_errors),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -28,7 +28,6 @@ use super::wan::WanConn;
 use crate::admin::dpdk::DpdkConfig;
 use crate::admin::status::{ConnectionStatus, TunnelStatus};
 use crate::admin::{Config, Stats, Status};
-use crate::link::Applied;
 use crate::protocol::handshake::Shard;
 use crate::protocol::SessionId;
 use crate::session::Event;
@@ -250,11 +249,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
     /// counted and logged, as the kernel datapath does.
     pub(super) fn apply(&mut self, msg: crate::protocol::Message) {
         let Some(t) = &mut self.tunnel else { return };
-        match t.apply(msg) {
-            Applied::Ok => {}
-            Applied::UnknownSession => Stats::inc(&self.stats.unknown_session_messages),
-            Applied::ProtocolError => Stats::inc(&self.stats.protocol_errors),
-        }
+        self.stats.applied(t.apply(msg));
     }
 
     /// Whether new sessions can be opened now: the tunnel's control connection is keyed.

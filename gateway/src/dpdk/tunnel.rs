@@ -24,7 +24,7 @@ use super::net::{endpoint_addr, is_connected, Embryo, Retire, TunnelGate};
 use super::phy::FramePort;
 use super::wan::{Identity, WanConn, WanError};
 use crate::admin::{Config, Stats, TunnelEnd};
-use crate::crypto::{RekeyPolicy, MAX_RECORD_LEN};
+use crate::crypto::MAX_RECORD_LEN;
 use crate::link::admission::{self, Admission, Throttle, MAX_PENDING_HANDSHAKES};
 use crate::link::{
     first_message, name_mismatch, peer_label, welcome_step, Current, DialFailed, Dialer, FirstStep,
@@ -299,17 +299,8 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
     /// Advances one connection: connect, handshake, records in and out.
     fn drive_conn(&mut self, id: ConnId, now: u64) -> Result<(), WanError> {
         let me = Identity {
-            link: crate::link::Identity {
-                local: &self.config.keypair,
-                peer: &self.config.peer_key,
-                psk: self.config.psk.as_ref(),
-                shard: self.shard,
-                dedup: self.config.dedup.offer(),
-            },
-            rekey: RekeyPolicy {
-                after_bytes: self.config.rekey_after_bytes,
-                after: self.config.rekey_interval,
-            },
+            link: self.config.identity(self.shard),
+            rekey: self.config.rekey(),
         };
         let Some(conn) = self.conns.get_mut(&id) else {
             return Ok(());
@@ -328,11 +319,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
             // The dialler's first record says what this connection is for.
             match (conn.dialed, conn.role) {
                 (true, Some(Role::Control)) => {
-                    let hello = Message::Hello {
-                        resume: self.tunnel.as_ref().map(|t| t.id),
-                        name: self.config.name.clone(),
-                        data_flows: self.config.data_flows,
-                    };
+                    let hello = self.config.hello(self.tunnel.as_ref().map(|t| t.id));
                     conn.seal(hello, &mut self.crypto);
                 }
                 (true, Some(Role::Flow(k))) => {
@@ -575,16 +562,9 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
 
     /// The core and connection table of a new tunnel on this shard.
     fn tunnel_setup(&self, side: Side, flows: usize) -> TunnelSetup {
-        TunnelSetup {
-            side,
-            limits: self.config.limits.clone(),
-            flows,
-            grace: self.config.grace_period,
-            shard: self.shard,
-            shares: self.shares.clone(),
-            dedup: self.config.dedup,
-            dedup_store: self.dedup_store.clone(),
-        }
+        let store = self.dedup_store.clone();
+        self.config
+            .tunnel_setup(side, flows, self.shard, self.shares.clone(), store)
     }
 
     /// Dialling gateway: (re)connect the control connection and data flows.

@@ -40,7 +40,6 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::reload::Live;
 use crate::admin::signals::{Request, Signals};
 use crate::admin::{Config, RunError, Stats, StatusSource, TunnelEnd};
-use crate::crypto::RekeyPolicy;
 use crate::link::admission::Throttle;
 use crate::link::admission::MAX_PENDING_HANDSHAKES;
 use crate::link::{
@@ -118,13 +117,7 @@ impl Gateway {
     /// Our keys and what we expect of the peer, for a connection's handshake (the kernel
     /// datapath is one shard).
     fn identity(&self) -> crate::link::Identity<'_> {
-        crate::link::Identity {
-            local: &self.config.keypair,
-            peer: &self.config.peer_key,
-            psk: self.config.psk.as_ref(),
-            shard: crate::protocol::handshake::Shard::ONE,
-            dedup: self.config.dedup.offer(),
-        }
+        self.config.identity(crate::protocol::handshake::Shard::ONE)
     }
 
     /// Wraps an authenticated stream in a record reader and writer.
@@ -134,10 +127,7 @@ impl Gateway {
         keys: &crate::crypto::TrafficKeys,
     ) -> std::io::Result<(Reader, Writer)> {
         let info = ConnInfo::new(&stream)?;
-        let policy = RekeyPolicy {
-            after_bytes: self.config.rekey_after_bytes,
-            after: self.config.rekey_interval,
-        };
+        let policy = self.config.rekey();
         let (r, w) = stream.into_split();
         let mut writer = RecordWriter::new(w, keys, policy, info.clone(), self.stats.clone());
         if self.config.compression != Compression::Off {
@@ -579,12 +569,7 @@ async fn connect_control(
         }
         Err(DialError::Connect(e)) => return Err(SetupError::Connect(e)),
     };
-    let hello = Message::Hello {
-        resume,
-        name: gateway.config.name.clone(),
-        data_flows: gateway.config.data_flows,
-    };
-    writer.send(&hello).await?;
+    writer.send(&gateway.config.hello(resume)).await?;
     let welcome = tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.read_message())
         .await
         .map_err(|_| SetupError::WelcomeTimeout(HANDSHAKE_TIMEOUT))??;

@@ -24,7 +24,7 @@ use super::Gateway;
 use crate::admin::status::{ConnectionStatus, TunnelStatus};
 use crate::admin::Stats;
 use crate::link::stall::{self, SendSide, SentBatches, Stall};
-use crate::link::{Applied, ConnRef, ConnTable, ConnectOrder, Lost, TunnelSetup, TunnelState};
+use crate::link::{ConnRef, ConnTable, ConnectOrder, Lost, TunnelState};
 use crate::protocol::handshake::Shard;
 use crate::protocol::{Message, RefuseReason, ResetReason, SessionId, TunnelId};
 use crate::session::{Event, Origin, SessionError, SharePolicy, Side, TunnelCore};
@@ -141,16 +141,10 @@ impl Tunnel {
         peer: String,
         flows: usize,
     ) -> Arc<Tunnel> {
-        let setup = TunnelSetup {
-            side,
-            limits: gateway.config.limits.clone(),
-            flows,
-            grace: gateway.config.grace_period,
-            shard: Shard::ONE,
-            shares: gateway.shares(),
-            dedup: gateway.config.dedup,
-            dedup_store: gateway.dedup_store.clone(),
-        };
+        let store = gateway.dedup_store.clone();
+        let setup = gateway
+            .config
+            .tunnel_setup(side, flows, Shard::ONE, gateway.shares(), store);
         let tunnel = Arc::new(Tunnel {
             inner: Mutex::new(Inner {
                 link: TunnelState::new(setup, id, peer.clone()),
@@ -831,12 +825,7 @@ impl Tunnel {
             self.dispatch(&mut inner);
             applied
         };
-        let stats = &self.gateway.stats;
-        match applied {
-            Applied::Ok => {}
-            Applied::UnknownSession => Stats::inc(&stats.unknown_session_messages),
-            Applied::ProtocolError => Stats::inc(&stats.protocol_errors),
-        }
+        self.gateway.stats.applied(applied);
     }
 
     /// Counts why a connection ended, for status.
