@@ -974,9 +974,11 @@ impl TunnelCore {
         Some(msg)
     }
 
-    /// Whether control messages are waiting for `poll_control`.
+    /// Whether control messages that must reach the peer are waiting for `poll_control` (a
+    /// shutdown waits for them to be delivered). The dedup inventory does not count: it is
+    /// only a hint, and a large one would hold a shutdown's notice back for its whole length.
     pub fn has_control(&self) -> bool {
-        !self.control.is_empty() || self.dedup.inventory_ready()
+        !self.control.is_empty()
     }
 
     #[must_use = "the event is taken off the queue: dropped, whoever waits on it is never woken"]

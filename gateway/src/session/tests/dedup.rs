@@ -239,6 +239,8 @@ fn a_store_kept_across_restarts_is_referenced_at_once() {
         assert_eq!(b.core.dedup_stores().store_chunks, held, "reopened");
         // The sender's control connection attaches to the new tunnel, with its offer.
         b.core.set_peer_dedup(config.offer(), true);
+        // Only a hint: a shutdown does not wait for it to be delivered.
+        assert!(!b.core.has_control());
         let mut parts = 0;
         while let Some(m) = b.core.poll_control() {
             assert!(
