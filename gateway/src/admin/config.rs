@@ -330,6 +330,36 @@ impl Config {
         }
     }
 
+    /// The store `wan.dedup_dir` asks for, for `shard` of the gateway (a directory of its own,
+    /// `shard-N` under it, when the gateway has more than one): `None` when no directory is
+    /// set or this gateway offers no store. Opened once, when the gateway starts, so that a
+    /// directory it cannot use stops the start, and kept for every tunnel after.
+    pub fn open_dedup_store(
+        &self,
+        shard: Shard,
+    ) -> Result<Option<crate::session::SharedStore>, crate::dedup::DiskStoreError> {
+        let Some(dir) = self.dedup_dir.as_deref() else {
+            return Ok(None);
+        };
+        if self.dedup.offered_store() == 0 {
+            return Ok(None);
+        }
+        let dir = match shard.count {
+            0 | 1 => dir.to_owned(),
+            _ => dir.join(format!("shard-{}", shard.index)),
+        };
+        let store = crate::dedup::DiskStore::open(&dir, self.dedup.store_bytes)?;
+        let usage = crate::dedup::ChunkStore::usage(&store);
+        log::info!(
+            "dedup store {}: {} chunks, {} of {} bytes",
+            dir.display(),
+            usage.chunks,
+            usage.bytes,
+            usage.capacity
+        );
+        Ok(Some(std::sync::Arc::new(std::sync::Mutex::new(store))))
+    }
+
     /// The dialler's first message on a control connection, resuming `resume` if given.
     pub fn hello(&self, resume: Option<TunnelId>) -> Message {
         Message::Hello {

@@ -179,39 +179,38 @@ impl DiskStore {
         if reader.read_exact(&mut magic).is_err() || &magic != MAGIC {
             return Err(DiskStoreError::Foreign { path });
         }
-        let mut segment = Segment {
-            id,
-            file: file.try_clone().map_err(io_error(&path))?,
-            len: MAGIC.len() as u64,
-            first: self.next,
-            records: Vec::new(),
-        };
+        let (mut len, mut records) = (MAGIC.len() as u64, Vec::new());
         let mut header = [0; RECORD_HEADER as usize];
         while reader.read_exact(&mut header).is_ok() {
-            let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
-            let end = segment.len + RECORD_HEADER + u64::from(len);
-            if len == 0 || len > MAX_CHUNK_LEN || end > file_len {
+            let chunk_len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
+            let end = len + RECORD_HEADER + u64::from(chunk_len);
+            if chunk_len == 0 || chunk_len > MAX_CHUNK_LEN || end > file_len {
                 break;
             }
             let fp: Fingerprint = header[4..].try_into().expect("32 bytes");
             reader
-                .seek_relative(i64::from(len))
+                .seek_relative(i64::from(chunk_len))
                 .map_err(io_error(&path))?;
-            self.map.insert(
-                fp,
-                Location {
-                    segment: id,
-                    offset: segment.len,
-                    len,
-                },
-            );
-            segment.records.push((fp, len));
-            segment.len = end;
+            let at = Location {
+                segment: id,
+                offset: len,
+                len: chunk_len,
+            };
+            self.map.insert(fp, at);
+            records.push((fp, chunk_len));
+            len = end;
         }
         drop(reader);
-        if segment.len < file_len {
-            file.set_len(segment.len).map_err(io_error(&path))?;
+        if len < file_len {
+            file.set_len(len).map_err(io_error(&path))?;
         }
+        let segment = Segment {
+            id,
+            file,
+            len,
+            first: self.next,
+            records,
+        };
         self.next += segment.records.len() as u64;
         self.bytes += segment.len;
         self.segments.push_back(segment);

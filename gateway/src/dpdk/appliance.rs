@@ -185,9 +185,9 @@ pub fn run(config: Config) -> Result<(), RunError> {
         let (tx, inbox) = mpsc::channel();
         commands.push(tx);
         let shard = Shard::new(k as u8, shards as u8).expect("validated: 1..=255 TCP lcores");
-        let dedup_store =
-            crate::session::open_dir_store(&config.dedup, config.dedup_dir.as_deref(), shard)
-                .map_err(|e| field("wan.dedup_dir", &e))?;
+        let dedup_store = config
+            .open_dedup_store(shard)
+            .map_err(|e| field("wan.dedup_dir", &e))?;
         let (config, stats, shared, idle) =
             (config.clone(), stats.clone(), shared.clone(), idle.clone());
         eal.launch(lcore, move || {

@@ -246,12 +246,9 @@ async fn serve(config: Config) -> Result<(), RunError> {
     let config_compression = config.compression;
     let handshakes =
         pending::PendingHandshakes::new(MAX_PENDING_HANDSHAKES, config.peer_source.clone());
-    let dedup_store = crate::session::open_dir_store(
-        &config.dedup,
-        config.dedup_dir.as_deref(),
-        crate::protocol::handshake::Shard::ONE,
-    )
-    .map_err(|e| RunError::field(&config.file, "wan.dedup_dir", e))?;
+    let dedup_store = config
+        .open_dedup_store(crate::protocol::handshake::Shard::ONE)
+        .map_err(|e| RunError::field(&config.file, "wan.dedup_dir", e))?;
     let gateway = Arc::new(Gateway {
         dedup_store,
         live: RwLock::new(Live::of(&config)),

@@ -20,7 +20,6 @@
 //! no longer than this for its last bytes.
 
 use std::collections::VecDeque;
-use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
@@ -28,9 +27,7 @@ use bytes::Bytes;
 use super::dedup_config::{DedupConfig, DedupMode, DedupScope};
 use super::dedup_inventory::InventorySender;
 use crate::crypto::DedupOffer;
-use crate::dedup::{self, ChunkStore, Chunker, DiskStore, DiskStoreError, Fingerprint, Index};
-use crate::dedup::{MemoryStore, Resolved};
-use crate::protocol::handshake::Shard;
+use crate::dedup::{self, ChunkStore, Chunker, Fingerprint, Index, MemoryStore, Resolved};
 use crate::protocol::Message;
 
 /// A store that outlives a tunnel: the gateway opens it (`[wan] dedup_dir`) and hands it to
@@ -38,32 +35,10 @@ use crate::protocol::Message;
 /// what the store kept.
 pub type SharedStore = Arc<Mutex<dyn ChunkStore>>;
 
-/// The store `[wan] dedup_dir` asks for, for `shard` of the gateway (a directory of its
-/// own, `shard-N` under `dir`, when the gateway has more than one): `None` when no directory
-/// is set or this gateway offers no store. Opened once, when the gateway starts, so that a
-/// directory it cannot use stops the start, and kept for every tunnel after.
-pub fn open_dir_store(
-    config: &DedupConfig,
-    dir: Option<&Path>,
-    shard: Shard,
-) -> Result<Option<SharedStore>, DiskStoreError> {
-    let Some(dir) = dir.filter(|_| config.offered_store() > 0) else {
-        return Ok(None);
-    };
-    let dir = match shard.count {
-        0 | 1 => dir.to_owned(),
-        _ => dir.join(format!("shard-{}", shard.index)),
-    };
-    let store = DiskStore::open(&dir, config.store_bytes)?;
-    let usage = store.usage();
-    log::info!(
-        "dedup store {}: {} chunks, {} of {} bytes",
-        dir.display(),
-        usage.chunks,
-        usage.bytes,
-        usage.capacity
-    );
-    Ok(Some(Arc::new(Mutex::new(store))))
+/// The store, locked. A panic elsewhere while it was held leaves a store that is still
+/// consistent (every operation completes its bookkeeping before it can fail).
+fn lock(store: &SharedStore) -> MutexGuard<'_, dyn ChunkStore + 'static> {
+    store.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The tag of index entries learnt from the peer's inventory: chunks some earlier tunnel
@@ -178,10 +153,7 @@ impl TunnelDedup {
     }
 
     fn store(&self) -> Option<MutexGuard<'_, dyn ChunkStore + 'static>> {
-        // A panic elsewhere while it was held leaves a store that is still consistent
-        // (every operation completes its bookkeeping before it can fail).
-        let store = self.store.as_ref()?;
-        Some(store.lock().unwrap_or_else(PoisonError::into_inner))
+        self.store.as_ref().map(lock)
     }
 
     /// The peer's control connection attached with `offer`; `new_tunnel` when this is the
@@ -212,9 +184,10 @@ impl TunnelDedup {
 
     /// The next part of our store's inventory, oldest chunks first, if one may go now.
     pub fn next_inventory(&mut self) -> Option<Message> {
-        let store = self.store.clone()?;
-        let inventory = self.inventory.as_mut()?;
-        let part = inventory.next_part(&*store.lock().unwrap_or_else(PoisonError::into_inner));
+        let (Some(store), Some(inventory)) = (&self.store, &mut self.inventory) else {
+            return None;
+        };
+        let part = inventory.next_part(&*lock(store));
         if inventory.done() {
             self.inventory = None;
         }

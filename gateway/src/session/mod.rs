@@ -30,7 +30,7 @@ pub mod shares;
 pub mod tunnel;
 pub mod unsent;
 
-pub use dedup::{open_dir_store, SharedStore};
+pub use dedup::SharedStore;
 pub use dedup_config::{DedupConfig, DedupMode, DedupScope};
 pub use recv::{ReadOutcome, Reassembler, ReassemblyError};
 pub use shares::{GroupKey, GroupSnapshot, Origin, SharePolicy};

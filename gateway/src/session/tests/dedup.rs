@@ -218,14 +218,14 @@ fn a_miss_lost_with_the_control_connection_is_asked_again() {
 /// scope the sender asks for no inventory, and a new migration may not reference an old one.
 #[test]
 fn a_store_kept_across_restarts_is_referenced_at_once() {
-    use crate::protocol::handshake::Shard;
+    use std::sync::{Arc, Mutex};
     let data = repetitive(&blocks(13), &[0, 1, 2, 3, 4], 120 << 10);
     for scope in [DedupScope::Tunnel, DedupScope::Migration] {
         let dir = crate::dedup::disk::TempDir::new();
         let config = dedup_config(64 << 20, scope);
         let disk = || {
-            let store = crate::session::open_dir_store(&config, Some(&dir.0), Shard::ONE);
-            store.expect("opens").expect("a directory is set")
+            let store = crate::dedup::DiskStore::open(&dir.0, config.store_bytes).expect("opens");
+            Arc::new(Mutex::new(store)) as SharedStore
         };
         let a = dedup_end(Side::Dialer, 64 << 20, scope);
         let b = dedup_end_with(Side::Acceptor, config, Some(disk()));
