@@ -87,6 +87,18 @@ impl Stats {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Counts what the link layer's lifecycle counted.
+    pub fn count(&self, what: crate::link::Count) {
+        use crate::link::Count;
+        match what {
+            Count::HandshakeOk => Stats::inc(&self.handshakes_ok),
+            Count::HandshakeFailed => Stats::inc(&self.handshake_failures),
+            Count::TunnelResumed => Stats::inc(&self.tunnel_resumes),
+            Count::FlowLost => Stats::inc(&self.flows_lost),
+            Count::Applied(applied) => self.applied(applied),
+        }
+    }
+
     /// Counts a peer message that was for a session just ended, or broke the protocol.
     pub fn applied(&self, applied: crate::link::Applied) {
         match applied {

@@ -21,6 +21,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
     /// The peer asked for a connection to `target` (event `ConnectRequested`).
     pub(super) fn egress_connect(&mut self, id: SessionId, target: SocketAddr, now: u64) {
         let peer = self
+            .link
             .tunnel
             .as_ref()
             .map(|t| t.peer.clone())
@@ -60,7 +61,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
 
     fn refuse_egress(&mut self, id: SessionId, reason: RefuseReason, why: &str) {
         Stats::inc(&self.stats.sessions_refused);
-        if let Some(t) = &mut self.tunnel {
+        if let Some(t) = &mut self.link.tunnel {
             t.core.refuse(id, reason, why);
         }
     }

@@ -23,7 +23,6 @@ use super::crypto::{ConnId, CryptoDone, CryptoPipe, CryptoStage};
 use super::lan::{Endpoint, IngressListener, Waiting};
 use super::net::Net;
 use super::phy::FramePort;
-use super::tunnel::Dialling;
 use super::wan::WanConn;
 use crate::admin::dpdk::DpdkConfig;
 use crate::admin::status::{ConnectionStatus, TunnelStatus};
@@ -52,9 +51,8 @@ pub struct Engine<P: FramePort, C: CryptoPipe> {
     // ---- WAN side (tunnel.rs)
     pub(super) conns: FxHashMap<ConnId, WanConn>,
     pub(super) next_conn: ConnId,
-    pub(super) tunnel: Option<crate::link::TunnelState>,
-    /// Set on the dialling gateway.
-    pub(super) dialer: Option<Dialling>,
+    /// The tunnel's lifecycle over these connections, and the tunnel.
+    pub(super) link: crate::link::Lifecycle,
     /// Listening sockets on the tunnel port (accepting gateway).
     pub(super) wan_listeners: Vec<smoltcp::iface::SocketHandle>,
     // ---- LAN side (lan.rs)
@@ -72,8 +70,6 @@ pub struct Engine<P: FramePort, C: CryptoPipe> {
     pub(super) stopping: bool,
     /// The egress allowlist in force (swapped on reload).
     pub(super) egress: crate::admin::Allowlist,
-    /// The caps and weights in force (swapped on reload), for new tunnels.
-    pub(super) shares: crate::session::SharePolicy,
     /// Reused id lists for walking the maps while changing them (no
     /// allocation per turn).
     pub(super) scratch_conns: Vec<ConnId>,
@@ -81,9 +77,6 @@ pub struct Engine<P: FramePort, C: CryptoPipe> {
     /// Per target, the peer's sessions connecting or waiting to, in open
     /// order (egress.rs).
     pub(super) connect_order: crate::link::ConnectOrder,
-    /// The dedup store kept across tunnels (`wan.dedup_dir`); `None`: each tunnel has one
-    /// in memory.
-    pub(super) dedup_store: Option<crate::session::SharedStore>,
 }
 
 impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
@@ -101,7 +94,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
     /// Its tunnels keep their dedup store in `store` (opened by the caller from
     /// `wan.dedup_dir`), not in memory of their own.
     pub fn with_dedup_store(mut self, store: Option<crate::session::SharedStore>) -> Self {
-        self.dedup_store = store;
+        self.link = self.link.with_dedup_store(store);
         self
     }
 
@@ -130,14 +123,28 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
             now,
         );
         wan.shard = shard;
+        let link = crate::link::LinkSetup {
+            name: config.name.clone(),
+            peer_name: config.peer_name.clone(),
+            dial: match config.tunnel {
+                crate::admin::TunnelEnd::Dial(addr) => Some(addr),
+                crate::admin::TunnelEnd::Listen(_) => None,
+            },
+            data_flows: config.data_flows,
+            tunnel: config.tunnel_setup(
+                crate::session::Side::Dialer,
+                config.data_flows as usize,
+                shard,
+                config.shares.clone(),
+                None,
+            ),
+        };
         let mut engine = Engine {
-            dialer: Dialling::for_config(&config),
+            link: crate::link::Lifecycle::new(link),
             egress: config.egress.clone(),
-            shares: config.shares.clone(),
             scratch_conns: Vec::new(),
             scratch_sessions: Vec::new(),
             connect_order: Default::default(),
-            dedup_store: None,
             config,
             dpdk,
             stats,
@@ -146,7 +153,6 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
             crypto: CryptoStage::new(crypto),
             conns: FxHashMap::default(),
             next_conn: 1,
-            tunnel: None,
             wan_listeners: Vec::new(),
             endpoints: FxHashMap::default(),
             ingress: Vec::new(),
@@ -163,9 +169,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
 
     /// How logs name the peer: the tunnel's label (name and address) once there is one.
     pub fn peer_label(&self) -> String {
-        self.tunnel
-            .as_ref()
-            .map_or_else(|| self.config.peer_name.clone(), |t| t.peer.clone())
+        self.link.peer()
     }
 
     /// One turn of the TCP lcore. True if anything happened (the caller
@@ -176,7 +180,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         busy |= self.drain_crypto(now);
         self.wan_turn(now);
         self.lan_turn(now);
-        if let Some(t) = &mut self.tunnel {
+        if let Some(t) = &mut self.link.tunnel {
             if t.core.poll_timeout().is_some_and(|due| due <= now) {
                 t.core.handle_timeout(now);
             }
@@ -240,32 +244,26 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
 
     /// Credits what packing or unpacking a frame did to its session (and the tunnel).
     fn note_packing(&mut self, note: Option<PackNote>) {
-        if let (Some(n), Some(t)) = (note, &mut self.tunnel) {
+        if let (Some(n), Some(t)) = (note, &mut self.link.tunnel) {
             t.core.note_packing(n);
         }
     }
 
-    /// Applies one message from the peer to the session core; errors are
-    /// counted and logged, as the kernel datapath does.
-    pub(super) fn apply(&mut self, msg: crate::protocol::Message) {
-        let Some(t) = &mut self.tunnel else { return };
-        self.stats.applied(t.apply(msg));
-    }
-
-    /// Whether new sessions can be opened now: the tunnel's control connection is keyed.
+    /// Whether new sessions can be opened now: the tunnel has its control connection.
     pub fn tunnel_is_up(&self) -> bool {
-        let control = self.tunnel.as_ref().and_then(|t| t.table.control());
-        control
-            .and_then(|c| self.conns.get(&c))
-            .is_some_and(|c| c.is_keyed())
+        self.link.is_up()
     }
 
     /// Acts on what the session core reported.
     pub(super) fn dispatch_events(&mut self, now: u64) {
-        loop {
-            let Some(event) = self.tunnel.as_mut().and_then(|t| t.core.poll_event()) else {
-                return;
-            };
+        while let Some(event) = self.link.tunnel.as_mut().and_then(|t| t.core.poll_event()) {
+            self.on_core_event(event, now);
+        }
+    }
+
+    /// Acts on one thing the session core reported.
+    pub(super) fn on_core_event(&mut self, event: Event, now: u64) {
+        {
             match event {
                 Event::ConnectRequested { session, target } => {
                     self.egress_connect(session, target, now)
@@ -309,7 +307,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
     /// userspace stack's sender, where the kernel's come from TCP_INFO).
     pub fn status(&self, now: u64) -> Status {
         let secs = |us: u64| now.saturating_sub(us) as f64 / 1e6;
-        let tunnel = self.tunnel.as_ref().map(|t| {
+        let tunnel = self.link.tunnel.as_ref().map(|t| {
             let endpoint = |id| {
                 let ep = self.endpoints.get(&id);
                 (
@@ -362,7 +360,11 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
 
     /// Sessions still running.
     pub fn session_count(&self) -> usize {
-        self.tunnel.as_ref().map_or(0, |t| t.core.session_count()) + self.waiting.len()
+        self.link
+            .tunnel
+            .as_ref()
+            .map_or(0, |t| t.core.session_count())
+            + self.waiting.len()
     }
 
     /// Swaps in a new egress allowlist, caps and weights (config reload);
@@ -370,10 +372,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
     /// allowlist, and every frame from now on is scheduled by the new shares.
     pub fn set_live(&mut self, live: crate::admin::reload::Live) {
         self.egress = live.egress;
-        if let Some(t) = &mut self.tunnel {
-            t.set_shares(live.shares.clone());
-        }
-        self.shares = live.shares;
+        self.link.set_shares(live.shares);
     }
 
     /// Resets every running session telling the peer ("shutting down"), so
@@ -382,7 +381,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
     pub fn shut_down(&mut self, now: u64) {
         self.begin_drain(now);
         self.reset_waiting(now);
-        if let Some(t) = &mut self.tunnel {
+        if let Some(t) = &mut self.link.tunnel {
             let ids: Vec<SessionId> = t.core.snapshot().iter().map(|s| s.id).collect();
             for id in ids {
                 t.core.reset(id, crate::protocol::ResetReason::ShuttingDown);
@@ -393,7 +392,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
 
     /// After `shut_down`: every reset reached the control connection's socket.
     pub fn quiesced(&mut self) -> bool {
-        let Some(t) = &mut self.tunnel else {
+        let Some(t) = &mut self.link.tunnel else {
             return true;
         };
         let Some(c) = t.table.control().and_then(|c| self.conns.get(&c)) else {

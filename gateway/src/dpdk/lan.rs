@@ -427,7 +427,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                 }
                 continue;
             }
-            let t = self.tunnel.as_mut().expect("up");
+            let t = self.link.tunnel.as_mut().expect("up");
             let origin = Origin {
                 source: Some(w.source.ip().to_canonical()),
                 ingress: u16::try_from(w.ingress).ok(),
@@ -480,7 +480,9 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         let Some(ep) = self.endpoints.get_mut(&id) else {
             return;
         };
-        let Some(t) = &mut self.tunnel else { return };
+        let Some(t) = &mut self.link.tunnel else {
+            return;
+        };
         let sock = self.lan.sockets.get_mut::<tcp::Socket>(ep.handle);
         match ep.state {
             // Its turn to connect has not come (see egress.rs).
@@ -603,7 +605,9 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
 
     /// Resets the ingress sessions that moved nothing for their idle timeout.
     fn reset_idle(&mut self, now: u64) {
-        let Some(t) = &mut self.tunnel else { return };
+        let Some(t) = &mut self.link.tunnel else {
+            return;
+        };
         let n = self.idle.reset_idle(now, &mut t.core);
         Stats::add(&self.stats.ingress_idle_timeouts, n);
     }
@@ -636,7 +640,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
             self.close_lan(ep.handle, now);
             if matches!(ep.state, State::Queued | State::Connecting { .. }) {
                 // The peer gave up first (its client left, or its connect timeout ran out).
-                let peer = self.tunnel.as_ref().map_or("?", |t| t.peer.as_str());
+                let peer = self.link.tunnel.as_ref().map_or("?", |t| t.peer.as_str());
                 info!(
                     "session {id}: reset by peer {peer} before {} was connected: {reason}; connect abandoned",
                     ep.target

@@ -461,7 +461,7 @@ impl Sim {
     /// Both ends have a keyed control connection and every data flow.
     pub fn tunnel_up(&mut self) -> bool {
         let up = |e: &SimEngine| {
-            e.tunnel.as_ref().is_some_and(|t| {
+            e.link.tunnel.as_ref().is_some_and(|t| {
                 e.tunnel_is_up()
                     && (0..t.table.flow_count()).all(|k| {
                         t.table

@@ -154,7 +154,7 @@ fn wrong_key_is_refused_before_any_session() {
     let failures = sim.run_until(5, |s| s.stats_b.snapshot()["handshake_failures"] >= 2);
     assert!(failures, "gw-b did not refuse gw-a's handshakes");
     assert!(
-        sim.a.tunnel.is_none() && sim.b.tunnel.is_none(),
+        sim.a.link.tunnel.is_none() && sim.b.link.tunnel.is_none(),
         "no tunnel, no session state"
     );
     let mut src = sim.connect_src(([10, 0, 1, 1], 6000), b"x".to_vec());
@@ -197,6 +197,7 @@ fn a_wan_outage_longer_than_the_flow_timeout_is_survived() {
     run(&mut sim, 5, &|_| false); // 5 s > flow_timeout (2 s): every WAN connection dies
     assert!(
         sim.a
+            .link
             .tunnel
             .as_ref()
             .is_some_and(|t| t.table.poll_timeout().is_some()),
@@ -232,7 +233,7 @@ fn a_killed_data_flow_is_redialled_and_its_frames_resent() {
         // Mid-transfer, reset data flow 1 on gw-a's side, twice.
         let progress = dst_apps.first().map_or(0, |d| d.got.len());
         // (The second time once the first re-dial is back.)
-        let t = s.a.tunnel.as_ref().unwrap();
+        let t = s.a.link.tunnel.as_ref().unwrap();
         let flow1 = t
             .table
             .flow(1)
@@ -267,7 +268,7 @@ fn a_new_tunnel_whose_flows_never_attach_is_given_up_and_dialled_anew() {
     let mut sim = Sim::new(a, b, 1_000);
     // Every connection gw-a dials besides the control connection is cut at once.
     let block_flows = |s: &mut Sim| {
-        let t = s.a.tunnel.as_ref()?;
+        let t = s.a.link.tunnel.as_ref()?;
         let control = t.table.control()?;
         let flows: Vec<SocketHandle> =
             s.a.conns
@@ -711,7 +712,7 @@ fn unequal_shard_counts_are_refused_at_the_handshake() {
     let k = keys("shard-mismatch");
     let (a, b) = configs(&k, LISTEN_INGRESS, "a.key.pub", ALLOW_DST);
     let mut sim = ShardedSim::new(a, b, 2, 1, 5_000);
-    assert!(!sim.run_until(5, |s| s.b[0].tunnel.is_some()));
+    assert!(!sim.run_until(5, |s| s.b[0].link.tunnel.is_some()));
     assert!(sim.stats_b.snapshot()["handshake_failures"] > 0);
     assert_eq!(sim.stats_b.snapshot()["handshakes_ok"], 0);
 }

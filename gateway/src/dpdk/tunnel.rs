@@ -23,15 +23,12 @@ use super::engine::Engine;
 use super::net::{endpoint_addr, is_connected, Embryo, Retire, TunnelGate};
 use super::phy::FramePort;
 use super::wan::{Identity, WanConn, WanError};
-use crate::admin::{Config, Stats, TunnelEnd};
+use crate::admin::{Stats, TunnelEnd};
 use crate::crypto::MAX_RECORD_LEN;
 use crate::link::admission::{self, Admission, Throttle, MAX_PENDING_HANDSHAKES};
-use crate::link::{
-    first_message, name_mismatch, peer_label, welcome_step, Current, DialFailed, Dialer, FirstStep,
-    Lost, Role, TunnelSetup, TunnelState, WelcomeStep, FLOWS_ATTACH_TIMEOUT, HANDSHAKE_TIMEOUT,
-};
-use crate::protocol::{Message, ResetReason, TunnelId};
-use crate::session::Side;
+use crate::link::lifecycle::{Action, Fault, FaultKind};
+use crate::link::Role;
+use crate::protocol::Message;
 
 /// Listening sockets on the tunnel port that sources which never
 /// authenticated as the peer may take between two turns; the others are the
@@ -43,37 +40,6 @@ const HALF_OPEN_TIMEOUT_US: u64 = 3_000_000;
 /// Half-open connections from untrusted sources kept at once; beyond, the
 /// oldest are dropped (a spoofed flood displaces only itself).
 const MAX_HALF_OPEN: usize = 64;
-
-/// The dialling gateway: where the peer is, and when to dial it ([`crate::link::dialer`]).
-pub struct Dialling {
-    addr: SocketAddrV4,
-    pub dialer: Dialer,
-}
-
-impl Dialling {
-    pub fn for_config(config: &Config) -> Option<Dialling> {
-        match config.tunnel {
-            TunnelEnd::Dial(SocketAddr::V4(addr)) => Some(Dialling {
-                addr,
-                dialer: Dialer::new(config.data_flows as usize),
-            }),
-            // IPv6 is refused by config validation for this datapath.
-            _ => None,
-        }
-    }
-
-    fn awaiting_welcome(d: &Option<Dialling>, conn: ConnId) -> bool {
-        d.as_ref().and_then(|d| d.dialer.awaiting_welcome()) == Some(conn)
-    }
-}
-
-/// Connection `c`'s remote address for logs (`?` while unknown).
-fn remote_of(conns: &rustc_hash::FxHashMap<ConnId, WanConn>, c: ConnId) -> String {
-    conns
-        .get(&c)
-        .and_then(|c| c.remote)
-        .map_or("?".to_string(), |a| a.to_string())
-}
 
 impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
     /// A WAN socket: buffers for a long fat flow, SACK/RACK loss recovery
@@ -186,7 +152,8 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
             }
         }
         self.dial(now);
-        self.expire_grace(now);
+        self.link.handle_timeout(now);
+        self.run_link_actions(now);
     }
 
     /// Takes connections the tunnel-port listeners accepted.
@@ -275,6 +242,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         let sock = self.wan.sockets.get::<tcp::Socket>(h);
         let addr = sock.remote_endpoint().map(endpoint_addr);
         self.conns.insert(id, WanConn::accepted(id, h, now));
+        self.link.accepted(id, addr, now);
         let Some(g) = self.wan.gate_mut() else { return };
         let addr = addr.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
         let admission = g.handshakes.admit(id, addr);
@@ -293,6 +261,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                 Throttle::more(more)
             );
         }
+        self.link.dropped(drop);
         self.close_conn(drop);
     }
 
@@ -306,9 +275,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
             return Ok(());
         };
         let sock = self.wan.sockets.get_mut::<tcp::Socket>(conn.handle);
-        let mut attached = None;
         if conn.handshake(sock, &me, &mut self.crypto)? {
-            Stats::inc(&self.stats.handshakes_ok);
             if !conn.dialed {
                 // It holds the peer's key: favoured when it re-dials under a flood.
                 let ip = conn.remote.map(|a| a.ip());
@@ -316,68 +283,33 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                     g.handshakes.trust.authenticated(ip);
                 }
             }
-            // The dialler's first record says what this connection is for.
-            match (conn.dialed, conn.role) {
-                (true, Some(Role::Control)) => {
-                    let hello = self.config.hello(self.tunnel.as_ref().map(|t| t.id));
-                    conn.seal(hello, &mut self.crypto);
-                }
-                (true, Some(Role::Flow(k))) => {
-                    // Flows are dialled for a tunnel and closed with it, so this
-                    // cannot miss; if it did, the flow closes (quietly: no tunnel).
-                    let Some(tunnel_id) = self.tunnel.as_ref().map(|t| t.id) else {
-                        return Err(WanError::Unexpected {
-                            got: "data flow",
-                            expected: "a tunnel to attach to",
-                        });
-                    };
-                    let flow = u16::try_from(k).expect("at most MAX_DATA_FLOWS");
-                    conn.seal(Message::Attach { tunnel_id, flow }, &mut self.crypto);
-                    let again = self
-                        .dialer
-                        .as_mut()
-                        .is_some_and(|d| d.dialer.flow_attached(k));
-                    if let (true, Some(t)) = (again, &self.tunnel) {
-                        info!("peer {}: data flow {k} re-attached", t.peer);
-                    }
-                    attached = Some(k);
-                }
-                _ => {}
-            }
+            // A dialled connection says what it is for.
+            self.link.keyed(id, conn.remote, conn.peer_dedup, now);
+            self.run_link_actions(now);
         }
-        if let Some(k) = attached {
-            self.attach_flow(id, k);
+        let Some(conn) = self.conns.get_mut(&id).filter(|c| c.is_keyed()) else {
+            return Ok(());
+        };
+        // The core's bounds hold the peer back in TCP: control while its answers pile up,
+        // data while endpoints leave the receive budget full (never by dropping).
+        let core = self.link.tunnel.as_ref().map(|t| &t.core);
+        let held = match self.link.role_of(id) {
+            Some(Role::Control) => core.is_some_and(|c| c.control_backlogged()),
+            Some(Role::Flow(_)) => core.is_some_and(|c| c.receive_paused()),
+            None => false,
+        };
+        let sock = self.wan.sockets.get_mut::<tcp::Socket>(conn.handle);
+        if !held {
+            conn.read_records(sock, &mut self.crypto)?;
         }
-        let conn = self.conns.get_mut(&id).expect("still there");
-        let awaiting =
-            conn.role.is_none() || Dialling::awaiting_welcome(&self.dialer, id) || !conn.is_keyed();
-        if awaiting && now.saturating_sub(conn.created) > HANDSHAKE_TIMEOUT.as_micros() as u64 {
-            return Err(WanError::Handshake(
-                crate::crypto::HandshakeError::TimedOut(HANDSHAKE_TIMEOUT),
-            ));
-        }
-        if conn.is_keyed() {
-            // The core's bounds hold the peer back in TCP: control while
-            // its answers pile up, data while endpoints leave the receive
-            // budget full (never by dropping).
-            let core = self.tunnel.as_ref().map(|t| &t.core);
-            let held = match conn.role {
-                Some(Role::Control) => core.is_some_and(|c| c.control_backlogged()),
-                Some(Role::Flow(_)) => core.is_some_and(|c| c.receive_paused()),
-                None => false,
-            };
-            let sock = self.wan.sockets.get_mut::<tcp::Socket>(conn.handle);
-            if !held {
-                conn.read_records(sock, &mut self.crypto)?;
-            }
-            conn.flush(sock)?;
-        }
-        Ok(())
+        conn.flush(sock)
     }
 
     /// Control messages from the core onto the control connection.
     fn send_control(&mut self) {
-        let Some(t) = &mut self.tunnel else { return };
+        let Some(t) = &mut self.link.tunnel else {
+            return;
+        };
         let Some(conn) = t.table.control().and_then(|c| self.conns.get_mut(&c)) else {
             return;
         };
@@ -392,7 +324,9 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
     /// Frames from the core onto every data flow that has room: the flow
     /// that can send soonest takes the next frame.
     fn fill_flows(&mut self, now: u64) {
-        let Some(t) = &mut self.tunnel else { return };
+        let Some(t) = &mut self.link.tunnel else {
+            return;
+        };
         let max_record = (self.config.limits.frame_len + 64).min(MAX_RECORD_LEN);
         let (conns, wan) = (&self.conns, &self.wan);
         t.sample_flows(now, |c| {
@@ -415,179 +349,26 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
 
     /// A decrypted message arrived on connection `id`.
     pub(super) fn on_message(&mut self, id: ConnId, msg: Message, now: u64) {
-        let Some(conn) = self.conns.get(&id) else {
-            return;
-        };
-        let awaiting_welcome = Dialling::awaiting_welcome(&self.dialer, id);
-        match conn.role {
-            None => self.on_first_message(id, msg, now),
-            Some(Role::Control) if awaiting_welcome => self.on_welcome(id, msg, now),
-            Some(Role::Control) => match msg {
-                Message::Data(_) => self.fail_conn(
-                    id,
-                    WanError::Unexpected {
-                        got: "data",
-                        expected: "a control message",
-                    },
-                    now,
-                ),
-                msg => self.apply(msg),
-            },
-            Some(Role::Flow(_)) => match msg {
-                msg @ Message::Data(_) => self.apply(msg),
-                msg => self.fail_conn(
-                    id,
-                    WanError::Unexpected {
-                        got: msg.name(),
-                        expected: "data",
-                    },
-                    now,
-                ),
-            },
-        }
-    }
-
-    /// Accepting gateway: the first record says hello (control) or attach (data).
-    fn on_first_message(&mut self, id: ConnId, msg: Message, now: u64) {
-        // Its handshake is over, whatever the message makes of it.
-        if let Some(g) = self.wan.gate_mut() {
-            g.handshakes.done(id);
-        }
-        let remote = self.conns.get(&id).and_then(|c| c.remote);
-        let peer = peer_label(&self.config.peer_name, remote);
-        if let Message::Hello { name, .. } = &msg {
-            if let Some(w) = name_mismatch(&self.config.peer_name, &peer, name) {
-                warn!("{w}");
+        if self.link.role_of(id).is_none() {
+            // The first message: its handshake is over, whatever the message makes of it.
+            if let Some(g) = self.wan.gate_mut() {
+                g.handshakes.done(id);
             }
         }
-        let current = self.tunnel.as_ref().map(|t| Current {
-            id: t.id,
-            flows: t.table.flow_count(),
-        });
-        let new_id = || TunnelId::random(&ring::rand::SystemRandom::new());
-        let step = match first_message(current, &msg, new_id) {
-            Ok(step) => step,
-            Err(refusal) => {
-                warn!("peer {peer}: {refusal}; closing the connection");
-                return self.close_conn(id);
-            }
-        };
-        match step {
-            FirstStep::Attach { index } => return self.attach_flow(id, index),
-            FirstStep::Resume => {}
-            FirstStep::NewTunnel { id: tid, flows } => {
-                self.shut_tunnel(ResetReason::TunnelLost, now);
-                let setup = self.tunnel_setup(Side::Acceptor, flows);
-                self.tunnel = Some(TunnelState::new(setup, tid, peer));
-            }
-        }
-        let welcome = Message::Welcome {
-            tunnel_id: self.tunnel.as_ref().expect("resumed or set above").id,
-            name: self.config.name.clone(),
-        };
-        if let Some(c) = self.conns.get_mut(&id) {
-            c.role = Some(Role::Control);
-            c.seal(welcome, &mut self.crypto);
-        }
-        self.attach_control(id);
-    }
-
-    /// Connection `id` is data flow `k` of the tunnel (accepted with attach, or dialled and
-    /// keyed).
-    fn attach_flow(&mut self, id: ConnId, k: usize) {
-        let Some(t) = self.tunnel.as_mut() else {
-            return;
-        };
-        let names = |c: ConnId| remote_of(&self.conns, c);
-        // first_message checked k against the flow count.
-        let Some(attached) = t.attach_flow(k, id, &names) else {
-            return;
-        };
-        if let Some(old) = attached.replaced {
-            Stats::inc(&self.stats.flows_lost);
-            self.close_conn(old);
-        }
-        if let Some(c) = self.conns.get_mut(&id) {
-            c.role = Some(Role::Flow(k));
-        }
-    }
-
-    /// Dialling gateway: the welcome to our hello.
-    fn on_welcome(&mut self, id: ConnId, msg: Message, now: u64) {
-        let Message::Welcome { tunnel_id, name } = msg else {
-            return self.fail_conn(
-                id,
-                WanError::Unexpected {
-                    got: msg.name(),
-                    expected: "welcome",
-                },
-                now,
-            );
-        };
-        let remote = self.conns.get(&id).and_then(|c| c.remote);
-        let peer = peer_label(&self.config.peer_name, remote);
-        if let Some(w) = name_mismatch(&self.config.peer_name, &peer, &name) {
-            warn!("{w}");
-        }
-        let step = welcome_step(self.tunnel.as_ref().map(|t| t.id), tunnel_id);
-        if step != WelcomeStep::Resume {
-            if let Some(w) = step.warning(&peer) {
-                warn!("{w}");
-            }
-            self.shut_tunnel(ResetReason::TunnelLost, now);
-            let setup = self.tunnel_setup(Side::Dialer, self.config.data_flows as usize);
-            self.tunnel = Some(TunnelState::new(setup, tunnel_id, peer));
-        }
-        // After the old tunnel is gone: the new one's flows have their deadline.
-        if let Some(d) = &mut self.dialer {
-            d.dialer.welcomed(now, step != WelcomeStep::Resume);
-        }
-        self.attach_control(id);
-    }
-
-    /// Makes `id` the tunnel's control connection; after an outage both
-    /// ends restate their sessions (resync).
-    fn attach_control(&mut self, id: ConnId) {
-        let Some(t) = &mut self.tunnel else { return };
-        let names = |c: ConnId| remote_of(&self.conns, c);
-        let peer_dedup = self.conns.get(&id).map(|c| c.peer_dedup);
-        let attached = t.attach_control(id, &names, peer_dedup.unwrap_or_default());
-        if attached.resumed {
-            Stats::inc(&self.stats.tunnel_resumes);
-        }
-        if let Some(old) = attached.replaced {
-            self.close_conn(old);
-        }
-    }
-
-    /// The core and connection table of a new tunnel on this shard.
-    fn tunnel_setup(&self, side: Side, flows: usize) -> TunnelSetup {
-        let store = self.dedup_store.clone();
-        self.config
-            .tunnel_setup(side, flows, self.shard, self.shares.clone(), store)
+        self.link.message(id, msg, now);
+        self.run_link_actions(now);
     }
 
     /// Dialling gateway: (re)connect the control connection and data flows.
     fn dial(&mut self, now: u64) {
-        let Some(addr) = self.dialer.as_ref().map(|d| d.addr) else {
+        // IPv6 is refused by config validation for this datapath.
+        let Some(SocketAddr::V4(addr)) = self.link.dial_addr() else {
             return;
         };
-        loop {
-            let table = self.tunnel.as_ref().map(|t| &t.table);
-            let Some(role) = self
-                .dialer
-                .as_ref()
-                .and_then(|d| d.dialer.poll_dial(now, table))
-            else {
-                return;
-            };
-            let dialled = self.dial_one(addr, role, now);
-            let d = &mut self.dialer.as_mut().expect("checked above").dialer;
-            match dialled {
-                Some(id) => d.dialling(role, id),
-                None => {
-                    let _ = d.not_dialled(role, now);
-                }
+        while let Some(role) = self.link.poll_dial(now) {
+            match self.dial_one(addr, role, now) {
+                Some(id) => self.link.dialling(role, id, now),
+                None => self.link.not_dialled(role, now),
             }
         }
     }
@@ -603,43 +384,10 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
             return None;
         }
         let id = self.new_conn_id();
-        self.conns.insert(id, WanConn::dialing(id, h, role, now));
+        let data_flow = matches!(role, Role::Flow(_));
+        self.conns
+            .insert(id, WanConn::dialing(id, h, data_flow, now));
         Some(id)
-    }
-
-    /// A held tunnel whose grace period ran out, or a new one whose flows did not attach in
-    /// time, is given up.
-    fn expire_grace(&mut self, now: u64) {
-        let Some(t) = &mut self.tunnel else { return };
-        // The grace period's end says why itself.
-        if !t.handle_timeout(now) {
-            let late = |d: &mut Dialling| d.dialer.handle_timeout(now, Some(&t.table));
-            if !self.dialer.as_mut().is_some_and(late) {
-                return;
-            }
-            warn!(
-                "tunnel to peer {}: data flows did not attach within {FLOWS_ATTACH_TIMEOUT:?}; giving up",
-                t.peer
-            );
-        }
-        self.shut_tunnel(ResetReason::TunnelLost, now);
-    }
-
-    /// Takes the tunnel down: every session reset, every connection closed.
-    pub(super) fn shut_tunnel(&mut self, reason: ResetReason, now: u64) {
-        let Some(t) = &mut self.tunnel else { return };
-        let _ = t.reset_all(reason);
-        self.dispatch_events(now);
-        let t = self.tunnel.take().expect("checked above");
-        let dials = self.dialer.as_mut().map(|d| d.dialer.tunnel_gone());
-        let dials = dials.unwrap_or_default();
-        for (_, id) in t
-            .table
-            .connections()
-            .chain(dials.into_iter().map(|c| (None, c)))
-        {
-            self.close_conn(id);
-        }
     }
 
     /// Closes a connection at once (RST) and forgets it.
@@ -657,79 +405,44 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         }
     }
 
-    /// A connection failed: log it once, clearly, and repair what it was.
+    /// A connection failed: the link layer says what it was and what follows.
     pub(super) fn fail_conn(&mut self, id: ConnId, e: WanError, now: u64) {
-        let Some(conn) = self.conns.get(&id) else {
-            return;
+        let kind = match e {
+            WanError::ConnectFailed => FaultKind::Connect,
+            WanError::Closed | WanError::Reset => FaultKind::Closed,
+            _ => FaultKind::Other,
         };
-        let (dialed, role, remote) = (conn.dialed, conn.role, conn.remote);
-        if !dialed && role.is_none() {
-            // A refused handshake ends as the kernel datapath ends it: with
-            // a FIN and no answer, so the dialler can tell "refused".
-            self.retire_conn(
-                id,
-                Retire::Close {
-                    by: now + 1_000_000,
-                },
-            );
-        } else {
-            self.close_conn(id);
-        }
-        let dialling = self.dialer.as_mut().filter(|_| dialed);
-        let addr = dialling.as_ref().map(|d| SocketAddr::V4(d.addr));
-        match dialling.map_or(DialFailed::NotADial, |d| d.dialer.failed(id, now)) {
-            // A dialled control connection that never got its welcome.
-            DialFailed::Control { retry_in } => {
-                // The kernel datapath's wording, so one troubleshooting entry fits both.
-                let peer = peer_label(&self.config.peer_name, addr);
-                let what = match e {
-                    WanError::ConnectFailed => {
-                        format!("cannot connect: refused or unreachable (peer {peer})")
+        self.link.failed(id, Fault { kind, why: &e }, now);
+        self.run_link_actions(now);
+        // One the link layer did not know (it cannot be): closed all the same.
+        self.close_conn(id);
+    }
+
+    /// Carries out what the link layer decided.
+    pub(super) fn run_link_actions(&mut self, now: u64) {
+        while let Some(action) = self.link.poll_action() {
+            match action {
+                Action::Send { conn, msg } => {
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        c.seal(msg, &mut self.crypto);
                     }
-                    WanError::Closed | WanError::Reset => format!(
-                        "handshake with peer {peer} failed: {}",
-                        crate::link::PEER_CLOSED_IN_HANDSHAKE
-                    ),
-                    e => format!("handshake with peer {peer} failed: {e}"),
-                };
-                return warn!("{what}; retrying in {retry_in:?}");
-            }
-            // Dialled, never attached: nothing of the tunnel's was on it.
-            DialFailed::Flow { k, retry_in } => {
-                let peer = self.peer_label();
-                return warn!("peer {peer}: data flow {k}: {e}; retrying in {retry_in:?}");
-            }
-            DialFailed::NotADial => {}
-        }
-        match role {
-            // The accepting side's view of a connection that never said what it was.
-            None if !dialed => {
-                Stats::inc(&self.stats.handshake_failures);
-                warn!(
-                    "handshake with {} failed: {e}",
-                    remote.map_or("?".into(), |a| a.to_string())
-                );
-            }
-            None => {}
-            Some(_) => {
-                let Some(t) = &mut self.tunnel else { return };
-                match t.lost(id, now, &e) {
-                    Lost::Control { hold_until: None } => {
-                        self.shut_tunnel(ResetReason::TunnelLost, now)
-                    }
-                    Lost::Control { .. } => {
-                        if let Some(d) = &mut self.dialer {
-                            d.dialer.control_lost(now);
-                        }
-                    }
-                    Lost::Flow(k) => {
-                        Stats::inc(&self.stats.flows_lost);
-                        if let Some(d) = &mut self.dialer {
-                            d.dialer.flow_lost(k, now);
-                        }
-                    }
-                    Lost::NotInPlace => {}
                 }
+                Action::Close { conn, graceful } => {
+                    let how = if graceful {
+                        Retire::Close {
+                            by: now + 1_000_000,
+                        }
+                    } else {
+                        Retire::Abort
+                    };
+                    self.retire_conn(conn, how);
+                }
+                Action::TunnelGone(mut t) => {
+                    while let Some(event) = t.core.poll_event() {
+                        self.on_core_event(event, now);
+                    }
+                }
+                Action::Count(what) => self.stats.count(what),
             }
         }
     }

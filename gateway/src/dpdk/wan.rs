@@ -15,7 +15,7 @@ use smoltcp::socket::tcp;
 
 use super::crypto::{ConnId, CryptoError, CryptoJob, CryptoPipe, CryptoStage};
 use crate::crypto::{HandshakeError, RecordError, RekeyPolicy, TrafficKeys};
-use crate::link::{self, ConnHandshake, LinkHandshakeError, Record, RecordSplitter, Role};
+use crate::link::{self, ConnHandshake, LinkHandshakeError, Record, RecordSplitter};
 use crate::protocol::handshake::MAX_NOISE_MESSAGE;
 use crate::protocol::{DecodeError, Message};
 
@@ -41,7 +41,7 @@ enum Phase {
 
 #[derive(Debug, thiserror::Error)]
 pub enum WanError {
-    #[error("cannot connect")]
+    #[error("cannot connect: refused or unreachable")]
     ConnectFailed,
     #[error("connection closed by peer")]
     Closed,
@@ -75,8 +75,8 @@ pub struct WanConn {
     pub id: ConnId,
     pub handle: smoltcp::iface::SocketHandle,
     pub dialed: bool,
-    /// Known at once when we dial; from the first message when we accept.
-    pub role: Option<Role>,
+    /// Dialled as a data flow (the handshake says so).
+    data_flow: bool,
     phase: Phase,
     /// When it was created (µs, the engine's clock).
     pub created: u64,
@@ -103,7 +103,7 @@ impl WanConn {
         id: ConnId,
         handle: smoltcp::iface::SocketHandle,
         dialed: bool,
-        role: Option<Role>,
+        data_flow: bool,
         phase: Phase,
         now: u64,
     ) -> Self {
@@ -111,7 +111,7 @@ impl WanConn {
             id,
             handle,
             dialed,
-            role,
+            data_flow,
             phase,
             created: now,
             remote: None,
@@ -129,9 +129,15 @@ impl WanConn {
         }
     }
 
-    /// A connection we are dialling (the socket's connect was issued).
-    pub fn dialing(id: ConnId, handle: smoltcp::iface::SocketHandle, role: Role, now: u64) -> Self {
-        Self::new(id, handle, true, Some(role), Phase::Connecting, now)
+    /// A connection we are dialling (the socket's connect was issued), for a data flow or
+    /// the control connection.
+    pub fn dialing(
+        id: ConnId,
+        handle: smoltcp::iface::SocketHandle,
+        data_flow: bool,
+        now: u64,
+    ) -> Self {
+        Self::new(id, handle, true, data_flow, Phase::Connecting, now)
     }
 
     /// A connection a listening socket took.
@@ -140,7 +146,7 @@ impl WanConn {
             id,
             handle,
             false,
-            None,
+            false,
             Phase::Handshaking(Box::new(ConnHandshake::accept())),
             now,
         )
@@ -169,8 +175,7 @@ impl WanConn {
                     tcp::State::Established => {}
                     _ => return Err(WanError::ConnectFailed),
                 }
-                let data = matches!(self.role, Some(Role::Flow(_)));
-                let (hs, m1) = ConnHandshake::dial(&me.link, data)?;
+                let (hs, m1) = ConnHandshake::dial(&me.link, self.data_flow)?;
                 self.write_now(sock, &m1)?;
                 self.phase = Phase::Handshaking(Box::new(hs));
                 return Ok(false);

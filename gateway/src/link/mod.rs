@@ -19,6 +19,8 @@
 //! - [`tunnel`]: one tunnel's core and table, and what follows when a connection attaches or
 //!   dies, a peer message arrives or the grace period runs out.
 //! - [`dialer`]: when the dialling gateway dials the control connection and each data flow.
+//! - [`lifecycle`]: the tunnel's lifecycle over its connections, events in and actions out:
+//!   hello, welcome, attach, resume, replacement, grace, dialling, handshake deadlines.
 
 pub mod accept;
 pub mod admission;
@@ -31,6 +33,7 @@ pub mod egress;
 pub mod handshake;
 pub mod idle;
 pub mod ingress;
+pub mod lifecycle;
 pub mod records;
 pub mod stall;
 pub mod tunnel;
@@ -48,6 +51,7 @@ pub use handshake::{
 };
 pub use idle::{Idle, IdleTimeouts};
 pub use ingress::{check_ingress, no_tunnel_line, IngressCheck, IngressRefusal};
+pub use lifecycle::{Action, Count, Fault, FaultKind, Lifecycle, LinkError, LinkSetup};
 pub use records::{Record, RecordSplitter};
 pub use tunnel::{Applied, ConnNames, TunnelSetup, TunnelState};
 pub use welcome::{name_mismatch, welcome_step, WelcomeStep};

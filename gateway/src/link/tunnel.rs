@@ -46,6 +46,7 @@ pub enum Applied {
 pub type ConnNames<'a> = &'a dyn Fn(ConnRef) -> String;
 
 /// A tunnel's session core and connection table for `flows` data flows.
+#[derive(Clone)]
 pub struct TunnelSetup {
     pub side: Side,
     pub limits: Limits,
