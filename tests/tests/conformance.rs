@@ -13,6 +13,7 @@
 //! | allowlist refusal | a target outside B's allowlist: the client is closed, both ends log it by address, an allowed session still works | here |
 //! | connect order | sessions to one target reach it in the order the source opened them | here |
 //! | reset while waiting to connect | a session given up while it waits for the connect before it to the same target is never connected | here |
+//! | allowlist narrowed while waiting to connect | a reload takes the target out of B's allowlist while a session waits behind a slow connect to it: that session is refused, never connected | here |
 //! | weighted shares | two migrations (ingress weights 1 and 3) through a tunnel capped at 160 Mbit/s: about 1/4 and 3/4 of it while both are backlogged, the cap held, both byte-exact | here |
 //! | main channel first | two connections of one migration under an 8 Mbit/s cap: 1 MiB written on the first (QEMU's main channel) overtakes the second's backlog (less than 384 KiB of it passes meanwhile: 62–114 KiB; taking turns, 1051–1464 KiB did) | here |
 //! | cap changed by SIGHUP | a running migration held at its 80 Mbit/s cap speeds up when a reload raises the cap; the session carries on byte-exact | here |
@@ -513,19 +514,12 @@ fn connect_order(test: &str, kind: Kind) {
     case.finish();
 }
 
-/// A session the source gives up while it waits for the connect before it to the same target:
-/// it leaves the line, and the target never sees a connection for it (QEMU before 8.0 counts
-/// the connections it accepts: a stray one would be taken for a migration channel). The kernel
-/// datapath used to connect it anyway once its turn came, then drop it.
-fn reset_while_waiting_to_connect(test: &str, kind: Kind) {
-    let Some(mut case) = Case::start(test, kind, |_| {}) else {
-        return;
-    };
+/// A target in dst whose accept queue holds one connection, filled by a direct one: the kernel
+/// drops SYNs to it (a connect waits, retrying) until that one is accepted. Returns the listener
+/// and the direct connection.
+fn slow_target(case: &Case) -> (TcpListener, TcpStream) {
     let addr = SocketAddr::V4(SocketAddrV4::new(DST, TARGET));
-    // A target whose accept queue holds one connection, filled by a direct one: the kernel
-    // drops SYNs to it (the connect waits, retrying) until that one is accepted.
-    let (target, filler) = case
-        .line
+    case.line
         .dst
         .run(move || -> io::Result<(TcpListener, TcpStream)> {
             let l = TcpListener::bind(addr)?;
@@ -536,24 +530,26 @@ fn reset_while_waiting_to_connect(test: &str, kind: Kind) {
             let filler = TcpStream::connect(addr)?;
             Ok((l, filler))
         })
-        .unwrap_or_else(|e| case.fail(format!("target in dst: {e}")));
+        .unwrap_or_else(|e| case.fail(format!("target in dst: {e}")))
+}
+
+/// A session from src to the target, its first byte `tag`.
+fn open_tagged(case: &Case, tag: u8) -> TcpStream {
     let to = Line::ingress(TO_TARGET);
-    let open = |tag: u8| {
-        case.line.src.run(move || -> io::Result<TcpStream> {
+    case.line
+        .src
+        .run(move || -> io::Result<TcpStream> {
             let mut s = connect(to)?;
             s.write_all(&[tag])?;
             Ok(s)
         })
-    };
-    let first = open(1).unwrap_or_else(|e| case.fail(format!("session 1: {e}")));
-    let second = open(2).unwrap_or_else(|e| case.fail(format!("session 2: {e}")));
-    // Both sessions reach B: the first connecting, the second waiting for it.
-    thread::sleep(Duration::from_millis(1500));
-    abort(second);
-    if let Err(e) = case.line.b.wait_for_line(&["reset by peer"], WAIT) {
-        case.fail(format!("B never heard of the second session's reset: {e}"));
-    }
-    // The target takes the direct connection: the first session's SYN gets in next.
+        .unwrap_or_else(|e| case.fail(format!("session {tag}: {e}")))
+}
+
+/// Lets the slow target take its direct connection, then what comes through the gateways:
+/// every connection it accepts until 3 s after the first one through them (at most 15 s).
+/// Checks that exactly one came through, session 1's, and returns it.
+fn only_session_one_gets_through(case: &Case, target: TcpListener, filler: TcpStream) -> TcpStream {
     target.set_nonblocking(true).expect("nonblocking");
     let mut accepted = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -575,7 +571,7 @@ fn reset_while_waiting_to_connect(test: &str, kind: Kind) {
     let through: Vec<SocketAddr> = accepted.iter().skip(1).map(|(_, a)| *a).collect();
     if through.len() != 1 {
         case.fail(format!(
-            "the target accepted {} connections through the gateways ({through:?}), not 1: the session reset while it waited was connected too",
+            "the target accepted {} connections through the gateways ({through:?}), not 1: the session that waited was connected too",
             through.len()
         ));
     }
@@ -585,12 +581,71 @@ fn reset_while_waiting_to_connect(test: &str, kind: Kind) {
     let mut tag = [0u8; 1];
     s.read_exact(&mut tag)
         .unwrap_or_else(|e| case.fail(format!("reading the first session's tag: {e}")));
-    assert_eq!(
-        tag[0], 1,
-        "{test}: the connection that got through is not session 1's"
-    );
+    if tag[0] != 1 {
+        case.fail("the connection that got through is not session 1's");
+    }
+    s
+}
+
+/// A session the source gives up while it waits for the connect before it to the same target:
+/// it leaves the line, and the target never sees a connection for it (QEMU before 8.0 counts
+/// the connections it accepts: a stray one would be taken for a migration channel). The kernel
+/// datapath used to connect it anyway once its turn came, then drop it.
+fn reset_while_waiting_to_connect(test: &str, kind: Kind) {
+    let Some(mut case) = Case::start(test, kind, |_| {}) else {
+        return;
+    };
+    let (target, filler) = slow_target(&case);
+    let first = open_tagged(&case, 1);
+    let second = open_tagged(&case, 2);
+    // Both sessions reach B: the first connecting, the second waiting for it.
+    thread::sleep(Duration::from_millis(1500));
+    abort(second);
+    if let Err(e) = case.line.b.wait_for_line(&["reset by peer"], WAIT) {
+        case.fail(format!("B never heard of the second session's reset: {e}"));
+    }
+    // The target takes the direct connection: the first session's SYN gets in next.
+    let s = only_session_one_gets_through(&case, target, filler);
     // Both ends close: nothing left to drain.
-    drop((first, s, accepted));
+    drop((first, s));
+    case.finish();
+}
+
+/// A reload that takes the target out of B's allowlist reaches the session still waiting to
+/// connect to it: refused when its turn comes, and the target never sees it (the allowlist is
+/// checked right before the connect, not only when the peer opened the session). The DPDK
+/// datapath used to check only at the open, so a session queued before the reload connected
+/// to a target no longer allowed.
+fn allowlist_narrowed_while_waiting_to_connect(test: &str, kind: Kind) {
+    let Some(mut case) = Case::start(test, kind, |_| {}) else {
+        return;
+    };
+    let (target, filler) = slow_target(&case);
+    let first = open_tagged(&case, 1);
+    let second = open_tagged(&case, 2);
+    // Both sessions reach B: the first connecting, the second waiting for it.
+    thread::sleep(Duration::from_millis(1500));
+    let file = case.line.dir.join("b.toml");
+    let text = std::fs::read_to_string(&file).expect("b.toml");
+    let (allowed, other) = (format!("\"{DST}:{TARGET}\""), format!("\"{DST}:{SECOND}\""));
+    let narrowed = text.replace(&allowed, &other);
+    assert_ne!(text, narrowed, "{test}: b.toml allows {allowed}");
+    std::fs::write(&file, narrowed).expect("rewrite b.toml");
+    case.line
+        .b
+        .signal(libc::SIGHUP)
+        .unwrap_or_else(|e| case.fail(e));
+    case.line
+        .b
+        .wait_for_line(&["reload: egress.allow is now"], WAIT)
+        .unwrap_or_else(|e| case.fail(e));
+    // Its connect began before the reload: the first session goes on.
+    let s = only_session_one_gets_through(&case, target, filler);
+    case.line
+        .b
+        .wait_for_line(&["refusing target", "not in egress allowlist"], WAIT)
+        .unwrap_or_else(|e| case.fail(format!("B did not refuse the waiting session: {e}")));
+    drop((first, second, s));
     case.finish();
 }
 
@@ -873,6 +928,7 @@ rows! {
     allowlist_refusal: allowlist_refusal_dpdk, allowlist_refusal_kernel;
     connect_order: connect_order_dpdk, connect_order_kernel;
     reset_while_waiting_to_connect: reset_while_waiting_to_connect_dpdk, reset_while_waiting_to_connect_kernel;
+    allowlist_narrowed_while_waiting_to_connect: allowlist_narrowed_while_waiting_to_connect_dpdk, allowlist_narrowed_while_waiting_to_connect_kernel;
     weighted_shares: weighted_shares_dpdk, weighted_shares_kernel;
     cap_changed_by_sighup: cap_changed_by_sighup_dpdk, cap_changed_by_sighup_kernel;
     main_channel_first: main_channel_first_dpdk, main_channel_first_kernel;

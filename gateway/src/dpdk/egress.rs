@@ -1,7 +1,7 @@
 //! The remote end of a session on the DPDK datapath: connect to the target
-//! the peer asked for, if and only if the allowlist permits it
-//! ([`crate::link::egress`]), and to one target one connect at a time, in the
-//! order the peer opened the sessions ([`crate::link::connect_order`]). The
+//! the peer asked for, if and only if the allowlist in force permits it when
+//! its turn comes ([`crate::link::egress`]), and to one target one connect at a
+//! time, in the order the peer opened the sessions ([`crate::link::connect_order`]). The
 //! local gateway opens sessions in the order the source's SYNs arrived (see
 //! `Net::watch`), and the control connection keeps that order.
 
@@ -18,24 +18,9 @@ use crate::link::{check_egress, EgressCheck};
 use crate::protocol::{RefuseReason, SessionId};
 
 impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
-    /// The peer asked for a connection to `target` (event `ConnectRequested`).
+    /// The peer asked for a connection to `target` (event `ConnectRequested`): it waits for
+    /// the connects before it to the same target.
     pub(super) fn egress_connect(&mut self, id: SessionId, target: SocketAddr, now: u64) {
-        let peer = self
-            .link
-            .tunnel
-            .as_ref()
-            .map(|t| t.peer.clone())
-            .unwrap_or_default();
-        let check = EgressCheck {
-            allowed: self.egress.allows(&target),
-            stopping: self.stopping,
-            ipv4_only: true,
-        };
-        // Before any connect attempt: never an open relay.
-        if let Err(refusal) = check_egress(&target, check) {
-            warn!("session {id}: refusing target {target}: {refusal} (peer {peer})");
-            return self.refuse_egress(id, refusal.reason(), refusal.detail());
-        }
         let first = self.connect_order.queue(target, id);
         let handle = self.lan_socket();
         self.endpoints.insert(
@@ -66,25 +51,42 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         }
     }
 
-    /// Starts the queued connect of session `id`.
+    /// Starts the queued connect of session `id`, if the checks allow it now: right before
+    /// the connect, so that a reload since the peer opened the session counts.
     fn start_connect(&mut self, id: SessionId, now: u64) {
-        let Some(ep) = self.endpoints.get_mut(&id) else {
-            return;
-        };
-        let SocketAddr::V4(t4) = ep.target else {
+        let Some(ep) = self.endpoints.get(&id) else {
             return;
         };
         let (h, target) = (ep.handle, ep.target);
-        match self.lan.connect(h, t4) {
+        let check = EgressCheck {
+            allowed: self.egress.allows(&target),
+            stopping: self.stopping,
+            ipv4_only: true,
+        };
+        // Before any connect attempt: never an open relay.
+        let connected = match check_egress(&target, check) {
+            Err(refusal) => {
+                let peer = self.link.peer();
+                warn!("session {id}: refusing target {target}: {refusal} (peer {peer})");
+                Err((refusal.reason(), refusal.detail().to_string()))
+            }
+            Ok(()) => {
+                let SocketAddr::V4(t4) = target else { return };
+                self.lan.connect(h, t4).map_err(|e| {
+                    warn!("session {id}: refusing target {target}: connect failed: {e}");
+                    (RefuseReason::ConnectFailed, e.to_string())
+                })
+            }
+        };
+        match connected {
             Ok(()) => {
                 let deadline = now + self.config.connect_timeout_ms * 1000;
                 if let Some(ep) = self.endpoints.get_mut(&id) {
                     ep.state = State::Connecting { deadline };
                 }
             }
-            Err(e) => {
-                warn!("session {id}: refusing target {target}: connect failed: {e}");
-                self.refuse_egress(id, RefuseReason::ConnectFailed, &e.to_string());
+            Err((reason, why)) => {
+                self.refuse_egress(id, reason, &why);
                 self.endpoints.remove(&id);
                 self.close_lan(h, now);
                 self.egress_done(id, now);
