@@ -68,6 +68,8 @@ pub struct LineSpec {
     pub wrong_peer_key: bool,
     /// Lines of A's `[limits]` table (e.g. caps).
     pub a_limits: Vec<String>,
+    /// Extra lines of A's `[gateway]` table (e.g. `drain_timeout_secs`).
+    pub a_gateway: Vec<String>,
 }
 
 impl LineSpec {
@@ -85,6 +87,7 @@ impl LineSpec {
             allow: vec![SocketAddrV4::new(DST, 5000)],
             wrong_peer_key: false,
             a_limits: Vec::new(),
+            a_gateway: Vec::new(),
         }
     }
 }
@@ -314,8 +317,9 @@ impl Line {
             }
             w
         };
+        let a_gateway: String = spec.a_gateway.iter().map(|l| format!("{l}\n")).collect();
         let mut ta = format!(
-            "[gateway]\nname = \"gw-a\"\nprivate_key_file = \"a.key\"\n{datapath}\
+            "[gateway]\nname = \"gw-a\"\nprivate_key_file = \"a.key\"\n{datapath}{a_gateway}\
              [peer]\nname = \"gw-b\"\npublic_key = \"{}\"\nconnect = \"{B_WAN}:{TUNNEL_PORT}\"\n\
              {wan}[admin]\nsocket = \"{}\"\n",
             b_as_a_knows_it,

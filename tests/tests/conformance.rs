@@ -9,6 +9,7 @@
 //! | grace expiry | a WAN blackout longer than flow timeout + grace period: both ends give up and reset both ends of the session; once the WAN is back a new tunnel carries a new session | here |
 //! | wrong key | the dialler expects another key: refused at the handshake by name, no tunnel, a client is closed, the target never contacted | here |
 //! | drain | SIGTERM on the dialler: the running session finishes byte-exact, a new one is refused, exit 0 | here |
+//! | drain deadline | SIGTERM on the dialler with a session longer than the drain timeout: at the deadline it is reset telling the peer, the dialler says the peer received the resets and exits 0, both ends reset | here |
 //! | drain through a lost tunnel | SIGTERM on the dialler, then every tunnel connection reset: the draining gateway holds and resumes the tunnel, the session finishes byte-exact | here |
 //! | allowlist refusal | a target outside B's allowlist: the client is closed, both ends log it by address, an allowed session still works | here |
 //! | connect order | sessions to one target reach it in the order the source opened them | here |
@@ -421,6 +422,64 @@ fn drain_through_a_lost_tunnel(test: &str, kind: Kind) {
         }
     }
     case.assert_never(&["giving up", "resetting"]);
+    case.finish();
+}
+
+/// SIGTERM on A with a session that outlasts the drain timeout (2 s): at the deadline A resets
+/// it telling the peer, says whether the peer received the resets, and exits 0; the source's
+/// session ends without all its bytes, and B resets its end. (The DPDK datapath used to say
+/// nothing of the resets' arrival.)
+fn drain_deadline(test: &str, kind: Kind) {
+    let Some(mut case) = Case::start(test, kind, |s| {
+        s.a_gateway = vec!["drain_timeout_secs = 2".into()];
+    }) else {
+        return;
+    };
+    let _sink = case.sink(TARGET);
+    let progress = Arc::new(AtomicU64::new(0));
+    let len = 256 * MIB;
+    let sender = paced_send(
+        Some(&case.line.src),
+        Line::ingress(TO_TARGET),
+        len,
+        47,
+        2.0 * MIB as f64,
+        progress.clone(),
+    );
+    wait_progress(&progress, MIB, WAIT).unwrap_or_else(|e| case.fail(e));
+    case.line
+        .a
+        .signal(libc::SIGTERM)
+        .unwrap_or_else(|e| case.fail(e));
+    case.line
+        .a
+        .wait_for_log(
+            "drain deadline (2s) reached: reset 1 session(s), telling peer gw-b",
+            WAIT,
+        )
+        .unwrap_or_else(|e| case.fail(e));
+    let st = case
+        .line
+        .a
+        .wait_exit(Duration::from_secs(20))
+        .unwrap_or_else(|e| case.fail(format!("gw-a after the drain deadline: {e}")));
+    assert!(st.success(), "{test}: gw-a exited with {st}");
+    if case
+        .line
+        .a
+        .find_line(&["peer gw-b", "received the resets"])
+        .is_none()
+    {
+        case.fail("gw-a did not say whether gw-b received the resets");
+    }
+    let (sent, _) = sender.join().expect("sender thread");
+    if sent.is_ok() {
+        case.fail("the session outlived the drain deadline");
+    }
+    case.line
+        .b
+        .wait_for_line(&["reset by peer gw-a", "shutting down"], WAIT)
+        .unwrap_or_else(|e| case.fail(format!("gw-b did not reset its end: {e}")));
     case.finish();
 }
 
@@ -925,6 +984,7 @@ rows! {
     wrong_key: wrong_key_dpdk, wrong_key_kernel;
     drain: drain_dpdk, drain_kernel;
     drain_through_a_lost_tunnel: drain_through_a_lost_tunnel_dpdk, drain_through_a_lost_tunnel_kernel;
+    drain_deadline: drain_deadline_dpdk, drain_deadline_kernel;
     allowlist_refusal: allowlist_refusal_dpdk, allowlist_refusal_kernel;
     connect_order: connect_order_dpdk, connect_order_kernel;
     reset_while_waiting_to_connect: reset_while_waiting_to_connect_dpdk, reset_while_waiting_to_connect_kernel;

@@ -30,6 +30,7 @@ use crate::admin::dpdk::DpdkConfig;
 use crate::admin::reload::Live;
 use crate::admin::signals::{Request, Signals};
 use crate::admin::{Config, Datapath, RunError, Stats, Status, StatusSource};
+use crate::link::drain::notice_line;
 use crate::link::{Drain, DrainStep, ResetCause};
 use crate::protocol::handshake::Shard;
 use crate::transform::{Adaptive, PackPolicy};
@@ -308,8 +309,14 @@ async fn main_lcore(
     Ok(())
 }
 
-/// Carries out a step of the shutdown on the engine, and logs it.
-fn take_step<P: FramePort, C: CryptoPipe>(engine: &mut Engine<P, C>, step: DrainStep, now: u64) {
+/// Carries out a step of the shutdown on the engine, and logs it; `told`: the resets went to
+/// the peer on a control connection (then the last step says whether they arrived).
+fn take_step<P: FramePort, C: CryptoPipe>(
+    engine: &mut Engine<P, C>,
+    step: DrainStep,
+    now: u64,
+    told: &mut bool,
+) {
     match step {
         DrainStep::Draining { .. } => info!("{step}"),
         DrainStep::NothingToDrain | DrainStep::Finished { .. } => {
@@ -317,8 +324,18 @@ fn take_step<P: FramePort, C: CryptoPipe>(engine: &mut Engine<P, C>, step: Drain
             engine.shut_down(now);
         }
         DrainStep::Reset { .. } => {
-            warn!("{step}, telling peer {}", engine.peer_label());
+            *told = engine.tunnel_is_up();
+            warn!("{}", step.told_line(&engine.peer_label(), *told));
             engine.shut_down(now);
+        }
+        DrainStep::Stopped if *told => {
+            let received = engine.quiesced();
+            let line = notice_line(&engine.peer_label(), received);
+            if received {
+                info!("{line}");
+            } else {
+                warn!("{line}");
+            }
         }
         DrainStep::Stopped => {}
     }
@@ -370,6 +387,7 @@ impl TcpLcore<'_> {
         // One controller for the one packing policy, on shard 0.
         let adapts = shard.index == 0;
         let mut drain = Drain::default();
+        let mut told = false;
         let mut drain_timeout = Duration::ZERO;
         let mut idle_polls = 0;
         loop {
@@ -396,14 +414,14 @@ impl TcpLcore<'_> {
                         drain_timeout = timeout;
                         let n = engine.session_count();
                         if let Some(step) = drain.begin(now, n, timeout, signal) {
-                            take_step(&mut engine, step, now);
+                            take_step(&mut engine, step, now, &mut told);
                         }
                     }
                     Command::StopNow(signal) => {
                         let n = engine.session_count();
                         let cause = ResetCause::Again(signal);
                         if let Some(step) = drain.reset_now(now, n, cause) {
-                            take_step(&mut engine, step, now);
+                            take_step(&mut engine, step, now, &mut told);
                         }
                     }
                 }
@@ -412,12 +430,12 @@ impl TcpLcore<'_> {
             if shared.stop.load(Ordering::Relaxed) {
                 let n = engine.session_count();
                 if let Some(step) = drain.reset_now(now, n, ResetCause::Stopping) {
-                    take_step(&mut engine, step, now);
+                    take_step(&mut engine, step, now, &mut told);
                 }
             }
             let n = engine.session_count();
             if let Some(step) = drain.poll(now, n, drain_timeout, || engine.quiesced()) {
-                take_step(&mut engine, step, now);
+                take_step(&mut engine, step, now, &mut told);
             }
             if drain.done() {
                 break;

@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 
 use super::Gateway;
 use crate::admin::signals::{Request, Signals};
+use crate::link::drain::notice_line;
 use crate::link::drain::NOTICE_TIMEOUT;
 use crate::link::{Drain, DrainStep, ResetCause};
 use crate::protocol::ResetReason;
@@ -95,23 +96,20 @@ async fn next_stop(signals: &mut Signals) -> &'static str {
 }
 
 /// Resets every remaining session, telling the peer.
-async fn reset_remaining(gateway: &Gateway, why: ResetCause) {
+async fn reset_remaining(gateway: &Gateway, cause: ResetCause) {
     let Some(tunnel) = gateway.tunnel() else {
         return;
     };
-    let n = tunnel.reset_sessions(ResetReason::ShuttingDown);
-    if !*tunnel.control_up.borrow() {
-        return warn!(
-            "{why}: reset {n} session(s); peer {} cannot be told (no control connection): it drops them after its grace period",
-            tunnel.peer
-        );
-    }
-    info!("{why}: reset {n} session(s), telling peer {}", tunnel.peer);
-    match tokio::time::timeout(NOTICE_TIMEOUT, tunnel.control_delivered()).await {
-        Ok(()) => info!("peer {} received the resets", tunnel.peer),
-        Err(_) => warn!(
-            "peer {}: no acknowledgement of the resets within {NOTICE_TIMEOUT:?}; it drops the sessions when it notices the tunnel is gone",
-            tunnel.peer
-        ),
+    let sessions = tunnel.reset_sessions(ResetReason::ShuttingDown);
+    let can_tell = *tunnel.control_up.borrow();
+    let step = DrainStep::Reset { cause, sessions };
+    warn!("{}", step.told_line(&tunnel.peer, can_tell));
+    if can_tell {
+        let notice = tokio::time::timeout(NOTICE_TIMEOUT, tunnel.control_delivered()).await;
+        let line = notice_line(&tunnel.peer, notice.is_ok());
+        match notice {
+            Ok(()) => info!("{line}"),
+            Err(_) => warn!("{line}"),
+        }
     }
 }

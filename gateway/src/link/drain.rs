@@ -87,6 +87,32 @@ impl fmt::Display for DrainStep {
     }
 }
 
+impl DrainStep {
+    /// The line for a [`DrainStep::Reset`] (and the other steps' own), saying whether the
+    /// peer is told: without a control connection it cannot be.
+    pub fn told_line(&self, peer: &str, can_tell: bool) -> String {
+        match self {
+            DrainStep::Reset { .. } if can_tell => format!("{self}, telling peer {peer}"),
+            DrainStep::Reset { .. } => format!(
+                "{self}; peer {peer} cannot be told (no control connection): it drops them after its grace period"
+            ),
+            _ => self.to_string(),
+        }
+    }
+}
+
+/// What became of the resets told to the peer: `received` once everything sent on the
+/// control connection was acknowledged by the peer, or else their [`NOTICE_TIMEOUT`] ran out.
+pub fn notice_line(peer: &str, received: bool) -> String {
+    if received {
+        format!("peer {peer} received the resets")
+    } else {
+        format!(
+            "peer {peer}: no acknowledgement of the resets within {NOTICE_TIMEOUT:?}; it drops the sessions when it notices the tunnel is gone"
+        )
+    }
+}
+
 /// The shutdown's state.
 #[derive(Debug, Default)]
 pub struct Drain {
@@ -255,5 +281,26 @@ mod tests {
         let mut d = Drain::default();
         let step = d.reset_now(S, 2, ResetCause::Stopping).unwrap();
         assert_eq!(step.to_string(), "stopping: reset 2 session(s)");
+    }
+
+    #[test]
+    fn both_datapaths_say_whether_the_peer_is_told_and_whether_it_received_the_resets() {
+        let reset = DrainStep::Reset {
+            cause: ResetCause::Deadline(Duration::from_secs(2)),
+            sessions: 1,
+        };
+        assert_eq!(
+            reset.told_line("gw-b (x)", true),
+            "drain deadline (2s) reached: reset 1 session(s), telling peer gw-b (x)"
+        );
+        assert!(reset
+            .told_line("gw-b (x)", false)
+            .ends_with("peer gw-b (x) cannot be told (no control connection): it drops them after its grace period"));
+        assert_eq!(
+            DrainStep::NothingToDrain.told_line("gw-b", true),
+            "no sessions to drain"
+        );
+        assert_eq!(notice_line("gw-b", true), "peer gw-b received the resets");
+        assert!(notice_line("gw-b", false).contains("no acknowledgement of the resets within 3s"));
     }
 }
