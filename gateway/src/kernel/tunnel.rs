@@ -254,8 +254,8 @@ impl Tunnel {
 
     fn dispatch(self: &Arc<Self>, inner: &mut Inner) {
         // Whatever the core just did may have brought its deadline forward
-        // (a delayed ack, tokens returning, a session's probe).
-        if let Some(due) = inner.link.core.poll_timeout() {
+        // (a delayed ack, tokens returning, a session's probe, a grace period).
+        if let Some(due) = Self::next_deadline(inner) {
             if inner.timer_at.is_none_or(|at| due < at) {
                 inner.timer_at = Some(due);
                 self.timer.notify_one();
@@ -404,16 +404,41 @@ impl Tunnel {
         self.closed.cancel();
     }
 
+    /// The core's next deadline, or the grace period's end if sooner.
+    fn next_deadline(inner: &Inner) -> Option<u64> {
+        let grace = inner.link.poll_timeout();
+        inner
+            .link
+            .core
+            .poll_timeout()
+            .into_iter()
+            .chain(grace)
+            .min()
+    }
+
+    /// Serves the core's deadlines and the grace period of a held tunnel: when it runs out
+    /// without a new control connection, the tunnel is taken down.
     async fn run_timer(self: Arc<Self>) {
         let run = serve_deadlines(
             &self.timer,
             self.epoch.into(),
             || {
                 let mut inner = self.inner.lock().expect("not poisoned");
-                inner.timer_at = inner.link.core.poll_timeout();
+                inner.timer_at = Self::next_deadline(&inner);
                 inner.timer_at
             },
-            |now| self.with_core(|c| c.handle_timeout(now)),
+            |now| {
+                let expired = {
+                    let mut inner = self.inner.lock().expect("not poisoned");
+                    let expired = inner.link.handle_timeout(now);
+                    inner.link.core.handle_timeout(now);
+                    self.dispatch(&mut inner);
+                    expired
+                };
+                if expired {
+                    self.shutdown(ResetReason::TunnelLost);
+                }
+            },
         );
         tokio::select! {
             _ = self.closed.cancelled() => {}
@@ -478,27 +503,12 @@ impl Tunnel {
         let Lost::Control { hold_until } = lost else {
             return;
         };
-        let Some(until) = hold_until.filter(|_| !self.closed.is_cancelled()) else {
+        if hold_until.is_none() || self.closed.is_cancelled() {
             return self.shutdown(ResetReason::TunnelLost);
-        };
+        }
         self.control_up.send_replace(false);
-        let tunnel = self.clone();
-        tokio::spawn(async move {
-            let left = Duration::from_micros(until.saturating_sub(tunnel.now()));
-            tokio::select! {
-                _ = tokio::time::sleep(left) => {}
-                _ = tunnel.closed.cancelled() => return,
-            }
-            // Resumed meanwhile (and perhaps held again since): not this hold's end.
-            let expired = {
-                let mut inner = tunnel.inner.lock().expect("not poisoned");
-                let now = tunnel.now();
-                inner.link.handle_timeout(now)
-            };
-            if expired {
-                tunnel.shutdown(ResetReason::TunnelLost);
-            }
-        });
+        // The timer serves the hold's end (resumed meanwhile, the table forgets it).
+        self.timer.notify_one();
     }
 
     /// Runs `f` on the tunnel's connection table (the dialler decides what to dial from it).
