@@ -31,6 +31,7 @@ use super::net::{endpoint_addr, is_connected, Retire};
 use super::phy::FramePort;
 use crate::admin::{Ingress, IngressMode, Stats};
 use crate::link::admission::Throttle;
+use crate::link::half_open::{HalfOpenTable, Handshake};
 use crate::link::{check_ingress, no_tunnel_line, IngressCheck, IngressRefusal};
 use crate::protocol::{RefuseReason, ResetReason, SessionId};
 use crate::session::{Origin, ReadOutcome};
@@ -80,10 +81,10 @@ pub struct Endpoint {
 }
 
 /// A client connection whose handshake is under way.
-struct HalfOpen {
+#[derive(Debug, Clone, Copy)]
+struct Client {
     handle: SocketHandle,
     source: SocketAddr,
-    since: u64,
 }
 
 /// An ingress port: its spare listening sockets and half-open connections.
@@ -91,7 +92,7 @@ pub struct IngressListener {
     ingress: Ingress,
     index: usize,
     spares: Vec<SocketHandle>,
-    half_open: Vec<HalfOpen>,
+    half_open: HalfOpenTable<Client>,
     /// Paces the lines about refusals and timeouts a flood could repeat.
     throttle: Throttle,
 }
@@ -158,7 +159,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                 ingress,
                 index,
                 spares: Vec::new(),
-                half_open: Vec::new(),
+                half_open: HalfOpenTable::new(self.dpdk.listen_backlog * HALF_OPEN_PER_LISTENER),
                 throttle: Throttle::default(),
             });
         }
@@ -202,7 +203,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
             .ingress
             .iter_mut()
             .flat_map(|l| {
-                let half_open = l.half_open.drain(..).map(|h| h.handle);
+                let half_open = l.half_open.drain().map(|h| h.item.handle);
                 l.spares.drain(..).chain(half_open).collect::<Vec<_>>()
             })
             .collect();
@@ -262,13 +263,8 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                 continue;
             }
             let l = &mut self.ingress[i];
-            l.half_open.push(HalfOpen {
-                handle: h,
-                source,
-                since: now,
-            });
-            if l.half_open.len() > self.dpdk.listen_backlog * HALF_OPEN_PER_LISTENER {
-                let old = l.half_open.remove(0);
+            let client = Client { handle: h, source };
+            if let Some(old) = l.half_open.push(client, now, false).map(|o| o.item) {
                 Stats::inc(&self.stats.ingress_half_open_dropped);
                 if let Some(more) = l.log_now(now) {
                     warn!(
@@ -287,15 +283,15 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         // Completed handshakes, in the order they completed: now they are connections.
         let accepted: Vec<SocketHandle> = self.lan.take_accepted().collect();
         for h in accepted {
-            let Some((i, k)) = self.ingress.iter().enumerate().find_map(|(i, l)| {
-                l.half_open
-                    .iter()
-                    .position(|o| o.handle == h)
-                    .map(|k| (i, k))
-            }) else {
+            let Some((i, taken)) = self
+                .ingress
+                .iter_mut()
+                .enumerate()
+                .find_map(|(i, l)| l.half_open.take(|c| c.handle == h).map(|taken| (i, taken)))
+            else {
                 continue;
             };
-            let HalfOpen { source, since, .. } = self.ingress[i].half_open.remove(k);
+            let (source, since) = (taken.item.source, taken.since);
             let ingress = &self.ingress[i].ingress;
             let target = match ingress.mode {
                 IngressMode::Listen { target } => target,
@@ -338,7 +334,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
             let sessions = sessions.filter(|e| e.ingress == Some(i) && from(e.source));
             let waiting = self.waiting.iter();
             let waiting = waiting.filter(|w| w.ingress == i && from(Some(w.source)));
-            let half_open = l.half_open.iter().filter(|o| from(Some(o.source)));
+            let half_open = l.half_open.iter().filter(|o| from(Some(o.item.source)));
             sessions.count() + waiting.count() + half_open.count()
         });
         let half_open: usize = self.ingress.iter().map(|l| l.half_open.len()).sum();
@@ -362,27 +358,28 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
     fn expire_half_open(&mut self, now: u64) {
         for i in 0..self.ingress.len() {
             let timeout = self.ingress[i].ingress.connect_timeout.as_micros() as u64;
-            let mut k = 0;
-            while k < self.ingress[i].half_open.len() {
-                let o = &self.ingress[i].half_open[k];
-                let closed = self.lan.socket(o.handle).state() == tcp::State::Closed;
-                if !closed && now < o.since + timeout {
-                    k += 1;
-                    continue;
+            let lan = &mut self.lan;
+            let swept = self.ingress[i].half_open.sweep(now, timeout, |c| {
+                if lan.socket(c.handle).state() == tcp::State::Closed {
+                    Handshake::GaveUp
+                } else {
+                    Handshake::UnderWay
                 }
-                let o = self.ingress[i].half_open.remove(k);
-                self.lan.unwatch(o.handle);
-                self.close_lan(o.handle, now);
-                if closed {
-                    debug!("{}: gave up its handshake", o.source);
-                    continue;
-                }
+            });
+            for c in swept.gave_up.iter().chain(&swept.timed_out) {
+                self.lan.unwatch(c.handle);
+                self.close_lan(c.handle, now);
+            }
+            for c in swept.gave_up {
+                debug!("{}: gave up its handshake", c.source);
+            }
+            for c in swept.timed_out {
                 Stats::inc(&self.stats.ingress_connect_timeouts);
                 let l = &mut self.ingress[i];
                 if let Some(more) = l.log_now(now) {
                     warn!(
                         "{} -> {}: handshake not complete within {}s (ingress[{}].connect_timeout_secs); resetting{}",
-                        o.source,
+                        c.source,
                         l.ingress.bind,
                         timeout / 1_000_000,
                         l.index,

@@ -26,6 +26,7 @@ use super::wan::{Identity, WanConn, WanError};
 use crate::admin::{Stats, TunnelEnd};
 use crate::crypto::MAX_RECORD_LEN;
 use crate::link::admission::{self, Admission, Throttle, MAX_PENDING_HANDSHAKES};
+use crate::link::half_open::{HalfOpenTable, Handshake};
 use crate::link::lifecycle::{Action, Fault, FaultKind};
 use crate::link::Role;
 use crate::protocol::Message;
@@ -37,9 +38,6 @@ const UNTRUSTED_LISTENERS: usize = 8;
 /// A half-open connection to the tunnel port is dropped after this long
 /// (a SYN-ACK retransmitted once on a long path fits in it).
 const HALF_OPEN_TIMEOUT_US: u64 = 3_000_000;
-/// Half-open connections from untrusted sources kept at once; beyond, the
-/// oldest are dropped (a spoofed flood displaces only itself).
-const MAX_HALF_OPEN: usize = 64;
 
 impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
     /// A WAN socket: buffers for a long fat flow, SACK/RACK loss recovery
@@ -158,6 +156,8 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
 
     /// Takes connections the tunnel-port listeners accepted.
     fn take_wan_connections(&mut self, now: u64) {
+        // The half-open ones first: a new SYN displaces only what is still under way.
+        self.tend_half_open(now);
         let mut taken = Vec::new();
         self.wan_listeners.retain(|&h| {
             let state = self.wan.sockets.get::<tcp::Socket>(h).state();
@@ -173,65 +173,53 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
             let remote = sock.remote_endpoint().map(|e| endpoint_addr(e).ip());
             match (sock.state(), remote) {
                 (tcp::State::SynReceived, Some(IpAddr::V4(ip))) => {
-                    if let Some(g) = self.wan.gate_mut() {
-                        let trusted = g.handshakes.trust.is_trusted(IpAddr::V4(ip));
-                        g.embryos.push(Embryo {
-                            handle: h,
-                            ip,
-                            since: now,
-                            trusted,
-                        });
+                    let Some(g) = self.wan.gate_mut() else {
+                        continue;
+                    };
+                    let trusted = g.handshakes.trust.is_trusted(IpAddr::V4(ip));
+                    let embryo = Embryo { handle: h, ip };
+                    if let Some(old) = g.embryos.push(embryo, now, trusted) {
+                        g.note_dropped(&old.item, "displaced by newer half-open connections");
+                        self.wan.retire(old.item.handle, Retire::Abort, now);
                     }
                 }
                 _ if is_connected(sock) => self.accept_wan(h, now),
                 _ => self.wan.retire(h, Retire::Abort, now),
             }
         }
-        self.tend_half_open(now);
         self.refill_wan_listeners();
     }
 
-    /// Half-open connections: those whose handshake completed become
-    /// connections; those that closed, timed out or (untrusted, beyond
-    /// [`MAX_HALF_OPEN`]) are the oldest are dropped.
+    /// Half-open connections: those whose handshake completed become connections; those that
+    /// closed or timed out are dropped.
     fn tend_half_open(&mut self, now: u64) {
         let Some(g) = self.wan.gate_mut() else { return };
-        let embryos = std::mem::take(&mut g.embryos);
-        let (mut keep, mut done, mut dropped) = (Vec::new(), Vec::new(), Vec::new());
-        for e in embryos {
-            let sock = self.wan.sockets.get::<tcp::Socket>(e.handle);
+        let mut embryos = std::mem::replace(&mut g.embryos, HalfOpenTable::new(0));
+        let sockets = &self.wan.sockets;
+        let swept = embryos.sweep(now, HALF_OPEN_TIMEOUT_US, |e| {
+            let sock = sockets.get::<tcp::Socket>(e.handle);
             if is_connected(sock) {
-                done.push(e.handle);
+                Handshake::Completed
             } else if sock.state() == tcp::State::Closed {
-                self.wan.retire(e.handle, Retire::Abort, now);
-            } else if now.saturating_sub(e.since) >= HALF_OPEN_TIMEOUT_US {
-                dropped.push((e, "no handshake within 3 s"));
+                Handshake::GaveUp
             } else {
-                keep.push(e);
-            }
-        }
-        let untrusted = keep.iter().filter(|e| !e.trusted).count();
-        let mut excess = untrusted.saturating_sub(MAX_HALF_OPEN);
-        keep.retain(|e| {
-            if excess > 0 && !e.trusted {
-                excess -= 1;
-                dropped.push((*e, "displaced by newer half-open connections"));
-                false
-            } else {
-                true
+                Handshake::UnderWay
             }
         });
-        for (e, why) in dropped {
+        if let Some(g) = self.wan.gate_mut() {
+            g.embryos = embryos;
+        }
+        for e in swept.gave_up {
+            self.wan.retire(e.handle, Retire::Abort, now);
+        }
+        for e in swept.timed_out {
             self.wan.retire(e.handle, Retire::Abort, now);
             if let Some(g) = self.wan.gate_mut() {
-                g.note_dropped(&e, why);
+                g.note_dropped(&e, "no handshake within 3 s");
             }
         }
-        if let Some(g) = self.wan.gate_mut() {
-            g.embryos = keep;
-        }
-        for h in done {
-            self.accept_wan(h, now);
+        for e in swept.completed {
+            self.accept_wan(e.handle, now);
         }
     }
 

@@ -10,6 +10,8 @@
 //! - [`connect_order`]: connects to one target one at a time, in the order sessions opened.
 //! - [`drain`]: the shutdown: drain, deadline, resets, notice.
 //! - [`admission`]: which unauthenticated connections on the tunnel port keep a handshake slot.
+//! - [`half_open`]: connections whose TCP handshake is under way, bounded, on a stack without
+//!   SYN cookies.
 //! - [`accept`]: what an accepted connection's first message makes of it.
 //! - [`records`]: records split off a connection's byte stream.
 //! - [`stall`]: which of a data flow's newest frames wait while its transport's window is
@@ -30,6 +32,7 @@ pub mod connect_order;
 pub mod dialer;
 pub mod drain;
 pub mod egress;
+pub mod half_open;
 pub mod handshake;
 pub mod idle;
 pub mod ingress;

@@ -24,6 +24,7 @@ use smoltcp::iface::SocketHandle;
 use super::super::crypto::ConnId;
 use crate::admin::Stats;
 use crate::link::admission::{HandshakeTable, Throttle};
+use crate::link::half_open::HalfOpenTable;
 use crate::sources::SourceList;
 
 /// A connection whose TCP handshake is under way.
@@ -31,10 +32,11 @@ use crate::sources::SourceList;
 pub struct Embryo {
     pub handle: SocketHandle,
     pub ip: Ipv4Addr,
-    /// When its SYN was taken (µs).
-    pub since: u64,
-    pub trusted: bool,
 }
+
+/// Half-open connections from untrusted sources kept at once; beyond, the oldest are dropped
+/// (a spoofed flood displaces only itself).
+const MAX_HALF_OPEN: usize = 64;
 
 pub struct TunnelGate {
     port: u16,
@@ -47,8 +49,9 @@ pub struct TunnelGate {
     stats: Arc<Stats>,
     /// The clock of the current poll (µs), for the log throttle.
     pub now: u64,
-    /// Half-open connections, oldest first.
-    pub embryos: Vec<Embryo>,
+    /// Half-open connections, oldest first (sources that authenticated before are exempt
+    /// from the bound).
+    pub embryos: HalfOpenTable<Embryo>,
 }
 
 impl TunnelGate {
@@ -65,7 +68,7 @@ impl TunnelGate {
             budget: 0,
             stats,
             now: 0,
-            embryos: Vec::new(),
+            embryos: HalfOpenTable::new(MAX_HALF_OPEN),
         }
     }
 
