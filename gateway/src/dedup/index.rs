@@ -10,7 +10,10 @@
 //! slightly smaller capacity than the peer's store makes such misses rarer.
 //!
 //! Its own memory is about 100-200 bytes per entry (map slot of 48 B, queue slot of 32 B,
-//! both at their fill), not the chunk's bytes, whatever it charges.
+//! both at their fill), not the chunk's bytes, whatever it charges. So besides the capacity,
+//! which follows the store the peer offers, it holds at most [`MAX_ENTRIES`]: a peer offering
+//! a huge store cannot make this gateway's memory grow with it. Evicting sooner than the store
+//! is safe: a chunk the index forgot is sent as a literal.
 
 use std::collections::VecDeque;
 
@@ -18,6 +21,10 @@ use rustc_hash::FxHashMap;
 
 use super::store::charge;
 use super::Fingerprint;
+
+/// Chunks indexed at most, whatever store the peer offers: at 4 KiB chunks, 8 GiB of the
+/// peer's store, in about 200-400 MiB of this gateway's memory.
+pub const MAX_ENTRIES: usize = 1 << 21;
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {
@@ -56,7 +63,7 @@ impl Index {
         self.map.insert(fp, Entry { len, tag });
         self.fifo.push_back(fp);
         self.bytes += charge(len as usize);
-        while self.bytes > self.capacity {
+        while self.bytes > self.capacity || self.fifo.len() > MAX_ENTRIES {
             let Some(old) = self.fifo.pop_front() else {
                 break;
             };
@@ -99,6 +106,23 @@ mod tests {
 
     fn fp(i: u8) -> Fingerprint {
         [i; 32]
+    }
+
+    #[test]
+    fn however_large_a_store_the_peer_offers_the_index_holds_a_bounded_number_of_chunks() {
+        // A peer offering a huge store (a disk store of 100 GiB, or a lie) must not make the
+        // sender's memory grow with it: about 150 B per entry, whatever the capacity says.
+        let bound = MAX_ENTRIES;
+        let mut x = Index::new(u64::MAX);
+        for i in 0..bound as u64 + 1000 {
+            let mut f = [0u8; 32];
+            f[..8].copy_from_slice(&i.to_le_bytes());
+            x.insert(f, 256, 0);
+        }
+        assert_eq!(x.len(), bound);
+        let mut first = [0u8; 32];
+        first[..8].copy_from_slice(&0u64.to_le_bytes());
+        assert!(!x.holds(&first, 256, None), "the oldest went first");
     }
 
     #[test]
