@@ -6,14 +6,15 @@
 #   prelude (handshake prelude), handshake (Noise responder fed arbitrary message 1), config
 #   (config validation), tunnel_core (the session core driven by a hostile peer), dpdk_engine
 #   (the DPDK datapath's engine fed raw frames and junk on its tunnel port), link (the link
-#   layer's connection table and record splitter fed an arbitrary event stream).
+#   layer's connection table and record splitter fed an arbitrary event stream), lifecycle
+#   (the link layer's lifecycle fed connection events, hostile messages and time).
 # Needs a nightly toolchain and cargo-fuzz (installed here with `cargo install cargo-fuzz` when
 # missing); skips with a clear message when no nightly toolchain is available. FUZZ_SANITIZER=none
 # builds without AddressSanitizer (the CI smoke does; long runs keep the default, address).
 set -euo pipefail
 
 if [[ ${1:-} == -h || ${1:-} == --help ]]; then
-    sed -n '2,12p' "$0"
+    sed -n '2,13p' "$0"
     exit 0
 fi
 SECONDS_EACH=${1:-30}
