@@ -96,6 +96,45 @@ impl Case {
             .unwrap_or_else(|e| self.fail(format!("listen in dst: {e}")))
     }
 
+    /// A session from src through A's ingress `port`: `len` bytes of stream `seed` at most
+    /// `rate` bytes/s (`f64::INFINITY`: as fast as it can), on a thread; and how much of it was
+    /// written so far.
+    fn paced(
+        &self,
+        port: u16,
+        len: u64,
+        seed: u64,
+        rate: f64,
+    ) -> (
+        thread::JoinHandle<(io::Result<lmas_tests::Sent>, Instant)>,
+        Arc<AtomicU64>,
+    ) {
+        let progress = Arc::new(AtomicU64::new(0));
+        let to = Line::ingress(port);
+        let sender = paced_send(Some(&self.line.src), to, len, seed, rate, progress.clone());
+        (sender, progress)
+    }
+
+    /// SIGTERM to A, then waits for `line` in its log.
+    fn sigterm_a_until(&mut self, line: &str) {
+        self.line
+            .a
+            .signal(libc::SIGTERM)
+            .unwrap_or_else(|e| self.fail(e));
+        if let Err(e) = self.line.a.wait_for_log(line, WAIT) {
+            self.fail(e);
+        }
+    }
+
+    /// Waits for A to exit (at most `within`), which must be with 0.
+    fn a_exits_0(&mut self, within: Duration) {
+        match self.line.a.wait_exit(within) {
+            Ok(st) if st.success() => {}
+            Ok(st) => self.fail(format!("gw-a exited with {st}")),
+            Err(e) => self.fail(format!("gw-a did not exit: {e}")),
+        }
+    }
+
     fn fail(&self, what: impl std::fmt::Display) -> ! {
         panic!("{}: {what}\n{}", self.test, self.line.logs())
     }
@@ -172,16 +211,8 @@ fn resume(test: &str, kind: Kind) {
         return;
     };
     let sink = case.sink(TARGET);
-    let progress = Arc::new(AtomicU64::new(0));
     let len = 24 * MIB;
-    let sender = paced_send(
-        Some(&case.line.src),
-        Line::ingress(TO_TARGET),
-        len,
-        41,
-        4.0 * MIB as f64,
-        progress.clone(),
-    );
+    let (sender, progress) = case.paced(TO_TARGET, len, 41, 4.0 * MIB as f64);
     wait_progress(&progress, 4 * MIB, WAIT).unwrap_or_else(|e| case.fail(e));
     case.line.kill_tunnel_connections();
     if case.line.wait_whole(2, WAIT).is_none() {
@@ -212,15 +243,7 @@ fn grace_expiry(test: &str, kind: Kind) {
         return;
     };
     let sink = case.sink(TARGET);
-    let progress = Arc::new(AtomicU64::new(0));
-    let sender = paced_send(
-        Some(&case.line.src),
-        Line::ingress(TO_TARGET),
-        256 * MIB,
-        42,
-        4.0 * MIB as f64,
-        progress.clone(),
-    );
+    let (sender, progress) = case.paced(TO_TARGET, 256 * MIB, 42, 4.0 * MIB as f64);
     wait_progress(&progress, 2 * MIB, WAIT).unwrap_or_else(|e| case.fail(e));
     let (a, b) = (A_WAN.to_string(), B_WAN.to_string());
     let dark = [
@@ -317,28 +340,10 @@ fn drain(test: &str, kind: Kind) {
         return;
     };
     let sink = case.sink(TARGET);
-    let progress = Arc::new(AtomicU64::new(0));
     let len = 24 * MIB;
-    let sender = paced_send(
-        Some(&case.line.src),
-        Line::ingress(TO_TARGET),
-        len,
-        44,
-        4.0 * MIB as f64,
-        progress.clone(),
-    );
+    let (sender, progress) = case.paced(TO_TARGET, len, 44, 4.0 * MIB as f64);
     wait_progress(&progress, 2 * MIB, WAIT).unwrap_or_else(|e| case.fail(e));
-    case.line
-        .a
-        .signal(libc::SIGTERM)
-        .unwrap_or_else(|e| case.fail(e));
-    case.line
-        .a
-        .wait_for_log(
-            "draining 1 session(s) for up to 30s (SIGTERM again to stop at once)",
-            WAIT,
-        )
-        .unwrap_or_else(|e| case.fail(e));
+    case.sigterm_a_until("draining 1 session(s) for up to 30s (SIGTERM again to stop at once)");
     assert!(
         progress.load(Ordering::Relaxed) < len,
         "{test}: the session ended before SIGTERM: the row proves nothing"
@@ -349,12 +354,7 @@ fn drain(test: &str, kind: Kind) {
     let sent = sent.unwrap_or_else(|e| case.fail(format!("the draining session failed: {e}")));
     let got = sink.recv(WAIT);
     assert_eq!((got.bytes, &got.sha256), (len, &sent.sha256), "{test}");
-    let st = case
-        .line
-        .a
-        .wait_exit(Duration::from_secs(15))
-        .unwrap_or_else(|e| case.fail(format!("gw-a after the drain: {e}")));
-    assert!(st.success(), "{test}: gw-a exited with {st}");
+    case.a_exits_0(Duration::from_secs(15));
     if case
         .line
         .a
@@ -382,25 +382,10 @@ fn drain_through_a_lost_tunnel(test: &str, kind: Kind) {
         return;
     };
     let sink = case.sink(TARGET);
-    let progress = Arc::new(AtomicU64::new(0));
     let len = 32 * MIB;
-    let sender = paced_send(
-        Some(&case.line.src),
-        Line::ingress(TO_TARGET),
-        len,
-        46,
-        4.0 * MIB as f64,
-        progress.clone(),
-    );
+    let (sender, progress) = case.paced(TO_TARGET, len, 46, 4.0 * MIB as f64);
     wait_progress(&progress, 2 * MIB, WAIT).unwrap_or_else(|e| case.fail(e));
-    case.line
-        .a
-        .signal(libc::SIGTERM)
-        .unwrap_or_else(|e| case.fail(e));
-    case.line
-        .a
-        .wait_for_log("draining 1 session(s)", WAIT)
-        .unwrap_or_else(|e| case.fail(e));
+    case.sigterm_a_until("draining 1 session(s)");
     case.line.kill_tunnel_connections();
     assert!(
         progress.load(Ordering::Relaxed) < len,
@@ -410,12 +395,7 @@ fn drain_through_a_lost_tunnel(test: &str, kind: Kind) {
     let sent = sent.unwrap_or_else(|e| case.fail(format!("the draining session failed: {e}")));
     let got = sink.recv(WAIT);
     assert_eq!((got.bytes, &got.sha256), (len, &sent.sha256), "{test}");
-    let st = case
-        .line
-        .a
-        .wait_exit(Duration::from_secs(40))
-        .unwrap_or_else(|e| case.fail(format!("gw-a after the drain: {e}")));
-    assert!(st.success(), "{test}: gw-a exited with {st}");
+    case.a_exits_0(Duration::from_secs(40));
     for g in [&case.line.a, &case.line.b] {
         if g.find_line(&["resumed with"]).is_none() {
             case.fail(format!("{} did not resume the tunnel", g.name));
@@ -436,34 +416,11 @@ fn drain_deadline(test: &str, kind: Kind) {
         return;
     };
     let _sink = case.sink(TARGET);
-    let progress = Arc::new(AtomicU64::new(0));
     let len = 256 * MIB;
-    let sender = paced_send(
-        Some(&case.line.src),
-        Line::ingress(TO_TARGET),
-        len,
-        47,
-        2.0 * MIB as f64,
-        progress.clone(),
-    );
+    let (sender, progress) = case.paced(TO_TARGET, len, 47, 2.0 * MIB as f64);
     wait_progress(&progress, MIB, WAIT).unwrap_or_else(|e| case.fail(e));
-    case.line
-        .a
-        .signal(libc::SIGTERM)
-        .unwrap_or_else(|e| case.fail(e));
-    case.line
-        .a
-        .wait_for_log(
-            "drain deadline (2s) reached: reset 1 session(s), telling peer gw-b",
-            WAIT,
-        )
-        .unwrap_or_else(|e| case.fail(e));
-    let st = case
-        .line
-        .a
-        .wait_exit(Duration::from_secs(20))
-        .unwrap_or_else(|e| case.fail(format!("gw-a after the drain deadline: {e}")));
-    assert!(st.success(), "{test}: gw-a exited with {st}");
+    case.sigterm_a_until("drain deadline (2s) reached: reset 1 session(s), telling peer gw-b");
+    case.a_exits_0(Duration::from_secs(20));
     if case
         .line
         .a
@@ -646,6 +603,16 @@ fn only_session_one_gets_through(case: &Case, target: TcpListener, filler: TcpSt
     s
 }
 
+/// The slow target ([`slow_target`]) and two sessions to it, tagged 1 and 2, once both reached
+/// B: the first connecting, the second waiting for it.
+fn two_sessions_to_a_slow_target(case: &Case) -> (TcpListener, TcpStream, TcpStream, TcpStream) {
+    let (target, filler) = slow_target(case);
+    let first = open_tagged(case, 1);
+    let second = open_tagged(case, 2);
+    thread::sleep(Duration::from_millis(1500));
+    (target, filler, first, second)
+}
+
 /// A session the source gives up while it waits for the connect before it to the same target:
 /// it leaves the line, and the target never sees a connection for it (QEMU before 8.0 counts
 /// the connections it accepts: a stray one would be taken for a migration channel). The kernel
@@ -654,11 +621,7 @@ fn reset_while_waiting_to_connect(test: &str, kind: Kind) {
     let Some(mut case) = Case::start(test, kind, |_| {}) else {
         return;
     };
-    let (target, filler) = slow_target(&case);
-    let first = open_tagged(&case, 1);
-    let second = open_tagged(&case, 2);
-    // Both sessions reach B: the first connecting, the second waiting for it.
-    thread::sleep(Duration::from_millis(1500));
+    let (target, filler, first, second) = two_sessions_to_a_slow_target(&case);
     abort(second);
     if let Err(e) = case.line.b.wait_for_line(&["reset by peer"], WAIT) {
         case.fail(format!("B never heard of the second session's reset: {e}"));
@@ -679,11 +642,7 @@ fn allowlist_narrowed_while_waiting_to_connect(test: &str, kind: Kind) {
     let Some(mut case) = Case::start(test, kind, |_| {}) else {
         return;
     };
-    let (target, filler) = slow_target(&case);
-    let first = open_tagged(&case, 1);
-    let second = open_tagged(&case, 2);
-    // Both sessions reach B: the first connecting, the second waiting for it.
-    thread::sleep(Duration::from_millis(1500));
+    let (target, filler, first, second) = two_sessions_to_a_slow_target(&case);
     let file = case.line.dir.join("b.toml");
     let text = std::fs::read_to_string(&file).expect("b.toml");
     let (allowed, other) = (format!("\"{DST}:{TARGET}\""), format!("\"{DST}:{SECOND}\""));
@@ -738,28 +697,6 @@ fn rates_over(case: &Case, secs: f64) -> std::collections::BTreeMap<u16, f64> {
         .collect()
 }
 
-/// A source in src sending `len` bytes through A's ingress `port` as fast as it can.
-fn unpaced(
-    case: &Case,
-    port: u16,
-    len: u64,
-    seed: u64,
-) -> (
-    thread::JoinHandle<(io::Result<lmas_tests::Sent>, Instant)>,
-    Arc<AtomicU64>,
-) {
-    let progress = Arc::new(AtomicU64::new(0));
-    let sender = paced_send(
-        Some(&case.line.src),
-        Line::ingress(port),
-        len,
-        seed,
-        f64::INFINITY,
-        progress.clone(),
-    );
-    (sender, progress)
-}
-
 /// The source's session ended well and the sink got the same bytes.
 fn arrived(
     case: &Case,
@@ -799,8 +736,8 @@ fn weighted_shares(test: &str, kind: Kind) {
     };
     let (light_sink, heavy_sink) = (case.sink(TARGET), case.sink(SECOND));
     let len = 64 * MIB;
-    let (light, light_progress) = unpaced(&case, TO_TARGET, len, 51);
-    let (heavy, heavy_progress) = unpaced(&case, TO_SECOND, len, 52);
+    let (light, light_progress) = case.paced(TO_TARGET, len, 51, f64::INFINITY);
+    let (heavy, heavy_progress) = case.paced(TO_SECOND, len, 52, f64::INFINITY);
     for p in [&light_progress, &heavy_progress] {
         wait_progress(p, 2 * MIB, WAIT).unwrap_or_else(|e| case.fail(e));
     }
@@ -856,7 +793,7 @@ fn main_channel_first(test: &str, kind: Kind) {
     let (mut main_in, _) = target.accept().unwrap_or_else(|e| case.fail(e));
     // The bulk channel opens second, and its bytes pile up behind the cap.
     let bulk_len = 6 * MIB;
-    let (bulk, progress) = unpaced(&case, TO_TARGET, bulk_len, 54);
+    let (bulk, progress) = case.paced(TO_TARGET, bulk_len, 54, f64::INFINITY);
     let (mut bulk_in, _) = target.accept().unwrap_or_else(|e| case.fail(e));
     let bulk_got = Arc::new(AtomicU64::new(0));
     let counter = bulk_got.clone();
@@ -913,7 +850,7 @@ fn cap_changed_by_sighup(test: &str, kind: Kind) {
     };
     let sink = case.sink(TARGET);
     let len = 160 * MIB;
-    let (sender, progress) = unpaced(&case, TO_TARGET, len, 53);
+    let (sender, progress) = case.paced(TO_TARGET, len, 53, f64::INFINITY);
     wait_progress(&progress, 4 * MIB, WAIT).unwrap_or_else(|e| case.fail(e));
     let capped = rates_over(&case, 1.5)[&TARGET];
     eprintln!(
