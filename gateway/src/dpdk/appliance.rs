@@ -30,7 +30,7 @@ use crate::admin::dpdk::DpdkConfig;
 use crate::admin::reload::Live;
 use crate::admin::signals::{Request, Signals};
 use crate::admin::{Config, Datapath, RunError, Stats, Status, StatusSource};
-use crate::link::drain::notice_line;
+use crate::link::drain::log_notice;
 use crate::link::{Drain, DrainStep, ResetCause};
 use crate::protocol::handshake::Shard;
 use crate::transform::{Adaptive, PackPolicy};
@@ -328,15 +328,7 @@ fn take_step<P: FramePort, C: CryptoPipe>(
             warn!("{}", step.told_line(&engine.peer_label(), *told));
             engine.shut_down(now);
         }
-        DrainStep::Stopped if *told => {
-            let received = engine.quiesced();
-            let line = notice_line(&engine.peer_label(), received);
-            if received {
-                info!("{line}");
-            } else {
-                warn!("{line}");
-            }
-        }
+        DrainStep::Stopped if *told => log_notice(&engine.peer_label(), engine.quiesced()),
         DrainStep::Stopped => {}
     }
 }

@@ -263,32 +263,30 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
 
     /// Acts on one thing the session core reported.
     pub(super) fn on_core_event(&mut self, event: Event, now: u64) {
-        {
-            match event {
-                Event::ConnectRequested { session, target } => {
-                    self.egress_connect(session, target, now)
-                }
-                Event::Accepted(id) => self.endpoint_accepted(id),
-                Event::Refused {
-                    session,
-                    reason,
-                    detail,
-                } => self.endpoint_refused(session, reason, &detail, now),
-                Event::Reset { session, reason } => {
-                    Stats::inc(&self.stats.sessions_reset);
-                    self.endpoint_reset(session, reason, now)
-                }
-                Event::Closed(id) => self.endpoint_closed(id, now),
-                // Pumps and flows look at every session and flow each turn.
-                Event::Readable(_)
-                | Event::Writable(_)
-                | Event::CreditFreed
-                | Event::FramesReady
-                | Event::ControlReady
-                // The engine looks at every connection each turn.
-                | Event::ControlRoom
-                | Event::ReceiveRoom => {}
+        match event {
+            Event::ConnectRequested { session, target } => {
+                self.egress_connect(session, target, now)
             }
+            Event::Accepted(id) => self.endpoint_accepted(id),
+            Event::Refused {
+                session,
+                reason,
+                detail,
+            } => self.endpoint_refused(session, reason, &detail, now),
+            Event::Reset { session, reason } => {
+                Stats::inc(&self.stats.sessions_reset);
+                self.endpoint_reset(session, reason, now)
+            }
+            Event::Closed(id) => self.endpoint_closed(id, now),
+            // Pumps and flows look at every session and flow each turn.
+            Event::Readable(_)
+            | Event::Writable(_)
+            | Event::CreditFreed
+            | Event::FramesReady
+            | Event::ControlReady
+            // The engine looks at every connection each turn.
+            | Event::ControlRoom
+            | Event::ReceiveRoom => {}
         }
     }
 

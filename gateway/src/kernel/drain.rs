@@ -22,8 +22,7 @@ use tokio::task::JoinHandle;
 
 use super::Gateway;
 use crate::admin::signals::{Request, Signals};
-use crate::link::drain::notice_line;
-use crate::link::drain::NOTICE_TIMEOUT;
+use crate::link::drain::{log_notice, NOTICE_TIMEOUT};
 use crate::link::{Drain, DrainStep, ResetCause};
 use crate::protocol::ResetReason;
 
@@ -106,10 +105,6 @@ async fn reset_remaining(gateway: &Gateway, cause: ResetCause) {
     warn!("{}", step.told_line(&tunnel.peer, can_tell));
     if can_tell {
         let notice = tokio::time::timeout(NOTICE_TIMEOUT, tunnel.control_delivered()).await;
-        let line = notice_line(&tunnel.peer, notice.is_ok());
-        match notice {
-            Ok(()) => info!("{line}"),
-            Err(_) => warn!("{line}"),
-        }
+        log_notice(&tunnel.peer, notice.is_ok());
     }
 }

@@ -113,6 +113,16 @@ pub fn notice_line(peer: &str, received: bool) -> String {
     }
 }
 
+/// Logs [`notice_line`]: a warning when the resets were not acknowledged.
+pub fn log_notice(peer: &str, received: bool) {
+    let line = notice_line(peer, received);
+    if received {
+        log::info!("{line}");
+    } else {
+        log::warn!("{line}");
+    }
+}
+
 /// The shutdown's state.
 #[derive(Debug, Default)]
 pub struct Drain {

@@ -318,7 +318,7 @@ impl Lifecycle {
             return;
         };
         match c.role {
-            None => self.first_message(conn, c, msg, now),
+            None => self.first_message(conn, c, msg),
             Some(Role::Control) if c.awaiting_welcome => self.welcome(conn, c, msg, now),
             Some(Role::Control) if matches!(msg, Message::Data(_)) => {
                 let e = LinkError::Unexpected {
@@ -497,7 +497,7 @@ impl Lifecycle {
     }
 
     /// The accepting gateway: the first message says hello (control) or attach (a flow).
-    fn first_message(&mut self, conn: ConnRef, c: Conn, msg: Message, now: u64) {
+    fn first_message(&mut self, conn: ConnRef, c: Conn, msg: Message) {
         let peer = peer_label(&self.peer_name, c.remote);
         if let Message::Hello { name, .. } = &msg {
             if let Some(w) = name_mismatch(&self.peer_name, &peer, name) {
@@ -530,7 +530,7 @@ impl Lifecycle {
             name: self.name.clone(),
         };
         self.actions.push_back(Action::Send { conn, msg });
-        self.attach_control(conn, now);
+        self.attach_control(conn);
     }
 
     /// The dialling gateway: the welcome to our hello.
@@ -562,7 +562,7 @@ impl Lifecycle {
         if let Some((_, d)) = &mut self.dial {
             d.welcomed(now, fresh);
         }
-        self.attach_control(conn, now);
+        self.attach_control(conn);
     }
 
     /// A new tunnel replaces the one held (whose sessions are reset).
@@ -578,7 +578,7 @@ impl Lifecycle {
 
     /// Makes `conn` the tunnel's control connection; after an outage both ends restate their
     /// sessions (resync).
-    fn attach_control(&mut self, conn: ConnRef, _now: u64) {
+    fn attach_control(&mut self, conn: ConnRef) {
         let Some(t) = &mut self.tunnel else { return };
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
