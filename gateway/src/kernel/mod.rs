@@ -745,11 +745,16 @@ impl Accepted {
             tunnel_id: tunnel.id,
             name: gateway.config.name.clone(),
         };
-        if let Err(e) = writer.send(&welcome).await {
-            return warn!("peer {label}: sending welcome: {e}");
-        }
+        // In place before the welcome goes: the dialler's attaches follow it at once, and one
+        // that came before the install was refused as naming an unknown tunnel.
         if fresh {
             gateway.install(Some(tunnel.clone()));
+        }
+        if let Err(e) = writer.send(&welcome).await {
+            if fresh {
+                tunnel.shutdown(ResetReason::TunnelLost);
+            }
+            return warn!("peer {label}: sending welcome: {e}");
         }
         tunnel.attach_control(reader, writer);
     }
