@@ -264,13 +264,6 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         };
         let sock = self.wan.sockets.get_mut::<tcp::Socket>(conn.handle);
         if conn.handshake(sock, &me, &mut self.crypto)? {
-            if !conn.dialed {
-                // It holds the peer's key: favoured when it re-dials under a flood.
-                let ip = conn.remote.map(|a| a.ip());
-                if let (Some(ip), Some(g)) = (ip, self.wan.gate_mut()) {
-                    g.handshakes.trust.authenticated(ip);
-                }
-            }
             // A dialled connection says what it is for.
             self.link.keyed(id, conn.remote, conn.peer_dedup, now);
             self.run_link_actions(now);
@@ -431,6 +424,11 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                     }
                 }
                 Action::Count(what) => self.stats.count(what),
+                Action::Trust(ip) => {
+                    if let Some(g) = self.wan.gate_mut() {
+                        g.handshakes.trust.authenticated(ip);
+                    }
+                }
             }
         }
     }

@@ -60,6 +60,9 @@ pub enum Action {
     TunnelGone(Box<TunnelState>),
     /// Something for the gateway's counters.
     Count(Count),
+    /// A source proved it holds the peer's key (its first record opened): favour it when
+    /// handshakes are crowded out (see [`super::admission`]).
+    Trust(std::net::IpAddr),
 }
 
 /// What the lifecycle counts (the driver adds it to the gateway's counters).
@@ -180,6 +183,14 @@ impl Lifecycle {
         self.conns.get(&conn)?.role
     }
 
+    /// The role `conn` serves in the tunnel right now, if it is the connection in place for
+    /// one (not while a control connection waits for its welcome, nor once replaced).
+    pub fn in_place(&self, conn: ConnRef) -> Option<Role> {
+        let table = &self.tunnel.as_ref()?.table;
+        self.conns.get(&conn)?;
+        table.role_of(conn)
+    }
+
     /// Whether new sessions can open: the tunnel has its control connection.
     pub fn is_up(&self) -> bool {
         self.tunnel.as_ref().is_some_and(|t| t.table.is_up())
@@ -284,7 +295,11 @@ impl Lifecycle {
         c.remote = remote.or(c.remote);
         c.peer_dedup = peer_dedup;
         let (dialled, role) = (c.dialled, c.role);
-        self.count(Count::HandshakeOk);
+        // The dialler's handshake proves the acceptor; an accepted one proves nothing until
+        // its first record opens (message 1 may be a replay).
+        if dialled {
+            self.count(Count::HandshakeOk);
+        }
         match (dialled, role) {
             (true, Some(Role::Control)) => {
                 let msg = Message::Hello {
@@ -318,7 +333,13 @@ impl Lifecycle {
             return;
         };
         match c.role {
-            None => self.first_message(conn, c, msg),
+            None => {
+                self.count(Count::HandshakeOk);
+                if let Some(a) = c.remote {
+                    self.actions.push_back(Action::Trust(a.ip()));
+                }
+                self.first_message(conn, c, msg)
+            }
             Some(Role::Control) if c.awaiting_welcome => self.welcome(conn, c, msg, now),
             Some(Role::Control) if matches!(msg, Message::Data(_)) => {
                 let e = LinkError::Unexpected {
@@ -469,6 +490,9 @@ impl Lifecycle {
 
     /// The lifecycle ends `conn` itself, for `why`.
     fn fail(&mut self, conn: ConnRef, why: &LinkError, now: u64) {
+        if matches!(why, LinkError::Unexpected { .. }) {
+            self.count(Count::Applied(Applied::ProtocolError));
+        }
         let fault = Fault {
             kind: FaultKind::Other,
             why,
@@ -737,6 +761,7 @@ mod tests {
                             }
                             Action::TunnelGone(_) => self.end(side).gone += 1,
                             Action::Count(c) => self.end(side).counted.push(c),
+                            Action::Trust(_) => {}
                         }
                     }
                     let wire = &mut self.wire;
@@ -857,6 +882,14 @@ mod tests {
         }
     }
 
+    fn hello(resume: Option<TunnelId>) -> Message {
+        Message::Hello {
+            resume,
+            name: "gw-a".into(),
+            data_flows: FLOWS,
+        }
+    }
+
     fn running() -> Wan {
         let mut w = Wan::new();
         w.dial();
@@ -936,6 +969,39 @@ mod tests {
             Some(Action::Count(Count::HandshakeFailed))
         ));
         assert_eq!(l.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_replayed_first_handshake_message_is_neither_counted_ok_nor_trusted() {
+        // A replay of a captured message 1 is valid Noise: the acceptor keys the connection,
+        // but only the real dialler can seal the first record. Until that arrives, nothing
+        // says the source holds the key.
+        let mut l = Lifecycle::new(setup(false));
+        let from: SocketAddr = "198.51.100.7:4000".parse().unwrap();
+        l.accepted(7, Some(from), 0);
+        l.keyed(7, Some(from), DedupOffer::default(), 1);
+        let fault = Fault {
+            kind: FaultKind::Other,
+            why: &"record failed authentication",
+        };
+        l.failed(7, fault, 2);
+        let actions: Vec<Action> = std::iter::from_fn(|| l.poll_action()).collect();
+        let said = |a: &Action| matches!(a, Action::Count(Count::HandshakeOk) | Action::Trust(_));
+        assert!(!actions.iter().any(said), "keyed is not authenticated");
+        assert!(actions
+            .iter()
+            .any(|a| matches!(a, Action::Count(Count::HandshakeFailed))));
+        // The real dialler's hello proves it.
+        l.accepted(8, Some(from), 3);
+        l.keyed(8, Some(from), DedupOffer::default(), 4);
+        l.message(8, hello(None), 5);
+        let actions: Vec<Action> = std::iter::from_fn(|| l.poll_action()).collect();
+        assert!(actions
+            .iter()
+            .any(|a| matches!(a, Action::Count(Count::HandshakeOk))));
+        assert!(actions
+            .iter()
+            .any(|a| matches!(a, Action::Trust(ip) if *ip == from.ip())));
     }
 
     #[test]
