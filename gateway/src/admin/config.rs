@@ -13,7 +13,7 @@ use serde::Deserialize;
 use super::allowlist::Allowlist;
 use crate::crypto::{PresharedKey, PublicKey, RekeyPolicy, StaticKeypair};
 use crate::protocol::handshake::Shard;
-use crate::protocol::{Message, TunnelId, MAX_DATA_FLOWS};
+use crate::protocol::MAX_DATA_FLOWS;
 use crate::session::{Limits, SharePolicy};
 use crate::sources::SourceList;
 
@@ -330,6 +330,26 @@ impl Config {
         }
     }
 
+    /// Who this gateway is and how it reaches the peer, for the tunnel's lifecycle on `shard`
+    /// (new tunnels keep their dedup store in `dedup_store`, or in memory with `None`).
+    pub fn link_setup(
+        &self,
+        shard: Shard,
+        dedup_store: Option<crate::session::SharedStore>,
+    ) -> crate::link::LinkSetup {
+        let (side, flows) = (crate::session::Side::Dialer, self.data_flows as usize);
+        crate::link::LinkSetup {
+            name: self.name.clone(),
+            peer_name: self.peer_name.clone(),
+            dial: match self.tunnel {
+                TunnelEnd::Dial(addr) => Some(addr),
+                TunnelEnd::Listen(_) => None,
+            },
+            data_flows: self.data_flows,
+            tunnel: self.tunnel_setup(side, flows, shard, self.shares.clone(), dedup_store),
+        }
+    }
+
     /// The store `wan.dedup_dir` asks for, for `shard` of the gateway (a directory of its own,
     /// `shard-N` under it, when the gateway has more than one): `None` when no directory is
     /// set or this gateway offers no store. Opened once, when the gateway starts, so that a
@@ -358,15 +378,6 @@ impl Config {
             usage.capacity
         );
         Ok(Some(std::sync::Arc::new(std::sync::Mutex::new(store))))
-    }
-
-    /// The dialler's first message on a control connection, resuming `resume` if given.
-    pub fn hello(&self, resume: Option<TunnelId>) -> Message {
-        Message::Hello {
-            resume,
-            name: self.name.clone(),
-            data_flows: self.data_flows,
-        }
     }
 }
 

@@ -123,22 +123,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
             now,
         );
         wan.shard = shard;
-        let link = crate::link::LinkSetup {
-            name: config.name.clone(),
-            peer_name: config.peer_name.clone(),
-            dial: match config.tunnel {
-                crate::admin::TunnelEnd::Dial(addr) => Some(addr),
-                crate::admin::TunnelEnd::Listen(_) => None,
-            },
-            data_flows: config.data_flows,
-            tunnel: config.tunnel_setup(
-                crate::session::Side::Dialer,
-                config.data_flows as usize,
-                shard,
-                config.shares.clone(),
-                None,
-            ),
-        };
+        let link = config.link_setup(shard, None);
         let mut engine = Engine {
             link: crate::link::Lifecycle::new(link),
             egress: config.egress.clone(),

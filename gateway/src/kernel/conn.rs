@@ -35,11 +35,6 @@ pub enum ConnError {
     Decode(#[from] DecodeError),
     #[error("packed data frame: {0}")]
     Unpack(#[from] crate::transform::UnpackError),
-    #[error("unexpected {got} message (expected {expected})")]
-    Unexpected {
-        got: &'static str,
-        expected: &'static str,
-    },
 }
 
 impl From<OpenError> for ConnError {
@@ -153,6 +148,12 @@ impl ConnInfo {
 
     pub fn tcp_stats(&self) -> Option<crate::admin::status::TcpStats> {
         super::sockopt::tcp_stats(&socket2::SockRef::from(&self.socket))
+    }
+
+    /// Makes closing the socket send an RST (the connection is dead to us: a replaced one, or
+    /// one of a tunnel given up).
+    pub fn reset_on_close(&self) {
+        super::sockopt::reset_on_close(&socket2::SockRef::from(&self.socket));
     }
 
     /// Whether everything written to the socket was acknowledged by the
@@ -413,11 +414,6 @@ impl<W: AsyncWrite + Unpin> RecordWriter<W> {
             .fetch_add(self.out.len() as u64, Ordering::Relaxed);
         self.out.clear();
         Ok(())
-    }
-
-    pub async fn send(&mut self, msg: &Message) -> Result<(), ConnError> {
-        self.push(msg)?;
-        self.flush().await
     }
 
     pub fn get_ref(&self) -> &W {

@@ -76,7 +76,7 @@ pub async fn shutdown(
     if session_count(gateway) > 0 {
         reset_remaining(gateway, ResetCause::Stopping).await;
     }
-    gateway.install(None);
+    gateway.give_up(ResetReason::TunnelLost);
     info!("gateway {} stopped", gateway.config.name);
 }
 

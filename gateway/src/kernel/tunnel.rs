@@ -1,11 +1,13 @@
-//! A live tunnel on kernel sockets: the session core behind a mutex, the
-//! tasks that move records between it and the control and data connections,
-//! and the per-session signals that wake endpoint tasks.
+//! A live tunnel on kernel sockets: the handle its tasks share, the tasks that move records
+//! between its session core and the control and data connections, and the per-session
+//! signals that wake endpoint tasks.
 //!
-//! Locking: one `std::sync::Mutex` around the core, held only for short,
-//! non-blocking calls (never across an `.await`). After every call the
-//! core's events are dispatched to `Notify`s while still holding the lock,
-//! so no wakeup is lost between a state change and its notification.
+//! The tunnel's state (its session core and connection table) lives in the lifecycle, behind
+//! the gateway's link mutex ([`super::wan`]); once the lifecycle gives the tunnel up, what is
+//! left of it stays with this handle, for the tasks still winding down. The mutex is held only
+//! for short, non-blocking calls (never across an `.await`). After every call the core's
+//! events are dispatched to `Notify`s while still holding it, so no wakeup is lost between a
+//! state change and its notification.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,20 +16,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use log::{info, warn};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
-use super::conn::{ConnError, ConnInfo, RecordReader, RecordWriter};
-use super::Gateway;
+use super::conn::{ConnError, ConnInfo};
+use super::wan::Conns;
+use super::{Gateway, Reader, Writer};
 use crate::admin::status::{ConnectionStatus, TunnelStatus};
 use crate::admin::Stats;
 use crate::link::stall::{self, SendSide, SentBatches, Stall};
-use crate::link::{ConnRef, ConnTable, ConnectOrder, Lost, TunnelState};
-use crate::protocol::handshake::Shard;
+use crate::link::{ConnRef, ConnTable, ConnectOrder, TunnelState};
 use crate::protocol::{Message, RefuseReason, ResetReason, SessionId, TunnelId};
-use crate::session::{Event, Origin, SessionError, SharePolicy, Side, TunnelCore};
+use crate::session::{Event, Origin, SessionError, TunnelCore};
 use crate::transform::PackNote;
 
 /// Bytes of sealed records a writer gathers before one write call.
@@ -80,30 +80,25 @@ impl SessionSignals {
     }
 }
 
-/// A connection in the tunnel's table.
-struct Live {
-    /// Cancelled to retire the connection when a new one takes its role.
-    retire: CancellationToken,
-    info: Arc<ConnInfo>,
-}
-
-struct Inner {
-    /// The session core, and which connection serves the control role and each data flow. Only
-    /// the control connection in place may take control messages off the core, only flow k's
-    /// may take its frames, and only the one in place may declare its role lost.
-    link: TunnelState,
-    /// The connections in `link.table`: how to retire each, and its figures for status.
-    live: HashMap<ConnRef, Live>,
+/// The kernel's part of a tunnel beside its state: the sessions' wakeups, and the per-target
+/// connect order.
+#[derive(Default)]
+pub(super) struct Local {
     signals: HashMap<SessionId, Arc<SessionSignals>>,
     /// Per target, the peer's sessions connecting or waiting to, in open order (see
     /// [`super::egress::connect`]).
     connect_order: ConnectOrder,
-    /// The core deadline the timer task sleeps toward (see [`Tunnel::dispatch`]).
-    timer_at: Option<u64>,
+    /// The control connection in place, as last seen.
+    control: Option<ConnRef>,
+}
+
+/// What is left of a tunnel the lifecycle gave up.
+struct Gone {
+    state: Box<TunnelState>,
+    local: Local,
 }
 
 pub struct Tunnel {
-    inner: Mutex<Inner>,
     frames_ready: Notify,
     control_ready: Notify,
     /// True from when the control writer takes a message off the core until
@@ -116,7 +111,6 @@ pub struct Tunnel {
     receive_room: Notify,
     /// A connect to a target finished, or a session waiting for its turn ended.
     connect_turn: Notify,
-    timer: Notify,
     pub id: TunnelId,
     /// `NAME (ADDR)` of the peer gateway, for logs.
     pub peer: String,
@@ -125,34 +119,16 @@ pub struct Tunnel {
     /// Whether a control connection is attached. When it dies the tunnel is
     /// held for the grace period, waiting for a new control connection.
     pub control_up: tokio::sync::watch::Sender<bool>,
-    /// The next connection's number in `table`.
-    next_conn: std::sync::atomic::AtomicU64,
-    epoch: std::time::Instant,
     gateway: Arc<Gateway>,
     /// Ingress sessions with an idle timeout ([`super::idle`]).
     pub idle: super::idle::IdleWatch,
+    gone: Mutex<Option<Gone>>,
 }
 
 impl Tunnel {
-    pub fn new(
-        gateway: Arc<Gateway>,
-        side: Side,
-        id: TunnelId,
-        peer: String,
-        flows: usize,
-    ) -> Arc<Tunnel> {
-        let store = gateway.dedup_store.clone();
-        let setup = gateway
-            .config
-            .tunnel_setup(side, flows, Shard::ONE, gateway.shares(), store);
+    /// The handle on tunnel `id` (to peer `peer`), which the lifecycle just set up.
+    pub(super) fn new(gateway: Arc<Gateway>, id: TunnelId, peer: String) -> Arc<Tunnel> {
         let tunnel = Arc::new(Tunnel {
-            inner: Mutex::new(Inner {
-                link: TunnelState::new(setup, id, peer.clone()),
-                signals: HashMap::new(),
-                live: HashMap::new(),
-                connect_order: ConnectOrder::default(),
-                timer_at: None,
-            }),
             frames_ready: Notify::new(),
             control_ready: Notify::new(),
             control_busy: AtomicBool::new(false),
@@ -160,17 +136,14 @@ impl Tunnel {
             control_room: Notify::new(),
             receive_room: Notify::new(),
             connect_turn: Notify::new(),
-            timer: Notify::new(),
             id,
             peer,
             closed: CancellationToken::new(),
             control_up: tokio::sync::watch::channel(false).0,
-            next_conn: std::sync::atomic::AtomicU64::new(1),
-            epoch: std::time::Instant::now(),
             gateway,
             idle: Default::default(),
+            gone: Mutex::new(None),
         });
-        tokio::spawn(tunnel.clone().run_timer());
         tokio::spawn(super::idle::run(tunnel.clone()));
         tunnel
     }
@@ -183,25 +156,11 @@ impl Tunnel {
         self.gateway.config.limits.frame_len
     }
 
-    pub fn flow_count(&self) -> usize {
-        self.inner
-            .lock()
-            .expect("not poisoned")
-            .link
-            .core
-            .flow_count()
+    pub fn session_count(self: &Arc<Self>) -> usize {
+        self.with_core(|c| c.session_count())
     }
 
-    pub fn session_count(&self) -> usize {
-        self.inner
-            .lock()
-            .expect("not poisoned")
-            .link
-            .core
-            .session_count()
-    }
-
-    /// Resets every session, telling the peer (unlike [`Tunnel::shutdown`]):
+    /// Resets every session, telling the peer (unlike giving the tunnel up):
     /// each gets a reset message on the control connection. Returns how many.
     pub fn reset_sessions(self: &Arc<Self>, reason: ResetReason) -> usize {
         self.with_core(|core| {
@@ -225,13 +184,10 @@ impl Tunnel {
         })
         .await;
         loop {
-            let control = {
-                let inner = self.inner.lock().expect("not poisoned");
-                let control = inner.link.table.control();
-                control
-                    .and_then(|c| inner.live.get(&c))
-                    .map(|l| l.info.clone())
-            };
+            let control = self.with_state(|state, _, conns| {
+                let c = state.table.control()?;
+                conns.get(&c)?.info.clone()
+            });
             if control.is_some_and(|c| c.send_queue_empty()) {
                 return;
             }
@@ -239,29 +195,66 @@ impl Tunnel {
         }
     }
 
-    /// Microseconds since the tunnel started: the core's clock.
+    /// Microseconds since the gateway started: the core's clock.
     pub fn now(&self) -> u64 {
-        self.epoch.elapsed().as_micros() as u64
+        self.gateway.now_us()
     }
 
     /// Runs `f` on the core, then dispatches the events it produced.
     pub fn with_core<T>(self: &Arc<Self>, f: impl FnOnce(&mut TunnelCore) -> T) -> T {
-        let mut inner = self.inner.lock().expect("not poisoned");
-        let out = f(&mut inner.link.core);
-        self.dispatch(&mut inner);
+        self.with_state(|state, _, _| f(&mut state.core))
+    }
+
+    /// Runs `f` on the tunnel's state, the kernel's part of it and the connections: the
+    /// lifecycle's while this is its tunnel, else what was left of it. Then dispatches the
+    /// core's events.
+    fn with_state<T>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&mut TunnelState, &mut Local, &Conns) -> T,
+    ) -> T {
+        let mut link = self.gateway.link();
+        if let Some((state, local, conns, timer_at)) = link.parts(self.id) {
+            let out = f(state, local, conns);
+            self.dispatch(&mut state.core, local);
+            // Whatever the core just did may have brought its deadline forward (a delayed
+            // ack, tokens returning, a session's probe).
+            self.gateway.poke_timer(state.core.poll_timeout(), timer_at);
+            return out;
+        }
+        drop(link);
+        let mut gone = self.gone.lock().expect("not poisoned");
+        // A handle is made with its tunnel, and is left this when the tunnel goes.
+        let Gone { state, local } = gone.as_mut().expect("a tunnel given up");
+        let out = f(state, local, &Conns::new());
+        self.dispatch(&mut state.core, local);
         out
     }
 
-    fn dispatch(self: &Arc<Self>, inner: &mut Inner) {
-        // Whatever the core just did may have brought its deadline forward
-        // (a delayed ack, tokens returning, a session's probe, a grace period).
-        if let Some(due) = Self::next_deadline(inner) {
-            if inner.timer_at.is_none_or(|at| due < at) {
-                inner.timer_at = Some(due);
-                self.timer.notify_one();
-            }
+    /// The lifecycle gave the tunnel up (`state`, its sessions reset): the resets reach their
+    /// endpoint tasks, and the tunnel's tasks stop.
+    pub(super) fn went_down(self: &Arc<Self>, mut state: Box<TunnelState>, mut local: Local) {
+        self.dispatch(&mut state.core, &mut local);
+        *self.gone.lock().expect("not poisoned") = Some(Gone { state, local });
+        self.control_up.send_replace(false);
+        self.closed.cancel();
+    }
+
+    /// Follows the control connection in place (`table`'s): a new one starts with nothing
+    /// on its way, and new sessions open while there is one.
+    pub(super) fn keep_up(&self, table: &ConnTable, local: &mut Local, conns: &Conns) {
+        let control = table.control().filter(|c| conns.contains_key(c));
+        if control != local.control {
+            local.control = control;
+            // The old writer may have died (or been retired) mid-flush.
+            self.control_busy.store(false, Ordering::SeqCst);
+            self.control_idle.notify_waiters();
+            self.control_up.send_replace(control.is_some());
         }
-        while let Some(event) = inner.link.core.poll_event() {
+    }
+
+    /// Hands the core's events to the tasks waiting for them.
+    pub(super) fn dispatch(self: &Arc<Self>, core: &mut TunnelCore, local: &mut Local) {
+        while let Some(event) = core.poll_event() {
             match event {
                 Event::FramesReady => self.frames_ready.notify_waiters(),
                 // Every waiter: a control writer being retired may still be
@@ -270,19 +263,19 @@ impl Tunnel {
                 Event::ControlRoom => self.control_room.notify_waiters(),
                 Event::ReceiveRoom => self.receive_room.notify_waiters(),
                 Event::Readable(id) => {
-                    if let Some(s) = inner.signals.get(&id) {
+                    if let Some(s) = local.signals.get(&id) {
                         s.readable.notify_one();
                     }
                 }
                 Event::Writable(id) => {
-                    if let Some(s) = inner.signals.get(&id) {
+                    if let Some(s) = local.signals.get(&id) {
                         s.writable.notify_one();
                     }
                 }
                 // Rare (only after the global budget ran dry): wake everyone.
-                Event::CreditFreed => inner.signals.values().for_each(|s| s.writable.notify_one()),
+                Event::CreditFreed => local.signals.values().for_each(|s| s.writable.notify_one()),
                 Event::Accepted(id) => {
-                    if let Some(s) = inner.signals.get(&id) {
+                    if let Some(s) = local.signals.get(&id) {
                         s.open_result(OpenOutcome::Accepted);
                     }
                 }
@@ -291,7 +284,7 @@ impl Tunnel {
                     reason,
                     detail,
                 } => {
-                    if let Some(s) = inner.signals.remove(&session) {
+                    if let Some(s) = local.signals.remove(&session) {
                         s.open_result(OpenOutcome::Refused { reason, detail });
                     }
                 }
@@ -299,11 +292,11 @@ impl Tunnel {
                     Stats::inc(&self.gateway.stats.sessions_reset);
                     // Reset while it waited to connect: it leaves the line unconnected (its
                     // task wakes to see that).
-                    if !inner.connect_order.is_empty() {
-                        let _ = inner.connect_order.done(session);
+                    if !local.connect_order.is_empty() {
+                        let _ = local.connect_order.done(session);
                         self.connect_turn.notify_waiters();
                     }
-                    if let Some(s) = inner.signals.remove(&session) {
+                    if let Some(s) = local.signals.remove(&session) {
                         *s.reset_reason.lock().expect("not poisoned") = Some(reason);
                         s.reset.cancel();
                         // Dropping `opened` tells a waiting opener it is over.
@@ -311,10 +304,10 @@ impl Tunnel {
                     }
                 }
                 Event::Closed(id) => {
-                    inner.signals.remove(&id);
+                    local.signals.remove(&id);
                 }
                 Event::ConnectRequested { session, target } => {
-                    let _ = inner.connect_order.queue(target, session);
+                    let _ = local.connect_order.queue(target, session);
                     tokio::spawn(super::egress::connect(self.clone(), session, target));
                 }
             }
@@ -323,24 +316,18 @@ impl Tunnel {
 
     /// Whether session `id` may connect to its target now (`Some(true)`), must wait for the
     /// connects before it (`Some(false)`), or ended while it waited (`None`).
-    pub fn connect_turn(&self, id: SessionId) -> Option<bool> {
-        let inner = self.inner.lock().expect("not poisoned");
-        inner.connect_order.turn(id)
+    pub fn connect_turn(self: &Arc<Self>, id: SessionId) -> Option<bool> {
+        self.with_state(|_, local, _| local.connect_order.turn(id))
     }
 
     /// Session `id`'s connect is over, either way: the next one to its target may go.
-    pub fn connect_done(&self, id: SessionId) {
-        let _ = self
-            .inner
-            .lock()
-            .expect("not poisoned")
-            .connect_order
-            .done(id);
+    pub fn connect_done(self: &Arc<Self>, id: SessionId) {
+        self.with_state(|_, local, _| local.connect_order.done(id));
         self.connect_turn.notify_waiters();
     }
 
     /// Waits until session `id` may connect (true), or ended while it waited (false).
-    pub async fn wait_connect_turn(&self, id: SessionId) -> bool {
+    pub async fn wait_connect_turn(self: &Arc<Self>, id: SessionId) -> bool {
         wait_until(&self.connect_turn, || match self.connect_turn(id) {
             Some(false) => None,
             turn => Some(turn.is_some()),
@@ -364,11 +351,11 @@ impl Tunnel {
     > {
         let (tx, rx) = oneshot::channel();
         let signals = Arc::new(SessionSignals::new(Some(source), Some(tx)));
-        let mut inner = self.inner.lock().expect("not poisoned");
-        let id = inner.link.core.open(target, origin)?;
-        inner.signals.insert(id, signals.clone());
-        self.dispatch(&mut inner);
-        Ok((id, signals, rx))
+        self.with_state(|state, local, _| {
+            let id = state.core.open(target, origin)?;
+            local.signals.insert(id, signals.clone());
+            Ok((id, signals, rx))
+        })
     }
 
     /// Accepts a peer-opened session once its target is connected.
@@ -377,158 +364,25 @@ impl Tunnel {
         id: SessionId,
     ) -> Result<Arc<SessionSignals>, SessionError> {
         let signals = Arc::new(SessionSignals::new(None, None));
-        let mut inner = self.inner.lock().expect("not poisoned");
-        inner.link.core.accept(id)?;
-        inner.signals.insert(id, signals.clone());
-        self.dispatch(&mut inner);
-        Ok(signals)
-    }
-
-    /// New caps and weights (a reload): running sessions carry on.
-    pub fn set_shares(self: &Arc<Self>, shares: SharePolicy) {
-        let mut inner = self.inner.lock().expect("not poisoned");
-        inner.link.set_shares(shares);
-        self.dispatch(&mut inner);
-    }
-
-    /// Takes the tunnel down: every session is reset, every task stops.
-    pub fn shutdown(self: &Arc<Self>, reason: ResetReason) {
-        if self.closed.is_cancelled() {
-            return;
-        }
-        {
-            let mut inner = self.inner.lock().expect("not poisoned");
-            let _ = inner.link.reset_all(reason);
-            self.dispatch(&mut inner);
-        }
-        self.closed.cancel();
-    }
-
-    /// The core's next deadline, or the grace period's end if sooner.
-    fn next_deadline(inner: &Inner) -> Option<u64> {
-        let grace = inner.link.poll_timeout();
-        inner
-            .link
-            .core
-            .poll_timeout()
-            .into_iter()
-            .chain(grace)
-            .min()
-    }
-
-    /// Serves the core's deadlines and the grace period of a held tunnel: when it runs out
-    /// without a new control connection, the tunnel is taken down.
-    async fn run_timer(self: Arc<Self>) {
-        let run = serve_deadlines(
-            &self.timer,
-            self.epoch.into(),
-            || {
-                let mut inner = self.inner.lock().expect("not poisoned");
-                inner.timer_at = Self::next_deadline(&inner);
-                inner.timer_at
-            },
-            |now| {
-                let expired = {
-                    let mut inner = self.inner.lock().expect("not poisoned");
-                    let expired = inner.link.handle_timeout(now);
-                    inner.link.core.handle_timeout(now);
-                    self.dispatch(&mut inner);
-                    expired
-                };
-                if expired {
-                    self.shutdown(ResetReason::TunnelLost);
-                }
-            },
-        );
-        tokio::select! {
-            _ = self.closed.cancelled() => {}
-            () = run => {}
-        }
-    }
-
-    /// Starts serving a control connection: the first one, or a new one
-    /// after the previous died (then both ends restate their sessions).
-    ///
-    /// A control connection still in place is retired and closed: the peer
-    /// dials a new one only after it gave the old one up, so whatever this end
-    /// still holds of it (its RST lost on the way, or still waiting for its
-    /// timeout) is dead, and must neither take control messages nor, when it
-    /// finally fails, take the new connection's tunnel down.
-    pub fn attach_control(
-        self: &Arc<Self>,
-        reader: RecordReader<OwnedReadHalf>,
-        writer: RecordWriter<OwnedWriteHalf>,
-    ) {
-        let info = reader.info().clone();
-        let retire = CancellationToken::new();
-        let conn = self.next_conn.fetch_add(1, Ordering::SeqCst);
-        let (resumed, old) = {
-            let mut guard = self.inner.lock().expect("not poisoned");
-            let inner = &mut *guard;
-            let live = &inner.live;
-            let names = |c: ConnRef| remote_of(live, c, conn, &info);
-            let attached = inner.link.attach_control(conn, &names, reader.peer_dedup());
-            let old = attached.replaced.and_then(|old| inner.live.remove(&old));
-            if let Some(old) = &old {
-                old.retire.cancel();
-            }
-            let live = Live {
-                retire: retire.clone(),
-                info: info.clone(),
-            };
-            inner.live.insert(conn, live);
-            // The old writer may have died (or been retired) mid-flush.
-            self.control_busy.store(false, Ordering::SeqCst);
-            self.dispatch(inner);
-            (attached.resumed, old)
-        };
-        drop(old);
-        if resumed {
-            Stats::inc(&self.gateway.stats.tunnel_resumes);
-        }
-        self.control_up.send_replace(true);
-        tokio::spawn(self.clone().run_control(conn, retire, reader, writer));
-    }
-
-    /// Control connection `conn` died (`why`): if it is still the one in place, hold every
-    /// session for the grace period, then give up and reset them. A connection that was
-    /// replaced already changes nothing.
-    fn control_lost(self: &Arc<Self>, conn: ConnRef, why: &dyn std::fmt::Display) {
-        let lost = {
-            let mut inner = self.inner.lock().expect("not poisoned");
-            inner.live.remove(&conn);
-            let now = self.now();
-            inner.link.lost(conn, now, why)
-        };
-        let Lost::Control { hold_until } = lost else {
-            return;
-        };
-        if hold_until.is_none() || self.closed.is_cancelled() {
-            return self.shutdown(ResetReason::TunnelLost);
-        }
-        self.control_up.send_replace(false);
-        // The timer serves the hold's end (resumed meanwhile, the table forgets it).
-        self.timer.notify_one();
-    }
-
-    /// Runs `f` on the tunnel's connection table (the dialler decides what to dial from it).
-    pub fn with_table<T>(&self, f: impl FnOnce(&ConnTable) -> T) -> T {
-        f(&self.inner.lock().expect("not poisoned").link.table)
+        self.with_state(|state, local, _| {
+            state.core.accept(id)?;
+            local.signals.insert(id, signals.clone());
+            Ok(signals)
+        })
     }
 
     /// Whether `conn` is the control connection in place.
-    fn is_control(inner: &Inner, conn: ConnRef) -> bool {
-        inner.link.table.control() == Some(conn)
+    fn is_control(self: &Arc<Self>, conn: ConnRef) -> bool {
+        self.with_state(|state, _, _| state.table.control() == Some(conn))
     }
 
-    /// Runs control connection `conn` until it fails or is retired.
-    async fn run_control(
+    /// Serves control connection `conn`, in place, until it fails.
+    pub(super) async fn run_control(
         self: Arc<Self>,
         conn: ConnRef,
-        retire: CancellationToken,
-        mut reader: RecordReader<OwnedReadHalf>,
-        mut writer: RecordWriter<OwnedWriteHalf>,
-    ) {
+        mut reader: Reader,
+        mut writer: Writer,
+    ) -> Result<(), ConnError> {
         let read = async {
             loop {
                 // A peer that sends faster than it reads our answers waits
@@ -537,34 +391,28 @@ impl Tunnel {
                     (!self.with_core(|c| c.control_backlogged())).then_some(())
                 })
                 .await;
-                match reader.read_message().await? {
-                    msg @ Message::Data(_) => {
-                        return Err(ConnError::Unexpected {
-                            got: msg.name(),
-                            expected: "a control message",
-                        })
-                    }
-                    msg => self.apply(msg, None),
-                }
+                let msg = reader.read_message().await?;
+                self.gateway
+                    .link_event(|link, now| link.lifecycle.message(conn, msg, now));
             }
         };
         let write = async {
             // Takes the next control message if this connection is still the
             // one in place: a retired writer must not take (and lose) any.
             let take = || {
-                let mut inner = self.inner.lock().expect("not poisoned");
-                if !Self::is_control(&inner, conn) {
-                    return None;
-                }
-                let msg = inner.link.core.poll_control();
-                if msg.is_some() {
-                    self.control_busy.store(true, Ordering::SeqCst);
-                }
-                self.dispatch(&mut inner);
-                msg
+                self.with_state(|state, _, _| {
+                    if state.table.control() != Some(conn) {
+                        return None;
+                    }
+                    let msg = state.core.poll_control();
+                    if msg.is_some() {
+                        self.control_busy.store(true, Ordering::SeqCst);
+                    }
+                    msg
+                })
             };
             loop {
-                // Marked busy under the core's lock, together with taking the
+                // Marked busy under the link's lock, together with taking the
                 // message, so `control_delivered` never sees an empty queue
                 // while a message is on its way to the socket.
                 let first = wait_until(&self.control_ready, &take).await;
@@ -573,110 +421,37 @@ impl Tunnel {
                     writer.push(&msg)?;
                 }
                 writer.flush().await?;
-                let inner = self.inner.lock().expect("not poisoned");
-                if Self::is_control(&inner, conn) {
+                if self.is_control(conn) {
                     self.control_busy.store(false, Ordering::SeqCst);
                     self.control_idle.notify_waiters();
                 }
             }
         };
-        let result: Result<(), ConnError> = tokio::select! {
-            _ = self.closed.cancelled() => Ok(()),
-            // Replaced by a newer connection, which has taken over.
-            _ = retire.cancelled() => return,
+        tokio::select! {
             r = read => r,
             r = write => r,
-        };
-        if self.closed.is_cancelled() {
-            return;
         }
-        // The loops end only with an error.
-        let why = result.err().unwrap_or(ConnError::Closed);
-        self.count_failure(&why);
-        self.control_lost(conn, &why);
     }
 
-    /// Runs data flow `idx` until it fails or is retired. Whatever it
-    /// carried that the peer has not acked is handed to the other flows.
-    ///
-    /// A connection still in place for `idx` is retired and closed first:
-    /// the peer re-attaches a flow only after it gave the old connection up,
-    /// so that one is dead even if this end has not noticed (its RST lost,
-    /// its timeout not yet due). Its frames go out again at once, and its
-    /// eventual end does not touch the new connection's frames.
-    ///
-    /// The connection is in the table when this returns; the future runs it.
-    pub fn run_flow<R, W>(
+    /// Serves data flow `idx` on connection `id`, in place, until it fails. Whatever it
+    /// carried that the peer has not acked goes out on the other flows when it is lost.
+    pub(super) async fn run_flow(
         self: Arc<Self>,
         idx: usize,
-        reader: RecordReader<R>,
-        writer: RecordWriter<W>,
-    ) -> impl std::future::Future<Output = ()>
-    where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin + AsRef<tokio::net::TcpStream>,
-    {
-        let info = reader.info().clone();
-        let id = self.next_conn.fetch_add(1, Ordering::SeqCst);
-        let retire = CancellationToken::new();
-        let attached = {
-            let mut guard = self.inner.lock().expect("not poisoned");
-            let inner = &mut *guard;
-            let live = &inner.live;
-            let names = |c: ConnRef| remote_of(live, c, id, &info);
-            // Callers check the index against the flow count.
-            inner.link.attach_flow(idx, id, &names).map(|attached| {
-                let old = attached.replaced.and_then(|old| inner.live.remove(&old));
-                if let Some(old) = &old {
-                    old.retire.cancel();
-                    self.dispatch(inner);
-                }
-                let live = Live {
-                    retire: retire.clone(),
-                    info: info.clone(),
-                };
-                inner.live.insert(id, live);
-                old.is_some()
-            })
-        };
-        async move {
-            let Some(replaced) = attached else {
-                return;
-            };
-            if replaced {
-                Stats::inc(&self.gateway.stats.flows_lost);
-            }
-            let result = tokio::select! {
-                _ = self.closed.cancelled() => Ok(()),
-                // Replaced by a newer connection, which has taken over.
-                _ = retire.cancelled() => return,
-                r = self.flow_reader(reader) => r,
-                r = self.flow_writer(idx, id, writer) => r,
-            };
-            let in_place = {
-                let mut inner = self.inner.lock().expect("not poisoned");
-                inner.live.remove(&id);
-                let now = self.now();
-                let lost = match &result {
-                    Err(e) => inner.link.lost(id, now, e),
-                    // The tunnel closed: nothing to say.
-                    Ok(()) => inner.link.table.lost(id, now),
-                };
-                self.dispatch(&mut inner);
-                lost == Lost::Flow(idx)
-            };
-            if let Err(e) = &result {
-                self.count_failure(e);
-                if in_place {
-                    Stats::inc(&self.gateway.stats.flows_lost);
-                }
-            }
+        id: ConnRef,
+        reader: Reader,
+        writer: Writer,
+    ) -> Result<(), ConnError> {
+        tokio::select! {
+            r = self.flow_reader(id, reader) => r,
+            r = self.flow_writer(idx, id, writer) => r,
         }
     }
 
-    async fn flow_reader<R: AsyncRead + Unpin>(
+    async fn flow_reader(
         self: &Arc<Self>,
-        mut reader: RecordReader<R>,
+        id: ConnRef,
+        mut reader: Reader,
     ) -> Result<(), ConnError> {
         loop {
             // Backpressure, never loss: while endpoints leave the receive
@@ -686,39 +461,37 @@ impl Tunnel {
             })
             .await;
             let msg = reader.read_message().await?;
-            if !matches!(msg, Message::Data(_)) {
-                return Err(ConnError::Unexpected {
-                    got: msg.name(),
-                    expected: "data",
-                });
-            }
-            self.apply(msg, reader.take_unpacked());
+            let unpacked = reader.take_unpacked();
+            self.gateway.link_event(|link, now| {
+                // Credited first: the frame may be the session's last.
+                if let (Some(n), Some(_)) = (unpacked, link.lifecycle.in_place(id)) {
+                    if let Some(t) = &mut link.lifecycle.tunnel {
+                        t.core.note_packing(n);
+                    }
+                }
+                link.lifecycle.message(id, msg, now)
+            });
         }
     }
 
-    async fn flow_writer<W>(
+    async fn flow_writer(
         self: &Arc<Self>,
         idx: usize,
         id: ConnRef,
-        mut writer: RecordWriter<W>,
-    ) -> Result<(), ConnError>
-    where
-        W: AsyncWrite + Unpin + AsRef<tokio::net::TcpStream>,
-    {
+        mut writer: Writer,
+    ) -> Result<(), ConnError> {
         // Takes flow `idx`'s next frame if this connection is still the one
         // in place: frames a retired connection took would sit in the new
         // one's ledger, sent nowhere.
         let take = || {
-            let mut inner = self.inner.lock().expect("not poisoned");
-            let in_place = inner.link.table.flow(idx) == Some(id);
             let now = self.now();
-            let Inner { link, live, .. } = &mut *inner;
-            link.sample_flows(now, |c| live.get(&c)?.info.flow_progress());
-            let frame = in_place
-                .then(|| inner.link.core.poll_frame(now, idx))
-                .flatten();
-            self.dispatch(&mut inner);
-            frame
+            self.with_state(|state, _, conns| {
+                if state.table.flow(idx) != Some(id) {
+                    return None;
+                }
+                state.sample_flows(now, |c| conns.get(&c)?.info.as_ref()?.flow_progress());
+                state.core.poll_frame(now, idx)
+            })
         };
         let mut sent = SentBatches::default();
         loop {
@@ -776,13 +549,14 @@ impl Tunnel {
         let me = info.send_side().unwrap_or_default();
         let stall = (me.stuck > 0)
             .then(|| {
-                let inner = self.inner.lock().expect("not poisoned");
-                let table = &inner.link.table;
-                let others: Vec<SendSide> = (0..table.flow_count())
-                    .filter(|&k| k != idx)
-                    .filter_map(|k| inner.live.get(&table.flow(k)?)?.info.send_side())
-                    .collect();
-                stall::stalled(&me, &others)
+                self.with_state(|state, _, conns| {
+                    let table = &state.table;
+                    let others: Vec<SendSide> = (0..table.flow_count())
+                        .filter(|&k| k != idx)
+                        .filter_map(|k| conns.get(&table.flow(k)?)?.info.as_ref()?.send_side())
+                        .collect();
+                    stall::stalled(&me, &others)
+                })
             })
             .flatten();
         let stuck = stall.map(|_| me.stuck);
@@ -806,11 +580,11 @@ impl Tunnel {
                     Err(e) => warn!("peer {peer}: data flow {idx}: restarting {cc}: {e}"),
                 }
             }
-            let mut inner = self.inner.lock().expect("not poisoned");
-            if inner.link.table.flow(idx) == Some(id) {
-                inner.link.core.flow_stalled(idx, frames);
-                self.dispatch(&mut inner);
-            }
+            self.with_state(|state, _, _| {
+                if state.table.flow(idx) == Some(id) {
+                    state.core.flow_stalled(idx, frames);
+                }
+            });
         }
         stuck.is_some()
     }
@@ -823,71 +597,31 @@ impl Tunnel {
         }
     }
 
-    /// Applies one message from the peer, with what unpacking it cost (a packed data frame).
-    fn apply(self: &Arc<Self>, msg: Message, unpacked: Option<PackNote>) {
-        let applied = {
-            let mut inner = self.inner.lock().expect("not poisoned");
-            // Credited first: the frame may be the session's last.
-            if let Some(n) = unpacked {
-                inner.link.core.note_packing(n);
-            }
-            let applied = inner.link.apply(msg);
-            self.dispatch(&mut inner);
-            applied
-        };
-        self.gateway.stats.applied(applied);
-    }
-
-    /// Counts why a connection ended, for status.
-    fn count_failure(&self, e: &ConnError) {
-        let stats = &self.gateway.stats;
-        match e {
-            ConnError::Record(_) => Stats::inc(&stats.records_rejected),
-            ConnError::Decode(_) | ConnError::Unpack(_) | ConnError::Unexpected { .. } => {
-                Stats::inc(&stats.protocol_errors)
-            }
-            _ => {}
-        }
-    }
-
     /// The tunnel as `lmas status` shows it.
-    pub fn status(&self) -> TunnelStatus {
-        let inner = self.inner.lock().expect("not poisoned");
-        let endpoint = |id| {
-            let signals = inner.signals.get(&id);
-            let age = signals.map_or(0.0, |g| g.started.elapsed().as_secs_f64());
-            (signals.and_then(|g| g.source), age)
-        };
-        let connection = |id| {
-            let c = &inner.live.get(&id)?.info;
-            Some(ConnectionStatus {
-                local: c.local.to_string(),
-                remote: c.remote.to_string(),
-                age_secs: c.since.elapsed().as_secs_f64(),
-                bytes_sent: c.sent.load(Ordering::Relaxed),
-                bytes_received: c.received.load(Ordering::Relaxed),
-                tcp: c.tcp_stats(),
-                ..Default::default()
-            })
-        };
-        TunnelStatus::of(
-            &inner.link,
-            *self.control_up.borrow(),
-            self.now(),
-            endpoint,
-            connection,
-        )
+    pub fn status(self: &Arc<Self>) -> TunnelStatus {
+        let up = *self.control_up.borrow();
+        let now = self.now();
+        self.with_state(|state, local, conns| {
+            let endpoint = |id| {
+                let signals = local.signals.get(&id);
+                let age = signals.map_or(0.0, |g| g.started.elapsed().as_secs_f64());
+                (signals.and_then(|g| g.source), age)
+            };
+            let connection = |id| {
+                let c = conns.get(&id)?.info.as_ref()?;
+                Some(ConnectionStatus {
+                    local: c.local.to_string(),
+                    remote: c.remote.to_string(),
+                    age_secs: c.since.elapsed().as_secs_f64(),
+                    bytes_sent: c.sent.load(Ordering::Relaxed),
+                    bytes_received: c.received.load(Ordering::Relaxed),
+                    tcp: c.tcp_stats(),
+                    ..Default::default()
+                })
+            };
+            TunnelStatus::of(state, up, now, endpoint, connection)
+        })
     }
-}
-
-/// How the tunnel's lines name connection `c`: its remote address (`new`, not yet in `live`,
-/// is `info`'s).
-fn remote_of(live: &HashMap<ConnRef, Live>, c: ConnRef, new: ConnRef, info: &ConnInfo) -> String {
-    if c == new {
-        return info.remote.to_string();
-    }
-    live.get(&c)
-        .map_or_else(|| "?".to_string(), |l| l.info.remote.to_string())
 }
 
 /// Waits until `poll` yields a value, sleeping on `notify` in between. The

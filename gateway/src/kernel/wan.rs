@@ -1,0 +1,402 @@
+//! The kernel's driver of the tunnel's lifecycle ([`crate::link::Lifecycle`]): one task per
+//! WAN connection turns its socket into lifecycle events (dialled, keyed, a message, failed),
+//! and [`Gateway::settle`] carries out what the lifecycle decides (send a hello, welcome or
+//! attach, close a connection, dispose of a tunnel, dial). One mutex holds the lifecycle and
+//! the kernel's side of each connection; it is held for short, non-blocking calls only.
+//!
+//! A connection's task: dial or accept it, run its handshake, then read its first messages
+//! through the lifecycle until it is in place for a role; from then on it serves that role
+//! ([`Tunnel::run_control`], [`Tunnel::run_flow`]) until it fails (reported) or the lifecycle
+//! closes it (its `retire` token, nothing to report).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use log::warn;
+use socket2::SockRef;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use super::conn::{handshake_acceptor, handshake_initiator, ConnError, ConnInfo};
+use super::sockopt::tune_wan;
+use super::tunnel::{serve_deadlines, Local, Tunnel};
+use super::{Gateway, Reader, Writer};
+use crate::link::{Action, ConnRef, Fault, FaultKind, Lifecycle, Role};
+use crate::protocol::Message;
+
+/// The kernel's side of one WAN connection.
+pub(super) struct Conn {
+    /// Cancelled when the lifecycle closes the connection: its task ends, dropping the socket.
+    retire: CancellationToken,
+    /// Its socket's figures, once it is keyed.
+    pub info: Option<Arc<ConnInfo>>,
+    /// What the lifecycle asked to send on it (hello, welcome, attach), for its task to write.
+    outbox: Vec<Message>,
+}
+
+pub(super) type Conns = HashMap<ConnRef, Conn>;
+
+/// The tunnel in the lifecycle and the kernel's handle on it.
+struct Current {
+    handle: Arc<Tunnel>,
+    local: Local,
+}
+
+/// What the gateway's link mutex holds.
+pub(super) struct Link {
+    pub lifecycle: Lifecycle,
+    conns: Conns,
+    next_conn: ConnRef,
+    current: Option<Current>,
+    /// The deadline the timer task sleeps toward.
+    timer_at: Option<u64>,
+}
+
+impl Link {
+    pub fn new(lifecycle: Lifecycle) -> Link {
+        Link {
+            lifecycle,
+            conns: Conns::new(),
+            next_conn: 1,
+            current: None,
+            timer_at: None,
+        }
+    }
+
+    /// The handle on the tunnel, also while it is held after its control connection died.
+    pub fn tunnel(&self) -> Option<Arc<Tunnel>> {
+        self.current.as_ref().map(|c| c.handle.clone())
+    }
+
+    /// Tunnel `id`'s state, the kernel's part of it, the connections, and the timer's
+    /// deadline, if `id` is the tunnel in the lifecycle.
+    pub fn parts(
+        &mut self,
+        id: crate::protocol::TunnelId,
+    ) -> Option<(
+        &mut crate::link::TunnelState,
+        &mut Local,
+        &Conns,
+        &mut Option<u64>,
+    )> {
+        let state = self.lifecycle.tunnel.as_mut().filter(|t| t.id == id)?;
+        let current = self.current.as_mut().filter(|c| c.handle.id == id)?;
+        Some((state, &mut current.local, &self.conns, &mut self.timer_at))
+    }
+
+    /// A new connection's number, with its retire token.
+    fn open(&mut self) -> (ConnRef, CancellationToken) {
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        let retire = CancellationToken::new();
+        let c = Conn {
+            retire: retire.clone(),
+            info: None,
+            outbox: Vec::new(),
+        };
+        self.conns.insert(conn, c);
+        (conn, retire)
+    }
+
+    /// When the lifecycle or the core next has something to do.
+    fn next_deadline(&self) -> Option<u64> {
+        let core = self.lifecycle.tunnel.as_ref();
+        let core = core.and_then(|t| t.core.poll_timeout());
+        self.lifecycle.poll_timeout().into_iter().chain(core).min()
+    }
+}
+
+/// What became of a connection after an event: what to write on it, and the role it took.
+struct Step {
+    outbox: Vec<Message>,
+    in_place: Option<(Role, Arc<Tunnel>)>,
+}
+
+impl Gateway {
+    pub(super) fn link(&self) -> std::sync::MutexGuard<'_, Link> {
+        self.link.lock().expect("not poisoned")
+    }
+
+    /// Tells the lifecycle something (`event` is given the clock), then carries out what it
+    /// decided.
+    pub(super) fn link_event<T>(self: &Arc<Self>, event: impl FnOnce(&mut Link, u64) -> T) -> T {
+        let mut link = self.link();
+        let out = event(&mut link, self.now_us());
+        self.settle(&mut link);
+        out
+    }
+
+    /// An event on `conn`, and what it means for its task.
+    fn conn_event(self: &Arc<Self>, conn: ConnRef, event: impl FnOnce(&mut Link, u64)) -> Step {
+        let mut link = self.link();
+        event(&mut link, self.now_us());
+        self.settle(&mut link);
+        let outbox = link
+            .conns
+            .get_mut(&conn)
+            .map(|c| std::mem::take(&mut c.outbox))
+            .unwrap_or_default();
+        let role = link.lifecycle.in_place(conn);
+        let in_place = role.zip(link.tunnel());
+        Step { outbox, in_place }
+    }
+
+    /// Carries out the lifecycle's actions, then keeps the kernel's side in step with it: a
+    /// handle for a new tunnel, the core's events, whether it is up, due dials, the timer.
+    fn settle(self: &Arc<Self>, link: &mut Link) {
+        while let Some(action) = link.lifecycle.poll_action() {
+            match action {
+                Action::Send { conn, msg } => {
+                    if let Some(c) = link.conns.get_mut(&conn) {
+                        c.outbox.push(msg);
+                    }
+                }
+                Action::Close { conn, graceful } => {
+                    if let Some(c) = link.conns.remove(&conn) {
+                        if let (false, Some(info)) = (graceful, &c.info) {
+                            info.reset_on_close();
+                        }
+                        c.retire.cancel();
+                    }
+                }
+                Action::TunnelGone(state) => {
+                    let gone = link.current.take_if(|c| c.handle.id == state.id);
+                    if let Some(Current { handle, local }) = gone {
+                        handle.went_down(state, local);
+                    }
+                }
+                Action::Count(c) => self.stats.count(c),
+                Action::Trust(ip) => self.handshakes.authenticated(ip),
+            }
+        }
+        let Link {
+            lifecycle,
+            current,
+            conns,
+            ..
+        } = link;
+        if let Some(t) = &mut lifecycle.tunnel {
+            if current.as_ref().is_none_or(|c| c.handle.id != t.id) {
+                let handle = Tunnel::new(self.clone(), t.id, t.peer.clone());
+                let local = Local::default();
+                *current = Some(Current { handle, local });
+            }
+            if let Some(Current { handle, local }) = current {
+                handle.dispatch(&mut t.core, local);
+                handle.keep_up(&t.table, local, conns);
+            }
+        }
+        let ready = current
+            .as_ref()
+            .filter(|_| lifecycle.is_up())
+            .map(|c| c.handle.clone());
+        self.ready.send_if_modified(|r| {
+            let same = r.as_ref().map(Arc::as_ptr) == ready.as_ref().map(Arc::as_ptr);
+            *r = ready;
+            !same
+        });
+        let now = self.now_us();
+        while let Some(role) = link.lifecycle.poll_dial(now) {
+            let Some(addr) = link.lifecycle.dial_addr() else {
+                break;
+            };
+            let (conn, retire) = link.open();
+            link.lifecycle.dialling(role, conn, now);
+            tokio::spawn(dial(self.clone(), conn, retire, role, addr));
+        }
+        self.poke_timer(link.next_deadline(), &mut link.timer_at);
+    }
+
+    /// Wakes the timer task if `due` is sooner than what it sleeps toward.
+    pub(super) fn poke_timer(&self, due: Option<u64>, timer_at: &mut Option<u64>) {
+        if let Some(due) = due {
+            if timer_at.is_none_or(|at| due < at) {
+                *timer_at = Some(due);
+                self.timer.notify_one();
+            }
+        }
+    }
+
+    /// A listener took `remote`'s connection: its number, and its retire token.
+    pub(super) fn accepted(self: &Arc<Self>, remote: SocketAddr) -> (ConnRef, CancellationToken) {
+        self.link_event(|link, now| {
+            let (conn, retire) = link.open();
+            link.lifecycle.accepted(conn, Some(remote), now);
+            (conn, retire)
+        })
+    }
+
+    /// `conn` was dropped before its handshake ended (admission made room for another).
+    pub(super) fn dropped(self: &Arc<Self>, conn: ConnRef) {
+        self.link_event(|link, _| {
+            link.conns.remove(&conn);
+            link.lifecycle.dropped(conn);
+        });
+    }
+
+    /// `conn` failed for `why` (`kind`: how, as the lifecycle tells failures apart).
+    fn failed(self: &Arc<Self>, conn: ConnRef, kind: FaultKind, why: &dyn std::fmt::Display) {
+        self.link_event(|link, now| link.lifecycle.failed(conn, Fault { kind, why }, now));
+    }
+
+    /// `conn`'s socket or records failed with `e`.
+    pub(super) fn conn_failed(self: &Arc<Self>, conn: ConnRef, e: &ConnError) {
+        let stats = &self.stats;
+        let kind = match e {
+            ConnError::Closed => FaultKind::Closed,
+            ConnError::Record(_) => {
+                crate::admin::Stats::inc(&stats.records_rejected);
+                FaultKind::Other
+            }
+            ConnError::Decode(_) | ConnError::Unpack(_) => {
+                crate::admin::Stats::inc(&stats.protocol_errors);
+                FaultKind::Other
+            }
+            _ => FaultKind::Other,
+        };
+        self.failed(conn, kind, e);
+    }
+}
+
+/// Serves the deadlines of the lifecycle (handshakes, the grace period, dial backoff, the new
+/// tunnel's attach deadline) and of the session core, for the life of the gateway.
+pub(super) async fn run_timer(gateway: Arc<Gateway>) {
+    serve_deadlines(
+        &gateway.timer,
+        gateway.started.into(),
+        || {
+            let mut link = gateway.link();
+            link.timer_at = link.next_deadline();
+            link.timer_at
+        },
+        |now| {
+            gateway.link_event(|link, _| {
+                link.lifecycle.handle_timeout(now);
+                if let Some(t) = &mut link.lifecycle.tunnel {
+                    t.core.handle_timeout(now);
+                }
+            })
+        },
+    )
+    .await
+}
+
+/// Why a dialled connection could not be set up.
+#[derive(Debug, thiserror::Error)]
+enum DialError {
+    #[error("cannot connect: {0}")]
+    Connect(std::io::Error),
+    #[error("{0}")]
+    Handshake(#[from] ConnError),
+}
+
+/// Dials `conn` to `addr` for `role`, then serves it.
+async fn dial(
+    gateway: Arc<Gateway>,
+    conn: ConnRef,
+    retire: CancellationToken,
+    role: Role,
+    addr: SocketAddr,
+) {
+    let data_flow = matches!(role, Role::Flow(_));
+    let dialled = tokio::select! {
+        // The handshake took too long (the lifecycle said so), or the tunnel is gone.
+        _ = retire.cancelled() => return,
+        r = connect(&gateway, addr, data_flow) => r,
+    };
+    match dialled {
+        Ok((reader, writer)) => serve(gateway, conn, retire, reader, writer).await,
+        Err(e) => {
+            let kind = match e {
+                DialError::Connect(_) => FaultKind::Connect,
+                DialError::Handshake(ConnError::Closed) => FaultKind::Closed,
+                DialError::Handshake(_) => FaultKind::Other,
+            };
+            gateway.failed(conn, kind, &e)
+        }
+    }
+}
+
+/// Connects, tunes and authenticates one WAN connection.
+async fn connect(
+    gateway: &Gateway,
+    addr: SocketAddr,
+    data_flow: bool,
+) -> Result<(Reader, Writer), DialError> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4(),
+        SocketAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .map_err(DialError::Connect)?;
+    // Buffers before connect: the window scale is fixed by the SYN.
+    for w in tune_wan(&SockRef::from(&socket), &gateway.tuning, data_flow) {
+        warn!("WAN socket option: {w}");
+    }
+    let mut stream = socket.connect(addr).await.map_err(DialError::Connect)?;
+    let keys = handshake_initiator(&mut stream, &gateway.identity(), data_flow).await?;
+    Ok(gateway.secure(stream, &keys).map_err(ConnError::Io)?)
+}
+
+/// Runs the accepting side's handshake on `stream`, up to its answer.
+pub(super) async fn accept_handshake(
+    gateway: &Gateway,
+    mut stream: TcpStream,
+) -> Result<(Reader, Writer), ConnError> {
+    let done = handshake_acceptor(&mut stream, &gateway.identity()).await?;
+    for w in tune_wan(&SockRef::from(&stream), &gateway.tuning, done.data_flow) {
+        warn!("WAN socket option: {w}");
+    }
+    tokio::io::AsyncWriteExt::write_all(&mut stream, &done.reply).await?;
+    Ok(gateway.secure(stream, &done.keys)?)
+}
+
+/// Serves keyed connection `conn` until it fails (then the lifecycle is told) or the
+/// lifecycle closes it.
+pub(super) async fn serve(
+    gateway: Arc<Gateway>,
+    conn: ConnRef,
+    retire: CancellationToken,
+    reader: Reader,
+    writer: Writer,
+) {
+    let result = tokio::select! {
+        _ = retire.cancelled() => return,
+        r = take_role(&gateway, conn, reader, writer) => r,
+    };
+    if let Err(e) = result {
+        gateway.conn_failed(conn, &e);
+    }
+}
+
+/// Tells the lifecycle `conn` is keyed, writes what it answers and feeds it the first
+/// messages until the connection is in place for a role, then serves that role.
+async fn take_role(
+    gateway: &Arc<Gateway>,
+    conn: ConnRef,
+    mut reader: Reader,
+    mut writer: Writer,
+) -> Result<(), ConnError> {
+    let info = reader.info().clone();
+    let peer_dedup = reader.peer_dedup();
+    let mut step = gateway.conn_event(conn, |link, now| {
+        if let Some(c) = link.conns.get_mut(&conn) {
+            c.info = Some(info.clone());
+        }
+        link.lifecycle
+            .keyed(conn, Some(info.remote), peer_dedup, now)
+    });
+    loop {
+        for msg in &step.outbox {
+            writer.push(msg)?;
+        }
+        writer.flush().await?;
+        match step.in_place {
+            Some((Role::Control, tunnel)) => return tunnel.run_control(conn, reader, writer).await,
+            Some((Role::Flow(k), tunnel)) => return tunnel.run_flow(k, conn, reader, writer).await,
+            None => {}
+        }
+        let msg = reader.read_message().await?;
+        step = gateway.conn_event(conn, |link, now| link.lifecycle.message(conn, msg, now));
+    }
+}
