@@ -58,7 +58,7 @@ fuzz_target!(|data: &[u8]| {
         };
         match op % 9 {
             0 => {
-                l.accepted(next, None, now);
+                l.accepted(next, None, arg & 2 != 0, now);
                 conns.push(next);
                 next += 1;
             }

@@ -92,6 +92,7 @@ impl Stats {
         use crate::link::Count;
         match what {
             Count::HandshakeOk => Stats::inc(&self.handshakes_ok),
+            Count::HandshakeBusy => Stats::inc(&self.handshakes_busy),
             Count::HandshakeFailed => Stats::inc(&self.handshake_failures),
             Count::TunnelResumed => Stats::inc(&self.tunnel_resumes),
             Count::FlowLost => Stats::inc(&self.flows_lost),

@@ -23,9 +23,9 @@ use super::engine::Engine;
 use super::net::{endpoint_addr, is_connected, Embryo, Retire, TunnelGate};
 use super::phy::FramePort;
 use super::wan::{Identity, WanConn, WanError};
-use crate::admin::{Stats, TunnelEnd};
+use crate::admin::TunnelEnd;
 use crate::crypto::MAX_RECORD_LEN;
-use crate::link::admission::{self, Admission, Throttle, MAX_PENDING_HANDSHAKES};
+use crate::link::admission;
 use crate::link::half_open::{HalfOpenTable, Handshake};
 use crate::link::lifecycle::{Action, Fault, FaultKind};
 use crate::link::Role;
@@ -81,12 +81,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                 );
             }
             let sources = self.config.peer_source.clone();
-            let gate = TunnelGate::new(
-                addr.port(),
-                sources,
-                MAX_PENDING_HANDSHAKES,
-                self.stats.clone(),
-            );
+            let gate = TunnelGate::new(addr.port(), sources, self.stats.clone());
             self.wan.set_gate(gate);
         }
         self.refill_wan_listeners();
@@ -176,7 +171,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                     let Some(g) = self.wan.gate_mut() else {
                         continue;
                     };
-                    let trusted = g.handshakes.trust.is_trusted(IpAddr::V4(ip));
+                    let trusted = g.guard.trust.is_trusted(IpAddr::V4(ip));
                     let embryo = Embryo { handle: h, ip };
                     if let Some(old) = g.embryos.push(embryo, now, trusted) {
                         g.note_dropped(&old.item, "displaced by newer half-open connections");
@@ -223,34 +218,19 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         }
     }
 
-    /// A connection whose TCP handshake completed: it takes a slot in the
-    /// handshake table, fairly (see [`crate::link::admission`]), or is dropped.
+    /// A connection whose TCP handshake completed: it takes a slot among the pending
+    /// handshakes, fairly (see [`crate::link::admission`]), or is dropped.
     fn accept_wan(&mut self, h: smoltcp::iface::SocketHandle, now: u64) {
         let id = self.new_conn_id();
         let sock = self.wan.sockets.get::<tcp::Socket>(h);
         let addr = sock.remote_endpoint().map(endpoint_addr);
-        self.conns.insert(id, WanConn::accepted(id, h, now));
-        self.link.accepted(id, addr, now);
-        let Some(g) = self.wan.gate_mut() else { return };
-        let addr = addr.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
-        let admission = g.handshakes.admit(id, addr);
-        let (drop, who) = match admission {
-            Admission::Admitted { evicted: None } => return,
-            Admission::Admitted {
-                evicted: Some(victim),
-            } => victim,
-            Admission::Refused => (id, addr),
+        let trusted = match (addr, self.wan.gate_mut()) {
+            (Some(a), Some(g)) => g.guard.trust.is_trusted(a.ip()),
+            _ => false,
         };
-        let why = g.handshakes.why(&admission, &self.config.peer_name);
-        Stats::inc(&self.stats.handshakes_busy);
-        if let Some(more) = g.log_now() {
-            warn!(
-                "handshake with {who} dropped: {why}{}",
-                Throttle::more(more)
-            );
-        }
-        self.link.dropped(drop);
-        self.close_conn(drop);
+        self.conns.insert(id, WanConn::accepted(id, h, now));
+        self.link.accepted(id, addr, trusted, now);
+        self.run_link_actions(now);
     }
 
     /// Advances one connection: connect, handshake, records in and out.
@@ -330,12 +310,6 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
 
     /// A decrypted message arrived on connection `id`.
     pub(super) fn on_message(&mut self, id: ConnId, msg: Message, now: u64) {
-        if self.link.role_of(id).is_none() {
-            // The first message: its handshake is over, whatever the message makes of it.
-            if let Some(g) = self.wan.gate_mut() {
-                g.handshakes.done(id);
-            }
-        }
         self.link.message(id, msg, now);
         self.run_link_actions(now);
     }
@@ -377,9 +351,6 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
     }
 
     fn retire_conn(&mut self, id: ConnId, how: Retire) {
-        if let Some(g) = self.wan.gate_mut() {
-            g.handshakes.done(id);
-        }
         if let Some(c) = self.conns.remove(&id) {
             self.wan.retire(c.handle, how, self.now);
             self.crypto.submit(CryptoJob::Remove { conn: id });
@@ -426,7 +397,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                 Action::Count(what) => self.stats.count(what),
                 Action::Trust(ip) => {
                     if let Some(g) = self.wan.gate_mut() {
-                        g.handshakes.trust.authenticated(ip);
+                        g.guard.trust.authenticated(ip);
                     }
                 }
             }

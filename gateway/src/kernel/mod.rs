@@ -22,7 +22,6 @@ mod egress;
 mod endpoint;
 mod idle;
 mod ingress;
-mod pending;
 pub mod sockopt;
 mod tunnel;
 mod wan;
@@ -40,8 +39,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::reload::Live;
 use crate::admin::signals::{Request, Signals};
 use crate::admin::{Config, RunError, Stats, StatusSource, TunnelEnd};
-use crate::link::admission::Throttle;
-use crate::link::admission::MAX_PENDING_HANDSHAKES;
+use crate::link::admission::{PortGuard, Throttle};
 use crate::link::Lifecycle;
 use crate::protocol::ResetReason;
 use crate::transform::{Adaptive, Compression, PackPolicy};
@@ -70,7 +68,8 @@ pub struct Gateway {
     timer: Notify,
     /// The tunnel while it is up with a control connection.
     ready: watch::Sender<Option<Arc<Tunnel>>>,
-    handshakes: Arc<pending::PendingHandshakes>,
+    /// `peer.source` and the sources that proved to be the peer, before any handshake.
+    tunnel_port: Mutex<PortGuard>,
     /// How data frames are packed (`wan.compression`), and the counters of it.
     packing: Arc<PackPolicy>,
     /// Permits to compress on the blocking pool: half the cores, the rest for the reactor,
@@ -109,13 +108,13 @@ impl Gateway {
         self.config.identity(crate::protocol::handshake::Shard::ONE)
     }
 
-    /// Wraps an authenticated stream in a record reader and writer.
+    /// Wraps an authenticated stream (`info`: its figures) in a record reader and writer.
     fn secure(
         &self,
         stream: TcpStream,
+        info: Arc<ConnInfo>,
         keys: &crate::crypto::TrafficKeys,
-    ) -> std::io::Result<(Reader, Writer)> {
-        let info = ConnInfo::new(&stream)?;
+    ) -> (Reader, Writer) {
         let policy = self.config.rekey();
         let (r, w) = stream.into_split();
         let mut writer = RecordWriter::new(w, keys, policy, info.clone(), self.stats.clone());
@@ -123,10 +122,8 @@ impl Gateway {
             writer =
                 writer.with_packing(keys.peer_codecs, self.packing.clone(), self.sealers.clone());
         }
-        Ok((
-            RecordReader::new(r, keys, info).with_stats(self.packing.clone()),
-            writer,
-        ))
+        let reader = RecordReader::new(r, keys, info).with_stats(self.packing.clone());
+        (reader, writer)
     }
 
     /// The tunnel, also while it is held after its control connection died.
@@ -219,8 +216,7 @@ async fn serve(config: Config) -> Result<(), RunError> {
         config.name, config.peer_name, config.data_flows, tuning.congestion
     );
     let config_compression = config.compression;
-    let handshakes =
-        pending::PendingHandshakes::new(MAX_PENDING_HANDSHAKES, config.peer_source.clone());
+    let tunnel_port = Mutex::new(PortGuard::new(config.peer_source.clone()));
     let dedup_store = config
         .open_dedup_store(crate::protocol::handshake::Shard::ONE)
         .map_err(|e| RunError::field(&config.file, "wan.dedup_dir", e))?;
@@ -237,7 +233,7 @@ async fn serve(config: Config) -> Result<(), RunError> {
         stopping: CancellationToken::new(),
         started: std::time::Instant::now(),
         tuning,
-        handshakes,
+        tunnel_port,
         packing: Arc::new(PackPolicy::new(config_compression)),
         sealers: Arc::new(tokio::sync::Semaphore::new(sealing_workers())),
     });
@@ -304,61 +300,37 @@ async fn accept_loop(gateway: Arc<Gateway>, listener: TcpListener) {
                 continue;
             }
         };
-        if let Some(slot) = admit(&gateway, &stream, addr) {
-            tokio::spawn(accept(gateway.clone(), stream, addr, slot));
-        }
-    }
-}
-
-/// A slot for `addr`'s handshake, if `peer.source` and the pending-handshake table let it
-/// have one (else it is reset at once: no handshake, no task).
-fn admit(gateway: &Gateway, stream: &TcpStream, addr: SocketAddr) -> Option<pending::Slot> {
-    let now = gateway.now_us();
-    let pending = &gateway.handshakes;
-    let refused = |counter: &std::sync::atomic::AtomicU64, why: &dyn std::fmt::Display| {
-        Stats::inc(counter);
-        sockopt::reset_on_close(&SockRef::from(stream));
-        if let Some(more) = pending.log_now(now) {
-            warn!("{why}{}", Throttle::more(more));
-        }
-    };
-    if !pending.allows(addr.ip()) {
-        let why = format!("connection to the tunnel port from {addr} refused: not in peer.source");
-        refused(&gateway.stats.tunnel_sources_refused, &why);
-        return None;
-    }
-    match pending.admit(addr, &gateway.config.peer_name) {
-        pending::Admitted::Slot(slot, evicted) => {
-            if let Some((old, why)) = evicted {
-                Stats::inc(&gateway.stats.handshakes_busy);
-                if let Some(more) = pending.log_now(now) {
-                    warn!(
-                        "handshake with {old} dropped: {why}{}",
-                        Throttle::more(more)
-                    );
-                }
+        let mut guard = gateway.tunnel_port.lock().expect("not poisoned");
+        if !guard.trust.allows(addr.ip()) {
+            // Closed at once: no handshake, no task, no slot.
+            Stats::inc(&gateway.stats.tunnel_sources_refused);
+            sockopt::reset_on_close(&SockRef::from(&stream));
+            if let Some(more) = guard.log_now(gateway.now_us()) {
+                warn!(
+                    "connection to the tunnel port from {addr} refused: not in peer.source{}",
+                    Throttle::more(more)
+                );
             }
-            Some(slot)
+            continue;
         }
-        pending::Admitted::Refused(why) => {
-            let why = format!("handshake with {addr} dropped: {why}");
-            refused(&gateway.stats.handshakes_busy, &why);
-            None
-        }
+        let trusted = guard.trust.is_trusted(addr.ip());
+        drop(guard);
+        tokio::spawn(accept(gateway.clone(), stream, addr, trusted));
     }
 }
 
-/// Runs the handshake of an accepted connection in its slot, then serves it.
-async fn accept(gateway: Arc<Gateway>, stream: TcpStream, addr: SocketAddr, slot: pending::Slot) {
-    let (conn, retire) = gateway.accepted(addr);
+/// Runs an accepted connection's handshake if the lifecycle gives it a slot, then serves it.
+async fn accept(gateway: Arc<Gateway>, stream: TcpStream, addr: SocketAddr, trusted: bool) {
+    let info = match ConnInfo::new(&stream) {
+        Ok(info) => info,
+        Err(e) => return warn!("tunnel connection from {addr}: {e}"),
+    };
+    let (conn, retire) = gateway.accepted(addr, trusted, info.clone());
     let keyed = tokio::select! {
-        r = wan::accept_handshake(&gateway, stream) => r,
-        // Reported when it was evicted; nothing more to say.
-        _ = slot.evicted.cancelled() => return gateway.dropped(conn),
-        // Past its deadline: the lifecycle said so.
+        r = wan::accept_handshake(&gateway, stream, info) => r,
+        // Dropped for another handshake, or past its deadline: the lifecycle said so.
         _ = retire.cancelled() => return,
     };
-    drop(slot);
     match keyed {
         Ok((reader, writer)) => wan::serve(gateway, conn, retire, reader, writer).await,
         Err(e) => gateway.conn_failed(conn, &e),

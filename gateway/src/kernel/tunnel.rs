@@ -392,8 +392,7 @@ impl Tunnel {
                 })
                 .await;
                 let msg = reader.read_message().await?;
-                self.gateway
-                    .link_event(|link, now| link.lifecycle.message(conn, msg, now));
+                self.gateway.message_in_place(&self, conn, msg, None);
             }
         };
         let write = async {
@@ -462,15 +461,7 @@ impl Tunnel {
             .await;
             let msg = reader.read_message().await?;
             let unpacked = reader.take_unpacked();
-            self.gateway.link_event(|link, now| {
-                // Credited first: the frame may be the session's last.
-                if let (Some(n), Some(_)) = (unpacked, link.lifecycle.in_place(id)) {
-                    if let Some(t) = &mut link.lifecycle.tunnel {
-                        t.core.note_packing(n);
-                    }
-                }
-                link.lifecycle.message(id, msg, now)
-            });
+            self.gateway.message_in_place(self, id, msg, unpacked);
         }
     }
 

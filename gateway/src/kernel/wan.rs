@@ -24,6 +24,7 @@ use super::tunnel::{serve_deadlines, Local, Tunnel};
 use super::{Gateway, Reader, Writer};
 use crate::link::{Action, ConnRef, Fault, FaultKind, Lifecycle, Role};
 use crate::protocol::Message;
+use crate::transform::PackNote;
 
 /// The kernel's side of one WAN connection.
 pub(super) struct Conn {
@@ -85,14 +86,15 @@ impl Link {
         Some((state, &mut current.local, &self.conns, &mut self.timer_at))
     }
 
-    /// A new connection's number, with its retire token.
-    fn open(&mut self) -> (ConnRef, CancellationToken) {
+    /// A new connection's number, with its retire token (`info`: its socket's figures, if it
+    /// has a socket yet).
+    fn open(&mut self, info: Option<Arc<ConnInfo>>) -> (ConnRef, CancellationToken) {
         let conn = self.next_conn;
         self.next_conn += 1;
         let retire = CancellationToken::new();
         let c = Conn {
             retire: retire.clone(),
-            info: None,
+            info,
             outbox: Vec::new(),
         };
         self.conns.insert(conn, c);
@@ -142,6 +144,34 @@ impl Gateway {
         Step { outbox, in_place }
     }
 
+    /// A message on `conn`, in place in `tunnel` (the hot path: data frames, acks), with what
+    /// unpacking it cost: the whole [`Gateway::settle`] only if the lifecycle decided
+    /// something, else just the core's events.
+    pub(super) fn message_in_place(
+        self: &Arc<Self>,
+        tunnel: &Arc<Tunnel>,
+        conn: ConnRef,
+        msg: Message,
+        unpacked: Option<PackNote>,
+    ) {
+        let mut link = self.link();
+        let now = self.now_us();
+        // Credited first: the frame may be the session's last.
+        if let (Some(n), Some(_)) = (unpacked, link.lifecycle.in_place(conn)) {
+            if let Some(t) = &mut link.lifecycle.tunnel {
+                t.core.note_packing(n);
+            }
+        }
+        link.lifecycle.message(conn, msg, now);
+        if link.lifecycle.has_actions() {
+            return self.settle(&mut link);
+        }
+        if let Some((state, local, _, timer_at)) = link.parts(tunnel.id) {
+            tunnel.dispatch(&mut state.core, local);
+            self.poke_timer(state.core.poll_timeout(), timer_at);
+        }
+    }
+
     /// Carries out the lifecycle's actions, then keeps the kernel's side in step with it: a
     /// handle for a new tunnel, the core's events, whether it is up, due dials, the timer.
     fn settle(self: &Arc<Self>, link: &mut Link) {
@@ -167,7 +197,10 @@ impl Gateway {
                     }
                 }
                 Action::Count(c) => self.stats.count(c),
-                Action::Trust(ip) => self.handshakes.authenticated(ip),
+                Action::Trust(ip) => {
+                    let mut guard = self.tunnel_port.lock().expect("not poisoned");
+                    guard.trust.authenticated(ip);
+                }
             }
         }
         let Link {
@@ -201,7 +234,7 @@ impl Gateway {
             let Some(addr) = link.lifecycle.dial_addr() else {
                 break;
             };
-            let (conn, retire) = link.open();
+            let (conn, retire) = link.open(None);
             link.lifecycle.dialling(role, conn, now);
             tokio::spawn(dial(self.clone(), conn, retire, role, addr));
         }
@@ -218,21 +251,20 @@ impl Gateway {
         }
     }
 
-    /// A listener took `remote`'s connection: its number, and its retire token.
-    pub(super) fn accepted(self: &Arc<Self>, remote: SocketAddr) -> (ConnRef, CancellationToken) {
+    /// A listener took `remote`'s connection (`trusted`: the source proved to be the peer
+    /// before; `info`: its socket's figures): its number, and its retire token, cancelled at
+    /// once if the pending handshakes have no room for it.
+    pub(super) fn accepted(
+        self: &Arc<Self>,
+        remote: SocketAddr,
+        trusted: bool,
+        info: Arc<ConnInfo>,
+    ) -> (ConnRef, CancellationToken) {
         self.link_event(|link, now| {
-            let (conn, retire) = link.open();
-            link.lifecycle.accepted(conn, Some(remote), now);
+            let (conn, retire) = link.open(Some(info));
+            link.lifecycle.accepted(conn, Some(remote), trusted, now);
             (conn, retire)
         })
-    }
-
-    /// `conn` was dropped before its handshake ended (admission made room for another).
-    pub(super) fn dropped(self: &Arc<Self>, conn: ConnRef) {
-        self.link_event(|link, _| {
-            link.conns.remove(&conn);
-            link.lifecycle.dropped(conn);
-        });
     }
 
     /// `conn` failed for `why` (`kind`: how, as the lifecycle tells failures apart).
@@ -334,21 +366,23 @@ async fn connect(
         warn!("WAN socket option: {w}");
     }
     let mut stream = socket.connect(addr).await.map_err(DialError::Connect)?;
+    let info = ConnInfo::new(&stream).map_err(DialError::Connect)?;
     let keys = handshake_initiator(&mut stream, &gateway.identity(), data_flow).await?;
-    Ok(gateway.secure(stream, &keys).map_err(ConnError::Io)?)
+    Ok(gateway.secure(stream, info, &keys))
 }
 
 /// Runs the accepting side's handshake on `stream`, up to its answer.
 pub(super) async fn accept_handshake(
     gateway: &Gateway,
     mut stream: TcpStream,
+    info: Arc<ConnInfo>,
 ) -> Result<(Reader, Writer), ConnError> {
     let done = handshake_acceptor(&mut stream, &gateway.identity()).await?;
     for w in tune_wan(&SockRef::from(&stream), &gateway.tuning, done.data_flow) {
         warn!("WAN socket option: {w}");
     }
     tokio::io::AsyncWriteExt::write_all(&mut stream, &done.reply).await?;
-    Ok(gateway.secure(stream, &done.keys)?)
+    Ok(gateway.secure(stream, info, &done.keys))
 }
 
 /// Serves keyed connection `conn` until it fails (then the lifecycle is told) or the

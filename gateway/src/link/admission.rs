@@ -200,34 +200,30 @@ pub enum Admission<K> {
     Refused,
 }
 
-/// The handshakes pending on the tunnel port under [`admit`]'s policy, who is trusted, and
-/// the pace of the log lines about them. `K` is the driver's key for a connection.
+/// The handshakes pending on the tunnel port under [`admit`]'s policy (the lifecycle keeps
+/// them). `K` is the driver's key for a connection.
 #[derive(Debug)]
 pub struct HandshakeTable<K> {
     limit: usize,
     /// Oldest first, with each connection's address.
     pending: Vec<(Pending<K>, SocketAddr)>,
     next_seq: u64,
-    pub trust: Trust,
-    throttle: Throttle,
 }
 
 impl<K: Copy + PartialEq> HandshakeTable<K> {
-    /// A table of `limit` slots; `peer_source` is `peer.source`.
-    pub fn new(limit: usize, peer_source: Option<SourceList>) -> Self {
+    /// A table of `limit` slots.
+    pub fn new(limit: usize) -> Self {
         HandshakeTable {
             limit,
             pending: Vec::new(),
             next_seq: 0,
-            trust: Trust::new(peer_source),
-            throttle: Throttle::default(),
         }
     }
 
-    /// A connection from `addr` completed its TCP handshake: it takes a slot, evicting another
-    /// handshake if the policy says so, or is refused.
-    pub fn admit(&mut self, key: K, addr: SocketAddr) -> Admission<K> {
-        let trusted = self.trust.is_trusted(addr.ip());
+    /// A connection from `addr` (`trusted`: it authenticated as the peer before) completed its
+    /// TCP handshake: it takes a slot, evicting another handshake if the policy says so, or is
+    /// refused.
+    pub fn admit(&mut self, key: K, addr: SocketAddr, trusted: bool) -> Admission<K> {
         let pending: Vec<Pending<K>> = self.pending.iter().map(|(p, _)| *p).collect();
         let evicted = match admit(&pending, trusted, self.limit) {
             Decision::Refuse => return Admission::Refused,
@@ -269,6 +265,25 @@ impl<K: Copy + PartialEq> HandshakeTable<K> {
                 peer: peer.to_string(),
             },
             Admission::Admitted { .. } => Dropped::Evicted { limit: self.limit },
+        }
+    }
+}
+
+/// The tunnel port's guard, in the driver, before any connection is known to the lifecycle:
+/// who may connect and who proved to be the peer (updated by [`super::Action::Trust`]), and
+/// the pace of the lines about what it turns away.
+#[derive(Debug, Default)]
+pub struct PortGuard {
+    pub trust: Trust,
+    throttle: Throttle,
+}
+
+impl PortGuard {
+    /// `peer_source` is `peer.source`.
+    pub fn new(peer_source: Option<SourceList>) -> PortGuard {
+        PortGuard {
+            trust: Trust::new(peer_source),
+            throttle: Throttle::default(),
         }
     }
 
@@ -381,8 +396,11 @@ mod tests {
         SocketAddr::new(s.parse().unwrap(), 1000)
     }
 
+    /// The peer's address in these tests: it authenticated before.
+    const PEER: &str = "192.0.2.1";
+
     fn admitted(t: &mut HandshakeTable<u32>, key: u32, a: &str) -> Option<(u32, SocketAddr)> {
-        match t.admit(key, addr(a)) {
+        match t.admit(key, addr(a), a == PEER) {
             Admission::Admitted { evicted } => evicted,
             Admission::Refused => panic!("{a} refused"),
         }
@@ -390,7 +408,7 @@ mod tests {
 
     #[test]
     fn a_flood_from_one_prefix_evicts_itself_not_the_peer() {
-        let mut t = HandshakeTable::new(4, None);
+        let mut t = HandshakeTable::new(4);
         // Addresses of one /24 count as one source; one of four slots is the peer's reserve.
         for i in 0..3 {
             assert_eq!(admitted(&mut t, i, &format!("10.0.0.{}", 10 + i)), None);
@@ -416,8 +434,7 @@ mod tests {
 
     #[test]
     fn a_peer_that_authenticated_before_keeps_its_slot_against_any_flood() {
-        let mut t = HandshakeTable::new(16, None);
-        t.trust.authenticated(addr("192.0.2.1").ip());
+        let mut t = HandshakeTable::new(16);
         for i in 0..8u32 {
             let _ = admitted(&mut t, i, &format!("10.{i}.0.1"));
         }
@@ -434,12 +451,11 @@ mod tests {
 
     #[test]
     fn an_untrusted_source_is_refused_when_the_peers_reserve_is_all_that_is_left() {
-        let mut t = HandshakeTable::new(4, None);
-        t.trust.authenticated(addr("192.0.2.1").ip());
+        let mut t = HandshakeTable::new(4);
         for i in 0..4 {
             let _ = admitted(&mut t, i, "192.0.2.1");
         }
-        let a = t.admit(9, addr("10.0.0.1"));
+        let a = t.admit(9, addr("10.0.0.1"), false);
         assert_eq!(a, Admission::Refused);
         assert_eq!(
             t.why(&a, "gw-a").to_string(),

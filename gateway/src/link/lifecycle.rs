@@ -23,6 +23,7 @@ use std::collections::VecDeque;
 use std::fmt::{self, Display};
 use std::net::SocketAddr;
 
+use super::admission::{Admission, HandshakeTable, Throttle, MAX_PENDING_HANDSHAKES};
 use super::conn_table::{ConnRef, Lost, Role};
 use super::tunnel::{Applied, TunnelSetup, TunnelState};
 use super::{
@@ -69,6 +70,9 @@ pub enum Action {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Count {
     HandshakeOk,
+    /// An accepted connection was dropped, or another for it, to keep the pending handshakes
+    /// bounded (see [`super::admission`]).
+    HandshakeBusy,
     /// An accepted connection's handshake failed or timed out.
     HandshakeFailed,
     TunnelResumed,
@@ -146,6 +150,10 @@ pub struct Lifecycle {
     /// The tunnel, also while it is held after its control connection died.
     pub tunnel: Option<TunnelState>,
     conns: FxHashMap<ConnRef, Conn>,
+    /// Accepted connections not yet told what they are, bounded fairly.
+    handshakes: HandshakeTable<ConnRef>,
+    /// Paces the lines about handshakes dropped by that bound.
+    throttle: Throttle,
     actions: VecDeque<Action>,
 }
 
@@ -162,6 +170,8 @@ impl Lifecycle {
             setup: setup.tunnel,
             tunnel: None,
             conns: FxHashMap::default(),
+            handshakes: HandshakeTable::new(MAX_PENDING_HANDSHAKES),
+            throttle: Throttle::default(),
             actions: VecDeque::new(),
         }
     }
@@ -169,6 +179,11 @@ impl Lifecycle {
     /// The next thing for the driver to do.
     pub fn poll_action(&mut self) -> Option<Action> {
         self.actions.pop_front()
+    }
+
+    /// Whether the last events left actions to carry out.
+    pub fn has_actions(&self) -> bool {
+        !self.actions.is_empty()
     }
 
     /// How logs name the peer: the tunnel's label (name and address) once there is one.
@@ -257,14 +272,10 @@ impl Lifecycle {
 
     // ---- connection events ---------------------------------------------------------------
 
-    /// The driver dropped `conn` before it said what it is (admission made room for another
-    /// handshake): forgotten, nothing follows.
-    pub fn dropped(&mut self, conn: ConnRef) {
-        self.conns.remove(&conn);
-    }
-
-    /// A listener took connection `conn` from `remote` at `now`; its handshake follows.
-    pub fn accepted(&mut self, conn: ConnRef, remote: Option<SocketAddr>, now: u64) {
+    /// A listener took connection `conn` from `remote` at `now`; its handshake follows if the
+    /// pending handshakes have room (`trusted`: the source proved to be the peer before; see
+    /// [`super::admission`]), else it or an older pending one is closed.
+    pub fn accepted(&mut self, conn: ConnRef, remote: Option<SocketAddr>, trusted: bool, now: u64) {
         self.conns.insert(
             conn,
             Conn {
@@ -277,6 +288,22 @@ impl Lifecycle {
                 peer_dedup: DedupOffer::default(),
             },
         );
+        let addr = remote.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+        let admission = self.handshakes.admit(conn, addr, trusted);
+        let (drop, who) = match admission {
+            Admission::Admitted { evicted: None } => return,
+            Admission::Admitted { evicted: Some(v) } => v,
+            Admission::Refused => (conn, addr),
+        };
+        let why = self.handshakes.why(&admission, &self.peer_name);
+        self.count(Count::HandshakeBusy);
+        if let Some(more) = self.throttle.allow(now) {
+            warn!(
+                "handshake with {who} dropped: {why}{}",
+                Throttle::more(more)
+            );
+        }
+        self.close(drop);
     }
 
     /// `conn`'s handshake completed at `now` (`remote`: its peer address, `peer_dedup`: what
@@ -334,6 +361,7 @@ impl Lifecycle {
         };
         match c.role {
             None => {
+                self.handshakes.done(conn);
                 self.count(Count::HandshakeOk);
                 if let Some(a) = c.remote {
                     self.actions.push_back(Action::Trust(a.ip()));
@@ -370,6 +398,7 @@ impl Lifecycle {
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
+        self.handshakes.done(conn);
         // A refused handshake ends as it does on the kernel datapath: with a FIN and no
         // answer, so the dialler can tell "refused".
         let graceful = !c.dialled && c.role.is_none();
@@ -480,6 +509,7 @@ impl Lifecycle {
 
     /// Closes `conn` (RST) and forgets it.
     fn close(&mut self, conn: ConnRef) {
+        self.handshakes.done(conn);
         if self.conns.remove(&conn).is_some() {
             self.actions.push_back(Action::Close {
                 conn,
@@ -805,7 +835,7 @@ mod tests {
                 self.a.link.dialling(role, ca, now);
                 self.b
                     .link
-                    .accepted(cb, Some("192.0.2.1:40000".parse().unwrap()), now);
+                    .accepted(cb, Some("192.0.2.1:40000".parse().unwrap()), true, now);
                 self.a.peer_of.insert(ca, cb);
                 self.b.peer_of.insert(cb, ca);
                 self.a.link.keyed(ca, None, DedupOffer::default(), now);
@@ -952,7 +982,7 @@ mod tests {
     #[test]
     fn a_handshake_that_never_completes_is_closed_at_its_deadline() {
         let mut l = Lifecycle::new(setup(false));
-        l.accepted(7, None, 0);
+        l.accepted(7, None, false, 0);
         assert_eq!(l.poll_timeout(), Some(HANDSHAKE_US + 1));
         l.handle_timeout(HANDSHAKE_US);
         assert!(l.poll_action().is_none(), "not yet");
@@ -978,7 +1008,7 @@ mod tests {
         // says the source holds the key.
         let mut l = Lifecycle::new(setup(false));
         let from: SocketAddr = "198.51.100.7:4000".parse().unwrap();
-        l.accepted(7, Some(from), 0);
+        l.accepted(7, Some(from), false, 0);
         l.keyed(7, Some(from), DedupOffer::default(), 1);
         let fault = Fault {
             kind: FaultKind::Other,
@@ -992,7 +1022,7 @@ mod tests {
             .iter()
             .any(|a| matches!(a, Action::Count(Count::HandshakeFailed))));
         // The real dialler's hello proves it.
-        l.accepted(8, Some(from), 3);
+        l.accepted(8, Some(from), false, 3);
         l.keyed(8, Some(from), DedupOffer::default(), 4);
         l.message(8, hello(None), 5);
         let actions: Vec<Action> = std::iter::from_fn(|| l.poll_action()).collect();
@@ -1002,6 +1032,40 @@ mod tests {
         assert!(actions
             .iter()
             .any(|a| matches!(a, Action::Trust(ip) if *ip == from.ip())));
+    }
+
+    #[test]
+    fn a_handshake_flood_evicts_itself_and_a_slot_is_free_once_its_first_message_came() {
+        let mut l = Lifecycle::new(setup(false));
+        let closed = |l: &mut Lifecycle| -> Vec<ConnRef> {
+            std::iter::from_fn(|| l.poll_action())
+                .filter_map(|a| match a {
+                    Action::Close { conn, .. } => Some(conn),
+                    _ => None,
+                })
+                .collect()
+        };
+        let flood = |i: u64| SocketAddr::from(([10, 0, (i / 200) as u8, (i % 200) as u8], 1000));
+        let peer: SocketAddr = "192.0.2.1:4000".parse().unwrap();
+        // The peer's connection, trusted, is in first; a flood from one /16 never displaces it.
+        l.accepted(1, Some(peer), true, 0);
+        for i in 0..500 {
+            l.accepted(100 + i, Some(flood(i)), false, 1);
+            assert!(
+                !closed(&mut l).contains(&1),
+                "the peer's handshake was evicted"
+            );
+        }
+        assert!(l.handshakes.len() <= MAX_PENDING_HANDSHAKES);
+        assert!(
+            l.conns.len() <= MAX_PENDING_HANDSHAKES,
+            "every evicted one forgotten"
+        );
+        // Its first message ends its handshake: its slot is free, and it stays.
+        l.keyed(1, Some(peer), DedupOffer::default(), 2);
+        l.message(1, hello(None), 3);
+        assert!(l.handshakes.len() < MAX_PENDING_HANDSHAKES);
+        assert_eq!(l.in_place(1), Some(Role::Control));
     }
 
     #[test]

@@ -11,9 +11,9 @@
 //!   listening sockets it can spare beyond the reserve), so a flood can never
 //!   take the socket the peer's re-dial needs.
 //!
-//! Half-open connections are held here, apart from the handshake table (also
-//! here, [`HandshakeTable`]): only a completed TCP handshake becomes a
-//! connection that takes a slot.
+//! Half-open connections are held here, apart from the pending handshakes (the
+//! lifecycle's): only a completed TCP handshake becomes a connection that takes
+//! a slot.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -21,9 +21,8 @@ use std::sync::Arc;
 use log::warn;
 use smoltcp::iface::SocketHandle;
 
-use super::super::crypto::ConnId;
 use crate::admin::Stats;
-use crate::link::admission::{HandshakeTable, Throttle};
+use crate::link::admission::{PortGuard, Throttle};
 use crate::link::half_open::HalfOpenTable;
 use crate::sources::SourceList;
 
@@ -40,9 +39,8 @@ const MAX_HALF_OPEN: usize = 64;
 
 pub struct TunnelGate {
     port: u16,
-    /// Connections whose TCP handshake completed and whose gateway handshake has not; who is
-    /// trusted; the pace of log lines.
-    pub handshakes: HandshakeTable<ConnId>,
+    /// Who may connect, who is trusted; the pace of log lines.
+    pub guard: PortGuard,
     /// SYNs from untrusted sources that may still reach a listener before
     /// the engine's next turn.
     budget: usize,
@@ -55,16 +53,10 @@ pub struct TunnelGate {
 }
 
 impl TunnelGate {
-    /// `limit` handshakes pending at once (see [`HandshakeTable`]).
-    pub fn new(
-        port: u16,
-        peer_source: Option<SourceList>,
-        limit: usize,
-        stats: Arc<Stats>,
-    ) -> TunnelGate {
+    pub fn new(port: u16, peer_source: Option<SourceList>, stats: Arc<Stats>) -> TunnelGate {
         TunnelGate {
             port,
-            handshakes: HandshakeTable::new(limit, peer_source),
+            guard: PortGuard::new(peer_source),
             budget: 0,
             stats,
             now: 0,
@@ -83,9 +75,9 @@ impl TunnelGate {
             return true;
         };
         let ip = IpAddr::V4(src);
-        if !self.handshakes.trust.allows(ip) {
+        if !self.guard.trust.allows(ip) {
             Stats::inc(&self.stats.tunnel_sources_refused);
-            if let Some(more) = self.handshakes.log_now(self.now) {
+            if let Some(more) = self.guard.log_now(self.now) {
                 warn!(
                     "SYN to the tunnel port from {src} dropped: not in peer.source{}",
                     Throttle::more(more)
@@ -93,7 +85,7 @@ impl TunnelGate {
             }
             return false;
         }
-        if self.handshakes.trust.is_trusted(ip) {
+        if self.guard.trust.is_trusted(ip) {
             return true;
         }
         if self.budget == 0 {
@@ -104,15 +96,10 @@ impl TunnelGate {
         true
     }
 
-    /// Whether to log an event about the tunnel port now (see [`Throttle`]).
-    pub fn log_now(&mut self) -> Option<u64> {
-        self.handshakes.log_now(self.now)
-    }
-
     /// Logs a dropped half-open connection (paced).
     pub fn note_dropped(&mut self, e: &Embryo, why: &str) {
         Stats::inc(&self.stats.tunnel_half_open_dropped);
-        if let Some(more) = self.handshakes.log_now(self.now) {
+        if let Some(more) = self.guard.log_now(self.now) {
             warn!(
                 "half-open connection to the tunnel port from {} dropped: {why}{}",
                 e.ip,
@@ -200,7 +187,7 @@ mod tests {
     fn peer_source_then_trust_then_budget() {
         let stats = Arc::new(Stats::default());
         let list = SourceList::parse(&["10.0.0.0/8"]).unwrap();
-        let mut g = TunnelGate::new(7700, Some(list), 64, stats.clone());
+        let mut g = TunnelGate::new(7700, Some(list), stats.clone());
         assert!(
             !g.admits(&tcp_frame([192, 0, 2, 1], 7700, 0x02)),
             "outside peer.source"
@@ -216,7 +203,7 @@ mod tests {
             !g.admits(&tcp_frame([10, 0, 0, 3], 7700, 0x02)),
             "budget spent"
         );
-        g.handshakes
+        g.guard
             .trust
             .authenticated(IpAddr::V4(Ipv4Addr::new(10, 9, 9, 9)));
         assert!(
