@@ -10,8 +10,8 @@
 //! and a budget of listening sockets for sources that never authenticated,
 //! so the peer's reserve is never taken) and becomes a half-open
 //! connection, kept apart and dropped after 3 s. Only once its TCP
-//! handshake completes does it become a connection with a slot in the
-//! handshake table.
+//! handshake completes does it become a connection, with a slot among the
+//! lifecycle's pending handshakes.
 
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 

@@ -303,12 +303,24 @@ pub(super) async fn run_timer(gateway: Arc<Gateway>) {
             link.timer_at
         },
         |now| {
-            gateway.link_event(|link, _| {
+            let mut guard = gateway.link();
+            let link = &mut *guard;
+            // Most wakeups are the core's (acks, pacing): the lifecycle's only when it is due.
+            let lifecycle = link.lifecycle.poll_timeout().is_some_and(|at| at <= now);
+            if lifecycle {
                 link.lifecycle.handle_timeout(now);
+            }
+            if let Some(t) = &mut link.lifecycle.tunnel {
+                t.core.handle_timeout(now);
+            }
+            if lifecycle || link.lifecycle.has_actions() {
+                return gateway.settle(link);
+            }
+            if let Some(Current { handle, local }) = &mut link.current {
                 if let Some(t) = &mut link.lifecycle.tunnel {
-                    t.core.handle_timeout(now);
+                    handle.dispatch(&mut t.core, local);
                 }
-            })
+            }
         },
     )
     .await

@@ -1,6 +1,7 @@
 //! Admission of not-yet-authenticated connections on the tunnel port, the
-//! policy both datapaths share (the kernel's `pending` table and the DPDK
-//! engine's tunnel side only carry it out).
+//! policy both datapaths share: the drivers filter by `peer.source` before a
+//! connection exists ([`PortGuard`]), the lifecycle holds the pending
+//! handshakes ([`HandshakeTable`]).
 //!
 //! - `peer.source` ([`Trust::allows`]): a connection from outside it is
 //!   dropped before any state is kept for it.
