@@ -14,7 +14,7 @@
 //! Each `[[ingress]]` limits who may connect and for how long: a client
 //! outside its `sources`, or over its `max_sessions_per_source`, is reset at
 //! accept; a session not open within `connect_timeout_secs` of the accept,
-//! or idle for `idle_timeout_secs` (see `idle.rs`), is reset at both ends
+//! or idle for `idle_timeout_secs` (see [`crate::link::idle`]), is reset at both ends
 //! (reason "timeout"). Each gets one log line naming the client and a
 //! counter.
 //!
@@ -307,7 +307,7 @@ async fn run(session: Opened, stream: TcpStream, target: SocketAddr, ctx: Ctx) {
         Ok(OpenOutcome::Accepted) => {
             if let Some(limit) = ctx.ingress.idle_timeout {
                 let label = format!("{client} -> {target}");
-                tunnel.idle.watch(tunnel.now(), id, limit, label, ctx.index);
+                tunnel.watch_idle(id, limit, label, ctx.index);
             }
             drive(tunnel, id, signals, stream).await
         }

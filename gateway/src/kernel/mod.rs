@@ -20,7 +20,6 @@ mod conn;
 mod drain;
 mod egress;
 mod endpoint;
-mod idle;
 mod ingress;
 pub mod sockopt;
 mod tunnel;

@@ -25,7 +25,7 @@ use super::{Gateway, Reader, Writer};
 use crate::admin::status::{ConnectionStatus, TunnelStatus};
 use crate::admin::Stats;
 use crate::link::stall::{self, SendSide, SentBatches, Stall};
-use crate::link::{ConnRef, ConnTable, ConnectOrder, TunnelState};
+use crate::link::{ConnRef, ConnTable, ConnectOrder, IdleTimeouts, TunnelState};
 use crate::protocol::{Message, RefuseReason, ResetReason, SessionId, TunnelId};
 use crate::session::{Event, Origin, SessionError, TunnelCore};
 use crate::transform::PackNote;
@@ -90,6 +90,8 @@ pub(super) struct Local {
     connect_order: ConnectOrder,
     /// The control connection in place, as last seen.
     control: Option<ConnRef>,
+    /// Ingress sessions with an idle timeout ([`crate::link::idle`]), served by the timer.
+    pub idle: IdleTimeouts,
 }
 
 /// What is left of a tunnel the lifecycle gave up.
@@ -120,15 +122,13 @@ pub struct Tunnel {
     /// held for the grace period, waiting for a new control connection.
     pub control_up: tokio::sync::watch::Sender<bool>,
     gateway: Arc<Gateway>,
-    /// Ingress sessions with an idle timeout ([`super::idle`]).
-    pub idle: super::idle::IdleWatch,
     gone: Mutex<Option<Gone>>,
 }
 
 impl Tunnel {
     /// The handle on tunnel `id` (to peer `peer`), which the lifecycle just set up.
     pub(super) fn new(gateway: Arc<Gateway>, id: TunnelId, peer: String) -> Arc<Tunnel> {
-        let tunnel = Arc::new(Tunnel {
+        Arc::new(Tunnel {
             frames_ready: Notify::new(),
             control_ready: Notify::new(),
             control_busy: AtomicBool::new(false),
@@ -141,11 +141,8 @@ impl Tunnel {
             closed: CancellationToken::new(),
             control_up: tokio::sync::watch::channel(false).0,
             gateway,
-            idle: Default::default(),
             gone: Mutex::new(None),
-        });
-        tokio::spawn(super::idle::run(tunnel.clone()));
-        tunnel
+        })
     }
 
     pub fn gateway(&self) -> &Arc<Gateway> {
@@ -217,8 +214,10 @@ impl Tunnel {
             let out = f(state, local, conns);
             self.dispatch(&mut state.core, local);
             // Whatever the core just did may have brought its deadline forward (a delayed
-            // ack, tokens returning, a session's probe).
-            self.gateway.poke_timer(state.core.poll_timeout(), timer_at);
+            // ack, tokens returning, a session's probe), or a session's idle timeout.
+            let due = state.core.poll_timeout().into_iter();
+            let due = due.chain(local.idle.poll_timeout()).min();
+            self.gateway.poke_timer(due, timer_at);
             return out;
         }
         drop(link);
@@ -312,6 +311,19 @@ impl Tunnel {
                 }
             }
         }
+    }
+
+    /// Resets session `id` (`label`, of ingress `index`) once it has moved nothing for
+    /// `limit`.
+    pub fn watch_idle(
+        self: &Arc<Self>,
+        id: SessionId,
+        limit: Duration,
+        label: String,
+        index: usize,
+    ) {
+        let now = self.now();
+        self.with_state(|_, local, _| local.idle.watch(id, limit, label, index, now));
     }
 
     /// Whether session `id` may connect to its target now (`Some(true)`), must wait for the

@@ -32,7 +32,9 @@ pub(super) struct Conn {
     retire: CancellationToken,
     /// Its socket's figures, once it is keyed.
     pub info: Option<Arc<ConnInfo>>,
-    /// What the lifecycle asked to send on it (hello, welcome, attach), for its task to write.
+    /// What the lifecycle asked to send on it (hello, welcome, attach), for its task to write
+    /// after the event that asked (the lifecycle answers an event on a connection on that
+    /// same connection, before it takes its role).
     outbox: Vec<Message>,
 }
 
@@ -105,7 +107,12 @@ impl Link {
     fn next_deadline(&self) -> Option<u64> {
         let core = self.lifecycle.tunnel.as_ref();
         let core = core.and_then(|t| t.core.poll_timeout());
-        self.lifecycle.poll_timeout().into_iter().chain(core).min()
+        let idle = self
+            .current
+            .as_ref()
+            .and_then(|c| c.local.idle.poll_timeout());
+        let lifecycle = self.lifecycle.poll_timeout();
+        lifecycle.into_iter().chain(core).chain(idle).min()
     }
 }
 
@@ -292,7 +299,8 @@ impl Gateway {
 }
 
 /// Serves the deadlines of the lifecycle (handshakes, the grace period, dial backoff, the new
-/// tunnel's attach deadline) and of the session core, for the life of the gateway.
+/// tunnel's attach deadline), of the session core and of the ingress sessions' idle timeouts,
+/// for the life of the gateway.
 pub(super) async fn run_timer(gateway: Arc<Gateway>) {
     serve_deadlines(
         &gateway.timer,
@@ -312,6 +320,10 @@ pub(super) async fn run_timer(gateway: Arc<Gateway>) {
             }
             if let Some(t) = &mut link.lifecycle.tunnel {
                 t.core.handle_timeout(now);
+                if let Some(c) = &mut link.current {
+                    let n = c.local.idle.reset_idle(now, &mut t.core);
+                    crate::admin::Stats::add(&gateway.stats.ingress_idle_timeouts, n);
+                }
             }
             if lifecycle || link.lifecycle.has_actions() {
                 return gateway.settle(link);
