@@ -210,14 +210,9 @@ impl Tunnel {
         f: impl FnOnce(&mut TunnelState, &mut Local, &Conns) -> T,
     ) -> T {
         let mut link = self.gateway.link();
-        if let Some((state, local, conns, timer_at)) = link.parts(self.id) {
+        if let Some((state, local, conns)) = link.parts(self.id) {
             let out = f(state, local, conns);
-            self.dispatch(&mut state.core, local);
-            // Whatever the core just did may have brought its deadline forward (a delayed
-            // ack, tokens returning, a session's probe), or a session's idle timeout.
-            let due = state.core.poll_timeout().into_iter();
-            let due = due.chain(local.idle.poll_timeout()).min();
-            self.gateway.poke_timer(due, timer_at);
+            self.gateway.settle_core(&mut link);
             return out;
         }
         drop(link);
@@ -404,7 +399,7 @@ impl Tunnel {
                 })
                 .await;
                 let msg = reader.read_message().await?;
-                self.gateway.message_in_place(&self, conn, msg, None);
+                self.gateway.message_in_place(conn, msg, None);
             }
         };
         let write = async {
@@ -473,7 +468,7 @@ impl Tunnel {
             .await;
             let msg = reader.read_message().await?;
             let unpacked = reader.take_unpacked();
-            self.gateway.message_in_place(self, id, msg, unpacked);
+            self.gateway.message_in_place(id, msg, unpacked);
         }
     }
 

@@ -30,7 +30,7 @@ use crate::transform::PackNote;
 pub(super) struct Conn {
     /// Cancelled when the lifecycle closes the connection: its task ends, dropping the socket.
     retire: CancellationToken,
-    /// Its socket's figures, once it is keyed.
+    /// Its socket's figures: an accepted connection's at once, a dialled one's once keyed.
     pub info: Option<Arc<ConnInfo>>,
     /// What the lifecycle asked to send on it (hello, welcome, attach), for its task to write
     /// after the event that asked (the lifecycle answers an event on a connection on that
@@ -72,20 +72,15 @@ impl Link {
         self.current.as_ref().map(|c| c.handle.clone())
     }
 
-    /// Tunnel `id`'s state, the kernel's part of it, the connections, and the timer's
-    /// deadline, if `id` is the tunnel in the lifecycle.
+    /// Tunnel `id`'s state, the kernel's part of it and the connections, if `id` is the
+    /// tunnel in the lifecycle.
     pub fn parts(
         &mut self,
         id: crate::protocol::TunnelId,
-    ) -> Option<(
-        &mut crate::link::TunnelState,
-        &mut Local,
-        &Conns,
-        &mut Option<u64>,
-    )> {
+    ) -> Option<(&mut crate::link::TunnelState, &mut Local, &Conns)> {
         let state = self.lifecycle.tunnel.as_mut().filter(|t| t.id == id)?;
         let current = self.current.as_mut().filter(|c| c.handle.id == id)?;
-        Some((state, &mut current.local, &self.conns, &mut self.timer_at))
+        Some((state, &mut current.local, &self.conns))
     }
 
     /// A new connection's number, with its retire token (`info`: its socket's figures, if it
@@ -151,12 +146,10 @@ impl Gateway {
         Step { outbox, in_place }
     }
 
-    /// A message on `conn`, in place in `tunnel` (the hot path: data frames, acks), with what
-    /// unpacking it cost: the whole [`Gateway::settle`] only if the lifecycle decided
-    /// something, else just the core's events.
+    /// A message on `conn`, in place for its role (the hot path: data frames, acks), with
+    /// what unpacking it cost.
     pub(super) fn message_in_place(
         self: &Arc<Self>,
-        tunnel: &Arc<Tunnel>,
         conn: ConnRef,
         msg: Message,
         unpacked: Option<PackNote>,
@@ -170,12 +163,27 @@ impl Gateway {
             }
         }
         link.lifecycle.message(conn, msg, now);
+        self.settle_core(&mut link);
+    }
+
+    /// After a call that left the lifecycle alone unless it says otherwise (the hot paths):
+    /// only the tunnel's core changed, so its events go out and the timer learns of a sooner
+    /// deadline (a delayed ack, tokens returning, a session's probe or idle timeout); the
+    /// whole [`Gateway::settle`] only if the lifecycle decided something.
+    pub(super) fn settle_core(self: &Arc<Self>, link: &mut Link) {
         if link.lifecycle.has_actions() {
-            return self.settle(&mut link);
+            return self.settle(link);
         }
-        if let Some((state, local, _, timer_at)) = link.parts(tunnel.id) {
-            tunnel.dispatch(&mut state.core, local);
-            self.poke_timer(state.core.poll_timeout(), timer_at);
+        let Link {
+            lifecycle,
+            current,
+            timer_at,
+            ..
+        } = link;
+        if let (Some(t), Some(Current { handle, local })) = (&mut lifecycle.tunnel, current) {
+            handle.dispatch(&mut t.core, local);
+            let due = t.core.poll_timeout().into_iter();
+            self.poke_timer(due.chain(local.idle.poll_timeout()).min(), timer_at);
         }
     }
 
@@ -325,14 +333,10 @@ pub(super) async fn run_timer(gateway: Arc<Gateway>) {
                     crate::admin::Stats::add(&gateway.stats.ingress_idle_timeouts, n);
                 }
             }
-            if lifecycle || link.lifecycle.has_actions() {
+            if lifecycle {
                 return gateway.settle(link);
             }
-            if let Some(Current { handle, local }) = &mut link.current {
-                if let Some(t) = &mut link.lifecycle.tunnel {
-                    handle.dispatch(&mut t.core, local);
-                }
-            }
+            gateway.settle_core(link);
         },
     )
     .await
