@@ -350,6 +350,17 @@ impl Config {
         }
     }
 
+    /// What the ingress ports' client table needs of each `[[ingress]]`.
+    pub fn ingress_rules(&self) -> Vec<crate::link::IngressRules> {
+        let rules = self.ingress.iter().map(|i| crate::link::IngressRules {
+            bind: i.bind,
+            sources: i.sources.clone(),
+            max_per_source: i.max_per_source,
+            connect_timeout: i.connect_timeout,
+        });
+        rules.collect()
+    }
+
     /// The store `wan.dedup_dir` asks for, for `shard` of the gateway (a directory of its own,
     /// `shard-N` under it, when the gateway has more than one): `None` when no directory is
     /// set or this gateway offers no store. Opened once, when the gateway starts, so that a

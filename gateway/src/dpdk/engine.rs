@@ -59,6 +59,8 @@ pub struct Engine<P: FramePort, C: CryptoPipe> {
     pub(super) endpoints: FxHashMap<SessionId, Endpoint>,
     pub(super) ingress: Vec<IngressListener>,
     pub(super) waiting: Vec<Waiting>,
+    /// The ingress ports' clients, by their LAN socket, from SYN to the session's end.
+    pub(super) clients: crate::link::Clients<smoltcp::iface::SocketHandle>,
     /// Ingress sessions with an idle timeout.
     pub(super) idle: crate::link::IdleTimeouts,
     pub(super) started: u64,
@@ -124,6 +126,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         );
         wan.shard = shard;
         let link = config.link_setup(shard, None);
+        let clients = crate::link::Clients::new(config.ingress_rules());
         let mut engine = Engine {
             link: crate::link::Lifecycle::new(link),
             egress: config.egress.clone(),
@@ -142,6 +145,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
             endpoints: FxHashMap::default(),
             ingress: Vec::new(),
             waiting: Vec::new(),
+            clients,
             idle: Default::default(),
             started: now,
             now,

@@ -30,9 +30,8 @@ use super::engine::Engine;
 use super::net::{endpoint_addr, is_connected, Retire};
 use super::phy::FramePort;
 use crate::admin::{Ingress, IngressMode, Stats};
-use crate::link::admission::Throttle;
 use crate::link::half_open::{HalfOpenTable, Handshake};
-use crate::link::{check_ingress, no_tunnel_line, IngressCheck, IngressRefusal};
+use crate::link::no_tunnel_line;
 use crate::protocol::{RefuseReason, ResetReason, SessionId};
 use crate::session::{Origin, ReadOutcome};
 
@@ -90,11 +89,8 @@ struct Client {
 /// An ingress port: its spare listening sockets and half-open connections.
 pub struct IngressListener {
     ingress: Ingress,
-    index: usize,
     spares: Vec<SocketHandle>,
     half_open: HalfOpenTable<Client>,
-    /// Paces the lines about refusals and timeouts a flood could repeat.
-    throttle: Throttle,
 }
 
 /// An accepted connection waiting for the tunnel to come up.
@@ -117,12 +113,6 @@ fn fmt_source(source: Option<SocketAddr>) -> String {
 fn fin_received(sock: &tcp::Socket) -> bool {
     use tcp::State::*;
     matches!(sock.state(), CloseWait | LastAck | Closing | TimeWait)
-}
-
-impl IngressListener {
-    fn log_now(&mut self, now: u64) -> Option<u64> {
-        self.throttle.allow(now)
-    }
 }
 
 impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
@@ -157,10 +147,8 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
             }
             self.ingress.push(IngressListener {
                 ingress,
-                index,
                 spares: Vec::new(),
                 half_open: HalfOpenTable::new(self.dpdk.listen_backlog * HALF_OPEN_PER_LISTENER),
-                throttle: Throttle::default(),
             });
         }
         self.refill_ingress();
@@ -249,33 +237,26 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                 continue;
             };
             let source = endpoint_addr(remote);
-            if let Some(why) = self.refusal(i, source) {
+            // The session limit counts connections on their way to being sessions too.
+            let half_open: usize = self.ingress.iter().map(|l| l.half_open.len()).sum();
+            let held = self.endpoints.len() + self.waiting.len() + half_open;
+            let limit = Some((self.config.limits.max_sessions, held));
+            if let Err(why) = self.clients.admit(h, i, source, limit, self.stopping, now) {
+                if why.by_rule() {
+                    Stats::inc(&self.stats.ingress_refused);
+                }
                 self.lan.unwatch(h);
                 self.close_lan(h, now);
-                let l = &mut self.ingress[i];
-                if let Some(more) = l.log_now(now) {
-                    warn!(
-                        "{source} -> {}: refused: {why}; resetting{}",
-                        l.ingress.bind,
-                        Throttle::more(more)
-                    );
-                }
                 continue;
             }
             let l = &mut self.ingress[i];
             let client = Client { handle: h, source };
             if let Some(old) = l.half_open.push(client, now, false).map(|o| o.item) {
                 Stats::inc(&self.stats.ingress_half_open_dropped);
-                if let Some(more) = l.log_now(now) {
-                    warn!(
-                        "{} -> {}: half-open connection dropped for a newer one (ingress[{}]: {} handshakes under way){}",
-                        old.source,
-                        l.ingress.bind,
-                        l.index,
-                        l.half_open.len(),
-                        Throttle::more(more)
-                    );
-                }
+                let under_way = l.half_open.len();
+                self.clients.note(i, now, |bind| {
+                    format!("{} -> {bind}: half-open connection dropped for a newer one (ingress[{i}]: {under_way} handshakes under way)", old.source)
+                });
                 self.lan.unwatch(old.handle);
                 self.close_lan(old.handle, now);
             }
@@ -322,38 +303,6 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         self.refill_ingress();
     }
 
-    /// Why a client's SYN is refused, if it is ([`crate::link::ingress`]): the session limit
-    /// counts connections on their way to being sessions too.
-    fn refusal(&mut self, i: usize, source: SocketAddr) -> Option<IngressRefusal> {
-        let ip = source.ip();
-        let from = |s: Option<SocketAddr>| s.is_some_and(|s| s.ip() == ip);
-        let l = &self.ingress[i];
-        // Counted (a walk over every session) only where there is a cap to count against.
-        let held_by_source = l.ingress.max_per_source.map_or(0, |_| {
-            let sessions = self.endpoints.values();
-            let sessions = sessions.filter(|e| e.ingress == Some(i) && from(e.source));
-            let waiting = self.waiting.iter();
-            let waiting = waiting.filter(|w| w.ingress == i && from(Some(w.source)));
-            let half_open = l.half_open.iter().filter(|o| from(Some(o.item.source)));
-            sessions.count() + waiting.count() + half_open.count()
-        });
-        let half_open: usize = self.ingress.iter().map(|l| l.half_open.len()).sum();
-        let held = self.endpoints.len() + self.waiting.len() + half_open;
-        let check = IngressCheck {
-            index: l.index,
-            sources: l.ingress.sources.as_ref(),
-            max_per_source: l.ingress.max_per_source,
-            held_by_source,
-            limit: Some((self.config.limits.max_sessions, held)),
-            stopping: self.stopping,
-        };
-        let refusal = check_ingress(ip, check).err()?;
-        if refusal.by_rule() {
-            Stats::inc(&self.stats.ingress_refused);
-        }
-        Some(refusal)
-    }
-
     /// Half-open connections that gave up, or whose connect timeout ran out.
     fn expire_half_open(&mut self, now: u64) {
         for i in 0..self.ingress.len() {
@@ -375,17 +324,9 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
             }
             for c in swept.timed_out {
                 Stats::inc(&self.stats.ingress_connect_timeouts);
-                let l = &mut self.ingress[i];
-                if let Some(more) = l.log_now(now) {
-                    warn!(
-                        "{} -> {}: handshake not complete within {}s (ingress[{}].connect_timeout_secs); resetting{}",
-                        c.source,
-                        l.ingress.bind,
-                        timeout / 1_000_000,
-                        l.index,
-                        Throttle::more(more)
-                    );
-                }
+                self.clients.note(i, now, |bind| {
+                    format!("{} -> {bind}: handshake not complete within {}s (ingress[{i}].connect_timeout_secs); resetting", c.source, timeout / 1_000_000)
+                });
             }
         }
     }
@@ -465,11 +406,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
     /// one line, one count (the caller resets it).
     fn connect_timed_out(&self, i: usize, what: &str) {
         Stats::inc(&self.stats.ingress_connect_timeouts);
-        let ingress = &self.config.ingress[i];
-        warn!(
-            "{what}: not open within {}s (ingress[{i}].connect_timeout_secs); resetting",
-            ingress.connect_timeout.as_secs()
-        );
+        warn!("{}", self.clients.connect_timeout_line(i, what));
     }
 
     /// Moves one session forward.
@@ -652,14 +589,16 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
     /// Both directions completed: the socket finishes its close on its own.
     pub(super) fn endpoint_closed(&mut self, id: SessionId, now: u64) {
         if let Some(ep) = self.endpoints.remove(&id) {
+            self.clients.left(ep.handle);
             // Our FIN is queued already (the stream finished); let it go out.
             let by = now + CLOSE_LINGER_US;
             self.lan.retire(ep.handle, Retire::Close { by }, now);
         }
     }
 
-    /// Resets a LAN socket (RST) and removes it once that went out.
+    /// Resets a LAN socket (RST) and removes it once that went out; a client it was is gone.
     pub(super) fn close_lan(&mut self, h: SocketHandle, now: u64) {
+        self.clients.left(h);
         self.lan.retire(h, Retire::Abort, now);
     }
 }

@@ -21,9 +21,9 @@
 //! When the gateway starts shutting down (`Gateway::stopping`), the
 //! listeners close and connections not yet turned into sessions are reset.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use log::{debug, error, info, warn};
@@ -38,8 +38,7 @@ use super::sockopt::{listener, reset_on_close};
 use super::tunnel::{OpenOutcome, SessionSignals, Tunnel};
 use super::Gateway;
 use crate::admin::{Ingress, IngressMode, Stats};
-use crate::link::admission::Throttle;
-use crate::link::{check_ingress, no_tunnel_line, IngressCheck};
+use crate::link::no_tunnel_line;
 use crate::protocol::{ResetReason, SessionId};
 use crate::session::Origin;
 
@@ -49,52 +48,25 @@ pub fn bind(ingress: &Ingress) -> std::io::Result<TcpListener> {
     TcpListener::from_std(std_listener)
 }
 
-/// Sessions per client address of one ingress.
-#[derive(Default)]
-struct SourceCounts(Mutex<HashMap<IpAddr, usize>>);
-
-/// One of a client's sessions; counted until dropped.
-struct SourceSlot {
-    counts: Arc<SourceCounts>,
-    ip: IpAddr,
+/// A client's place in the gateway's client table, held until dropped.
+struct ClientSlot {
+    gateway: Arc<Gateway>,
+    key: u64,
 }
 
-impl SourceCounts {
-    /// Sessions `ip` holds.
-    fn held(&self, ip: IpAddr) -> usize {
-        let m = self.0.lock().expect("not poisoned");
-        m.get(&ip).copied().unwrap_or(0)
-    }
-
-    /// Counts a session for `ip` until the slot is dropped.
-    fn take(self: &Arc<Self>, ip: IpAddr) -> SourceSlot {
-        *self.0.lock().expect("not poisoned").entry(ip).or_default() += 1;
-        SourceSlot {
-            counts: self.clone(),
-            ip,
-        }
-    }
-}
-
-impl Drop for SourceSlot {
+impl Drop for ClientSlot {
     fn drop(&mut self) {
-        let mut m = self.counts.0.lock().expect("not poisoned");
-        if let Some(n) = m.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&self.ip);
-            }
-        }
+        self.gateway.clients().left(self.key);
     }
 }
 
 /// What a client connection carries from accept to its end: its ingress,
-/// its connect deadline and its place in the per-source count.
+/// its connect deadline and its place in the client table.
 struct Ctx {
     index: usize,
     ingress: Arc<Ingress>,
     deadline: Instant,
-    _slot: SourceSlot,
+    _slot: ClientSlot,
 }
 
 impl Ctx {
@@ -102,9 +74,8 @@ impl Ctx {
     fn timed_out(&self, gateway: &Gateway, what: &str) {
         Stats::inc(&gateway.stats.ingress_connect_timeouts);
         warn!(
-            "{what}: not open within {}s (ingress[{}].connect_timeout_secs); resetting",
-            self.ingress.connect_timeout.as_secs(),
-            self.index
+            "{}",
+            gateway.clients().connect_timeout_line(self.index, what)
         );
     }
 }
@@ -120,9 +91,6 @@ pub async fn serve(gateway: Arc<Gateway>, index: usize, ingress: Ingress, listen
         warn!("{w}");
     }
     let ingress = Arc::new(ingress);
-    let counts = Arc::new(SourceCounts::default());
-    let mut throttle = Throttle::default();
-    let started = Instant::now();
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -138,39 +106,27 @@ pub async fn serve(gateway: Arc<Gateway>, index: usize, ingress: Ingress, listen
                 continue;
             }
         };
-        let ip = client.ip().to_canonical();
-        let check = IngressCheck {
-            index,
-            sources: ingress.sources.as_ref(),
-            max_per_source: ingress.max_per_source,
-            held_by_source: counts.held(ip),
-            // The session core counts sessions against the limit.
-            limit: None,
-            stopping: gateway.stopping.is_cancelled(),
-        };
-        let slot = match check_ingress(ip, check) {
-            Ok(()) => counts.take(ip),
-            Err(why) => {
-                if why.by_rule() {
-                    Stats::inc(&gateway.stats.ingress_refused);
-                }
-                abort(&stream);
-                let now = started.elapsed().as_micros() as u64;
-                if let Some(more) = throttle.allow(now) {
-                    warn!(
-                        "{client} -> {}: refused: {why}; resetting{}",
-                        ingress.bind,
-                        Throttle::more(more)
-                    );
-                }
-                continue;
+        let key = gateway.next_client.fetch_add(1, Ordering::Relaxed);
+        let (stopping, now) = (gateway.stopping.is_cancelled(), gateway.now_us());
+        // The session core counts sessions against the limit.
+        let admitted = gateway
+            .clients()
+            .admit(key, index, client, None, stopping, now);
+        if let Err(why) = admitted {
+            if why.by_rule() {
+                Stats::inc(&gateway.stats.ingress_refused);
             }
-        };
+            abort(&stream);
+            continue;
+        }
         let ctx = Ctx {
             index,
             ingress: ingress.clone(),
             deadline: Instant::now() + ingress.connect_timeout,
-            _slot: slot,
+            _slot: ClientSlot {
+                gateway: gateway.clone(),
+                key,
+            },
         };
         match gateway.ready_tunnel() {
             Some(tunnel) => {
@@ -334,27 +290,4 @@ async fn run(session: Opened, stream: TcpStream, target: SocketAddr, ctx: Ctx) {
 
 fn abort(stream: &TcpStream) {
     reset_on_close(&SockRef::from(stream));
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_source_holds_its_slots_until_they_are_dropped() {
-        let counts = Arc::new(SourceCounts::default());
-        let a: IpAddr = "10.0.0.1".parse().unwrap();
-        let b: IpAddr = "10.0.0.2".parse().unwrap();
-        let s1 = counts.take(a);
-        let _s2 = counts.take(a);
-        assert_eq!(counts.held(a), 2);
-        let _other = counts.take(b);
-        drop(s1);
-        assert_eq!(counts.held(a), 1);
-        let many: Vec<_> = (0..100).map(|_| counts.take(b)).collect();
-        drop(many);
-        assert_eq!(counts.held(b), 1);
-        drop(_other);
-        assert_eq!(counts.0.lock().unwrap().get(&b), None, "forgotten at zero");
-    }
 }

@@ -26,6 +26,7 @@ mod tunnel;
 mod wan;
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -39,7 +40,7 @@ use crate::admin::reload::Live;
 use crate::admin::signals::{Request, Signals};
 use crate::admin::{Config, RunError, Stats, StatusSource, TunnelEnd};
 use crate::link::admission::{PortGuard, Throttle};
-use crate::link::Lifecycle;
+use crate::link::{Clients, Lifecycle};
 use crate::protocol::ResetReason;
 use crate::transform::{Adaptive, Compression, PackPolicy};
 use conn::{ConnInfo, RecordReader, RecordWriter};
@@ -69,6 +70,9 @@ pub struct Gateway {
     ready: watch::Sender<Option<Arc<Tunnel>>>,
     /// `peer.source` and the sources that proved to be the peer, before any handshake.
     tunnel_port: Mutex<PortGuard>,
+    /// The ingress ports' clients, numbered by `next_client`, from accept to their end.
+    clients: Mutex<Clients<u64>>,
+    next_client: AtomicU64,
     /// How data frames are packed (`wan.compression`), and the counters of it.
     packing: Arc<PackPolicy>,
     /// Permits to compress on the blocking pool: half the cores, the rest for the reactor,
@@ -126,6 +130,10 @@ impl Gateway {
     }
 
     /// The tunnel, also while it is held after its control connection died.
+    fn clients(&self) -> std::sync::MutexGuard<'_, Clients<u64>> {
+        self.clients.lock().expect("not poisoned")
+    }
+
     fn tunnel(&self) -> Option<Arc<Tunnel>> {
         self.link().tunnel()
     }
@@ -215,6 +223,7 @@ async fn serve(config: Config) -> Result<(), RunError> {
         config.name, config.peer_name, config.data_flows, tuning.congestion
     );
     let config_compression = config.compression;
+    let clients = Clients::new(config.ingress_rules());
     let tunnel_port = Mutex::new(PortGuard::new(config.peer_source.clone()));
     let dedup_store = config
         .open_dedup_store(crate::protocol::handshake::Shard::ONE)
@@ -233,6 +242,8 @@ async fn serve(config: Config) -> Result<(), RunError> {
         started: std::time::Instant::now(),
         tuning,
         tunnel_port,
+        clients: Mutex::new(clients),
+        next_client: AtomicU64::new(0),
         packing: Arc::new(PackPolicy::new(config_compression)),
         sealers: Arc::new(tokio::sync::Semaphore::new(sealing_workers())),
     });

@@ -5,6 +5,7 @@
 //! - [`handshake`]: one connection's handshake, fed raw bytes.
 //! - [`backoff`]: when to dial again after a failure.
 //! - [`ingress`]: whether an ingress takes a client's connection.
+//! - [`clients`]: the ingress ports' clients: who holds how many, and their paced lines.
 //! - [`idle`]: which ingress sessions moved nothing for their idle timeout.
 //! - [`egress`]: whether a session's target is taken, checked before any connect.
 //! - [`connect_order`]: connects to one target one at a time, in the order sessions opened.
@@ -27,6 +28,7 @@
 pub mod accept;
 pub mod admission;
 pub mod backoff;
+pub mod clients;
 pub mod conn_table;
 pub mod connect_order;
 pub mod dialer;
@@ -44,6 +46,7 @@ pub mod welcome;
 
 pub use accept::{first_message, Current, FirstRefusal, FirstStep};
 pub use backoff::Backoff;
+pub use clients::{Clients, IngressRules};
 pub use conn_table::{ConnRef, ConnTable, ControlAttached, FlowAttached, Lost, Role};
 pub use connect_order::ConnectOrder;
 pub use dialer::{DialFailed, Dialer, FLOWS_ATTACH_TIMEOUT};
