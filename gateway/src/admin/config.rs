@@ -191,15 +191,21 @@ impl Ingress {
         *self != other
     }
 
-    /// The warning logged at start for an ingress any host may use: no `sources` on an
-    /// address other hosts can reach.
-    pub fn open_to_any(&self, index: usize) -> Option<String> {
-        (self.sources.is_none() && !self.bind.ip().is_loopback()).then(|| {
-            format!(
+    /// Logs, at start, what ingress `index` listens for, with a warning when any host may use
+    /// it: no `sources` on an address other hosts can reach.
+    pub fn announce(&self, index: usize) {
+        match self.mode {
+            IngressMode::Listen { target } => {
+                log::info!("listening on {} (mode listen) -> {target}", self.bind)
+            }
+            IngressMode::Tproxy => log::info!("listening on {} (mode tproxy)", self.bind),
+        }
+        if self.sources.is_none() && !self.bind.ip().is_loopback() {
+            log::warn!(
                 "ingress[{index}] on {}: no sources list, so any host that reaches it may open sessions through the tunnel (set ingress[{index}].sources)",
                 self.bind
-            )
-        })
+            );
+        }
     }
 }
 

@@ -103,6 +103,48 @@ impl DpdkConfig {
         v.extend(&self.crypto_lcores);
         v
     }
+
+    /// The EAL arguments for gateway `name` on a host with `cpus` CPUs: the configured ones,
+    /// plus what is missing for the roles to run: an lcore map (each role's lcore on CPU
+    /// `id % cpus`, when the config gives none) and a file prefix unique to this gateway (so
+    /// two gateways can share a host).
+    pub fn eal_args_for(&self, name: &str, cpus: u32) -> Vec<String> {
+        let mut args = self.eal_args.clone();
+        let has = |args: &[String], flags: &[&str]| {
+            let given = |a: &String, f: &&str| a == f || a.starts_with(&format!("{f}="));
+            args.iter().any(|a| flags.iter().any(|f| given(a, f)))
+        };
+        if !has(&args, &["-l", "--lcores", "-c"]) {
+            let lcores = std::iter::once(0).chain(self.role_lcores());
+            let map: Vec<String> = lcores.map(|l| format!("{l}@{}", l % cpus.max(1))).collect();
+            args.push(format!("--lcores={}", map.join(",")));
+        }
+        if !has(&args, &["--file-prefix"]) {
+            let safe = |c: char| if c.is_ascii_alphanumeric() { c } else { '_' };
+            args.push(format!(
+                "--file-prefix=lmas_{}",
+                name.chars().map(safe).collect::<String>()
+            ));
+        }
+        args
+    }
+
+    /// Every role's lcore must be one of the `workers` the EAL started: the field naming the
+    /// first that is not, and why.
+    pub fn check_workers(&self, workers: &[u32]) -> Result<(), Err> {
+        let io = self.io_lcores.iter().map(|l| ("dpdk.io_lcores", *l));
+        let tcp = self.tcp_lcores.iter().map(|l| ("dpdk.tcp_lcores", *l));
+        let crypto = self
+            .crypto_lcores
+            .iter()
+            .map(|l| ("dpdk.crypto_lcores", *l));
+        match io.chain(tcp).chain(crypto).find(|(_, l)| !workers.contains(l)) {
+            Some((field, l)) => Err(field_err(field, format!(
+                "lcore {l} is not a worker lcore of the EAL (workers: {workers:?}; the main lcore runs admin work); list it in the -l/--lcores argument of dpdk.eal_args"
+            ))),
+            None => Ok(()),
+        }
+    }
 }
 
 type Err = (String, String);
@@ -396,6 +438,24 @@ mod tests {
             "{lcores}\n[lan]\ndevice = \"net_null0\"\naddress = \"10.0.1.1/24\"\n[wan]\ndevice = \"net_null1\"\naddress = \"10.0.2.1/24\"\n"
         );
         toml::from_str::<DpdkSection>(&text).unwrap().validate()
+    }
+
+    #[test]
+    fn the_eal_gets_an_lcore_map_and_a_prefix_unless_the_config_gives_them() {
+        let c = section("").unwrap();
+        assert_eq!(
+            c.eal_args_for("gw a.1", 2),
+            ["--lcores=0@0,1@1,2@0,3@1", "--file-prefix=lmas_gw_a_1"]
+        );
+        let given = section("eal_args = [\"-l\", \"0-3\", \"--file-prefix=x\"]").unwrap();
+        assert_eq!(
+            given.eal_args_for("gw", 2),
+            ["-l", "0-3", "--file-prefix=x"]
+        );
+        assert_eq!(c.check_workers(&[1, 2, 3]), Ok(()));
+        let (field, why) = c.check_workers(&[1, 3]).unwrap_err();
+        assert_eq!(field, "dpdk.tcp_lcores");
+        assert!(why.starts_with("lcore 2 is not a worker lcore of the EAL (workers: [1, 3];"));
     }
 
     #[test]

@@ -26,7 +26,6 @@ use super::engine::{Engine, Ports};
 use super::phy::FramePort;
 use super::port::{open_port, run_io, IoPort, PortCounters, RingPort, RoleCounters};
 use super::Idle;
-use crate::admin::dpdk::DpdkConfig;
 use crate::admin::reload::Live;
 use crate::admin::signals::{Request, Signals};
 use crate::admin::{Config, Datapath, RunError, Stats, Status, StatusSource};
@@ -81,12 +80,14 @@ pub fn run(config: Config) -> Result<(), RunError> {
     let file = config.file.clone();
     let field = |field: &str, why: &dyn std::fmt::Display| RunError::field(&file, field, why);
 
-    let args = eal_args(&dpdk, &config.name);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    let args = dpdk.eal_args_for(&config.name, cpus);
     info!("starting the DPDK EAL: {}", args.join(" "));
     let eal = Eal::init(&args)
         .map_err(|e| field("dpdk.eal_args", &format!("the EAL did not start: {e}")))?;
     let workers = eal.worker_lcores();
-    check_lcores(&dpdk, &workers).map_err(|(f, why)| field(&f, &why))?;
+    dpdk.check_workers(&workers)
+        .map_err(|(f, why)| field(&f, &why))?;
 
     let stats = Arc::new(Stats::default());
     // No I/O lcores: the TCP lcore polls the ports itself (run to completion).
@@ -538,59 +539,4 @@ impl StatusSource for DpdkStatus {
         }
         status
     }
-}
-
-/// The EAL arguments: the configured ones, plus what is missing for the
-/// roles to run: an lcore map (each role's lcore on CPU `id % CPUs`, when
-/// the config gives none) and a file prefix unique to this gateway (so two
-/// gateways can share a host).
-fn eal_args(dpdk: &DpdkConfig, name: &str) -> Vec<String> {
-    let mut args = dpdk.eal_args.clone();
-    let has = |args: &[String], flags: &[&str]| {
-        args.iter().any(|a| {
-            flags
-                .iter()
-                .any(|f| a == f || a.starts_with(&format!("{f}=")))
-        })
-    };
-    if !has(&args, &["-l", "--lcores", "-c"]) {
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
-        let mut lcores = vec![0];
-        lcores.extend(dpdk.role_lcores());
-        let map: Vec<String> = lcores.iter().map(|l| format!("{l}@{}", l % cpus)).collect();
-        args.push(format!("--lcores={}", map.join(",")));
-    }
-    if !has(&args, &["--file-prefix"]) {
-        let safe: String = name
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-            .collect();
-        args.push(format!("--file-prefix=lmas_{safe}"));
-    }
-    args
-}
-
-/// Every role's lcore must be a worker lcore the EAL started.
-fn check_lcores(dpdk: &DpdkConfig, workers: &[u32]) -> Result<(), (String, String)> {
-    let fields = dpdk
-        .io_lcores
-        .iter()
-        .map(|l| ("dpdk.io_lcores", *l))
-        .chain(dpdk.tcp_lcores.iter().map(|l| ("dpdk.tcp_lcores", *l)))
-        .chain(
-            dpdk.crypto_lcores
-                .iter()
-                .map(|l| ("dpdk.crypto_lcores", *l)),
-        );
-    for (field, l) in fields {
-        if !workers.contains(&l) {
-            return Err((
-                field.to_string(),
-                format!(
-                    "lcore {l} is not a worker lcore of the EAL (workers: {workers:?}; the main lcore runs admin work); list it in the -l/--lcores argument of dpdk.eal_args"
-                ),
-            ));
-        }
-    }
-    Ok(())
 }

@@ -23,22 +23,8 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
     pub(super) fn egress_connect(&mut self, id: SessionId, target: SocketAddr, now: u64) {
         let first = self.connect_order.queue(target, id);
         let handle = self.lan_socket();
-        self.endpoints.insert(
-            id,
-            Endpoint {
-                handle,
-                state: State::Queued,
-                source: None,
-                target,
-                started: now,
-                down: None,
-                fin_seen: false,
-                up_done: false,
-                down_done: false,
-                ingress: None,
-                open_by: u64::MAX,
-            },
-        );
+        let ep = Endpoint::new(handle, State::Queued, target, now);
+        self.endpoints.insert(id, ep);
         if first {
             self.start_connect(id, now);
         }

@@ -79,6 +79,26 @@ pub struct Endpoint {
     pub(super) open_by: u64,
 }
 
+impl Endpoint {
+    /// A session's connection to `target` in `state`, from `now`: the peer's (no client,
+    /// no ingress, no connect timeout of ours) until the caller says otherwise.
+    pub(super) fn new(handle: SocketHandle, state: State, target: SocketAddr, now: u64) -> Self {
+        Endpoint {
+            handle,
+            state,
+            source: None,
+            target,
+            started: now,
+            down: None,
+            fin_seen: false,
+            up_done: false,
+            down_done: false,
+            ingress: None,
+            open_by: u64::MAX,
+        }
+    }
+}
+
 /// A client connection whose handshake is under way.
 #[derive(Debug, Clone, Copy)]
 struct Client {
@@ -133,17 +153,8 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         // Every shard listens; the first one speaks for them.
         let speaks = self.shard.index == 0;
         for (index, ingress) in self.config.ingress.clone().into_iter().enumerate() {
-            match ingress.mode {
-                IngressMode::Listen { target } if speaks => {
-                    info!("listening on {} (mode listen) -> {target}", ingress.bind)
-                }
-                IngressMode::Tproxy if speaks => {
-                    info!("listening on {} (mode tproxy)", ingress.bind)
-                }
-                _ => {}
-            }
-            if let Some(w) = ingress.open_to_any(index).filter(|_| speaks) {
-                warn!("{w}");
+            if speaks {
+                ingress.announce(index);
             }
             self.ingress.push(IngressListener {
                 ingress,
@@ -377,22 +388,13 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                         "session {id}: {} -> {} via peer {}",
                         w.source, w.target, t.peer
                     );
-                    self.endpoints.insert(
-                        id,
-                        Endpoint {
-                            handle: w.handle,
-                            state: State::Opening,
-                            source: Some(w.source),
-                            target: w.target,
-                            started: now,
-                            down: None,
-                            fin_seen: false,
-                            up_done: false,
-                            down_done: false,
-                            ingress: Some(w.ingress),
-                            open_by: w.open_by,
-                        },
-                    );
+                    let ep = Endpoint {
+                        source: Some(w.source),
+                        ingress: Some(w.ingress),
+                        open_by: w.open_by,
+                        ..Endpoint::new(w.handle, State::Opening, w.target, now)
+                    };
+                    self.endpoints.insert(id, ep);
                 }
                 Err(e) => {
                     warn!("{} -> {}: {e}; resetting", w.source, w.target);

@@ -81,15 +81,7 @@ impl Ctx {
 }
 
 pub async fn serve(gateway: Arc<Gateway>, index: usize, ingress: Ingress, listener: TcpListener) {
-    match ingress.mode {
-        IngressMode::Listen { target } => {
-            info!("listening on {} (mode listen) -> {target}", ingress.bind)
-        }
-        IngressMode::Tproxy => info!("listening on {} (mode tproxy)", ingress.bind),
-    }
-    if let Some(w) = ingress.open_to_any(index) {
-        warn!("{w}");
-    }
+    ingress.announce(index);
     let ingress = Arc::new(ingress);
     loop {
         let accepted = tokio::select! {
