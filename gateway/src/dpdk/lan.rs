@@ -31,7 +31,7 @@ use super::net::{endpoint_addr, is_connected, Retire};
 use super::phy::FramePort;
 use crate::admin::{Ingress, IngressMode, Stats};
 use crate::link::half_open::{HalfOpenTable, Handshake};
-use crate::link::no_tunnel_line;
+use crate::link::{no_tunnel_line, peer_refused_line};
 use crate::protocol::{RefuseReason, ResetReason, SessionId};
 use crate::session::{Origin, ReadOutcome};
 
@@ -558,16 +558,8 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         let Some(ep) = self.endpoints.remove(&id) else {
             return;
         };
-        let detail = if detail.is_empty() {
-            String::new()
-        } else {
-            format!(" ({detail})")
-        };
         Stats::inc(&self.stats.sessions_refused);
-        warn!(
-            "session {id}: peer refused target {}: {reason}{detail}",
-            ep.target
-        );
+        warn!("{}", peer_refused_line(id, ep.target, reason, detail));
         self.close_lan(ep.handle, now);
     }
 

@@ -38,7 +38,7 @@ use super::sockopt::{listener, reset_on_close};
 use super::tunnel::{OpenOutcome, SessionSignals, Tunnel};
 use super::Gateway;
 use crate::admin::{Ingress, IngressMode, Stats};
-use crate::link::no_tunnel_line;
+use crate::link::{no_tunnel_line, peer_refused_line};
 use crate::protocol::{ResetReason, SessionId};
 use crate::session::Origin;
 
@@ -260,13 +260,8 @@ async fn run(session: Opened, stream: TcpStream, target: SocketAddr, ctx: Ctx) {
             drive(tunnel, id, signals, stream).await
         }
         Ok(OpenOutcome::Refused { reason, detail }) => {
-            let detail = if detail.is_empty() {
-                String::new()
-            } else {
-                format!(" ({detail})")
-            };
             Stats::inc(&gateway.stats.sessions_refused);
-            warn!("session {id}: peer refused target {target}: {reason}{detail}");
+            warn!("{}", peer_refused_line(id, target, reason, &detail));
             abort(&stream);
         }
         Err(_) => {

@@ -1,8 +1,9 @@
 //! Whether an ingress takes a client's connection: the checks both datapaths make when a
 //! client connects, in one order, with one wording for the log line that names the client.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
+use crate::protocol::{RefuseReason, SessionId};
 use crate::sources::SourceList;
 
 /// What the datapath knows of the client and of itself when a client connects to ingress
@@ -71,6 +72,21 @@ pub fn check_ingress(ip: IpAddr, c: IngressCheck<'_>) -> Result<(), IngressRefus
     }
 }
 
+/// The line for session `id` whose target the peer refused (`detail`: the peer's words, if
+/// any).
+pub fn peer_refused_line(
+    id: SessionId,
+    target: SocketAddr,
+    reason: RefuseReason,
+    detail: &str,
+) -> String {
+    let detail = match detail {
+        "" => String::new(),
+        d => format!(" ({d})"),
+    };
+    format!("session {id}: peer refused target {target}: {reason}{detail}")
+}
+
 /// The line for a client that waited `connect_timeout_ms` for a tunnel that never came up
 /// (its connection is then reset).
 pub fn no_tunnel_line(
@@ -97,6 +113,21 @@ mod tests {
             limit: Some((10, 0)),
             stopping: false,
         }
+    }
+
+    #[test]
+    fn a_peer_refusal_names_the_session_target_reason_and_any_detail() {
+        let target: SocketAddr = "10.0.3.2:5000".parse().unwrap();
+        let id = SessionId(7);
+        assert_eq!(
+            peer_refused_line(id, target, RefuseReason::NotAllowed, ""),
+            format!(
+                "session {id}: peer refused target 10.0.3.2:5000: {}",
+                RefuseReason::NotAllowed
+            )
+        );
+        let why = peer_refused_line(id, target, RefuseReason::ConnectFailed, "timed out");
+        assert!(why.ends_with(" (timed out)"), "{why}");
     }
 
     #[test]
