@@ -167,6 +167,42 @@ fn wrong_key_is_refused_before_any_session() {
     );
 }
 
+/// A record that authenticates but holds a message that does not decode is the peer speaking
+/// nonsense (`protocol_errors`), as the kernel datapath counts it, not a forged record
+/// (`records_rejected`); the connection goes and the tunnel comes back.
+#[test]
+fn a_malformed_message_in_a_sound_record_is_a_protocol_error() {
+    use crate::protocol::{DataFrame, Message, SessionId};
+    let k = keys("malformed");
+    let (a, b) = configs(&k, LISTEN_INGRESS, "a.key.pub", ALLOW_DST);
+    let mut sim = Sim::new(a, b, 1_000);
+    assert!(sim.run_until(5, |s| s.tunnel_up()));
+    let control = sim.a.link.tunnel.as_ref().and_then(|t| t.table.control());
+    let conn = control
+        .and_then(|c| sim.a.conns.get_mut(&c))
+        .expect("a's control connection");
+    // Offset + length overflows: encoded as it is, refused by the decoder.
+    let bad = DataFrame {
+        session: SessionId(1),
+        offset: u64::MAX,
+        flags: 0,
+        payload: bytes::Bytes::from_static(b"x"),
+    };
+    conn.seal(Message::Data(bad), &mut sim.a.crypto);
+    let counted = |s: &mut Sim| {
+        let c = s.stats_b.snapshot();
+        c["protocol_errors"] + c["records_rejected"] > 0
+    };
+    assert!(sim.run_until(5, counted), "gw-b counted nothing");
+    let c = sim.stats_b.snapshot();
+    assert_eq!(
+        (c["protocol_errors"], c["records_rejected"]),
+        (1, 0),
+        "protocol_errors, records_rejected"
+    );
+    assert!(sim.run_until(10, |s| s.tunnel_up()), "the tunnel came back");
+}
+
 #[test]
 fn a_wan_outage_longer_than_the_flow_timeout_is_survived() {
     let k = keys("outage");
