@@ -96,6 +96,7 @@ impl Stats {
             Count::HandshakeFailed => Stats::inc(&self.handshake_failures),
             Count::TunnelResumed => Stats::inc(&self.tunnel_resumes),
             Count::FlowLost => Stats::inc(&self.flows_lost),
+            Count::RecordRejected => Stats::inc(&self.records_rejected),
             Count::Applied(applied) => self.applied(applied),
         }
     }

@@ -21,10 +21,8 @@ use std::time::Instant;
 use bytes::BytesMut;
 use crossbeam_queue::ArrayQueue;
 
-use crate::crypto::{
-    KeyUpdated, OpenError, Opening, RecordError, RekeyPolicy, Sealing, TrafficKeys,
-    RECORD_HEADER_LEN,
-};
+use crate::crypto::{KeyUpdated, Opening, RekeyPolicy, Sealing, TrafficKeys, RECORD_HEADER_LEN};
+use crate::link::ConnFailure;
 use crate::protocol::Message;
 use crate::transform::{PackNote, PackPolicy};
 
@@ -81,15 +79,7 @@ pub enum CryptoDone {
         unpacked: Option<PackNote>,
     },
     /// Sealing or opening failed: the connection must be closed.
-    Failed { conn: ConnId, error: CryptoError },
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CryptoError {
-    #[error("{0}")]
-    Open(#[from] OpenError),
-    #[error("sealing: {0}")]
-    Seal(RecordError),
+    Failed { conn: ConnId, error: ConnFailure },
 }
 
 /// The keys of every connection pinned to one worker.
@@ -142,7 +132,7 @@ impl CryptoWorker {
                     },
                     Err(e) => CryptoDone::Failed {
                         conn,
-                        error: CryptoError::Seal(e),
+                        error: ConnFailure::Seal(e),
                     },
                 })
             }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use log::info;
 
-use super::crypto::{ConnId, CryptoDone, CryptoError, CryptoPipe, CryptoStage};
+use super::crypto::{ConnId, CryptoDone, CryptoPipe, CryptoStage};
 use super::lan::{Endpoint, IngressListener, Waiting};
 use super::net::Net;
 use super::phy::FramePort;
@@ -27,7 +27,6 @@ use super::wan::WanConn;
 use crate::admin::dpdk::DpdkConfig;
 use crate::admin::status::{ConnectionStatus, TunnelStatus};
 use crate::admin::{Config, Stats, Status};
-use crate::crypto::OpenError;
 use crate::protocol::handshake::Shard;
 use crate::protocol::SessionId;
 use crate::session::Event;
@@ -223,16 +222,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                 }
                 CryptoDone::Failed { conn, error } => {
                     if self.conns.contains_key(&conn) {
-                        // A sound record with nonsense in it is the peer breaking the
-                        // protocol, as the kernel datapath counts it; the rest is the record.
-                        let counter = match &error {
-                            CryptoError::Open(OpenError::Decode(_) | OpenError::Unpack(_)) => {
-                                &self.stats.protocol_errors
-                            }
-                            _ => &self.stats.records_rejected,
-                        };
-                        Stats::inc(counter);
-                        self.fail_conn(conn, error.into(), now);
+                        self.fail_conn(conn, error, now);
                     }
                 }
             }

@@ -22,12 +22,13 @@ use super::crypto::{ConnId, CryptoJob, CryptoPipe};
 use super::engine::Engine;
 use super::net::{endpoint_addr, is_connected, Embryo, Retire, TunnelGate};
 use super::phy::FramePort;
-use super::wan::{Identity, WanConn, WanError};
+use super::wan::{Identity, WanConn};
 use crate::admin::TunnelEnd;
 use crate::crypto::MAX_RECORD_LEN;
 use crate::link::admission;
 use crate::link::half_open::{HalfOpenTable, Handshake};
-use crate::link::lifecycle::{Action, Fault, FaultKind};
+use crate::link::lifecycle::{Action, Fault};
+use crate::link::ConnFailure;
 use crate::link::Role;
 use crate::protocol::Message;
 
@@ -234,7 +235,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
     }
 
     /// Advances one connection: connect, handshake, records in and out.
-    fn drive_conn(&mut self, id: ConnId, now: u64) -> Result<(), WanError> {
+    fn drive_conn(&mut self, id: ConnId, now: u64) -> Result<(), ConnFailure> {
         let me = Identity {
             link: self.config.identity(self.shard),
             rekey: self.config.rekey(),
@@ -358,13 +359,18 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
     }
 
     /// A connection failed: the link layer says what it was and what follows.
-    pub(super) fn fail_conn(&mut self, id: ConnId, e: WanError, now: u64) {
-        let kind = match e {
-            WanError::ConnectFailed => FaultKind::Connect,
-            WanError::Closed | WanError::Reset => FaultKind::Closed,
-            _ => FaultKind::Other,
-        };
-        self.link.failed(id, Fault { kind, why: &e }, now);
+    pub(super) fn fail_conn(&mut self, id: ConnId, e: ConnFailure, now: u64) {
+        if let Some(count) = e.count() {
+            self.stats.count(count);
+        }
+        self.link.failed(
+            id,
+            Fault {
+                kind: e.kind(),
+                why: &e,
+            },
+            now,
+        );
         self.run_link_actions(now);
         // One the link layer did not know (it cannot be): closed all the same.
         self.close_conn(id);

@@ -13,11 +13,11 @@ use std::net::SocketAddr;
 
 use smoltcp::socket::tcp;
 
-use super::crypto::{ConnId, CryptoError, CryptoJob, CryptoPipe, CryptoStage};
-use crate::crypto::{HandshakeError, RecordError, RekeyPolicy, TrafficKeys};
-use crate::link::{self, ConnHandshake, LinkHandshakeError, Record, RecordSplitter};
+use super::crypto::{ConnId, CryptoJob, CryptoPipe, CryptoStage};
+use crate::crypto::{RekeyPolicy, TrafficKeys};
+use crate::link::{self, ConnFailure, ConnHandshake, Record, RecordSplitter};
 use crate::protocol::handshake::MAX_NOISE_MESSAGE;
-use crate::protocol::{DecodeError, Message};
+use crate::protocol::Message;
 
 /// Record bytes of one connection allowed in the crypto stage at once.
 pub const OPEN_BACKLOG: usize = 1 << 20;
@@ -37,38 +37,6 @@ enum Phase {
     Handshaking(Box<ConnHandshake>),
     /// Keys installed in the crypto stage; records flow.
     Keyed,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum WanError {
-    #[error("cannot connect: refused or unreachable")]
-    ConnectFailed,
-    #[error("connection closed by peer")]
-    Closed,
-    #[error("connection reset or timed out")]
-    Reset,
-    #[error("{0}")]
-    Handshake(#[from] HandshakeError),
-    #[error("malformed handshake: {0}")]
-    Decode(#[from] DecodeError),
-    #[error("record: {0}")]
-    Record(#[from] RecordError),
-    #[error("{0}")]
-    Crypto(#[from] CryptoError),
-    #[error("unexpected {got} message (expected {expected})")]
-    Unexpected {
-        got: &'static str,
-        expected: &'static str,
-    },
-}
-
-impl From<LinkHandshakeError> for WanError {
-    fn from(e: LinkHandshakeError) -> Self {
-        match e {
-            LinkHandshakeError::Handshake(e) => WanError::Handshake(e),
-            LinkHandshakeError::Decode(e) => WanError::Decode(e),
-        }
-    }
 }
 
 pub struct WanConn {
@@ -163,7 +131,7 @@ impl WanConn {
         sock: &mut tcp::Socket,
         me: &Identity,
         crypto: &mut CryptoStage<C>,
-    ) -> Result<bool, WanError> {
+    ) -> Result<bool, ConnFailure> {
         if self.remote.is_none() {
             self.note_endpoints(sock);
         }
@@ -173,7 +141,7 @@ impl WanConn {
                 match sock.state() {
                     tcp::State::SynSent | tcp::State::SynReceived => return Ok(false),
                     tcp::State::Established => {}
-                    _ => return Err(WanError::ConnectFailed),
+                    _ => return Err(ConnFailure::Connect(refused())),
                 }
                 let (hs, m1) = ConnHandshake::dial(&me.link, self.data_flow)?;
                 self.write_now(sock, &m1)?;
@@ -192,7 +160,7 @@ impl WanConn {
             let want = hs.wanted().min(piece.len());
             let n = sock
                 .recv_slice(&mut piece[..want])
-                .map_err(|_| WanError::Closed)?;
+                .map_err(|_| ConnFailure::Closed)?;
             if n == 0 {
                 return Ok(false);
             }
@@ -229,11 +197,11 @@ impl WanConn {
     }
 
     /// Writes handshake bytes, which a fresh socket's buffer always holds.
-    fn write_now(&mut self, sock: &mut tcp::Socket, bytes: &[u8]) -> Result<(), WanError> {
-        let n = sock.send_slice(bytes).map_err(|_| WanError::Reset)?;
+    fn write_now(&mut self, sock: &mut tcp::Socket, bytes: &[u8]) -> Result<(), ConnFailure> {
+        let n = sock.send_slice(bytes).map_err(|_| ConnFailure::Reset)?;
         self.bytes_sent += n as u64;
         if n < bytes.len() {
-            return Err(WanError::Reset);
+            return Err(ConnFailure::Reset);
         }
         Ok(())
     }
@@ -244,12 +212,12 @@ impl WanConn {
         &mut self,
         sock: &mut tcp::Socket,
         crypto: &mut CryptoStage<C>,
-    ) -> Result<(), WanError> {
+    ) -> Result<(), ConnFailure> {
         debug_assert!(self.is_keyed());
         while self.open_bytes < OPEN_BACKLOG && sock.can_recv() {
             let n = sock
                 .recv_slice(self.incoming.space())
-                .map_err(|_| WanError::Closed)?;
+                .map_err(|_| ConnFailure::Closed)?;
             self.bytes_received += n as u64;
             let Some(Record { header, body }) = self.incoming.filled(n)? else {
                 continue;
@@ -286,11 +254,11 @@ impl WanConn {
     }
 
     /// Writes queued records into the socket as far as it has room.
-    pub fn flush(&mut self, sock: &mut tcp::Socket) -> Result<(), WanError> {
+    pub fn flush(&mut self, sock: &mut tcp::Socket) -> Result<(), ConnFailure> {
         while let Some(front) = self.out.front() {
             let n = sock
                 .send_slice(&front[self.out_off..])
-                .map_err(|_| WanError::Reset)?;
+                .map_err(|_| ConnFailure::Reset)?;
             self.bytes_sent += n as u64;
             self.out_bytes -= n;
             self.out_off += n;
@@ -366,7 +334,7 @@ pub fn unsent_limit(sock: &tcp::Socket, max_record: usize) -> usize {
 }
 
 /// An error if the socket can no longer carry the connection.
-fn check_open(sock: &tcp::Socket) -> Result<(), WanError> {
+fn check_open(sock: &tcp::Socket) -> Result<(), ConnFailure> {
     match sock.state() {
         tcp::State::Established | tcp::State::FinWait1 | tcp::State::FinWait2 => Ok(()),
         tcp::State::CloseWait
@@ -376,9 +344,17 @@ fn check_open(sock: &tcp::Socket) -> Result<(), WanError> {
             if sock.can_recv() {
                 Ok(())
             } else {
-                Err(WanError::Closed)
+                Err(ConnFailure::Closed)
             }
         }
-        _ => Err(WanError::Reset),
+        _ => Err(ConnFailure::Reset),
     }
+}
+
+/// What smoltcp tells of a connect that failed: nothing more than this.
+fn refused() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::ConnectionRefused,
+        "refused or unreachable",
+    )
 }

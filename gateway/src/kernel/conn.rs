@@ -11,61 +11,12 @@ use crate::admin::Stats;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::crypto::{
-    DedupOffer, HandshakeError, OpenError, Opening, RecordError, RekeyPolicy, Sealed, Sealing,
-    TrafficKeys,
-};
-use crate::link::{ConnHandshake, Done, Identity, LinkHandshakeError, Record, RecordSplitter};
+use crate::crypto::{DedupOffer, Opening, RekeyPolicy, Sealed, Sealing, TrafficKeys};
+use crate::link::{ConnFailure, ConnHandshake, Done, Identity, Record, RecordSplitter};
 use crate::protocol::handshake::MAX_NOISE_MESSAGE;
 use crate::protocol::packed::CodecSet;
-use crate::protocol::{DecodeError, Message};
+use crate::protocol::Message;
 use crate::transform::{PackNote, PackPolicy};
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConnError {
-    #[error("{0}")]
-    Io(#[from] io::Error),
-    #[error("connection closed by peer")]
-    Closed,
-    #[error("{0}")]
-    Handshake(#[from] HandshakeError),
-    #[error("record: {0}")]
-    Record(#[from] RecordError),
-    #[error("malformed message: {0}")]
-    Decode(#[from] DecodeError),
-    #[error("packed data frame: {0}")]
-    Unpack(#[from] crate::transform::UnpackError),
-}
-
-impl From<OpenError> for ConnError {
-    fn from(e: OpenError) -> Self {
-        match e {
-            OpenError::Record(e) => ConnError::Record(e),
-            OpenError::Decode(e) => ConnError::Decode(e),
-            OpenError::Unpack(e) => ConnError::Unpack(e),
-        }
-    }
-}
-
-impl From<LinkHandshakeError> for ConnError {
-    fn from(e: LinkHandshakeError) -> Self {
-        match e {
-            LinkHandshakeError::Handshake(e) => ConnError::Handshake(e),
-            LinkHandshakeError::Decode(e) => ConnError::Decode(e),
-        }
-    }
-}
-
-impl ConnError {
-    /// EOF while reading means the peer closed; name it as such.
-    fn from_read(e: io::Error) -> ConnError {
-        if e.kind() == io::ErrorKind::UnexpectedEof {
-            ConnError::Closed
-        } else {
-            ConnError::Io(e)
-        }
-    }
-}
 
 /// Drives `hs` over `stream`, reading exactly the bytes it asks for (the first record stays
 /// unread for the record layer).
@@ -73,14 +24,14 @@ async fn run_handshake<S: AsyncRead + Unpin>(
     stream: &mut S,
     mut hs: ConnHandshake,
     me: &Identity<'_>,
-) -> Result<Done, ConnError> {
+) -> Result<Done, ConnFailure> {
     let mut piece = [0u8; MAX_NOISE_MESSAGE];
     loop {
         let want = hs.wanted().min(piece.len());
         stream
             .read_exact(&mut piece[..want])
             .await
-            .map_err(ConnError::from_read)?;
+            .map_err(ConnFailure::from_read)?;
         if let Some(done) = hs.take(me, &piece[..want])? {
             return Ok(done);
         }
@@ -92,7 +43,7 @@ pub async fn handshake_initiator<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     me: &Identity<'_>,
     data_flow: bool,
-) -> Result<TrafficKeys, ConnError> {
+) -> Result<TrafficKeys, ConnFailure> {
     let (hs, m1) = ConnHandshake::dial(me, data_flow)?;
     stream.write_all(&m1).await?;
     Ok(run_handshake(stream, hs, me).await?.keys)
@@ -103,7 +54,7 @@ pub async fn handshake_initiator<S: AsyncRead + AsyncWrite + Unpin>(
 pub async fn handshake_acceptor<S: AsyncRead + Unpin>(
     stream: &mut S,
     me: &Identity<'_>,
-) -> Result<Done, ConnError> {
+) -> Result<Done, ConnFailure> {
     run_handshake(stream, ConnHandshake::accept(), me).await
 }
 
@@ -223,7 +174,7 @@ impl<R: AsyncRead + Unpin> RecordReader<R> {
     }
 
     /// The next whole record off the stream.
-    async fn next_record(&mut self) -> Result<Record, ConnError> {
+    async fn next_record(&mut self) -> Result<Record, ConnFailure> {
         loop {
             if !self.buf.is_empty() {
                 let (used, record) = self.splitter.feed(&self.buf)?;
@@ -241,7 +192,7 @@ impl<R: AsyncRead + Unpin> RecordReader<R> {
                 self.inner.read_buf(&mut self.buf).await?
             };
             if n == 0 {
-                return Err(ConnError::Closed);
+                return Err(ConnFailure::Closed);
             }
             self.info.received.fetch_add(n as u64, Ordering::Relaxed);
             if direct {
@@ -253,7 +204,7 @@ impl<R: AsyncRead + Unpin> RecordReader<R> {
     }
 
     /// The next message; key updates from the peer are applied here.
-    pub async fn read_message(&mut self) -> Result<Message, ConnError> {
+    pub async fn read_message(&mut self) -> Result<Message, ConnFailure> {
         loop {
             let Record { header, body } = self.next_record().await?;
             let opened = self.opening.open(header, body)?;
@@ -319,12 +270,13 @@ impl<W: AsyncWrite + Unpin> RecordWriter<W> {
 
     /// Seals one message into the pending output, first moving to a new
     /// key if the policy says so (a key-update record tells the peer).
-    pub fn push(&mut self, msg: &Message) -> Result<(), ConnError> {
+    pub fn push(&mut self, msg: &Message) -> Result<(), ConnFailure> {
         let now = std::time::Instant::now();
         let (sealing, out) = (self.sealing.as_mut(), &mut self.out);
         let sealed = sealing
             .expect("a batch is sealed before the next message")
-            .seal(msg, out, now)?;
+            .seal(msg, out, now)
+            .map_err(ConnFailure::Seal)?;
         self.note(sealed);
         Ok(())
     }
@@ -340,7 +292,7 @@ impl<W: AsyncWrite + Unpin> RecordWriter<W> {
     /// blocking pool, never on the reactor; order and nonces stay as they are.
     /// Only as many flows compress at once as the sealers have permits: eight flows
     /// compressing on two cores would starve the reactor and the AES of every flow.
-    pub async fn push_batch(&mut self, mut msgs: Vec<Message>) -> Result<(), ConnError> {
+    pub async fn push_batch(&mut self, mut msgs: Vec<Message>) -> Result<(), ConnFailure> {
         if !self.packs {
             return msgs.iter().try_for_each(|m| self.push(m));
         }
@@ -351,7 +303,10 @@ impl<W: AsyncWrite + Unpin> RecordWriter<W> {
         while let Some(m) = msgs.get(cheap) {
             let (sealing, out) = (self.sealing.as_mut(), &mut self.out);
             let sealing = sealing.expect("a batch is sealed before the next message");
-            match sealing.seal_cheaply(m, out, now)? {
+            match sealing
+                .seal_cheaply(m, out, now)
+                .map_err(ConnFailure::Seal)?
+            {
                 Some(sealed) => self.note(sealed),
                 None => break,
             }
@@ -361,15 +316,13 @@ impl<W: AsyncWrite + Unpin> RecordWriter<W> {
             return Ok(());
         }
         msgs.drain(..cheap);
-        let permit = match &self.sealers {
-            Some(s) => Some(
-                s.clone()
-                    .acquire_owned()
-                    .await
-                    .map_err(|_| ConnError::Io(io::Error::other("the sealing pool is closed")))?,
-            ),
-            None => None,
-        };
+        let permit =
+            match &self.sealers {
+                Some(s) => Some(s.clone().acquire_owned().await.map_err(|_| {
+                    ConnFailure::Io(io::Error::other("the sealing pool is closed"))
+                })?),
+                None => None,
+            };
         let mut sealing = self.sealing.take().expect("one batch at a time");
         let mut out = std::mem::take(&mut self.out);
         let (sealing, out, sealed) = tokio::task::spawn_blocking(move || {
@@ -385,10 +338,10 @@ impl<W: AsyncWrite + Unpin> RecordWriter<W> {
             (sealing, out, Ok(all))
         })
         .await
-        .map_err(|e| ConnError::Io(io::Error::other(format!("sealing a batch: {e}"))))?;
+        .map_err(|e| ConnFailure::Io(io::Error::other(format!("sealing a batch: {e}"))))?;
         self.sealing = Some(sealing);
         self.out = out;
-        for s in sealed? {
+        for s in sealed.map_err(ConnFailure::Seal)? {
             self.note(s);
         }
         Ok(())
@@ -407,7 +360,7 @@ impl<W: AsyncWrite + Unpin> RecordWriter<W> {
         }
     }
 
-    pub async fn flush(&mut self) -> Result<(), ConnError> {
+    pub async fn flush(&mut self) -> Result<(), ConnFailure> {
         self.inner.write_all(&self.out).await?;
         self.info
             .sent

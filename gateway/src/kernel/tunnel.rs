@@ -19,12 +19,13 @@ use log::{info, warn};
 use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
-use super::conn::{ConnError, ConnInfo};
+use super::conn::ConnInfo;
 use super::wan::Conns;
 use super::{Gateway, Reader, Writer};
 use crate::admin::status::{ConnectionStatus, TunnelStatus};
 use crate::admin::Stats;
 use crate::link::stall::{self, SendSide, SentBatches, Stall};
+use crate::link::ConnFailure;
 use crate::link::{ConnRef, ConnTable, ConnectOrder, IdleTimeouts, TunnelState};
 use crate::protocol::{Message, RefuseReason, ResetReason, SessionId, TunnelId};
 use crate::session::{Event, Origin, SessionError, TunnelCore};
@@ -389,7 +390,7 @@ impl Tunnel {
         conn: ConnRef,
         mut reader: Reader,
         mut writer: Writer,
-    ) -> Result<(), ConnError> {
+    ) -> Result<(), ConnFailure> {
         let read = async {
             loop {
                 // A peer that sends faster than it reads our answers waits
@@ -447,7 +448,7 @@ impl Tunnel {
         id: ConnRef,
         reader: Reader,
         writer: Writer,
-    ) -> Result<(), ConnError> {
+    ) -> Result<(), ConnFailure> {
         tokio::select! {
             r = self.flow_reader(id, reader) => r,
             r = self.flow_writer(idx, id, writer) => r,
@@ -458,7 +459,7 @@ impl Tunnel {
         self: &Arc<Self>,
         id: ConnRef,
         mut reader: Reader,
-    ) -> Result<(), ConnError> {
+    ) -> Result<(), ConnFailure> {
         loop {
             // Backpressure, never loss: while endpoints leave the receive
             // budget full, the peer's frames wait in TCP.
@@ -477,7 +478,7 @@ impl Tunnel {
         idx: usize,
         id: ConnRef,
         mut writer: Writer,
-    ) -> Result<(), ConnError> {
+    ) -> Result<(), ConnFailure> {
         // Takes flow `idx`'s next frame if this connection is still the one
         // in place: frames a retired connection took would sit in the new
         // one's ledger, sent nowhere.

@@ -18,11 +18,12 @@ use socket2::SockRef;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use super::conn::{handshake_acceptor, handshake_initiator, ConnError, ConnInfo};
+use super::conn::{handshake_acceptor, handshake_initiator, ConnInfo};
 use super::sockopt::tune_wan;
 use super::tunnel::{serve_deadlines, Local, Tunnel};
 use super::{Gateway, Reader, Writer};
-use crate::link::{Action, ConnRef, Fault, FaultKind, Lifecycle, Role};
+use crate::link::ConnFailure;
+use crate::link::{Action, ConnRef, Fault, Lifecycle, Role};
 use crate::protocol::Message;
 use crate::transform::PackNote;
 
@@ -282,27 +283,16 @@ impl Gateway {
         })
     }
 
-    /// `conn` failed for `why` (`kind`: how, as the lifecycle tells failures apart).
-    fn failed(self: &Arc<Self>, conn: ConnRef, kind: FaultKind, why: &dyn std::fmt::Display) {
-        self.link_event(|link, now| link.lifecycle.failed(conn, Fault { kind, why }, now));
-    }
-
-    /// `conn`'s socket or records failed with `e`.
-    pub(super) fn conn_failed(self: &Arc<Self>, conn: ConnRef, e: &ConnError) {
-        let stats = &self.stats;
-        let kind = match e {
-            ConnError::Closed => FaultKind::Closed,
-            ConnError::Record(_) => {
-                crate::admin::Stats::inc(&stats.records_rejected);
-                FaultKind::Other
-            }
-            ConnError::Decode(_) | ConnError::Unpack(_) => {
-                crate::admin::Stats::inc(&stats.protocol_errors);
-                FaultKind::Other
-            }
-            _ => FaultKind::Other,
+    /// `conn`'s socket, handshake or records failed with `e`.
+    pub(super) fn conn_failed(self: &Arc<Self>, conn: ConnRef, e: &ConnFailure) {
+        if let Some(count) = e.count() {
+            self.stats.count(count);
+        }
+        let fault = Fault {
+            kind: e.kind(),
+            why: e,
         };
-        self.failed(conn, kind, e);
+        self.link_event(|link, now| link.lifecycle.failed(conn, fault, now));
     }
 }
 
@@ -342,15 +332,6 @@ pub(super) async fn run_timer(gateway: Arc<Gateway>) {
     .await
 }
 
-/// Why a dialled connection could not be set up.
-#[derive(Debug, thiserror::Error)]
-enum DialError {
-    #[error("cannot connect: {0}")]
-    Connect(std::io::Error),
-    #[error("{0}")]
-    Handshake(#[from] ConnError),
-}
-
 /// Dials `conn` to `addr` for `role`, then serves it.
 async fn dial(
     gateway: Arc<Gateway>,
@@ -367,14 +348,7 @@ async fn dial(
     };
     match dialled {
         Ok((reader, writer)) => serve(gateway, conn, retire, reader, writer).await,
-        Err(e) => {
-            let kind = match e {
-                DialError::Connect(_) => FaultKind::Connect,
-                DialError::Handshake(ConnError::Closed) => FaultKind::Closed,
-                DialError::Handshake(_) => FaultKind::Other,
-            };
-            gateway.failed(conn, kind, &e)
-        }
+        Err(e) => gateway.conn_failed(conn, &e),
     }
 }
 
@@ -383,18 +357,18 @@ async fn connect(
     gateway: &Gateway,
     addr: SocketAddr,
     data_flow: bool,
-) -> Result<(Reader, Writer), DialError> {
+) -> Result<(Reader, Writer), ConnFailure> {
     let socket = match addr {
         SocketAddr::V4(_) => TcpSocket::new_v4(),
         SocketAddr::V6(_) => TcpSocket::new_v6(),
     }
-    .map_err(DialError::Connect)?;
+    .map_err(ConnFailure::Connect)?;
     // Buffers before connect: the window scale is fixed by the SYN.
     for w in tune_wan(&SockRef::from(&socket), &gateway.tuning, data_flow) {
         warn!("WAN socket option: {w}");
     }
-    let mut stream = socket.connect(addr).await.map_err(DialError::Connect)?;
-    let info = ConnInfo::new(&stream).map_err(DialError::Connect)?;
+    let mut stream = socket.connect(addr).await.map_err(ConnFailure::Connect)?;
+    let info = ConnInfo::new(&stream).map_err(ConnFailure::Connect)?;
     let keys = handshake_initiator(&mut stream, &gateway.identity(), data_flow).await?;
     Ok(gateway.secure(stream, info, &keys))
 }
@@ -404,7 +378,7 @@ pub(super) async fn accept_handshake(
     gateway: &Gateway,
     mut stream: TcpStream,
     info: Arc<ConnInfo>,
-) -> Result<(Reader, Writer), ConnError> {
+) -> Result<(Reader, Writer), ConnFailure> {
     let done = handshake_acceptor(&mut stream, &gateway.identity()).await?;
     for w in tune_wan(&SockRef::from(&stream), &gateway.tuning, done.data_flow) {
         warn!("WAN socket option: {w}");
@@ -438,7 +412,7 @@ async fn take_role(
     conn: ConnRef,
     mut reader: Reader,
     mut writer: Writer,
-) -> Result<(), ConnError> {
+) -> Result<(), ConnFailure> {
     let info = reader.info().clone();
     let peer_dedup = reader.peer_dedup();
     let mut step = gateway.conn_event(conn, |link, now| {

@@ -78,6 +78,8 @@ pub enum Count {
     TunnelResumed,
     /// A data flow in place was lost or replaced.
     FlowLost,
+    /// A record of the peer's did not open (see [`super::failure`]).
+    RecordRejected,
     /// What a peer message came to.
     Applied(Applied),
 }

@@ -15,6 +15,7 @@
 //!   SYN cookies.
 //! - [`accept`]: what an accepted connection's first message makes of it.
 //! - [`records`]: records split off a connection's byte stream.
+//! - [`failure`]: why a WAN connection failed, what the lifecycle makes of it, what it counts as.
 //! - [`stall`]: which of a data flow's newest frames wait while its transport's window is
 //!   collapsed, to send again on the others.
 //! - [`welcome`]: what the welcome to the dialler's hello makes of the tunnel it held.
@@ -34,6 +35,7 @@ pub mod connect_order;
 pub mod dialer;
 pub mod drain;
 pub mod egress;
+pub mod failure;
 pub mod half_open;
 pub mod handshake;
 pub mod idle;
@@ -52,6 +54,7 @@ pub use connect_order::ConnectOrder;
 pub use dialer::{DialFailed, Dialer, FLOWS_ATTACH_TIMEOUT};
 pub use drain::{Drain, DrainStep, ResetCause};
 pub use egress::{check_egress, EgressCheck, EgressRefusal};
+pub use failure::ConnFailure;
 pub use handshake::{
     ConnHandshake, Done, Identity, LinkHandshakeError, HANDSHAKE_TIMEOUT, PEER_CLOSED_IN_HANDSHAKE,
 };
