@@ -14,8 +14,8 @@ use super::engine::Engine;
 use super::lan::{Endpoint, State};
 use super::phy::FramePort;
 use crate::admin::Stats;
-use crate::link::{check_egress, EgressCheck};
-use crate::protocol::{RefuseReason, SessionId};
+use crate::link::{check_egress, EgressCheck, TargetRefusal};
+use crate::protocol::SessionId;
 
 impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
     /// The peer asked for a connection to `target` (event `ConnectRequested`): it waits for
@@ -30,10 +30,14 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         }
     }
 
-    fn refuse_egress(&mut self, id: SessionId, reason: RefuseReason, why: &str) {
+    /// Refuses session `id`'s connect to `target`: one count, one line, and the peer told.
+    pub(super) fn refuse_egress(&mut self, id: SessionId, target: SocketAddr, why: TargetRefusal) {
         Stats::inc(&self.stats.sessions_refused);
+        let peer = self.link.peer();
         if let Some(t) = &mut self.link.tunnel {
-            t.core.refuse(id, reason, why);
+            // Outside the macro: it skips its arguments when the level is off.
+            let line = why.refuse(&mut t.core, id, target, &peer);
+            warn!("{line}");
         }
     }
 
@@ -51,17 +55,11 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         };
         // Before any connect attempt: never an open relay.
         let connected = match check_egress(&target, check) {
-            Err(refusal) => {
-                let peer = self.link.peer();
-                warn!("session {id}: refusing target {target}: {refusal} (peer {peer})");
-                Err((refusal.reason(), refusal.detail().to_string()))
-            }
+            Err(refusal) => Err(TargetRefusal::Check(refusal)),
             Ok(()) => {
                 let SocketAddr::V4(t4) = target else { return };
-                self.lan.connect(h, t4).map_err(|e| {
-                    warn!("session {id}: refusing target {target}: connect failed: {e}");
-                    (RefuseReason::ConnectFailed, e.to_string())
-                })
+                let connect = self.lan.connect(h, t4);
+                connect.map_err(|e| TargetRefusal::ConnectFailed(e.to_string()))
             }
         };
         match connected {
@@ -71,8 +69,8 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                     ep.state = State::Connecting { deadline };
                 }
             }
-            Err((reason, why)) => {
-                self.refuse_egress(id, reason, &why);
+            Err(why) => {
+                self.refuse_egress(id, target, why);
                 self.endpoints.remove(&id);
                 self.close_lan(h, now);
                 self.egress_done(id, now);

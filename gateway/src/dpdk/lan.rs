@@ -31,7 +31,7 @@ use super::net::{endpoint_addr, is_connected, Retire};
 use super::phy::FramePort;
 use crate::admin::{Ingress, IngressMode, Stats};
 use crate::link::half_open::{HalfOpenTable, Handshake};
-use crate::link::{no_tunnel_line, peer_refused_line};
+use crate::link::{no_tunnel_line, peer_refused_line, TargetRefusal};
 use crate::protocol::{RefuseReason, ResetReason, SessionId};
 use crate::session::{Origin, ReadOutcome};
 
@@ -438,13 +438,8 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                     tcp::State::SynSent => "timed out",
                     _ => "refused or unreachable",
                 };
-                Stats::inc(&self.stats.sessions_refused);
-                warn!(
-                    "session {id}: refusing target {}: connect failed: {why}",
-                    ep.target
-                );
-                t.core.refuse(id, RefuseReason::ConnectFailed, why);
-                let h = ep.handle;
+                let (h, target) = (ep.handle, ep.target);
+                self.refuse_egress(id, target, TargetRefusal::ConnectFailed(why.into()));
                 self.endpoints.remove(&id);
                 self.close_lan(h, now);
                 self.egress_done(id, now);

@@ -14,8 +14,8 @@ use tokio::net::TcpStream;
 use super::endpoint::drive;
 use super::tunnel::Tunnel;
 use crate::admin::Stats;
-use crate::link::{check_egress, EgressCheck};
-use crate::protocol::{RefuseReason, SessionId};
+use crate::link::{check_egress, EgressCheck, TargetRefusal};
+use crate::protocol::SessionId;
 
 /// Connects session `id` to `target` once its turn comes, and runs it.
 pub async fn connect(tunnel: Arc<Tunnel>, id: SessionId, target: SocketAddr) {
@@ -50,31 +50,19 @@ async fn connect_allowed(
         ipv4_only: false,
     };
     // Before any connect attempt: never an open relay.
-    if let Err(refusal) = check_egress(&target, check) {
-        warn!(
-            "session {id}: refusing target {target}: {refusal} (peer {})",
-            tunnel.peer
-        );
-        Stats::inc(&gateway.stats.sessions_refused);
-        tunnel.with_core(|c| c.refuse(id, refusal.reason(), refusal.detail()));
-        return None;
-    }
     let timeout = Duration::from_millis(config.connect_timeout_ms);
-    match tokio::time::timeout(timeout, TcpStream::connect(target)).await {
-        Ok(Ok(s)) => Some(s),
-        Ok(Err(e)) => {
-            refuse_connect(tunnel, id, target, &e.to_string());
-            None
-        }
-        Err(_) => {
-            refuse_connect(tunnel, id, target, "timed out");
-            None
-        }
-    }
-}
-
-fn refuse_connect(tunnel: &Arc<Tunnel>, id: SessionId, target: SocketAddr, why: &str) {
-    Stats::inc(&tunnel.gateway().stats.sessions_refused);
-    warn!("session {id}: refusing target {target}: connect failed: {why}");
-    tunnel.with_core(|c| c.refuse(id, RefuseReason::ConnectFailed, why));
+    let connected = match check_egress(&target, check) {
+        Err(refusal) => Err(TargetRefusal::Check(refusal)),
+        Ok(()) => match tokio::time::timeout(timeout, TcpStream::connect(target)).await {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(e)) => Err(TargetRefusal::ConnectFailed(e.to_string())),
+            Err(_) => Err(TargetRefusal::ConnectFailed("timed out".into())),
+        },
+    };
+    let refused = |why: TargetRefusal| {
+        Stats::inc(&gateway.stats.sessions_refused);
+        let line = tunnel.with_core(|c| why.refuse(c, id, target, &tunnel.peer));
+        warn!("{line}");
+    };
+    connected.map_err(refused).ok()
 }

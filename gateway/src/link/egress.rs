@@ -3,7 +3,8 @@
 
 use std::net::SocketAddr;
 
-use crate::protocol::RefuseReason;
+use crate::protocol::{RefuseReason, SessionId};
+use crate::session::TunnelCore;
 
 /// What the datapath knows about a target and itself when the peer asks for it.
 #[derive(Debug, Clone, Copy)]
@@ -43,6 +44,38 @@ impl EgressRefusal {
         match self {
             EgressRefusal::Ipv4Only => "IPv6 target on an IPv4-only gateway",
             _ => "",
+        }
+    }
+}
+
+/// Why this gateway does not connect a session's target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetRefusal {
+    /// The egress check said no.
+    Check(EgressRefusal),
+    /// The connect failed (why, in the stack's words).
+    ConnectFailed(String),
+}
+
+impl TargetRefusal {
+    /// Refuses session `id`'s connect to `target` (asked for by `peer`) in `core`, which tells
+    /// the peer why; the line to log.
+    pub fn refuse(
+        &self,
+        core: &mut TunnelCore,
+        id: SessionId,
+        target: SocketAddr,
+        peer: &str,
+    ) -> String {
+        match self {
+            TargetRefusal::Check(r) => {
+                core.refuse(id, r.reason(), r.detail());
+                format!("session {id}: refusing target {target}: {r} (peer {peer})")
+            }
+            TargetRefusal::ConnectFailed(why) => {
+                core.refuse(id, RefuseReason::ConnectFailed, why);
+                format!("session {id}: refusing target {target}: connect failed: {why}")
+            }
         }
     }
 }

@@ -53,7 +53,7 @@ pub use conn_table::{ConnRef, ConnTable, ControlAttached, FlowAttached, Lost, Ro
 pub use connect_order::ConnectOrder;
 pub use dialer::{DialFailed, Dialer, FLOWS_ATTACH_TIMEOUT};
 pub use drain::{Drain, DrainStep, ResetCause};
-pub use egress::{check_egress, EgressCheck, EgressRefusal};
+pub use egress::{check_egress, EgressCheck, EgressRefusal, TargetRefusal};
 pub use failure::ConnFailure;
 pub use handshake::{
     ConnHandshake, Done, Identity, LinkHandshakeError, HANDSHAKE_TIMEOUT, PEER_CLOSED_IN_HANDSHAKE,
