@@ -43,12 +43,13 @@ pub enum ConnFailure {
 }
 
 impl ConnFailure {
-    /// A read that failed: the peer's close (end of stream) is not an I/O error.
+    /// A read that failed: the peer's close (end of stream) or reset is not an I/O error of
+    /// ours.
     pub fn from_read(e: io::Error) -> ConnFailure {
-        if e.kind() == io::ErrorKind::UnexpectedEof {
-            ConnFailure::Closed
-        } else {
-            ConnFailure::Io(e)
+        match e.kind() {
+            io::ErrorKind::UnexpectedEof => ConnFailure::Closed,
+            io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted => ConnFailure::Reset,
+            _ => ConnFailure::Io(e),
         }
     }
 
@@ -128,6 +129,17 @@ mod tests {
         let eof = io::Error::from(io::ErrorKind::UnexpectedEof);
         assert_eq!(ConnFailure::from_read(eof).kind(), FaultKind::Closed);
         assert_eq!(ConnFailure::Reset.kind(), FaultKind::Closed);
+        // A reset read is the peer's doing, as the DPDK stack reports it: during a handshake,
+        // the lifecycle then says the peer does not accept this gateway.
+        for reset in [
+            io::ErrorKind::ConnectionReset,
+            io::ErrorKind::ConnectionAborted,
+        ] {
+            assert_eq!(
+                ConnFailure::from_read(reset.into()).kind(),
+                FaultKind::Closed
+            );
+        }
         let other = io::Error::from(io::ErrorKind::BrokenPipe);
         assert_eq!(ConnFailure::from_read(other).kind(), FaultKind::Other);
         assert_eq!(
