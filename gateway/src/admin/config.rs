@@ -362,7 +362,6 @@ impl Config {
             bind: i.bind,
             sources: i.sources.clone(),
             max_per_source: i.max_per_source,
-            connect_timeout: i.connect_timeout,
         });
         rules.collect()
     }

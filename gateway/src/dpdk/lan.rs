@@ -31,7 +31,7 @@ use super::net::{endpoint_addr, is_connected, Retire};
 use super::phy::FramePort;
 use crate::admin::{Ingress, IngressMode, Stats};
 use crate::link::half_open::{HalfOpenTable, Handshake};
-use crate::link::{no_tunnel_line, peer_refused_line, TargetRefusal};
+use crate::link::{connect_timeout_line, no_tunnel_line, peer_refused_line, TargetRefusal};
 use crate::protocol::{RefuseReason, ResetReason, SessionId};
 use crate::session::{Origin, ReadOutcome};
 
@@ -408,7 +408,8 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
     /// one line, one count (the caller resets it).
     fn connect_timed_out(&self, i: usize, what: &str) {
         Stats::inc(&self.stats.ingress_connect_timeouts);
-        warn!("{}", self.clients.connect_timeout_line(i, what));
+        let timeout = self.config.ingress[i].connect_timeout;
+        warn!("{}", connect_timeout_line(what, i, timeout));
     }
 
     /// Moves one session forward.

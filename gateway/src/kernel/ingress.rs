@@ -38,7 +38,7 @@ use super::sockopt::{listener, reset_on_close};
 use super::tunnel::{OpenOutcome, SessionSignals, Tunnel};
 use super::Gateway;
 use crate::admin::{Ingress, IngressMode, Stats};
-use crate::link::{no_tunnel_line, peer_refused_line};
+use crate::link::{connect_timeout_line, no_tunnel_line, peer_refused_line};
 use crate::protocol::{ResetReason, SessionId};
 use crate::session::Origin;
 
@@ -73,10 +73,8 @@ impl Ctx {
     /// The connect timeout ran out: one line, one count.
     fn timed_out(&self, gateway: &Gateway, what: &str) {
         Stats::inc(&gateway.stats.ingress_connect_timeouts);
-        warn!(
-            "{}",
-            gateway.clients().connect_timeout_line(self.index, what)
-        );
+        let timeout = self.ingress.connect_timeout;
+        warn!("{}", connect_timeout_line(what, self.index, timeout));
     }
 }
 

@@ -12,7 +12,6 @@
 use std::collections::hash_map::Entry;
 use std::hash::Hash;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
 
 use log::warn;
 use rustc_hash::FxHashMap;
@@ -27,7 +26,6 @@ pub struct IngressRules {
     pub bind: SocketAddr,
     pub sources: Option<SourceList>,
     pub max_per_source: Option<usize>,
-    pub connect_timeout: Duration,
 }
 
 /// The ingress ports' clients, keyed by `K`.
@@ -115,15 +113,6 @@ impl<K: Hash + Eq + Copy> Clients<K> {
             warn!("{}{}", line(self.rules[index].bind), Throttle::more(more));
         }
     }
-
-    /// The line for `what` (a client, or its session) of ingress `index` that was not open
-    /// within the ingress's connect timeout (the caller resets it).
-    pub fn connect_timeout_line(&self, index: usize, what: &str) -> String {
-        format!(
-            "{what}: not open within {}s (ingress[{index}].connect_timeout_secs); resetting",
-            self.rules[index].connect_timeout.as_secs()
-        )
-    }
 }
 
 #[cfg(test)]
@@ -135,7 +124,6 @@ mod tests {
             bind: "10.0.0.1:4444".parse().unwrap(),
             sources: sources.map(|s| SourceList::parse(s).unwrap()),
             max_per_source: cap,
-            connect_timeout: Duration::from_secs(7),
         }
     }
 
@@ -200,9 +188,5 @@ mod tests {
         let stopping = c.admit(3, 0, at("10.0.0.9:5"), None, true, 0);
         assert_eq!(stopping, Err(IngressRefusal::ShuttingDown));
         assert!(c.is_empty());
-        assert_eq!(
-            c.connect_timeout_line(0, "10.0.0.9:5 -> 10.0.3.2:4444"),
-            "10.0.0.9:5 -> 10.0.3.2:4444: not open within 7s (ingress[0].connect_timeout_secs); resetting"
-        );
     }
 }

@@ -89,6 +89,15 @@ pub fn peer_refused_line(
 
 /// The line for a client that waited `connect_timeout_ms` for a tunnel that never came up
 /// (its connection is then reset).
+/// The line for `what` (a client, or its session) of ingress `index` that was not open within
+/// its connect timeout (the caller resets it).
+pub fn connect_timeout_line(what: &str, index: usize, timeout: std::time::Duration) -> String {
+    format!(
+        "{what}: not open within {}s (ingress[{index}].connect_timeout_secs); resetting",
+        timeout.as_secs()
+    )
+}
+
 pub fn no_tunnel_line(
     client: impl std::fmt::Display,
     target: impl std::fmt::Display,
@@ -113,6 +122,14 @@ mod tests {
             limit: Some((10, 0)),
             stopping: false,
         }
+    }
+
+    #[test]
+    fn a_connect_timeout_names_the_client_and_the_setting() {
+        assert_eq!(
+            connect_timeout_line("10.0.0.9:5 -> 10.0.3.2:4444", 0, std::time::Duration::from_secs(7)),
+            "10.0.0.9:5 -> 10.0.3.2:4444: not open within 7s (ingress[0].connect_timeout_secs); resetting"
+        );
     }
 
     #[test]

@@ -59,7 +59,10 @@ pub use handshake::{
     ConnHandshake, Done, Identity, LinkHandshakeError, HANDSHAKE_TIMEOUT, PEER_CLOSED_IN_HANDSHAKE,
 };
 pub use idle::{Idle, IdleTimeouts};
-pub use ingress::{check_ingress, no_tunnel_line, peer_refused_line, IngressCheck, IngressRefusal};
+pub use ingress::{
+    check_ingress, connect_timeout_line, no_tunnel_line, peer_refused_line, IngressCheck,
+    IngressRefusal,
+};
 pub use lifecycle::{Action, Count, Fault, FaultKind, Lifecycle, LinkError, LinkSetup};
 pub use records::{Record, RecordSplitter};
 pub use tunnel::{Applied, ConnNames, TunnelSetup, TunnelState};
