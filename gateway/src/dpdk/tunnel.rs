@@ -27,9 +27,8 @@ use crate::admin::TunnelEnd;
 use crate::crypto::MAX_RECORD_LEN;
 use crate::link::admission;
 use crate::link::half_open::{HalfOpenTable, Handshake};
-use crate::link::lifecycle::{Action, Fault};
-use crate::link::ConnFailure;
-use crate::link::Role;
+use crate::link::lifecycle::Action;
+use crate::link::{ConnFailure, Role};
 use crate::protocol::Message;
 
 /// Listening sockets on the tunnel port that sources which never
@@ -360,17 +359,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
 
     /// A connection failed: the link layer says what it was and what follows.
     pub(super) fn fail_conn(&mut self, id: ConnId, e: ConnFailure, now: u64) {
-        if let Some(count) = e.count() {
-            self.stats.count(count);
-        }
-        self.link.failed(
-            id,
-            Fault {
-                kind: e.kind(),
-                why: &e,
-            },
-            now,
-        );
+        self.link.conn_failed(id, &e, now);
         self.run_link_actions(now);
         // One the link layer did not know (it cannot be): closed all the same.
         self.close_conn(id);

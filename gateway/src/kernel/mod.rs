@@ -129,11 +129,11 @@ impl Gateway {
         (reader, writer)
     }
 
-    /// The tunnel, also while it is held after its control connection died.
     fn clients(&self) -> std::sync::MutexGuard<'_, Clients<u64>> {
         self.clients.lock().expect("not poisoned")
     }
 
+    /// The tunnel, also while it is held after its control connection died.
     fn tunnel(&self) -> Option<Arc<Tunnel>> {
         self.link().tunnel()
     }

@@ -22,8 +22,7 @@ use super::conn::{handshake_acceptor, handshake_initiator, ConnInfo};
 use super::sockopt::tune_wan;
 use super::tunnel::{serve_deadlines, Local, Tunnel};
 use super::{Gateway, Reader, Writer};
-use crate::link::ConnFailure;
-use crate::link::{Action, ConnRef, Fault, Lifecycle, Role};
+use crate::link::{Action, ConnFailure, ConnRef, Lifecycle, Role};
 use crate::protocol::Message;
 use crate::transform::PackNote;
 
@@ -99,16 +98,21 @@ impl Link {
         (conn, retire)
     }
 
-    /// When the lifecycle or the core next has something to do.
+    /// When the lifecycle, the core or the ingress sessions' idle timeouts next have
+    /// something to do.
     fn next_deadline(&self) -> Option<u64> {
+        let lifecycle = self.lifecycle.poll_timeout();
+        lifecycle.into_iter().chain(self.core_deadline()).min()
+    }
+
+    /// The same without the lifecycle's (a walk over its connections, kept off the hot
+    /// paths).
+    fn core_deadline(&self) -> Option<u64> {
         let core = self.lifecycle.tunnel.as_ref();
         let core = core.and_then(|t| t.core.poll_timeout());
-        let idle = self
-            .current
-            .as_ref()
-            .and_then(|c| c.local.idle.poll_timeout());
-        let lifecycle = self.lifecycle.poll_timeout();
-        lifecycle.into_iter().chain(core).chain(idle).min()
+        let idle = self.current.as_ref();
+        let idle = idle.and_then(|c| c.local.idle.poll_timeout());
+        core.into_iter().chain(idle).min()
     }
 }
 
@@ -175,17 +179,11 @@ impl Gateway {
         if link.lifecycle.has_actions() {
             return self.settle(link);
         }
-        let Link {
-            lifecycle,
-            current,
-            timer_at,
-            ..
-        } = link;
-        if let (Some(t), Some(Current { handle, local })) = (&mut lifecycle.tunnel, current) {
+        let tunnel = &mut link.lifecycle.tunnel;
+        if let (Some(t), Some(Current { handle, local })) = (tunnel, &mut link.current) {
             handle.dispatch(&mut t.core, local);
-            let due = t.core.poll_timeout().into_iter();
-            self.poke_timer(due.chain(local.idle.poll_timeout()).min(), timer_at);
         }
+        self.poke_timer(link.core_deadline(), &mut link.timer_at);
     }
 
     /// Carries out the lifecycle's actions, then keeps the kernel's side in step with it: a
@@ -285,14 +283,7 @@ impl Gateway {
 
     /// `conn`'s socket, handshake or records failed with `e`.
     pub(super) fn conn_failed(self: &Arc<Self>, conn: ConnRef, e: &ConnFailure) {
-        if let Some(count) = e.count() {
-            self.stats.count(count);
-        }
-        let fault = Fault {
-            kind: e.kind(),
-            why: e,
-        };
-        self.link_event(|link, now| link.lifecycle.failed(conn, fault, now));
+        self.link_event(|link, now| link.lifecycle.conn_failed(conn, e, now));
     }
 }
 

@@ -25,6 +25,7 @@ use std::net::SocketAddr;
 
 use super::admission::{Admission, HandshakeTable, Throttle, MAX_PENDING_HANDSHAKES};
 use super::conn_table::{ConnRef, Lost, Role};
+use super::failure::ConnFailure;
 use super::tunnel::{Applied, TunnelSetup, TunnelState};
 use super::{
     first_message, name_mismatch, peer_label, welcome_step, Current, DialFailed, Dialer, FirstStep,
@@ -392,6 +393,19 @@ impl Lifecycle {
                 }
             }
         }
+    }
+
+    /// Connection `conn` failed at `now` with `e`: counted as what the peer did wrong, if
+    /// anything ([`ConnFailure::count`]), then as [`Lifecycle::failed`].
+    pub fn conn_failed(&mut self, conn: ConnRef, e: &ConnFailure, now: u64) {
+        if let Some(what) = e.count() {
+            self.count(what);
+        }
+        let fault = Fault {
+            kind: e.kind(),
+            why: e,
+        };
+        self.failed(conn, fault, now);
     }
 
     /// Connection `conn` failed at `now` (the driver saw its socket die, or a record or
