@@ -87,8 +87,6 @@ pub fn peer_refused_line(
     format!("session {id}: peer refused target {target}: {reason}{detail}")
 }
 
-/// The line for a client that waited `connect_timeout_ms` for a tunnel that never came up
-/// (its connection is then reset).
 /// The line for `what` (a client, or its session) of ingress `index` that was not open within
 /// its connect timeout (the caller resets it).
 pub fn connect_timeout_line(what: &str, index: usize, timeout: std::time::Duration) -> String {
@@ -98,6 +96,8 @@ pub fn connect_timeout_line(what: &str, index: usize, timeout: std::time::Durati
     )
 }
 
+/// The line for a client that waited `connect_timeout_ms` for a tunnel that never came up
+/// (its connection is then reset).
 pub fn no_tunnel_line(
     client: impl std::fmt::Display,
     target: impl std::fmt::Display,
