@@ -320,6 +320,7 @@ pub fn flow_progress(sock: &tcp::Socket) -> crate::session::pacer::FlowProgress 
         outstanding: (info.in_flight + info.unsent) as u64,
         min_rtt_us: info.min_rtt.map(|d| d.total_micros()),
         srtt_us: info.srtt.map(|d| d.total_micros()),
+        sent: info.sent,
     }
 }
 

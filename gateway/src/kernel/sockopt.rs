@@ -188,12 +188,16 @@ fn in_flight_segments(info: &libc::tcp_info) -> u32 {
 /// kernel's own delivered count (BBR's), selectively acked segments
 /// included, so a hole being repaired holds nothing back; it never goes
 /// down, unlike cumulatively acked bytes plus SACKed segments (a timeout
-/// clears the SACK scoreboard). Segments × MSS: our writes fill them.
+/// clears the SACK scoreboard). Segments × MSS: our writes fill them. Sent: every segment
+/// out so far is delivered, or unacked and not selectively acked.
 pub fn flow_progress(sock: &SockRef<'_>) -> Option<crate::session::pacer::FlowProgress> {
     let info = tcp_info(sock)?;
+    let mss = u64::from(info.tcpi_snd_mss);
+    let sent = info.tcpi_delivered + info.tcpi_unacked.saturating_sub(info.tcpi_sacked);
     Some(crate::session::pacer::FlowProgress {
-        delivered: u64::from(info.tcpi_delivered) * u64::from(info.tcpi_snd_mss),
-        outstanding: u64::from(in_flight_segments(&info)) * u64::from(info.tcpi_snd_mss)
+        delivered: u64::from(info.tcpi_delivered) * mss,
+        sent: u64::from(sent) * mss,
+        outstanding: u64::from(in_flight_segments(&info)) * mss
             + u64::from(info.tcpi_notsent_bytes),
         min_rtt_us: (info.tcpi_min_rtt > 0).then_some(u64::from(info.tcpi_min_rtt)),
         srtt_us: (info.tcpi_rtt > 0).then_some(u64::from(info.tcpi_rtt)),

@@ -1088,6 +1088,7 @@ fn paced_path(pace: bool, rate: u64, room: u64) -> (u64, u64) {
                 min_rtt_us: Some(20_000),
                 srtt_us: None,
                 outstanding: sent - delivered,
+                sent,
             };
             a.core.note_flow_progress(now, [(0, progress)]);
         }

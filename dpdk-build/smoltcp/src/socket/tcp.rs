@@ -526,6 +526,9 @@ pub struct SenderInfo {
     /// Bytes the peer has received so far, selectively acknowledged ones
     /// included (the delivery-rate estimator's count; 0 without `Rack`).
     pub delivered: u64,
+    /// (LMAS) Bytes sent so far, each once: retransmissions are not counted
+    /// again (0 without `Rack`).
+    pub sent: u64,
 }
 
 /// A Transmission Control Protocol socket.
@@ -859,6 +862,7 @@ impl<'a> Socket<'a> {
             pacing_rate: cc.pacing_rate(),
             recovery: self.scoreboard.as_ref().map(|s| s.stats()),
             delivered: self.scoreboard.as_ref().map_or(0, |s| s.delivered()),
+            sent: self.scoreboard.as_ref().map_or(0, |s| s.sent()),
         }
     }
 

@@ -224,6 +224,12 @@ impl Scoreboard {
         self.delivered
     }
 
+    /// Bytes sent so far, each once: every one is delivered, or still on the scoreboard
+    /// and not selectively acknowledged.
+    pub fn sent(&self) -> u64 {
+        self.delivered + (self.outstanding - self.sacked) as u64
+    }
+
     pub fn min_rtt(&self) -> Option<Duration> {
         self.min_rtt
     }
@@ -676,6 +682,7 @@ mod test {
         let (s, _) = b.peek_retransmit().unwrap();
         b.on_retransmitted(s, at(200));
         assert_eq!(b.in_flight(), MSS);
+        assert_eq!(b.sent(), 10 * MSS as u64, "a retransmission is not sent again");
         // New data sent after the retransmission is delivered; the retransmission is not.
         b.on_sent(seq(10 * MSS), MSS, at(201));
         let rs = b.on_ack(seq(3 * MSS), &[block(4 * MSS, 11 * MSS)], at(298));
@@ -688,6 +695,7 @@ mod test {
         b.on_ack(seq(11 * MSS), &[], at(430));
         assert_eq!((b.in_flight(), b.outstanding), (0, 0));
         assert_eq!(b.stats().retransmitted_segments, 2);
+        assert_eq!((b.sent(), b.delivered()), (11 * MSS as u64, 11 * MSS as u64));
         b.check();
     }
 
