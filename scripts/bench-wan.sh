@@ -50,7 +50,9 @@ Options:
 Through the pair, gw-a's data flows are sampled every 0.5 s during each run (after its first
 2 s; scripts/lib/wan-queue.py): runs.csv and summary.csv get inflight_bdp (median bytes in
 flight on the flows ÷ link rate × RTT), rtt_ratio (median flow RTT ÷ link RTT) and
-retrans_pct (segments sent again × MSS ÷ bytes sent, in %): what the transfer costs the path.
+retrans_pct (segments sent again × MSS ÷ bytes sent, in %): what the transfer costs the path;
+and pace_est (the tunnel pacer's highest bottleneck estimate ÷ link rate: above 1, it paces
+the tunnel faster than the path).
 
 Modes (each is a function mode_NAME in this script that runs one transfer and prints the
 goodput in Mbit/s on stdout):
@@ -247,7 +249,7 @@ n=0
 t0=$(date +%s)
 progress_start "$LOAD" "$total" "bench-wan"
 RUNS_CSV=$OUT/runs.csv
-echo "mode,rtt_ms,loss_pct,rate_mbit,run,goodput_mbit,lost_pkts,gwa_cpu_pct,gwb_cpu_pct,inflight_bdp,rtt_ratio,retrans_pct" >"$RUNS_CSV"
+echo "mode,rtt_ms,loss_pct,rate_mbit,run,goodput_mbit,lost_pkts,gwa_cpu_pct,gwb_cpu_pct,inflight_bdp,rtt_ratio,retrans_pct,pace_est" >"$RUNS_CSV"
 {
     echo "# bench-wan.sh $(date -u +%FT%TZ) on $(uname -r), $(nproc) cpus"
     echo "# rtts=$RTTS losses=$LOSSES rate=$RATE runs=$RUNS duration=$DURATION modes=$MODES"
@@ -279,12 +281,12 @@ queue_start() {
         "$OUT/.queue.jsonl" 0.5 2>>"$LOG" &
     QUEUE_PID=$!
 }
-queue_stop() { # RTT_MS → "inflight_bdp,rtt_ratio,retrans_pct" (empty fields: not measured)
-    [[ -n $QUEUE_PID ]] || { echo ",,"; return; }
+queue_stop() { # RTT_MS → "inflight_bdp,rtt_ratio,retrans_pct,pace_est" (empty fields: not measured)
+    [[ -n $QUEUE_PID ]] || { echo ",,,"; return; }
     kill "$QUEUE_PID" 2>/dev/null
     wait "$QUEUE_PID" 2>/dev/null
     QUEUE_PID=""
-    $PY "$REPO/scripts/lib/wan-queue.py" summary "$OUT/.queue.jsonl" "$1" "$RATE" 2>>"$LOG" || echo ",,"
+    $PY "$REPO/scripts/lib/wan-queue.py" summary "$OUT/.queue.jsonl" "$1" "$RATE" 2>>"$LOG" || echo ",,,"
 }
 
 for rtt in "${rtts[@]}"; do
@@ -333,7 +335,7 @@ import csv, math, statistics, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
 groups = {}
 cpu = {}
-EXTRA = ("gwa_cpu_pct", "gwb_cpu_pct", "inflight_bdp", "rtt_ratio", "retrans_pct")
+EXTRA = ("gwa_cpu_pct", "gwb_cpu_pct", "inflight_bdp", "rtt_ratio", "retrans_pct", "pace_est")
 for r in rows:
     key = (r["mode"], float(r["rtt_ms"]), float(r["loss_pct"]), float(r["rate_mbit"]))
     v = float(r["goodput_mbit"])
@@ -368,16 +370,20 @@ for mode in dict.fromkeys(k[0] for k in sorted(med, key=lambda k: k[0])):
         print("%-14s %7g " % (mode, loss) + " ".join("%8.1f" % c for c in cells))
 # The path's cost, where measured: in flight / BDP, RTT / base RTT, retransmitted %.
 if any(k[-1] == "inflight_bdp" for k in cpu):
-    print("\nthrough the pair: in flight / BDP, flow RTT / link RTT, retransmitted % of sent")
-    print("%-14s %7s " % ("mode", "loss%") + " ".join("%17s" % ("%gms" % r) for r in rtts))
+    print("\nthrough the pair: in flight / BDP, flow RTT / link RTT, retransmitted % of sent, pacer estimate / link")
+    print("%-14s %7s " % ("mode", "loss%") + " ".join("%22s" % ("%gms" % r) for r in rtts))
     rate = float(rows[0]["rate_mbit"])
     for mode in dict.fromkeys(k[0] for k in sorted(med, key=lambda k: k[0])):
         for loss in sorted({k[2] for k in med}):
             def cell(r):
                 vs = [cpu.get((mode, r, loss, rate, f)) for f in ("inflight_bdp", "rtt_ratio", "retrans_pct")]
-                return "-" if None in vs else "%.1f/%.2f/%.1f" % tuple(statistics.median(v) for v in vs)
+                est = cpu.get((mode, r, loss, rate, "pace_est"))
+                if None in vs:
+                    return "-"
+                return "%.1f/%.2f/%.1f" % tuple(statistics.median(v) for v in vs) + (
+                    "/%.2f" % statistics.median(est) if est else "/-")
             if any(cell(r) != "-" for r in rtts):
-                print("%-14s %7g " % (mode, loss) + " ".join("%17s" % cell(r) for r in rtts))
+                print("%-14s %7g " % (mode, loss) + " ".join("%22s" % cell(r) for r in rtts))
 EOF
 
 if ((PLOT)); then

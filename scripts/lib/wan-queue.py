@@ -5,11 +5,12 @@ data flows, their RTT, and the share of bytes sent again (issue 17's queue goals
   wan-queue.py sample LMAS SOCKET OUT [INTERVAL]   poll `lmas status --json` until killed,
                                                  one JSON line per sample in OUT
   wan-queue.py summary OUT RTT_MS RATE_MBIT [SKIP_SECS]
-                                                 print "inflight_bdp,rtt_ratio,retrans_pct":
+                                                 print "inflight_bdp,rtt_ratio,retrans_pct,pace_est":
       median bytes in flight (the flows' segments on the wire x MSS: sent, not acked,
       not selectively acked, not marked lost) / (rate x RTT), median of
-      the flows' mean smoothed RTT / RTT, and segments retransmitted x MSS / bytes sent,
-      over the samples after SKIP_SECS (default 2: the flows' startup) while data moved.
+      the flows' mean smoothed RTT / RTT, segments retransmitted x MSS / bytes sent, and
+      the tunnel pacer's highest bottleneck estimate / rate (empty while it had none), over
+      the samples after SKIP_SECS (default 2: the flows' startup) while data moved.
 """
 import json
 import statistics
@@ -36,6 +37,7 @@ def sample(lmas, socket, out, interval):
             "rtt_us": statistics.mean(tcp(c, "rtt_us") for c in flows),
             "retrans_bytes": sum(tcp(c, "total_retransmits") * tcp(c, "mss") for c in flows),
             "sent": sum(c.get("bytes_sent") or 0 for c in flows),
+            "pace_bw": (st["tunnel"].get("pacing") or {}).get("bottleneck_bytes_per_sec") or 0,
         }
     poll(lmas, socket, out, interval, row)
 
@@ -49,7 +51,7 @@ def summary(out, rtt_ms, rate_mbit, skip):
     # Only while data moved: a sample after the transfer ended shows an idle path.
     moving = [b for a, b in zip(rows, rows[1:]) if b["sent"] > a["sent"]]
     if len(moving) < 2 or rtt_ms <= 0:
-        print(",,")
+        print(",,,")
         return
     bdp = rate_mbit * 1e6 / 8 * rtt_ms / 1e3
     inflight = statistics.median(r["inflight"] for r in moving) / bdp
@@ -57,7 +59,8 @@ def summary(out, rtt_ms, rate_mbit, skip):
     first, last = rows[0], moving[-1]
     sent = last["sent"] - first["sent"]
     retrans = (last["retrans_bytes"] - first["retrans_bytes"]) / sent * 100 if sent > 0 else 0
-    print("%.2f,%.2f,%.2f" % (inflight, rtt, retrans))
+    pace = max(r.get("pace_bw", 0) for r in moving) * 8 / (rate_mbit * 1e6) if rate_mbit > 0 else 0
+    print("%.2f,%.2f,%.2f,%s" % (inflight, rtt, retrans, "%.2f" % pace if pace > 0 else ""))
 
 
 if __name__ == "__main__":
