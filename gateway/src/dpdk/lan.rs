@@ -31,9 +31,11 @@ use super::net::{endpoint_addr, is_connected, Retire};
 use super::phy::FramePort;
 use crate::admin::{Ingress, IngressMode, Stats};
 use crate::link::half_open::{HalfOpenTable, Handshake};
-use crate::link::{connect_timeout_line, no_tunnel_line, peer_refused_line, TargetRefusal};
+use crate::link::{
+    connect_timeout_line, no_tunnel_line, open_client_session, peer_refused_line, TargetRefusal,
+};
 use crate::protocol::{RefuseReason, ResetReason, SessionId};
-use crate::session::{Origin, ReadOutcome};
+use crate::session::ReadOutcome;
 
 /// A socket that is closing is forced shut after this long.
 const CLOSE_LINGER_US: u64 = 60_000_000;
@@ -377,17 +379,9 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                 continue;
             }
             let t = self.link.tunnel.as_mut().expect("up");
-            let origin = Origin {
-                source: Some(w.source.ip().to_canonical()),
-                ingress: u16::try_from(w.ingress).ok(),
-            };
-            match t.core.open(w.target, origin) {
+            match open_client_session(&mut t.core, w.source, w.target, w.ingress, &t.peer) {
                 Ok(id) => {
                     Stats::inc(&self.stats.sessions_opened);
-                    info!(
-                        "session {id}: {} -> {} via peer {}",
-                        w.source, w.target, t.peer
-                    );
                     let ep = Endpoint {
                         source: Some(w.source),
                         ingress: Some(w.ingress),
@@ -396,10 +390,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                     };
                     self.endpoints.insert(id, ep);
                 }
-                Err(e) => {
-                    warn!("{} -> {}: {e}; resetting", w.source, w.target);
-                    self.close_lan(w.handle, now);
-                }
+                Err(_) => self.close_lan(w.handle, now),
             }
         }
     }

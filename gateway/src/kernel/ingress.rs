@@ -26,7 +26,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use log::{debug, error, info, warn};
+use log::{debug, error, warn};
 use socket2::SockRef;
 use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpStream};
@@ -40,7 +40,6 @@ use super::Gateway;
 use crate::admin::{Ingress, IngressMode, Stats};
 use crate::link::{connect_timeout_line, no_tunnel_line, peer_refused_line};
 use crate::protocol::{ResetReason, SessionId};
-use crate::session::Origin;
 
 /// Binds a listener now (so bind errors surface at startup).
 pub fn bind(ingress: &Ingress) -> std::io::Result<TcpListener> {
@@ -169,23 +168,11 @@ fn open(
     target: SocketAddr,
     index: usize,
 ) -> Option<Opened> {
-    let origin = Origin {
-        source: Some(client.ip().to_canonical()),
-        ingress: u16::try_from(index).ok(),
-    };
-    let (id, signals, outcome) = match tunnel.open_session(client, target, origin) {
-        Ok(x) => x,
-        Err(e) => {
-            warn!("{client} -> {target}: {e}; resetting");
-            abort(stream);
-            return None;
-        }
+    let Ok((id, signals, outcome)) = tunnel.open_session(client, target, index) else {
+        abort(stream);
+        return None;
     };
     Stats::inc(&gateway.stats.sessions_opened);
-    info!(
-        "session {id}: {client} -> {target} via peer {}",
-        tunnel.peer
-    );
     Some(Opened {
         tunnel,
         client,

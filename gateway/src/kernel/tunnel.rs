@@ -25,9 +25,11 @@ use super::{Gateway, Reader, Writer};
 use crate::admin::status::{ConnectionStatus, TunnelStatus};
 use crate::admin::Stats;
 use crate::link::stall::{self, SendSide, SentBatches, Stall};
-use crate::link::{ConnFailure, ConnRef, ConnTable, ConnectOrder, IdleTimeouts, TunnelState};
+use crate::link::{
+    open_client_session, ConnFailure, ConnRef, ConnTable, ConnectOrder, IdleTimeouts, TunnelState,
+};
 use crate::protocol::{Message, RefuseReason, ResetReason, SessionId, TunnelId};
-use crate::session::{Event, Origin, SessionError, TunnelCore};
+use crate::session::{Event, SessionError, TunnelCore};
 use crate::transform::PackNote;
 
 /// Bytes of sealed records a writer gathers before one write call.
@@ -342,12 +344,12 @@ impl Tunnel {
         .await
     }
 
-    /// Opens a session towards `target` through the peer.
+    /// Opens the session of `client` of ingress `index` towards `target` through the peer.
     pub fn open_session(
         self: &Arc<Self>,
-        source: SocketAddr,
+        client: SocketAddr,
         target: SocketAddr,
-        origin: Origin,
+        index: usize,
     ) -> Result<
         (
             SessionId,
@@ -357,9 +359,9 @@ impl Tunnel {
         SessionError,
     > {
         let (tx, rx) = oneshot::channel();
-        let signals = Arc::new(SessionSignals::new(Some(source), Some(tx)));
+        let signals = Arc::new(SessionSignals::new(Some(client), Some(tx)));
         self.with_state(|state, local, _| {
-            let id = state.core.open(target, origin)?;
+            let id = open_client_session(&mut state.core, client, target, index, &self.peer)?;
             local.signals.insert(id, signals.clone());
             Ok((id, signals, rx))
         })

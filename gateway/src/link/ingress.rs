@@ -3,7 +3,10 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use log::{info, warn};
+
 use crate::protocol::{RefuseReason, SessionId};
+use crate::session::{Origin, SessionError, TunnelCore};
 use crate::sources::SourceList;
 
 /// What the datapath knows of the client and of itself when a client connects to ingress
@@ -70,6 +73,27 @@ pub fn check_ingress(ip: IpAddr, c: IngressCheck<'_>) -> Result<(), IngressRefus
         Some((limit, held)) if held >= limit => Err(IngressRefusal::Limit { limit }),
         _ => Ok(()),
     }
+}
+
+/// Opens the session of a client of ingress `index` (`client` → `target`) on `core`, through
+/// peer `peer`, with one log line either way (on an error the caller resets the client).
+pub fn open_client_session(
+    core: &mut TunnelCore,
+    client: SocketAddr,
+    target: SocketAddr,
+    index: usize,
+    peer: &str,
+) -> Result<SessionId, SessionError> {
+    let origin = Origin {
+        source: Some(client.ip().to_canonical()),
+        ingress: u16::try_from(index).ok(),
+    };
+    let opened = core.open(target, origin);
+    match &opened {
+        Ok(id) => info!("session {id}: {client} -> {target} via peer {peer}"),
+        Err(e) => warn!("{client} -> {target}: {e}; resetting"),
+    }
+    opened
 }
 
 /// The line for session `id` whose target the peer refused (`detail`: the peer's words, if

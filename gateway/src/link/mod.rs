@@ -60,8 +60,8 @@ pub use handshake::{
 };
 pub use idle::{Idle, IdleTimeouts};
 pub use ingress::{
-    check_ingress, connect_timeout_line, no_tunnel_line, peer_refused_line, IngressCheck,
-    IngressRefusal,
+    check_ingress, connect_timeout_line, no_tunnel_line, open_client_session, peer_refused_line,
+    IngressCheck, IngressRefusal,
 };
 pub use lifecycle::{Action, Count, Fault, FaultKind, Lifecycle, LinkError, LinkSetup};
 pub use records::{Record, RecordSplitter};
