@@ -1,5 +1,6 @@
 //! Whether an ingress takes a client's connection: the checks both datapaths make when a
-//! client connects, in one order, with one wording for the log line that names the client.
+//! client connects, in one order, with one wording for the log line that names the client;
+//! and the session it opens for a client it took.
 
 use std::net::{IpAddr, SocketAddr};
 

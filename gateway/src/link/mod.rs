@@ -4,7 +4,7 @@
 //!
 //! - [`handshake`]: one connection's handshake, fed raw bytes.
 //! - [`backoff`]: when to dial again after a failure.
-//! - [`ingress`]: whether an ingress takes a client's connection.
+//! - [`ingress`]: whether an ingress takes a client's connection, and opening its session.
 //! - [`clients`]: the ingress ports' clients: who holds how many, and their paced lines.
 //! - [`idle`]: which ingress sessions moved nothing for their idle timeout.
 //! - [`egress`]: whether a session's target is taken, checked before any connect.
