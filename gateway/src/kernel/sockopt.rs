@@ -193,10 +193,11 @@ fn in_flight_segments(info: &libc::tcp_info) -> u32 {
 pub fn flow_progress(sock: &SockRef<'_>) -> Option<crate::session::pacer::FlowProgress> {
     let info = tcp_info(sock)?;
     let mss = u64::from(info.tcpi_snd_mss);
-    let sent = info.tcpi_delivered + info.tcpi_unacked.saturating_sub(info.tcpi_sacked);
+    let delivered = u64::from(info.tcpi_delivered);
+    let unacked = u64::from(info.tcpi_unacked.saturating_sub(info.tcpi_sacked));
     Some(crate::session::pacer::FlowProgress {
-        delivered: u64::from(info.tcpi_delivered) * mss,
-        sent: u64::from(sent) * mss,
+        delivered: delivered * mss,
+        sent: (delivered + unacked) * mss,
         outstanding: u64::from(in_flight_segments(&info)) * mss
             + u64::from(info.tcpi_notsent_bytes),
         min_rtt_us: (info.tcpi_min_rtt > 0).then_some(u64::from(info.tcpi_min_rtt)),
