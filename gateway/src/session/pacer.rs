@@ -40,7 +40,18 @@
 //!   no more than one BDP (they report what they hold).
 //! - **Probing**: then paced at the estimate × 1.25 for one round (to find
 //!   more room), × 0.75 until what that queued is gone (at most two rounds),
-//!   × 1 for six.
+//!   then cruising at × 1 until the next probe, 2.4 s (and at least eight
+//!   rounds) after this one: BBRv3's cadence, not BBRv1's eight rounds. A
+//!   probe every eight rounds (0.8 s at 100 ms) met nearly every slow start
+//!   of other traffic on the path and ended it early (Linux CUBIC's HyStart
+//!   leaves slow start once the RTT rises a few ms). The estimate's window
+//!   spans a whole cycle, so that it does not sag between probes.
+//! - **Cruising holds one BDP**: while the flows have more than 9/8 of a BDP
+//!   on the wire the tunnel is paced at 7/8 of the estimate. Alone on the path that only
+//!   trims what an estimate a little above the path would queue; beside
+//!   other traffic, whose queue stretches the round trip, it is what gives
+//!   way (BBR's in-flight cap): a CUBIC neighbour got twice what it got
+//!   without it (docs/BENCHMARKS.md, "Sparse probing and an in-flight cap").
 
 use std::collections::VecDeque;
 
@@ -48,8 +59,9 @@ use super::Instant;
 
 /// How long a min RTT sample counts before a higher one replaces it.
 const MIN_RTT_WINDOW_US: u64 = 10_000_000;
-/// Rounds the bottleneck estimate remembers a sample for.
-const BW_ROUNDS: u64 = 10;
+/// Rounds beyond one probing cycle the bottleneck estimate remembers a
+/// sample for.
+const BW_EXTRA_ROUNDS: u64 = 2;
 /// Reports of the flows' sent count kept to time a round's deliveries by
 /// (the driver reports once a round; a delivered byte went out about one
 /// round trip, plus the queue, before it was acked).
@@ -58,12 +70,21 @@ const SEND_HISTORY: usize = 64;
 const FULL_ROUNDS: u32 = 3;
 /// ...of at least this much (×4: 1.25).
 const GROWTH_QUARTERS: u64 = 5;
-/// Pacing gains of one probing cycle, in quarters, one round each; the
-/// draining phase lasts until the flows hold no more than one BDP (at most
-/// [`MAX_PHASE_DRAIN_ROUNDS`]).
-const CYCLE_QUARTERS: [u64; 8] = [5, 3, 4, 4, 4, 4, 4, 4];
-const DRAIN_PHASE: usize = 1;
+/// Pacing gains, in eighths of the estimate: probing for more room (one
+/// round), draining what that queued, cruising, and cruising while the flows
+/// hold more than [`CRUISE_HOLD_EIGHTHS`] of a BDP.
+const PROBE_EIGHTHS: u64 = 10;
+const DRAIN_EIGHTHS: u64 = 6;
+const CRUISE_EIGHTHS: u64 = 8;
+const CRUISE_OVER_EIGHTHS: u64 = 7;
+const CRUISE_HOLD_EIGHTHS: u64 = 9;
+/// The draining phase lasts until the flows hold no more than one BDP, at
+/// most this many rounds.
 const MAX_PHASE_DRAIN_ROUNDS: u64 = 2;
+/// A probe comes this long after the one before (BBRv3 waits 2-3 s)...
+const PROBE_INTERVAL_US: u64 = 2_400_000;
+/// ...and at least this many rounds (a long path's cycle).
+const MIN_CYCLE_ROUNDS: u64 = 8;
 /// After startup: paced at a third of the estimate until the queue startup
 /// built is gone (BBR's 1/2.89), for at most this many rounds (a flow's
 /// figures could be off; the cycle's own draining takes over then).
@@ -71,6 +92,17 @@ const MAX_DRAIN_ROUNDS: u64 = 16;
 /// A round (and a probing phase) lasts one min RTT, but at least this long:
 /// on a LAN the flows' reports and the token bucket's burst are coarser.
 const MIN_PHASE_US: u64 = 10_000;
+
+/// Where a probing cycle is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Above the estimate for one round, to find more room.
+    Up,
+    /// Below it until what the probe queued is gone.
+    Down,
+    /// At it until the next probe.
+    Cruise,
+}
 
 /// Where the pacer is in its cycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,8 +148,10 @@ pub struct FlowProgress {
 #[derive(Debug, Clone)]
 pub struct TunnelPacer {
     mode: PaceMode,
-    phase: usize,
+    phase: Phase,
     phase_start: Instant,
+    /// When the probing cycle under way began (its probe).
+    cycle_start: Instant,
     /// The rate of each recent round as (round, bytes per second).
     samples: VecDeque<(u64, u64)>,
     /// Rounds completed with data waiting throughout (idle ones age nothing).
@@ -150,8 +184,9 @@ impl TunnelPacer {
     pub fn new(flows: usize) -> Self {
         TunnelPacer {
             mode: PaceMode::Startup,
-            phase: 0,
+            phase: Phase::Up,
             phase_start: 0,
+            cycle_start: 0,
             samples: VecDeque::new(),
             round: 0,
             round_start: None,
@@ -307,7 +342,7 @@ impl TunnelPacer {
             && self
                 .samples
                 .front()
-                .is_some_and(|&(r, _)| r + BW_ROUNDS <= self.round)
+                .is_some_and(|&(r, _)| r + self.bw_rounds() <= self.round)
         {
             self.samples.pop_front();
         }
@@ -326,20 +361,41 @@ impl TunnelPacer {
             PaceMode::Startup => return None,
             PaceMode::Drain if drained(MAX_DRAIN_ROUNDS) => {
                 self.mode = PaceMode::Probing;
-                self.phase = DRAIN_PHASE + 1;
+                self.phase = Phase::Cruise;
                 self.phase_start = now;
+                self.cycle_start = now;
             }
             PaceMode::Drain => return Some((self.bottleneck() / 3).max(1)),
             PaceMode::Probing => {
-                if elapsed >= self.round_len()
-                    && (self.phase != DRAIN_PHASE || drained(MAX_PHASE_DRAIN_ROUNDS))
-                {
-                    self.phase = (self.phase + 1) % CYCLE_QUARTERS.len();
+                let next = match self.phase {
+                    _ if elapsed < self.round_len() => None,
+                    Phase::Up => Some(Phase::Down),
+                    Phase::Down if drained(MAX_PHASE_DRAIN_ROUNDS) => Some(Phase::Cruise),
+                    Phase::Down => None,
+                    Phase::Cruise => (now.saturating_sub(self.cycle_start) >= self.cycle_len())
+                        .then_some(Phase::Up),
+                };
+                if let Some(phase) = next {
+                    self.phase = phase;
                     self.phase_start = now;
+                    if phase == Phase::Up {
+                        self.cycle_start = now;
+                    }
                 }
             }
         }
         Some(self.cycle_rate())
+    }
+
+    /// How long a probing cycle lasts, probe to probe.
+    fn cycle_len(&self) -> u64 {
+        PROBE_INTERVAL_US.max(MIN_CYCLE_ROUNDS * self.round_len())
+    }
+
+    /// Rounds the estimate remembers a sample for: a whole cycle and then
+    /// some, so that between two probes it holds what the last one found.
+    fn bw_rounds(&self) -> u64 {
+        self.cycle_len().div_ceil(self.round_len()) + BW_EXTRA_ROUNDS
     }
 
     pub fn snapshot(&self) -> PaceSnapshot {
@@ -356,12 +412,31 @@ impl TunnelPacer {
     }
 
     fn cycle_rate(&self) -> u64 {
-        (self.bottleneck().saturating_mul(CYCLE_QUARTERS[self.phase]) / 4).max(1)
+        let bdp = self.bdp();
+        let eighths = match self.phase {
+            Phase::Up => PROBE_EIGHTHS,
+            Phase::Down => DRAIN_EIGHTHS,
+            Phase::Cruise if self.in_flight() > bdp / 8 * CRUISE_HOLD_EIGHTHS => {
+                CRUISE_OVER_EIGHTHS
+            }
+            Phase::Cruise => CRUISE_EIGHTHS,
+        };
+        (self.bottleneck().saturating_mul(eighths) / 8).max(1)
     }
 
     /// What the flows hold that the peer has not received, at the last report.
     fn outstanding(&self) -> u64 {
         self.flows.iter().map(|f| f.outstanding).sum()
+    }
+
+    /// What of that is on the wire: sent, not yet delivered. What a flow
+    /// holds unsent queues at no router (a flow's own congestion control may
+    /// be slower than its share of the tunnel's pace for a while).
+    fn in_flight(&self) -> u64 {
+        self.flows
+            .iter()
+            .map(|f| f.sent.saturating_sub(f.delivered))
+            .sum()
     }
 
     /// The bottleneck rate × the min RTT: what the path holds without a queue.
@@ -461,17 +536,61 @@ mod tests {
     }
 
     #[test]
-    fn probing_cycles_its_gain_one_round_at_a_time() {
+    fn probing_comes_every_2_4_s_up_for_a_round_then_down_then_cruising() {
         let mut p = TunnelPacer::new(2);
         let t = run(&mut p, 0, 6, 2, 100_000_000, false);
         p.rate(t);
         assert_eq!(p.snapshot().mode, PaceMode::Probing);
         let bw = p.snapshot().bottleneck;
-        let mut seen: Vec<u64> = (0..8)
-            .map(|i| p.rate(t + (i + 1) * RTT).unwrap() * 4 / bw)
+        // Rounds of 100 ms: a cycle is 24 of them.
+        let seen: Vec<u64> = (1..=50)
+            .map(|i| p.rate(t + i * RTT).unwrap() * 8 / bw)
             .collect();
-        seen.sort();
-        assert_eq!(seen, [3, 4, 4, 4, 4, 4, 4, 5]);
+        let probes: Vec<usize> = (0..seen.len()).filter(|&i| seen[i] == 10).collect();
+        assert_eq!(probes, [23, 47], "{seen:?}");
+        for &i in &probes {
+            assert_eq!(seen[i + 1], 6, "then down: {seen:?}");
+        }
+        let cruising = seen.iter().filter(|&&g| g == 8).count();
+        assert_eq!(cruising, seen.len() - 4, "{seen:?}");
+        // On a long path, at least eight rounds.
+        let mut q = TunnelPacer::new(1);
+        let rtt = |ms| FlowProgress {
+            min_rtt_us: Some(ms * MS),
+            ..FlowProgress::default()
+        };
+        q.on_progress(0, [(0, rtt(500))]);
+        assert_eq!(q.cycle_len(), 4_000_000);
+        q.on_progress(0, [(0, rtt(10))]);
+        assert_eq!(q.cycle_len(), PROBE_INTERVAL_US);
+        assert_eq!(q.bw_rounds(), 240 + BW_EXTRA_ROUNDS);
+    }
+
+    #[test]
+    fn cruising_gives_way_while_the_flows_hold_more_than_a_bdp() {
+        let mut p = TunnelPacer::new(1);
+        let t = run(&mut p, 0, 6, 1, 100_000_000, false);
+        p.rate(t);
+        let bw = p.snapshot().bottleneck;
+        let delivered = p.flows[0].delivered;
+        let holding = |on_wire, unsent| FlowProgress {
+            delivered,
+            min_rtt_us: Some(RTT),
+            srtt_us: None,
+            outstanding: on_wire + unsent,
+            sent: delivered + on_wire,
+        };
+        // One BDP is 10 MB at 100 MB/s and 100 ms.
+        p.on_progress(t, [(0, holding(11_000_000, 0))]);
+        assert_eq!(p.rate(t), Some(bw), "within an eighth of a BDP: cruising");
+        // A neighbour's queue stretched the round trip: more is on the wire.
+        p.on_progress(t, [(0, holding(14_000_000, 0))]);
+        assert_eq!(p.rate(t), Some(bw * 7 / 8));
+        p.on_progress(t, [(0, holding(9_000_000, 0))]);
+        assert_eq!(p.rate(t), Some(bw));
+        // Bytes a flow holds unsent wait at no router.
+        p.on_progress(t, [(0, holding(10_000_000, 4_000_000))]);
+        assert_eq!(p.rate(t), Some(bw));
     }
 
     #[test]
@@ -487,7 +606,8 @@ mod tests {
             "rounds with nothing to send ignored"
         );
         // A neighbour took half the path; the tunnel has data waiting.
-        t = run(&mut p, t, BW_ROUNDS - 2, 4, 50_000_000, false);
+        let window = p.bw_rounds();
+        t = run(&mut p, t, window - 2, 4, 50_000_000, false);
         let held = p.snapshot().bottleneck;
         assert!(
             near(held, 100_000_000),
