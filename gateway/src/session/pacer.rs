@@ -46,12 +46,13 @@
 //!   of other traffic on the path and ended it early (Linux CUBIC's HyStart
 //!   leaves slow start once the RTT rises a few ms). The estimate's window
 //!   spans a whole cycle, so that it does not sag between probes.
-//! - **Cruising holds one BDP**: while the flows have more than 9/8 of a BDP
-//!   on the wire the tunnel is paced at 7/8 of the estimate. Alone on the path that only
-//!   trims what an estimate a little above the path would queue; beside
-//!   other traffic, whose queue stretches the round trip, it is what gives
-//!   way (BBR's in-flight cap): a CUBIC neighbour got twice what it got
-//!   without it (docs/BENCHMARKS.md, "Sparse probing and an in-flight cap").
+//! - **Cruising holds one BDP**: while the flows have more than 9/8 of a
+//!   BDP on the wire the tunnel is paced at 7/8 of the estimate. Alone on
+//!   the path that only trims what an estimate a little above the path
+//!   would queue; beside other traffic, whose queue stretches the round
+//!   trip, it is what gives way (BBR's in-flight cap): a CUBIC neighbour got
+//!   twice what it got without it (docs/BENCHMARKS.md, "Sparse probing and
+//!   an in-flight cap").
 
 use std::collections::VecDeque;
 
@@ -72,7 +73,7 @@ const FULL_ROUNDS: u32 = 3;
 const GROWTH_QUARTERS: u64 = 5;
 /// Pacing gains, in eighths of the estimate: probing for more room (one
 /// round), draining what that queued, cruising, and cruising while the flows
-/// hold more than [`CRUISE_HOLD_EIGHTHS`] of a BDP.
+/// have more than [`CRUISE_HOLD_EIGHTHS`] of a BDP on the wire.
 const PROBE_EIGHTHS: u64 = 10;
 const DRAIN_EIGHTHS: u64 = 6;
 const CRUISE_EIGHTHS: u64 = 8;
@@ -412,11 +413,10 @@ impl TunnelPacer {
     }
 
     fn cycle_rate(&self) -> u64 {
-        let bdp = self.bdp();
         let eighths = match self.phase {
             Phase::Up => PROBE_EIGHTHS,
             Phase::Down => DRAIN_EIGHTHS,
-            Phase::Cruise if self.in_flight() > bdp / 8 * CRUISE_HOLD_EIGHTHS => {
+            Phase::Cruise if self.in_flight() > self.bdp() / 8 * CRUISE_HOLD_EIGHTHS => {
                 CRUISE_OVER_EIGHTHS
             }
             Phase::Cruise => CRUISE_EIGHTHS,
