@@ -24,7 +24,9 @@
 //!     connection's handshake fed raw bytes and its records, which
 //!     unauthenticated connections keep a handshake slot, an accepted
 //!     connection's first message, the connection table and grace period,
-//!     dial backoff, the egress check, the shutdown's drain.
+//!     dial backoff, the egress check, the shutdown's drain, the crypto stage's jobs.
+//!   - [`frames`]: Ethernet frames as the DPDK datapath's filters read them
+//!     (steering to TCP lcores, what reaches a stack, SYNs to the tunnel port).
 //! - Two datapaths drive that core and speak the same protocol:
 //!   - [`kernel`]: kernel sockets and tokio tasks (portable);
 //!   - [`dpdk`]: the appliance: poll-mode lcores, smoltcp over mbufs, crypto
@@ -39,6 +41,7 @@ pub mod admin;
 pub mod crypto;
 pub mod dedup;
 pub mod dpdk;
+pub mod frames;
 pub mod kernel;
 pub mod link;
 pub mod protocol;

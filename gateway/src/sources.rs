@@ -82,7 +82,7 @@ fn parse_entry(s: &str) -> Result<Entry, String> {
 }
 
 /// Whether `ip` is in `net/len` (different families never match).
-fn in_prefix(ip: IpAddr, net: IpAddr, len: u8) -> bool {
+pub fn in_prefix(ip: IpAddr, net: IpAddr, len: u8) -> bool {
     match (ip, net) {
         (IpAddr::V4(a), IpAddr::V4(n)) => {
             let mask = u32::MAX.checked_shl(32 - len as u32).unwrap_or(0);

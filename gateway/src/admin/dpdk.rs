@@ -170,12 +170,7 @@ fn lcores(field: &str, v: Option<&[i64]>, default: &[i64]) -> Result<Vec<u32>, E
 
 /// Whether `addr` is inside `net/len`.
 pub fn in_prefix(addr: Ipv4Addr, net: Ipv4Addr, len: u8) -> bool {
-    let mask = if len == 0 {
-        0
-    } else {
-        u32::MAX << (32 - len as u32)
-    };
-    u32::from(addr) & mask == u32::from(net) & mask
+    crate::sources::in_prefix(addr.into(), net.into(), len)
 }
 
 /// `A.B.C.D/N`.

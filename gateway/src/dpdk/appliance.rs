@@ -10,7 +10,7 @@
 //! The main lcore talks to each TCP lcore only through a command channel
 //! (status snapshots, a new allowlist, drain, stop), checked once per turn,
 //! so the packet path never takes a lock. With several TCP lcores each is a
-//! shard (see `steer`): its own engine and sub-tunnel, its share of the
+//! shard (see `frames::steer`): its own engine and sub-tunnel, its share of the
 //! crypto lcores, its rings to the I/O lcores; `lmas status` merges them.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -66,7 +66,7 @@ pub struct Engine<P: FramePort, C: CryptoPipe> {
     pub(super) started: u64,
     /// The clock at the start of the current turn (µs).
     pub(super) now: u64,
-    /// Which of the gateway's TCP lcores this engine is (see `steer`).
+    /// Which of the gateway's TCP lcores this engine is (see `frames::steer`).
     pub(super) shard: Shard,
     /// Set by `begin_drain`: take no new sessions.
     pub(super) stopping: bool,

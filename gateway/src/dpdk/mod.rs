@@ -35,7 +35,6 @@ pub mod net;
 pub mod phy;
 #[cfg(feature = "dpdk")]
 pub mod port;
-pub mod steer;
 mod tunnel;
 pub mod wan;
 

@@ -5,8 +5,8 @@
 //! Transparent interception uses smoltcp's any-IP mode, which accepts IP
 //! packets for every address *and answers ARP for every address*. The
 //! latter would steal other hosts' traffic on the LAN, so [`Guard`] filters
-//! frames before the stack sees them: ARP only for our own address, IPv4
-//! only for our address or an intercepted prefix. On the WAN port of an
+//! frames before the stack sees them ([`StackFilter`]: ARP only for our own address, IPv4
+//! only for our address or an intercepted prefix). On the WAN port of an
 //! accepting gateway it also carries the tunnel port's [`TunnelGate`].
 //!
 //! Listening sockets can be watched ([`Net::watch`]): the stack reports the
@@ -24,8 +24,9 @@ use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpoint, Ipv4Cidr};
 
 use super::phy::{FramePort, PortDevice};
-use super::steer::port_fits;
-use crate::admin::dpdk::{in_prefix, PortSpec};
+use crate::admin::dpdk::PortSpec;
+use crate::frames::steer::port_fits;
+use crate::frames::{StackFilter, Verdict};
 use crate::protocol::handshake::Shard;
 
 mod gate;
@@ -34,41 +35,20 @@ pub use gate::{Embryo, TunnelGate};
 /// First and last ephemeral port for our outgoing connections.
 const EPHEMERAL: std::ops::RangeInclusive<u16> = 49152..=65535;
 
-/// What frames reach the stack.
+/// What frames reach the stack: the port's filter, then the tunnel port's gate for IPv4 to
+/// our own address.
 struct Guard {
-    own: Ipv4Addr,
-    /// Prefixes whose addresses we terminate as if they were ours.
-    intercept: Vec<(Ipv4Addr, u8)>,
+    filter: StackFilter,
     /// SYNs to the tunnel port (accepting gateway's WAN port).
     gate: Option<TunnelGate>,
 }
 
 impl Guard {
     fn admits(&mut self, frame: &[u8]) -> bool {
-        const ETH: usize = 14;
-        if frame.len() < ETH {
-            return false;
-        }
-        let ipv4 = |b: &[u8]| Ipv4Addr::new(b[0], b[1], b[2], b[3]);
-        match u16::from_be_bytes([frame[12], frame[13]]) {
-            // ARP: the target protocol address is at 24..28 of the ARP body.
-            0x0806 => frame.len() >= ETH + 28 && ipv4(&frame[ETH + 24..ETH + 28]) == self.own,
-            // IPv4: the destination address is at 16..20 of the header.
-            0x0800 => {
-                if frame.len() < ETH + 20 {
-                    return false;
-                }
-                let dst = ipv4(&frame[ETH + 16..ETH + 20]);
-                if dst == self.own {
-                    return self.gate.as_mut().is_none_or(|g| g.admits(frame));
-                }
-                dst.is_broadcast()
-                    || self
-                        .intercept
-                        .iter()
-                        .any(|&(net, len)| in_prefix(dst, net, len))
-            }
-            _ => false,
+        match self.filter.verdict(frame) {
+            Verdict::Drop => false,
+            Verdict::Pass => true,
+            Verdict::Own => self.gate.as_mut().is_none_or(|g| g.admits(frame)),
         }
     }
 }
@@ -187,8 +167,10 @@ impl<P: FramePort> Net<P> {
             iface,
             sockets: SocketSet::new(Vec::new()),
             guard: Guard {
-                own,
-                intercept: spec.intercept.clone(),
+                filter: StackFilter {
+                    own,
+                    intercept: spec.intercept.clone(),
+                },
                 gate: None,
             },
             addr: own,
@@ -434,43 +416,5 @@ pub fn instant(us: u64) -> Instant {
 pub fn endpoint_addr(e: IpEndpoint) -> SocketAddr {
     match e.addr {
         IpAddress::Ipv4(a) => SocketAddr::V4(SocketAddrV4::new(a, e.port)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn arp_for(target: [u8; 4]) -> Vec<u8> {
-        let mut f = vec![0u8; 14 + 28];
-        f[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
-        f[14 + 24..14 + 28].copy_from_slice(&target);
-        f
-    }
-
-    fn ipv4_to(dst: [u8; 4]) -> Vec<u8> {
-        let mut f = vec![0u8; 14 + 20];
-        f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-        f[14 + 16..14 + 20].copy_from_slice(&dst);
-        f
-    }
-
-    #[test]
-    fn guard_answers_arp_only_for_us_and_admits_intercepted_prefixes() {
-        let mut g = Guard {
-            own: Ipv4Addr::new(10, 0, 1, 1),
-            intercept: vec![(Ipv4Addr::new(10, 0, 3, 0), 24)],
-            gate: None,
-        };
-        assert!(g.admits(&arp_for([10, 0, 1, 1])));
-        assert!(!g.admits(&arp_for([10, 0, 1, 7])), "another host's ARP");
-        assert!(g.admits(&ipv4_to([10, 0, 1, 1])));
-        assert!(g.admits(&ipv4_to([10, 0, 3, 2])));
-        assert!(!g.admits(&ipv4_to([10, 0, 4, 2])));
-        assert!(!g.admits(&[0u8; 10]), "runt");
-        assert!(!g.admits(&arp_for([10, 0, 1, 1])[..20]), "truncated ARP");
-        let mut ipv6 = ipv4_to([10, 0, 1, 1]);
-        ipv6[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
-        assert!(!g.admits(&ipv6));
     }
 }

@@ -1,9 +1,7 @@
 //! The physical layer under the userspace TCP/IP stack: one trait for "a
 //! port that moves Ethernet frames", implemented by a DPDK port (mbufs via
-//! rings to the I/O lcore) and by an in-memory wire for tests, and the
+//! rings to the I/O lcore) and by an in-memory wire for tests (`sim`), and the
 //! smoltcp [`Device`] adapter over it. The stack never knows which it has.
-
-use std::collections::VecDeque;
 
 use smoltcp::phy::{Checksum, ChecksumCapabilities, Device, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
@@ -101,46 +99,5 @@ impl<P: FramePort> Device for PortDevice<'_, P> {
         sums.tcp = Checksum::Both;
         caps.checksum = sums;
         caps
-    }
-}
-
-/// One end of an in-memory Ethernet link, for tests and simulations: frames
-/// sent here appear in `outbox`; frames to receive are put in `inbox` by
-/// whoever plays the wire.
-#[derive(Default)]
-pub struct MemPort {
-    pub inbox: VecDeque<Vec<u8>>,
-    pub outbox: VecDeque<Vec<u8>>,
-    pub tx_drops: u64,
-    /// Frames the outbox may hold before `can_send` says no (0: unlimited).
-    pub outbox_limit: usize,
-}
-
-impl FramePort for MemPort {
-    type Rx = Vec<u8>;
-    type Tx = Vec<u8>;
-
-    fn recv(&mut self) -> Option<Vec<u8>> {
-        self.inbox.pop_front()
-    }
-
-    fn can_send(&self) -> bool {
-        self.outbox_limit == 0 || self.outbox.len() < self.outbox_limit
-    }
-
-    fn tx_buffer(&mut self, len: usize) -> Option<Vec<u8>> {
-        self.can_send().then(|| vec![0; len])
-    }
-
-    fn send(&mut self, frame: Vec<u8>) {
-        self.outbox.push_back(frame);
-    }
-
-    fn mtu(&self) -> usize {
-        1500
-    }
-
-    fn note_tx_drop(&mut self) {
-        self.tx_drops += 1;
     }
 }

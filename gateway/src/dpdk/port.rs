@@ -5,7 +5,7 @@
 //! pays where lcores share few CPUs).
 //!
 //! With several TCP lcores (shards) the I/O lcore steers each received frame
-//! to its shard's ring (`steer`), and sends what every shard's ring holds.
+//! to its shard's ring (`frames::steer`), and sends what every shard's ring holds.
 //!
 //! ```text
 //!  NIC rx queue ─rx_burst─► [io lcore] ─ring─► RingPort::recv ─► smoltcp
@@ -29,9 +29,9 @@ use lmas_dpdk::{
 use log::{info, warn};
 
 use super::phy::FramePort;
-use super::steer::{steer, Steer};
 use super::Idle;
 use crate::admin::dpdk::PortSpec;
+use crate::frames::steer::{steer, Steer};
 
 /// Slots of each ring between the I/O and TCP lcores.
 const RING_SLOTS: u32 = 4096;

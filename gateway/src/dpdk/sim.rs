@@ -19,7 +19,7 @@ use smoltcp::socket::tcp;
 use super::crypto::InlineCrypto;
 use super::engine::{Engine, Ports};
 use super::net::Net;
-use super::phy::MemPort;
+use super::phy::FramePort;
 use crate::admin::dpdk::PortSpec;
 use crate::admin::{Config, Stats};
 use crate::crypto::StaticKeypair;
@@ -497,7 +497,7 @@ impl Sim {
 
 /// Both gateways with `shards` TCP lcores (engines) each, as the appliance runs them: each
 /// port's received frames are steered to its shards as the I/O lcore does
-/// ([`super::steer`]), and what every shard sends leaves by the one port.
+/// ([`crate::frames::steer`]), and what every shard sends leaves by the one port.
 pub struct ShardedSim {
     pub now: u64,
     pub a: Vec<SimEngine>,
@@ -546,9 +546,9 @@ fn switch(nic: &mut MemPort, ends: Vec<&mut MemPort>) {
         nic.outbox.extend(end.outbox.drain(..));
     }
     while let Some(frame) = nic.inbox.pop_front() {
-        match super::steer::steer(&frame, count) {
-            super::steer::Steer::To(k) => ends[k as usize].inbox.push_back(frame),
-            super::steer::Steer::All => {
+        match crate::frames::steer::steer(&frame, count) {
+            crate::frames::steer::Steer::To(k) => ends[k as usize].inbox.push_back(frame),
+            crate::frames::steer::Steer::All => {
                 for end in ends.iter_mut() {
                     end.inbox.push_back(frame.clone());
                 }
@@ -674,5 +674,46 @@ impl Attacker {
             .inbox
             .extend(back.iter().filter(|f| mine(f)).cloned());
         back.retain(|f| !mine(f));
+    }
+}
+
+/// One end of an in-memory Ethernet link, for tests and simulations: frames
+/// sent here appear in `outbox`; frames to receive are put in `inbox` by
+/// whoever plays the wire.
+#[derive(Default)]
+pub struct MemPort {
+    pub inbox: VecDeque<Vec<u8>>,
+    pub outbox: VecDeque<Vec<u8>>,
+    pub tx_drops: u64,
+    /// Frames the outbox may hold before `can_send` says no (0: unlimited).
+    pub outbox_limit: usize,
+}
+
+impl FramePort for MemPort {
+    type Rx = Vec<u8>;
+    type Tx = Vec<u8>;
+
+    fn recv(&mut self) -> Option<Vec<u8>> {
+        self.inbox.pop_front()
+    }
+
+    fn can_send(&self) -> bool {
+        self.outbox_limit == 0 || self.outbox.len() < self.outbox_limit
+    }
+
+    fn tx_buffer(&mut self, len: usize) -> Option<Vec<u8>> {
+        self.can_send().then(|| vec![0; len])
+    }
+
+    fn send(&mut self, frame: Vec<u8>) {
+        self.outbox.push_back(frame);
+    }
+
+    fn mtu(&self) -> usize {
+        1500
+    }
+
+    fn note_tx_drop(&mut self) {
+        self.tx_drops += 1;
     }
 }

@@ -9,7 +9,7 @@ use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
 
 use super::net::Net;
-use super::phy::MemPort;
+use super::sim::MemPort;
 use super::sim::*;
 use crate::admin::Config;
 
@@ -734,7 +734,7 @@ fn two_shards_a_side_carry_32_sessions_over_their_own_sub_tunnels() {
     for (k, e) in sim.a.iter().chain(&sim.b).enumerate() {
         for c in e.conns.values() {
             if let (Some(l), Some(r)) = (c.local, c.remote) {
-                let steered = super::steer::shard_of_ports(l.port(), r.port(), 2);
+                let steered = crate::frames::steer::shard_of_ports(l.port(), r.port(), 2);
                 assert_eq!(steered as usize, k % 2, "{l} - {r} on shard {}", k % 2);
             }
         }

@@ -15,6 +15,8 @@
 //!   SYN cookies.
 //! - [`accept`]: what an accepted connection's first message makes of it.
 //! - [`records`]: records split off a connection's byte stream.
+//! - [`crypto_stage`]: sealing and opening records for many connections, as jobs (the DPDK
+//!   datapath's crypto lcores run them).
 //! - [`failure`]: why a WAN connection failed, what the lifecycle makes of it, what it counts as.
 //! - [`stall`]: which of a data flow's newest frames wait while its transport's window is
 //!   collapsed, to send again on the others.
@@ -32,6 +34,7 @@ pub mod backoff;
 pub mod clients;
 pub mod conn_table;
 pub mod connect_order;
+pub mod crypto_stage;
 pub mod dialer;
 pub mod drain;
 pub mod egress;

@@ -22,6 +22,7 @@ use log::warn;
 use smoltcp::iface::SocketHandle;
 
 use crate::admin::Stats;
+use crate::frames::syn_source;
 use crate::link::admission::{PortGuard, Throttle};
 use crate::link::half_open::HalfOpenTable;
 use crate::sources::SourceList;
@@ -71,7 +72,7 @@ impl TunnelGate {
 
     /// Whether the frame (Ethernet, IPv4 to us) may reach the stack.
     pub fn admits(&mut self, frame: &[u8]) -> bool {
-        let Some(src) = syn_to(frame, self.port) else {
+        let Some(src) = syn_source(frame, self.port) else {
             return true;
         };
         let ip = IpAddr::V4(src);
@@ -109,26 +110,6 @@ impl TunnelGate {
     }
 }
 
-/// The source of a TCP SYN (no ACK, no RST) to `port` in an Ethernet frame
-/// carrying IPv4; `None` for anything else (fragments after the first too).
-fn syn_to(frame: &[u8], port: u16) -> Option<Ipv4Addr> {
-    const ETH: usize = 14;
-    let ip = frame.get(ETH..)?;
-    if ip.len() < 20 || ip[0] >> 4 != 4 || ip[9] != 6 {
-        return None;
-    }
-    let ihl = (ip[0] & 0x0f) as usize * 4;
-    let fragment_offset = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff;
-    if ihl < 20 || fragment_offset != 0 {
-        return None;
-    }
-    let tcp = ip.get(ihl..ihl + 14)?;
-    let dport = u16::from_be_bytes([tcp[2], tcp[3]]);
-    let flags = tcp[13];
-    // SYN set; ACK and RST clear.
-    (dport == port && flags & 0x16 == 0x02).then(|| Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,43 +125,6 @@ mod tests {
         f[34 + 2..34 + 4].copy_from_slice(&dport.to_be_bytes());
         f[34 + 13] = flags;
         f
-    }
-
-    #[test]
-    fn finds_syns_to_the_port_only() {
-        assert_eq!(
-            syn_to(&tcp_frame([1, 2, 3, 4], 7700, 0x02), 7700),
-            Some(Ipv4Addr::new(1, 2, 3, 4))
-        );
-        assert_eq!(
-            syn_to(&tcp_frame([1, 2, 3, 4], 7700, 0x12), 7700),
-            None,
-            "SYN-ACK"
-        );
-        assert_eq!(
-            syn_to(&tcp_frame([1, 2, 3, 4], 7700, 0x10), 7700),
-            None,
-            "ACK"
-        );
-        assert_eq!(
-            syn_to(&tcp_frame([1, 2, 3, 4], 7701, 0x02), 7700),
-            None,
-            "other port"
-        );
-        let mut frag = tcp_frame([1, 2, 3, 4], 7700, 0x02);
-        frag[14 + 7] = 1;
-        assert_eq!(syn_to(&frag, 7700), None, "a later fragment");
-        for n in 0..54 {
-            // Truncated frames never panic.
-            let _ = syn_to(&tcp_frame([1, 2, 3, 4], 7700, 0x02)[..n], 7700);
-        }
-        let mut long_header = tcp_frame([1, 2, 3, 4], 7700, 0x02);
-        long_header[14] = 0x4f;
-        assert_eq!(
-            syn_to(&long_header, 7700),
-            None,
-            "header longer than the frame"
-        );
     }
 
     #[test]
