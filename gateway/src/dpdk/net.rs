@@ -30,7 +30,7 @@ use crate::frames::{StackFilter, Verdict};
 use crate::protocol::handshake::Shard;
 
 mod gate;
-pub use gate::{Embryo, TunnelGate};
+pub use gate::TunnelGate;
 
 /// First and last ephemeral port for our outgoing connections.
 const EPHEMERAL: std::ops::RangeInclusive<u16> = 49152..=65535;
@@ -193,6 +193,11 @@ impl<P: FramePort> Net<P> {
 
     pub fn gate_mut(&mut self) -> Option<&mut TunnelGate> {
         self.guard.gate.as_mut()
+    }
+
+    /// The gate, with the sockets of its half-open connections.
+    pub fn gate_with_sockets(&mut self) -> Option<(&mut TunnelGate, &SocketSet<'static>)> {
+        Some((self.guard.gate.as_mut()?, &self.sockets))
     }
 
     /// Moves packets: everything received is processed, everything the

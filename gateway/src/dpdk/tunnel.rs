@@ -6,27 +6,27 @@
 //! unauthenticated connections, handshake timeouts.
 //!
 //! Admission on the tunnel port ([`crate::link::admission`]) happens in two
-//! steps. A SYN passes the WAN port's gate (`net::TunnelGate`: `peer.source`,
+//! steps. A SYN passes the WAN port's gate ([`crate::link::syn_gate`]: `peer.source`,
 //! and a budget of listening sockets for sources that never authenticated,
 //! so the peer's reserve is never taken) and becomes a half-open
 //! connection, kept apart and dropped after 3 s. Only once its TCP
 //! handshake completes does it become a connection, with a slot among the
 //! lifecycle's pending handshakes.
 
-use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::net::{SocketAddr, SocketAddrV4};
 
 use log::{info, warn};
 use smoltcp::socket::tcp;
 
 use super::crypto::{ConnId, CryptoJob, CryptoPipe};
 use super::engine::Engine;
-use super::net::{endpoint_addr, is_connected, Embryo, Retire, TunnelGate};
+use super::net::{endpoint_addr, is_connected, Retire, TunnelGate};
 use super::phy::FramePort;
 use super::wan::{Identity, WanConn};
-use crate::admin::TunnelEnd;
+use crate::admin::{Stats, TunnelEnd};
 use crate::crypto::MAX_RECORD_LEN;
 use crate::link::admission;
-use crate::link::half_open::{HalfOpenTable, Handshake};
+use crate::link::half_open::Handshake;
 use crate::link::lifecycle::Action;
 use crate::link::{ConnFailure, Role};
 use crate::protocol::Message;
@@ -35,9 +35,6 @@ use crate::protocol::Message;
 /// authenticated as the peer may take between two turns; the others are the
 /// peer's reserve (its control connection and N flows re-dial in a burst).
 const UNTRUSTED_LISTENERS: usize = 8;
-/// A half-open connection to the tunnel port is dropped after this long
-/// (a SYN-ACK retransmitted once on a long path fits in it).
-const HALF_OPEN_TIMEOUT_US: u64 = 3_000_000;
 
 impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
     /// A WAN socket: buffers for a long fat flow, SACK/RACK loss recovery
@@ -113,7 +110,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         // What is left beyond the reserve, until the next turn.
         let spare = self.wan_listeners.len().saturating_sub(reserve);
         if let Some(g) = self.wan.gate_mut() {
-            g.set_budget(spare);
+            g.syn.set_budget(spare);
         }
     }
 
@@ -166,19 +163,15 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         for h in taken {
             let sock = self.wan.sockets.get::<tcp::Socket>(h);
             let remote = sock.remote_endpoint().map(|e| endpoint_addr(e).ip());
-            match (sock.state(), remote) {
-                (tcp::State::SynReceived, Some(IpAddr::V4(ip))) => {
-                    let Some(g) = self.wan.gate_mut() else {
-                        continue;
-                    };
-                    let trusted = g.guard.trust.is_trusted(IpAddr::V4(ip));
-                    let embryo = Embryo { handle: h, ip };
-                    if let Some(old) = g.embryos.push(embryo, now, trusted) {
-                        g.note_dropped(&old.item, "displaced by newer half-open connections");
-                        self.wan.retire(old.item.handle, Retire::Abort, now);
+            let (state, connected) = (sock.state(), is_connected(sock));
+            match (state, remote, self.wan.gate_mut()) {
+                (tcp::State::SynReceived, Some(ip), Some(g)) => {
+                    if let Some(old) = g.syn.syn_taken(h, ip, now) {
+                        Stats::inc(&self.stats.tunnel_half_open_dropped);
+                        self.wan.retire(old, Retire::Abort, now);
                     }
                 }
-                _ if is_connected(sock) => self.accept_wan(h, now),
+                _ if connected => self.accept_wan(h, now),
                 _ => self.wan.retire(h, Retire::Abort, now),
             }
         }
@@ -188,11 +181,11 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
     /// Half-open connections: those whose handshake completed become connections; those that
     /// closed or timed out are dropped.
     fn tend_half_open(&mut self, now: u64) {
-        let Some(g) = self.wan.gate_mut() else { return };
-        let mut embryos = std::mem::replace(&mut g.embryos, HalfOpenTable::new(0));
-        let sockets = &self.wan.sockets;
-        let swept = embryos.sweep(now, HALF_OPEN_TIMEOUT_US, |e| {
-            let sock = sockets.get::<tcp::Socket>(e.handle);
+        let Some((g, sockets)) = self.wan.gate_with_sockets() else {
+            return;
+        };
+        let swept = g.syn.sweep(now, |h| {
+            let sock = sockets.get::<tcp::Socket>(h);
             if is_connected(sock) {
                 Handshake::Completed
             } else if sock.state() == tcp::State::Closed {
@@ -201,20 +194,15 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                 Handshake::UnderWay
             }
         });
-        if let Some(g) = self.wan.gate_mut() {
-            g.embryos = embryos;
+        Stats::add(
+            &self.stats.tunnel_half_open_dropped,
+            swept.timed_out.len() as u64,
+        );
+        for h in swept.gave_up.into_iter().chain(swept.timed_out) {
+            self.wan.retire(h, Retire::Abort, now);
         }
-        for e in swept.gave_up {
-            self.wan.retire(e.handle, Retire::Abort, now);
-        }
-        for e in swept.timed_out {
-            self.wan.retire(e.handle, Retire::Abort, now);
-            if let Some(g) = self.wan.gate_mut() {
-                g.note_dropped(&e, "no handshake within 3 s");
-            }
-        }
-        for e in swept.completed {
-            self.accept_wan(e.handle, now);
+        for h in swept.completed {
+            self.accept_wan(h, now);
         }
     }
 
@@ -225,7 +213,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         let sock = self.wan.sockets.get::<tcp::Socket>(h);
         let addr = sock.remote_endpoint().map(endpoint_addr);
         let trusted = match (addr, self.wan.gate_mut()) {
-            (Some(a), Some(g)) => g.guard.trust.is_trusted(a.ip()),
+            (Some(a), Some(g)) => g.syn.guard.trust.is_trusted(a.ip()),
             _ => false,
         };
         self.conns.insert(id, WanConn::accepted(id, h, now));
@@ -392,7 +380,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                 Action::Count(what) => self.stats.count(what),
                 Action::Trust(ip) => {
                     if let Some(g) = self.wan.gate_mut() {
-                        g.guard.trust.authenticated(ip);
+                        g.syn.guard.trust.authenticated(ip);
                     }
                 }
             }

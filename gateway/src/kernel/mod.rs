@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::reload::Live;
 use crate::admin::signals::{Request, Signals};
 use crate::admin::{Config, RunError, Stats, StatusSource, TunnelEnd};
-use crate::link::admission::{PortGuard, Throttle};
+use crate::link::admission::PortGuard;
 use crate::link::{Clients, Lifecycle};
 use crate::protocol::ResetReason;
 use crate::transform::{Adaptive, Compression, PackPolicy};
@@ -315,12 +315,7 @@ async fn accept_loop(gateway: Arc<Gateway>, listener: TcpListener) {
             // Closed at once: no handshake, no task, no slot.
             Stats::inc(&gateway.stats.tunnel_sources_refused);
             sockopt::reset_on_close(&SockRef::from(&stream));
-            if let Some(more) = guard.log_now(gateway.now_us()) {
-                warn!(
-                    "connection to the tunnel port from {addr} refused: not in peer.source{}",
-                    Throttle::more(more)
-                );
-            }
+            guard.refused("connection to the tunnel port", addr, gateway.now_us());
             continue;
         }
         let trusted = guard.trust.is_trusted(addr.ip());

@@ -292,6 +292,14 @@ impl PortGuard {
     pub fn log_now(&mut self, now: u64) -> Option<u64> {
         self.throttle.allow(now)
     }
+
+    /// Logs, paced, that `what` from `src` was refused for being outside `peer.source`.
+    pub fn refused(&mut self, what: &str, src: impl std::fmt::Display, now: u64) {
+        if let Some(more) = self.log_now(now) {
+            let more = Throttle::more(more);
+            log::warn!("{what} from {src} refused: not in peer.source{more}");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,8 @@
 //! - [`connect_order`]: connects to one target one at a time, in the order sessions opened.
 //! - [`drain`]: the shutdown: drain, deadline, resets, notice.
 //! - [`admission`]: which unauthenticated connections on the tunnel port keep a handshake slot.
+//! - [`syn_gate`]: which SYNs reach the tunnel port's listeners on a stack without SYN
+//!   cookies, and the half-open connections they make.
 //! - [`half_open`]: connections whose TCP handshake is under way, bounded, on a stack without
 //!   SYN cookies.
 //! - [`accept`]: what an accepted connection's first message makes of it.
@@ -46,6 +48,7 @@ pub mod ingress;
 pub mod lifecycle;
 pub mod records;
 pub mod stall;
+pub mod syn_gate;
 pub mod tunnel;
 pub mod welcome;
 
