@@ -195,7 +195,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                     let Some(c) = self.conns.get_mut(&conn) else {
                         continue;
                     };
-                    c.record_sealed(record);
+                    c.records.sealed(record);
                     self.note_packing(packed);
                     if let Some(k) = key_update {
                         info!(
@@ -213,7 +213,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                     let Some(c) = self.conns.get_mut(&conn) else {
                         continue;
                     };
-                    c.record_opened();
+                    c.records.opened();
                     // Before the message: the frame may be its session's last.
                     self.note_packing(unpacked);
                     if let Some(msg) = msg {
@@ -308,8 +308,8 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                     local: c.local.map(|a| a.to_string()).unwrap_or_default(),
                     remote: c.remote.map(|a| a.to_string()).unwrap_or_default(),
                     age_secs: secs(c.created),
-                    bytes_sent: c.bytes_sent,
-                    bytes_received: c.bytes_received,
+                    bytes_sent: c.records.bytes_sent,
+                    bytes_received: c.records.bytes_received,
                     tcp: Some(super::wan::tcp_stats(sock)),
                     ..Default::default()
                 })
@@ -385,7 +385,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
             return true;
         };
         let queued = self.wan.socket(c.handle).send_queue();
-        t.core.session_count() == 0 && c.drained() && queued == 0
+        t.core.session_count() == 0 && c.records.drained() && queued == 0
     }
 }
 

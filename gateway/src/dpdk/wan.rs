@@ -2,27 +2,21 @@
 //! handshake (bytes read exactly as needed, so nothing of the record stream
 //! is consumed early), then records both ways through the crypto stage.
 //!
-//! Reading is bounded: while more than [`OPEN_BACKLOG`] bytes of this
-//! connection wait in the crypto stage, nothing more is read from the
-//! socket, so its receive window closes and the peer slows down. Writing is
-//! pulled: the tunnel asks [`WanConn::room_for_record`] before it hands a
-//! data flow another frame.
+//! The records' bookkeeping is the link layer's ([`RecordQueues`]): reading is
+//! bounded by what waits in the crypto stage, and writing is pulled: the
+//! tunnel asks [`WanConn::room_for_record`] before it hands a data flow
+//! another frame.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 
 use smoltcp::socket::tcp;
 
 use super::crypto::{ConnId, CryptoJob, CryptoPipe, CryptoStage};
 use crate::crypto::{RekeyPolicy, TrafficKeys};
-use crate::link::{self, ConnFailure, ConnHandshake, Record, RecordSplitter};
+use crate::link::record_queues::RecordQueues;
+use crate::link::{self, ConnFailure, ConnHandshake, Record};
 use crate::protocol::handshake::MAX_NOISE_MESSAGE;
 use crate::protocol::Message;
-
-/// Record bytes of one connection allowed in the crypto stage at once.
-pub const OPEN_BACKLOG: usize = 1 << 20;
-/// Seal jobs of one data flow in the crypto stage at once.
-const SEAL_BACKLOG: usize = 4;
 
 /// This gateway's keys and what it expects of the peer, and when records rekey.
 pub struct Identity<'a> {
@@ -50,18 +44,8 @@ pub struct WanConn {
     pub created: u64,
     pub remote: Option<SocketAddr>,
     pub local: Option<SocketAddr>,
-    incoming: RecordSplitter,
-    /// Body lengths of records in the crypto stage, oldest first.
-    opening: VecDeque<usize>,
-    open_bytes: usize,
-    sealing: usize,
-    /// Sealed records waiting for room in the socket; `out_off` of the
-    /// first has been written.
-    out: VecDeque<Vec<u8>>,
-    out_off: usize,
-    out_bytes: usize,
-    pub bytes_sent: u64,
-    pub bytes_received: u64,
+    /// Records in the crypto stage and waiting for the socket; the bytes counts.
+    pub records: RecordQueues,
     /// The dedup store the peer offered in this connection's handshake (0: none).
     pub peer_dedup: crate::crypto::DedupOffer,
 }
@@ -84,15 +68,7 @@ impl WanConn {
             created: now,
             remote: None,
             local: None,
-            incoming: RecordSplitter::default(),
-            opening: VecDeque::new(),
-            open_bytes: 0,
-            sealing: 0,
-            out: VecDeque::new(),
-            out_off: 0,
-            out_bytes: 0,
-            bytes_sent: 0,
-            bytes_received: 0,
+            records: RecordQueues::default(),
             peer_dedup: Default::default(),
         }
     }
@@ -164,7 +140,7 @@ impl WanConn {
             if n == 0 {
                 return Ok(false);
             }
-            self.bytes_received += n as u64;
+            self.records.bytes_received += n as u64;
             if let Some(done) = hs.take(&me.link, &piece[..n])? {
                 break done;
             }
@@ -199,7 +175,7 @@ impl WanConn {
     /// Writes handshake bytes, which a fresh socket's buffer always holds.
     fn write_now(&mut self, sock: &mut tcp::Socket, bytes: &[u8]) -> Result<(), ConnFailure> {
         let n = sock.send_slice(bytes).map_err(|_| ConnFailure::Reset)?;
-        self.bytes_sent += n as u64;
+        self.records.bytes_sent += n as u64;
         if n < bytes.len() {
             return Err(ConnFailure::Reset);
         }
@@ -214,16 +190,11 @@ impl WanConn {
         crypto: &mut CryptoStage<C>,
     ) -> Result<(), ConnFailure> {
         debug_assert!(self.is_keyed());
-        while self.open_bytes < OPEN_BACKLOG && sock.can_recv() {
-            let n = sock
-                .recv_slice(self.incoming.space())
-                .map_err(|_| ConnFailure::Closed)?;
-            self.bytes_received += n as u64;
-            let Some(Record { header, body }) = self.incoming.filled(n)? else {
+        while let Some(space) = self.records.read_space().filter(|_| sock.can_recv()) {
+            let n = sock.recv_slice(space).map_err(|_| ConnFailure::Closed)?;
+            let Some(Record { header, body }) = self.records.filled(n)? else {
                 continue;
             };
-            self.opening.push_back(body.len());
-            self.open_bytes += body.len();
             crypto.submit(CryptoJob::Open {
                 conn: self.id,
                 header,
@@ -233,42 +204,16 @@ impl WanConn {
         check_open(sock)
     }
 
-    /// A record of this connection came back from the crypto stage opened.
-    pub fn record_opened(&mut self) {
-        if let Some(len) = self.opening.pop_front() {
-            self.open_bytes -= len;
-        }
-    }
-
     /// Hands a message to the crypto stage to be sealed as the next record.
     pub fn seal<C: CryptoPipe>(&mut self, msg: Message, crypto: &mut CryptoStage<C>) {
-        self.sealing += 1;
+        self.records.sealing();
         crypto.submit(CryptoJob::Seal { conn: self.id, msg });
-    }
-
-    /// A sealed record came back: queue it for the socket.
-    pub fn record_sealed(&mut self, record: Vec<u8>) {
-        self.sealing = self.sealing.saturating_sub(1);
-        self.out_bytes += record.len();
-        self.out.push_back(record);
     }
 
     /// Writes queued records into the socket as far as it has room.
     pub fn flush(&mut self, sock: &mut tcp::Socket) -> Result<(), ConnFailure> {
-        while let Some(front) = self.out.front() {
-            let n = sock
-                .send_slice(&front[self.out_off..])
-                .map_err(|_| ConnFailure::Reset)?;
-            self.bytes_sent += n as u64;
-            self.out_bytes -= n;
-            self.out_off += n;
-            if self.out_off < front.len() {
-                break;
-            }
-            self.out.pop_front();
-            self.out_off = 0;
-        }
-        Ok(())
+        let send = |b: &[u8]| sock.send_slice(b).map_err(|_| ConnFailure::Reset);
+        self.records.write(send)
     }
 
     /// Whether a data flow should take another frame of up to
@@ -278,17 +223,12 @@ impl WanConn {
     /// go to the flows that can send them soonest, not to the first flow
     /// with room in its buffer.
     pub fn room_for_record(&self, sock: &tcp::Socket, max_record: usize) -> bool {
-        let queued = self.out_bytes + (self.sealing + 1) * max_record;
+        let queued = self.records.queued(max_record);
         self.is_keyed()
-            && self.sealing < SEAL_BACKLOG
+            && self.records.may_seal()
             && sock.may_send()
             && sock.send_queue() + queued <= sock.send_capacity()
             && sock.send_unsent() + queued <= unsent_limit(sock, max_record)
-    }
-
-    /// Nothing of ours is waiting to go out (used before closing gracefully).
-    pub fn drained(&self) -> bool {
-        self.sealing == 0 && self.out.is_empty()
     }
 }
 

@@ -17,6 +17,8 @@
 //!   SYN cookies.
 //! - [`accept`]: what an accepted connection's first message makes of it.
 //! - [`records`]: records split off a connection's byte stream.
+//! - [`record_queues`]: one connection's records out for opening and sealing, and waiting for
+//!   its transport, bounded both ways.
 //! - [`crypto_stage`]: sealing and opening records for many connections, as jobs (the DPDK
 //!   datapath's crypto lcores run them).
 //! - [`failure`]: why a WAN connection failed, what the lifecycle makes of it, what it counts as.
@@ -46,6 +48,7 @@ pub mod handshake;
 pub mod idle;
 pub mod ingress;
 pub mod lifecycle;
+pub mod record_queues;
 pub mod records;
 pub mod stall;
 pub mod syn_gate;
