@@ -24,7 +24,7 @@ use super::wan::Conns;
 use super::{Gateway, Reader, Writer};
 use crate::admin::status::{ConnectionStatus, TunnelStatus};
 use crate::admin::Stats;
-use crate::link::stall::{self, SendSide, SentBatches, Stall};
+use crate::link::stall::{self, SendSide, SentBatches, StallStep};
 use crate::link::{
     open_client_session, ConnFailure, ConnRef, ConnTable, ConnectOrder, IdleTimeouts, TunnelState,
 };
@@ -559,34 +559,28 @@ impl Tunnel {
                 })
             })
             .flatten();
-        let stuck = stall.map(|_| me.stuck);
-        let now = self.now();
-        // A slow flow's frames go again only along with a restart: each
-        // time it took a batch it would be slow again, and sent twice.
-        let slow = stall == Some(Stall::Rate);
-        if slow && !sent.restart_due(now) {
-            return true;
-        }
-        if let Some(frames) = sent.check(info.sent.load(Ordering::Relaxed), stuck) {
-            if slow {
-                sent.restarted(now);
-                let cc = &self.gateway.tuning.congestion;
-                let peer = &self.peer;
-                match info.restart_congestion_control(cc) {
-                    Ok(()) => info!(
-                        "peer {peer}: data flow {idx} paced at {} B/s with {} B waiting, far slower than the other flows: {cc} restarted",
-                        me.pacing_rate, me.stuck
-                    ),
-                    Err(e) => warn!("peer {peer}: data flow {idx}: restarting {cc}: {e}"),
-                }
+        let written = info.sent.load(Ordering::Relaxed);
+        let (frames, restart) = match sent.step(self.now(), written, me.stuck, stall) {
+            StallStep::Send => return false,
+            StallStep::Hold => return true,
+            StallStep::Rescue { frames, restart } => (frames, restart),
+        };
+        if restart {
+            let (cc, peer) = (&self.gateway.tuning.congestion, &self.peer);
+            match info.restart_congestion_control(cc) {
+                Ok(()) => info!(
+                    "peer {peer}: data flow {idx} paced at {} B/s with {} B waiting, far slower than the other flows: {cc} restarted",
+                    me.pacing_rate, me.stuck
+                ),
+                Err(e) => warn!("peer {peer}: data flow {idx}: restarting {cc}: {e}"),
             }
-            self.with_state(|state, _, _| {
-                if state.table.flow(idx) == Some(id) {
-                    state.core.flow_stalled(idx, frames);
-                }
-            });
         }
-        stuck.is_some()
+        self.with_state(|state, _, _| {
+            if state.table.flow(idx) == Some(id) {
+                state.core.flow_stalled(idx, frames);
+            }
+        });
+        true
     }
 
     /// Credits what packing a batch's frames did to their sessions: once per batch, so

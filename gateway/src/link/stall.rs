@@ -119,16 +119,44 @@ pub struct SentBatches {
 /// saw one flow restarted ten times in a second before this).
 pub const RESTART_EVERY_US: u64 = 10_000_000;
 
-impl SentBatches {
-    /// Whether the flow's congestion control may be restarted at `now`.
-    pub fn restart_due(&self, now: u64) -> bool {
-        self.restarted_at
-            .is_none_or(|at| now.saturating_sub(at) >= RESTART_EVERY_US)
-    }
+/// What a flow's writer does about a stall ([`SentBatches::step`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StallStep {
+    /// Not stalled: take frames.
+    Send,
+    /// Stalled: take no new frames.
+    Hold,
+    /// Stalled: the newest `frames` go again on the other flows; `restart`: first start the
+    /// flow's congestion control afresh (its rate collapsed).
+    Rescue { frames: usize, restart: bool },
+}
 
-    /// Its congestion control was restarted at `now`.
-    pub fn restarted(&mut self, now: u64) {
-        self.restarted_at = Some(now);
+impl SentBatches {
+    /// Looks at the flow at `now`: `written` bytes so far, `stuck` of them waiting, and the
+    /// stall [`stalled`] found, if any. A slow flow's frames go again only along with a
+    /// restart: each time it took a batch it would be slow again, and they would be sent
+    /// twice.
+    pub fn step(&mut self, now: u64, written: u64, stuck: u64, stall: Option<Stall>) -> StallStep {
+        let slow = stall == Some(Stall::Rate);
+        let restart_due = self
+            .restarted_at
+            .is_none_or(|at| now.saturating_sub(at) >= RESTART_EVERY_US);
+        if slow && !restart_due {
+            return StallStep::Hold;
+        }
+        match self.check(written, stall.map(|_| stuck)) {
+            Some(frames) => {
+                if slow {
+                    self.restarted_at = Some(now);
+                }
+                StallStep::Rescue {
+                    frames,
+                    restart: slow,
+                }
+            }
+            None if stall.is_some() => StallStep::Hold,
+            None => StallStep::Send,
+        }
     }
 
     /// A batch of `frames` frames was written; the stream now ends at `end`.
@@ -181,6 +209,47 @@ mod tests {
         assert_eq!(s.check(3_000, None), None, "sending again");
         s.wrote(3_500, 1);
         assert_eq!(s.check(3_500, Some(100)), Some(1), "a new stall");
+    }
+
+    #[test]
+    fn a_slow_flow_is_rescued_with_a_restart_at_most_every_ten_seconds() {
+        let mut s = SentBatches::default();
+        s.wrote(1_000, 2);
+        let rate = Some(Stall::Rate);
+        assert_eq!(s.step(0, 1_000, 0, None), StallStep::Send);
+        let rescue = StallStep::Rescue {
+            frames: 2,
+            restart: true,
+        };
+        assert_eq!(s.step(5, 1_000, 800, rate), rescue);
+        assert_eq!(
+            s.step(6, 1_000, 800, rate),
+            StallStep::Hold,
+            "the same stall"
+        );
+        assert_eq!(s.step(7, 1_000, 0, None), StallStep::Send);
+        s.wrote(2_000, 3);
+        let soon = RESTART_EVERY_US;
+        assert_eq!(s.step(soon, 2_000, 500, rate), StallStep::Hold, "too soon");
+        let window = s.step(soon, 2_000, 500, Some(Stall::Window));
+        assert_eq!(
+            window,
+            StallStep::Rescue {
+                frames: 3,
+                restart: false
+            },
+            "no restart"
+        );
+        s.wrote(3_000, 1);
+        assert_eq!(s.step(soon + 5, 3_000, 0, None), StallStep::Send);
+        let later = s.step(soon + 5, 3_000, 900, rate);
+        assert_eq!(
+            later,
+            StallStep::Rescue {
+                frames: 1,
+                restart: true
+            }
+        );
     }
 
     #[test]
@@ -252,15 +321,6 @@ mod tests {
         assert_eq!(stalled(&side(4, 1, 800), &others), Some(Stall::Window));
         assert_eq!(stalled(&side(4, 0, 800), &others), None);
         assert_eq!(stalled(&side(4, 1, 800), &[side(3, 0, 1)]), None);
-    }
-
-    #[test]
-    fn a_flows_congestion_control_is_restarted_at_most_every_ten_seconds() {
-        let mut s = SentBatches::default();
-        assert!(s.restart_due(5));
-        s.restarted(5);
-        assert!(!s.restart_due(5 + RESTART_EVERY_US - 1));
-        assert!(s.restart_due(5 + RESTART_EVERY_US));
     }
 
     #[test]
