@@ -114,6 +114,34 @@ impl Sealing {
         Ok(sealed.expect("sealing that may compress always seals"))
     }
 
+    /// Seals the messages at the front of `msgs` that cost no compression
+    /// ([`Sealing::seal_cheaply`]), up to the first worth compressing: what each became.
+    pub fn seal_cheap_prefix(
+        &mut self,
+        msgs: &[Message],
+        out: &mut Vec<u8>,
+        now: Instant,
+    ) -> Result<Vec<Sealed>, RecordError> {
+        let mut sealed = Vec::new();
+        for m in msgs {
+            match self.seal_cheaply(m, out, now)? {
+                Some(s) => sealed.push(s),
+                None => break,
+            }
+        }
+        Ok(sealed)
+    }
+
+    /// Seals every message of `msgs`, in order.
+    pub fn seal_all(
+        &mut self,
+        msgs: &[Message],
+        out: &mut Vec<u8>,
+        now: Instant,
+    ) -> Result<Vec<Sealed>, RecordError> {
+        msgs.iter().map(|m| self.seal(m, out, now)).collect()
+    }
+
     /// A key update left in `out` when `cheap_only` declines the frame is fine: the frame
     /// follows it, sealed under the new key, when it is sealed.
     fn seal_with(
@@ -568,11 +596,10 @@ mod tests {
             frame_of(1, 0, random_bytes(65536, 5)),
             frame_of(1, 65536, b"dirty page ".repeat(6000)),
         );
+        let batch = [random.clone(), text.clone(), random];
         let mut wire = Vec::new();
-        assert!(sealing
-            .seal_cheaply(&random, &mut wire, t0)
-            .unwrap()
-            .is_some());
+        let cheap = sealing.seal_cheap_prefix(&batch, &mut wire, t0).unwrap();
+        assert_eq!(cheap.len(), 1, "up to the text frame");
         let sealed_random = wire.len();
         assert!(sealing
             .seal_cheaply(&text, &mut wire, t0)
@@ -583,8 +610,9 @@ mod tests {
             sealed_random,
             "nothing written for the text frame"
         );
-        let _ = sealing.seal(&text, &mut wire, t0).unwrap();
-        assert_eq!(open_all(&mut Opening::new(&key), &wire), vec![random, text]);
+        let rest = sealing.seal_all(&batch[1..], &mut wire, t0).unwrap();
+        assert_eq!(rest.len(), 2);
+        assert_eq!(open_all(&mut Opening::new(&key), &wire), batch.to_vec());
     }
 
     #[test]

@@ -298,24 +298,18 @@ impl<W: AsyncWrite + Unpin> RecordWriter<W> {
         }
         // Control, zero and incompressible frames are cheap enough for the reactor; from the
         // first frame worth compressing on, the batch goes to the pool.
+        let sealing = self.sealing.as_mut();
+        let sealing = sealing.expect("a batch is sealed before the next message");
         let now = std::time::Instant::now();
-        let mut cheap = 0;
-        while let Some(m) = msgs.get(cheap) {
-            let (sealing, out) = (self.sealing.as_mut(), &mut self.out);
-            let sealing = sealing.expect("a batch is sealed before the next message");
-            match sealing
-                .seal_cheaply(m, out, now)
-                .map_err(ConnFailure::Seal)?
-            {
-                Some(sealed) => self.note(sealed),
-                None => break,
-            }
-            cheap += 1;
-        }
-        if cheap == msgs.len() {
+        let cheap = sealing
+            .seal_cheap_prefix(&msgs, &mut self.out, now)
+            .map_err(ConnFailure::Seal)?;
+        let n = cheap.len();
+        cheap.into_iter().for_each(|s| self.note(s));
+        if n == msgs.len() {
             return Ok(());
         }
-        msgs.drain(..cheap);
+        msgs.drain(..n);
         let permit =
             match &self.sealers {
                 Some(s) => Some(s.clone().acquire_owned().await.map_err(|_| {
@@ -327,15 +321,8 @@ impl<W: AsyncWrite + Unpin> RecordWriter<W> {
         let mut out = std::mem::take(&mut self.out);
         let (sealing, out, sealed) = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            let now = std::time::Instant::now();
-            let mut all = Vec::with_capacity(msgs.len());
-            for m in &msgs {
-                match sealing.seal(m, &mut out, now) {
-                    Ok(s) => all.push(s),
-                    Err(e) => return (sealing, out, Err(e)),
-                }
-            }
-            (sealing, out, Ok(all))
+            let sealed = sealing.seal_all(&msgs, &mut out, std::time::Instant::now());
+            (sealing, out, sealed)
         })
         .await
         .map_err(|e| ConnFailure::Io(io::Error::other(format!("sealing a batch: {e}"))))?;
