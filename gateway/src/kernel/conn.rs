@@ -8,11 +8,10 @@ use std::sync::Arc;
 
 use crate::admin::Stats;
 
-use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::crypto::{DedupOffer, Opening, RekeyPolicy, Sealed, Sealing, TrafficKeys};
-use crate::link::{ConnFailure, ConnHandshake, Done, Identity, Record, RecordSplitter};
+use crate::link::{ConnFailure, ConnHandshake, Done, Identity, Next, ReadAhead, Record};
 use crate::protocol::handshake::MAX_NOISE_MESSAGE;
 use crate::protocol::packed::CodecSet;
 use crate::protocol::Message;
@@ -118,15 +117,11 @@ impl ConnInfo {
 ///
 /// A record held for long (a data payload waiting for its endpoint) must not
 /// pin memory beyond its own size, so every body gets an allocation of exactly
-/// its length ([`RecordSplitter`]) and is decrypted in place there. Small
-/// records come through a small read-ahead buffer (many per read); the rest
-/// of a large body is read straight into its allocation.
+/// its length ([`ReadAhead`]) and is decrypted in place there.
 pub struct RecordReader<R> {
     inner: R,
     opening: Opening,
-    splitter: RecordSplitter,
-    /// Bytes read past the current record.
-    buf: BytesMut,
+    incoming: ReadAhead,
     info: Arc<ConnInfo>,
     /// What unpacking the last message cost, until [`RecordReader::take_unpacked`].
     unpacked: Option<PackNote>,
@@ -134,18 +129,12 @@ pub struct RecordReader<R> {
     peer_dedup: DedupOffer,
 }
 
-/// Read-ahead for record headers and small records.
-const READ_AHEAD: usize = 16 * 1024;
-/// The rest of a body at least this long is read straight into it.
-const READ_DIRECT: usize = 8 * 1024;
-
 impl<R: AsyncRead + Unpin> RecordReader<R> {
     pub fn new(inner: R, keys: &TrafficKeys, info: Arc<ConnInfo>) -> Self {
         RecordReader {
             inner,
             opening: Opening::new(&keys.recv),
-            splitter: RecordSplitter::default(),
-            buf: BytesMut::new(),
+            incoming: ReadAhead::default(),
             info,
             unpacked: None,
             peer_dedup: keys.peer_dedup,
@@ -176,27 +165,17 @@ impl<R: AsyncRead + Unpin> RecordReader<R> {
     /// The next whole record off the stream.
     async fn next_record(&mut self) -> Result<Record, ConnFailure> {
         loop {
-            if !self.buf.is_empty() {
-                let (used, record) = self.splitter.feed(&self.buf)?;
-                let _ = self.buf.split_to(used);
-                match record {
-                    Some(record) => return Ok(record),
-                    None => continue,
-                }
-            }
-            let direct = self.splitter.body_left().is_some_and(|n| n >= READ_DIRECT);
-            let n = if direct {
-                self.inner.read(self.splitter.space()).await?
-            } else {
-                self.buf.reserve(READ_AHEAD);
-                self.inner.read_buf(&mut self.buf).await?
+            let (n, direct) = match self.incoming.record()? {
+                Next::Record(record) => return Ok(record),
+                Next::ReadBody(space) => (self.inner.read(space).await?, true),
+                Next::ReadAhead(buf) => (self.inner.read_buf(buf).await?, false),
             };
             if n == 0 {
                 return Err(ConnFailure::Closed);
             }
             self.info.received.fetch_add(n as u64, Ordering::Relaxed);
             if direct {
-                if let Some(record) = self.splitter.filled(n)? {
+                if let Some(record) = self.incoming.body_filled(n)? {
                     return Ok(record);
                 }
             }

@@ -73,7 +73,7 @@ pub use ingress::{
     IngressCheck, IngressRefusal,
 };
 pub use lifecycle::{Action, Count, Fault, FaultKind, Lifecycle, LinkError, LinkSetup};
-pub use records::{Record, RecordSplitter};
+pub use records::{Next, ReadAhead, Record, RecordSplitter};
 pub use tunnel::{Applied, ConnNames, TunnelSetup, TunnelState};
 pub use welcome::{name_mismatch, welcome_step, WelcomeStep};
 

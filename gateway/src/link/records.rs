@@ -2,7 +2,8 @@
 //! then the sealed body it announces, whose length is checked before anything is allocated for
 //! it. The driver either hands over bytes it has read already ([`RecordSplitter::feed`]) or
 //! reads straight into the space the splitter names ([`RecordSplitter::space`], then
-//! [`RecordSplitter::filled`]), which spares a large body a copy.
+//! [`RecordSplitter::filled`]), which spares a large body a copy. [`ReadAhead`] does both for
+//! a driver that reads a stream in chunks.
 
 use bytes::BytesMut;
 
@@ -89,6 +90,53 @@ impl RecordSplitter {
     }
 }
 
+/// Read-ahead for record headers and small records.
+const READ_AHEAD: usize = 16 * 1024;
+/// The rest of a body at least this long is read straight into it.
+const READ_DIRECT: usize = 8 * 1024;
+
+/// A splitter with a read-ahead buffer: small records come many per read through the buffer,
+/// and the rest of a large body is read straight into its own allocation, so a record held
+/// for long pins no memory beyond its size.
+#[derive(Debug, Default)]
+pub struct ReadAhead {
+    splitter: RecordSplitter,
+    /// Bytes read past the current record.
+    buf: BytesMut,
+}
+
+/// What [`ReadAhead::record`] found.
+pub enum Next<'a> {
+    Record(Record),
+    /// Read into the rest of a large body, then call [`ReadAhead::body_filled`].
+    ReadBody(&'a mut [u8]),
+    /// Read (append) into the read-ahead buffer.
+    ReadAhead(&'a mut BytesMut),
+}
+
+impl ReadAhead {
+    /// The next whole record out of what was read, or where to read next.
+    pub fn record(&mut self) -> Result<Next<'_>, RecordError> {
+        while !self.buf.is_empty() {
+            let (used, record) = self.splitter.feed(&self.buf)?;
+            let _ = self.buf.split_to(used);
+            if let Some(record) = record {
+                return Ok(Next::Record(record));
+            }
+        }
+        if self.splitter.body_left().is_some_and(|n| n >= READ_DIRECT) {
+            return Ok(Next::ReadBody(self.splitter.space()));
+        }
+        self.buf.reserve(READ_AHEAD);
+        Ok(Next::ReadAhead(&mut self.buf))
+    }
+
+    /// `n` bytes were read into [`Next::ReadBody`]: the record, once whole.
+    pub fn body_filled(&mut self, n: usize) -> Result<Option<Record>, RecordError> {
+        self.splitter.filled(n)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,5 +220,40 @@ mod tests {
         assert_eq!(used, 24);
         check(&[rec.unwrap()], &[20]);
         assert_eq!(s.body_left(), None);
+    }
+
+    /// Reads of every size give the same records.
+    #[test]
+    fn read_ahead_splits_a_stream_read_in_any_chunks() {
+        let lens = [16, 100, 20_000, 40, 9_000, 16];
+        let wire = stream(&lens);
+        for chunk in [1, 7, 4096, 70_000] {
+            let (mut r, mut at, mut records, mut direct) = (ReadAhead::default(), 0, vec![], 0);
+            while records.len() < lens.len() {
+                let n = |space: usize| space.min(chunk).min(wire.len() - at);
+                match r.record().unwrap() {
+                    Next::Record(record) => records.push(record),
+                    Next::ReadBody(space) => {
+                        let n = n(space.len());
+                        space[..n].copy_from_slice(&wire[at..at + n]);
+                        at += n;
+                        direct += 1;
+                        records.extend(r.body_filled(n).unwrap());
+                    }
+                    Next::ReadAhead(buf) => {
+                        // As a read into a buffer does: at most its spare room.
+                        let n = n(buf.capacity() - buf.len());
+                        buf.extend_from_slice(&wire[at..at + n]);
+                        at += n;
+                    }
+                }
+            }
+            check(&records, &lens);
+            // Small reads leave most of a large body to come: it is read straight in.
+            assert!(
+                chunk > 4096 || direct > 0,
+                "chunks of {chunk}: no direct read"
+            );
+        }
     }
 }
