@@ -11,11 +11,12 @@ use log::warn;
 
 use super::crypto::CryptoPipe;
 use super::engine::Engine;
-use super::lan::{Endpoint, State};
+use super::lan::Endpoint;
 use super::phy::FramePort;
 use crate::admin::Stats;
 use crate::link::{check_egress, EgressCheck, TargetRefusal};
 use crate::protocol::SessionId;
+use crate::session::pump::State;
 
 impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
     /// The peer asked for a connection to `target` (event `ConnectRequested`): it waits for
@@ -66,7 +67,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
             Ok(()) => {
                 let deadline = now + self.config.connect_timeout_ms * 1000;
                 if let Some(ep) = self.endpoints.get_mut(&id) {
-                    ep.state = State::Connecting { deadline };
+                    ep.pump.state = State::Connecting { deadline };
                 }
             }
             Err(why) => {
@@ -85,7 +86,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
             return;
         };
         let queued = self.endpoints.get(&next);
-        if queued.is_some_and(|e| e.state == State::Queued) {
+        if queued.is_some_and(|e| e.pump.state == State::Queued) {
             self.start_connect(next, now);
         }
     }

@@ -2,10 +2,10 @@
 //! sockets. Ingress takes connections on the configured ports (`listen`:
 //! to one target; `tproxy`: any intercepted destination, which becomes the
 //! target), egress connects to allowlisted targets the peer asked for, and
-//! each session's two pumps move bytes between its socket and the core with
-//! backpressure: bytes are read from a socket only while the core has send
-//! capacity, and taken from the core only when the socket has room.
-//! Half-close travels as FIN, a reset as RST, both ways.
+//! each session's pump ([`crate::session::pump`], driven here) moves bytes
+//! between its socket and the core with backpressure: bytes are read from a
+//! socket only while the core has send capacity, and taken from the core only
+//! when the socket has room. Half-close travels as FIN, a reset as RST, both ways.
 //!
 //! A client's SYN only makes a half-open connection: its source is checked
 //! (`sources`, `max_sessions_per_source`) at once, and refused with an RST;
@@ -19,7 +19,7 @@
 
 use std::net::SocketAddr;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use log::{debug, info, warn};
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
@@ -35,7 +35,7 @@ use crate::link::{
     connect_timeout_line, no_tunnel_line, open_client_session, peer_refused_line, TargetRefusal,
 };
 use crate::protocol::{RefuseReason, ResetReason, SessionId};
-use crate::session::ReadOutcome;
+use crate::session::pump::{LocalSocket, Outcome, Pump, State};
 
 /// A socket that is closing is forced shut after this long.
 const CLOSE_LINGER_US: u64 = 60_000_000;
@@ -44,41 +44,17 @@ const CLOSE_LINGER_US: u64 = 60_000_000;
 /// far less time than a flood takes to displace it).
 const HALF_OPEN_PER_LISTENER: usize = 4;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum State {
-    /// Our ingress: waiting for the peer's accept.
-    Opening,
-    /// The peer's session: waiting for the connects before it to the same
-    /// target (egress.rs keeps the order).
-    Queued,
-    /// The peer's session: connecting to the target until the deadline.
-    Connecting {
-        deadline: u64,
-    },
-    Open,
-}
-
 /// One session's local TCP connection.
 pub struct Endpoint {
     pub(super) handle: SocketHandle,
-    pub(super) state: State,
+    /// Its state, and the bytes and ends on their way between socket and core.
+    pub(super) pump: Pump,
     /// The client, for sessions from our ingress.
     pub source: Option<SocketAddr>,
     pub(super) target: SocketAddr,
     pub started: u64,
-    /// Bytes taken from the core that the socket had no room for yet.
-    pub(super) down: Option<Bytes>,
-    /// The endpoint's FIN arrived (seen in a state only a FIN leads to);
-    /// a socket that turns Closed without it was reset.
-    pub(super) fin_seen: bool,
-    /// The endpoint half-closed and the core knows.
-    pub(super) up_done: bool,
-    /// The core's stream ended and the socket was closed (FIN queued).
-    pub(super) down_done: bool,
     /// Sessions from our ingress: which `[[ingress]]` (its index).
     pub(super) ingress: Option<usize>,
-    /// Until when the peer may take to accept (µs): the ingress's connect timeout.
-    pub(super) open_by: u64,
 }
 
 impl Endpoint {
@@ -87,16 +63,11 @@ impl Endpoint {
     pub(super) fn new(handle: SocketHandle, state: State, target: SocketAddr, now: u64) -> Self {
         Endpoint {
             handle,
-            state,
+            pump: Pump::new(state),
             source: None,
             target,
             started: now,
-            down: None,
-            fin_seen: false,
-            up_done: false,
-            down_done: false,
             ingress: None,
-            open_by: u64::MAX,
         }
     }
 }
@@ -131,10 +102,57 @@ fn fmt_source(source: Option<SocketAddr>) -> String {
     source.map_or("?".into(), |s| s.to_string())
 }
 
-/// States reached only after the endpoint's FIN arrived.
-fn fin_received(sock: &tcp::Socket) -> bool {
-    use tcp::State::*;
-    matches!(sock.state(), CloseWait | LastAck | Closing | TimeWait)
+/// The pump's view of a LAN socket.
+impl LocalSocket for tcp::Socket<'_> {
+    fn can_recv(&self) -> bool {
+        tcp::Socket::can_recv(self)
+    }
+
+    fn recv_upto(&mut self, max: usize) -> Bytes {
+        self.recv(|buf| {
+            let n = buf.len().min(max);
+            (n, Bytes::copy_from_slice(&buf[..n]))
+        })
+        .unwrap_or_default()
+    }
+
+    fn send(&mut self, data: &[u8]) -> usize {
+        self.send_slice(data).unwrap_or(0)
+    }
+
+    fn close(&mut self) {
+        tcp::Socket::close(self);
+    }
+
+    fn is_closed(&self) -> bool {
+        self.state() == tcp::State::Closed
+    }
+
+    /// States reached only after the endpoint's FIN arrived.
+    fn fin_received(&self) -> bool {
+        use tcp::State::*;
+        matches!(self.state(), CloseWait | LastAck | Closing | TimeWait)
+    }
+
+    fn is_connected(&self) -> bool {
+        is_connected(self)
+    }
+
+    fn is_established(&self) -> bool {
+        self.state() == tcp::State::Established
+    }
+
+    fn is_connecting(&self) -> bool {
+        self.state() == tcp::State::SynSent
+    }
+
+    fn clear_timeout(&mut self) {
+        self.set_timeout(None);
+    }
+
+    fn describe(&self) -> String {
+        format!("state {}, recv_queue {}", self.state(), self.recv_queue())
+    }
 }
 
 impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
@@ -385,7 +403,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                     let ep = Endpoint {
                         source: Some(w.source),
                         ingress: Some(w.ingress),
-                        open_by: w.open_by,
+                        pump: Pump::opening(w.open_by),
                         ..Endpoint::new(w.handle, State::Opening, w.target, now)
                     };
                     self.endpoints.insert(id, ep);
@@ -403,7 +421,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         warn!("{}", connect_timeout_line(what, i, timeout));
     }
 
-    /// Moves one session forward.
+    /// Moves one session forward ([`Pump::step`]) and does what that leaves to the driver.
     fn pump(&mut self, id: SessionId, now: u64) {
         let Some(ep) = self.endpoints.get_mut(&id) else {
             return;
@@ -412,102 +430,27 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
             return;
         };
         let sock = self.lan.sockets.get_mut::<tcp::Socket>(ep.handle);
-        match ep.state {
-            // Its turn to connect has not come (see egress.rs).
-            State::Queued => {}
-            State::Connecting { deadline } => {
-                let why = match sock.state() {
-                    tcp::State::Established => {
-                        sock.set_timeout(None);
-                        ep.state = State::Open;
-                        if t.core.accept(id).is_ok() {
-                            Stats::inc(&self.stats.sessions_accepted);
-                            info!("session {id}: peer {} -> {} connected", t.peer, ep.target);
-                        }
-                        return self.egress_done(id, now);
-                    }
-                    tcp::State::SynSent if now < deadline => return,
-                    tcp::State::SynSent => "timed out",
-                    _ => "refused or unreachable",
-                };
+        let frame_len = self.config.limits.frame_len;
+        match ep.pump.step(now, id, &mut t.core, sock, frame_len) {
+            Outcome::Idle | Outcome::Reset => {}
+            Outcome::Connected { accepted } => {
+                if accepted {
+                    Stats::inc(&self.stats.sessions_accepted);
+                    info!("session {id}: peer {} -> {} connected", t.peer, ep.target);
+                }
+                self.egress_done(id, now);
+            }
+            Outcome::ConnectFailed(why) => {
                 let (h, target) = (ep.handle, ep.target);
                 self.refuse_egress(id, target, TargetRefusal::ConnectFailed(why.into()));
                 self.endpoints.remove(&id);
                 self.close_lan(h, now);
                 self.egress_done(id, now);
             }
-            State::Opening | State::Open => {
-                ep.fin_seen |= fin_received(sock);
-                if sock.state() == tcp::State::Closed && !(ep.fin_seen && ep.down_done) {
-                    // The endpoint reset, timed out, or never finished its
-                    // handshake: not a clean end of both directions.
-                    t.core.reset(id, ResetReason::ConnectionReset);
-                    return;
-                }
-                if ep.state == State::Opening && now >= ep.open_by {
-                    // The peer is told (reset, reason timeout) and gives up its connect.
-                    let what = format!("session {id}: {} -> {}", fmt_source(ep.source), ep.target);
-                    t.core.reset(id, ResetReason::Timeout);
-                    if let Some(i) = ep.ingress {
-                        self.connect_timed_out(i, &what);
-                    }
-                    return;
-                }
-                if ep.state == State::Opening || !(is_connected(sock) || sock.can_recv()) {
-                    return;
-                }
-                sock.set_timeout(None);
-                if !ep.up_done {
-                    let frame_len = self.config.limits.frame_len;
-                    loop {
-                        let Ok(cap) = t.core.send_capacity(id) else {
-                            return;
-                        };
-                        if cap == 0 || !sock.can_recv() {
-                            break;
-                        }
-                        // One frame's worth per chunk: heap-sized buffers the
-                        // allocator recycles (larger ones are mmapped and
-                        // page-faulted in anew each time).
-                        let want = (cap as usize).min(frame_len);
-                        let chunk = sock
-                            .recv(|buf| {
-                                let n = buf.len().min(want);
-                                (n, Bytes::copy_from_slice(&buf[..n]))
-                            })
-                            .unwrap_or_default();
-                        if chunk.is_empty() || t.core.write(id, chunk).is_err() {
-                            break;
-                        }
-                    }
-                    if ep.fin_seen && !sock.can_recv() {
-                        log::debug!(
-                            "session {id}: endpoint finished (state {}, recv_queue {})",
-                            sock.state(),
-                            sock.recv_queue()
-                        );
-                        ep.up_done = true;
-                        let _ = t.core.finish(id);
-                    }
-                }
-                while !ep.down_done {
-                    if let Some(b) = &mut ep.down {
-                        let n = sock.send_slice(b).unwrap_or(0);
-                        b.advance(n);
-                        if !b.is_empty() {
-                            break;
-                        }
-                        ep.down = None;
-                    }
-                    match t.core.read(now, id) {
-                        Ok(ReadOutcome::Data(b)) => ep.down = Some(b),
-                        Ok(ReadOutcome::Finished) => {
-                            log::debug!("session {id}: stream finished, closing");
-                            sock.close();
-                            ep.down_done = true;
-                        }
-                        Ok(ReadOutcome::Blocked) | Err(_) => break,
-                    }
+            Outcome::ConnectTimedOut => {
+                let what = format!("session {id}: {} -> {}", fmt_source(ep.source), ep.target);
+                if let Some(i) = ep.ingress {
+                    self.connect_timed_out(i, &what);
                 }
             }
         }
@@ -517,7 +460,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         let Some(ep) = self.endpoints.get_mut(&id) else {
             return;
         };
-        ep.state = State::Open;
+        ep.pump.state = State::Open;
         // The idle clock starts when the session is open.
         let Some(i) = ep.ingress else { return };
         if let Some(limit) = self.config.ingress[i].idle_timeout {
@@ -553,7 +496,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
     pub(super) fn endpoint_reset(&mut self, id: SessionId, reason: ResetReason, now: u64) {
         if let Some(ep) = self.endpoints.remove(&id) {
             self.close_lan(ep.handle, now);
-            if matches!(ep.state, State::Queued | State::Connecting { .. }) {
+            if matches!(ep.pump.state, State::Queued | State::Connecting { .. }) {
                 // The peer gave up first (its client left, or its connect timeout ran out).
                 let peer = self.link.tunnel.as_ref().map_or("?", |t| t.peer.as_str());
                 info!(

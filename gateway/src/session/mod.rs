@@ -23,6 +23,7 @@ pub mod dedup_config;
 pub mod dedup_inventory;
 pub mod lan_window;
 pub mod pacer;
+pub mod pump;
 pub mod recv;
 pub mod scheduler;
 pub mod send;
