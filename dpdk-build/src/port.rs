@@ -55,6 +55,22 @@ pub struct PortStats {
     pub rx_no_mbuf: u64,
 }
 
+impl PortStats {
+    /// Each counter with its name (`rx_packets`, ...), for status and metrics.
+    pub fn named(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("rx_packets", self.rx_packets),
+            ("tx_packets", self.tx_packets),
+            ("rx_bytes", self.rx_bytes),
+            ("tx_bytes", self.tx_bytes),
+            ("rx_missed", self.rx_missed),
+            ("rx_errors", self.rx_errors),
+            ("tx_errors", self.tx_errors),
+            ("rx_no_mbuf", self.rx_no_mbuf),
+        ]
+    }
+}
+
 impl Port {
     /// The port DPDK probed under `name`: a PCI address (`0000:03:00.0`) or
     /// a vdev name (`net_af_packet0`).

@@ -6,6 +6,7 @@
 //! `lmas status` and metrics without knowing how they are served.
 
 pub mod allowlist;
+pub mod appliance;
 pub mod client;
 pub mod config;
 pub mod dpdk;

@@ -21,7 +21,7 @@ impl<F: Fn() -> Status + Send + Sync + 'static> StatusSource for F {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Status {
     pub gateway: String,
     pub peer: String,

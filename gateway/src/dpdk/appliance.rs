@@ -21,11 +21,12 @@ use std::time::{Duration, Instant};
 use lmas_dpdk::{Eal, Mempool, Port};
 use log::{info, warn};
 
-use super::crypto::{run_worker, CryptoPipe, CryptoQueues, InlineCrypto, WorkerRings};
+use super::crypto::{run_worker, CryptoPipe, CryptoQueues, InlineCrypto};
 use super::engine::{Engine, Ports};
 use super::phy::FramePort;
-use super::port::{open_port, run_io, IoPort, PortCounters, RingPort, RoleCounters};
+use super::port::{open_port, run_io, IoPort, RingPort};
 use super::Idle;
+use crate::admin::appliance::{ApplianceCounters, PortCounters, PortFigures, RoleCounters};
 use crate::admin::reload::Live;
 use crate::admin::signals::{Request, Signals};
 use crate::admin::{Config, Datapath, RunError, Stats, Status, StatusSource};
@@ -55,7 +56,7 @@ struct Shared {
     io: Vec<Arc<RoleCounters>>,
     /// Per TCP lcore (shard).
     tcp: Vec<RoleCounters>,
-    crypto: Vec<Arc<WorkerRings>>,
+    crypto: Vec<Arc<RoleCounters>>,
     /// Each port, with the counters of its end on every TCP lcore.
     ports: Vec<(&'static str, Port, Vec<Arc<PortCounters>>, Mempool)>,
     /// Packing of data frames: the policy the sealers follow, and what it did.
@@ -131,7 +132,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
             .map(|_| Arc::new(RoleCounters::default()))
             .collect(),
         tcp: (0..shards).map(|_| RoleCounters::default()).collect(),
-        crypto: workers.iter().map(|(_, w)| w.clone()).collect(),
+        crypto: workers.iter().map(|(_, w)| w.counters.clone()).collect(),
         ports: vec![
             ("lan", lan.port, counters_of(&lan), lan.pool),
             ("wan", wan.port, counters_of(&wan), wan.pool),
@@ -474,69 +475,28 @@ impl DpdkStatus {
 
 impl StatusSource for DpdkStatus {
     fn status(&self) -> Status {
-        let mut status = self
-            .shard_statuses()
-            .and_then(Status::merge_shards)
-            .unwrap_or_else(|| Status {
-                gateway: String::new(),
-                peer: String::new(),
-                uptime_secs: 0.0,
-                tunnel: None,
-                counters: Default::default(),
-                gauges: Default::default(),
-            });
-        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-        status
-            .gauges
-            .insert("dpdk_tsc_hz".into(), lmas_dpdk::tsc_hz());
+        let shards = self.shard_statuses().and_then(Status::merge_shards);
+        let mut status = shards.unwrap_or_default();
+        let shared = &self.shared;
         let c = &mut status.counters;
-        for (i, io) in self.shared.io.iter().enumerate() {
-            c.insert(format!("dpdk_io{i}_busy_ns"), load(&io.busy_ns));
-            c.insert(format!("dpdk_io{i}_packets"), load(&io.packets));
-        }
-        c.extend(self.shared.packing.stats.snapshot("compression_"));
-        // All TCP lcores together, and each one (tcp0, tcp1, ...).
-        let tcp = &self.shared.tcp;
-        let sum = |f: fn(&RoleCounters) -> &std::sync::atomic::AtomicU64| {
-            tcp.iter().map(|t| load(f(t))).sum::<u64>()
+        c.extend(shared.packing.stats.snapshot("compression_"));
+        let ports = shared
+            .ports
+            .iter()
+            .map(|(name, port, ends, pool)| PortFigures {
+                name,
+                nic: port.stats().named(),
+                ends,
+                mbufs_free: pool.available() as u64,
+            });
+        let counters = ApplianceCounters {
+            io: &shared.io,
+            tcp: &shared.tcp,
+            crypto: &shared.crypto,
+            ports: ports.collect(),
+            tsc_hz: lmas_dpdk::tsc_hz(),
         };
-        c.insert("dpdk_tcp_busy_ns".into(), sum(|t| &t.busy_ns));
-        c.insert("dpdk_tcp_packets".into(), sum(|t| &t.packets));
-        for (i, t) in tcp.iter().enumerate() {
-            c.insert(format!("dpdk_tcp{i}_busy_ns"), load(&t.busy_ns));
-            c.insert(format!("dpdk_tcp{i}_packets"), load(&t.packets));
-        }
-        for (i, w) in self.shared.crypto.iter().enumerate() {
-            c.insert(format!("dpdk_crypto{i}_busy_ns"), load(&w.busy_ns));
-            c.insert(format!("dpdk_crypto{i}_jobs"), load(&w.jobs_done));
-        }
-        for (name, port, counters, pool) in &self.shared.ports {
-            let s = port.stats();
-            for (k, v) in [
-                ("rx_packets", s.rx_packets),
-                ("tx_packets", s.tx_packets),
-                ("rx_bytes", s.rx_bytes),
-                ("tx_bytes", s.tx_bytes),
-                ("rx_missed", s.rx_missed),
-                ("rx_errors", s.rx_errors),
-                ("tx_errors", s.tx_errors),
-                ("rx_no_mbuf", s.rx_no_mbuf),
-                (
-                    "tx_dropped",
-                    counters.iter().map(|c| load(&c.tx_dropped)).sum(),
-                ),
-                (
-                    "rx_copy_failed",
-                    counters.iter().map(|c| load(&c.rx_copy_failed)).sum(),
-                ),
-            ] {
-                c.insert(format!("dpdk_{name}_{k}"), v);
-            }
-            let free = pool.available() as u64;
-            status
-                .gauges
-                .insert(format!("dpdk_{name}_mbufs_free"), free);
-        }
+        counters.add_to(&mut status);
         status
     }
 }

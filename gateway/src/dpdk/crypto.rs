@@ -14,12 +14,13 @@
 //! [`CryptoQueues`], the lock-free pair of rings per worker lcore, and the
 //! worker lcore's loop.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use crossbeam_queue::ArrayQueue;
 
+use crate::admin::appliance::RoleCounters;
 pub use crate::link::crypto_stage::{
     ConnId, CryptoDone, CryptoJob, CryptoPipe, CryptoStage, CryptoWorker, InlineCrypto,
 };
@@ -29,9 +30,8 @@ use crate::transform::PackPolicy;
 pub struct WorkerRings {
     jobs: ArrayQueue<CryptoJob>,
     done: ArrayQueue<CryptoDone>,
-    /// Cycles spent working and jobs done, for the per-role budget.
-    pub busy_ns: AtomicU64,
-    pub jobs_done: AtomicU64,
+    /// Time spent working and jobs done, for the per-role budget.
+    pub counters: Arc<RoleCounters>,
 }
 
 /// The TCP lcore's end of every crypto lcore's rings.
@@ -52,8 +52,7 @@ impl CryptoQueues {
                 Arc::new(WorkerRings {
                     jobs: ArrayQueue::new(RING_SLOTS),
                     done: ArrayQueue::new(RING_SLOTS),
-                    busy_ns: AtomicU64::new(0),
-                    jobs_done: AtomicU64::new(0),
+                    counters: Arc::default(),
                 })
             })
             .collect();
@@ -118,9 +117,6 @@ pub fn run_worker(
                 }
             }
         }
-        rings
-            .busy_ns
-            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        rings.jobs_done.fetch_add(1, Ordering::Relaxed);
+        rings.counters.add(started, 1);
     }
 }

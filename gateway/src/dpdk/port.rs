@@ -18,7 +18,7 @@
 //! (`rx_missed`) shows the overload; when the ring to the I/O lcore is full
 //! the TCP lcore's sockets see no room (`can_send` is false) and TCP paces.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -30,29 +30,12 @@ use log::{info, warn};
 
 use super::phy::FramePort;
 use super::Idle;
+use crate::admin::appliance::{PortCounters, RoleCounters};
 use crate::admin::dpdk::PortSpec;
 use crate::frames::steer::{steer, Steer};
 
 /// Slots of each ring between the I/O and TCP lcores.
 const RING_SLOTS: u32 = 4096;
-
-/// Work counters of one lcore role, for cycles-per-packet figures.
-#[derive(Debug, Default)]
-pub struct RoleCounters {
-    /// Time spent in turns that did work.
-    pub busy_ns: AtomicU64,
-    pub packets: AtomicU64,
-    pub turns: AtomicU64,
-}
-
-impl RoleCounters {
-    pub fn add(&self, started: Instant, packets: u64) {
-        self.busy_ns
-            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        self.packets.fetch_add(packets, Ordering::Relaxed);
-        self.turns.fetch_add(1, Ordering::Relaxed);
-    }
-}
 
 /// One port as the I/O lcore sees it: its NIC queues, and a ring each way
 /// per TCP lcore (shard).
@@ -144,20 +127,6 @@ pub fn run_io(mut ports: Vec<IoPort>, stop: &AtomicBool, idle: &Idle, counters: 
             counters.add(started, moved as u64);
         }
     }
-}
-
-/// Frame counters of a [`RingPort`].
-#[derive(Debug, Default)]
-pub struct PortCounters {
-    pub rx_frames: AtomicU64,
-    pub tx_frames: AtomicU64,
-    /// Frames the stack built but had no mbuf or ring room for.
-    pub tx_dropped: AtomicU64,
-    /// Received frames longer than one mbuf segment (not expected with the
-    /// configured MTU; dropped).
-    pub rx_multi_segment: AtomicU64,
-    /// ARP frames not copied to every TCP lcore for want of an mbuf.
-    pub rx_copy_failed: AtomicU64,
 }
 
 /// Where the TCP lcore's end of a port takes received frames from.

@@ -20,9 +20,10 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
+use lmas::admin::appliance::RoleCounters;
 use lmas::admin::dpdk::{parse_cidr, PortSpec};
 use lmas::dpdk::net::Net;
-use lmas::dpdk::port::{open_port, run_io, RingPort, RoleCounters};
+use lmas::dpdk::port::{open_port, run_io, RingPort};
 use lmas::dpdk::Idle;
 use lmas_dpdk::Eal;
 use lmas_tests::{hex, parse_size, DataGen};
