@@ -27,7 +27,7 @@ use smoltcp::wire::IpListenEndpoint;
 
 use super::crypto::CryptoPipe;
 use super::engine::Engine;
-use super::net::{endpoint_addr, is_connected, Retire};
+use super::net::{endpoint_addr, Retire};
 use super::phy::FramePort;
 use crate::admin::{Ingress, IngressMode, Stats};
 use crate::link::half_open::{HalfOpenTable, Handshake};
@@ -35,7 +35,7 @@ use crate::link::{
     connect_timeout_line, no_tunnel_line, open_client_session, peer_refused_line, TargetRefusal,
 };
 use crate::protocol::{RefuseReason, ResetReason, SessionId};
-use crate::session::pump::{LocalSocket, Outcome, Pump, State};
+use crate::session::pump::{LocalSocket, Outcome, Phase, Pump, State};
 
 /// A socket that is closing is forced shut after this long.
 const CLOSE_LINGER_US: u64 = 60_000_000;
@@ -124,26 +124,16 @@ impl LocalSocket for tcp::Socket<'_> {
         tcp::Socket::close(self);
     }
 
-    fn is_closed(&self) -> bool {
-        self.state() == tcp::State::Closed
-    }
-
-    /// States reached only after the endpoint's FIN arrived.
-    fn fin_received(&self) -> bool {
+    fn phase(&self) -> Phase {
         use tcp::State::*;
-        matches!(self.state(), CloseWait | LastAck | Closing | TimeWait)
-    }
-
-    fn is_connected(&self) -> bool {
-        is_connected(self)
-    }
-
-    fn is_established(&self) -> bool {
-        self.state() == tcp::State::Established
-    }
-
-    fn is_connecting(&self) -> bool {
-        self.state() == tcp::State::SynSent
+        match self.state() {
+            Closed => Phase::Closed,
+            SynSent => Phase::Connecting,
+            Listen | SynReceived => Phase::Handshaking,
+            Established => Phase::Established,
+            FinWait1 | FinWait2 => Phase::Closing,
+            CloseWait | LastAck | Closing | TimeWait => Phase::FinReceived,
+        }
     }
 
     fn clear_timeout(&mut self) {

@@ -31,22 +31,40 @@ pub trait LocalSocket {
     fn send(&mut self, data: &[u8]) -> usize;
     /// Queues our FIN.
     fn close(&mut self);
-    /// The connection is over: both FINs went through, or it was reset,
-    /// timed out, or never connected.
-    fn is_closed(&self) -> bool;
-    /// In a state only the endpoint's FIN leads to.
-    fn fin_received(&self) -> bool;
-    /// Past the three-way handshake (in any state after it).
-    fn is_connected(&self) -> bool;
-    /// Exactly established: our connect completed and neither end closed yet.
-    fn is_established(&self) -> bool;
-    /// Our connect is still waiting for an answer to its SYN.
-    fn is_connecting(&self) -> bool;
+    /// Where the connection is.
+    fn phase(&self) -> Phase;
     /// The connection is up: from now on it may be quiet for as long as it
     /// likes (a migration may be), so its connect timeout no longer applies.
     fn clear_timeout(&mut self);
     /// Its TCP state and receive queue, for a log line.
     fn describe(&self) -> String;
+}
+
+/// Where a local TCP connection is, as far as the pump cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Our connect waits for an answer to its SYN.
+    Connecting,
+    /// Its three-way handshake is under way (a listener took its SYN).
+    Handshaking,
+    /// Connected, and neither end closed.
+    Established,
+    /// Connected, and we closed (our FIN); the endpoint's has not come.
+    Closing,
+    /// Connected, and the endpoint's FIN arrived.
+    FinReceived,
+    /// Over: both FINs went through, or it was reset, timed out, or never connected.
+    Closed,
+}
+
+impl Phase {
+    /// Past the three-way handshake, and not over.
+    fn is_connected(self) -> bool {
+        matches!(
+            self,
+            Phase::Established | Phase::Closing | Phase::FinReceived
+        )
+    }
 }
 
 /// Where a session's local connection is.
@@ -148,13 +166,13 @@ impl Pump {
         sock: &mut S,
         deadline: Instant,
     ) -> Outcome {
-        if sock.is_established() {
+        if sock.phase() == Phase::Established {
             sock.clear_timeout();
             self.state = State::Open;
             let accepted = core.accept(id).is_ok();
             return Outcome::Connected { accepted };
         }
-        if !sock.is_connecting() {
+        if sock.phase() != Phase::Connecting {
             return Outcome::ConnectFailed("refused or unreachable");
         }
         if now < deadline {
@@ -173,8 +191,8 @@ impl Pump {
         sock: &mut S,
         frame_len: usize,
     ) -> Outcome {
-        self.fin_seen |= sock.fin_received();
-        if sock.is_closed() && !(self.fin_seen && self.down_done) {
+        self.fin_seen |= sock.phase() == Phase::FinReceived;
+        if sock.phase() == Phase::Closed && !(self.fin_seen && self.down_done) {
             // The endpoint reset, timed out, or never finished its
             // handshake: not a clean end of both directions.
             core.reset(id, ResetReason::ConnectionReset);
@@ -185,7 +203,7 @@ impl Pump {
             core.reset(id, ResetReason::Timeout);
             return Outcome::ConnectTimedOut;
         }
-        if self.state == State::Opening || !(sock.is_connected() || sock.can_recv()) {
+        if self.state == State::Opening || !(sock.phase().is_connected() || sock.can_recv()) {
             return Outcome::Idle;
         }
         sock.clear_timeout();
@@ -317,20 +335,19 @@ mod tests {
         fn close(&mut self) {
             self.fin_sent = true;
         }
-        fn is_closed(&self) -> bool {
-            self.closed
-        }
-        fn fin_received(&self) -> bool {
-            self.fin_received
-        }
-        fn is_connected(&self) -> bool {
-            self.connected
-        }
-        fn is_established(&self) -> bool {
-            self.connected && !self.fin_received && !self.fin_sent
-        }
-        fn is_connecting(&self) -> bool {
-            !self.connected && !self.closed
+        fn phase(&self) -> Phase {
+            match (
+                self.closed,
+                self.connected,
+                self.fin_received,
+                self.fin_sent,
+            ) {
+                (true, ..) => Phase::Closed,
+                (_, false, ..) => Phase::Connecting,
+                (_, _, true, _) => Phase::FinReceived,
+                (_, _, _, true) => Phase::Closing,
+                _ => Phase::Established,
+            }
         }
         fn clear_timeout(&mut self) {
             self.timeout_cleared = true;
