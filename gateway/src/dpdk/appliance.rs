@@ -35,9 +35,6 @@ use crate::link::{Drain, DrainStep, ResetCause};
 use crate::protocol::handshake::Shard;
 use crate::transform::{Adaptive, PackPolicy};
 
-/// How often `auto` compression looks at its measurements.
-const ADAPT_EVERY_US: u64 = 200_000;
-
 /// What the main lcore asks of the TCP lcore.
 enum Command {
     Status(SyncSender<Status>),
@@ -366,7 +363,6 @@ impl TcpLcore<'_> {
         } = self;
         let epoch = Instant::now();
         let mut adaptive = Adaptive::default();
-        let mut next_adapt = 0;
         let clock = || epoch.elapsed().as_micros() as u64 + 1;
         let counters: Vec<Arc<PortCounters>> =
             vec![ports.lan.counters.clone(), ports.wan.counters.clone()];
@@ -389,11 +385,9 @@ impl TcpLcore<'_> {
             let now = clock();
             let before = frames();
             let busy = engine.poll(now);
-            if adapts && now >= next_adapt {
-                next_adapt = now + ADAPT_EVERY_US;
-                if let Some(choice) = adaptive.observe(now, &shared.packing, sealers) {
-                    info!("compression (auto): now {choice}");
-                }
+            let adapted = adapts.then(|| adaptive.tick(now, &shared.packing, sealers));
+            if let Some(choice) = adapted.flatten() {
+                info!("compression (auto): now {choice}");
             }
             while let Ok(cmd) = inbox.try_recv() {
                 match cmd {

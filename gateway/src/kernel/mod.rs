@@ -42,7 +42,7 @@ use crate::admin::{Config, RunError, Stats, StatusSource, TunnelEnd};
 use crate::link::admission::PortGuard;
 use crate::link::{Clients, Lifecycle};
 use crate::protocol::ResetReason;
-use crate::transform::{Adaptive, Compression, PackPolicy};
+use crate::transform::{Adaptive, Compression, PackPolicy, ADAPT_EVERY_US};
 use conn::{ConnInfo, RecordReader, RecordWriter};
 use sockopt::WanTuning;
 use tunnel::Tunnel;
@@ -171,9 +171,6 @@ impl StatusSource for Gateway {
     }
 }
 
-/// How often `auto` compression looks at its counters.
-const ADAPT_EVERY: Duration = Duration::from_millis(200);
-
 /// How many flows may compress at once: half the cores (at least one).
 fn sealing_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
@@ -187,7 +184,7 @@ async fn adapt_packing(gateway: Arc<Gateway>) {
     let mut adaptive = Adaptive::default();
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(ADAPT_EVERY) => {}
+            _ = tokio::time::sleep(Duration::from_micros(ADAPT_EVERY_US)) => {}
             _ = gateway.stopping.cancelled() => return,
         }
         let now = gateway.now_us();

@@ -13,7 +13,9 @@ pub mod cpu_time;
 pub mod policy;
 
 pub use codec::{PackOutcome, Packer, UnpackError, Unpacker};
-pub use policy::{Adaptive, Choice, Compression, PackFigures, PackNote, PackPolicy, PackStats};
+pub use policy::{
+    Adaptive, Choice, Compression, PackFigures, PackNote, PackPolicy, PackStats, ADAPT_EVERY_US,
+};
 
 /// `n` incompressible bytes for tests (xorshift64 from `seed`), the same for the same seed.
 #[cfg(test)]

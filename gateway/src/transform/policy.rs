@@ -289,7 +289,23 @@ impl Default for Adaptive {
     }
 }
 
+/// How often `auto` looks at its counters: long enough for the rates between two samples to
+/// mean something.
+pub const ADAPT_EVERY_US: u64 = 200_000;
+
 impl Adaptive {
+    /// [`Adaptive::observe`], once [`ADAPT_EVERY_US`] has passed since the last sample: for a
+    /// loop that calls it every turn.
+    pub fn tick(&mut self, now: u64, policy: &PackPolicy, workers: usize) -> Option<Choice> {
+        if self
+            .last
+            .is_some_and(|l| now.saturating_sub(l.at) < ADAPT_EVERY_US)
+        {
+            return None;
+        }
+        self.observe(now, policy, workers)
+    }
+
     /// Adjusts `policy` (if in `auto`) from its counters since the last call. `now` in
     /// microseconds; `workers` is how many threads seal in parallel. Returns the choice when
     /// it changed.
@@ -375,7 +391,7 @@ mod tests {
         p.stats
             .pack_ns
             .fetch_add(cpu_ms * 1_000_000, Ordering::Relaxed);
-        a.observe(*t, p, 1);
+        a.tick(*t, p, 1);
     }
 
     #[test]
@@ -398,6 +414,18 @@ mod tests {
         // Incompressible data (the probe skips it): no reason to climb.
         interval(&mut a, &p, &mut t, 10 << 20, 10 << 20, 1);
         assert_eq!(p.choice(), Choice::Zstd(-1));
+    }
+
+    #[test]
+    fn tick_looks_only_every_200_ms() {
+        let p = PackPolicy::new(Compression::Auto);
+        let mut a = Adaptive::default();
+        assert_eq!(a.tick(0, &p, 1), None, "the first sample");
+        p.stats.bytes_in.fetch_add(100 << 20, Ordering::Relaxed);
+        p.stats.bytes_out.fetch_add(50 << 20, Ordering::Relaxed);
+        p.stats.pack_ns.fetch_add(190_000_000, Ordering::Relaxed);
+        assert_eq!(a.tick(ADAPT_EVERY_US - 1, &p, 1), None, "too soon");
+        assert_eq!(a.tick(ADAPT_EVERY_US, &p, 1), Some(Choice::Zstd(-1)));
     }
 
     #[test]
