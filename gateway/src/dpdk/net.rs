@@ -25,15 +25,12 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpo
 
 use super::phy::{FramePort, PortDevice};
 use crate::admin::dpdk::PortSpec;
-use crate::frames::steer::port_fits;
+use crate::frames::steer::{pick_port, EPHEMERAL};
 use crate::frames::{StackFilter, Verdict};
 use crate::protocol::handshake::Shard;
 
 mod gate;
 pub use gate::TunnelGate;
-
-/// First and last ephemeral port for our outgoing connections.
-const EPHEMERAL: std::ops::RangeInclusive<u16> = 49152..=65535;
 
 /// What frames reach the stack: the port's filter, then the tunnel port's gate for IPv4 to
 /// our own address.
@@ -345,21 +342,10 @@ impl<P: FramePort> Net<P> {
                 _ => None,
             })
             .collect();
-        let span = EPHEMERAL.end() - EPHEMERAL.start() + 1;
-        let mut local = None;
-        for _ in 0..span {
-            let p = self.next_port;
-            self.next_port = if p == *EPHEMERAL.end() {
-                *EPHEMERAL.start()
-            } else {
-                p + 1
-            };
-            if !in_use.contains(&p) && port_fits(p, remote.port(), self.shard) {
-                local = Some(p);
-                break;
-            }
-        }
-        let local = local.ok_or(tcp::ConnectError::Unaddressable)?;
+        let fits = pick_port(&mut self.next_port, remote.port(), self.shard, |p| {
+            in_use.contains(&p)
+        });
+        let local = fits.ok_or(tcp::ConnectError::Unaddressable)?;
         let remote = IpEndpoint::new(IpAddress::Ipv4(*remote.ip()), remote.port());
         let local = IpEndpoint::new(IpAddress::Ipv4(self.addr), local);
         let socket = self.sockets.get_mut::<tcp::Socket>(h);

@@ -43,6 +43,32 @@ pub fn port_fits(local: u16, remote: u16, shard: Shard) -> bool {
     shard_of_ports(local, remote, shard.count) == shard.index
 }
 
+/// First and last ephemeral port for our outgoing connections.
+pub const EPHEMERAL: std::ops::RangeInclusive<u16> = 49152..=65535;
+
+/// An ephemeral port, not `in_use`, for a connection to port `remote` that steers to `shard`:
+/// the first from `*next` on (wrapping at the end of the range), and `*next` moves past it.
+/// `None` when no such port is free.
+pub fn pick_port(
+    next: &mut u16,
+    remote: u16,
+    shard: Shard,
+    in_use: impl Fn(u16) -> bool,
+) -> Option<u16> {
+    for _ in EPHEMERAL {
+        let p = *next;
+        *next = if p >= *EPHEMERAL.end() {
+            *EPHEMERAL.start()
+        } else {
+            p + 1
+        };
+        if !in_use(p) && port_fits(p, remote, shard) {
+            return Some(p);
+        }
+    }
+    None
+}
+
 /// The shard of an Ethernet frame among `count`.
 pub fn steer(frame: &[u8], count: u8) -> Steer {
     const ETH: usize = 14;
@@ -121,6 +147,32 @@ mod tests {
                 prop_assert_eq!(steer(&tcp_frame(remote, local, 0), count), Steer::To(index));
             }
         }
+    }
+
+    #[test]
+    fn ports_are_picked_in_turn_for_the_shard_wrapping_and_skipping_those_in_use() {
+        let shard = Shard::new(1, 2).unwrap();
+        let fits = |p: u16| port_fits(p, 7700, shard);
+        let mut next = *EPHEMERAL.end() - 3;
+        let mut picked = Vec::new();
+        for _ in 0..6 {
+            picked.push(pick_port(&mut next, 7700, shard, |p| p % 7 == 0).unwrap());
+        }
+        assert!(picked
+            .iter()
+            .all(|&p| fits(p) && p % 7 != 0 && EPHEMERAL.contains(&p)));
+        assert!(
+            picked.windows(2).any(|w| w[1] < w[0]),
+            "wrapped: {picked:?}"
+        );
+        let mut sorted = picked.clone();
+        sorted.dedup();
+        assert_eq!(sorted.len(), picked.len(), "each in turn");
+        assert_eq!(
+            pick_port(&mut next, 7700, shard, |_| true),
+            None,
+            "all in use"
+        );
     }
 
     #[test]
