@@ -294,6 +294,12 @@ const DEFAULT_INGRESS_CONNECT_TIMEOUT_SECS: i64 = 30;
 
 /// What both datapaths build from the config the same way.
 impl Config {
+    /// Logs, at start, that the tunnel port at `addr` waits for the peer (and from where).
+    pub fn announce_tunnel_port(&self, addr: std::net::SocketAddr) {
+        let from = crate::link::admission::only_from(self.peer_source.as_ref());
+        log::info!("waiting for peer {} on {addr}{from}", self.peer_name);
+    }
+
     /// Our keys and what we expect of the peer, for a connection's handshake as `shard` of
     /// this gateway.
     pub fn identity(&self, shard: Shard) -> crate::link::Identity<'_> {

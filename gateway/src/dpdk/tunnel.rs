@@ -15,7 +15,7 @@
 
 use std::net::{SocketAddr, SocketAddrV4};
 
-use log::{info, warn};
+use log::warn;
 use smoltcp::socket::tcp;
 
 use super::crypto::{ConnId, CryptoJob, CryptoPipe};
@@ -25,7 +25,6 @@ use super::phy::FramePort;
 use super::wan::{Identity, WanConn};
 use crate::admin::{Stats, TunnelEnd};
 use crate::crypto::MAX_RECORD_LEN;
-use crate::link::admission;
 use crate::link::half_open::Handshake;
 use crate::link::lifecycle::Action;
 use crate::link::{ConnFailure, Role};
@@ -71,11 +70,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         self.start_ingress();
         if let TunnelEnd::Listen(addr) = self.config.tunnel {
             if self.shard.index == 0 {
-                info!(
-                    "waiting for peer {} on {addr}{}",
-                    self.config.peer_name,
-                    admission::only_from(self.config.peer_source.as_ref())
-                );
+                self.config.announce_tunnel_port(addr);
             }
             let sources = self.config.peer_source.clone();
             let gate = TunnelGate::new(addr.port(), sources, self.stats.clone());

@@ -263,11 +263,7 @@ async fn serve(config: Config) -> Result<(), RunError> {
                 let why = format!("cannot listen on {addr}: {e}");
                 RunError::field(file, "gateway.tunnel_listen", why)
             })?;
-            info!(
-                "waiting for peer {} on {addr}{}",
-                gateway.config.peer_name,
-                crate::link::admission::only_from(gateway.config.peer_source.as_ref())
-            );
+            gateway.config.announce_tunnel_port(addr);
             tokio::spawn(accept_loop(gateway.clone(), l));
         }
     }
