@@ -6,6 +6,7 @@
 //!   exists and yields fresh per-connection keys (forward secrecy).
 //! - [`channel`]: one direction of a connection as messages: sealing with
 //!   key updates by policy, opening that follows the peer's key updates.
+//! - [`random`]: seeds that must not be guessed.
 //! - [`record`]: AES-256-GCM sealing and opening of the records that follow,
 //!   with the record length authenticated and an implicit per-direction
 //!   counter nonce (a replayed, dropped or reordered record fails to open).
@@ -13,6 +14,7 @@
 pub mod channel;
 pub mod handshake;
 pub mod keys;
+pub mod random;
 pub mod record;
 
 pub use channel::{KeyUpdated, OpenError, Opened, Opening, RekeyPolicy, Sealed, Sealing};

@@ -114,7 +114,8 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
             panic!("Engine::new needs a config with datapath = \"dpdk\" (a caller bug)");
         };
         let dpdk = (**dpdk).clone();
-        let seed = seed();
+        // The stacks' initial sequence numbers and ports.
+        let seed = crate::crypto::random::seed();
         let mut lan = Net::new(ports.lan, ports.lan_mac, &dpdk.lan, seed, now);
         lan.shard = shard;
         let mut wan = Net::new(
@@ -387,17 +388,4 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         let queued = self.wan.socket(c.handle).send_queue();
         t.core.session_count() == 0 && c.records.drained() && queued == 0
     }
-}
-
-/// A per-process seed for the stacks' initial sequence numbers and ports.
-fn seed() -> u64 {
-    let mut b = [0u8; 8];
-    use ring::rand::SecureRandom;
-    if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        return t.as_nanos() as u64 ^ std::process::id() as u64;
-    }
-    u64::from_le_bytes(b)
 }
