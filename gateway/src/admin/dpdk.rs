@@ -104,6 +104,18 @@ impl DpdkConfig {
         v
     }
 
+    /// The crypto lcores of TCP lcore (shard) `k`: dealt out in turn, so shards get as many
+    /// as they can; a shard with none seals inline.
+    pub fn crypto_lcores_of(&self, k: usize) -> Vec<u32> {
+        let shards = self.tcp_lcores.len().max(1);
+        self.crypto_lcores
+            .iter()
+            .skip(k)
+            .step_by(shards)
+            .copied()
+            .collect()
+    }
+
     /// The EAL arguments for gateway `name` on a host with `cpus` CPUs: the configured ones,
     /// plus what is missing for the roles to run: an lcore map (each role's lcore on CPU
     /// `id % cpus`, when the config gives none) and a file prefix unique to this gateway (so
@@ -462,6 +474,25 @@ mod tests {
         let c = section("tcp_lcores = [2, 4]\ncrypto_lcores = [3, 5]").unwrap();
         assert_eq!(c.tcp_lcores, [2, 4]);
         assert_eq!(c.role_lcores(), [1, 2, 4, 3, 5]);
+        assert_eq!(
+            (c.crypto_lcores_of(0), c.crypto_lcores_of(1)),
+            (vec![3], vec![5])
+        );
+        let c = section(
+            "tcp_lcores = [2, 4]
+crypto_lcores = [3, 5, 6]",
+        )
+        .unwrap();
+        assert_eq!(
+            (c.crypto_lcores_of(0), c.crypto_lcores_of(1)),
+            (vec![3, 6], vec![5])
+        );
+        let c = section(
+            "tcp_lcores = [2, 4]
+crypto_lcores = [3]",
+        )
+        .unwrap();
+        assert!(c.crypto_lcores_of(1).is_empty(), "seals inline");
         let err = |text: &str| section(text).unwrap_err();
         for (text, field, why) in [
             (

@@ -103,14 +103,10 @@ pub fn run(config: Config) -> Result<(), RunError> {
     let packing = Arc::new(PackPolicy::new(config.compression));
 
     // Crypto lcores, dealt out to the shards; a shard with none seals inline.
-    let crypto_of = |k: usize| -> Vec<u32> {
-        let lcores = dpdk.crypto_lcores.iter();
-        lcores.skip(k).step_by(shards).copied().collect()
-    };
     let mut shard_crypto = Vec::new();
     let mut workers = Vec::new();
     for k in 0..shards {
-        let lcores = crypto_of(k);
+        let lcores = dpdk.crypto_lcores_of(k);
         let (queues, rings) = CryptoQueues::new(lcores.len());
         let rings = if lcores.is_empty() { Vec::new() } else { rings };
         workers.extend(lcores.into_iter().zip(rings.iter().cloned()));
