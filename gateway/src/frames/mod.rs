@@ -76,6 +76,21 @@ pub fn syn_source(frame: &[u8], port: u16) -> Option<Ipv4Addr> {
     (dport == port && flags & 0x16 == 0x02).then(|| Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]))
 }
 
+/// An Ethernet frame with an IPv4 TCP segment from `src` to port `dport`, TCP flags `flags`
+/// (for tests here and of the filters built on these).
+#[cfg(test)]
+pub(crate) fn tcp_frame(src: [u8; 4], dport: u16, flags: u8) -> Vec<u8> {
+    let mut f = vec![0u8; ETH + 20 + 20];
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    f[ETH] = 0x45;
+    f[ETH + 9] = 6;
+    f[ETH + 12..ETH + 16].copy_from_slice(&src);
+    f[ETH + 16..ETH + 20].copy_from_slice(&[10, 0, 2, 1]);
+    f[ETH + 22..ETH + 24].copy_from_slice(&dport.to_be_bytes());
+    f[ETH + 33] = flags;
+    f
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,19 +139,6 @@ mod tests {
         let mut ipv6 = ipv4_to([10, 0, 1, 1]);
         ipv6[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
         assert_eq!(f.verdict(&ipv6), Verdict::Drop);
-    }
-
-    /// An Ethernet frame with an IPv4 TCP segment from `src` to port `dport`, TCP flags `flags`.
-    fn tcp_frame(src: [u8; 4], dport: u16, flags: u8) -> Vec<u8> {
-        let mut f = vec![0u8; 14 + 20 + 20];
-        f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-        f[14] = 0x45;
-        f[14 + 9] = 6;
-        f[14 + 12..14 + 16].copy_from_slice(&src);
-        f[14 + 16..14 + 20].copy_from_slice(&[10, 0, 2, 1]);
-        f[34 + 2..34 + 4].copy_from_slice(&dport.to_be_bytes());
-        f[34 + 13] = flags;
-        f
     }
 
     #[test]

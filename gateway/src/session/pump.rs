@@ -448,6 +448,14 @@ mod tests {
         fn step(&mut self, pump: &mut Pump, sock: &mut FakeSocket, now: Instant) -> Outcome {
             pump.step(now, self.id, &mut self.ours, sock, FRAME_LEN)
         }
+
+        /// `n` times: an exchange, then a turn of the pump, which has nothing to report.
+        fn idle_turns(&mut self, n: usize, pump: &mut Pump, sock: &mut FakeSocket) {
+            for _ in 0..n {
+                self.exchange();
+                assert_eq!(self.step(pump, sock, 0), Outcome::Idle);
+            }
+        }
     }
 
     fn pattern(len: usize) -> Vec<u8> {
@@ -474,10 +482,7 @@ mod tests {
             "read with no room in the core"
         );
         // The peer's acks bring the room back, a window at a time.
-        for _ in 0..10 {
-            pair.exchange();
-            assert_eq!(pair.step(&mut pump, &mut sock, 0), Outcome::Idle);
-        }
+        pair.idle_turns(10, &mut pump, &mut sock);
         pair.exchange();
         assert!(sock.incoming.is_empty());
         assert!(pair.peer_received == sent);
@@ -500,16 +505,10 @@ mod tests {
         assert_eq!(sock.outgoing.len(), 1000);
         // Room again: the leftover goes first, in order, then the rest.
         sock.room = 1500;
-        for _ in 0..3 {
-            pair.exchange();
-            assert_eq!(pair.step(&mut pump, &mut sock, 0), Outcome::Idle);
-        }
+        pair.idle_turns(3, &mut pump, &mut sock);
         assert!(sock.outgoing == sent[..2500]);
         sock.room = usize::MAX;
-        for _ in 0..3 {
-            pair.exchange();
-            assert_eq!(pair.step(&mut pump, &mut sock, 0), Outcome::Idle);
-        }
+        pair.idle_turns(3, &mut pump, &mut sock);
         assert!(sock.outgoing == sent);
         assert!(!sock.fin_sent);
     }

@@ -49,20 +49,8 @@ impl TunnelGate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frames::tcp_frame;
     use std::net::{IpAddr, Ipv4Addr};
-
-    /// An Ethernet frame with an IPv4 TCP segment from `src` to port `dport`, TCP flags `flags`.
-    fn tcp_frame(src: [u8; 4], dport: u16, flags: u8) -> Vec<u8> {
-        let mut f = vec![0u8; 14 + 20 + 20];
-        f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-        f[14] = 0x45;
-        f[14 + 9] = 6;
-        f[14 + 12..14 + 16].copy_from_slice(&src);
-        f[14 + 16..14 + 20].copy_from_slice(&[10, 0, 2, 1]);
-        f[34 + 2..34 + 4].copy_from_slice(&dport.to_be_bytes());
-        f[34 + 13] = flags;
-        f
-    }
 
     #[test]
     fn peer_source_then_trust_then_budget() {
