@@ -68,27 +68,34 @@ impl ApplianceCounters<'_> {
     pub fn add_to(&self, status: &mut Status) {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let c = &mut status.counters;
-        let mut role = |name: String, r: &RoleCounters, packets: &str| {
-            c.insert(format!("{name}_busy_ns"), load(&r.busy_ns));
-            c.insert(format!("{name}_{packets}"), load(&r.packets));
+        let mut role = |name: String, busy_ns: u64, (what, n): (&str, u64)| {
+            c.insert(format!("{name}_busy_ns"), busy_ns);
+            c.insert(format!("{name}_{what}"), n);
         };
-        for (i, io) in self.io.iter().enumerate() {
-            role(format!("dpdk_io{i}"), io, "packets");
+        let lcores = [("io", self.io, "packets"), ("crypto", self.crypto, "jobs")];
+        for (kind, lcores, what) in lcores {
+            for (i, r) in lcores.iter().enumerate() {
+                role(
+                    format!("dpdk_{kind}{i}"),
+                    load(&r.busy_ns),
+                    (what, load(&r.packets)),
+                );
+            }
         }
-        let all_tcp = RoleCounters::default();
         for (i, t) in self.tcp.iter().enumerate() {
-            role(format!("dpdk_tcp{i}"), t, "packets");
-            all_tcp
-                .busy_ns
-                .fetch_add(load(&t.busy_ns), Ordering::Relaxed);
-            all_tcp
-                .packets
-                .fetch_add(load(&t.packets), Ordering::Relaxed);
+            role(
+                format!("dpdk_tcp{i}"),
+                load(&t.busy_ns),
+                ("packets", load(&t.packets)),
+            );
         }
-        role("dpdk_tcp".into(), &all_tcp, "packets");
-        for (i, w) in self.crypto.iter().enumerate() {
-            role(format!("dpdk_crypto{i}"), w, "jobs");
-        }
+        // All TCP lcores together.
+        let sum = |f: fn(&RoleCounters) -> &AtomicU64| self.tcp.iter().map(|t| load(f(t))).sum();
+        role(
+            "dpdk_tcp".into(),
+            sum(|t| &t.busy_ns),
+            ("packets", sum(|t| &t.packets)),
+        );
         for p in &self.ports {
             let ends = |f: fn(&PortCounters) -> &AtomicU64| p.ends.iter().map(|e| load(f(e))).sum();
             let dropped = ("tx_dropped", ends(|e| &e.tx_dropped));

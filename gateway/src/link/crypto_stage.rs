@@ -19,8 +19,8 @@ use crate::link::ConnFailure;
 use crate::protocol::Message;
 use crate::transform::{PackNote, PackPolicy};
 
-/// Identifies one WAN connection for its whole life (never reused).
-pub type ConnId = u64;
+/// Identifies one WAN connection for its whole life (never reused): the link layer's number.
+pub type ConnId = super::ConnRef;
 
 /// Work for a crypto worker.
 pub enum CryptoJob {

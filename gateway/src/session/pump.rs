@@ -191,8 +191,9 @@ impl Pump {
         sock: &mut S,
         frame_len: usize,
     ) -> Outcome {
-        self.fin_seen |= sock.phase() == Phase::FinReceived;
-        if sock.phase() == Phase::Closed && !(self.fin_seen && self.down_done) {
+        let phase = sock.phase();
+        self.fin_seen |= phase == Phase::FinReceived;
+        if phase == Phase::Closed && !(self.fin_seen && self.down_done) {
             // The endpoint reset, timed out, or never finished its
             // handshake: not a clean end of both directions.
             core.reset(id, ResetReason::ConnectionReset);
@@ -203,7 +204,7 @@ impl Pump {
             core.reset(id, ResetReason::Timeout);
             return Outcome::ConnectTimedOut;
         }
-        if self.state == State::Opening || !(sock.phase().is_connected() || sock.can_recv()) {
+        if self.state == State::Opening || !(phase.is_connected() || sock.can_recv()) {
             return Outcome::Idle;
         }
         sock.clear_timeout();
