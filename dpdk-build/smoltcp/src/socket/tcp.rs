@@ -611,6 +611,11 @@ pub struct Socket<'a> {
     /// Nagle's Algorithm enabled.
     nagle: bool,
 
+    /// (LMAS) At most this much received data, read or not, may lie beyond
+    /// what the application has read: caps the window we advertise below
+    /// the receive buffer's free space. `None`: the buffer's free space.
+    rx_window_limit: Option<usize>,
+
     /// The congestion control algorithm.
     congestion_controller: congestion::AnyController,
 
@@ -712,6 +717,7 @@ impl<'a> Socket<'a> {
             ack_owed: false,
             challenge_ack_timer: Instant::from_secs(0),
             nagle: true,
+            rx_window_limit: None,
             tsval_generator: None,
             last_remote_tsval: 0,
             congestion_controller: congestion::AnyController::new(),
@@ -953,7 +959,33 @@ impl<'a> Socket<'a> {
     /// Used in internal calculations as well as packet generation.
     #[inline]
     fn scaled_window(&self) -> u16 {
-        u16::try_from(self.rx_buffer.window() >> self.remote_win_shift).unwrap_or(u16::MAX)
+        let offered = u16::try_from(self.rx_window() >> self.remote_win_shift).unwrap_or(u16::MAX);
+        // (LMAS) A window limit lowered on a live connection must not take
+        // back what was offered: keep the last right edge.
+        match self.rx_window_limit {
+            Some(_) => {
+                let kept = u16::try_from(self.offered_beyond_next_ack() >> self.remote_win_shift)
+                    .unwrap_or(u16::MAX);
+                offered.max(kept)
+            }
+            None => offered,
+        }
+    }
+
+    /// (LMAS) How far the right edge of the window we last offered lies
+    /// beyond the next sequence number we expect (0 once reached, e.g. by
+    /// a FIN at the edge; `last_scaled_window` would underflow there), and
+    /// never beyond the buffer's free space: the SYN-ACK's window is not
+    /// scaled, but `remote_last_win` keeps it as sent, so read as scaled its
+    /// edge may lie far past the buffer.
+    fn offered_beyond_next_ack(&self) -> usize {
+        let Some(last_ack) = self.remote_last_ack else {
+            return 0;
+        };
+        let edge = last_ack + ((self.remote_last_win as usize) << self.remote_win_shift);
+        let next_ack = self.remote_seq_no + self.rx_buffer.len();
+        let beyond = if edge > next_ack { edge - next_ack } else { 0 };
+        beyond.min(self.rx_buffer.window())
     }
 
     /// Return the last window field value, including scaling according to RFC 1323.
@@ -1021,6 +1053,26 @@ impl<'a> Socket<'a> {
     /// has ACK delay enabled.
     pub fn set_nagle_enabled(&mut self, enabled: bool) {
         self.nagle = enabled
+    }
+
+    /// (LMAS) Offer the peer at most `limit` bytes of window beyond what the
+    /// application has not read yet, however large the receive buffer is
+    /// (`None`: the buffer's free space, as upstream). Like a smaller
+    /// `SO_RCVBUF` on Linux, but it may change on a live connection: a
+    /// lower limit never takes back window already offered, it only stops
+    /// the window from opening again until the application has read.
+    pub fn set_recv_window_limit(&mut self, limit: Option<usize>) {
+        self.rx_window_limit = limit
+    }
+
+    /// The receive window we may offer: the buffer's free space, under the
+    /// limit if one is set.
+    fn rx_window(&self) -> usize {
+        let free = self.rx_buffer.window();
+        match self.rx_window_limit {
+            Some(limit) => free.min(limit.saturating_sub(self.rx_buffer.len())),
+            None => free,
+        }
     }
 
     /// Return the keep-alive interval.
@@ -2087,6 +2139,14 @@ impl<'a> Socket<'a> {
         } else {
             window_start
         };
+        // (LMAS) Never past the buffer: after the SYN-ACK, whose window is
+        // not scaled, `remote_last_win` read as scaled reaches far beyond it,
+        // and a peer sending into that overran the buffer (a crash).
+        let window_end = if window_end > window_start + self.rx_buffer.window() {
+            window_start + self.rx_buffer.window()
+        } else {
+            window_end
+        };
         let segment_start = repr.seq_number;
         let segment_end = repr.seq_number + repr.payload.len();
 
@@ -3090,7 +3150,7 @@ impl<'a> Socket<'a> {
                 repr.control = TcpControl::Syn;
                 repr.seq_number = self.local_seq_no;
                 // window len must NOT be scaled in SYNs.
-                repr.window_len = u16::try_from(self.rx_buffer.window()).unwrap_or(u16::MAX);
+                repr.window_len = u16::try_from(self.rx_window()).unwrap_or(u16::MAX);
                 if self.state == State::SynSent {
                     repr.ack_number = None;
                     repr.window_scale = Some(self.remote_win_shift);
@@ -8613,6 +8673,222 @@ mod test {
         );
         assert_eq!(s.state, State::CloseWait);
 
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 7),
+                window_len: 0,
+                ..RECV_TEMPL
+            }]
+        );
+    }
+
+    // (LMAS) set_recv_window_limit.
+
+    #[test]
+    fn test_rx_window_limit_caps_the_offered_window() {
+        let mut s = socket_established();
+        s.rx_buffer = SocketBuffer::new(vec![0; 64]);
+        s.assembler = Assembler::new();
+        s.set_recv_window_limit(Some(10));
+        // As if set before the handshake: the window offered so far is the limit.
+        s.remote_last_win = 10;
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"abcdef"[..],
+                ..SEND_TEMPL
+            }
+        );
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 6),
+                window_len: 4,
+                ..RECV_TEMPL
+            }]
+        );
+        // Data beyond the offered edge is not taken, though the buffer has room.
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + 6,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"ghijklmn"[..],
+                ..SEND_TEMPL
+            }
+        );
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 10),
+                window_len: 0,
+                ..RECV_TEMPL
+            }]
+        );
+        assert_eq!(s.recv_queue(), 10);
+        // Once the application reads, the window opens up to the limit again.
+        let mut buf = [0u8; 10];
+        assert_eq!(s.recv_slice(&mut buf), Ok(10));
+        assert_eq!(&buf, b"abcdefghij");
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 10),
+                window_len: 10,
+                ..RECV_TEMPL
+            }]
+        );
+    }
+
+    #[test]
+    fn test_rx_window_limit_lowered_keeps_the_offered_edge() {
+        let mut s = socket_established();
+        s.rx_buffer = SocketBuffer::new(vec![0; 64]);
+        s.assembler = Assembler::new();
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"abcdef"[..],
+                ..SEND_TEMPL
+            }
+        );
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 6),
+                window_len: 58,
+                ..RECV_TEMPL
+            }]
+        );
+        // The window offered reaches 64 bytes in: a lower limit does not
+        // take it back, the peer may still fill it.
+        s.set_recv_window_limit(Some(8));
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + 6,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"ghijkl"[..],
+                ..SEND_TEMPL
+            }
+        );
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 12),
+                window_len: 52,
+                ..RECV_TEMPL
+            }]
+        );
+        assert_eq!(s.recv_queue(), 12);
+    }
+
+    #[test]
+    fn test_rx_window_limit_never_offers_beyond_the_buffer() {
+        // The SYN-ACK's window is not scaled, but `remote_last_win` keeps it
+        // as it was sent: read as scaled, its edge lies far beyond the
+        // buffer. Offering up to that edge let a peer overrun the buffer.
+        let mut s = socket_established();
+        s.rx_buffer = SocketBuffer::new(vec![0; 4096]);
+        s.assembler = Assembler::new();
+        s.remote_win_scale = Some(0);
+        s.remote_win_shift = 7;
+        s.remote_last_win = 4096; // as the SYN-ACK sent it, unscaled
+        s.set_recv_window_limit(Some(1024));
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"abcdef"[..],
+                ..SEND_TEMPL
+            }
+        );
+        let mut offered = 0;
+        recv(&mut s, Instant::from_millis(1000), |repr| {
+            offered = repr.expect("an ACK").window_len
+        });
+        let offered = (offered as usize) << 7;
+        assert!(offered <= 4096 - 6, "offered {offered} bytes in a buffer of 4090 free");
+    }
+
+    #[test]
+    fn test_data_beyond_the_buffer_after_an_unscaled_syn_ack_window() {
+        // (LMAS) The SYN-ACK's window is not scaled, but `remote_last_win`
+        // keeps it as sent; read as scaled, the window seemed to reach far
+        // past the buffer, and a peer sending into it overran the buffer
+        // (an assertion, that is a crash, on input from the network).
+        let mut s = socket_established();
+        s.rx_buffer = SocketBuffer::new(vec![0; 4096]);
+        s.assembler = Assembler::new();
+        s.remote_win_scale = Some(0);
+        s.remote_win_shift = 7;
+        s.remote_last_win = 4096; // as the SYN-ACK sent it, unscaled
+        let segment = [7u8; 1400];
+        for i in 0..3 {
+            send!(
+                s,
+                TcpRepr {
+                    seq_number: REMOTE_SEQ + 1 + i * 1400,
+                    ack_number: Some(LOCAL_SEQ + 1),
+                    payload: &segment[..],
+                    ..SEND_TEMPL
+                }
+            );
+        }
+        assert_eq!(s.recv_queue(), 4096, "what fits is taken, the rest is not");
+    }
+
+    #[test]
+    fn test_rx_window_limit_fin_at_the_edge() {
+        // A FIN exactly at the edge of the window puts the next expected
+        // sequence number one past it: the kept edge must not underflow.
+        let mut s = socket_established();
+        s.rx_buffer = SocketBuffer::new(vec![0; 64]);
+        s.assembler = Assembler::new();
+        s.ack_delay = None;
+        s.set_recv_window_limit(Some(6));
+        s.remote_last_win = 6;
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"abcdef"[..],
+                ..SEND_TEMPL
+            }
+        );
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 6),
+                window_len: 0,
+                ..RECV_TEMPL
+            }]
+        );
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + 6,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &[],
+                control: TcpControl::Fin,
+                ..SEND_TEMPL
+            }
+        );
+        assert_eq!(s.state, State::CloseWait);
         recv!(
             s,
             [TcpRepr {
