@@ -52,7 +52,9 @@ Through the pair, gw-a's data flows are sampled every 0.5 s during each run (aft
 flight on the flows ÷ link rate × RTT), rtt_ratio (median flow RTT ÷ link RTT) and
 retrans_pct (segments sent again × MSS ÷ bytes sent, in %): what the transfer costs the path;
 and pace_est (the tunnel pacer's highest bottleneck estimate ÷ link rate: above 1, it paces
-the tunnel faster than the path).
+the tunnel faster than the path). lmas-load's transfers also give tail_ms: from the source's
+last write to its last byte at the sink, the one-way delay included: what the path holds
+behind a sender that stops, as a migration's last pages are.
 
 Modes (each is a function mode_NAME in this script that runs one transfer and prints the
 goodput in Mbit/s on stdout):
@@ -249,7 +251,7 @@ n=0
 t0=$(date +%s)
 progress_start "$LOAD" "$total" "bench-wan"
 RUNS_CSV=$OUT/runs.csv
-echo "mode,rtt_ms,loss_pct,rate_mbit,run,goodput_mbit,lost_pkts,gwa_cpu_pct,gwb_cpu_pct,inflight_bdp,rtt_ratio,retrans_pct,pace_est" >"$RUNS_CSV"
+echo "mode,rtt_ms,loss_pct,rate_mbit,run,goodput_mbit,lost_pkts,gwa_cpu_pct,gwb_cpu_pct,inflight_bdp,rtt_ratio,retrans_pct,pace_est,tail_ms" >"$RUNS_CSV"
 {
     echo "# bench-wan.sh $(date -u +%FT%TZ) on $(uname -r), $(nproc) cpus"
     echo "# rtts=$RTTS losses=$LOSSES rate=$RATE runs=$RUNS duration=$DURATION modes=$MODES"
@@ -301,6 +303,7 @@ for rtt in "${rtts[@]}"; do
                 ca0=$(gw_ticks gw-a) cb0=$(gw_ticks gw-b) w0=$(date +%s.%N)
                 pids0=$(cat "$LAB_RUN_DIR"/gw-{a,b}.pid 2>/dev/null || true)
                 echo "# run rtt=$rtt loss=$loss mode=$mode run=$run" >>"$LOG"
+                log_at=$(wc -l <"$LOG")
                 [[ $mode == direct* ]] || queue_start
                 # Not in a $(...) subshell: modes keep state (servers, gateways) across runs.
                 run_mode "$mode" >"$OUT/.mode.out"
@@ -320,7 +323,9 @@ for rtt in "${rtts[@]}"; do
                 progress println "$(printf '[%3d/%d] rtt=%sms loss=%s%% %-13s run %d/%d: %s Mbit/s' \
                     "$n" "$total" "$rtt" "$loss" "$mode" "$run" "$RUNS" "$mbps")"
                 progress step
-                echo "$mode,$rtt,$loss,$RATE,$run,$mbps,$((after - before)),$cpua,$cpub,$queue" >>"$RUNS_CSV"
+                # lmas-load's transfers log their tail (lab.sh transfer); iperf3's do not.
+                tail_ms=$(tail -n +"$((log_at + 1))" "$LOG" | sed -n 's/.*tail_ms=\([0-9.]*\).*/\1/p' | tail -1)
+                echo "$mode,$rtt,$loss,$RATE,$run,$mbps,$((after - before)),$cpua,$cpub,$queue,$tail_ms" >>"$RUNS_CSV"
             done
         done
     done
@@ -335,7 +340,7 @@ import csv, math, statistics, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
 groups = {}
 cpu = {}
-EXTRA = ("gwa_cpu_pct", "gwb_cpu_pct", "inflight_bdp", "rtt_ratio", "retrans_pct", "pace_est")
+EXTRA = ("gwa_cpu_pct", "gwb_cpu_pct", "inflight_bdp", "rtt_ratio", "retrans_pct", "pace_est", "tail_ms")
 for r in rows:
     key = (r["mode"], float(r["rtt_ms"]), float(r["loss_pct"]), float(r["rate_mbit"]))
     v = float(r["goodput_mbit"])
@@ -358,7 +363,7 @@ with open(sys.argv[2], "w", newline="") as f:
         link = m / k[3] if k[3] > 0 else float("nan")
         w.writerow([k[0], f"{k[1]:g}", f"{k[2]:g}", f"{k[3]:g}", nok, n, f"{m:.1f}",
                     f"{lo:.1f}", f"{hi:.1f}", f"{link:.3f}", f"{m / d:.2f}" if d and not math.isnan(d) else "nan"]
-                   + [("%.0f" if side.endswith("cpu_pct") else "%.2f") % statistics.median(cpu[k + (side,)])
+                   + [("%.0f" if side.endswith("cpu_pct") else "%.1f" if side == "tail_ms" else "%.2f") % statistics.median(cpu[k + (side,)])
                       if k + (side,) in cpu else "" for side in EXTRA])
 # Console table: one line per mode × loss, RTTs across.
 rtts = sorted({k[1] for k in med})
@@ -384,6 +389,17 @@ if any(k[-1] == "inflight_bdp" for k in cpu):
                     "/%.2f" % statistics.median(est) if est else "/-")
             if any(cell(r) != "-" for r in rtts):
                 print("%-14s %7g " % (mode, loss) + " ".join("%22s" % cell(r) for r in rtts))
+# The tail (lmas-load's transfers): the source's last write to its last byte at the sink.
+if any(k[-1] == "tail_ms" for k in cpu):
+    print("\ntail, ms (source's last write to the sink's last byte, one-way delay included)")
+    print("%-14s %7s " % ("mode", "loss%") + " ".join("%8s" % ("%gms" % r) for r in rtts))
+    rate = float(rows[0]["rate_mbit"])
+    for mode in dict.fromkeys(k[0] for k in sorted(med, key=lambda k: k[0])):
+        for loss in sorted({k[2] for k in med}):
+            cells = [cpu.get((mode, r, loss, rate, "tail_ms")) for r in rtts]
+            if any(cells):
+                print("%-14s %7g " % (mode, loss) + " ".join(
+                    "%8.1f" % statistics.median(c) if c else "%8s" % "-" for c in cells))
 EOF
 
 if ((PLOT)); then

@@ -76,6 +76,8 @@ Commands:
                       (sink side: accept to EOF); a progress bar on a terminal. --payload:
                       random (default, incompressible), text, or guest (guest-memory-like
                       pages: zero, text, random); Mbit/s are of the original stream.
+                      Logs tail_ms=: from the source's last write to its last byte at the
+                      sink, the one-way delay included.
                       --seed: the payload's seed (lmas-load's default: 1, the same stream
                       every time; a WAN dedup cache would find it again: give each
                       transfer its own seed to measure first-seen data).
@@ -776,6 +778,14 @@ cmd_transfer() {
         die "transfer corrupted: sent ${n_src:-?} bytes sha256=$sh_src, received ${n_sink:-?} bytes sha256=${sh_sink:-?}"
     ((direct)) || (($(sessions_seen) > seen0)) ||
         die "transfer: gw-a logged no session $SRC_IP -> $DST_IP:$TARGET_PORT: it did not go through the gateways"
+    # The tail: from the source's last write returning to its last byte reaching the sink (one
+    # clock: both namespaces are on this host), the one-way delay included. What the path holds
+    # behind a sender that stops, as a paused guest's last pages are (bench-wan's tail_ms).
+    local stopped last
+    stopped=$(field stopped_unix "$src_line")
+    last=$(field last_unix "$sink_line")
+    [[ -z $stopped || -z $last || $last == none ]] ||
+        log "tail_ms=$(awk -v a="$stopped" -v b="$last" 'BEGIN { printf "%.1f", (b - a) * 1000 }')"
     awk -v b="$n_sink" -v s="$secs" 'BEGIN { if (s > 0) printf "%.1f\n", b * 8 / s / 1e6; else print "nan" }'
 }
 

@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use lmas_tests::{
@@ -31,13 +31,17 @@ lmas-load: traffic source and sink for lmas demos and benchmarks
 USAGE:
     lmas-load sink --listen ADDR [--count K]
         Accepts K connections (default 1), reads each to EOF, closes it and prints one line
-        per connection: bytes=N sha256=HEX secs=S  (secs: accept to EOF). Prints
+        per connection: bytes=N sha256=HEX secs=S last_unix=T  (secs: accept to EOF; T: the
+        wall-clock time, in seconds since 1970, at which its last data arrived). Prints
         `listening on ADDR` to stderr once bound. Exits non-zero if a connection fails.
 
     lmas-load source --connect ADDR --bytes N [--seed S] [--max-secs S] [--payload KIND]
         Sends N bytes (suffixes K, M, G, T: binary) of a deterministic pseudo-random stream
         (seed S, default 1), shuts down its write side, waits for the peer to close and prints
-        bytes=N sha256=HEX secs=S mbit_s=R  (secs: connect to the peer's close).
+        bytes=N sha256=HEX secs=S mbit_s=R stopped_unix=T  (secs: connect to the peer's close;
+        T: the wall-clock time at which its last write returned). A sink's last_unix minus
+        its source's stopped_unix is the stream's tail: how long its last bytes took to arrive
+        once the sender had handed them over (both ends on one host: one clock).
         --max-secs S stops sending after S seconds (at a 1 MiB boundary): bytes= is then what
         was sent, a prefix of the same stream, and the sink's hash must still match it.
         --payload KIND: random (default; incompressible), text (text-like 4 KiB pages), or
@@ -201,8 +205,20 @@ fn run(args: &[String]) -> Result<(), String> {
     }
 }
 
-fn line(r: &Received) -> String {
-    format!("bytes={} sha256={} secs={:.6}", r.bytes, r.sha256, r.secs)
+fn line(r: &Received, last: Option<SystemTime>) -> String {
+    format!(
+        "bytes={} sha256={} secs={:.6} last_unix={}",
+        r.bytes,
+        r.sha256,
+        r.secs,
+        last.map_or_else(|| "none".to_string(), unix_secs)
+    )
+}
+
+/// `t` in seconds since 1970, to the microsecond.
+fn unix_secs(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    format!("{}.{:06}", d.as_secs(), d.subsec_micros())
 }
 
 fn sink(listen: &str, count: u64) -> Result<(), String> {
@@ -211,7 +227,7 @@ fn sink(listen: &str, count: u64) -> Result<(), String> {
     eprintln!("listening on {addr}");
     let received = Arc::new(AtomicU64::new(0));
     let meter = Meter::start(None, "received", received.clone());
-    let (tx, rx) = mpsc::channel::<Result<Received, String>>();
+    let (tx, rx) = mpsc::channel::<Result<(Received, Option<SystemTime>), String>>();
     let acceptor = thread::spawn(move || {
         for _ in 0..count {
             match listener.accept() {
@@ -222,16 +238,18 @@ fn sink(listen: &str, count: u64) -> Result<(), String> {
                         let start = Instant::now();
                         let r = set_timeouts(&s)
                             .and_then(|_| {
-                                let r = recv_all(&mut CountingReader {
+                                let mut reader = CountingReader {
                                     inner: &s,
                                     count: received,
-                                });
+                                    last_data: None,
+                                };
+                                let r = recv_all(&mut reader);
                                 let _ = s.shutdown(Shutdown::Both);
-                                r
+                                r.map(|r| (r, reader.last_data))
                             })
-                            .map(|mut r| {
+                            .map(|(mut r, last)| {
                                 r.secs = start.elapsed().as_secs_f64();
-                                r
+                                (r, last)
                             })
                             .map_err(|e| format!("connection from {peer}: {e}"));
                         let _ = tx.send(r);
@@ -247,8 +265,8 @@ fn sink(listen: &str, count: u64) -> Result<(), String> {
     let mut out = io::stdout().lock();
     for _ in 0..count {
         match rx.recv() {
-            Ok(Ok(r)) => {
-                writeln!(out, "{}", line(&r)).map_err(|e| e.to_string())?;
+            Ok(Ok((r, last))) => {
+                writeln!(out, "{}", line(&r, last)).map_err(|e| e.to_string())?;
                 out.flush().map_err(|e| e.to_string())?;
             }
             Ok(Err(e)) => {
@@ -278,24 +296,26 @@ fn source(
     let s = lmas_tests::connect(connect).map_err(|e| format!("source to {connect}: {e}"))?;
     let count = Arc::new(AtomicU64::new(0));
     let meter = Meter::start(Some(bytes), "sent", count.clone());
-    let result = (|| -> io::Result<lmas_tests::Sent> {
+    let result = (|| -> io::Result<(lmas_tests::Sent, SystemTime)> {
         let mut w = Counting { inner: &s, count };
         let sent = match payload {
             // The stream every other tool checks (`expected_sha256`).
             Payload::Random => send_all_until(&mut w, bytes, seed, deadline)?,
             kind => write_payload_until(&mut w, bytes, seed, kind, deadline)?,
         };
+        let stopped = SystemTime::now();
         // The peer closes once it has everything: secs covers delivery, not just buffering.
-        finish_send(&s, sent, start)
+        Ok((finish_send(&s, sent, start)?, stopped))
     })();
     meter.finish();
-    let sent = result.map_err(|e| format!("source to {connect}: {e}"))?;
+    let (sent, stopped) = result.map_err(|e| format!("source to {connect}: {e}"))?;
     println!(
-        "bytes={} sha256={} secs={:.6} mbit_s={:.1}",
+        "bytes={} sha256={} secs={:.6} mbit_s={:.1} stopped_unix={}",
         sent.bytes,
         sent.sha256,
         sent.secs,
-        sent.mbit_s()
+        sent.mbit_s(),
+        unix_secs(stopped)
     );
     Ok(())
 }
@@ -304,11 +324,16 @@ fn source(
 struct CountingReader<R> {
     inner: R,
     count: Arc<AtomicU64>,
+    /// When the last read that returned data did.
+    last_data: Option<SystemTime>,
 }
 
 impl<R: Read> Read for CountingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
+        if n > 0 {
+            self.last_data = Some(SystemTime::now());
+        }
         self.count.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
