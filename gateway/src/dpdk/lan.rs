@@ -35,6 +35,7 @@ use crate::link::{
     connect_timeout_line, no_tunnel_line, open_client_session, peer_refused_line, TargetRefusal,
 };
 use crate::protocol::{RefuseReason, ResetReason, SessionId};
+use crate::session::lan_window::migration_window;
 use crate::session::pump::{LocalSocket, Outcome, Phase, Pump, State};
 
 /// A socket that is closing is forced shut after this long.
@@ -114,6 +115,10 @@ impl LocalSocket for tcp::Socket<'_> {
             (n, Bytes::copy_from_slice(&buf[..n]))
         })
         .unwrap_or_default()
+    }
+
+    fn limit_receive_window(&mut self, bytes: usize) {
+        self.set_recv_window_limit(Some(bytes));
     }
 
     fn send(&mut self, data: &[u8]) -> usize {
@@ -199,6 +204,13 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
                     self.lan.remove(h);
                     break;
                 }
+                // Until its session sets its share: one migration's window
+                // at the tunnel's rate, not the socket's whole buffer
+                // (`session::lan_window`).
+                let window = self.link.tunnel.as_ref().map(|t| t.core.lan_window());
+                let window = window.unwrap_or(migration_window(None));
+                let window = usize::try_from(window).unwrap_or(usize::MAX);
+                self.lan.socket(h).set_recv_window_limit(Some(window));
                 self.ingress[i].spares.push(h);
                 self.lan.watch(h);
             }

@@ -16,7 +16,6 @@ use tokio::net::TcpStream;
 use super::sockopt::{close_gracefully, reset_on_close};
 use super::tunnel::{wait_until, SessionSignals, Tunnel};
 use crate::protocol::{ResetReason, SessionId};
-use crate::session::lan_window::MIGRATION_RECEIVE_BUFFER;
 use crate::session::{ReadOutcome, SessionError};
 
 /// Runs a session until both directions are done or it is reset. A reset
@@ -58,8 +57,14 @@ const COALESCE: Duration = Duration::from_millis(1);
 /// Local socket -> tunnel.
 async fn uplink(tunnel: &Arc<Tunnel>, id: SessionId, signals: &SessionSignals, r: ReadHalf<'_>) {
     let frame_len = tunnel.frame_len();
-    // Ingress listeners give each socket a whole migration's window.
-    let mut receive_buffer = Some(MIGRATION_RECEIVE_BUFFER);
+    // What the socket has from its listener is not its share.
+    let mut receive_buffer = None;
+    // The share is set before anything else: the endpoint's congestion
+    // window grows with what it may send while the peer accepts (a round
+    // trip), and its send buffer with that, for good.
+    if let Ok(share) = tunnel.with_core(|c| c.endpoint_receive_buffer(id)) {
+        resize_receive_buffer(&r, id, &mut receive_buffer, share);
+    }
     loop {
         let room = wait_until(&signals.writable, || {
             let room = tunnel.with_core(|c| {
@@ -72,13 +77,7 @@ async fn uplink(tunnel: &Arc<Tunnel>, id: SessionId, signals: &SessionSignals, r
         })
         .await;
         let Ok((capacity, share)) = room else { return };
-        if let Some(bytes) = share.filter(|&b| Some(b) != receive_buffer) {
-            // The migration gained or lost a connection: its window is split anew.
-            receive_buffer = share;
-            if let Err(e) = SockRef::from(r.as_ref()).set_recv_buffer_size(bytes as usize) {
-                debug!("session {id}: SO_RCVBUF {bytes}: {e}");
-            }
-        }
+        resize_receive_buffer(&r, id, &mut receive_buffer, share);
         match read_coalesced(&r, (capacity as usize).min(frame_len)).await {
             Ok(None) => {
                 let _ = tunnel.with_core(|c| c.finish(id));
@@ -95,6 +94,24 @@ async fn uplink(tunnel: &Arc<Tunnel>, id: SessionId, signals: &SessionSignals, r
                 return;
             }
         }
+    }
+}
+
+/// Sets the socket's receive buffer to `share` if it has another
+/// (`current`): the migration gained or lost a connection, or the tunnel's
+/// rate moved, so its window was sized and split anew.
+fn resize_receive_buffer(
+    r: &ReadHalf<'_>,
+    id: SessionId,
+    current: &mut Option<u64>,
+    share: Option<u64>,
+) {
+    let Some(bytes) = share.filter(|&b| Some(b) != *current) else {
+        return;
+    };
+    *current = share;
+    if let Err(e) = SockRef::from(r.as_ref()).set_recv_buffer_size(bytes as usize) {
+        debug!("session {id}: SO_RCVBUF {bytes}: {e}");
     }
 }
 

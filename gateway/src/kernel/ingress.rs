@@ -34,7 +34,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::endpoint::drive;
-use super::sockopt::{listener, reset_on_close};
+use super::sockopt::{listener, reset_on_close, size_listener};
 use super::tunnel::{OpenOutcome, SessionSignals, Tunnel};
 use super::Gateway;
 use crate::admin::{Ingress, IngressMode, Stats};
@@ -77,15 +77,25 @@ impl Ctx {
     }
 }
 
+/// How often an idle ingress listener's window is sized to the tunnel's rate
+/// (it is after every accept too).
+const LISTENER_RESIZE_EVERY: Duration = Duration::from_secs(1);
+
 pub async fn serve(gateway: Arc<Gateway>, index: usize, ingress: Ingress, listener: TcpListener) {
     ingress.announce(index);
     let ingress = Arc::new(ingress);
+    let mut resize = tokio::time::interval(LISTENER_RESIZE_EVERY);
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
+            _ = resize.tick() => {
+                size_to_tunnel(&gateway, &listener, &ingress);
+                continue;
+            }
             // Returning drops (closes) the listener.
             _ = gateway.stopping.cancelled() => return,
         };
+        size_to_tunnel(&gateway, &listener, &ingress);
         let (stream, client) = match accepted {
             Ok(x) => x,
             Err(e) => {
@@ -129,6 +139,18 @@ pub async fn serve(gateway: Arc<Gateway>, index: usize, ingress: Ingress, listen
                 tokio::spawn(handle(gateway.clone(), stream, client, ctx));
             }
         }
+    }
+}
+
+/// Sizes the listener's receive buffer to one migration's LAN window at the
+/// tunnel's rate (`session::lan_window`), for the connections it takes next.
+fn size_to_tunnel(gateway: &Gateway, listener: &TcpListener, ingress: &Ingress) {
+    let Some(tunnel) = gateway.ready_tunnel() else {
+        return;
+    };
+    let window = tunnel.with_core(|c| c.lan_window());
+    if let Err(e) = size_listener(&SockRef::from(listener), window) {
+        debug!("ingress {}: SO_RCVBUF {window}: {e}", ingress.bind);
     }
 }
 

@@ -12,7 +12,7 @@ use std::os::fd::AsRawFd;
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
-use crate::session::lan_window::MIGRATION_RECEIVE_BUFFER;
+use crate::session::lan_window::UNMEASURED_MIGRATION_WINDOW;
 
 /// Unsent bytes a data flow may hold in its kernel send queue before it
 /// stops pulling frames. Small enough that a frame handed to a flow leaves
@@ -233,13 +233,16 @@ pub fn tcp_socket(addr: &SocketAddr) -> io::Result<Socket> {
 /// An ingress listening socket; `transparent` sets IP_TRANSPARENT for TPROXY
 /// (needs CAP_NET_ADMIN), so connections to any address routed here are
 /// accepted with their original destination as the local address. Accepted
-/// connections inherit a whole migration's receive buffer
-/// ([`MIGRATION_RECEIVE_BUFFER`], set before `listen`, so their window scale
-/// follows it); a migration of several connections splits it later.
+/// connections inherit its receive buffer, which bounds their window for
+/// good (Linux clamps it to the listener's at the handshake): a migration's
+/// window before the tunnel's rate is known
+/// ([`UNMEASURED_MIGRATION_WINDOW`]), then resized with the rate
+/// ([`size_listener`]). Each session sets its share of its migration's
+/// window (`session::lan_window`) before it reads.
 pub fn listener(addr: &SocketAddr, transparent: bool) -> io::Result<std::net::TcpListener> {
     let s = tcp_socket(addr)?;
     s.set_reuse_address(true)?;
-    s.set_recv_buffer_size(MIGRATION_RECEIVE_BUFFER as usize)?;
+    s.set_recv_buffer_size(UNMEASURED_MIGRATION_WINDOW as usize)?;
     if transparent {
         s.set_ip_transparent(true).map_err(|e| {
             io::Error::new(
@@ -251,6 +254,19 @@ pub fn listener(addr: &SocketAddr, transparent: bool) -> io::Result<std::net::Tc
     s.bind(&(*addr).into())?;
     s.listen(1024)?;
     Ok(s.into())
+}
+
+/// Sets an ingress listener's receive buffer to one migration's LAN window
+/// (`window`, from the tunnel's rate): the window its next connections may
+/// offer at most. A wider one would let the hypervisor's congestion window,
+/// and its send buffer with it, grow during the handshake and the peer's
+/// accept, for good.
+pub fn size_listener(listener: &SockRef<'_>, window: u64) -> io::Result<()> {
+    let bytes = usize::try_from(window).unwrap_or(usize::MAX);
+    if listener.recv_buffer_size()? == 2 * bytes {
+        return Ok(()); // Linux reports twice what was set (its bookkeeping)
+    }
+    listener.set_recv_buffer_size(bytes)
 }
 
 /// Makes the next close send RST instead of FIN, so a reset travels on to

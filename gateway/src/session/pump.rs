@@ -26,6 +26,9 @@ pub trait LocalSocket {
     fn can_recv(&self) -> bool;
     /// Takes up to `max` received bytes (none if none wait).
     fn recv_upto(&mut self, max: usize) -> Bytes;
+    /// Offers the endpoint at most `bytes` of window beyond what we have not
+    /// read (its migration's share of the LAN window, `session::lan_window`).
+    fn limit_receive_window(&mut self, bytes: usize);
     /// Queues what there is room for of `data`; how many bytes that was
     /// (at most `data.len()`).
     fn send(&mut self, data: &[u8]) -> usize;
@@ -199,6 +202,12 @@ impl Pump {
             core.reset(id, ResetReason::ConnectionReset);
             return Outcome::Reset;
         }
+        // From the first turn, before the peer accepts: the endpoint's
+        // congestion window grows with what it may send meanwhile (a round
+        // trip), and its send buffer with that, for good.
+        if let Ok(Some(window)) = core.endpoint_receive_buffer(id) {
+            sock.limit_receive_window(usize::try_from(window).unwrap_or(usize::MAX));
+        }
         if self.state == State::Opening && now >= self.open_by {
             // The peer is told (reset, reason timeout) and gives up its connect.
             core.reset(id, ResetReason::Timeout);
@@ -304,6 +313,8 @@ mod tests {
         /// Reads asked for, and the largest `max` one asked for.
         reads: usize,
         largest_read: usize,
+        /// The window it was told to offer at most.
+        receive_window: Option<usize>,
     }
 
     impl FakeSocket {
@@ -326,6 +337,9 @@ mod tests {
             self.largest_read = self.largest_read.max(max);
             let n = max.min(self.incoming.len());
             self.incoming.drain(..n).collect::<Vec<u8>>().into()
+        }
+        fn limit_receive_window(&mut self, bytes: usize) {
+            self.receive_window = Some(bytes);
         }
         fn send(&mut self, data: &[u8]) -> usize {
             let n = data.len().min(self.room);
@@ -488,6 +502,18 @@ mod tests {
         assert!(sock.incoming.is_empty());
         assert!(pair.peer_received == sent);
         assert!(!pair.peer_finished);
+    }
+
+    #[test]
+    fn an_ingress_socket_offers_its_migrations_share_of_the_lan_window() {
+        use crate::session::lan_window::migration_window;
+        let mut pair = Pair::open();
+        let mut sock = FakeSocket::connected(&pattern(100), 0);
+        let mut pump = Pump::new(State::Open);
+        assert_eq!(pair.step(&mut pump, &mut sock, 0), Outcome::Idle);
+        // No rate measured between these two cores: the unmeasured window.
+        let window = usize::try_from(migration_window(None)).unwrap();
+        assert_eq!(sock.receive_window, Some(window));
     }
 
     #[test]

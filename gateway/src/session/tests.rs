@@ -600,7 +600,7 @@ fn a_migrations_ingress_sockets_share_one_receive_window() {
     // the WAN during the pause: a multifd migration's five sockets split
     // one window instead of offering one each.
     use crate::protocol::ResetReason;
-    use crate::session::lan_window::{session_share, MIGRATION_RECEIVE_BUFFER};
+    use crate::session::lan_window::{migration_window, session_share};
     let (mut a, mut b) = ends();
     let host = |last: u8| Origin {
         source: Some(std::net::IpAddr::from([10, 0, 0, last])),
@@ -608,24 +608,44 @@ fn a_migrations_ingress_sockets_share_one_receive_window() {
     };
     let main = open_pair_from(&mut a, &mut b, host(1));
     let window = |a: &End, id| a.core.endpoint_receive_buffer(id).unwrap();
-    assert_eq!(window(&a, main), Some(MIGRATION_RECEIVE_BUFFER));
+    // No rate measured yet.
+    assert_eq!(window(&a, main), Some(migration_window(None)));
     let channels: Vec<SessionId> = (0..4)
         .map(|_| open_pair_from(&mut a, &mut b, host(1)))
         .collect();
     let other = open_pair_from(&mut a, &mut b, host(2));
     for &id in channels.iter().chain([&main]) {
-        assert_eq!(window(&a, id), Some(session_share(5)), "{id}");
+        assert_eq!(window(&a, id), Some(session_share(5, None)), "{id}");
     }
     assert_eq!(
         window(&a, other),
-        Some(MIGRATION_RECEIVE_BUFFER),
+        Some(migration_window(None)),
         "another migration"
     );
     // The far end's sockets are the host's business.
     assert_eq!(window(&b, main), None);
     // A channel that ends gives its part back.
     a.core.reset(channels[0], ResetReason::ConnectionReset);
-    assert_eq!(window(&a, main), Some(session_share(4)));
+    assert_eq!(window(&a, main), Some(session_share(4, None)));
+}
+
+#[test]
+fn a_migrations_receive_window_follows_the_tunnels_rate() {
+    // What the window lets the hypervisor queue is downtime at the
+    // tunnel's rate: a slower tunnel offers less, a faster one more.
+    use crate::session::lan_window::migration_window;
+    let (mut a, mut b, _) = ends_under_a_link_cap();
+    let id = open_pair(&mut a, &mut b);
+    let window = |a: &End| a.core.endpoint_receive_buffer(id).unwrap().unwrap();
+    let slow = window(&a);
+    assert_eq!(slow, migration_window(Some(62_500_000)));
+    a.core.set_shares(SharePolicy {
+        link_rate: Some(1_250_000_000),
+        ..Default::default()
+    });
+    let fast = window(&a);
+    assert_eq!(fast, migration_window(Some(1_250_000_000)));
+    assert!(fast > slow, "10 Gbit/s: {fast}, 500 Mbit/s: {slow}");
 }
 
 #[test]

@@ -414,14 +414,25 @@ impl TunnelCore {
         Ok(own.min(global).min(unsent))
     }
 
+    /// One migration's LAN window at the tunnel's rate
+    /// ([`super::lan_window::migration_window`]): what an ingress listener
+    /// offers a new connection before it is a session.
+    pub fn lan_window(&self) -> u64 {
+        super::lan_window::migration_window(self.unsent.rate())
+    }
+
     /// The receive buffer session `id`'s endpoint socket should have: its
-    /// migration's share of one LAN window ([`super::lan_window`]). `None`
-    /// for sessions the peer opened: their socket's buffer is the host's.
+    /// migration's share of one LAN window ([`super::lan_window`]), which
+    /// follows the tunnel's rate. `None` for sessions the peer opened: their
+    /// socket's buffer is the host's.
     pub fn endpoint_receive_buffer(&self, id: SessionId) -> Result<Option<u64>, SessionError> {
         let s = self.session(id)?;
-        Ok(self
-            .is_own_id(id)
-            .then(|| super::lan_window::session_share(self.scheduler.member_count(s.group))))
+        Ok(self.is_own_id(id).then(|| {
+            super::lan_window::session_share(
+                self.scheduler.member_count(s.group),
+                self.unsent.rate(),
+            )
+        }))
     }
 
     /// Queues endpoint bytes for the peer. May exceed `send_capacity` by at

@@ -44,6 +44,8 @@ struct Pool {
 #[derive(Debug)]
 pub struct UnsentPools {
     pools: FxHashMap<GroupKey, Pool>,
+    /// The tunnel's rate the budget is sized from, bytes per second.
+    rate: Option<u64>,
     /// The group budget; `None` without a measured rate.
     budget: Option<u64>,
     /// A session's own ceiling (`Limits::unsent_buffer`).
@@ -56,6 +58,7 @@ impl UnsentPools {
     pub fn new(ceiling: u64, floor: u64) -> Self {
         UnsentPools {
             pools: FxHashMap::default(),
+            rate: None,
             budget: None,
             ceiling,
             floor: floor.min(ceiling),
@@ -65,6 +68,7 @@ impl UnsentPools {
     /// The budget for a tunnel going at `rate` bytes per second (`None`:
     /// not known). Returns the groups that had no room and now have some.
     pub fn set_rate(&mut self, rate: Option<u64>) -> Vec<GroupKey> {
+        self.rate = rate.filter(|r| *r > 0);
         let budget = rate.filter(|r| *r > 0).map(|r| {
             (r.saturating_mul(UNSENT_TIME_US) / 1_000_000)
                 .clamp(MIN_GROUP_UNSENT.min(self.ceiling), self.ceiling)
@@ -89,6 +93,11 @@ impl UnsentPools {
 
     pub fn budget(&self) -> Option<u64> {
         self.budget
+    }
+
+    /// The tunnel's rate, bytes per second (`None`: not measured).
+    pub fn rate(&self) -> Option<u64> {
+        self.rate
     }
 
     /// What the sessions of `key` hold unsent.
