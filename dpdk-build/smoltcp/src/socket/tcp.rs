@@ -512,6 +512,9 @@ pub struct SenderInfo {
     /// Smoothed RTT, and the minimum seen (the latter with `Rack` only).
     pub srtt: Option<Duration>,
     pub min_rtt: Option<Duration>,
+    /// The mean RTT sampled over the last half to whole minimum RTT, with `Rack`: the round
+    /// trip now, steadier than `srtt` (one sample a round trip) on a busy host.
+    pub recent_rtt: Option<Duration>,
     /// Congestion window and bytes in flight.
     pub cwnd: usize,
     pub in_flight: usize,
@@ -861,6 +864,7 @@ impl<'a> Socket<'a> {
                 .have_measurement
                 .then(|| Duration::from_millis(self.rtte.srtt as u64)),
             min_rtt: self.scoreboard.as_ref().and_then(|s| s.min_rtt()),
+            recent_rtt: self.scoreboard.as_ref().and_then(|s| s.recent_rtt()),
             cwnd: cc.window(),
             in_flight: self.bytes_in_flight(),
             unsent: self.send_unsent(),

@@ -166,6 +166,13 @@ pub(crate) struct Scoreboard {
     rack_end: TcpSeqNumber,
     rack_rtt: Duration,
     min_rtt: Option<Duration>,
+    /// (LMAS) The RTT samples of the current window and the one before it (sum, count),
+    /// and when the current one began: the path's round trip now, queueing included. Their
+    /// mean, not a smoothed RTT of one sample a round trip: a busy host reads ACKs late by
+    /// up to a turn of its loop, and one sample in a round trip is as likely one of those.
+    /// A window lasts half the minimum RTT.
+    recent_rtt: [(Duration, u32); 2],
+    recent_since: Instant,
     /// When a segment RACK is waiting on becomes lost (the reordering timer).
     reo_deadline: Option<Instant>,
 
@@ -194,6 +201,8 @@ impl Scoreboard {
             rack_end: TcpSeqNumber(0),
             rack_rtt: Duration::ZERO,
             min_rtt: None,
+            recent_rtt: [(Duration::ZERO, 0); 2],
+            recent_since: Instant::from_micros(0),
             reo_deadline: None,
             delivered: 0,
             delivered_at: Instant::from_micros(0),
@@ -232,6 +241,32 @@ impl Scoreboard {
 
     pub fn min_rtt(&self) -> Option<Duration> {
         self.min_rtt
+    }
+
+    /// (LMAS) The mean RTT sampled over the last half to whole minimum RTT (see
+    /// `recent_rtt`); `None` while no segment sent once was delivered in that time.
+    pub fn recent_rtt(&self) -> Option<Duration> {
+        let [(a, n), (b, m)] = self.recent_rtt;
+        let count = n + m;
+        (count > 0).then(|| (a + b) / count)
+    }
+
+    fn sample_recent_rtt(&mut self, rtt: Duration, now: Instant) {
+        let window = self.min_rtt.map_or(Duration::ZERO, |m| m / 2);
+        let elapsed = now - self.recent_since;
+        if elapsed >= window {
+            // A gap of two windows or more leaves nothing recent to keep.
+            let previous = if elapsed < window * 2 {
+                self.recent_rtt[0]
+            } else {
+                (Duration::ZERO, 0)
+            };
+            self.recent_rtt = [(Duration::ZERO, 0), previous];
+            self.recent_since = now;
+        }
+        let (sum, count) = &mut self.recent_rtt[0];
+        *sum += rtt;
+        *count += 1;
     }
 
     /// When the reordering window of a segment RACK waits on runs out.
@@ -484,6 +519,7 @@ impl Scoreboard {
         }
         if !s.has(RETRANS) {
             self.min_rtt = Some(self.min_rtt.map_or(rtt, |m| m.min(rtt)));
+            self.sample_recent_rtt(rtt, now);
         }
         // RACK: the most recently sent delivered segment. A retransmission delivered sooner
         // than one minimum RTT may be the original's ACK: not trusted (RFC 8985 §6.2).
@@ -633,6 +669,27 @@ mod test {
         assert_eq!(rs.interval, Duration::from_millis(100));
         assert_eq!(rs.rtt, Some(Duration::from_millis(96)));
         assert_eq!(rs.rate(), Some(50_000));
+    }
+
+    #[test]
+    fn the_recent_rtt_is_the_mean_of_the_last_windows_samples() {
+        // Segment k was sent at k ms.
+        let mut b = board(10);
+        let ms = |n| Some(Duration::from_millis(n));
+        assert_eq!(b.recent_rtt(), None);
+        // Min RTT 100 ms: windows of 50 ms.
+        b.on_ack(seq(MSS), &[], at(100));
+        b.on_ack(seq(2 * MSS), &[], at(130));
+        assert_eq!(b.recent_rtt(), Some(Duration::from_micros(114_500)), "(100 + 129) / 2");
+        // The next window: the last one's samples still count.
+        b.on_ack(seq(3 * MSS), &[], at(160));
+        assert_eq!(b.recent_rtt(), ms(129), "(100 + 129 + 158) / 3");
+        // A window later the first one's are gone.
+        b.on_ack(seq(4 * MSS), &[], at(215));
+        assert_eq!(b.recent_rtt(), ms(185), "(158 + 212) / 2");
+        // After a gap of two windows only what came since counts.
+        b.on_ack(seq(5 * MSS), &[], at(406));
+        assert_eq!(b.recent_rtt(), ms(402));
     }
 
     #[test]
