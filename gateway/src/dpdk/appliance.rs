@@ -380,7 +380,7 @@ impl TcpLcore<'_> {
             let started = Instant::now();
             let now = clock();
             let before = frames();
-            let busy = engine.poll(now);
+            let busy = engine.poll_timed(clock);
             let adapted = adapts.then(|| adaptive.tick(now, &shared.packing, sealers));
             if let Some(choice) = adapted.flatten() {
                 info!("compression (auto): now {choice}");

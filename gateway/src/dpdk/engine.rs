@@ -162,9 +162,19 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         self.link.peer()
     }
 
-    /// One turn of the TCP lcore. True if anything happened (the caller
-    /// backs off only after turns that did nothing).
+    /// One turn of the TCP lcore at `now` (simulated time). True if anything
+    /// happened (the caller backs off only after turns that did nothing).
     pub fn poll(&mut self, now: u64) -> bool {
+        self.poll_timed(|| now)
+    }
+
+    /// One turn of the TCP lcore, reading `clock` at its start and again
+    /// before the stacks send what the turn queued: a turn on a busy core can
+    /// take milliseconds, and the sockets time each segment and ACK with the
+    /// `now` they are given (RTT samples, and the tunnel pacer's view of the
+    /// path through them, read that much off either way).
+    pub fn poll_timed(&mut self, clock: impl Fn() -> u64) -> bool {
+        let now = clock();
         self.now = now;
         let mut busy = self.lan.poll(now) | self.wan.poll(now);
         busy |= self.drain_crypto(now);
@@ -177,6 +187,7 @@ impl<P: FramePort, C: CryptoPipe> Engine<P, C> {
         }
         self.dispatch_events(now);
         // What this turn queued in the sockets goes out now, not next turn.
+        let now = clock();
         busy |= self.lan.poll(now) | self.wan.poll(now);
         busy
     }
