@@ -26,7 +26,7 @@
 //! - per migration group (`source`, `target`): sessions, weight, cap, bytes
 //!   sent, rate and share over the last second, bytes unsent and their
 //!   budget; `link_cap_bytes_per_second`;
-//! - the tunnel pacer: `pacing_bottleneck_bytes_per_second`, and
+//! - the tunnel pacer: `pacing_bottleneck_bytes_per_second`, `pacing_giving_way`, and
 //!   `pacing_rate_bytes_per_second` while it paces.
 
 use prometheus_client::collector::Collector;
@@ -239,6 +239,16 @@ impl Collector for Snapshot {
                     Gauge,
                 ),
                 Int(p.bottleneck_bytes_per_sec),
+            )?;
+            single(
+                e,
+                (
+                    "lmas_pacing_giving_way",
+                    "1 while the tunnel pacer paces below the path's rate for another sender's queue.",
+                    None,
+                    Gauge,
+                ),
+                Int(u64::from(p.giving_way)),
             )?;
             if let Some(rate) = p.rate_bytes_per_sec {
                 single(
@@ -726,6 +736,7 @@ mod tests {
                     bottleneck_bytes_per_sec: 118_000_000,
                     min_rtt_us: Some(100_000),
                     rate_bytes_per_sec: Some(147_500_000),
+                    giving_way: true,
                 }),
                 dedup: DedupStatus {
                     bytes_in: 4096,
@@ -808,6 +819,7 @@ mod tests {
             "lmas_group_unsent_budget_bytes{source=\"peer\",target=\"10.9.0.1:4444\"} 1250000",
             "lmas_link_cap_bytes_per_second 125000000",
             "lmas_pacing_bottleneck_bytes_per_second 118000000",
+            "lmas_pacing_giving_way 1",
             "lmas_pacing_rate_bytes_per_second 147500000",
         ] {
             assert!(

@@ -78,6 +78,10 @@ pub struct PacingStatus {
     pub min_rtt_us: Option<u64>,
     /// What frames are paced at now; none while unpaced.
     pub rate_bytes_per_sec: Option<u64>,
+    /// Paced below the bottleneck because another sender's queue stands there (absent from
+    /// older gateways' output).
+    #[serde(default)]
+    pub giving_way: bool,
 }
 
 impl PacingStatus {
@@ -95,6 +99,7 @@ impl PacingStatus {
             bottleneck_bytes_per_sec: p.bottleneck,
             min_rtt_us: p.min_rtt_us,
             rate_bytes_per_sec: p.rate.filter(|_| on),
+            giving_way: on && p.giving_way,
         }
     }
 
@@ -113,6 +118,7 @@ impl PacingStatus {
                 .flatten()
                 .min(),
             rate_bytes_per_sec: sum_caps(self.rate_bytes_per_sec, other.rate_bytes_per_sec),
+            giving_way: self.giving_way || other.giving_way,
         }
     }
 }
@@ -616,13 +622,18 @@ impl Status {
                 if let Some(p) = t.pacing.as_ref().filter(|p| p.bottleneck_bytes_per_sec > 0) {
                     let _ = writeln!(
                         out,
-                        "  pacing: {}, at {} (bottleneck {}, min RTT {})",
+                        "  pacing: {}, at {} (bottleneck {}, min RTT {}){}",
                         p.mode,
                         p.rate_bytes_per_sec
                             .map_or("no pace".into(), |r| mbit(Some(r))),
                         mbit(Some(p.bottleneck_bytes_per_sec)),
                         p.min_rtt_us
                             .map_or("-".into(), |us| format!("{:.1} ms", us as f64 / 1e3)),
+                        if p.giving_way {
+                            ", giving way to another sender's queue"
+                        } else {
+                            ""
+                        },
                     );
                 }
                 let _ = writeln!(

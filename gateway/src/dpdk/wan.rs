@@ -259,7 +259,8 @@ pub fn flow_progress(sock: &tcp::Socket) -> crate::session::pacer::FlowProgress 
         delivered: info.delivered,
         outstanding: (info.in_flight + info.unsent) as u64,
         min_rtt_us: info.min_rtt.map(|d| d.total_micros()),
-        srtt_us: info.srtt.map(|d| d.total_micros()),
+        // The stack's smoothed RTT takes one sample a round trip: on a busy core, noise.
+        srtt_us: info.recent_rtt.or(info.srtt).map(|d| d.total_micros()),
         sent: info.sent,
     }
 }
