@@ -31,6 +31,10 @@ const RETRANS: u8 = 4;
 /// Sent while the sender had nothing more to send (its rate sample understates the path).
 const APP_LIMITED: u8 = 8;
 
+/// (LMAS) The shortest window of `Scoreboard::recent_rtt`: on a LAN path half the minimum RTT
+/// is tens of microseconds, one or two samples, as noisy as the smoothed RTT it replaces.
+const RECENT_RTT_MIN_WINDOW: Duration = Duration::from_millis(5);
+
 /// One transmitted segment.
 #[derive(Debug, Clone, Copy)]
 struct Sent {
@@ -170,7 +174,7 @@ pub(crate) struct Scoreboard {
     /// and when the current one began: the path's round trip now, queueing included. Their
     /// mean, not a smoothed RTT of one sample a round trip: a busy host reads ACKs late by
     /// up to a turn of its loop, and one sample in a round trip is as likely one of those.
-    /// A window lasts half the minimum RTT.
+    /// A window lasts half the minimum RTT, and at least `RECENT_RTT_MIN_WINDOW`.
     recent_rtt: [(Duration, u32); 2],
     recent_since: Instant,
     /// When a segment RACK is waiting on becomes lost (the reordering timer).
@@ -252,7 +256,7 @@ impl Scoreboard {
     }
 
     fn sample_recent_rtt(&mut self, rtt: Duration, now: Instant) {
-        let window = self.min_rtt.map_or(Duration::ZERO, |m| m / 2);
+        let window = self.min_rtt.map_or(Duration::ZERO, |m| m / 2).max(RECENT_RTT_MIN_WINDOW);
         let elapsed = now - self.recent_since;
         if elapsed >= window {
             // A gap of two windows or more leaves nothing recent to keep.
