@@ -94,8 +94,9 @@ impl Reassembler {
     /// Adds a segment; returns how many new bytes it contributed (0 for a
     /// pure duplicate).
     pub fn insert(&mut self, offset: u64, data: Bytes) -> Result<u64, ReassemblyError> {
-        let end = offset + data.len() as u64;
-        if end > self.delivered + self.window {
+        // The offset is the peer's: near the top of the offset space the sum must not wrap.
+        let end = offset.saturating_add(data.len() as u64);
+        if end > self.delivered.saturating_add(self.window) {
             return Err(ReassemblyError::BeyondWindow {
                 start: offset,
                 end,
@@ -229,6 +230,19 @@ mod tests {
             r.insert(3, Bytes::from_static(b"456")),
             Err(ReassemblyError::PastFin { .. })
         ));
+    }
+
+    #[test]
+    fn a_frame_at_the_end_of_the_offset_space_is_beyond_the_window() {
+        // The offset is the peer's: offset + length must not wrap around to a small end
+        // that passes the window check (or panic, with overflow checks on).
+        let mut r = Reassembler::new(100);
+        assert!(matches!(
+            r.insert(u64::MAX - 2, Bytes::from_static(b"12345")),
+            Err(ReassemblyError::BeyondWindow { end: u64::MAX, .. })
+        ));
+        assert_eq!(r.insert(0, Bytes::from_static(b"ab")).unwrap(), 2);
+        assert_eq!(drain(&mut r), b"ab");
     }
 
     /// A stream cut into frames; each frame may be delivered several times

@@ -721,7 +721,8 @@ impl TunnelCore {
             match received {
                 Received::Data(data) => frame.payload = data,
                 Received::Missing { len } => {
-                    s.miss_end = s.miss_end.max(frame.offset + u64::from(len));
+                    // The peer's offset: the sum must not wrap.
+                    s.miss_end = s.miss_end.max(frame.offset.saturating_add(u64::from(len)));
                     self.push_control(Message::DedupMiss {
                         session: id,
                         offset: frame.offset,
