@@ -373,33 +373,37 @@ for mode in dict.fromkeys(k[0] for k in sorted(med, key=lambda k: k[0])):
     for loss in sorted({k[2] for k in med}):
         cells = [med.get((mode, r, loss, float(rows[0]["rate_mbit"])), (float("nan"),))[0] for r in rtts]
         print("%-14s %7g " % (mode, loss) + " ".join("%8.1f" % c for c in cells))
+rate = float(rows[0]["rate_mbit"])
+
+def table(title, width, cell):
+    """One line per mode × loss with any cell measured, RTTs across; `cell` gives "-" for none."""
+    print("\n" + title)
+    print("%-14s %7s " % ("mode", "loss%") + " ".join("%*s" % (width, "%gms" % r) for r in rtts))
+    for mode in dict.fromkeys(k[0] for k in sorted(med, key=lambda k: k[0])):
+        for loss in sorted({k[2] for k in med}):
+            cells = [cell(mode, r, loss) for r in rtts]
+            if any(c != "-" for c in cells):
+                print("%-14s %7g " % (mode, loss) + " ".join("%*s" % (width, c) for c in cells))
+
 # The path's cost, where measured: in flight / BDP, RTT / base RTT, retransmitted %.
+def path_cost(mode, r, loss):
+    vs = [cpu.get((mode, r, loss, rate, f)) for f in ("inflight_bdp", "rtt_ratio", "retrans_pct")]
+    est = cpu.get((mode, r, loss, rate, "pace_est"))
+    if None in vs:
+        return "-"
+    return "%.1f/%.2f/%.1f" % tuple(statistics.median(v) for v in vs) + (
+        "/%.2f" % statistics.median(est) if est else "/-")
+
 if any(k[-1] == "inflight_bdp" for k in cpu):
-    print("\nthrough the pair: in flight / BDP, flow RTT / link RTT, retransmitted % of sent, pacer estimate / link")
-    print("%-14s %7s " % ("mode", "loss%") + " ".join("%22s" % ("%gms" % r) for r in rtts))
-    rate = float(rows[0]["rate_mbit"])
-    for mode in dict.fromkeys(k[0] for k in sorted(med, key=lambda k: k[0])):
-        for loss in sorted({k[2] for k in med}):
-            def cell(r):
-                vs = [cpu.get((mode, r, loss, rate, f)) for f in ("inflight_bdp", "rtt_ratio", "retrans_pct")]
-                est = cpu.get((mode, r, loss, rate, "pace_est"))
-                if None in vs:
-                    return "-"
-                return "%.1f/%.2f/%.1f" % tuple(statistics.median(v) for v in vs) + (
-                    "/%.2f" % statistics.median(est) if est else "/-")
-            if any(cell(r) != "-" for r in rtts):
-                print("%-14s %7g " % (mode, loss) + " ".join("%22s" % cell(r) for r in rtts))
+    table("through the pair: in flight / BDP, flow RTT / link RTT, retransmitted % of sent, pacer estimate / link",
+          22, path_cost)
 # The tail (lmas-load's transfers): the source's last write to its last byte at the sink.
+def tail(mode, r, loss):
+    c = cpu.get((mode, r, loss, rate, "tail_ms"))
+    return "%.1f" % statistics.median(c) if c else "-"
+
 if any(k[-1] == "tail_ms" for k in cpu):
-    print("\ntail, ms (source's last write to the sink's last byte, one-way delay included)")
-    print("%-14s %7s " % ("mode", "loss%") + " ".join("%8s" % ("%gms" % r) for r in rtts))
-    rate = float(rows[0]["rate_mbit"])
-    for mode in dict.fromkeys(k[0] for k in sorted(med, key=lambda k: k[0])):
-        for loss in sorted({k[2] for k in med}):
-            cells = [cpu.get((mode, r, loss, rate, "tail_ms")) for r in rtts]
-            if any(cells):
-                print("%-14s %7g " % (mode, loss) + " ".join(
-                    "%8.1f" % statistics.median(c) if c else "%8s" % "-" for c in cells))
+    table("tail, ms (source's last write to the sink's last byte, one-way delay included)", 8, tail)
 EOF
 
 if ((PLOT)); then

@@ -365,12 +365,12 @@ impl TunnelPacer {
         else {
             return;
         };
-        let replaces = |(rtt, at): (u64, Instant)| {
-            sample <= rtt || now.saturating_sub(at) >= MIN_RTT_WINDOW_US
-        };
-        if self.min_rtt.is_none_or(replaces) {
-            self.min_rtt = Some((sample, now));
-        }
+        take_into_min(&mut self.min_rtt, sample, now, MIN_RTT_WINDOW_US);
+    }
+
+    /// In the probing cycle's cruise: paced at the estimate, not probing or draining.
+    fn cruising(&self) -> bool {
+        self.mode == PaceMode::Probing && self.phase == Phase::Cruise
     }
 
     fn end_round(&mut self, now: Instant, start: Instant) {
@@ -427,16 +427,12 @@ impl TunnelPacer {
         let Some(srtt) = self.flows.iter().filter_map(|f| f.srtt_us).min() else {
             return false;
         };
-        let replaces = |(floor, at): (u64, Instant)| {
-            srtt <= floor || now.saturating_sub(at) >= self.cycle_len()
-        };
-        if self.srtt_floor.is_none_or(replaces) {
-            self.srtt_floor = Some((srtt, now));
-        }
+        let cycle = self.cycle_len();
+        take_into_min(&mut self.srtt_floor, srtt, now, cycle);
         let (Some(min_rtt), Some((floor, _))) = (self.min_rtt(), self.srtt_floor) else {
             return false;
         };
-        let cruising = self.mode == PaceMode::Probing && self.phase == Phase::Cruise;
+        let cruising = self.cruising();
         let threshold = (min_rtt * YIELD_QUEUE_SIXTEENTHS / 16)
             .max(self.rtt_spread * YIELD_SPREADS)
             .max(YIELD_MIN_RISE_US);
@@ -513,9 +509,7 @@ impl TunnelPacer {
                 PaceMode::Drain => Some(self.bottleneck() / 3),
                 PaceMode::Probing => Some(self.cycle_rate()),
             },
-            giving_way: self.mode == PaceMode::Probing
-                && self.phase == Phase::Cruise
-                && self.yield_rate.is_some_and(|y| y < self.bottleneck()),
+            giving_way: self.cruising() && self.yield_rate.is_some_and(|y| y < self.bottleneck()),
         }
     }
 
@@ -574,6 +568,15 @@ impl TunnelPacer {
             self.mode = PaceMode::Drain;
             self.phase_start = now;
         }
+    }
+}
+
+/// A windowed minimum (`held`: the value and when it was taken): `sample` replaces it when
+/// it is no higher, or when the one held is `window_us` old.
+fn take_into_min(held: &mut Option<(u64, Instant)>, sample: u64, now: Instant, window_us: u64) {
+    let replaces = |(v, at): (u64, Instant)| sample <= v || now.saturating_sub(at) >= window_us;
+    if held.is_none_or(replaces) {
+        *held = Some((sample, now));
     }
 }
 

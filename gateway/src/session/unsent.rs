@@ -69,7 +69,7 @@ impl UnsentPools {
     /// not known). Returns the groups that had no room and now have some.
     pub fn set_rate(&mut self, rate: Option<u64>) -> Vec<GroupKey> {
         self.rate = rate.filter(|r| *r > 0);
-        let budget = rate.filter(|r| *r > 0).map(|r| {
+        let budget = self.rate.map(|r| {
             (r.saturating_mul(UNSENT_TIME_US) / 1_000_000)
                 .clamp(MIN_GROUP_UNSENT.min(self.ceiling), self.ceiling)
         });
