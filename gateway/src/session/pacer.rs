@@ -895,14 +895,22 @@ mod tests {
         }
     }
 
+    /// A one-flow pacer past startup, cruising on a 100 ms path at 100 MB/s: it, the time, and
+    /// its estimate.
+    fn cruising_at_100_mb_s() -> (TunnelPacer, Instant, u64) {
+        let mut p = TunnelPacer::new(1);
+        let t = run(&mut p, 0, 6, 1, 100_000_000, false);
+        p.rate(t);
+        let bw = p.snapshot().bottleneck;
+        (p, t, bw)
+    }
+
     #[test]
     fn a_round_trip_that_moves_from_round_to_round_at_the_full_rate_is_no_neighbour() {
         // The DPDK pair on a busy host: its own rings add 1-15 ms from one round to the next
         // at its full rate (lab, 100 ms path). Seen as a sixteenth of the min RTT above the
         // floor, every other round read as a neighbour's queue.
-        let mut p = TunnelPacer::new(1);
-        let mut t = run(&mut p, 0, 6, 1, 100_000_000, false);
-        p.rate(t);
+        let (mut p, mut t, _) = cruising_at_100_mb_s();
         for k in 0..60 {
             let srtt = [101, 116, 104, 113, 112, 104][k % 6];
             report(&mut p, &mut t, 1, 100_000_000, srtt, 11_000_000);
@@ -949,10 +957,7 @@ mod tests {
 
     #[test]
     fn cruising_gives_way_to_another_senders_queue_and_takes_it_back_when_it_is_gone() {
-        let mut p = TunnelPacer::new(1);
-        let mut t = run(&mut p, 0, 6, 1, 100_000_000, false);
-        p.rate(t);
-        let bw = p.snapshot().bottleneck;
+        let (mut p, mut t, bw) = cruising_at_100_mb_s();
         // Our own 9/8 of a BDP on the wire explains a round trip 1/8 longer: no one else's.
         report(&mut p, &mut t, 3, 100_000_000, 112, 11_250_000);
         assert_eq!(p.rate(t), Some(bw));
@@ -1005,10 +1010,7 @@ mod tests {
         // Its queue doubles each round: waiting for a whole threshold (6.25 ms at 100 ms)
         // two rounds running, the tunnel answered it only once it stood past what ends a
         // CUBIC slow start (12.5 ms here).
-        let mut p = TunnelPacer::new(1);
-        let mut t = run(&mut p, 0, 6, 1, 100_000_000, false);
-        p.rate(t);
-        let bw = p.snapshot().bottleneck;
+        let (mut p, mut t, bw) = cruising_at_100_mb_s();
         report(&mut p, &mut t, 3, 100_000_000, 100, 10_000_000);
         report(&mut p, &mut t, 1, 100_000_000, 101, 10_000_000);
         report(&mut p, &mut t, 1, 100_000_000, 103, 10_000_000);
@@ -1020,9 +1022,7 @@ mod tests {
 
         // Not while the flows hold less than a BDP on the wire (the DPDK pair, busy on its
         // own core): there the round trip moves with its rings, and rises by chance.
-        let mut p = TunnelPacer::new(1);
-        let mut t = run(&mut p, 0, 6, 1, 100_000_000, false);
-        p.rate(t);
+        let (mut p, mut t, _) = cruising_at_100_mb_s();
         for srtt in [100, 100, 100, 101, 103, 106] {
             report(&mut p, &mut t, 1, 100_000_000, srtt, 7_000_000);
         }
@@ -1035,10 +1035,7 @@ mod tests {
         // estimate the tunnel's own queue grows a millisecond or so a round. Past a 32nd of
         // the min RTT above the floor, with more than a BDP of ours on the wire, it cruises
         // at 15/16 until the queue is gone.
-        let mut p = TunnelPacer::new(1);
-        let mut t = run(&mut p, 0, 6, 1, 100_000_000, false);
-        p.rate(t);
-        let bw = p.snapshot().bottleneck;
+        let (mut p, mut t, bw) = cruising_at_100_mb_s();
         report(&mut p, &mut t, 2, 100_000_000, 100, 11_000_000);
         report(&mut p, &mut t, 1, 100_000_000, 102, 11_000_000);
         assert_eq!(p.rate(t), Some(bw), "within 3.125 ms of the floor");
