@@ -437,8 +437,7 @@ impl TunnelPacer {
         }
         // Rounds held back by the yield, like idle ones, may raise the estimate but age
         // nothing: they measure our share, not the path.
-        let yielded = self.yield_rate.is_some_and(|y| y < self.bottleneck());
-        if !app_limited && !yielded {
+        if !app_limited && !self.giving_way() {
             self.round += 1;
         }
         match self.samples.back_mut() {
@@ -527,7 +526,7 @@ impl TunnelPacer {
             .max(self.yield_edge.saturating_sub(y) / 2)
             .max(bw.saturating_sub(y) / 16);
         let back = y.saturating_add(step);
-        self.yield_rate = (back < self.bottleneck()).then_some(back);
+        self.yield_rate = (back < bw).then_some(back);
     }
 
     /// What the flows' round trip says of the bottleneck's queue this round (while cruising;
@@ -543,7 +542,8 @@ impl TunnelPacer {
             return QueueSeen::Clear;
         };
         let cruising = self.cruising();
-        let threshold = (min_rtt * YIELD_QUEUE_SIXTEENTHS / 16)
+        let rise = min_rtt * YIELD_QUEUE_SIXTEENTHS / 16;
+        let threshold = rise
             .max(self.rtt_spread * YIELD_SPREADS)
             .max(YIELD_MIN_RISE_US);
         let rose = cruising && srtt > floor + threshold;
@@ -577,8 +577,8 @@ impl TunnelPacer {
         // seconds.
         let pace = self.pace_base();
         let paced_bdp = (pace as u128 * min_rtt as u128 / 1_000_000) as u64;
-        let steady = self.rtt_spread * YIELD_SPREADS <= min_rtt * YIELD_QUEUE_SIXTEENTHS / 16
-            && self.in_flight() >= paced_bdp / 8 * 7;
+        let steady =
+            self.rtt_spread * YIELD_SPREADS <= rise && self.in_flight() >= paced_bdp / 8 * 7;
         let early = cruising && steady && growing && srtt > floor + threshold / 2;
         if (std::mem::replace(&mut self.rose, rose) && rose) || early {
             // Where the round trip is not steady its rise is no measure of the queue: an
@@ -660,8 +660,7 @@ impl TunnelPacer {
                 PaceMode::Drain => Some(self.bottleneck() / 3),
                 PaceMode::Probing => Some(self.cycle_rate()),
             },
-            giving_way: self.mode == PaceMode::Probing
-                && self.yield_rate.is_some_and(|y| y < self.bottleneck()),
+            giving_way: self.giving_way(),
         }
     }
 
@@ -680,6 +679,12 @@ impl TunnelPacer {
             Phase::Cruise => CRUISE_SIXTEENTHS,
         };
         (self.pace_base().saturating_mul(sixteenths) / 16).max(1)
+    }
+
+    /// Paced below the estimate for another sender's queue (a yield is set only while
+    /// cruising, so only in the probing cycle).
+    fn giving_way(&self) -> bool {
+        self.yield_rate.is_some_and(|y| y < self.bottleneck())
     }
 
     /// What the gains apply to: the estimate, or the rate the pacer gives way to.
