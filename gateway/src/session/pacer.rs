@@ -140,6 +140,10 @@ const YIELD_TAKE_BACK_PARTS: u64 = 64;
 /// hypervisor's stock buffers) loses to any standing queue what it adds to the round trip.
 const YIELD_CLEAR_PARTS: u64 = 32;
 const YIELD_MIN_CLEAR_US: u64 = YIELD_MIN_RISE_US / 2;
+/// Where a cut's queue began, less this part of the pace, is the edge the take-back slows at;
+/// where a queue came back, less the held part, the edge it stops at for a probing cycle.
+const YIELD_EDGE_PARTS: u64 = 32;
+const YIELD_EDGE_HELD_PARTS: u64 = 16;
 /// A rise counts only beyond this many times the round trip's usual change from one round to
 /// the next: on a busy host the DPDK stack's own rings add 0-15 ms from round to round at its
 /// full rate (lab, 100 ms path), which a fixed sixteenth of the min RTT reads as a neighbour.
@@ -261,6 +265,9 @@ pub struct TunnelPacer {
     last_cut: Option<(Instant, u64)>,
     /// The pace at which the last cut's queue began, a little less.
     yield_edge: u64,
+    /// A queue came back where the last one began: a neighbour that stays. Until then the
+    /// take-back stops at the edge.
+    edge_hold_until: Option<Instant>,
     /// The round trip of the last two rounds while cruising (newest first).
     last_srtts: (Option<u64>, Option<u64>),
     /// What the last round's round trip said about the queue.
@@ -300,6 +307,7 @@ impl TunnelPacer {
             yield_rate: None,
             last_cut: None,
             yield_edge: 0,
+            edge_hold_until: None,
             queue: QueueSeen::Clear,
             last_srtts: (None, None),
             srtt_floor: None,
@@ -481,7 +489,7 @@ impl TunnelPacer {
             } => self.cut(now, rate, queue_us, growth_us),
             // Our own bytes, or what is left of the other's: hold.
             QueueSeen::Standing => {}
-            QueueSeen::Clear => self.take_back(),
+            QueueSeen::Clear => self.take_back(now),
         }
     }
 
@@ -507,26 +515,47 @@ impl TunnelPacer {
             / self.round_len() as u128)
             .min(u64::MAX as u128) as u64;
         let give = rate - room.clamp(rate / 16, rate / 2);
+        // Where the queue began: back to just below it quickly, and on from there slowly. A
+        // queue met again on the way back (a take-back since the last cut) is a neighbour
+        // that stays: then a little further
+        // below, and nothing above it for a probing cycle (each look for more room costs a
+        // sender held by its window what the look queues: a few ms every few rounds was 3-4 %
+        // of its rate).
+        if self.yield_rate.is_some() && self.last_cut.is_none() {
+            self.yield_edge = pace - pace / YIELD_EDGE_HELD_PARTS;
+            self.edge_hold_until = Some(now.saturating_add(self.cycle_len()));
+        } else {
+            self.yield_edge = pace - pace / YIELD_EDGE_PARTS;
+            self.edge_hold_until = None;
+        }
         self.yield_rate = Some(pace.min(give).max(bw / 4));
-        // Where the queue began: back to just below it quickly, and on from there slowly.
-        self.yield_edge = pace - pace / 32;
         self.last_cut = Some((now, srtt));
     }
 
     /// The queue is gone: take back a little each round. A neighbour that stays meets a queue
     /// that grows by a few ms a round, not a step.
-    fn take_back(&mut self) {
+    fn take_back(&mut self, now: Instant) {
         let Some(y) = self.yield_rate else {
             return;
         };
         self.last_cut = None;
+        let held = self.edge_hold_until.is_some_and(|until| now < until);
+        if held && y >= self.yield_edge {
+            return;
+        }
         let bw = self.bottleneck();
         // Quickly far below the estimate or the edge, slowly near them.
         let step = (bw / YIELD_TAKE_BACK_PARTS)
             .max(self.yield_edge.saturating_sub(y) / 2)
             .max(bw.saturating_sub(y) / 16);
-        let back = y.saturating_add(step);
+        let mut back = y.saturating_add(step);
+        if held {
+            back = back.min(self.yield_edge);
+        }
         self.yield_rate = (back < bw).then_some(back);
+        if self.yield_rate.is_none() {
+            self.edge_hold_until = None;
+        }
     }
 
     /// What the flows' round trip says of the bottleneck's queue this round (while cruising;
@@ -1008,6 +1037,69 @@ mod tests {
         );
         assert!(steps[0] > steps[steps.len() - 2] * 2, "{steps:?}");
         assert!(!p.snapshot().giving_way);
+    }
+
+    /// One round on a 100 MB/s link beside a neighbour held by its window (`window` bytes a
+    /// round trip: a hypervisor's stock buffers): the queue (`queue`, bytes) grows by what the
+    /// two send beyond the link. Returns the pace this round and the queue it left, in ms.
+    fn round_beside(
+        p: &mut TunnelPacer,
+        t: &mut Instant,
+        queue: &mut u64,
+        window: u64,
+    ) -> (u64, u64) {
+        const LINK: u64 = 100_000_000;
+        let pace = p.rate(*t).unwrap();
+        let neighbour = window * 1_000_000 / (RTT + *queue * 1_000_000 / LINK);
+        *queue = (*queue + (pace + neighbour) / 10).saturating_sub(LINK / 10);
+        let queue_ms = *queue * 1000 / LINK;
+        let delivered = if *queue > 0 {
+            LINK * pace / (pace + neighbour)
+        } else {
+            pace
+        };
+        report(
+            p,
+            t,
+            1,
+            delivered,
+            100 + queue_ms,
+            pace / 10 * (100 + queue_ms) / 100,
+        );
+        (pace, queue_ms)
+    }
+
+    #[test]
+    fn a_neighbour_that_stays_meets_a_queue_once_a_cycle_not_every_few_rounds() {
+        // A neighbour that takes 30 % of the link and stays. Once its queue came back where
+        // the last one began, the tunnel holds below that for a probing cycle (24 rounds)
+        // before it looks for more room: each look costs a window-limited neighbour a few ms of
+        // round trip, and one every few rounds was 3-4 % of its rate.
+        let (mut p, mut t, bw) = cruising_at_100_mb_s();
+        let mut queue = 0;
+        let mut rounds_queued = 0;
+        let mut paces = vec![];
+        let mut window = 100_000;
+        for round in 0..100 {
+            // Its slow start, then its window's 3 MB (30 MB/s without a queue).
+            window = (window * 2).min(3_000_000);
+            let (pace, queue_ms) = round_beside(&mut p, &mut t, &mut queue, window);
+            paces.push((pace / 1_000_000, queue_ms));
+            if round >= 20 && queue_ms >= 2 {
+                rounds_queued += 1;
+            }
+        }
+        // Every six rounds it was 24 of these 80.
+        assert!(
+            rounds_queued <= 12,
+            "{rounds_queued} rounds with a queue: {paces:?}"
+        );
+        assert!(p.snapshot().giving_way);
+        // It goes: the tunnel takes the link back within a few cycles.
+        for _ in 0..100 {
+            round_beside(&mut p, &mut t, &mut queue, 0);
+        }
+        assert_eq!(p.rate(t), Some(bw), "{paces:?}");
     }
 
     #[test]
