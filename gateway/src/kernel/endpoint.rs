@@ -13,7 +13,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
-use super::sockopt::{close_gracefully, reset_on_close};
+use super::sockopt::{close_gracefully, local_endpoint};
 use super::tunnel::{wait_until, SessionSignals, Tunnel};
 use crate::protocol::{ResetReason, SessionId};
 use crate::session::{ReadOutcome, SessionError};
@@ -29,7 +29,7 @@ pub async fn drive(
     signals: Arc<SessionSignals>,
     mut stream: TcpStream,
 ) {
-    reset_on_close(&SockRef::from(&stream));
+    local_endpoint(&SockRef::from(&stream));
     let (r, w) = stream.split();
     let pumps = async {
         tokio::join!(
