@@ -18,6 +18,8 @@ the QMP events of both QEMUs (their timestamps come from the same host clock), a
     src_total_ms, src_downtime_ms, transferred_bytes, ...   the source's own query-migrate view
                      (it counts a migration done once its last byte is in its socket, which a
                      buffering proxy can make look shorter than it is: hence the e2e figures)
+    src_stop_unix, dst_resume_unix   the two events' host-clock times (to line a run up
+                     with gateway logs or socket samples)
     status           completed | failed | cancelled (timed out: did not converge)
 
 Exit status: 0 when the migration completed, 3 when it did not converge within --timeout
@@ -199,6 +201,9 @@ def migrate(a) -> int:
         "normal_pages": ram.get("normal", "na"),
         "dirty_sync_count": ram.get("dirty-sync-count", "na"),
         "src_error": (info.get("error-desc") or "").replace(" ", "_") or "none",
+        # Host-clock times, to line a run up with gateway logs or socket samples.
+        "src_stop_unix": f"{src.event('STOP'):.6f}" if src.event("STOP") else "na",
+        "dst_resume_unix": f"{dst.event('RESUME'):.6f}" if dst.event("RESUME") else "na",
     }
     print(" ".join(f"{k}={v}" for k, v in fields.items()))
     return {"completed": 0, "cancelled": 3}.get(status, 1)
