@@ -76,7 +76,11 @@
 //!   back within a 32nd of the min RTT of its floor it takes back a 64th of
 //!   the estimate a round, more far below it and below where the queue began:
 //!   a sender held by its window (a hypervisor's stock buffers) loses to any
-//!   standing queue what that adds to its round trip. The usual change is
+//!   standing queue what that adds to its round trip. A queue met again on
+//!   the way back is a neighbour that stays: the take-back then stops a
+//!   sixteenth below where that queue began for a probing cycle (2.4 s)
+//!   before it looks for more room, as a probe would (it looked every six
+//!   rounds or so, a few ms of queue each time). The usual change is
 //!   what keeps the DPDK pair on a busy host from giving way to itself: its
 //!   own rings add 1-15 ms from one round to the next at its full rate.
 
