@@ -1,4 +1,5 @@
-//! Socket options for WAN flows and transparent listeners.
+//! Socket options for WAN flows, transparent listeners and sessions' local
+//! connections.
 //!
 //! WAN sockets are the gateway's own: we pick their congestion control and
 //! buffers regardless of the host's defaults (a hypervisor host usually runs
@@ -303,11 +304,6 @@ mod tests {
         }
     }
 
-    /// A data flow writes whole batches of records; with Nagle's algorithm
-    /// the last, partial segment of a batch waited in the kernel until
-    /// everything before it was acked, up to one WAN round trip, and the
-    /// record it ends could not be opened until then. At the end of a
-    /// migration that was the last frame of every flow: the guest's downtime.
     /// The downlink writes each frame's payload to the local endpoint as it is
     /// opened. With Nagle's algorithm a write's partial last segment waited
     /// until the endpoint acked all before it (its delayed ACK: up to 40 ms);
@@ -321,6 +317,11 @@ mod tests {
         assert_eq!(s.linger().unwrap(), Some(std::time::Duration::ZERO));
     }
 
+    /// A data flow writes whole batches of records; with Nagle's algorithm
+    /// the last, partial segment of a batch waited in the kernel until
+    /// everything before it was acked, up to one WAN round trip, and the
+    /// record it ends could not be opened until then. At the end of a
+    /// migration that was the last frame of every flow: the guest's downtime.
     #[test]
     fn every_wan_connection_sends_without_nagles_delay() {
         for data_flow in [true, false] {

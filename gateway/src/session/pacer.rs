@@ -521,10 +521,9 @@ impl TunnelPacer {
         let give = rate - room.clamp(rate / 16, rate / 2);
         // Where the queue began: back to just below it quickly, and on from there slowly. A
         // queue met again on the way back (a take-back since the last cut) is a neighbour
-        // that stays: then a little further
-        // below, and nothing above it for a probing cycle (each look for more room costs a
-        // sender held by its window what the look queues: a few ms every few rounds was 3-4 %
-        // of its rate).
+        // that stays: then a little further below, and nothing above it for a probing cycle
+        // (each look for more room costs a sender held by its window what the look queues: a
+        // few ms every few rounds was 3-4 % of its rate).
         if self.yield_rate.is_some() && self.last_cut.is_none() {
             self.yield_edge = pace - pace / YIELD_EDGE_HELD_PARTS;
             self.edge_hold_until = Some(now.saturating_add(self.cycle_len()));
