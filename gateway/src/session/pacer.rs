@@ -270,7 +270,7 @@ pub struct TunnelPacer {
     /// The pace at which the last cut's queue began, a little less.
     yield_edge: u64,
     /// A queue came back where the last one began: a neighbour that stays. Until then the
-    /// take-back stops at the edge.
+    /// take-back stops at the edge. Read only while a yield is set; each cut sets it anew.
     edge_hold_until: Option<Instant>,
     /// The round trip of the last two rounds while cruising (newest first).
     last_srtts: (Option<u64>, Option<u64>),
@@ -556,9 +556,6 @@ impl TunnelPacer {
             back = back.min(self.yield_edge);
         }
         self.yield_rate = (back < bw).then_some(back);
-        if self.yield_rate.is_none() {
-            self.edge_hold_until = None;
-        }
     }
 
     /// What the flows' round trip says of the bottleneck's queue this round (while cruising;
