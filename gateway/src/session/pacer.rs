@@ -173,6 +173,20 @@ enum QueueSeen {
     Clear,
 }
 
+/// How the pacer gives way to another sender's queue: set by each cut, moved by each
+/// take-back, gone once the take-back reaches the estimate.
+#[derive(Debug, Clone, Copy)]
+struct GivingWay {
+    /// The rate the tunnel is paced at, at most.
+    rate: u64,
+    /// Just below the pace at which the last cut's queue began: taken back to quickly, and
+    /// on from there slowly.
+    edge: u64,
+    /// A queue came back where the last one began: a neighbour that stays. Until then the
+    /// take-back stops at the edge.
+    hold_until: Option<Instant>,
+}
+
 /// Where a probing cycle is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -264,14 +278,9 @@ pub struct TunnelPacer {
     /// Startup: the estimate when it last grew 25 %, and rounds since.
     full_bw: u64,
     rounds_without_growth: u32,
-    /// While another sender queues: the rate the pacer gives way to.
-    yield_rate: Option<u64>,
+    /// While another sender queues: how the pacer gives way to it.
+    yielding: Option<GivingWay>,
     last_cut: Option<(Instant, u64)>,
-    /// The pace at which the last cut's queue began, a little less.
-    yield_edge: u64,
-    /// A queue came back where the last one began: a neighbour that stays. Until then the
-    /// take-back stops at the edge. Read only while a yield is set; each cut sets it anew.
-    edge_hold_until: Option<Instant>,
     /// The round trip of the last two rounds while cruising (newest first).
     last_srtts: (Option<u64>, Option<u64>),
     /// What the last round's round trip said about the queue.
@@ -308,10 +317,8 @@ impl TunnelPacer {
             min_rtt: None,
             full_bw: 0,
             rounds_without_growth: 0,
-            yield_rate: None,
+            yielding: None,
             last_cut: None,
-            yield_edge: 0,
-            edge_hold_until: None,
             queue: QueueSeen::Clear,
             last_srtts: (None, None),
             srtt_floor: None,
@@ -484,7 +491,7 @@ impl TunnelPacer {
             self.rtt_spread,
             self.phase,
             queue,
-            self.yield_rate.map(|y| y / 125_000),
+            self.yield_rate().map(|y| y / 125_000),
         );
         match queue {
             QueueSeen::Others {
@@ -524,38 +531,44 @@ impl TunnelPacer {
         // that stays: then a little further below, and nothing above it for a probing cycle
         // (each look for more room costs a sender held by its window what the look queues: a
         // few ms every few rounds was 3-4 % of its rate).
-        if self.yield_rate.is_some() && self.last_cut.is_none() {
-            self.yield_edge = pace - pace / YIELD_EDGE_HELD_PARTS;
-            self.edge_hold_until = Some(now.saturating_add(self.cycle_len()));
+        let (edge, hold_until) = if self.yielding.is_some() && self.last_cut.is_none() {
+            (
+                pace - pace / YIELD_EDGE_HELD_PARTS,
+                Some(now.saturating_add(self.cycle_len())),
+            )
         } else {
-            self.yield_edge = pace - pace / YIELD_EDGE_PARTS;
-            self.edge_hold_until = None;
-        }
-        self.yield_rate = Some(pace.min(give).max(bw / 4));
+            (pace - pace / YIELD_EDGE_PARTS, None)
+        };
+        self.yielding = Some(GivingWay {
+            rate: pace.min(give).max(bw / 4),
+            edge,
+            hold_until,
+        });
         self.last_cut = Some((now, srtt));
     }
 
     /// The queue is gone: take back a little each round. A neighbour that stays meets a queue
     /// that grows by a few ms a round, not a step.
     fn take_back(&mut self, now: Instant) {
-        let Some(y) = self.yield_rate else {
+        let Some(way) = self.yielding else {
             return;
         };
         self.last_cut = None;
-        let held = self.edge_hold_until.is_some_and(|until| now < until);
-        if held && y >= self.yield_edge {
+        let y = way.rate;
+        let held = way.hold_until.is_some_and(|until| now < until);
+        if held && y >= way.edge {
             return;
         }
         let bw = self.bottleneck();
         // Quickly far below the estimate or the edge, slowly near them.
         let step = (bw / YIELD_TAKE_BACK_PARTS)
-            .max(self.yield_edge.saturating_sub(y) / 2)
+            .max(way.edge.saturating_sub(y) / 2)
             .max(bw.saturating_sub(y) / 16);
         let mut back = y.saturating_add(step);
         if held {
-            back = back.min(self.yield_edge);
+            back = back.min(way.edge);
         }
-        self.yield_rate = (back < bw).then_some(back);
+        self.yielding = (back < bw).then_some(GivingWay { rate: back, ..way });
     }
 
     /// What the flows' round trip says of the bottleneck's queue this round (while cruising;
@@ -576,7 +589,7 @@ impl TunnelPacer {
             .max(self.rtt_spread * YIELD_SPREADS)
             .max(YIELD_MIN_RISE_US);
         let rose = cruising && srtt > floor + threshold;
-        if cruising && self.yield_rate.is_none() {
+        if cruising && self.yielding.is_none() {
             // Only rounds at the full rate: a yielded round's is lower by what our own
             // bytes add, which is no spread of the path's.
             if let Some(last) = self.last_cruise_srtt {
@@ -653,7 +666,7 @@ impl TunnelPacer {
                     Phase::Down => None,
                     // No probe while giving way: it would only queue ahead of the other.
                     Phase::Cruise => (now.saturating_sub(self.cycle_start) >= self.cycle_len()
-                        && self.yield_rate.is_none())
+                        && self.yielding.is_none())
                     .then_some(Phase::Up),
                 };
                 if let Some(phase) = next {
@@ -713,13 +726,18 @@ impl TunnelPacer {
     /// Paced below the estimate for another sender's queue (a yield is set only while
     /// cruising, so only in the probing cycle).
     fn giving_way(&self) -> bool {
-        self.yield_rate.is_some_and(|y| y < self.bottleneck())
+        self.yield_rate().is_some_and(|y| y < self.bottleneck())
+    }
+
+    /// The rate the pacer gives way to, while another sender queues.
+    fn yield_rate(&self) -> Option<u64> {
+        self.yielding.map(|w| w.rate)
     }
 
     /// What the gains apply to: the estimate, or the rate the pacer gives way to.
     fn pace_base(&self) -> u64 {
         let bw = self.bottleneck();
-        self.yield_rate.map_or(bw, |y| y.min(bw))
+        self.yield_rate().map_or(bw, |y| y.min(bw))
     }
 
     /// The flows' round trip now: the lowest any reports (queueing included).
@@ -950,14 +968,15 @@ mod tests {
             report(&mut p, &mut t, 1, 100_000_000, srtt, 11_000_000);
             p.rate(t);
             assert_eq!(
-                p.yield_rate, None,
+                p.yield_rate(),
+                None,
                 "round {k}: {srtt} ms, spread {}",
                 p.rtt_spread
             );
         }
         // A neighbour's slow start stands out of that: two rounds 30 ms up.
         report(&mut p, &mut t, 2, 80_000_000, 135, 11_000_000);
-        assert!(p.yield_rate.is_some(), "spread {}", p.rtt_spread);
+        assert!(p.yield_rate().is_some(), "spread {}", p.rtt_spread);
     }
 
     #[test]
@@ -984,7 +1003,7 @@ mod tests {
         };
         for k in 0..400 {
             round(&mut p, if k % 50 < 45 { 200 } else { 3_200 });
-            assert_eq!(p.yield_rate, None, "round {k}");
+            assert_eq!(p.yield_rate(), None, "round {k}");
         }
         assert_eq!(p.snapshot().mode, PaceMode::Probing);
     }
@@ -1111,7 +1130,7 @@ mod tests {
         report(&mut p, &mut t, 3, 100_000_000, 100, 10_000_000);
         report(&mut p, &mut t, 1, 100_000_000, 101, 10_000_000);
         report(&mut p, &mut t, 1, 100_000_000, 103, 10_000_000);
-        assert_eq!(p.yield_rate, None, "nothing to answer yet");
+        assert_eq!(p.yield_rate(), None, "nothing to answer yet");
         report(&mut p, &mut t, 1, 100_000_000, 106, 10_000_000);
         // 6 ms up, growing two rounds running: room for the 6 ms and 3 more.
         let given = p.rate(t).unwrap();
@@ -1123,7 +1142,7 @@ mod tests {
         for srtt in [100, 100, 100, 101, 103, 106] {
             report(&mut p, &mut t, 1, 100_000_000, srtt, 7_000_000);
         }
-        assert_eq!(p.yield_rate, None);
+        assert_eq!(p.yield_rate(), None);
     }
 
     #[test]
@@ -1139,7 +1158,7 @@ mod tests {
         report(&mut p, &mut t, 1, 100_000_000, 101, 11_000_000);
         report(&mut p, &mut t, 1, 100_000_000, 104, 11_000_000);
         assert_eq!(p.rate(t), Some(bw / 16 * 15));
-        assert_eq!(p.yield_rate, None, "no one else's");
+        assert_eq!(p.yield_rate(), None, "no one else's");
         report(&mut p, &mut t, 1, 100_000_000, 101, 11_000_000);
         assert_eq!(p.rate(t), Some(bw));
         // With less than a BDP on the wire the queue is not ours to drain (the DPDK pair's
