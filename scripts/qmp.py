@@ -183,6 +183,7 @@ def migrate(a) -> int:
 
     ram = info.get("ram", {})
     t_done = dst.event("MIGRATION", done)
+    t_stop, t_resume = src.event("STOP"), dst.event("RESUME")
     e2e = ms(t_start, t_done)
     goodput = "na"
     if t_done is not None and ram.get("transferred"):
@@ -191,7 +192,7 @@ def migrate(a) -> int:
         "status": status,
         "converged": int(status == "completed"),
         "e2e_total_ms": e2e,
-        "e2e_downtime_ms": ms(src.event("STOP"), dst.event("RESUME")) if was_running else "na",
+        "e2e_downtime_ms": ms(t_stop, t_resume) if was_running else "na",
         "e2e_goodput_mbit": goodput,
         "src_total_ms": info.get("total-time", "na"),
         "src_downtime_ms": info.get("downtime", "na"),
@@ -202,8 +203,8 @@ def migrate(a) -> int:
         "dirty_sync_count": ram.get("dirty-sync-count", "na"),
         "src_error": (info.get("error-desc") or "").replace(" ", "_") or "none",
         # Host-clock times, to line a run up with gateway logs or socket samples.
-        "src_stop_unix": f"{src.event('STOP'):.6f}" if src.event("STOP") else "na",
-        "dst_resume_unix": f"{dst.event('RESUME'):.6f}" if dst.event("RESUME") else "na",
+        "src_stop_unix": f"{t_stop:.6f}" if t_stop is not None else "na",
+        "dst_resume_unix": f"{t_resume:.6f}" if t_resume is not None else "na",
     }
     print(" ".join(f"{k}={v}" for k, v in fields.items()))
     return {"completed": 0, "cancelled": 3}.get(status, 1)
