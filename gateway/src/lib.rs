@@ -43,6 +43,7 @@ pub mod dedup;
 pub mod dpdk;
 pub mod frames;
 pub mod kernel;
+pub mod lane;
 pub mod link;
 pub mod protocol;
 pub mod session;

@@ -2,7 +2,7 @@
 //! the source tree and fails on an import that crosses a layer the wrong way.
 //!
 //! - The sans-IO core (`protocol/`, `crypto/`, `session/`, `transform/`,
-//!   `dedup/`, `link/`, `frames/` and `sources.rs`) names neither
+//!   `dedup/`, `link/`, `lane/`, `frames/` and `sources.rs`) names neither
 //!   an I/O runtime nor a datapath nor `admin/`: no `tokio`, `smoltcp` or
 //!   `lmas_dpdk`, no `crate::kernel`, `crate::dpdk` or `crate::admin`. Then
 //!   both datapaths can drive it, its tests need no sockets and no clock,
@@ -16,8 +16,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 /// Core modules, relative to `src/` (a directory, or one file).
-const CORE: [&str; 8] = [
+const CORE: [&str; 9] = [
     "protocol",
+    "lane",
     "frames",
     "crypto",
     "session",

@@ -1,0 +1,193 @@
+//! The sending end of the lane: which groups are on the way, what the acks
+//! say of them, and which were lost.
+//!
+//! A group not acked within a round trip and a quarter (at least 5 ms more)
+//! of its last shard is lost: its parity did not cover what the path
+//! dropped, or its acks were lost. Its token goes back to the caller, whose
+//! frame goes again on a reliable data flow; if it arrived after all, the far
+//! end keeps the first copy. Until the first round trip is measured the
+//! wait is [`INITIAL_LOSS_WAIT_US`].
+
+use std::collections::VecDeque;
+
+use super::wire::Ack;
+use crate::session::pacer::FlowProgress;
+use crate::session::Instant;
+
+/// How long a group may go unacked before any round trip was measured.
+pub const INITIAL_LOSS_WAIT_US: u64 = 1_000_000;
+/// Beyond a round trip, a group may take this much longer (the receiver's
+/// ack delay and this host's scheduling).
+const MIN_LOSS_SLACK_US: u64 = 5_000;
+
+#[derive(Debug, Clone)]
+struct InFlight<T> {
+    group: u64,
+    first_packet: u64,
+    last_packet: u64,
+    sent_at: Instant,
+    /// Frame bytes.
+    len: u64,
+    token: T,
+}
+
+/// What the sending end counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SenderCounters {
+    pub groups: u64,
+    pub acked: u64,
+    pub lost: u64,
+}
+
+#[derive(Debug)]
+pub struct LaneSender<T> {
+    next_group: u64,
+    /// Groups sent and neither acked nor lost, oldest first.
+    flight: VecDeque<InFlight<T>>,
+    outstanding: u64,
+    /// Frame bytes sent and acked, each once.
+    sent: u64,
+    delivered: u64,
+    largest_acked: Option<u64>,
+    srtt_us: Option<u64>,
+    min_rtt_us: Option<u64>,
+    lost: VecDeque<T>,
+    counters: SenderCounters,
+}
+
+impl<T> Default for LaneSender<T> {
+    fn default() -> Self {
+        LaneSender {
+            next_group: 0,
+            flight: VecDeque::new(),
+            outstanding: 0,
+            sent: 0,
+            delivered: 0,
+            largest_acked: None,
+            srtt_us: None,
+            min_rtt_us: None,
+            lost: VecDeque::new(),
+            counters: SenderCounters::default(),
+        }
+    }
+}
+
+impl<T> LaneSender<T> {
+    /// The group the next frame becomes.
+    pub fn next_group(&self) -> u64 {
+        self.next_group
+    }
+
+    /// The oldest group still tracked: the receiver may give up on any below.
+    pub fn floor(&self) -> u64 {
+        self.flight.front().map_or(self.next_group, |f| f.group)
+    }
+
+    /// A frame of `len` bytes went out at `now` as group [`LaneSender::next_group`],
+    /// in datagrams numbered `first_packet..=last_packet`.
+    pub fn sent(&mut self, now: Instant, len: u64, first_packet: u64, last_packet: u64, token: T) {
+        self.flight.push_back(InFlight {
+            group: self.next_group,
+            first_packet,
+            last_packet,
+            sent_at: now,
+            len,
+            token,
+        });
+        self.next_group += 1;
+        self.outstanding += len;
+        self.sent += len;
+        self.counters.groups += 1;
+    }
+
+    /// What an ack arriving at `now` says; returns the tokens of the groups it acked.
+    pub fn on_ack(&mut self, now: Instant, ack: &Ack) -> Vec<T> {
+        if self.largest_acked.is_none_or(|l| ack.largest > l) {
+            self.largest_acked = Some(ack.largest);
+            self.sample_rtt(now, ack);
+        }
+        let rebuilt = |g: u64| {
+            g < ack.below
+                || ack
+                    .ranges
+                    .iter()
+                    .any(|&(s, n)| g >= s && g - s < u64::from(n))
+        };
+        let mut acked = Vec::new();
+        let mut kept = VecDeque::with_capacity(self.flight.len());
+        for f in self.flight.drain(..) {
+            if rebuilt(f.group) {
+                self.outstanding -= f.len;
+                self.delivered += f.len;
+                self.counters.acked += 1;
+                acked.push(f.token);
+            } else {
+                kept.push_back(f);
+            }
+        }
+        self.flight = kept;
+        acked
+    }
+
+    fn sample_rtt(&mut self, now: Instant, ack: &Ack) {
+        let Some(f) = self
+            .flight
+            .iter()
+            .find(|f| (f.first_packet..=f.last_packet).contains(&ack.largest))
+        else {
+            return;
+        };
+        let rtt = now
+            .saturating_sub(f.sent_at)
+            .saturating_sub(u64::from(ack.delay_us))
+            .max(1);
+        self.min_rtt_us = Some(self.min_rtt_us.map_or(rtt, |m| m.min(rtt)));
+        self.srtt_us = Some(self.srtt_us.map_or(rtt, |s| (7 * s + rtt) / 8));
+    }
+
+    fn loss_wait(&self) -> u64 {
+        self.srtt_us
+            .map_or(INITIAL_LOSS_WAIT_US, |s| s + (s / 4).max(MIN_LOSS_SLACK_US))
+    }
+
+    /// When the oldest group on the way is lost if no ack comes.
+    pub fn loss_deadline(&self) -> Option<Instant> {
+        self.flight.front().map(|f| f.sent_at + self.loss_wait())
+    }
+
+    /// Declares lost every group past its deadline at `now`.
+    pub fn detect_lost(&mut self, now: Instant) {
+        let wait = self.loss_wait();
+        while self.flight.front().is_some_and(|f| f.sent_at + wait <= now) {
+            let f = self.flight.pop_front().expect("checked");
+            self.outstanding -= f.len;
+            self.counters.lost += 1;
+            self.lost.push_back(f.token);
+        }
+    }
+
+    /// The token of a group declared lost, oldest first.
+    pub fn poll_lost(&mut self) -> Option<T> {
+        self.lost.pop_front()
+    }
+
+    /// Frame bytes on the way, neither acked nor lost.
+    pub fn outstanding(&self) -> u64 {
+        self.outstanding
+    }
+
+    pub fn counters(&self) -> SenderCounters {
+        self.counters
+    }
+
+    /// What the lane delivered, for the tunnel pacer, as a data flow reports it.
+    pub fn progress(&self) -> FlowProgress {
+        FlowProgress {
+            delivered: self.delivered,
+            min_rtt_us: self.min_rtt_us,
+            srtt_us: self.srtt_us,
+            outstanding: self.outstanding,
+            sent: self.sent,
+        }
+    }
+}
