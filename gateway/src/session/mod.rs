@@ -98,6 +98,9 @@ pub struct Counters {
     pub flows_lost: u64,
     /// Times a flow stalled with frames unsent and they went on the others.
     pub flow_stalls: u64,
+    /// Frames the lane lost (its parity did not cover the path's losses): they went again
+    /// on the data flows.
+    pub lane_frames_lost: u64,
     pub protocol_errors: u64,
     pub resyncs: u64,
 }
@@ -112,6 +115,7 @@ impl Counters {
             ("resent_bytes", self.resent_bytes),
             ("flows_lost", self.flows_lost),
             ("flow_stalls", self.flow_stalls),
+            ("lane_frames_lost", self.lane_frames_lost),
             ("protocol_errors", self.protocol_errors),
             ("resyncs", self.resyncs),
         ]

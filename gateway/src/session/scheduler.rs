@@ -463,6 +463,11 @@ impl Scheduler {
         }
     }
 
+    /// The range `flow` was given last.
+    pub fn last_carried(&self, flow: usize) -> Option<Carried> {
+        self.ledgers.get(flow)?.back().copied()
+    }
+
     pub fn ledger_len(&self, flow: usize) -> usize {
         self.ledgers[flow].len()
     }

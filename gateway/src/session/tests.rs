@@ -26,6 +26,8 @@ struct End {
     events: Vec<Event>,
     /// Payload bytes of the data frames this end pulled (what crossed its flows).
     sent_bytes: u64,
+    /// Frames on the lane towards the other end, with the range each carries.
+    lane: VecDeque<(Message, scheduler::Carried)>,
 }
 
 impl End {
@@ -38,6 +40,7 @@ impl End {
             finished: HashMap::new(),
             events: Vec::new(),
             sent_bytes: 0,
+            lane: VecDeque::new(),
         }
     }
 
@@ -117,6 +120,18 @@ enum Op {
     ControlLost,
     Read,
     Tick,
+    /// The lane of the given end pulls a frame (if it is up and has room).
+    LanePull {
+        from_a: bool,
+    },
+    /// The oldest frame on the lane arrives, or is lost (its parity did not cover the
+    /// path's losses): the sender learns it in time.
+    LaneDeliver {
+        from_a: bool,
+        lost: bool,
+    },
+    /// Both lanes go down (what is on them is lost) or come up.
+    LaneUp(bool),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -129,6 +144,17 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::ControlLost),
         2 => Just(Op::Read),
         1 => Just(Op::Tick),
+    ]
+}
+
+/// [`op`], and the lane's.
+fn lane_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => op(),
+        3 => any::<bool>().prop_map(|from_a| Op::LanePull { from_a }),
+        3 => (any::<bool>(), prop::bool::weighted(0.2))
+            .prop_map(|(from_a, lost)| Op::LaneDeliver { from_a, lost }),
+        1 => any::<bool>().prop_map(Op::LaneUp),
     ]
 }
 
@@ -232,6 +258,37 @@ fn run_ends(mut a: End, mut b: End, streams: &[Vec<u8>], ops: &[Op]) -> (End, En
             a.drain_events();
             b.drain_events();
         }
+        Op::LanePull { from_a } => {
+            let end = if from_a { &mut *a } else { &mut *b };
+            let outstanding = end.lane.len() as u64 * limits().frame_len as u64;
+            if let Some((f, carried)) = end.core.poll_lane_frame(*now, outstanding) {
+                end.sent_bytes += f.payload.len() as u64;
+                end.lane.push_back((Message::Data(f), carried));
+            }
+            end.drain_events();
+        }
+        Op::LaneDeliver { from_a, lost } => {
+            let (src, dst) = if from_a {
+                (&mut *a, &mut *b)
+            } else {
+                (&mut *b, &mut *a)
+            };
+            if let Some((m, carried)) = src.lane.pop_front() {
+                if lost {
+                    src.core.lane_lost(carried);
+                    src.drain_events();
+                } else {
+                    deliver(dst, m);
+                }
+            }
+        }
+        Op::LaneUp(up) => {
+            for end in [&mut *a, &mut *b] {
+                end.lane.clear();
+                end.core.set_lane_up(up);
+                end.drain_events();
+            }
+        }
     };
     for op in ops {
         feed(&mut a, &mut pending);
@@ -245,6 +302,11 @@ fn run_ends(mut a: End, mut b: End, streams: &[Vec<u8>], ops: &[Op]) -> (End, En
                 step(&Op::Pull { from_a, flow }, &mut a, &mut b, &mut now);
                 step(&Op::Deliver { from_a, flow }, &mut a, &mut b, &mut now);
             }
+        }
+        for from_a in [true, false] {
+            let lost = false;
+            step(&Op::LanePull { from_a }, &mut a, &mut b, &mut now);
+            step(&Op::LaneDeliver { from_a, lost }, &mut a, &mut b, &mut now);
         }
         step(&Op::Control, &mut a, &mut b, &mut now);
         step(&Op::Read, &mut a, &mut b, &mut now);
@@ -273,6 +335,70 @@ proptest! {
         prop_assert_eq!(b.core.session_count(), 0);
         prop_assert_eq!(a.core.buffered(), 0);
     }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// The same over a lane that loses frames, goes down and comes back: whatever it
+    /// loses goes again on the flows.
+    #[test]
+    fn streams_arrive_exactly_over_a_lossy_lane(
+        streams in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..12_000), 1..4),
+        ops in proptest::collection::vec(lane_op(), 0..400),
+    ) {
+        let mut a = End::new(Side::Dialer, limits());
+        let mut b = End::new(Side::Acceptor, limits());
+        a.core.set_lane_up(true);
+        b.core.set_lane_up(true);
+        let (a, b, ids) = run_ends(a, b, &streams, &ops);
+        for (id, data) in ids.iter().zip(&streams) {
+            prop_assert_eq!(&b.received[id], data, "session {}", id);
+        }
+        prop_assert_eq!(a.core.session_count(), 0);
+        prop_assert_eq!(b.core.session_count(), 0);
+    }
+}
+
+/// While the lane is up it takes every new frame; a data flow takes only what goes again,
+/// and a frame the lane lost goes on one.
+#[test]
+fn the_lane_carries_new_frames_and_the_flows_what_it_lost() {
+    let target: SocketAddr = "192.0.2.1:5000".parse().unwrap();
+    let mut a = End::new(Side::Dialer, limits());
+    a.core.set_lane_up(true);
+    let id = a.core.open(target, Origin::default()).unwrap();
+    a.core
+        .handle_message(Message::Accept {
+            session: id,
+            window: 1 << 20,
+        })
+        .unwrap();
+    a.core.write(id, Bytes::from(vec![7u8; 1400])).unwrap();
+    a.drain_events();
+    assert_eq!(a.core.poll_frame(0, 0), None, "a flow takes no new frame");
+    let (first, carried) = a.core.poll_lane_frame(0, 0).unwrap();
+    assert_eq!(
+        (carried.session, carried.start, carried.end),
+        (id, 0, first.payload.len() as u64)
+    );
+    // Full: the lane's window is taken.
+    assert_eq!(
+        a.core.poll_lane_frame(0, tunnel::lane::LANE_INITIAL_WINDOW),
+        None
+    );
+    a.core.lane_lost(carried);
+    let again = a.core.poll_frame(0, 1).expect("the lost frame, on a flow");
+    assert_eq!((again.session, again.offset), (id, 0));
+    assert_eq!(again.payload, first.payload);
+    assert_eq!(a.core.counters().lane_frames_lost, 1);
+    // Down, the lane's frames go on the flows, and so do new ones.
+    let (second, _) = a.core.poll_lane_frame(0, 0).unwrap();
+    a.core.set_lane_up(false);
+    let resent: Vec<u64> = std::iter::from_fn(|| a.core.poll_frame(0, 2))
+        .map(|f| f.offset)
+        .collect();
+    assert_eq!(resent, [first.offset, second.offset], "none acked yet");
 }
 
 #[test]

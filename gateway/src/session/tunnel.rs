@@ -31,6 +31,9 @@ use super::send::SendStream;
 use super::shares::{GroupKey, GroupSnapshot, Origin, SharePolicy};
 use super::unsent::UnsentPools;
 use super::{Counters, DedupConfig, Instant, Limits};
+use lane::LaneSlot;
+
+pub mod lane;
 use crate::crypto::DedupOffer;
 use crate::protocol::message::DATA_FLAG_DEDUP;
 use crate::protocol::packed::MAX_UNPACKED_LEN;
@@ -180,6 +183,8 @@ pub struct TunnelCore {
     unsent: UnsentPools,
     /// The index of the peer's dedup store, and ours.
     dedup: TunnelDedup,
+    /// The lane's carrier slot (after the data flows), and whether it is up.
+    lane: LaneSlot,
 }
 
 /// What a reassembler's bytes waiting for the endpoint cost in memory.
@@ -200,8 +205,9 @@ impl TunnelCore {
                 Side::Acceptor => 1,
             },
             id_step: 2,
-            scheduler: Scheduler::new(flows, limits.frame_len),
-            pacer: TunnelPacer::new(flows),
+            // One carrier slot more than the flows: the lane's.
+            scheduler: Scheduler::new(flows + 1, limits.frame_len),
+            pacer: TunnelPacer::new(flows + 1),
             unsent: UnsentPools::new(limits.unsent_buffer, limits.frame_len as u64),
             limits,
             sessions: FxHashMap::default(),
@@ -220,6 +226,7 @@ impl TunnelCore {
                 },
                 None,
             ),
+            lane: LaneSlot::new(flows),
         }
     }
 
@@ -323,8 +330,9 @@ impl TunnelCore {
         4 * self.limits.max_sessions + 1024
     }
 
+    /// The data flows (the lane's slot not counted).
     pub fn flow_count(&self) -> usize {
-        self.scheduler.flow_count()
+        self.lane.slot
     }
 
     /// Every session's position, for status output.
@@ -761,7 +769,9 @@ impl TunnelCore {
         };
         self.scheduler.set_pacing(rate);
         let frame = self.next_frame(now, flow);
-        if frame.is_none() && !self.throttled() {
+        // A flow that carries only resends (the lane carries the new frames) finding none
+        // says nothing of the sources' pace.
+        if frame.is_none() && !self.throttled() && self.lane.carries_new(flow) {
             self.pacer.on_idle();
         }
         frame
@@ -780,7 +790,9 @@ impl TunnelCore {
         now: Instant,
         flows: impl IntoIterator<Item = (usize, FlowProgress)>,
     ) {
-        self.pacer.on_progress(now, flows);
+        let lane = self.lane.progress();
+        let flows = flows.into_iter().map(|(k, p)| (k, self.lane.flow_seen(p)));
+        self.pacer.on_progress(now, flows.chain(lane));
         self.size_unsent_budgets();
     }
 
@@ -796,7 +808,14 @@ impl TunnelCore {
                 .get(&c.session)
                 .is_none_or(|s| s.send.acked() >= c.end)
         });
-        while let Some(c) = self.scheduler.next_resend(now) {
+        // The lane's lost frames go again on the flows, which are reliable; new frames go on
+        // the lane while it is up.
+        let lane_up = self.lane.up;
+        let is_lane = flow == self.lane.slot;
+        while let Some(c) = (!is_lane)
+            .then(|| self.scheduler.next_resend(now))
+            .flatten()
+        {
             let Some(s) = self.sessions.get(&c.session) else {
                 continue;
             };
@@ -823,7 +842,10 @@ impl TunnelCore {
                 return Some(self.carry(flow, c.session, offset, payload));
             }
         }
-        while let Some((group, id)) = self.scheduler.next_ready(now) {
+        while let Some((group, id)) = (is_lane || !lane_up)
+            .then(|| self.scheduler.next_ready(now))
+            .flatten()
+        {
             let frame_len = self.limits.frame_len;
             let Some(s) = self.sessions.get_mut(&id) else {
                 continue;
