@@ -40,7 +40,8 @@ Options:
                      and -lN: their link cap (limits.link_rate_mbit), N Mbit/s,
                      and -cMODE: their compression (auto, off, lz4, zstd, zstd:L),
                      and -dMODE: their dedup (issue 16): -dauto, -doff, or -dtunnel /
-                     -dmigration (dedup auto with that dedup_scope), e.g. lmas-coff-dtunnel
+                     -dmigration (dedup auto with that dedup_scope), e.g. lmas-coff-dtunnel,
+                     and last -lane: the tunnel's frames as datagrams with parity (wan.lane)
                                                                     [$MODES]
   --runs N                                                          [$RUNS]
   --rate MBIT        link rate                                      [$RATE]
@@ -98,8 +99,8 @@ read -r -a links <<<"$LINKS"
 read -r -a guests <<<"$GUESTS"
 read -r -a modes <<<"$MODES"
 for m in "${modes[@]}"; do
-    [[ $m =~ ^(direct(-mf[0-9]+)?|(lmas|dpdk)(-mf[0-9]+)?(-w[0-9]+m)?(-u[0-9]+m)?(-l[0-9]+)?(-c(auto|off|lz4|zstd(:-?[0-9]+)?))?(-d(auto|off|tunnel|migration))?)$ ]] ||
-        die "bad mode $m (direct, direct-mfN, lmas, lmas-mfN, lmas[-mfN][-wNm][-uNm][-lN][-cMODE][-dMODE], dpdk[...] likewise)"
+    [[ $m =~ ^(direct(-mf[0-9]+)?|(lmas|dpdk)(-mf[0-9]+)?(-w[0-9]+m)?(-u[0-9]+m)?(-l[0-9]+)?(-c(auto|off|lz4|zstd(:-?[0-9]+)?))?(-d(auto|off|tunnel|migration))?(-lane)?)$ ]] ||
+        die "bad mode $m (direct, direct-mfN, lmas, lmas-mfN, lmas[-mfN][-wNm][-uNm][-lN][-cMODE][-dMODE][-lane], dpdk[...] likewise)"
 done
 total=$((${#links[@]} * ${#guests[@]} * ${#modes[@]} * RUNS))
 RUNS_CSV=$OUT/runs.csv
@@ -121,15 +122,16 @@ for link in "${links[@]}"; do
         for ((run = 1; run <= RUNS; run++)); do
             for mode in "${modes[@]}"; do
                 n=$((n + 1))
-                path=${mode%%-*} mf=0 window=() unsent=() linkcap=() compression=() dedup=()
+                path=${mode%%-*} mf=0 window=() unsent=() linkcap=() compression=() dedup=() lane=()
+                [[ $mode == *-lane ]] && lane=(--lane on)
                 [[ $mode =~ -mf([0-9]+) ]] && mf=${BASH_REMATCH[1]}
                 [[ $mode =~ -w([0-9]+)m ]] && window=(--window $((BASH_REMATCH[1] * 1024 * 1024)))
                 [[ $mode =~ -u([0-9]+)m ]] && unsent=(--unsent $((BASH_REMATCH[1] * 1024 * 1024)))
                 [[ $mode =~ -l([0-9]+)($|-) ]] && linkcap=(--link-cap "${BASH_REMATCH[1]}")
                 [[ $mode =~ -c(auto|off|lz4|zstd(:-?[0-9]+)?) ]] && compression=(--compression "${BASH_REMATCH[1]}")
-                if [[ $mode =~ -d(auto|off)$ ]]; then
+                if [[ ${mode%-lane} =~ -d(auto|off)$ ]]; then
                     dedup=(--dedup "${BASH_REMATCH[1]}")
-                elif [[ $mode =~ -d(tunnel|migration)$ ]]; then
+                elif [[ ${mode%-lane} =~ -d(tunnel|migration)$ ]]; then
                     dedup=(--dedup auto --dedup-scope "${BASH_REMATCH[1]}")
                 fi
                 progress msg "rtt=${rtt}ms loss=${loss}% $guest $mode run $run/$RUNS"
@@ -137,7 +139,7 @@ for link in "${links[@]}"; do
                 rc=0
                 line=$("$REPO/scripts/migrate.sh" --mode "$path" --multifd "$mf" --guest "$guest" \
                     --ram-mib "$ram" --ws-mib "$WS_MIB" --dirty-rate "$DIRTY_RATE" \
-                    --rtt "$rtt" --loss "$loss" --rate "$RATE" --timeout "$timeout" --dst-prealloc "$PREALLOC" "${window[@]}" "${unsent[@]}" "${linkcap[@]}" "${compression[@]}" "${dedup[@]}" 2>>"$LOG") || rc=$?
+                    --rtt "$rtt" --loss "$loss" --rate "$RATE" --timeout "$timeout" --dst-prealloc "$PREALLOC" "${window[@]}" "${unsent[@]}" "${linkcap[@]}" "${compression[@]}" "${dedup[@]}" "${lane[@]}" 2>>"$LOG") || rc=$?
                 echo "$line" >>"$LOG"
                 if [[ $line != migrate:* ]]; then
                     line="migrate: mode=$path multifd=$mf guest=$guest rtt_ms=$rtt loss_pct=$loss status=error converged=0 verified=na"

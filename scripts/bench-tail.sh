@@ -26,9 +26,11 @@ PY=python3
 
 usage() {
     cat <<EOF
-Usage: scripts/bench-tail.sh [OPTIONS] [NAME=LMAS_BINARY ...]
+Usage: scripts/bench-tail.sh [OPTIONS] [NAME=LMAS_BINARY[,GATEWAY_OPTION...] ...]
 
-Each NAME=PATH is one gateway binary to compare (default: this tree's, as "this").
+Each NAME=PATH is one gateway binary to compare (default: this tree's, as "this"). Options
+for 'lab.sh gateways up' may follow the path, comma-separated: this=target/release/lmas and
+lane=target/release/lmas,--lane,on compare the tunnel without and with the lane.
 
 Options:
   --rtt MS           the emulated link's RTT                      [$RTT]
@@ -65,7 +67,8 @@ done
 need_root "run the lab"
 BINARIES=${BINARIES:-this=${LMAS:-${CARGO_TARGET_DIR:-$REPO/target}/release/lmas}}
 for b in $BINARIES; do
-    [[ -x ${b#*=} ]] || die "$b: no such binary (build it first: cargo build --release -p lmas)"
+    path=${b#*=}
+    [[ -x ${path%%,*} ]] || die "$b: no such binary (build it first: cargo build --release -p lmas)"
 done
 OUT=${OUT:-$REPO/target/bench-tail/$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
@@ -79,8 +82,11 @@ echo "binary,round,run,rtt_ms,loss_pct,datapath,tail_ms,goodput_mbit" >"$RUNS_CS
 for ((round = 1; round <= ROUNDS; round++)); do
     for b in $BINARIES; do
         name=${b%%=*}
-        export LMAS=${b#*=}
-        "$LAB" gateways up --datapath "$DATAPATH" >>"$LOG" 2>&1 || die "$name: gateways up failed (see $LOG)"
+        path=${b#*=}
+        export LMAS=${path%%,*}
+        opts=()
+        [[ $path != *,* ]] || IFS=, read -ra opts <<<"${path#*,}"
+        "$LAB" gateways up --datapath "$DATAPATH" "${opts[@]}" >>"$LOG" 2>&1 || die "$name: gateways up failed (see $LOG)"
         "$LAB" transfer --bytes 300M --max-secs 2 >>"$LOG" 2>&1 || true
         for ((run = 1; run <= RUNS; run++)); do
             out=$("$LAB" transfer --bytes 64G --max-secs "$SECS" 2>&1) || true

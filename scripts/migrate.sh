@@ -28,6 +28,7 @@ DEDUP_SCOPE=""
 DEDUP_STORE=""
 DEDUP_DIR_B=""
 CONGESTION=""
+LANE=""
 INGRESS=listen
 TIMEOUT=300
 LINK_ARGS=()
@@ -82,6 +83,7 @@ Options:
   --dedup-store BYTES    lmas: their [wan] dedup_store_bytes (default: theirs)
   --dedup-dir-b DIR      lmas: gw-b keeps its dedup store in files in DIR (wan.dedup_dir)
   --congestion CC        lmas: the data flows' congestion control (default: theirs, bbr)
+  --lane on|off          lmas: the tunnel's frames as datagrams with parity (wan.lane; default off)
   --ingress listen|tproxy  lmas: QEMU dials gw-a's listener, or the destination itself
                          (intercepted by TPROXY in gw-a)                             [$INGRESS]
   --rtt MS, --loss PCT, --rate MBIT   set the emulated link first (else as it is)
@@ -141,6 +143,7 @@ while (($#)); do
         --template-seed) TEMPLATE_SEED=$2; shift 2 ;;
         --template-share) TEMPLATE_SHARE=$2; shift 2 ;;
         --congestion) CONGESTION=$2; shift 2 ;;
+        --lane) LANE=$2; shift 2 ;;
         --ingress) INGRESS=$2; shift 2 ;;
         --rtt | --loss | --rate) LINK_ARGS+=("$1" "$2"); shift 2 ;;
         --timeout) TIMEOUT=$2; shift 2 ;;
@@ -259,7 +262,7 @@ if [[ $MODE != direct ]]; then
     # migration on the other slot undisturbed).
     "$LAB" gateways up --reuse --datapath "${DATAPATH%/*}" --flows "$FLOWS" --ingress "$INGRESS" ${WINDOW:+--window "$WINDOW"} \
         ${UNSENT:+--unsent "$UNSENT"} ${LINK_CAP:+--link-cap "$LINK_CAP"} ${COMPRESSION:+--compression "$COMPRESSION"} ${CONGESTION:+--congestion "$CONGESTION"} \
-        ${DEDUP:+--dedup "$DEDUP"} ${DEDUP_SCOPE:+--dedup-scope "$DEDUP_SCOPE"} ${DEDUP_STORE:+--dedup-store "$DEDUP_STORE"} \
+        ${LANE:+--lane "$LANE"} ${DEDUP:+--dedup "$DEDUP"} ${DEDUP_SCOPE:+--dedup-scope "$DEDUP_SCOPE"} ${DEDUP_STORE:+--dedup-store "$DEDUP_STORE"} \
         ${DEDUP_DIR_B:+--dedup-dir-b "$DEDUP_DIR_B"} >&2 ||
         die "the gateways did not come up"
     URI=tcp:$("$LAB" gateways address)

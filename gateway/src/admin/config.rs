@@ -108,6 +108,9 @@ struct WanSection {
     dedup_scope: Option<String>,
     dedup_store_bytes: Option<i64>,
     dedup_dir: Option<String>,
+    lane: Option<String>,
+    lane_port: Option<i64>,
+    lane_parity: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -209,6 +212,20 @@ impl Ingress {
     }
 }
 
+/// The lane as configured (`wan.lane = "on"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LaneSetup {
+    /// The UDP port it takes the peer's datagrams on (0: any free one, offered to the peer
+    /// in the handshake); by default the tunnel port on a listening gateway, any on a
+    /// dialling one.
+    pub port: u16,
+    /// Parity shards per frame.
+    pub parity: u8,
+}
+
+/// Parity shards per frame unless `wan.lane_parity` says otherwise (`crate::lane::LaneConfig`).
+const DEFAULT_LANE_PARITY: i64 = 4;
+
 /// Which datapath moves the packets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Datapath {
@@ -241,6 +258,9 @@ pub struct Config {
     /// `wan.dedup_dir`: keep the dedup store in files there (surviving a restart) instead of
     /// memory; `None`: memory.
     pub dedup_dir: Option<PathBuf>,
+    /// `wan.lane`, `wan.lane_port`, `wan.lane_parity`: the tunnel's frames as datagrams with
+    /// parity (`crate::lane`), when both gateways have it on; `None`: off.
+    pub lane: Option<LaneSetup>,
     /// `None`: leave kernel autotuning on.
     pub socket_buffer: Option<usize>,
     /// How long sessions are held while the tunnel has no control
@@ -309,6 +329,8 @@ impl Config {
             psk: self.psk.as_ref(),
             shard,
             dedup: self.dedup.offer(),
+            // The datapath offers its lane once it has bound the port.
+            lane: None,
         }
     }
 
@@ -584,6 +606,47 @@ impl Config {
                         as u64,
                     None => default.store_bytes,
                 },
+            }
+        };
+        let lane = match file.wan.lane.as_deref().unwrap_or("off") {
+            "off" => {
+                for (field, set) in [
+                    ("wan.lane_port", file.wan.lane_port.is_some()),
+                    ("wan.lane_parity", file.wan.lane_parity.is_some()),
+                ] {
+                    if set {
+                        return Err(err(field, "is set, but wan.lane is \"off\": set wan.lane = \"on\" or remove it".into()));
+                    }
+                }
+                None
+            }
+            "on" if is_dpdk => {
+                return Err(err(
+                    "wan.lane",
+                    "the DPDK datapath has no lane yet: set it on kernel gateways only (a DPDK peer of a kernel gateway with a lane is fine: they agree on none)".into(),
+                ))
+            }
+            "on" => Some(LaneSetup {
+                port: match file.wan.lane_port {
+                    Some(p) => in_range(p, 0, i64::from(u16::MAX))
+                        .map_err(|w| err("wan.lane_port", w))? as u16,
+                    None => match tunnel {
+                        TunnelEnd::Listen(a) => a.port(),
+                        TunnelEnd::Dial(_) => 0,
+                    },
+                },
+                parity: in_range(
+                    file.wan.lane_parity.unwrap_or(DEFAULT_LANE_PARITY),
+                    0,
+                    32,
+                )
+                .map_err(|w| err("wan.lane_parity", w))? as u8,
+            }),
+            other => {
+                return Err(err(
+                    "wan.lane",
+                    format!("{other:?} is not \"on\" or \"off\""),
+                ))
             }
         };
         let dedup_dir = match file.wan.dedup_dir {
@@ -882,6 +945,7 @@ impl Config {
             compression,
             dedup,
             dedup_dir,
+            lane,
             socket_buffer,
             grace_period: std::time::Duration::from_secs(grace_period),
             flow_timeout: std::time::Duration::from_secs(flow_timeout),
@@ -1000,6 +1064,14 @@ mod tests {
         let c = Config::parse(&path, &text).unwrap();
         assert_eq!(c.metrics_bind, Some("127.0.0.1:9108".parse().unwrap()));
         assert_eq!(c.drain_timeout, std::time::Duration::from_secs(5));
+        assert_eq!(c.lane, None, "the lane is off by default");
+        let text = base(&peer).replace("[peer]", "[wan]\nlane = \"on\"\n[peer]");
+        let c = Config::parse(&path, &text).unwrap();
+        assert_eq!(
+            c.lane,
+            Some(LaneSetup { port: 0, parity: 4 }),
+            "a dialling gateway takes any free port"
+        );
     }
 
     #[test]
@@ -1008,6 +1080,13 @@ mod tests {
         let cases = [
             ("[wan]\ndata_flows = 0\n", "wan.data_flows"),
             ("[wan]\ndata_flows = 65\n", "wan.data_flows"),
+            ("[wan]\nlane = \"yes\"\n", "wan.lane"),
+            ("[wan]\nlane_port = 7000\n", "wan.lane_port"),
+            ("[wan]\nlane = \"on\"\nlane_port = 70000\n", "wan.lane_port"),
+            (
+                "[wan]\nlane = \"on\"\nlane_parity = 33\n",
+                "wan.lane_parity",
+            ),
             ("[egress]\nallow = [\"nope\"]\n", "egress.allow"),
             ("[wan]\nbogus = 1\n", "bogus"),
             (

@@ -68,6 +68,22 @@ counters!(
     sessions_reset,
     /// Key updates sent (in-place rekeys of a connection direction).
     key_updates,
+    /// Datagrams to the lane's port from any address but the peer's (dropped unopened).
+    lane_strangers,
+    /// Datagrams from the peer's address that the lane refused: malformed, forged, replayed or under old keys.
+    lane_datagrams_refused,
+    /// Datagrams from the peer the lane dropped while endpoints left the receive budget full (their frames go again on the data flows).
+    lane_datagrams_paused,
+    /// Frames this gateway sent on the lane (each as one group of datagrams with parity).
+    lane_frames_sent,
+    /// Of those, frames the peer acked as rebuilt.
+    lane_frames_acked,
+    /// Frames this gateway rebuilt from the peer's lane datagrams.
+    lane_frames_rebuilt,
+    /// Of those, frames that needed parity (a datagram of theirs was lost).
+    lane_frames_repaired,
+    /// Groups the lane gave up before they gathered enough datagrams (the peer sends them again on a data flow).
+    lane_groups_abandoned,
     /// Control connections re-attached to a held tunnel after an outage.
     tunnel_resumes,
     /// Data flows that died (their frames were resent on the others).

@@ -71,14 +71,17 @@ pub struct TrafficKeys {
     /// gateway or one with `dedup = "off"`: it gets no dedup frames), and whether it wants
     /// our store's inventory.
     pub peer_dedup: DedupOffer,
+    /// The UDP port the peer takes lane datagrams on (`crate::lane`), if it offered one.
+    pub peer_lane: Option<u16>,
 }
 
-/// What one end offers in its handshake besides its codecs: which shard it is, and the
-/// size of its dedup store (0: none).
+/// What one end offers in its handshake besides its codecs: which shard it is, the size of
+/// its dedup store (0: none) and the UDP port of its lane (none: no lane).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Offer {
     pub shard: Shard,
     pub dedup: DedupOffer,
+    pub lane: Option<u16>,
 }
 
 /// What one end offers for dedup (docs/PROTOCOL.md, "Dedup").
@@ -96,6 +99,7 @@ impl From<Shard> for Offer {
         Offer {
             shard,
             dedup: DedupOffer::default(),
+            lane: None,
         }
     }
 }
@@ -111,6 +115,9 @@ const CAP_DEDUP: u8 = 0x03;
 /// Empty: the sender wants a dedup inventory (message 0x19) when a tunnel begins; sent only
 /// with `CAP_DEDUP`.
 const CAP_DEDUP_INVENTORY: u8 = 0x04;
+/// `port u16`: the sender takes lane datagrams on that UDP port, at the address this
+/// connection comes from; sent only by gateways with `wan.lane = "on"`.
+const CAP_LANE: u8 = 0x05;
 
 fn capabilities(offer: impl Into<Offer>) -> Vec<u8> {
     let offer = offer.into();
@@ -125,7 +132,19 @@ fn capabilities(offer: impl Into<Offer>) -> Vec<u8> {
             caps.extend([CAP_DEDUP_INVENTORY, 0]);
         }
     }
+    if let Some(port) = offer.lane {
+        caps.extend([CAP_LANE, 2]);
+        caps.extend(port.to_be_bytes());
+    }
     caps
+}
+
+/// The peer's lane port (none when it offers none, or port 0, or a malformed value).
+fn peer_lane(payload: &[u8]) -> Option<u16> {
+    match capability(payload, CAP_LANE) {
+        Some(&[hi, lo]) => Some(u16::from_be_bytes([hi, lo])).filter(|p| *p != 0),
+        _ => None,
+    }
 }
 
 /// The peer's dedup offer (store 0 when it offers none, or malformed: it then gets plain
@@ -276,6 +295,7 @@ impl Initiator {
             recv: r2i,
             peer_codecs: peer_codecs(&payload[..n]),
             peer_dedup: peer_dedup(&payload[..n]),
+            peer_lane: peer_lane(&payload[..n]),
         })
     }
 }
@@ -286,6 +306,7 @@ pub struct Responder {
     peer_codecs: CodecSet,
     peer_shard: Shard,
     peer_dedup: DedupOffer,
+    peer_lane: Option<u16>,
     offer: Offer,
 }
 
@@ -318,6 +339,7 @@ impl Responder {
             peer_codecs: CodecSet::default(),
             peer_shard: Shard::ONE,
             peer_dedup: DedupOffer::default(),
+            peer_lane: None,
             offer: Shard::ONE.into(),
         })
     }
@@ -340,6 +362,7 @@ impl Responder {
         self.peer_codecs = peer_codecs(&payload[..n]);
         self.peer_shard = peer_shard(&payload[..n]);
         self.peer_dedup = peer_dedup(&payload[..n]);
+        self.peer_lane = peer_lane(&payload[..n]);
         let key = self
             .hs
             .get_remote_static()
@@ -366,6 +389,7 @@ impl Responder {
                 recv: i2r,
                 peer_codecs: self.peer_codecs,
                 peer_dedup: self.peer_dedup,
+                peer_lane: self.peer_lane,
             },
         ))
     }
@@ -480,6 +504,7 @@ mod tests {
         let offer = |store, inventory| Offer {
             shard: Shard::ONE,
             dedup: DedupOffer { store, inventory },
+            lane: None,
         };
         for (ours, theirs) in [
             (offer(1 << 30, true), offer(0, false)),
@@ -507,6 +532,33 @@ mod tests {
             DedupOffer::default(),
             "an inventory without a store"
         );
+    }
+
+    /// Each end learns the other's lane port; none offered, port 0 or a malformed value is
+    /// no lane.
+    #[test]
+    fn both_ends_learn_the_lane_port_offered() {
+        let a = StaticKeypair::generate().unwrap();
+        let b = StaticKeypair::generate().unwrap();
+        let offer = |lane| Offer {
+            lane,
+            ..Offer::from(Shard::ONE)
+        };
+        for (ours, theirs) in [(Some(7700), None), (None, Some(40_000)), (Some(1), Some(2))] {
+            let (init, prelude, m1) =
+                Initiator::start_for(&a, &b.public, None, false, offer(ours)).unwrap();
+            let mut resp = Responder::new(&b, None, &prelude)
+                .unwrap()
+                .with_offer(offer(theirs));
+            resp.read_message1(&m1).unwrap();
+            let (m2, kb) = resp.accept().unwrap();
+            let ka = init.finish(&m2).unwrap();
+            assert_eq!((ka.peer_lane, kb.peer_lane), (theirs, ours));
+        }
+        assert_eq!(peer_lane(&[CAP_LANE, 2, 0x1e, 0x14]), Some(7700));
+        assert_eq!(peer_lane(&[CAP_LANE, 2, 0, 0]), None, "port 0");
+        assert_eq!(peer_lane(&[CAP_LANE, 3, 0, 1, 2]), None, "wrong length");
+        assert_eq!(peer_lane(&[CAP_LANE, 2, 1]), None, "truncated");
     }
 
     /// Shards of equally sharded gateways meet; anything else is refused by name on the

@@ -127,6 +127,8 @@ pub struct RecordReader<R> {
     unpacked: Option<PackNote>,
     /// The dedup store the peer offered in the handshake (store 0: none).
     peer_dedup: DedupOffer,
+    /// The lane's keys from this connection's, and the port the peer offered for it.
+    lane: Option<(crate::lane::LaneKeys, u16)>,
 }
 
 impl<R: AsyncRead + Unpin> RecordReader<R> {
@@ -138,7 +140,15 @@ impl<R: AsyncRead + Unpin> RecordReader<R> {
             info,
             unpacked: None,
             peer_dedup: keys.peer_dedup,
+            lane: keys
+                .peer_lane
+                .map(|port| (crate::lane::LaneKeys::derive(&keys.send, &keys.recv), port)),
         }
+    }
+
+    /// The lane's keys and the peer's lane port, if the peer offered a lane.
+    pub fn lane(&self) -> Option<(crate::lane::LaneKeys, u16)> {
+        self.lane.clone()
     }
 
     /// The dedup store the peer offered in this connection's handshake (store 0: none).

@@ -21,6 +21,7 @@ mod drain;
 mod egress;
 mod endpoint;
 mod ingress;
+mod lane;
 pub mod sockopt;
 mod tunnel;
 mod wan;
@@ -60,8 +61,10 @@ pub struct Gateway {
     /// Cancelled when shutdown starts: ingress stops accepting and the
     /// peer's new sessions are refused (reason "shutting down").
     pub stopping: CancellationToken,
-    started: std::time::Instant,
+    pub(super) started: std::time::Instant,
     pub(super) tuning: WanTuning,
+    /// The lane's UDP socket (`wan.lane = "on"`).
+    lane: Option<lane::LaneSocket>,
     /// The tunnel's lifecycle and the kernel's side of each WAN connection ([`wan`]).
     link: Mutex<wan::Link>,
     /// Wakes the timer task ([`wan::run_timer`]): a deadline moved earlier.
@@ -108,7 +111,10 @@ impl Gateway {
     /// Our keys and what we expect of the peer, for a connection's handshake (the kernel
     /// datapath is one shard).
     fn identity(&self) -> crate::link::Identity<'_> {
-        self.config.identity(crate::protocol::handshake::Shard::ONE)
+        crate::link::Identity {
+            lane: self.lane.as_ref().map(|l| l.port),
+            ..self.config.identity(crate::protocol::handshake::Shard::ONE)
+        }
     }
 
     /// Wraps an authenticated stream (`info`: its figures) in a record reader and writer.
@@ -227,8 +233,23 @@ async fn serve(config: Config) -> Result<(), RunError> {
         .map_err(|e| RunError::field(&config.file, "wan.dedup_dir", e))?;
     let lifecycle = Lifecycle::new(config.link_setup(crate::protocol::handshake::Shard::ONE, None))
         .with_dedup_store(dedup_store.clone());
+    let lane = match config.lane {
+        Some(setup) => {
+            let socket = lane::LaneSocket::bind(setup, &config.tunnel).map_err(|e| {
+                let why = format!("cannot bind the lane's UDP port {}: {e}", setup.port);
+                RunError::field(&config.file, "wan.lane_port", why)
+            })?;
+            info!(
+                "lane: taking the peer's datagrams on UDP port {}",
+                socket.port
+            );
+            Some(socket)
+        }
+        None => None,
+    };
     let gateway = Arc::new(Gateway {
         dedup_store,
+        lane,
         link: Mutex::new(wan::Link::new(lifecycle)),
         timer: Notify::new(),
         ready: watch::channel(None).0,

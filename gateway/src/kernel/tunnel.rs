@@ -204,6 +204,24 @@ impl Tunnel {
         self.with_state(|state, _, _| f(&mut state.core))
     }
 
+    /// Wakes whoever carries frames: the data flows' writers and the lane.
+    pub(super) fn frames_ready(&self) -> &Notify {
+        &self.frames_ready
+    }
+
+    /// Runs `f` on the tunnel's state for the lane, after the pacer's sample of every
+    /// carrier's progress if one is due (the data flows may be idle while the lane carries).
+    pub(super) fn with_lane_state<T>(
+        self: &Arc<Self>,
+        now: u64,
+        f: impl FnOnce(&mut TunnelState) -> T,
+    ) -> T {
+        self.with_state(|state, _, conns| {
+            state.sample_flows(now, |c| conns.get(&c)?.info.as_ref()?.flow_progress());
+            f(state)
+        })
+    }
+
     /// Runs `f` on the tunnel's state, the kernel's part of it and the connections: the
     /// lifecycle's while this is its tunnel, else what was left of it. Then dispatches the
     /// core's events.

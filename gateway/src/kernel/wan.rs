@@ -19,6 +19,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use super::conn::{handshake_acceptor, handshake_initiator, ConnInfo};
+use super::lane::LaneLink;
 use super::sockopt::tune_wan;
 use super::tunnel::{serve_deadlines, Local, Tunnel};
 use super::{Gateway, Reader, Writer};
@@ -419,7 +420,17 @@ async fn take_role(
         }
         writer.flush().await?;
         match step.in_place {
-            Some((Role::Control, tunnel)) => return tunnel.run_control(conn, reader, writer).await,
+            Some((Role::Control, tunnel)) => {
+                let lane = LaneLink::new(gateway.lane.as_ref(), info.remote, reader.lane());
+                let Some(lane) = lane else {
+                    return tunnel.run_control(conn, reader, writer).await;
+                };
+                // The lane's keys are this connection's: it serves while the connection does.
+                return tokio::select! {
+                    r = tunnel.clone().run_control(conn, reader, writer) => r,
+                    () = super::lane::run(tunnel, lane) => Ok(()),
+                };
+            }
             Some((Role::Flow(k), tunnel)) => return tunnel.run_flow(k, conn, reader, writer).await,
             None => {}
         }

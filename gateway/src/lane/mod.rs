@@ -215,6 +215,9 @@ impl<T> Lane<T> {
     fn open(&mut self, now: Instant, datagram: &mut [u8]) -> Result<Option<Vec<u8>>, LaneError> {
         let (kind, packet) = wire::peek(datagram)?;
         if kind == wire::KIND_ACK {
+            if wire::datagram_len(datagram)? != datagram.len() {
+                return Err(WireError::Short(datagram.len()).into());
+            }
             let plain = self.opener.open(packet, ACK_HEADER_LEN, datagram)?;
             let ack = Ack::decode(&datagram[ACK_HEADER_LEN..ACK_HEADER_LEN + plain])?;
             // Acked frames need nothing more: the session layer's own acks free their bytes.
@@ -235,7 +238,7 @@ impl<T> Lane<T> {
         let packet = self.sealer.next_packet()?;
         let mut out = Vec::new();
         self.sealer
-            .seal(&wire::ack_header(packet), &ack.encode()?, &mut out)?;
+            .seal(&wire::ack_header(&ack, packet), &ack.encode()?, &mut out)?;
         self.counters.datagrams_out += 1;
         Ok(Some(out))
     }

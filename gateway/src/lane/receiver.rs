@@ -212,16 +212,15 @@ impl LaneReceiver {
             delay_us: u32::try_from(now.saturating_sub(at)).unwrap_or(u32::MAX),
             received: self.received,
             below: self.below,
-            // The newest ranges: older ones are the sender's oldest groups, which it
-            // declares lost soonest anyway.
-            ranges: {
-                let skip = self.rebuilt.len().saturating_sub(MAX_ACK_RANGES);
-                self.rebuilt
-                    .iter()
-                    .skip(skip)
-                    .map(|(&s, &e)| (s, u32::try_from(e - s).unwrap_or(u32::MAX)))
-                    .collect()
-            },
+            // The oldest ranges first: their groups are the nearest to being declared lost
+            // by the sender, which would send them again for nothing. Newer ones wait for
+            // the holes below to clear (within the sender's loss wait).
+            ranges: self
+                .rebuilt
+                .iter()
+                .take(MAX_ACK_RANGES)
+                .map(|(&s, &e)| (s, u32::try_from(e - s).unwrap_or(u32::MAX)))
+                .collect(),
         })
     }
 

@@ -140,7 +140,7 @@ fn one_percent_loss_is_repaired_by_parity_without_a_round_trip() {
 }
 
 #[test]
-fn a_group_missing_more_than_its_parity_is_lost_after_a_round_trip_and_a_quarter() {
+fn a_group_missing_more_than_its_parity_is_lost_once_a_later_one_is_acked_or_after_a_probe_wait() {
     let (ka, kb) = keys();
     let config = LaneConfig {
         max_shard: 100,
@@ -168,6 +168,11 @@ fn a_group_missing_more_than_its_parity_is_lost_after_a_round_trip_and_a_quarter
     // Three of twelve shards lost: the frame cannot be rebuilt.
     assert!(deliver(&mut a, &mut b, 200 * MS, "second", 3).is_none());
     assert_eq!(a.outstanding(), 1000);
+    // Nothing after it acked: it may be the receiver that is behind. Two samples of 100
+    // ms: the variation is 50 ms × 3/4, four times that 150 ms, after two round trips.
+    assert_eq!(a.poll_timeout(), Some(200 * MS + 200 * MS + 150 * MS));
+    // A later group acked: a round trip and a quarter after it went, it is lost.
+    assert!(deliver(&mut a, &mut b, 210 * MS, "third", 0).is_some());
     let deadline = a.poll_timeout().unwrap();
     assert_eq!(deadline, 200 * MS + 100 * MS + 25 * MS);
     a.handle_timeout(deadline - 1);
@@ -177,9 +182,15 @@ fn a_group_missing_more_than_its_parity_is_lost_after_a_round_trip_and_a_quarter
     assert_eq!(a.outstanding(), 0);
     // The next group's floor tells b to give the lost one up.
     assert_eq!(b.receiver.open_bytes(), 12 * 100);
-    assert!(deliver(&mut a, &mut b, 400 * MS, "third", 0).is_some());
+    assert!(deliver(&mut a, &mut b, 400 * MS, "fourth", 0).is_some());
     assert_eq!(b.receiver.open_bytes(), 0);
     assert_eq!(b.counters().receiver.abandoned, 1);
+    // The last group of a burst lost, nothing after it: the probe wait.
+    assert!(deliver(&mut a, &mut b, 600 * MS, "fifth", 3).is_none());
+    let srtt_and_var = a.poll_timeout().unwrap() - 600 * MS;
+    assert!(srtt_and_var > 200 * MS, "{srtt_and_var}");
+    a.handle_timeout(600 * MS + srtt_and_var);
+    assert_eq!(a.poll_lost(), Some("fifth"));
 }
 
 #[test]

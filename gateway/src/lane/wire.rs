@@ -3,7 +3,7 @@
 //! ```text
 //! shard = kind 0x01 | data u8 | parity u8 | index u8 | packet u64 | group u64 | floor u64
 //!         | len u32 | shard ciphertext | tag (16)
-//! ack   = kind 0x02 | 0 u8 | 0 u8 | 0 u8 | packet u64
+//! ack   = kind 0x02 | ranges u8 | 0 u8 | 0 u8 | packet u64
 //!         | ciphertext of: largest u64 | delay_us u32 | received u64 | below u64
 //!                          | ranges u8 | (start u64 | count u32) × ranges
 //!         | tag (16)
@@ -13,7 +13,9 @@
 //! data, and `packet` its nonce, one count per direction (`lane::seal`). A
 //! shard's length is what the datagram leaves after header and tag, and must
 //! be its group's `shard_len` (`lane::fec::Shape`). `floor` is the sender's
-//! oldest group still on the way: it gave up on every group below.
+//! oldest group still on the way: it gave up on every group below. Every
+//! datagram's length follows from its header ([`datagram_len`]), so that
+//! datagrams the kernel joined on receipt (UDP GRO) can be split again.
 
 use super::fec::{FecError, Shape};
 
@@ -24,8 +26,9 @@ pub const SHARD_HEADER_LEN: usize = 32;
 /// Bytes before an ack's ciphertext.
 pub const ACK_HEADER_LEN: usize = 12;
 pub const TAG_LEN: usize = 16;
-/// Done groups an ack lists beyond its cumulative point, at most.
-pub const MAX_ACK_RANGES: usize = 32;
+/// Done groups an ack lists beyond its cumulative point, at most: an ack of 96 ranges is
+/// 1209 bytes, within the datagram size of a 1500-byte MTU.
+pub const MAX_ACK_RANGES: usize = 96;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
@@ -115,12 +118,36 @@ impl ShardHeader {
     }
 }
 
-/// The packet number of an ack datagram (its nonce).
-pub fn ack_header(packet: u64) -> [u8; ACK_HEADER_LEN] {
+/// The header of an ack datagram: its ranges and packet number (its nonce).
+pub fn ack_header(ack: &Ack, packet: u64) -> [u8; ACK_HEADER_LEN] {
     let mut b = [0u8; ACK_HEADER_LEN];
     b[0] = KIND_ACK;
+    b[1] = ack.ranges.len().min(usize::from(u8::MAX)) as u8;
     b[4..12].copy_from_slice(&packet.to_be_bytes());
     b
+}
+
+/// The length of the datagram at the start of `buf`, from its header.
+pub fn datagram_len(buf: &[u8]) -> Result<usize, WireError> {
+    match buf.first() {
+        Some(&KIND_SHARD) if buf.len() >= SHARD_HEADER_LEN => {
+            let data = usize::from(buf[1]);
+            let len = u32::from_be_bytes(buf[28..32].try_into().expect("4 bytes")) as usize;
+            if data == 0 {
+                return Err(FecError::Empty.into());
+            }
+            Ok(SHARD_HEADER_LEN + len.div_ceil(data) + TAG_LEN)
+        }
+        Some(&KIND_ACK) if buf.len() >= ACK_HEADER_LEN => {
+            let ranges = usize::from(buf[1]);
+            if ranges > MAX_ACK_RANGES {
+                return Err(WireError::TooManyRanges(ranges));
+            }
+            Ok(ACK_HEADER_LEN + ACK_FIXED + ACK_RANGE * ranges + TAG_LEN)
+        }
+        Some(&KIND_SHARD) | Some(&KIND_ACK) | None => Err(WireError::Short(buf.len())),
+        Some(&other) => Err(WireError::Kind(other)),
+    }
 }
 
 /// The kind and packet number of any lane datagram, before it is opened.
@@ -287,9 +314,33 @@ mod tests {
         want.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 4, 1]);
         want.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 6, 0, 0, 0, 1]);
         assert_eq!(b, want);
-        assert_eq!(Ack::decode(&b), Ok(ack));
+        assert_eq!(Ack::decode(&b), Ok(ack.clone()));
         assert_eq!(Ack::decode(&b[..40]), Err(WireError::AckLength(40, 1)));
-        assert_eq!(ack_header(5), [2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5]);
+        let header = ack_header(&ack, 5);
+        assert_eq!(header, [2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5]);
+        let mut datagram = header.to_vec();
+        datagram.extend_from_slice(&b);
+        datagram.extend_from_slice(&[0; TAG_LEN]);
+        assert_eq!(datagram_len(&datagram), Ok(datagram.len()));
+    }
+
+    #[test]
+    fn joined_datagrams_split_by_their_headers() {
+        let h = ShardHeader {
+            packet: 9,
+            group: 2,
+            floor: 0,
+            index: 1,
+            shape: Shape::for_len(5000, 1400, 2).unwrap(),
+        };
+        let mut one = h.encode().to_vec();
+        one.extend_from_slice(&vec![0; 1250 + TAG_LEN]);
+        assert_eq!(datagram_len(&one), Ok(one.len()));
+        let joined = [one.clone(), one.clone()].concat();
+        assert_eq!(datagram_len(&joined[one.len()..]), Ok(one.len()));
+        assert_eq!(datagram_len(&one[..10]), Err(WireError::Short(10)));
+        assert_eq!(datagram_len(&[7; 40]), Err(WireError::Kind(7)));
+        assert_eq!(datagram_len(&[]), Err(WireError::Short(0)));
     }
 
     proptest! {
@@ -299,6 +350,7 @@ mod tests {
             let _ = ShardHeader::decode(&bytes);
             let _ = Ack::decode(&bytes);
             let _ = peek(&bytes);
+            let _ = datagram_len(&bytes);
         }
 
         #[test]

@@ -31,6 +31,8 @@ pub struct Identity<'a> {
     pub shard: Shard,
     /// Our dedup store, offered to the peer (store 0: none).
     pub dedup: DedupOffer,
+    /// Our lane's UDP port, offered to the peer (none: no lane).
+    pub lane: Option<u16>,
 }
 
 impl Identity<'_> {
@@ -38,6 +40,7 @@ impl Identity<'_> {
         Offer {
             shard: self.shard,
             dedup: self.dedup,
+            lane: self.lane,
         }
     }
 }
@@ -196,6 +199,7 @@ mod tests {
             psk: None,
             shard: Shard::ONE,
             dedup: DedupOffer::default(),
+            lane: None,
         }
     }
 

@@ -463,6 +463,16 @@ impl Scheduler {
         }
     }
 
+    /// Whether anything waits to go: ranges to send again, or a group with a session that
+    /// may have new data.
+    pub fn has_work(&self) -> bool {
+        !self.resend.is_empty()
+            || self
+                .active
+                .iter()
+                .any(|k| self.groups.get(k).is_some_and(|g| !g.ready.is_empty()))
+    }
+
     /// The range `flow` was given last.
     pub fn last_carried(&self, flow: usize) -> Option<Carried> {
         self.ledgers.get(flow)?.back().copied()

@@ -770,8 +770,9 @@ impl TunnelCore {
         self.scheduler.set_pacing(rate);
         let frame = self.next_frame(now, flow);
         // A flow that carries only resends (the lane carries the new frames) finding none
-        // says nothing of the sources' pace.
-        if frame.is_none() && !self.throttled() && self.lane.carries_new(flow) {
+        // is idle only if nothing waits for the lane either.
+        let idle = self.lane.carries_new(flow) || !self.scheduler.has_work();
+        if frame.is_none() && !self.throttled() && idle {
             self.pacer.on_idle();
         }
         frame

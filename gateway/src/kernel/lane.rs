@@ -1,0 +1,383 @@
+//! The kernel's driver of the lane (`crate::lane`): one UDP socket per gateway, and while a
+//! control connection is in place whose peer offered a lane, a task that moves the tunnel's
+//! frames through it.
+//!
+//! - **Out**: the lane pulls frames from the core ([`TunnelCore::poll_lane_frame`]) as the
+//!   pacer and its window allow, and sends each frame's datagrams with UDP GSO, up to
+//!   [`GSO_SEGMENTS`] to a call (measured here: 800 Mbit/s of frames with parity at 16 % of a
+//!   core, docs/BENCHMARKS.md "The lane").
+//! - **In**: with UDP GRO the kernel joins datagrams of one size; each datagram's header
+//!   says its length (`lane::wire::datagram_len`), so they are split again. Only datagrams
+//!   from the peer's address are opened.
+//! - **Time**: acks that are due and groups that are lost, from the lane's deadline.
+//!
+//! The lane's keys come from the control connection's, so the task lives as long as that
+//! connection serves: a new one brings new keys and a new lane, and what the old one had on
+//! the way goes again on the data flows.
+//!
+//! [`TunnelCore::poll_lane_frame`]: crate::session::TunnelCore::poll_lane_frame
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use log::{info, warn};
+use socket2::SockRef;
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::sockopt;
+use super::tunnel::{serve_deadlines, wait_until, Tunnel};
+use crate::admin::config::LaneSetup;
+use crate::admin::{Stats, TunnelEnd};
+use crate::lane::{wire, Lane, LaneConfig, LaneCounters, LaneKeys};
+use crate::link::Applied;
+use crate::protocol::Message;
+use crate::session::scheduler::Carried;
+
+/// Datagrams per send: within both the kernel's 64 segments and 64 KiB.
+pub const GSO_SEGMENTS: usize = 40;
+/// The socket's buffers: a few milliseconds of a 10 Gbit/s link.
+const SOCKET_BUFFER: usize = 16 << 20;
+
+/// The gateway's lane socket.
+pub struct LaneSocket {
+    socket: Arc<UdpSocket>,
+    /// The port it is bound to, offered to the peer.
+    pub port: u16,
+    config: LaneConfig,
+    /// Whether the kernel takes UDP_SEGMENT (else one datagram a call).
+    gso: bool,
+    /// The lane task serving now: a new control connection's lane stops the old one's, so
+    /// that two never share the socket.
+    serving: Arc<Mutex<Serving>>,
+}
+
+impl LaneSocket {
+    /// Binds the lane's UDP socket as `setup` says: on the tunnel address of a listening
+    /// gateway, on any address of a dialling one.
+    pub fn bind(setup: LaneSetup, tunnel: &TunnelEnd) -> io::Result<LaneSocket> {
+        let addr = match tunnel {
+            TunnelEnd::Listen(a) => SocketAddr::new(a.ip(), setup.port),
+            TunnelEnd::Dial(a) if a.is_ipv4() => {
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), setup.port)
+            }
+            TunnelEnd::Dial(_) => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), setup.port),
+        };
+        let socket = std::net::UdpSocket::bind(addr)?;
+        socket.set_nonblocking(true)?;
+        let sock = SockRef::from(&socket);
+        for (what, r) in [
+            ("SO_SNDBUF", sock.set_send_buffer_size(SOCKET_BUFFER)),
+            ("SO_RCVBUF", sock.set_recv_buffer_size(SOCKET_BUFFER)),
+            ("UDP_GRO", sockopt::set_udp_gro(&sock)),
+        ] {
+            if let Err(e) = r {
+                warn!("lane socket {addr}: {what}: {e}");
+            }
+        }
+        let gso = sockopt::udp_gso_works(&sock);
+        let port = socket.local_addr()?.port();
+        Ok(LaneSocket {
+            socket: Arc::new(UdpSocket::from_std(socket)?),
+            port,
+            config: LaneConfig {
+                parity: setup.parity,
+                ..LaneConfig::default()
+            },
+            gso,
+            serving: Arc::default(),
+        })
+    }
+}
+
+/// A lane to run: the socket, the peer's lane address, the keys.
+pub struct LaneLink {
+    socket: Arc<UdpSocket>,
+    peer: SocketAddr,
+    keys: LaneKeys,
+    config: LaneConfig,
+    gso: bool,
+    serving: Arc<Mutex<Serving>>,
+}
+
+impl LaneLink {
+    /// The lane of a control connection to `remote` whose peer offered `offer` (its keys and
+    /// port), if this gateway has one too.
+    pub fn new(
+        socket: Option<&LaneSocket>,
+        remote: SocketAddr,
+        offer: Option<(LaneKeys, u16)>,
+    ) -> Option<LaneLink> {
+        let (socket, (keys, port)) = (socket?, offer?);
+        Some(LaneLink {
+            socket: socket.socket.clone(),
+            peer: SocketAddr::new(remote.ip(), port),
+            keys,
+            config: socket.config,
+            gso: socket.gso,
+            serving: socket.serving.clone(),
+        })
+    }
+}
+
+/// Which lane task serves: its number, and what stops it.
+#[derive(Default)]
+struct Serving {
+    next: u64,
+    current: Option<(u64, CancellationToken)>,
+}
+
+/// Takes the lane down when the task ends (its control connection went), unless a newer
+/// lane took its place.
+struct Down {
+    tunnel: Arc<Tunnel>,
+    serving: Arc<Mutex<Serving>>,
+    number: u64,
+}
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        let mut serving = self.serving.lock().expect("not poisoned");
+        if serving
+            .current
+            .as_ref()
+            .is_some_and(|(n, _)| *n == self.number)
+        {
+            serving.current = None;
+            drop(serving);
+            self.tunnel.with_core(|c| c.set_lane_up(false));
+        }
+    }
+}
+
+/// Adds what the lane counted since `last` to the gateway's counters.
+fn publish(stats: &Stats, last: &mut LaneCounters, now: LaneCounters) {
+    let add = |c: &std::sync::atomic::AtomicU64, new: u64, old: u64| {
+        Stats::add(c, new.saturating_sub(old));
+    };
+    add(
+        &stats.lane_frames_sent,
+        now.sender.groups,
+        last.sender.groups,
+    );
+    add(
+        &stats.lane_frames_acked,
+        now.sender.acked,
+        last.sender.acked,
+    );
+    add(
+        &stats.lane_frames_rebuilt,
+        now.receiver.frames,
+        last.receiver.frames,
+    );
+    add(
+        &stats.lane_frames_repaired,
+        now.receiver.repaired,
+        last.receiver.repaired,
+    );
+    add(
+        &stats.lane_groups_abandoned,
+        now.receiver.abandoned,
+        last.receiver.abandoned,
+    );
+    add(&stats.lane_datagrams_refused, now.refused, last.refused);
+    *last = now;
+}
+
+/// Moves the tunnel's frames through `link` until dropped.
+pub async fn run(tunnel: Arc<Tunnel>, link: LaneLink) {
+    info!(
+        "peer {}: lane up: frames as datagrams to {}, {} parity shards a frame",
+        tunnel.peer, link.peer, link.config.parity
+    );
+    let lane: Mutex<Lane<Carried>> = Mutex::new(Lane::new(&link.keys, link.config));
+    let token = CancellationToken::new();
+    let number = {
+        let mut serving = link.serving.lock().expect("not poisoned");
+        let number = serving.next;
+        serving.next += 1;
+        if let Some((_, old)) = serving.current.replace((number, token.clone())) {
+            old.cancel();
+        }
+        number
+    };
+    tunnel.with_core(|c| c.set_lane_up(true));
+    let _down = Down {
+        tunnel: tunnel.clone(),
+        serving: link.serving.clone(),
+        number,
+    };
+    let timer = Notify::new();
+    tokio::select! {
+        () = token.cancelled() => {}
+        () = send(&tunnel, &link, &lane, &timer) => {}
+        () = receive(&tunnel, &link, &lane, &timer) => {}
+        () = serve_deadlines(
+            &timer,
+            tunnel.gateway().started.into(),
+            || lane.lock().expect("not poisoned").poll_timeout(),
+            |now| on_deadline(&tunnel, &link, &lane, now),
+        ) => {}
+    }
+}
+
+/// Frames out, as the core gives them.
+async fn send(tunnel: &Arc<Tunnel>, link: &LaneLink, lane: &Mutex<Lane<Carried>>, timer: &Notify) {
+    let take = || {
+        let now = tunnel.now();
+        let outstanding = lane.lock().expect("not poisoned").outstanding();
+        tunnel.with_lane_state(now, |state| state.core.poll_lane_frame(now, outstanding))
+    };
+    let (mut msg, mut out) = (Vec::new(), Vec::new());
+    loop {
+        let (frame, carried) = wait_until(tunnel.frames_ready(), &take).await;
+        msg.clear();
+        Message::Data(frame).encode(&mut msg);
+        out.clear();
+        let sealed =
+            lane.lock()
+                .expect("not poisoned")
+                .send_frame(tunnel.now(), &msg, carried, &mut out);
+        let size = match sealed {
+            Ok(size) => size,
+            Err(e) => {
+                // Only our own key running out gets here: the frame goes on a flow, and the
+                // lane waits for the next control connection's keys.
+                warn!(
+                    "peer {}: lane: {e}; frames go on the data flows",
+                    tunnel.peer
+                );
+                tunnel.with_core(|c| c.lane_lost(carried));
+                return std::future::pending().await;
+            }
+        };
+        timer.notify_one();
+        let per_call = if link.gso { GSO_SEGMENTS } else { 1 };
+        for chunk in out.chunks(size * per_call) {
+            // A datagram the host drops is a lost one: its group goes again in time.
+            let sent = if link.gso {
+                let segment = u16::try_from(size).unwrap_or(u16::MAX);
+                let socket = &*link.socket;
+                socket
+                    .async_io(Interest::WRITABLE, || {
+                        sockopt::send_segments(socket, chunk, link.peer, segment)
+                    })
+                    .await
+            } else {
+                link.socket.send_to(chunk, link.peer).await
+            };
+            if let Err(e) = sent {
+                log::debug!("lane: sending to {}: {e}", link.peer);
+            }
+        }
+    }
+}
+
+/// Datagrams in: frames to the core, acks to the lane.
+async fn receive(
+    tunnel: &Arc<Tunnel>,
+    link: &LaneLink,
+    lane: &Mutex<Lane<Carried>>,
+    timer: &Notify,
+) {
+    let mut buf = vec![0u8; 1 << 16];
+    let mut published = LaneCounters::default();
+    loop {
+        let (n, from) = match link.socket.recv_from(&mut buf).await {
+            Ok(x) => x,
+            Err(e) => {
+                log::debug!("lane: receiving: {e}");
+                continue;
+            }
+        };
+        // Anyone may send to the port; only the peer's datagrams cost an AEAD.
+        if from.ip() != link.peer.ip() {
+            Stats::inc(&tunnel.gateway().stats.lane_strangers);
+            continue;
+        }
+        // Bounded memory, as the data flows' readers stop: while endpoints leave the receive
+        // budget full, the lane rebuilds nothing and acks nothing. Its sender then counts
+        // those frames lost, and they go again on the flows, which wait. The peer's acks
+        // of what we sent still count: a source that never reads its return path (QEMU's
+        // multifd channels) must not stall what it sends (with them dropped too, 9-13 % of a
+        // multifd migration's frames went again for nothing).
+        let paused = tunnel.with_core(|c| c.receive_paused());
+        let now = tunnel.now();
+        let mut frames = Vec::new();
+        let (progress, freed, ack) = {
+            let mut l = lane.lock().expect("not poisoned");
+            let before = l.outstanding();
+            let mut at = 0;
+            while let Ok(len) = wire::datagram_len(&buf[at..n]) {
+                let Some(datagram) = buf.get_mut(at..at + len) else {
+                    break;
+                };
+                at += len;
+                if paused && datagram[0] == wire::KIND_SHARD {
+                    Stats::inc(&tunnel.gateway().stats.lane_datagrams_paused);
+                    continue;
+                }
+                if let Ok(Some(frame)) = l.handle_datagram(now, datagram) {
+                    frames.push(frame);
+                }
+                if at >= n {
+                    break;
+                }
+            }
+            publish(&tunnel.gateway().stats, &mut published, l.counters());
+            (l.progress(), l.outstanding() < before, l.poll_ack(now))
+        };
+        let messages: Vec<Message> = frames
+            .into_iter()
+            .filter_map(|f| match Message::decode(Bytes::from(f)) {
+                Ok(m @ Message::Data(_)) => Some(m),
+                Ok(other) => {
+                    warn!(
+                        "peer {}: lane carried a {other:?}, not a data frame: dropped",
+                        tunnel.peer
+                    );
+                    None
+                }
+                Err(e) => {
+                    warn!("peer {}: lane frame: {e}: dropped", tunnel.peer);
+                    None
+                }
+            })
+            .collect();
+        let applied: Vec<Applied> = tunnel.with_lane_state(now, |state| {
+            state.core.note_lane_progress(progress);
+            messages.into_iter().map(|m| state.apply(m)).collect()
+        });
+        applied
+            .into_iter()
+            .for_each(|a| tunnel.gateway().stats.applied(a));
+        if let Ok(Some(ack)) = ack {
+            let _ = link.socket.send_to(&ack, link.peer).await;
+        }
+        if freed {
+            tunnel.frames_ready().notify_waiters();
+        }
+        timer.notify_one();
+    }
+}
+
+/// The lane's deadline came: lost groups go again on the flows, a due ack goes out.
+fn on_deadline(tunnel: &Arc<Tunnel>, link: &LaneLink, lane: &Mutex<Lane<Carried>>, now: u64) {
+    let (lost, ack) = {
+        let mut l = lane.lock().expect("not poisoned");
+        l.handle_timeout(now);
+        let lost: Vec<Carried> = std::iter::from_fn(|| l.poll_lost()).collect();
+        (lost, l.poll_ack(now))
+    };
+    if !lost.is_empty() {
+        tunnel.with_core(|c| lost.into_iter().for_each(|carried| c.lane_lost(carried)));
+    }
+    if let Ok(Some(ack)) = ack {
+        // Never blocks for long: a full socket buffer drops it, as the path may.
+        let _ = link.socket.try_send_to(&ack, link.peer);
+    }
+}
