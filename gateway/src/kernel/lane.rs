@@ -4,8 +4,8 @@
 //!
 //! - **Out**: the lane pulls frames from the core ([`TunnelCore::poll_lane_frame`]) as the
 //!   pacer and its window allow, and sends each frame's datagrams with UDP GSO, up to
-//!   [`GSO_SEGMENTS`] to a call (measured here: 800 Mbit/s of frames with parity at 16 % of a
-//!   core, docs/BENCHMARKS.md "The lane").
+//!   [`GSO_SEGMENTS`] to a call, the segment size given with each call (a socket-wide one
+//!   would cut the acks sent between them too).
 //! - **In**: with UDP GRO the kernel joins datagrams of one size; each datagram's header
 //!   says its length (`lane::wire::datagram_len`), so they are split again. Only datagrams
 //!   from the peer's address are opened.

@@ -172,7 +172,7 @@ impl<T> Lane<T> {
         let shard_len = usize::from(shape.shard_len);
         // Numbers for the whole group first: a key that runs out mid-group sends none of it.
         let first = self.sealer.next_packet()?;
-        if first + shape.total() as u64 > seal::MAX_PACKETS_PER_KEY {
+        if first + shape.total() as u64 > seal::MAX_PACKETS {
             return Err(SealError::KeyExhausted(first).into());
         }
         let mut header = ShardHeader {
