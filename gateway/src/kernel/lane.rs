@@ -302,9 +302,8 @@ async fn receive(
         // Bounded memory, as the data flows' readers stop: while endpoints leave the receive
         // budget full, the lane rebuilds nothing and acks nothing. Its sender then counts
         // those frames lost, and they go again on the flows, which wait. The peer's acks
-        // of what we sent still count: a source that never reads its return path (QEMU's
-        // multifd channels) must not stall what it sends (with them dropped too, 9-13 % of a
-        // multifd migration's frames went again for nothing).
+        // of what we sent still count: an endpoint that does not read what comes back
+        // must not stall what this gateway sends.
         let paused = tunnel.with_core(|c| c.receive_paused());
         let now = tunnel.now();
         let mut frames = Vec::new();

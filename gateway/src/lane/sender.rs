@@ -13,8 +13,9 @@
 //! Time alone is not enough: the receiving gateway, on a busy host, falls
 //! behind its socket now and then, and its acks with it. A group and all
 //! after it late says the receiver is behind, not that the path lost one;
-//! with a time limit alone, 4-17 % of a lossy multifd migration's groups
-//! were counted lost though every one arrived.
+//! with a time limit alone, 1.6-17 % of a lossy multifd migration's groups
+//! were counted lost though every one arrived (0-0.9 % with this rule,
+//! docs/BENCHMARKS.md "The lane").
 
 use std::collections::VecDeque;
 

@@ -277,17 +277,24 @@ mod tests {
         assert_eq!(peek(&datagram), Ok((KIND_SHARD, 0x0102)));
     }
 
-    #[test]
-    fn a_shard_whose_length_is_not_its_groups_is_refused() {
+    /// A shard datagram of a `len`-byte frame cut as the lane cuts it, with `shard` bytes
+    /// after its header (whether or not that is its group's shard length).
+    fn datagram(len: usize, max_shard: usize, parity: u8, shard: usize) -> Vec<u8> {
         let h = ShardHeader {
-            packet: 1,
-            group: 1,
+            packet: 9,
+            group: 2,
             floor: 0,
-            index: 0,
-            shape: Shape::for_len(1000, 400, 1).unwrap(),
+            index: 1,
+            shape: Shape::for_len(len, max_shard, parity).unwrap(),
         };
         let mut d = h.encode().to_vec();
-        d.extend_from_slice(&[0; 333 + TAG_LEN]);
+        d.extend_from_slice(&vec![0; shard + TAG_LEN]);
+        d
+    }
+
+    #[test]
+    fn a_shard_whose_length_is_not_its_groups_is_refused() {
+        let mut d = datagram(1000, 400, 1, 333);
         assert_eq!(
             ShardHeader::decode(&d),
             Err(WireError::ShardLength {
@@ -326,15 +333,7 @@ mod tests {
 
     #[test]
     fn joined_datagrams_split_by_their_headers() {
-        let h = ShardHeader {
-            packet: 9,
-            group: 2,
-            floor: 0,
-            index: 1,
-            shape: Shape::for_len(5000, 1400, 2).unwrap(),
-        };
-        let mut one = h.encode().to_vec();
-        one.extend_from_slice(&vec![0; 1250 + TAG_LEN]);
+        let one = datagram(5000, 1400, 2, 1250);
         assert_eq!(datagram_len(&one), Ok(one.len()));
         let joined = [one.clone(), one.clone()].concat();
         assert_eq!(datagram_len(&joined[one.len()..]), Ok(one.len()));
