@@ -245,13 +245,17 @@ async fn send(tunnel: &Arc<Tunnel>, link: &LaneLink, lane: &Mutex<Lane<Carried>>
         let size = match sealed {
             Ok(size) => size,
             Err(e) => {
-                // Only our own key running out gets here: the frame goes on a flow, and the
-                // lane waits for the next control connection's keys.
+                // Only our own keys running out gets here (2^40 datagrams): the lane goes
+                // down, this frame and what it has on the way go on the flows, and it waits
+                // for the next control connection's keys.
                 warn!(
                     "peer {}: lane: {e}; frames go on the data flows",
                     tunnel.peer
                 );
-                tunnel.with_core(|c| c.lane_lost(carried));
+                tunnel.with_core(|c| {
+                    c.lane_lost(carried);
+                    c.set_lane_up(false);
+                });
                 return std::future::pending().await;
             }
         };
