@@ -45,7 +45,7 @@ const SOCKET_BUFFER: usize = 16 << 20;
 
 /// The gateway's lane socket.
 pub struct LaneSocket {
-    socket: Arc<UdpSocket>,
+    socket: UdpSocket,
     /// The port it is bound to, offered to the peer.
     pub port: u16,
     config: LaneConfig,
@@ -53,7 +53,7 @@ pub struct LaneSocket {
     gso: bool,
     /// The lane task serving now: a new control connection's lane stops the old one's, so
     /// that two never share the socket.
-    serving: Arc<Mutex<Serving>>,
+    serving: Mutex<Serving>,
 }
 
 impl LaneSocket {
@@ -82,44 +82,38 @@ impl LaneSocket {
         let gso = sockopt::udp_gso_works(&sock);
         let port = socket.local_addr()?.port();
         Ok(LaneSocket {
-            socket: Arc::new(UdpSocket::from_std(socket)?),
+            socket: UdpSocket::from_std(socket)?,
             port,
             config: LaneConfig {
                 parity: setup.parity,
                 ..LaneConfig::default()
             },
             gso,
-            serving: Arc::default(),
+            serving: Mutex::default(),
         })
     }
 }
 
-/// A lane to run: the socket, the peer's lane address, the keys.
+/// A lane to run: the gateway's socket, the peer's lane address, the keys.
 pub struct LaneLink {
-    socket: Arc<UdpSocket>,
+    lane: Arc<LaneSocket>,
     peer: SocketAddr,
     keys: LaneKeys,
-    config: LaneConfig,
-    gso: bool,
-    serving: Arc<Mutex<Serving>>,
 }
 
 impl LaneLink {
     /// The lane of a control connection to `remote` whose peer offered `offer` (its keys and
     /// port), if this gateway has one too.
     pub fn new(
-        socket: Option<&LaneSocket>,
+        lane: Option<&Arc<LaneSocket>>,
         remote: SocketAddr,
         offer: Option<(LaneKeys, u16)>,
     ) -> Option<LaneLink> {
-        let (socket, (keys, port)) = (socket?, offer?);
+        let (lane, (keys, port)) = (lane?, offer?);
         Some(LaneLink {
-            socket: socket.socket.clone(),
+            lane: lane.clone(),
             peer: SocketAddr::new(remote.ip(), port),
             keys,
-            config: socket.config,
-            gso: socket.gso,
-            serving: socket.serving.clone(),
         })
     }
 }
@@ -135,13 +129,13 @@ struct Serving {
 /// lane took its place.
 struct Down {
     tunnel: Arc<Tunnel>,
-    serving: Arc<Mutex<Serving>>,
+    lane: Arc<LaneSocket>,
     number: u64,
 }
 
 impl Drop for Down {
     fn drop(&mut self) {
-        let mut serving = self.serving.lock().expect("not poisoned");
+        let mut serving = self.lane.serving.lock().expect("not poisoned");
         if serving
             .current
             .as_ref()
@@ -156,35 +150,33 @@ impl Drop for Down {
 
 /// Adds what the lane counted since `last` to the gateway's counters.
 fn publish(stats: &Stats, last: &mut LaneCounters, now: LaneCounters) {
-    let add = |c: &std::sync::atomic::AtomicU64, new: u64, old: u64| {
-        Stats::add(c, new.saturating_sub(old));
-    };
-    add(
-        &stats.lane_frames_sent,
-        now.sender.groups,
-        last.sender.groups,
-    );
-    add(
-        &stats.lane_frames_acked,
-        now.sender.acked,
-        last.sender.acked,
-    );
-    add(
-        &stats.lane_frames_rebuilt,
-        now.receiver.frames,
-        last.receiver.frames,
-    );
-    add(
-        &stats.lane_frames_repaired,
-        now.receiver.repaired,
-        last.receiver.repaired,
-    );
-    add(
-        &stats.lane_groups_abandoned,
-        now.receiver.abandoned,
-        last.receiver.abandoned,
-    );
-    add(&stats.lane_datagrams_refused, now.refused, last.refused);
+    let (new, old) = (&now, &*last);
+    for (counter, new, old) in [
+        (
+            &stats.lane_frames_sent,
+            new.sender.groups,
+            old.sender.groups,
+        ),
+        (&stats.lane_frames_acked, new.sender.acked, old.sender.acked),
+        (
+            &stats.lane_frames_rebuilt,
+            new.receiver.frames,
+            old.receiver.frames,
+        ),
+        (
+            &stats.lane_frames_repaired,
+            new.receiver.repaired,
+            old.receiver.repaired,
+        ),
+        (
+            &stats.lane_groups_abandoned,
+            new.receiver.abandoned,
+            old.receiver.abandoned,
+        ),
+        (&stats.lane_datagrams_refused, new.refused, old.refused),
+    ] {
+        Stats::add(counter, new.saturating_sub(old));
+    }
     *last = now;
 }
 
@@ -192,12 +184,12 @@ fn publish(stats: &Stats, last: &mut LaneCounters, now: LaneCounters) {
 pub async fn run(tunnel: Arc<Tunnel>, link: LaneLink) {
     info!(
         "peer {}: lane up: frames as datagrams to {}, {} parity shards a frame",
-        tunnel.peer, link.peer, link.config.parity
+        tunnel.peer, link.peer, link.lane.config.parity
     );
-    let lane: Mutex<Lane<Carried>> = Mutex::new(Lane::new(&link.keys, link.config));
+    let lane: Mutex<Lane<Carried>> = Mutex::new(Lane::new(&link.keys, link.lane.config));
     let token = CancellationToken::new();
     let number = {
-        let mut serving = link.serving.lock().expect("not poisoned");
+        let mut serving = link.lane.serving.lock().expect("not poisoned");
         let number = serving.next;
         serving.next += 1;
         if let Some((_, old)) = serving.current.replace((number, token.clone())) {
@@ -208,7 +200,7 @@ pub async fn run(tunnel: Arc<Tunnel>, link: LaneLink) {
     tunnel.with_core(|c| c.set_lane_up(true));
     let _down = Down {
         tunnel: tunnel.clone(),
-        serving: link.serving.clone(),
+        lane: link.lane.clone(),
         number,
     };
     let timer = Notify::new();
@@ -260,19 +252,19 @@ async fn send(tunnel: &Arc<Tunnel>, link: &LaneLink, lane: &Mutex<Lane<Carried>>
             }
         };
         timer.notify_one();
-        let per_call = if link.gso { GSO_SEGMENTS } else { 1 };
+        let per_call = if link.lane.gso { GSO_SEGMENTS } else { 1 };
+        let socket = &link.lane.socket;
         for chunk in out.chunks(size * per_call) {
             // A datagram the host drops is a lost one: its group goes again in time.
-            let sent = if link.gso {
+            let sent = if link.lane.gso {
                 let segment = u16::try_from(size).unwrap_or(u16::MAX);
-                let socket = &*link.socket;
                 socket
                     .async_io(Interest::WRITABLE, || {
                         sockopt::send_segments(socket, chunk, link.peer, segment)
                     })
                     .await
             } else {
-                link.socket.send_to(chunk, link.peer).await
+                socket.send_to(chunk, link.peer).await
             };
             if let Err(e) = sent {
                 log::debug!("lane: sending to {}: {e}", link.peer);
@@ -291,7 +283,7 @@ async fn receive(
     let mut buf = vec![0u8; 1 << 16];
     let mut published = LaneCounters::default();
     loop {
-        let (n, from) = match link.socket.recv_from(&mut buf).await {
+        let (n, from) = match link.lane.socket.recv_from(&mut buf).await {
             Ok(x) => x,
             Err(e) => {
                 log::debug!("lane: receiving: {e}");
@@ -314,21 +306,15 @@ async fn receive(
         let (progress, freed, ack) = {
             let mut l = lane.lock().expect("not poisoned");
             let before = l.outstanding();
-            let mut at = 0;
-            while let Ok(len) = wire::datagram_len(&buf[at..n]) {
-                let Some(datagram) = buf.get_mut(at..at + len) else {
-                    break;
-                };
-                at += len;
+            let received = &mut buf[..n];
+            for range in wire::datagrams(received).collect::<Vec<_>>() {
+                let datagram = &mut received[range];
                 if paused && datagram[0] == wire::KIND_SHARD {
                     Stats::inc(&tunnel.gateway().stats.lane_datagrams_paused);
                     continue;
                 }
                 if let Ok(Some(frame)) = l.handle_datagram(now, datagram) {
                     frames.push(frame);
-                }
-                if at >= n {
-                    break;
                 }
             }
             publish(&tunnel.gateway().stats, &mut published, l.counters());
@@ -359,7 +345,7 @@ async fn receive(
             .into_iter()
             .for_each(|a| tunnel.gateway().stats.applied(a));
         if let Ok(Some(ack)) = ack {
-            let _ = link.socket.send_to(&ack, link.peer).await;
+            let _ = link.lane.socket.send_to(&ack, link.peer).await;
         }
         if freed {
             tunnel.frames_ready().notify_waiters();
@@ -381,6 +367,6 @@ fn on_deadline(tunnel: &Arc<Tunnel>, link: &LaneLink, lane: &Mutex<Lane<Carried>
     }
     if let Ok(Some(ack)) = ack {
         // Never blocks for long: a full socket buffer drops it, as the path may.
-        let _ = link.socket.try_send_to(&ack, link.peer);
+        let _ = link.lane.socket.try_send_to(&ack, link.peer);
     }
 }

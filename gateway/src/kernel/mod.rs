@@ -64,7 +64,7 @@ pub struct Gateway {
     pub(super) started: std::time::Instant,
     pub(super) tuning: WanTuning,
     /// The lane's UDP socket (`wan.lane = "on"`).
-    lane: Option<lane::LaneSocket>,
+    lane: Option<Arc<lane::LaneSocket>>,
     /// The tunnel's lifecycle and the kernel's side of each WAN connection ([`wan`]).
     link: Mutex<wan::Link>,
     /// Wakes the timer task ([`wan::run_timer`]): a deadline moved earlier.
@@ -243,7 +243,7 @@ async fn serve(config: Config) -> Result<(), RunError> {
                 "lane: taking the peer's datagrams on UDP port {}",
                 socket.port
             );
-            Some(socket)
+            Some(Arc::new(socket))
         }
         None => None,
     };

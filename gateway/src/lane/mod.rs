@@ -108,14 +108,6 @@ pub enum LaneError {
     Fec(#[from] FecError),
 }
 
-impl LaneError {
-    /// Whether it says more than "someone sent a datagram that is not the peer's" (which the
-    /// datapath only counts): our own key ran out.
-    pub fn is_local(&self) -> bool {
-        matches!(self, LaneError::Seal(SealError::KeyExhausted(_)))
-    }
-}
-
 /// What the lane counted, for status and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LaneCounters {
@@ -151,10 +143,6 @@ impl<T> Lane<T> {
             receiver: LaneReceiver::default(),
             counters: LaneCounters::default(),
         }
-    }
-
-    pub fn config(&self) -> LaneConfig {
-        self.config
     }
 
     /// Appends the datagrams of `frame` to `out`, back to back and all of the
@@ -221,13 +209,13 @@ impl<T> Lane<T> {
             let plain = self.opener.open(packet, ACK_HEADER_LEN, datagram)?;
             let ack = Ack::decode(&datagram[ACK_HEADER_LEN..ACK_HEADER_LEN + plain])?;
             // Acked frames need nothing more: the session layer's own acks free their bytes.
-            drop(self.sender.on_ack(now, &ack));
+            self.sender.on_ack(now, &ack);
             return Ok(None);
         }
         let header = ShardHeader::decode(datagram)?;
         let plain = self.opener.open(packet, SHARD_HEADER_LEN, datagram)?;
         let shard = &datagram[SHARD_HEADER_LEN..SHARD_HEADER_LEN + plain];
-        Ok(self.receiver.on_shard(now, &header, header.floor, shard)?)
+        Ok(self.receiver.on_shard(now, &header, shard)?)
     }
 
     /// The sealed ack datagram to send now, if one is due.

@@ -63,19 +63,18 @@ impl LaneReceiver {
 
     /// One opened shard (`header` and its plaintext `shard`) that arrived at
     /// `now`; returns the frame its group rebuilt, if this shard completed one.
-    /// `floor` is the sender's: groups below it are given up.
+    /// The header's `floor` is the sender's: groups below it are given up.
     pub fn on_shard(
         &mut self,
         now: Instant,
         header: &ShardHeader,
-        floor: u64,
         shard: &[u8],
     ) -> Result<Option<Vec<u8>>, FecError> {
         self.counters.shards += 1;
         if self.largest.is_none_or(|(l, _)| header.packet > l) {
             self.largest = Some((header.packet, now));
         }
-        self.raise_floor(floor);
+        self.raise_floor(header.floor);
         let group = header.group;
         if group < self.below || self.is_rebuilt(group) {
             self.counters.late += 1;

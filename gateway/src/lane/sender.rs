@@ -114,8 +114,8 @@ impl<T> LaneSender<T> {
         self.counters.groups += 1;
     }
 
-    /// What an ack arriving at `now` says; returns the tokens of the groups it acked.
-    pub fn on_ack(&mut self, now: Instant, ack: &Ack) -> Vec<T> {
+    /// What an ack arriving at `now` says: the groups it covers are done.
+    pub fn on_ack(&mut self, now: Instant, ack: &Ack) {
         if self.largest_acked.is_none_or(|l| ack.largest > l) {
             self.largest_acked = Some(ack.largest);
             self.sample_rtt(now, ack);
@@ -127,21 +127,20 @@ impl<T> LaneSender<T> {
                     .iter()
                     .any(|&(s, n)| g >= s && g - s < u64::from(n))
         };
-        let mut acked = Vec::new();
-        let mut kept = VecDeque::with_capacity(self.flight.len());
-        for f in self.flight.drain(..) {
-            if rebuilt(f.group) {
-                self.newest_acked_group = self.newest_acked_group.max(Some(f.group));
-                self.outstanding -= f.len;
-                self.delivered += f.len;
-                self.counters.acked += 1;
-                acked.push(f.token);
-            } else {
-                kept.push_back(f);
+        let (mut bytes, mut groups, mut newest) = (0, 0, self.newest_acked_group);
+        self.flight.retain(|f| {
+            let done = rebuilt(f.group);
+            if done {
+                newest = newest.max(Some(f.group));
+                bytes += f.len;
+                groups += 1;
             }
-        }
-        self.flight = kept;
-        acked
+            !done
+        });
+        self.newest_acked_group = newest;
+        self.outstanding -= bytes;
+        self.delivered += bytes;
+        self.counters.acked += groups;
     }
 
     fn sample_rtt(&mut self, now: Instant, ack: &Ack) {

@@ -167,6 +167,18 @@ pub fn peek(datagram: &[u8]) -> Result<(u8, u64), WireError> {
     ))
 }
 
+/// Where each datagram lies in `buf`, which the kernel may have filled with several joined
+/// (UDP GRO), each as long as its header says; a last one cut short is left out.
+pub fn datagrams(buf: &[u8]) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let len = datagram_len(&buf[at..]).ok()?;
+        let range = at..at.checked_add(len).filter(|end| *end <= buf.len())?;
+        at = range.end;
+        Some(range)
+    })
+}
+
 /// What the receiving end tells the sending end (`lane::receiver`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ack {
@@ -338,6 +350,14 @@ mod tests {
         let joined = [one.clone(), one.clone()].concat();
         assert_eq!(datagram_len(&joined[one.len()..]), Ok(one.len()));
         assert_eq!(datagram_len(&one[..10]), Err(WireError::Short(10)));
+        let n = one.len();
+        assert_eq!(datagrams(&joined).collect::<Vec<_>>(), [0..n, n..2 * n]);
+        let cut = &joined[..2 * n - 1];
+        assert_eq!(
+            datagrams(cut).collect::<Vec<_>>(),
+            vec![0..n],
+            "the cut one is left out"
+        );
         assert_eq!(datagram_len(&[7; 40]), Err(WireError::Kind(7)));
         assert_eq!(datagram_len(&[]), Err(WireError::Short(0)));
     }

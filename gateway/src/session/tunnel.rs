@@ -811,8 +811,8 @@ impl TunnelCore {
         });
         // The lane's lost frames go again on the flows, which are reliable; new frames go on
         // the lane while it is up.
-        let lane_up = self.lane.up;
         let is_lane = flow == self.lane.slot;
+        let takes_new = self.lane.carries_new(flow);
         while let Some(c) = (!is_lane)
             .then(|| self.scheduler.next_resend(now))
             .flatten()
@@ -843,10 +843,7 @@ impl TunnelCore {
                 return Some(self.carry(flow, c.session, offset, payload));
             }
         }
-        while let Some((group, id)) = (is_lane || !lane_up)
-            .then(|| self.scheduler.next_ready(now))
-            .flatten()
-        {
+        while let Some((group, id)) = takes_new.then(|| self.scheduler.next_ready(now)).flatten() {
             let frame_len = self.limits.frame_len;
             let Some(s) = self.sessions.get_mut(&id) else {
                 continue;
