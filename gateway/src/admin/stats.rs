@@ -78,6 +78,8 @@ counters!(
     lane_frames_sent,
     /// Of those, frames the peer acked as rebuilt.
     lane_frames_acked,
+    /// Frames this gateway declared lost on the lane that were acked soon after: late, not lost (each widens the lane's reordering window).
+    lane_frames_late,
     /// Frames this gateway rebuilt from the peer's lane datagrams.
     lane_frames_rebuilt,
     /// Of those, frames that needed parity (a datagram of theirs was lost).

@@ -159,6 +159,11 @@ fn publish(stats: &Stats, last: &mut LaneCounters, now: LaneCounters) {
         ),
         (&stats.lane_frames_acked, new.sender.acked, old.sender.acked),
         (
+            &stats.lane_frames_late,
+            new.sender.spurious,
+            old.sender.spurious,
+        ),
+        (
             &stats.lane_frames_rebuilt,
             new.receiver.frames,
             old.receiver.frames,

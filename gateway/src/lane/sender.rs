@@ -16,6 +16,13 @@
 //! with a time limit alone, 1.6-17 % of a lossy multifd migration's groups
 //! were counted lost though every one arrived (0-0.9 % with this rule,
 //! docs/BENCHMARKS.md "The lane").
+//!
+//! Nor is a quarter of a round trip always enough: on a busy host datagrams
+//! are reordered (one CPU's backlog waits behind a guest while the other
+//! forwards newer ones). A group declared lost and then acked within a round
+//! trip was late, so, as RACK does on a DSACK, the wait grows a quarter of a
+//! round trip each time, up to a whole one, and shrinks a step after
+//! [`SETTLE_GROUPS`] groups acked without one.
 
 use std::collections::VecDeque;
 
@@ -28,6 +35,10 @@ pub const INITIAL_LOSS_WAIT_US: u64 = 1_000_000;
 /// Beyond a round trip, a group may take this much longer (the receiver's
 /// ack delay and this host's scheduling).
 const MIN_LOSS_SLACK_US: u64 = 5_000;
+/// Acked groups without a late one after which the reordering window narrows a step.
+const SETTLE_GROUPS: u64 = 2048;
+/// Groups declared lost that are remembered, to see if they were only late.
+const RECENTLY_LOST_KEPT: usize = 1024;
 
 #[derive(Debug, Clone)]
 struct InFlight<T> {
@@ -46,6 +57,8 @@ pub struct SenderCounters {
     pub groups: u64,
     pub acked: u64,
     pub lost: u64,
+    /// Groups declared lost that were acked soon after: late, not lost.
+    pub spurious: u64,
 }
 
 #[derive(Debug)]
@@ -64,6 +77,12 @@ pub struct LaneSender<T> {
     rttvar_us: u64,
     min_rtt_us: Option<u64>,
     lost: VecDeque<T>,
+    /// Groups declared lost lately, and when: one acked within a round trip after
+    /// was late, not lost.
+    recently_lost: VecDeque<(u64, Instant)>,
+    /// RACK's reordering window, in quarters of a round trip (1 to 4).
+    reorder_quarters: u64,
+    acked_since_late: u64,
     counters: SenderCounters,
 }
 
@@ -81,6 +100,9 @@ impl<T> Default for LaneSender<T> {
             rttvar_us: 0,
             min_rtt_us: None,
             lost: VecDeque::new(),
+            recently_lost: VecDeque::new(),
+            reorder_quarters: 1,
+            acked_since_late: 0,
             counters: SenderCounters::default(),
         }
     }
@@ -141,6 +163,31 @@ impl<T> LaneSender<T> {
         self.outstanding -= bytes;
         self.delivered += bytes;
         self.counters.acked += groups;
+        self.learn_reordering(now, groups, rebuilt);
+    }
+
+    /// A group declared lost and acked within a round trip after was late, not lost (an
+    /// ack later than that may be the receiver giving it up at our floor): widen the
+    /// reordering window a quarter of a round trip, up to one, as RACK does on a DSACK.
+    /// Acked groups without a late one narrow it again a step per [`SETTLE_GROUPS`].
+    fn learn_reordering(&mut self, now: Instant, acked: u64, rebuilt: impl Fn(u64) -> bool) {
+        let srtt = self.srtt_us.unwrap_or(INITIAL_LOSS_WAIT_US);
+        self.recently_lost
+            .retain(|&(_, at)| now.saturating_sub(at) < srtt);
+        let before = self.recently_lost.len();
+        self.recently_lost.retain(|&(g, _)| !rebuilt(g));
+        let late = (before - self.recently_lost.len()) as u64;
+        if late > 0 {
+            self.counters.spurious += late;
+            self.reorder_quarters = (self.reorder_quarters + 1).min(4);
+            self.acked_since_late = 0;
+        } else {
+            self.acked_since_late += acked;
+            if self.acked_since_late >= SETTLE_GROUPS && self.reorder_quarters > 1 {
+                self.reorder_quarters -= 1;
+                self.acked_since_late = 0;
+            }
+        }
     }
 
     fn sample_rtt(&mut self, now: Instant, ack: &Ack) {
@@ -174,7 +221,7 @@ impl<T> LaneSender<T> {
             return INITIAL_LOSS_WAIT_US;
         };
         if self.newest_acked_group.is_some_and(|n| n > group) {
-            s + (s / 4).max(MIN_LOSS_SLACK_US)
+            s + (self.reorder_quarters * s / 4).max(MIN_LOSS_SLACK_US)
         } else {
             2 * s + (4 * self.rttvar_us).max(MIN_LOSS_SLACK_US)
         }
@@ -192,6 +239,10 @@ impl<T> LaneSender<T> {
     pub fn detect_lost(&mut self, now: Instant) {
         while self.loss_deadline().is_some_and(|at| at <= now) {
             let f = self.flight.pop_front().expect("checked");
+            if self.recently_lost.len() == RECENTLY_LOST_KEPT {
+                self.recently_lost.pop_front();
+            }
+            self.recently_lost.push_back((f.group, now));
             self.outstanding -= f.len;
             self.counters.lost += 1;
             self.lost.push_back(f.token);
@@ -221,5 +272,74 @@ impl<T> LaneSender<T> {
             outstanding: self.outstanding,
             sent: self.sent,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000;
+    const RTT: u64 = 100 * MS;
+
+    fn ack(largest: u64, below: u64, ranges: Vec<(u64, u32)>) -> Ack {
+        Ack {
+            largest,
+            delay_us: 0,
+            received: 0,
+            below,
+            ranges,
+        }
+    }
+
+    /// Sends the next group (one datagram, numbered as the group) at `now`.
+    fn send(s: &mut LaneSender<u64>, now: Instant) -> u64 {
+        let g = s.next_group();
+        s.sent(now, 1000, g, g, g);
+        g
+    }
+
+    /// Sends groups g and g+1 at `now`; the ack for g+1 comes first, a round trip
+    /// later. Returns g and how long after it went g was declared lost.
+    fn overtaken(s: &mut LaneSender<u64>, now: Instant) -> (u64, u64) {
+        let g = send(s, now);
+        send(s, now + MS);
+        s.on_ack(now + MS + RTT, &ack(g + 1, g, vec![(g + 1, 1)]));
+        let at = s.loss_deadline().expect("g on the way");
+        s.detect_lost(at);
+        assert_eq!(s.poll_lost(), Some(g));
+        (g, at - now)
+    }
+
+    #[test]
+    fn a_group_declared_lost_then_acked_widens_the_reordering_window_until_it_settles() {
+        let mut s = LaneSender::default();
+        send(&mut s, 0);
+        s.on_ack(RTT, &ack(0, 1, vec![]));
+        // RACK: a round trip and a quarter; each group that was only late (acked within a
+        // round trip of being declared lost) widens that by a quarter, up to a round trip.
+        let mut now = 200 * MS;
+        for wait in [125, 150, 175, 200, 200] {
+            let (g, waited) = overtaken(&mut s, now);
+            assert_eq!(waited, wait * MS, "group {g}");
+            s.on_ack(now + waited + 10 * MS, &ack(g, g + 2, vec![]));
+            now += 400 * MS;
+        }
+        assert_eq!(s.counters().spurious, 5);
+        // A group lost for real is given up by the receiver later than a round trip:
+        // the window stays.
+        let (g, waited) = overtaken(&mut s, now);
+        assert_eq!(waited, 200 * MS);
+        s.on_ack(now + waited + 2 * RTT, &ack(g + 1, g + 2, vec![]));
+        assert_eq!(s.counters().spurious, 5);
+        // 2048 groups acked without one declared lost narrow it a step.
+        now += 400 * MS;
+        for _ in 0..2048 {
+            let g = send(&mut s, now);
+            s.on_ack(now + RTT, &ack(g, g + 1, vec![]));
+            now += 10;
+        }
+        let (_, waited) = overtaken(&mut s, now + RTT);
+        assert_eq!(waited, 175 * MS);
     }
 }
