@@ -127,8 +127,8 @@ pub struct RecordReader<R> {
     unpacked: Option<PackNote>,
     /// The dedup store the peer offered in the handshake (store 0: none).
     peer_dedup: DedupOffer,
-    /// The lane's keys from this connection's, and the port the peer offered for it.
-    lane: Option<(crate::lane::LaneKeys, u16)>,
+    /// What the peer offered for the lane, with keys from this connection's.
+    lane: Option<super::lane::LaneOffer>,
 }
 
 impl<R: AsyncRead + Unpin> RecordReader<R> {
@@ -140,14 +140,16 @@ impl<R: AsyncRead + Unpin> RecordReader<R> {
             info,
             unpacked: None,
             peer_dedup: keys.peer_dedup,
-            lane: keys
-                .peer_lane
-                .map(|port| (crate::lane::LaneKeys::derive(&keys.send, &keys.recv), port)),
+            lane: keys.peer_lane.map(|port| super::lane::LaneOffer {
+                keys: crate::lane::LaneKeys::derive(&keys.send, &keys.recv),
+                port,
+                codecs: keys.peer_codecs,
+            }),
         }
     }
 
-    /// The lane's keys and the peer's lane port, if the peer offered a lane.
-    pub fn lane(&self) -> Option<(crate::lane::LaneKeys, u16)> {
+    /// What the peer offered for the lane, if it did.
+    pub fn lane(&self) -> Option<super::lane::LaneOffer> {
         self.lane.clone()
     }
 

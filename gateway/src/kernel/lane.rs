@@ -3,7 +3,8 @@
 //! frames through it.
 //!
 //! - **Out**: the lane pulls frames from the core ([`TunnelCore::poll_lane_frame`]) as the
-//!   pacer and its window allow, and sends each frame's datagrams with UDP GSO, up to
+//!   pacer and its window allow, gathers those ready at once into groups of up to a full
+//!   frame's size (`lane::bundle`), and sends each group's datagrams with UDP GSO, up to
 //!   [`GSO_SEGMENTS`] to a call, the segment size given with each call (a socket-wide one
 //!   would cut the acks sent between them too).
 //! - **In**: with UDP GRO the kernel joins datagrams of one size; each datagram's header
@@ -33,10 +34,15 @@ use super::sockopt;
 use super::tunnel::{serve_deadlines, wait_until, Tunnel};
 use crate::admin::config::LaneSetup;
 use crate::admin::{Stats, TunnelEnd};
+use crate::lane::bundle::{self, Bundle, BUNDLE_SHARDS};
 use crate::lane::{wire, Lane, LaneConfig, LaneCounters, LaneKeys};
 use crate::link::Applied;
-use crate::protocol::Message;
+use crate::protocol::message::DATA_HEADER_LEN;
+use crate::protocol::packed::{CodecSet, PackedFrame, PACKED_DATA};
+use crate::protocol::{DataFrame, Message};
 use crate::session::scheduler::Carried;
+use crate::transform::cpu_time::thread_cpu_ns;
+use crate::transform::{PackFigures, PackPolicy, Packer, Unpacker};
 
 /// Datagrams per send: within both the kernel's 64 segments and 64 KiB.
 pub const GSO_SEGMENTS: usize = 40;
@@ -94,27 +100,67 @@ impl LaneSocket {
     }
 }
 
-/// A lane to run: the gateway's socket, the peer's lane address, the keys.
+/// What a peer offered for the lane in a control connection's handshake.
+#[derive(Clone)]
+pub struct LaneOffer {
+    /// Derived from the connection's keys.
+    pub keys: LaneKeys,
+    /// The UDP port it takes lane datagrams on.
+    pub port: u16,
+    /// The frame codecs it unpacks.
+    pub codecs: CodecSet,
+}
+
+/// A lane to run: the gateway's socket, the peer's lane address, the keys, and how its
+/// frames are packed.
 pub struct LaneLink {
     lane: Arc<LaneSocket>,
     peer: SocketAddr,
     keys: LaneKeys,
+    /// The codecs frames may be packed in (none: compression is off here).
+    codecs: CodecSet,
+    /// The gateway's compression: its choice of codec, and its figures.
+    packing: Arc<PackPolicy>,
 }
 
 impl LaneLink {
-    /// The lane of a control connection to `remote` whose peer offered `offer` (its keys and
-    /// port), if this gateway has one too.
+    /// The lane of a control connection to `remote` whose peer offered `offer`, if this
+    /// gateway has one too. Its frames are packed as the data flows' are (`packing`), if
+    /// `compress`.
     pub fn new(
         lane: Option<&Arc<LaneSocket>>,
         remote: SocketAddr,
-        offer: Option<(LaneKeys, u16)>,
+        offer: Option<LaneOffer>,
+        packing: &Arc<PackPolicy>,
+        compress: bool,
     ) -> Option<LaneLink> {
-        let (lane, (keys, port)) = (lane?, offer?);
+        let (lane, offer) = (lane?, offer?);
         Some(LaneLink {
             lane: lane.clone(),
-            peer: SocketAddr::new(remote.ip(), port),
-            keys,
+            peer: SocketAddr::new(remote.ip(), offer.port),
+            keys: offer.keys,
+            codecs: if compress {
+                offer.codecs
+            } else {
+                CodecSet::default()
+            },
+            packing: packing.clone(),
         })
+    }
+
+    /// Appends `frame` to `out` as a message, packed if the gateway's compression says so.
+    fn encode(&self, packer: &mut Packer, frame: &DataFrame, out: &mut Vec<u8>) {
+        if self.codecs.is_empty() {
+            frame.encode_header(out);
+            out.extend_from_slice(&frame.payload);
+            return;
+        }
+        let t = thread_cpu_ns();
+        let outcome = packer.encode(frame, self.packing.choice(), self.codecs, out);
+        let ns = thread_cpu_ns().saturating_sub(t);
+        self.packing
+            .stats
+            .add(&PackFigures::packed(outcome, frame.payload.len(), ns));
     }
 }
 
@@ -191,7 +237,7 @@ pub async fn run(tunnel: Arc<Tunnel>, link: LaneLink) {
         "peer {}: lane up: frames as datagrams to {}, {} parity shards a frame",
         tunnel.peer, link.peer, link.lane.config.parity
     );
-    let lane: Mutex<Lane<Carried>> = Mutex::new(Lane::new(&link.keys, link.lane.config));
+    let lane: Mutex<Lane<Vec<Carried>>> = Mutex::new(Lane::new(&link.keys, link.lane.config));
     let token = CancellationToken::new();
     let number = {
         let mut serving = link.lane.serving.lock().expect("not poisoned");
@@ -222,35 +268,58 @@ pub async fn run(tunnel: Arc<Tunnel>, link: LaneLink) {
     }
 }
 
-/// Frames out, as the core gives them.
-async fn send(tunnel: &Arc<Tunnel>, link: &LaneLink, lane: &Mutex<Lane<Carried>>, timer: &Notify) {
+/// Frames out, as the core gives them, gathered into groups of up to a full frame's size.
+async fn send(
+    tunnel: &Arc<Tunnel>,
+    link: &LaneLink,
+    lane: &Mutex<Lane<Vec<Carried>>>,
+    timer: &Notify,
+) {
     let take = || {
         let now = tunnel.now();
         let outstanding = lane.lock().expect("not poisoned").outstanding();
         tunnel.with_lane_state(now, |state| state.core.poll_lane_frame(now, outstanding))
     };
-    let (mut msg, mut out) = (Vec::new(), Vec::new());
+    let mut bundle = Bundle::new(link.lane.config.max_shard * BUNDLE_SHARDS);
+    // A frame that did not fit the last group: it starts the next one.
+    let mut held = None;
+    let mut packer = Packer::default();
+    let mut out = Vec::new();
     loop {
-        let (frame, carried) = wait_until(tunnel.frames_ready(), &take).await;
-        msg.clear();
-        Message::Data(frame).encode(&mut msg);
+        let first = match held.take() {
+            Some(f) => f,
+            None => wait_until(tunnel.frames_ready(), &take).await,
+        };
+        let mut next = Some(first);
+        while let Some((frame, carried)) = next.take() {
+            if !bundle.fits(DATA_HEADER_LEN + frame.payload.len()) {
+                held = Some((frame, carried));
+                break;
+            }
+            bundle.push(carried, |out| link.encode(&mut packer, &frame, out));
+            next = take();
+        }
+        let (group, carried) = bundle.drain();
         out.clear();
-        let sealed =
-            lane.lock()
-                .expect("not poisoned")
-                .send_frame(tunnel.now(), &msg, carried, &mut out);
+        let sealed = lane.lock().expect("not poisoned").send_frame(
+            tunnel.now(),
+            &group,
+            carried.clone(),
+            &mut out,
+        );
         let size = match sealed {
             Ok(size) => size,
             Err(e) => {
                 // Only our own keys running out gets here (2^40 datagrams): the lane goes
-                // down, this frame and what it has on the way go on the flows, and it waits
+                // down, this group and what it has on the way go on the flows, and it waits
                 // for the next control connection's keys.
                 warn!(
                     "peer {}: lane: {e}; frames go on the data flows",
                     tunnel.peer
                 );
                 tunnel.with_core(|c| {
-                    c.lane_lost(carried);
+                    let held = held.take().map(|(_, h)| h);
+                    carried.into_iter().chain(held).for_each(|h| c.lane_lost(h));
                     c.set_lane_up(false);
                 });
                 return std::future::pending().await;
@@ -282,11 +351,12 @@ async fn send(tunnel: &Arc<Tunnel>, link: &LaneLink, lane: &Mutex<Lane<Carried>>
 async fn receive(
     tunnel: &Arc<Tunnel>,
     link: &LaneLink,
-    lane: &Mutex<Lane<Carried>>,
+    lane: &Mutex<Lane<Vec<Carried>>>,
     timer: &Notify,
 ) {
     let mut buf = vec![0u8; 1 << 16];
     let mut published = LaneCounters::default();
+    let mut unpacker = Unpacker::default();
     loop {
         let (n, from) = match link.lane.socket.recv_from(&mut buf).await {
             Ok(x) => x,
@@ -327,20 +397,7 @@ async fn receive(
         };
         let messages: Vec<Message> = frames
             .into_iter()
-            .filter_map(|f| match Message::decode(Bytes::from(f)) {
-                Ok(m @ Message::Data(_)) => Some(m),
-                Ok(other) => {
-                    warn!(
-                        "peer {}: lane carried a {other:?}, not a data frame: dropped",
-                        tunnel.peer
-                    );
-                    None
-                }
-                Err(e) => {
-                    warn!("peer {}: lane frame: {e}: dropped", tunnel.peer);
-                    None
-                }
-            })
+            .flat_map(|group| messages_of(&tunnel.peer, Bytes::from(group), &mut unpacker, link))
             .collect();
         let applied: Vec<Applied> = tunnel.with_lane_state(now, |state| {
             state.core.note_lane_progress(progress);
@@ -359,12 +416,54 @@ async fn receive(
     }
 }
 
+/// The data frames a rebuilt group carried. Every datagram of it authenticated as the
+/// peer's, so anything else is the peer's bug: logged, and the rest of the group dropped.
+fn messages_of(
+    peer: &impl std::fmt::Display,
+    group: Bytes,
+    unpacker: &mut Unpacker,
+    link: &LaneLink,
+) -> Vec<Message> {
+    let mut messages = Vec::new();
+    for entry in bundle::entries(&group) {
+        let range = match entry {
+            Ok(r) => r,
+            Err(e) => {
+                warn!("peer {peer}: {e}: the rest dropped");
+                break;
+            }
+        };
+        let entry = group.slice(range);
+        if entry.first() == Some(&PACKED_DATA) {
+            let t = thread_cpu_ns();
+            match PackedFrame::decode(entry) {
+                Ok(p) => match unpacker.unpack(p) {
+                    Ok(frame) => messages.push(Message::Data(frame)),
+                    Err(e) => warn!("peer {peer}: lane frame: {e}: dropped"),
+                },
+                Err(e) => warn!("peer {peer}: lane frame: {e}: dropped"),
+            }
+            let ns = thread_cpu_ns().saturating_sub(t);
+            link.packing.stats.add(&PackFigures::unpacked(ns));
+            continue;
+        }
+        match Message::decode(entry) {
+            Ok(m @ Message::Data(_)) => messages.push(m),
+            Ok(other) => {
+                warn!("peer {peer}: lane carried a {other:?}, not a data frame: dropped");
+            }
+            Err(e) => warn!("peer {peer}: lane frame: {e}: dropped"),
+        }
+    }
+    messages
+}
+
 /// The lane's deadline came: lost groups go again on the flows, a due ack goes out.
-fn on_deadline(tunnel: &Arc<Tunnel>, link: &LaneLink, lane: &Mutex<Lane<Carried>>, now: u64) {
+fn on_deadline(tunnel: &Arc<Tunnel>, link: &LaneLink, lane: &Mutex<Lane<Vec<Carried>>>, now: u64) {
     let (lost, ack) = {
         let mut l = lane.lock().expect("not poisoned");
         l.handle_timeout(now);
-        let lost: Vec<Carried> = std::iter::from_fn(|| l.poll_lost()).collect();
+        let lost: Vec<Carried> = std::iter::from_fn(|| l.poll_lost()).flatten().collect();
         (lost, l.poll_ack(now))
     };
     if !lost.is_empty() {

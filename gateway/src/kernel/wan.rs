@@ -25,7 +25,7 @@ use super::tunnel::{serve_deadlines, Local, Tunnel};
 use super::{Gateway, Reader, Writer};
 use crate::link::{Action, ConnFailure, ConnRef, Lifecycle, Role};
 use crate::protocol::Message;
-use crate::transform::PackNote;
+use crate::transform::{Compression, PackNote};
 
 /// The kernel's side of one WAN connection.
 pub(super) struct Conn {
@@ -421,7 +421,13 @@ async fn take_role(
         writer.flush().await?;
         match step.in_place {
             Some((Role::Control, tunnel)) => {
-                let lane = LaneLink::new(gateway.lane.as_ref(), info.remote, reader.lane());
+                let lane = LaneLink::new(
+                    gateway.lane.as_ref(),
+                    info.remote,
+                    reader.lane(),
+                    &gateway.packing,
+                    gateway.config.compression != Compression::Off,
+                );
                 let Some(lane) = lane else {
                     return tunnel.run_control(conn, reader, writer).await;
                 };

@@ -24,6 +24,7 @@
 //! Sans-IO like the rest of the core: the datapath hands in datagrams and
 //! `now`, and sends what comes out.
 
+pub mod bundle;
 pub mod fec;
 pub mod receiver;
 pub mod seal;

@@ -64,6 +64,23 @@ impl Packer {
         }
     }
 
+    /// Appends `frame` to `out` as a whole message: packed as [`Packer::pack`] decides, else
+    /// the plain data frame.
+    pub fn encode(
+        &mut self,
+        frame: &DataFrame,
+        choice: Choice,
+        codecs: CodecSet,
+        out: &mut Vec<u8>,
+    ) -> PackOutcome {
+        let outcome = self.pack(frame, choice, codecs, out);
+        if matches!(outcome, PackOutcome::Plain | PackOutcome::Skipped) {
+            frame.encode_header(out);
+            out.extend_from_slice(&frame.payload);
+        }
+        outcome
+    }
+
     /// [`Packer::pack`] up to the point where it would compress: plain, zero runs and frames
     /// the probe finds incompressible are decided (a few µs for 64 KiB); `None`, with nothing
     /// written, for a frame worth compressing. Callers seal such cheap frames where they
