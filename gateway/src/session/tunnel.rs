@@ -1295,7 +1295,14 @@ impl TunnelCore {
             (Some(m), Some(cap)) => Some(m.min(cap)),
             (m, cap) => m.or(cap),
         };
-        for group in self.unsent.set_rate(rate) {
+        let hold = if self.lane.up {
+            super::unsent::LANE_UNSENT_TIME_US
+        } else {
+            super::unsent::UNSENT_TIME_US
+        };
+        let mut freed = self.unsent.set_hold(hold);
+        freed.extend(self.unsent.set_rate(rate));
+        for group in freed {
             self.wake_group(group);
         }
     }
