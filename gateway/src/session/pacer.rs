@@ -35,7 +35,8 @@
 //!   200 ms) the pacer would go on timing rounds and the BDP by the old one
 //!   (measured: 100 ms held 15 s after the link went to 200 ms).
 //! - **Startup**: unpaced (the flows' own congestion control finds the
-//!   rate) until three rounds with data waiting bring no 25 % growth.
+//!   rate) until three rounds with data waiting bring no 25 % growth, or
+//!   until a round's round trip shows its own queue at the bottleneck.
 //! - **Drain**: then paced at a third of the estimate until the flows hold
 //!   no more than one BDP (they report what they hold).
 //! - **Probing**: then paced at the estimate × 9/8 for one round (to find
@@ -99,6 +100,13 @@ const BW_EXTRA_ROUNDS: u64 = 2;
 const SEND_HISTORY: usize = 64;
 /// Startup ends after this many backlogged rounds without growth...
 const FULL_ROUNDS: u32 = 3;
+/// ...or in the first round whose round trip stands this many sixteenths of the min RTT
+/// (and 5 ms) above it, backlogged or not. A migration's rounds in startup are mostly
+/// app-limited (one flow or another finds nothing for a moment), so growth alone let
+/// startup run unpaced for seconds with a full BDP queued at the bottleneck; a guest that
+/// stopped then paused 1-1.1 s instead of ~0.4 (docs/BENCHMARKS.md, "Startup's queue").
+const STARTUP_QUEUE_SIXTEENTHS: u64 = 4;
+const STARTUP_QUEUE_MIN_US: u64 = 5_000;
 /// ...of at least this much (×4: 1.25).
 const GROWTH_QUARTERS: u64 = 5;
 /// Pacing gains, in sixteenths of the estimate: probing for more room (one
@@ -451,6 +459,9 @@ impl TunnelPacer {
         self.round_delivered = self.delivered;
         self.round_position = self.position();
         self.round_app_limited = false;
+        if self.mode == PaceMode::Startup {
+            self.check_startup_queue(now);
+        }
         if app_limited && rate < self.bottleneck() {
             return;
         }
@@ -771,6 +782,18 @@ impl TunnelPacer {
         self.samples.iter().map(|&(_, r)| r).max().unwrap_or(0)
     }
 
+    /// Startup's own queue at the bottleneck ends it, as a rate that stopped growing does.
+    fn check_startup_queue(&mut self, now: Instant) {
+        let (Some(srtt), Some(min)) = (self.srtt(), self.min_rtt()) else {
+            return;
+        };
+        let margin = (min * STARTUP_QUEUE_SIXTEENTHS / 16).max(STARTUP_QUEUE_MIN_US);
+        if srtt >= min + margin {
+            self.mode = PaceMode::Drain;
+            self.phase_start = now;
+        }
+    }
+
     fn check_full_pipe(&mut self, now: Instant) {
         let bw = self.bottleneck();
         if bw.saturating_mul(4) >= self.full_bw.saturating_mul(GROWTH_QUARTERS) {
@@ -863,6 +886,49 @@ mod tests {
         // The flows hold nothing: no queue to drain, on to probing.
         assert_eq!(p.rate(t), Some(p.snapshot().bottleneck));
         assert_eq!(p.snapshot().mode, PaceMode::Probing);
+    }
+
+    /// A migration's startup: each round one flow or another finds nothing to send for a
+    /// moment (the round counts as app-limited), yet the tunnel fills the bottleneck's
+    /// queue. A round trip well above the path's ends startup all the same.
+    #[test]
+    fn startup_ends_on_its_own_standing_queue_even_in_app_limited_rounds() {
+        let mut p = TunnelPacer::new(8);
+        let mut t = 0;
+        let mut report = |p: &mut TunnelPacer, t: &mut Instant, rounds: u64, rate: u64, srtt| {
+            for _ in 0..rounds * RTT / (10 * MS) {
+                *t += 10 * MS;
+                let now: Vec<_> = (0..8)
+                    .map(|f| {
+                        let delivered = p.flows[f].delivered + rate / 100 / 8;
+                        let progress = FlowProgress {
+                            delivered,
+                            min_rtt_us: Some(RTT),
+                            srtt_us: Some(srtt),
+                            outstanding: 0,
+                            sent: delivered,
+                        };
+                        (f, progress)
+                    })
+                    .collect();
+                p.on_progress(*t, now);
+                p.on_idle();
+            }
+        };
+        for rate in [10_000_000, 20_000_000, 40_000_000, 80_000_000] {
+            report(&mut p, &mut t, 1, rate, RTT);
+        }
+        assert_eq!(p.snapshot().mode, PaceMode::Startup);
+        // The path gives 100 MB/s; what startup sends beyond it queues, a full BDP.
+        report(&mut p, &mut t, 1, 100_000_000, RTT + RTT / 8);
+        assert_eq!(p.snapshot().mode, PaceMode::Startup, "an eighth is noise");
+        report(&mut p, &mut t, 1, 100_000_000, 2 * RTT);
+        assert_ne!(p.snapshot().mode, PaceMode::Startup, "{:?}", p.snapshot());
+        assert!(
+            near(p.snapshot().bottleneck, 100_000_000),
+            "{:?}",
+            p.snapshot()
+        );
     }
 
     #[test]
