@@ -895,7 +895,7 @@ mod tests {
     fn startup_ends_on_its_own_standing_queue_even_in_app_limited_rounds() {
         let mut p = TunnelPacer::new(8);
         let mut t = 0;
-        let mut report = |p: &mut TunnelPacer, t: &mut Instant, rounds: u64, rate: u64, srtt| {
+        let report = |p: &mut TunnelPacer, t: &mut Instant, rounds: u64, rate: u64, srtt| {
             for _ in 0..rounds * RTT / (10 * MS) {
                 *t += 10 * MS;
                 let now: Vec<_> = (0..8)
