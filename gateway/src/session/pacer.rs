@@ -100,8 +100,9 @@ const BW_EXTRA_ROUNDS: u64 = 2;
 const SEND_HISTORY: usize = 64;
 /// Startup ends after this many backlogged rounds without growth...
 const FULL_ROUNDS: u32 = 3;
-/// ...or in the first round whose round trip stands this many sixteenths of the min RTT
-/// (and 5 ms) above it, backlogged or not. A migration's rounds in startup are mostly
+/// ...or once the round trip stood this many sixteenths of the min RTT (and 5 ms) above it
+/// in two rounds running, backlogged or not, and the estimate (not zero) did not grow a
+/// quarter between them. A migration's rounds in startup are mostly
 /// app-limited (one flow or another finds nothing for a moment), so growth alone let
 /// startup run unpaced for seconds with a full BDP queued at the bottleneck; a guest that
 /// stopped then paused 1-1.1 s instead of ~0.4 (docs/BENCHMARKS.md, "Startup's queue").
@@ -286,6 +287,8 @@ pub struct TunnelPacer {
     /// Startup: the estimate when it last grew 25 %, and rounds since.
     full_bw: u64,
     rounds_without_growth: u32,
+    /// Startup: the estimate in the last round whose round trip showed a queue.
+    startup_queue_bw: Option<u64>,
     /// While another sender queues: how the pacer gives way to it.
     yielding: Option<GivingWay>,
     last_cut: Option<(Instant, u64)>,
@@ -325,6 +328,7 @@ impl TunnelPacer {
             min_rtt: None,
             full_bw: 0,
             rounds_without_growth: 0,
+            startup_queue_bw: None,
             yielding: None,
             last_cut: None,
             queue: QueueSeen::Clear,
@@ -782,15 +786,26 @@ impl TunnelPacer {
         self.samples.iter().map(|&(_, r)| r).max().unwrap_or(0)
     }
 
-    /// Startup's own queue at the bottleneck ends it, as a rate that stopped growing does.
+    /// Startup's own queue at the bottleneck ends it, as a rate that stopped growing does:
+    /// a queue in two rounds running, with no growth between them. Not with no estimate (a
+    /// carrier's round trip may read high before anything was delivered: the pacer would
+    /// then pace at nothing).
     fn check_startup_queue(&mut self, now: Instant) {
         let (Some(srtt), Some(min)) = (self.srtt(), self.min_rtt()) else {
             return;
         };
+        let bw = self.bottleneck();
         let margin = (min * STARTUP_QUEUE_SIXTEENTHS / 16).max(STARTUP_QUEUE_MIN_US);
-        if srtt >= min + margin {
-            self.mode = PaceMode::Drain;
-            self.phase_start = now;
+        if bw == 0 || srtt < min + margin {
+            self.startup_queue_bw = None;
+            return;
+        }
+        match self.startup_queue_bw {
+            Some(before) if bw.saturating_mul(4) < before.saturating_mul(GROWTH_QUARTERS) => {
+                self.mode = PaceMode::Drain;
+                self.phase_start = now;
+            }
+            _ => self.startup_queue_bw = Some(bw),
         }
     }
 
@@ -888,6 +903,38 @@ mod tests {
         assert_eq!(p.snapshot().mode, PaceMode::Probing);
     }
 
+    /// The lane's first round trips may read high before it delivered anything, and a rate
+    /// still growing is not a full pipe: neither ends startup (with no estimate the pacer
+    /// paced the tunnel at 0 bit/s and a migration stalled).
+    #[test]
+    fn a_high_round_trip_with_no_estimate_or_a_growing_one_keeps_startup() {
+        let mut p = TunnelPacer::new(1);
+        let mut t = 0;
+        let mut report = |p: &mut TunnelPacer, t: &mut Instant, rounds: u64, rate: u64, srtt| {
+            for _ in 0..rounds * RTT / (10 * MS) {
+                *t += 10 * MS;
+                let delivered = p.flows[0].delivered + rate / 100;
+                let progress = FlowProgress {
+                    delivered,
+                    min_rtt_us: Some(RTT),
+                    srtt_us: Some(srtt),
+                    outstanding: 0,
+                    sent: delivered,
+                };
+                p.on_progress(*t, [(0, progress)]);
+                p.on_idle();
+            }
+        };
+        report(&mut p, &mut t, 1, 0, RTT);
+        report(&mut p, &mut t, 3, 0, 9 * RTT);
+        assert_eq!(p.snapshot().mode, PaceMode::Startup, "{:?}", p.snapshot());
+        for rate in [10_000_000, 20_000_000, 40_000_000] {
+            report(&mut p, &mut t, 1, rate, 2 * RTT);
+        }
+        assert_eq!(p.snapshot().mode, PaceMode::Startup, "{:?}", p.snapshot());
+        assert_eq!(p.rate(t), None);
+    }
+
     /// A migration's startup: each round one flow or another finds nothing to send for a
     /// moment (the round counts as app-limited), yet the tunnel fills the bottleneck's
     /// queue. A round trip well above the path's ends startup all the same.
@@ -922,6 +969,12 @@ mod tests {
         // The path gives 100 MB/s; what startup sends beyond it queues, a full BDP.
         report(&mut p, &mut t, 1, 100_000_000, RTT + RTT / 8);
         assert_eq!(p.snapshot().mode, PaceMode::Startup, "an eighth is noise");
+        report(&mut p, &mut t, 1, 100_000_000, 2 * RTT);
+        assert_eq!(
+            p.snapshot().mode,
+            PaceMode::Startup,
+            "one round may be a spike"
+        );
         report(&mut p, &mut t, 1, 100_000_000, 2 * RTT);
         assert_ne!(p.snapshot().mode, PaceMode::Startup, "{:?}", p.snapshot());
         assert!(
