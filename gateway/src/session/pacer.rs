@@ -910,7 +910,7 @@ mod tests {
     fn a_high_round_trip_with_no_estimate_or_a_growing_one_keeps_startup() {
         let mut p = TunnelPacer::new(1);
         let mut t = 0;
-        let mut report = |p: &mut TunnelPacer, t: &mut Instant, rounds: u64, rate: u64, srtt| {
+        let report = |p: &mut TunnelPacer, t: &mut Instant, rounds: u64, rate: u64, srtt| {
             for _ in 0..rounds * RTT / (10 * MS) {
                 *t += 10 * MS;
                 let delivered = p.flows[0].delivered + rate / 100;
