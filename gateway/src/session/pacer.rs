@@ -903,6 +903,31 @@ mod tests {
         assert_eq!(p.snapshot().mode, PaceMode::Probing);
     }
 
+    /// `rounds` app-limited rounds (a flow finds nothing now and then) in which the
+    /// pacer's flows together deliver `rate` bytes per second at round trip `srtt`, each
+    /// reporting every 10 ms.
+    fn app_limited_rounds(p: &mut TunnelPacer, t: &mut Instant, rounds: u64, rate: u64, srtt: u64) {
+        let flows = p.flows.len();
+        for _ in 0..rounds * RTT / (10 * MS) {
+            *t += 10 * MS;
+            let now: Vec<_> = (0..flows)
+                .map(|f| {
+                    let delivered = p.flows[f].delivered + rate / 100 / flows as u64;
+                    let progress = FlowProgress {
+                        delivered,
+                        min_rtt_us: Some(RTT),
+                        srtt_us: Some(srtt),
+                        outstanding: 0,
+                        sent: delivered,
+                    };
+                    (f, progress)
+                })
+                .collect();
+            p.on_progress(*t, now);
+            p.on_idle();
+        }
+    }
+
     /// The lane's first round trips may read high before it delivered anything, and a rate
     /// still growing is not a full pipe: neither ends startup (with no estimate the pacer
     /// paced the tunnel at 0 bit/s and a migration stalled).
@@ -910,26 +935,11 @@ mod tests {
     fn a_high_round_trip_with_no_estimate_or_a_growing_one_keeps_startup() {
         let mut p = TunnelPacer::new(1);
         let mut t = 0;
-        let report = |p: &mut TunnelPacer, t: &mut Instant, rounds: u64, rate: u64, srtt| {
-            for _ in 0..rounds * RTT / (10 * MS) {
-                *t += 10 * MS;
-                let delivered = p.flows[0].delivered + rate / 100;
-                let progress = FlowProgress {
-                    delivered,
-                    min_rtt_us: Some(RTT),
-                    srtt_us: Some(srtt),
-                    outstanding: 0,
-                    sent: delivered,
-                };
-                p.on_progress(*t, [(0, progress)]);
-                p.on_idle();
-            }
-        };
-        report(&mut p, &mut t, 1, 0, RTT);
-        report(&mut p, &mut t, 3, 0, 9 * RTT);
+        app_limited_rounds(&mut p, &mut t, 1, 0, RTT);
+        app_limited_rounds(&mut p, &mut t, 3, 0, 9 * RTT);
         assert_eq!(p.snapshot().mode, PaceMode::Startup, "{:?}", p.snapshot());
         for rate in [10_000_000, 20_000_000, 40_000_000] {
-            report(&mut p, &mut t, 1, rate, 2 * RTT);
+            app_limited_rounds(&mut p, &mut t, 1, rate, 2 * RTT);
         }
         assert_eq!(p.snapshot().mode, PaceMode::Startup, "{:?}", p.snapshot());
         assert_eq!(p.rate(t), None);
@@ -942,40 +952,20 @@ mod tests {
     fn startup_ends_on_its_own_standing_queue_even_in_app_limited_rounds() {
         let mut p = TunnelPacer::new(8);
         let mut t = 0;
-        let report = |p: &mut TunnelPacer, t: &mut Instant, rounds: u64, rate: u64, srtt| {
-            for _ in 0..rounds * RTT / (10 * MS) {
-                *t += 10 * MS;
-                let now: Vec<_> = (0..8)
-                    .map(|f| {
-                        let delivered = p.flows[f].delivered + rate / 100 / 8;
-                        let progress = FlowProgress {
-                            delivered,
-                            min_rtt_us: Some(RTT),
-                            srtt_us: Some(srtt),
-                            outstanding: 0,
-                            sent: delivered,
-                        };
-                        (f, progress)
-                    })
-                    .collect();
-                p.on_progress(*t, now);
-                p.on_idle();
-            }
-        };
         for rate in [10_000_000, 20_000_000, 40_000_000, 80_000_000] {
-            report(&mut p, &mut t, 1, rate, RTT);
+            app_limited_rounds(&mut p, &mut t, 1, rate, RTT);
         }
         assert_eq!(p.snapshot().mode, PaceMode::Startup);
         // The path gives 100 MB/s; what startup sends beyond it queues, a full BDP.
-        report(&mut p, &mut t, 1, 100_000_000, RTT + RTT / 8);
+        app_limited_rounds(&mut p, &mut t, 1, 100_000_000, RTT + RTT / 8);
         assert_eq!(p.snapshot().mode, PaceMode::Startup, "an eighth is noise");
-        report(&mut p, &mut t, 1, 100_000_000, 2 * RTT);
+        app_limited_rounds(&mut p, &mut t, 1, 100_000_000, 2 * RTT);
         assert_eq!(
             p.snapshot().mode,
             PaceMode::Startup,
             "one round may be a spike"
         );
-        report(&mut p, &mut t, 1, 100_000_000, 2 * RTT);
+        app_limited_rounds(&mut p, &mut t, 1, 100_000_000, 2 * RTT);
         assert_ne!(p.snapshot().mode, PaceMode::Startup, "{:?}", p.snapshot());
         assert!(
             near(p.snapshot().bottleneck, 100_000_000),
