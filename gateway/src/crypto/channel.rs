@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
 use super::record::{RecordError, RecordOpener, RecordSealer, RECORD_HEADER_LEN};
 use crate::protocol::packed::{CodecSet, PackedFrame, PACKED_DATA};
@@ -278,33 +278,42 @@ impl Opening {
         mut body: BytesMut,
     ) -> Result<Opened, OpenError> {
         self.opener.open(header, &mut body)?;
-        if body.first() == Some(&PACKED_DATA) {
-            let t = thread_cpu_ns();
-            let frame = self.unpacker.unpack(PackedFrame::decode(body.freeze())?)?;
-            let figures = PackFigures::unpacked(thread_cpu_ns().saturating_sub(t));
-            if let Some(p) = &self.stats {
-                p.stats.add(&figures);
-            }
-            return Ok(Opened {
-                unpacked: Some(PackNote {
-                    session: frame.session,
-                    figures,
-                }),
-                msg: Some(Message::Data(frame)),
-            });
+        let mut opened = decode_message(body.freeze(), &mut self.unpacker, self.stats.as_deref())?;
+        if matches!(opened.msg, Some(Message::KeyUpdate)) {
+            self.opener.ratchet();
+            opened.msg = None;
         }
-        let msg = match Message::decode(body.freeze())? {
-            Message::KeyUpdate => {
-                self.opener.ratchet();
-                None
-            }
-            msg => Some(msg),
-        };
-        Ok(Opened {
-            msg,
-            unpacked: None,
-        })
+        Ok(opened)
     }
+}
+
+/// An opened plaintext as a message: a packed data frame unpacked (what that cost is added
+/// to `stats` and returned for its session's figures), anything else decoded. The data
+/// flows' records and the lane's groups both carry messages so.
+pub fn decode_message(
+    body: Bytes,
+    unpacker: &mut Unpacker,
+    stats: Option<&PackPolicy>,
+) -> Result<Opened, OpenError> {
+    if body.first() != Some(&PACKED_DATA) {
+        return Ok(Opened {
+            msg: Some(Message::decode(body)?),
+            unpacked: None,
+        });
+    }
+    let t = thread_cpu_ns();
+    let frame = unpacker.unpack(PackedFrame::decode(body)?)?;
+    let figures = PackFigures::unpacked(thread_cpu_ns().saturating_sub(t));
+    if let Some(p) = stats {
+        p.stats.add(&figures);
+    }
+    Ok(Opened {
+        unpacked: Some(PackNote {
+            session: frame.session,
+            figures,
+        }),
+        msg: Some(Message::Data(frame)),
+    })
 }
 
 #[cfg(test)]

@@ -17,7 +17,9 @@ pub mod keys;
 pub mod random;
 pub mod record;
 
-pub use channel::{KeyUpdated, OpenError, Opened, Opening, RekeyPolicy, Sealed, Sealing};
+pub use channel::{
+    decode_message, KeyUpdated, OpenError, Opened, Opening, RekeyPolicy, Sealed, Sealing,
+};
 pub use handshake::{DedupOffer, HandshakeError, Initiator, Offer, Responder, TrafficKeys};
 pub use keys::{check_trusted, KeyError, PresharedKey, PublicKey, StaticKeypair};
 pub use record::{

@@ -34,11 +34,12 @@ use super::sockopt;
 use super::tunnel::{serve_deadlines, wait_until, Tunnel};
 use crate::admin::config::LaneSetup;
 use crate::admin::{Stats, TunnelEnd};
+use crate::crypto::{decode_message, Opened};
 use crate::lane::bundle::{self, Bundle, BUNDLE_SHARDS};
 use crate::lane::{wire, Lane, LaneConfig, LaneCounters, LaneKeys};
 use crate::link::Applied;
 use crate::protocol::message::DATA_HEADER_LEN;
-use crate::protocol::packed::{CodecSet, PackedFrame, PACKED_DATA};
+use crate::protocol::packed::CodecSet;
 use crate::protocol::{DataFrame, Message};
 use crate::session::scheduler::Carried;
 use crate::transform::cpu_time::thread_cpu_ns;
@@ -151,8 +152,7 @@ impl LaneLink {
     /// Appends `frame` to `out` as a message, packed if the gateway's compression says so.
     fn encode(&self, packer: &mut Packer, frame: &DataFrame, out: &mut Vec<u8>) {
         if self.codecs.is_empty() {
-            frame.encode_header(out);
-            out.extend_from_slice(&frame.payload);
+            frame.encode(out);
             return;
         }
         let t = thread_cpu_ns();
@@ -204,11 +204,7 @@ fn publish(stats: &Stats, last: &mut LaneCounters, now: LaneCounters) {
             old.sender.groups,
         ),
         (&stats.lane_frames_acked, new.sender.acked, old.sender.acked),
-        (
-            &stats.lane_frames_late,
-            new.sender.spurious,
-            old.sender.spurious,
-        ),
+        (&stats.lane_frames_late, new.sender.late, old.sender.late),
         (
             &stats.lane_frames_rebuilt,
             new.receiver.frames,
@@ -433,24 +429,16 @@ fn messages_of(
                 break;
             }
         };
-        let entry = group.slice(range);
-        if entry.first() == Some(&PACKED_DATA) {
-            let t = thread_cpu_ns();
-            match PackedFrame::decode(entry) {
-                Ok(p) => match unpacker.unpack(p) {
-                    Ok(frame) => messages.push(Message::Data(frame)),
-                    Err(e) => warn!("peer {peer}: lane frame: {e}: dropped"),
-                },
-                Err(e) => warn!("peer {peer}: lane frame: {e}: dropped"),
-            }
-            let ns = thread_cpu_ns().saturating_sub(t);
-            link.packing.stats.add(&PackFigures::unpacked(ns));
-            continue;
-        }
-        match Message::decode(entry) {
-            Ok(m @ Message::Data(_)) => messages.push(m),
+        match decode_message(group.slice(range), unpacker, Some(&link.packing)) {
+            Ok(Opened {
+                msg: Some(m @ Message::Data(_)),
+                ..
+            }) => messages.push(m),
             Ok(other) => {
-                warn!("peer {peer}: lane carried a {other:?}, not a data frame: dropped");
+                warn!(
+                    "peer {peer}: lane carried a {:?}, not a data frame: dropped",
+                    other.msg
+                );
             }
             Err(e) => warn!("peer {peer}: lane frame: {e}: dropped"),
         }

@@ -58,7 +58,7 @@ pub struct SenderCounters {
     pub acked: u64,
     pub lost: u64,
     /// Groups declared lost that were acked soon after: late, not lost.
-    pub spurious: u64,
+    pub late: u64,
 }
 
 #[derive(Debug)]
@@ -171,14 +171,20 @@ impl<T> LaneSender<T> {
     /// reordering window a quarter of a round trip, up to one, as RACK does on a DSACK.
     /// Acked groups without a late one narrow it again a step per [`SETTLE_GROUPS`].
     fn learn_reordering(&mut self, now: Instant, acked: u64, rebuilt: impl Fn(u64) -> bool) {
+        // Declared in time order: the old ones are at the front.
         let srtt = self.srtt_us.unwrap_or(INITIAL_LOSS_WAIT_US);
-        self.recently_lost
-            .retain(|&(_, at)| now.saturating_sub(at) < srtt);
+        while self
+            .recently_lost
+            .front()
+            .is_some_and(|&(_, at)| now.saturating_sub(at) >= srtt)
+        {
+            self.recently_lost.pop_front();
+        }
         let before = self.recently_lost.len();
         self.recently_lost.retain(|&(g, _)| !rebuilt(g));
         let late = (before - self.recently_lost.len()) as u64;
         if late > 0 {
-            self.counters.spurious += late;
+            self.counters.late += late;
             self.reorder_quarters = (self.reorder_quarters + 1).min(4);
             self.acked_since_late = 0;
         } else {
@@ -325,13 +331,13 @@ mod tests {
             s.on_ack(now + waited + 10 * MS, &ack(g, g + 2, vec![]));
             now += 400 * MS;
         }
-        assert_eq!(s.counters().spurious, 5);
+        assert_eq!(s.counters().late, 5);
         // A group lost for real is given up by the receiver later than a round trip:
         // the window stays.
         let (g, waited) = overtaken(&mut s, now);
         assert_eq!(waited, 200 * MS);
         s.on_ack(now + waited + 2 * RTT, &ack(g + 1, g + 2, vec![]));
-        assert_eq!(s.counters().spurious, 5);
+        assert_eq!(s.counters().late, 5);
         // 2048 groups acked without one declared lost narrow it a step.
         now += 400 * MS;
         for _ in 0..2048 {

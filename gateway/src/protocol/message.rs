@@ -324,10 +324,7 @@ impl Message {
                     out.put_u32(*len);
                 }
             }
-            Message::Data(frame) => {
-                frame.encode_header(out);
-                out.extend_from_slice(&frame.payload);
-            }
+            Message::Data(frame) => frame.encode(out),
         }
     }
 
@@ -475,6 +472,12 @@ fn tunnel_id(r: &mut Reader<'_>) -> Result<TunnelId, DecodeError> {
 }
 
 impl DataFrame {
+    /// Appends the frame as a message: its header, then its payload.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        self.encode_header(out);
+        out.extend_from_slice(&self.payload);
+    }
+
     /// Writes the frame header (everything before the payload).
     pub fn encode_header(&self, out: &mut Vec<u8>) {
         out.put_u8(kind::DATA);

@@ -801,7 +801,7 @@ impl TunnelPacer {
             return;
         }
         match self.startup_queue_bw {
-            Some(before) if bw.saturating_mul(4) < before.saturating_mul(GROWTH_QUARTERS) => {
+            Some(before) if !grew(bw, before) => {
                 self.mode = PaceMode::Drain;
                 self.phase_start = now;
             }
@@ -811,7 +811,7 @@ impl TunnelPacer {
 
     fn check_full_pipe(&mut self, now: Instant) {
         let bw = self.bottleneck();
-        if bw.saturating_mul(4) >= self.full_bw.saturating_mul(GROWTH_QUARTERS) {
+        if grew(bw, self.full_bw) {
             self.full_bw = bw;
             self.rounds_without_growth = 0;
             return;
@@ -823,6 +823,11 @@ impl TunnelPacer {
             self.phase_start = now;
         }
     }
+}
+
+/// Whether the estimate `bw` is a quarter or more above `before` (startup's growth).
+fn grew(bw: u64, before: u64) -> bool {
+    bw.saturating_mul(4) >= before.saturating_mul(GROWTH_QUARTERS)
 }
 
 /// A windowed minimum (`held`: the value and when it was taken): `sample` replaces it when

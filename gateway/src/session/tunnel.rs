@@ -1300,9 +1300,7 @@ impl TunnelCore {
         } else {
             super::unsent::UNSENT_TIME_US
         };
-        let mut freed = self.unsent.set_hold(hold);
-        freed.extend(self.unsent.set_rate(rate));
-        for group in freed {
+        for group in self.unsent.set_rate(rate, hold) {
             self.wake_group(group);
         }
     }

@@ -54,8 +54,6 @@ pub struct UnsentPools {
     pools: FxHashMap<GroupKey, Pool>,
     /// The tunnel's rate the budget is sized from, bytes per second.
     rate: Option<u64>,
-    /// How long the tunnel takes to send a full budget, µs.
-    hold_us: u64,
     /// The group budget; `None` without a measured rate.
     budget: Option<u64>,
     /// A session's own ceiling (`Limits::unsent_buffer`).
@@ -69,7 +67,6 @@ impl UnsentPools {
         UnsentPools {
             pools: FxHashMap::default(),
             rate: None,
-            hold_us: UNSENT_TIME_US,
             budget: None,
             ceiling,
             floor: floor.min(ceiling),
@@ -77,23 +74,13 @@ impl UnsentPools {
     }
 
     /// The budget for a tunnel going at `rate` bytes per second (`None`:
-    /// not known). Returns the groups that had no room and now have some.
-    pub fn set_rate(&mut self, rate: Option<u64>) -> Vec<GroupKey> {
+    /// not known): what it sends in `hold_us`, [`UNSENT_TIME_US`] on the data
+    /// flows, [`LANE_UNSENT_TIME_US`] while the lane carries. Returns the
+    /// groups that had no room and now have some.
+    pub fn set_rate(&mut self, rate: Option<u64>, hold_us: u64) -> Vec<GroupKey> {
         self.rate = rate.filter(|r| *r > 0);
-        self.resize()
-    }
-
-    /// The budget holds what the tunnel sends in `hold_us`: [`UNSENT_TIME_US`] on the
-    /// data flows, [`LANE_UNSENT_TIME_US`] while the lane carries. Returns the groups that
-    /// had no room and now have some.
-    pub fn set_hold(&mut self, hold_us: u64) -> Vec<GroupKey> {
-        self.hold_us = hold_us;
-        self.resize()
-    }
-
-    fn resize(&mut self) -> Vec<GroupKey> {
         let budget = self.rate.map(|r| {
-            (r.saturating_mul(self.hold_us) / 1_000_000)
+            (r.saturating_mul(hold_us) / 1_000_000)
                 .clamp(MIN_GROUP_UNSENT.min(self.ceiling), self.ceiling)
         });
         if budget == self.budget {
@@ -201,16 +188,21 @@ mod tests {
     fn the_budget_holds_less_time_while_the_lane_carries_and_a_full_group_reads_again_after() {
         let mut p = UnsentPools::new(4 * MB, 64 << 10);
         // 1 Gbit/s: 2.5 MB in 20 ms.
-        let _ = p.set_rate(Some(125_000_000));
+        let _ = p.set_rate(Some(125_000_000), UNSENT_TIME_US);
         p.added(key(1), 2_000_000);
         assert_eq!(p.room(key(1), 0, false), 500_000);
         assert!(
-            p.set_hold(LANE_UNSENT_TIME_US).is_empty(),
+            p.set_rate(Some(125_000_000), LANE_UNSENT_TIME_US)
+                .is_empty(),
             "full, and fuller"
         );
         assert_eq!(p.budget(), Some(1_250_000));
         assert_eq!(p.room(key(1), 0, false), 64 << 10, "only a frame each");
-        assert_eq!(p.set_hold(UNSENT_TIME_US), vec![key(1)], "room again");
+        assert_eq!(
+            p.set_rate(Some(125_000_000), UNSENT_TIME_US),
+            vec![key(1)],
+            "room again"
+        );
         assert_eq!(p.budget(), Some(2_500_000));
     }
 
@@ -230,7 +222,7 @@ mod tests {
     fn a_group_shares_rate_times_twenty_ms_and_each_member_keeps_a_frame() {
         let mut p = UnsentPools::new(4 * MB, 64 << 10);
         // 500 Mbit/s: 1.25 MB in 20 ms.
-        assert!(p.set_rate(Some(62_500_000)).is_empty());
+        assert!(p.set_rate(Some(62_500_000), UNSENT_TIME_US).is_empty());
         assert_eq!(p.budget(), Some(1_250_000));
         p.added(key(1), 1_250_000);
         assert_eq!(p.room(key(1), 1_250_000, false), 0, "the group is full");
@@ -249,7 +241,7 @@ mod tests {
     #[test]
     fn the_main_channel_has_the_budget_whatever_its_siblings_hold() {
         let mut p = UnsentPools::new(4 * MB, 64 << 10);
-        let _ = p.set_rate(Some(62_500_000));
+        let _ = p.set_rate(Some(62_500_000), UNSENT_TIME_US);
         p.added(key(1), 1_250_000);
         assert_eq!(p.room(key(1), 0, true), 1_250_000);
         assert_eq!(p.room(key(1), 1_000_000, true), 250_000);
@@ -263,45 +255,45 @@ mod tests {
     #[test]
     fn the_budget_stays_between_its_floor_and_a_sessions_ceiling() {
         let mut p = UnsentPools::new(4 * MB, 64 << 10);
-        let _ = p.set_rate(Some(1_000));
+        let _ = p.set_rate(Some(1_000), UNSENT_TIME_US);
         assert_eq!(p.budget(), Some(MIN_GROUP_UNSENT));
-        let _ = p.set_rate(Some(100_000_000_000));
+        let _ = p.set_rate(Some(100_000_000_000), UNSENT_TIME_US);
         assert_eq!(p.budget(), Some(4 * MB));
     }
 
     #[test]
     fn a_full_group_is_freed_by_a_pull_or_by_a_faster_path() {
         let mut p = UnsentPools::new(4 * MB, 64 << 10);
-        let _ = p.set_rate(Some(62_500_000));
+        let _ = p.set_rate(Some(62_500_000), UNSENT_TIME_US);
         p.added(key(1), 1_300_000);
         assert!(!p.taken(key(1), 10_000), "still at or over the budget");
         assert!(p.taken(key(1), 100_000), "room again: wake the members");
         assert!(!p.taken(key(1), 100_000), "woken once");
         p.added(key(1), 500_000);
         assert_eq!(
-            p.set_rate(Some(125_000_000)),
+            p.set_rate(Some(125_000_000), UNSENT_TIME_US),
             vec![key(1)],
             "a larger budget wakes a full group"
         );
-        assert!(p.set_rate(Some(125_000_000)).is_empty());
+        assert!(p.set_rate(Some(125_000_000), UNSENT_TIME_US).is_empty());
     }
 
     #[test]
     fn a_smaller_budget_marks_groups_over_it_full() {
         let mut p = UnsentPools::new(4 * MB, 64 << 10);
-        let _ = p.set_rate(Some(125_000_000));
+        let _ = p.set_rate(Some(125_000_000), UNSENT_TIME_US);
         p.added(key(1), 2 * MB);
         assert!(!p.taken(key(1), 1), "room left under 2.5 MB");
-        let _ = p.set_rate(Some(62_500_000));
+        let _ = p.set_rate(Some(62_500_000), UNSENT_TIME_US);
         assert!(p.taken(key(1), MB), "under the new budget: wake");
     }
 
     #[test]
     fn losing_the_rate_frees_full_groups() {
         let mut p = UnsentPools::new(4 * MB, 64 << 10);
-        let _ = p.set_rate(Some(62_500_000));
+        let _ = p.set_rate(Some(62_500_000), UNSENT_TIME_US);
         p.added(key(1), 2 * MB);
-        assert_eq!(p.set_rate(None), vec![key(1)]);
+        assert_eq!(p.set_rate(None, UNSENT_TIME_US), vec![key(1)]);
         assert_eq!(p.room(key(1), MB, false), 3 * MB);
     }
 }

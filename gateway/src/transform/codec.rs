@@ -75,8 +75,7 @@ impl Packer {
     ) -> PackOutcome {
         let outcome = self.pack(frame, choice, codecs, out);
         if matches!(outcome, PackOutcome::Plain | PackOutcome::Skipped) {
-            frame.encode_header(out);
-            out.extend_from_slice(&frame.payload);
+            frame.encode(out);
         }
         outcome
     }
