@@ -102,6 +102,9 @@ Options:
                          first-touch page faults, ~4 s per GiB in this nested VM, bound
                          every mode                                                  [$PREALLOC]
   --keep                 keep the work directory (QEMU logs, serial consoles, QMP sockets)
+  --trace FILE           write the source's query-migrate to FILE every 50 ms (host time,
+                         bytes sent and left, its rate estimate: QEMU stops the guest once
+                         what is left fits in that rate x its downtime limit)
   -h, --help
 
 Output: one line on stdout,
@@ -131,6 +134,7 @@ while (($#)); do
         --ram-mib) RAM_MIB=$2; shift 2 ;;
         --ws-mib) WS_MIB=$2; shift 2 ;;
         --dirty-rate) DIRTY_RATE=$2; shift 2 ;;
+        --trace) TRACE=$2; shift 2 ;;
         --flows) FLOWS=$2; shift 2 ;;
         --window) WINDOW=$2; shift 2 ;;
         --unsent) UNSENT=$2; shift 2 ;;
@@ -311,6 +315,7 @@ rc=0
 # A progress line on a terminal only: benchmark runs capture stderr and poll nothing extra.
 progress=()
 [[ -t 2 ]] && progress=(--progress)
+[[ -z ${TRACE:-} ]] || progress+=(--trace "$TRACE")
 result=$($QMP migrate --src "$WORK/src.qmp" --dst "$WORK/dst.qmp" --uri "$URI" --incoming "$INCOMING" \
     --multifd "$MULTIFD" --timeout "$TIMEOUT" "${progress[@]}") || rc=$?
 [[ -n $result ]] || die "the migration driver failed (exit $rc; QEMU logs: $(cat "$WORK"/*.log))"

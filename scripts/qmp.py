@@ -132,6 +132,17 @@ def progress_line(info: dict, secs: float) -> str:
     return line + f", {left / 2**20:6.0f} MiB left, source at {rate:6.1f} Mbit/s, pass {passes}"
 
 
+def trace_line(out, info: dict) -> None:
+    """One sample of the source's view: what QEMU stops on is remaining < mbps x downtime-limit."""
+    ram = info.get("ram", {})
+    out.write(
+        f"{time.time():.3f} {info.get('status')} transferred={ram.get('transferred', 0)}"
+        f" remaining={ram.get('remaining', 0)} mbps={ram.get('mbps', 0.0):.1f}"
+        f" sync={ram.get('dirty-sync-count', 0)} expected_downtime_ms={info.get('expected-downtime', 'na')}\n"
+    )
+    out.flush()
+
+
 def migrate(a) -> int:
     dst = QMP(a.dst)
     src = QMP(a.src)
@@ -153,8 +164,10 @@ def migrate(a) -> int:
     deadline = time.monotonic() + a.timeout
     status = "timeout"
     next_progress = 0.0
+    next_trace = 0.0
+    trace = open(a.trace, "w") if a.trace else None
     while time.monotonic() < deadline:
-        r, _, _ = select.select([src, dst], [], [], 0.5)
+        r, _, _ = select.select([src, dst], [], [], a.trace_every if trace else 0.5)
         for q in r:
             q.poll(0.01)
         if a.progress and time.monotonic() >= next_progress:
@@ -162,6 +175,9 @@ def migrate(a) -> int:
             line = progress_line(src.cmd("query-migrate"), time.time() - t_start)
             sys.stderr.write("\r\033[K" + line)
             sys.stderr.flush()
+        if trace and time.monotonic() >= next_trace:
+            next_trace = time.monotonic() + a.trace_every
+            trace_line(trace, src.cmd("query-migrate"))
         if src.event("MIGRATION", bad) or dst.event("MIGRATION", bad):
             status = "failed"
             break
@@ -230,6 +246,8 @@ def main() -> int:
     m.add_argument("--max-bandwidth", type=int, default=100 << 30, help="bytes/s [100 GiB/s]")
     m.add_argument("--timeout", type=float, default=300.0)
     m.add_argument("--progress", action="store_true", help="a progress line on stderr (twice a second)")
+    m.add_argument("--trace", help="write the source's query-migrate to this file (time, bytes, mbps)")
+    m.add_argument("--trace-every", type=float, default=0.05, help="seconds between trace samples [0.05]")
     a = ap.parse_args()
     try:
         if a.what == "cmd":
