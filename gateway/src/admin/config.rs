@@ -14,7 +14,7 @@ use super::allowlist::Allowlist;
 use crate::crypto::{PresharedKey, PublicKey, RekeyPolicy, StaticKeypair};
 use crate::protocol::handshake::Shard;
 use crate::protocol::MAX_DATA_FLOWS;
-use crate::session::{Limits, SharePolicy};
+use crate::session::{unsent, Limits, SharePolicy};
 use crate::sources::SourceList;
 
 #[derive(Debug)]
@@ -140,6 +140,7 @@ struct LimitsSection {
     session_window_bytes: Option<i64>,
     global_buffer_bytes: Option<i64>,
     unsent_bytes: Option<i64>,
+    unsent_ms: Option<i64>,
     receive_budget_bytes: Option<i64>,
     frame_bytes: Option<i64>,
     max_sessions: Option<i64>,
@@ -864,6 +865,17 @@ impl Config {
                 format!("{w} (at most session_window_bytes)"),
             )
         })? as u64;
+        // What a migration may hold unsent, in time at the tunnel's rate: the
+        // DPDK engine reads its LAN in a busy loop's turns and needs more.
+        let unsent_default_ms = if is_dpdk {
+            unsent::DPDK_UNSENT_TIME_US
+        } else {
+            unsent::UNSENT_TIME_US
+        } / 1000;
+        let unsent_time_us = in_range(l.unsent_ms.unwrap_or(unsent_default_ms as i64), 1, 1000)
+            .map_err(|w| err("limits.unsent_ms", format!("{w} (milliseconds)")))?
+            as u64
+            * 1000;
         // By default as much as this gateway lets its own senders hold.
         let receive_budget = in_range(
             l.receive_budget_bytes.unwrap_or(global_buffer as i64),
@@ -887,6 +899,7 @@ impl Config {
             session_window,
             global_buffer,
             unsent_buffer,
+            unsent_time_us,
             receive_budget,
             frame_len,
             max_sessions,
@@ -1071,6 +1084,32 @@ mod tests {
             c.lane,
             Some(LaneSetup { port: 0, parity: 4 }),
             "a dialling gateway takes any free port"
+        );
+    }
+
+    #[test]
+    fn the_unsent_budgets_time_defaults_by_datapath_and_can_be_set() {
+        let (_d, path, peer) = setup("unsent");
+        let kernel = Config::parse(&path, &base(&peer)).unwrap();
+        assert_eq!(kernel.limits.unsent_time_us, 5_000);
+        let dpdk = base(&peer)
+            .replace("[peer]", "datapath = \"dpdk\"\n[peer]")
+            .replace("127.0.0.1:6000", "10.0.1.1:6000")
+            + "[dpdk.lan]\ndevice = \"net_null0\"\naddress = \"10.0.1.1/24\"\n\
+               [dpdk.wan]\ndevice = \"net_null1\"\naddress = \"10.0.2.1/24\"\n";
+        let c = Config::parse(&path, &dpdk).unwrap();
+        assert_eq!(c.limits.unsent_time_us, 20_000);
+        let set = format!("{}[limits]\nunsent_ms = 12\n", base(&peer));
+        assert_eq!(
+            Config::parse(&path, &set).unwrap().limits.unsent_time_us,
+            12_000
+        );
+        let e = Config::parse(&path, &format!("{}[limits]\nunsent_ms = 0\n", base(&peer)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("limits.unsent_ms") && e.contains("milliseconds"),
+            "{e}"
         );
     }
 

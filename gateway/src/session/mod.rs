@@ -56,6 +56,11 @@ pub struct Limits {
     /// which loss recovery needs large. Per session, not per tunnel, so a
     /// session whose peer stopped reading cannot hold the others' room.
     pub unsent_buffer: u64,
+    /// How long the tunnel takes, at its measured rate, to send what one
+    /// migration's sessions may hold unsent between them (their group
+    /// budget, `session::unsent`): what is held when the guest stops crosses
+    /// the WAN inside the pause.
+    pub unsent_time_us: u64,
     /// Received bytes waiting for endpoints to read them, across sessions:
     /// at this the datapath stops reading data flows (backpressure to the
     /// peer's sender; nothing is dropped).
@@ -80,6 +85,7 @@ impl Default for Limits {
             receive_budget: 1 << 30,
             // 34 ms at 1 Gbit/s; ample to keep the flows fed from a LAN.
             unsent_buffer: 4 << 20,
+            unsent_time_us: unsent::UNSENT_TIME_US,
             frame_len: 64 << 10,
             max_sessions: 4096,
             ack_every: 1 << 20,

@@ -377,6 +377,7 @@ mod tests {
             session_window: 2000,
             global_buffer: 1 << 20,
             unsent_buffer: 1 << 20,
+            unsent_time_us: crate::session::unsent::UNSENT_TIME_US,
             receive_budget: 1 << 20,
             frame_len: FRAME_LEN,
             max_sessions: 4,

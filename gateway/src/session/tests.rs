@@ -83,6 +83,7 @@ fn limits() -> Limits {
         session_window: 4096,
         global_buffer: 6000,
         unsent_buffer: 1500,
+        unsent_time_us: crate::session::unsent::UNSENT_TIME_US,
         receive_budget: 1 << 20,
         frame_len: 700,
         max_sessions: 16,
@@ -628,14 +629,18 @@ fn unsent_room_bounds_reads_and_frees_as_frames_go_out() {
 /// Two ends with default limits, the dialler's tunnel capped at 500 Mbit/s;
 /// and a migration's unsent budget at that rate (1.25 MB in 20 ms).
 fn ends_under_a_link_cap() -> (End, End, u64) {
-    let limits = Limits::default();
+    // 20 ms, so that the budget is above its floor at this rate.
+    let limits = Limits {
+        unsent_time_us: 20_000,
+        ..Limits::default()
+    };
     let mut a = End::new(Side::Dialer, limits.clone());
     let rate = 62_500_000;
     a.core.set_shares(SharePolicy {
         link_rate: Some(rate),
         ..Default::default()
     });
-    let budget = rate * crate::session::unsent::UNSENT_TIME_US / 1_000_000;
+    let budget = rate * limits.unsent_time_us / 1_000_000;
     (a, End::new(Side::Acceptor, limits), budget)
 }
 

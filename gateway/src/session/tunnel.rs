@@ -1295,12 +1295,7 @@ impl TunnelCore {
             (Some(m), Some(cap)) => Some(m.min(cap)),
             (m, cap) => m.or(cap),
         };
-        let hold = if self.lane.up {
-            super::unsent::LANE_UNSENT_TIME_US
-        } else {
-            super::unsent::UNSENT_TIME_US
-        };
-        for group in self.unsent.set_rate(rate, hold) {
+        for group in self.unsent.set_rate(rate, self.limits.unsent_time_us) {
             self.wake_group(group);
         }
     }

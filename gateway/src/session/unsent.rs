@@ -7,8 +7,8 @@
 //! connections for one migration; a room of its own for each would let the
 //! migration queue five times as much. So a group's sessions share one
 //! budget, sized from the rate the tunnel goes at (the pacer's measure of
-//! the path, or a link cap) times [`UNSENT_TIME_US`] (20 ms; while the lane
-//! carries, [`LANE_UNSENT_TIME_US`], 10 ms), and at most
+//! the path, or a link cap) times `limits.unsent_time_us` (5 ms on the
+//! kernel datapath, [`UNSENT_TIME_US`]; 20 on DPDK), and at most
 //! [`Limits::unsent_buffer`] (4 MiB: at 1 Gbit/s the five share what one
 //! had). Each session may hold `unsent_buffer` at most, and one frame (the
 //! `floor`) at least. The main channel (the group's first session) is not
@@ -25,20 +25,20 @@ use rustc_hash::FxHashMap;
 
 use super::shares::GroupKey;
 
-/// How long the WAN takes to send a full group budget at the tunnel's rate.
-/// 10 ms starved the flows now and then on a busy host (200 ms, 1 % loss:
-/// median 717 against 891 Mbit/s, docs/BENCHMARKS.md). 20 ms kept them fed
-/// there (882 against 878 with 40 ms) and took a running guest's downtime at
-/// RTT 100 from 376-437 ms to 287-358: what the budget holds when the guest
-/// stops crosses the WAN inside the pause.
-pub const UNSENT_TIME_US: u64 = 20_000;
-/// The same while the lane carries the new frames: it sends a frame as soon
-/// as the pacer lets it, with no flow of its own to keep fed, and what the
-/// budget holds when the guest stops is what a migration's last byte waits
-/// behind. 10 ms took 4-15 ms off the pause after the source was done, in
-/// each of six cells of lane migrations (4 runs each), with no loss of
-/// goodput (docs/BENCHMARKS.md, "The lane's groups, packing and budget").
-pub const LANE_UNSENT_TIME_US: u64 = 10_000;
+/// How long the WAN takes to send a full group budget at the tunnel's
+/// rate, on the kernel datapath (`limits.unsent_ms`). What the budget holds
+/// when the guest stops crosses the WAN inside the pause: at RTT 200 ms, 5 ms
+/// instead of 20 took 13-25 ms off the part of the pause after the source
+/// was done, with the data flows' goodput unchanged at 200 ms with and
+/// without 1 % loss (docs/BENCHMARKS.md, "What the pause is made of"). The
+/// kernel's wakeups refill it in time; 10 ms once starved the flows on a
+/// busy host, before the tunnel pacer (200 ms, 1 % loss: 717 against 891
+/// Mbit/s), which the same runs did not show again.
+pub const UNSENT_TIME_US: u64 = 5_000;
+/// The same on the DPDK datapath: its engine reads the LAN in a busy
+/// loop's turns, on a core it shares, and a 5 ms budget lost it 5-7 % of
+/// its goodput at 100 ms (docs/BENCHMARKS.md).
+pub const DPDK_UNSENT_TIME_US: u64 = 20_000;
 /// The smallest group budget: a slow path still gets a few frames ahead.
 pub const MIN_GROUP_UNSENT: u64 = 512 << 10;
 
@@ -74,9 +74,8 @@ impl UnsentPools {
     }
 
     /// The budget for a tunnel going at `rate` bytes per second (`None`:
-    /// not known): what it sends in `hold_us`, [`UNSENT_TIME_US`] on the data
-    /// flows, [`LANE_UNSENT_TIME_US`] while the lane carries. Returns the
-    /// groups that had no room and now have some.
+    /// not known): what it sends in `hold_us` (`Limits::unsent_time_us`).
+    /// Returns the groups that had no room and now have some.
     pub fn set_rate(&mut self, rate: Option<u64>, hold_us: u64) -> Vec<GroupKey> {
         self.rate = rate.filter(|r| *r > 0);
         let budget = self.rate.map(|r| {
@@ -183,23 +182,24 @@ mod tests {
     }
 
     const MB: u64 = 1 << 20;
+    /// 20 ms, so that the sizes below are round.
+    const HOLD_US: u64 = 20_000;
 
     #[test]
-    fn the_budget_holds_less_time_while_the_lane_carries_and_a_full_group_reads_again_after() {
+    fn a_shorter_hold_shrinks_the_budget_and_a_full_group_reads_again_after() {
         let mut p = UnsentPools::new(4 * MB, 64 << 10);
         // 1 Gbit/s: 2.5 MB in 20 ms.
-        let _ = p.set_rate(Some(125_000_000), UNSENT_TIME_US);
+        let _ = p.set_rate(Some(125_000_000), HOLD_US);
         p.added(key(1), 2_000_000);
         assert_eq!(p.room(key(1), 0, false), 500_000);
         assert!(
-            p.set_rate(Some(125_000_000), LANE_UNSENT_TIME_US)
-                .is_empty(),
+            p.set_rate(Some(125_000_000), HOLD_US / 2).is_empty(),
             "full, and fuller"
         );
         assert_eq!(p.budget(), Some(1_250_000));
         assert_eq!(p.room(key(1), 0, false), 64 << 10, "only a frame each");
         assert_eq!(
-            p.set_rate(Some(125_000_000), UNSENT_TIME_US),
+            p.set_rate(Some(125_000_000), HOLD_US),
             vec![key(1)],
             "room again"
         );
@@ -222,7 +222,7 @@ mod tests {
     fn a_group_shares_rate_times_twenty_ms_and_each_member_keeps_a_frame() {
         let mut p = UnsentPools::new(4 * MB, 64 << 10);
         // 500 Mbit/s: 1.25 MB in 20 ms.
-        assert!(p.set_rate(Some(62_500_000), UNSENT_TIME_US).is_empty());
+        assert!(p.set_rate(Some(62_500_000), HOLD_US).is_empty());
         assert_eq!(p.budget(), Some(1_250_000));
         p.added(key(1), 1_250_000);
         assert_eq!(p.room(key(1), 1_250_000, false), 0, "the group is full");
@@ -241,7 +241,7 @@ mod tests {
     #[test]
     fn the_main_channel_has_the_budget_whatever_its_siblings_hold() {
         let mut p = UnsentPools::new(4 * MB, 64 << 10);
-        let _ = p.set_rate(Some(62_500_000), UNSENT_TIME_US);
+        let _ = p.set_rate(Some(62_500_000), HOLD_US);
         p.added(key(1), 1_250_000);
         assert_eq!(p.room(key(1), 0, true), 1_250_000);
         assert_eq!(p.room(key(1), 1_000_000, true), 250_000);
@@ -255,45 +255,45 @@ mod tests {
     #[test]
     fn the_budget_stays_between_its_floor_and_a_sessions_ceiling() {
         let mut p = UnsentPools::new(4 * MB, 64 << 10);
-        let _ = p.set_rate(Some(1_000), UNSENT_TIME_US);
+        let _ = p.set_rate(Some(1_000), HOLD_US);
         assert_eq!(p.budget(), Some(MIN_GROUP_UNSENT));
-        let _ = p.set_rate(Some(100_000_000_000), UNSENT_TIME_US);
+        let _ = p.set_rate(Some(100_000_000_000), HOLD_US);
         assert_eq!(p.budget(), Some(4 * MB));
     }
 
     #[test]
     fn a_full_group_is_freed_by_a_pull_or_by_a_faster_path() {
         let mut p = UnsentPools::new(4 * MB, 64 << 10);
-        let _ = p.set_rate(Some(62_500_000), UNSENT_TIME_US);
+        let _ = p.set_rate(Some(62_500_000), HOLD_US);
         p.added(key(1), 1_300_000);
         assert!(!p.taken(key(1), 10_000), "still at or over the budget");
         assert!(p.taken(key(1), 100_000), "room again: wake the members");
         assert!(!p.taken(key(1), 100_000), "woken once");
         p.added(key(1), 500_000);
         assert_eq!(
-            p.set_rate(Some(125_000_000), UNSENT_TIME_US),
+            p.set_rate(Some(125_000_000), HOLD_US),
             vec![key(1)],
             "a larger budget wakes a full group"
         );
-        assert!(p.set_rate(Some(125_000_000), UNSENT_TIME_US).is_empty());
+        assert!(p.set_rate(Some(125_000_000), HOLD_US).is_empty());
     }
 
     #[test]
     fn a_smaller_budget_marks_groups_over_it_full() {
         let mut p = UnsentPools::new(4 * MB, 64 << 10);
-        let _ = p.set_rate(Some(125_000_000), UNSENT_TIME_US);
+        let _ = p.set_rate(Some(125_000_000), HOLD_US);
         p.added(key(1), 2 * MB);
         assert!(!p.taken(key(1), 1), "room left under 2.5 MB");
-        let _ = p.set_rate(Some(62_500_000), UNSENT_TIME_US);
+        let _ = p.set_rate(Some(62_500_000), HOLD_US);
         assert!(p.taken(key(1), MB), "under the new budget: wake");
     }
 
     #[test]
     fn losing_the_rate_frees_full_groups() {
         let mut p = UnsentPools::new(4 * MB, 64 << 10);
-        let _ = p.set_rate(Some(62_500_000), UNSENT_TIME_US);
+        let _ = p.set_rate(Some(62_500_000), HOLD_US);
         p.added(key(1), 2 * MB);
-        assert_eq!(p.set_rate(None, UNSENT_TIME_US), vec![key(1)]);
+        assert_eq!(p.set_rate(None, HOLD_US), vec![key(1)]);
         assert_eq!(p.room(key(1), MB, false), 3 * MB);
     }
 }

@@ -14,6 +14,7 @@ fn dedup_limits() -> Limits {
         session_window: 1 << 20,
         global_buffer: 8 << 20,
         unsent_buffer: 256 << 10,
+        unsent_time_us: crate::session::unsent::UNSENT_TIME_US,
         receive_budget: 8 << 20,
         frame_len: 64 << 10,
         max_sessions: 16,

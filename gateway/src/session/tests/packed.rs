@@ -238,6 +238,7 @@ impl Link {
             session_window: 256 << 10,
             global_buffer: 512 << 10,
             unsent_buffer: 64 << 10,
+            unsent_time_us: crate::session::unsent::UNSENT_TIME_US,
             receive_budget: 1 << 20,
             frame_len,
             max_sessions: 4,

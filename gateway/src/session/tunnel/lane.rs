@@ -66,7 +66,6 @@ impl TunnelCore {
         self.pacer.on_flow_lost(slot);
         self.lane.up = up;
         self.lane.progress = None;
-        self.size_unsent_budgets();
         self.events.push_back(Event::FramesReady);
     }
 
