@@ -11,6 +11,7 @@ fuzz_target!(|data: &[u8]| {
         session_window: 1 << 16,
         global_buffer: 1 << 18,
         unsent_buffer: 1 << 14,
+        unsent_time_us: lmas::session::unsent::UNSENT_TIME_US,
         receive_budget: 1 << 15,
         frame_len: 1024,
         max_sessions: 8,
