@@ -41,7 +41,7 @@ Commands:
   exec NS CMD...      run CMD in namespace NS (shorthand for ip netns exec)
   linkemu-path        print the linkemu binary used (building it if needed)
   gateways up [--datapath kernel|dpdk] [--pmd af_packet|af_xdp] [--flows N] [--congestion CC]
-              [--ingress listen|tproxy] [--window BYTES] [--unsent BYTES] [--link-cap MBIT] [--migration-cap MBIT] [--buffer BYTES]
+              [--ingress listen|tproxy] [--window BYTES] [--unsent BYTES] [--unsent-ms MS] [--link-cap MBIT] [--migration-cap MBIT] [--buffer BYTES]
               [--compression auto|off|lz4|zstd[:L]] [--pacing tunnel|flows] [--lane on|off]
               [--dedup auto|off] [--dedup-scope migration|tunnel] [--dedup-store BYTES]
               [--dedup-dir-b DIR] [--reuse]
@@ -566,7 +566,7 @@ ingress_addr() {
 
 cmd_gateways() {
     # empty: the gateway's defaults
-    local sub=${1:-} flows=8 cc="" ingress=listen window="" unsent="" linkcap="" migcap="" datapath=kernel pmd=af_packet buffer="" compression="" pacing="" reuse=0
+    local sub=${1:-} flows=8 cc="" ingress=listen window="" unsent="" unsent_ms="" linkcap="" migcap="" datapath=kernel pmd=af_packet buffer="" compression="" pacing="" reuse=0
     local dedup="" dedup_scope="" dedup_store="" dedup_dir_b="" lane=""
     [[ $# -gt 0 ]] && shift
     while (($#)); do
@@ -579,6 +579,7 @@ cmd_gateways() {
             --ingress) ingress=$2; shift 2 ;;
             --window) window=$2; shift 2 ;;
             --unsent) unsent=$2; shift 2 ;;
+            --unsent-ms) unsent_ms=$2; shift 2 ;;
             --link-cap) linkcap=$2; shift 2 ;;
             --migration-cap) migcap=$2; shift 2 ;;
             --compression) compression=$2; shift 2 ;;
@@ -598,7 +599,7 @@ cmd_gateways() {
         address) ingress_addr || die "gateways are not up"; return ;;
         restart-b) gw_restart_b; return ;;
         up) ;;
-        *) die "gateways up [--datapath kernel|dpdk] [--pmd af_packet|af_xdp] [--flows N] [--congestion CC] [--ingress listen|tproxy] [--window BYTES] [--unsent BYTES] [--link-cap MBIT] [--migration-cap MBIT] [--buffer BYTES] [--compression MODE] [--pacing tunnel|flows] [--lane on|off] [--dedup auto|off] [--dedup-scope migration|tunnel] [--dedup-store BYTES] [--dedup-dir-b DIR] [--reuse] | gateways restart-b | gateways down | gateways address" ;;
+        *) die "gateways up [--datapath kernel|dpdk] [--pmd af_packet|af_xdp] [--flows N] [--congestion CC] [--ingress listen|tproxy] [--window BYTES] [--unsent BYTES] [--unsent-ms MS] [--link-cap MBIT] [--migration-cap MBIT] [--buffer BYTES] [--compression MODE] [--pacing tunnel|flows] [--lane on|off] [--dedup auto|off] [--dedup-scope migration|tunnel] [--dedup-store BYTES] [--dedup-dir-b DIR] [--reuse] | gateways restart-b | gateways down | gateways address" ;;
     esac
     [[ $ingress == listen || $ingress == tproxy ]] || die "gateways: --ingress is listen or tproxy, not $ingress"
     [[ $datapath == kernel || $datapath == dpdk ]] || die "gateways: --datapath is kernel or dpdk, not $datapath"
@@ -606,6 +607,7 @@ cmd_gateways() {
     [[ $flows =~ ^[0-9]+$ ]] || die "gateways: --flows takes a number, got $flows"
     [[ -z $window || $window =~ ^[0-9]+$ ]] || die "gateways: --window takes a number of bytes, got $window"
     [[ -z $unsent || $unsent =~ ^[0-9]+$ ]] || die "gateways: --unsent takes a number of bytes, got $unsent"
+    [[ -z $unsent_ms || $unsent_ms =~ ^[0-9]+$ ]] || die "gateways: --unsent-ms takes milliseconds, got $unsent_ms"
     [[ -z $linkcap || $linkcap =~ ^[0-9]+$ ]] || die "gateways: --link-cap takes Mbit/s, got $linkcap"
     [[ -z $migcap || $migcap =~ ^[0-9]+$ ]] || die "gateways: --migration-cap takes Mbit/s, got $migcap"
     [[ -z $dedup || $dedup == auto || $dedup == off ]] || die "gateways: --dedup is auto or off, not $dedup"
@@ -618,7 +620,7 @@ cmd_gateways() {
     # What runs, for scripts that reuse a running pair (--reuse).
     local ports=$datapath state
     [[ $datapath == kernel ]] || ports+="/$pmd"
-    state="datapath=$ports ingress=$ingress flows=$flows congestion=${cc:-default} window=${window:-default} unsent=${unsent:-default} linkcap=${linkcap:-none} migcap=${migcap:-none} compression=${compression:-default} pacing=${pacing:-default} lane=${lane:-default} buffer=${buffer:-default}"
+    state="datapath=$ports ingress=$ingress flows=$flows congestion=${cc:-default} window=${window:-default} unsent=${unsent:-default} unsent_ms=${unsent_ms:-default} linkcap=${linkcap:-none} migcap=${migcap:-none} compression=${compression:-default} pacing=${pacing:-default} lane=${lane:-default} buffer=${buffer:-default}"
     state+=" dedup=${dedup:-default} dedup_scope=${dedup_scope:-default} dedup_store=${dedup_store:-default} dedup_dir_b=${dedup_dir_b:-none}"
     if ((reuse)) && [[ $(cat "$RUN_DIR/gateways" 2>/dev/null) == "$state" ]] && gw_running; then
         log "gateways up: kept the running pair ($state)"
@@ -668,10 +670,11 @@ cmd_gateways() {
     # show that one.
     printf '\n[admin]\nsocket = "%s"\n' "$dir/gw-a.sock" >>"$dir/gw-a.toml"
     printf '\n[admin]\nsocket = "%s"\n' "$dir/gw-b.sock" >>"$dir/gw-b.toml"
-    if [[ -n $window || -n $unsent || -n $linkcap || -n $migcap ]]; then
+    if [[ -n $window || -n $unsent || -n $unsent_ms || -n $linkcap || -n $migcap ]]; then
         local limits=$'\n[limits]\n'
         [[ -z $window ]] || limits+="session_window_bytes = $window"$'\n'
         [[ -z $unsent ]] || limits+="unsent_bytes = $unsent"$'\n'
+        [[ -z $unsent_ms ]] || limits+="unsent_ms = $unsent_ms"$'\n'
         [[ -z $linkcap ]] || limits+="link_rate_mbit = $linkcap"$'\n'
         [[ -z $migcap ]] || limits+="migration_rate_mbit = $migcap"$'\n'
         printf '%s' "$limits" | tee -a "$dir/gw-a.toml" >>"$dir/gw-b.toml"

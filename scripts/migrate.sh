@@ -21,6 +21,7 @@ DIRTY_RATE=32
 FLOWS=8
 WINDOW=""
 UNSENT=""
+UNSENT_MS=""
 LINK_CAP=""
 COMPRESSION=""
 DEDUP=""
@@ -75,6 +76,8 @@ Options:
   --flows N              lmas: the gateways' data flows (restarted if different)     [$FLOWS]
   --window BYTES         lmas: the gateways' session window (default: theirs, 256 MiB)
   --unsent BYTES         lmas: the gateways' per-session unsent room (default: theirs, 4 MiB)
+  --unsent-ms MS         lmas: what a migration may hold unsent, in ms at the tunnel's rate
+                         (limits.unsent_ms; default: theirs, 5, or 20 on DPDK)
   --link-cap MBIT        lmas: the gateways' limits.link_rate_mbit (default: none)
   --compression MODE     lmas: the gateways' [wan] compression, auto|off|lz4|zstd[:L]
                          (default: theirs, auto)
@@ -138,6 +141,7 @@ while (($#)); do
         --flows) FLOWS=$2; shift 2 ;;
         --window) WINDOW=$2; shift 2 ;;
         --unsent) UNSENT=$2; shift 2 ;;
+        --unsent-ms) UNSENT_MS=$2; shift 2 ;;
         --link-cap) LINK_CAP=$2; shift 2 ;;
         --compression) COMPRESSION=$2; shift 2 ;;
         --dedup) DEDUP=$2; shift 2 ;;
@@ -169,6 +173,7 @@ DATAPATH=kernel
 [[ $SLOT == 0 || $INGRESS == listen ]] || die "--slot 1 needs --ingress listen (TPROXY intercepts port $TARGET_PORT only)"
 [[ -z $WINDOW || $WINDOW =~ ^[0-9]+$ ]] || die "--window takes a number of bytes, got $WINDOW"
 [[ -z $UNSENT || $UNSENT =~ ^[0-9]+$ ]] || die "--unsent takes a number of bytes, got $UNSENT"
+[[ -z $UNSENT_MS || $UNSENT_MS =~ ^[0-9]+$ ]] || die "--unsent-ms takes milliseconds, got $UNSENT_MS"
 [[ -z $LINK_CAP || $LINK_CAP =~ ^[0-9]+$ ]] || die "--link-cap takes Mbit/s, got $LINK_CAP"
 [[ -z $COMPRESSION || $COMPRESSION =~ ^(auto|off|lz4|zstd(:-?[0-9]+)?)$ ]] ||
     die "--compression is auto, off, lz4, zstd or zstd:LEVEL, not $COMPRESSION"
@@ -265,7 +270,7 @@ if [[ $MODE != direct ]]; then
     # --reuse: a pair already up with these options keeps running (and carries a concurrent
     # migration on the other slot undisturbed).
     "$LAB" gateways up --reuse --datapath "${DATAPATH%/*}" --flows "$FLOWS" --ingress "$INGRESS" ${WINDOW:+--window "$WINDOW"} \
-        ${UNSENT:+--unsent "$UNSENT"} ${LINK_CAP:+--link-cap "$LINK_CAP"} ${COMPRESSION:+--compression "$COMPRESSION"} ${CONGESTION:+--congestion "$CONGESTION"} \
+        ${UNSENT:+--unsent "$UNSENT"} ${UNSENT_MS:+--unsent-ms "$UNSENT_MS"} ${LINK_CAP:+--link-cap "$LINK_CAP"} ${COMPRESSION:+--compression "$COMPRESSION"} ${CONGESTION:+--congestion "$CONGESTION"} \
         ${LANE:+--lane "$LANE"} ${DEDUP:+--dedup "$DEDUP"} ${DEDUP_SCOPE:+--dedup-scope "$DEDUP_SCOPE"} ${DEDUP_STORE:+--dedup-store "$DEDUP_STORE"} \
         ${DEDUP_DIR_B:+--dedup-dir-b "$DEDUP_DIR_B"} >&2 ||
         die "the gateways did not come up"
