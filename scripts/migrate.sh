@@ -318,11 +318,11 @@ wan_bytes() {
 wan_ab0=$(wan_bytes 'a->b') wan_ba0=$(wan_bytes 'b->a')
 rc=0
 # A progress line on a terminal only: benchmark runs capture stderr and poll nothing extra.
-progress=()
-[[ -t 2 ]] && progress=(--progress)
-[[ -z ${TRACE:-} ]] || progress+=(--trace "$TRACE")
+driver_opts=()
+[[ -t 2 ]] && driver_opts=(--progress)
+[[ -z ${TRACE:-} ]] || driver_opts+=(--trace "$TRACE")
 result=$($QMP migrate --src "$WORK/src.qmp" --dst "$WORK/dst.qmp" --uri "$URI" --incoming "$INCOMING" \
-    --multifd "$MULTIFD" --timeout "$TIMEOUT" "${progress[@]}") || rc=$?
+    --multifd "$MULTIFD" --timeout "$TIMEOUT" "${driver_opts[@]}") || rc=$?
 [[ -n $result ]] || die "the migration driver failed (exit $rc; QEMU logs: $(cat "$WORK"/*.log))"
 status=$(field status "$result")
 wan_ab=na wan_ba=na

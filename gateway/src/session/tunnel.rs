@@ -208,7 +208,11 @@ impl TunnelCore {
             // One carrier slot more than the flows: the lane's.
             scheduler: Scheduler::new(flows + 1, limits.frame_len),
             pacer: TunnelPacer::new(flows + 1),
-            unsent: UnsentPools::new(limits.unsent_buffer, limits.frame_len as u64),
+            unsent: UnsentPools::new(
+                limits.unsent_buffer,
+                limits.frame_len as u64,
+                limits.unsent_time_us,
+            ),
             limits,
             sessions: FxHashMap::default(),
             control: VecDeque::new(),
@@ -1295,7 +1299,7 @@ impl TunnelCore {
             (Some(m), Some(cap)) => Some(m.min(cap)),
             (m, cap) => m.or(cap),
         };
-        for group in self.unsent.set_rate(rate, self.limits.unsent_time_us) {
+        for group in self.unsent.set_rate(rate) {
             self.wake_group(group);
         }
     }
