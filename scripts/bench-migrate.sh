@@ -41,7 +41,8 @@ Options:
                      and -cMODE: their compression (auto, off, lz4, zstd, zstd:L),
                      and -dMODE: their dedup (issue 16): -dauto, -doff, or -dtunnel /
                      -dmigration (dedup auto with that dedup_scope), e.g. lmas-coff-dtunnel,
-                     and last -lane: the tunnel's frames as datagrams with parity (wan.lane)
+                     and last -lane: the tunnel's frames as datagrams with parity (wan.lane),
+                     or -auto: the same while the data flows lose (wan.lane = "auto")
                                                                     [$MODES]
   --runs N                                                          [$RUNS]
   --rate MBIT        link rate                                      [$RATE]
@@ -99,8 +100,8 @@ read -r -a links <<<"$LINKS"
 read -r -a guests <<<"$GUESTS"
 read -r -a modes <<<"$MODES"
 for m in "${modes[@]}"; do
-    [[ $m =~ ^(direct(-mf[0-9]+)?|(lmas|dpdk)(-mf[0-9]+)?(-w[0-9]+m)?(-u[0-9]+m)?(-l[0-9]+)?(-c(auto|off|lz4|zstd(:-?[0-9]+)?))?(-d(auto|off|tunnel|migration))?(-lane)?)$ ]] ||
-        die "bad mode $m (direct, direct-mfN, lmas, lmas-mfN, lmas[-mfN][-wNm][-uNm][-lN][-cMODE][-dMODE][-lane], dpdk[...] likewise)"
+    [[ $m =~ ^(direct(-mf[0-9]+)?|(lmas|dpdk)(-mf[0-9]+)?(-w[0-9]+m)?(-u[0-9]+m)?(-l[0-9]+)?(-c(auto|off|lz4|zstd(:-?[0-9]+)?))?(-d(auto|off|tunnel|migration))?(-lane|-auto)?)$ ]] ||
+        die "bad mode $m (direct, direct-mfN, lmas, lmas-mfN, lmas[-mfN][-wNm][-uNm][-lN][-cMODE][-dMODE][-lane|-auto], dpdk[...] likewise)"
 done
 total=$((${#links[@]} * ${#guests[@]} * ${#modes[@]} * RUNS))
 RUNS_CSV=$OUT/runs.csv
@@ -124,14 +125,16 @@ for link in "${links[@]}"; do
                 n=$((n + 1))
                 path=${mode%%-*} mf=0 window=() unsent=() linkcap=() compression=() dedup=() lane=()
                 [[ $mode == *-lane ]] && lane=(--lane on)
+                [[ $mode == *-auto ]] && lane=(--lane auto)
                 [[ $mode =~ -mf([0-9]+) ]] && mf=${BASH_REMATCH[1]}
                 [[ $mode =~ -w([0-9]+)m ]] && window=(--window $((BASH_REMATCH[1] * 1024 * 1024)))
                 [[ $mode =~ -u([0-9]+)m ]] && unsent=(--unsent $((BASH_REMATCH[1] * 1024 * 1024)))
                 [[ $mode =~ -l([0-9]+)($|-) ]] && linkcap=(--link-cap "${BASH_REMATCH[1]}")
                 [[ $mode =~ -c(auto|off|lz4|zstd(:-?[0-9]+)?) ]] && compression=(--compression "${BASH_REMATCH[1]}")
-                if [[ ${mode%-lane} =~ -d(auto|off)$ ]]; then
+                unlaned=${mode%-lane} unlaned=${unlaned%-auto}
+                if [[ $unlaned =~ -d(auto|off)$ ]]; then
                     dedup=(--dedup "${BASH_REMATCH[1]}")
-                elif [[ ${mode%-lane} =~ -d(tunnel|migration)$ ]]; then
+                elif [[ $unlaned =~ -d(tunnel|migration)$ ]]; then
                     dedup=(--dedup auto --dedup-scope "${BASH_REMATCH[1]}")
                 fi
                 progress msg "rtt=${rtt}ms loss=${loss}% $guest $mode run $run/$RUNS"

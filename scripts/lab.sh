@@ -42,7 +42,7 @@ Commands:
   linkemu-path        print the linkemu binary used (building it if needed)
   gateways up [--datapath kernel|dpdk] [--pmd af_packet|af_xdp] [--flows N] [--congestion CC]
               [--ingress listen|tproxy] [--window BYTES] [--unsent BYTES] [--unsent-ms MS] [--link-cap MBIT] [--migration-cap MBIT] [--buffer BYTES]
-              [--compression auto|off|lz4|zstd[:L]] [--pacing tunnel|flows] [--lane on|off]
+              [--compression auto|off|lz4|zstd[:L]] [--pacing tunnel|flows] [--lane on|off|auto]
               [--dedup auto|off] [--dedup-scope migration|tunnel] [--dedup-store BYTES]
               [--dedup-dir-b DIR] [--reuse]
                       (re)start the LMAS pair, N data flows (default 8) with WAN congestion
@@ -599,7 +599,7 @@ cmd_gateways() {
         address) ingress_addr || die "gateways are not up"; return ;;
         restart-b) gw_restart_b; return ;;
         up) ;;
-        *) die "gateways up [--datapath kernel|dpdk] [--pmd af_packet|af_xdp] [--flows N] [--congestion CC] [--ingress listen|tproxy] [--window BYTES] [--unsent BYTES] [--unsent-ms MS] [--link-cap MBIT] [--migration-cap MBIT] [--buffer BYTES] [--compression MODE] [--pacing tunnel|flows] [--lane on|off] [--dedup auto|off] [--dedup-scope migration|tunnel] [--dedup-store BYTES] [--dedup-dir-b DIR] [--reuse] | gateways restart-b | gateways down | gateways address" ;;
+        *) die "gateways up [--datapath kernel|dpdk] [--pmd af_packet|af_xdp] [--flows N] [--congestion CC] [--ingress listen|tproxy] [--window BYTES] [--unsent BYTES] [--unsent-ms MS] [--link-cap MBIT] [--migration-cap MBIT] [--buffer BYTES] [--compression MODE] [--pacing tunnel|flows] [--lane on|off|auto] [--dedup auto|off] [--dedup-scope migration|tunnel] [--dedup-store BYTES] [--dedup-dir-b DIR] [--reuse] | gateways restart-b | gateways down | gateways address" ;;
     esac
     [[ $ingress == listen || $ingress == tproxy ]] || die "gateways: --ingress is listen or tproxy, not $ingress"
     [[ $datapath == kernel || $datapath == dpdk ]] || die "gateways: --datapath is kernel or dpdk, not $datapath"
@@ -611,7 +611,7 @@ cmd_gateways() {
     [[ -z $linkcap || $linkcap =~ ^[0-9]+$ ]] || die "gateways: --link-cap takes Mbit/s, got $linkcap"
     [[ -z $migcap || $migcap =~ ^[0-9]+$ ]] || die "gateways: --migration-cap takes Mbit/s, got $migcap"
     [[ -z $dedup || $dedup == auto || $dedup == off ]] || die "gateways: --dedup is auto or off, not $dedup"
-    [[ -z $lane || $lane == on || $lane == off ]] || die "gateways: --lane is on or off, not $lane"
+    [[ -z $lane || $lane == on || $lane == off || $lane == auto ]] || die "gateways: --lane is on, off or auto, not $lane"
     [[ -z $dedup_scope || $dedup_scope == migration || $dedup_scope == tunnel ]] ||
         die "gateways: --dedup-scope is migration or tunnel, not $dedup_scope"
     [[ -z $dedup_store || $dedup_store =~ ^[0-9]+$ ]] || die "gateways: --dedup-store takes a number of bytes, got $dedup_store"

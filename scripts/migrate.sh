@@ -86,7 +86,8 @@ Options:
   --dedup-store BYTES    lmas: their [wan] dedup_store_bytes (default: theirs)
   --dedup-dir-b DIR      lmas: gw-b keeps its dedup store in files in DIR (wan.dedup_dir)
   --congestion CC        lmas: the data flows' congestion control (default: theirs, bbr)
-  --lane on|off          lmas: the tunnel's frames as datagrams with parity (wan.lane; default off)
+  --lane on|off|auto     lmas: the tunnel's frames as datagrams with parity (wan.lane; default off;
+                         auto: while the data flows lose)
   --ingress listen|tproxy  lmas: QEMU dials gw-a's listener, or the destination itself
                          (intercepted by TPROXY in gw-a)                             [$INGRESS]
   --rtt MS, --loss PCT, --rate MBIT   set the emulated link first (else as it is)

@@ -14,6 +14,7 @@ use super::allowlist::Allowlist;
 use crate::crypto::{PresharedKey, PublicKey, RekeyPolicy, StaticKeypair};
 use crate::protocol::handshake::Shard;
 use crate::protocol::MAX_DATA_FLOWS;
+use crate::session::lane_choice::LaneUse;
 use crate::session::{unsent, Limits, SharePolicy};
 use crate::sources::SourceList;
 
@@ -213,9 +214,12 @@ impl Ingress {
     }
 }
 
-/// The lane as configured (`wan.lane = "on"`).
+/// The lane as configured (`wan.lane = "on"` or `"auto"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LaneSetup {
+    /// Whether it takes the new frames whenever it is up ("on"), or while the data flows
+    /// lose ("auto": `crate::session::lane_choice`).
+    pub lane_use: LaneUse,
     /// The UDP port it takes the peer's datagrams on (0: any free one, offered to the peer
     /// in the handshake); by default the tunnel port on a listening gateway, any on a
     /// dialling one.
@@ -616,18 +620,23 @@ impl Config {
                     ("wan.lane_parity", file.wan.lane_parity.is_some()),
                 ] {
                     if set {
-                        return Err(err(field, "is set, but wan.lane is \"off\": set wan.lane = \"on\" or remove it".into()));
+                        return Err(err(field, "is set, but wan.lane is \"off\": set wan.lane = \"on\" or \"auto\", or remove it".into()));
                     }
                 }
                 None
             }
-            "on" if is_dpdk => {
+            "on" | "auto" if is_dpdk => {
                 return Err(err(
                     "wan.lane",
                     "the DPDK datapath has no lane yet: set it on kernel gateways only (a DPDK peer of a kernel gateway with a lane is fine: they agree on none)".into(),
                 ))
             }
-            "on" => Some(LaneSetup {
+            on @ ("on" | "auto") => Some(LaneSetup {
+                lane_use: if on == "on" {
+                    LaneUse::Always
+                } else {
+                    LaneUse::Auto
+                },
                 port: match file.wan.lane_port {
                     Some(p) => in_range(p, 0, i64::from(u16::MAX))
                         .map_err(|w| err("wan.lane_port", w))? as u16,
@@ -646,7 +655,7 @@ impl Config {
             other => {
                 return Err(err(
                     "wan.lane",
-                    format!("{other:?} is not \"on\" or \"off\""),
+                    format!("{other:?} is not \"on\", \"auto\" or \"off\""),
                 ))
             }
         };
@@ -927,6 +936,13 @@ impl Config {
             },
         };
 
+        if lane.is_some_and(|l| l.lane_use == LaneUse::Auto) && !shares.pace_tunnel {
+            return Err(err(
+                "wan.lane",
+                "\"auto\" chooses from the data flows' losses, which only the tunnel's pacer reads: set wan.pacing = \"tunnel\" (the default), or wan.lane = \"on\"".into(),
+            ));
+        }
+
         let datapath = match (is_dpdk, &file.dpdk) {
             (false, _) => Datapath::Kernel,
             (true, None) => {
@@ -1082,9 +1098,22 @@ mod tests {
         let c = Config::parse(&path, &text).unwrap();
         assert_eq!(
             c.lane,
-            Some(LaneSetup { port: 0, parity: 4 }),
+            Some(LaneSetup {
+                lane_use: LaneUse::Always,
+                port: 0,
+                parity: 4
+            }),
             "a dialling gateway takes any free port"
         );
+        let text = base(&peer).replace("[peer]", "[wan]\nlane = \"auto\"\n[peer]");
+        let c = Config::parse(&path, &text).unwrap();
+        assert_eq!(c.lane.map(|l| l.lane_use), Some(LaneUse::Auto));
+        let text = base(&peer).replace(
+            "[peer]",
+            "[wan]\nlane = \"auto\"\npacing = \"flows\"\n[peer]",
+        );
+        let e = Config::parse(&path, &text).unwrap_err().to_string();
+        assert!(e.contains("wan.lane") && e.contains("pacing"), "{e}");
     }
 
     #[test]

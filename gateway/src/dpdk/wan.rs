@@ -262,6 +262,7 @@ pub fn flow_progress(sock: &tcp::Socket) -> crate::session::pacer::FlowProgress 
         // The stack's smoothed RTT takes one sample a round trip: on a busy core, noise.
         srtt_us: info.recent_rtt.or(info.srtt).map(|d| d.total_micros()),
         sent: info.sent,
+        retransmitted: info.recovery.map_or(0, |r| r.retransmitted_bytes),
     }
 }
 

@@ -41,6 +41,7 @@ use crate::link::Applied;
 use crate::protocol::message::DATA_HEADER_LEN;
 use crate::protocol::packed::CodecSet;
 use crate::protocol::{DataFrame, Message};
+use crate::session::lane_choice::LaneUse;
 use crate::session::scheduler::Carried;
 use crate::transform::cpu_time::thread_cpu_ns;
 use crate::transform::{PackFigures, PackPolicy, Packer, Unpacker};
@@ -56,6 +57,8 @@ pub struct LaneSocket {
     /// The port it is bound to, offered to the peer.
     pub port: u16,
     config: LaneConfig,
+    /// Whether it takes the new frames whenever it is up, or while the flows lose.
+    lane_use: LaneUse,
     /// Whether the kernel takes UDP_SEGMENT (else one datagram a call).
     gso: bool,
     /// The lane task serving now: a new control connection's lane stops the old one's, so
@@ -95,6 +98,7 @@ impl LaneSocket {
                 parity: setup.parity,
                 ..LaneConfig::default()
             },
+            lane_use: setup.lane_use,
             gso,
             serving: Mutex::default(),
         })
@@ -230,8 +234,14 @@ fn publish(stats: &Stats, last: &mut LaneCounters, now: LaneCounters) {
 /// Moves the tunnel's frames through `link` until dropped.
 pub async fn run(tunnel: Arc<Tunnel>, link: LaneLink) {
     info!(
-        "peer {}: lane up: frames as datagrams to {}, {} parity shards a frame",
-        tunnel.peer, link.peer, link.lane.config.parity
+        "peer {}: lane up: frames as datagrams to {}, {} parity shards a frame, {}",
+        tunnel.peer,
+        link.peer,
+        link.lane.config.parity,
+        match link.lane.lane_use {
+            LaneUse::Always => "the new ones all",
+            LaneUse::Auto => "the new ones while the data flows lose",
+        }
     );
     let lane: Mutex<Lane<Vec<Carried>>> = Mutex::new(Lane::new(&link.keys, link.lane.config));
     let token = CancellationToken::new();
@@ -244,7 +254,10 @@ pub async fn run(tunnel: Arc<Tunnel>, link: LaneLink) {
         }
         number
     };
-    tunnel.with_core(|c| c.set_lane_up(true));
+    tunnel.with_core(|c| {
+        c.set_lane_use(link.lane.lane_use);
+        c.set_lane_up(true);
+    });
     let _down = Down {
         tunnel: tunnel.clone(),
         lane: link.lane.clone(),

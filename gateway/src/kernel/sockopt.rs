@@ -251,7 +251,8 @@ fn in_flight_segments(info: &libc::tcp_info) -> u32 {
 /// included, so a hole being repaired holds nothing back; it never goes
 /// down, unlike cumulatively acked bytes plus SACKed segments (a timeout
 /// clears the SACK scoreboard). Segments × MSS: our writes fill them. Sent: every segment
-/// out so far is delivered, or unacked and not selectively acked.
+/// out so far is delivered, or unacked and not selectively acked. Retransmitted: every
+/// segment sent again.
 pub fn flow_progress(sock: &SockRef<'_>) -> Option<crate::session::pacer::FlowProgress> {
     let info = tcp_info(sock)?;
     let mss = u64::from(info.tcpi_snd_mss);
@@ -264,6 +265,7 @@ pub fn flow_progress(sock: &SockRef<'_>) -> Option<crate::session::pacer::FlowPr
             + u64::from(info.tcpi_notsent_bytes),
         min_rtt_us: (info.tcpi_min_rtt > 0).then_some(u64::from(info.tcpi_min_rtt)),
         srtt_us: (info.tcpi_rtt > 0).then_some(u64::from(info.tcpi_rtt)),
+        retransmitted: u64::from(info.tcpi_total_retrans) * mss,
     })
 }
 

@@ -277,6 +277,7 @@ impl<T> LaneSender<T> {
             srtt_us: self.srtt_us,
             outstanding: self.outstanding,
             sent: self.sent,
+            retransmitted: 0,
         }
     }
 }

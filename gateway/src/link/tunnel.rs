@@ -205,7 +205,19 @@ impl TunnelState {
         let flows: Vec<_> = (0..table.flow_count())
             .filter_map(|k| Some((k, progress(table.flow(k)?)?)))
             .collect();
+        let before = self.core.lane_carries_new();
         self.core.note_flow_progress(now, flows);
+        match (before, self.core.lane_carries_new()) {
+            (false, true) => info!(
+                "tunnel to peer {}: the data flows lose packets: the lane takes the new frames",
+                self.peer
+            ),
+            (true, false) if self.core.lane_up() => info!(
+                "tunnel to peer {}: the data flows take the new frames again, to see whether the path still loses",
+                self.peer
+            ),
+            _ => {}
+        }
     }
 
     /// Applies one message from the peer to the session core.

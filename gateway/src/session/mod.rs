@@ -22,6 +22,7 @@ pub mod dedup;
 pub mod dedup_config;
 pub mod dedup_inventory;
 pub mod lan_window;
+pub mod lane_choice;
 pub mod pacer;
 pub mod pump;
 pub mod recv;
@@ -107,6 +108,10 @@ pub struct Counters {
     /// Frames the lane lost (its parity did not cover the path's losses): they went again
     /// on the data flows.
     pub lane_frames_lost: u64,
+    /// Times the new frames moved to the lane because the data flows lost
+    /// (`wan.lane = "auto"`), and back to the flows after its hold.
+    pub lane_chosen: u64,
+    pub lane_handed_back: u64,
     pub protocol_errors: u64,
     pub resyncs: u64,
 }
@@ -122,6 +127,8 @@ impl Counters {
             ("flows_lost", self.flows_lost),
             ("flow_stalls", self.flow_stalls),
             ("lane_frames_lost", self.lane_frames_lost),
+            ("lane_chosen", self.lane_chosen),
+            ("lane_handed_back", self.lane_handed_back),
             ("protocol_errors", self.protocol_errors),
             ("resyncs", self.resyncs),
         ]

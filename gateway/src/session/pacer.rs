@@ -252,6 +252,10 @@ pub struct FlowProgress {
     /// counted again); 0 from a transport that cannot tell. Starts again from
     /// zero on a new connection, like `delivered`.
     pub sent: u64,
+    /// Bytes it sent again so far (0 from a transport that cannot tell; the
+    /// lane sends nothing again): the path's losses, for the lane's choice
+    /// (`session::lane_choice`). Starts again from zero on a new connection.
+    pub retransmitted: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -866,6 +870,7 @@ mod tests {
                     (
                         f,
                         FlowProgress {
+                            retransmitted: 0,
                             delivered,
                             min_rtt_us: Some(RTT),
                             srtt_us: None,
@@ -919,6 +924,7 @@ mod tests {
                 .map(|f| {
                     let delivered = p.flows[f].delivered + rate / 100 / flows as u64;
                     let progress = FlowProgress {
+                        retransmitted: 0,
                         delivered,
                         min_rtt_us: Some(RTT),
                         srtt_us: Some(srtt),
@@ -1018,6 +1024,7 @@ mod tests {
         let bw = p.snapshot().bottleneck;
         let delivered = p.flows[0].delivered;
         let holding = |on_wire, unsent| FlowProgress {
+            retransmitted: 0,
             delivered,
             min_rtt_us: Some(RTT),
             srtt_us: None,
@@ -1051,6 +1058,7 @@ mod tests {
             *t += 10 * MS;
             let delivered = p.flows[0].delivered + rate / 100;
             let progress = FlowProgress {
+                retransmitted: 0,
                 delivered,
                 min_rtt_us: Some(RTT),
                 srtt_us: Some(srtt_ms * MS),
@@ -1105,6 +1113,7 @@ mod tests {
                 t += 2 * MS;
                 delivered += 250_000; // 1 Gbit/s
                 let progress = FlowProgress {
+                    retransmitted: 0,
                     delivered,
                     min_rtt_us: Some(200),
                     srtt_us: Some(srtt_us),
@@ -1317,6 +1326,7 @@ mod tests {
         let bw = p.snapshot().bottleneck;
         // Startup left 3 BDPs in the flows (10 MB is one at 100 MB/s, 100 ms).
         let report = |delivered, outstanding| FlowProgress {
+            retransmitted: 0,
             delivered,
             min_rtt_us: Some(RTT),
             srtt_us: None,
@@ -1349,6 +1359,7 @@ mod tests {
         let mut t = run(&mut p, 0, 6, 1, 100_000_000, false);
         let bw = p.snapshot().bottleneck;
         let report = |outstanding| FlowProgress {
+            retransmitted: 0,
             delivered: 0,
             min_rtt_us: Some(RTT),
             srtt_us: None,
@@ -1394,6 +1405,7 @@ mod tests {
             // What was read stays read.
             delivered = u64::max(delivered, rate * t.saturating_sub(RTT + lag) / 1_000_000);
             let report = FlowProgress {
+                retransmitted: 0,
                 delivered,
                 min_rtt_us: Some(RTT),
                 srtt_us: None,
@@ -1412,6 +1424,7 @@ mod tests {
         let t = run(&mut p, 0, 6, 2, 100_000_000, false);
         let before = p.delivered;
         let report = |delivered| FlowProgress {
+            retransmitted: 0,
             delivered,
             min_rtt_us: None,
             srtt_us: None,

@@ -795,9 +795,11 @@ impl TunnelCore {
         now: Instant,
         flows: impl IntoIterator<Item = (usize, FlowProgress)>,
     ) {
-        let lane = self.lane.progress();
-        let flows = flows.into_iter().map(|(k, p)| (k, self.lane.flow_seen(p)));
-        self.pacer.on_progress(now, flows.chain(lane));
+        let flows: Vec<(usize, FlowProgress)> = flows.into_iter().collect();
+        self.choose_carrier(now, &flows);
+        let seen = |(k, p): (usize, FlowProgress)| (k, self.lane.carrier_seen(k, p));
+        let carriers = flows.into_iter().chain(self.lane.progress()).map(seen);
+        self.pacer.on_progress(now, carriers);
         self.size_unsent_budgets();
     }
 
@@ -814,7 +816,7 @@ impl TunnelCore {
                 .is_none_or(|s| s.send.acked() >= c.end)
         });
         // The lane's lost frames go again on the flows, which are reliable; new frames go on
-        // the lane while it is up.
+        // the lane while it takes them.
         let is_lane = flow == self.lane.slot;
         let takes_new = self.lane.carries_new(flow);
         while let Some(c) = (!is_lane)

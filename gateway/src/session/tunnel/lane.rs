@@ -1,15 +1,19 @@
 //! The tunnel core's side of the lane (`crate::lane`): one more carrier of
 //! frames, after the data flows.
 //!
-//! While the lane is up it takes every new frame, and the data flows only
-//! what goes again (the lane's lost frames, a lost flow's): a frame the lane
-//! loses must not be lost twice. What it may hold on the way is two of the
-//! pacer's BDPs, at least [`LANE_INITIAL_WINDOW`]: the lane has no congestion
-//! control of its own, so until the pacer measures the path this is its slow
-//! start (the window doubles with each round's deliveries), and after it a
-//! cap on what a wrong rate could queue.
+//! While the lane is up and preferred (`wan.lane = "on"`, or "auto" while
+//! the path loses: `session::lane_choice`) it takes every new frame, and
+//! the data flows only what goes again (the lane's lost frames, a lost
+//! flow's): a frame the lane loses must not be lost twice. Otherwise the
+//! flows take the new frames and the lane none. What it may hold on the way
+//! is two of the pacer's BDPs, at least [`LANE_INITIAL_WINDOW`]: the lane
+//! has no congestion control of its own, so until the pacer measures the
+//! path this is its slow start (the window doubles with each round's
+//! deliveries), and after it a cap on what a wrong rate could queue.
 
 use super::{Carried, DataFrame, Event, FlowProgress, Instant, TunnelCore};
+use crate::session::lane_choice::{LaneChoice, LaneUse};
+use crate::session::pacer::PaceMode;
 
 /// What the lane may have on the way before the pacer measured the path:
 /// 16 frames of 64 KiB, as a TCP flow's initial window is ten segments.
@@ -22,6 +26,8 @@ pub(super) struct LaneSlot {
     pub up: bool,
     /// What the lane last said it delivered.
     progress: Option<FlowProgress>,
+    /// Whether it takes the new frames while up.
+    choice: LaneChoice,
 }
 
 impl LaneSlot {
@@ -30,12 +36,18 @@ impl LaneSlot {
             slot: flows,
             up: false,
             progress: None,
+            choice: LaneChoice::new(flows),
         }
+    }
+
+    /// Whether the lane takes the new frames now.
+    fn takes_new(&self) -> bool {
+        self.up && self.choice.prefers_lane()
     }
 
     /// Whether carrier `flow` takes new frames now.
     pub fn carries_new(&self, flow: usize) -> bool {
-        !self.up || flow == self.slot
+        self.takes_new() == (flow == self.slot)
     }
 
     /// The lane's report for the pacer, while it is up.
@@ -43,11 +55,12 @@ impl LaneSlot {
         self.progress.filter(|_| self.up).map(|p| (self.slot, p))
     }
 
-    /// A data flow's report as the pacer should take it: while the lane
-    /// carries the data, a flow with nothing on the wire says nothing of the
-    /// round trip now (its smoothed RTT is as old as its last segment).
-    pub fn flow_seen(&self, mut p: FlowProgress) -> FlowProgress {
-        if self.up && p.outstanding == 0 {
+    /// A carrier's report as the pacer should take it: a carrier that takes
+    /// no new frames (the flows while the lane does, the lane while the flows
+    /// do) and has nothing on the wire says nothing of the round trip now (its
+    /// smoothed RTT is as old as its last segment).
+    pub fn carrier_seen(&self, flow: usize, mut p: FlowProgress) -> FlowProgress {
+        if !self.carries_new(flow) && p.outstanding == 0 {
             p.srtt_us = None;
         }
         p
@@ -73,15 +86,44 @@ impl TunnelCore {
         self.lane.up
     }
 
+    /// Whether the lane takes the new frames whenever it is up (`wan.lane = "on"`, the
+    /// default here) or only while the data flows lose ("auto").
+    pub fn set_lane_use(&mut self, lane_use: LaneUse) {
+        self.lane.choice.set_use(lane_use);
+    }
+
+    /// Whether the lane takes the new frames now (up, and preferred).
+    pub fn lane_carries_new(&self) -> bool {
+        self.lane.takes_new()
+    }
+
+    /// The data flows' reports at `now`, for the lane's choice: while the lane is up and
+    /// the pacer cruises, their losses may move the new frames to it, and its hold's end
+    /// moves them back.
+    pub(super) fn choose_carrier(&mut self, now: Instant, flows: &[(usize, FlowProgress)]) {
+        let before = self.lane.takes_new();
+        let cruising = self.lane.up && self.pacer.snapshot().mode == PaceMode::Probing;
+        self.lane.choice.on_progress(now, flows, cruising);
+        let after = self.lane.takes_new();
+        if before != after {
+            if after {
+                self.counters.lane_chosen += 1;
+            } else {
+                self.counters.lane_handed_back += 1;
+            }
+            self.events.push_back(Event::FramesReady);
+        }
+    }
+
     /// The lane's next frame, and the range of the stream it carries (the token to give
-    /// back to [`TunnelCore::lane_lost`]), if the lane is up, holds less than its window
-    /// (`outstanding`: frame bytes it has on the way), and the scheduler has one.
+    /// back to [`TunnelCore::lane_lost`]), if the lane takes new frames, holds less than its
+    /// window (`outstanding`: frame bytes it has on the way), and the scheduler has one.
     pub fn poll_lane_frame(
         &mut self,
         now: Instant,
         outstanding: u64,
     ) -> Option<(DataFrame, Carried)> {
-        if !self.lane.up || outstanding >= self.lane_window() {
+        if !self.lane.takes_new() || outstanding >= self.lane_window() {
             return None;
         }
         let frame = self.poll_frame(now, self.lane.slot)?;
