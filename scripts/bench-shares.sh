@@ -23,6 +23,7 @@ RTT=100
 RATE=1000
 CAP=300
 LINK_CAP=500
+LANE=""
 SECS=10
 OUT=""
 
@@ -36,6 +37,7 @@ Options:
   --cap MBIT         limits.migration_rate_mbit of the migration-cap case [$CAP]
   --link-cap MBIT    limits.link_rate_mbit of the beside-capped case [$LINK_CAP]
   --secs S           length of each transfer                         [$SECS]
+  --lane on|off|auto the gateways' [wan] lane                        [theirs: off]
   --out DIR          [target/bench-shares/DATE]
   -h, --help
 
@@ -50,6 +52,7 @@ while (($#)); do
         --rate) RATE=$2; shift 2 ;;
         --cap) CAP=$2; shift 2 ;;
         --link-cap) LINK_CAP=$2; shift 2 ;;
+        --lane) LANE=$2; shift 2 ;;
         --secs) SECS=$2; shift 2 ;;
         --out) OUT=$2; shift 2 ;;
         -h | --help) usage; exit 0 ;;
@@ -95,7 +98,7 @@ echo "alone,,,$other" >>"$OUT/results.csv"
 log "  iperf3: $other Mbit/s"
 
 log "migration-cap: limits.migration_rate_mbit = $CAP"
-"$LAB" gateways up --migration-cap "$CAP" >>"$LOG" 2>&1 || die "gateways up failed (see $LOG)"
+"$LAB" gateways up --migration-cap "$CAP" ${LANE:+--lane "$LANE"} >>"$LOG" 2>&1 || die "gateways up failed (see $LOG)"
 "$LAB" transfer --bytes 256M --max-secs 3 >>"$LOG" 2>&1 || true # warm the flows
 pair=$(through_pair)
 echo "migration-cap,$CAP,$pair," >>"$OUT/results.csv"
@@ -104,11 +107,11 @@ log "  through the pair: $pair Mbit/s"
 for c in uncapped capped; do
     if [[ $c == capped ]]; then
         log "beside-capped: limits.link_rate_mbit = $LINK_CAP"
-        "$LAB" gateways up --link-cap "$LINK_CAP" >>"$LOG" 2>&1 || die "gateways up failed (see $LOG)"
+        "$LAB" gateways up --link-cap "$LINK_CAP" ${LANE:+--lane "$LANE"} >>"$LOG" 2>&1 || die "gateways up failed (see $LOG)"
         limit=$LINK_CAP
     else
         log "beside-uncapped"
-        "$LAB" gateways up >>"$LOG" 2>&1 || die "gateways up failed (see $LOG)"
+        "$LAB" gateways up ${LANE:+--lane "$LANE"} >>"$LOG" 2>&1 || die "gateways up failed (see $LOG)"
         limit=""
     fi
     "$LAB" transfer --bytes 256M --max-secs 3 >>"$LOG" 2>&1 || true
@@ -124,7 +127,7 @@ for c in uncapped capped; do
 done
 
 {
-    echo "RTT $RTT ms, link $RATE Mbit/s, ${SECS} s per transfer (\`scripts/bench-shares.sh --rtt $RTT --rate $RATE --cap $CAP --link-cap $LINK_CAP --secs $SECS\`)"
+    echo "RTT $RTT ms, link $RATE Mbit/s, ${SECS} s per transfer (\`scripts/bench-shares.sh --rtt $RTT --rate $RATE --cap $CAP --link-cap $LINK_CAP --secs $SECS${LANE:+ --lane $LANE}\`)"
     echo
     echo "| case | cap, Mbit/s | through the pair, Mbit/s | iperf3 beside it, Mbit/s |"
     echo "|---|---:|---:|---:|"

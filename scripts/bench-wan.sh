@@ -68,7 +68,8 @@ goodput in Mbit/s on stdout):
                       suffix sets the gateways' [wan] compression (auto, off, lz4, zstd,
                       zstd:L), e.g. lmas-8-coff (lmas-load's stream is random: incompressible);
                       a -pPACING suffix after that sets [wan] pacing (tunnel, flows), e.g.
-                      lmas-8-pflows (each flow its own congestion control, no tunnel pacer)
+                      lmas-8-pflows (each flow its own congestion control, no tunnel pacer); a
+                      last -lane or -auto sets [wan] lane = "on" or "auto", e.g. lmas-8-auto
   dpdk-N[-CC]         the same through a DPDK gateway pair (scripts/lab.sh gateways up
                       --datapath dpdk: af_packet PMD on the gateways' veths), e.g. dpdk-8,
                       dpdk-16-reno; xdp-N[-CC] with the af_xdp PMD. A -bNm suffix sets the WAN
@@ -159,15 +160,15 @@ mode_direct_p8() { iperf_server; iperf3_run -P 8; }
 # data flows, then one sized, hashed transfer with lmas-load.
 LMAS_CUR=""
 WARM_FOR=""   # the "mode link-setting" the tunnel was last warmed for
-# lmas_mode DATAPATH PMD FLOWS CC UNSENT BUFFER COMPRESSION PACING (empty: the gateway's default)
+# lmas_mode DATAPATH PMD FLOWS CC UNSENT BUFFER COMPRESSION PACING LANE (empty: the gateway's default)
 lmas_mode() {
-    local datapath=$1 pmd=$2 flows=$3 cc=$4 unsent=$5 buffer=$6 compression=$7 pacing=$8 limit=() key
-    key="$datapath-$pmd-$flows-$cc-$unsent-$buffer-$compression-$pacing"
+    local datapath=$1 pmd=$2 flows=$3 cc=$4 unsent=$5 buffer=$6 compression=$7 pacing=$8 lane=$9 limit=() key
+    key="$datapath-$pmd-$flows-$cc-$unsent-$buffer-$compression-$pacing-$lane"
     ((LMAS_MAX_SECS > 0)) && limit=(--max-secs "$LMAS_MAX_SECS")
     if [[ $LMAS_CUR != "$key" ]]; then
         "$LAB" gateways up --datapath "$datapath" --pmd "$pmd" --flows "$flows" ${cc:+--congestion "$cc"} \
             ${unsent:+--unsent "$unsent"} ${buffer:+--buffer "$buffer"} \
-            ${compression:+--compression "$compression"} ${pacing:+--pacing "$pacing"} >>"$LOG" 2>&1 ||
+            ${compression:+--compression "$compression"} ${pacing:+--pacing "$pacing"} ${lane:+--lane "$lane"} >>"$LOG" 2>&1 ||
             { echo nan; return; }
         LMAS_CUR=$key
     fi
@@ -189,11 +190,15 @@ run_mode() {
             if [[ $mode == direct ]]; then mode_direct; else mode_direct_p8; fi
             ;;
         lmas-* | dpdk-* | xdp-*)
-            local rest=${mode#*-} flows cc unsent="" buffer="" compression="" pacing="" datapath=dpdk pmd=af_packet
+            local rest=${mode#*-} flows cc unsent="" buffer="" compression="" pacing="" lane="" datapath=dpdk pmd=af_packet
             case $mode in
                 lmas-*) datapath=kernel ;;
                 xdp-*) pmd=af_xdp ;;
             esac
+            if [[ $rest =~ ^(.*)-(lane|auto)$ ]]; then
+                rest=${BASH_REMATCH[1]} lane=on
+                [[ ${BASH_REMATCH[2]} == auto ]] && lane=auto
+            fi
             if [[ $rest =~ ^(.*)-p(tunnel|flows)$ ]]; then
                 rest=${BASH_REMATCH[1]} pacing=${BASH_REMATCH[2]}
             fi
@@ -211,8 +216,8 @@ run_mode() {
             flows=${rest%%-*}
             cc=""
             [[ $rest == *-* ]] && cc=${rest#*-}
-            [[ $flows =~ ^[0-9]+$ ]] || die "bad mode $mode (lmas-N, lmas-N-CC, dpdk-N..., xdp-N..., ending in -uNm or -bNm, then -cMODE, then -pPACING)"
-            lmas_mode "$datapath" "$pmd" "$flows" "$cc" "$unsent" "$buffer" "$compression" "$pacing"
+            [[ $flows =~ ^[0-9]+$ ]] || die "bad mode $mode (lmas-N, lmas-N-CC, dpdk-N..., xdp-N..., ending in -uNm or -bNm, then -cMODE, then -pPACING, then -lane or -auto)"
+            lmas_mode "$datapath" "$pmd" "$flows" "$cc" "$unsent" "$buffer" "$compression" "$pacing" "$lane"
             ;;
         *) die "unknown mode: $mode (see --help)" ;;
     esac
