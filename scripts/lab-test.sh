@@ -4,8 +4,9 @@
 # Four times: the kernel pair with the explicit listener (src-host dials gw-a), then with
 # TPROXY ingress (src-host dials dst-host itself; gw-a intercepts and carries the original
 # destination), then the kernel pair with the lane (wan.lane: frames as UDP datagrams with
-# parity; gw-a's counters must show it carried them), then the DPDK pair (af_packet PMD on the
-# gateways' veths; skipped without DPDK).
+# parity; gw-a's counters must show it carried them), then with the lane on "auto" (256 MiB: the
+# data flows' losses must move the new frames to the lane, and gw-a must count it), then the
+# DPDK pair (af_packet PMD on the gateways' veths; skipped without DPDK).
 #
 # Exits 0 with a `SKIP:` line when it cannot run here (not root, no network namespaces);
 # exits non-zero on any real failure. Brings the lab up if needed and takes it down again if
@@ -40,7 +41,7 @@ labtest_start
 "$LAB" set --rtt 50 --loss 0.5 --rate 1000 >/dev/null || fail "scripts/lab.sh set failed"
 # The kernel pair with both ingress modes, then the DPDK pair (af_packet PMD on the gateways'
 # veths) when this host has DPDK.
-pairs=("kernel listen" "kernel tproxy" "kernel listen lane")
+pairs=("kernel listen" "kernel tproxy" "kernel listen on" "kernel listen auto")
 if pkg-config --exists libdpdk 2>/dev/null; then
     pairs+=("dpdk listen")
 else
@@ -48,24 +49,33 @@ else
 fi
 for pair in "${pairs[@]}"; do
     read -r datapath ingress lane <<<"$pair"
-    "$LAB" gateways up --datapath "$datapath" --flows "$FLOWS" --ingress "$ingress" ${lane:+--lane on} ||
-        fail "gateways did not come up ($datapath datapath, $ingress ingress${lane:+, lane})"
+    "$LAB" gateways up --datapath "$datapath" --flows "$FLOWS" --ingress "$ingress" ${lane:+--lane "$lane"} ||
+        fail "gateways did not come up ($datapath datapath, $ingress ingress${lane:+, lane $lane})"
     lost0=$(link_lost_pkts "$LINKEMU" "$LINK_NAME")
     t0=$(date +%s)
-    if ! mbps=$("$LAB" transfer --bytes "$BYTES" --timeout "$TIMEOUT"); then
-        fail "transfer through LMAS ($datapath datapath, $ingress ingress${lane:+, lane}) failed (logs: $LAB_RUN_DIR/gw-a.log, gw-b.log)"
+    bytes=$BYTES
+    [[ $lane == auto ]] && bytes=$((4 * BYTES))
+    if ! mbps=$("$LAB" transfer --bytes "$bytes" --timeout "$TIMEOUT"); then
+        fail "transfer through LMAS ($datapath datapath, $ingress ingress${lane:+, lane $lane}) failed (logs: $LAB_RUN_DIR/gw-a.log, gw-b.log)"
     fi
     lost=$(($(link_lost_pkts "$LINKEMU" "$LINK_NAME") - lost0))
     if [[ -n $lane ]]; then
         lmas=${LMAS:-${CARGO_TARGET_DIR:-$REPO/target}/release/lmas}
-        sent=$(ip netns exec "$NS_GWA" "$lmas" status --config "$LAB_RUN_DIR/gw/gw-a.toml" |
-            sed -n 's/.*lane_frames_sent=\([0-9]*\).*/\1/p')
-        [[ ${sent:-0} -gt 0 ]] || fail "the lane carried no frame (logs: $LAB_RUN_DIR/gw-a.log, gw-b.log)"
-        how="$ingress ingress, the lane: $sent frames"
+        status=$(ip netns exec "$NS_GWA" "$lmas" status --config "$LAB_RUN_DIR/gw/gw-a.toml")
+        sent=$(sed -n 's/.*lane_frames_sent=\([0-9]*\).*/\1/p' <<<"$status")
+        [[ ${sent:-0} -gt 0 ]] || fail "the lane ($lane) carried no frame (logs: $LAB_RUN_DIR/gw-a.log, gw-b.log)"
+        how="$ingress ingress, the lane $lane: $sent frames"
+        if [[ $lane == auto ]]; then
+            chosen=$(sed -n 's/.*lane_chosen=\([0-9]*\).*/\1/p' <<<"$status")
+            [[ ${chosen:-0} -gt 0 ]] || fail "the automatic lane was never chosen over 0.5 % loss (logs: $LAB_RUN_DIR/gw-a.log)"
+            grep -q "the lane takes the new frames" "$LAB_RUN_DIR/gw-a.log" ||
+                fail "gw-a did not log the lane taking the new frames (log: $LAB_RUN_DIR/gw-a.log)"
+            how+=", chosen $chosen times"
+        fi
     else
         how="$ingress ingress"
     fi
-    echo "PASS: lab test: $BYTES bytes through LMAS ($datapath datapath, $FLOWS flows, $how) over RTT 50 ms /" \
+    echo "PASS: lab test: $bytes bytes through LMAS ($datapath datapath, $FLOWS flows, $how) over RTT 50 ms /" \
         "0.5 % loss, SHA-256 equal, $mbps Mbit/s, $(($(date +%s) - t0)) s, link dropped $lost packets"
     if [[ $pair == "kernel listen" ]]; then
         # migrate.sh and bench-concurrent.sh ask for the pair with --reuse: a running pair with
