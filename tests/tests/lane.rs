@@ -1,7 +1,8 @@
 //! The lane (issue 17: frames as UDP datagrams with parity, `wan.lane`), end to end through
 //! real `lmas` processes on loopback (kernel datapath): a stream crosses it byte for byte
 //! (SHA-256) and the counters show the lane carried it; a gateway with the lane and one
-//! without agree on none and the data flows carry everything; datagrams forged from the
+//! without agree on none and the data flows carry everything; an automatic lane leaves a
+//! clean path to the data flows; datagrams forged from the
 //! peer's own address, during a transfer, are refused and change nothing.
 
 use std::collections::BTreeMap;
@@ -131,6 +132,33 @@ fn a_gateway_with_the_lane_and_one_without_use_the_flows() {
     let pair = transfer(spec, &sink);
     assert!(!pair.a.log().contains("lane up"), "{}", pair.logs());
     assert_eq!(get(&counters(&pair, true), "lane_frames_sent"), 0);
+}
+
+/// `lane = "auto"` on a path that loses nothing (loopback): the lane comes up, and the data
+/// flows keep every frame, since they send nothing twice.
+#[test]
+fn an_automatic_lane_leaves_a_clean_path_to_the_flows() {
+    let sink = Sink::start();
+    let spec = PairSpec {
+        wan_extra: vec!["lane = \"auto\"".into()],
+        b_wan_extra: vec![format!("lane_port = {}", free_udp_port())],
+        ..PairSpec::to_target(2, sink.addr())
+    };
+    let pair = transfer(spec, &sink);
+    assert!(
+        pair.a
+            .log()
+            .contains("lane up: frames as datagrams to 127.0.0.1:"),
+        "{}",
+        pair.logs()
+    );
+    let a = counters(&pair, true);
+    assert_eq!(get(&a, "lane_frames_sent"), 0, "{a:?}");
+    let status = pair.a.status().unwrap_or_else(|e| panic!("{e}"));
+    let core = &status["tunnel"]["counters"];
+    assert_eq!(core["lane_chosen"].as_u64(), Some(0), "{core}");
+    let frames = core["data_frames_out"].as_u64().unwrap_or(0);
+    assert!(frames >= LEN / (64 * 1024), "{core}");
 }
 
 /// The worst spoofing: datagrams to B's lane port from the peer's own address (loopback
