@@ -177,6 +177,8 @@ lmas_mode() {
         "$LAB" transfer --bytes "$WARMUP_BYTES" --max-secs 5 --timeout "$LMAS_TIMEOUT" >>"$LOG" 2>&1 || true
         WARM_FOR="$key $POINT"
     fi
+    # The path's costs are the timed transfer's: the warm-up's startup is not in them.
+    queue_start
     "$LAB" transfer --bytes "$LMAS_BYTES" "${limit[@]}" --timeout "$LMAS_TIMEOUT" 2>>"$LOG" || echo nan
 }
 mode_cleanup_lmas() { "$LAB" gateways down >>"$LOG" 2>&1 || true; LMAS_CUR=""; }
@@ -279,7 +281,7 @@ cpu_pct() { # TICKS_BEFORE TICKS_AFTER SECONDS
 lost_pkts() { link_lost_pkts "$LINKEMU_BIN" "$LINK_NAME" 2>/dev/null; }
 
 # What a run through the pair costs the path (scripts/lib/wan-queue.py): gw-a's data flows
-# sampled every 0.5 s while it runs.
+# sampled every 0.5 s while its timed transfer runs (started by lmas_mode).
 LMAS_BIN=${LMAS:-${CARGO_TARGET_DIR:-$REPO/target}/release/lmas}
 QUEUE_PID=""
 queue_start() {
@@ -309,7 +311,6 @@ for rtt in "${rtts[@]}"; do
                 pids0=$(cat "$LAB_RUN_DIR"/gw-{a,b}.pid 2>/dev/null || true)
                 echo "# run rtt=$rtt loss=$loss mode=$mode run=$run" >>"$LOG"
                 log_at=$(wc -l <"$LOG")
-                [[ $mode == direct* ]] || queue_start
                 # Not in a $(...) subshell: modes keep state (servers, gateways) across runs.
                 run_mode "$mode" >"$OUT/.mode.out"
                 mbps=$(tail -1 "$OUT/.mode.out")
