@@ -212,7 +212,7 @@ impl TunnelState {
                 "tunnel to peer {}: the data flows lose packets: the lane takes the new frames",
                 self.peer
             ),
-            (true, false) if self.core.lane_up() => info!(
+            (true, false) => info!(
                 "tunnel to peer {}: the data flows take the new frames again, to see whether the path still loses",
                 self.peer
             ),

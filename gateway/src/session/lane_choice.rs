@@ -49,6 +49,7 @@ pub struct LaneChoice {
     /// Under [`LaneUse::Auto`]: the lane takes the new frames until `until`.
     on_lane: bool,
     until: Instant,
+    /// How long it holds them when it next takes them, µs.
     hold_us: u64,
     /// The flows handed back and have not finished a window since.
     just_back: bool,
@@ -84,11 +85,6 @@ impl LaneChoice {
             LaneUse::Always => true,
             LaneUse::Auto => self.on_lane,
         }
-    }
-
-    /// How long the lane holds the new frames when it next takes them, µs.
-    pub fn hold_us(&self) -> u64 {
-        self.hold_us
     }
 
     /// The data flows' reports at `now` (the lane's not among them);
@@ -257,7 +253,7 @@ mod tests {
         assert_eq!(holds, [10_000, 20_000, 40_000, 80_000], "{holds:?}");
         assert_eq!(changes.len(), 9, "back on the lane after the fourth look");
         assert!(path.choice.prefers_lane());
-        assert_eq!(path.choice.hold_us(), 160_000_000);
+        assert_eq!(path.choice.hold_us, 160_000_000);
     }
 
     #[test]
@@ -266,12 +262,12 @@ mod tests {
         path.choice.hold_us = MAX_HOLD_US;
         path.choice.just_back = true;
         path.run(500, 5, true);
-        assert_eq!(path.choice.hold_us(), MAX_HOLD_US, "bounded");
+        assert_eq!(path.choice.hold_us, MAX_HOLD_US, "bounded");
         // Up to the hand-back, the last report at the hold's end.
         let changes = path.run((path.choice.until - path.now) / MS, 5, true);
         assert_eq!(changes, [(path.now, false)], "handed back");
         assert!(path.run(1_000, 0, true).is_empty());
-        assert_eq!(path.choice.hold_us(), BASE_HOLD_US);
+        assert_eq!(path.choice.hold_us, BASE_HOLD_US);
         let changes = path.run(1_000, 5, true);
         assert_eq!(changes.len(), 1, "{changes:?}");
         assert!(path.choice.prefers_lane());

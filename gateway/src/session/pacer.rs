@@ -870,12 +870,12 @@ mod tests {
                     (
                         f,
                         FlowProgress {
-                            retransmitted: 0,
                             delivered,
                             min_rtt_us: Some(RTT),
                             srtt_us: None,
                             outstanding: 0,
                             sent: delivered,
+                            retransmitted: 0,
                         },
                     )
                 })
@@ -924,12 +924,12 @@ mod tests {
                 .map(|f| {
                     let delivered = p.flows[f].delivered + rate / 100 / flows as u64;
                     let progress = FlowProgress {
-                        retransmitted: 0,
                         delivered,
                         min_rtt_us: Some(RTT),
                         srtt_us: Some(srtt),
                         outstanding: 0,
                         sent: delivered,
+                        retransmitted: 0,
                     };
                     (f, progress)
                 })
@@ -1024,12 +1024,12 @@ mod tests {
         let bw = p.snapshot().bottleneck;
         let delivered = p.flows[0].delivered;
         let holding = |on_wire, unsent| FlowProgress {
-            retransmitted: 0,
             delivered,
             min_rtt_us: Some(RTT),
             srtt_us: None,
             outstanding: on_wire + unsent,
             sent: delivered + on_wire,
+            retransmitted: 0,
         };
         // One BDP is 10 MB at 100 MB/s and 100 ms.
         p.on_progress(t, [(0, holding(11_000_000, 0))]);
@@ -1058,12 +1058,12 @@ mod tests {
             *t += 10 * MS;
             let delivered = p.flows[0].delivered + rate / 100;
             let progress = FlowProgress {
-                retransmitted: 0,
                 delivered,
                 min_rtt_us: Some(RTT),
                 srtt_us: Some(srtt_ms * MS),
                 outstanding: on_wire,
                 sent: delivered + on_wire,
+                retransmitted: 0,
             };
             p.on_progress(*t, [(0, progress)]);
         }
@@ -1113,12 +1113,12 @@ mod tests {
                 t += 2 * MS;
                 delivered += 250_000; // 1 Gbit/s
                 let progress = FlowProgress {
-                    retransmitted: 0,
                     delivered,
                     min_rtt_us: Some(200),
                     srtt_us: Some(srtt_us),
                     outstanding: 25_000,
                     sent: delivered + 25_000,
+                    retransmitted: 0,
                 };
                 p.on_progress(t, [(0, progress)]);
                 p.rate(t);
@@ -1326,12 +1326,12 @@ mod tests {
         let bw = p.snapshot().bottleneck;
         // Startup left 3 BDPs in the flows (10 MB is one at 100 MB/s, 100 ms).
         let report = |delivered, outstanding| FlowProgress {
-            retransmitted: 0,
             delivered,
             min_rtt_us: Some(RTT),
             srtt_us: None,
             outstanding,
             sent: 0,
+            retransmitted: 0,
         };
         let d = p.flows[0].delivered;
         p.on_progress(t, [(0, report(d, 30_000_000))]);
@@ -1359,12 +1359,12 @@ mod tests {
         let mut t = run(&mut p, 0, 6, 1, 100_000_000, false);
         let bw = p.snapshot().bottleneck;
         let report = |outstanding| FlowProgress {
-            retransmitted: 0,
             delivered: 0,
             min_rtt_us: Some(RTT),
             srtt_us: None,
             outstanding,
             sent: 0,
+            retransmitted: 0,
         };
         p.rate(t);
         // Walk the cycle to its probing phase, then into the draining one.
@@ -1405,12 +1405,12 @@ mod tests {
             // What was read stays read.
             delivered = u64::max(delivered, rate * t.saturating_sub(RTT + lag) / 1_000_000);
             let report = FlowProgress {
-                retransmitted: 0,
                 delivered,
                 min_rtt_us: Some(RTT),
                 srtt_us: None,
                 outstanding: sent - delivered,
                 sent,
+                retransmitted: 0,
             };
             p.on_progress(t, [(0, report)]);
         }
@@ -1424,12 +1424,12 @@ mod tests {
         let t = run(&mut p, 0, 6, 2, 100_000_000, false);
         let before = p.delivered;
         let report = |delivered| FlowProgress {
-            retransmitted: 0,
             delivered,
             min_rtt_us: None,
             srtt_us: None,
             outstanding: 0,
             sent: 0,
+            retransmitted: 0,
         };
         p.on_flow_lost(1);
         p.on_progress(t + MS, [(1, report(1000))]);

@@ -413,12 +413,12 @@ fn an_idle_tunnel_with_the_lane_up_keeps_the_pacer_in_startup() {
     let mut a = End::new(Side::Dialer, limits());
     a.core.set_lane_up(true);
     let flow = |sent| FlowProgress {
-        retransmitted: 0,
         delivered: sent,
         min_rtt_us: Some(100_000),
         srtt_us: Some(100_000),
         outstanding: 0,
         sent,
+        retransmitted: 0,
     };
     for round in 0..10u64 {
         let now = round * 100_000;
@@ -1263,12 +1263,12 @@ fn paced_path(pace: bool, rate: u64, room: u64) -> (u64, u64) {
         delivered = sent.min(delivered + rate / 1000);
         if a.core.flow_progress_due(now) {
             let progress = FlowProgress {
-                retransmitted: 0,
                 delivered,
                 min_rtt_us: Some(20_000),
                 srtt_us: None,
                 outstanding: sent - delivered,
                 sent,
+                retransmitted: 0,
             };
             a.core.note_flow_progress(now, [(0, progress)]);
         }

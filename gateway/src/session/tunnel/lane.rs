@@ -101,18 +101,17 @@ impl TunnelCore {
     /// the pacer cruises, their losses may move the new frames to it, and its hold's end
     /// moves them back.
     pub(super) fn choose_carrier(&mut self, now: Instant, flows: &[(usize, FlowProgress)]) {
-        let before = self.lane.takes_new();
         let cruising = self.lane.up && self.pacer.snapshot().mode == PaceMode::Probing;
-        self.lane.choice.on_progress(now, flows, cruising);
-        let after = self.lane.takes_new();
-        if before != after {
-            if after {
-                self.counters.lane_chosen += 1;
-            } else {
-                self.counters.lane_handed_back += 1;
-            }
-            self.events.push_back(Event::FramesReady);
+        // A hold may end while the lane is down: the flows carry everything then anyway.
+        if !self.lane.choice.on_progress(now, flows, cruising) || !self.lane.up {
+            return;
         }
+        if self.lane.takes_new() {
+            self.counters.lane_chosen += 1;
+        } else {
+            self.counters.lane_handed_back += 1;
+        }
+        self.events.push_back(Event::FramesReady);
     }
 
     /// The lane's next frame, and the range of the stream it carries (the token to give
