@@ -31,6 +31,7 @@ pub mod send;
 pub mod shares;
 pub mod tunnel;
 pub mod unsent;
+pub mod windowed_min;
 
 pub use dedup::SharedStore;
 pub use dedup_config::{DedupConfig, DedupMode, DedupScope};

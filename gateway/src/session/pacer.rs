@@ -87,6 +87,7 @@
 
 use std::collections::VecDeque;
 
+use super::windowed_min::WindowedMin;
 use super::Instant;
 
 /// How long a min RTT sample counts before a higher one replaces it.
@@ -300,8 +301,8 @@ pub struct TunnelPacer {
     last_srtts: (Option<u64>, Option<u64>),
     /// What the last round's round trip said about the queue.
     queue: QueueSeen,
-    /// The lowest of the flows' smoothed round trips over the last cycle, and when it was seen.
-    srtt_floor: Option<(u64, Instant)>,
+    /// The lowest of the flows' smoothed round trips over the last cycle.
+    srtt_floor: WindowedMin,
     /// Whether the last round's round trip was above the floor too (a rise counts in the
     /// second round in a row: one round's is as likely this host's own jitter).
     rose: bool,
@@ -337,7 +338,7 @@ impl TunnelPacer {
             last_cut: None,
             queue: QueueSeen::Clear,
             last_srtts: (None, None),
-            srtt_floor: None,
+            srtt_floor: WindowedMin::default(),
             rose: false,
             rtt_spread: 0,
             last_cruise_srtt: None,
@@ -506,7 +507,7 @@ impl TunnelPacer {
             rate / 125_000,
             self.bottleneck() / 125_000,
             self.srtt(),
-            self.srtt_floor.map(|(f, _)| f),
+            self.srtt_floor.get(),
             self.rtt_spread,
             self.phase,
             queue,
@@ -598,8 +599,8 @@ impl TunnelPacer {
             return QueueSeen::Clear;
         };
         let cycle = self.cycle_len();
-        take_into_min(&mut self.srtt_floor, srtt, now, cycle);
-        let (Some(min_rtt), Some((floor, _))) = (self.min_rtt(), self.srtt_floor) else {
+        self.srtt_floor.take(srtt, now, cycle);
+        let (Some(min_rtt), Some(floor)) = (self.min_rtt(), self.srtt_floor.get()) else {
             return QueueSeen::Clear;
         };
         let cruising = self.cruising();
@@ -1179,6 +1180,40 @@ mod tests {
         );
         assert!(steps[0] > steps[steps.len() - 2] * 2, "{steps:?}");
         assert!(!p.snapshot().giving_way);
+    }
+
+    #[test]
+    fn the_take_back_holds_while_a_queue_stands_above_the_lowest_round_of_the_last_cycle() {
+        // Lab trace (docs/bench/neighbour-pacer-trace-s49.txt): giving way beside iperf3, the
+        // floor's round went a cycle old while the neighbour's small queue stood, and the next
+        // round, 3 ms higher, became the floor; the take-back then read 3-5 ms of queue as
+        // clear and met the neighbour at 8-17 ms. The floor is the lowest round of the last
+        // cycle, not the newest once the old one expires.
+        let (mut p, mut t, bw) = cruising_at_100_mb_s();
+        // A neighbour's slow start: the tunnel gives way.
+        for srtt in [100, 100, 100, 101, 103, 106] {
+            report(&mut p, &mut t, 1, 100_000_000, srtt, 10_000_000);
+        }
+        assert!(p.snapshot().giving_way, "the neighbour's queue");
+        // Its queue drains (the floor's round), then stands a millisecond up, then four.
+        report(&mut p, &mut t, 1, 90_000_000, 100, 9_000_000);
+        report(&mut p, &mut t, 2, 90_000_000, 101, 9_000_000);
+        let held = p.rate(t).unwrap();
+        assert!(held < bw, "still giving way: {held}");
+        // A cycle after the 100 ms round, while the 101 ms ones are within the last cycle.
+        for round in 0..22 {
+            report(&mut p, &mut t, 1, held, 105, 9_000_000);
+            assert_eq!(
+                p.rate(t),
+                Some(held),
+                "round {round}: 4 ms above 101 ms stands"
+            );
+        }
+        // Once no lower round is left in the cycle, 105 ms is the floor: the path's now.
+        for _ in 0..3 {
+            report(&mut p, &mut t, 1, held, 105, 9_000_000);
+        }
+        assert!(p.rate(t).unwrap() > held, "taken back from the new floor");
     }
 
     /// One round on a 100 MB/s link beside a neighbour held by its window (`window` bytes a
