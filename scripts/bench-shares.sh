@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # bench-shares.sh: rate caps and fairness through the LMAS pair on the lab's emulated link
-# (issue 17's "Rate limits" measurements), one run per case, all in one invocation:
+# (issue 17's "Rate limits" measurements), RUNS rounds of every case, interleaved, in one
+# invocation:
 #   migration-cap  one transfer through a pair with limits.migration_rate_mbit = CAP: its
 #                  goodput against the cap
 #   alone          the iperf3 stream below with nothing else on the link (its own limit)
@@ -8,7 +9,9 @@
 #                  an iperf3 stream (src-host → dst-host, CUBIC, beside the pair on the same
 #                  link) while a transfer runs through the pair, without a cap and with
 #                  limits.link_rate_mbit = LINK_CAP: what each gets
-# Writes results.csv and table.md to OUT. See --help and docs/BENCHMARKS.md.
+# The table gives each case's median, and the neighbour beside the uncapped pair against its
+# max-min fair share: what it gets alone (its demand), or half the link if that is less.
+# Writes results.csv, seconds.csv and table.md to OUT. See --help and docs/BENCHMARKS.md.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -25,6 +28,7 @@ CAP=300
 LINK_CAP=500
 LANE=""
 SECS=10
+RUNS=1
 OUT=""
 
 usage() {
@@ -37,6 +41,7 @@ Options:
   --cap MBIT         limits.migration_rate_mbit of the migration-cap case [$CAP]
   --link-cap MBIT    limits.link_rate_mbit of the beside-capped case [$LINK_CAP]
   --secs S           length of each transfer                         [$SECS]
+  --runs N           rounds of every case, interleaved               [$RUNS]
   --lane on|off|auto the gateways' [wan] lane                        [theirs: off]
   --out DIR          [target/bench-shares/DATE]
   -h, --help
@@ -54,11 +59,13 @@ while (($#)); do
         --link-cap) LINK_CAP=$2; shift 2 ;;
         --lane) LANE=$2; shift 2 ;;
         --secs) SECS=$2; shift 2 ;;
+        --runs) RUNS=$2; shift 2 ;;
         --out) OUT=$2; shift 2 ;;
         -h | --help) usage; exit 0 ;;
         *) die "unknown option: $1 (see --help)" ;;
     esac
 done
+[[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "--runs takes a count of 1 or more, not '$RUNS'"
 OUT=${OUT:-$REPO/target/bench-shares/$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
 LOG=$OUT/bench.log
@@ -71,7 +78,8 @@ through_pair() {
     "$LAB" transfer --bytes 8G --max-secs "$SECS" --timeout $((SECS + 60)) 2>>"$LOG" || echo nan
 }
 
-# An iperf3 stream src-host → dst-host for SECS s beside the pair: Mbit/s received.
+# An iperf3 stream src-host → dst-host for SECS s beside the pair: "Mbit/s received" and its
+# per-second rates, space-separated, on one line each ("nan" and nothing if it failed).
 beside() {
     local json
     json=$(ip netns exec "$NS_SRC" iperf3 -c "$DST_IP" -p 5201 -t "$SECS" --connect-timeout 5000 -J 2>>"$LOG") || true
@@ -79,9 +87,12 @@ beside() {
     python3 -c '
 import json, sys
 try:
-    print("%.1f" % (json.loads(sys.stdin.read())["end"]["sum_received"]["bits_per_second"] / 1e6))
+    j = json.loads(sys.stdin.read())
+    print("%.1f" % (j["end"]["sum_received"]["bits_per_second"] / 1e6))
+    print(" ".join("%.0f" % (i["sum"]["bits_per_second"] / 1e6) for i in j["intervals"]))
 except Exception:
     print("nan")
+    print()
 ' <<<"$json"
 }
 
@@ -90,50 +101,98 @@ IPERF=$!
 trap 'kill $IPERF 2>/dev/null || true; "$LAB" gateways down >/dev/null 2>&1 || true' EXIT
 sleep 0.5
 
-echo "case,limit_mbit,pair_mbit,beside_mbit" >"$OUT/results.csv"
+echo "run,case,limit_mbit,pair_mbit,beside_mbit" >"$OUT/results.csv"
+echo "run,case,second,beside_mbit" >"$OUT/seconds.csv"
 
-log "alone: iperf3 with the link to itself"
-other=$(beside)
-echo "alone,,,$other" >>"$OUT/results.csv"
-log "  iperf3: $other Mbit/s"
+# record RUN CASE LIMIT PAIR OTHER SECONDS: a row of results.csv, the neighbour's seconds in
+# seconds.csv.
+record() {
+    echo "$1,$2,$3,$4,$5" >>"$OUT/results.csv"
+    local i=0 v
+    for v in $6; do
+        i=$((i + 1))
+        echo "$1,$2,$i,$v" >>"$OUT/seconds.csv"
+    done
+}
 
-log "migration-cap: limits.migration_rate_mbit = $CAP"
-"$LAB" gateways up --migration-cap "$CAP" ${LANE:+--lane "$LANE"} >>"$LOG" 2>&1 || die "gateways up failed (see $LOG)"
-"$LAB" transfer --bytes 256M --max-secs 3 >>"$LOG" 2>&1 || true # warm the flows
-pair=$(through_pair)
-echo "migration-cap,$CAP,$pair," >>"$OUT/results.csv"
-log "  through the pair: $pair Mbit/s"
-
-for c in uncapped capped; do
-    if [[ $c == capped ]]; then
-        log "beside-capped: limits.link_rate_mbit = $LINK_CAP"
-        "$LAB" gateways up --link-cap "$LINK_CAP" ${LANE:+--lane "$LANE"} >>"$LOG" 2>&1 || die "gateways up failed (see $LOG)"
-        limit=$LINK_CAP
-    else
-        log "beside-uncapped"
-        "$LAB" gateways up ${LANE:+--lane "$LANE"} >>"$LOG" 2>&1 || die "gateways up failed (see $LOG)"
-        limit=""
-    fi
+# up ARGS...: (re)starts the pair with ARGS and warms its flows.
+up() {
+    "$LAB" gateways up "$@" ${LANE:+--lane "$LANE"} >>"$LOG" 2>&1 || die "gateways up failed (see $LOG)"
     "$LAB" transfer --bytes 256M --max-secs 3 >>"$LOG" 2>&1 || true
-    through_pair >"$OUT/pair.tmp" &
-    pair_pid=$!
-    sleep 1 # the pair at full speed first: iperf3 then competes for the link
-    other=$(beside)
-    wait "$pair_pid" || true
-    pair=$(cat "$OUT/pair.tmp")
-    rm -f "$OUT/pair.tmp"
-    echo "beside-$c,$limit,$pair,$other" >>"$OUT/results.csv"
-    log "  through the pair: $pair Mbit/s, iperf3 beside it: $other Mbit/s"
+}
+
+for run in $(seq "$RUNS"); do
+    log "round $run of $RUNS"
+    log "alone: iperf3 with the link to itself"
+    { read -r other; read -r seconds; } < <(beside)
+    record "$run" alone "" "" "$other" "$seconds"
+    log "  iperf3: $other Mbit/s ($seconds)"
+
+    log "migration-cap: limits.migration_rate_mbit = $CAP"
+    up --migration-cap "$CAP"
+    pair=$(through_pair)
+    record "$run" migration-cap "$CAP" "$pair" "" ""
+    log "  through the pair: $pair Mbit/s"
+
+    for c in uncapped capped; do
+        if [[ $c == capped ]]; then
+            log "beside-capped: limits.link_rate_mbit = $LINK_CAP"
+            up --link-cap "$LINK_CAP"
+            limit=$LINK_CAP
+        else
+            log "beside-uncapped"
+            up
+            limit=""
+        fi
+        through_pair >"$OUT/pair.tmp" &
+        pair_pid=$!
+        sleep 1 # the pair at full speed first: iperf3 then competes for the link
+        { read -r other; read -r seconds; } < <(beside)
+        wait "$pair_pid" || true
+        pair=$(cat "$OUT/pair.tmp")
+        rm -f "$OUT/pair.tmp"
+        record "$run" "beside-$c" "$limit" "$pair" "$other" "$seconds"
+        log "  through the pair: $pair Mbit/s, iperf3 beside it: $other Mbit/s ($seconds)"
+    done
 done
 
-{
-    echo "RTT $RTT ms, link $RATE Mbit/s, ${SECS} s per transfer (\`scripts/bench-shares.sh --rtt $RTT --rate $RATE --cap $CAP --link-cap $LINK_CAP --secs $SECS${LANE:+ --lane $LANE}\`)"
-    echo
-    echo "| case | cap, Mbit/s | through the pair, Mbit/s | iperf3 beside it, Mbit/s |"
-    echo "|---|---:|---:|---:|"
-    tail -n +2 "$OUT/results.csv" | while IFS=, read -r name limit pair other; do
-        echo "| $name | ${limit:--} | ${pair:--} | ${other:--} |"
-    done
-} >"$OUT/table.md"
+python3 - "$OUT/results.csv" "$RATE" \
+    "scripts/bench-shares.sh --rtt $RTT --rate $RATE --cap $CAP --link-cap $LINK_CAP --secs $SECS --runs $RUNS${LANE:+ --lane $LANE}" \
+    "$RTT" "$SECS" >"$OUT/table.md" <<'PY'
+import csv, math, statistics, sys
+
+path, rate, command, rtt, secs = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+rows = list(csv.DictReader(open(path)))
+cases = ["alone", "migration-cap", "beside-uncapped", "beside-capped"]
+
+def values(case, column):
+    out = []
+    for r in rows:
+        if r["case"] == case and r[column] not in ("", "nan"):
+            out.append(float(r[column]))
+    return out
+
+def cell(vs):
+    if not vs:
+        return "-"
+    med = "%.1f" % statistics.median(vs)
+    return med if len(vs) == 1 else "%s (%s)" % (med, ", ".join("%.1f" % v for v in sorted(vs)))
+
+print("RTT %s ms, link %s Mbit/s, %s s per transfer (`%s`); medians, runs sorted" % (rtt, int(rate), secs, command))
+print()
+print("| case | cap, Mbit/s | through the pair, Mbit/s | iperf3 beside it, Mbit/s |")
+print("|---|---:|---:|---:|")
+for case in cases:
+    limit = next((r["limit_mbit"] for r in rows if r["case"] == case and r["limit_mbit"]), "-")
+    print("| %s | %s | %s | %s |" % (case, limit, cell(values(case, "pair_mbit")), cell(values(case, "beside_mbit"))))
+alone, beside = values("alone", "beside_mbit"), values("beside-uncapped", "beside_mbit")
+if alone and beside:
+    # Max-min fairness: a sender that wants less than an equal split of the link is owed all it
+    # wants (its rate alone); one that wants more, the equal split.
+    fair = min(statistics.median(alone), rate / 2)
+    share = statistics.median(beside) / fair
+    print()
+    print("The neighbour beside the uncapped pair: %.1f of its fair share of %.1f Mbit/s (its rate alone, or half the link if less): %.3f" % (statistics.median(beside), fair, share))
+PY
 cat "$OUT/table.md"
-log "results: $OUT/{results.csv,table.md,bench.log}"
+log "results: $OUT/{results.csv,seconds.csv,table.md,bench.log}"
