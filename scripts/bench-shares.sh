@@ -159,7 +159,7 @@ done
 python3 - "$OUT/results.csv" "$RATE" \
     "scripts/bench-shares.sh --rtt $RTT --rate $RATE --cap $CAP --link-cap $LINK_CAP --secs $SECS --runs $RUNS${LANE:+ --lane $LANE}" \
     "$RTT" "$SECS" >"$OUT/table.md" <<'PY'
-import csv, math, statistics, sys
+import csv, statistics, sys
 
 path, rate, command, rtt, secs = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 rows = list(csv.DictReader(open(path)))

@@ -40,6 +40,16 @@ fn send_and_check(pair: &mut Pair, sink: &Sink, payload: Payload) {
     pair.assert_running();
 }
 
+/// A pair of two data flows to `sink` with `[wan] lane = mode` on both sides, gw-b's lane on
+/// `port`.
+fn lane_spec(mode: &str, port: u16, sink: &Sink) -> PairSpec {
+    PairSpec {
+        wan_extra: vec![format!("lane = \"{mode}\"")],
+        b_wan_extra: vec![format!("lane_port = {port}")],
+        ..PairSpec::to_target(2, sink.addr())
+    }
+}
+
 /// A pair as `spec` says, and one transfer through it.
 fn transfer(spec: PairSpec, sink: &Sink) -> Pair {
     let mut pair = Pair::start(&spec);
@@ -50,12 +60,7 @@ fn transfer(spec: PairSpec, sink: &Sink) -> Pair {
 #[test]
 fn a_stream_crosses_the_lane_exactly() {
     let sink = Sink::start();
-    let spec = PairSpec {
-        wan_extra: vec!["lane = \"on\"".into()],
-        b_wan_extra: vec![format!("lane_port = {}", free_udp_port())],
-        ..PairSpec::to_target(2, sink.addr())
-    };
-    let pair = transfer(spec, &sink);
+    let pair = transfer(lane_spec("on", free_udp_port(), &sink), &sink);
     for (g, name) in [(&pair.a, "gw-a"), (&pair.b, "gw-b")] {
         assert!(
             g.log()
@@ -81,11 +86,8 @@ fn a_stream_crosses_the_lane_exactly() {
 #[test]
 fn packed_frames_of_several_streams_cross_the_lane_exactly() {
     let sink = Sink::start();
-    let spec = PairSpec {
-        wan_extra: vec!["lane = \"on\"".into(), "compression = \"lz4\"".into()],
-        b_wan_extra: vec![format!("lane_port = {}", free_udp_port())],
-        ..PairSpec::to_target(2, sink.addr())
-    };
+    let mut spec = lane_spec("on", free_udp_port(), &sink);
+    spec.wan_extra.push("compression = \"lz4\"".into());
     let mut pair = Pair::start(&spec);
     let ingress = pair.ingress[0];
     let senders: Vec<_> = (0..3u64)
@@ -139,12 +141,7 @@ fn a_gateway_with_the_lane_and_one_without_use_the_flows() {
 #[test]
 fn an_automatic_lane_leaves_a_clean_path_to_the_flows() {
     let sink = Sink::start();
-    let spec = PairSpec {
-        wan_extra: vec!["lane = \"auto\"".into()],
-        b_wan_extra: vec![format!("lane_port = {}", free_udp_port())],
-        ..PairSpec::to_target(2, sink.addr())
-    };
-    let pair = transfer(spec, &sink);
+    let pair = transfer(lane_spec("auto", free_udp_port(), &sink), &sink);
     assert!(
         pair.a
             .log()
@@ -168,12 +165,7 @@ fn an_automatic_lane_leaves_a_clean_path_to_the_flows() {
 fn datagrams_forged_from_the_peers_address_are_refused() {
     let sink = Sink::start();
     let port = free_udp_port();
-    let spec = PairSpec {
-        wan_extra: vec!["lane = \"on\"".into()],
-        b_wan_extra: vec![format!("lane_port = {port}")],
-        ..PairSpec::to_target(2, sink.addr())
-    };
-    let mut pair = Pair::start(&spec);
+    let mut pair = Pair::start(&lane_spec("on", port, &sink));
     let forger = thread::spawn(move || {
         let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
         let mut sent = 0u64;
