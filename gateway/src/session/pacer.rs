@@ -81,7 +81,11 @@
 //!   the way back is a neighbour that stays: the take-back then stops a
 //!   sixteenth below where that queue began for a probing cycle (2.4 s)
 //!   before it looks for more room, as a probe would (it looked every six
-//!   rounds or so, a few ms of queue each time). The usual change is
+//!   rounds or so, a few ms of queue each time). A take-back step that meets a
+//!   queue (one that stands, or grows no faster than the step explains) is
+//!   undone at once: below it by what built the queue, held there for a
+//!   cycle. Waiting for a neighbour's threshold instead, such a look stood
+//!   4-14 ms for three rounds and more. The usual change is
 //!   what keeps the DPDK pair on a busy host from giving way to itself: its
 //!   own rings add 1-15 ms from one round to the next at its full rate.
 
@@ -195,6 +199,9 @@ struct GivingWay {
     /// A queue came back where the last one began: a neighbour that stays. Until then the
     /// take-back stops at the edge.
     hold_until: Option<Instant>,
+    /// The rate before the last round's take-back step: where a queue that stands after it
+    /// goes back to.
+    stepped_from: Option<u64>,
 }
 
 /// Where a probing cycle is.
@@ -517,9 +524,17 @@ impl TunnelPacer {
             QueueSeen::Others {
                 queue_us,
                 growth_us,
-            } => self.cut(now, rate, queue_us, growth_us),
-            // Our own bytes, or what is left of the other's: hold.
-            QueueSeen::Standing => {}
+            } if !self.step_explains(growth_us) => self.cut(now, rate, queue_us, growth_us),
+            // What the last take-back step added, no one else's: undone.
+            QueueSeen::Others { queue_us, .. } => self.step_back(now, queue_us),
+            // Our own bytes, or what is left of the other's: hold, or undo a step that met it.
+            QueueSeen::Standing => {
+                let queue_us = match (self.srtt(), self.srtt_floor.get()) {
+                    (Some(srtt), Some(floor)) => srtt.saturating_sub(floor),
+                    _ => 0,
+                };
+                self.step_back(now, queue_us)
+            }
             QueueSeen::Clear => self.take_back(now),
         }
     }
@@ -563,6 +578,7 @@ impl TunnelPacer {
             rate: pace.min(give).max(bw / 4),
             edge,
             hold_until,
+            stepped_from: None,
         });
         self.last_cut = Some((now, srtt));
     }
@@ -577,6 +593,10 @@ impl TunnelPacer {
         let y = way.rate;
         let held = way.hold_until.is_some_and(|until| now < until);
         if held && y >= way.edge {
+            self.yielding = Some(GivingWay {
+                stepped_from: None,
+                ..way
+            });
             return;
         }
         let bw = self.bottleneck();
@@ -588,7 +608,53 @@ impl TunnelPacer {
         if held {
             back = back.min(way.edge);
         }
-        self.yielding = (back < bw).then_some(GivingWay { rate: back, ..way });
+        self.yielding = (back < bw).then_some(GivingWay {
+            rate: back,
+            stepped_from: Some(y),
+            ..way
+        });
+    }
+
+    /// Whether the last round's take-back step explains a queue that grew by `growth_us`: the
+    /// step put at most its own size more on the path than the round before, so the queue
+    /// grows by no more than that part of a round (twice it, for the round trip's jitter). A
+    /// neighbour's slow start met right after a step grows by more, and is cut for.
+    fn step_explains(&self, growth_us: u64) -> bool {
+        let Some(way) = self.yielding else {
+            return false;
+        };
+        let Some(from) = way.stepped_from else {
+            return false;
+        };
+        let step = way.rate.saturating_sub(from) as u128;
+        let explained = 2 * step * self.round_len() as u128 / self.bottleneck().max(1) as u128;
+        growth_us as u128 <= explained
+    }
+
+    /// A queue of `queue_us` stands again right after a take-back step: the step found the
+    /// others' edge. The pace that queued it was above the room by about what builds that
+    /// queue in a round: the edge is that much below it (and a 32nd more, as a cut's is),
+    /// held for a probing cycle as below a neighbour that stays, and the pace as much below
+    /// the edge again until the queue is gone (half the pace at most, all told). Left
+    /// standing until it grew past a neighbour's threshold, such a look cost the neighbour
+    /// 5-14 ms of round trip for three rounds and more (lab trace, beside iperf3); only
+    /// undone, it left a queue that stood and became the floor.
+    fn step_back(&mut self, now: Instant, queue_us: u64) {
+        let Some(way) = self.yielding else {
+            return;
+        };
+        if way.stepped_from.is_none() {
+            return;
+        }
+        let over = (queue_us as u128 * self.bottleneck() as u128 / self.round_len() as u128)
+            .min(way.rate as u128 / 4) as u64;
+        let edge = way.rate - over - way.rate / YIELD_EDGE_PARTS;
+        self.yielding = Some(GivingWay {
+            rate: edge - over,
+            edge,
+            hold_until: Some(now.saturating_add(self.cycle_len())),
+            stepped_from: None,
+        });
     }
 
     /// What the flows' round trip says of the bottleneck's queue this round (while cruising;
@@ -1198,10 +1264,14 @@ mod tests {
         // Its queue drains (the floor's round), then stands a millisecond up, then four.
         report(&mut p, &mut t, 1, 90_000_000, 100, 9_000_000);
         report(&mut p, &mut t, 2, 90_000_000, 101, 9_000_000);
+        let stepped = p.rate(t).unwrap();
+        assert!(stepped < bw, "still giving way: {stepped}");
+        // The 4 ms stand right after a take-back step: the step is undone.
+        report(&mut p, &mut t, 1, stepped, 105, 9_000_000);
         let held = p.rate(t).unwrap();
-        assert!(held < bw, "still giving way: {held}");
+        assert!(held < stepped, "{held} after {stepped}");
         // A cycle after the 100 ms round, while the 101 ms ones are within the last cycle.
-        for round in 0..22 {
+        for round in 0..21 {
             report(&mut p, &mut t, 1, held, 105, 9_000_000);
             assert_eq!(
                 p.rate(t),
@@ -1214,6 +1284,42 @@ mod tests {
             report(&mut p, &mut t, 1, held, 105, 9_000_000);
         }
         assert!(p.rate(t).unwrap() > held, "taken back from the new floor");
+    }
+
+    #[test]
+    fn a_take_back_step_that_meets_a_queue_is_undone_below_where_it_came_from() {
+        // Lab trace beside iperf3 (s51): a take-back step met the neighbour's edge, and the
+        // queue it built stood 4-5 ms for five rounds (each under the threshold that reads as
+        // a neighbour, or not growing) before a cut: the window-limited neighbour lost that
+        // much of its round trip all along.
+        let (mut p, mut t, bw) = cruising_at_100_mb_s();
+        for srtt in [100, 100, 100, 101, 103, 106] {
+            report(&mut p, &mut t, 1, 100_000_000, srtt, 10_000_000);
+        }
+        assert!(p.snapshot().giving_way, "the neighbour's queue");
+        // Its queue drains; the tunnel takes back.
+        let (mut before, mut rate) = (0, p.rate(t).unwrap());
+        for _ in 0..3 {
+            report(&mut p, &mut t, 1, rate, 100, 9_000_000);
+            (before, rate) = (rate, p.rate(t).unwrap());
+        }
+        assert!(before < rate && rate < bw, "a step: {before} -> {rate}");
+        // 4 ms stand right after it: above a 32nd of the min RTT, under a 16th.
+        report(&mut p, &mut t, 1, rate, 104, 9_000_000);
+        let back = p.rate(t).unwrap();
+        assert!(
+            back < before,
+            "below where the step came from: {before} -> {rate} -> {back}"
+        );
+        // Back at the edge once the queue is gone, and held there for a cycle.
+        let mut held = vec![];
+        for _ in 0..20 {
+            let r = p.rate(t).unwrap();
+            report(&mut p, &mut t, 1, r, 100, 9_000_000);
+            held.push(p.rate(t).unwrap());
+        }
+        assert!(held.iter().all(|&r| r < before), "{held:?}");
+        assert!(held[19] > back, "{held:?}");
     }
 
     /// One round on a 100 MB/s link beside a neighbour held by its window (`window` bytes a
