@@ -1146,6 +1146,17 @@ mod tests {
         (p, t, bw)
     }
 
+    /// [`cruising_at_100_mb_s`], then a neighbour's slow start: its queue 1, 3 and 6 ms, and
+    /// the tunnel gives way.
+    fn giving_way_to_a_slow_start() -> (TunnelPacer, Instant, u64) {
+        let (mut p, mut t, bw) = cruising_at_100_mb_s();
+        for srtt in [100, 100, 100, 101, 103, 106] {
+            report(&mut p, &mut t, 1, 100_000_000, srtt, 10_000_000);
+        }
+        assert!(p.snapshot().giving_way, "the neighbour's queue");
+        (p, t, bw)
+    }
+
     #[test]
     fn a_round_trip_that_moves_from_round_to_round_at_the_full_rate_is_no_neighbour() {
         // The DPDK pair on a busy host: its own rings add 1-15 ms from one round to the next
@@ -1255,12 +1266,7 @@ mod tests {
         // round, 3 ms higher, became the floor; the take-back then read 3-5 ms of queue as
         // clear and met the neighbour at 8-17 ms. The floor is the lowest round of the last
         // cycle, not the newest once the old one expires.
-        let (mut p, mut t, bw) = cruising_at_100_mb_s();
-        // A neighbour's slow start: the tunnel gives way.
-        for srtt in [100, 100, 100, 101, 103, 106] {
-            report(&mut p, &mut t, 1, 100_000_000, srtt, 10_000_000);
-        }
-        assert!(p.snapshot().giving_way, "the neighbour's queue");
+        let (mut p, mut t, bw) = giving_way_to_a_slow_start();
         // Its queue drains (the floor's round), then stands a millisecond up, then four.
         report(&mut p, &mut t, 1, 90_000_000, 100, 9_000_000);
         report(&mut p, &mut t, 2, 90_000_000, 101, 9_000_000);
@@ -1292,11 +1298,7 @@ mod tests {
         // queue it built stood 4-5 ms for five rounds (each under the threshold that reads as
         // a neighbour, or not growing) before a cut: the window-limited neighbour lost that
         // much of its round trip all along.
-        let (mut p, mut t, bw) = cruising_at_100_mb_s();
-        for srtt in [100, 100, 100, 101, 103, 106] {
-            report(&mut p, &mut t, 1, 100_000_000, srtt, 10_000_000);
-        }
-        assert!(p.snapshot().giving_way, "the neighbour's queue");
+        let (mut p, mut t, bw) = giving_way_to_a_slow_start();
         // Its queue drains; the tunnel takes back.
         let (mut before, mut rate) = (0, p.rate(t).unwrap());
         for _ in 0..3 {
