@@ -180,8 +180,8 @@ enum QueueSeen {
     /// the floor, and how much it grew in the last round (where the round trip is not steady:
     /// an eighth of a round, and nothing).
     Others { queue_us: u64, growth_us: u64 },
-    /// Some queue, but not that.
-    Standing,
+    /// Some queue, but not that: how far above the floor.
+    Standing { queue_us: u64 },
     /// Next to none: within a 32nd of the min RTT (and the round trip's usual change) of
     /// its floor.
     Clear,
@@ -528,13 +528,7 @@ impl TunnelPacer {
             // What the last take-back step added, no one else's: undone.
             QueueSeen::Others { queue_us, .. } => self.step_back(now, queue_us),
             // Our own bytes, or what is left of the other's: hold, or undo a step that met it.
-            QueueSeen::Standing => {
-                let queue_us = match (self.srtt(), self.srtt_floor.get()) {
-                    (Some(srtt), Some(floor)) => srtt.saturating_sub(floor),
-                    _ => 0,
-                };
-                self.step_back(now, queue_us)
-            }
+            QueueSeen::Standing { queue_us } => self.step_back(now, queue_us),
             QueueSeen::Clear => self.take_back(now),
         }
     }
@@ -615,15 +609,19 @@ impl TunnelPacer {
         });
     }
 
+    /// Giving way, and the last round took a step back towards the estimate: how, and the
+    /// rate it stepped from.
+    fn last_step(&self) -> Option<(GivingWay, u64)> {
+        let way = self.yielding?;
+        Some((way, way.stepped_from?))
+    }
+
     /// Whether the last round's take-back step explains a queue that grew by `growth_us`: the
     /// step put at most its own size more on the path than the round before, so the queue
     /// grows by no more than that part of a round (twice it, for the round trip's jitter). A
     /// neighbour's slow start met right after a step grows by more, and is cut for.
     fn step_explains(&self, growth_us: u64) -> bool {
-        let Some(way) = self.yielding else {
-            return false;
-        };
-        let Some(from) = way.stepped_from else {
+        let Some((way, from)) = self.last_step() else {
             return false;
         };
         let step = way.rate.saturating_sub(from) as u128;
@@ -640,12 +638,9 @@ impl TunnelPacer {
     /// 5-14 ms of round trip for three rounds and more (lab trace, beside iperf3); only
     /// undone, it left a queue that stood and became the floor.
     fn step_back(&mut self, now: Instant, queue_us: u64) {
-        let Some(way) = self.yielding else {
+        let Some((way, _)) = self.last_step() else {
             return;
         };
-        if way.stepped_from.is_none() {
-            return;
-        }
         let over = (queue_us as u128 * self.bottleneck() as u128 / self.round_len() as u128)
             .min(way.rate as u128 / 4) as u64;
         let edge = way.rate - over - way.rate / YIELD_EDGE_PARTS;
@@ -725,7 +720,9 @@ impl TunnelPacer {
         } else if cruising && srtt <= floor + clear {
             QueueSeen::Clear
         } else {
-            QueueSeen::Standing
+            QueueSeen::Standing {
+                queue_us: srtt.saturating_sub(floor),
+            }
         }
     }
 
@@ -801,7 +798,10 @@ impl TunnelPacer {
             }
             // A queue our own bytes may have built: more than a BDP is on the wire (the DPDK
             // pair's rings move its round trip with less).
-            Phase::Cruise if self.queue == QueueSeen::Standing && self.in_flight() > self.bdp() => {
+            Phase::Cruise
+                if matches!(self.queue, QueueSeen::Standing { .. })
+                    && self.in_flight() > self.bdp() =>
+            {
                 CRUISE_STANDING_SIXTEENTHS
             }
             Phase::Cruise => CRUISE_SIXTEENTHS,
