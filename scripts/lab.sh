@@ -260,14 +260,18 @@ create() {
     nsx "$NS_DST" ip addr add $DST_IP/24 dev eth0
     nsx "$NS_DST" ip route add default via $GWB_LAN_IP
 
-    # Wire-sized packets into the emulated link: the gateways' WAN devices do not send TSO/GSO
-    # aggregates (they segment), so the XDP loss program drops single wire packets; GRO on the
-    # wan devices then merges them again so the NFQUEUE daemon handles aggregates. UDP too (the
+    # The gateways' WAN devices keep TSO: while the XDP loss program is attached to wan-a/wan-b
+    # the kernel turns TSO off on their veth peers, so it still drops single wire packets. Off
+    # for good, every aggregate forwarded through gw-a (a neighbour's, from src-host) went into
+    # wan-a's 256-packet receive ring as ~44 packets at once, and on the busy 2-core host the
+    # ring overflowed: gw-a's wan0 "TX dropped" rose by exactly iperf3's retransmits, in a third
+    # of the runs beside the pair (docs/BENCHMARKS.md, session 52). GRO on the wan devices
+    # merges what arrives segmented, so the NFQUEUE daemon handles aggregates. UDP too (the
     # gateways' lane, wan.lane): forwarded datagrams are merged only with
     # rx-udp-gro-forwarding; one verdict each, the daemon ran up to 239 ms late under a
     # migration's ~80,000 datagrams a second.
-    nsx "$NS_GWA" ethtool -K wan0 tso off gso off >/dev/null
-    nsx "$NS_GWB" ethtool -K wan0 tso off gso off >/dev/null
+    nsx "$NS_GWA" ethtool -K wan0 tso on gso on >/dev/null
+    nsx "$NS_GWB" ethtool -K wan0 tso on gso on >/dev/null
     nsx "$NS_WAN" ethtool -K wan-a gro on rx-udp-gro-forwarding on >/dev/null
     nsx "$NS_WAN" ethtool -K wan-b gro on rx-udp-gro-forwarding on >/dev/null
 
