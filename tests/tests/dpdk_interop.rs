@@ -14,7 +14,7 @@ use lmas_tests::dpdk_lab::{dpdk_available, Kind, Topology, DST};
 use lmas_tests::netns::skip_unless_available;
 use lmas_tests::{
     connect, duplex, expected_sha256, packing_adds_up, packing_figure as figure, send,
-    send_payload, set_timeouts, write_payload, Gateway, HoldingTarget, Payload, Sink,
+    send_payload, serve_once_on, write_payload, Gateway, HoldingTarget, Payload, Sink,
 };
 
 /// DPDK gateways poll; one case at a time keeps a small machine responsive.
@@ -46,12 +46,13 @@ fn transfers(t: &Topology) {
         .dst
         .run(move || Sink::bind(sink_addr))
         .expect("sink in dst");
-    let duplex_server = t.dst.spawn(|| {
-        let l = TcpListener::bind((DST, 5001))?;
-        let (s, _) = l.accept()?;
-        set_timeouts(&s)?;
-        duplex(&s, DOWN, 99)
-    });
+    // Bound before any session starts: B refuses a session whose target is not listening yet,
+    // and a slow host could start the server's thread after the client's session reached B.
+    let duplex_listener = t
+        .dst
+        .run(|| TcpListener::bind((DST, 5001)))
+        .expect("duplex server in dst");
+    let (_, duplex_server) = serve_once_on(duplex_listener, WAIT, |s| duplex(&s, DOWN, 99));
     let to_sink = t.ingress_for(5000);
     let senders: Vec<_> = (1..=SESSIONS)
         .map(|seed| t.src.spawn(move || send(to_sink, UP, seed)))
