@@ -156,8 +156,8 @@ const YIELD_QUEUE_SIXTEENTHS: u64 = 1;
 /// this many times that round's growth: the growth of the round under way and of the one
 /// before the cut shows (lab trace beside iperf3: room for one round's growth let its queue
 /// go 7 → 20 → 33 ms before the next cut, and the neighbour lost 8-15 % of its second second).
-/// With it, iperf3 beside the pair kept 0.991-0.992 of its rate alone against 0.984-0.988
-/// (docs/BENCHMARKS.md, session 53).
+/// With it, iperf3 beside the pair kept 0.991 of its rate alone over 16 runs (blocks of four:
+/// 0.987-0.992) against 0.987 (0.984-0.988) (docs/BENCHMARKS.md, session 53).
 const SLOW_START_GROWTH_AHEAD: u64 = 4;
 /// Once another sender's queue is gone, the pacer takes back at least this part of the
 /// estimate a round (more far below it, or below where the queue began)...
