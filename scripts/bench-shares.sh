@@ -8,10 +8,12 @@
 #   beside-uncapped / beside-capped
 #                  an iperf3 stream (src-host → dst-host, CUBIC, beside the pair on the same
 #                  link) while a transfer runs through the pair, without a cap and with
-#                  limits.link_rate_mbit = LINK_CAP: what each gets
+#                  limits.link_rate_mbit = each LINK_CAP: what each gets
 # The table gives each case's median, and the neighbour beside the uncapped pair against its
-# max-min fair share: what it gets alone (its demand), or half the link if that is less.
-# Writes results.csv, seconds.csv and table.md to OUT. See --help and docs/BENCHMARKS.md.
+# max-min fair share: what it gets alone (its demand), or half the link if that is less; and
+# against what it gets beside the pair capped (the same host's load, no contest for the link).
+# Writes results.csv, seconds.csv and table.md to OUT, and with --queue-trace the bottleneck's
+# queue beside each iperf3 stream. See --help and docs/BENCHMARKS.md.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -27,6 +29,8 @@ RATE=1000
 CAP=300
 LINK_CAP=500
 LANE=""
+INTERVAL=1
+QUEUE_TRACE=0
 SECS=10
 RUNS=1
 OUT=""
@@ -39,8 +43,12 @@ Options:
   --rtt MS           the emulated link's RTT                         [$RTT]
   --rate MBIT        its rate                                        [$RATE]
   --cap MBIT         limits.migration_rate_mbit of the migration-cap case [$CAP]
-  --link-cap MBIT    limits.link_rate_mbit of the beside-capped case [$LINK_CAP]
+  --link-cap MBIT[,MBIT...]
+                     limits.link_rate_mbit of the beside-capped case, one case each [$LINK_CAP]
   --secs S           length of each transfer                         [$SECS]
+  --interval S       iperf3's reporting interval, seconds (seconds.csv)  [$INTERVAL]
+  --queue-trace      the bottleneck's queue beside each iperf3 stream
+                     (scripts/queue-trace.sh: OUT/queue-RUN-CASE.csv)
   --runs N           rounds of every case, interleaved               [$RUNS]
   --lane on|off|auto the gateways' [wan] lane                        [theirs: off]
   --out DIR          [target/bench-shares/DATE]
@@ -58,6 +66,8 @@ while (($#)); do
         --cap) CAP=$2; shift 2 ;;
         --link-cap) LINK_CAP=$2; shift 2 ;;
         --lane) LANE=$2; shift 2 ;;
+        --interval) INTERVAL=$2; shift 2 ;;
+        --queue-trace) QUEUE_TRACE=1; shift ;;
         --secs) SECS=$2; shift 2 ;;
         --runs) RUNS=$2; shift 2 ;;
         --out) OUT=$2; shift 2 ;;
@@ -66,6 +76,10 @@ while (($#)); do
     esac
 done
 [[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "--runs takes a count of 1 or more, not '$RUNS'"
+[[ $LINK_CAP =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]] ||
+    die "--link-cap takes Mbit/s, or several joined by commas, not '$LINK_CAP'"
+[[ $INTERVAL =~ ^(0\.[1-9]|[1-9][0-9]*(\.[0-9])?)$ ]] ||
+    die "--interval takes seconds, 0.1 or more in tenths, not '$INTERVAL'"
 OUT=${OUT:-$REPO/target/bench-shares/$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
 LOG=$OUT/bench.log
@@ -79,17 +93,23 @@ through_pair() {
 }
 
 # An iperf3 stream src-host → dst-host for SECS s beside the pair: "Mbit/s received" and its
-# per-second rates, space-separated, on one line each ("nan" and nothing if it failed).
+# rates by INTERVAL as "END:MBIT" pairs, space-separated, on one line each ("nan" and nothing
+# if it failed). With --queue-trace, the bottleneck's queue meanwhile goes to OUT/queue-$1.csv.
 beside() {
-    local json
-    json=$(ip netns exec "$NS_SRC" iperf3 -c "$DST_IP" -p 5201 -t "$SECS" --connect-timeout 5000 -J 2>>"$LOG") || true
+    local json trace=""
+    if ((QUEUE_TRACE)); then
+        "$REPO/scripts/queue-trace.sh" --secs $((SECS + 2)) >"$OUT/queue-$1.csv" 2>>"$LOG" &
+        trace=$!
+    fi
+    json=$(ip netns exec "$NS_SRC" iperf3 -c "$DST_IP" -p 5201 -t "$SECS" -i "$INTERVAL" --connect-timeout 5000 -J 2>>"$LOG") || true
+    [[ -z $trace ]] || wait "$trace" || true
     echo "$json" >>"$LOG"
     python3 -c '
 import json, sys
 try:
     j = json.loads(sys.stdin.read())
     print("%.1f" % (j["end"]["sum_received"]["bits_per_second"] / 1e6))
-    print(" ".join("%.0f" % (i["sum"]["bits_per_second"] / 1e6) for i in j["intervals"]))
+    print(" ".join("%g:%.0f" % (round(i["sum"]["end"], 1), i["sum"]["bits_per_second"] / 1e6) for i in j["intervals"]))
 except Exception:
     print("nan")
     print()
@@ -104,14 +124,19 @@ sleep 0.5
 echo "run,case,limit_mbit,pair_mbit,beside_mbit" >"$OUT/results.csv"
 echo "run,case,second,beside_mbit" >"$OUT/seconds.csv"
 
-# record RUN CASE LIMIT PAIR OTHER SECONDS: a row of results.csv, the neighbour's seconds in
-# seconds.csv.
+# by_second INTERVALS: " (INTERVALS)" for the log when they are seconds; finer ones are
+# only in seconds.csv.
+by_second() {
+    [[ $INTERVAL != 1 ]] || echo " ($1)"
+}
+
+# record RUN CASE LIMIT PAIR OTHER INTERVALS: a row of results.csv, the neighbour's rate by
+# interval (END:MBIT pairs; the interval's end in seconds) in seconds.csv.
 record() {
     echo "$1,$2,$3,$4,$5" >>"$OUT/results.csv"
-    local i=0 v
+    local v
     for v in $6; do
-        i=$((i + 1))
-        echo "$1,$2,$i,$v" >>"$OUT/seconds.csv"
+        echo "$1,$2,${v%%:*},${v#*:}" >>"$OUT/seconds.csv"
     done
 }
 
@@ -124,9 +149,9 @@ up() {
 for run in $(seq "$RUNS"); do
     log "round $run of $RUNS"
     log "alone: iperf3 with the link to itself"
-    { read -r other; read -r seconds; } < <(beside)
+    { read -r other; read -r seconds; } < <(beside "$run-alone")
     record "$run" alone "" "" "$other" "$seconds"
-    log "  iperf3: $other Mbit/s ($seconds)"
+    log "  iperf3: $other Mbit/s$(by_second "$seconds")"
 
     log "migration-cap: limits.migration_rate_mbit = $CAP"
     up --migration-cap "$CAP"
@@ -134,30 +159,30 @@ for run in $(seq "$RUNS"); do
     record "$run" migration-cap "$CAP" "$pair" "" ""
     log "  through the pair: $pair Mbit/s"
 
-    for c in uncapped capped; do
-        if [[ $c == capped ]]; then
-            log "beside-capped: limits.link_rate_mbit = $LINK_CAP"
-            up --link-cap "$LINK_CAP"
-            limit=$LINK_CAP
+    for limit in "" ${LINK_CAP//,/ }; do
+        if [[ -n $limit ]]; then
+            c=capped
+            log "beside-capped: limits.link_rate_mbit = $limit"
+            up --link-cap "$limit"
         else
+            c=uncapped
             log "beside-uncapped"
             up
-            limit=""
         fi
         through_pair >"$OUT/pair.tmp" &
         pair_pid=$!
         sleep 1 # the pair at full speed first: iperf3 then competes for the link
-        { read -r other; read -r seconds; } < <(beside)
+        { read -r other; read -r seconds; } < <(beside "$run-$c${limit:+-$limit}")
         wait "$pair_pid" || true
         pair=$(cat "$OUT/pair.tmp")
         rm -f "$OUT/pair.tmp"
         record "$run" "beside-$c" "$limit" "$pair" "$other" "$seconds"
-        log "  through the pair: $pair Mbit/s, iperf3 beside it: $other Mbit/s ($seconds)"
+        log "  through the pair: $pair Mbit/s, iperf3 beside it: $other Mbit/s$(by_second "$seconds")"
     done
 done
 
 python3 - "$OUT/results.csv" "$RATE" \
-    "scripts/bench-shares.sh --rtt $RTT --rate $RATE --cap $CAP --link-cap $LINK_CAP --secs $SECS --runs $RUNS${LANE:+ --lane $LANE}" \
+    "scripts/bench-shares.sh --rtt $RTT --rate $RATE --cap $CAP --link-cap $LINK_CAP --secs $SECS --runs $RUNS${LANE:+ --lane $LANE}$([[ $INTERVAL == 1 ]] || echo " --interval $INTERVAL")$( ((QUEUE_TRACE)) && echo " --queue-trace")" \
     "$RTT" "$SECS" >"$OUT/table.md" <<'PY'
 import csv, statistics, sys
 
@@ -165,10 +190,10 @@ path, rate, command, rtt, secs = sys.argv[1], float(sys.argv[2]), sys.argv[3], s
 rows = list(csv.DictReader(open(path)))
 cases = ["alone", "migration-cap", "beside-uncapped", "beside-capped"]
 
-def values(case, column):
+def values(case, column, limit=None):
     out = []
     for r in rows:
-        if r["case"] == case and r[column] not in ("", "nan"):
+        if r["case"] == case and (limit is None or r["limit_mbit"] == limit) and r[column] not in ("", "nan"):
             out.append(float(r[column]))
     return out
 
@@ -182,9 +207,10 @@ print("RTT %s ms, link %s Mbit/s, %s s per transfer (`%s`); medians, runs sorted
 print()
 print("| case | cap, Mbit/s | through the pair, Mbit/s | iperf3 beside it, Mbit/s |")
 print("|---|---:|---:|---:|")
-for case in cases:
-    limit = next((r["limit_mbit"] for r in rows if r["case"] == case and r["limit_mbit"]), "-")
-    print("| %s | %s | %s | %s |" % (case, limit, cell(values(case, "pair_mbit")), cell(values(case, "beside_mbit"))))
+# Each case once per limit it ran with (beside-capped: one per --link-cap), in the order met.
+keys = sorted({(r["case"], r["limit_mbit"]) for r in rows}, key=lambda k: (cases.index(k[0]), float(k[1] or 0)))
+for case, limit in keys:
+    print("| %s | %s | %s | %s |" % (case, limit or "-", cell(values(case, "pair_mbit", limit)), cell(values(case, "beside_mbit", limit))))
 alone, beside = values("alone", "beside_mbit"), values("beside-uncapped", "beside_mbit")
 if alone and beside:
     # Max-min fairness: a sender that wants less than an equal split of the link is owed all it
@@ -193,6 +219,13 @@ if alone and beside:
     share = statistics.median(beside) / fair
     print()
     print("The neighbour beside the uncapped pair: %.1f of its fair share of %.1f Mbit/s (its rate alone, or half the link if less): %.3f" % (statistics.median(beside), fair, share))
+    # Beside a capped pair that leaves it the room it wants, the neighbour still shares this
+    # host's CPU with the pair: what it gets there is what the host costs it, not the link.
+    for case, limit in keys:
+        capped = values(case, "beside_mbit", limit) if case == "beside-capped" else []
+        if capped:
+            print("Beside the pair capped at %s Mbit/s: %.3f of its rate alone; the uncapped pair's neighbour gets %.3f of that" % (
+                limit, statistics.median(capped) / statistics.median(alone), statistics.median(beside) / statistics.median(capped)))
 PY
 cat "$OUT/table.md"
 log "results: $OUT/{results.csv,seconds.csv,table.md,bench.log}"
