@@ -122,7 +122,7 @@ trap 'kill $IPERF 2>/dev/null || true; "$LAB" gateways down >/dev/null 2>&1 || t
 sleep 0.5
 
 echo "run,case,limit_mbit,pair_mbit,beside_mbit" >"$OUT/results.csv"
-echo "run,case,second,beside_mbit" >"$OUT/seconds.csv"
+echo "run,case,second,beside_mbit,limit_mbit" >"$OUT/seconds.csv"
 
 # by_second INTERVALS: " (INTERVALS)" for the log when they are seconds; finer ones are
 # only in seconds.csv.
@@ -131,12 +131,12 @@ by_second() {
 }
 
 # record RUN CASE LIMIT PAIR OTHER INTERVALS: a row of results.csv, the neighbour's rate by
-# interval (END:MBIT pairs; the interval's end in seconds) in seconds.csv.
+# interval (END:MBIT pairs; the interval's end in seconds) in seconds.csv, with the cap.
 record() {
     echo "$1,$2,$3,$4,$5" >>"$OUT/results.csv"
     local v
     for v in $6; do
-        echo "$1,$2,${v%%:*},${v#*:}" >>"$OUT/seconds.csv"
+        echo "$1,$2,${v%%:*},${v#*:},$3" >>"$OUT/seconds.csv"
     done
 }
 
@@ -227,5 +227,37 @@ if alone and beside:
             print("Beside the pair capped at %s Mbit/s: %.3f of its rate alone; the uncapped pair's neighbour gets %.3f of that" % (
                 limit, statistics.median(capped) / statistics.median(alone), statistics.median(beside) / statistics.median(capped)))
 PY
+if ((QUEUE_TRACE)); then
+    # By half second: where the neighbour loses, and what queue it met there.
+    python3 - "$OUT" >>"$OUT/table.md" <<'PY'
+import csv, glob, os, re, statistics, sys
+
+out = sys.argv[1]
+rates, queue = {}, {}
+for r in csv.DictReader(open(os.path.join(out, "seconds.csv"))):
+    name = r["case"] + ("-" + r["limit_mbit"] if r["limit_mbit"] else "")
+    bucket = int((float(r["second"]) - 0.001) // 0.5)
+    rates.setdefault(name, {}).setdefault(bucket, []).append(float(r["beside_mbit"]))
+for path in glob.glob(os.path.join(out, "queue-*.csv")):
+    m = re.match(r"queue-\d+-(.*)\.csv$", os.path.basename(path))
+    name = m.group(1) if m.group(1) == "alone" else "beside-" + m.group(1)
+    rows = [(float(r["time_s"]), float(r["backlog_ms"])) for r in csv.DictReader(open(path))]
+    for t, ms in rows:
+        queue.setdefault(name, {}).setdefault(int((t - rows[0][0]) // 0.5), []).append(ms)
+names = sorted(rates, key=lambda n: (not n.startswith("alone"), n))
+buckets = sorted({b for n in names for b in rates[n]})
+print()
+print("By half second: iperf3's sending rate, Mbit/s (mean of the runs); the bottleneck's queue, mean / max ms (its trace starts with iperf3, whose first bytes go a few hundred ms later)")
+print()
+print("| seconds | " + " | ".join(names) + " |")
+print("|---|" + "---|" * len(names))
+for b in buckets:
+    cells = []
+    for n in names:
+        v, q = rates[n].get(b, []), queue.get(n, {}).get(b, [])
+        cells.append("%.0f; %s" % (statistics.mean(v), "%.1f / %.1f" % (statistics.mean(q), max(q)) if q else "-") if v else "-")
+    print("| %.1f-%.1f | %s |" % (b / 2, b / 2 + 0.5, " | ".join(cells)))
+PY
+fi
 cat "$OUT/table.md"
 log "results: $OUT/{results.csv,seconds.csv,table.md,bench.log}"
